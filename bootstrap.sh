@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Set up (or refresh) the project's virtual environment in .venv.
+#   ./bootstrap.sh         runtime dependencies
+#   ./bootstrap.sh --dev   runtime + test dependencies
+# Safe to run every time: it reinstalls only when a requirements file changed.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+python_bin="${PYTHON:-}"
+if [ -z "$python_bin" ]; then
+  for candidate in python3.11 python3; do
+    if command -v "$candidate" >/dev/null 2>&1; then python_bin="$candidate"; break; fi
+  done
+fi
+[ -n "$python_bin" ] || { echo "bootstrap: no python3 found; install Python 3.11" >&2; exit 1; }
+
+req_files=(requirements.txt)
+[ "${1:-}" = "--dev" ] && req_files+=(requirements-dev.txt)
+
+[ -x .venv/bin/python ] || "$python_bin" -m venv .venv
+stamp=".venv/.requirements-$(IFS=_; echo "${req_files[*]}" | tr -c 'a-z_\n' '_').sha256"
+wanted="$(cat "${req_files[@]}" | sha256sum | cut -d' ' -f1)"
+if [ "$(cat "$stamp" 2>/dev/null)" != "$wanted" ]; then
+  echo "bootstrap: installing ${req_files[*]} into .venv (first run takes a few minutes)" >&2
+  .venv/bin/python -m pip install -q --upgrade pip
+  # torch first, pinned, so no dependency resolves it to a CUDA build.
+  .venv/bin/python -m pip install -q "$(grep -E '^torch==' requirements.txt)"
+  args=()
+  for f in "${req_files[@]}"; do args+=(-r "$f"); done
+  .venv/bin/python -m pip install -q "${args[@]}"
+  echo "$wanted" > "$stamp"
+fi

@@ -1,0 +1,192 @@
+"""Small helpers several modules share: logging, atomic writes, time, names.
+
+Nothing domain-specific lives here beyond what more than one module needs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import tempfile
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from config import (
+    LOG_FORMAT,
+    LOG_LEVEL,
+    PROFILE_NAME_DIGITS,
+    PROFILE_PREFIXES,
+    PROJECT_VERSION,
+    SAMPLING_INTERVAL_SECONDS,
+)
+
+# Longest prefix first, so "pprisk" is not mistaken for a shorter prefix.
+_PREFIXES_LONGEST_FIRST = sorted(PROFILE_PREFIXES.items(), key=lambda kv: -len(kv[1]))
+_NAME_PATTERNS = {
+    profile: re.compile(rf"^{PROFILE_PREFIXES[profile]}\d{{{digits},}}$")
+    for profile, digits in PROFILE_NAME_DIGITS.items()
+}
+
+
+def setup_logging(level: str | int | None = None) -> None:
+    """Configure root logging once for command-line entry points."""
+    logging.basicConfig(level=level or LOG_LEVEL, format=LOG_FORMAT)
+
+
+# --------------------------------------------------------------------------- names
+def profile_from_name(server_name: str) -> str | None:
+    """Return the profile whose host-name prefix ``server_name`` carries, or None."""
+    for profile, prefix in _PREFIXES_LONGEST_FIRST:
+        if server_name.startswith(prefix):
+            return profile
+    return None
+
+
+def name_matches_profile(server_name: str, profile: str) -> bool:
+    """True when ``server_name`` is ``<prefix><digits>`` for ``profile`` (e.g. ppdb007)."""
+    pattern = _NAME_PATTERNS.get(profile)
+    return bool(pattern and pattern.match(server_name))
+
+
+def make_server_name(profile: str, number: int) -> str:
+    """Canonical host name for the ``number``-th server of ``profile`` (1-based)."""
+    return f"{PROFILE_PREFIXES[profile]}{number:0{PROFILE_NAME_DIGITS[profile]}d}"
+
+
+# --------------------------------------------------------------------------- time
+def parse_utc(value: str | datetime | pd.Timestamp) -> pd.Timestamp:
+    """Parse an ISO 8601 string or datetime as a UTC timestamp (naive means UTC)."""
+    ts = pd.Timestamp(value)
+    return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
+
+
+def utc_now() -> datetime:
+    """Current time, timezone-aware UTC."""
+    return datetime.now(UTC)
+
+
+def isoformat_utc(value: datetime | pd.Timestamp) -> str:
+    """ISO 8601 with a ``Z`` suffix, second precision."""
+    return parse_utc(value).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def floor_to_bucket(value: pd.Timestamp | datetime) -> pd.Timestamp:
+    """Start of the 5-minute bucket that contains ``value`` (UTC)."""
+    return parse_utc(value).floor(f"{SAMPLING_INTERVAL_SECONDS}s")
+
+
+def is_bucket_aligned(value: pd.Timestamp | datetime) -> bool:
+    """True when ``value`` sits exactly on a bucket boundary."""
+    ts = parse_utc(value)
+    return ts == floor_to_bucket(ts)
+
+
+# --------------------------------------------------------------------------- atomic writes
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _atomic_target(path: Path) -> tuple[int, str]:
+    """Temp file beside ``path`` with ordinary permissions (mkstemp would make it 0600)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.chmod(tmp, 0o666 & ~_umask())
+    return fd, tmp
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    """Write ``text`` to ``path`` so readers see either the old or the new file, never half."""
+    path = Path(path)
+    fd, tmp = _atomic_target(path)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (np.floating,)):
+        return float(value)
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, (datetime, pd.Timestamp)):
+        return isoformat_utc(value)
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serialisable")
+
+
+def to_json(data: Any) -> str:
+    """Serialise ``data`` as pretty JSON, converting numpy scalars, paths and datetimes."""
+    return json.dumps(data, indent=2, default=_json_default, sort_keys=False) + "\n"
+
+
+def atomic_write_json(path: str | Path, data: Any) -> Path:
+    """Atomically write ``data`` as JSON."""
+    return atomic_write_text(path, to_json(data))
+
+
+def read_json(path: str | Path) -> Any:
+    """Read a JSON file."""
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def atomic_write_parquet(path: str | Path, table: Any, **kwargs: Any) -> Path:
+    """Atomically write a ``pyarrow.Table`` (or DataFrame) as Parquet."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    if isinstance(table, pd.DataFrame):
+        table = pa.Table.from_pandas(table, preserve_index=False)
+    fd, tmp = _atomic_target(path)
+    os.close(fd)
+    try:
+        pq.write_table(table, tmp, **kwargs)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+# --------------------------------------------------------------------------- versions
+def parse_version(version: str) -> tuple[int, int, int]:
+    """``"1.2.3"`` -> ``(1, 2, 3)``; raises ValueError with a clear message otherwise."""
+    parts = version.strip().split(".")
+    if len(parts) != 3 or not all(p.isdigit() for p in parts):
+        raise ValueError(f"'{version}' is not a MAJOR.MINOR.PATCH version (see VERSION and CHANGELOG.md).")
+    return int(parts[0]), int(parts[1]), int(parts[2])
+
+
+def check_version_compatibility(required_version: str, current_version: str = PROJECT_VERSION,
+                                what: str = "project") -> None:
+    """Raise ValueError unless ``current_version`` and ``required_version`` share a MAJOR.
+
+    Semantic versioning: a MAJOR bump marks a breaking change (schema, API, model format),
+    so artefacts made under another MAJOR cannot be trusted to load correctly.
+    """
+    current, required = parse_version(current_version), parse_version(required_version)
+    if current[0] != required[0]:
+        raise ValueError(
+            f"{what} version mismatch: this install is {current_version}, the artefact needs "
+            f"{required_version}. Why it matters: a different MAJOR version means a breaking change "
+            f"(schema, API or model format). Fix: regenerate or retrain with this version, or install "
+            f"a {required[0]}.x release. See CHANGELOG.md and Docs/DATA_CONTRACT.md (Versioning)."
+        )

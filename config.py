@@ -1,0 +1,490 @@
+"""Single source of every number and name the toolkit uses.
+
+Every module imports its constants from here; nothing else in the code base repeats
+a column name list, a threshold, a horizon or a path. If you need a new number, add
+it here with a comment that says what it means and why it has that value.
+
+Sections, top to bottom:
+  1. project paths and versions
+  2. the data contract (columns, states, profiles, naming, ranges)
+  3. time grid and forecast horizons
+  4. the fleet simulator's behaviour per profile
+  5. state-labelling rules (how a feed derives ``state`` from what it observes)
+  6. validator limits
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+# ---------------------------------------------------------------------------
+# 1. Project paths and versions
+# ---------------------------------------------------------------------------
+PROJECT_ROOT = Path(__file__).resolve().parent
+DOCS_DIR = PROJECT_ROOT / "Docs"
+VERSION_FILE = PROJECT_ROOT / "VERSION"
+PROJECT_VERSION = VERSION_FILE.read_text(encoding="utf-8").strip()
+
+# Defaults for generated artefacts (both folders are git-ignored).
+TRAINING_DIR = PROJECT_ROOT / "training"
+MODELS_DIR = PROJECT_ROOT / "models"
+TRAINING_DATA_FILE = "server_metrics.parquet"
+METADATA_FILE = "metrics_metadata.json"
+SERVER_MAPPING_FILE = "server_mapping.json"
+
+# Docs referenced by error messages (codex rule: every error names its doc).
+DATA_CONTRACT_DOC = "Docs/DATA_CONTRACT.md"
+SERVER_PROFILES_DOC = "Docs/SERVER_PROFILES.md"
+
+# Network defaults. Services bind to loopback unless told otherwise.
+DEFAULT_HOST = "127.0.0.1"
+DAEMON_PORT = 8000
+DASHBOARD_PORT = 8501
+
+# Logging.
+LOG_LEVEL = os.environ.get("TFT_LOG_LEVEL", "INFO")
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+# ---------------------------------------------------------------------------
+# 2. The data contract (Docs/DATA_CONTRACT.md is the prose version of this)
+# ---------------------------------------------------------------------------
+# MAJOR changes when a schema change breaks existing data or models.
+CONTRACT_VERSION = "1.0.0"
+
+ID_COLUMNS = ["timestamp", "server_name", "profile", "state"]
+
+CPU_METRICS = ["cpu_user_pct", "cpu_sys_pct", "cpu_iowait_pct", "cpu_idle_pct", "java_cpu_pct"]
+MEMORY_METRICS = ["mem_used_pct", "swap_used_pct"]
+DISK_METRICS = ["disk_usage_pct"]
+NETWORK_METRICS = ["net_in_mb_s", "net_out_mb_s"]
+CONNECTION_METRICS = ["back_close_wait", "front_close_wait"]
+SYSTEM_METRICS = ["load_average", "uptime_days"]
+
+# The 14 LINBORG metrics, in contract order.
+LINBORG_METRICS = (
+    CPU_METRICS + MEMORY_METRICS + DISK_METRICS + NETWORK_METRICS + CONNECTION_METRICS + SYSTEM_METRICS
+)
+REQUIRED_COLUMNS = ID_COLUMNS + LINBORG_METRICS  # 18 columns
+
+# Counts are whole numbers; everything else in LINBORG_METRICS is a float.
+INTEGER_METRICS = ["back_close_wait", "front_close_wait", "uptime_days"]
+FLOAT_METRICS = [m for m in LINBORG_METRICS if m not in INTEGER_METRICS]
+PERCENT_METRICS = [m for m in LINBORG_METRICS if m.endswith("_pct")]
+
+# The four CPU components of one row add up to 100 (within rounding).
+CPU_COMPONENTS = ["cpu_user_pct", "cpu_sys_pct", "cpu_iowait_pct", "cpu_idle_pct"]
+CPU_SUM_TOLERANCE = 0.5  # percentage points; rounding to 2 decimals needs far less
+
+# Inclusive contract ranges (None = unbounded above).
+UPTIME_MAX_DAYS = 30  # every server is patched and rebooted at least every 30 days
+METRIC_RANGES: dict[str, tuple[float, float | None]] = {
+    **{m: (0.0, 100.0) for m in PERCENT_METRICS},
+    "net_in_mb_s": (0.0, None),
+    "net_out_mb_s": (0.0, None),
+    "back_close_wait": (0, None),
+    "front_close_wait": (0, None),
+    "load_average": (0.0, None),
+    "uptime_days": (0, UPTIME_MAX_DAYS),
+}
+
+# Columns from the pre-LINBORG system. Data carrying them was produced by the old
+# pipeline and must be regenerated.
+DEPRECATED_COLUMNS = ["cpu_pct", "mem_pct", "disk_io_mb_s", "latency_ms"]
+
+VALID_STATES = [
+    "critical_issue",
+    "healthy",
+    "heavy_load",
+    "idle",
+    "maintenance",
+    "morning_spike",
+    "offline",
+    "recovery",
+]
+
+VALID_PROFILES = [
+    "ml_compute",
+    "database",
+    "web_api",
+    "conductor_mgmt",
+    "data_ingest",
+    "risk_analytics",
+    "generic",
+]
+
+# Host-name prefix and minimum digit count per profile (ppml0001, ppdb001, ppcon01...).
+PROFILE_PREFIXES = {
+    "ml_compute": "ppml",
+    "database": "ppdb",
+    "web_api": "ppweb",
+    "conductor_mgmt": "ppcon",
+    "data_ingest": "ppetl",
+    "risk_analytics": "pprisk",
+    "generic": "ppgen",
+}
+PROFILE_NAME_DIGITS = {
+    "ml_compute": 4,
+    "database": 3,
+    "web_api": 3,
+    "conductor_mgmt": 2,
+    "data_ingest": 3,
+    "risk_analytics": 3,
+    "generic": 3,
+}
+
+# Default fleet: 90 servers in realistic proportions.
+DEFAULT_FLEET = {
+    "web_api": 25,
+    "ml_compute": 20,
+    "database": 15,
+    "data_ingest": 10,
+    "risk_analytics": 8,
+    "generic": 7,
+    "conductor_mgmt": 5,
+}
+
+# Server ids: the first SERVER_ID_HEX_CHARS hex digits of SHA256(name[#salt]).
+# 12 hex digits = 48 bits: a collision among 10,000 servers has odds of about 2e-7,
+# and when one happens it is resolved deterministically (see server_encoder.py).
+SERVER_ID_HASH = "sha256"
+SERVER_ID_HEX_CHARS = 12
+SERVER_ID_MAX_SALT = 1000
+
+# ---------------------------------------------------------------------------
+# 3. Time grid and forecast horizons
+# ---------------------------------------------------------------------------
+SAMPLING_INTERVAL_MINUTES = 5
+SAMPLING_INTERVAL_SECONDS = SAMPLING_INTERVAL_MINUTES * 60
+STEPS_PER_HOUR = 60 // SAMPLING_INTERVAL_MINUTES  # 12
+STEPS_PER_DAY = 24 * STEPS_PER_HOUR  # 288
+STEPS_PER_WEEK = 7 * STEPS_PER_DAY
+
+# Label -> number of 5-minute steps ahead. Every label shown to a user is true.
+HORIZONS = {"30min": 6, "1hr": 12, "8hr": 96}
+MAX_PREDICTION_LENGTH = max(HORIZONS.values())  # 96 steps = 8 hours
+
+# ---------------------------------------------------------------------------
+# 4. Fleet simulator
+# ---------------------------------------------------------------------------
+MIN_GENERATE_HOURS = 24
+RECOMMENDED_GENERATE_HOURS = 720  # 30 days
+DEFAULT_SEED = 42
+# A fixed Monday, so the same seed gives the same file on any day.
+DEFAULT_START = "2026-01-05T00:00:00Z"
+OFFLINE_MODES = ["dense", "sparse"]
+DEFAULT_OFFLINE_MODE = "dense"
+# CSV is only offered for small exports (codex: Parquet-first).
+CSV_MAX_ROWS = 10_000
+PARQUET_COMPRESSION = "zstd"
+PARQUET_ROW_GROUP_ROWS = 131_072
+
+# Workload regimes: a per-server semi-Markov chain of "quiet", "normal", "busy".
+# Mean dwell times (hours) and where the chain goes when it leaves a regime.
+REGIMES = ["quiet", "normal", "busy"]
+REGIME_MEAN_DWELL_HOURS = {"quiet": 3.0, "normal": 6.0, "busy": 2.0}
+REGIME_TRANSITIONS = {  # row: from-regime, values: probability of each to-regime
+    "quiet": {"normal": 0.85, "busy": 0.15},
+    "normal": {"quiet": 0.45, "busy": 0.55},
+    "busy": {"quiet": 0.2, "normal": 0.8},
+}
+
+# Incidents: slow build-up (the ramp), a critical plateau, then a fix.
+INCIDENT_TYPES = ["memory_leak", "disk_fill", "io_saturation", "connection_pileup"]
+
+
+@dataclass(frozen=True)
+class IncidentSpec:
+    """How one incident type unfolds. Durations are in hours."""
+
+    ramp_hours: tuple[float, float]  # build-up duration range (precursors are visible here)
+    critical_hours: tuple[float, float]  # time spent past the critical threshold before the fix
+    peak: float  # value the driving metric reaches at the end of the ramp
+    reboot_probability: float  # chance the fix is a reboot (brief offline, uptime reset)
+
+
+INCIDENTS = {
+    # Heap or cache grows until the box swaps; fixed by a restart.
+    "memory_leak": IncidentSpec(ramp_hours=(3.0, 10.0), critical_hours=(0.25, 1.0), peak=98.5,
+                                reboot_probability=0.3),
+    # A runaway log or a stuck export fills the data volume; fixed by a clean-up.
+    "disk_fill": IncidentSpec(ramp_hours=(4.0, 14.0), critical_hours=(0.25, 1.5), peak=97.5,
+                              reboot_probability=0.0),
+    # Storage latency climbs (a degraded array, a noisy neighbour); clears on its own.
+    "io_saturation": IncidentSpec(ramp_hours=(0.75, 3.0), critical_hours=(0.25, 1.0), peak=45.0,
+                                  reboot_probability=0.0),
+    # Back-end stops closing sockets; CLOSE_WAIT piles up until the service is restarted.
+    "connection_pileup": IncidentSpec(ramp_hours=(1.0, 4.0), critical_hours=(0.25, 0.75), peak=1400.0,
+                                      reboot_probability=0.1),
+}
+# After the fix, io_saturation decays with this time constant (hours); swap drains slowly.
+IO_RECOVERY_HOURS = 0.5
+SWAP_DRAIN_HOURS = 2.0
+# Memory pressure spills into swap once used memory passes this level and the leak is
+# past this fraction of its ramp; swap then climbs towards SWAP_PEAK_PCT.
+SWAP_ONSET_MEM_PCT = 78.0
+SWAP_ONSET_LEAK_LEVEL = 0.55
+SWAP_PEAK_PCT = 65.0
+SWAP_CURVE_EXPONENT = 1.2
+# Shape of each incident's build-up: metric = normal + (peak - normal) * level**exponent,
+# level running 0 -> 1 over the ramp. Above 1 the curve accelerates late (a pile-up).
+INCIDENT_CURVE_EXPONENT = {"memory_leak": 1.5, "disk_fill": 1.0, "io_saturation": 1.2, "connection_pileup": 2.0}
+IO_SATURATION_CPU_DROP = 0.3  # share of useful CPU lost while threads wait on I/O
+PILEUP_SYS_CPU_PCT = 8.0  # extra kernel CPU at the peak of a CLOSE_WAIT pile-up
+PILEUP_FRONT_SHARE = 0.5  # front-end CLOSE_WAIT peak relative to the back-end peak
+# Unplanned outages (crash, network partition): duration range in hours; a reboot follows.
+CRASH_DURATION_HOURS = (0.08, 1.0)
+# Patch cycle: every server reboots in its maintenance window at least this often.
+PATCH_CYCLE_DAYS = 28
+MAINTENANCE_WINDOW_HOURS = (1.0, 2.0)  # length of one window
+MAINTENANCE_HOURS_UTC = (1, 5)  # windows start between 01:00 and 05:00
+MAINTENANCE_REBOOT_OFFSET_HOURS = 0.5  # reboot happens this long into the window
+MAINTENANCE_REBOOT_STEPS = 2  # buckets without samples while the box boots
+
+
+@dataclass(frozen=True)
+class ProfileBehaviour:
+    """What a server of one profile looks like. Activity is a 0..1 workload level.
+
+    ``weekday_curve`` / ``weekend_curve`` are (hour, activity) anchor points, linearly
+    interpolated around the clock (UTC). Metric levels are ``base + amplitude * activity``.
+    """
+
+    weekday_curve: tuple[tuple[float, float], ...]
+    weekend_curve: tuple[tuple[float, float], ...]
+    regime_activity: dict[str, float]  # multiplier on activity per workload regime
+    cpu_base: float  # % busy (user + sys) at zero activity
+    cpu_amplitude: float  # extra % busy at activity 1
+    sys_share: float  # share of busy CPU spent in the kernel
+    java_share: float  # share of busy CPU used by Java/Spark processes
+    iowait_base: float
+    iowait_amplitude: float
+    mem_base: float
+    mem_amplitude: float
+    disk_base: tuple[float, float]  # range of the per-server starting disk usage
+    disk_growth_pct_per_day: tuple[float, float]  # log and data growth between rotations
+    net_in_base: float  # MB/s
+    net_in_amplitude: float
+    net_out_base: float
+    net_out_amplitude: float
+    back_close_wait_base: float  # mean CLOSE_WAIT sockets towards back-ends
+    back_close_wait_amplitude: float
+    front_close_wait_base: float
+    front_close_wait_amplitude: float
+    cores: tuple[int, ...]  # core counts a server of this profile may have (drives load_average)
+    incident_rate_per_day: dict[str, float]  # expected incidents of each type per server-day
+    crash_rate_per_day: float
+    # Extra activity in the first minutes of every hour (ETL ingest bursts, cron jobs).
+    hourly_burst: tuple[float, float] = (0.0, 0.0)  # (activity added, minutes it lasts)
+    # Nightly backup window that adds I/O wait (databases): (start hour, end hour, iowait added).
+    backup_window: tuple[float, float, float] = (0.0, 0.0, 0.0)
+
+
+PROFILE_BEHAVIOUR: dict[str, ProfileBehaviour] = {
+    "web_api": ProfileBehaviour(
+        weekday_curve=((0, 0.18), (5, 0.12), (7, 0.35), (8, 0.7), (9, 0.95), (10, 0.8), (12, 0.75),
+                       (14, 0.78), (17, 0.65), (20, 0.4), (23, 0.22)),
+        weekend_curve=((0, 0.15), (6, 0.1), (10, 0.3), (14, 0.35), (19, 0.3), (23, 0.18)),
+        regime_activity={"quiet": 0.75, "normal": 1.0, "busy": 1.25},
+        cpu_base=6.0, cpu_amplitude=55.0, sys_share=0.22, java_share=0.55,
+        iowait_base=0.8, iowait_amplitude=2.5,
+        mem_base=42.0, mem_amplitude=22.0,
+        disk_base=(25.0, 45.0), disk_growth_pct_per_day=(0.2, 0.6),
+        net_in_base=2.0, net_in_amplitude=45.0, net_out_base=5.0, net_out_amplitude=140.0,
+        back_close_wait_base=6.0, back_close_wait_amplitude=40.0,
+        front_close_wait_base=4.0, front_close_wait_amplitude=30.0,
+        cores=(8, 16),
+        incident_rate_per_day={"memory_leak": 0.09, "disk_fill": 0.02, "io_saturation": 0.02,
+                               "connection_pileup": 0.09},
+        crash_rate_per_day=0.01,
+    ),
+    "ml_compute": ProfileBehaviour(
+        weekday_curve=((0, 0.85), (8, 0.88), (12, 0.95), (18, 0.95), (23, 0.88)),
+        weekend_curve=((0, 0.82), (12, 0.85), (23, 0.82)),
+        regime_activity={"quiet": 0.12, "normal": 1.0, "busy": 1.12},  # quiet = between training jobs
+        cpu_base=3.0, cpu_amplitude=76.0, sys_share=0.07, java_share=0.6,
+        iowait_base=0.3, iowait_amplitude=1.5,
+        mem_base=30.0, mem_amplitude=45.0,
+        disk_base=(35.0, 60.0), disk_growth_pct_per_day=(0.3, 0.9),
+        net_in_base=1.0, net_in_amplitude=80.0, net_out_base=0.5, net_out_amplitude=8.0,
+        back_close_wait_base=1.0, back_close_wait_amplitude=3.0,
+        front_close_wait_base=0.5, front_close_wait_amplitude=1.0,
+        cores=(32, 48, 64),
+        incident_rate_per_day={"memory_leak": 0.12, "disk_fill": 0.04, "io_saturation": 0.01,
+                               "connection_pileup": 0.0},
+        crash_rate_per_day=0.015,
+    ),
+    "database": ProfileBehaviour(
+        weekday_curve=((0, 0.25), (5, 0.2), (7, 0.4), (8, 0.7), (9, 0.9), (10, 0.8), (12, 0.72),
+                       (17, 0.6), (20, 0.38), (23, 0.28)),
+        weekend_curve=((0, 0.22), (8, 0.2), (13, 0.3), (20, 0.28), (23, 0.22)),
+        regime_activity={"quiet": 0.8, "normal": 1.0, "busy": 1.2},
+        cpu_base=8.0, cpu_amplitude=45.0, sys_share=0.28, java_share=0.05,
+        iowait_base=3.0, iowait_amplitude=9.0,
+        mem_base=64.0, mem_amplitude=16.0,  # buffer cache keeps databases memory-heavy
+        disk_base=(45.0, 65.0), disk_growth_pct_per_day=(0.4, 1.0),
+        net_in_base=4.0, net_in_amplitude=35.0, net_out_base=6.0, net_out_amplitude=55.0,
+        back_close_wait_base=3.0, back_close_wait_amplitude=18.0,
+        front_close_wait_base=2.0, front_close_wait_amplitude=10.0,
+        cores=(16, 32),
+        incident_rate_per_day={"memory_leak": 0.02, "disk_fill": 0.08, "io_saturation": 0.1,
+                               "connection_pileup": 0.04},
+        crash_rate_per_day=0.005,
+        backup_window=(1.0, 3.0, 9.0),
+    ),
+    "data_ingest": ProfileBehaviour(
+        weekday_curve=((0, 0.7), (4, 0.75), (5, 0.35), (9, 0.45), (13, 0.45), (18, 0.5), (22, 0.6)),
+        weekend_curve=((0, 0.55), (4, 0.6), (5, 0.3), (18, 0.35), (23, 0.5)),
+        regime_activity={"quiet": 0.7, "normal": 1.0, "busy": 1.3},
+        cpu_base=5.0, cpu_amplitude=45.0, sys_share=0.15, java_share=0.7,
+        iowait_base=1.5, iowait_amplitude=7.0,
+        mem_base=40.0, mem_amplitude=30.0,
+        disk_base=(40.0, 60.0), disk_growth_pct_per_day=(0.5, 1.2),
+        net_in_base=5.0, net_in_amplitude=260.0, net_out_base=2.0, net_out_amplitude=25.0,
+        back_close_wait_base=2.0, back_close_wait_amplitude=8.0,
+        front_close_wait_base=1.0, front_close_wait_amplitude=3.0,
+        cores=(16, 32),
+        incident_rate_per_day={"memory_leak": 0.05, "disk_fill": 0.1, "io_saturation": 0.06,
+                               "connection_pileup": 0.02},
+        crash_rate_per_day=0.01,
+        hourly_burst=(0.25, 15.0),
+    ),
+    "risk_analytics": ProfileBehaviour(
+        weekday_curve=((0, 0.2), (6, 0.15), (9, 0.45), (16, 0.5), (18, 0.85), (21, 0.95), (23, 0.45)),
+        weekend_curve=((0, 0.15), (12, 0.18), (23, 0.15)),
+        regime_activity={"quiet": 0.7, "normal": 1.0, "busy": 1.2},
+        cpu_base=4.0, cpu_amplitude=62.0, sys_share=0.06, java_share=0.8,
+        iowait_base=0.6, iowait_amplitude=2.5,
+        mem_base=38.0, mem_amplitude=42.0,
+        disk_base=(30.0, 50.0), disk_growth_pct_per_day=(0.2, 0.6),
+        net_in_base=1.0, net_in_amplitude=25.0, net_out_base=0.5, net_out_amplitude=8.0,
+        back_close_wait_base=1.0, back_close_wait_amplitude=4.0,
+        front_close_wait_base=0.5, front_close_wait_amplitude=2.0,
+        cores=(16, 32, 48),
+        incident_rate_per_day={"memory_leak": 0.1, "disk_fill": 0.02, "io_saturation": 0.02,
+                               "connection_pileup": 0.01},
+        crash_rate_per_day=0.01,
+    ),
+    "conductor_mgmt": ProfileBehaviour(
+        weekday_curve=((0, 0.15), (6, 0.3), (7, 0.2), (9, 0.3), (17, 0.25), (23, 0.15)),
+        weekend_curve=((0, 0.12), (6, 0.2), (7, 0.12), (23, 0.12)),
+        regime_activity={"quiet": 0.8, "normal": 1.0, "busy": 1.2},
+        cpu_base=3.0, cpu_amplitude=30.0, sys_share=0.2, java_share=0.5,
+        iowait_base=0.4, iowait_amplitude=1.2,
+        mem_base=30.0, mem_amplitude=12.0,
+        disk_base=(20.0, 35.0), disk_growth_pct_per_day=(0.1, 0.3),
+        net_in_base=0.3, net_in_amplitude=3.0, net_out_base=0.3, net_out_amplitude=3.0,
+        back_close_wait_base=1.0, back_close_wait_amplitude=6.0,
+        front_close_wait_base=0.5, front_close_wait_amplitude=2.0,
+        cores=(4, 8),
+        incident_rate_per_day={"memory_leak": 0.04, "disk_fill": 0.03, "io_saturation": 0.01,
+                               "connection_pileup": 0.03},
+        crash_rate_per_day=0.005,
+        hourly_burst=(0.3, 5.0),
+    ),
+    "generic": ProfileBehaviour(
+        weekday_curve=((0, 0.15), (7, 0.2), (9, 0.5), (12, 0.45), (17, 0.4), (20, 0.2), (23, 0.15)),
+        weekend_curve=((0, 0.12), (12, 0.2), (23, 0.12)),
+        regime_activity={"quiet": 0.7, "normal": 1.0, "busy": 1.3},
+        cpu_base=4.0, cpu_amplitude=40.0, sys_share=0.18, java_share=0.25,
+        iowait_base=0.8, iowait_amplitude=3.0,
+        mem_base=35.0, mem_amplitude=25.0,
+        disk_base=(25.0, 55.0), disk_growth_pct_per_day=(0.2, 0.5),
+        net_in_base=0.5, net_in_amplitude=12.0, net_out_base=0.5, net_out_amplitude=10.0,
+        back_close_wait_base=1.0, back_close_wait_amplitude=6.0,
+        front_close_wait_base=1.0, front_close_wait_amplitude=4.0,
+        cores=(4, 8, 16),
+        incident_rate_per_day={"memory_leak": 0.05, "disk_fill": 0.04, "io_saturation": 0.03,
+                               "connection_pileup": 0.03},
+        crash_rate_per_day=0.01,
+    ),
+}
+
+# Activity bounds, how much a maintenance window drains it, and memory's lag behind it.
+ACTIVITY_MAX = 1.4
+MEM_ACTIVITY_MAX = 1.2
+MAINTENANCE_ACTIVITY_DRAIN = 0.7
+MEMORY_LAG_PHI = 0.9  # per-step weight of the previous memory level
+REGIME_INITIAL_SHARES = {"quiet": 0.25, "normal": 0.55, "busy": 0.2}
+CPU_BUSY_MIN_PCT = 0.3  # a running kernel is never fully idle
+IOWAIT_MAX_PCT = 95.0
+JAVA_SHARE_JITTER = 0.05  # relative bucket-to-bucket wobble of the Java share
+
+# Per-server heterogeneity: log-normal sigma of the per-server scale factors.
+SERVER_SCALE_SIGMA = {"cpu": 0.12, "mem": 0.04, "net": 0.35, "connections": 0.3, "iowait": 0.25}
+# Disk: log rotation trims usage back to the server's base once a week.
+DISK_ROTATION_DAYS = 7
+
+
+@dataclass(frozen=True)
+class NoiseSpec:
+    """Noise of one metric: a slow AR(1) wander plus a fast AR(1) jitter.
+
+    ``phi`` is the per-step autocorrelation; ``sigma`` the stationary standard deviation,
+    relative to the metric's own level for relative noise or absolute otherwise.
+    """
+
+    slow_phi: float
+    slow_sigma: float
+    fast_phi: float
+    fast_sigma: float
+    relative: bool
+
+
+NOISE: dict[str, NoiseSpec] = {
+    "activity": NoiseSpec(slow_phi=0.985, slow_sigma=0.06, fast_phi=0.5, fast_sigma=0.05, relative=False),
+    "cpu": NoiseSpec(slow_phi=0.95, slow_sigma=0.06, fast_phi=0.3, fast_sigma=0.08, relative=True),
+    "iowait": NoiseSpec(slow_phi=0.9, slow_sigma=0.15, fast_phi=0.3, fast_sigma=0.25, relative=True),
+    "mem": NoiseSpec(slow_phi=0.995, slow_sigma=1.5, fast_phi=0.5, fast_sigma=0.4, relative=False),
+    "net": NoiseSpec(slow_phi=0.95, slow_sigma=0.12, fast_phi=0.3, fast_sigma=0.18, relative=True),
+    "connections": NoiseSpec(slow_phi=0.9, slow_sigma=0.2, fast_phi=0.2, fast_sigma=0.15, relative=True),
+    "load": NoiseSpec(slow_phi=0.8, slow_sigma=0.05, fast_phi=0.3, fast_sigma=0.06, relative=True),
+    "swap": NoiseSpec(slow_phi=0.99, slow_sigma=0.4, fast_phi=0.3, fast_sigma=0.1, relative=False),
+}
+# Baseline swap use of a healthy server (% of swap), before memory pressure.
+SWAP_BASE_PCT = (0.0, 3.0)
+# Linux counts tasks in uninterruptible I/O sleep in the load average.
+LOAD_IOWAIT_WEIGHT = 0.6
+# Decimal places written for float metrics.
+FLOAT_DECIMALS = 2
+
+# ---------------------------------------------------------------------------
+# 5. State labelling: how ``state`` is derived from observable signals
+#    (Docs/DATA_CONTRACT.md, "Deriving state"). Shared by the simulator and by any
+#    real feed that calls state_rules.derive_states().
+# ---------------------------------------------------------------------------
+# Critical thresholds: the same numbers drive the state label and the risk score.
+# ML compute nodes run at 100 % CPU by design: for them CPU alone never means critical (None).
+CRITICAL_CPU_USED_PCT: dict[str, float | None] = {"ml_compute": None, "default": 97.0}
+CRITICAL_IOWAIT_PCT = 30.0
+CRITICAL_MEM_PCT = 95.0
+CRITICAL_SWAP_PCT = 40.0
+CRITICAL_DISK_PCT = 95.0
+CRITICAL_CLOSE_WAIT = 500
+# heavy_load: entered at the first value, left below the second (hysteresis).
+HEAVY_CPU_USED_PCT = (80.0, 65.0)
+HEAVY_MEM_PCT = (90.0, 86.0)
+# idle: entered below the first value, left above the second.
+IDLE_CPU_USED_PCT = (7.0, 12.0)
+# morning_spike: weekday, inside this UTC window, CPU used at least this high.
+MORNING_SPIKE_HOURS_UTC = (7.5, 10.0)
+MORNING_SPIKE_MIN_CPU_USED_PCT = 35.0
+# recovery: this many buckets after a critical_issue or an unplanned outage ends.
+RECOVERY_BUCKETS = 6
+# A critical_issue starts once the condition has held this many consecutive buckets (like
+# an alert rule's "for: 10m"), so one noisy sample does not raise it.
+CRITICAL_ENTER_BUCKETS = 2
+# A critical_issue ends only after the condition has been clear this many buckets.
+CRITICAL_CLEAR_BUCKETS = 2
+# Soft states (healthy / heavy_load / idle / morning_spike) change only after the new
+# candidate has held this many consecutive buckets: no flicker on a noisy threshold.
+SOFT_STATE_MIN_BUCKETS = 3
+# Values a collector writes for a bucket with no samples (dense offline mode):
+# activity metrics are zero, CPU is all idle, disk and uptime carry forward.
+OFFLINE_ZERO_METRICS = [m for m in LINBORG_METRICS if m not in ("cpu_idle_pct", "disk_usage_pct", "uptime_days")]
+
+# ---------------------------------------------------------------------------
+# 6. Validator
+# ---------------------------------------------------------------------------
+VALIDATOR_MAX_EXAMPLES = 5  # offending values / rows quoted per error

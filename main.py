@@ -1,0 +1,60 @@
+"""Command-line interface for the whole toolkit.
+
+    python main.py generate --servers 90 --hours 720     # simulate a fleet -> training/
+    python main.py validate training/server_metrics.parquet
+
+Each subcommand is a thin wrapper over the module that owns the job; the module's own
+``python <module>.py`` entry point takes the same flags. Modules are imported only when
+their subcommand runs, so ``--help`` stays instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from common_utils import setup_logging
+from config import PROJECT_VERSION
+
+# subcommand -> (module, one-line help)
+SUBCOMMANDS = {
+    "generate": ("metrics_generator", "simulate a realistic fleet and write LINBORG Parquet"),
+    "validate": ("data_validator", "check a data file against the data contract (exit 1 if invalid)"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Top-level parser with one sub-parser per subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="main.py",
+        description="Predict server trouble before it happens: fleet simulator, contract validator, "
+                    "TFT trainer, inference daemon and dashboard.",
+        epilog="Run 'python main.py <command> --help' for a command's options. Docs: Docs/INDEX.md",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {PROJECT_VERSION}")
+    sub = parser.add_subparsers(dest="command", metavar="command")
+    # Listed here for the overview; each command's options are declared by its own module.
+    for name, (_, help_text) in SUBCOMMANDS.items():
+        sub.add_parser(name, help=help_text, add_help=False)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse the subcommand, hand the rest of the arguments to the module that owns it."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    if not argv or argv[0] not in SUBCOMMANDS:
+        parser.parse_args(argv)  # prints help / version / an error for unknown commands
+        parser.print_help()
+        return 2
+    command, rest = argv[0], argv[1:]
+    module = importlib.import_module(SUBCOMMANDS[command][0])
+    sub_parser = argparse.ArgumentParser(prog=f"main.py {command}", description=SUBCOMMANDS[command][1])
+    args = module.build_arg_parser(sub_parser).parse_args(rest)
+    setup_logging()
+    return int(module.run_from_args(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,759 @@
+"""Realistic LINBORG fleet simulator: writes training data or continues a fleet live.
+
+    python metrics_generator.py --hours 720 --seed 42 --out_dir training/
+    python main.py generate --servers 30 --hours 48
+
+What it models (numbers in config.py, prose in Docs/SERVER_PROFILES.md):
+
+* per-profile baselines and a daily/weekly rhythm (business hours, a weekday morning spike,
+  quiet weekends, ETL ingest bursts, evening risk batches, nightly database backups);
+* a semi-Markov workload regime per server (quiet / normal / busy, dwell times of hours);
+* incidents that build up for tens of minutes to hours before they cross a critical
+  threshold: memory leak -> swap, disk filling, I/O saturation, CLOSE_WAIT pile-up;
+* maintenance windows with reboots (uptime resets), crashes and offline periods;
+* the ``state`` label derived from observables by state_rules.py, exactly as a real feed
+  would derive it. No simulator-internal variable is written to the data.
+
+Design: a per-step loop, vectorised over servers, advances the discrete dynamics (regimes,
+incidents, outages); everything continuous is computed with array operations. Random
+numbers are drawn time-major, one block per step, so generating 30 days at once, a day at
+a time, or one bucket at a time (the live stream) gives identical values.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+from scipy.signal import lfilter
+
+from common_utils import (
+    atomic_write_json,
+    atomic_write_text,
+    is_bucket_aligned,
+    isoformat_utc,
+    make_server_name,
+    parse_utc,
+    setup_logging,
+)
+from config import (
+    ACTIVITY_MAX,
+    CONTRACT_VERSION,
+    CPU_BUSY_MIN_PCT,
+    CRASH_DURATION_HOURS,
+    CSV_MAX_ROWS,
+    DATA_CONTRACT_DOC,
+    DEFAULT_FLEET,
+    DEFAULT_OFFLINE_MODE,
+    DEFAULT_SEED,
+    DEFAULT_START,
+    DISK_ROTATION_DAYS,
+    FLOAT_DECIMALS,
+    FLOAT_METRICS,
+    INCIDENT_CURVE_EXPONENT,
+    INCIDENT_TYPES,
+    INCIDENTS,
+    INTEGER_METRICS,
+    IO_RECOVERY_HOURS,
+    IO_SATURATION_CPU_DROP,
+    IOWAIT_MAX_PCT,
+    JAVA_SHARE_JITTER,
+    LINBORG_METRICS,
+    LOAD_IOWAIT_WEIGHT,
+    MAINTENANCE_ACTIVITY_DRAIN,
+    MAINTENANCE_HOURS_UTC,
+    MAINTENANCE_REBOOT_OFFSET_HOURS,
+    MAINTENANCE_REBOOT_STEPS,
+    MAINTENANCE_WINDOW_HOURS,
+    MEM_ACTIVITY_MAX,
+    MEMORY_LAG_PHI,
+    METADATA_FILE,
+    METRIC_RANGES,
+    MIN_GENERATE_HOURS,
+    NOISE,
+    OFFLINE_MODES,
+    OFFLINE_ZERO_METRICS,
+    PARQUET_COMPRESSION,
+    PARQUET_ROW_GROUP_ROWS,
+    PATCH_CYCLE_DAYS,
+    PILEUP_FRONT_SHARE,
+    PILEUP_SYS_CPU_PCT,
+    PROFILE_BEHAVIOUR,
+    PROJECT_VERSION,
+    REGIME_INITIAL_SHARES,
+    REGIME_MEAN_DWELL_HOURS,
+    REGIME_TRANSITIONS,
+    REGIMES,
+    SAMPLING_INTERVAL_MINUTES,
+    SERVER_PROFILES_DOC,
+    SERVER_SCALE_SIGMA,
+    STEPS_PER_DAY,
+    STEPS_PER_HOUR,
+    SWAP_BASE_PCT,
+    SWAP_CURVE_EXPONENT,
+    SWAP_DRAIN_HOURS,
+    SWAP_ONSET_LEAK_LEVEL,
+    SWAP_ONSET_MEM_PCT,
+    SWAP_PEAK_PCT,
+    TRAINING_DATA_FILE,
+    TRAINING_DIR,
+    VALID_PROFILES,
+    VALID_STATES,
+)
+from server_encoder import ServerEncoder
+from state_rules import StateTracker, morning_spike_window
+
+logger = logging.getLogger(__name__)
+
+# Uniform-draw channels of the discrete dynamics, one (K, N) block per step.
+_U_REGIME_LEAVE, _U_REGIME_DEST, _U_INC_START, _U_INC_TYPE, _U_INC_RAMP, _U_INC_CRIT, _U_INC_REBOOT, \
+    _U_CRASH, _U_CRASH_LEN = range(9)
+_N_UNIFORM = 9
+# Gaussian noise channels (slow, fast) per noise family, plus one for java share.
+_NOISE_FAMILIES = ["activity", "cpu", "iowait", "mem", "net_in", "net_out", "back_cw", "front_cw", "load", "swap"]
+_NOISE_SPEC_OF = {"net_in": "net", "net_out": "net", "back_cw": "connections", "front_cw": "connections"}
+_N_NOISE = 2 * len(_NOISE_FAMILIES) + 1
+_INC_NONE = -1
+_INC_CODE = {name: i for i, name in enumerate(INCIDENT_TYPES)}
+_PHASE_NONE, _PHASE_RAMP, _PHASE_CRITICAL = 0, 1, 2
+
+
+def _hours_to_steps(hours: float | np.ndarray) -> np.ndarray:
+    return np.maximum(1, np.round(np.asarray(hours) * STEPS_PER_HOUR)).astype(np.int64)
+
+
+def fleet_from_total(total: int) -> dict[str, int]:
+    """Split ``total`` servers over the profiles in the default fleet's proportions.
+
+    Largest-remainder rounding; every profile gets at least one server when total >= 7.
+    """
+    if total < 1:
+        raise ValueError(f"--servers must be at least 1 (got {total}).")
+    weights = np.array([DEFAULT_FLEET[p] for p in DEFAULT_FLEET], dtype=float)
+    exact = weights / weights.sum() * total
+    counts = np.floor(exact).astype(int)
+    if total >= len(weights):
+        counts = np.maximum(counts, 1)
+    while counts.sum() > total:  # the floor of 1 can overshoot for tiny fleets
+        counts[np.argmax(counts)] -= 1
+    order = np.argsort(-(exact - np.floor(exact)), kind="stable")
+    for i in order[: total - counts.sum()]:
+        counts[i] += 1
+    return {p: int(c) for p, c in zip(DEFAULT_FLEET, counts) if c > 0}
+
+
+def parse_fleet(spec: str) -> dict[str, int]:
+    """Parse ``"web_api=3,database=2"`` into a fleet composition."""
+    fleet: dict[str, int] = {}
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        name, _, count = part.partition("=")
+        if name not in VALID_PROFILES or not count.isdigit():
+            raise ValueError(
+                f"Bad fleet entry '{part}'. Expected profile=count with a profile from {VALID_PROFILES}. "
+                f"See {SERVER_PROFILES_DOC}."
+            )
+        fleet[name] = int(count)
+    if not fleet or sum(fleet.values()) == 0:
+        raise ValueError("The fleet is empty: give at least one profile=count with count > 0.")
+    return fleet
+
+
+def _interp_curve(anchors: tuple[tuple[float, float], ...], hours: np.ndarray) -> np.ndarray:
+    """Periodic (24 h) linear interpolation through (hour, value) anchor points."""
+    xs = np.array([a[0] for a in anchors], dtype=float)
+    ys = np.array([a[1] for a in anchors], dtype=float)
+    xs = np.concatenate([xs - 24.0, xs, xs + 24.0])
+    ys = np.concatenate([ys, ys, ys])
+    return np.interp(hours, xs, ys)
+
+
+@dataclass
+class FleetChunk:
+    """``n`` consecutive buckets for every server: arrays are shaped (n, N)."""
+
+    timestamps: pd.DatetimeIndex
+    metrics: dict[str, np.ndarray]
+    has_sample: np.ndarray
+    state_codes: np.ndarray
+
+
+class FleetSimulator:
+    """A fleet of servers that can be advanced bucket by bucket or many buckets at once."""
+
+    def __init__(self, fleet: dict[str, int] | None = None, seed: int = DEFAULT_SEED,
+                 start: str | pd.Timestamp = DEFAULT_START) -> None:
+        fleet = dict(DEFAULT_FLEET if fleet is None else fleet)
+        unknown = set(fleet) - set(VALID_PROFILES)
+        if unknown:
+            raise ValueError(f"Unknown profiles {sorted(unknown)}; valid: {VALID_PROFILES}. See {SERVER_PROFILES_DOC}.")
+        start_ts = parse_utc(start)
+        if not is_bucket_aligned(start_ts):
+            raise ValueError(
+                f"--start {start} is not on a {SAMPLING_INTERVAL_MINUTES}-minute boundary. Why it matters: "
+                f"every row sits on the 5-minute grid. Fix: use e.g. {isoformat_utc(start_ts.floor('5min'))}. "
+                f"See {DATA_CONTRACT_DOC} (Time grid)."
+            )
+        self.seed = seed
+        self.start = start_ts
+        self.fleet = {p: int(fleet[p]) for p in VALID_PROFILES if fleet.get(p, 0) > 0}
+        pairs = sorted((make_server_name(p, i + 1), p) for p, c in self.fleet.items() for i in range(c))
+        self.server_names = [n for n, _ in pairs]
+        self.profiles = np.array([p for _, p in pairs], dtype=object)
+        self.n_servers = len(pairs)
+        self.step = 0  # global index of the next bucket to generate
+        self.incident_rate_scale = 1.0  # demo scenarios turn incidents up or off
+
+        static_rng, event_seq, noise_seq = np.random.SeedSequence(seed).spawn(3)
+        self._event_rng = np.random.default_rng(event_seq)
+        self._noise_rng = np.random.default_rng(noise_seq)
+        self._init_static(np.random.default_rng(static_rng))
+
+    # ------------------------------------------------------------------ set-up
+    def _init_static(self, rng: np.random.Generator) -> None:
+        n = self.n_servers
+        behaviours = [PROFILE_BEHAVIOUR[p] for p in self.profiles]
+        self._behaviours = behaviours
+
+        def per_server(attr: str) -> np.ndarray:
+            return np.array([getattr(b, attr) for b in behaviours], dtype=float)
+
+        for attr in ("cpu_base", "cpu_amplitude", "sys_share", "java_share", "iowait_base", "iowait_amplitude",
+                     "mem_base", "mem_amplitude", "net_in_base", "net_in_amplitude", "net_out_base",
+                     "net_out_amplitude", "back_close_wait_base", "back_close_wait_amplitude",
+                     "front_close_wait_base", "front_close_wait_amplitude", "crash_rate_per_day"):
+            setattr(self, f"_{attr}", per_server(attr))
+        self._cores = np.array([rng.choice(b.cores) for b in behaviours], dtype=float)
+        scale = {k: np.exp(rng.normal(0.0, s, n)) for k, s in SERVER_SCALE_SIGMA.items()}
+        self._cpu_scale, self._net_scale = scale["cpu"], scale["net"]
+        self._conn_scale, self._io_scale = scale["connections"], scale["iowait"]
+        self._mem_offset = (scale["mem"] - 1.0) * 100.0  # a few points up or down
+        self._disk_base = np.array([rng.uniform(*b.disk_base) for b in behaviours])
+        self._disk_growth = np.array([rng.uniform(*b.disk_growth_pct_per_day) for b in behaviours])
+        self._disk_rotation_phase = rng.integers(0, DISK_ROTATION_DAYS * STEPS_PER_DAY, n)
+        self._swap_base = rng.uniform(*SWAP_BASE_PCT, n)
+        self._regime_activity = np.array([[b.regime_activity[r] for r in REGIMES] for b in behaviours])
+        self._burst = np.array([b.hourly_burst for b in behaviours], dtype=float)
+        self._backup = np.array([b.backup_window for b in behaviours], dtype=float)
+        rates = np.array([[b.incident_rate_per_day[t] for t in INCIDENT_TYPES] for b in behaviours])
+        self._incident_hazard = rates.sum(axis=1) / STEPS_PER_DAY
+        self._incident_type_cdf = np.cumsum(rates / np.maximum(rates.sum(axis=1, keepdims=True), 1e-12), axis=1)
+        # Diurnal curves are per profile; servers index into them.
+        self._profile_index = np.array([VALID_PROFILES.index(p) for p in self.profiles])
+
+        # Maintenance: one window every PATCH_CYCLE_DAYS at a server-specific slot.
+        cycle = PATCH_CYCLE_DAYS * STEPS_PER_DAY
+        day = rng.integers(0, PATCH_CYCLE_DAYS, n)
+        hour = rng.uniform(*MAINTENANCE_HOURS_UTC, n)
+        start_of_day = self.start.hour * STEPS_PER_HOUR + self.start.minute // SAMPLING_INTERVAL_MINUTES
+        self._maint_first = day * STEPS_PER_DAY + np.round(hour * STEPS_PER_HOUR).astype(int) - start_of_day
+        self._maint_len = _hours_to_steps(rng.uniform(*MAINTENANCE_WINDOW_HOURS, n))
+        self._maint_cycle = cycle
+        self._reboot_offset = int(_hours_to_steps(MAINTENANCE_REBOOT_OFFSET_HOURS))
+
+        # Dynamic state.
+        self._regime = rng.choice(len(REGIMES), n, p=[REGIME_INITIAL_SHARES[r] for r in REGIMES]).astype(np.int8)
+        self._inc_type = np.full(n, _INC_NONE, dtype=np.int8)
+        self._inc_phase = np.zeros(n, dtype=np.int8)
+        self._inc_elapsed = np.zeros(n, dtype=np.int64)
+        self._inc_ramp = np.ones(n, dtype=np.int64)
+        self._inc_crit = np.ones(n, dtype=np.int64)
+        self._offline_left = np.zeros(n, dtype=np.int64)
+        self._swap_residual = np.zeros(n)
+        self._io_residual = np.zeros(n)
+        # The last boot was the previous maintenance reboot, so uptime starts below the cycle.
+        self._boot_step = self._maint_first - cycle + self._reboot_offset + MAINTENANCE_REBOOT_STEPS
+        self._noise_state = {f: rng.standard_normal((2, n)) for f in _NOISE_FAMILIES}
+        self._mem_smooth = np.zeros(n)  # memory follows activity with a lag
+        self._last_disk = self._disk_base.copy()
+        self._last_uptime = np.zeros(n)
+        self._tracker = StateTracker.for_profiles(self.profiles)
+
+    # ------------------------------------------------------------------ demo hooks
+    def inject_incident(self, server_name: str, incident_type: str, ramp_hours: float | None = None) -> None:
+        """Start an incident on one server now (used by the live demo scenarios)."""
+        idx = self.server_names.index(server_name)
+        spec = INCIDENTS[incident_type]
+        ramp = ramp_hours if ramp_hours is not None else float(np.mean(spec.ramp_hours))
+        self._inc_type[idx] = _INC_CODE[incident_type]
+        self._inc_phase[idx] = _PHASE_RAMP
+        self._inc_elapsed[idx] = 0
+        self._inc_ramp[idx] = _hours_to_steps(ramp)
+        self._inc_crit[idx] = _hours_to_steps(np.mean(spec.critical_hours))
+
+    def clear_incidents(self) -> None:
+        """End every running incident at once (the demo's 'healthy' button)."""
+        self._inc_type[:] = _INC_NONE
+        self._inc_phase[:] = _PHASE_NONE
+
+    # ------------------------------------------------------------------ dynamics
+    def _maintenance_masks(self, steps: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(in window, rebooting without samples, reboot finished) masks shaped (n, N)."""
+        phase = (steps[:, None] - self._maint_first[None, :]) % self._maint_cycle
+        in_window = phase < self._maint_len[None, :]
+        rebooting = (phase >= self._reboot_offset) & (phase < self._reboot_offset + MAINTENANCE_REBOOT_STEPS)
+        booted = phase == self._reboot_offset + MAINTENANCE_REBOOT_STEPS
+        return in_window, rebooting, booted
+
+    def _advance_discrete(self, n_steps: int, in_maint: np.ndarray, maint_booted: np.ndarray) -> dict[str, np.ndarray]:
+        """Run the per-step state machine; returns per-step records shaped (n, N)."""
+        n = self.n_servers
+        uniforms = self._event_rng.random((n_steps, _N_UNIFORM, n))
+        leave_p = np.array([1.0 / (REGIME_MEAN_DWELL_HOURS[r] * STEPS_PER_HOUR) for r in REGIMES])
+        dest_cdf = np.array([[sum(REGIME_TRANSITIONS[r].get(d, 0.0) for d in REGIMES[: j + 1])
+                              for j in range(len(REGIMES))] for r in REGIMES])
+        crash_hazard = self._crash_rate_per_day / STEPS_PER_DAY
+        ramp_lo = np.array([INCIDENTS[t].ramp_hours[0] for t in INCIDENT_TYPES])
+        ramp_hi = np.array([INCIDENTS[t].ramp_hours[1] for t in INCIDENT_TYPES])
+        crit_lo = np.array([INCIDENTS[t].critical_hours[0] for t in INCIDENT_TYPES])
+        crit_hi = np.array([INCIDENTS[t].critical_hours[1] for t in INCIDENT_TYPES])
+        reboot_p = np.array([INCIDENTS[t].reboot_probability for t in INCIDENT_TYPES])
+        io_code, mem_code = _INC_CODE["io_saturation"], _INC_CODE["memory_leak"]
+        io_decay = np.exp(-1.0 / (IO_RECOVERY_HOURS * STEPS_PER_HOUR))
+        swap_decay = np.exp(-1.0 / (SWAP_DRAIN_HOURS * STEPS_PER_HOUR))
+        crash_lo, crash_hi = _hours_to_steps(CRASH_DURATION_HOURS[0]), _hours_to_steps(CRASH_DURATION_HOURS[1])
+
+        rec = {
+            "regime": np.empty((n_steps, n), dtype=np.int8),
+            "inc_type": np.empty((n_steps, n), dtype=np.int8),
+            "inc_level": np.zeros((n_steps, n)),
+            "swap_level": np.zeros((n_steps, n)),
+            "io_level": np.zeros((n_steps, n)),
+            "no_sample": np.zeros((n_steps, n), dtype=bool),
+            "boot_step": np.empty((n_steps, n), dtype=np.int64),
+        }
+        for k in range(n_steps):
+            u = uniforms[k]
+            t = self.step + k
+            # Workload regime: leave with a per-step probability, pick the destination by CDF.
+            leave = u[_U_REGIME_LEAVE] < leave_p[self._regime]
+            dest = (u[_U_REGIME_DEST][:, None] > dest_cdf[self._regime]).sum(axis=1)
+            self._regime = np.where(leave, dest, self._regime).astype(np.int8)
+
+            # Maintenance reboot clears whatever was going on.
+            self._boot_step = np.where(maint_booted[k], t, self._boot_step)
+            maint = in_maint[k]
+            active = self._inc_phase != _PHASE_NONE
+            if maint.any():
+                self._inc_phase[maint] = _PHASE_NONE
+                self._inc_type[maint] = _INC_NONE
+                self._offline_left[maint] = 0
+
+            # Unplanned outages.
+            online = self._offline_left == 0
+            crash = online & ~maint & (u[_U_CRASH] < crash_hazard)
+            self._offline_left = np.where(
+                crash, crash_lo + (u[_U_CRASH_LEN] * (crash_hi - crash_lo + 1)).astype(np.int64), self._offline_left)
+            self._inc_phase[crash] = _PHASE_NONE
+
+            # Incidents start on healthy, online servers outside maintenance.
+            start = (~active & online & ~maint & ~crash
+                     & (u[_U_INC_START] < self._incident_hazard * self.incident_rate_scale))
+            if start.any():
+                kind = (u[_U_INC_TYPE][:, None] > self._incident_type_cdf).sum(axis=1).clip(0, len(INCIDENT_TYPES) - 1)
+                self._inc_type = np.where(start, kind, self._inc_type).astype(np.int8)
+                self._inc_phase[start] = _PHASE_RAMP
+                self._inc_elapsed[start] = 0
+                self._inc_ramp = np.where(start, _hours_to_steps(ramp_lo[kind] + u[_U_INC_RAMP] * (ramp_hi[kind] - ramp_lo[kind])), self._inc_ramp)
+                self._inc_crit = np.where(start, _hours_to_steps(crit_lo[kind] + u[_U_INC_CRIT] * (crit_hi[kind] - crit_lo[kind])), self._inc_crit)
+
+            # Progress running incidents.
+            running = self._inc_phase != _PHASE_NONE
+            self._inc_elapsed = np.where(running, self._inc_elapsed + 1, self._inc_elapsed)
+            ramp_done = (self._inc_phase == _PHASE_RAMP) & (self._inc_elapsed >= self._inc_ramp)
+            self._inc_phase[ramp_done] = _PHASE_CRITICAL
+            fixed = (self._inc_phase == _PHASE_CRITICAL) & (self._inc_elapsed >= self._inc_ramp + self._inc_crit)
+            level = np.where(running, np.minimum(self._inc_elapsed / self._inc_ramp, 1.0), 0.0)
+            inc_type = np.where(running, self._inc_type, _INC_NONE)
+            if fixed.any():
+                typ = np.clip(self._inc_type, 0, None)
+                reboot = fixed & (u[_U_INC_REBOOT] < reboot_p[typ])
+                self._offline_left = np.where(reboot, MAINTENANCE_REBOOT_STEPS, self._offline_left)
+                self._inc_phase[fixed] = _PHASE_NONE
+                self._inc_type[fixed] = _INC_NONE
+
+            # After-effects: I/O wait decays, swap drains slowly after a memory fix.
+            self._io_residual = np.maximum(np.where(inc_type == io_code, level, 0.0), self._io_residual * io_decay)
+            swap_onset = np.clip((level - SWAP_ONSET_LEAK_LEVEL) / (1.0 - SWAP_ONSET_LEAK_LEVEL), 0.0, 1.0)
+            swap_target = np.where(inc_type == mem_code, swap_onset ** SWAP_CURVE_EXPONENT, 0.0)
+            self._swap_residual = np.maximum(swap_target, self._swap_residual * swap_decay)
+
+            offline = self._offline_left > 0
+            self._offline_left = np.where(offline, self._offline_left - 1, 0)
+            came_back = offline & (self._offline_left == 0)
+            # Back from an outage = freshly booted.
+            self._boot_step = np.where(came_back, t + 1, self._boot_step)
+            if came_back.any():
+                self._io_residual[came_back] = 0.0
+                self._swap_residual[came_back] = 0.0
+
+            rec["regime"][k] = self._regime
+            rec["inc_type"][k] = np.where(offline, _INC_NONE, inc_type)
+            rec["inc_level"][k] = np.where(offline, 0.0, level)
+            rec["swap_level"][k] = self._swap_residual
+            rec["io_level"][k] = self._io_residual
+            rec["no_sample"][k] = offline
+            rec["boot_step"][k] = self._boot_step
+        return rec
+
+    def _ar_noise(self, eps: np.ndarray, family: str) -> tuple[np.ndarray, np.ndarray]:
+        """Slow and fast AR(1) noise for one family from (n, 2, N) standard normals."""
+        spec = NOISE[_NOISE_SPEC_OF.get(family, family)]
+        out = []
+        for j, (phi, sigma) in enumerate(((spec.slow_phi, spec.slow_sigma), (spec.fast_phi, spec.fast_sigma))):
+            prev = self._noise_state[family][j] * sigma  # stationary state in metric units
+            y, zf = lfilter([np.sqrt(1.0 - phi ** 2) * sigma], [1.0, -phi], eps[:, j, :], axis=0,
+                            zi=(phi * prev)[None, :])
+            self._noise_state[family][j] = zf[0] / phi / sigma if phi else y[-1] / sigma
+            out.append(y)
+        return out[0], out[1]
+
+    def advance(self, n_steps: int) -> FleetChunk:
+        """Generate the next ``n_steps`` buckets for every server."""
+        n = self.n_servers
+        steps = self.step + np.arange(n_steps)
+        timestamps = self.start + pd.to_timedelta(steps * SAMPLING_INTERVAL_MINUTES, unit="min")
+        timestamps = pd.DatetimeIndex(timestamps)
+        hours = np.asarray(timestamps.hour + timestamps.minute / 60.0, dtype=float)
+        minutes = np.asarray(timestamps.minute, dtype=float)
+        weekend = np.asarray(timestamps.dayofweek >= 5)
+
+        in_maint, rebooting, booted = self._maintenance_masks(steps)
+        rec = self._advance_discrete(n_steps, in_maint, booted)
+        noise = self._noise_rng.standard_normal((n_steps, _N_NOISE, n))
+        fam = {f: self._ar_noise(noise[:, 2 * i: 2 * i + 2, :], f) for i, f in enumerate(_NOISE_FAMILIES)}
+        java_jitter = noise[:, -1, :]
+
+        # --- activity: profile rhythm x regime + noise --------------------------------
+        curves = np.empty((n_steps, len(VALID_PROFILES)))
+        for j, profile in enumerate(VALID_PROFILES):
+            b = PROFILE_BEHAVIOUR[profile]
+            curves[:, j] = np.where(weekend, _interp_curve(b.weekend_curve, hours), _interp_curve(b.weekday_curve, hours))
+        activity = curves[:, self._profile_index]
+        activity = activity + np.where(minutes[:, None] < self._burst[None, :, 1], self._burst[None, :, 0], 0.0)
+        regime_mult = self._regime_activity[np.arange(n)[None, :], rec["regime"]]
+        activity = np.clip(activity * regime_mult + fam["activity"][0] + fam["activity"][1], 0.0, ACTIVITY_MAX)
+        activity = activity * (1.0 - MAINTENANCE_ACTIVITY_DRAIN * in_maint)  # drained for maintenance
+
+        # --- normal behaviour -------------------------------------------------------
+        cpu_busy = (self._cpu_base + self._cpu_amplitude * activity) * self._cpu_scale
+        cpu_busy = cpu_busy * (1.0 + fam["cpu"][0] + fam["cpu"][1])
+        iowait = (self._iowait_base + self._iowait_amplitude * activity) * self._io_scale
+        backup_on = (hours[:, None] >= self._backup[None, :, 0]) & (hours[:, None] < self._backup[None, :, 1])
+        iowait = iowait + np.where(backup_on, self._backup[None, :, 2], 0.0)
+        iowait = iowait * (1.0 + fam["iowait"][0] + fam["iowait"][1])
+
+        mem_target = self._mem_base + self._mem_amplitude * np.clip(activity, 0.0, MEM_ACTIVITY_MAX) + self._mem_offset
+        mem_lag, self._mem_smooth = self._lag(mem_target, MEMORY_LAG_PHI, self._mem_smooth)
+        mem = mem_lag + fam["mem"][0] + fam["mem"][1]
+
+        since_rotation = (steps[:, None] + self._disk_rotation_phase[None, :]) % (DISK_ROTATION_DAYS * STEPS_PER_DAY)
+        disk = self._disk_base + self._disk_growth * since_rotation / STEPS_PER_DAY
+
+        net_in = (self._net_in_base + self._net_in_amplitude * activity) * self._net_scale
+        net_in = net_in * np.exp(fam["net_in"][0] + fam["net_in"][1])
+        net_out = (self._net_out_base + self._net_out_amplitude * activity) * self._net_scale
+        net_out = net_out * np.exp(fam["net_out"][0] + fam["net_out"][1])
+        back_cw = (self._back_close_wait_base + self._back_close_wait_amplitude * activity) * self._conn_scale
+        back_cw = back_cw * np.exp(fam["back_cw"][0] + fam["back_cw"][1])
+        front_cw = (self._front_close_wait_base + self._front_close_wait_amplitude * activity) * self._conn_scale
+        front_cw = front_cw * np.exp(fam["front_cw"][0] + fam["front_cw"][1])
+        swap = self._swap_base + np.abs(fam["swap"][0] + fam["swap"][1])
+        sys_extra = np.zeros((n_steps, n))
+        # --- incidents ----------------------------------------------------------------
+        level, kind = rec["inc_level"], rec["inc_type"]
+        shape = {t: level ** INCIDENT_CURVE_EXPONENT[t] for t in INCIDENT_TYPES}
+        leak = kind == _INC_CODE["memory_leak"]
+        mem = np.where(leak, mem + (INCIDENTS["memory_leak"].peak - mem) * shape["memory_leak"], mem)
+        swap = swap + (SWAP_PEAK_PCT - swap) * rec["swap_level"] * (mem >= SWAP_ONSET_MEM_PCT)
+        fill = kind == _INC_CODE["disk_fill"]
+        disk = np.where(fill, disk + (INCIDENTS["disk_fill"].peak - disk) * shape["disk_fill"], disk)
+        io_level = rec["io_level"] ** INCIDENT_CURVE_EXPONENT["io_saturation"]
+        iowait = iowait + (INCIDENTS["io_saturation"].peak - iowait) * io_level
+        cpu_busy = cpu_busy * (1.0 - IO_SATURATION_CPU_DROP * io_level)  # blocked threads do less work
+        pile = kind == _INC_CODE["connection_pileup"]
+        pile_peak, pile_shape = INCIDENTS["connection_pileup"].peak, shape["connection_pileup"]
+        back_cw = np.where(pile, back_cw + (pile_peak - back_cw) * pile_shape, back_cw)
+        front_cw = np.where(pile, front_cw + (PILEUP_FRONT_SHARE * pile_peak - front_cw) * pile_shape, front_cw)
+        sys_extra = np.where(pile, PILEUP_SYS_CPU_PCT * level, sys_extra)
+
+        # --- CPU composition: user + sys + iowait + idle = 100 ---------------------------
+        iowait = np.clip(iowait, 0.0, IOWAIT_MAX_PCT)
+        cpu_busy = np.clip(cpu_busy, CPU_BUSY_MIN_PCT, 100.0)
+        cpu_sys = cpu_busy * self._sys_share + sys_extra
+        cpu_user = cpu_busy - cpu_busy * self._sys_share
+        room = np.maximum(100.0 - iowait, 0.0)
+        squeeze = np.minimum(1.0, room / np.maximum(cpu_user + cpu_sys, 1e-9))
+        cpu_user, cpu_sys = cpu_user * squeeze, cpu_sys * squeeze
+        java = (cpu_user + cpu_sys) * np.clip(self._java_share * (1.0 + JAVA_SHARE_JITTER * java_jitter), 0.0, 1.0)
+        load = self._cores * ((cpu_user + cpu_sys) / 100.0 + LOAD_IOWAIT_WEIGHT * iowait / 100.0)
+        load = load * np.exp(fam["load"][0] + fam["load"][1])
+        uptime = np.floor((steps[:, None] - rec["boot_step"]) / STEPS_PER_DAY)
+
+        r = FLOAT_DECIMALS
+        metrics = {
+            "cpu_user_pct": np.round(cpu_user, r),
+            "cpu_sys_pct": np.round(cpu_sys, r),
+            "cpu_iowait_pct": np.round(iowait, r),
+            "java_cpu_pct": np.round(java, r),
+            "mem_used_pct": np.round(mem, r),
+            "swap_used_pct": np.round(swap, r),
+            "disk_usage_pct": np.round(disk, r),
+            "net_in_mb_s": np.round(net_in, r),
+            "net_out_mb_s": np.round(net_out, r),
+            "back_close_wait": np.round(back_cw),
+            "front_close_wait": np.round(front_cw),
+            "load_average": np.round(load, r),
+            "uptime_days": uptime,
+        }
+        for name, values in metrics.items():
+            low, high = METRIC_RANGES[name]
+            metrics[name] = np.clip(values, low, high)
+        metrics["cpu_idle_pct"] = np.round(
+            100.0 - metrics["cpu_user_pct"] - metrics["cpu_sys_pct"] - metrics["cpu_iowait_pct"], r)
+        metrics["cpu_idle_pct"] = np.clip(metrics["cpu_idle_pct"], 0.0, 100.0)
+
+        # --- buckets without samples: the collector's offline vector ----------------------
+        no_sample = rec["no_sample"] | rebooting
+        self._apply_offline_vector(metrics, no_sample)
+        metrics = {m: metrics[m] for m in LINBORG_METRICS}
+
+        codes = self._tracker.label(
+            cpu_used=100.0 - metrics["cpu_idle_pct"], iowait=metrics["cpu_iowait_pct"], mem=metrics["mem_used_pct"],
+            swap=metrics["swap_used_pct"], disk=metrics["disk_usage_pct"],
+            back_close_wait=metrics["back_close_wait"], front_close_wait=metrics["front_close_wait"],
+            has_sample=~no_sample, in_maintenance=in_maint, spike_window=morning_spike_window(timestamps),
+        )
+        self.step += n_steps
+        return FleetChunk(timestamps=timestamps, metrics=metrics, has_sample=~no_sample, state_codes=codes)
+
+    @staticmethod
+    def _lag(target: np.ndarray, phi: float, prev: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """First-order lag y_t = phi*y_{t-1} + (1-phi)*x_t, continued from ``prev``."""
+        prev = np.where(prev == 0.0, target[0], prev)
+        y, _ = lfilter([1.0 - phi], [1.0, -phi], target, axis=0, zi=(phi * prev)[None, :])
+        return y, y[-1]
+
+    def _apply_offline_vector(self, metrics: dict[str, np.ndarray], no_sample: np.ndarray) -> None:
+        """Write the contract's offline vector where no sample arrived (disk/uptime carried)."""
+        for name in OFFLINE_ZERO_METRICS:
+            metrics[name] = np.where(no_sample, 0.0, metrics[name])
+        metrics["cpu_idle_pct"] = np.where(no_sample, 100.0, metrics["cpu_idle_pct"])
+        for name, last_attr in (("disk_usage_pct", "_last_disk"), ("uptime_days", "_last_uptime")):
+            values = metrics[name]
+            last = getattr(self, last_attr)
+            # Forward-fill along time from the last observed value.
+            idx = np.where(~no_sample, np.arange(values.shape[0])[:, None], -1)
+            idx = np.maximum.accumulate(idx, axis=0)
+            filled = np.where(idx >= 0, values[np.maximum(idx, 0), np.arange(values.shape[1])[None, :]], last[None, :])
+            metrics[name] = np.where(no_sample, filled, values)
+            setattr(self, last_attr, metrics[name][-1].copy())
+
+    # ------------------------------------------------------------------ output
+    def chunk_to_table(self, chunk: FleetChunk, offline_mode: str = DEFAULT_OFFLINE_MODE) -> pa.Table:
+        """Arrow table for a chunk, rows ordered by (server_name, timestamp)."""
+        n_steps = len(chunk.timestamps)
+        n = self.n_servers
+        keep = chunk.has_sample.T.reshape(-1) if offline_mode == "sparse" else None
+
+        def col(values: np.ndarray) -> np.ndarray:
+            flat = values.T.reshape(-1)
+            return flat if keep is None else flat[keep]
+
+        ts = np.tile(chunk.timestamps.as_unit("ns").asi8, n)
+        server_idx = np.repeat(np.arange(n, dtype=np.int32), n_steps)
+        profile_idx = np.repeat(self._profile_index.astype(np.int32), n_steps)
+        if keep is not None:
+            ts, server_idx, profile_idx = ts[keep], server_idx[keep], profile_idx[keep]
+        columns = {
+            "timestamp": pa.array(ts, type=pa.timestamp("ns", tz="UTC")),
+            "server_name": pa.DictionaryArray.from_arrays(server_idx, pa.array(self.server_names)),
+            "profile": pa.DictionaryArray.from_arrays(profile_idx, pa.array(VALID_PROFILES)),
+            "state": pa.DictionaryArray.from_arrays(col(chunk.state_codes).astype(np.int32), pa.array(VALID_STATES)),
+        }
+        for name in LINBORG_METRICS:
+            if name in INTEGER_METRICS:
+                columns[name] = pa.array(col(chunk.metrics[name]).astype(np.int32))
+            else:
+                columns[name] = pa.array(col(chunk.metrics[name]).astype(np.float32))
+        return pa.table(columns)
+
+    def records(self, chunk: FleetChunk) -> list[dict[str, object]]:
+        """Chunk as a list of JSON-ready LINBORG records (for the live stream)."""
+        table = self.chunk_to_table(chunk, offline_mode="sparse")
+        frame = table.to_pandas()
+        frame["timestamp"] = frame["timestamp"].dt.strftime("%Y-%m-%dT%H:%M:%SZ")
+        for column in ("server_name", "profile", "state"):
+            frame[column] = frame[column].astype(str)
+        for name in FLOAT_METRICS:
+            frame[name] = frame[name].astype(float).round(FLOAT_DECIMALS)
+        return frame.to_dict(orient="records")
+
+
+# ---------------------------------------------------------------------- batch generation
+def generate_dataset(out_dir: str | Path = TRAINING_DIR, hours: int = 720, fleet: dict[str, int] | None = None,
+                     seed: int = DEFAULT_SEED, start: str = DEFAULT_START, offline_mode: str = DEFAULT_OFFLINE_MODE,
+                     file_format: str = "parquet", chunk_days: int = 7, progress: bool = True) -> dict[str, object]:
+    """Generate a fleet history and write data, metadata and server mapping to ``out_dir``.
+
+    Returns the metadata dictionary (also written as ``metrics_metadata.json``).
+    """
+    if hours < MIN_GENERATE_HOURS:
+        raise ValueError(
+            f"--hours {hours} is below the minimum of {MIN_GENERATE_HOURS}. Why it matters: with less than a "
+            f"day of history no daily rhythm can be learned and the 8-hour horizon has nothing to stand on. "
+            f"Fix: use --hours {MIN_GENERATE_HOURS} or more (720 = 30 days is recommended). "
+            f"See {DATA_CONTRACT_DOC} (Time grid)."
+        )
+    if offline_mode not in OFFLINE_MODES:
+        raise ValueError(f"--offline_mode must be one of {OFFLINE_MODES} (got '{offline_mode}'). See {DATA_CONTRACT_DOC}.")
+    if file_format not in ("parquet", "csv"):
+        raise ValueError(f"--format must be parquet or csv (got '{file_format}').")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    began = time.perf_counter()
+    sim = FleetSimulator(fleet=fleet, seed=seed, start=start)
+    total_steps = int(hours * STEPS_PER_HOUR)
+    expected_rows = total_steps * sim.n_servers
+    if file_format == "csv" and expected_rows > CSV_MAX_ROWS:
+        raise ValueError(
+            f"CSV is only for small exports (<= {CSV_MAX_ROWS:,} rows); this run makes {expected_rows:,}. "
+            f"Why it matters: Parquet is 10-100x faster and keeps types. Fix: drop --format csv. "
+            f"See {DATA_CONTRACT_DOC} (Files)."
+        )
+    chunk_steps = max(1, chunk_days * STEPS_PER_DAY)
+    state_counts = np.zeros(len(VALID_STATES), dtype=np.int64)
+    tables: list[pa.Table] = []
+    path = out_dir / (TRAINING_DATA_FILE if file_format == "parquet" else TRAINING_DATA_FILE.replace(".parquet", ".csv"))
+    tmp_path = path.with_name(f".{path.name}.tmp")
+    writer = None
+    bar = _progress_bar(total_steps, progress, sim.n_servers)
+    rows_written = 0
+    try:
+        done = 0
+        while done < total_steps:
+            n_steps = min(chunk_steps, total_steps - done)
+            chunk = sim.advance(n_steps)
+            table = sim.chunk_to_table(chunk, offline_mode)
+            kept = chunk.state_codes if offline_mode == "dense" else chunk.state_codes[chunk.has_sample]
+            state_counts += np.bincount(kept.reshape(-1), minlength=len(VALID_STATES))
+            rows_written += table.num_rows
+            if file_format == "parquet":
+                if writer is None:
+                    writer = pq.ParquetWriter(tmp_path, table.schema, compression=PARQUET_COMPRESSION)
+                writer.write_table(table, row_group_size=PARQUET_ROW_GROUP_ROWS)
+            else:
+                tables.append(table)
+            done += n_steps
+            bar.update(n_steps)
+        if writer is not None:
+            writer.close()
+            writer = None
+            tmp_path.replace(path)
+        else:
+            frame = pa.concat_tables(tables).to_pandas()
+            atomic_write_text(path, frame.to_csv(index=False))
+    finally:
+        bar.close()
+        if writer is not None:
+            writer.close()
+        tmp_path.unlink(missing_ok=True)
+
+    encoder = ServerEncoder()
+    encoder.encode_many(sim.server_names)
+    encoder.save(out_dir)
+    end = sim.start + pd.Timedelta(minutes=SAMPLING_INTERVAL_MINUTES * (total_steps - 1))
+    elapsed = time.perf_counter() - began
+    metadata = {
+        "contract_version": CONTRACT_VERSION,
+        "generator_version": PROJECT_VERSION,
+        "seed": seed,
+        "offline_mode": offline_mode,
+        "format": file_format,
+        "file": path.name,
+        "fleet": sim.fleet,
+        "n_servers": sim.n_servers,
+        "hours": hours,
+        "interval_minutes": SAMPLING_INTERVAL_MINUTES,
+        "start": isoformat_utc(sim.start),
+        "end": isoformat_utc(end),
+        "rows": rows_written,
+        "rows_per_profile": {p: int(c * total_steps) for p, c in sim.fleet.items()} if offline_mode == "dense" else None,
+        "state_counts": {s: int(c) for s, c in zip(VALID_STATES, state_counts)},
+        "state_shares": {s: round(float(c) / max(1, state_counts.sum()), 5) for s, c in zip(VALID_STATES, state_counts)},
+        "generation_seconds": round(elapsed, 3),
+    }
+    atomic_write_json(out_dir / METADATA_FILE, metadata)
+    logger.info("wrote %s rows for %d servers to %s in %.2fs (%.0f rows/s)", f"{rows_written:,}", sim.n_servers,
+                path, elapsed, rows_written / max(elapsed, 1e-9))
+    return metadata
+
+
+class _NullBar:
+    def update(self, n: int) -> None:
+        """Ignore progress."""
+
+    def close(self) -> None:
+        """Nothing to close."""
+
+
+def _progress_bar(total_steps: int, enabled: bool, n_servers: int):
+    if not enabled:
+        return _NullBar()
+    from tqdm import tqdm
+
+    return tqdm(total=total_steps, unit="bucket", desc=f"generating {n_servers} servers",
+                file=sys.stderr, dynamic_ncols=True)
+
+
+# ---------------------------------------------------------------------- CLI
+def build_arg_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
+    """Arguments of the generator (shared with ``main.py generate``)."""
+    parser = parser or argparse.ArgumentParser(
+        description="Generate a realistic LINBORG fleet history (Parquet) for training and demos.")
+    parser.add_argument("--hours", type=int, default=720, help=f"hours of history (>= {MIN_GENERATE_HOURS}; 720 = 30 days)")
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--servers", type=int, help="total servers, split over profiles in the default proportions")
+    group.add_argument("--fleet", type=str, help="per-profile counts, e.g. web_api=5,database=3,ml_compute=2")
+    parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help="random seed (same seed = identical output)")
+    parser.add_argument("--offline_mode", "--offline-mode", choices=OFFLINE_MODES, default=DEFAULT_OFFLINE_MODE,
+                        help="dense: a row per bucket, offline buckets marked; sparse: buckets without samples omitted")
+    parser.add_argument("--out_dir", "--out-dir", type=Path, default=TRAINING_DIR, help="output directory")
+    parser.add_argument("--start", default=DEFAULT_START, help="first bucket, ISO 8601 UTC on a 5-minute boundary")
+    parser.add_argument("--format", dest="file_format", choices=["parquet", "csv"], default="parquet",
+                        help=f"parquet (default) or csv (only up to {CSV_MAX_ROWS:,} rows)")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    return parser
+
+
+def run_from_args(args: argparse.Namespace) -> int:
+    """Run generation for parsed arguments; returns a process exit code."""
+    try:
+        fleet = fleet_from_total(args.servers) if args.servers else parse_fleet(args.fleet) if args.fleet else None
+        metadata = generate_dataset(out_dir=args.out_dir, hours=args.hours, fleet=fleet, seed=args.seed,
+                                    start=args.start, offline_mode=args.offline_mode, file_format=args.file_format,
+                                    progress=not args.no_progress)
+    except ValueError as exc:
+        logger.error("%s", exc)
+        return 2
+    print(f"Generated {metadata['rows']:,} rows for {metadata['n_servers']} servers "
+          f"({metadata['start']} .. {metadata['end']}) in {metadata['generation_seconds']}s -> "
+          f"{Path(args.out_dir) / str(metadata['file'])}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point."""
+    setup_logging()
+    return run_from_args(build_arg_parser().parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
