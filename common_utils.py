@@ -39,6 +39,25 @@ def setup_logging(level: str | int | None = None) -> None:
     logging.basicConfig(level=level or LOG_LEVEL, format=LOG_FORMAT)
 
 
+def quiet_library_noise() -> None:
+    """Silence known-harmless library chatter so our own progress lines stay readable.
+
+    Only specific, understood messages are filtered; every other warning still shows.
+    """
+    import warnings
+
+    for pattern in (
+        r".*is an instance of `nn.Module` and is already saved during checkpointing.*",  # stock TFT hparams
+        r"X has feature names, but StandardScaler was fitted without feature names",  # TimeSeriesDataSet
+        r"The given NumPy array is not writable.*",  # pytorch-forecasting encoders
+        r".*isinstance\(treespec, LeafSpec\)` is deprecated.*",  # lightning/torch version skew
+    ):
+        warnings.filterwarnings("ignore", message=pattern)
+    # Lightning's INFO banner (GPU available..., tips); our trainer logs the device itself.
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    logging.getLogger("lightning.fabric").setLevel(logging.WARNING)
+
+
 # --------------------------------------------------------------------------- names
 def profile_from_name(server_name: str) -> str | None:
     """Return the profile whose host-name prefix ``server_name`` carries, or None."""

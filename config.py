@@ -488,3 +488,173 @@ OFFLINE_ZERO_METRICS = [m for m in LINBORG_METRICS if m not in ("cpu_idle_pct", 
 # 6. Validator
 # ---------------------------------------------------------------------------
 VALIDATOR_MAX_EXAMPLES = 5  # offending values / rows quoted per error
+
+# ---------------------------------------------------------------------------
+# 7. Model and training (Docs/TRAINING_GUIDE.md explains each choice)
+# ---------------------------------------------------------------------------
+# What the model forecasts: every metric the risk score and the dashboard use. CPU is
+# forecast as cpu_idle_pct and shown as "CPU used" = 100 - idle (quantiles flip).
+TARGET_METRICS = [
+    "cpu_idle_pct", "cpu_iowait_pct", "mem_used_pct", "swap_used_pct", "disk_usage_pct",
+    "load_average", "net_in_mb_s", "net_out_mb_s", "back_close_wait", "front_close_wait",
+]
+# Heavy-tailed targets are modelled on a log scale (log1p), the rest as they are.
+TARGET_TRANSFORMS = {
+    "load_average": "log1p", "net_in_mb_s": "log1p", "net_out_mb_s": "log1p",
+    "back_close_wait": "log1p", "front_close_wait": "log1p",
+}
+# Each window's targets are normalised by their own encoder mean and standard deviation
+# (pytorch-forecasting's EncoderNormalizer), so the model forecasts relative to the recent
+# level; the window's level and spread are also fed to the model as static inputs. The
+# spread is floored at this share of the target's fleet-wide spread so a flat history (swap
+# at exactly 0) can still forecast a change.
+TARGET_SCALE_FLOOR_FRACTION = 0.02
+# Windows sampled to fit the scalers of those level/spread inputs.
+TARGET_SCALE_FIT_WINDOWS = 20_000
+QUANTILES = [0.1, 0.5, 0.9]
+QUANTILE_LABELS = ["p10", "p50", "p90"]
+# Calendar inputs known for the future: time of day, day of week, minute of the hour
+# (hourly ETL bursts and cron spikes), each as a sine/cosine pair.
+KNOWN_REALS = ["tod_sin", "tod_cos", "dow_sin", "dow_cos", "moh_sin", "moh_cos"]
+STATIC_CATEGORICALS = ["profile"]
+UNKNOWN_CATEGORICALS = ["state"]
+GROUP_ID = "server_id"
+TIME_IDX = "time_idx"
+
+# Encoder length (history the model reads), chosen by backtest: see TRAINING_GUIDE.md.
+ENCODER_LENGTH = 96
+# A server with less history is still forecast once it has this many buckets (1 hour): the
+# model reads what there is, and its profile fills in the rest (cold start). Below it the
+# server is "warming up". Training shows the model this many short-history batches.
+MIN_ENCODER_LENGTH = 12
+SHORT_HISTORY_FRACTION = 0.2
+
+MODEL_HIDDEN_SIZE = 32
+MODEL_ATTENTION_HEADS = 4
+MODEL_HIDDEN_CONTINUOUS_SIZE = 16
+MODEL_DROPOUT = 0.1
+MODEL_LSTM_LAYERS = 1
+
+BATCH_SIZE = 128
+LEARNING_RATE = 3e-3
+WEIGHT_DECAY = 1e-4
+LR_WARMUP_FRACTION = 0.05  # one-cycle schedule: warm up, then cosine decay
+GRADIENT_CLIP_VAL = 1.0
+MAX_EPOCHS = 20
+WINDOWS_PER_EPOCH = 16_384  # sampled training windows per epoch: epochs stay minutes on any fleet
+VAL_WINDOWS = 4_096  # fixed validation windows
+EARLY_STOPPING_PATIENCE = 3
+CHECKPOINT_EVERY_N_EPOCHS = 5
+VALIDATION_HOURS = 48  # the last part of every server's training history
+HOLDOUT_HOURS = 24  # kept out of training and validation entirely; the backtest's range
+# Share of training windows whose profile is hidden (set to "unknown"): the model learns a
+# fleet-wide fallback for servers whose role it cannot tell.
+PROFILE_DROPOUT = 0.1
+TRAIN_SEED = 1234
+
+# Backtest: forecast origins every this many buckets inside the held-out range.
+BACKTEST_ORIGIN_STRIDE = 6
+# Baselines measured in the same run: last value, and same time yesterday.
+SEASONAL_LAG_STEPS = STEPS_PER_DAY
+
+# Saved model layout.
+MODEL_DIR_PREFIX = "tft_model_"
+MODEL_DIR_TIME_FORMAT = "%Y%m%d_%H%M%S"
+LATEST_MODEL_LINK = "latest"
+MODEL_WEIGHTS_FILE = "model.safetensors"
+MODEL_CONFIG_FILE = "config.json"
+TRAINING_INFO_FILE = "training_info.json"
+MODEL_REQUIRED_FILES = [MODEL_WEIGHTS_FILE, MODEL_CONFIG_FILE, TRAINING_INFO_FILE, SERVER_MAPPING_FILE]
+CHECKPOINTS_SUBDIR = "checkpoints"
+MODEL_FORMAT_VERSION = 1
+TRAINING_GUIDE_DOC = "Docs/TRAINING_GUIDE.md"
+
+# ---------------------------------------------------------------------------
+# 8. Risk scoring and alerts (risk_scoring.py; Docs/RISK_SCORING.md has worked examples)
+# ---------------------------------------------------------------------------
+# Metrics the risk score reads, as shown to users. CPU is always "used" (100 - idle).
+RISK_METRICS = ["cpu_used_pct", "cpu_iowait_pct", "mem_used_pct", "swap_used_pct", "disk_usage_pct",
+                "load_average", "back_close_wait", "front_close_wait"]
+# Severity tiers per metric: (threshold, level) from worst to mildest; a value at or above
+# the threshold has that level. Critical thresholds are the state rules' numbers (section 5).
+RISK_TIERS: dict[str, list[tuple[float, str]]] = {
+    "cpu_used_pct": [(CRITICAL_CPU_USED_PCT["default"], "critical"), (90.0, "warning"), (85.0, "elevated")],
+    # I/O wait is the critical metric (codex): >= 30 critical, >= 20 high, >= 10 elevated.
+    "cpu_iowait_pct": [(CRITICAL_IOWAIT_PCT, "critical"), (20.0, "warning"), (10.0, "elevated")],
+    "mem_used_pct": [(CRITICAL_MEM_PCT, "critical"), (90.0, "warning"), (85.0, "elevated")],
+    "swap_used_pct": [(CRITICAL_SWAP_PCT, "critical"), (20.0, "warning"), (10.0, "elevated")],
+    "disk_usage_pct": [(CRITICAL_DISK_PCT, "critical"), (90.0, "warning"), (85.0, "elevated")],
+    "back_close_wait": [(CRITICAL_CLOSE_WAIT, "critical"), (250, "warning"), (150, "elevated")],
+    "front_close_wait": [(CRITICAL_CLOSE_WAIT, "critical"), (250, "warning"), (150, "elevated")],
+}
+# Profile-specific tiers that replace the defaults above. Databases are I/O-heavy by nature
+# (I/O wait below 20 % is normal for them); ML compute should be compute-bound (I/O wait
+# above 5 % is already abnormal) and runs its CPUs flat out by design (no CPU tiers).
+PROFILE_RISK_TIERS: dict[str, dict[str, list[tuple[float, str]]]] = {
+    "database": {"cpu_iowait_pct": [(CRITICAL_IOWAIT_PCT, "critical"), (20.0, "warning")]},
+    "ml_compute": {"cpu_iowait_pct": [(CRITICAL_IOWAIT_PCT, "critical"), (20.0, "warning"), (5.0, "elevated")],
+                   "cpu_used_pct": []},
+}
+# load_average has no fleet-wide scale (it counts runnable tasks per core count): tiers per
+# profile, sized to the profile's typical core count (SERVER_PROFILES.md).
+LOAD_TIERS_BY_PROFILE = {
+    "web_api": [(24.0, "critical"), (16.0, "warning"), (12.0, "elevated")],
+    "ml_compute": [(96.0, "critical"), (72.0, "warning"), (64.0, "elevated")],
+    "database": [(48.0, "critical"), (36.0, "warning"), (28.0, "elevated")],
+    "data_ingest": [(48.0, "critical"), (36.0, "warning"), (28.0, "elevated")],
+    "risk_analytics": [(64.0, "critical"), (48.0, "warning"), (40.0, "elevated")],
+    "conductor_mgmt": [(12.0, "critical"), (8.0, "warning"), (6.0, "elevated")],
+    "generic": [(24.0, "critical"), (16.0, "warning"), (12.0, "elevated")],
+}
+# Contribution of one metric at each level to the server's risk (0..1). Several metrics
+# combine like independent chances: risk = 1 - prod(1 - contribution).
+LEVEL_WEIGHT = {"critical": 0.8, "warning": 0.45, "elevated": 0.2}
+# I/O wait weighs more than any other metric (codex: "I/O wait must have high weight").
+METRIC_WEIGHT_MULTIPLIER = {"cpu_iowait_pct": 1.15}
+# How far a risk seen ahead counts: the sooner, the surer. "now" uses current values; the
+# forecast horizons use the worst p90 (p10 for CPU idle) up to that horizon.
+HORIZON_WEIGHT = {"now": 1.0, "30min": 0.95, "1hr": 0.9, "8hr": 0.75}
+RISK_HORIZONS = ["now", "30min", "1hr", "8hr"]
+# Colour bands (codex): green < 0.3 <= yellow <= 0.7 < red.
+RISK_YELLOW_AT = 0.3
+RISK_RED_ABOVE = 0.7
+# Alerts are raised from this level up.
+ALERT_MIN_LEVEL = "warning"
+
+# ---------------------------------------------------------------------------
+# 9. Inference daemon (tft_inference.py; Docs/API_REFERENCE.md)
+# ---------------------------------------------------------------------------
+STORE_PATH = PROJECT_ROOT / "data" / "metrics_store.sqlite3"
+API_KEY_ENV = "TFT_API_KEY"
+API_KEY_FILE_ENV = "TFT_API_KEY_FILE"
+MAX_BODY_BYTES = 8 * 1024 * 1024  # one POST body; ~40k records
+MAX_RECORDS_PER_REQUEST = 50_000
+RATE_LIMIT_REQUESTS_PER_MINUTE = 1200  # per client (API key or address), token bucket
+RATE_LIMIT_BURST = 200
+# History kept in the store: enough for the encoder, the seasonal baseline and a week of
+# dashboard history; older buckets and forecasts are deleted.
+RETENTION_HOURS = 7 * 24
+FORECAST_RETENTION_HOURS = 7 * 24
+DEDUPE_HOURS = 2  # exact duplicate samples (same server and timestamp) are ignored this long
+TRIM_EVERY_CYCLES = 12
+# A bucket is complete when data for a later bucket arrives, or when the wall clock is this
+# far past its end (a feed that stalled).
+BUCKET_GRACE_SECONDS = 30
+# A server with no samples for this many buckets is reported offline, not forecast.
+OFFLINE_AFTER_BUCKETS = 12
+FORECAST_POLL_SECONDS = 0.5
+# Records older than this (relative to the newest bucket the daemon has seen) are rejected.
+MAX_RECORD_AGE_HOURS = RETENTION_HOURS
+MEMORY_BUCKETS = 512  # per-server ring of recent buckets kept in memory (>= encoder length)
+SQLITE_SYNCHRONOUS = "FULL"  # every acknowledged batch survives a crash or power loss
+API_REFERENCE_DOC = "Docs/API_REFERENCE.md"
+
+# How metrics are named and shown to people (API, alerts, dashboard).
+METRIC_LABELS = {
+    "cpu_used_pct": ("CPU used", "%"), "cpu_iowait_pct": ("I/O wait", "%"), "mem_used_pct": ("Memory", "%"),
+    "swap_used_pct": ("Swap", "%"), "disk_usage_pct": ("Disk", "%"), "load_average": ("Load average", ""),
+    "net_in_mb_s": ("Network in", "MB/s"), "net_out_mb_s": ("Network out", "MB/s"),
+    "back_close_wait": ("Back-end CLOSE_WAIT", "sockets"), "front_close_wait": ("Front-end CLOSE_WAIT", "sockets"),
+    "cpu_user_pct": ("CPU user", "%"), "cpu_sys_pct": ("CPU system", "%"), "java_cpu_pct": ("Java CPU", "%"),
+    "uptime_days": ("Uptime", "days"),
+}

@@ -2,6 +2,8 @@
 
     python main.py generate --servers 90 --hours 720     # simulate a fleet -> training/
     python main.py validate training/server_metrics.parquet
+    python main.py train --data training/server_metrics.parquet --epochs 20
+    python main.py evaluate --model models/latest --data training/server_metrics.parquet
 
 Each subcommand is a thin wrapper over the module that owns the job; the module's own
 ``python <module>.py`` entry point takes the same flags. Modules are imported only when
@@ -14,13 +16,16 @@ import argparse
 import importlib
 import sys
 
-from common_utils import setup_logging
+from common_utils import quiet_library_noise, setup_logging
 from config import PROJECT_VERSION
 
 # subcommand -> (module, one-line help)
 SUBCOMMANDS = {
     "generate": ("metrics_generator", "simulate a realistic fleet and write LINBORG Parquet"),
     "validate": ("data_validator", "check a data file against the data contract (exit 1 if invalid)"),
+    "train": ("tft_trainer", "train the fleet TFT and save it to models/ (safetensors + JSON)"),
+    "evaluate": ("tft_evaluate", "backtest a model against persistence and seasonal-naive baselines"),
+    "infer": ("tft_inference", "run the forecast daemon (--daemon) or forecast a data file once (--data)"),
 }
 
 
@@ -53,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     sub_parser = argparse.ArgumentParser(prog=f"main.py {command}", description=SUBCOMMANDS[command][1])
     args = module.build_arg_parser(sub_parser).parse_args(rest)
     setup_logging()
+    quiet_library_noise()
     return int(module.run_from_args(args))
 
 

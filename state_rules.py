@@ -54,6 +54,11 @@ from config import (
 )
 
 STATE_CODE = {name: code for code, name in enumerate(VALID_STATES)}
+# Most severe first: the order in which the rules above take precedence. A bucket fed by
+# several samples takes the most severe state among them (metrics_store.py).
+STATE_PRECEDENCE = ["maintenance", "offline", "critical_issue", "recovery", "heavy_load", "morning_spike", "idle",
+                    "healthy"]
+assert sorted(STATE_PRECEDENCE) == sorted(VALID_STATES)
 _CRIT = STATE_CODE["critical_issue"]
 _HEALTHY = STATE_CODE["healthy"]
 _HEAVY = STATE_CODE["heavy_load"]

@@ -1,0 +1,372 @@
+"""Durable store of live metrics, aggregated into 5-minute buckets (SQLite, WAL).
+
+Records arrive at any cadence: a 5-second agent or a 5-minute poll. Each record belongs to
+the bucket that contains its timestamp, and a bucket's value is (Docs/API_REFERENCE.md,
+"Bucketing rule"):
+
+* gauges (percentages, MB/s, load average): the mean of the bucket's samples;
+* counts (``back_close_wait``, ``front_close_wait``) and ``uptime_days``: the latest sample;
+* ``state``: the most severe state any sample reported (state_rules.STATE_PRECEDENCE);
+* a bucket without samples: the contract's offline vector, filled in when read.
+
+The same aggregates are kept in SQLite and in memory (:class:`FleetWindows`), merged by the
+same rule, so a restarted daemon rebuilds exactly the windows it had. A batch is committed
+(``synchronous=FULL``) before the request is answered. Exact duplicate samples (same
+server, same timestamp) within ``DEDUPE_HOURS`` are ignored, so a client may retry a batch.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from config import (
+    DEDUPE_HOURS,
+    FLOAT_METRICS,
+    INTEGER_METRICS,
+    LINBORG_METRICS,
+    MEMORY_BUCKETS,
+    OFFLINE_ZERO_METRICS,
+    SAMPLING_INTERVAL_SECONDS,
+    SQLITE_SYNCHRONOUS,
+    STEPS_PER_HOUR,
+)
+from state_rules import STATE_PRECEDENCE
+
+logger = logging.getLogger(__name__)
+
+GAUGES = list(FLOAT_METRICS)  # averaged over the bucket
+COUNTS = list(INTEGER_METRICS)  # latest sample wins
+_RANK = {state: rank for rank, state in enumerate(STATE_PRECEDENCE)}  # 0 = most severe
+_METRIC_POS = {name: i for i, name in enumerate(LINBORG_METRICS)}
+_GAUGE_POS = [_METRIC_POS[m] for m in GAUGES]
+_COUNT_POS = [_METRIC_POS[m] for m in COUNTS]
+
+_SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS buckets (
+    server TEXT NOT NULL, bucket INTEGER NOT NULL, n INTEGER NOT NULL,
+    {", ".join(f"sum_{m} REAL NOT NULL" for m in GAUGES)},
+    last_ts INTEGER NOT NULL,
+    {", ".join(f"last_{m} INTEGER NOT NULL" for m in COUNTS)},
+    state_rank INTEGER NOT NULL,
+    PRIMARY KEY (server, bucket)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS servers (
+    server TEXT PRIMARY KEY, profile TEXT NOT NULL, first_bucket INTEGER NOT NULL,
+    last_bucket INTEGER NOT NULL, first_seen TEXT NOT NULL DEFAULT (datetime('now'))
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS sample_keys (
+    server TEXT NOT NULL, ts INTEGER NOT NULL, PRIMARY KEY (server, ts)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS forecasts (
+    server TEXT NOT NULL, origin INTEGER NOT NULL, payload BLOB NOT NULL,
+    PRIMARY KEY (server, origin)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS buckets_by_time ON buckets(bucket);
+CREATE INDEX IF NOT EXISTS forecasts_by_time ON forecasts(origin);
+CREATE INDEX IF NOT EXISTS keys_by_time ON sample_keys(ts);
+"""
+
+_UPSERT_BUCKET = f"""
+INSERT INTO buckets (server, bucket, n, {", ".join(f"sum_{m}" for m in GAUGES)}, last_ts,
+                     {", ".join(f"last_{m}" for m in COUNTS)}, state_rank)
+VALUES (?, ?, ?, {", ".join("?" for _ in GAUGES)}, ?, {", ".join("?" for _ in COUNTS)}, ?)
+ON CONFLICT (server, bucket) DO UPDATE SET
+    n = n + excluded.n,
+    {", ".join(f"sum_{m} = sum_{m} + excluded.sum_{m}" for m in GAUGES)},
+    {", ".join(f"last_{m} = CASE WHEN excluded.last_ts >= last_ts THEN excluded.last_{m} ELSE last_{m} END"
+               for m in COUNTS)},
+    last_ts = MAX(last_ts, excluded.last_ts),
+    state_rank = MIN(state_rank, excluded.state_rank)
+"""
+
+_UPSERT_SERVER = """
+INSERT INTO servers (server, profile, first_bucket, last_bucket) VALUES (?, ?, ?, ?)
+ON CONFLICT (server) DO UPDATE SET
+    first_bucket = MIN(first_bucket, excluded.first_bucket),
+    last_bucket = MAX(last_bucket, excluded.last_bucket)
+"""
+
+_NS_PER_BUCKET = SAMPLING_INTERVAL_SECONDS * 1_000_000_000
+
+
+@dataclass
+class Aggregate:
+    """One (server, bucket)'s aggregate from a batch, in the store's merge form."""
+
+    server: str
+    bucket: int
+    n: int
+    sums: np.ndarray  # (len(GAUGES),)
+    last_ts: int
+    last_counts: np.ndarray  # (len(COUNTS),)
+    state_rank: int
+
+    def row(self) -> tuple[Any, ...]:
+        """Parameters for the upsert statement."""
+        return (self.server, self.bucket, self.n, *map(float, self.sums), self.last_ts,
+                *map(int, self.last_counts), self.state_rank)
+
+
+def aggregate(records: list[dict[str, Any]]) -> list[Aggregate]:
+    """Fold validated records (with ``ts_ns``) into per-(server, bucket) aggregates."""
+    groups: dict[tuple[str, int], list[dict[str, Any]]] = defaultdict(list)
+    for record in records:
+        groups[(record["server_name"], record["ts_ns"] // _NS_PER_BUCKET)].append(record)
+    out = []
+    for (server, bucket), items in groups.items():
+        sums = np.array([sum(r[m] for r in items) for m in GAUGES], dtype=np.float64)
+        latest = max(items, key=lambda r: r["ts_ns"])
+        out.append(Aggregate(server=server, bucket=bucket, n=len(items), sums=sums, last_ts=latest["ts_ns"],
+                             last_counts=np.array([latest[m] for m in COUNTS], dtype=np.int64),
+                             state_rank=min(_RANK[r["state"]] for r in items)))
+    return out
+
+
+class ServerWindow:
+    """A ring of the most recent buckets of one server, holding the same aggregates as SQLite."""
+
+    def __init__(self, profile: str, capacity: int = MEMORY_BUCKETS) -> None:
+        self.profile = profile
+        self.capacity = capacity
+        self.slot_bucket = np.full(capacity, -1, dtype=np.int64)
+        self.n = np.zeros(capacity, dtype=np.int64)
+        self.sums = np.zeros((capacity, len(GAUGES)))
+        self.last_ts = np.zeros(capacity, dtype=np.int64)
+        self.last_counts = np.zeros((capacity, len(COUNTS)), dtype=np.int64)
+        self.state_rank = np.zeros(capacity, dtype=np.int64)
+        self.first_bucket: int | None = None
+        self.last_bucket: int | None = None
+
+    def merge(self, agg: Aggregate) -> None:
+        """Merge an aggregate exactly as the SQL upsert does."""
+        slot = agg.bucket % self.capacity
+        if self.slot_bucket[slot] != agg.bucket:
+            if self.slot_bucket[slot] > agg.bucket:
+                return  # older than the ring holds (still stored in SQLite)
+            self.slot_bucket[slot] = agg.bucket
+            self.n[slot], self.sums[slot], self.last_ts[slot] = 0, 0.0, -1
+            self.state_rank[slot] = len(STATE_PRECEDENCE)
+        self.n[slot] += agg.n
+        self.sums[slot] += agg.sums
+        if agg.last_ts >= self.last_ts[slot]:
+            self.last_counts[slot] = agg.last_counts
+        self.last_ts[slot] = max(self.last_ts[slot], agg.last_ts)
+        self.state_rank[slot] = min(self.state_rank[slot], agg.state_rank)
+        self.first_bucket = agg.bucket if self.first_bucket is None else min(self.first_bucket, agg.bucket)
+        self.last_bucket = agg.bucket if self.last_bucket is None else max(self.last_bucket, agg.bucket)
+
+    def window(self, end_bucket: int, length: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Buckets ``end-length+1 .. end``: (metrics (length, 14), states (length,), has_sample (length,)).
+
+        Buckets without samples get the contract's offline vector (disk and uptime carried
+        forward, or back from the first sample when the window starts with a gap).
+        """
+        buckets = np.arange(end_bucket - length + 1, end_bucket + 1)
+        slots = buckets % self.capacity
+        present = self.slot_bucket[slots] == buckets
+        values = np.zeros((length, len(LINBORG_METRICS)))
+        counts = np.maximum(self.n[slots], 1)[:, None]
+        values[:, _GAUGE_POS] = self.sums[slots] / counts
+        values[:, _COUNT_POS] = self.last_counts[slots]
+        states = np.array(STATE_PRECEDENCE, dtype=object)[np.clip(self.state_rank[slots], 0, len(STATE_PRECEDENCE) - 1)]
+        if not present.all():
+            missing = ~present
+            for name in OFFLINE_ZERO_METRICS:
+                values[missing, _METRIC_POS[name]] = 0.0
+            values[missing, _METRIC_POS["cpu_idle_pct"]] = 100.0
+            source = np.maximum.accumulate(np.where(present, np.arange(length), -1))
+            first = int(np.argmax(present)) if present.any() else -1
+            source = np.where(source < 0, first, source)
+            for name in ("disk_usage_pct", "uptime_days"):
+                col = _METRIC_POS[name]
+                values[missing, col] = values[source[missing], col] if first >= 0 else 0.0
+            states[missing] = "offline"
+        return values, states, present
+
+    def current(self, bucket: int) -> np.ndarray | None:
+        """The 14 values of one bucket, or None when it has no samples."""
+        slot = bucket % self.capacity
+        if self.slot_bucket[slot] != bucket:
+            return None
+        values = np.zeros(len(LINBORG_METRICS))
+        values[_GAUGE_POS] = self.sums[slot] / max(self.n[slot], 1)
+        values[_COUNT_POS] = self.last_counts[slot]
+        return values
+
+    def last_sample_bucket(self) -> int | None:
+        """Newest bucket that received a sample."""
+        return self.last_bucket
+
+
+class FleetWindows:
+    """In-memory windows for every server, fed by the same aggregates as the store."""
+
+    def __init__(self, capacity: int = MEMORY_BUCKETS) -> None:
+        self.capacity = capacity
+        self.servers: dict[str, ServerWindow] = {}
+
+    def merge(self, aggregates: list[Aggregate], profiles: dict[str, str]) -> None:
+        """Merge aggregates (``profiles``: server -> profile for servers not seen yet)."""
+        for agg in aggregates:
+            window = self.servers.get(agg.server)
+            if window is None:
+                window = self.servers[agg.server] = ServerWindow(profiles[agg.server], self.capacity)
+            window.merge(agg)
+
+    @property
+    def newest_bucket(self) -> int | None:
+        """Newest bucket any server has reported."""
+        buckets = [w.last_bucket for w in self.servers.values() if w.last_bucket is not None]
+        return max(buckets) if buckets else None
+
+
+class MetricsStore:
+    """SQLite persistence (WAL). One writer at a time; reads use their own connections."""
+
+    def __init__(self, path: str | Path, synchronous: str = SQLITE_SYNCHRONOUS) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._local = threading.local()
+        self._synchronous = synchronous
+        self._writer = self._connect()
+        self._writer.executescript(_SCHEMA)
+        self._recent_keys: set[tuple[str, int]] = set()
+        self._recent_keys_floor = 0
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30.0)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute(f"PRAGMA synchronous={self._synchronous}")
+        conn.execute("PRAGMA busy_timeout=30000")
+        return conn
+
+    def _reader(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._local.conn = self._connect()
+        return conn
+
+    def close(self) -> None:
+        """Close the writer connection."""
+        with self._lock:
+            self._writer.close()
+
+    # ------------------------------------------------------------------ writes
+    def add_records(self, records: list[dict[str, Any]]) -> tuple[list[int], list[int], list[Aggregate]]:
+        """Durably add validated records (each with ``ts_ns``, ``server_name``, ``profile``).
+
+        Returns (indices stored, indices ignored as exact duplicates, the aggregates written).
+        The transaction is committed before this returns.
+        """
+        with self._lock:
+            stored, duplicates, fresh = [], [], []
+            seen_in_batch: set[tuple[str, int]] = set()
+            for i, record in enumerate(records):
+                key = (record["server_name"], record["ts_ns"])
+                if key in seen_in_batch or key in self._recent_keys:
+                    duplicates.append(i)
+                    continue
+                seen_in_batch.add(key)
+                stored.append(i)
+                fresh.append(record)
+            aggregates = aggregate(fresh)
+            if fresh:
+                first_bucket: dict[str, int] = {}
+                last_bucket: dict[str, int] = {}
+                profiles: dict[str, str] = {}
+                for agg in aggregates:
+                    first_bucket[agg.server] = min(first_bucket.get(agg.server, agg.bucket), agg.bucket)
+                    last_bucket[agg.server] = max(last_bucket.get(agg.server, agg.bucket), agg.bucket)
+                for record in fresh:
+                    profiles.setdefault(record["server_name"], record["profile"])
+                conn = self._writer
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    conn.executemany("INSERT OR IGNORE INTO sample_keys (server, ts) VALUES (?, ?)",
+                                     [(r["server_name"], r["ts_ns"]) for r in fresh])
+                    conn.executemany(_UPSERT_BUCKET, [agg.row() for agg in aggregates])
+                    conn.executemany(_UPSERT_SERVER, [(s, profiles[s], first_bucket[s], last_bucket[s])
+                                                      for s in first_bucket])
+                    conn.execute("COMMIT")
+                except BaseException:
+                    conn.execute("ROLLBACK")
+                    raise
+                self._recent_keys.update(seen_in_batch)
+            return stored, duplicates, aggregates
+
+    def save_forecasts(self, origin: int, payloads: dict[str, bytes]) -> None:
+        """Store one cycle's horizon forecasts (server -> float32 blob)."""
+        with self._lock:
+            conn = self._writer
+            conn.execute("BEGIN IMMEDIATE")
+            conn.executemany("INSERT OR REPLACE INTO forecasts (server, origin, payload) VALUES (?, ?, ?)",
+                             [(server, origin, blob) for server, blob in payloads.items()])
+            conn.execute("COMMIT")
+
+    def trim(self, bucket_cutoff: int, forecast_cutoff: int, newest_bucket: int) -> dict[str, int]:
+        """Delete buckets, forecasts and duplicate-check keys older than the cutoffs."""
+        key_cutoff_ns = (newest_bucket - DEDUPE_HOURS * STEPS_PER_HOUR) * _NS_PER_BUCKET
+        with self._lock:
+            conn = self._writer
+            conn.execute("BEGIN IMMEDIATE")
+            removed = {
+                "buckets": conn.execute("DELETE FROM buckets WHERE bucket < ?", (bucket_cutoff,)).rowcount,
+                "forecasts": conn.execute("DELETE FROM forecasts WHERE origin < ?", (forecast_cutoff,)).rowcount,
+                "sample_keys": conn.execute("DELETE FROM sample_keys WHERE ts < ?", (key_cutoff_ns,)).rowcount,
+            }
+            conn.execute("DELETE FROM servers WHERE last_bucket < ?", (bucket_cutoff,))
+            conn.execute("COMMIT")
+            self._recent_keys = {k for k in self._recent_keys if k[1] >= key_cutoff_ns}
+        return removed
+
+    # ------------------------------------------------------------------ reads
+    def load_windows(self, capacity: int = MEMORY_BUCKETS) -> FleetWindows:
+        """Rebuild the in-memory windows (and the duplicate-check keys) from disk."""
+        fleet = FleetWindows(capacity)
+        conn = self._reader()
+        profiles = dict(conn.execute("SELECT server, profile FROM servers"))
+        newest = conn.execute("SELECT MAX(bucket) FROM buckets").fetchone()[0]
+        if newest is None:
+            return fleet
+        columns = ["server", "bucket", "n", *[f"sum_{m}" for m in GAUGES], "last_ts",
+                   *[f"last_{m}" for m in COUNTS], "state_rank"]
+        rows = conn.execute(f"SELECT {', '.join(columns)} FROM buckets WHERE bucket > ? ORDER BY bucket",
+                            (newest - capacity,))
+        n_g, n_c = len(GAUGES), len(COUNTS)
+        for row in rows:
+            agg = Aggregate(server=row[0], bucket=row[1], n=row[2], sums=np.array(row[3:3 + n_g], dtype=float),
+                            last_ts=row[3 + n_g], last_counts=np.array(row[4 + n_g:4 + n_g + n_c], dtype=np.int64),
+                            state_rank=row[4 + n_g + n_c])
+            fleet.merge([agg], profiles)
+        for server, first in conn.execute("SELECT server, first_bucket FROM servers"):
+            if server in fleet.servers:
+                fleet.servers[server].first_bucket = first  # history may be longer than the ring
+        floor = (newest - DEDUPE_HOURS * STEPS_PER_HOUR) * _NS_PER_BUCKET
+        self._recent_keys = set(conn.execute("SELECT server, ts FROM sample_keys WHERE ts >= ?", (floor,)))
+        return fleet
+
+    def bucket_history(self, server: str, first_bucket: int) -> list[tuple[Any, ...]]:
+        """Aggregated buckets of one server from ``first_bucket`` on (for the history endpoint)."""
+        columns = ["bucket", "n", *[f"sum_{m}" for m in GAUGES], *[f"last_{m}" for m in COUNTS], "state_rank"]
+        return self._reader().execute(
+            f"SELECT {', '.join(columns)} FROM buckets WHERE server = ? AND bucket >= ? ORDER BY bucket",
+            (server, first_bucket)).fetchall()
+
+    def forecast_history(self, server: str, first_origin: int) -> list[tuple[int, bytes]]:
+        """Stored horizon forecasts of one server from ``first_origin`` on."""
+        return self._reader().execute(
+            "SELECT origin, payload FROM forecasts WHERE server = ? AND origin >= ? ORDER BY origin",
+            (server, first_origin)).fetchall()
+
+    def count_samples(self) -> int:
+        """Total samples aggregated into stored buckets."""
+        return int(self._reader().execute("SELECT COALESCE(SUM(n), 0) FROM buckets").fetchone()[0])

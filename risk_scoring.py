@@ -1,0 +1,202 @@
+"""Risk scores and alerts from current values and the model's quantile forecasts.
+
+The only place risk is computed; every threshold and weight is in config.py (section 8),
+and Docs/RISK_SCORING.md walks through examples. In short:
+
+1. Each metric's value is placed in a severity tier (elevated / warning / critical) using
+   fleet-wide tiers, replaced per profile where a role has its own "normal" (database I/O
+   wait, ML compute I/O wait and CPU, load average per profile).
+2. This is done for "now" (current values) and for each forecast horizon, where the value
+   is the *worst case within the horizon*: the highest p90 over the next 30 min / 1 h / 8 h
+   ("will it breach?"); for CPU the p90 of CPU used, i.e. 100 - p10 of CPU idle.
+3. Per horizon, metrics combine like independent chances, ``1 - prod(1 - weight)``, with
+   I/O wait weighted extra, and the horizon discounted (the further ahead, the less sure).
+4. The server's risk is the worst horizon: 0..1, green < 0.3 <= yellow <= 0.7 < red.
+5. Alerts: one per metric at warning level or worse, at its most severe and earliest
+   horizon, with the predicted value, the threshold, the p50, and when the p90 first crosses.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from config import (
+    ALERT_MIN_LEVEL,
+    HORIZON_WEIGHT,
+    HORIZONS,
+    LEVEL_WEIGHT,
+    LOAD_TIERS_BY_PROFILE,
+    METRIC_LABELS,
+    METRIC_WEIGHT_MULTIPLIER,
+    PROFILE_RISK_TIERS,
+    RISK_HORIZONS,
+    RISK_METRICS,
+    RISK_RED_ABOVE,
+    RISK_TIERS,
+    RISK_YELLOW_AT,
+    SAMPLING_INTERVAL_MINUTES,
+)
+
+LEVEL_ORDER = {"elevated": 1, "warning": 2, "critical": 3}
+
+
+@dataclass
+class Alert:
+    """A metric on one server at warning level or worse, now or within a horizon."""
+
+    server_name: str
+    profile: str
+    level: str
+    metric: str
+    horizon: str
+    predicted_value: float
+    threshold: float
+    p50: float | None
+    minutes_to_breach: int | None
+    reason: str
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return asdict(self)
+
+
+@dataclass
+class RiskResult:
+    """A server's risk: score, colour, per-horizon scores, what drives it, and its alerts."""
+
+    risk_score: float
+    risk_level: str
+    per_horizon: dict[str, float]
+    drivers: list[dict[str, Any]] = field(default_factory=list)
+    alerts: list[Alert] = field(default_factory=list)
+
+
+def risk_level(score: float) -> str:
+    """Colour band for a 0..1 risk score."""
+    if score > RISK_RED_ABOVE:
+        return "red"
+    if score >= RISK_YELLOW_AT:
+        return "yellow"
+    return "green"
+
+
+def tiers_for(metric: str, profile: str) -> list[tuple[float, str]]:
+    """Severity tiers (worst first) for a metric on a server of ``profile``."""
+    if metric == "load_average":
+        return LOAD_TIERS_BY_PROFILE.get(profile, LOAD_TIERS_BY_PROFILE["generic"])
+    return PROFILE_RISK_TIERS.get(profile, {}).get(metric, RISK_TIERS.get(metric, []))
+
+
+def classify(metric: str, profile: str, value: float) -> tuple[str | None, float | None]:
+    """(level, threshold) of the worst tier ``value`` reaches, or (None, None)."""
+    for threshold, level in tiers_for(metric, profile):
+        if value >= threshold:
+            return level, threshold
+    return None, None
+
+
+def _weight(metric: str, level: str | None) -> float:
+    if level is None:
+        return 0.0
+    return min(1.0, LEVEL_WEIGHT[level] * METRIC_WEIGHT_MULTIPLIER.get(metric, 1.0))
+
+
+def _value_text(metric: str, value: float) -> str:
+    """'34.1%', '512 sockets', '14.2' - a value with its unit."""
+    unit = METRIC_LABELS.get(metric, (metric, ""))[1]
+    if unit == "%":
+        return f"{value:.1f}%"
+    if unit == "sockets":
+        return f"{value:.0f} sockets"
+    return f"{value:.1f}{' ' + unit if unit else ''}"
+
+
+def _duration_text(minutes: int) -> str:
+    hours, mins = divmod(minutes, 60)
+    return f"{hours} h {mins:02d} min" if hours else f"{mins} min"
+
+
+_HORIZON_TEXT = {"30min": "30 min", "1hr": "1 h", "8hr": "8 h"}
+
+
+def _profile_note(metric: str, profile: str) -> str:
+    """Where a profile has its own normal, say so (e.g. database I/O wait)."""
+    if metric in PROFILE_RISK_TIERS.get(profile, {}) or metric == "load_average":
+        tiers = tiers_for(metric, profile)
+        if tiers:
+            return f"; normal for {profile} below {_value_text(metric, tiers[-1][0])}"
+    return ""
+
+
+def score_server(server_name: str, profile: str, current: dict[str, float],
+                 forecast: dict[str, dict[str, np.ndarray]] | None) -> RiskResult:
+    """Risk for one server.
+
+    ``current``: display metric -> value now. ``forecast``: display metric -> {"p10", "p50",
+    "p90"} arrays over the next steps (None when the server has no forecast yet).
+    """
+    per_horizon: dict[str, float] = {}
+    findings: list[dict[str, Any]] = []
+    for horizon in RISK_HORIZONS:
+        if horizon != "now" and forecast is None:
+            continue
+        survive = 1.0
+        for metric in RISK_METRICS:
+            if horizon == "now":
+                if metric not in current:
+                    continue
+                value, p50, eta = float(current[metric]), None, None
+            else:
+                if metric not in forecast:
+                    continue
+                steps = HORIZONS[horizon]
+                p90 = np.asarray(forecast[metric]["p90"][:steps], dtype=float)
+                worst = int(np.argmax(p90))
+                value, p50 = float(p90[worst]), float(np.asarray(forecast[metric]["p50"][:steps])[worst])
+                eta = None
+            level, threshold = classify(metric, profile, value)
+            if level is None:
+                continue
+            if horizon != "now":
+                crossing = np.flatnonzero(np.asarray(forecast[metric]["p90"][:HORIZONS[horizon]]) >= threshold)
+                eta = int((crossing[0] + 1) * SAMPLING_INTERVAL_MINUTES) if len(crossing) else None
+            weight = _weight(metric, level)
+            survive *= 1.0 - weight
+            findings.append({"metric": metric, "horizon": horizon, "level": level, "value": value,
+                             "threshold": threshold, "p50": p50, "eta": eta, "weight": weight})
+        per_horizon[horizon] = round(HORIZON_WEIGHT[horizon] * (1.0 - survive), 4)
+    score = max(per_horizon.values()) if per_horizon else 0.0
+    drivers = sorted(findings, key=lambda f: (-f["weight"] * HORIZON_WEIGHT[f["horizon"]],
+                                              RISK_HORIZONS.index(f["horizon"])))
+    return RiskResult(risk_score=round(float(score), 4), risk_level=risk_level(score), per_horizon=per_horizon,
+                      drivers=drivers[:5], alerts=_alerts(server_name, profile, findings))
+
+
+def _alerts(server_name: str, profile: str, findings: list[dict[str, Any]]) -> list[Alert]:
+    """One alert per metric: its most severe level, at the earliest horizon showing it."""
+    best: dict[str, dict[str, Any]] = {}
+    for f in findings:
+        if LEVEL_ORDER[f["level"]] < LEVEL_ORDER[ALERT_MIN_LEVEL]:
+            continue
+        key = (-LEVEL_ORDER[f["level"]], RISK_HORIZONS.index(f["horizon"]))
+        if f["metric"] not in best or key < best[f["metric"]]["_key"]:
+            best[f["metric"]] = {**f, "_key": key}
+    alerts = []
+    for metric, f in best.items():
+        name = METRIC_LABELS.get(metric, (metric, ""))[0]
+        limit = f"{f['level']} at {_value_text(metric, f['threshold'])}{_profile_note(metric, profile)}"
+        if f["horizon"] == "now":
+            reason = f"{name} is {_value_text(metric, f['value'])} now ({limit})"
+        else:
+            when = f"in ~{_duration_text(f['eta'])}" if f["eta"] is not None else f"within {_HORIZON_TEXT[f['horizon']]}"
+            reason = (f"{name} may reach {_value_text(metric, f['value'])} {when} "
+                      f"(p90; p50 {_value_text(metric, f['p50'])}) - {limit}")
+        alerts.append(Alert(server_name=server_name, profile=profile, level=f["level"], metric=metric,
+                            horizon=f["horizon"], predicted_value=round(f["value"], 3),
+                            threshold=float(f["threshold"]), p50=None if f["p50"] is None else round(f["p50"], 3),
+                            minutes_to_breach=f["eta"], reason=reason))
+    alerts.sort(key=lambda a: (-LEVEL_ORDER[a.level], RISK_HORIZONS.index(a.horizon), a.metric))
+    return alerts

@@ -1,0 +1,347 @@
+"""The inference daemon as a real uvicorn process on loopback, driven over HTTP and WebSocket."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from config import LINBORG_METRICS, MAX_BODY_BYTES
+from metrics_generator import FleetSimulator
+from tests.conftest import ROOT, TINY_FLEET
+from tft_inference import AlertsResponse, FleetPredictions, ServerFan
+
+API_KEY = "test-key-0123456789"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class DaemonProcess:
+    """``python tft_inference.py --daemon`` on a free loopback port."""
+
+    def __init__(self, model_dir: Path | None, store: Path, *extra: str, env_key: str | None = API_KEY) -> None:
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = {**os.environ, "TFT_LOG_LEVEL": "INFO"}
+        env.pop("TFT_API_KEY", None)
+        if env_key:
+            env["TFT_API_KEY"] = env_key
+        args = [sys.executable, "tft_inference.py", "--daemon", "--port", str(self.port), "--store", str(store)]
+        if model_dir is not None:
+            args += ["--model-dir", str(model_dir)]
+        self.log = store.with_suffix(f".{self.port}.log")
+        self.proc = subprocess.Popen([*args, *extra], cwd=ROOT, env=env, stdout=open(self.log, "w"),
+                                     stderr=subprocess.STDOUT)
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"daemon exited {self.proc.returncode}: {self.log.read_text()[-3000:]}")
+            try:
+                if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        raise TimeoutError(self.log.read_text()[-3000:])
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+    def client(self, key: str | None = API_KEY) -> httpx.Client:
+        return httpx.Client(base_url=self.url, headers={"X-API-Key": key} if key else {}, timeout=30)
+
+
+def feed_buckets(client: httpx.Client, sim: FleetSimulator, n_buckets: int, chunk: int = 6) -> list[dict]:
+    """Stream n buckets of the simulated fleet into POST /feed; returns the records sent."""
+    sent = []
+    done = 0
+    while done < n_buckets:
+        step = min(chunk, n_buckets - done)
+        records = sim.records(sim.advance(step))
+        response = client.post("/feed", json={"records": records})
+        assert response.status_code == 200, response.text
+        assert response.json()["stored"] == list(range(len(records)))
+        sent += records
+        done += step
+    return sent
+
+
+def wait_for(predicate, timeout: float = 30, interval: float = 0.2):  # noqa: ANN001, ANN201
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise TimeoutError("condition not met")
+
+
+@pytest.fixture(scope="module")
+def live(tiny_training, tmp_path_factory):
+    """A daemon with the tiny trained model, fed 30 buckets of the same fleet plus a stranger."""
+    store = tmp_path_factory.mktemp("daemon") / "store.sqlite3"
+    daemon = DaemonProcess(tiny_training.model_dir, store, "--rate-per-minute", "100000")
+    daemon.wait_ready()
+    sim = FleetSimulator(fleet=TINY_FLEET, seed=99, start="2026-03-02T00:00:00Z")
+    stranger = FleetSimulator(fleet={"database": 1}, seed=5, start="2026-03-02T02:05:00Z")  # the last 5 buckets
+    with daemon.client() as client:
+        feed_buckets(client, sim, 30)
+        # A server the model has never seen, with only a few buckets so far.
+        records = stranger.records(stranger.advance(5))
+        for r in records:
+            r["server_name"] = "ppdb777"
+        assert client.post("/feed", json={"records": records}).status_code == 200
+        # One more bucket of the fleet completes the stranger's fifth bucket too.
+        feed_buckets(client, sim, 1)
+        wait_for(lambda: any(s["server_name"] == "ppdb777"
+                             for s in client.get("/predictions/current").json()["servers"]))
+    yield daemon, sim
+    daemon.stop()
+
+
+def test_health_and_status(live):
+    daemon, _ = live
+    assert httpx.get(f"{daemon.url}/health").json() == {"status": "ok", "model_loaded": True}
+    with daemon.client() as client:
+        status = client.get("/status").json()
+    assert status["model_loaded"] and status["contract_version"] == "1.0.0"
+    assert status["servers_tracked"] == len(FleetSimulator(fleet=TINY_FLEET).server_names) + 1
+    assert status["servers_ready"] == status["servers_tracked"] - 1
+    assert status["servers_warming_up"] == 1 and status["unknown_servers"] >= 1
+    assert status["trained_at"] and status["model_version"].startswith("tft_model_")
+    assert status["forecasts_per_second"] > 0 and status["average_cycle_ms"] > 0
+    assert status["feed_records_stored"] > 0 and status["error_rate"] == 0.0
+
+
+def test_current_predictions_in_codex_format(live):
+    daemon, sim = live
+    with daemon.client() as client:
+        body = client.get("/predictions/current").json()
+    FleetPredictions.model_validate(body)  # the documented response model (OpenAPI) holds
+    servers = {s["server_name"]: s for s in body["servers"]}
+    assert set(sim.server_names) <= set(servers)  # decoded names, never ids
+    ready = servers[sim.server_names[0]]
+    assert ready["status"] == "ok" and ready["profile"] in TINY_FLEET
+    assert ready["prediction_time"].endswith("Z")
+    assert set(ready["predictions"]) == {"30min", "1hr", "8hr"}
+    for horizon in ready["predictions"].values():
+        assert "cpu_used_pct" in horizon and "cpu_idle_pct" not in horizon  # CPU shown as used
+        for band in horizon.values():
+            assert band["p10"] <= band["p50"] <= band["p90"]
+    assert 0.0 <= ready["risk_score"] <= 1.0 and ready["risk_level"] in ("green", "yellow", "red")
+    assert "cpu_used_pct" in ready["current"]
+    warming = servers["ppdb777"]
+    assert warming["status"] == "warming_up" and warming["buckets_needed"] > 0 and not warming["known_to_model"]
+    assert body["summary"]["warming_up"] == 1
+
+
+def test_fan_alerts_history_and_metrics(live):
+    daemon, sim = live
+    name = sim.server_names[0]
+    with daemon.client() as client:
+        fan = client.get(f"/predictions/{name}").json()
+        ServerFan.model_validate(fan)
+        assert len(fan["steps"]) == 96 and len(fan["fan"]["mem_used_pct"]["p50"]) == 96
+        assert client.get("/predictions/ppnope001").status_code == 404
+        alerts = client.get("/alerts/active").json()
+        AlertsResponse.model_validate(alerts)
+        for alert in alerts["alerts"]:
+            assert {"server_name", "level", "metric", "horizon", "predicted_value", "threshold", "reason"} <= set(alert)
+        history = client.get(f"/history/{name}", params={"hours": 2}).json()
+        assert len(history["timestamps"]) == 24 and len(history["actuals"]["cpu_used_pct"]) == 24
+        assert set(history["forecasts"]) == {"30min", "1hr", "8hr"}
+        metrics = client.get("/metrics").text
+    assert "tft_forecast{" in metrics and 'horizon="8hr"' in metrics and 'quantile="p90"' in metrics
+    assert "tft_feed_records_total" in metrics and "tft_forecast_cycle_seconds" in metrics
+
+
+def test_websocket_pushes_each_new_cycle(live):
+    from websockets.sync.client import connect
+
+    daemon, sim = live
+    with connect(f"ws://127.0.0.1:{daemon.port}/ws/predictions?api_key={API_KEY}") as ws:
+        first = json.loads(ws.recv(timeout=10))  # the current cycle on connect
+        with daemon.client() as client:
+            feed_buckets(client, sim, 1)
+        second = json.loads(ws.recv(timeout=30))
+    assert second["prediction_time"] > first["prediction_time"]
+    with pytest.raises(Exception):  # noqa: B017 - any close/handshake error is a refusal
+        with connect(f"ws://127.0.0.1:{daemon.port}/ws/predictions?api_key=wrong") as ws:
+            ws.recv(timeout=5)
+
+
+def _record(sim: FleetSimulator) -> dict:
+    record = dict(sim.records(sim.advance(1))[0])
+    return record
+
+
+@pytest.mark.parametrize("day,field,value,reason", [
+    (1, "cpu_iowait_pct", "lots", "valid number"),
+    (2, "mem_used_pct", 140.0, "less than or equal to 100"),
+    (3, "state", "on_fire", "Input should be"),
+    (4, "back_close_wait", 3.5, "valid integer"),
+    (5, "server_name", "DROP TABLE", "should match pattern"),
+])
+def test_bad_records_are_named_and_good_ones_kept(live, day, field, value, reason):
+    daemon, _ = live
+    sim = FleetSimulator(fleet={"web_api": 2}, seed=123, start=f"2026-03-02T0{day}:00:00Z")
+    good = sim.records(sim.advance(1))
+    for i, record in enumerate(good):  # names of their own: not duplicates of the fixture's fleet
+        record["server_name"] = f"ppweb{800 + 10 * day + i}"
+    bad = {**good[0], "server_name": "ppweb900", field: value}
+    with daemon.client() as client:
+        response = client.post("/feed", json={"records": [good[0], bad, good[1]]})
+    assert response.status_code == 422
+    body = response.json()
+    assert body["stored"] == [0, 2]
+    [rejected] = body["rejected"]
+    assert rejected["index"] == 1 and rejected["field"] == field and reason in rejected["reason"]
+
+
+def test_contract_rules_and_security(live):
+    daemon, _ = live
+    sim = FleetSimulator(fleet={"web_api": 1}, seed=4, start="2026-03-02T01:00:00Z")
+    record = dict(sim.records(sim.advance(1))[0], server_name="ppweb950")
+    with daemon.client() as client:
+        cpu = client.post("/feed", json={"records": [dict(record, cpu_idle_pct=10.0)]}).json()
+        assert "must be 100" in cpu["rejected"][0]["reason"]
+        prefix = client.post("/feed", json={"records": [dict(record, profile="database")]}).json()
+        assert "name pattern" in prefix["rejected"][0]["reason"]
+        stored = client.post("/feed", json={"records": [record]}).json()
+        assert stored["stored"] == [0]
+        again = client.post("/feed", json={"records": [record]}).json()  # a retried batch
+        assert again["duplicates"] == [0] and again["stored"] == []
+        assert client.post("/feed", content=b"{not json").status_code == 400
+        assert client.post("/feed", json={"rows": []}).status_code == 422
+        huge = client.post("/feed", content=b"x" * (MAX_BODY_BYTES + 1), headers={"content-type": "application/json"})
+        assert huge.status_code == 413
+        assert client.post("/admin/reload-model").status_code == 200
+    with daemon.client(key=None) as anonymous:
+        denied = anonymous.post("/feed", json={"records": [record]})
+        assert denied.status_code == 401 and "X-API-Key" in denied.json()["detail"]
+        assert anonymous.get("/predictions/current").status_code == 401
+        assert anonymous.get("/health").status_code == 200
+    with daemon.client(key="wrong") as wrong:
+        assert wrong.get("/status").status_code == 401
+
+
+def test_no_model_means_503_not_a_guess(tmp_path):
+    daemon = DaemonProcess(tmp_path / "missing_model", tmp_path / "store.sqlite3", "--allow-no-model")
+    try:
+        daemon.wait_ready()
+        with daemon.client() as client:
+            assert client.get("/health").json() == {"status": "ok", "model_loaded": False}
+            response = client.get("/predictions/current")
+            assert response.status_code == 503
+            assert response.json()["error"] == "model_not_loaded" and "Fix:" in response.json()["detail"]
+            assert client.get("/alerts/active").status_code == 503
+    finally:
+        daemon.stop()
+
+
+def test_refuses_to_start_with_an_incomplete_model(tiny_training, tmp_path):
+    import shutil
+
+    broken = tmp_path / "model"
+    shutil.copytree(tiny_training.model_dir, broken)
+    (broken / "config.json").unlink()
+    result = subprocess.run([sys.executable, "main.py", "infer", "--daemon", "--model-dir", str(broken),
+                             "--port", str(_free_port()), "--store", str(tmp_path / "s.sqlite3")],
+                            cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 1
+    assert "Refusing to start" in result.stderr and "incomplete" in result.stderr and "Fix:" in result.stderr
+
+
+def test_rate_limit(tiny_training, tmp_path):
+    daemon = DaemonProcess(tiny_training.model_dir, tmp_path / "store.sqlite3", "--rate-per-minute", "60",
+                           "--rate-burst", "5")
+    try:
+        daemon.wait_ready()
+        with daemon.client() as client:
+            codes = [client.get("/status").status_code for _ in range(8)]
+        assert codes[:5] == [200] * 5 and 429 in codes[5:]
+    finally:
+        daemon.stop()
+
+
+def test_sigkill_mid_feed_loses_no_acknowledged_record(tiny_training, tmp_path):
+    store = tmp_path / "store.sqlite3"
+    daemon = DaemonProcess(tiny_training.model_dir, store, "--rate-per-minute", "100000")
+    daemon.wait_ready()
+    sim = FleetSimulator(fleet=TINY_FLEET, seed=21, start="2026-06-01T00:00:00Z")
+    acked, stop = [0], threading.Event()
+    with daemon.client() as client:
+        feed_buckets(client, sim, 26)  # enough history to forecast
+        wait_for(lambda: client.get("/status").json()["cycles"] >= 1)
+        before = client.get("/predictions/current").json()
+
+    def hammer() -> None:
+        with daemon.client() as client:
+            while not stop.is_set():
+                records = sim.records(sim.advance(1))
+                try:
+                    response = client.post("/feed", json={"records": records})
+                except httpx.HTTPError:
+                    return
+                if response.status_code == 200:
+                    acked[0] += len(records)
+
+    total_before = 26 * len(sim.server_names)
+    thread = threading.Thread(target=hammer)
+    thread.start()
+    time.sleep(2.0)
+    os.kill(daemon.proc.pid, signal.SIGKILL)
+    stop.set()
+    thread.join(10)
+    daemon.proc.wait(10)
+
+    from metrics_store import MetricsStore
+
+    stored = MetricsStore(store).count_samples()
+    in_flight = len(sim.server_names)  # at most one unacknowledged batch may also have landed
+    assert acked[0] > 0
+    assert total_before + acked[0] <= stored <= total_before + acked[0] + in_flight
+
+    restarted = DaemonProcess(tiny_training.model_dir, store, "--rate-per-minute", "100000")
+    try:
+        restarted.wait_ready()
+        with restarted.client() as client:
+            after = wait_for(lambda: client.get("/predictions/current").json()
+                             if client.get("/status").json()["cycles"] >= 1 else None)
+        ready = [s for s in after["servers"] if s["status"] == "ok"]
+        assert len(ready) == len(sim.server_names), "no new warm-up after a restart"
+        assert after["prediction_time"] >= before["prediction_time"]
+    finally:
+        restarted.stop()
+
+
+def test_offline_forecast_of_a_file(tiny_training, tiny_data, tmp_path):
+    out = tmp_path / "predictions.json"
+    result = subprocess.run([sys.executable, "main.py", "infer", "--data", str(tiny_data), "--model-dir",
+                             str(tiny_training.model_dir), "--out", str(out)], cwd=ROOT, capture_output=True,
+                            text=True, timeout=300, check=False)
+    assert result.returncode == 0, result.stderr[-2000:]
+    document = json.loads(out.read_text())
+    assert len(document["servers"]) == 12 and len(document["steps"]) == 96
+    assert all(s["status"] == "ok" for s in document["servers"])
+    assert set(document["fans"][document["servers"][0]["server_name"]]) >= {"cpu_used_pct", "mem_used_pct"}
+    assert set(LINBORG_METRICS) <= set(document["servers"][0]["current"])

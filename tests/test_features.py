@@ -1,0 +1,128 @@
+"""Feature pipeline: our vectorised batches equal TimeSeriesDataSet's, densify follows the contract."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from config import GROUP_ID, LINBORG_METRICS, TRAINING_DATA_FILE
+from metrics_generator import generate_dataset
+from server_encoder import ServerEncoder
+from tft_features import (
+    NAN_CODE,
+    SeriesStore,
+    add_model_columns,
+    calendar_features,
+    complete_spec_from_dataset,
+    densify,
+    fit_feature_spec,
+    load_training_frame,
+    make_timeseries_dataset,
+    time_index,
+)
+
+
+@pytest.fixture(scope="module")
+def sparse_frame(tmp_path_factory):
+    out = tmp_path_factory.mktemp("sparse")
+    generate_dataset(out, hours=48, fleet={"web_api": 2, "database": 2, "ml_compute": 2}, seed=3,
+                     offline_mode="sparse", progress=False)
+    return load_training_frame(out / TRAINING_DATA_FILE)
+
+
+@pytest.fixture(scope="module")
+def prepared(sparse_frame):
+    frame = add_model_columns(densify(sparse_frame), ServerEncoder())
+    spec = fit_feature_spec(frame, encoder_length=24)
+    dataset = make_timeseries_dataset(frame, spec)
+    spec = complete_spec_from_dataset(spec, dataset)
+    return frame, spec, dataset
+
+
+def test_densify_fills_gaps_with_the_offline_vector(sparse_frame):
+    dense = densify(sparse_frame)
+    per_server = dense.groupby(dense["server_name"].astype(str)).size()
+    assert (per_server == 48 * 12).all()
+    added = dense.merge(sparse_frame[["server_name", "timestamp"]].astype({"server_name": str}).assign(seen=True),
+                        how="left", on=["server_name", "timestamp"])
+    added = added[added["seen"].isna()]
+    assert len(added) > 0
+    assert (added["state"].astype(str) == "offline").all()
+    assert (added["cpu_idle_pct"] == 100.0).all() and (added["net_in_mb_s"] == 0.0).all()
+    # disk and uptime carry forward from the last sample
+    for _, row in added.iterrows():
+        server = dense[(dense["server_name"].astype(str) == row["server_name"]) & (dense["timestamp"] < row["timestamp"])]
+        last_seen = server[server["state"].astype(str) != "offline"].iloc[-1]
+        assert row["disk_usage_pct"] == last_seen["disk_usage_pct"]
+        break
+
+
+def test_calendar_features_match_pandas():
+    ts = pd.date_range("2026-03-02 07:35", periods=500, freq="5min", tz="UTC")
+    features = calendar_features(time_index(ts))
+    hours = ts.hour + ts.minute / 60
+    np.testing.assert_allclose(features["tod_sin"], np.sin(2 * np.pi * hours / 24), atol=1e-6)
+    dow = ts.dayofweek + hours / 24
+    np.testing.assert_allclose(features["dow_cos"], np.cos(2 * np.pi * dow / 7), atol=1e-6)
+    np.testing.assert_allclose(features["moh_sin"], np.sin(2 * np.pi * ts.minute / 60), atol=1e-6)
+
+
+def test_batches_equal_timeseriesdataset_batches(prepared):
+    frame, spec, dataset = prepared
+    store = SeriesStore(frame, spec)
+    loader = dataset.to_dataloader(train=False, batch_size=len(dataset), shuffle=False)
+    x_ref, y_ref = next(iter(loader))
+    # Locate each stock sample in our store: its group code and its first time index.
+    group_codes = x_ref["groups"][:, 0].numpy()
+    first_tidx = x_ref["decoder_time_idx"][:, 0].numpy() - spec.encoder_length  # full-length window start
+    server_of_code = {int(c): s for s, c in enumerate(store.group_codes)}
+    servers = np.array([server_of_code[int(c)] for c in group_codes])
+    lengths = x_ref["encoder_lengths"].numpy()
+    assert (lengths < spec.encoder_length).any(), "the stock batch should include short-history windows"
+    starts = first_tidx - store.time_idx[store.offsets[servers]]
+    x, y = store.batch(servers, starts, encoder_lengths=lengths)
+    # Stock normalises each window in float32, we in float64: equal to float32 rounding.
+    for key in ("encoder_cont", "decoder_cont"):
+        torch.testing.assert_close(x[key], x_ref[key].float(), rtol=1e-4, atol=1e-4, msg=key)
+    for key in ("encoder_cat", "decoder_cat", "encoder_lengths", "decoder_lengths", "groups", "decoder_time_idx"):
+        torch.testing.assert_close(x[key], x_ref[key], msg=key)
+    for key in ("encoder_target", "decoder_target", "target_scale"):
+        for ours, theirs in zip(x[key], x_ref[key]):
+            torch.testing.assert_close(ours, theirs.float(), rtol=1e-5, atol=1e-4, msg=key)
+    for ours, theirs in zip(y[0], y_ref[0]):
+        torch.testing.assert_close(ours, theirs.float())
+    assert y[1] is None and y_ref[1] is None
+
+
+def test_unknown_servers_and_profiles_get_the_nan_code(prepared):
+    frame, spec, _ = prepared
+    stranger = frame[frame["server_name"] == frame["server_name"].iloc[0]].copy()
+    stranger["server_name"] = "ppweb999"
+    stranger = add_model_columns(stranger.drop(columns=[GROUP_ID]), ServerEncoder())
+    store = SeriesStore(stranger, spec)
+    assert store.group_codes.tolist() == [NAN_CODE]
+    x, _ = store.batch(np.array([0, 0]), np.array([0, 5]), hide_profile=np.array([False, True]))
+    profile_col = spec.x_categoricals.index("profile")
+    assert (x["encoder_cat"][0, :, profile_col] != NAN_CODE).all()
+    assert (x["encoder_cat"][1, :, profile_col] == NAN_CODE).all()
+
+
+def test_spec_round_trips_through_json(prepared):
+    import json
+
+    from tft_features import FeatureSpec
+
+    _, spec, _ = prepared
+    again = FeatureSpec.from_dict(json.loads(json.dumps(spec.to_dict())))
+    assert again == spec
+    assert set(again.scalers) >= {m for m in LINBORG_METRICS if m not in spec.targets}
+
+
+def test_store_refuses_gaps(sparse_frame):
+    frame = add_model_columns(sparse_frame, ServerEncoder())  # not densified
+    spec = fit_feature_spec(frame, encoder_length=24)
+    spec.x_reals, spec.x_categoricals = ["relative_time_idx", "cpu_idle_pct"], ["profile", "state"]
+    with pytest.raises(ValueError, match="complete 5-minute grid.*densify"):
+        SeriesStore(frame, spec)

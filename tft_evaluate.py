@@ -1,0 +1,296 @@
+"""Backtest a saved model against baselines measured in the same run.
+
+    python main.py evaluate --model models/latest --data training/server_metrics.parquet
+    python tft_evaluate.py --model models/latest --data new_day.parquet --out backtest.json
+
+For forecast origins every ``BACKTEST_ORIGIN_STRIDE`` buckets inside a held-out time range
+(by default the range the model was not trained or validated on), and for each target
+metric and each horizon (30 min, 1 h, 8 h = 6, 12, 96 buckets ahead):
+
+* MAE of the p50 forecast;
+* normalised quantile loss, q-risk, at 0.5 and 0.9 (as in the TFT paper):
+  ``2 * sum(QL_q(y, yhat_q)) / sum(|y|)``;
+* p10-p90 coverage (share of actuals inside the band; 0.8 is calibrated);
+
+side by side with two baselines: persistence (the last observed value) and seasonal naive
+(the value at the same time yesterday). A baseline's point forecast stands in for all its
+quantiles. Servers held out of training are scored separately, with their real profile
+and with the profile hidden, to show what profile conditioning is worth on a new server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from common_utils import atomic_write_json, parse_utc, quiet_library_noise, read_json, setup_logging
+from config import (
+    BACKTEST_ORIGIN_STRIDE,
+    HOLDOUT_HOURS,
+    HORIZONS,
+    QUANTILES,
+    SEASONAL_LAG_STEPS,
+    STEPS_PER_HOUR,
+    TIME_IDX,
+    TRAINING_GUIDE_DOC,
+    TRAINING_INFO_FILE,
+)
+from data_validator import DataValidator, format_report
+from tft_features import FeatureSpec, SeriesStore, add_model_columns, decode_quantiles, densify, load_training_frame, \
+    time_index
+from tft_model import FleetTFT, load_model
+
+logger = logging.getLogger(__name__)
+PREDICT_BATCH = 512
+METHODS = ("tft", "persistence", "seasonal_naive")
+
+
+def predict_windows(model: FleetTFT, store: SeriesStore, servers: np.ndarray, starts: np.ndarray,
+                    hide_profile: bool = False, batch_size: int = PREDICT_BATCH,
+                    encoder_length: int | None = None) -> np.ndarray:
+    """Quantile forecasts for windows: (W, targets, D, Q) in metric units.
+
+    ``encoder_length`` restricts every window to its last L history buckets (cold start).
+    """
+    device = next(model.parameters()).device
+    outputs = []
+    model.eval()
+    with torch.inference_mode():
+        for begin in range(0, len(servers), batch_size):
+            sl = slice(begin, begin + batch_size)
+            n = len(servers[sl])
+            hide = np.full(n, hide_profile) if hide_profile else None
+            lengths = np.full(n, encoder_length) if encoder_length else None
+            x, _ = store.batch(servers[sl], starts[sl], hide_profile=hide, encoder_lengths=lengths)
+            x = {k: ([t.to(device) for t in v] if isinstance(v, list) else v.to(device)) for k, v in x.items()}
+            outputs.append(decode_quantiles(model(x)["prediction"], store.spec))
+    if not outputs:
+        return np.zeros((0, len(store.spec.targets), store.spec.prediction_length, len(store.spec.quantiles)))
+    return np.concatenate(outputs)
+
+
+def _actuals_and_baselines(store: SeriesStore, servers: np.ndarray, starts: np.ndarray
+                           ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Actual decoder values, persistence and seasonal-naive forecasts: each (W, targets, D)."""
+    enc, dec = store.spec.encoder_length, store.spec.prediction_length
+    first = store.offsets[servers] + starts  # row of each window's first encoder step
+    decoder_rows = (first + enc)[:, None] + np.arange(dec)[None, :]
+    actual = store.targets[decoder_rows].transpose(0, 2, 1)
+    persistence = np.repeat(store.targets[first + enc - 1][:, :, None], dec, axis=2)
+    seasonal_rows = decoder_rows - SEASONAL_LAG_STEPS
+    available = seasonal_rows >= store.offsets[servers][:, None]
+    seasonal = store.targets[np.maximum(seasonal_rows, 0)].transpose(0, 2, 1).astype(np.float64)
+    seasonal[~np.broadcast_to(available[:, None, :], seasonal.shape)] = np.nan
+    return actual, persistence, seasonal
+
+
+def _quantile_loss(y: np.ndarray, yhat: np.ndarray, q: float) -> np.ndarray:
+    diff = y - yhat
+    return np.maximum(q * diff, (q - 1.0) * diff)
+
+
+def score(actual: np.ndarray, quantiles: np.ndarray) -> dict[str, float]:
+    """Metrics for one target and horizon; ``quantiles`` is (W, Q) or (W,) for a point forecast."""
+    q = quantiles if quantiles.ndim == 2 else np.repeat(quantiles[:, None], len(QUANTILES), axis=1)
+    keep = np.isfinite(q).all(axis=1) & np.isfinite(actual)
+    y, q = actual[keep].astype(np.float64), q[keep].astype(np.float64)
+    denominator = max(float(np.abs(y).sum()), 1e-9)
+    p10, p50, p90 = q[:, QUANTILES.index(0.1)], q[:, QUANTILES.index(0.5)], q[:, QUANTILES.index(0.9)]
+    result = {
+        "mae_p50": float(np.abs(y - p50).mean()) if len(y) else float("nan"),
+        "qrisk_50": float(2.0 * _quantile_loss(y, p50, 0.5).sum() / denominator),
+        "qrisk_90": float(2.0 * _quantile_loss(y, p90, 0.9).sum() / denominator),
+        "n": int(len(y)),
+    }
+    if quantiles.ndim == 2:
+        result["coverage_p10_p90"] = float(((y >= p10) & (y <= p90)).mean()) if len(y) else float("nan")
+    return result
+
+
+def evaluate_windows(spec: FeatureSpec, forecasts: np.ndarray, actual: np.ndarray, persistence: np.ndarray,
+                     seasonal: np.ndarray) -> dict[str, Any]:
+    """Per-target and per-horizon metrics for the TFT and both baselines, plus summaries."""
+    per_target: dict[str, Any] = {}
+    for j, target in enumerate(spec.targets):
+        per_target[target] = {}
+        for label, steps in HORIZONS.items():
+            k = steps - 1
+            per_target[target][label] = {
+                "tft": score(actual[:, j, k], forecasts[:, j, k, :]),
+                "persistence": score(actual[:, j, k], persistence[:, j, k]),
+                "seasonal_naive": score(actual[:, j, k], seasonal[:, j, k]),
+            }
+    per_horizon: dict[str, Any] = {}
+    for label in HORIZONS:
+        means = {m: float(np.mean([per_target[t][label][m]["qrisk_50"] for t in spec.targets])) for m in METHODS}
+        best_baseline = min(("persistence", "seasonal_naive"), key=lambda m: means[m])
+        per_target_gain = [1.0 - per_target[t][label]["tft"]["qrisk_50"]
+                           / max(min(per_target[t][label]["persistence"]["qrisk_50"],
+                                     per_target[t][label]["seasonal_naive"]["qrisk_50"]), 1e-12) for t in spec.targets]
+        per_horizon[label] = {
+            "qrisk_50_mean": means,
+            "qrisk_90_mean": {m: float(np.mean([per_target[t][label][m]["qrisk_90"] for t in spec.targets]))
+                              for m in METHODS},
+            "best_baseline": best_baseline,
+            "improvement_vs_best_baseline": 1.0 - means["tft"] / max(means[best_baseline], 1e-12),
+            "mean_per_target_improvement": float(np.mean(per_target_gain)),
+            "coverage_p10_p90_mean": float(np.mean([per_target[t][label]["tft"]["coverage_p10_p90"]
+                                                     for t in spec.targets])),
+        }
+    return {"per_target": per_target, "per_horizon": per_horizon}
+
+
+def backtest_store(model: FleetTFT, spec: FeatureSpec, store: SeriesStore, first_decoder_tidx: int,
+                   last_decoder_tidx: int, unseen_servers: list[str] | None = None,
+                   stride: int = BACKTEST_ORIGIN_STRIDE) -> dict[str, Any]:
+    """Backtest every window whose 8-hour decoder lies inside [first, last]."""
+    began = time.perf_counter()
+    servers, starts = store.window_starts(first_decoder_tidx, last_decoder_tidx, stride=stride)
+    if len(servers) == 0:
+        raise ValueError(
+            f"No complete forecast window inside the backtest range: it must hold at least "
+            f"{spec.prediction_length} buckets after {spec.encoder_length} buckets of history. Fix: pass a longer "
+            f"range or more data. See {TRAINING_GUIDE_DOC} (Backtest).")
+    unseen = set(unseen_servers or [])
+    names = np.array(store.server_names)
+    is_unseen = np.isin(names[servers], list(unseen))
+    forecasts = predict_windows(model, store, servers, starts)
+    actual, persistence, seasonal = _actuals_and_baselines(store, servers, starts)
+    seen = ~is_unseen
+    result = evaluate_windows(spec, forecasts[seen], actual[seen], persistence[seen], seasonal[seen])
+    to_iso = lambda tidx: pd.Timestamp(int(tidx) * 300, unit="s", tz="UTC").isoformat()  # noqa: E731
+    result["range"] = {"first_decoder_bucket": to_iso(first_decoder_tidx), "last_decoder_bucket": to_iso(last_decoder_tidx)}
+    result["windows"] = int(seen.sum())
+    result["servers"] = int(len(np.unique(servers[seen])))
+    result["origin_stride_buckets"] = stride
+    if is_unseen.any():
+        u_servers, u_starts = servers[is_unseen], starts[is_unseen]
+        args = (actual[is_unseen], persistence[is_unseen], seasonal[is_unseen])
+        comparisons = {}
+        for history, length in (("full_history", None), ("cold_start", spec.min_encoder_length)):
+            known = forecasts[is_unseen] if length is None else \
+                predict_windows(model, store, u_servers, u_starts, encoder_length=length)
+            hidden = predict_windows(model, store, u_servers, u_starts, hide_profile=True, encoder_length=length)
+            with_profile, without = evaluate_windows(spec, known, *args), evaluate_windows(spec, hidden, *args)
+            comparisons[history] = {
+                "history_buckets": length or spec.encoder_length,
+                "per_horizon": {label: {
+                    "qrisk_50_with_profile": with_profile["per_horizon"][label]["qrisk_50_mean"]["tft"],
+                    "qrisk_50_profile_hidden": without["per_horizon"][label]["qrisk_50_mean"]["tft"],
+                    "qrisk_50_best_baseline": with_profile["per_horizon"][label]["qrisk_50_mean"][
+                        with_profile["per_horizon"][label]["best_baseline"]],
+                    "improvement_from_profile": 1.0 - with_profile["per_horizon"][label]["qrisk_50_mean"]["tft"]
+                    / max(without["per_horizon"][label]["qrisk_50_mean"]["tft"], 1e-12),
+                } for label in HORIZONS},
+            }
+        result["unseen_servers"] = {"servers": sorted(unseen & set(names[servers])), "windows": int(is_unseen.sum()),
+                                    **comparisons}
+    result["seconds"] = round(time.perf_counter() - began, 2)
+    return result
+
+
+def format_table(summary: dict[str, Any]) -> str:
+    """Human-readable backtest tables."""
+    lines = [f"Backtest {summary['range']['first_decoder_bucket']} .. {summary['range']['last_decoder_bucket']}: "
+             f"{summary['windows']} windows, {summary['servers']} servers"]
+    lines.append(f"{'target':<18}{'horizon':>8}{'MAE p50':>10}{'q50 tft':>9}{'q50 pers':>9}{'q50 seas':>9}"
+                 f"{'q90 tft':>9}{'cover':>7}")
+    for target, horizons in summary["per_target"].items():
+        for label, methods in horizons.items():
+            t, p, s = methods["tft"], methods["persistence"], methods["seasonal_naive"]
+            lines.append(f"{target:<18}{label:>8}{t['mae_p50']:>10.3f}{t['qrisk_50']:>9.3f}{p['qrisk_50']:>9.3f}"
+                         f"{s['qrisk_50']:>9.3f}{t['qrisk_90']:>9.3f}{t['coverage_p10_p90']:>7.2f}")
+    lines.append("")
+    lines.append(f"{'horizon':<8}{'q50 tft':>9}{'q50 pers':>9}{'q50 seas':>9}{'vs best':>9}{'q90 tft':>9}{'cover':>7}")
+    for label, row in summary["per_horizon"].items():
+        q = row["qrisk_50_mean"]
+        lines.append(f"{label:<8}{q['tft']:>9.3f}{q['persistence']:>9.3f}{q['seasonal_naive']:>9.3f}"
+                     f"{row['improvement_vs_best_baseline']:>+9.1%}{row['qrisk_90_mean']['tft']:>9.3f}"
+                     f"{row['coverage_p10_p90_mean']:>7.2f}")
+    unseen = summary.get("unseen_servers")
+    if unseen:
+        lines.append("")
+        lines.append(f"Servers never seen in training ({', '.join(unseen['servers'])}): q-risk 0.5, "
+                     f"known profile vs profile hidden")
+        for history in ("full_history", "cold_start"):
+            block = unseen[history]
+            lines.append(f"  {history.replace('_', ' ')} ({block['history_buckets']} buckets of history):")
+            for label, row in block["per_horizon"].items():
+                lines.append(f"    {label:<6} with profile {row['qrisk_50_with_profile']:.3f}   profile hidden "
+                             f"{row['qrisk_50_profile_hidden']:.3f}   gain {row['improvement_from_profile']:+.1%}   "
+                             f"(best baseline {row['qrisk_50_best_baseline']:.3f})")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------- CLI
+def build_arg_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
+    """Arguments of the backtest (shared with ``main.py evaluate``)."""
+    parser = parser or argparse.ArgumentParser(description="Backtest a model against persistence and seasonal naive.")
+    parser.add_argument("--model", type=Path, default=Path("models/latest"), help="model directory")
+    parser.add_argument("--data", type=Path, default=Path("training/server_metrics.parquet"))
+    parser.add_argument("--since", default=None,
+                        help="first forecast bucket (ISO 8601). Default: the model's hold-out start if the data "
+                             f"covers it, else the last {HOLDOUT_HOURS} h of the data")
+    parser.add_argument("--stride", type=int, default=BACKTEST_ORIGIN_STRIDE, help="buckets between forecast origins")
+    parser.add_argument("--out", type=Path, default=None, help="write the full result as JSON here")
+    parser.add_argument("--no-store", action="store_true", help=f"do not record the summary in {TRAINING_INFO_FILE}")
+    return parser
+
+
+def run_from_args(args: argparse.Namespace) -> int:
+    """Backtest from parsed arguments; 0 on success, 1 on a data or model problem."""
+    try:
+        loaded = load_model(args.model)
+        frame = load_training_frame(args.data)
+        is_valid, errors, warnings = DataValidator(strict=True).validate_schema(frame)
+        if not is_valid:
+            logger.error("%s", format_report(args.data, len(frame), False, errors, warnings, 0.0))
+            return 1
+        frame = add_model_columns(densify(frame), loaded.encoder)
+        data_end = int(frame[TIME_IDX].max())
+        if args.since:
+            first = int(time_index(pd.DatetimeIndex([parse_utc(args.since)]))[0])
+        else:
+            holdout = (loaded.training_info.get("data") or {}).get("holdout_start")
+            first = int(time_index(pd.DatetimeIndex([parse_utc(holdout)]))[0]) if holdout else -1
+            if first < int(frame[TIME_IDX].min()) + loaded.spec.encoder_length or first > data_end:
+                first = data_end - HOLDOUT_HOURS * STEPS_PER_HOUR + 1
+        store = SeriesStore(frame, loaded.spec)
+        unseen = sorted(set(store.server_names) - set(loaded.encoder.name_to_id))
+        unseen += list((loaded.training_info.get("data") or {}).get("unseen_servers", []))
+        summary = backtest_store(loaded.model, loaded.spec, store, first, data_end, unseen_servers=unseen,
+                                 stride=args.stride)
+    except (FileNotFoundError, ValueError, RuntimeError) as exc:
+        logger.error("%s", exc)
+        return 1
+    summary["model_dir"] = str(args.model)
+    summary["data"] = str(args.data)
+    print(format_table(summary))
+    if args.out:
+        atomic_write_json(args.out, summary)
+        print(f"\nFull result: {args.out}")
+    if not args.no_store:
+        info_path = Path(args.model) / TRAINING_INFO_FILE
+        info = read_json(info_path)
+        info["backtest"] = summary
+        atomic_write_json(info_path, info)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point."""
+    setup_logging()
+    quiet_library_noise()
+    return run_from_args(build_arg_parser().parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

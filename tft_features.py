@@ -1,0 +1,593 @@
+"""Feature pipeline shared by training, evaluation and the inference daemon.
+
+One definition of what the model reads, so the three can never drift apart:
+
+* ``densify``: put every server on the complete 5-minute grid, filling buckets without
+  samples with the contract's offline vector (Docs/DATA_CONTRACT.md);
+* ``add_model_columns``: hash server id, time index and calendar features;
+* ``FeatureSpec``: every fitted scaler, normaliser and category code as plain JSON
+  (saved in the model's ``config.json``; nothing is pickled);
+* ``SeriesStore``: the fleet as compact per-server arrays, and ``batch`` which cuts windows
+  out of them and returns exactly the tensors ``TimeSeriesDataSet``'s data loader would
+  (tests/test_features.py proves it), but vectorised: thousands of windows in milliseconds;
+* ``make_timeseries_dataset``: the stock ``TimeSeriesDataSet`` for the same spec, used to
+  build the model with ``TemporalFusionTransformer.from_dataset`` and by the benchmarks.
+
+Tensor shapes below: B windows, E encoder steps, D decoder steps, R reals, C categoricals.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from pytorch_forecasting.data import EncoderNormalizer
+
+from config import (
+    DATA_CONTRACT_DOC,
+    FLOAT_METRICS,
+    GROUP_ID,
+    INTEGER_METRICS,
+    KNOWN_REALS,
+    LINBORG_METRICS,
+    MAX_PREDICTION_LENGTH,
+    METRIC_RANGES,
+    MIN_ENCODER_LENGTH,
+    OFFLINE_ZERO_METRICS,
+    QUANTILES,
+    SAMPLING_INTERVAL_SECONDS,
+    STATIC_CATEGORICALS,
+    TARGET_METRICS,
+    TARGET_SCALE_FIT_WINDOWS,
+    TARGET_SCALE_FLOOR_FRACTION,
+    TARGET_TRANSFORMS,
+    TIME_IDX,
+    TRAINING_GUIDE_DOC,
+    UNKNOWN_CATEGORICALS,
+    VALID_PROFILES,
+    VALID_STATES,
+)
+from server_encoder import ServerEncoder
+
+logger = logging.getLogger(__name__)
+
+_NS_PER_BUCKET = SAMPLING_INTERVAL_SECONDS * 1_000_000_000
+RELATIVE_TIME_IDX = "relative_time_idx"
+NAN_CODE = 0  # NaNLabelEncoder(add_nan=True) reserves code 0 for unknown / missing
+
+
+# ---------------------------------------------------------------------------- frames
+def time_index(timestamps: pd.Series | pd.DatetimeIndex) -> np.ndarray:
+    """Bucket number since the Unix epoch (UTC): a time index shared by every file."""
+    values = pd.DatetimeIndex(timestamps)
+    if values.tz is not None:
+        values = values.tz_convert("UTC").tz_localize(None)
+    return values.as_unit("ns").asi8 // _NS_PER_BUCKET
+
+
+def calendar_features(time_idx: np.ndarray) -> dict[str, np.ndarray]:
+    """Sine/cosine of time of day, day of week and minute of the hour for bucket numbers."""
+    seconds = time_idx.astype(np.int64) * SAMPLING_INTERVAL_SECONDS
+    day_fraction = (seconds % 86_400) / 86_400.0
+    # 1970-01-01 was a Thursday: shift so that Monday = 0, as pandas' dayofweek.
+    week_fraction = (((seconds // 86_400) + 3) % 7 + day_fraction) / 7.0
+    hour_fraction = (seconds % 3_600) / 3_600.0
+    two_pi = 2.0 * math.pi
+    features = {
+        "tod_sin": np.sin(two_pi * day_fraction), "tod_cos": np.cos(two_pi * day_fraction),
+        "dow_sin": np.sin(two_pi * week_fraction), "dow_cos": np.cos(two_pi * week_fraction),
+        "moh_sin": np.sin(two_pi * hour_fraction), "moh_cos": np.cos(two_pi * hour_fraction),
+    }
+    return {name: features[name].astype(np.float32) for name in KNOWN_REALS}
+
+
+def densify(df: pd.DataFrame) -> pd.DataFrame:
+    """Every server on its complete grid, first to last bucket; gaps get the offline vector.
+
+    The contract's rule for a bucket without samples: activity metrics 0, ``cpu_idle_pct``
+    100, ``disk_usage_pct`` and ``uptime_days`` carried forward, state ``offline``. Rows
+    come back sorted by server and time.
+    """
+    frame = df.sort_values(["server_name", "timestamp"], kind="stable").reset_index(drop=True)
+    tidx = time_index(frame["timestamp"])
+    names = frame["server_name"].astype(str).to_numpy()
+    starts = np.r_[0, np.flatnonzero(names[1:] != names[:-1]) + 1]
+    ends = np.r_[starts[1:], len(frame)]
+    spans = tidx[ends - 1] - tidx[starts] + 1
+    if (spans == ends - starts).all():
+        return frame
+    full_len = int(spans.sum())
+    server_of_row = np.repeat(np.arange(len(starts)), spans)
+    offset_in_server = np.arange(full_len) - np.repeat(np.cumsum(spans) - spans, spans)
+    full_tidx = tidx[starts][server_of_row] + offset_in_server
+    # Position of each existing row on the full grid.
+    pos = (np.cumsum(spans) - spans)[np.repeat(np.arange(len(starts)), ends - starts)] \
+        + (tidx - np.repeat(tidx[starts], ends - starts))
+    present = np.zeros(full_len, dtype=bool)
+    present[pos] = True
+    source = np.maximum.accumulate(np.where(present, np.arange(full_len), -1))
+    row_of = np.full(full_len, -1)
+    row_of[pos] = np.arange(len(frame))
+    filled = frame.iloc[row_of[source]].reset_index(drop=True)
+    missing = ~present
+    filled["timestamp"] = pd.to_datetime(full_tidx * _NS_PER_BUCKET, utc=True)
+    for name in OFFLINE_ZERO_METRICS:
+        filled.loc[missing, name] = 0
+    filled.loc[missing, "cpu_idle_pct"] = 100.0
+    if isinstance(filled["state"].dtype, pd.CategoricalDtype) and "offline" not in filled["state"].cat.categories:
+        filled["state"] = filled["state"].cat.add_categories(["offline"])
+    filled.loc[missing, "state"] = "offline"
+    logger.info("densify: filled %d missing buckets with the offline vector", int(missing.sum()))
+    return filled
+
+
+def add_model_columns(df: pd.DataFrame, encoder: ServerEncoder) -> pd.DataFrame:
+    """Add ``server_id`` (hash), ``time_idx`` and calendar features; metrics as float32."""
+    frame = df.copy()
+    names = frame["server_name"].astype(str)
+    ids = encoder.encode_many(names.unique())
+    frame[GROUP_ID] = names.map(ids).astype(str)
+    frame[TIME_IDX] = time_index(frame["timestamp"])
+    for name, values in calendar_features(frame[TIME_IDX].to_numpy()).items():
+        frame[name] = values
+    for name in LINBORG_METRICS:
+        frame[name] = frame[name].astype(np.float32)
+    for name in ("profile", "state"):
+        frame[name] = frame[name].astype(str)
+    return frame
+
+
+# ---------------------------------------------------------------------------- normaliser
+class FlooredEncoderNormalizer(EncoderNormalizer):
+    """pytorch-forecasting's EncoderNormalizer whose per-window scale never drops below a floor."""
+
+    def __init__(self, method: str = "standard", center: bool = True, transformation: str | None = None,
+                 method_kwargs: dict | None = None, max_length: int | None = None, scale_floor: float = 0.0) -> None:
+        super().__init__(method=method, center=center, transformation=transformation, method_kwargs=method_kwargs,
+                         max_length=max_length)
+        self.scale_floor = scale_floor
+
+    def fit(self, y: Any) -> FlooredEncoderNormalizer:
+        """Fit on one encoder window, then apply the floor."""
+        super().fit(y)
+        if torch.is_tensor(self.scale_):
+            self.scale_ = torch.clamp(self.scale_, min=self.scale_floor)
+        else:
+            self.scale_ = np.maximum(self.scale_, self.scale_floor)
+        return self
+
+
+# ---------------------------------------------------------------------------- the spec
+@dataclass
+class FeatureSpec:
+    """Everything needed to turn LINBORG rows into model tensors, as plain JSON."""
+
+    encoder_length: int
+    min_encoder_length: int = MIN_ENCODER_LENGTH
+    prediction_length: int = MAX_PREDICTION_LENGTH
+    targets: list[str] = field(default_factory=lambda: list(TARGET_METRICS))
+    quantiles: list[float] = field(default_factory=lambda: list(QUANTILES))
+    x_reals: list[str] = field(default_factory=list)  # order of encoder_cont/decoder_cont columns
+    x_categoricals: list[str] = field(default_factory=list)
+    scalers: dict[str, dict[str, float] | None] = field(default_factory=dict)  # StandardScaler mean/scale
+    target_normalizers: dict[str, dict[str, Any]] = field(default_factory=dict)  # transformation, scale floor
+    categories: dict[str, dict[str, int]] = field(default_factory=dict)  # label -> code per categorical
+    loss_weights: list[float] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dictionary."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> FeatureSpec:
+        """Inverse of :meth:`to_dict`."""
+        return cls(**data)
+
+    @property
+    def group_codes(self) -> dict[str, int]:
+        """Server id -> group code (0 = a server the model never saw)."""
+        return self.categories[GROUP_ID]
+
+    def encode(self, name: str, values: pd.Series | np.ndarray) -> np.ndarray:
+        """Category codes for ``values``; unknown labels get the NaN code 0."""
+        mapping = self.categories[name]
+        return pd.Series(np.asarray(values, dtype=object)).map(mapping).fillna(NAN_CODE).to_numpy(np.int64)
+
+
+def _categories(values: list[str]) -> dict[str, int]:
+    """Codes as NaNLabelEncoder(add_nan=True) assigns them: 0 = nan, then sorted labels."""
+    return {label: code + 1 for code, label in enumerate(sorted(values))}
+
+
+def transform_target(name: str, values: np.ndarray, spec_or_transform: FeatureSpec | str | None) -> np.ndarray:
+    """Apply a target's transformation (log1p for heavy-tailed metrics)."""
+    transformation = spec_or_transform.target_normalizers[name]["transformation"] \
+        if isinstance(spec_or_transform, FeatureSpec) else spec_or_transform
+    if transformation is None:
+        return values
+    if transformation == "log1p":
+        return np.log1p(values)
+    raise ValueError(f"unsupported target transformation {transformation!r}")
+
+
+def encoder_center_scale(encoder_values: np.ndarray, floor: np.ndarray | float) -> tuple[np.ndarray, np.ndarray]:
+    """Per-window center (mean) and scale (unbiased std + float32 eps, floored) over axis 1.
+
+    ``encoder_values`` is (B, E, ...) in transformed units; the formula is EncoderNormalizer's
+    (torch path), plus the floor.
+    """
+    values = encoder_values.astype(np.float64)
+    center = values.mean(axis=1)
+    scale = values.std(axis=1, ddof=1) + np.finfo(np.float32).eps
+    return center, np.maximum(scale, floor)
+
+
+def fit_feature_spec(train_frame: pd.DataFrame, encoder_length: int,
+                     targets: list[str] | None = None, seed: int = 0) -> FeatureSpec:
+    """Fit scalers, target settings and category codes on training rows only."""
+    from sklearn.preprocessing import StandardScaler
+
+    targets = list(targets or TARGET_METRICS)
+    spec = FeatureSpec(encoder_length=encoder_length, targets=targets,
+                       min_encoder_length=min(MIN_ENCODER_LENGTH, encoder_length))
+    spec.categories = {
+        GROUP_ID: _categories(train_frame[GROUP_ID].unique().tolist()),
+        "profile": _categories(VALID_PROFILES),
+        "state": _categories(VALID_STATES),
+    }
+    for name in LINBORG_METRICS:
+        if name in targets:
+            continue
+        scaler = StandardScaler().fit(train_frame[[name]].to_numpy(np.float64))
+        spec.scalers[name] = {"mean": float(scaler.mean_[0]), "scale": float(scaler.scale_[0])}
+    for name in [*KNOWN_REALS, RELATIVE_TIME_IDX]:
+        spec.scalers[name] = None  # already in [-1, 1]
+
+    # Sample encoder windows to fit the scalers of the per-window level/spread inputs.
+    ordered = train_frame.sort_values([GROUP_ID, TIME_IDX], kind="stable")
+    ids = ordered[GROUP_ID].to_numpy()
+    bounds = np.r_[0, np.flatnonzero(ids[1:] != ids[:-1]) + 1, len(ordered)]
+    rng = np.random.default_rng(seed)
+    usable = [(lo, hi) for lo, hi in zip(bounds[:-1], bounds[1:]) if hi - lo >= encoder_length]
+    firsts = np.concatenate([np.arange(lo, hi - encoder_length + 1) for lo, hi in usable]) if usable \
+        else np.zeros(0, dtype=np.int64)
+    if len(firsts) == 0:
+        raise ValueError(f"No server has {encoder_length} buckets of training history. See {TRAINING_GUIDE_DOC}.")
+    firsts = rng.choice(firsts, size=min(len(firsts), TARGET_SCALE_FIT_WINDOWS), replace=False)
+    rows = firsts[:, None] + np.arange(encoder_length)[None, :]
+
+    weights = []
+    for name in targets:
+        transformation = TARGET_TRANSFORMS.get(name)
+        transformed = transform_target(name, ordered[name].to_numpy(np.float64), transformation)
+        floor = TARGET_SCALE_FLOOR_FRACTION * max(float(transformed.std()), 1e-6)
+        spec.target_normalizers[name] = {"method": "standard", "transformation": transformation, "scale_floor": floor}
+        center, scale = encoder_center_scale(transformed[rows], floor)
+        for suffix, values in (("center", center), ("scale", scale)):
+            spec.scalers[f"{name}_{suffix}"] = {"mean": float(values.mean()), "scale": float(max(values.std(), 1e-8))}
+        # The loss is computed in metric units; weight each target by 1/its spread so
+        # that MB/s and percentages count alike.
+        weights.append(1.0 / max(float(train_frame[name].std()), 1e-3))
+    spec.loss_weights = weights
+    return spec
+
+
+def target_normalizer_objects(spec: FeatureSpec) -> list[Any]:
+    """The per-window target normalisers, rebuilt from the spec's JSON."""
+    return [FlooredEncoderNormalizer(method="standard", transformation=spec.target_normalizers[name]["transformation"],
+                                     scale_floor=spec.target_normalizers[name]["scale_floor"])
+            for name in spec.targets]
+
+
+def make_timeseries_dataset(frame: pd.DataFrame, spec: FeatureSpec, predict: bool = False) -> Any:
+    """The stock ``TimeSeriesDataSet`` for ``frame`` with the spec's fitted encoders.
+
+    Used to create the model (``from_dataset``), by the equivalence test and by the
+    benchmark's stock pipeline. ``frame`` must come from :func:`add_model_columns`.
+    """
+    from pytorch_forecasting import TimeSeriesDataSet
+    from pytorch_forecasting.data import MultiNormalizer, NaNLabelEncoder
+    from sklearn.preprocessing import StandardScaler
+
+    encoders = {}
+    for name in (GROUP_ID, "profile", "state"):
+        enc = NaNLabelEncoder(add_nan=True)
+        enc.classes_ = {"nan": NAN_CODE, **spec.categories[name]}
+        enc.classes_vector_ = np.array(list(enc.classes_.keys()))
+        encoders[name] = enc
+    # The group id's encoder is looked up under its internal column name.
+    encoders[f"__group_id__{GROUP_ID}"] = encoders[GROUP_ID]
+    scalers = {}
+    for name, params in spec.scalers.items():
+        if params is None:
+            scalers[name] = None
+            continue
+        scaler = StandardScaler()
+        scaler.mean_ = np.array([params["mean"]])
+        scaler.scale_ = np.array([params["scale"]])
+        scaler.var_ = scaler.scale_ ** 2
+        scaler.n_features_in_ = 1
+        scaler.n_samples_seen_ = 1
+        scalers[name] = scaler
+    unknown_reals = [m for m in LINBORG_METRICS]
+    return TimeSeriesDataSet(
+        frame,
+        time_idx=TIME_IDX,
+        target=list(spec.targets),
+        group_ids=[GROUP_ID],
+        min_encoder_length=spec.min_encoder_length,
+        max_encoder_length=spec.encoder_length,
+        min_prediction_length=spec.prediction_length,
+        max_prediction_length=spec.prediction_length,
+        static_categoricals=list(STATIC_CATEGORICALS),
+        time_varying_known_reals=list(KNOWN_REALS),
+        time_varying_unknown_reals=unknown_reals,
+        time_varying_unknown_categoricals=list(UNKNOWN_CATEGORICALS),
+        categorical_encoders=encoders,
+        scalers=scalers,
+        target_normalizer=MultiNormalizer(target_normalizer_objects(spec)),
+        add_relative_time_idx=True,
+        add_target_scales=True,
+        add_encoder_length=False,
+        predict_mode=predict,
+    )
+
+
+def complete_spec_from_dataset(spec: FeatureSpec, dataset: Any) -> FeatureSpec:
+    """Record the dataset's real and categorical order (the model's tensor layout)."""
+    spec.x_reals = list(dataset.reals)
+    spec.x_categoricals = list(dataset.flat_categoricals)
+    return spec
+
+
+# ---------------------------------------------------------------------------- rows and batches
+@dataclass
+class EncodedRows:
+    """Rows of the 5-minute grid encoded for the model (n rows).
+
+    ``reals`` holds the inputs that do not depend on the window (scaled metrics, calendar);
+    the per-window ones (normalised targets, their level/spread, relative time) are zero
+    here and filled in by :class:`BatchAssembler`.
+    """
+
+    reals: np.ndarray  # (n, R) float32 in spec.x_reals order
+    cats: np.ndarray  # (n, C) int64 in spec.x_categoricals order
+    targets: np.ndarray  # (n, targets) float32, metric units
+    targets_tf: np.ndarray  # (n, targets) float64, transformed (log1p where configured)
+    time_idx: np.ndarray  # (n,) int64 bucket numbers
+
+
+def encode_rows(spec: FeatureSpec, metrics: dict[str, np.ndarray], time_idx: np.ndarray,
+                profiles: np.ndarray | pd.Series, states: np.ndarray | pd.Series) -> EncodedRows:
+    """Encode raw LINBORG values of n rows; the single definition used everywhere."""
+    n = len(time_idx)
+    calendar = calendar_features(np.asarray(time_idx, dtype=np.int64))
+    reals = np.zeros((n, len(spec.x_reals)), dtype=np.float32)
+    for j, name in enumerate(spec.x_reals):
+        if name in calendar:
+            reals[:, j] = calendar[name]
+        elif name in metrics and name not in spec.target_normalizers:
+            params = spec.scalers.get(name)
+            values = np.asarray(metrics[name], dtype=np.float64)
+            reals[:, j] = values if params is None else (values - params["mean"]) / params["scale"]
+    columns = {"profile": profiles, "state": states}
+    cats = np.stack([spec.encode(name, columns[name]) for name in spec.x_categoricals], axis=1)
+    targets = np.stack([np.asarray(metrics[name], dtype=np.float32) for name in spec.targets], axis=1)
+    targets_tf = np.stack([transform_target(name, np.asarray(metrics[name], dtype=np.float64), spec)
+                           for name in spec.targets], axis=1)
+    return EncodedRows(reals=reals, cats=cats, targets=targets, targets_tf=targets_tf,
+                       time_idx=np.asarray(time_idx, dtype=np.int64))
+
+
+class BatchAssembler:
+    """Turns gathered windows into ``(x, y)`` in the layout of ``TimeSeriesDataSet.to_dataloader``."""
+
+    def __init__(self, spec: FeatureSpec) -> None:
+        self.spec = spec
+        self._rel_col = spec.x_reals.index(RELATIVE_TIME_IDX)
+        self._profile_col = spec.x_categoricals.index("profile")
+        self._target_cols = [spec.x_reals.index(t) for t in spec.targets]
+        self._center_cols = [spec.x_reals.index(f"{t}_center") for t in spec.targets]
+        self._scale_cols = [spec.x_reals.index(f"{t}_scale") for t in spec.targets]
+        self._floors = np.array([spec.target_normalizers[t]["scale_floor"] for t in spec.targets])
+        self._level_scalers = {suffix: (np.array([spec.scalers[f"{t}_{suffix}"]["mean"] for t in spec.targets]),
+                                        np.array([spec.scalers[f"{t}_{suffix}"]["scale"] for t in spec.targets]))
+                               for suffix in ("center", "scale")}
+        steps = np.arange(-spec.encoder_length, spec.prediction_length, dtype=np.float32)
+        self._relative_time = steps / spec.encoder_length
+
+    def __call__(self, cont: np.ndarray, cat: np.ndarray, raw: np.ndarray, target_tf: np.ndarray,
+                 groups: np.ndarray, time_idx: np.ndarray, hide_profile: np.ndarray | None = None,
+                 encoder_lengths: np.ndarray | None = None) -> tuple[dict[str, Any], tuple[list[torch.Tensor], None]]:
+        """Windows of E+D rows ending at the decoder's end -> model inputs.
+
+        Arrays are shaped (B, E+D, ...) (``cont`` and ``cat`` may be modified in place).
+        ``encoder_lengths`` (B,) lets a window read only its last L <= E encoder rows (a new
+        server with short history); as in ``TimeSeriesDataSet``'s collate, shorter encoders
+        are right-padded with zeros to the longest one in the batch.
+        """
+        enc, dec = self.spec.encoder_length, self.spec.prediction_length
+        batch_size, n_targets = len(cont), raw.shape[2]
+        lengths = np.full(batch_size, enc, dtype=np.int64) if encoder_lengths is None \
+            else np.asarray(encoder_lengths, dtype=np.int64)
+        longest = int(lengths.max())
+        if (lengths == enc).all():
+            valid = None
+        else:  # re-index: encoder step j of window b is row E - L_b + j; pads beyond L_b
+            steps = np.arange(longest)[None, :]
+            valid = steps < lengths[:, None]  # (B, Lmax)
+            source = np.where(valid, enc - lengths[:, None] + steps, 0)
+            full = np.concatenate([source, enc + np.arange(dec)[None, :].repeat(batch_size, 0)], axis=1)
+            take = lambda a: np.take_along_axis(a, full.reshape(batch_size, -1, *([1] * (a.ndim - 2))), axis=1)  # noqa: E731
+            cont, cat, raw, target_tf, time_idx = take(cont), take(cat), take(raw), take(target_tf), take(time_idx)
+        # Per-window normalisation of the targets over the real encoder steps (EncoderNormalizer, floored).
+        if valid is None:
+            center, scale = encoder_center_scale(target_tf[:, :enc], self._floors)  # (B, n_targets)
+            cont[:, :, self._rel_col] = self._relative_time
+        else:
+            encoder_tf = np.where(valid[:, :, None], target_tf[:, :longest], np.nan)
+            center = np.nanmean(encoder_tf, axis=1)
+            with np.errstate(invalid="ignore"):
+                spread = np.nan_to_num(np.nanstd(encoder_tf, axis=1, ddof=1), nan=0.0)
+            scale = np.maximum(spread + np.finfo(np.float32).eps, self._floors)
+            relative = np.concatenate([np.arange(longest)[None, :] - lengths[:, None],
+                                       np.arange(dec)[None, :].repeat(batch_size, 0)], axis=1) / enc
+            cont[:, :, self._rel_col] = relative
+        cont[:, :, self._target_cols] = (target_tf - center[:, None, :]) / scale[:, None, :]
+        for cols, suffix, values in ((self._center_cols, "center", center), (self._scale_cols, "scale", scale)):
+            mean, std = self._level_scalers[suffix]
+            cont[:, :, cols] = ((values - mean) / std)[:, None, :]
+        if valid is not None:  # zero padding, exactly as pad_sequence leaves it
+            pad = ~valid
+            cont[:, :longest][pad] = 0.0
+            cat[:, :longest][pad] = 0
+            raw[:, :longest][pad] = 0.0
+        if hide_profile is not None and hide_profile.any():
+            cat[hide_profile, :, self._profile_col] = NAN_CODE
+        cont = np.ascontiguousarray(cont, dtype=np.float32)
+        cont_t, cat_t, raw_t = torch.from_numpy(cont), torch.from_numpy(np.ascontiguousarray(cat)), \
+            torch.from_numpy(np.ascontiguousarray(raw, dtype=np.float32))
+        x = {
+            "encoder_cat": cat_t[:, :longest], "encoder_cont": cont_t[:, :longest],
+            "decoder_cat": cat_t[:, longest:], "decoder_cont": cont_t[:, longest:],
+            "encoder_lengths": torch.from_numpy(lengths),
+            "decoder_lengths": torch.full((batch_size,), dec, dtype=torch.long),
+            "encoder_target": [raw_t[:, :longest, j] for j in range(n_targets)],
+            "decoder_target": [raw_t[:, longest:, j] for j in range(n_targets)],
+            "target_scale": [torch.from_numpy(np.stack([center[:, j], scale[:, j]], axis=1).astype(np.float32))
+                             for j in range(n_targets)],
+            "groups": torch.from_numpy(np.asarray(groups, dtype=np.int64)[:, None]),
+            "decoder_time_idx": torch.from_numpy(np.ascontiguousarray(time_idx[:, longest:])),
+        }
+        y = ([raw_t[:, longest:, j] for j in range(n_targets)], None)
+        return x, y
+
+
+class SeriesStore:
+    """The fleet as compact encoded rows: one contiguous block of rows per server."""
+
+    def __init__(self, frame: pd.DataFrame, spec: FeatureSpec) -> None:
+        frame = frame.sort_values([GROUP_ID, TIME_IDX], kind="stable")
+        self.spec = spec
+        ids = frame[GROUP_ID].to_numpy()
+        bounds = np.r_[0, np.flatnonzero(ids[1:] != ids[:-1]) + 1, len(frame)]
+        self.offsets = bounds[:-1].astype(np.int64)
+        self.lengths = np.diff(bounds).astype(np.int64)
+        self.server_ids = ids[self.offsets].tolist()
+        self.server_names = frame["server_name"].astype(str).to_numpy()[self.offsets].tolist()
+        self.profiles = frame["profile"].astype(str).to_numpy()[self.offsets].tolist()
+        self.group_codes = spec.encode(GROUP_ID, self.server_ids)
+        time_idx = frame[TIME_IDX].to_numpy(np.int64)
+        same_server = np.ones(max(len(frame) - 1, 0), dtype=bool)
+        same_server[self.offsets[1:] - 1] = False
+        if (np.diff(time_idx)[same_server] != 1).any():
+            raise ValueError(
+                "SeriesStore needs every server on a complete 5-minute grid. Fix: pass the frame through "
+                f"tft_features.densify() first. See {DATA_CONTRACT_DOC} (Offline rows)."
+            )
+        self.rows = encode_rows(spec, {name: frame[name].to_numpy() for name in LINBORG_METRICS}, time_idx,
+                                frame["profile"].astype(str).to_numpy(), frame["state"].astype(str).to_numpy())
+        self.time_idx = self.rows.time_idx
+        self.targets = self.rows.targets
+        self._assemble = BatchAssembler(spec)
+
+    @property
+    def n_servers(self) -> int:
+        """Number of servers in the store."""
+        return len(self.offsets)
+
+    def window_starts(self, first_decoder_tidx: int | None = None, last_decoder_tidx: int | None = None,
+                      stride: int = 1) -> tuple[np.ndarray, np.ndarray]:
+        """All windows whose decoder lies inside [first, last] (bucket numbers), per server.
+
+        Returns ``(server_index, start_row_within_server)`` arrays.
+        """
+        enc, dec = self.spec.encoder_length, self.spec.prediction_length
+        servers, starts = [], []
+        for s in range(self.n_servers):
+            t0 = self.time_idx[self.offsets[s]]
+            lo, hi = 0, self.lengths[s] - enc - dec
+            if first_decoder_tidx is not None:
+                lo = max(lo, int(first_decoder_tidx - t0 - enc))
+            if last_decoder_tidx is not None:
+                hi = min(hi, int(last_decoder_tidx - t0 - enc - dec + 1))
+            if hi < lo:
+                continue
+            idx = np.arange(lo, hi + 1, stride)
+            servers.append(np.full(len(idx), s))
+            starts.append(idx)
+        if not servers:
+            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+        return np.concatenate(servers).astype(np.int64), np.concatenate(starts).astype(np.int64)
+
+    def batch(self, servers: np.ndarray, starts: np.ndarray, hide_profile: np.ndarray | None = None,
+              encoder_lengths: np.ndarray | None = None) -> tuple[dict[str, Any], tuple[list[torch.Tensor], None]]:
+        """Windows -> ``(x, y)``.
+
+        A window is named by its full-length start; ``encoder_lengths`` shortens the history it
+        reads (keeping the same forecast origin), ``hide_profile`` sets its profile to unknown.
+        """
+        enc, dec = self.spec.encoder_length, self.spec.prediction_length
+        rows = (self.offsets[servers] + starts)[:, None] + np.arange(enc + dec)[None, :]  # (B, E+D)
+        rows = np.maximum(rows, 0)  # a short-history window's unused leading rows may precede its server
+        r = self.rows
+        return self._assemble(r.reals[rows], r.cats[rows], r.targets[rows], r.targets_tf[rows],
+                              self.group_codes[servers], r.time_idx[rows], hide_profile, encoder_lengths)
+
+
+# ---------------------------------------------------------------------------- outputs
+def decode_quantiles(prediction: list[torch.Tensor], spec: FeatureSpec) -> np.ndarray:
+    """Model output (per target: B x D x Q, metric units) -> array (B, targets, D, Q).
+
+    Quantiles are sorted per step (a monotone rearrangement: p10 <= p50 <= p90 always)
+    and clipped to the contract's range of each metric.
+    """
+    stacked = torch.stack([p.detach().float() for p in prediction], dim=1).cpu().numpy()
+    stacked = np.sort(stacked, axis=-1)
+    for j, name in enumerate(spec.targets):
+        low, high = METRIC_RANGES[name]
+        stacked[:, j] = np.clip(stacked[:, j], low, high if high is not None else np.inf)
+        if name in INTEGER_METRICS:
+            stacked[:, j] = np.round(stacked[:, j])
+    return stacked
+
+
+def load_training_frame(path: str | Path, columns: list[str] | None = None,
+                        batch_rows: int = 1_000_000) -> pd.DataFrame:
+    """Read LINBORG Parquet by row groups into a compact frame (float32, categoricals).
+
+    Reads only the contract columns, one batch of row groups at a time, so peak memory is
+    the compact result plus one batch, never the whole decoded file twice.
+    """
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    if path.suffix == ".csv":
+        frame = pd.read_csv(path, usecols=columns)
+        frame["timestamp"] = pd.to_datetime(frame["timestamp"], utc=True, format="ISO8601")
+        return frame
+    columns = columns or ["timestamp", "server_name", "profile", "state", *LINBORG_METRICS]
+    parts = []
+    with pq.ParquetFile(path) as handle:
+        for batch in handle.iter_batches(batch_size=batch_rows, columns=columns):
+            part = batch.to_pandas()
+            for name in FLOAT_METRICS:
+                part[name] = part[name].astype(np.float32)
+            for name in INTEGER_METRICS:
+                part[name] = part[name].astype(np.int32)
+            for name in ("server_name", "profile", "state"):
+                part[name] = part[name].astype("category")
+            parts.append(part)
+    if not parts:
+        raise ValueError(f"{path} holds no rows. Fix: regenerate or re-export it. See {TRAINING_GUIDE_DOC}.")
+    frame = pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
+    for name in ("server_name", "profile", "state"):
+        if not isinstance(frame[name].dtype, pd.CategoricalDtype):
+            frame[name] = frame[name].astype("category")
+    return frame

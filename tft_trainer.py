@@ -1,0 +1,773 @@
+"""Train the fleet's Temporal Fusion Transformer and save it without pickles.
+
+    python tft_trainer.py --data training/server_metrics.parquet --epochs 20
+    python main.py train --data training/server_metrics.parquet --epochs 5 --devices 2 --strategy ddp
+
+What happens, in order:
+
+1. the data is validated against the contract in strict mode (training stops on errors);
+2. every server is put on the complete 5-minute grid (contract offline rule) and split by
+   time: training, then the last ``--val-hours`` for validation, then the last
+   ``--holdout-hours`` kept out entirely for the backtest. A few whole servers are held
+   out too, to measure how the model does on servers it has never seen;
+3. scalers and normalisers are fitted on training rows only; the model is built from a
+   ``TimeSeriesDataSet`` with ``TemporalFusionTransformer.from_dataset``;
+4. Lightning trains it (GPU + bf16 when present, CPU otherwise; DDP over devices/nodes
+   with ``--devices/--num-nodes/--strategy``) on a bounded number of sampled windows per
+   epoch, with gradient clipping, early stopping, and a safetensors checkpoint every
+   ``CHECKPOINT_EVERY_N_EPOCHS`` epochs that ``--resume`` continues from;
+5. the best epoch's weights are backtested on the held-out range against persistence and
+   seasonal-naive baselines, and the model directory is written atomically:
+   ``models/tft_model_YYYYMMDD_HHMMSS/{model.safetensors, config.json, training_info.json,
+   server_mapping.json}``, with ``models/latest`` pointing at it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl  # lightning.pytorch only, never pytorch_lightning (GUIDE section 5)
+import numpy as np
+import pandas as pd
+import torch
+
+from common_utils import atomic_write_json, quiet_library_noise, setup_logging
+from config import (
+    BATCH_SIZE,
+    CHECKPOINT_EVERY_N_EPOCHS,
+    CHECKPOINTS_SUBDIR,
+    CONTRACT_VERSION,
+    EARLY_STOPPING_PATIENCE,
+    ENCODER_LENGTH,
+    GRADIENT_CLIP_VAL,
+    GROUP_ID,
+    HOLDOUT_HOURS,
+    LATEST_MODEL_LINK,
+    LEARNING_RATE,
+    MAX_EPOCHS,
+    MAX_PREDICTION_LENGTH,
+    MODEL_ATTENTION_HEADS,
+    MODEL_CONFIG_FILE,
+    MODEL_DIR_PREFIX,
+    MODEL_DIR_TIME_FORMAT,
+    MODEL_DROPOUT,
+    MODEL_HIDDEN_CONTINUOUS_SIZE,
+    MODEL_HIDDEN_SIZE,
+    MODEL_LSTM_LAYERS,
+    MODEL_REQUIRED_FILES,
+    MODEL_WEIGHTS_FILE,
+    MODELS_DIR,
+    PROFILE_DROPOUT,
+    PROJECT_VERSION,
+    SERVER_MAPPING_FILE,
+    SHORT_HISTORY_FRACTION,
+    STEPS_PER_HOUR,
+    TIME_IDX,
+    TRAIN_SEED,
+    TRAINING_GUIDE_DOC,
+    TRAINING_INFO_FILE,
+    VAL_WINDOWS,
+    VALIDATION_HOURS,
+    WINDOWS_PER_EPOCH,
+)
+from data_validator import DataValidator, format_report
+from server_encoder import ServerEncoder
+from tft_features import (
+    FeatureSpec,
+    SeriesStore,
+    add_model_columns,
+    complete_spec_from_dataset,
+    densify,
+    fit_feature_spec,
+    load_training_frame,
+    make_timeseries_dataset,
+)
+from tft_model import FleetTFT, build_model, count_parameters, model_config, model_from_config, save_weights
+
+logger = logging.getLogger(__name__)
+
+
+class TrainingError(RuntimeError):
+    """Training cannot start or finish; the message says why and how to fix it."""
+
+
+# ---------------------------------------------------------------------------- data
+@dataclass
+class PreparedData:
+    """Everything the run needs from the data file."""
+
+    frame: pd.DataFrame
+    spec: FeatureSpec
+    store: SeriesStore
+    encoder: ServerEncoder
+    dataset_for_model: Any
+    train_end_tidx: int  # last bucket whose target may be used for training
+    val_end_tidx: int  # last validation bucket
+    data_end_tidx: int
+    unseen_servers: list[str]
+    fingerprint: str
+    n_rows: int
+
+
+def data_fingerprint(path: Path) -> str:
+    """SHA256 of the data file (first 16 hex digits), to tie a model to its data."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()[:16]
+
+
+def choose_unseen_servers(frame: pd.DataFrame, per_profile: int) -> list[str]:
+    """Whole servers kept out of training: per profile with >= 4 servers, the smallest hash ids."""
+    if per_profile <= 0:
+        return []
+    chosen = []
+    pairs = frame[["server_name", "profile", GROUP_ID]].drop_duplicates()
+    for _, group in pairs.groupby("profile"):
+        if len(group) >= 4:
+            chosen += group.sort_values(GROUP_ID)["server_name"].head(per_profile).tolist()
+    return sorted(chosen)
+
+
+def prepare_data(data_path: Path, encoder_length: int, val_hours: int, holdout_hours: int,
+                 unseen_per_profile: int, spec: FeatureSpec | None = None) -> PreparedData:
+    """Validate, densify, split by time and fit the feature spec on training rows."""
+    began = time.perf_counter()
+    frame = load_training_frame(data_path)
+    is_valid, errors, warnings = DataValidator(strict=True).validate_schema(frame)
+    if not is_valid:
+        raise TrainingError(format_report(data_path, len(frame), is_valid, errors, warnings, 0.0)
+                            + f"\nTraining stopped: fix the data first. See {TRAINING_GUIDE_DOC}.")
+    for warning in warnings:
+        logger.warning("data: %s", warning)
+    n_rows = len(frame)
+    encoder = ServerEncoder()
+    frame = add_model_columns(densify(frame), encoder)
+    data_end = int(frame[TIME_IDX].max())
+    holdout_steps, val_steps = holdout_hours * STEPS_PER_HOUR, val_hours * STEPS_PER_HOUR
+    val_end = data_end - holdout_steps
+    train_end = val_end - val_steps
+    window = encoder_length + MAX_PREDICTION_LENGTH
+    span = data_end - int(frame[TIME_IDX].min()) + 1
+    if train_end - int(frame[TIME_IDX].min()) + 1 < window + STEPS_PER_HOUR:
+        raise TrainingError(
+            f"Not enough history: {span / STEPS_PER_HOUR:.0f} h of data, but encoder ({encoder_length}) + horizon "
+            f"({MAX_PREDICTION_LENGTH}) buckets of training windows plus {val_hours} h validation and "
+            f"{holdout_hours} h hold-out are needed. Fix: generate more hours (--hours), or lower --val-hours/"
+            f"--holdout-hours/--encoder-length. See {TRAINING_GUIDE_DOC}.")
+    unseen = choose_unseen_servers(frame, unseen_per_profile)
+    train_rows = frame[(frame[TIME_IDX] <= train_end) & ~frame["server_name"].isin(unseen)]
+    if spec is None:
+        spec = fit_feature_spec(train_rows, encoder_length=encoder_length)
+    # A tiny TimeSeriesDataSet (two servers) defines the model's inputs for from_dataset.
+    sample_ids = train_rows[GROUP_ID].drop_duplicates().head(2)
+    sample = train_rows[train_rows[GROUP_ID].isin(sample_ids)]
+    sample = sample.groupby(GROUP_ID, group_keys=False).head(window + 1)
+    dataset = make_timeseries_dataset(sample, spec)
+    spec = complete_spec_from_dataset(spec, dataset)
+    store = SeriesStore(frame, spec)
+    logger.info("data ready: %d rows, %d servers (%d held out), %.1fs", len(frame), store.n_servers, len(unseen),
+                time.perf_counter() - began)
+    return PreparedData(frame=frame, spec=spec, store=store, encoder=encoder, dataset_for_model=dataset,
+                        train_end_tidx=train_end, val_end_tidx=val_end, data_end_tidx=data_end,
+                        unseen_servers=unseen, fingerprint=data_fingerprint(data_path), n_rows=n_rows)
+
+
+class WindowBatches(torch.utils.data.Dataset):
+    """A map-style dataset whose items are whole batches, built vectorised from the store.
+
+    Training: each item draws ``batch_size`` random windows, seeded by (seed, epoch, rank,
+    item), so every epoch sees fresh windows and DDP ranks never share a batch. Validation:
+    a fixed, evenly spread subset of the validation windows, split between ranks.
+    """
+
+    def __init__(self, store: SeriesStore, servers: np.ndarray, starts: np.ndarray, batch_size: int,
+                 n_batches: int | None, seed: int, train: bool, profile_dropout: float = 0.0,
+                 rank: int = 0, world_size: int = 1, short_history_fraction: float = 0.0) -> None:
+        self.store, self.servers, self.starts = store, servers, starts
+        self.short_history_fraction = short_history_fraction
+        self.batch_size, self.seed, self.train = batch_size, seed, train
+        self.profile_dropout, self.rank, self.world_size = profile_dropout, rank, world_size
+        self.epoch = 0
+        if train:
+            self.n_batches = max(1, (n_batches or 1) // world_size)
+        else:
+            mine = np.arange(len(servers))[rank::world_size]
+            self.val_order = mine
+            self.n_batches = max(1, int(np.ceil(len(mine) / batch_size)))
+
+    def __len__(self) -> int:
+        return self.n_batches
+
+    def __getitem__(self, item: int) -> tuple[dict[str, Any], Any]:
+        if self.train:
+            rng = np.random.default_rng([self.seed, self.epoch, self.rank, item])
+            pick = rng.integers(0, len(self.servers), self.batch_size)
+            hide = rng.random(self.batch_size) < self.profile_dropout if self.profile_dropout else None
+            lengths = None
+            spec = self.store.spec
+            if self.short_history_fraction and rng.random() < self.short_history_fraction:
+                # A whole batch of short histories (one length keeps the fast unpacked path).
+                short = int(rng.integers(spec.min_encoder_length, spec.encoder_length))
+                lengths = np.full(self.batch_size, short)
+            return self.store.batch(self.servers[pick], self.starts[pick], hide_profile=hide,
+                                    encoder_lengths=lengths)
+        pick = self.val_order[item * self.batch_size:(item + 1) * self.batch_size]
+        return self.store.batch(self.servers[pick], self.starts[pick])
+
+
+def _spread(n_total: int, n_keep: int) -> np.ndarray:
+    """Evenly spaced indices (deterministic subsample)."""
+    if n_total <= n_keep:
+        return np.arange(n_total)
+    return np.linspace(0, n_total - 1, n_keep).round().astype(np.int64)
+
+
+def split_windows(data: PreparedData) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Training and validation windows (servers, starts); no window crosses its boundary."""
+    store = data.store
+    train_servers, train_starts = store.window_starts(last_decoder_tidx=data.train_end_tidx)
+    val_servers, val_starts = store.window_starts(first_decoder_tidx=data.train_end_tidx + 1,
+                                                  last_decoder_tidx=data.val_end_tidx)
+    known = np.array([name not in set(data.unseen_servers) for name in store.server_names])
+    train_keep = known[train_servers]
+    val_keep = known[val_servers]
+    return {"train": (train_servers[train_keep], train_starts[train_keep]),
+            "val": (val_servers[val_keep], val_starts[val_keep])}
+
+
+# ---------------------------------------------------------------------------- lightning glue
+class FleetDataModule(pl.LightningDataModule):
+    """Builds per-rank loaders once the trainer knows its rank (DDP-safe)."""
+
+    def __init__(self, data: PreparedData, windows: dict[str, tuple[np.ndarray, np.ndarray]], batch_size: int,
+                 windows_per_epoch: int, val_windows: int, seed: int, profile_dropout: float) -> None:
+        super().__init__()
+        self.data, self.windows = data, windows
+        self.batch_size, self.windows_per_epoch = batch_size, windows_per_epoch
+        self.val_windows, self.seed, self.profile_dropout = val_windows, seed, profile_dropout
+        self.train_set: WindowBatches | None = None
+
+    def _rank(self) -> tuple[int, int]:
+        trainer = self.trainer
+        return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+
+    def train_dataloader(self) -> torch.utils.data.DataLoader:
+        """Random windows, fresh every epoch; batches are built whole (batch_size=None)."""
+        rank, world = self._rank()
+        servers, starts = self.windows["train"]
+        self.train_set = WindowBatches(self.data.store, servers, starts, self.batch_size,
+                                       max(1, self.windows_per_epoch // self.batch_size), self.seed, train=True,
+                                       profile_dropout=self.profile_dropout, rank=rank, world_size=world,
+                                       short_history_fraction=SHORT_HISTORY_FRACTION)
+        return torch.utils.data.DataLoader(self.train_set, batch_size=None, shuffle=False, num_workers=0)
+
+    def val_dataloader(self) -> torch.utils.data.DataLoader:
+        """A fixed, evenly spread subset of validation windows."""
+        rank, world = self._rank()
+        servers, starts = self.windows["val"]
+        keep = _spread(len(servers), self.val_windows)
+        dataset = WindowBatches(self.data.store, servers[keep], starts[keep], self.batch_size, None, self.seed,
+                                train=False, rank=rank, world_size=world)
+        return torch.utils.data.DataLoader(dataset, batch_size=None, shuffle=False, num_workers=0)
+
+
+def _format_duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s"
+
+
+@dataclass
+class RunState:
+    """Mutable state of one training run, shared with the callbacks."""
+
+    max_epochs: int
+    start_epoch: int = 0
+    started: float = 0.0
+    epoch_started: float = 0.0
+    best_val_loss: float = float("inf")
+    best_epoch: int = 0
+    best_state: dict[str, torch.Tensor] | None = None
+    checkpoint_root: Path | None = None
+    checkpoint_every: int = CHECKPOINT_EVERY_N_EPOCHS
+    resume_from: Path | None = None
+    config: dict[str, Any] | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)
+    epoch_seconds: list[float] = field(default_factory=list)
+
+
+class EpochReport(pl.Callback):
+    """One line per epoch (losses, learning rate, elapsed, ETA); keeps the best weights;
+    reseeds the window sampler; writes a checkpoint every CHECKPOINT_EVERY_N_EPOCHS."""
+
+    def __init__(self, run: RunState) -> None:
+        self.run = run
+
+    @staticmethod
+    def _emit(trainer: pl.Trainer, message: str) -> None:
+        """Print above a live progress bar, or log a line when there is none (CI, log files)."""
+        bar = trainer.progress_bar_callback
+        if bar is not None and getattr(bar, "is_enabled", False):
+            bar.print(message)
+        else:
+            logger.info("%s", message)
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        """Tell the sampler which epoch it is, start the epoch clock."""
+        data_module = trainer.datamodule
+        if data_module is not None and data_module.train_set is not None:
+            data_module.train_set.epoch = self.run.start_epoch + trainer.current_epoch
+        self.run.epoch_started = time.perf_counter()
+
+    def on_train_batch_end(self, trainer: pl.Trainer, module: pl.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        """Without a live bar, log progress four times per epoch."""
+        total = trainer.num_training_batches
+        if trainer.progress_bar_callback is not None or not trainer.is_global_zero or not total:
+            return
+        if (batch_idx + 1) % max(1, total // 4) == 0 and batch_idx + 1 < total:
+            loss = float(outputs["loss"]) if isinstance(outputs, dict) else float("nan")
+            lr = trainer.optimizers[0].param_groups[0]["lr"]
+            logger.info("epoch %d step %d/%d  loss %.4f  lr %.2e", self.run.start_epoch + trainer.current_epoch + 1,
+                        batch_idx + 1, total, loss, lr)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        """Report, remember the best weights, checkpoint."""
+        run = self.run
+        metrics = trainer.callback_metrics
+        epoch = run.start_epoch + trainer.current_epoch + 1
+        train_loss = float(metrics.get("train_loss_epoch", metrics.get("train_loss", float("nan"))))
+        val_loss = float(metrics.get("val_loss", float("nan")))
+        lr = trainer.optimizers[0].param_groups[0]["lr"]
+        run.epoch_seconds.append(time.perf_counter() - run.epoch_started)
+        eta = (run.max_epochs - epoch) * float(np.mean(run.epoch_seconds[-3:]))
+        run.history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "lr": lr,
+                            "seconds": round(run.epoch_seconds[-1], 2)})
+        if val_loss < run.best_val_loss:
+            run.best_val_loss, run.best_epoch = val_loss, epoch
+            run.best_state = {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
+        if trainer.is_global_zero:
+            self._emit(trainer, f"epoch {epoch}/{run.max_epochs}  train_loss {train_loss:.4f}  val_loss {val_loss:.4f}  "
+                                f"lr {lr:.2e}  {_format_duration(run.epoch_seconds[-1])}/epoch  "
+                                f"elapsed {_format_duration(time.perf_counter() - run.started)}  "
+                                f"ETA {_format_duration(eta)}")
+            if run.checkpoint_root is not None and epoch % run.checkpoint_every == 0:
+                save_checkpoint(run.checkpoint_root / f"epoch_{epoch:04d}", module, trainer, run)
+
+
+class ResumeState(pl.Callback):
+    """Restores optimiser and scheduler state from a checkpoint at the start of fit."""
+
+    def __init__(self, run: RunState) -> None:
+        self.run = run
+
+    def on_train_start(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        """Load the saved optimiser/scheduler state, if resuming."""
+        if self.run.resume_from is not None:
+            restore_optimizer(self.run.resume_from, trainer)
+
+
+def make_callbacks(run: RunState) -> list[pl.Callback]:
+    """Epoch report and checkpoints, resume, early stopping, a step progress bar."""
+    early = pl.callbacks.EarlyStopping(monitor="val_loss", patience=EARLY_STOPPING_PATIENCE, mode="min")
+    callbacks = [EpochReport(run), ResumeState(run), early]
+    if sys.stderr.isatty():  # a live step bar in a terminal; log lines otherwise
+        callbacks.append(pl.callbacks.TQDMProgressBar(refresh_rate=10))
+    return callbacks
+
+
+# ---------------------------------------------------------------------------- checkpoints
+def save_checkpoint(directory: Path, module: FleetTFT, trainer: Any, run: RunState) -> None:
+    """Weights, optimiser and scheduler state as safetensors + JSON (no pickles)."""
+    from safetensors.torch import save_file
+
+    tmp = directory.with_name(directory.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_weights(module, tmp / MODEL_WEIGHTS_FILE)
+    optimizer = trainer.optimizers[0]
+    opt_state = optimizer.state_dict()
+    tensors, skeleton = {}, {"param_groups": opt_state["param_groups"], "state": {}}
+    for index, values in opt_state["state"].items():
+        skeleton["state"][str(index)] = {}
+        for key, value in values.items():
+            if torch.is_tensor(value):
+                name = f"state.{index}.{key}"
+                tensors[name] = value.detach().to("cpu").contiguous()
+                skeleton["state"][str(index)][key] = {"tensor": name}
+            else:
+                skeleton["state"][str(index)][key] = value
+    save_file(tensors, str(tmp / "optimizer.safetensors"))
+    schedulers = [config.scheduler.state_dict() for config in trainer.lr_scheduler_configs]
+    atomic_write_json(tmp / "trainer_state.json", {
+        "epoch": run.start_epoch + trainer.current_epoch + 1, "global_step": trainer.global_step,
+        "optimizer": skeleton, "schedulers": schedulers, "best_val_loss": run.best_val_loss,
+        "best_epoch": run.best_epoch, "history": run.history, "max_epochs": run.max_epochs,
+    })
+    atomic_write_json(tmp / MODEL_CONFIG_FILE, run.config)
+    shutil.rmtree(directory, ignore_errors=True)
+    tmp.rename(directory)
+    logger.info("checkpoint written: %s", directory)
+
+
+def restore_optimizer(directory: Path, trainer: Any) -> None:
+    """Load optimiser and scheduler state saved by :func:`save_checkpoint`."""
+    from safetensors.torch import load_file
+
+    state = json.loads((directory / "trainer_state.json").read_text(encoding="utf-8"))
+    tensors = load_file(str(directory / "optimizer.safetensors"))
+    device = next(trainer.lightning_module.parameters()).device
+    skeleton = state["optimizer"]
+    opt_state = {"param_groups": skeleton["param_groups"], "state": {}}
+    for index, values in skeleton["state"].items():
+        opt_state["state"][int(index)] = {
+            key: tensors[value["tensor"]].to(device) if isinstance(value, dict) and "tensor" in value else value
+            for key, value in values.items()}
+    for group in opt_state["param_groups"]:
+        if isinstance(group.get("betas"), list):
+            group["betas"] = tuple(group["betas"])
+    trainer.optimizers[0].load_state_dict(opt_state)
+    for config, saved in zip(trainer.lr_scheduler_configs, state["schedulers"]):
+        # Keep the position in the schedule, but its length is the (possibly longer) new run's.
+        fresh = config.scheduler.state_dict()
+        for key in ("total_steps", "_schedule_phases"):
+            if key in fresh:
+                saved[key] = fresh[key]
+        config.scheduler.load_state_dict(saved)
+    logger.info("resumed optimiser and schedule from %s (epoch %d)", directory, state["epoch"])
+
+
+# ---------------------------------------------------------------------------- artefacts
+def new_model_dir(models_dir: Path) -> Path:
+    """``models/tft_model_YYYYMMDD_HHMMSS`` (a suffix is added if that second is taken)."""
+    stamp = datetime.now(timezone.utc).strftime(MODEL_DIR_TIME_FORMAT)
+    candidate = models_dir / f"{MODEL_DIR_PREFIX}{stamp}"
+    suffix = 1
+    while candidate.exists():
+        candidate = models_dir / f"{MODEL_DIR_PREFIX}{stamp}_{suffix}"
+        suffix += 1
+    return candidate
+
+
+def write_model_dir(final_dir: Path, model: FleetTFT, spec: FeatureSpec, encoder: ServerEncoder,
+                    training_info: dict[str, Any]) -> Path:
+    """Write all artefacts into a staging directory, check them, then rename into place.
+
+    A failure at any point leaves no ``tft_model_*`` directory behind.
+    """
+    staging = final_dir.with_name(f".staging_{final_dir.name}")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    try:
+        save_weights(model, staging / MODEL_WEIGHTS_FILE)
+        atomic_write_json(staging / MODEL_CONFIG_FILE, model_config(model, spec))
+        atomic_write_json(staging / TRAINING_INFO_FILE, training_info)
+        encoder.save(staging / SERVER_MAPPING_FILE)
+        missing = [name for name in MODEL_REQUIRED_FILES if not (staging / name).is_file()]
+        if missing:
+            raise TrainingError(f"Model files not written: {missing}. Training output discarded; see {TRAINING_GUIDE_DOC}.")
+        staging.rename(final_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    update_latest_link(final_dir)
+    return final_dir
+
+
+def update_latest_link(model_dir: Path) -> Path:
+    """Point ``models/latest`` at ``model_dir`` (atomic symlink swap)."""
+    link = model_dir.parent / LATEST_MODEL_LINK
+    tmp = model_dir.parent / f".{LATEST_MODEL_LINK}.tmp"
+    if tmp.is_symlink() or tmp.exists():
+        tmp.unlink()
+    tmp.symlink_to(model_dir.name, target_is_directory=True)
+    os.replace(tmp, link)
+    return link
+
+
+def package_versions() -> dict[str, str]:
+    """Versions of the libraries that shape the model."""
+    import lightning
+    import pytorch_forecasting
+
+    return {"python": sys.version.split()[0], "torch": torch.__version__, "lightning": lightning.__version__,
+            "pytorch_forecasting": pytorch_forecasting.__version__, "numpy": np.__version__, "pandas": pd.__version__}
+
+
+# ---------------------------------------------------------------------------- the run
+@dataclass
+class TrainSettings:
+    """Knobs of one training run (defaults from config.py)."""
+
+    data: Path
+    models_dir: Path = MODELS_DIR
+    epochs: int = MAX_EPOCHS
+    batch_size: int = BATCH_SIZE
+    encoder_length: int = ENCODER_LENGTH
+    hidden_size: int = MODEL_HIDDEN_SIZE
+    attention_heads: int = MODEL_ATTENTION_HEADS
+    hidden_continuous_size: int = MODEL_HIDDEN_CONTINUOUS_SIZE
+    dropout: float = MODEL_DROPOUT
+    lstm_layers: int = MODEL_LSTM_LAYERS
+    learning_rate: float = LEARNING_RATE
+    windows_per_epoch: int = WINDOWS_PER_EPOCH
+    val_windows: int = VAL_WINDOWS
+    val_hours: int = VALIDATION_HOURS
+    holdout_hours: int = HOLDOUT_HOURS
+    unseen_per_profile: int = 1
+    profile_dropout: float = PROFILE_DROPOUT
+    seed: int = TRAIN_SEED
+    accelerator: str = "auto"
+    devices: str = "auto"
+    num_nodes: int = 1
+    strategy: str = "auto"
+    precision: str | None = None
+    resume: Path | None = None
+    keep_checkpoints: bool = False
+    checkpoint_every: int = CHECKPOINT_EVERY_N_EPOCHS
+    backtest: bool = True
+    max_time_minutes: float | None = None
+
+
+def _accelerator_settings(settings: TrainSettings) -> tuple[str, str]:
+    accelerator = settings.accelerator
+    if accelerator == "auto":
+        accelerator = "gpu" if torch.cuda.is_available() else "cpu"
+    precision = settings.precision or ("bf16-mixed" if accelerator == "gpu" else "32-true")
+    return accelerator, precision
+
+
+@dataclass
+class TrainResult:
+    """What a finished run produced (on the rank-0 process)."""
+
+    model_dir: Path
+    model: FleetTFT
+    data: PreparedData
+    training_info: dict[str, Any]
+
+
+def _world_size(settings: TrainSettings, accelerator: str) -> int:
+    """Processes taking part in training (devices x nodes), as Lightning will launch them."""
+    devices = settings.devices
+    if devices == "auto":
+        devices = torch.cuda.device_count() if accelerator == "gpu" else 1
+    count = len(devices) if isinstance(devices, (list, tuple)) else int(devices)
+    return max(1, count * settings.num_nodes)
+
+
+def _share_cpu_threads(settings: TrainSettings, accelerator: str) -> None:
+    """Several CPU processes on one host split the cores; oversubscribed threads spin and crawl."""
+    if accelerator != "cpu":
+        return
+    local = _world_size(settings, accelerator) // max(1, settings.num_nodes)
+    if local > 1:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local))
+
+
+def train(settings: TrainSettings) -> TrainResult | None:
+    """Run training end to end; returns the result (None on non-zero DDP ranks)."""
+    quiet_library_noise()
+    began = time.perf_counter()
+    resume_config = None
+    if settings.resume is not None:
+        resume_config = json.loads((settings.resume / MODEL_CONFIG_FILE).read_text(encoding="utf-8"))
+        settings.encoder_length = int(resume_config["feature_spec"]["encoder_length"])
+    pl.seed_everything(settings.seed, workers=True, verbose=False)
+    spec = FeatureSpec.from_dict(resume_config["feature_spec"]) if resume_config else None
+    data = prepare_data(settings.data, settings.encoder_length, settings.val_hours, settings.holdout_hours,
+                        settings.unseen_per_profile, spec=spec)
+    windows = split_windows(data)
+    if len(windows["train"][0]) == 0 or len(windows["val"][0]) == 0:
+        raise TrainingError(f"No training or validation windows; the data is too short. See {TRAINING_GUIDE_DOC}.")
+
+    if resume_config is not None:
+        model, _ = model_from_config(resume_config)
+        from safetensors.torch import load_file
+
+        model.load_state_dict(load_file(str(settings.resume / MODEL_WEIGHTS_FILE)))
+        trainer_state = json.loads((settings.resume / "trainer_state.json").read_text(encoding="utf-8"))
+        start_epoch = int(trainer_state["epoch"])
+    else:
+        model = build_model(data.dataset_for_model, data.spec, settings.hidden_size, settings.attention_heads,
+                            settings.hidden_continuous_size, settings.dropout, settings.lstm_layers,
+                            settings.learning_rate)
+        trainer_state, start_epoch = None, 0
+    config = model_config(model, data.spec)
+    run_name = settings.resume.parent.name if settings.resume else \
+        datetime.now(timezone.utc).strftime(MODEL_DIR_TIME_FORMAT)
+    run = RunState(max_epochs=settings.epochs, start_epoch=start_epoch, started=time.perf_counter(),
+                   checkpoint_root=settings.models_dir / CHECKPOINTS_SUBDIR / run_name,
+                   checkpoint_every=settings.checkpoint_every,
+                   resume_from=settings.resume, config=config)
+    if trainer_state is not None:
+        run.history = list(trainer_state["history"])
+        run.best_val_loss = float(trainer_state["best_val_loss"])
+        run.best_epoch = int(trainer_state["best_epoch"])
+        run.best_state = {k: v.clone() for k, v in model.state_dict().items()}
+    remaining = settings.epochs - start_epoch
+    if remaining <= 0:
+        raise TrainingError(f"--epochs {settings.epochs} is not beyond the checkpoint's epoch {start_epoch}.")
+
+    accelerator, precision = _accelerator_settings(settings)
+    batches_per_epoch = max(1, settings.windows_per_epoch // settings.batch_size)
+    model.planned_total_steps = settings.epochs * max(1, batches_per_epoch // _world_size(settings, accelerator))
+    _share_cpu_threads(settings, accelerator)
+    trainer = pl.Trainer(
+        max_epochs=remaining, accelerator=accelerator, devices=settings.devices, num_nodes=settings.num_nodes,
+        strategy=settings.strategy, precision=precision, gradient_clip_val=GRADIENT_CLIP_VAL,
+        callbacks=make_callbacks(run), logger=False, enable_checkpointing=False, use_distributed_sampler=False,
+        num_sanity_val_steps=0, enable_model_summary=False, enable_progress_bar=sys.stderr.isatty(),
+        max_time={"minutes": settings.max_time_minutes} if settings.max_time_minutes else None,
+    )
+    datamodule = FleetDataModule(data, windows, settings.batch_size, settings.windows_per_epoch,
+                                 settings.val_windows, settings.seed, settings.profile_dropout)
+    logger.info("training: %d parameters, %d training windows available, %d validation windows, %s x %s, "
+                "precision %s, up to %d epochs x %d windows", count_parameters(model), len(windows["train"][0]),
+                min(len(windows["val"][0]), settings.val_windows), accelerator, trainer.num_devices, precision,
+                settings.epochs, settings.windows_per_epoch)
+    fit_started = time.perf_counter()
+    trainer.fit(model, datamodule=datamodule)
+    fit_seconds = time.perf_counter() - fit_started
+    if not trainer.is_global_zero:
+        return None
+    if run.best_state is None:
+        raise TrainingError(f"Training produced no validated epoch (interrupted?). See {TRAINING_GUIDE_DOC}.")
+    model.load_state_dict(run.best_state)
+    model.to("cpu").eval()
+
+    backtest_summary = None
+    if settings.backtest:
+        from tft_evaluate import backtest_store
+
+        backtest_summary = backtest_store(model, data.spec, data.store,
+                                          first_decoder_tidx=data.val_end_tidx + 1,
+                                          last_decoder_tidx=data.data_end_tidx,
+                                          unseen_servers=data.unseen_servers)
+    last = run.history[-1] if run.history else {}
+    timestamp_of = lambda tidx: pd.Timestamp(int(tidx) * 300, unit="s", tz="UTC").isoformat()  # noqa: E731
+    training_info = {
+        "trained_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "contract_version": CONTRACT_VERSION,
+        "project_version": PROJECT_VERSION,
+        "packages": package_versions(),
+        "data": {
+            "path": str(settings.data), "fingerprint_sha256_16": data.fingerprint, "rows": data.n_rows,
+            "servers": data.store.n_servers, "unseen_servers": data.unseen_servers,
+            "train_end": timestamp_of(data.train_end_tidx), "validation_end": timestamp_of(data.val_end_tidx),
+            "holdout_start": timestamp_of(data.val_end_tidx + 1), "data_end": timestamp_of(data.data_end_tidx),
+        },
+        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(settings).items()},
+        "epochs_run": len(run.history),
+        "stopped_early": bool(len(run.history) < settings.epochs and not settings.max_time_minutes),
+        "history": run.history,
+        "best_epoch": run.best_epoch,
+        "best_val_loss": run.best_val_loss,
+        "final_train_loss": last.get("train_loss"),
+        "val_to_train_loss_ratio": (run.best_val_loss / last["train_loss"]) if last.get("train_loss") else None,
+        "parameters": count_parameters(model),
+        "device": {"accelerator": accelerator, "devices": trainer.num_devices, "num_nodes": settings.num_nodes,
+                   "strategy": settings.strategy, "precision": precision,
+                   "gpu": torch.cuda.get_device_name(0) if accelerator == "gpu" else None},
+        "timings": {"fit_seconds": round(fit_seconds, 1), "total_seconds": round(time.perf_counter() - began, 1),
+                    "samples_per_second": round(len(run.history) * settings.windows_per_epoch / max(fit_seconds, 1e-9), 1)},
+        "backtest": backtest_summary,
+    }
+    model_dir = write_model_dir(new_model_dir(settings.models_dir), model, data.spec, data.encoder, training_info)
+    if not settings.keep_checkpoints:
+        shutil.rmtree(run.checkpoint_root, ignore_errors=True)
+    logger.info("model saved to %s (best epoch %d, val_loss %.4f)", model_dir, run.best_epoch, run.best_val_loss)
+    return TrainResult(model_dir=model_dir, model=model, data=data, training_info=training_info)
+
+
+# ---------------------------------------------------------------------------- CLI
+def build_arg_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
+    """Arguments of the trainer (shared with ``main.py train``)."""
+    parser = parser or argparse.ArgumentParser(description="Train the fleet TFT (see Docs/TRAINING_GUIDE.md).")
+    d = TrainSettings(data=Path("."))
+    parser.add_argument("--data", type=Path, default=Path("training/server_metrics.parquet"), help="LINBORG Parquet")
+    parser.add_argument("--models-dir", type=Path, default=d.models_dir, help="where model directories go")
+    parser.add_argument("--epochs", type=int, default=d.epochs, help="maximum epochs (early stopping may end sooner)")
+    parser.add_argument("--batch-size", type=int, default=d.batch_size)
+    parser.add_argument("--encoder-length", type=int, default=d.encoder_length, help="history buckets the model reads")
+    parser.add_argument("--hidden-size", type=int, default=d.hidden_size)
+    parser.add_argument("--attention-heads", type=int, default=d.attention_heads)
+    parser.add_argument("--hidden-continuous-size", type=int, default=d.hidden_continuous_size)
+    parser.add_argument("--dropout", type=float, default=d.dropout)
+    parser.add_argument("--learning-rate", type=float, default=d.learning_rate)
+    parser.add_argument("--windows-per-epoch", type=int, default=d.windows_per_epoch,
+                        help="sampled training windows per epoch (bounds epoch time on any fleet)")
+    parser.add_argument("--val-windows", type=int, default=d.val_windows)
+    parser.add_argument("--val-hours", type=int, default=d.val_hours)
+    parser.add_argument("--holdout-hours", type=int, default=d.holdout_hours)
+    parser.add_argument("--unseen-per-profile", type=int, default=d.unseen_per_profile,
+                        help="whole servers per profile kept out of training to test unseen-server forecasts")
+    parser.add_argument("--seed", type=int, default=d.seed)
+    parser.add_argument("--accelerator", default=d.accelerator, help="auto, cpu or gpu")
+    parser.add_argument("--devices", default=d.devices, help="devices per node (e.g. 2), or auto")
+    parser.add_argument("--num-nodes", type=int, default=d.num_nodes)
+    parser.add_argument("--strategy", default=d.strategy, help="auto, ddp, ddp_spawn, ...")
+    parser.add_argument("--precision", default=None, help="default: bf16-mixed on GPU, 32-true on CPU")
+    parser.add_argument("--resume", type=Path, default=None, help="checkpoint directory to continue from")
+    parser.add_argument("--keep-checkpoints", action="store_true", help="keep checkpoints after a successful run")
+    parser.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every, help="epochs between checkpoints")
+    parser.add_argument("--max-minutes", type=float, default=None, help="stop after this much training time")
+    parser.add_argument("--no-backtest", action="store_true", help="skip the post-training backtest")
+    return parser
+
+
+def settings_from_args(args: argparse.Namespace) -> TrainSettings:
+    """TrainSettings from parsed arguments."""
+    devices: Any = args.devices
+    if isinstance(devices, str) and devices.isdigit():
+        devices = int(devices)
+    return TrainSettings(
+        data=args.data, models_dir=args.models_dir, epochs=args.epochs, batch_size=args.batch_size,
+        encoder_length=args.encoder_length, hidden_size=args.hidden_size, attention_heads=args.attention_heads,
+        hidden_continuous_size=args.hidden_continuous_size, dropout=args.dropout, learning_rate=args.learning_rate,
+        windows_per_epoch=args.windows_per_epoch, val_windows=args.val_windows, val_hours=args.val_hours,
+        holdout_hours=args.holdout_hours, unseen_per_profile=args.unseen_per_profile, seed=args.seed,
+        accelerator=args.accelerator, devices=devices, num_nodes=args.num_nodes, strategy=args.strategy,
+        precision=args.precision, resume=args.resume, keep_checkpoints=args.keep_checkpoints,
+        checkpoint_every=args.checkpoint_every,
+        backtest=not args.no_backtest, max_time_minutes=args.max_minutes)
+
+
+def run_from_args(args: argparse.Namespace) -> int:
+    """Train from parsed arguments; 0 on success, 1 on a data/training error."""
+    try:
+        result = train(settings_from_args(args))
+    except (TrainingError, FileNotFoundError, ValueError) as exc:
+        logger.error("%s", exc)
+        return 1
+    if result is not None:
+        print(f"Model saved: {result.model_dir}  (latest -> {result.model_dir.name})")
+        if result.training_info.get("backtest"):
+            from tft_evaluate import format_table
+
+            print(format_table(result.training_info["backtest"]))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point."""
+    setup_logging()
+    return run_from_args(build_arg_parser().parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
