@@ -56,6 +56,7 @@ def quiet_library_noise() -> None:
     # Lightning's INFO banner (GPU available..., tips); our trainer logs the device itself.
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     logging.getLogger("lightning.fabric").setLevel(logging.WARNING)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per request otherwise
 
 
 # --------------------------------------------------------------------------- names

@@ -521,8 +521,9 @@ UNKNOWN_CATEGORICALS = ["state"]
 GROUP_ID = "server_id"
 TIME_IDX = "time_idx"
 
-# Encoder length (history the model reads), chosen by backtest: see TRAINING_GUIDE.md.
-ENCODER_LENGTH = 96
+# Encoder length (history the model reads: 48 buckets = 4 hours) and model size, chosen by a
+# backtest sweep under the daemon's latency budget: see TRAINING_GUIDE.md ("Choosing").
+ENCODER_LENGTH = 48
 # A server with less history is still forecast once it has this many buckets (1 hour): the
 # model reads what there is, and its profile fills in the rest (cold start). Below it the
 # server is "warming up". Training shows the model this many short-history batches.
@@ -530,7 +531,7 @@ MIN_ENCODER_LENGTH = 12
 SHORT_HISTORY_FRACTION = 0.2
 
 MODEL_HIDDEN_SIZE = 32
-MODEL_ATTENTION_HEADS = 4
+MODEL_ATTENTION_HEADS = 2
 MODEL_HIDDEN_CONTINUOUS_SIZE = 16
 MODEL_DROPOUT = 0.1
 MODEL_LSTM_LAYERS = 1
@@ -551,6 +552,12 @@ HOLDOUT_HOURS = 24  # kept out of training and validation entirely; the backtest
 # fleet-wide fallback for servers whose role it cannot tell.
 PROFILE_DROPOUT = 0.1
 TRAIN_SEED = 1234
+# Memory: the training data is held as compact arrays (about this many bytes per row, frame
+# and model inputs together, measured on the 90-server fleet). If a file would need more than
+# the budget, training uses a deterministic subset of servers that fits (logged), so a 10 GB+
+# dataset is never loaded whole. Override with --max-memory-gb.
+TRAINING_BYTES_PER_ROW = 400
+TRAINING_MEMORY_BUDGET_GB = 8.0
 
 # Backtest: forecast origins every this many buckets inside the held-out range.
 BACKTEST_ORIGIN_STRIDE = 6
@@ -658,3 +665,23 @@ METRIC_LABELS = {
     "cpu_user_pct": ("CPU user", "%"), "cpu_sys_pct": ("CPU system", "%"), "java_cpu_pct": ("Java CPU", "%"),
     "uptime_days": ("Uptime", "days"),
 }
+
+# ---------------------------------------------------------------------------
+# 10. Live demo (metrics_generator.py --stream, main.py demo)
+# ---------------------------------------------------------------------------
+DEMO_SCENARIOS = ["healthy", "degrading", "critical"]
+DEMO_BUCKETS_PER_SECOND = 1.0  # time acceleration: one 5-minute bucket per second
+DEMO_PREFILL_MARGIN_BUCKETS = 6  # history sent at start beyond the model's encoder length
+DEMO_SERVERS = 30
+DEMO_TRAIN_HOURS = 14 * 24
+DEMO_DIR = PROJECT_ROOT / "demo_data"
+# Share of the fleet kept in trouble per scenario, and how fast their trouble builds (hours).
+DEMO_TROUBLED_SHARE = {"healthy": 0.0, "degrading": 0.12, "critical": 0.25}
+DEMO_RAMP_HOURS = {
+    "degrading": {"memory_leak": 4.0, "disk_fill": 5.0, "io_saturation": 2.5, "connection_pileup": 3.0},
+    "critical": {"memory_leak": 1.5, "disk_fill": 2.0, "io_saturation": 1.0, "connection_pileup": 1.0},
+}
+STREAM_RETRY_SECONDS = 2.0
+DASHBOARD_DEFAULT_REFRESH_SECONDS = 5
+DASHBOARD_TOP_SERVERS = 5
+DASHBOARD_HISTORY_HOURS = 12

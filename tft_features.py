@@ -194,10 +194,12 @@ class FeatureSpec:
         """Server id -> group code (0 = a server the model never saw)."""
         return self.categories[GROUP_ID]
 
-    def encode(self, name: str, values: pd.Series | np.ndarray) -> np.ndarray:
+    def encode(self, name: str, values: pd.Series | np.ndarray | list[str]) -> np.ndarray:
         """Category codes for ``values``; unknown labels get the NaN code 0."""
         mapping = self.categories[name]
-        return pd.Series(np.asarray(values, dtype=object)).map(mapping).fillna(NAN_CODE).to_numpy(np.int64)
+        codes, uniques = pd.factorize(np.asarray(values, dtype=object))
+        lookup = np.array([mapping.get(u, NAN_CODE) for u in uniques] + [NAN_CODE], dtype=np.int64)
+        return lookup[codes]  # factorize marks missing values -1: the appended NaN code
 
 
 def _categories(values: list[str]) -> dict[str, int]:
@@ -377,7 +379,10 @@ def encode_rows(spec: FeatureSpec, metrics: dict[str, np.ndarray], time_idx: np.
             values = np.asarray(metrics[name], dtype=np.float64)
             reals[:, j] = values if params is None else (values - params["mean"]) / params["scale"]
     columns = {"profile": profiles, "state": states}
-    cats = np.stack([spec.encode(name, columns[name]) for name in spec.x_categoricals], axis=1)
+    # Integer arrays are category codes already (the daemon encodes per server, not per row).
+    cats = np.stack([np.asarray(columns[name], dtype=np.int64) if np.issubdtype(np.asarray(columns[name]).dtype,
+                                                                                 np.integer)
+                     else spec.encode(name, columns[name]) for name in spec.x_categoricals], axis=1)
     targets = np.stack([np.asarray(metrics[name], dtype=np.float32) for name in spec.targets], axis=1)
     targets_tf = np.stack([transform_target(name, np.asarray(metrics[name], dtype=np.float64), spec)
                            for name in spec.targets], axis=1)
@@ -542,6 +547,38 @@ class SeriesStore:
 
 
 # ---------------------------------------------------------------------------- outputs
+def servers_within_budget(path: str | Path, budget_bytes: float, bytes_per_row: float) -> tuple[set[str] | None, int]:
+    """Servers to train on so the compact data fits ``budget_bytes`` (None = all fit).
+
+    Reads the row count from the Parquet footer and, only when over budget, the server
+    column; keeps a deterministic subset (sorted by hash id) sized to fit. Returns the
+    subset and the file's row count.
+    """
+    import pyarrow.parquet as pq
+
+    from server_encoder import hash_server_name
+
+    path = Path(path)
+    if path.suffix == ".csv":
+        return None, -1
+    rows = pq.ParquetFile(path).metadata.num_rows
+    if rows * bytes_per_row <= budget_bytes:
+        return None, rows
+    names = pq.read_table(path, columns=["server_name"]).column(0).to_pandas().astype(str)
+    counts = names.value_counts()
+    ordered = sorted(counts.index, key=hash_server_name)
+    kept, total = set(), 0
+    for name in ordered:
+        if (total + counts[name]) * bytes_per_row > budget_bytes:
+            break
+        kept.add(name)
+        total += int(counts[name])
+    if not kept:
+        raise ValueError(f"Not even one server of {path} fits the memory budget of {budget_bytes / 1e9:.1f} GB. "
+                         f"Fix: raise --max-memory-gb. See {TRAINING_GUIDE_DOC} (Large data).")
+    return kept, rows
+
+
 def decode_quantiles(prediction: list[torch.Tensor], spec: FeatureSpec) -> np.ndarray:
     """Model output (per target: B x D x Q, metric units) -> array (B, targets, D, Q).
 
@@ -549,7 +586,12 @@ def decode_quantiles(prediction: list[torch.Tensor], spec: FeatureSpec) -> np.nd
     and clipped to the contract's range of each metric.
     """
     stacked = torch.stack([p.detach().float() for p in prediction], dim=1).cpu().numpy()
-    stacked = np.sort(stacked, axis=-1)
+    if stacked.shape[-1] == 3:  # three quantiles: elementwise min / middle / max (np.sort is slow here)
+        a, b, c = stacked[..., 0], stacked[..., 1], stacked[..., 2]
+        low, high = np.minimum(np.minimum(a, b), c), np.maximum(np.maximum(a, b), c)
+        stacked = np.stack([low, a + b + c - low - high, high], axis=-1)
+    else:
+        stacked = np.sort(stacked, axis=-1)
     for j, name in enumerate(spec.targets):
         low, high = METRIC_RANGES[name]
         stacked[:, j] = np.clip(stacked[:, j], low, high if high is not None else np.inf)
@@ -559,11 +601,11 @@ def decode_quantiles(prediction: list[torch.Tensor], spec: FeatureSpec) -> np.nd
 
 
 def load_training_frame(path: str | Path, columns: list[str] | None = None,
-                        batch_rows: int = 1_000_000) -> pd.DataFrame:
+                        batch_rows: int = 1_000_000, servers: set[str] | None = None) -> pd.DataFrame:
     """Read LINBORG Parquet by row groups into a compact frame (float32, categoricals).
 
-    Reads only the contract columns, one batch of row groups at a time, so peak memory is
-    the compact result plus one batch, never the whole decoded file twice.
+    Reads only the contract columns, one batch of row groups at a time (keeping only
+    ``servers`` when given), so peak memory is the compact result plus one batch.
     """
     import pyarrow.parquet as pq
 
@@ -577,6 +619,8 @@ def load_training_frame(path: str | Path, columns: list[str] | None = None,
     with pq.ParquetFile(path) as handle:
         for batch in handle.iter_batches(batch_size=batch_rows, columns=columns):
             part = batch.to_pandas()
+            if servers is not None:
+                part = part[part["server_name"].astype(str).isin(servers)]
             for name in FLOAT_METRICS:
                 part[name] = part[name].astype(np.float32)
             for name in INTEGER_METRICS:

@@ -105,6 +105,9 @@ class FleetTFT(TemporalFusionTransformer):
         super().__init__(*args, **kwargs)
         self._interp_cache: dict[tuple[int, int, torch.dtype, torch.device], torch.Tensor] = {}
         self.use_fast_forward = True
+        # Attention weights are an interpretation output; the daemon does not read them, and
+        # without them attention can run as one fused kernel (same result).
+        self.return_attention = True
         # Optimiser steps of the whole run (set by the trainer, so a resumed run keeps its schedule).
         self.planned_total_steps: int | None = None
 
@@ -179,40 +182,16 @@ class FleetTFT(TemporalFusionTransformer):
             return None
         return _RealGroup(names, columns, offsets)
 
-    def _fast_vsn(self, vsn: VariableSelectionNetwork, x_cont: torch.Tensor,
-                  embeddings: dict[str, torch.Tensor], context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Variable selection for (B, T) inputs; returns (B, T, H) and weights (B, T, 1, V).
+    def _variable_grns(self, grns: list[GatedResidualNetwork], a: torch.Tensor, b: torch.Tensor,
+                       x: torch.Tensor) -> torch.Tensor:
+        """Each continuous variable's GRN on its prescaled input x*a + b, batched: x (V, N, 1) -> (V, N, H).
 
-        Each continuous variable enters through ``prescaler = Linear(1, d)``, so its
-        prescaled vector is affine in one scalar x: e = x*a + b. Everything linear that
-        follows folds into per-variable vectors computed from the parameters:
-
-        * GRN fc1:            fc1(e) = x*(W1 a) + (W1 b + c1)
-        * resample + gate:    interp(e)*g = x*alpha + beta
-        * its LayerNorm:      LN(x*alpha + beta) = (x*alpha_c + beta_c) * r(x) * gamma + delta,
-                              r(x) = 1/sqrt(A x^2 + 2 B x + C + eps), A, B, C from alpha_c, beta_c
-        * the selection GRN's first layer and residual map on the flattened inputs:
-                              sum_v e_v W_v = X @ (a_v W_v) + const
-
-        so the (V, N, d) prescaled tensor and the (N, V*d) concatenation never exist.
+        The prescaler is Linear(1, d), so everything linear before the first nonlinearity is
+        folded into per-variable vectors (see ``_fast_vsn``).
         """
-        group = self._real_group(vsn)
-        if group is None or vsn.num_inputs <= 1:
-            inputs = {name: embeddings[name] if name not in self.reals
-                      else x_cont[..., self.hparams.x_reals.index(name)].unsqueeze(-1) for name in vsn.input_sizes}
-            return vsn(inputs, context)
-        batch, steps = x_cont.shape[:2]
-        n = batch * steps
-        hidden = vsn.hidden_size
-        grns = [vsn.single_variable_grns[name] for name in group.names]
         first = grns[0]
-        a = torch.stack([vsn.prescalers[name].weight[:, 0] for name in group.names])  # (V, d)
-        b = torch.stack([vsn.prescalers[name].bias for name in group.names])  # (V, d)
         d = a.shape[1]
-        values = x_cont[..., group.columns].reshape(n, -1)  # (N, V)
-        x = values.t().unsqueeze(-1)  # (V, N, 1)
-
-        # Residual branch of each variable's GRN, in closed form.
+        hidden = first.output_size
         if first.input_size != first.output_size and not first.residual:
             interp = self._interp(d, hidden, a)
             gate = _gate(torch.stack([g.resample_norm.mask for g in grns]))  # (V, H)
@@ -230,8 +209,6 @@ class FleetTFT(TemporalFusionTransformer):
                                      x * r, (alpha_c * gamma)[:, None, :])
         else:
             residual = torch.addcmul(b[:, None, :], x, a[:, None, :])
-
-        # Main branch: fc1 folded into the prescaler, then the usual GRN layers, batched over V.
         w1 = torch.stack([g.fc1.weight for g in grns])  # (V, h, d)
         u = torch.einsum("vhd,vd->vh", w1, a)
         w = torch.einsum("vhd,vd->vh", w1, b) + torch.stack([g.fc1.bias for g in grns])
@@ -240,7 +217,52 @@ class FleetTFT(TemporalFusionTransformer):
         if first.gate_norm.glu.dropout is not None:
             h = first.gate_norm.glu.dropout(h)
         h = F.glu(_stacked_linear(h, [g.gate_norm.glu.fc for g in grns]), dim=-1)  # (V, N, H)
-        var_out = _per_variable_affine(h + residual, [g.gate_norm.add_norm.norm for g in grns])
+        return _per_variable_affine(h + residual, [g.gate_norm.add_norm.norm for g in grns])
+
+    def _fast_vsn(self, vsn: VariableSelectionNetwork, x_cont: torch.Tensor,
+                  embeddings: dict[str, torch.Tensor], context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Variable selection for (B, T) inputs; returns (B, T, H) and weights (B, T, 1, V).
+
+        Each continuous variable enters through ``prescaler = Linear(1, d)``, so its
+        prescaled vector is affine in one scalar x: e = x*a + b. Everything linear that
+        follows folds into per-variable vectors computed from the parameters:
+
+        * GRN fc1:            fc1(e) = x*(W1 a) + (W1 b + c1)
+        * resample + gate:    interp(e)*g = x*alpha + beta
+        * its LayerNorm:      LN(x*alpha + beta) = (x*alpha_c + beta_c) * r(x) * gamma + delta,
+                              r(x) = 1/sqrt(A x^2 + 2 B x + C + eps), A, B, C from alpha_c, beta_c
+        * the selection GRN's first layer and residual map on the flattened inputs:
+                              sum_v e_v W_v = X @ (a_v W_v) + const
+
+        so the (V, N, d) prescaled tensor and the (N, V*d) concatenation never exist. At
+        inference, variables whose values are the same for every window of the batch (the
+        calendar of a forecast cycle) run once per time step instead of once per window.
+        """
+        group = self._real_group(vsn)
+        if group is None or vsn.num_inputs <= 1:
+            inputs = {name: embeddings[name] if name not in self.reals
+                      else x_cont[..., self.hparams.x_reals.index(name)].unsqueeze(-1) for name in vsn.input_sizes}
+            return vsn(inputs, context)
+        batch, steps = x_cont.shape[:2]
+        n = batch * steps
+        hidden = vsn.hidden_size
+        grns = [vsn.single_variable_grns[name] for name in group.names]
+        a = torch.stack([vsn.prescalers[name].weight[:, 0] for name in group.names])  # (V, d)
+        b = torch.stack([vsn.prescalers[name].bias for name in group.names])  # (V, d)
+        d = a.shape[1]
+        values = x_cont[..., group.columns].reshape(n, -1)  # (N, V)
+        shared = torch.zeros(len(group.names), dtype=torch.bool)
+        if not self.training and batch > 1:
+            # At inference every window of a cycle has the same timestamps, so calendar and
+            # relative-time inputs are identical across the batch: run their networks once per step.
+            grid = x_cont[..., group.columns]
+            shared = (grid == grid[:1]).all(dim=1).all(dim=0).cpu()
+        own = torch.nonzero(~shared).flatten().tolist()
+        common = torch.nonzero(shared).flatten().tolist()
+        var_out = self._variable_grns([grns[i] for i in own], a[own], b[own],
+                                      values[:, own].t().unsqueeze(-1)) if own else None
+        var_out_common = self._variable_grns([grns[i] for i in common], a[common], b[common],
+                                             values[:steps, common].t().unsqueeze(-1)) if common else None
 
         # Categorical (embedded) inputs keep their own small networks.
         cat_names = [name for name in vsn.input_sizes if name not in self.reals]
@@ -290,7 +312,11 @@ class FleetTFT(TemporalFusionTransformer):
 
         # Weighted sum over variables.
         real_pos = [order.index(name) for name in group.names]
-        out = (var_out * weights[:, real_pos].t().unsqueeze(-1)).sum(0)
+        out = (var_out * weights[:, [real_pos[i] for i in own]].t().unsqueeze(-1)).sum(0) if own \
+            else torch.zeros(n, hidden, dtype=weights.dtype, device=weights.device)
+        if var_out_common is not None:  # (B, T, Vc) weights x (Vc, T, H) outputs shared by the batch
+            w_common = weights[:, [real_pos[i] for i in common]].reshape(batch, steps, -1)
+            out = out + torch.einsum("btv,vth->bth", w_common, var_out_common).reshape(n, hidden)
         for name, emb_out in zip(cat_names, cat_out):
             out = out + emb_out * weights[:, order.index(name)].unsqueeze(-1)
         return out.reshape(batch, steps, hidden), weights.reshape(batch, steps, 1, -1)
@@ -317,6 +343,13 @@ class FleetTFT(TemporalFusionTransformer):
         # 1/sqrt(d_k) is applied to the small query tensor instead of the (B, h, Tq, Tk) scores.
         qs = F.linear(q, wq, bq).view(batch, t_q, n_head, d_k).transpose(1, 2) * (1.0 / d_k ** 0.5)
         ks = F.linear(k, wk, bk).view(batch, t_k, n_head, d_k).transpose(1, 2)  # (B, h, Tk, dk)
+        if not self.return_attention and not self.training:
+            # Fused kernel; scale already applied to the queries. Masked keys get -inf instead of
+            # mask_bias: identical after softmax, since every query sees unmasked encoder steps.
+            heads = F.scaled_dot_product_attention(qs, ks, vs.unsqueeze(1).expand(-1, n_head, -1, -1),
+                                                   attn_mask=~mask.unsqueeze(1), scale=1.0)
+            outputs = heads.mean(dim=1) if n_head > 1 else heads[:, 0]
+            return attn_module.w_h(outputs), None
         scores = qs @ ks.transpose(-1, -2)  # a fresh tensor: mask it in place
         scores.masked_fill_(mask.unsqueeze(1), attn_module.mask_bias)
         attn = torch.softmax(scores, dim=-1)  # (B, h, Tq, Tk)
@@ -383,15 +416,18 @@ class FleetTFT(TemporalFusionTransformer):
         attn_output = self.post_attn_gate_norm(attn_output, attn_input[:, max_encoder_length:])
         output = self._grn(self.pos_wise_ff, attn_output)
         output = self.pre_output_gate_norm(output, lstm_output[:, max_encoder_length:])
-        if self.n_targets > 1:
-            output = [layer(output) for layer in self.output_layer]
+        if self.n_targets > 1:  # the per-target output layers as one matrix product, then split
+            weight = torch.cat([layer.weight for layer in self.output_layer])
+            bias = torch.cat([layer.bias for layer in self.output_layer])
+            output = list(F.linear(output, weight, bias).split([layer.out_features for layer in self.output_layer],
+                                                                dim=-1))
         else:
             output = self.output_layer(output)
 
         return self.to_network_output(
             prediction=self.transform_output(output, target_scale=x["target_scale"]),
-            encoder_attention=attn_output_weights[..., :max_encoder_length],
-            decoder_attention=attn_output_weights[..., max_encoder_length:],
+            encoder_attention=None if attn_output_weights is None else attn_output_weights[..., :max_encoder_length],
+            decoder_attention=None if attn_output_weights is None else attn_output_weights[..., max_encoder_length:],
             static_variables=static_variable_selection,
             encoder_variables=encoder_sparse_weights,
             decoder_variables=decoder_sparse_weights,

@@ -29,6 +29,7 @@ import hashlib
 import json
 import logging
 import os
+import resource
 import shutil
 import sys
 import time
@@ -75,7 +76,9 @@ from config import (
     STEPS_PER_HOUR,
     TIME_IDX,
     TRAIN_SEED,
+    TRAINING_BYTES_PER_ROW,
     TRAINING_GUIDE_DOC,
+    TRAINING_MEMORY_BUDGET_GB,
     TRAINING_INFO_FILE,
     VAL_WINDOWS,
     VALIDATION_HOURS,
@@ -86,6 +89,7 @@ from server_encoder import ServerEncoder
 from tft_features import (
     FeatureSpec,
     SeriesStore,
+    servers_within_budget,
     add_model_columns,
     complete_spec_from_dataset,
     densify,
@@ -142,10 +146,16 @@ def choose_unseen_servers(frame: pd.DataFrame, per_profile: int) -> list[str]:
 
 
 def prepare_data(data_path: Path, encoder_length: int, val_hours: int, holdout_hours: int,
-                 unseen_per_profile: int, spec: FeatureSpec | None = None) -> PreparedData:
+                 unseen_per_profile: int, spec: FeatureSpec | None = None,
+                 memory_budget_gb: float = TRAINING_MEMORY_BUDGET_GB) -> PreparedData:
     """Validate, densify, split by time and fit the feature spec on training rows."""
     began = time.perf_counter()
-    frame = load_training_frame(data_path)
+    subset, file_rows = servers_within_budget(data_path, memory_budget_gb * 1e9, TRAINING_BYTES_PER_ROW)
+    if subset is not None:
+        logger.warning("%s has %s rows: more than fits %.1f GB; training on %d servers chosen by hash id "
+                       "(raise --max-memory-gb to use more)", data_path, f"{file_rows:,}", memory_budget_gb,
+                       len(subset))
+    frame = load_training_frame(data_path, servers=subset)
     is_valid, errors, warnings = DataValidator(strict=True).validate_schema(frame)
     if not is_valid:
         raise TrainingError(format_report(data_path, len(frame), is_valid, errors, warnings, 0.0)
@@ -541,6 +551,7 @@ class TrainSettings:
     checkpoint_every: int = CHECKPOINT_EVERY_N_EPOCHS
     backtest: bool = True
     max_time_minutes: float | None = None
+    max_memory_gb: float = TRAINING_MEMORY_BUDGET_GB
 
 
 def _accelerator_settings(settings: TrainSettings) -> tuple[str, str]:
@@ -590,7 +601,7 @@ def train(settings: TrainSettings) -> TrainResult | None:
     pl.seed_everything(settings.seed, workers=True, verbose=False)
     spec = FeatureSpec.from_dict(resume_config["feature_spec"]) if resume_config else None
     data = prepare_data(settings.data, settings.encoder_length, settings.val_hours, settings.holdout_hours,
-                        settings.unseen_per_profile, spec=spec)
+                        settings.unseen_per_profile, spec=spec, memory_budget_gb=settings.max_memory_gb)
     windows = split_windows(data)
     if len(windows["train"][0]) == 0 or len(windows["val"][0]) == 0:
         raise TrainingError(f"No training or validation windows; the data is too short. See {TRAINING_GUIDE_DOC}.")
@@ -683,6 +694,7 @@ def train(settings: TrainSettings) -> TrainResult | None:
         "device": {"accelerator": accelerator, "devices": trainer.num_devices, "num_nodes": settings.num_nodes,
                    "strategy": settings.strategy, "precision": precision,
                    "gpu": torch.cuda.get_device_name(0) if accelerator == "gpu" else None},
+        "peak_memory_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1),
         "timings": {"fit_seconds": round(fit_seconds, 1), "total_seconds": round(time.perf_counter() - began, 1),
                     "samples_per_second": round(len(run.history) * settings.windows_per_epoch / max(fit_seconds, 1e-9), 1)},
         "backtest": backtest_summary,
@@ -726,6 +738,8 @@ def build_arg_parser(parser: argparse.ArgumentParser | None = None) -> argparse.
     parser.add_argument("--keep-checkpoints", action="store_true", help="keep checkpoints after a successful run")
     parser.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every, help="epochs between checkpoints")
     parser.add_argument("--max-minutes", type=float, default=None, help="stop after this much training time")
+    parser.add_argument("--max-memory-gb", type=float, default=d.max_memory_gb,
+                        help="train on a subset of servers if the data would need more memory than this")
     parser.add_argument("--no-backtest", action="store_true", help="skip the post-training backtest")
     return parser
 
@@ -744,7 +758,7 @@ def settings_from_args(args: argparse.Namespace) -> TrainSettings:
         accelerator=args.accelerator, devices=devices, num_nodes=args.num_nodes, strategy=args.strategy,
         precision=args.precision, resume=args.resume, keep_checkpoints=args.keep_checkpoints,
         checkpoint_every=args.checkpoint_every,
-        backtest=not args.no_backtest, max_time_minutes=args.max_minutes)
+        backtest=not args.no_backtest, max_time_minutes=args.max_minutes, max_memory_gb=args.max_memory_gb)
 
 
 def run_from_args(args: argparse.Namespace) -> int:

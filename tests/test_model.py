@@ -63,6 +63,33 @@ def test_fast_forward_equals_stock_forward(setup, short):
         torch.testing.assert_close(ours[key], theirs[key], rtol=1e-4, atol=1e-5, msg=key)
 
 
+def test_cycle_batches_share_calendar_work_and_still_equal_stock(setup):
+    """A daemon cycle: every window ends at the same bucket, so calendar inputs are shared."""
+    _, spec, dataset, store = setup
+    fast, stock = _pair(dataset, spec, dropout=0.1)
+    fast.eval(), stock.eval()
+    servers = np.arange(store.n_servers)
+    x, _ = store.batch(servers, np.full(store.n_servers, 30))
+    with torch.no_grad():
+        ours, theirs = fast(x), stock(x)
+    for a, b in zip(ours["prediction"], theirs["prediction"]):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(ours["encoder_variables"], theirs["encoder_variables"], rtol=1e-4, atol=1e-5)
+
+
+def test_fused_attention_for_serving_gives_the_same_forecast(setup):
+    _, spec, dataset, store = setup
+    fast, stock = _pair(dataset, spec, dropout=0.1)
+    fast.eval(), stock.eval()
+    x, _ = _batch(store, short=True)
+    fast.return_attention = False
+    with torch.no_grad():
+        ours, theirs = fast(x), stock(x)
+    assert ours["encoder_attention"] is None
+    for a, b in zip(ours["prediction"], theirs["prediction"]):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
 def test_fast_gradients_equal_stock_gradients(setup):
     _, spec, dataset, store = setup
     fast, stock = _pair(dataset, spec, dropout=0.0)  # no dropout: training mode is deterministic
