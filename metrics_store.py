@@ -164,7 +164,9 @@ class ServerWindow:
         self.last_bucket = agg.bucket if self.last_bucket is None else max(self.last_bucket, agg.bucket)
 
     def window(self, end_bucket: int, length: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Buckets ``end-length+1 .. end``: (metrics (length, 14), states (length,), has_sample (length,)).
+        """Buckets ``end-length+1 .. end``: (metrics (length, 14), state ranks (length,), has_sample (length,)).
+
+        States come as ranks in ``STATE_PRECEDENCE`` (0 = most severe).
 
         Buckets without samples get the contract's offline vector (disk and uptime carried
         forward, or back from the first sample when the window starts with a gap).
@@ -176,7 +178,7 @@ class ServerWindow:
         counts = np.maximum(self.n[slots], 1)[:, None]
         values[:, _GAUGE_POS] = self.sums[slots] / counts
         values[:, _COUNT_POS] = self.last_counts[slots]
-        states = np.array(STATE_PRECEDENCE, dtype=object)[np.clip(self.state_rank[slots], 0, len(STATE_PRECEDENCE) - 1)]
+        states = np.clip(self.state_rank[slots], 0, len(STATE_PRECEDENCE) - 1)
         if not present.all():
             missing = ~present
             for name in OFFLINE_ZERO_METRICS:
@@ -188,7 +190,7 @@ class ServerWindow:
             for name in ("disk_usage_pct", "uptime_days"):
                 col = _METRIC_POS[name]
                 values[missing, col] = values[source[missing], col] if first >= 0 else 0.0
-            states[missing] = "offline"
+            states[missing] = _RANK["offline"]
         return values, states, present
 
     def current(self, bucket: int) -> np.ndarray | None:

@@ -98,12 +98,6 @@ def classify(metric: str, profile: str, value: float) -> tuple[str | None, float
     return None, None
 
 
-def _weight(metric: str, level: str | None) -> float:
-    if level is None:
-        return 0.0
-    return min(1.0, LEVEL_WEIGHT[level] * METRIC_WEIGHT_MULTIPLIER.get(metric, 1.0))
-
-
 def _value_text(metric: str, value: float) -> str:
     """'34.1%', '512 sockets', '14.2' - a value with its unit."""
     unit = METRIC_LABELS.get(metric, (metric, ""))[1]
@@ -131,6 +125,75 @@ def _profile_note(metric: str, profile: str) -> str:
     return ""
 
 
+_LEVELS = ["elevated", "warning", "critical"]  # codes 1, 2, 3 (0 = no tier reached)
+
+
+def _threshold_columns(metric: str, profiles: list[str]) -> np.ndarray:
+    """(S, 3) thresholds of the elevated, warning, critical tiers per server (inf = no such tier)."""
+    columns = np.full((len(profiles), len(_LEVELS)), np.inf)
+    for profile in set(profiles):
+        rows = [i for i, p in enumerate(profiles) if p == profile]
+        for threshold, level in tiers_for(metric, profile):
+            columns[rows, _LEVELS.index(level)] = threshold
+    return columns
+
+
+def score_fleet(names: list[str], profiles: list[str], current: dict[str, np.ndarray],
+                forecast: dict[str, dict[str, np.ndarray]] | None) -> list[RiskResult]:
+    """Risk for many servers at once (the forecast cycle scores the whole fleet in one pass).
+
+    ``current``: display metric -> (S,) values now (NaN = not reported). ``forecast``: display
+    metric -> {"p50": (S, D), "p90": (S, D)} (None when nothing is forecast).
+    """
+    n = len(names)
+    survive = {h: np.ones(n) for h in RISK_HORIZONS}
+    findings: list[list[dict[str, Any]]] = [[] for _ in range(n)]
+    horizons = [h for h in RISK_HORIZONS if h == "now" or forecast is not None]
+    level_weight = np.array([0.0] + [LEVEL_WEIGHT[level] for level in _LEVELS])
+    for metric in RISK_METRICS:
+        thresholds = _threshold_columns(metric, profiles)  # (S, 3)
+        multiplier = METRIC_WEIGHT_MULTIPLIER.get(metric, 1.0)
+        for horizon in horizons:
+            if horizon == "now":
+                if metric not in current:
+                    continue
+                value = np.asarray(current[metric], dtype=float)
+                p50 = eta_source = None
+            else:
+                if metric not in forecast:
+                    continue
+                steps = HORIZONS[horizon]
+                p90 = np.asarray(forecast[metric]["p90"], dtype=float)[:, :steps]
+                worst = np.argmax(p90, axis=1)
+                value = p90[np.arange(n), worst]
+                p50 = np.asarray(forecast[metric]["p50"], dtype=float)[np.arange(n), worst]
+                eta_source = p90
+            reached = value[:, None] >= thresholds  # (S, 3); NaN compares False
+            code = np.where(reached[:, 2], 3, np.where(reached[:, 1], 2, np.where(reached[:, 0], 1, 0)))
+            weight = np.minimum(1.0, level_weight[code] * multiplier)
+            survive[horizon] *= 1.0 - weight
+            for i in np.flatnonzero(code):
+                threshold = float(thresholds[i, code[i] - 1])
+                eta = None
+                if eta_source is not None:
+                    crossing = np.flatnonzero(eta_source[i] >= threshold)
+                    eta = int((crossing[0] + 1) * SAMPLING_INTERVAL_MINUTES) if len(crossing) else None
+                findings[i].append({"metric": metric, "horizon": horizon, "level": _LEVELS[code[i] - 1],
+                                    "value": float(value[i]), "threshold": threshold,
+                                    "p50": None if p50 is None else float(p50[i]), "eta": eta,
+                                    "weight": float(weight[i])})
+    results = []
+    for i in range(n):
+        per_horizon = {h: round(HORIZON_WEIGHT[h] * (1.0 - float(survive[h][i])), 4) for h in horizons}
+        score = max(per_horizon.values())
+        drivers = sorted(findings[i], key=lambda f: (-f["weight"] * HORIZON_WEIGHT[f["horizon"]],
+                                                     RISK_HORIZONS.index(f["horizon"])))
+        results.append(RiskResult(risk_score=round(float(score), 4), risk_level=risk_level(score),
+                                  per_horizon=per_horizon, drivers=drivers[:5],
+                                  alerts=_alerts(names[i], profiles[i], findings[i])))
+    return results
+
+
 def score_server(server_name: str, profile: str, current: dict[str, float],
                  forecast: dict[str, dict[str, np.ndarray]] | None) -> RiskResult:
     """Risk for one server.
@@ -138,41 +201,10 @@ def score_server(server_name: str, profile: str, current: dict[str, float],
     ``current``: display metric -> value now. ``forecast``: display metric -> {"p10", "p50",
     "p90"} arrays over the next steps (None when the server has no forecast yet).
     """
-    per_horizon: dict[str, float] = {}
-    findings: list[dict[str, Any]] = []
-    for horizon in RISK_HORIZONS:
-        if horizon != "now" and forecast is None:
-            continue
-        survive = 1.0
-        for metric in RISK_METRICS:
-            if horizon == "now":
-                if metric not in current:
-                    continue
-                value, p50, eta = float(current[metric]), None, None
-            else:
-                if metric not in forecast:
-                    continue
-                steps = HORIZONS[horizon]
-                p90 = np.asarray(forecast[metric]["p90"][:steps], dtype=float)
-                worst = int(np.argmax(p90))
-                value, p50 = float(p90[worst]), float(np.asarray(forecast[metric]["p50"][:steps])[worst])
-                eta = None
-            level, threshold = classify(metric, profile, value)
-            if level is None:
-                continue
-            if horizon != "now":
-                crossing = np.flatnonzero(np.asarray(forecast[metric]["p90"][:HORIZONS[horizon]]) >= threshold)
-                eta = int((crossing[0] + 1) * SAMPLING_INTERVAL_MINUTES) if len(crossing) else None
-            weight = _weight(metric, level)
-            survive *= 1.0 - weight
-            findings.append({"metric": metric, "horizon": horizon, "level": level, "value": value,
-                             "threshold": threshold, "p50": p50, "eta": eta, "weight": weight})
-        per_horizon[horizon] = round(HORIZON_WEIGHT[horizon] * (1.0 - survive), 4)
-    score = max(per_horizon.values()) if per_horizon else 0.0
-    drivers = sorted(findings, key=lambda f: (-f["weight"] * HORIZON_WEIGHT[f["horizon"]],
-                                              RISK_HORIZONS.index(f["horizon"])))
-    return RiskResult(risk_score=round(float(score), 4), risk_level=risk_level(score), per_horizon=per_horizon,
-                      drivers=drivers[:5], alerts=_alerts(server_name, profile, findings))
+    one_current = {m: np.array([float(v)]) for m, v in current.items()}
+    one_forecast = None if forecast is None else {
+        m: {q: np.asarray(band[q], dtype=float)[None, :] for q in ("p50", "p90")} for m, band in forecast.items()}
+    return score_fleet([server_name], [profile], one_current, one_forecast)[0]
 
 
 def _alerts(server_name: str, profile: str, findings: list[dict[str, Any]]) -> list[Alert]:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import hashlib
 import hmac
 import json
@@ -48,8 +49,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, create_model, field_validator, \
     model_validator
 
-from common_utils import isoformat_utc, profile_from_name, name_matches_profile, parse_utc, quiet_library_noise, \
-    setup_logging
+from common_utils import isoformat_utc, name_matches_profile, profile_from_name, quiet_library_noise, setup_logging
 from config import (
     API_KEY_ENV,
     API_KEY_FILE_ENV,
@@ -61,6 +61,7 @@ from config import (
     DAEMON_PORT,
     DATA_CONTRACT_DOC,
     DEFAULT_HOST,
+    DEMO_SCENARIOS,
     FORECAST_POLL_SECONDS,
     FORECAST_RETENTION_HOURS,
     GROUP_ID,
@@ -85,8 +86,8 @@ from config import (
     VALID_STATES,
 )
 from metrics_store import FleetWindows, MetricsStore
-from risk_scoring import score_server
-from tft_features import BatchAssembler, calendar_features, decode_quantiles, encode_rows
+from risk_scoring import score_fleet
+from tft_features import NAN_CODE, BatchAssembler, decode_quantiles, encode_rows
 from tft_model import LoadedModel, ModelLoadError, load_model
 
 logger = logging.getLogger("tft_inference")
@@ -251,6 +252,7 @@ class StatusResponse(BaseModel):
     status: str
     version: str
     model_loaded: bool
+    model_encoder_length: int | None = Field(description="history buckets the model reads at full length")
     model_dir: str | None
     model_version: str | None
     model_error: str | None
@@ -268,14 +270,27 @@ class StatusResponse(BaseModel):
     last_cycle_at: str | None
     cycles: int
     forecasts_per_second: float
-    average_cycle_ms: float
+    average_cycle_ms: float = Field(description="forecasting part of a cycle: windows, model, decode, risk")
     last_cycle_ms: float | None
+    last_cycle_total_ms: float | None = Field(description="the whole last cycle incl. history write and gauges")
     feed_records_stored: int
     feed_records_rejected: int
     feed_records_duplicate: int
     requests_total: int
     request_errors_total: int
     error_rate: float
+
+
+class DemoScenarioRequest(BaseModel):
+    """Which scenario the demo stream should play."""
+
+    scenario: Literal[tuple(DEMO_SCENARIOS)]  # type: ignore[valid-type]
+
+
+class DemoScenario(DemoScenarioRequest):
+    """The demo scenario and when it was last changed."""
+
+    changed_at: str | None = None
 
 
 class AlertsResponse(BaseModel):
@@ -287,21 +302,21 @@ class AlertsResponse(BaseModel):
 
 # ============================================================================ forecasting
 def display_forecast(quantiles: np.ndarray, targets: list[str]) -> dict[str, dict[str, np.ndarray]]:
-    """(targets, D, Q) model quantiles -> display metric -> {p10, p50, p90} arrays (CPU as used)."""
+    """(S, targets, D, Q) model quantiles -> display metric -> {p10, p50, p90} arrays (S, D); CPU as used."""
     out: dict[str, dict[str, np.ndarray]] = {}
     for j, name in enumerate(targets):
         if name == "cpu_idle_pct":  # p10 of used = 100 - p90 of idle, and so on
-            out[DISPLAY_CPU] = {"p10": 100.0 - quantiles[j, :, 2], "p50": 100.0 - quantiles[j, :, 1],
-                                "p90": 100.0 - quantiles[j, :, 0]}
+            out[DISPLAY_CPU] = {"p10": 100.0 - quantiles[:, j, :, 2], "p50": 100.0 - quantiles[:, j, :, 1],
+                                "p90": 100.0 - quantiles[:, j, :, 0]}
         else:
-            out[name] = {label: quantiles[j, :, k] for k, label in enumerate(QUANTILE_LABELS)}
+            out[name] = {label: quantiles[:, j, :, k] for k, label in enumerate(QUANTILE_LABELS)}
     return out
 
 
-def display_current(values: np.ndarray) -> dict[str, float]:
-    """The 14 metrics of one bucket plus CPU used."""
-    current = {name: round(float(values[i]), 3) for i, name in enumerate(LINBORG_METRICS)}
-    current[DISPLAY_CPU] = round(100.0 - current["cpu_idle_pct"], 3)
+def display_current(values: np.ndarray) -> dict[str, np.ndarray]:
+    """(S, 14) bucket values -> display metric -> (S,) values, plus CPU used."""
+    current = {name: values[:, i] for i, name in enumerate(LINBORG_METRICS)}
+    current[DISPLAY_CPU] = 100.0 - current["cpu_idle_pct"]
     return current
 
 
@@ -318,8 +333,16 @@ class ServerResult:
     """What one cycle produced for one server (``prediction`` is a ServerPrediction as JSON)."""
 
     prediction: dict[str, Any]
-    fan: dict[str, dict[str, np.ndarray]] | None = None
+    fleet_fan: dict[str, dict[str, np.ndarray]] | None = None  # the cycle's (S, D) arrays, shared
+    row: int = -1  # this server's row in them
     horizon_blob: bytes | None = None
+
+    @property
+    def fan(self) -> dict[str, dict[str, np.ndarray]] | None:
+        """This server's full fan: display metric -> {p10, p50, p90} arrays over the 96 steps."""
+        if self.fleet_fan is None:
+            return None
+        return {m: {q: band[q][self.row] for q in QUANTILE_LABELS} for m, band in self.fleet_fan.items()}
 
 
 @dataclass
@@ -346,9 +369,29 @@ class ForecastEngine:
         self.assemble = BatchAssembler(loaded.spec)
         self.known = set(loaded.encoder.name_to_id)
         self.model_version = loaded.model_dir.resolve().name
+        loaded.model.return_attention = False  # forecasts only: the fused attention path
+        from state_rules import STATE_PRECEDENCE
+
+        # Bucket states are kept as precedence ranks; the model wants its own category codes.
+        self._state_code_of_rank = self.spec.encode("state", STATE_PRECEDENCE)
 
     def forecast(self, fleet: FleetWindows, origin: int) -> CycleResult:
-        """Forecast every ready server for the buckets after ``origin`` (the last complete one)."""
+        """Forecast every ready server for the buckets after ``origin`` (the last complete one).
+
+        The cyclic garbage collector is paused for the cycle: building the results allocates a
+        burst of small objects, and a full collection over the daemon's heap in the middle of
+        it cost more than the rest of the bookkeeping. Reference counting still frees
+        everything; the collector runs again right after.
+        """
+        gc_was_enabled = gc.isenabled()
+        gc.disable()
+        try:
+            return self._forecast(fleet, origin)
+        finally:
+            if gc_was_enabled:
+                gc.enable()
+
+    def _forecast(self, fleet: FleetWindows, origin: int) -> CycleResult:
         began = time.perf_counter()
         enc, dec = self.spec.encoder_length, self.spec.prediction_length
         prediction_time = _bucket_time(origin)
@@ -382,28 +425,41 @@ class ForecastEngine:
                 quantiles[rows] = self._predict([ready[i] for i in rows], np.stack([windows[i] for i in rows]),
                                                 [states[i] for i in rows], [profiles[i] for i in rows], origin,
                                                 int(length))
-            for i, name in enumerate(ready):
-                window = fleet.servers[name]
-                fan = display_forecast(quantiles[i], self.spec.targets)
-                current_values = window.current(origin)
-                if current_values is None:
-                    current_values = windows[i][-1]
-                current = display_current(current_values)
-                risk = score_server(name, window.profile, current, fan)
-                horizons = {label: {metric: {q: round(float(band[q][steps - 1]), 3) for q in QUANTILE_LABELS}
-                                    for metric, band in fan.items()}
-                            for label, steps in HORIZONS.items()}
-                blob = np.array([[[fan[m][q][steps - 1] for q in QUANTILE_LABELS] for steps in HORIZONS.values()]
-                                 for m in fan], dtype=np.float32).tobytes()
-                base = {"server_name": name, "profile": window.profile, "known_to_model": name in self.known,
-                        "prediction_time": prediction_time,
-                        "last_sample_time": _bucket_time(window.last_sample_bucket())}
-                prediction = _server_entry(base, status="ok", history_buckets=lengths[i], current=current,
-                                           predictions=horizons, risk_score=risk.risk_score,
-                                           risk_level=risk.risk_level, alerts=[a.to_dict() for a in risk.alerts])
-                results[name] = ServerResult(prediction, fan=fan, horizon_blob=blob)
+            results.update(self._ready_results(fleet, origin, prediction_time, ready, windows, profiles, lengths,
+                                               quantiles))
         return CycleResult(origin=origin, prediction_time=prediction_time, servers=results,
                            seconds=time.perf_counter() - began, forecast_count=len(ready))
+
+    def _ready_results(self, fleet: FleetWindows, origin: int, prediction_time: str, ready: list[str],
+                       windows: list[np.ndarray], profiles: list[str], lengths: list[int],
+                       quantiles: np.ndarray) -> dict[str, ServerResult]:
+        """Decode, score and summarise the forecast servers, fleet-wide arrays first."""
+        fan = display_forecast(quantiles, self.spec.targets)
+        latest = [fleet.servers[n].current(origin) for n in ready]  # None: no sample in the origin bucket
+        values = np.stack([v if v is not None else windows[i][-1] for i, v in enumerate(latest)])
+        current = display_current(values)
+        risks = score_fleet(ready, profiles, current, fan)
+        metrics = list(fan)
+        steps = [s - 1 for s in HORIZONS.values()]
+        # (S, metrics, horizons, quantiles): the summary every endpoint shows, and the stored history.
+        summary = np.stack([np.stack([fan[m][q][:, steps] for q in QUANTILE_LABELS], axis=-1) for m in metrics],
+                           axis=1).astype(np.float32)
+        rounded = np.round(summary.astype(float), 3).tolist()
+        current_rows = {m: np.round(v, 3).tolist() for m, v in current.items()}
+        results = {}
+        for i, name in enumerate(ready):
+            window = fleet.servers[name]
+            horizons = {label: {m: dict(zip(QUANTILE_LABELS, rounded[i][k][h])) for k, m in enumerate(metrics)}
+                        for h, label in enumerate(HORIZONS)}
+            base = {"server_name": name, "profile": window.profile, "known_to_model": name in self.known,
+                    "prediction_time": prediction_time,
+                    "last_sample_time": _bucket_time(window.last_sample_bucket())}
+            prediction = _server_entry(base, status="ok", history_buckets=lengths[i],
+                                       current={m: v[i] for m, v in current_rows.items()}, predictions=horizons,
+                                       risk_score=risks[i].risk_score, risk_level=risks[i].risk_level,
+                                       alerts=[a.to_dict() for a in risks[i].alerts])
+            results[name] = ServerResult(prediction, fleet_fan=fan, row=i, horizon_blob=summary[i].tobytes())
+        return results
 
     def _predict(self, names: list[str], values: np.ndarray, states: list[np.ndarray], profiles: list[str],
                  origin: int, history: int) -> np.ndarray:
@@ -413,11 +469,11 @@ class ForecastEngine:
         full = np.zeros((n_servers, steps, len(LINBORG_METRICS)))
         full[:, :enc] = values  # decoder rows: unknown future, never read by the model
         time_idx = origin - enc + 1 + np.arange(steps)
-        state_rows = np.full((n_servers, steps), "nan", dtype=object)
-        state_rows[:, :enc] = np.stack(states)
+        state_rows = np.full((n_servers, steps), NAN_CODE, dtype=np.int64)  # future states: unknown
+        state_rows[:, :enc] = self._state_code_of_rank[np.stack(states)]
+        profile_codes = self.spec.encode("profile", profiles)
         rows = encode_rows(self.spec, {m: full[:, :, i].reshape(-1) for i, m in enumerate(LINBORG_METRICS)},
-                           np.tile(time_idx, n_servers), np.repeat(np.array(profiles, dtype=object), steps),
-                           state_rows.reshape(-1))
+                           np.tile(time_idx, n_servers), np.repeat(profile_codes, steps), state_rows.reshape(-1))
         shape = (n_servers, steps)
         groups = self.spec.encode(GROUP_ID, [self.loaded.encoder.name_to_id.get(n, "") for n in names])
         lengths = None if history == enc else np.full(n_servers, history)
@@ -474,6 +530,7 @@ class Counters:
     cycle_seconds_total: float = 0.0
     forecasts_total: int = 0
     last_cycle_ms: float | None = None
+    last_cycle_total_ms: float | None = None
     last_cycle_at: str | None = None
     cycle_errors: int = 0
     stored: int = 0
@@ -499,6 +556,7 @@ class Daemon:
         self.websockets: set[WebSocket] = set()
         self.limiter = RateLimiter(settings.rate_per_minute, settings.rate_burst)
         self.metrics = PrometheusMetrics()
+        self.demo = DemoScenario(scenario="healthy")
         self._json_lock = threading.Lock()
         self._json_key: tuple[Any, int] | None = None
         self._json = b""
@@ -532,28 +590,34 @@ class Daemon:
         valid: list[dict[str, Any]] = []
         valid_index: list[int] = []
         rejected: list[RejectedRecord] = []
-        adapter = _RECORD_ADAPTER
         newest = self.fleet.newest_bucket
         oldest_ok = None if newest is None else (newest - MAX_RECORD_AGE_HOURS * STEPS_PER_HOUR)
-        for i, raw in enumerate(raw_records):
-            try:
-                record = adapter.validate_python(raw)
-            except ValidationError as exc:
-                first = exc.errors()[0]
-                name = raw.get("server_name") if isinstance(raw, dict) else None
-                rejected.append(RejectedRecord(index=i, server_name=name if isinstance(name, str) else None,
-                                               field=".".join(str(p) for p in first["loc"]) or "record",
-                                               reason=first["msg"]))
-                continue
-            ts_ns = int(record.timestamp.timestamp() * 1_000_000_000)
+        try:  # already validated records, or the whole batch in one validation call
+            parsed: list[tuple[int, LinborgRecord]] = list(enumerate(
+                raw_records if all(isinstance(r, LinborgRecord) for r in raw_records)
+                else _BATCH_ADAPTER.validate_python(raw_records)))
+        except ValidationError:
+            parsed = []
+            for i, raw in enumerate(raw_records):
+                try:
+                    parsed.append((i, _RECORD_ADAPTER.validate_python(raw)))
+                except ValidationError as exc:
+                    first = exc.errors()[0]
+                    name = raw.get("server_name") if isinstance(raw, dict) else None
+                    rejected.append(RejectedRecord(index=i, server_name=name if isinstance(name, str) else None,
+                                                   field=".".join(str(p) for p in first["loc"]) or "record",
+                                                   reason=first["msg"]))
+        for i, record in parsed:
+            ts_ns = int(record.timestamp.timestamp()) * 1_000_000_000 + record.timestamp.microsecond * 1000
             if oldest_ok is not None and ts_ns // _NS_PER_BUCKET < oldest_ok:
                 rejected.append(RejectedRecord(index=i, server_name=record.server_name, field="timestamp",
                                                reason=f"older than the {MAX_RECORD_AGE_HOURS} h retention window"))
                 continue
-            data = record.model_dump()
+            data = dict(record.__dict__)  # the validated fields, without model_dump's copying machinery
             data["ts_ns"] = ts_ns
             valid.append(data)
             valid_index.append(i)
+        rejected.sort(key=lambda r: r.index)
         known_before = set(self.fleet.servers)
         stored_local, duplicate_local, aggregates = self.store.add_records(valid) if valid else ([], [], [])
         profiles = {r["server_name"]: r["profile"] for r in valid}
@@ -590,6 +654,7 @@ class Daemon:
 
     def run_cycle(self, origin: int) -> CycleResult | None:
         """One forecast cycle (runs in a worker thread)."""
+        began = time.perf_counter()
         engine = self.engine
         if engine is None:
             return None
@@ -616,6 +681,7 @@ class Daemon:
             removed = self.store.trim(origin - RETENTION_HOURS * STEPS_PER_HOUR,
                                       origin - FORECAST_RETENTION_HOURS * STEPS_PER_HOUR, origin)
             logger.info("retention: removed %s", removed)
+        c.last_cycle_total_ms = round((time.perf_counter() - began) * 1000.0, 2)
         logger.info("forecast cycle %s: %d servers forecast, %d tracked, %.1f ms", result.prediction_time,
                     result.forecast_count, len(result.servers), result.seconds * 1000.0)
         return result
@@ -648,6 +714,8 @@ class Daemon:
 
 
 _RECORD_ADAPTER = TypeAdapter(LinborgRecord)
+_BATCH_ADAPTER = TypeAdapter(list[LinborgRecord])
+_FEED_ADAPTER = TypeAdapter(FeedRequest)
 
 
 def fleet_predictions(daemon: Daemon, result: CycleResult | None) -> dict[str, Any]:
@@ -756,6 +824,21 @@ def create_app(settings: DaemonSettings) -> FastAPI:
     app.state.daemon = daemon
     expected_key = settings.api_key
 
+    def openapi() -> dict[str, Any]:
+        """The spec, with the feed body's models registered (the route reads its body itself)."""
+        if app.openapi_schema is None:
+            from fastapi.openapi.utils import get_openapi
+
+            spec = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+            body = FeedRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+            components = spec.setdefault("components", {}).setdefault("schemas", {})
+            components.update(body.pop("$defs", {}))
+            components["FeedRequest"] = body
+            app.openapi_schema = spec
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
     def client_of(request: Request) -> str:
         key = _presented_key(request)
         if key:
@@ -840,6 +923,7 @@ def create_app(settings: DaemonSettings) -> FastAPI:
         backtest = (loaded.training_info.get("backtest") or {}).get("per_horizon") if loaded else None
         return StatusResponse(
             status="ok" if daemon.engine else "degraded", version=PROJECT_VERSION, model_loaded=loaded is not None,
+            model_encoder_length=loaded.spec.encoder_length if loaded else None,
             model_dir=str(settings.model_dir) if settings.model_dir else None,
             model_version=daemon.engine.model_version if daemon.engine else None, model_error=daemon.model_error,
             contract_version=CONTRACT_VERSION,
@@ -852,24 +936,27 @@ def create_app(settings: DaemonSettings) -> FastAPI:
             cycles=c.cycles,
             forecasts_per_second=round(c.forecasts_total / c.cycle_seconds_total, 1) if c.cycle_seconds_total else 0.0,
             average_cycle_ms=round(1000.0 * c.cycle_seconds_total / c.cycles, 2) if c.cycles else 0.0,
-            last_cycle_ms=c.last_cycle_ms, feed_records_stored=c.stored, feed_records_rejected=c.rejected,
+            last_cycle_ms=c.last_cycle_ms, last_cycle_total_ms=c.last_cycle_total_ms, feed_records_stored=c.stored, feed_records_rejected=c.rejected,
             feed_records_duplicate=c.duplicates, requests_total=c.requests, request_errors_total=c.request_errors,
             error_rate=round(c.request_errors / c.requests, 4) if c.requests else 0.0)
 
     @app.post("/feed", response_model=FeedResponse, tags=["feed"], dependencies=[Depends(require_key)],
               responses={422: {"model": FeedResponse, "description": "some records rejected; the rest stored"}},
               openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
-                  "schema": FeedRequest.model_json_schema(ref_template="#/components/schemas/{model}")}}}})
+                  "schema": {"$ref": "#/components/schemas/FeedRequest"}}}}})
     async def feed(request: Request) -> JSONResponse:
         """Store a batch of LINBORG records; 200 if all stored, 422 naming each rejected record."""
         body = await _read_body(request)
-        try:
-            payload = json.loads(body)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            return _error(400, "invalid_json", f"The body is not JSON: {exc}.")
-        records = payload.get("records") if isinstance(payload, dict) else None
-        if not isinstance(records, list):
-            return _error(422, "invalid_request", 'Expected {"records": [ ... ]}. See ' + API_REFERENCE_DOC)
+        try:  # fast path: parse and validate the whole body in pydantic's Rust core
+            records: list[Any] = _FEED_ADAPTER.validate_json(body).records
+        except ValidationError:
+            try:
+                payload = json.loads(body)
+            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+                return _error(400, "invalid_json", f"The body is not JSON: {exc}.")
+            records = payload.get("records") if isinstance(payload, dict) else None
+            if not isinstance(records, list):
+                return _error(422, "invalid_request", 'Expected {"records": [ ... ]}. See ' + API_REFERENCE_DOC)
         if len(records) > MAX_RECORDS_PER_REQUEST:
             return _error(413, "too_many_records", f"At most {MAX_RECORDS_PER_REQUEST} records per request.")
         result = await asyncio.to_thread(daemon.ingest, records)
@@ -934,6 +1021,19 @@ def create_app(settings: DaemonSettings) -> FastAPI:
             daemon.model_error = str(exc)
             raise HTTPException(503, {"error": "model_not_loaded", "detail": str(exc)}) from None
         return status()
+
+    @app.get("/demo-scenario", response_model=DemoScenario, tags=["demo"], dependencies=[Depends(require_read)])
+    def get_demo_scenario() -> DemoScenario:
+        """Scenario the live demo stream should play (the stream polls this)."""
+        return daemon.demo
+
+    @app.post("/admin/demo-scenario", response_model=DemoScenario, tags=["demo"], dependencies=[Depends(require_key)])
+    def set_demo_scenario(request: DemoScenarioRequest) -> DemoScenario:
+        """Switch the live demo stream (dashboard buttons Healthy / Degrading / Critical)."""
+        daemon.demo = DemoScenario(scenario=request.scenario,
+                                   changed_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+        logger.info("demo scenario set to %s", request.scenario)
+        return daemon.demo
 
     @app.websocket("/ws/predictions")
     async def ws_predictions(websocket: WebSocket) -> None:
@@ -1038,6 +1138,10 @@ def forecast_file(model_dir: Path, data_path: Path) -> dict[str, Any]:
     if not is_valid:
         raise ValueError(format_report(data_path, len(frame), False, errors, warnings, 0.0))
     engine = ForecastEngine(load_model(model_dir))
+    # Only the last window of every server matters (plus the hour that decides "offline").
+    keep_buckets = engine.spec.encoder_length + OFFLINE_AFTER_BUCKETS + 1
+    frame = frame[frame["timestamp"] > frame["timestamp"].max() - pd.Timedelta(seconds=keep_buckets *
+                                                                                 SAMPLING_INTERVAL_SECONDS)]
     fleet = FleetWindows()
     records = frame.assign(server_name=frame["server_name"].astype(str), profile=frame["profile"].astype(str),
                            state=frame["state"].astype(str)).to_dict(orient="records")
