@@ -17,6 +17,17 @@ fi
 req_files=(requirements.txt)
 [ "${1:-}" = "--dev" ] && req_files+=(requirements-dev.txt)
 
+# The browser test drives Debian's Chromium (a test tool's own browser download cannot work here).
+if [ "${1:-}" = "--dev" ] && ! { command -v chromium >/dev/null && command -v chromedriver >/dev/null; }; then
+  if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null; then
+    echo "bootstrap: installing chromium and chromium-driver (Debian packages) for the browser test" >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver >/dev/null \
+      || { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver >/dev/null; }
+  else
+    echo "bootstrap: the browser test needs chromium and chromedriver: sudo apt-get install chromium chromium-driver" >&2
+  fi
+fi
+
 [ -x .venv/bin/python ] || "$python_bin" -m venv .venv
 stamp=".venv/.requirements-$(IFS=_; echo "${req_files[*]}" | tr -c 'a-z_\n' '_').sha256"
 wanted="$(cat "${req_files[@]}" | sha256sum | cut -d' ' -f1)"

@@ -4,6 +4,8 @@
     python main.py validate training/server_metrics.parquet
     python main.py train --data training/server_metrics.parquet --epochs 20
     python main.py evaluate --model models/latest --data training/server_metrics.parquet
+    python main.py infer --daemon --model-dir models/latest
+    python main.py demo
 
 Each subcommand is a thin wrapper over the module that owns the job; the module's own
 ``python <module>.py`` entry point takes the same flags. Modules are imported only when
@@ -26,6 +28,7 @@ SUBCOMMANDS = {
     "train": ("tft_trainer", "train the fleet TFT and save it to models/ (safetensors + JSON)"),
     "evaluate": ("tft_evaluate", "backtest a model against persistence and seasonal-naive baselines"),
     "infer": ("tft_inference", "run the forecast daemon (--daemon) or forecast a data file once (--data)"),
+    "demo": ("demo", "one command: model (trained if missing), daemon, live stream and dashboard"),
 }
 
 

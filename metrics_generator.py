@@ -47,6 +47,16 @@ from common_utils import (
 from config import (
     ACTIVITY_MAX,
     CONTRACT_VERSION,
+    DAEMON_PORT,
+    DEFAULT_HOST,
+    DEMO_BUCKETS_PER_SECOND,
+    DEMO_PREFILL_MARGIN_BUCKETS,
+    DEMO_RAMP_HOURS,
+    DEMO_SCENARIOS,
+    DEMO_SERVERS,
+    DEMO_TROUBLED_SHARE,
+    ENCODER_LENGTH,
+    STREAM_RETRY_SECONDS,
     CPU_BUSY_MIN_PCT,
     CRASH_DURATION_HOURS,
     CSV_MAX_ROWS,
@@ -292,6 +302,10 @@ class FleetSimulator:
         """End every running incident at once (the demo's 'healthy' button)."""
         self._inc_type[:] = _INC_NONE
         self._inc_phase[:] = _PHASE_NONE
+
+    def servers_in_trouble(self) -> list[str]:
+        """Servers with an incident building or at its peak."""
+        return [self.server_names[i] for i in np.flatnonzero(self._inc_phase != _PHASE_NONE)]
 
     # ------------------------------------------------------------------ dynamics
     def _maintenance_masks(self, steps: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -597,6 +611,143 @@ class FleetSimulator:
         return frame.to_dict(orient="records")
 
 
+# ---------------------------------------------------------------------- live stream
+class DemoStream:
+    """Continues a simulated fleet into a running daemon, tick by tick, with scenarios.
+
+    The scenario can be switched at run time through the daemon (the dashboard's demo
+    buttons call ``POST /admin/demo-scenario``; the stream reads ``GET /demo-scenario``).
+    """
+
+    def __init__(self, daemon_url: str, api_key: str | None, fleet: dict[str, int], seed: int,
+                 scenario: str = "healthy", speed: float = DEMO_BUCKETS_PER_SECOND, prefill_buckets: int = 0) -> None:
+        import httpx
+
+        if scenario not in DEMO_SCENARIOS:
+            raise ValueError(f"--scenario must be one of {DEMO_SCENARIOS} (got '{scenario}').")
+        # Simulated time starts far enough back that the pre-fill ends at the current bucket.
+        now = pd.Timestamp.now(tz="UTC").floor(f"{SAMPLING_INTERVAL_MINUTES}min")
+        start = now - pd.Timedelta(minutes=SAMPLING_INTERVAL_MINUTES * prefill_buckets)
+        self.prefill_buckets = prefill_buckets
+        self.sim = FleetSimulator(fleet=fleet, seed=seed, start=start)
+        self.client = httpx.Client(base_url=daemon_url.rstrip("/"), timeout=30,
+                                   headers={"X-API-Key": api_key} if api_key else {})
+        self.speed = speed
+        self.scenario = "healthy"
+        self.rng = np.random.default_rng(seed)
+        self.apply_scenario(scenario)
+        # The daemon holds the scenario (the dashboard switches it there): start it at ours.
+        try:
+            self.client.post("/admin/demo-scenario", json={"scenario": scenario})
+        except httpx.HTTPError as exc:
+            logger.warning("could not tell the daemon the demo scenario (%s)", exc)
+
+    def apply_scenario(self, scenario: str) -> None:
+        """Switch behaviour: healthy fixes everything; the others keep a share of servers in trouble."""
+        if scenario == self.scenario and scenario != "healthy":
+            return
+        self.scenario = scenario
+        self.sim.incident_rate_scale = 0.0  # the scenario, not chance, decides who is in trouble
+        if scenario == "healthy":
+            self.sim.clear_incidents()
+        logger.info("demo scenario: %s", scenario)
+
+    def _keep_trouble(self) -> None:
+        wanted = int(round(DEMO_TROUBLED_SHARE[self.scenario] * self.sim.n_servers))
+        if wanted and self.scenario != "healthy":
+            wanted = max(wanted, 2)
+        troubled = set(self.sim.servers_in_trouble())
+        candidates = [n for n in self.sim.server_names if n not in troubled]
+        for name in self.rng.permutation(candidates)[: max(0, wanted - len(troubled))]:
+            profile = self.sim.profiles[self.sim.server_names.index(name)]
+            rates = PROFILE_BEHAVIOUR[profile].incident_rate_per_day
+            kinds = [k for k in INCIDENT_TYPES if rates[k] > 0]
+            kind = str(self.rng.choice(kinds))
+            self.sim.inject_incident(str(name), kind, DEMO_RAMP_HOURS[self.scenario][kind])
+
+    def _post(self, records: list[dict[str, object]]) -> None:
+        import httpx
+
+        while True:
+            try:
+                response = self.client.post("/feed", json={"records": records})
+            except httpx.HTTPError as exc:
+                logger.warning("daemon unreachable (%s); retrying in %.0fs", exc, STREAM_RETRY_SECONDS)
+                time.sleep(STREAM_RETRY_SECONDS)
+                continue
+            if response.status_code >= 500 or response.status_code == 429:
+                time.sleep(STREAM_RETRY_SECONDS)
+                continue
+            if response.status_code not in (200, 422):
+                raise RuntimeError(f"daemon refused the feed: {response.status_code} {response.text[:300]}")
+            return
+
+    def _poll_scenario(self) -> None:
+        import httpx
+
+        try:
+            response = self.client.get("/demo-scenario")
+            if response.status_code == 200:
+                self.apply_scenario(response.json()["scenario"])
+        except (httpx.HTTPError, KeyError, ValueError):
+            pass
+
+    def prefill(self) -> None:
+        """Send enough history at once that forecasts start immediately."""
+        buckets, done = self.prefill_buckets, 0
+        while done < buckets:
+            step = min(24, buckets - done)
+            self._post(self.sim.records(self.sim.advance(step)))
+            done += step
+        logger.info("pre-filled %d buckets for %d servers", buckets, self.sim.n_servers)
+
+    def run(self, max_buckets: int | None = None) -> int:
+        """Send one bucket every 1/speed seconds until stopped (or ``max_buckets``)."""
+        sent = 0
+        interval = 1.0 / self.speed
+        next_tick = time.monotonic()
+        while max_buckets is None or sent < max_buckets:
+            self._poll_scenario()
+            self._keep_trouble()
+            chunk = self.sim.advance(1)
+            self._post(self.sim.records(chunk))
+            sent += 1
+            if sent % 12 == 0:
+                logger.info("streamed %d buckets (simulated time %s), scenario %s, in trouble: %s", sent,
+                            isoformat_utc(chunk.timestamps[-1]), self.scenario,
+                            ", ".join(self.sim.servers_in_trouble()) or "none")
+            next_tick += interval
+            time.sleep(max(0.0, next_tick - time.monotonic()))
+        return sent
+
+
+def stream_from_args(args: argparse.Namespace) -> int:
+    """Run the live demo stream."""
+    import httpx
+
+    from tft_inference import resolve_api_key
+
+    api_key = args.api_key or resolve_api_key()
+    fleet = fleet_from_total(args.servers) if args.servers else parse_fleet(args.fleet) if args.fleet \
+        else fleet_from_total(DEMO_SERVERS)
+    prefill = args.prefill
+    if prefill is None:
+        try:  # enough history for the served model to forecast at once
+            status = httpx.get(f"{args.daemon_url.rstrip('/')}/status", timeout=10,
+                               headers={"X-API-Key": api_key} if api_key else {}).json()
+            encoder = int(status.get("model_encoder_length") or ENCODER_LENGTH)
+        except (httpx.HTTPError, ValueError, TypeError):
+            encoder = ENCODER_LENGTH
+        prefill = encoder + DEMO_PREFILL_MARGIN_BUCKETS
+    stream = DemoStream(args.daemon_url, api_key, fleet, args.seed, args.scenario, args.speed, prefill)
+    stream.prefill()
+    try:
+        stream.run(args.max_buckets)
+    except KeyboardInterrupt:
+        logger.info("stream stopped")
+    return 0
+
+
 # ---------------------------------------------------------------------- batch generation
 def generate_dataset(out_dir: str | Path = TRAINING_DIR, hours: int = 720, fleet: dict[str, int] | None = None,
                      seed: int = DEFAULT_SEED, start: str = DEFAULT_START, offline_mode: str = DEFAULT_OFFLINE_MODE,
@@ -730,11 +881,26 @@ def build_arg_parser(parser: argparse.ArgumentParser | None = None) -> argparse.
     parser.add_argument("--format", dest="file_format", choices=["parquet", "csv"], default="parquet",
                         help=f"parquet (default) or csv (only up to {CSV_MAX_ROWS:,} rows)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    live = parser.add_argument_group("live demo stream (--stream)")
+    live.add_argument("--stream", action="store_true", help="continue a fleet tick by tick into a running daemon")
+    live.add_argument("--daemon-url", default=f"http://{DEFAULT_HOST}:{DAEMON_PORT}")
+    live.add_argument("--api-key", default=None, help="default: $TFT_API_KEY / $TFT_API_KEY_FILE")
+    live.add_argument("--scenario", choices=DEMO_SCENARIOS, default="healthy")
+    live.add_argument("--speed", type=float, default=DEMO_BUCKETS_PER_SECOND, help="5-minute buckets per second")
+    live.add_argument("--prefill", type=int, default=None, help="history buckets sent at start (default: enough "
+                                                                  "for the model to forecast at once)")
+    live.add_argument("--max-buckets", type=int, default=None, help="stop after this many buckets")
     return parser
 
 
 def run_from_args(args: argparse.Namespace) -> int:
-    """Run generation for parsed arguments; returns a process exit code."""
+    """Run generation (or the live stream) for parsed arguments; returns a process exit code."""
+    if args.stream:
+        try:
+            return stream_from_args(args)
+        except (ValueError, RuntimeError) as exc:
+            logger.error("%s", exc)
+            return 2
     try:
         fleet = fleet_from_total(args.servers) if args.servers else parse_fleet(args.fleet) if args.fleet else None
         metadata = generate_dataset(out_dir=args.out_dir, hours=args.hours, fleet=fleet, seed=args.seed,
@@ -751,7 +917,10 @@ def run_from_args(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point."""
+    from common_utils import quiet_library_noise
+
     setup_logging()
+    quiet_library_noise()
     return run_from_args(build_arg_parser().parse_args(argv))
 
 

@@ -1,0 +1,169 @@
+"""The one-command demo: model, daemon, live stream and dashboard together.
+
+    python main.py demo            # then open the printed dashboard URL; Ctrl-C stops everything
+
+On a fresh checkout it first generates a small fleet and trains a small model (a few
+minutes on a 2-core CPU, with progress), unless ``models/latest`` already holds one. Then it
+starts, each as its own process: the inference daemon (fresh store, a random API key), the
+demo stream (``metrics_generator.py --stream``, one 5-minute bucket per second) and the
+Streamlit dashboard. The dashboard's Healthy / Degrading / Critical buttons switch the stream.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from config import (
+    DAEMON_PORT,
+    DASHBOARD_PORT,
+    DEFAULT_HOST,
+    DEMO_DIR,
+    DEMO_SERVERS,
+    DEMO_TRAIN_HOURS,
+    LATEST_MODEL_LINK,
+    MODELS_DIR,
+    PROJECT_ROOT,
+    TRAINING_DATA_FILE,
+)
+
+logger = logging.getLogger(__name__)
+DEMO_TRAIN_ARGS = ["--epochs", "4", "--windows-per-epoch", "8192", "--val-windows", "2048", "--holdout-hours", "24"]
+
+
+def ensure_model(models_dir: Path) -> Path:
+    """models/latest, training a small one first if there is none."""
+    from tft_model import missing_model_files
+
+    latest = models_dir / LATEST_MODEL_LINK
+    if latest.exists() and not missing_model_files(latest):
+        logger.info("using the existing model %s", latest.resolve().name)
+        return latest
+    data_dir = DEMO_DIR / "training"
+    if not (data_dir / TRAINING_DATA_FILE).exists():
+        logger.info("no model yet: generating a %d-server, %d-day fleet to train on", DEMO_SERVERS,
+                    DEMO_TRAIN_HOURS // 24)
+        _run([sys.executable, "metrics_generator.py", "--servers", str(DEMO_SERVERS), "--hours",
+              str(DEMO_TRAIN_HOURS), "--out_dir", str(data_dir)])
+    logger.info("training a small demo model (a few minutes on a 2-core CPU)")
+    _run([sys.executable, "tft_trainer.py", "--data", str(data_dir / TRAINING_DATA_FILE), "--models-dir",
+          str(models_dir), *DEMO_TRAIN_ARGS])
+    return latest
+
+
+def _run(args: list[str]) -> None:
+    result = subprocess.run(args, cwd=PROJECT_ROOT, check=False)
+    if result.returncode != 0:
+        raise RuntimeError(f"{' '.join(args[1:3])} failed with exit code {result.returncode}")
+
+
+def _wait_http(url: str, timeout: float, proc: subprocess.Popen[bytes]) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{url} did not come up: its process exited with {proc.returncode}")
+        try:
+            if httpx.get(url, timeout=2).status_code < 500:
+                return
+        except httpx.HTTPError:
+            time.sleep(0.5)
+    raise RuntimeError(f"{url} did not answer within {timeout:.0f}s")
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def run_demo(models_dir: Path, host: str, daemon_port: int, dashboard_port: int, duration: float | None,
+             servers: int) -> int:
+    """Start everything, print the URLs, stop cleanly on Ctrl-C (or after ``duration`` seconds)."""
+    model_dir = ensure_model(models_dir)
+    api_key = secrets.token_urlsafe(18)
+    DEMO_DIR.mkdir(parents=True, exist_ok=True)
+    store = DEMO_DIR / f"store-{time.strftime('%Y%m%d-%H%M%S')}.sqlite3"
+    env = {**os.environ, "TFT_API_KEY": api_key}
+    daemon_url = f"http://{host}:{daemon_port}"
+    children: list[tuple[str, subprocess.Popen[bytes]]] = []
+
+    def start(name: str, args: list[str], extra_env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen(args, cwd=PROJECT_ROOT, env={**env, **(extra_env or {})})
+        children.append((name, proc))
+        return proc
+
+    def stop_all(*_: object) -> None:
+        for _, proc in reversed(children):
+            if proc.poll() is None:
+                proc.terminate()
+        for name, proc in reversed(children):
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+            logger.info("stopped %s", name)
+
+    signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops the demo as cleanly as Ctrl-C
+    try:
+        daemon = start("daemon", [sys.executable, "tft_inference.py", "--daemon", "--host", host, "--port",
+                                  str(daemon_port), "--model-dir", str(model_dir), "--store", str(store)])
+        _wait_http(f"{daemon_url}/health", 120, daemon)
+        start("stream", [sys.executable, "metrics_generator.py", "--stream", "--daemon-url", daemon_url, "--servers",
+                         str(servers), "--scenario", "healthy"])
+        dashboard = start("dashboard", [sys.executable, "-m", "streamlit", "run", "tft_dashboard_web.py",
+                                        "--server.port", str(dashboard_port), "--server.address", host,
+                                        "--server.headless", "true", "--browser.gatherUsageStats", "false"],
+                          {"TFT_DAEMON_URL": daemon_url})
+        _wait_http(f"http://{host}:{dashboard_port}/_stcore/health", 120, dashboard)
+        print(f"\n  Dashboard:  http://{host}:{dashboard_port}\n  Daemon API: {daemon_url}/docs\n"
+              f"  API key:    {api_key}\n  Demo mode:  use the Healthy / Degrading / Critical buttons in the "
+              f"dashboard's sidebar.\n  Stop:       Ctrl-C\n", flush=True)
+        began = time.time()
+        while duration is None or time.time() - began < duration:
+            for name, proc in children:
+                if proc.poll() is not None:
+                    raise RuntimeError(f"the {name} stopped unexpectedly (exit code {proc.returncode})")
+            time.sleep(1)
+    except KeyboardInterrupt:
+        print("\nstopping ...", flush=True)
+    except RuntimeError as exc:
+        logger.error("%s", exc)
+        stop_all()
+        return 1
+    stop_all()
+    return 0
+
+
+def build_arg_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
+    """Arguments of the demo (``main.py demo``)."""
+    parser = parser or argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models-dir", type=Path, default=MODELS_DIR)
+    parser.add_argument("--host", default=DEFAULT_HOST)
+    parser.add_argument("--port", type=int, default=DAEMON_PORT, help="daemon port")
+    parser.add_argument("--dashboard-port", type=int, default=DASHBOARD_PORT)
+    parser.add_argument("--servers", type=int, default=DEMO_SERVERS, help="servers in the live stream")
+    parser.add_argument("--duration", type=float, default=None, help="stop by itself after this many seconds")
+    return parser
+
+
+def run_from_args(args: argparse.Namespace) -> int:
+    """Run the demo from parsed arguments."""
+    try:
+        return run_demo(args.models_dir, args.host, args.port, args.dashboard_port, args.duration, args.servers)
+    except RuntimeError as exc:
+        logger.error("%s", exc)
+        return 1
+
+
+if __name__ == "__main__":
+    from common_utils import setup_logging
+
+    setup_logging()
+    sys.exit(run_from_args(build_arg_parser().parse_args()))

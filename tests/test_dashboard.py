@@ -1,0 +1,199 @@
+"""Dashboard: Streamlit AppTest per panel, the demo stream, and a real browser end to end."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from metrics_generator import FleetSimulator
+from tests.conftest import ROOT, TINY_FLEET
+from tests.test_daemon import API_KEY, DaemonProcess, _free_port, feed_buckets, wait_for
+
+ARTIFACTS = ROOT / "test-artifacts"
+PANELS = ["Overview", "Heatmap", "Top Servers", "Historical", "Advanced"]
+
+
+@pytest.fixture(scope="module")
+def fed_daemon(tiny_training, tmp_path_factory):
+    """A daemon with the tiny model and 40 buckets of the tiny fleet, one server in trouble."""
+    daemon = DaemonProcess(tiny_training.model_dir, tmp_path_factory.mktemp("dash") / "store.sqlite3",
+                           "--rate-per-minute", "100000")
+    daemon.wait_ready()
+    sim = FleetSimulator(fleet=TINY_FLEET, seed=3, start="2026-03-02T06:00:00Z")
+    sim.incident_rate_scale = 0.0
+    with daemon.client() as client:
+        feed_buckets(client, sim, 26)
+        sim.inject_incident("ppdb001", "io_saturation", ramp_hours=1.0)
+        feed_buckets(client, sim, 14)
+        wait_for(lambda: client.get("/status").json()["cycles"] >= 1)
+    yield daemon
+    daemon.stop()
+
+
+def _app(url: str, key: str = API_KEY) -> AppTest:
+    os.environ["TFT_DAEMON_URL"] = url
+    os.environ["TFT_API_KEY"] = key
+    at = AppTest.from_file(str(ROOT / "tft_dashboard_web.py"), default_timeout=120)
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def _text(element) -> str:  # noqa: ANN001 - any AppTest element tree
+    parts = []
+    for kind in ("markdown", "caption", "error", "warning", "info", "success", "metric", "subheader"):
+        for item in element.get(kind):
+            parts.append(str(getattr(item, "value", "")) + " " + str(getattr(item, "label", "")))
+    return "\n".join(parts)
+
+
+def test_every_panel_renders_with_data(fed_daemon):
+    at = _app(fed_daemon.url)
+    assert [t.label for t in at.tabs] == PANELS
+    header = _text(at)
+    assert "Connected" in header and "tft_model_" in header and "Last forecast" in header
+    overview, heat, top, history, advanced = at.tabs
+    metrics = {m.label: m.value for m in overview.metric}
+    assert metrics["Servers"] == str(len(FleetSimulator(fleet=TINY_FLEET).server_names))
+    assert len(overview.get("plotly_chart")) == 2
+    assert len(heat.get("plotly_chart")) == 1 and "ppdb001" in _text(heat) + str(heat.selectbox[0].options)
+    top_text = _text(top)
+    assert "· risk" in top_text and any(f"### {name}" in top_text for name in FleetSimulator(fleet=TINY_FLEET).server_names)
+    assert len(top.get("plotly_chart")) >= 2  # forecast fans
+    assert history.selectbox[0].value.startswith("pp") and history.selectbox[1].value == "cpu_used_pct"
+    assert len(history.get("plotly_chart")) == 1
+    assert "Backtest on held-out data" in _text(advanced) and len(advanced.get("table")) == 2
+    assert "cpu_idle" not in _text(at)  # CPU is only ever shown as used
+
+
+def test_daemon_down_shows_nothing_invented():
+    at = _app(f"http://127.0.0.1:{_free_port()}")
+    assert "Not connected" in at.error[0].value and "daemon unreachable" in at.error[0].value
+    assert not at.tabs and not at.get("plotly_chart") and not at.metric
+
+
+def test_wrong_key_is_an_error_not_an_empty_fleet(fed_daemon):
+    at = _app(fed_daemon.url, key="wrong")
+    assert "401" in at.error[0].value and not at.tabs
+
+
+def test_empty_fleet(tiny_training, tmp_path):
+    daemon = DaemonProcess(tiny_training.model_dir, tmp_path / "empty.sqlite3")
+    try:
+        daemon.wait_ready()
+        at = _app(daemon.url)
+        assert {m.label: m.value for m in at.tabs[0].metric}["Servers"] == "0"
+        assert "No servers have reported yet" in _text(at.tabs[0])
+        assert not at.exception
+    finally:
+        daemon.stop()
+
+
+def test_demo_buttons_switch_the_stream_scenario(fed_daemon):
+    at = _app(fed_daemon.url)
+    at.sidebar.button(key="demo_degrading").click().run()
+    with fed_daemon.client() as client:
+        assert client.get("/demo-scenario").json()["scenario"] == "degrading"
+    at.sidebar.button(key="demo_healthy").click().run()
+    with fed_daemon.client() as client:
+        assert client.get("/demo-scenario").json()["scenario"] == "healthy"
+
+
+# ---------------------------------------------------------------------------- real browser
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
+
+
+@pytest.mark.slow
+def test_dashboard_in_a_real_browser_fed_by_the_stream(tiny_training, tmp_path):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    assert Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists(), \
+        "Debian chromium + chromium-driver are needed (bootstrap.sh --dev installs them)"
+    ARTIFACTS.mkdir(exist_ok=True)
+    daemon = DaemonProcess(tiny_training.model_dir, tmp_path / "store.sqlite3", "--rate-per-minute", "100000")
+    processes = []
+    driver = None
+    try:
+        daemon.wait_ready()
+        env = {**os.environ, "TFT_API_KEY": API_KEY, "TFT_DAEMON_URL": daemon.url}
+        stream = subprocess.Popen([sys.executable, "metrics_generator.py", "--stream", "--daemon-url", daemon.url,
+                                   "--servers", "12", "--speed", "4", "--scenario", "degrading"], cwd=ROOT, env=env,
+                                  stdout=subprocess.DEVNULL, stderr=open(tmp_path / "stream.log", "w"))
+        processes.append(stream)
+        port = _free_port()
+        dashboard = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "tft_dashboard_web.py",
+                                      "--server.port", str(port), "--server.address", "127.0.0.1",
+                                      "--server.headless", "true", "--browser.gatherUsageStats", "false"],
+                                     cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                                     stderr=open(tmp_path / "dashboard.log", "w"))
+        processes.append(dashboard)
+        with daemon.client() as client:
+            wait_for(lambda: client.get("/status").json()["servers_ready"] >= 12, timeout=120)
+        wait_for(lambda: httpx.get(f"http://127.0.0.1:{port}/_stcore/health").status_code == 200, timeout=60)
+
+        options = webdriver.ChromeOptions()
+        options.binary_location = CHROMIUM
+        for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                     "--disable-component-update", "--no-first-run", "--disable-sync", "--disable-dev-shm-usage",
+                     f"--user-data-dir={tmp_path / 'chrome'}", "--window-size=1500,1900"):
+            options.add_argument(flag)
+        driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+        driver.get(f"http://127.0.0.1:{port}")
+        wait = WebDriverWait(driver, 90)
+        def loaded(d) -> bool:  # noqa: ANN001 - selenium driver
+            errors = d.find_elements(By.CSS_SELECTOR, "[data-testid='stException']")
+            assert not errors, errors[0].text[:2000]
+            return bool(d.find_elements(By.CSS_SELECTOR, "[role='tab']"))
+
+        try:
+            wait.until(loaded)
+        finally:
+            driver.save_screenshot(str(ARTIFACTS / "dashboard_0_first_load.png"))
+        tabs = driver.find_elements(By.CSS_SELECTOR, "[role='tab']")
+        assert [t.text for t in tabs] == PANELS
+        for index, name in enumerate(PANELS):
+            tab = driver.find_elements(By.CSS_SELECTOR, "[role='tab']")[index]
+            tab.click()
+            panel = [p for p in driver.find_elements(By.CSS_SELECTOR, "[role='tabpanel']") if p.is_displayed()][0]
+            # Wait until the panel shows text and every chart in it has drawn its SVG.
+            wait.until(lambda d, p=panel: p.text.strip() and all(
+                plot.find_elements(By.CSS_SELECTOR, ".main-svg") for plot in p.find_elements(By.CSS_SELECTOR, ".js-plotly-plot")))
+            time.sleep(1.5)
+            driver.save_screenshot(str(ARTIFACTS / f"dashboard_{index + 1}_{name.lower().replace(' ', '_')}.png"))
+            body = driver.find_element(By.TAG_NAME, "body").text
+            assert not driver.find_elements(By.CSS_SELECTOR, "[data-testid='stException']"), body[:2000]
+            assert "Traceback" not in body
+            assert "ppweb001" in body or driver.find_elements(By.CSS_SELECTOR, ".js-plotly-plot"), name
+        assert "% CPU idle" not in driver.find_element(By.TAG_NAME, "body").text
+    finally:
+        if driver is not None:
+            driver.quit()
+        for proc in processes:
+            proc.terminate()
+            proc.wait(15)
+        daemon.stop()
+
+
+@pytest.mark.slow
+def test_one_command_demo_starts_everything_and_stops_cleanly(tiny_training, tmp_path):
+    models = tmp_path / "models"
+    shutil.copytree(tiny_training.model_dir, models / tiny_training.model_dir.name)
+    (models / "latest").symlink_to(tiny_training.model_dir.name)
+    result = subprocess.run([sys.executable, "main.py", "demo", "--models-dir", str(models), "--port",
+                             str(_free_port()), "--dashboard-port", str(_free_port()), "--servers", "8",
+                             "--duration", "20"], cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Dashboard:  http://127.0.0.1:" in result.stdout and "API key:" in result.stdout
+    assert "stopped daemon" in result.stderr and "stopped dashboard" in result.stderr and "stopped stream" in result.stderr

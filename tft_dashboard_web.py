@@ -1,0 +1,436 @@
+"""Fleet dashboard: what will go wrong, where, and when - from the daemon's forecasts.
+
+    streamlit run tft_dashboard_web.py
+    TFT_DAEMON_URL=http://127.0.0.1:8000 TFT_API_KEY=... streamlit run tft_dashboard_web.py
+
+The page talks to the inference daemon over REST only and shows nothing it did not get from
+it: when the daemon is unreachable or has no model, the page says so and stops. CPU is
+always shown as "% CPU used" (100 - idle); servers by name, with their profile.
+
+Top to bottom: sidebar (daemon, key, refresh, demo mode) -> status bar -> five panels:
+Overview, Heatmap, Top Servers, Historical, Advanced.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+import streamlit as st
+
+from config import (
+    DAEMON_PORT,
+    DASHBOARD_DEFAULT_REFRESH_SECONDS,
+    DASHBOARD_HISTORY_HOURS,
+    DASHBOARD_TOP_SERVERS,
+    DEFAULT_HOST,
+    DEMO_SCENARIOS,
+    HORIZONS,
+    METRIC_LABELS,
+    RISK_RED_ABOVE,
+    RISK_YELLOW_AT,
+    VALID_PROFILES,
+)
+from risk_scoring import tiers_for
+
+COLORS = {"green": "#2e7d32", "yellow": "#f9a825", "red": "#c62828", "warming_up": "#9e9e9e", "offline": "#616161"}
+KEY_METRICS = ["cpu_used_pct", "cpu_iowait_pct", "mem_used_pct", "swap_used_pct", "disk_usage_pct"]
+HORIZON_TEXT = {"now": "now", "30min": "+30 min", "1hr": "+1 h", "8hr": "+8 h"}
+
+
+def label(metric: str) -> str:
+    """'CPU used (%)' - how a metric is named on the page."""
+    name, unit = METRIC_LABELS.get(metric, (metric, ""))
+    return f"{name} ({unit})" if unit else name
+
+
+# ============================================================================ data access
+@dataclass
+class Reply:
+    """One daemon response: data, or why there is none."""
+
+    data: Any = None
+    error: str | None = None
+    status: int | None = None
+
+
+@st.cache_data(ttl=2, show_spinner=False)
+def _get(base_url: str, api_key: str, path: str, params: tuple[tuple[str, Any], ...]) -> tuple[Any, str | None, int | None]:
+    """GET from the daemon, cached briefly so the panels share one round of requests.
+
+    Returns plain values (data, error, status): the cache stores them serialised.
+    """
+    try:
+        response = httpx.get(f"{base_url.rstrip('/')}{path}", params=dict(params), timeout=10,
+                             headers={"X-API-Key": api_key} if api_key else {})
+    except httpx.HTTPError as exc:
+        return None, f"daemon unreachable at {base_url}: {exc.__class__.__name__}", None
+    try:
+        body = response.json()
+    except ValueError:
+        body = response.text
+    if response.status_code != 200:
+        detail = body.get("detail") if isinstance(body, dict) else body
+        return None, f"{response.status_code}: {detail}", response.status_code
+    return body, None, 200
+
+
+def fetch(base_url: str, api_key: str, path: str, params: tuple[tuple[str, Any], ...] = ()) -> Reply:
+    """GET from the daemon as a :class:`Reply`."""
+    return Reply(*_get(base_url, api_key, path, params))
+
+
+def post(base_url: str, api_key: str, path: str, payload: dict[str, Any]) -> Reply:
+    """POST to the daemon (demo controls)."""
+    try:
+        response = httpx.post(f"{base_url.rstrip('/')}{path}", json=payload, timeout=10,
+                              headers={"X-API-Key": api_key} if api_key else {})
+    except httpx.HTTPError as exc:
+        return Reply(error=str(exc))
+    return Reply(data=response.json() if response.status_code == 200 else None,
+                 error=None if response.status_code == 200 else response.text, status=response.status_code)
+
+
+# ============================================================================ charts
+def fan_chart(metric: str, steps: list[str], band: dict[str, list[float]], history: dict[str, Any] | None,
+              profile: str, height: int = 260) -> go.Figure:
+    """Actuals before now, p10-p90 band and p50 after, with the metric's warning/critical lines."""
+    fig = go.Figure()
+    if history:
+        fig.add_trace(go.Scatter(x=history["timestamps"], y=history["actuals"].get(metric), mode="lines",
+                                 name="actual", line={"color": "#37474f", "width": 1.5}))
+    fig.add_trace(go.Scatter(x=steps + steps[::-1], y=band["p90"] + band["p10"][::-1], fill="toself",
+                             fillcolor="rgba(33,150,243,0.2)", line={"width": 0}, name="p10-p90", hoverinfo="skip"))
+    fig.add_trace(go.Scatter(x=steps, y=band["p50"], mode="lines", name="p50 forecast",
+                             line={"color": "#1565c0", "width": 2}))
+    if steps:
+        fig.add_vline(x=steps[0], line={"dash": "dot", "color": "#757575"})
+    for threshold, level in tiers_for(metric, profile):
+        if level in ("warning", "critical"):
+            fig.add_hline(y=threshold, line={"dash": "dash", "color": COLORS["red" if level == "critical" else "yellow"],
+                                             "width": 1}, annotation_text=level, annotation_position="top left")
+    fig.update_layout(title=label(metric), height=height, margin={"l": 10, "r": 10, "t": 40, "b": 10},
+                      legend={"orientation": "h", "y": -0.25}, showlegend=False)
+    return fig
+
+
+def risk_heatmap(servers: list[dict[str, Any]], columns: int = 20) -> go.Figure:
+    """Every server as a cell: grouped by profile (worst first), sorted by risk, named."""
+    z, text, hover, ylabels = [], [], [], []
+    by_profile: dict[str, list[dict[str, Any]]] = {}
+    for server in servers:
+        by_profile.setdefault(server["profile"], []).append(server)
+    def worst(items: list[dict[str, Any]]) -> float:
+        return max((s["risk_score"] or 0.0) for s in items)
+    for profile in sorted(by_profile, key=lambda p: (-worst(by_profile[p]), p)):
+        items = sorted(by_profile[profile], key=lambda s: (-(s["risk_score"] if s["risk_score"] is not None else -1),
+                                                            s["server_name"]))
+        for row_start in range(0, len(items), columns):
+            row = items[row_start:row_start + columns]
+            pad = columns - len(row)
+            z.append([s["risk_score"] if s["risk_score"] is not None else np.nan for s in row] + [np.nan] * pad)
+            text.append([s["server_name"] for s in row] + [""] * pad)
+            hover.append([_hover(s) for s in row] + [""] * pad)
+            ylabels.append(f"{profile} ({len(items)})" if row_start == 0 else f"{profile} ")
+    fig = go.Figure(go.Heatmap(
+        z=z, text=text, customdata=hover, texttemplate="%{text}", textfont={"size": 9},
+        hovertemplate="%{customdata}<extra></extra>", zmin=0, zmax=1, xgap=2, ygap=2, showscale=True,
+        colorscale=[[0.0, COLORS["green"]], [RISK_YELLOW_AT - 1e-6, COLORS["green"]], [RISK_YELLOW_AT, COLORS["yellow"]],
+                    [RISK_RED_ABOVE, COLORS["yellow"]], [RISK_RED_ABOVE + 1e-6, COLORS["red"]], [1.0, COLORS["red"]]],
+        colorbar={"title": "risk", "tickvals": [0, RISK_YELLOW_AT, RISK_RED_ABOVE, 1]}))
+    fig.update_layout(height=max(240, 30 * len(z) + 80), margin={"l": 10, "r": 10, "t": 10, "b": 10},
+                      xaxis={"visible": False}, yaxis={"autorange": "reversed", "tickmode": "array",
+                                                       "tickvals": list(range(len(ylabels))), "ticktext": ylabels})
+    return fig
+
+
+def _hover(server: dict[str, Any]) -> str:
+    lines = [f"<b>{server['server_name']}</b> ({server['profile']})"]
+    if server["status"] != "ok":
+        lines.append(server["status"].replace("_", " ") + (f", needs {server['buckets_needed']} more buckets"
+                                                            if server["status"] == "warming_up" else ""))
+        return "<br>".join(lines)
+    lines.append(f"risk {server['risk_score']:.2f} ({server['risk_level']})")
+    current = server.get("current", {})
+    for metric in ("cpu_used_pct", "cpu_iowait_pct", "mem_used_pct", "disk_usage_pct"):
+        if metric in current:
+            lines.append(f"{METRIC_LABELS[metric][0]}: {current[metric]:.1f}%")
+    for alert in server.get("alerts", [])[:2]:
+        lines.append(f"{alert['level']}: {alert['reason']}")
+    return "<br>".join(lines)
+
+
+# ============================================================================ the page
+st.set_page_config(page_title="Fleet trouble forecaster", layout="wide")
+
+with st.sidebar:
+    st.header("Daemon")
+    base_url = st.text_input("Daemon URL", os.environ.get("TFT_DAEMON_URL", f"http://{DEFAULT_HOST}:{DAEMON_PORT}"))
+    api_key = st.text_input("API key", os.environ.get("TFT_API_KEY", ""), type="password")
+    refresh = st.slider("Refresh every (s, 0 = off)", 0, 60, DASHBOARD_DEFAULT_REFRESH_SECONDS)
+    st.header("Demo mode")
+    demo = fetch(base_url, api_key, "/demo-scenario")
+    buttons = st.columns(len(DEMO_SCENARIOS))
+    for column, scenario in zip(buttons, DEMO_SCENARIOS):
+        if column.button(scenario.capitalize(), use_container_width=True, key=f"demo_{scenario}"):
+            result = post(base_url, api_key, "/admin/demo-scenario", {"scenario": scenario})
+            if result.error:
+                st.error(f"Could not switch the demo: {result.error}")
+            _get.clear()
+    if demo.data:
+        st.caption(f"Demo stream plays: **{demo.data['scenario']}**")
+
+st.title("Fleet trouble forecaster")
+
+
+@st.fragment(run_every=refresh if refresh else None)
+def page() -> None:
+    """Everything that refreshes: status bar and the five panels."""
+    status = fetch(base_url, api_key, "/status")
+    if status.error:
+        st.error(f"Not connected. {status.error}. Start the daemon (python main.py infer --daemon) or fix the URL "
+                 f"and API key in the sidebar. Nothing is shown without it.")
+        return
+    info = status.data
+    bar = st.columns(4)
+    bar[0].markdown(f":green[●] **Connected** to `{base_url}`")
+    bar[1].markdown(f"**Model** `{info['model_version'] or 'none'}`")
+    bar[2].markdown(f"**Last forecast** {info['last_forecast_time'] or '-'}")
+    bar[3].markdown(f"**Cycle** {info['last_cycle_ms'] or '-'} ms · {info['servers_tracked']} servers")
+    current = fetch(base_url, api_key, "/predictions/current")
+    if current.error:
+        st.warning(f"No forecasts: {current.error}")
+        return
+    fleet = current.data
+    servers = fleet["servers"]
+    alerts = fetch(base_url, api_key, "/alerts/active").data or {"alerts": []}
+    tabs = st.tabs(["Overview", "Heatmap", "Top Servers", "Historical", "Advanced"])
+    with tabs[0]:
+        overview(fleet, servers, alerts["alerts"])
+    with tabs[1]:
+        heatmap(servers)
+    with tabs[2]:
+        top_servers(servers)
+    with tabs[3]:
+        historical(servers)
+    with tabs[4]:
+        advanced(info, fleet, alerts)
+
+
+def overview(fleet: dict[str, Any], servers: list[dict[str, Any]], alerts: list[dict[str, Any]]) -> None:
+    """Fleet health at a glance."""
+    summary = fleet["summary"]
+    kpis = st.columns(7)
+    kpis[0].metric("Servers", len(servers))
+    kpis[1].metric(":red[●] Red", summary["red"])
+    kpis[2].metric(":orange[●] Yellow", summary["yellow"])
+    kpis[3].metric(":green[●] Green", summary["green"])
+    kpis[4].metric("Warming up", summary["warming_up"])
+    kpis[5].metric("Offline", summary["offline"])
+    kpis[6].metric("Active alerts", len(alerts))
+    if not servers:
+        st.info("No servers have reported yet. Feed metrics to POST /feed (or start the demo stream).")
+        return
+    left, right = st.columns([1, 1])
+    with left:
+        st.subheader("Servers by risk level and profile")
+        frame = pd.DataFrame([{"profile": s["profile"],
+                               "level": s["risk_level"] if s["status"] == "ok" else s["status"]} for s in servers])
+        counts = frame.value_counts().rename("servers").reset_index()
+        fig = go.Figure()
+        for level in ["red", "yellow", "green", "warming_up", "offline"]:
+            part = counts[counts["level"] == level]
+            if len(part):
+                fig.add_trace(go.Bar(x=part["profile"], y=part["servers"], name=level.replace("_", " "),
+                                     marker_color=COLORS[level]))
+        fig.update_layout(barmode="stack", height=300, margin={"l": 10, "r": 10, "t": 10, "b": 10},
+                          xaxis={"categoryorder": "array", "categoryarray": VALID_PROFILES})
+        st.plotly_chart(fig, use_container_width=True)
+    with right:
+        st.subheader("Fleet-wide forecast")
+        ready = [s for s in servers if s["status"] == "ok"]
+        rows = []
+        for metric in KEY_METRICS:
+            for horizon in ["now", *HORIZONS]:
+                if horizon == "now":
+                    values = [s["current"][metric] for s in ready if metric in s["current"]]
+                    worst = values
+                else:
+                    values = [s["predictions"][horizon][metric]["p50"] for s in ready]
+                    worst = [s["predictions"][horizon][metric]["p90"] for s in ready]
+                if values:
+                    rows.append({"metric": label(metric), "horizon": HORIZON_TEXT[horizon],
+                                 "fleet median (p50)": float(np.median(values)), "worst server (p90)": float(max(worst))})
+        table = pd.DataFrame(rows)
+        if len(table):
+            fig = go.Figure()
+            for metric, part in table.groupby("metric", sort=False):
+                fig.add_trace(go.Scatter(x=part["horizon"], y=part["fleet median (p50)"], name=f"{metric} median",
+                                         mode="lines+markers"))
+                fig.add_trace(go.Scatter(x=part["horizon"], y=part["worst server (p90)"], name=f"{metric} worst p90",
+                                         mode="lines", line={"dash": "dot"}))
+            fig.update_layout(height=360, margin={"l": 10, "r": 10, "t": 10, "b": 10}, yaxis_title="%",
+                              legend={"orientation": "h", "y": -0.2, "font": {"size": 10}})
+            st.plotly_chart(fig, use_container_width=True)
+    st.subheader("Active alerts")
+    if alerts:
+        st.dataframe(pd.DataFrame([{
+            "server": a["server_name"], "profile": a["profile"], "level": a["level"], "metric": label(a["metric"]),
+            "when": HORIZON_TEXT.get(a["horizon"], a["horizon"]),
+            "in (min)": a["minutes_to_breach"], "value": round(a["predicted_value"], 1), "threshold": a["threshold"],
+            "why": a["reason"]} for a in alerts[:50]]), hide_index=True, use_container_width=True)
+    else:
+        st.success("No active alerts.")
+
+
+def heatmap(servers: list[dict[str, Any]]) -> None:
+    """Every server as a cell coloured by risk, grouped by profile."""
+    st.caption(f"Risk: green < {RISK_YELLOW_AT} ≤ yellow ≤ {RISK_RED_ABOVE} < red; grey = no forecast yet. "
+               f"Hover a cell for details, click to select.")
+    if not servers:
+        st.info("No servers yet.")
+        return
+    event = st.plotly_chart(risk_heatmap(servers), use_container_width=True, on_select="rerun",
+                            selection_mode="points", key="heatmap")
+    names = [s["server_name"] for s in servers]
+    picked = None
+    points = (event or {}).get("selection", {}).get("points", []) if isinstance(event, dict) else \
+        getattr(getattr(event, "selection", None), "points", [])
+    if points:
+        picked = points[0].get("text")
+    choice = st.selectbox("Server details", names, index=names.index(picked) if picked in names else 0)
+    server = next(s for s in servers if s["server_name"] == choice)
+    server_details(server)
+
+
+def server_details(server: dict[str, Any]) -> None:
+    """Current values, forecast summary and alerts of one server."""
+    st.markdown(f"**{server['server_name']}** · profile `{server['profile']}` · status {server['status']}"
+                + (f" · risk **{server['risk_score']:.2f} ({server['risk_level']})**" if server["status"] == "ok" else ""))
+    if server["status"] != "ok":
+        return
+    rows = []
+    for metric in KEY_METRICS + ["load_average", "net_in_mb_s", "net_out_mb_s", "back_close_wait"]:
+        row = {"metric": label(metric), "now": server["current"].get(metric)}
+        for horizon, values in server["predictions"].items():
+            band = values.get(metric)
+            if band:
+                row[HORIZON_TEXT[horizon]] = f"{band['p50']:.1f} ({band['p10']:.1f}-{band['p90']:.1f})"
+        rows.append(row)
+    st.dataframe(pd.DataFrame(rows), hide_index=True, use_container_width=True)
+    for alert in server["alerts"]:
+        (st.error if alert["level"] == "critical" else st.warning)(alert["reason"])
+
+
+def top_servers(servers: list[dict[str, Any]]) -> None:
+    """The most at-risk servers, their forecast fans and why."""
+    ranked = [s for s in servers if s["status"] == "ok"][:DASHBOARD_TOP_SERVERS]
+    if not ranked:
+        st.info("No forecasts yet.")
+        return
+    for server in ranked:
+        st.markdown(f"### {server['server_name']} · `{server['profile']}` · risk {server['risk_score']:.2f} "
+                    f"({server['risk_level']})")
+        for alert in server["alerts"]:
+            (st.error if alert["level"] == "critical" else st.warning)(alert["reason"])
+        if not server["alerts"]:
+            st.caption("No alerts: among the most at risk, but within normal bounds.")
+        fan = fetch(base_url, api_key, f"/predictions/{server['server_name']}")
+        history = fetch(base_url, api_key, f"/history/{server['server_name']}", (("hours", 6),))
+        if fan.error:
+            st.warning(fan.error)
+            continue
+        metrics = list(dict.fromkeys([a["metric"] for a in server["alerts"]] + ["cpu_used_pct", "mem_used_pct"]))[:3]
+        columns = st.columns(len(metrics))
+        for column, metric in zip(columns, metrics):
+            band = fan.data["fan"].get(metric)
+            if band:
+                column.plotly_chart(fan_chart(metric, fan.data["steps"], band, history.data, server["profile"]),
+                                    use_container_width=True, key=f"fan_{server['server_name']}_{metric}")
+
+
+def historical(servers: list[dict[str, Any]]) -> None:
+    """Actuals against what was forecast for them: should you trust the model?"""
+    if not servers:
+        st.info("No servers yet.")
+        return
+    names = [f"{s['server_name']} ({s['profile']})" for s in servers]
+    col = st.columns(3)
+    choice = col[0].selectbox("Server", names, key="hist_server")
+    metric = col[1].selectbox("Metric", KEY_METRICS + ["load_average", "net_in_mb_s", "net_out_mb_s",
+                                                       "back_close_wait", "front_close_wait"],
+                              format_func=label, key="hist_metric")
+    hours = col[2].slider("Window (hours)", 1, 72, DASHBOARD_HISTORY_HOURS, key="hist_hours")
+    name = choice.split(" ")[0]
+    history = fetch(base_url, api_key, f"/history/{name}", (("hours", hours),))
+    if history.error:
+        st.warning(history.error)
+        return
+    data = history.data
+    fig = go.Figure(go.Scatter(x=data["timestamps"], y=data["actuals"].get(metric), name="actual",
+                               line={"color": "#37474f"}))
+    stats = []
+    palette = {"30min": "#1565c0", "1hr": "#6a1b9a", "8hr": "#ef6c00"}
+    actual = dict(zip(data["timestamps"], data["actuals"].get(metric, [])))
+    for horizon, block in data["forecasts"].items():
+        band = block["bands"].get(metric)
+        if not band or not block["target_times"]:
+            continue
+        fig.add_trace(go.Scatter(x=block["target_times"], y=band["p50"], name=f"forecast made {HORIZON_TEXT[horizon][1:]} "
+                                 f"earlier (p50)", line={"color": palette[horizon], "dash": "dot"}))
+        pairs = [(actual.get(t), lo, mid, hi) for t, lo, mid, hi in
+                 zip(block["target_times"], band["p10"], band["p50"], band["p90"]) if actual.get(t) is not None]
+        if pairs:
+            y = np.array([p[0] for p in pairs])
+            stats.append({"horizon": HORIZON_TEXT[horizon], "forecasts": len(pairs),
+                          "MAE of p50": float(np.mean(np.abs(y - np.array([p[2] for p in pairs])))),
+                          "inside p10-p90": float(np.mean((y >= [p[1] for p in pairs]) & (y <= [p[3] for p in pairs])))})
+    fig.update_layout(height=380, margin={"l": 10, "r": 10, "t": 10, "b": 10}, yaxis_title=label(metric))
+    st.plotly_chart(fig, use_container_width=True)
+    if stats:
+        st.dataframe(pd.DataFrame(stats), hide_index=True)
+        st.caption("A calibrated model has about 80% of actuals inside its p10-p90 band.")
+    else:
+        st.caption("No past forecasts for this window yet: they accumulate with every cycle.")
+
+
+def advanced(info: dict[str, Any], fleet: dict[str, Any], alerts: dict[str, Any]) -> None:
+    """Model info, daemon counters, raw responses."""
+    left, right = st.columns(2)
+    with left:
+        st.subheader("Model")
+        st.table(pd.DataFrame({"": ["version", "trained at", "contract (model / daemon)", "encoder length", "model dir"],
+                               "value": [info["model_version"], info["trained_at"],
+                                         f"{info['model_contract_version']} / {info['contract_version']}",
+                                         str(info["model_encoder_length"]), info["model_dir"]]}))
+        backtest = info.get("backtest_summary")
+        if backtest:
+            st.markdown("**Backtest on held-out data** (q-risk at 0.5, lower is better)")
+            st.dataframe(pd.DataFrame([{
+                "horizon": horizon, "TFT": row["qrisk_50_mean"]["tft"],
+                "persistence": row["qrisk_50_mean"]["persistence"],
+                "seasonal naive": row["qrisk_50_mean"]["seasonal_naive"],
+                "vs best baseline": f"{row['improvement_vs_best_baseline']:+.1%}",
+                "p10-p90 coverage": row["coverage_p10_p90_mean"]} for horizon, row in backtest.items()]),
+                hide_index=True)
+    with right:
+        st.subheader("Daemon")
+        keys = ["uptime_seconds", "servers_tracked", "servers_ready", "servers_warming_up", "servers_offline",
+                "unknown_servers", "cycles", "forecasts_per_second", "average_cycle_ms", "last_cycle_ms",
+                "feed_records_stored", "feed_records_rejected", "feed_records_duplicate", "requests_total",
+                "error_rate"]
+        st.table(pd.DataFrame({"counter": keys, "value": [str(info.get(k)) for k in keys]}))
+    with st.expander("Raw /status"):
+        st.json(info)
+    with st.expander("Raw /predictions/current (first 3 servers)"):
+        st.json({**fleet, "servers": fleet["servers"][:3]})
+    with st.expander("Raw /alerts/active"):
+        st.json(alerts)
+
+
+page()
