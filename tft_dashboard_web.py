@@ -3,6 +3,8 @@
     streamlit run tft_dashboard_web.py
     TFT_DAEMON_URL=http://127.0.0.1:8000 TFT_API_KEY=... streamlit run tft_dashboard_web.py
 
+(``TFT_DASHBOARD_REFRESH=<seconds>`` sets the refresh slider's start value.)
+
 The page talks to the inference daemon over REST only and shows nothing it did not get from
 it: when the daemon is unreachable or has no model, the page says so and stops. CPU is
 always shown as "% CPU used" (100 - idle); servers by name, with their profile.
@@ -13,6 +15,7 @@ Overview, Heatmap, Top Servers, Historical, Advanced.
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -37,6 +40,8 @@ from config import (
     VALID_PROFILES,
 )
 from risk_scoring import tiers_for
+
+logger = logging.getLogger(__name__)
 
 COLORS = {"green": "#2e7d32", "yellow": "#f9a825", "red": "#c62828", "warming_up": "#9e9e9e", "offline": "#616161"}
 KEY_METRICS = ["cpu_used_pct", "cpu_iowait_pct", "mem_used_pct", "swap_used_pct", "disk_usage_pct"]
@@ -165,6 +170,17 @@ def _hover(server: dict[str, Any]) -> str:
     return "<br>".join(lines)
 
 
+def _default_refresh() -> int:
+    """The refresh slider's start value: ``TFT_DASHBOARD_REFRESH`` (seconds, 0-60) or the config default."""
+    raw = os.environ.get("TFT_DASHBOARD_REFRESH", "")
+    try:
+        return min(60, max(0, int(raw))) if raw else DASHBOARD_DEFAULT_REFRESH_SECONDS
+    except ValueError:
+        logger.warning("TFT_DASHBOARD_REFRESH=%r is not a whole number of seconds; using %d",
+                       raw, DASHBOARD_DEFAULT_REFRESH_SECONDS)
+        return DASHBOARD_DEFAULT_REFRESH_SECONDS
+
+
 # ============================================================================ the page
 st.set_page_config(page_title="Fleet trouble forecaster", layout="wide")
 
@@ -172,7 +188,7 @@ with st.sidebar:
     st.header("Daemon")
     base_url = st.text_input("Daemon URL", os.environ.get("TFT_DAEMON_URL", f"http://{DEFAULT_HOST}:{DAEMON_PORT}"))
     api_key = st.text_input("API key", os.environ.get("TFT_API_KEY", ""), type="password")
-    refresh = st.slider("Refresh every (s, 0 = off)", 0, 60, DASHBOARD_DEFAULT_REFRESH_SECONDS)
+    refresh = st.slider("Refresh every (s, 0 = off)", 0, 60, _default_refresh())
     st.header("Demo mode")
     demo = fetch(base_url, api_key, "/demo-scenario")
     buttons = st.columns(len(DEMO_SCENARIOS))
@@ -372,6 +388,8 @@ def historical(servers: list[dict[str, Any]]) -> None:
         st.warning(history.error)
         return
     data = history.data
+    st.markdown(f"**{name}** · profile `{choice.split('(')[1].rstrip(')')}` · {label(metric)}, last {hours} h: "
+                "actuals against the forecasts made for them")
     fig = go.Figure(go.Scatter(x=data["timestamps"], y=data["actuals"].get(metric), name="actual",
                                line={"color": "#37474f"}))
     stats = []

@@ -56,7 +56,8 @@ meta = generate_dataset(work / "training", hours=HOURS, fleet=fleet_from_total(S
 data_path = work / "training" / config.TRAINING_DATA_FILE
 print(f"{meta['rows']:,} rows, {meta['n_servers']} servers, {meta['start']} .. {meta['end']}")
 pd.Series(meta["state_shares"]).sort_values(ascending=False).round(3)"""),
-    new_code_cell("""import matplotlib.pyplot as plt
+    new_code_cell("""%matplotlib inline
+import matplotlib.pyplot as plt
 
 df = pd.read_parquet(data_path)
 fig, ax = plt.subplots(figsize=(11, 3.5))
