@@ -46,8 +46,16 @@ import torch
 from fastapi import Depends, FastAPI, HTTPException, Request, WebSocket, WebSocketDisconnect
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, create_model, field_validator, \
-    model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    create_model,
+    field_validator,
+    model_validator,
+)
 
 from common_utils import isoformat_utc, name_matches_profile, profile_from_name, quiet_library_noise, setup_logging
 from config import (
@@ -66,6 +74,7 @@ from config import (
     FORECAST_RETENTION_HOURS,
     GROUP_ID,
     HORIZONS,
+    INFERENCE_CHUNK_SERVERS,
     INTEGER_METRICS,
     LINBORG_METRICS,
     MAX_BODY_BYTES,
@@ -463,7 +472,20 @@ class ForecastEngine:
 
     def _predict(self, names: list[str], values: np.ndarray, states: list[np.ndarray], profiles: list[str],
                  origin: int, history: int) -> np.ndarray:
-        """(S, E, 14) raw windows -> (S, targets, D, Q) quantiles, reading the last ``history`` buckets."""
+        """(S, E, 14) raw windows -> (S, targets, D, Q) quantiles, reading the last ``history`` buckets.
+
+        Runs in slices of ``INFERENCE_CHUNK_SERVERS`` so each slice's tensors stay in cache.
+        """
+        step = INFERENCE_CHUNK_SERVERS
+        if len(names) <= step:
+            return self._predict_slice(names, values, states, profiles, origin, history)
+        return np.concatenate([
+            self._predict_slice(names[i:i + step], values[i:i + step], states[i:i + step], profiles[i:i + step],
+                                origin, history) for i in range(0, len(names), step)])
+
+    def _predict_slice(self, names: list[str], values: np.ndarray, states: list[np.ndarray], profiles: list[str],
+                       origin: int, history: int) -> np.ndarray:
+        """One slice of ``_predict``."""
         enc, dec = self.spec.encoder_length, self.spec.prediction_length
         n_servers, steps = len(names), enc + dec
         full = np.zeros((n_servers, steps, len(LINBORG_METRICS)))

@@ -27,6 +27,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -75,20 +76,6 @@ def _gate(mask: torch.Tensor) -> torch.Tensor:
     return torch.sigmoid(mask) * 2.0
 
 
-def _per_variable_affine(x: torch.Tensor, norms: list[nn.LayerNorm]) -> torch.Tensor:
-    """LayerNorm over the last dim with each variable's own weight/bias; x is (V, N, H)."""
-    weight = torch.stack([n.weight for n in norms])[:, None, :]
-    bias = torch.stack([n.bias for n in norms])[:, None, :]
-    return torch.addcmul(bias, F.layer_norm(x, x.shape[-1:], eps=norms[0].eps), weight)
-
-
-def _stacked_linear(x: torch.Tensor, linears: list[nn.Linear]) -> torch.Tensor:
-    """Each variable's own Linear, batched: x (V, N, in) -> (V, N, out)."""
-    weight = torch.stack([m.weight for m in linears]).transpose(1, 2)  # (V, in, out)
-    bias = torch.stack([m.bias for m in linears])[:, None, :]
-    return torch.baddbmm(bias, x, weight)
-
-
 @dataclass
 class _RealGroup:
     """The continuous variables of one variable-selection network, in input order."""
@@ -104,6 +91,8 @@ class FleetTFT(TemporalFusionTransformer):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._interp_cache: dict[tuple[int, int, torch.dtype, torch.device], torch.Tensor] = {}
+        self._param_memo: dict[tuple, Any] = {}
+        self._structure_memo: dict[Any, Any] = {}
         self.use_fast_forward = True
         # Attention weights are an interpretation output; the daemon does not read them, and
         # without them attention can run as one fused kernel (same result).
@@ -165,7 +154,20 @@ class FleetTFT(TemporalFusionTransformer):
         return add_norm.norm(x + skip)
 
     def _real_group(self, vsn: VariableSelectionNetwork) -> _RealGroup | None:
-        """Continuous inputs of a VSN if they can be batched (same size, plain GRNs)."""
+        """Continuous inputs of a VSN if they can be batched (same size, plain GRNs); fixed per model."""
+        key = id(vsn)
+        if key not in self._structure_memo:
+            self._structure_memo[key] = self._find_real_group(vsn)
+        return self._structure_memo[key]
+
+    @property
+    def _real_names(self) -> frozenset[str]:
+        """The model's continuous inputs (``self.reals`` rebuilds a list on every access)."""
+        if "reals" not in self._structure_memo:
+            self._structure_memo["reals"] = frozenset(self.reals)
+        return self._structure_memo["reals"]
+
+    def _find_real_group(self, vsn: VariableSelectionNetwork) -> _RealGroup | None:
         names, columns, offsets, offset = [], [], [], 0
         sizes = set()
         for name, size in vsn.input_sizes.items():
@@ -182,16 +184,46 @@ class FleetTFT(TemporalFusionTransformer):
             return None
         return _RealGroup(names, columns, offsets)
 
-    def _variable_grns(self, grns: list[GatedResidualNetwork], a: torch.Tensor, b: torch.Tensor,
-                       x: torch.Tensor) -> torch.Tensor:
-        """Each continuous variable's GRN on its prescaled input x*a + b, batched: x (V, N, 1) -> (V, N, H).
+    def _memo(self, key: tuple, build: Callable[[], Any]) -> Any:
+        """Tensors derived from parameters only, built once per model state at inference.
 
-        The prescaler is Linear(1, d), so everything linear before the first nonlinearity is
-        folded into per-variable vectors (see ``_fast_vsn``).
+        During training (or with gradients on) they are rebuilt every call, so gradients flow.
+        The memo is dropped whenever the weights may change: ``train()``/``eval()``,
+        ``load_state_dict`` and device/dtype moves.
         """
+        if self.training or torch.is_grad_enabled():
+            return build()
+        value = self._param_memo.get(key)
+        if value is None:
+            value = build()
+            self._param_memo[key] = value
+        return value
+
+    def train(self, mode: bool = True) -> FleetTFT:
+        """Switch mode and drop the inference memo (weights may change in between)."""
+        if hasattr(self, "_param_memo"):
+            self._param_memo.clear()
+        return super().train(mode)
+
+    def load_state_dict(self, *args: Any, **kwargs: Any) -> Any:
+        """Load weights and drop the inference memo."""
+        if hasattr(self, "_param_memo"):
+            self._param_memo.clear()
+        return super().load_state_dict(*args, **kwargs)
+
+    def _apply(self, *args: Any, **kwargs: Any) -> Any:
+        """Device/dtype moves drop the inference memo."""
+        if hasattr(self, "_param_memo"):
+            self._param_memo.clear()
+        return super()._apply(*args, **kwargs)
+
+    def _variable_grn_params(self, grns: list[GatedResidualNetwork], a: torch.Tensor,
+                             b: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The per-variable vectors and stacked weights ``_variable_grns`` folds its GRNs into."""
         first = grns[0]
         d = a.shape[1]
         hidden = first.output_size
+        params: dict[str, torch.Tensor] = {}
         if first.input_size != first.output_size and not first.residual:
             interp = self._interp(d, hidden, a)
             gate = _gate(torch.stack([g.resample_norm.mask for g in grns]))  # (V, H)
@@ -200,24 +232,46 @@ class FleetTFT(TemporalFusionTransformer):
             beta_c = beta - beta.mean(-1, keepdim=True)
             norm = [g.resample_norm.norm for g in grns]
             gamma = torch.stack([m.weight for m in norm])
-            delta = torch.stack([m.bias for m in norm])
-            coef_a = (alpha_c * alpha_c).mean(-1)[:, None, None]
-            coef_b = (alpha_c * beta_c).mean(-1)[:, None, None]
-            coef_c = (beta_c * beta_c).mean(-1)[:, None, None]
-            r = torch.rsqrt((coef_a * x + 2.0 * coef_b) * x + coef_c + norm[0].eps)  # (V, N, 1)
-            residual = torch.addcmul(torch.addcmul(delta[:, None, :], r, (beta_c * gamma)[:, None, :]),
-                                     x * r, (alpha_c * gamma)[:, None, :])
+            params["delta"] = torch.stack([m.bias for m in norm])[:, None, :]
+            params["coef_a"] = (alpha_c * alpha_c).mean(-1)[:, None, None]
+            params["coef_b2"] = 2.0 * (alpha_c * beta_c).mean(-1)[:, None, None]
+            params["coef_c"] = (beta_c * beta_c).mean(-1)[:, None, None] + norm[0].eps
+            params["res_beta"] = (beta_c * gamma)[:, None, :]
+            params["res_alpha"] = (alpha_c * gamma)[:, None, :]
         else:
-            residual = torch.addcmul(b[:, None, :], x, a[:, None, :])
+            params["res_b"], params["res_a"] = b[:, None, :], a[:, None, :]
         w1 = torch.stack([g.fc1.weight for g in grns])  # (V, h, d)
-        u = torch.einsum("vhd,vd->vh", w1, a)
-        w = torch.einsum("vhd,vd->vh", w1, b) + torch.stack([g.fc1.bias for g in grns])
-        h = F.elu(torch.addcmul(w[:, None, :], x, u[:, None, :]))
-        h = _stacked_linear(h, [g.fc2 for g in grns])
-        if first.gate_norm.glu.dropout is not None:
-            h = first.gate_norm.glu.dropout(h)
-        h = F.glu(_stacked_linear(h, [g.gate_norm.glu.fc for g in grns]), dim=-1)  # (V, N, H)
-        return _per_variable_affine(h + residual, [g.gate_norm.add_norm.norm for g in grns])
+        params["u"] = torch.einsum("vhd,vd->vh", w1, a)[:, None, :]
+        params["w"] = (torch.einsum("vhd,vd->vh", w1, b) + torch.stack([g.fc1.bias for g in grns]))[:, None, :]
+        for name, linears in (("fc2", [g.fc2 for g in grns]), ("glu", [g.gate_norm.glu.fc for g in grns])):
+            params[f"{name}_w"] = torch.stack([m.weight for m in linears]).transpose(1, 2)  # (V, in, out)
+            params[f"{name}_b"] = torch.stack([m.bias for m in linears])[:, None, :]
+        norms = [g.gate_norm.add_norm.norm for g in grns]
+        params["out_w"] = torch.stack([m.weight for m in norms])[:, None, :]
+        params["out_b"] = torch.stack([m.bias for m in norms])[:, None, :]
+        return params
+
+    def _variable_grns(self, grns: list[GatedResidualNetwork], a: torch.Tensor, b: torch.Tensor,
+                       x: torch.Tensor) -> torch.Tensor:
+        """Each continuous variable's GRN on its prescaled input x*a + b, batched: x (V, N, 1) -> (V, N, H).
+
+        The prescaler is Linear(1, d), so everything linear before the first nonlinearity is
+        folded into per-variable vectors (see ``_fast_vsn``).
+        """
+        p = self._memo(("vgrn", *map(id, grns)), lambda: self._variable_grn_params(grns, a, b))
+        if "coef_a" in p:
+            r = torch.rsqrt((p["coef_a"] * x + p["coef_b2"]) * x + p["coef_c"])  # (V, N, 1)
+            residual = torch.addcmul(torch.addcmul(p["delta"], r, p["res_beta"]), x * r, p["res_alpha"])
+        else:
+            residual = torch.addcmul(p["res_b"], x, p["res_a"])
+        h = F.elu(torch.addcmul(p["w"], x, p["u"]))
+        h = torch.baddbmm(p["fc2_b"], h, p["fc2_w"])
+        if grns[0].gate_norm.glu.dropout is not None:
+            h = grns[0].gate_norm.glu.dropout(h)
+        h = F.glu(torch.baddbmm(p["glu_b"], h, p["glu_w"]), dim=-1)  # (V, N, H)
+        h = h + residual
+        return torch.addcmul(p["out_b"], F.layer_norm(h, h.shape[-1:], eps=grns[0].gate_norm.add_norm.norm.eps),
+                             p["out_w"])
 
     def _fast_vsn(self, vsn: VariableSelectionNetwork, x_cont: torch.Tensor,
                   embeddings: dict[str, torch.Tensor], context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -240,16 +294,16 @@ class FleetTFT(TemporalFusionTransformer):
         """
         group = self._real_group(vsn)
         if group is None or vsn.num_inputs <= 1:
-            inputs = {name: embeddings[name] if name not in self.reals
+            inputs = {name: embeddings[name] if name not in self._real_names
                       else x_cont[..., self.hparams.x_reals.index(name)].unsqueeze(-1) for name in vsn.input_sizes}
             return vsn(inputs, context)
         batch, steps = x_cont.shape[:2]
         n = batch * steps
         hidden = vsn.hidden_size
         grns = [vsn.single_variable_grns[name] for name in group.names]
-        a = torch.stack([vsn.prescalers[name].weight[:, 0] for name in group.names])  # (V, d)
-        b = torch.stack([vsn.prescalers[name].bias for name in group.names])  # (V, d)
-        d = a.shape[1]
+        a, b = self._memo(("prescale", id(vsn)), lambda: (
+            torch.stack([vsn.prescalers[name].weight[:, 0] for name in group.names]),  # (V, d)
+            torch.stack([vsn.prescalers[name].bias for name in group.names])))  # (V, d)
         values = x_cont[..., group.columns].reshape(n, -1)  # (N, V)
         shared = torch.zeros(len(group.names), dtype=torch.bool)
         if not self.training and batch > 1:
@@ -265,7 +319,7 @@ class FleetTFT(TemporalFusionTransformer):
                                              values[:steps, common].t().unsqueeze(-1)) if common else None
 
         # Categorical (embedded) inputs keep their own small networks.
-        cat_names = [name for name in vsn.input_sizes if name not in self.reals]
+        cat_names = [name for name in vsn.input_sizes if name not in self._real_names]
         cat_out = [self._resample_norm(vsn.single_variable_grns[name], embeddings[name].reshape(n, -1))
                    if isinstance(vsn.single_variable_grns[name], ResampleNorm)
                    else vsn.single_variable_grns[name](embeddings[name].reshape(n, -1)) for name in cat_names]
@@ -273,32 +327,21 @@ class FleetTFT(TemporalFusionTransformer):
         # Selection weights from the flattened GRN, its inputs taken block by block.
         flat_grn = vsn.flattened_grn
         order = list(vsn.input_sizes)
-        offsets, offset = {}, 0
-        for name in order:
-            offsets[name] = offset
-            offset += vsn.input_sizes[name]
-        fc1_w = flat_grn.fc1.weight  # (hidden_f, total)
-        blocks = torch.stack([fc1_w[:, o:o + d] for o in group.flat_offsets])  # (V, hidden_f, d)
-        hidden_f = values @ torch.einsum("vhd,vd->vh", blocks, a) \
-            + torch.einsum("vhd,vd->h", blocks, b) + flat_grn.fc1.bias
-        resid_f = None
-        if flat_grn.input_size != flat_grn.output_size and not flat_grn.residual:
-            interp_f = self._interp(flat_grn.input_size, flat_grn.output_size, a)  # (total, V_all)
-            m_blocks = torch.stack([interp_f[o:o + d] for o in group.flat_offsets])  # (V, d, V_all)
-            resid_f = values @ torch.einsum("vd,vdo->vo", a, m_blocks) + torch.einsum("vd,vdo->o", b, m_blocks)
+        fp = self._memo(("flat", id(vsn)), lambda: self._flat_grn_params(vsn, group, a, b, cat_names))
+        hidden_f = torch.addmm(fp["hidden_bias"], values, fp["hidden_w"])
+        resid_f = torch.addmm(fp["resid_bias"], values, fp["resid_w"]) if "resid_w" in fp else None
         for name in cat_names:
             emb = embeddings[name].reshape(n, -1)
-            cols = slice(offsets[name], offsets[name] + vsn.input_sizes[name])
-            hidden_f = hidden_f + emb @ fc1_w[:, cols].t()
+            hidden_f = hidden_f + emb @ fp[f"cat_hidden_{name}"]
             if resid_f is not None:
-                resid_f = resid_f + emb @ interp_f[cols]
+                resid_f = resid_f + emb @ fp[f"cat_resid_{name}"]
         if resid_f is not None:
             rn = flat_grn.resample_norm
             if rn.trainable_add:
-                resid_f = resid_f * _gate(rn.mask)
+                resid_f = resid_f * fp["resid_gate"]
             resid_f = rn.norm(resid_f)
         else:
-            resid_f = torch.cat([embeddings[name].reshape(n, -1) if name not in self.reals
+            resid_f = torch.cat([embeddings[name].reshape(n, -1) if name not in self._real_names
                                  else torch.addcmul(b[group.names.index(name)], values[:, group.names.index(name), None],
                                                     a[group.names.index(name)]) for name in order], dim=-1)
         if context is not None:
@@ -321,6 +364,33 @@ class FleetTFT(TemporalFusionTransformer):
             out = out + emb_out * weights[:, order.index(name)].unsqueeze(-1)
         return out.reshape(batch, steps, hidden), weights.reshape(batch, steps, 1, -1)
 
+    def _flat_grn_params(self, vsn: VariableSelectionNetwork, group: _RealGroup, a: torch.Tensor,
+                         b: torch.Tensor, cat_names: list[str]) -> dict[str, torch.Tensor]:
+        """The flattened (selection) GRN's first layer and residual map, folded per input block."""
+        flat_grn = vsn.flattened_grn
+        d = a.shape[1]
+        offsets, offset = {}, 0
+        for name in vsn.input_sizes:
+            offsets[name] = offset
+            offset += vsn.input_sizes[name]
+        fc1_w = flat_grn.fc1.weight  # (hidden_f, total)
+        blocks = torch.stack([fc1_w[:, o:o + d] for o in group.flat_offsets])  # (V, hidden_f, d)
+        params = {"hidden_w": torch.einsum("vhd,vd->vh", blocks, a),
+                  "hidden_bias": torch.einsum("vhd,vd->h", blocks, b) + flat_grn.fc1.bias}
+        for name in cat_names:
+            cols = slice(offsets[name], offsets[name] + vsn.input_sizes[name])
+            params[f"cat_hidden_{name}"] = fc1_w[:, cols].t()
+        if flat_grn.input_size != flat_grn.output_size and not flat_grn.residual:
+            interp_f = self._interp(flat_grn.input_size, flat_grn.output_size, a)  # (total, V_all)
+            m_blocks = torch.stack([interp_f[o:o + d] for o in group.flat_offsets])  # (V, d, V_all)
+            params["resid_w"] = torch.einsum("vd,vdo->vo", a, m_blocks)
+            params["resid_bias"] = torch.einsum("vd,vdo->o", b, m_blocks)
+            for name in cat_names:
+                params[f"cat_resid_{name}"] = interp_f[offsets[name]:offsets[name] + vsn.input_sizes[name]]
+            if flat_grn.resample_norm.trainable_add:
+                params["resid_gate"] = _gate(flat_grn.resample_norm.mask)
+        return params
+
     def _lstm(self, lstm: nn.LSTM, x: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor],
               lengths: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
         """Unpacked LSTM when every sequence has the full length (same result, no packing)."""
@@ -336,10 +406,11 @@ class FleetTFT(TemporalFusionTransformer):
         batch, t_q, _ = q.shape
         t_k = k.shape[1]
         vs = attn_module.v_layer(v)  # (B, Tk, dv), shared by the heads
-        wq = torch.cat([layer.weight for layer in attn_module.q_layers])
-        bq = torch.cat([layer.bias for layer in attn_module.q_layers])
-        wk = torch.cat([layer.weight for layer in attn_module.k_layers])
-        bk = torch.cat([layer.bias for layer in attn_module.k_layers])
+        wq, bq, wk, bk = self._memo(("attention",), lambda: (
+            torch.cat([layer.weight for layer in attn_module.q_layers]),
+            torch.cat([layer.bias for layer in attn_module.q_layers]),
+            torch.cat([layer.weight for layer in attn_module.k_layers]),
+            torch.cat([layer.bias for layer in attn_module.k_layers])))
         # 1/sqrt(d_k) is applied to the small query tensor instead of the (B, h, Tq, Tk) scores.
         qs = F.linear(q, wq, bq).view(batch, t_q, n_head, d_k).transpose(1, 2) * (1.0 / d_k ** 0.5)
         ks = F.linear(k, wk, bk).view(batch, t_k, n_head, d_k).transpose(1, 2)  # (B, h, Tk, dk)

@@ -49,8 +49,8 @@ def fleet_windows(n_servers: int, hours: int, seed: int) -> tuple[FleetWindows, 
     return fleet, fleet.newest_bucket, sim
 
 
-def time_cycles(engine: ForecastEngine, fleet: FleetWindows, origin: int, repeat: int) -> float:
-    """Median wall time of a full forecast cycle."""
+def time_cycles(engine: ForecastEngine, fleet: FleetWindows, origin: int, repeat: int) -> tuple[float, float]:
+    """Median and fastest wall time of a full forecast cycle."""
     engine.forecast(fleet, origin)  # warm-up
     times = []
     for _ in range(repeat):
@@ -58,7 +58,7 @@ def time_cycles(engine: ForecastEngine, fleet: FleetWindows, origin: int, repeat
         result = engine.forecast(fleet, origin)
         times.append(time.perf_counter() - began)
     assert result.forecast_count == len(fleet.servers), "every server must be forecast"
-    return float(np.median(times))
+    return float(np.median(times)), float(np.min(times))
 
 
 def time_stock_predict(model_dir: Path, hours: int, n_servers: int, repeat: int) -> float:
@@ -169,15 +169,17 @@ def main() -> None:
     hours = max(2, (engine.spec.encoder_length + 12) // 12 + 1)
     rows = []
     fleet, origin, _ = fleet_windows(90, hours, seed=1)
-    cycle_90 = time_cycles(engine, fleet, origin, args.repeat)
-    rows.append(("cycle, 90 servers", f"{cycle_90 * 1000:.1f} ms", f"<= {CYCLE_BUDGET_90_S * 1000:.0f} ms",
+    cycle_90, fastest_90 = time_cycles(engine, fleet, origin, args.repeat)
+    rows.append(("cycle, 90 servers", f"{cycle_90 * 1000:.1f} ms", f"<= {CYCLE_BUDGET_90_S * 1000:.0f} ms "
+                 f"(min {fastest_90 * 1000:.0f})",
                  cycle_90 <= CYCLE_BUDGET_90_S))
     if not args.skip_stock:
         stock = time_stock_predict(args.model_dir, 24, 90, max(1, args.repeat // 5))
         rows.append(("stock predict(), 90", f"{stock * 1000:.1f} ms", f"ratio {stock / cycle_90:.1f}x slower", True))
     fleet, origin, _ = fleet_windows(1000, hours, seed=2)
-    cycle_1000 = time_cycles(engine, fleet, origin, max(3, args.repeat // 3))
-    rows.append(("cycle, 1000 servers", f"{cycle_1000 * 1000:.1f} ms", f"<= {CYCLE_BUDGET_1000_S * 1000:.0f} ms",
+    cycle_1000, fastest_1000 = time_cycles(engine, fleet, origin, max(5, args.repeat // 2))
+    rows.append(("cycle, 1000 servers", f"{cycle_1000 * 1000:.1f} ms", f"<= {CYCLE_BUDGET_1000_S * 1000:.0f} ms "
+                 f"(min {fastest_1000 * 1000:.0f})",
                  cycle_1000 <= CYCLE_BUDGET_1000_S))
     if not args.skip_feed:
         rate = feed_throughput(args.model_dir, args.feed_batch, args.feed_batches, args.feed_clients)
@@ -186,6 +188,7 @@ def main() -> None:
     print(f"model: {engine.model_version} (encoder {engine.spec.encoder_length}, "
           f"{sum(p.numel() for p in engine.loaded.model.parameters()):,} parameters), "
           f"torch threads {torch.get_num_threads()}")
+    print("cycles: median of repeated runs (fastest in brackets); the budget applies to the median")
     print(f"{'measurement':<22}{'result':>16}   {'budget / ratio':<26}{'ok':>4}")
     for name, value, budget, ok in rows:
         print(f"{name:<22}{value:>16}   {budget:<26}{'yes' if ok else 'NO':>4}")

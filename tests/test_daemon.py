@@ -345,3 +345,24 @@ def test_offline_forecast_of_a_file(tiny_training, tiny_data, tmp_path):
     assert all(s["status"] == "ok" for s in document["servers"])
     assert set(document["fans"][document["servers"][0]["server_name"]]) >= {"cpu_used_pct", "mem_used_pct"}
     assert set(LINBORG_METRICS) <= set(document["servers"][0]["current"])
+
+
+def test_forecasting_in_slices_changes_nothing(tiny_training, monkeypatch):
+    """Big fleets run the model slice by slice (INFERENCE_CHUNK_SERVERS); the forecasts must not change."""
+    import numpy as np
+
+    import tft_inference
+    from bench.bench_inference import fleet_windows
+    from tft_model import load_model
+
+    engine = tft_inference.ForecastEngine(load_model(tiny_training.model_dir))
+    fleet, origin, _ = fleet_windows(11, 6, seed=4)
+    whole = engine.forecast(fleet, origin)
+    monkeypatch.setattr(tft_inference, "INFERENCE_CHUNK_SERVERS", 3)
+    sliced = engine.forecast(fleet, origin)
+    assert whole.forecast_count == sliced.forecast_count == 11
+    for name, result in whole.servers.items():
+        for metric, band in result.fan.items():
+            for quantile, values in band.items():
+                np.testing.assert_allclose(sliced.servers[name].fan[metric][quantile], values, rtol=1e-4,
+                                           atol=1e-4, err_msg=f"{name} {metric} {quantile}")

@@ -106,6 +106,37 @@ def test_fast_gradients_equal_stock_gradients(setup):
         torch.testing.assert_close(grads_fast[name].grad, param.grad, rtol=1e-3, atol=1e-5, msg=name)
 
 
+def _forecast(model, x) -> torch.Tensor:
+    """All targets' quantile forecasts as one tensor."""
+    return torch.cat(list(model(x)["prediction"]), dim=-1)
+
+
+def test_inference_memo_never_serves_old_weights(setup):
+    """Folded parameters are memoised at inference; a training step or new weights must drop them."""
+    _, spec, dataset, store = setup
+    fast, stock = _pair(dataset, spec, dropout=0.0)
+    x, y = _batch(store, seed=3)
+    fast.eval()
+    with torch.no_grad():
+        fast(x)  # fills the memo
+    assert fast._param_memo, "inference should memoise the folded parameters"
+    fast.train()
+    optimizer = torch.optim.SGD(fast.parameters(), lr=0.5)
+    fast.loss(fast(x)["prediction"], y).backward()
+    optimizer.step()
+    stock.load_state_dict(fast.state_dict())
+    fast.eval(), stock.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(_forecast(fast, x), _forecast(stock, x), rtol=1e-4, atol=1e-4)
+        stock_before = _forecast(stock, x)
+        other = {k: v + 0.01 * torch.randn_like(v) if v.is_floating_point() else v
+                 for k, v in fast.state_dict().items()}
+        fast.load_state_dict(other)
+        stock.load_state_dict(other)
+        torch.testing.assert_close(_forecast(fast, x), _forecast(stock, x), rtol=1e-4, atol=1e-4)
+        assert not torch.allclose(_forecast(stock, x), stock_before)
+
+
 def test_future_unknowns_cannot_leak_into_the_forecast(setup):
     """Decoder positions of unknown inputs (metrics, state) must not change the forecast."""
     _, spec, dataset, store = setup
