@@ -646,11 +646,12 @@ class DemoStream:
         """Switch behaviour: healthy fixes everything; the others keep a share of servers in trouble."""
         if scenario == self.scenario and scenario != "healthy":
             return
+        if scenario != self.scenario:
+            logger.info("demo scenario: %s", scenario)
         self.scenario = scenario
         self.sim.incident_rate_scale = 0.0  # the scenario, not chance, decides who is in trouble
         if scenario == "healthy":
             self.sim.clear_incidents()
-        logger.info("demo scenario: %s", scenario)
 
     def _keep_trouble(self) -> None:
         wanted = int(round(DEMO_TROUBLED_SHARE[self.scenario] * self.sim.n_servers))

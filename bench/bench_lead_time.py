@@ -89,21 +89,26 @@ def main() -> None:
     minutes = SAMPLING_INTERVAL_MINUTES
     print(f"model {engine.model_version}; {args.servers} servers; {len(victims)} injected incidents "
           f"({args.scenario} ramps); median cycle {np.median(cycle_times) * 1000:.0f} ms")
-    print(f"{'server':<11}{'incident':<19}{'yellow':>8}{'red':>8}{'breach':>8}{'red lead (min)':>16}")
-    leads = []
+    print(f"{'server':<11}{'incident':<19}{'yellow':>8}{'red':>8}{'breach':>8}{'yellow lead':>13}{'red lead':>10}")
+    leads, yellow_leads = [], []
     for name, kind in victims.items():
         m = first[name]
         lead = (m["critical"] - m["red"]) * minutes if m["critical"] is not None and m["red"] is not None else None
         if lead is not None:
             leads.append(lead)
+        early = (m["critical"] - m["yellow"]) * minutes if m["critical"] is not None and m["yellow"] is not None \
+            else None
+        if early is not None:
+            yellow_leads.append(early)
         fmt = lambda v: "-" if v is None else f"{v * minutes}m"  # noqa: E731
         print(f"{name:<11}{kind:<19}{fmt(m['yellow']):>8}{fmt(m['red']):>8}{fmt(m['critical']):>8}"
-              f"{'-' if lead is None else lead:>16}")
+              f"{'-' if early is None else f'{early}m':>13}{'-' if lead is None else f'{lead}m':>10}")
     others = [n for n in sim.server_names if n not in victims]
     false_red = [n for n in others if first[n]["red"] is not None]
     breached = [n for n in victims if first[n]["critical"] is not None]
     ahead = [n for n in breached if first[n]["red"] is not None and first[n]["red"] < first[n]["critical"]]
-    print(f"\nbreaches: {len(breached)}; red before the breach: {len(ahead)}; median red lead "
+    print(f"\nbreaches: {len(breached)}; red before the breach: {len(ahead)}; median lead: yellow "
+          f"{np.median(yellow_leads) if yellow_leads else float('nan'):.0f} min, red "
           f"{np.median(leads) if leads else float('nan'):.0f} min; servers without incident turned red: "
           f"{len(false_red)} of {len(others)}")
 
