@@ -388,7 +388,8 @@ def historical(servers: list[dict[str, Any]]) -> None:
         st.warning(history.error)
         return
     data = history.data
-    st.markdown(f"**{name}** · profile `{choice.split('(')[1].rstrip(')')}` · {label(metric)}, last {hours} h: "
+    profile = next((s["profile"] for s in servers if s["server_name"] == name), "?")
+    st.markdown(f"**{name}** · profile `{profile}` · {label(metric)}, last {hours} h: "
                 "actuals against the forecasts made for them")
     fig = go.Figure(go.Scatter(x=data["timestamps"], y=data["actuals"].get(metric), name="actual",
                                line={"color": "#37474f"}))
@@ -436,6 +437,11 @@ def advanced(info: dict[str, Any], fleet: dict[str, Any], alerts: dict[str, Any]
                 "vs best baseline": f"{row['improvement_vs_best_baseline']:+.1%}",
                 "p10-p90 coverage": row["coverage_p10_p90_mean"]} for horizon, row in backtest.items()]),
                 hide_index=True)
+        st.subheader("Connection")
+        st.table(pd.DataFrame({"": ["daemon URL", "refresh", "API key"],
+                               "value": [base_url, f"every {refresh} s" if refresh else "off",
+                                         "set" if api_key else "not set (read-only GETs only)"]}))
+        st.caption("Change these in the sidebar.")
     with right:
         st.subheader("Daemon")
         keys = ["uptime_seconds", "servers_tracked", "servers_ready", "servers_warming_up", "servers_offline",

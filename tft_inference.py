@@ -476,12 +476,13 @@ class ForecastEngine:
 
         Runs in slices of ``INFERENCE_CHUNK_SERVERS`` so each slice's tensors stay in cache.
         """
-        step = INFERENCE_CHUNK_SERVERS
-        if len(names) <= step:
+        slices = -(-len(names) // max(1, INFERENCE_CHUNK_SERVERS))  # ceil; slices of near-equal size
+        if slices <= 1:
             return self._predict_slice(names, values, states, profiles, origin, history)
+        bounds = np.linspace(0, len(names), slices + 1).round().astype(int)
         return np.concatenate([
-            self._predict_slice(names[i:i + step], values[i:i + step], states[i:i + step], profiles[i:i + step],
-                                origin, history) for i in range(0, len(names), step)])
+            self._predict_slice(names[a:b], values[a:b], states[a:b], profiles[a:b], origin, history)
+            for a, b in zip(bounds[:-1], bounds[1:], strict=True)])
 
     def _predict_slice(self, names: list[str], values: np.ndarray, states: list[np.ndarray], profiles: list[str],
                        origin: int, history: int) -> np.ndarray:

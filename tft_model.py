@@ -25,9 +25,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -92,6 +92,7 @@ class FleetTFT(TemporalFusionTransformer):
         super().__init__(*args, **kwargs)
         self._interp_cache: dict[tuple[int, int, torch.dtype, torch.device], torch.Tensor] = {}
         self._param_memo: dict[tuple, Any] = {}
+        self._param_stamp: tuple | None = None
         self._structure_memo: dict[Any, Any] = {}
         self.use_fast_forward = True
         # Attention weights are an interpretation output; the daemon does not read them, and
@@ -155,10 +156,11 @@ class FleetTFT(TemporalFusionTransformer):
 
     def _real_group(self, vsn: VariableSelectionNetwork) -> _RealGroup | None:
         """Continuous inputs of a VSN if they can be batched (same size, plain GRNs); fixed per model."""
-        key = id(vsn)
-        if key not in self._structure_memo:
-            self._structure_memo[key] = self._find_real_group(vsn)
-        return self._structure_memo[key]
+        entry = self._structure_memo.get(id(vsn))
+        if entry is None or entry[0] is not vsn:  # an id can be reused by another object: check identity
+            entry = (vsn, self._find_real_group(vsn))
+            self._structure_memo[id(vsn)] = entry
+        return entry[1]
 
     @property
     def _real_names(self) -> frozenset[str]:
@@ -188,8 +190,8 @@ class FleetTFT(TemporalFusionTransformer):
         """Tensors derived from parameters only, built once per model state at inference.
 
         During training (or with gradients on) they are rebuilt every call, so gradients flow.
-        The memo is dropped whenever the weights may change: ``train()``/``eval()``,
-        ``load_state_dict`` and device/dtype moves.
+        ``forward`` drops the memo whenever any parameter was replaced or changed in place since
+        it was filled (``_check_memo``), so it never outlives the weights it was built from.
         """
         if self.training or torch.is_grad_enabled():
             return build()
@@ -199,23 +201,32 @@ class FleetTFT(TemporalFusionTransformer):
             self._param_memo[key] = value
         return value
 
+    def _check_memo(self) -> None:
+        """Drop the inference memo if any parameter object or its in-place version counter changed."""
+        if self.training or torch.is_grad_enabled():
+            return
+        stamp = tuple((id(p), p._version) for p in self.parameters())
+        if stamp != self._param_stamp:
+            self._param_memo.clear()
+            self._param_stamp = stamp
+
     def train(self, mode: bool = True) -> FleetTFT:
-        """Switch mode and drop the inference memo (weights may change in between)."""
+        """Switch mode and drop the inference memo."""
         if hasattr(self, "_param_memo"):
             self._param_memo.clear()
         return super().train(mode)
 
-    def load_state_dict(self, *args: Any, **kwargs: Any) -> Any:
-        """Load weights and drop the inference memo."""
-        if hasattr(self, "_param_memo"):
-            self._param_memo.clear()
-        return super().load_state_dict(*args, **kwargs)
-
     def _apply(self, *args: Any, **kwargs: Any) -> Any:
-        """Device/dtype moves drop the inference memo."""
+        """Device/dtype moves swap parameter data without a version bump: drop the memo."""
         if hasattr(self, "_param_memo"):
             self._param_memo.clear()
         return super()._apply(*args, **kwargs)
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Copies and pickles start without memos (they hold tensors keyed by this object's modules)."""
+        state = dict(super().__getstate__())
+        state["_param_memo"], state["_structure_memo"], state["_param_stamp"] = {}, {}, None
+        return state
 
     def _variable_grn_params(self, grns: list[GatedResidualNetwork], a: torch.Tensor,
                              b: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -435,6 +446,7 @@ class FleetTFT(TemporalFusionTransformer):
         """Same inputs and outputs as ``TemporalFusionTransformer.forward``."""
         if not self.use_fast_forward:
             return super().forward(x)
+        self._check_memo()
         encoder_lengths = x["encoder_lengths"]
         decoder_lengths = x["decoder_lengths"]
         x_cat = torch.cat([x["encoder_cat"], x["decoder_cat"]], dim=1)

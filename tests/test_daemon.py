@@ -361,8 +361,15 @@ def test_forecasting_in_slices_changes_nothing(tiny_training, monkeypatch):
     monkeypatch.setattr(tft_inference, "INFERENCE_CHUNK_SERVERS", 3)
     sliced = engine.forecast(fleet, origin)
     assert whole.forecast_count == sliced.forecast_count == 11
+    from config import INTEGER_METRICS
+
+    compared = 0
     for name, result in whole.servers.items():
         for metric, band in result.fan.items():
+            # Counts are rounded after decoding: a float-level difference may flip a .5 by one.
+            atol = 1.0 if metric in INTEGER_METRICS else 1e-4
             for quantile, values in band.items():
                 np.testing.assert_allclose(sliced.servers[name].fan[metric][quantile], values, rtol=1e-4,
-                                           atol=1e-4, err_msg=f"{name} {metric} {quantile}")
+                                           atol=atol, err_msg=f"{name} {metric} {quantile}")
+                compared += 1
+    assert compared >= 11 * 3

@@ -108,8 +108,6 @@ def test_demo_buttons_switch_the_stream_scenario(fed_daemon):
 
 
 # ---------------------------------------------------------------------------- real browser
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
 
 
 @pytest.mark.slow
@@ -141,15 +139,17 @@ def test_dashboard_in_a_real_browser_fed_by_the_stream(tiny_training, tmp_path):
         wait_for(lambda: httpx.get(f"http://127.0.0.1:{port}/_stcore/health").status_code == 200, timeout=60)
 
         driver = open_browser(tmp_path / "chrome")
-        texts = capture_panels(driver, f"http://127.0.0.1:{port}", ARTIFACTS)
-        assert set(texts) == set(PANELS)
+        texts, header = capture_panels(driver, f"http://127.0.0.1:{port}", ARTIFACTS)
         (ARTIFACTS / "dashboard_texts.txt").write_text("\n\n".join(f"== {k}\n{v}" for k, v in texts.items()))
-        assert "Connected" in texts["Overview"] and "Servers" in texts["Overview"]
+        assert set(texts) == set(PANELS)
+        assert "Connected" in header and "tft_model_" in header and "Last forecast" in header, header
+        assert "Servers" in texts["Overview"] and "Active alerts" in texts["Overview"]
         # Server names (never hash ids) on the panels that list servers, each with its profile.
         for name in ("Heatmap", "Top Servers", "Historical"):
             assert re.search(r"pp[a-z]+\d{2,4}", texts[name]), name
         assert "ml_compute" in texts["Top Servers"] or "database" in texts["Top Servers"]
         assert "Backtest on held-out data" in texts["Advanced"] and "servers_ready" in texts["Advanced"]
+        assert "daemon URL" in texts["Advanced"]
         assert not any("% CPU idle" in text for text in texts.values())
     finally:
         if driver is not None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -120,6 +122,12 @@ def test_inference_memo_never_serves_old_weights(setup):
     with torch.no_grad():
         fast(x)  # fills the memo
     assert fast._param_memo, "inference should memoise the folded parameters"
+    twin = copy.deepcopy(fast)  # a copy starts without the original's memo
+    assert not twin._param_memo
+    with torch.no_grad():
+        for param in twin.parameters():
+            param.mul_(0.9)
+        assert not torch.allclose(_forecast(twin, x), _forecast(fast, x))
     fast.train()
     optimizer = torch.optim.SGD(fast.parameters(), lr=0.5)
     fast.loss(fast(x)["prediction"], y).backward()
@@ -135,6 +143,12 @@ def test_inference_memo_never_serves_old_weights(setup):
         stock.load_state_dict(other)
         torch.testing.assert_close(_forecast(fast, x), _forecast(stock, x), rtol=1e-4, atol=1e-4)
         assert not torch.allclose(_forecast(stock, x), stock_before)
+        # In place, in eval mode, without a mode switch (e.g. an EMA update) - and in a copy.
+        for (name, param), (_, twin) in zip(fast.named_parameters(), stock.named_parameters(), strict=True):
+            delta = 0.01 * torch.randn_like(param)
+            param.add_(delta)
+            twin.add_(delta)
+        torch.testing.assert_close(_forecast(fast, x), _forecast(stock, x), rtol=1e-4, atol=1e-4)
 
 
 def test_future_unknowns_cannot_leak_into_the_forecast(setup):

@@ -9,11 +9,12 @@ Used by the browser test (screenshots as test artefacts) and to refresh the pict
 from __future__ import annotations
 
 import argparse
+import shutil
 import time
 from pathlib import Path
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMEDRIVER = "/usr/bin/chromedriver"
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
 PANELS = ["Overview", "Heatmap", "Top Servers", "Historical", "Advanced"]
 
 
@@ -42,11 +43,12 @@ def _wait_until_idle(driver, seconds: float) -> None:
         time.sleep(0.25)
 
 
-def capture_panels(driver, url: str, out_dir: Path, timeout: float = 90.0) -> dict[str, str]:
+def capture_panels(driver, url: str, out_dir: Path, timeout: float = 90.0) -> tuple[dict[str, str], str]:  # noqa: ANN001
     """Load ``url``, visit every panel, wait for its text and charts, save ``dashboard_<n>_<panel>.png``.
 
-    Returns each panel's visible text. Raises ``AssertionError`` when the page shows a Streamlit
-    exception or a traceback, or when the tabs are not the five panels.
+    Returns each panel's own text and the text of the page's header (title, connection, model,
+    last forecast). Raises ``AssertionError`` when the page shows a Streamlit exception or a
+    traceback, or when the tabs are not the five panels.
     """
     from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
@@ -54,15 +56,15 @@ def capture_panels(driver, url: str, out_dir: Path, timeout: float = 90.0) -> di
 
     out_dir.mkdir(parents=True, exist_ok=True)
     driver.get(url)
-    # The page reruns on its refresh timer, so elements can go stale between polls: every poll looks
-    # them up again, and a stale one just means "not yet".
+    # The page reruns on its refresh timer, so elements can go stale or vanish between polls:
+    # every poll looks them up again, and a missing or stale one just means "not yet".
     wait = WebDriverWait(driver, timeout, ignored_exceptions=(StaleElementReferenceException,))
 
-    def no_exception(d) -> None:
+    def no_exception(d) -> None:  # noqa: ANN001
         errors = d.find_elements(By.CSS_SELECTOR, "[data-testid='stException']")
         assert not errors, errors[0].text[:2000]
 
-    def loaded(d) -> bool:
+    def loaded(d) -> bool:  # noqa: ANN001
         no_exception(d)
         return bool(d.find_elements(By.CSS_SELECTOR, "[role='tab']"))
 
@@ -75,27 +77,32 @@ def capture_panels(driver, url: str, out_dir: Path, timeout: float = 90.0) -> di
 
     texts: dict[str, str] = {}
     for index, name in enumerate(PANELS):
-        def drawn(d, name=name) -> bool:
+        def drawn(d, name=name) -> str | bool:  # noqa: ANN001
             # The selected tab's panel shows text and every chart in it has drawn its SVG.
             no_exception(d)
-            tab = [t for t in d.find_elements(By.CSS_SELECTOR, "[role='tab']") if t.text == name][0]
+            tab = next((t for t in d.find_elements(By.CSS_SELECTOR, "[role='tab']") if t.text == name), None)
+            if tab is None:
+                return False
             if tab.get_attribute("aria-selected") != "true":
                 tab.click()
                 return False
-            panel = [p for p in d.find_elements(By.CSS_SELECTOR, "[role='tabpanel']") if p.is_displayed()][0]
-            return bool(panel.text.strip()) and all(
-                plot.find_elements(By.CSS_SELECTOR, ".main-svg")
-                for plot in panel.find_elements(By.CSS_SELECTOR, ".js-plotly-plot"))
+            panel = next((p for p in d.find_elements(By.CSS_SELECTOR, "[role='tabpanel']") if p.is_displayed()),
+                         None)
+            if panel is None or not panel.text.strip():
+                return False
+            charts = panel.find_elements(By.CSS_SELECTOR, ".js-plotly-plot")
+            return all(c.find_elements(By.CSS_SELECTOR, ".main-svg") for c in charts) and panel.text
 
         wait.until(drawn)
         _wait_until_idle(driver, 20.0)
         time.sleep(1.0)
         driver.save_screenshot(str(out_dir / f"dashboard_{index + 1}_{name.lower().replace(' ', '_')}.png"))
+        texts[name] = wait.until(drawn)
         body = driver.find_element(By.TAG_NAME, "body").text
         no_exception(driver)
         assert "Traceback" not in body, body[:2000]
-        texts[name] = body
-    return texts
+    header = body.split(PANELS[0])[0]  # everything above the tab bar
+    return texts, header
 
 
 def main() -> None:
