@@ -40,15 +40,15 @@ logger = logging.getLogger(__name__)
 DEMO_TRAIN_ARGS = ["--epochs", "4", "--windows-per-epoch", "8192", "--val-windows", "2048", "--holdout-hours", "24"]
 
 
-def ensure_model(models_dir: Path) -> Path:
-    """models/latest, training a small one first if there is none."""
+def ensure_model(models_dir: Path, work_dir: Path = DEMO_DIR) -> Path:
+    """models/latest, training a small one first (on a fleet generated in ``work_dir``) if there is none."""
     from tft_model import missing_model_files
 
     latest = models_dir / LATEST_MODEL_LINK
     if latest.exists() and not missing_model_files(latest):
         logger.info("using the existing model %s", latest.resolve().name)
         return latest
-    data_dir = DEMO_DIR / "training"
+    data_dir = work_dir / "training"
     if not (data_dir / TRAINING_DATA_FILE).exists():
         logger.info("no model yet: generating a %d-server, %d-day fleet to train on", DEMO_SERVERS,
                     DEMO_TRAIN_HOURS // 24)
@@ -84,12 +84,16 @@ def _interrupt(signum: int, frame: object) -> None:
 
 
 def run_demo(models_dir: Path, host: str, daemon_port: int, dashboard_port: int, duration: float | None,
-             servers: int) -> int:
+             servers: int, work_dir: Path = DEMO_DIR) -> int:
     """Start everything, print the URLs, stop cleanly on Ctrl-C (or after ``duration`` seconds)."""
-    model_dir = ensure_model(models_dir)
+    model_dir = ensure_model(models_dir, work_dir)
     api_key = secrets.token_urlsafe(18)
-    DEMO_DIR.mkdir(parents=True, exist_ok=True)
-    store = DEMO_DIR / f"store-{time.strftime('%Y%m%d-%H%M%S')}.sqlite3"
+    work_dir.mkdir(parents=True, exist_ok=True)
+    # Each demo starts from a fresh store: the stream pre-fills its own history, and an old run's
+    # simulated clock would only confuse the new one.
+    store = work_dir / "demo_store.sqlite3"
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{store}{suffix}").unlink(missing_ok=True)
     env = {**os.environ, "TFT_API_KEY": api_key}
     daemon_url = f"http://{host}:{daemon_port}"
     children: list[tuple[str, subprocess.Popen[bytes]]] = []
@@ -145,6 +149,8 @@ def build_arg_parser(parser: argparse.ArgumentParser | None = None) -> argparse.
     """Arguments of the demo (``main.py demo``)."""
     parser = parser or argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models-dir", type=Path, default=MODELS_DIR)
+    parser.add_argument("--work-dir", type=Path, default=DEMO_DIR,
+                        help="where the demo keeps its training fleet and its store")
     parser.add_argument("--host", default=DEFAULT_HOST)
     parser.add_argument("--port", type=int, default=DAEMON_PORT, help="daemon port")
     parser.add_argument("--dashboard-port", type=int, default=DASHBOARD_PORT)
@@ -156,7 +162,8 @@ def build_arg_parser(parser: argparse.ArgumentParser | None = None) -> argparse.
 def run_from_args(args: argparse.Namespace) -> int:
     """Run the demo from parsed arguments."""
     try:
-        return run_demo(args.models_dir, args.host, args.port, args.dashboard_port, args.duration, args.servers)
+        return run_demo(args.models_dir, args.host, args.port, args.dashboard_port, args.duration, args.servers,
+                        args.work_dir)
     except RuntimeError as exc:
         logger.error("%s", exc)
         return 1

@@ -165,9 +165,11 @@ def test_one_command_demo_starts_everything_and_stops_cleanly(tiny_training, tmp
     models = tmp_path / "models"
     shutil.copytree(tiny_training.model_dir, models / tiny_training.model_dir.name)
     (models / "latest").symlink_to(tiny_training.model_dir.name)
-    result = subprocess.run([sys.executable, "main.py", "demo", "--models-dir", str(models), "--port",
+    result = subprocess.run([sys.executable, "main.py", "demo", "--models-dir", str(models), "--work-dir",
+                             str(tmp_path / "demo"), "--port",
                              str(_free_port()), "--dashboard-port", str(_free_port()), "--servers", "8",
                              "--duration", "20"], cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Dashboard:  http://127.0.0.1:" in result.stdout and "API key:" in result.stdout
     assert "stopped daemon" in result.stderr and "stopped dashboard" in result.stderr and "stopped stream" in result.stderr
+    assert (tmp_path / "demo" / "demo_store.sqlite3").exists()  # the demo wrote where it was told
