@@ -37,6 +37,7 @@ SERVER_MAPPING_FILE = "server_mapping.json"
 # Docs referenced by error messages (codex rule: every error names its doc).
 DATA_CONTRACT_DOC = "Docs/DATA_CONTRACT.md"
 SERVER_PROFILES_DOC = "Docs/SERVER_PROFILES.md"
+IMPORTING_DOC = "Docs/IMPORTING.md"
 
 # Network defaults. Services bind to loopback unless told otherwise.
 DEFAULT_HOST = "127.0.0.1"
@@ -51,7 +52,7 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 # 2. The data contract (Docs/DATA_CONTRACT.md is the prose version of this)
 # ---------------------------------------------------------------------------
 # MAJOR changes when a schema change breaks existing data or models.
-CONTRACT_VERSION = "1.0.0"
+CONTRACT_VERSION = "1.1.0"  # 1.1: measured/unmeasured metrics in metrics_metadata.json
 
 ID_COLUMNS = ["timestamp", "server_name", "profile", "state"]
 
@@ -484,6 +485,18 @@ SOFT_STATE_MIN_BUCKETS = 3
 # activity metrics are zero, CPU is all idle, disk and uptime carry forward.
 OFFLINE_ZERO_METRICS = [m for m in LINBORG_METRICS if m not in ("cpu_idle_pct", "disk_usage_pct", "uptime_days")]
 
+# Importing recorded traces (trace_importer.py; Docs/IMPORTING.md). A metric the source does
+# not have is filled with this constant (a quiet, healthy value far from every threshold) and
+# listed as unmeasured in metrics_metadata.json: never trained on, never scored.
+UNMEASURED_FILL = {
+    "cpu_user_pct": 0.0, "cpu_sys_pct": 0.0, "cpu_iowait_pct": 0.0, "cpu_idle_pct": 100.0, "java_cpu_pct": 0.0,
+    "mem_used_pct": 0.0, "swap_used_pct": 0.0, "disk_usage_pct": 0.0, "net_in_mb_s": 0.0, "net_out_mb_s": 0.0,
+    "back_close_wait": 0, "front_close_wait": 0, "load_average": 0.0,
+}
+# Gaps in a source up to this many 5-minute buckets are interpolated (clock drift, a missed
+# poll); longer gaps become offline buckets.
+IMPORT_MAX_INTERPOLATE_BUCKETS = 3
+
 # ---------------------------------------------------------------------------
 # 6. Validator
 # ---------------------------------------------------------------------------
@@ -509,6 +522,16 @@ TARGET_TRANSFORMS = {
 # spread is floored at this share of the target's fleet-wide spread so a flat history (swap
 # at exactly 0) can still forecast a change.
 TARGET_SCALE_FLOOR_FRACTION = 0.02
+# ... and never below these absolute values (in the target's modelled units: percent points,
+# or log1p of MB/s, sockets, load). On a fleet whose network mostly idles at a few KB/s the
+# relative floor alone is ~0.004: a 0.5 MB/s burst after a silent window becomes a normalised
+# target of ~100 and the model learns nothing sane for those series (Docs/IMPORTING.md). The
+# minima sit below the floors the simulated fleet gets, so they change nothing there.
+TARGET_SCALE_FLOOR_MIN = {
+    "cpu_idle_pct": 0.25, "cpu_iowait_pct": 0.05, "mem_used_pct": 0.2, "swap_used_pct": 0.05,
+    "disk_usage_pct": 0.1, "load_average": 0.01, "net_in_mb_s": 0.02, "net_out_mb_s": 0.02,
+    "back_close_wait": 0.01, "front_close_wait": 0.01,
+}
 # Windows sampled to fit the scalers of those level/spread inputs.
 TARGET_SCALE_FIT_WINDOWS = 20_000
 QUANTILES = [0.1, 0.5, 0.9]

@@ -2,6 +2,7 @@
 
     python main.py generate --servers 90 --hours 720     # simulate a fleet -> training/
     python main.py validate training/server_metrics.parquet
+    python main.py import --mapping mappings/bitbrains_rnd.json --out training/server_metrics.parquet SRC...
     python main.py train --data training/server_metrics.parquet --epochs 20
     python main.py evaluate --model models/latest --data training/server_metrics.parquet
     python main.py infer --daemon --model-dir models/latest
@@ -25,6 +26,7 @@ from config import PROJECT_VERSION
 SUBCOMMANDS = {
     "generate": ("metrics_generator", "simulate a realistic fleet and write LINBORG Parquet"),
     "validate": ("data_validator", "check a data file against the data contract (exit 1 if invalid)"),
+    "import": ("trace_importer", "turn recorded CSV/Parquet traces into contract Parquet (see Docs/IMPORTING.md)"),
     "train": ("tft_trainer", "train the fleet TFT and save it to models/ (safetensors + JSON)"),
     "evaluate": ("tft_evaluate", "backtest a model against persistence and seasonal-naive baselines"),
     "infer": ("tft_inference", "run the forecast daemon (--daemon) or forecast a data file once (--data)"),

@@ -46,6 +46,7 @@ from config import (
     TARGET_METRICS,
     TARGET_SCALE_FIT_WINDOWS,
     TARGET_SCALE_FLOOR_FRACTION,
+    TARGET_SCALE_FLOOR_MIN,
     TARGET_TRANSFORMS,
     TIME_IDX,
     TRAINING_GUIDE_DOC,
@@ -268,7 +269,8 @@ def fit_feature_spec(train_frame: pd.DataFrame, encoder_length: int,
     for name in targets:
         transformation = TARGET_TRANSFORMS.get(name)
         transformed = transform_target(name, ordered[name].to_numpy(np.float64), transformation)
-        floor = TARGET_SCALE_FLOOR_FRACTION * max(float(transformed.std()), 1e-6)
+        floor = max(TARGET_SCALE_FLOOR_FRACTION * max(float(transformed.std()), 1e-6),
+                    TARGET_SCALE_FLOOR_MIN.get(name, 0.0))
         spec.target_normalizers[name] = {"method": "standard", "transformation": transformation, "scale_floor": floor}
         center, scale = encoder_center_scale(transformed[rows], floor)
         for suffix, values in (("center", center), ("scale", scale)):

@@ -74,12 +74,13 @@ from config import (
     SERVER_MAPPING_FILE,
     SHORT_HISTORY_FRACTION,
     STEPS_PER_HOUR,
+    TARGET_METRICS,
     TIME_IDX,
     TRAIN_SEED,
     TRAINING_BYTES_PER_ROW,
     TRAINING_GUIDE_DOC,
-    TRAINING_MEMORY_BUDGET_GB,
     TRAINING_INFO_FILE,
+    TRAINING_MEMORY_BUDGET_GB,
     VAL_WINDOWS,
     VALIDATION_HOURS,
     WINDOWS_PER_EPOCH,
@@ -89,13 +90,13 @@ from server_encoder import ServerEncoder
 from tft_features import (
     FeatureSpec,
     SeriesStore,
-    servers_within_budget,
     add_model_columns,
     complete_spec_from_dataset,
     densify,
     fit_feature_spec,
     load_training_frame,
     make_timeseries_dataset,
+    servers_within_budget,
 )
 from tft_model import FleetTFT, build_model, count_parameters, model_config, model_from_config, save_weights
 
@@ -145,6 +146,29 @@ def choose_unseen_servers(frame: pd.DataFrame, per_profile: int) -> list[str]:
     return sorted(chosen)
 
 
+def measured_targets(data_path: Path) -> list[str]:
+    """The target metrics to train on: all of ``TARGET_METRICS`` the data really measured.
+
+    Imported traces list their measured metrics in ``metrics_metadata.json``; the others were
+    filled by a rule and must not be learned or scored (Docs/IMPORTING.md).
+    """
+    from trace_importer import measured_metrics_for
+
+    measured = measured_metrics_for(data_path)
+    if measured is None:
+        return list(TARGET_METRICS)
+    targets = [t for t in TARGET_METRICS if t in measured]
+    if not targets:
+        raise TrainingError(f"{data_path}: none of the target metrics {TARGET_METRICS} was measured "
+                            f"(metrics_metadata.json lists {measured}). Why it matters: there is nothing real to "
+                            f"learn. Fix: map at least CPU or memory in the import mapping. See {TRAINING_GUIDE_DOC}.")
+    skipped = [t for t in TARGET_METRICS if t not in targets]
+    if skipped:
+        logger.warning("training on measured targets only: %s (not measured, not trained: %s)",
+                       ", ".join(targets), ", ".join(skipped))
+    return targets
+
+
 def prepare_data(data_path: Path, encoder_length: int, val_hours: int, holdout_hours: int,
                  unseen_per_profile: int, spec: FeatureSpec | None = None,
                  memory_budget_gb: float = TRAINING_MEMORY_BUDGET_GB) -> PreparedData:
@@ -180,7 +204,7 @@ def prepare_data(data_path: Path, encoder_length: int, val_hours: int, holdout_h
     unseen = choose_unseen_servers(frame, unseen_per_profile)
     train_rows = frame[(frame[TIME_IDX] <= train_end) & ~frame["server_name"].isin(unseen)]
     if spec is None:
-        spec = fit_feature_spec(train_rows, encoder_length=encoder_length)
+        spec = fit_feature_spec(train_rows, encoder_length=encoder_length, targets=measured_targets(data_path))
     # A tiny TimeSeriesDataSet (two servers) defines the model's inputs for from_dataset.
     sample_ids = train_rows[GROUP_ID].drop_duplicates().head(2)
     sample = train_rows[train_rows[GROUP_ID].isin(sample_ids)]

@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from config import LINBORG_METRICS, MAX_BODY_BYTES
+from config import CONTRACT_VERSION, LINBORG_METRICS, MAX_BODY_BYTES
 from metrics_generator import FleetSimulator
 from tests.conftest import ROOT, TINY_FLEET
 from tft_inference import AlertsResponse, FleetPredictions, ServerFan
@@ -123,7 +123,7 @@ def test_health_and_status(live):
     assert httpx.get(f"{daemon.url}/health").json() == {"status": "ok", "model_loaded": True}
     with daemon.client() as client:
         status = client.get("/status").json()
-    assert status["model_loaded"] and status["contract_version"] == "1.0.0"
+    assert status["model_loaded"] and status["contract_version"] == CONTRACT_VERSION
     assert status["servers_tracked"] == len(FleetSimulator(fleet=TINY_FLEET).server_names) + 1
     assert status["servers_ready"] == status["servers_tracked"] - 1
     assert status["servers_warming_up"] == 1 and status["unknown_servers"] >= 1

@@ -14,6 +14,7 @@ import torch
 
 from config import (
     CHECKPOINTS_SUBDIR,
+    CONTRACT_VERSION,
     MODEL_CONFIG_FILE,
     MODEL_REQUIRED_FILES,
     SERVER_MAPPING_FILE,
@@ -35,7 +36,7 @@ def test_training_writes_a_complete_model_dir(tiny_training):
     assert not (model_dir.parent / CHECKPOINTS_SUBDIR / "x").exists()
 
     info = json.loads((model_dir / TRAINING_INFO_FILE).read_text())
-    assert info["contract_version"] == "1.0.0"
+    assert info["contract_version"] == CONTRACT_VERSION
     assert {"torch", "lightning", "pytorch_forecasting"} <= set(info["packages"])
     assert len(info["data"]["fingerprint_sha256_16"]) == 16
     assert info["epochs_run"] == len(info["history"]) == 2

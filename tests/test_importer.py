@@ -1,0 +1,141 @@
+"""Importing recorded traces: mapping, units, resampling, unmeasured metrics, and what training does with them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from config import (
+    LINBORG_METRICS,
+    METADATA_FILE,
+    SERVER_MAPPING_FILE,
+    TARGET_METRICS,
+    TARGET_SCALE_FLOOR_MIN,
+    UNMEASURED_FILL,
+)
+from data_validator import DataValidator, load_frame
+from server_encoder import ServerEncoder
+from tests.conftest import ROOT, run_cli
+from tft_features import add_model_columns, densify, fit_feature_spec, load_training_frame
+from tft_trainer import TrainingError, measured_targets
+from trace_importer import ImportError_, import_traces, load_mapping
+
+MAPPING = ROOT / "mappings" / "bitbrains_rnd.json"
+REAL_TRACES = ROOT.parent / "shared" / "realdata" / "bitbrains-rnd-2013-8"
+HEADER = ("Timestamp [ms];\tCPU cores;\tCPU capacity provisioned [MHZ];\tCPU usage [MHZ];\tCPU usage [%];\t"
+          "Memory capacity provisioned [KB];\tMemory usage [KB];\tDisk read throughput [KB/s];\t"
+          "Disk write throughput [KB/s];\tNetwork received throughput [KB/s];\tNetwork transmitted throughput [KB/s]")
+
+
+def write_trace(path: Path, start: int, n: int, seed: int, cpu_spike: float | None = None,
+                gap: tuple[int, int] | None = None) -> pd.DataFrame:
+    """A Bitbrains-format trace: ';\\t' separated, epoch seconds, ~300 s apart with drift."""
+    rng = np.random.default_rng(seed)
+    t = start + np.cumsum(np.r_[0, rng.integers(299, 302, n - 1)])
+    cpu = np.clip(20 + 10 * np.sin(np.arange(n) / 288 * 2 * np.pi) + rng.normal(0, 2, n), 0, 100)
+    if cpu_spike is not None:
+        cpu[5] = cpu_spike
+    mem_cap = np.where(np.arange(n) < n // 2, 4_000_000.0, 8_000_000.0)  # capacity changes mid-trace
+    mem = mem_cap * 0.5
+    frame = pd.DataFrame({"t": t, "cores": 2, "cap": 5200.0, "mhz": cpu * 52, "cpu": cpu, "memcap": mem_cap,
+                          "mem": mem, "dr": 1.0, "dw": 2.0, "rx": 1024.0 * 3, "tx": 512.0})
+    if gap:
+        frame = frame.drop(index=range(*gap))
+    lines = [HEADER] + [";\t".join(str(v) for v in row) for row in frame.itertuples(index=False)]
+    path.write_text("\n".join(lines) + "\n")
+    return frame
+
+
+@pytest.fixture()
+def traces(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    start = 1375308176  # not on a 5-minute boundary, like the real traces
+    write_trace(src / "19.csv", start, 600, seed=1, cpu_spike=105.0)
+    write_trace(src / "7.csv", start + 40, 600, seed=2, gap=(100, 120))  # 20 missing samples
+    return src
+
+
+def test_import_maps_units_resamples_and_records_what_was_measured(traces, tmp_path):
+    out = tmp_path / "training" / "server_metrics.parquet"
+    meta = import_traces(sorted(traces.glob("*.csv")), MAPPING, out)
+    frame = load_frame(out)
+    is_valid, errors, _ = DataValidator(strict=True).validate_schema(frame)
+    assert is_valid, errors
+    # Names follow the contract, numbered by the source ids; both servers on one 5-minute grid.
+    assert sorted(frame["server_name"].unique()) == ["ppgen007", "ppgen019"]
+    assert (frame["timestamp"].dt.minute % 5 == 0).all() and (frame["timestamp"].dt.second == 0).all()
+    assert frame.groupby("server_name").size().nunique() == 1
+    one = frame[frame["server_name"] == "ppgen019"].set_index("timestamp")
+    # Units: memory is a per-row ratio (capacity changes), network KB/s -> MB/s, CPU idle = 100 - used.
+    assert one["mem_used_pct"].between(49.9, 50.1).all()
+    assert one["net_in_mb_s"].iloc[10] == pytest.approx(3.0) and one["net_out_mb_s"].iloc[10] == pytest.approx(0.5)
+    assert (one["cpu_user_pct"] + one["cpu_idle_pct"]).between(99.9, 100.1).all()
+    assert meta["clipped_values"]["cpu_user_pct"] >= 1  # the 105 % sample was clipped to the contract
+    # Unmeasured metrics: filled by the rule and listed, never claimed as measured.
+    assert meta["measured_metrics"] == ["cpu_user_pct", "cpu_idle_pct", "mem_used_pct", "net_in_mb_s", "net_out_mb_s"]
+    assert set(meta["unmeasured_metrics"]) == set(LINBORG_METRICS) - set(meta["measured_metrics"])
+    assert (one["swap_used_pct"] == UNMEASURED_FILL["swap_used_pct"]).all()
+    # A 20-sample gap is longer than the interpolation limit: offline buckets, not invented values.
+    other = frame[frame["server_name"] == "ppgen007"].reset_index(drop=True)
+    offline = other.index[other["state"] == "offline"]
+    assert 18 <= len(offline) <= 21 and offline.max() - offline.min() == len(offline) - 1  # one whole gap
+    assert json.loads((out.parent / METADATA_FILE).read_text())["rows"] == len(frame)
+    assert (out.parent / SERVER_MAPPING_FILE).exists()
+
+
+def test_trainer_learns_only_measured_targets(traces, tmp_path):
+    out = tmp_path / "training" / "server_metrics.parquet"
+    import_traces(sorted(traces.glob("*.csv")), MAPPING, out)
+    assert measured_targets(out) == ["cpu_idle_pct", "mem_used_pct", "net_in_mb_s", "net_out_mb_s"]
+    # Quiet series (constant network here) get the absolute scale floor, not a vanishing relative one.
+    frame = add_model_columns(densify(load_training_frame(out)), ServerEncoder())
+    spec = fit_feature_spec(frame, encoder_length=24, targets=measured_targets(out))
+    assert spec.targets == measured_targets(out)
+    assert spec.target_normalizers["net_in_mb_s"]["scale_floor"] == pytest.approx(TARGET_SCALE_FLOOR_MIN["net_in_mb_s"])
+    meta_path = out.parent / METADATA_FILE
+    meta = json.loads(meta_path.read_text())
+    meta["measured_metrics"] = ["cpu_user_pct"]  # nothing the model forecasts
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(TrainingError, match="none of the target metrics"):
+        measured_targets(out)
+    meta_path.unlink()  # simulator output has no such list: every target is measured
+    assert measured_targets(out) == TARGET_METRICS
+
+
+def test_bad_mappings_and_sources_say_what_to_fix(traces, tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"timestamp": {"column": "Timestamp [ms]", "unit": "s"},
+                               "metrics": {"cpu_pct": {"column": "CPU usage [%]"}}}))
+    with pytest.raises(ImportError_, match="'cpu_pct' is not a LINBORG metric.*Fix: map to one of"):
+        load_mapping(bad)
+    wrong_column = json.loads(MAPPING.read_text())
+    wrong_column["metrics"]["mem_used_pct"]["column"] = "RAM [KB]"
+    bad.write_text(json.dumps(wrong_column))
+    with pytest.raises(ImportError_, match=r"lacks column\(s\) \['RAM \[KB\]'\].*Docs/IMPORTING.md"):
+        import_traces(sorted(traces.glob("*.csv")), bad, tmp_path / "x" / "out.parquet")
+    assert not (tmp_path / "x" / "out.parquet").exists()
+
+
+def test_cli_import_exit_codes(traces, tmp_path):
+    out = tmp_path / "t" / "server_metrics.parquet"
+    ok = run_cli("main.py", "import", "--mapping", str(MAPPING), "--out", str(out), *map(str, traces.glob("*.csv")))
+    assert ok.returncode == 0, ok.stderr
+    assert "Imported 2 servers" in ok.stdout and "unmeasured (filled, not trained on or scored)" in ok.stdout
+    assert run_cli("main.py", "validate", str(out)).returncode == 0
+    bad = run_cli("main.py", "import", "--mapping", str(tmp_path / "missing.json"), "--out", str(out),
+                  str(next(traces.glob("*.csv"))))
+    assert bad.returncode == 1 and "import failed" in bad.stderr
+
+
+@pytest.mark.skipif(not REAL_TRACES.exists(), reason="the real Bitbrains traces are not on this machine")
+def test_real_bitbrains_traces_import_cleanly(tmp_path):
+    sources = sorted(REAL_TRACES.glob("*.csv"))
+    meta = import_traces(sources, MAPPING, tmp_path / "server_metrics.parquet")
+    assert len(meta["servers"]) == len(sources) == 26
+    assert meta["rows"] == 26 * 8640  # 30 days on the 5-minute grid
+    assert meta["offline_share"] < 0.05
