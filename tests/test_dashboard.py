@@ -70,7 +70,9 @@ def test_every_panel_renders_with_data(fed_daemon):
     assert len(top.get("plotly_chart")) >= 2  # forecast fans
     assert history.selectbox[0].value.startswith("pp") and history.selectbox[1].value == "cpu_used_pct"
     assert len(history.get("plotly_chart")) == 1
-    assert "Backtest on held-out data" in _text(advanced) and len(advanced.get("table")) == 2
+    assert "Backtest on held-out data" in _text(advanced) and len(advanced.get("table")) == 3
+    connection = advanced.get("table")[1].value
+    assert fed_daemon.url in connection.to_string() and "every" in connection.to_string()
     assert "cpu_idle" not in _text(at)  # CPU is only ever shown as used
 
 
