@@ -61,7 +61,7 @@ logger = logging.getLogger(__name__)
 TIME_UNITS = ("s", "ms", "us", "ns", "iso")
 
 
-class ImportError_(ValueError):
+class TraceImportError(ValueError):
     """A mapping or a source that cannot be imported; the message says what, why, how to fix, which doc."""
 
 
@@ -103,8 +103,8 @@ class Mapping:
         return [m for m in LINBORG_METRICS if m in self.metrics]
 
 
-def _fail(what: str, why: str, fix: str) -> ImportError_:
-    return ImportError_(f"{what}. Why it matters: {why}. Fix: {fix}. See {IMPORTING_DOC}.")
+def _fail(what: str, why: str, fix: str) -> TraceImportError:
+    return TraceImportError(f"{what}. Why it matters: {why}. Fix: {fix}. See {IMPORTING_DOC}.")
 
 
 def load_mapping(path: str | Path) -> Mapping:
@@ -207,6 +207,11 @@ def import_traces(sources: list[str | Path], mapping_path: str | Path, out: str 
     paths = sorted(Path(s) for s in sources)
     if not paths:
         raise _fail("no source files given", "there is nothing to import", "pass one or more CSV/Parquet files")
+    stems = [p.stem for p in paths]
+    if not mapping.server_column and len(set(stems)) < len(stems):
+        twice = sorted({s for s in stems if stems.count(s) > 1})
+        raise _fail(f"source ids {twice} appear in more than one file", "one file is one server, named by its stem",
+                    "rename the files, or add a server column to the mapping")
     per_server: dict[str, tuple[pd.DataFrame, pd.DatetimeIndex]] = {}
     names = _server_names(paths, mapping)
     for path in paths:
@@ -319,7 +324,7 @@ def run_from_args(args: argparse.Namespace) -> int:
     """Run the importer from parsed arguments; 0 on success, 1 with the reason otherwise."""
     try:
         meta = import_traces(args.sources, args.mapping, args.out)
-    except (ImportError_, OSError, ValueError, KeyError) as exc:
+    except (TraceImportError, OSError, ValueError, KeyError) as exc:
         logger.error("import failed: %s", exc)
         return 1
     print(f"Imported {len(meta['servers'])} servers, {meta['rows']:,} rows -> {args.out}\n"

@@ -22,7 +22,7 @@ from server_encoder import ServerEncoder
 from tests.conftest import ROOT, run_cli
 from tft_features import add_model_columns, densify, fit_feature_spec, load_training_frame
 from tft_trainer import TrainingError, measured_targets
-from trace_importer import ImportError_, import_traces, load_mapping
+from trace_importer import TraceImportError, import_traces, load_mapping
 
 MAPPING = ROOT / "mappings" / "bitbrains_rnd.json"
 REAL_TRACES = ROOT.parent / "shared" / "realdata" / "bitbrains-rnd-2013-8"
@@ -111,14 +111,19 @@ def test_bad_mappings_and_sources_say_what_to_fix(traces, tmp_path):
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"timestamp": {"column": "Timestamp [ms]", "unit": "s"},
                                "metrics": {"cpu_pct": {"column": "CPU usage [%]"}}}))
-    with pytest.raises(ImportError_, match="'cpu_pct' is not a LINBORG metric.*Fix: map to one of"):
+    with pytest.raises(TraceImportError, match="'cpu_pct' is not a LINBORG metric.*Fix: map to one of"):
         load_mapping(bad)
     wrong_column = json.loads(MAPPING.read_text())
     wrong_column["metrics"]["mem_used_pct"]["column"] = "RAM [KB]"
     bad.write_text(json.dumps(wrong_column))
-    with pytest.raises(ImportError_, match=r"lacks column\(s\) \['RAM \[KB\]'\].*Docs/IMPORTING.md"):
+    with pytest.raises(TraceImportError, match=r"lacks column\(s\) \['RAM \[KB\]'\].*Docs/IMPORTING.md"):
         import_traces(sorted(traces.glob("*.csv")), bad, tmp_path / "x" / "out.parquet")
     assert not (tmp_path / "x" / "out.parquet").exists()
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "19.csv").write_text((traces / "19.csv").read_text())
+    with pytest.raises(TraceImportError, match=r"source ids \['19'\] appear in more than one file"):
+        import_traces([traces / "19.csv", other / "19.csv"], MAPPING, tmp_path / "y" / "out.parquet")
 
 
 def test_cli_import_exit_codes(traces, tmp_path):
