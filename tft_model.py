@@ -93,6 +93,7 @@ class FleetTFT(TemporalFusionTransformer):
         self._interp_cache: dict[tuple[int, int, torch.dtype, torch.device], torch.Tensor] = {}
         self._param_memo: dict[tuple, Any] = {}
         self._param_stamp: tuple | None = None
+        self._param_slots: list[tuple[dict, str]] | None = None
         self._structure_memo: dict[Any, Any] = {}
         self.use_fast_forward = True
         # Attention weights are an interpretation output; the daemon does not read them, and
@@ -205,7 +206,9 @@ class FleetTFT(TemporalFusionTransformer):
         """Drop the inference memo if any parameter object or its in-place version counter changed."""
         if self.training or torch.is_grad_enabled():
             return
-        stamp = tuple((id(p), p._version) for p in self.parameters())
+        if self._param_slots is None:  # where every parameter lives: (owning module's dict, name)
+            self._param_slots = [(m._parameters, n) for m in self.modules() for n in m._parameters]
+        stamp = tuple((id(p), p._version) for d, n in self._param_slots if (p := d[n]) is not None)
         if stamp != self._param_stamp:
             self._param_memo.clear()
             self._param_stamp = stamp
@@ -226,6 +229,7 @@ class FleetTFT(TemporalFusionTransformer):
         """Copies and pickles start without memos (they hold tensors keyed by this object's modules)."""
         state = dict(super().__getstate__())
         state["_param_memo"], state["_structure_memo"], state["_param_stamp"] = {}, {}, None
+        state["_param_slots"] = None
         return state
 
     def _variable_grn_params(self, grns: list[GatedResidualNetwork], a: torch.Tensor,
