@@ -162,12 +162,6 @@ def _timestamps(values: pd.Series, unit: str) -> pd.DatetimeIndex:
     return pd.DatetimeIndex(pd.to_datetime(values.astype("int64"), unit=unit, utc=True))
 
 
-def _server_names(sources: list[Path], mapping: Mapping) -> dict[str, str]:
-    """Contract names for the source's servers: ``<prefix><number>``, numbers from the source ids if numeric."""
-    ids = sorted({s.stem for s in sources}) if not mapping.server_column else []
-    return _names_for(ids, mapping.profile)
-
-
 def _names_for(ids: list[str], profile: str) -> dict[str, str]:
     numeric = all(re.fullmatch(r"\d+", i) for i in ids)
     ordered = sorted(ids, key=lambda i: int(i)) if numeric else sorted(ids)
@@ -212,19 +206,21 @@ def import_traces(sources: list[str | Path], mapping_path: str | Path, out: str 
         twice = sorted({s for s in stems if stems.count(s) > 1})
         raise _fail(f"source ids {twice} appear in more than one file", "one file is one server, named by its stem",
                     "rename the files, or add a server column to the mapping")
-    per_server: dict[str, tuple[pd.DataFrame, pd.DatetimeIndex]] = {}
-    names = _server_names(paths, mapping)
+    parts: dict[str, list[tuple[pd.DataFrame, pd.DatetimeIndex]]] = {}
     for path in paths:
         frame = _read_source(path, mapping)
         stamps = _timestamps(frame[mapping.timestamp_column], mapping.timestamp_unit)
-        if mapping.server_column:
-            groups = frame.groupby(frame[mapping.server_column].astype(str), sort=True)
-            names.update({k: v for k, v in _names_for([str(g) for g in groups.groups], mapping.profile).items()
-                          if k not in names})
-            for source_id, part in groups:
-                per_server[names[str(source_id)]] = (part, stamps[part.index])
+        if mapping.server_column:  # a server may appear in several files (e.g. monthly exports)
+            for source_id, part in frame.groupby(frame[mapping.server_column].astype(str), sort=True):
+                parts.setdefault(str(source_id), []).append((part, stamps[frame.index.get_indexer(part.index)]))
         else:
-            per_server[names[path.stem]] = (frame, stamps)
+            parts[path.stem] = [(frame, stamps)]
+    names = _names_for(sorted(parts), mapping.profile)
+    per_server: dict[str, tuple[pd.DataFrame, pd.DatetimeIndex]] = {}
+    for source_id, pieces in parts.items():
+        frame = pd.concat([f for f, _ in pieces], ignore_index=True)
+        stamps = pieces[0][1].append([s for _, s in pieces[1:]]) if len(pieces) > 1 else pieces[0][1]
+        per_server[names[source_id]] = (frame, stamps)
     start = min(s.min() for _, s in per_server.values()).floor(f"{SAMPLING_INTERVAL_SECONDS}s")
     end = max(s.max() for _, s in per_server.values()).floor(f"{SAMPLING_INTERVAL_SECONDS}s")
     grid = pd.date_range(start, end, freq=f"{SAMPLING_INTERVAL_SECONDS}s", tz="UTC")

@@ -126,6 +126,29 @@ def test_bad_mappings_and_sources_say_what_to_fix(traces, tmp_path):
         import_traces([traces / "19.csv", other / "19.csv"], MAPPING, tmp_path / "y" / "out.parquet")
 
 
+def test_server_column_across_files_with_non_numeric_hosts(tmp_path):
+    """Hosts named in a column, one of them in two monthly files: one server each, numbered once."""
+    mapping = json.loads(MAPPING.read_text())
+    mapping["server"] = {"column": "host"}
+    mapping["csv_sep"] = ","
+    (tmp_path / "m.json").write_text(json.dumps(mapping))
+    columns = {"Memory usage [KB]": 1.0, "Memory capacity provisioned [KB]": 4.0,
+               "Network received throughput [KB/s]": 0.0, "Network transmitted throughput [KB/s]": 0.0}
+    start = 1_700_000_000
+    def month(hosts: list[str], offset: int, n: int) -> pd.DataFrame:
+        return pd.DataFrame([{"host": h, "Timestamp [ms]": start + (offset + i) * 300, "CPU usage [%]": 10.0,
+                              **columns} for h in hosts for i in range(n)])
+    month(["db-a", "web-b"], 0, 300).to_csv(tmp_path / "july.csv", index=False)
+    month(["db-a", "etl-c"], 300, 300).to_csv(tmp_path / "august.csv", index=False)
+    meta = import_traces([tmp_path / "july.csv", tmp_path / "august.csv"], tmp_path / "m.json",
+                         tmp_path / "out" / "server_metrics.parquet")
+    assert sorted(meta["servers"]) == ["ppgen001", "ppgen002", "ppgen003"]  # db-a, etl-c, web-b
+    frame = load_frame(tmp_path / "out" / "server_metrics.parquet")
+    db_a = frame[frame["server_name"] == "ppgen001"]
+    assert (db_a["state"] != "offline").sum() == 600  # both months, one server
+    assert db_a["mem_used_pct"].iloc[:600].eq(25.0).all()
+
+
 def test_cli_import_exit_codes(traces, tmp_path):
     out = tmp_path / "t" / "server_metrics.parquet"
     ok = run_cli("main.py", "import", "--mapping", str(MAPPING), "--out", str(out), *map(str, traces.glob("*.csv")))
