@@ -36,6 +36,7 @@ from config import (
     BACKTEST_ORIGIN_STRIDE,
     HOLDOUT_HOURS,
     HORIZONS,
+    IMPORTING_DOC,
     QUANTILES,
     SEASONAL_LAG_STEPS,
     STEPS_PER_HOUR,
@@ -44,9 +45,17 @@ from config import (
     TRAINING_INFO_FILE,
 )
 from data_validator import DataValidator, format_report
-from tft_features import FeatureSpec, SeriesStore, add_model_columns, decode_quantiles, densify, load_training_frame, \
-    time_index
+from tft_features import (
+    FeatureSpec,
+    SeriesStore,
+    add_model_columns,
+    decode_quantiles,
+    densify,
+    load_training_frame,
+    time_index,
+)
 from tft_model import FleetTFT, load_model
+from trace_importer import measured_metrics_for
 
 logger = logging.getLogger(__name__)
 PREDICT_BATCH = 512
@@ -116,10 +125,20 @@ def score(actual: np.ndarray, quantiles: np.ndarray) -> dict[str, float]:
 
 
 def evaluate_windows(spec: FeatureSpec, forecasts: np.ndarray, actual: np.ndarray, persistence: np.ndarray,
-                     seasonal: np.ndarray) -> dict[str, Any]:
-    """Per-target and per-horizon metrics for the TFT and both baselines, plus summaries."""
+                     seasonal: np.ndarray, scored: list[str] | None = None) -> dict[str, Any]:
+    """Per-target and per-horizon metrics for the TFT and both baselines, plus summaries.
+
+    ``scored`` limits the targets that are scored (the data's measured metrics); a filled,
+    unmeasured metric is never scored.
+    """
+    targets = [t for t in spec.targets if scored is None or t in scored]
+    if not targets:
+        raise ValueError(f"none of the model's targets {spec.targets} is measured in this data ({scored}); "
+                         f"there is nothing to score. See {IMPORTING_DOC}.")
     per_target: dict[str, Any] = {}
     for j, target in enumerate(spec.targets):
+        if target not in targets:
+            continue
         per_target[target] = {}
         for label, steps in HORIZONS.items():
             k = steps - 1
@@ -130,27 +149,27 @@ def evaluate_windows(spec: FeatureSpec, forecasts: np.ndarray, actual: np.ndarra
             }
     per_horizon: dict[str, Any] = {}
     for label in HORIZONS:
-        means = {m: float(np.mean([per_target[t][label][m]["qrisk_50"] for t in spec.targets])) for m in METHODS}
+        means = {m: float(np.mean([per_target[t][label][m]["qrisk_50"] for t in targets])) for m in METHODS}
         best_baseline = min(("persistence", "seasonal_naive"), key=lambda m: means[m])
         per_target_gain = [1.0 - per_target[t][label]["tft"]["qrisk_50"]
                            / max(min(per_target[t][label]["persistence"]["qrisk_50"],
-                                     per_target[t][label]["seasonal_naive"]["qrisk_50"]), 1e-12) for t in spec.targets]
+                                     per_target[t][label]["seasonal_naive"]["qrisk_50"]), 1e-12) for t in targets]
         per_horizon[label] = {
             "qrisk_50_mean": means,
-            "qrisk_90_mean": {m: float(np.mean([per_target[t][label][m]["qrisk_90"] for t in spec.targets]))
+            "qrisk_90_mean": {m: float(np.mean([per_target[t][label][m]["qrisk_90"] for t in targets]))
                               for m in METHODS},
             "best_baseline": best_baseline,
             "improvement_vs_best_baseline": 1.0 - means["tft"] / max(means[best_baseline], 1e-12),
             "mean_per_target_improvement": float(np.mean(per_target_gain)),
             "coverage_p10_p90_mean": float(np.mean([per_target[t][label]["tft"]["coverage_p10_p90"]
-                                                     for t in spec.targets])),
+                                                     for t in targets])),
         }
     return {"per_target": per_target, "per_horizon": per_horizon}
 
 
 def backtest_store(model: FleetTFT, spec: FeatureSpec, store: SeriesStore, first_decoder_tidx: int,
                    last_decoder_tidx: int, unseen_servers: list[str] | None = None,
-                   stride: int = BACKTEST_ORIGIN_STRIDE) -> dict[str, Any]:
+                   stride: int = BACKTEST_ORIGIN_STRIDE, scored: list[str] | None = None) -> dict[str, Any]:
     """Backtest every window whose 8-hour decoder lies inside [first, last]."""
     began = time.perf_counter()
     servers, starts = store.window_starts(first_decoder_tidx, last_decoder_tidx, stride=stride)
@@ -165,7 +184,7 @@ def backtest_store(model: FleetTFT, spec: FeatureSpec, store: SeriesStore, first
     forecasts = predict_windows(model, store, servers, starts)
     actual, persistence, seasonal = _actuals_and_baselines(store, servers, starts)
     seen = ~is_unseen
-    result = evaluate_windows(spec, forecasts[seen], actual[seen], persistence[seen], seasonal[seen])
+    result = evaluate_windows(spec, forecasts[seen], actual[seen], persistence[seen], seasonal[seen], scored)
     to_iso = lambda tidx: pd.Timestamp(int(tidx) * 300, unit="s", tz="UTC").isoformat()  # noqa: E731
     result["range"] = {"first_decoder_bucket": to_iso(first_decoder_tidx), "last_decoder_bucket": to_iso(last_decoder_tidx)}
     result["windows"] = int(seen.sum())
@@ -179,7 +198,8 @@ def backtest_store(model: FleetTFT, spec: FeatureSpec, store: SeriesStore, first
             known = forecasts[is_unseen] if length is None else \
                 predict_windows(model, store, u_servers, u_starts, encoder_length=length)
             hidden = predict_windows(model, store, u_servers, u_starts, hide_profile=True, encoder_length=length)
-            with_profile, without = evaluate_windows(spec, known, *args), evaluate_windows(spec, hidden, *args)
+            with_profile = evaluate_windows(spec, known, *args, scored=scored)
+            without = evaluate_windows(spec, hidden, *args, scored=scored)
             comparisons[history] = {
                 "history_buckets": length or spec.encoder_length,
                 "per_horizon": {label: {
@@ -266,8 +286,12 @@ def run_from_args(args: argparse.Namespace) -> int:
         store = SeriesStore(frame, loaded.spec)
         unseen = sorted(set(store.server_names) - set(loaded.encoder.name_to_id))
         unseen += list((loaded.training_info.get("data") or {}).get("unseen_servers", []))
+        scored = measured_metrics_for(args.data)
+        if scored is not None and not set(loaded.spec.targets) <= set(scored):
+            logger.warning("not scoring %s: not measured in %s (Docs/IMPORTING.md)",
+                           ", ".join(t for t in loaded.spec.targets if t not in scored), args.data)
         summary = backtest_store(loaded.model, loaded.spec, store, first, data_end, unseen_servers=unseen,
-                                 stride=args.stride)
+                                 stride=args.stride, scored=scored)
     except (FileNotFoundError, ValueError, RuntimeError) as exc:
         logger.error("%s", exc)
         return 1

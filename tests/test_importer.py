@@ -167,3 +167,21 @@ def test_real_bitbrains_traces_import_cleanly(tmp_path):
     assert len(meta["servers"]) == len(sources) == 26
     assert meta["rows"] == 26 * 8640  # 30 days on the 5-minute grid
     assert meta["offline_share"] < 0.05
+
+
+def test_backtest_never_scores_unmeasured_metrics(tiny_training, tiny_data, tmp_path):
+    """A full model evaluated on data that lacks swap and disk scores only what was measured."""
+    import shutil
+
+    data = tmp_path / "server_metrics.parquet"
+    shutil.copy(tiny_data, data)
+    measured = [m for m in LINBORG_METRICS if m not in ("swap_used_pct", "disk_usage_pct")]
+    (tmp_path / METADATA_FILE).write_text(json.dumps({"measured_metrics": measured}))
+    out = tmp_path / "backtest.json"
+    result = run_cli("main.py", "evaluate", "--model", str(tiny_training.model_dir), "--data", str(data),
+                     "--out", str(out), "--no-store")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "not scoring swap_used_pct, disk_usage_pct" in result.stderr
+    scored = json.loads(out.read_text())["per_target"]
+    assert "swap_used_pct" not in scored and "disk_usage_pct" not in scored
+    assert {"cpu_idle_pct", "mem_used_pct", "net_in_mb_s"} <= set(scored)
