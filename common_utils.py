@@ -24,14 +24,15 @@ from config import (
     PROFILE_PREFIXES,
     PROJECT_VERSION,
     SAMPLING_INTERVAL_SECONDS,
+    SERVER_NAME_MAX_LENGTH,
+    SERVER_NAME_PATTERN,
 )
 
 # Longest prefix first, so "pprisk" is not mistaken for a shorter prefix.
 _PREFIXES_LONGEST_FIRST = sorted(PROFILE_PREFIXES.items(), key=lambda kv: -len(kv[1]))
-_NAME_PATTERNS = {
-    profile: re.compile(rf"^{PROFILE_PREFIXES[profile]}\d{{{digits},}}$")
-    for profile, digits in PROFILE_NAME_DIGITS.items()
-}
+# Convention names: a profile prefix followed only by digits (ppdb7, ppweb1203).
+_CONVENTION = [(profile, re.compile(rf"^{prefix}\d+$")) for profile, prefix in _PREFIXES_LONGEST_FIRST]
+_SERVER_NAME = re.compile(SERVER_NAME_PATTERN)
 
 
 def setup_logging(level: str | int | None = None) -> None:
@@ -61,17 +62,38 @@ def quiet_library_noise() -> None:
 
 # --------------------------------------------------------------------------- names
 def profile_from_name(server_name: str) -> str | None:
-    """Return the profile whose host-name prefix ``server_name`` carries, or None."""
-    for profile, prefix in _PREFIXES_LONGEST_FIRST:
-        if server_name.startswith(prefix):
+    """The profile a convention name (``<prefix><digits>``, e.g. ``ppdb007``) carries, else None."""
+    for profile, pattern in _CONVENTION:
+        if pattern.match(server_name):
             return profile
     return None
 
 
+def is_valid_server_name(server_name: str) -> bool:
+    """True for a contract server name: 1-64 of ``a-z 0-9 . _ -``, starting with a letter or digit."""
+    return bool(_SERVER_NAME.match(server_name))
+
+
 def name_matches_profile(server_name: str, profile: str) -> bool:
-    """True when ``server_name`` is ``<prefix><digits>`` for ``profile`` (e.g. ppdb007)."""
-    pattern = _NAME_PATTERNS.get(profile)
-    return bool(pattern and pattern.match(server_name))
+    """True unless ``server_name`` is a convention name of another profile (contract 1.2).
+
+    ``ppdb007`` fits only ``database``; a real host name such as ``db-eu-3`` fits any profile
+    given explicitly.
+    """
+    implied = profile_from_name(server_name)
+    return implied is None or implied == profile
+
+
+def host_name_to_server_name(host: str) -> str:
+    """A contract server name for a host name as a system reports it (``DB-EU-3.corp`` -> ``db-eu-3.corp``).
+
+    Lower-cases, replaces characters outside the contract's set with ``-`` and trims to the
+    contract's length; raises ValueError when nothing usable is left.
+    """
+    name = re.sub(r"[^a-z0-9._-]", "-", host.strip().lower()).lstrip("._-")[:SERVER_NAME_MAX_LENGTH].rstrip("._-") or ""
+    if not is_valid_server_name(name):
+        raise ValueError(f"host name {host!r} gives no valid server name; pass one explicitly (--name)")
+    return name
 
 
 def make_server_name(profile: str, number: int) -> str:

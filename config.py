@@ -42,6 +42,7 @@ IMPORTING_DOC = "Docs/IMPORTING.md"
 # Network defaults. Services bind to loopback unless told otherwise.
 DEFAULT_HOST = "127.0.0.1"
 DAEMON_PORT = 8000
+DEFAULT_DAEMON_URL = f"http://{DEFAULT_HOST}:{DAEMON_PORT}"
 DASHBOARD_PORT = 8501
 
 # Logging.
@@ -52,7 +53,7 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 # 2. The data contract (Docs/DATA_CONTRACT.md is the prose version of this)
 # ---------------------------------------------------------------------------
 # MAJOR changes when a schema change breaks existing data or models.
-CONTRACT_VERSION = "1.1.0"  # 1.1: measured/unmeasured metrics in metrics_metadata.json
+CONTRACT_VERSION = "1.2.0"  # 1.1: measured/unmeasured metrics; 1.2: real host names beside convention names
 
 ID_COLUMNS = ["timestamp", "server_name", "profile", "state"]
 
@@ -115,7 +116,11 @@ VALID_PROFILES = [
     "generic",
 ]
 
+# Any server name (contract 1.2): 1-64 characters, lower-case letters, digits, ".", "_", "-".
+SERVER_NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,63}$"
+SERVER_NAME_MAX_LENGTH = 64
 # Host-name prefix and minimum digit count per profile (ppml0001, ppdb001, ppcon01...).
+# A name that is a prefix followed only by digits is a "convention name": its prefix is its profile.
 PROFILE_PREFIXES = {
     "ml_compute": "ppml",
     "database": "ppdb",
@@ -712,3 +717,33 @@ STREAM_RETRY_SECONDS = 2.0
 DASHBOARD_DEFAULT_REFRESH_SECONDS = 5
 DASHBOARD_TOP_SERVERS = 5
 DASHBOARD_HISTORY_HOURS = 12
+
+# ---------------------------------------------------------------------------
+# 11. Real metrics in: host collector and Prometheus adapter (Docs/COLLECTING.md)
+# ---------------------------------------------------------------------------
+COLLECT_INTERVAL_SECONDS = 5.0  # host collector: one sample every 5 s (the daemon buckets them)
+COLLECT_DATA_PATH = "/"  # filesystem whose fill level is disk_usage_pct
+# Network interfaces that only mirror or bridge traffic another interface already counts.
+NIC_EXCLUDE_PREFIXES = ("lo", "ifb", "veth", "docker", "br-", "virbr", "cni", "flannel", "cali", "vxlan", "tunl")
+JAVA_PROCESS_NAMES = ("java",)  # processes whose CPU is java_cpu_pct (Spark, Kafka, JVM services)
+BYTES_PER_MB = 1_000_000  # MB/s in the contract are decimal megabytes
+# Records waiting for the daemon (it restarts, the network drops). When full, the oldest are
+# dropped and counted, with a warning (about 2.9 days of one host sampled every 5 s): a loss
+# is always logged, never silent.
+FEED_BUFFER_MAX_RECORDS = 50_000
+FEED_BATCH_RECORDS = 5_000  # records per POST /feed
+FEED_TIMEOUT_SECONDS = 10.0
+FEED_RETRY_BASE_SECONDS = 1.0  # back-off after a failed POST doubles from here ...
+FEED_RETRY_MAX_SECONDS = 60.0  # ... up to this
+FEED_FLUSH_ON_EXIT_SECONDS = 10.0  # on stop, keep trying to deliver the buffer this long
+# A silent stretch longer than this between two samples is not replayed bucket by bucket into
+# the state rules (a laptop that slept for a week); the rules restart from the next sample.
+STATE_MAX_GAP_BUCKETS = 288
+# Prometheus adapter
+PROMETHEUS_MAPPING_FILE = PROJECT_ROOT / "mappings" / "prometheus_node_exporter.json"
+PROMETHEUS_STEP_SECONDS = 60  # query_range resolution; values are averaged into 5-minute buckets
+PROMETHEUS_RATE_WINDOW = "2m"  # {window} in the mapping's PromQL: the rate() look-back
+PROMETHEUS_POLL_SECONDS = 30.0  # live mode: one instant query per metric this often
+PROMETHEUS_TIMEOUT_SECONDS = 30.0
+PROMETHEUS_MAX_POINTS_PER_QUERY = 10_000  # Prometheus refuses > 11,000 points per series; longer spans are chunked
+PROMETHEUS_BACKFILL_HOURS = 2.0  # live mode: history sent before the first live poll (the encoder's window)

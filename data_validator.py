@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from common_utils import name_matches_profile, setup_logging
+from common_utils import is_valid_server_name, name_matches_profile, setup_logging
 from config import (
     CPU_COMPONENTS,
     CPU_SUM_TOLERANCE,
@@ -200,6 +200,13 @@ class DataValidator:
                     count=int(mask.sum()), examples=self._examples(df, mask, column)))
         if {"server_name", "profile"} <= present:
             pairs = df[["server_name", "profile"]].drop_duplicates().astype(str)
+            malformed = sorted({n for n in pairs["server_name"] if not is_valid_server_name(n)})
+            if malformed:
+                errors.append(ValidationIssue(
+                    "bad_server_name", "server_name", f"{len(malformed)} server names are not host names",
+                    "names are keys in the store, the API's URLs and the dashboard",
+                    "use 1-64 characters of a-z, 0-9, '.', '_', '-', starting with a letter or digit",
+                    doc=DATA_CONTRACT_DOC, count=len(malformed), examples=malformed[:VALIDATOR_MAX_EXAMPLES]))
             bad = [(n, p) for n, p in pairs.itertuples(index=False)
                    if p in PROFILE_PREFIXES and not name_matches_profile(n, p)]
             if bad:
@@ -207,8 +214,8 @@ class DataValidator:
                                  for p in sorted({p for _, p in bad}))
                 errors.append(ValidationIssue(
                     "name_profile_mismatch", "server_name",
-                    f"{len(bad)} server names do not match their profile's prefix",
-                    "the profile is inferred from the name for new servers, so a mismatch sends the "
+                    f"{len(bad)} convention names (<prefix><digits>) carry another profile's prefix",
+                    "the profile is inferred from a convention name for new servers, so a mismatch sends the "
                     "model the wrong role", f"rename the hosts or fix their profile ({hint})",
                     doc=SERVER_PROFILES_DOC, count=len(bad),
                     examples=[f"{n} labelled {p}" for n, p in bad[:VALIDATOR_MAX_EXAMPLES]]))

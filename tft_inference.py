@@ -88,6 +88,8 @@ from config import (
     RATE_LIMIT_REQUESTS_PER_MINUTE,
     RETENTION_HOURS,
     SAMPLING_INTERVAL_SECONDS,
+    SERVER_NAME_MAX_LENGTH,
+    SERVER_NAME_PATTERN,
     STEPS_PER_HOUR,
     STORE_PATH,
     TRIM_EVERY_CYCLES,
@@ -124,7 +126,8 @@ class LinborgRecord(_RecordBase):  # type: ignore[misc, valid-type]
     """One sample of one server, as the data contract defines it."""
 
     timestamp: datetime = Field(description="ISO 8601; naive means UTC")
-    server_name: str = Field(min_length=1, max_length=64, pattern=r"^[a-z][a-z0-9_-]*$")
+    server_name: str = Field(min_length=1, max_length=SERVER_NAME_MAX_LENGTH, pattern=SERVER_NAME_PATTERN,
+                             description="a host name; convention names (ppdb007) imply their profile")
     profile: Literal[tuple(VALID_PROFILES)] | None = Field(  # type: ignore[valid-type]
         default=None, description="optional: inferred from the name prefix when absent")
     state: Literal[tuple(VALID_STATES)]  # type: ignore[valid-type]
@@ -143,12 +146,12 @@ class LinborgRecord(_RecordBase):  # type: ignore[misc, valid-type]
         inferred = profile_from_name(self.server_name)
         if self.profile is None:
             if inferred is None:
-                raise ValueError(f"no profile given and '{self.server_name}' carries no known name prefix; send "
-                                 f"'profile' or use a contract name ({DATA_CONTRACT_DOC}, Profiles)")
+                raise ValueError(f"no profile given and '{self.server_name}' is not a convention name (e.g. ppdb007); "
+                                 f"send 'profile' ({DATA_CONTRACT_DOC}, Server names)")
             self.profile = inferred
         if not name_matches_profile(self.server_name, self.profile):
-            raise ValueError(f"'{self.server_name}' does not match the name pattern of profile '{self.profile}' "
-                             f"({DATA_CONTRACT_DOC}, Profiles and names)")
+            raise ValueError(f"'{self.server_name}' follows the name pattern of profile '{inferred}', not "
+                             f"'{self.profile}' ({DATA_CONTRACT_DOC}, Server names)")
         return self
 
 

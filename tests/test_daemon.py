@@ -32,8 +32,9 @@ def _free_port() -> int:
 class DaemonProcess:
     """``python tft_inference.py --daemon`` on a free loopback port."""
 
-    def __init__(self, model_dir: Path | None, store: Path, *extra: str, env_key: str | None = API_KEY) -> None:
-        self.port = _free_port()
+    def __init__(self, model_dir: Path | None, store: Path, *extra: str, env_key: str | None = API_KEY,
+                 port: int | None = None) -> None:
+        self.port = port or _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = {**os.environ, "TFT_LOG_LEVEL": "INFO"}
         env.pop("TFT_API_KEY", None)
@@ -85,7 +86,7 @@ def feed_buckets(client: httpx.Client, sim: FleetSimulator, n_buckets: int, chun
     return sent
 
 
-def wait_for(predicate, timeout: float = 30, interval: float = 0.2):  # noqa: ANN001, ANN201
+def wait_for(predicate, timeout: float = 30, interval: float = 0.2):
     deadline = time.time() + timeout
     while time.time() < deadline:
         value = predicate()
@@ -225,7 +226,7 @@ def test_contract_rules_and_security(live):
         cpu = client.post("/feed", json={"records": [dict(record, cpu_idle_pct=10.0)]}).json()
         assert "must be 100" in cpu["rejected"][0]["reason"]
         prefix = client.post("/feed", json={"records": [dict(record, profile="database")]}).json()
-        assert "name pattern" in prefix["rejected"][0]["reason"]
+        assert "name pattern of profile 'web_api'" in prefix["rejected"][0]["reason"]
         stored = client.post("/feed", json={"records": [record]}).json()
         assert stored["stored"] == [0]
         again = client.post("/feed", json={"records": [record]}).json()  # a retried batch
@@ -373,3 +374,31 @@ def test_forecasting_in_slices_changes_nothing(tiny_training, monkeypatch):
                                            atol=atol, err_msg=f"{name} {metric} {quantile}")
                 compared += 1
     assert compared >= 11 * 3
+
+
+def test_an_unknown_host_is_forecast_from_its_profile(tiny_training):
+    """A real host name the model never saw, with the same history under two profiles: the profile decides."""
+    import numpy as np
+
+    from metrics_store import FleetWindows, aggregate
+    from tft_inference import ForecastEngine
+    from tft_model import load_model
+
+    engine = ForecastEngine(load_model(tiny_training.model_dir))
+    sim = FleetSimulator(fleet={"web_api": 1}, seed=21, start="2026-03-03T00:00:00Z")
+    history = sim.records(sim.advance(engine.spec.encoder_length))  # exactly one full window
+    records = []
+    for name, profile in (("db-eu-3", "database"), ("web-eu-3", "web_api")):
+        for r in history:
+            ts_ns = int(np.datetime64(r["timestamp"].rstrip("Z"), "ns").astype(np.int64))
+            records.append(dict(r, server_name=name, profile=profile, ts_ns=ts_ns))
+    fleet = FleetWindows()
+    fleet.merge(aggregate(records), {r["server_name"]: r["profile"] for r in records})
+    result = engine.forecast(fleet, fleet.newest_bucket)
+    db, web = (result.servers[n].prediction for n in ("db-eu-3", "web-eu-3"))
+    assert db["status"] == web["status"] == "ok" and not db["known_to_model"] and not web["known_to_model"]
+    assert db["history_buckets"] == web["history_buckets"] == engine.spec.encoder_length
+    # Same metrics, different role: the forecasts must differ, so the profile is really read.
+    diffs = [abs(db["predictions"]["8hr"][m]["p50"] - web["predictions"]["8hr"][m]["p50"])
+             for m in db["predictions"]["8hr"]]
+    assert max(diffs) > 0.05, diffs

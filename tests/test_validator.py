@@ -94,9 +94,26 @@ def test_unknown_profile(good):
 
 def test_name_does_not_match_profile(good):
     bad = good.copy()
-    bad.loc[bad["server_name"] == "ppdb001", "server_name"] = "dbserver1"
+    bad.loc[bad["server_name"] == "ppdb001", "server_name"] = "ppweb901"  # a web name labelled database
     message = _assert_one_error(bad, "name_profile_mismatch", "server_name")
-    assert "ppdb###" in message
+    assert "ppdb###" in message and "ppweb901 labelled database" in message
+
+
+def test_real_host_names_with_a_profile_are_valid(good):
+    """Contract 1.2: a host's own name is fine when its profile is given."""
+    renamed = good.copy()
+    renamed["server_name"] = renamed["server_name"].astype(str)
+    renamed.loc[renamed["server_name"] == "ppdb001", "server_name"] = "db-eu-3.dc2"
+    is_valid, errors, _ = DataValidator(strict=True).validate_schema(renamed)
+    assert is_valid, errors
+
+
+def test_names_that_are_not_host_names(good):
+    bad = good.copy()
+    bad["server_name"] = bad["server_name"].astype(str)
+    bad.loc[bad["server_name"] == "ppdb001", "server_name"] = "DB Server/1"
+    message = _assert_one_error(bad, "bad_server_name", "server_name")
+    assert "DB Server/1" in message and "DATA_CONTRACT.md" in message
 
 
 def test_server_with_two_profiles(good):
