@@ -29,6 +29,7 @@ gives exactly the same labels as labelling the whole history at once.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import numpy as np
@@ -49,7 +50,9 @@ from config import (
     MORNING_SPIKE_HOURS_UTC,
     MORNING_SPIKE_MIN_CPU_USED_PCT,
     RECOVERY_BUCKETS,
+    SAMPLING_INTERVAL_SECONDS,
     SOFT_STATE_MIN_BUCKETS,
+    STATE_MAX_GAP_BUCKETS,
     VALID_STATES,
 )
 
@@ -67,6 +70,7 @@ _MAINT = STATE_CODE["maintenance"]
 _SPIKE = STATE_CODE["morning_spike"]
 _OFFLINE = STATE_CODE["offline"]
 _RECOVERY = STATE_CODE["recovery"]
+_BUCKET_SECONDS = SAMPLING_INTERVAL_SECONDS
 
 
 def critical_cpu_threshold(profiles: np.ndarray | list[str]) -> np.ndarray:
@@ -215,3 +219,66 @@ def derive_states(df: pd.DataFrame, maintenance: pd.Series | np.ndarray | None =
     result = np.empty(len(frame), dtype=object)
     result[frame["_row"].to_numpy()] = labels
     return pd.Series(result, index=df.index, name="state")
+
+
+class StreamStateLabeler:
+    """Derive ``state`` for one server's raw samples as they arrive (collectors, adapters).
+
+    Samples are grouped into 5-minute buckets. The rule memory (hysteresis, critical and
+    recovery timers) advances once per completed bucket, with the bucket's value made as the
+    daemon makes it (gauges averaged, counts the latest sample), and buckets without any
+    sample count as offline, so a stream labelled here gets the labels ``derive_states``
+    would give the bucketed history. A sample is labelled with the rules applied to its
+    bucket so far. A gap longer than ``STATE_MAX_GAP_BUCKETS`` restarts the rules.
+    """
+
+    _GAUGES = ("cpu_idle_pct", "cpu_iowait_pct", "mem_used_pct", "swap_used_pct", "disk_usage_pct")
+    _COUNTS = ("back_close_wait", "front_close_wait")
+
+    def __init__(self, profile: str) -> None:
+        self.profile = profile
+        self.tracker = StateTracker.for_profiles([profile])
+        self.bucket: int | None = None  # current bucket number (5-minute units since the epoch)
+        self._sums = dict.fromkeys(self._GAUGES, 0.0)
+        self._last = dict.fromkeys(self._COUNTS, 0.0)
+        self._n = 0
+
+    def _bucket_inputs(self) -> dict[str, np.ndarray]:
+        mean = {k: v / max(self._n, 1) for k, v in self._sums.items()}
+        one = lambda value: np.array([[value]], dtype=float)
+        return {"cpu_used": one(100.0 - mean["cpu_idle_pct"]), "iowait": one(mean["cpu_iowait_pct"]),
+                "mem": one(mean["mem_used_pct"]), "swap": one(mean["swap_used_pct"]),
+                "disk": one(mean["disk_usage_pct"]), "back_close_wait": one(self._last["back_close_wait"]),
+                "front_close_wait": one(self._last["front_close_wait"])}
+
+    def _apply(self, tracker: StateTracker, bucket: int, inputs: dict[str, np.ndarray], has_sample: bool,
+               in_maintenance: bool) -> int:
+        stamp = pd.DatetimeIndex([pd.Timestamp(bucket * _BUCKET_SECONDS, unit="s", tz="UTC")])
+        codes = tracker.label(**inputs, has_sample=np.array([[has_sample]]),
+                              in_maintenance=np.array([[in_maintenance]]), spike_window=morning_spike_window(stamp))
+        return int(codes[0, 0])
+
+    def label(self, timestamp: pd.Timestamp, metrics: dict[str, float], in_maintenance: bool = False) -> str:
+        """The state of a sample taken at ``timestamp`` (UTC) with the given LINBORG metrics."""
+        bucket = int(pd.Timestamp(timestamp).timestamp() // _BUCKET_SECONDS)
+        if self.bucket is not None and bucket > self.bucket:
+            self._apply(self.tracker, self.bucket, self._bucket_inputs(), True, in_maintenance)
+            silent = bucket - self.bucket - 1
+            if silent > STATE_MAX_GAP_BUCKETS:
+                self.tracker = StateTracker.for_profiles([self.profile])
+            else:
+                offline = {k: np.zeros((1, 1)) for k in self._bucket_inputs()}
+                for gap_bucket in range(self.bucket + 1, bucket):
+                    self._apply(self.tracker, gap_bucket, offline, False, False)
+            self._sums = dict.fromkeys(self._GAUGES, 0.0)
+            self._n = 0
+        if self.bucket is None or bucket >= self.bucket:
+            self.bucket = bucket
+            for key in self._GAUGES:
+                self._sums[key] += float(metrics[key])
+            for key in self._COUNTS:
+                self._last[key] = float(metrics[key])
+            self._n += 1
+        # A late sample (older bucket) is labelled against the current rule memory.
+        preview = copy.deepcopy(self.tracker)
+        return VALID_STATES[self._apply(preview, self.bucket, self._bucket_inputs(), True, in_maintenance)]

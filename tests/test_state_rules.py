@@ -8,7 +8,7 @@ import pytest
 
 from common_utils import check_version_compatibility
 from config import CRITICAL_ENTER_BUCKETS, RECOVERY_BUCKETS, SOFT_STATE_MIN_BUCKETS
-from state_rules import StateTracker, derive_states
+from state_rules import StateTracker, StreamStateLabeler, derive_states
 
 
 def _series(n: int, **overrides: np.ndarray) -> pd.DataFrame:
@@ -100,3 +100,32 @@ def test_version_compatibility_needs_same_major():
         check_version_compatibility("2.0.0", current_version="1.9.9")
     with pytest.raises(ValueError, match="MAJOR.MINOR.PATCH"):
         check_version_compatibility("2.0", current_version="1.0.0")
+
+
+def test_stream_labeler_matches_batch_rules_sample_by_sample():
+    """Collectors label live samples (several per bucket, with outages) exactly as the batch rules do."""
+    n = 120
+    rng = np.random.default_rng(3)
+    iowait = np.clip(rng.normal(4, 2, n), 0, 50)
+    iowait[30:45] = 38.0  # a critical episode, then recovery
+    idle = np.clip(72.0 - iowait + 3.0, 0, 100)
+    idle[60:80] = 10.0  # heavy load
+    has_sample = np.ones(n, dtype=bool)
+    has_sample[90:94] = False  # an outage: no samples at all
+    df = _series(n, cpu_iowait_pct=iowait, cpu_idle_pct=idle,
+                 cpu_user_pct=100.0 - idle - iowait - 5.0).assign(has_sample=has_sample)
+    batch = derive_states(df).tolist()
+
+    labeler = StreamStateLabeler("database")
+    streamed = []
+    for i, row in df.iterrows():
+        if not has_sample[i]:
+            streamed.append("offline")
+            continue
+        labels = []
+        for offset in (0, 100, 200):  # three samples in the bucket, all with the bucket's values
+            labels.append(labeler.label(row["timestamp"] + pd.Timedelta(seconds=offset), row.to_dict()))
+        assert len(set(labels)) == 1
+        streamed.append(labels[-1])
+    assert streamed == batch
+    assert {"critical_issue", "recovery", "heavy_load", "offline"} <= set(batch)
