@@ -17,15 +17,21 @@ fi
 req_files=(requirements.txt)
 [ "${1:-}" = "--dev" ] && req_files+=(requirements-dev.txt)
 
-# The browser test drives Debian's Chromium (a test tool's own browser download cannot work here).
-if [ "${1:-}" = "--dev" ] && ! { command -v chromium >/dev/null && command -v chromedriver >/dev/null; }; then
+# Test tools from Debian: the browser test drives Chromium (a test tool's own browser download
+# cannot work here); the collector tests run a real Prometheus scraping a real node_exporter.
+apt_install() {  # apt_install [apt options] packages...: as root only; otherwise say what to install
   if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null; then
-    echo "bootstrap: installing chromium and chromium-driver (Debian packages) for the browser test" >&2
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver >/dev/null \
-      || { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver >/dev/null; }
+    echo "bootstrap: installing Debian packages for the tests: $*" >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$@" >/dev/null \
+      || { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$@" >/dev/null; }
   else
-    echo "bootstrap: the browser test needs chromium and chromedriver: sudo apt-get install chromium chromium-driver" >&2
+    echo "bootstrap: the tests need these Debian packages: sudo apt-get install $*" >&2
   fi
+}
+if [ "${1:-}" = "--dev" ]; then
+  { command -v chromium >/dev/null && command -v chromedriver >/dev/null; } || apt_install chromium chromium-driver
+  { command -v prometheus >/dev/null && command -v prometheus-node-exporter >/dev/null; } \
+    || apt_install --no-install-recommends prometheus prometheus-node-exporter
 fi
 
 [ -x .venv/bin/python ] || "$python_bin" -m venv .venv

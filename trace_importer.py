@@ -194,7 +194,6 @@ def _to_grid(frame: pd.DataFrame, stamps: pd.DatetimeIndex, grid: pd.DatetimeInd
 
 def import_traces(sources: list[str | Path], mapping_path: str | Path, out: str | Path) -> dict[str, Any]:
     """Import ``sources`` with the mapping into contract Parquet at ``out``; returns the metadata."""
-    from data_validator import DataValidator, load_frame
 
     began = time.perf_counter()
     mapping = load_mapping(mapping_path)
@@ -237,17 +236,52 @@ def import_traces(sources: list[str | Path], mapping_path: str | Path, out: str 
         first = stamps.min()
         block["uptime_days"] = np.minimum(UPTIME_MAX_DAYS,
                                           np.floor(np.maximum(0.0, (grid - first).total_seconds() / 86400.0)))
+        block["has_sample"] = has_sample
+        blocks.append(block)
+    metadata = write_contract_data(blocks, out, mapping.measured, {
+        "source": mapping.source,
+        "source_files": [p.name for p in paths],
+        "mapping": Path(mapping_path).name,
+        "unmeasured_rule_uptime": "days since the server's first sample",
+        "clipped_values": clipped,
+    })
+    logger.info("imported %d servers, %s rows (%s .. %s) from %d file(s) in %.1fs; measured: %s; clipped: %s",
+                len(per_server), f"{metadata['rows']:,}", grid[0], grid[-1], len(paths),
+                time.perf_counter() - began, ", ".join(metadata["measured_metrics"]), clipped or "none")
+    return metadata
+
+
+def write_contract_data(blocks: list[pd.DataFrame], out: str | Path, measured: list[str],
+                        extra: dict[str, Any]) -> dict[str, Any]:
+    """Finish per-server blocks into contract Parquet at ``out`` (+ metadata and server mapping).
+
+    Each block is one server on the same 5-minute grid with ``timestamp``, ``server_name``,
+    ``profile``, ``has_sample`` and the LINBORG metrics it measured (NaN where unknown; any it
+    lacks are filled by ``UNMEASURED_FILL``). Buckets without samples get the dense offline
+    vector, states are derived by ``state_rules``, the result is validated strictly (an
+    invalid result is not left behind) and ``metrics_metadata.json`` records what was measured.
+    Shared by the trace importer and the Prometheus adapter.
+    """
+    from data_validator import DataValidator, load_frame
+
+    filled_blocks = []
+    for block in blocks:
+        block = block.copy()
+        has_sample = block["has_sample"].to_numpy(dtype=bool)
+        for metric in LINBORG_METRICS:
+            if metric not in block:
+                block[metric] = float(UNMEASURED_FILL.get(metric, 0.0))
         # Buckets without samples follow the contract's dense offline vector.
         for metric in OFFLINE_ZERO_METRICS:
             block.loc[~has_sample, metric] = 0.0
         block.loc[~has_sample, "cpu_idle_pct"] = 100.0
         for metric in LINBORG_METRICS:
             block[metric] = block[metric].ffill().bfill().fillna(float(UNMEASURED_FILL.get(metric, 0.0)))
-        block["has_sample"] = has_sample
-        blocks.append(block)
-    data = pd.concat(blocks, ignore_index=True)
+        filled_blocks.append(block)
+    data = pd.concat(filled_blocks, ignore_index=True)
     data["state"] = derive_states(data).to_numpy()
     data = data.drop(columns="has_sample")
+    servers = data.groupby("server_name", sort=True)["profile"].first().astype(str).to_dict()
 
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -263,38 +297,31 @@ def import_traces(sources: list[str | Path], mapping_path: str | Path, out: str 
                                    else values.astype(np.float32))
     atomic_write_parquet(out, pa.table(columns))
     encoder = ServerEncoder()
-    encoder.encode_many(sorted(per_server))
+    encoder.encode_many(sorted(servers))
     encoder.save(out.parent)
 
     is_valid, errors, warnings = DataValidator(strict=True).validate_schema(load_frame(out))
     if not is_valid:
         out.unlink(missing_ok=True)
-        raise _fail("the imported data does not pass the contract: "
+        raise _fail("the converted data does not pass the contract: "
                     + "; ".join(f"{e.column}: {e.what}" for e in errors[:3]), "training refuses invalid data",
                     "check the mapping's units and scales")
-    measured = mapping.measured
+    uptime_rule = extra.pop("unmeasured_rule_uptime", f"filled with {UNMEASURED_FILL.get('uptime_days', 0)}")
     metadata = {
         "contract_version": CONTRACT_VERSION,
         "importer_version": PROJECT_VERSION,
-        "source": mapping.source,
-        "source_files": [p.name for p in paths],
-        "mapping": Path(mapping_path).name,
-        "servers": {name: mapping.profile for name in sorted(per_server)},
+        **extra,
+        "servers": servers,
         "rows": len(data),
-        "time_span": {"start": grid[0].isoformat(), "end": grid[-1].isoformat()},
-        "measured_metrics": measured,
+        "time_span": {"start": data["timestamp"].min().isoformat(), "end": data["timestamp"].max().isoformat()},
+        "measured_metrics": [m for m in LINBORG_METRICS if m in measured],
         "unmeasured_metrics": {m: f"filled with {UNMEASURED_FILL.get(m, 0.0)}" if m != "uptime_days"
-                               else "days since the server's first sample" for m in LINBORG_METRICS
-                               if m not in measured},
-        "clipped_values": clipped,
+                               else uptime_rule for m in LINBORG_METRICS if m not in measured},
         "offline_share": float((data["state"] == "offline").mean()),
         "state_shares": {s: float((data["state"] == s).mean()) for s in VALID_STATES},
         "warnings": [f"{w.column}: {w.what}" for w in warnings[:10]],
     }
     atomic_write_json(out.parent / METADATA_FILE, metadata)
-    logger.info("imported %d servers, %s rows (%s .. %s) from %d file(s) in %.1fs; measured: %s; clipped: %s",
-                len(per_server), f"{len(data):,}", grid[0], grid[-1], len(paths), time.perf_counter() - began,
-                ", ".join(measured), clipped or "none")
     return metadata
 
 
