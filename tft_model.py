@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from pytorch_forecasting import TemporalFusionTransformer
@@ -71,6 +72,32 @@ def _interpolation_matrix(size_in: int, size_out: int, dtype: torch.dtype, devic
     return matrix.to(dtype=dtype, device=device)
 
 
+def _dropout_generator() -> np.random.Generator:
+    """A numpy PCG64 seeded from torch's generator: masks follow ``torch.manual_seed`` like stock dropout."""
+    return np.random.default_rng(int(torch.randint(0, 2**62, (1,), dtype=torch.int64)))
+
+
+class FastDropout(nn.Dropout):
+    """``nn.Dropout`` whose CPU masks come from numpy's PCG64 as 16-bit integers.
+
+    Same function as the stock module (zero with probability p, scale the rest by 1/(1-p));
+    p is rounded to a multiple of 1/65536. On CPU, torch's ``bernoulli_`` costs ~10 ns per
+    element (7-8 % of a training step); drawing 16-bit integers with numpy is ~3x cheaper.
+    GPUs, evaluation and p = 0 take the stock path.
+    """
+
+    _LEVELS = 65536
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0 or self.inplace or x.device.type != "cpu" \
+                or not x.is_floating_point():
+            return super().forward(x)
+        threshold = round(self.p * self._LEVELS)
+        draws = _dropout_generator().integers(0, self._LEVELS, x.numel(), dtype=np.uint16)
+        keep = torch.from_numpy(draws >= threshold).view(x.shape)
+        return x * keep.to(x.dtype).mul_(self._LEVELS / (self._LEVELS - threshold))
+
+
 def _gate(mask: torch.Tensor) -> torch.Tensor:
     """ResampleNorm's trainable gate: 2 * sigmoid(mask)."""
     return torch.sigmoid(mask) * 2.0
@@ -90,6 +117,9 @@ class FleetTFT(TemporalFusionTransformer):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        for module in self.modules():  # faster CPU dropout masks; no parameters, same state dict
+            if type(module) is nn.Dropout:
+                module.__class__ = FastDropout
         self._interp_cache: dict[tuple[int, int, torch.dtype, torch.device], torch.Tensor] = {}
         self._param_memo: dict[tuple, Any] = {}
         self._param_stamp: tuple | None = None
@@ -251,8 +281,7 @@ class FleetTFT(TemporalFusionTransformer):
             params["coef_a"] = (alpha_c * alpha_c).mean(-1)[:, None, None]
             params["coef_b2"] = 2.0 * (alpha_c * beta_c).mean(-1)[:, None, None]
             params["coef_c"] = (beta_c * beta_c).mean(-1)[:, None, None] + norm[0].eps
-            params["res_beta"] = (beta_c * gamma)[:, None, :]
-            params["res_alpha"] = (alpha_c * gamma)[:, None, :]
+            params["res_ba"] = torch.stack([beta_c * gamma, alpha_c * gamma], dim=1)  # (V, 2, H)
         else:
             params["res_b"], params["res_a"] = b[:, None, :], a[:, None, :]
         w1 = torch.stack([g.fc1.weight for g in grns])  # (V, h, d)
@@ -274,12 +303,16 @@ class FleetTFT(TemporalFusionTransformer):
         folded into per-variable vectors (see ``_fast_vsn``).
         """
         p = self._memo(("vgrn", *map(id, grns)), lambda: self._variable_grn_params(grns, a, b))
+        # Products with per-variable vectors run as batched matrix products with an inner
+        # dimension of 1-2 rather than broadcast multiplies: the same numbers, but autograd then
+        # reduces the (V, N, H) gradients inside a matrix product instead of materialising
+        # grad * x over the whole tensor (the broadcast form was ~15 % of a training step).
         if "coef_a" in p:
             r = torch.rsqrt((p["coef_a"] * x + p["coef_b2"]) * x + p["coef_c"])  # (V, N, 1)
-            residual = torch.addcmul(torch.addcmul(p["delta"], r, p["res_beta"]), x * r, p["res_alpha"])
+            residual = torch.baddbmm(p["delta"], torch.cat([r, x * r], dim=-1), p["res_ba"])
         else:
-            residual = torch.addcmul(p["res_b"], x, p["res_a"])
-        h = F.elu(torch.addcmul(p["w"], x, p["u"]))
+            residual = torch.baddbmm(p["res_b"], x, p["res_a"])
+        h = F.elu(torch.baddbmm(p["w"], x, p["u"]))
         h = torch.baddbmm(p["fc2_b"], h, p["fc2_w"])
         if grns[0].gate_norm.glu.dropout is not None:
             h = grns[0].gate_norm.glu.dropout(h)

@@ -181,3 +181,31 @@ def test_profile_changes_the_forecast(setup):
     with torch.no_grad():
         a, b = fast(x)["prediction"][0], fast(hidden)["prediction"][0]
     assert (a - b).abs().max() > 1e-4
+
+
+def test_fast_dropout_drops_p_scales_the_rest_and_is_reproducible():
+    from tft_model import FastDropout
+
+    layer = FastDropout(0.1).train()
+    x = torch.ones(200, 500, requires_grad=True)
+    torch.manual_seed(3)
+    y = layer(x)
+    dropped = (y == 0).float().mean().item()
+    assert abs(dropped - 0.1) < 0.005  # 100,000 draws: 5 standard deviations is 0.005
+    kept = y[y != 0]
+    assert torch.allclose(kept, torch.full_like(kept, 65536 / (65536 - round(0.1 * 65536))))
+    assert abs(y.mean().item() - 1.0) < 0.01  # expectation preserved
+    y.sum().backward()
+    assert torch.equal(x.grad != 0, y != 0)  # gradients flow only through kept elements
+    torch.manual_seed(3)
+    assert torch.equal(layer(x), y)  # same torch seed, same mask
+    assert torch.equal(layer.eval()(x), x)
+
+
+def test_every_dropout_of_the_model_is_the_fast_one(setup):
+    from tft_model import FastDropout
+
+    _, spec, dataset, _ = setup
+    fast, _ = _pair(dataset, spec, dropout=0.1)
+    dropouts = [m for m in fast.modules() if isinstance(m, nn.Dropout)]
+    assert dropouts and all(type(m) is FastDropout for m in dropouts)
