@@ -195,3 +195,17 @@ def test_data_over_the_memory_budget_trains_on_a_subset(tiny_data, caplog):
     assert set(data.store.server_names) == half and "training on" in caplog.text
     with pytest.raises(ValueError, match="raise --max-memory-gb"):
         servers_within_budget(tiny_data, 100, 400)
+
+
+def test_compile_is_used_for_long_cpu_runs_only():
+    from config import TRAIN_COMPILE_MIN_STEPS
+    from tft_trainer import TrainingError, TrainSettings, _compile_decision
+
+    auto = TrainSettings(data=Path("x.parquet"))
+    assert _compile_decision(auto, "cpu", TRAIN_COMPILE_MIN_STEPS)
+    assert not _compile_decision(auto, "cpu", TRAIN_COMPILE_MIN_STEPS - 1)  # the demo, the tests
+    assert not _compile_decision(auto, "gpu", 10 * TRAIN_COMPILE_MIN_STEPS)
+    assert _compile_decision(TrainSettings(data=Path("x.parquet"), compile="on"), "cpu", 1)
+    assert not _compile_decision(TrainSettings(data=Path("x.parquet"), compile="off"), "cpu", 10**6)
+    with pytest.raises(TrainingError, match="--compile"):
+        _compile_decision(TrainSettings(data=Path("x.parquet"), compile="yes"), "cpu", 1)
