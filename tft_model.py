@@ -367,7 +367,12 @@ class FleetTFT(TemporalFusionTransformer):
             keep, scale = dropout_keep_mask(drop.p, (x.shape[0], x.shape[1], p["fc2_w"].shape[-1]))
         try:
             if _compiled_variable_grn_math is None:
-                _compiled_variable_grn_math = torch.compile(variable_grn_math, dynamic=False)
+                _compiled_variable_grn_math = torch.compile(variable_grn_math)
+            # Rows (batch x time) vary with short-history batches: one graph per network serves
+            # every length instead of a recompile per length.
+            torch._dynamo.mark_dynamic(x, 1)
+            if keep is not None:
+                torch._dynamo.mark_dynamic(keep, 1)
             return _compiled_variable_grn_math(x, p, keep, scale, eps)
         except Exception as exc:  # noqa: BLE001 - any compiler failure (no C++ compiler...): train eagerly
             logger.warning("torch.compile of the variable GRNs failed (%s: %s); training without it",
