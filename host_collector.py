@@ -204,7 +204,7 @@ class HostSampler:
 class HostCollector:
     """Samples this host on a fixed interval and feeds the records to the daemon."""
 
-    def __init__(self, feed: DaemonFeed, server_name: str, profile: str, sampler: HostSampler,
+    def __init__(self, feed: DaemonFeed | None, server_name: str, profile: str, sampler: HostSampler,
                  interval: float = COLLECT_INTERVAL_SECONDS, time_scale: float = 1.0) -> None:
         self.feed = feed
         self.server_name = server_name
@@ -232,6 +232,8 @@ class HostCollector:
 
     def run(self, stop: threading.Event, duration: float | None = None, max_samples: int | None = None) -> None:
         """Sample and deliver until ``stop`` is set, ``duration`` has passed or ``max_samples`` were taken."""
+        if self.feed is None:
+            raise CollectorError("a collector without a daemon feed can only take records (--print)")
         started = time.monotonic()
         next_tick = started + self.interval
         while not stop.is_set():
@@ -300,9 +302,8 @@ def run_from_args(args: argparse.Namespace) -> int:
         logger.error("%s", exc)
         return 1
     if args.print_only:
-        time.sleep(min(args.interval, 1.0))
-        feed = DaemonFeed(args.daemon_url)
-        collector = HostCollector(feed, name, profile, sampler, args.interval)
+        time.sleep(min(args.interval, 1.0))  # rates need two readings
+        collector = HostCollector(None, name, profile, sampler, args.interval)
         print(json.dumps(collector.record(), indent=2))
         return 0
     feed = DaemonFeed(args.daemon_url, api_key_from_env(args.api_key))

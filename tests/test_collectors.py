@@ -60,7 +60,7 @@ def test_cpu_parts_always_add_to_100():
 def test_a_sample_of_this_host_is_a_valid_record_with_real_values():
     sampler = HostSampler("/")
     time.sleep(0.5)
-    collector = HostCollector(feed=None, server_name=HOST, profile="generic", sampler=sampler)  # type: ignore[arg-type]
+    collector = HostCollector(feed=None, server_name=HOST, profile="generic", sampler=sampler)
     record = collector.record()
     LinborgRecord.model_validate(record)  # the daemon's own contract check
     assert set(LINBORG_METRICS) <= set(record)
@@ -70,6 +70,15 @@ def test_a_sample_of_this_host_is_a_valid_record_with_real_values():
     memory = psutil.virtual_memory()
     assert record["mem_used_pct"] == pytest.approx(100 * (1 - memory.available / memory.total), abs=3)
     assert record["load_average"] >= 0 and record["net_in_mb_s"] >= 0
+
+
+def test_collect_print_shows_one_record_and_bad_flags_fail_clearly():
+    shown = run_cli("main.py", "collect", "--print", "--interval", "0.5", "--profile", "database")
+    assert shown.returncode == 0, shown.stderr
+    record = LinborgRecord.model_validate(json.loads(shown.stdout))
+    assert record.server_name == HOST and record.profile == "database"
+    missing = run_cli("main.py", "collect", "--data-path", "/no/such/volume", "--samples", "1")
+    assert missing.returncode == 1 and "/no/such/volume does not exist" in missing.stderr
 
 
 def test_identity_from_flags_prefix_or_generic(caplog):
