@@ -16,6 +16,7 @@ the counts (``main.py collect`` prints them when it stops).
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 from collections import deque
@@ -99,7 +100,7 @@ class DaemonFeed:
         if now < self._next_attempt:
             return not self.buffer
         while self.buffer:
-            batch = [self.buffer[i] for i in range(min(self.batch_records, len(self.buffer)))]
+            batch = list(itertools.islice(self.buffer, self.batch_records))  # deque indexing is O(n)
             if not self._post(batch):
                 self._failures += 1
                 self.stats.failed_posts += 1

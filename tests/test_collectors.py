@@ -248,3 +248,33 @@ def test_prometheus_errors_say_what_and_how_to_fix(prometheus, tmp_path):
                       str(tmp_path / "x.parquet"), "--hours", "0.05", "--step", "2", "--window", "6s")
     assert refused.returncode == 1 and "refused the query" in refused.stderr and "node_load1{" in refused.stderr
     assert not (tmp_path / "x.parquet").exists()
+
+
+def test_feed_buffer_overflow_and_rejections_are_counted_and_logged(caplog):
+    """Nothing leaves the buffer silently: overflow drops the oldest with a warning, rejections are logged."""
+    from feed_client import DaemonFeed
+
+    state = {"up": False}
+
+    def daemon(request: httpx.Request) -> httpx.Response:
+        if not state["up"]:
+            raise httpx.ConnectError("connection refused", request=request)
+        records = json.loads(request.content)["records"]
+        return httpx.Response(422, json={"received": len(records), "stored": list(range(1, len(records))),
+                                         "duplicates": [], "new_servers": [],
+                                         "rejected": [{"index": 0, "field": "mem_used_pct", "reason": "too big"}]})
+
+    feed = DaemonFeed("http://daemon.invalid", max_buffer=6, client=httpx.Client(transport=httpx.MockTransport(daemon)))
+    records = [{"server_name": "db-eu-3", "timestamp": f"2026-03-02T00:00:{i:02d}Z"} for i in range(10)]
+    with caplog.at_level("WARNING"):
+        feed.put(records)
+        assert not feed.flush()
+    assert feed.pending == 6 and feed.stats.dropped_buffer_full == 4
+    assert [r["timestamp"][-3:-1] for r in feed.buffer] == ["04", "05", "06", "07", "08", "09"]  # oldest dropped
+    assert "dropped the 4 oldest" in caplog.text and "could not deliver 6 records" in caplog.text
+    state["up"] = True
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        assert feed.close(deadline_seconds=5) == 0
+    assert feed.stats.stored == 5 and feed.stats.rejected == 1
+    assert "db-eu-3 at 2026-03-02T00:00:04Z: mem_used_pct: too big" in caplog.text
