@@ -18,6 +18,8 @@ import numpy as np
 import pandas as pd
 
 from config import (
+    API_KEY_ENV,
+    API_KEY_FILE_ENV,
     LOG_FORMAT,
     LOG_LEVEL,
     PROFILE_NAME_DIGITS,
@@ -96,6 +98,19 @@ def host_name_to_server_name(host: str) -> str:
     return name
 
 
+def profile_for_host(server_name: str, explicit: str | None, default: str | None = None) -> str | None:
+    """A real host's profile: the one given for it, else its convention name's, else ``default``.
+
+    Raises ValueError when an explicit profile contradicts a convention name (``ppdb007`` given
+    ``web_api``); returns None when nothing says which role the host has.
+    """
+    implied = profile_from_name(server_name)
+    if explicit and implied and explicit != implied:
+        raise ValueError(f"'{server_name}' is a {implied} convention name but is given profile {explicit}; "
+                         f"fix one of them (Docs/DATA_CONTRACT.md, Server names)")
+    return explicit or implied or default
+
+
 def make_server_name(profile: str, number: int) -> str:
     """Canonical host name for the ``number``-th server of ``profile`` (1-based)."""
     return f"{PROFILE_PREFIXES[profile]}{number:0{PROFILE_NAME_DIGITS[profile]}d}"
@@ -116,6 +131,11 @@ def utc_now() -> datetime:
 def isoformat_utc(value: datetime | pd.Timestamp) -> str:
     """ISO 8601 with a ``Z`` suffix, second precision."""
     return parse_utc(value).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def isoformat_utc_ms(value: datetime | pd.Timestamp) -> str:
+    """ISO 8601 with a ``Z`` suffix, millisecond precision (samples taken less than a second apart)."""
+    return parse_utc(value).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
 def floor_to_bucket(value: pd.Timestamp | datetime) -> pd.Timestamp:
@@ -232,3 +252,17 @@ def check_version_compatibility(required_version: str, current_version: str = PR
             f"(schema, API or model format). Fix: regenerate or retrain with this version, or install "
             f"a {required[0]}.x release. See CHANGELOG.md and Docs/DATA_CONTRACT.md (Versioning)."
         )
+
+
+# --------------------------------------------------------------------------- API key
+def resolve_api_key(explicit: str | None = None, key_file: Path | None = None) -> str | None:
+    """API key from the argument, a key file, or the environment (TFT_API_KEY_FILE, then TFT_API_KEY).
+
+    One rule for the daemon and every client of it (stream, collector, Prometheus adapter).
+    """
+    if explicit:
+        return explicit
+    path = key_file or (Path(os.environ[API_KEY_FILE_ENV]) if os.environ.get(API_KEY_FILE_ENV) else None)
+    if path is not None:
+        return path.read_text(encoding="utf-8").strip() or None
+    return os.environ.get(API_KEY_ENV) or None

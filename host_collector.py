@@ -27,7 +27,13 @@ from typing import Any
 import pandas as pd
 import psutil
 
-from common_utils import host_name_to_server_name, profile_from_name, setup_logging
+from common_utils import (
+    host_name_to_server_name,
+    isoformat_utc_ms,
+    profile_for_host,
+    resolve_api_key,
+    setup_logging,
+)
 from config import (
     API_KEY_ENV,
     API_KEY_FILE_ENV,
@@ -63,11 +69,10 @@ def resolve_identity(name: str | None, profile: str | None) -> tuple[str, str]:
     if profile is not None and profile not in VALID_PROFILES:
         raise CollectorError(f"unknown profile '{profile}': the model knows {VALID_PROFILES} "
                              f"(Docs/SERVER_PROFILES.md)")
-    implied = profile_from_name(server_name)
-    if profile and implied and implied != profile:
-        raise CollectorError(f"'{server_name}' is a {implied} convention name but --profile says {profile}; "
-                             f"fix one of them ({DATA_CONTRACT_DOC}, Server names)")
-    chosen = profile or implied
+    try:
+        chosen = profile_for_host(server_name, profile)
+    except ValueError as exc:
+        raise CollectorError(str(exc)) from exc
     if chosen is None:
         chosen = "generic"
         logger.warning("no --profile given and '%s' is not a convention name: reporting it as 'generic'. "
@@ -227,7 +232,7 @@ class HostCollector:
             wall, mono = self._clock_origin
             stamp = wall + pd.Timedelta(seconds=(time.monotonic() - mono) * self.time_scale)
         state = self.labeler.label(stamp, metrics)
-        return {"timestamp": stamp.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z", "server_name": self.server_name, "profile": self.profile,
+        return {"timestamp": isoformat_utc_ms(stamp), "server_name": self.server_name, "profile": self.profile,
                 "state": state, **metrics}
 
     def run(self, stop: threading.Event, duration: float | None = None, max_samples: int | None = None) -> None:
@@ -255,18 +260,6 @@ class HostCollector:
                 break
 
 
-def api_key_from_env(explicit: str | None) -> str | None:
-    """The API key: the flag, else ``TFT_API_KEY``, else the file named by ``TFT_API_KEY_FILE``."""
-    if explicit:
-        return explicit
-    if os.environ.get(API_KEY_ENV):
-        return os.environ[API_KEY_ENV]
-    key_file = os.environ.get(API_KEY_FILE_ENV)
-    if key_file and Path(key_file).is_file():
-        return Path(key_file).read_text().strip() or None
-    return None
-
-
 def build_arg_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
     """Arguments of the host collector (``main.py collect``)."""
     parser = parser or argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -278,7 +271,7 @@ def build_arg_parser(parser: argparse.ArgumentParser | None = None) -> argparse.
                         help="this host's role (default: from a convention name, else generic)")
     parser.add_argument("--data-path", default=COLLECT_DATA_PATH,
                         help="mount point of the data volume for disk_usage_pct (default %(default)s)")
-    parser.add_argument("--api-key", help=f"daemon API key (default: ${API_KEY_ENV} or ${API_KEY_FILE_ENV})")
+    parser.add_argument("--api-key", help=f"daemon API key (default: the file in ${API_KEY_FILE_ENV}, else ${API_KEY_ENV})")
     parser.add_argument("--duration", type=float, help="stop after this many seconds (default: run until stopped)")
     parser.add_argument("--samples", type=int, help="stop after this many samples")
     parser.add_argument("--time-scale", type=float, default=1.0,
@@ -306,7 +299,7 @@ def run_from_args(args: argparse.Namespace) -> int:
         collector = HostCollector(None, name, profile, sampler, args.interval)
         print(json.dumps(collector.record(), indent=2))
         return 0
-    feed = DaemonFeed(args.daemon_url, api_key_from_env(args.api_key))
+    feed = DaemonFeed(args.daemon_url, resolve_api_key(args.api_key))
     collector = HostCollector(feed, name, profile, sampler, args.interval, args.time_scale)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):

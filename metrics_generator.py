@@ -726,7 +726,7 @@ def stream_from_args(args: argparse.Namespace) -> int:
     """Run the live demo stream."""
     import httpx
 
-    from tft_inference import resolve_api_key
+    from common_utils import resolve_api_key
 
     api_key = args.api_key or resolve_api_key()
     fleet = fleet_from_total(args.servers) if args.servers else parse_fleet(args.fleet) if args.fleet \

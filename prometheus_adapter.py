@@ -35,7 +35,14 @@ import httpx
 import numpy as np
 import pandas as pd
 
-from common_utils import host_name_to_server_name, isoformat_utc, profile_from_name, setup_logging
+from common_utils import (
+    host_name_to_server_name,
+    isoformat_utc,
+    isoformat_utc_ms,
+    profile_for_host,
+    resolve_api_key,
+    setup_logging,
+)
 from config import (
     CPU_COMPONENTS,
     FEED_FLUSH_ON_EXIT_SECONDS,
@@ -54,7 +61,6 @@ from config import (
     VALID_PROFILES,
 )
 from feed_client import DaemonFeed
-from host_collector import api_key_from_env
 from state_rules import StreamStateLabeler
 
 logger = logging.getLogger("prometheus_adapter")
@@ -187,11 +193,10 @@ class Identities:
         if instance not in self.known:
             raw = self.mapping.names.get(instance) or self._nodename(instance) or re.sub(r":\d+$", "", instance)
             name = host_name_to_server_name(raw)
-            implied = profile_from_name(name)
-            profile = self.mapping.profiles.get(name) or implied or self.profile
-            if implied and profile != implied:
-                raise PrometheusError(f"'{name}' (instance {instance}) is a {implied} convention name but is "
-                                      f"given profile {profile}; fix the mapping's profiles or --profile")
+            try:
+                profile = profile_for_host(name, self.mapping.profiles.get(name), self.profile)
+            except ValueError as exc:
+                raise PrometheusError(f"instance {instance}: {exc}") from exc
             if profile is None:
                 profile = "generic"
                 logger.warning("instance %s -> '%s': no profile in the mapping or --profile and not a convention "
@@ -320,7 +325,7 @@ class LiveFeeder:
             metrics["cpu_idle_pct"] = round(100.0 - sum(metrics[m] for m in CPU_COMPONENTS[:3]), 4)
             ts = pd.Timestamp(stamp, unit="s", tz="UTC")
             labeler = self.labelers.setdefault(name, StreamStateLabeler(profile))
-            records.append({"timestamp": ts.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z", "server_name": name,
+            records.append({"timestamp": isoformat_utc_ms(ts), "server_name": name,
                             "profile": profile, "state": labeler.label(ts, metrics), **metrics})
         return records
 
@@ -394,7 +399,7 @@ def build_arg_parser(parser: argparse.ArgumentParser | None = None) -> argparse.
                         help="seconds between live polls (default %(default)s)")
     parser.add_argument("--profile", choices=VALID_PROFILES,
                         help="profile of instances the mapping does not name (default: name prefix, else generic)")
-    parser.add_argument("--api-key", help="daemon API key (default: $TFT_API_KEY or $TFT_API_KEY_FILE)")
+    parser.add_argument("--api-key", help="daemon API key (default: the file in $TFT_API_KEY_FILE, else $TFT_API_KEY)")
     parser.add_argument("--duration", type=float, help="live mode: stop after this many seconds")
     return parser
 
@@ -418,7 +423,7 @@ def run_from_args(args: argparse.Namespace) -> int:
                   f"measured: {', '.join(meta['measured_metrics'])}\n"
                   f"unmeasured (filled, not trained on or scored): {', '.join(meta['unmeasured_metrics'])}")
             return 0
-        feed = DaemonFeed(args.daemon_url, api_key_from_env(args.api_key))
+        feed = DaemonFeed(args.daemon_url, resolve_api_key(args.api_key))
         feeder = LiveFeeder(client, mapping, feed, args.profile, args.window)
         stop = threading.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):

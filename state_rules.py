@@ -70,7 +70,6 @@ _MAINT = STATE_CODE["maintenance"]
 _SPIKE = STATE_CODE["morning_spike"]
 _OFFLINE = STATE_CODE["offline"]
 _RECOVERY = STATE_CODE["recovery"]
-_BUCKET_SECONDS = SAMPLING_INTERVAL_SECONDS
 
 
 def critical_cpu_threshold(profiles: np.ndarray | list[str]) -> np.ndarray:
@@ -253,14 +252,14 @@ class StreamStateLabeler:
 
     def _apply(self, tracker: StateTracker, bucket: int, inputs: dict[str, np.ndarray], has_sample: bool,
                in_maintenance: bool) -> int:
-        stamp = pd.DatetimeIndex([pd.Timestamp(bucket * _BUCKET_SECONDS, unit="s", tz="UTC")])
+        stamp = pd.DatetimeIndex([pd.Timestamp(bucket * SAMPLING_INTERVAL_SECONDS, unit="s", tz="UTC")])
         codes = tracker.label(**inputs, has_sample=np.array([[has_sample]]),
                               in_maintenance=np.array([[in_maintenance]]), spike_window=morning_spike_window(stamp))
         return int(codes[0, 0])
 
     def label(self, timestamp: pd.Timestamp, metrics: dict[str, float], in_maintenance: bool = False) -> str:
         """The state of a sample taken at ``timestamp`` (UTC) with the given LINBORG metrics."""
-        bucket = int(pd.Timestamp(timestamp).timestamp() // _BUCKET_SECONDS)
+        bucket = int(pd.Timestamp(timestamp).timestamp() // SAMPLING_INTERVAL_SECONDS)
         if self.bucket is not None and bucket > self.bucket:
             self._apply(self.tracker, self.bucket, self._bucket_inputs(), True, in_maintenance)
             silent = bucket - self.bucket - 1

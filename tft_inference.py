@@ -29,7 +29,6 @@ import hashlib
 import hmac
 import json
 import logging
-import os
 import secrets
 import sys
 import threading
@@ -57,7 +56,7 @@ from pydantic import (
     model_validator,
 )
 
-from common_utils import isoformat_utc, name_matches_profile, profile_from_name, quiet_library_noise, setup_logging
+from common_utils import isoformat_utc, name_matches_profile, resolve_api_key, profile_from_name, quiet_library_noise, setup_logging
 from config import (
     API_KEY_ENV,
     API_KEY_FILE_ENV,
@@ -819,16 +818,6 @@ class PrometheusMetrics:
 # ============================================================================ the app
 def _error(status: int, error: str, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse(status_code=status, content={"error": error, "detail": detail}, headers=headers)
-
-
-def resolve_api_key(explicit: str | None = None, key_file: Path | None = None) -> str | None:
-    """API key from the argument, a key file, or the environment (TFT_API_KEY / TFT_API_KEY_FILE)."""
-    if explicit:
-        return explicit
-    path = key_file or (Path(os.environ[API_KEY_FILE_ENV]) if os.environ.get(API_KEY_FILE_ENV) else None)
-    if path is not None:
-        return path.read_text(encoding="utf-8").strip() or None
-    return os.environ.get(API_KEY_ENV) or None
 
 
 def create_app(settings: DaemonSettings) -> FastAPI:

@@ -335,16 +335,16 @@ class FleetTFT(TemporalFusionTransformer):
         folded into per-variable vectors (see ``_fast_vsn``).
         """
         p = self._memo(("vgrn", *map(id, grns)), lambda: self._variable_grn_params(grns, a, b))
-        # Products with per-variable vectors run as batched matrix products with an inner
-        # dimension of 1-2 rather than broadcast multiplies: the same numbers, but autograd then
-        # reduces the (V, N, H) gradients inside a matrix product instead of materialising
-        # grad * x over the whole tensor (the broadcast form was ~15 % of a training step).
         eps = grns[0].gate_norm.add_norm.norm.eps
         drop = grns[0].gate_norm.glu.dropout
         if self.compile_training and self.training and x.device.type == "cpu":
             result = self._compiled_variable_grns(x, p, drop, eps)
             if result is not None:
                 return result
+        # Products with per-variable vectors run as batched matrix products with an inner
+        # dimension of 1-2 rather than broadcast multiplies: the same numbers, but autograd then
+        # reduces the (V, N, H) gradients inside a matrix product instead of materialising
+        # grad * x over the whole tensor (the broadcast form was ~15 % of a training step).
         if "coef_a" in p:
             r = torch.rsqrt((p["coef_a"] * x + p["coef_b2"]) * x + p["coef_c"])  # (V, N, 1)
             residual = torch.baddbmm(p["delta"], torch.cat([r, x * r], dim=-1), p["res_ba"])
