@@ -134,7 +134,10 @@ class LinborgRecord(_RecordBase):  # type: ignore[misc, valid-type]
     @field_validator("timestamp")
     @classmethod
     def _utc(cls, value: datetime) -> datetime:
-        return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+        value = value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+        if not 1970 <= value.year <= 2200:  # stored as int64 nanoseconds, which end in 2262
+            raise ValueError("timestamp must lie between 1970 and 2200 (UTC)")
+        return value
 
     @model_validator(mode="after")
     def _contract(self) -> LinborgRecord:
