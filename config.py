@@ -53,7 +53,7 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 # 2. The data contract (Docs/DATA_CONTRACT.md is the prose version of this)
 # ---------------------------------------------------------------------------
 # MAJOR changes when a schema change breaks existing data or models.
-CONTRACT_VERSION = "1.2.0"  # 1.1: measured/unmeasured metrics; 1.2: real host names beside convention names
+CONTRACT_VERSION = "1.2.1"  # 1.1: measured/unmeasured metrics; 1.2: real host names; 1.2.1: soft-state ending
 
 ID_COLUMNS = ["timestamp", "server_name", "profile", "state"]
 
@@ -483,8 +483,8 @@ RECOVERY_BUCKETS = 6
 CRITICAL_ENTER_BUCKETS = 2
 # A critical_issue ends only after the condition has been clear this many buckets.
 CRITICAL_CLEAR_BUCKETS = 2
-# Soft states (healthy / heavy_load / idle / morning_spike) change only after the new
-# candidate has held this many consecutive buckets: no flicker on a noisy threshold.
+# Soft states (healthy / heavy_load / idle / morning_spike) change only after the current
+# one has stopped applying for this many consecutive buckets: no flicker on a noisy threshold.
 SOFT_STATE_MIN_BUCKETS = 3
 # Values a collector writes for a bucket with no samples (dense offline mode):
 # activity metrics are zero, CPU is all idle, disk and uptime carry forward.

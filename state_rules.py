@@ -19,9 +19,9 @@ Precedence, highest first::
     idle           CPU used below the idle threshold (with hysteresis)
     healthy        everything else
 
-The four soft states (heavy_load, morning_spike, idle, healthy) change only after the new
-candidate has held for SOFT_STATE_MIN_BUCKETS buckets, so a noisy metric sitting on a
-threshold does not make the label flicker.
+The four soft states (heavy_load, morning_spike, idle, healthy) change only after the current
+one has stopped applying for SOFT_STATE_MIN_BUCKETS buckets in a row (the label then becomes
+the latest candidate), so a noisy metric sitting on a threshold does not make the label flicker.
 
 The tracker carries its memory between calls, so labelling a stream bucket by bucket
 gives exactly the same labels as labelling the whole history at once.
@@ -148,11 +148,17 @@ class StateTracker:
             self.idle = np.where(obs, np.where(self.idle, idle_stay[t], idle_enter[t]), self.idle)
             candidate = np.where(self.heavy, _HEAVY, np.where(spike[t], _SPIKE, np.where(self.idle, _IDLE, _HEALTHY)))
             candidate = candidate.astype(np.int8)
-            same_pending = candidate == self.pending
-            self.pending_count = np.where(obs, np.where(same_pending, self.pending_count + 1, 1), self.pending_count)
+            # Count the buckets in a row in which the current soft state no longer applies; after
+            # SOFT_STATE_MIN_BUCKETS of them, take the latest candidate. Counting "away from the
+            # current state" rather than "the same new candidate" also ends a state whose
+            # successors alternate (after the morning window, a box hovering between heavy_load
+            # and healthy would otherwise keep morning_spike all day).
+            away = candidate != self.soft
+            self.pending_count = np.where(obs, np.where(away, self.pending_count + 1, 0), self.pending_count)
             self.pending = np.where(obs, candidate, self.pending)
-            switch = obs & ((self.pending_count >= SOFT_STATE_MIN_BUCKETS) | self.fresh)
+            switch = obs & ((away & (self.pending_count >= SOFT_STATE_MIN_BUCKETS)) | self.fresh)
             self.soft = np.where(switch, self.pending, self.soft)
+            self.pending_count = np.where(switch, 0, self.pending_count)
             self.fresh &= ~obs
 
             # Critical: enters after CRITICAL_ENTER_BUCKETS buckets in a row, leaves after

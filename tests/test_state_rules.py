@@ -78,6 +78,26 @@ def test_idle_and_morning_spike():
     assert (states[states.index >= 11] == "healthy").all()
 
 
+def test_a_soft_state_ends_even_when_its_successors_alternate():
+    """After the morning window a box hovering between heavy_load and healthy leaves morning_spike."""
+    n = 12 * 14
+    ts = pd.date_range("2026-01-05", periods=n, freq="5min", tz="UTC")  # a Monday from 00:00
+    hours = np.asarray(ts.hour + ts.minute / 60)
+    used = np.where((hours >= 7.5) & (hours < 10), 50.0, 40.0)
+    after = np.flatnonzero(hours >= 10)
+    used[after] = np.where(np.arange(len(after)) % 2 == 0, 85.0, 55.0)  # heavy, healthy, heavy, ...
+    idle = 100.0 - used
+    df = _series(n, cpu_idle_pct=idle, cpu_user_pct=used - 5.0, cpu_sys_pct=5.0).assign(timestamp=ts)
+    states = pd.Series(derive_states(df).to_numpy(), index=hours)
+    assert (states[(hours >= 8) & (hours < 10)] == "morning_spike").all()
+    # Gone once it has not applied for SOFT_STATE_MIN_BUCKETS buckets, and not back.
+    first_after = 10 + SOFT_STATE_MIN_BUCKETS * 5 / 60
+    assert (states[hours >= first_after] != "morning_spike").all()
+    # ... and the alternation itself does not make the label flicker.
+    later = states[hours >= first_after].to_numpy()
+    assert (later[1:] != later[:-1]).sum() == 0, later
+
+
 def test_stream_labelling_equals_batch():
     rng = np.random.default_rng(0)
     n, servers = 200, 4
