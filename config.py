@@ -417,8 +417,26 @@ CPU_BUSY_MIN_PCT = 0.3  # a running kernel is never fully idle
 IOWAIT_MAX_PCT = 95.0
 JAVA_SHARE_JITTER = 0.05  # relative bucket-to-bucket wobble of the Java share
 
-# Per-server heterogeneity: log-normal sigma of the per-server scale factors.
-SERVER_SCALE_SIGMA = {"cpu": 0.12, "mem": 0.04, "net": 0.35, "connections": 0.3, "iowait": 0.25}
+# Per-server heterogeneity. Two servers of one role differ as much as real ones do: a
+# lightly and a heavily loaded database, a gateway and a batch API, 64 GB and 512 GB boxes.
+# Without it a single 5-minute sample would name a server's role (an earlier generator
+# let a classifier tell 5 of 7 profiles apart from one sample with 99 % accuracy), and the
+# profile would carry no information a server's own metrics do not (TRAINING_GUIDE.md).
+# Log-normal sigma of the per-server scale factors:
+SERVER_SCALE_SIGMA = {"cpu": 0.3, "net_in": 0.8, "net_out": 0.8, "back_close_wait": 0.5, "front_close_wait": 0.5,
+                      "iowait": 0.4}
+# ... capped so a healthy server at activity 1 stays below this CPU busy share (fleets are
+# sized with headroom; busy regimes may still pass it, into heavy_load).
+SERVER_CPU_PEAK_MAX_PCT = 85.0
+# Memory: a per-server offset in percent points (normal sigma), kept so a healthy server's
+# peak stays below heavy_load's memory level and its floor above this minimum.
+SERVER_MEM_OFFSET_SD = 8.0
+SERVER_MEM_PEAK_MAX_PCT = 86.0
+SERVER_MEM_FLOOR_PCT = 12.0
+# Kernel and Java shares of busy CPU: log-normal sigma of a per-server factor (different
+# stacks and versions within one role), capped at SERVER_SHARE_MAX.
+SERVER_SHARE_SIGMA = 0.35
+SERVER_SHARE_MAX = 0.95
 # Disk: log rotation trims usage back to the server's base once a week.
 DISK_ROTATION_DAYS = 7
 

@@ -104,7 +104,13 @@ from config import (
     REGIMES,
     SAMPLING_INTERVAL_MINUTES,
     SERVER_PROFILES_DOC,
+    SERVER_CPU_PEAK_MAX_PCT,
+    SERVER_MEM_FLOOR_PCT,
+    SERVER_MEM_OFFSET_SD,
+    SERVER_MEM_PEAK_MAX_PCT,
     SERVER_SCALE_SIGMA,
+    SERVER_SHARE_MAX,
+    SERVER_SHARE_SIGMA,
     STEPS_PER_DAY,
     STEPS_PER_HOUR,
     SWAP_BASE_PCT,
@@ -241,10 +247,7 @@ class FleetSimulator:
                      "front_close_wait_base", "front_close_wait_amplitude", "crash_rate_per_day"):
             setattr(self, f"_{attr}", per_server(attr))
         self._cores = np.array([rng.choice(b.cores) for b in behaviours], dtype=float)
-        scale = {k: np.exp(rng.normal(0.0, s, n)) for k, s in SERVER_SCALE_SIGMA.items()}
-        self._cpu_scale, self._net_scale = scale["cpu"], scale["net"]
-        self._conn_scale, self._io_scale = scale["connections"], scale["iowait"]
-        self._mem_offset = (scale["mem"] - 1.0) * 100.0  # a few points up or down
+        self._init_heterogeneity(rng)
         self._disk_base = np.array([rng.uniform(*b.disk_base) for b in behaviours])
         self._disk_growth = np.array([rng.uniform(*b.disk_growth_pct_per_day) for b in behaviours])
         self._disk_rotation_phase = rng.integers(0, DISK_ROTATION_DAYS * STEPS_PER_DAY, n)
@@ -285,6 +288,22 @@ class FleetSimulator:
         self._last_disk = self._disk_base.copy()
         self._last_uptime = np.zeros(n)
         self._tracker = StateTracker.for_profiles(self.profiles)
+
+    def _init_heterogeneity(self, rng: np.random.Generator) -> None:
+        """Per-server scale factors: servers of one role differ in load, memory and software stack."""
+        n = self.n_servers
+        scale = {k: np.exp(rng.normal(0.0, s, n)) for k, s in SERVER_SCALE_SIGMA.items()}
+        cpu_cap = SERVER_CPU_PEAK_MAX_PCT / (self._cpu_base + self._cpu_amplitude)
+        self._cpu_scale = np.minimum(scale["cpu"], cpu_cap)
+        self._io_scale = scale["iowait"]
+        self._net_in_scale, self._net_out_scale = scale["net_in"], scale["net_out"]
+        self._back_cw_scale, self._front_cw_scale = scale["back_close_wait"], scale["front_close_wait"]
+        mem_peak = self._mem_base + self._mem_amplitude * MEM_ACTIVITY_MAX
+        self._mem_offset = np.clip(rng.normal(0.0, SERVER_MEM_OFFSET_SD, n),
+                                   SERVER_MEM_FLOOR_PCT - self._mem_base, SERVER_MEM_PEAK_MAX_PCT - mem_peak)
+        for attr in ("_sys_share", "_java_share"):
+            factor = np.exp(rng.normal(0.0, SERVER_SHARE_SIGMA, n))
+            setattr(self, attr, np.minimum(getattr(self, attr) * factor, SERVER_SHARE_MAX))
 
     # ------------------------------------------------------------------ demo hooks
     def inject_incident(self, server_name: str, incident_type: str, ramp_hours: float | None = None) -> None:
@@ -471,13 +490,13 @@ class FleetSimulator:
         since_rotation = (steps[:, None] + self._disk_rotation_phase[None, :]) % (DISK_ROTATION_DAYS * STEPS_PER_DAY)
         disk = self._disk_base + self._disk_growth * since_rotation / STEPS_PER_DAY
 
-        net_in = (self._net_in_base + self._net_in_amplitude * activity) * self._net_scale
+        net_in = (self._net_in_base + self._net_in_amplitude * activity) * self._net_in_scale
         net_in = net_in * np.exp(fam["net_in"][0] + fam["net_in"][1])
-        net_out = (self._net_out_base + self._net_out_amplitude * activity) * self._net_scale
+        net_out = (self._net_out_base + self._net_out_amplitude * activity) * self._net_out_scale
         net_out = net_out * np.exp(fam["net_out"][0] + fam["net_out"][1])
-        back_cw = (self._back_close_wait_base + self._back_close_wait_amplitude * activity) * self._conn_scale
+        back_cw = (self._back_close_wait_base + self._back_close_wait_amplitude * activity) * self._back_cw_scale
         back_cw = back_cw * np.exp(fam["back_cw"][0] + fam["back_cw"][1])
-        front_cw = (self._front_close_wait_base + self._front_close_wait_amplitude * activity) * self._conn_scale
+        front_cw = (self._front_close_wait_base + self._front_close_wait_amplitude * activity) * self._front_cw_scale
         front_cw = front_cw * np.exp(fam["front_cw"][0] + fam["front_cw"][1])
         swap = self._swap_base + np.abs(fam["swap"][0] + fam["swap"][1])
         sys_extra = np.zeros((n_steps, n))
