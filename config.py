@@ -689,6 +689,8 @@ API_KEY_ENV = "TFT_API_KEY"
 API_KEY_FILE_ENV = "TFT_API_KEY_FILE"
 MAX_BODY_BYTES = 8 * 1024 * 1024  # one POST body; ~40k records
 MAX_RECORDS_PER_REQUEST = 50_000
+# Years a fed timestamp may carry: the store keeps int64 nanoseconds, which end in 2262.
+FEED_TIMESTAMP_YEARS = (1970, 2200)
 RATE_LIMIT_REQUESTS_PER_MINUTE = 1200  # per client (API key or address), token bucket
 RATE_LIMIT_BURST = 200
 # History kept in the store: enough for the encoder, the seasonal baseline and a week of

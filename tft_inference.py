@@ -69,6 +69,7 @@ from config import (
     DATA_CONTRACT_DOC,
     DEFAULT_HOST,
     DEMO_SCENARIOS,
+    FEED_TIMESTAMP_YEARS,
     FORECAST_POLL_SECONDS,
     FORECAST_RETENTION_HOURS,
     GROUP_ID,
@@ -135,8 +136,10 @@ class LinborgRecord(_RecordBase):  # type: ignore[misc, valid-type]
     @classmethod
     def _utc(cls, value: datetime) -> datetime:
         value = value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
-        if not 1970 <= value.year <= 2200:  # stored as int64 nanoseconds, which end in 2262
-            raise ValueError("timestamp must lie between 1970 and 2200 (UTC)")
+        first, last = FEED_TIMESTAMP_YEARS
+        if not first <= value.year <= last:
+            raise ValueError(f"timestamp must lie between {first} and {last} (UTC); the store keeps int64 "
+                             f"nanoseconds, which end in 2262")
         return value
 
     @model_validator(mode="after")

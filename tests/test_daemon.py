@@ -233,6 +233,8 @@ def test_contract_rules_and_security(live):
         assert again["duplicates"] == [0] and again["stored"] == []
         assert client.post("/feed", content=b"{not json").status_code == 400
         assert client.post("/feed", json={"rows": []}).status_code == 422
+        far = client.post("/feed", json={"records": [dict(record, timestamp="2263-01-01T00:00:00Z")]})
+        assert far.status_code == 422 and "between 1970 and 2200" in far.text
         huge = client.post("/feed", content=b"x" * (MAX_BODY_BYTES + 1), headers={"content-type": "application/json"})
         assert huge.status_code == 413
         assert client.post("/admin/reload-model").status_code == 200
