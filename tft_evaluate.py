@@ -86,7 +86,7 @@ def predict_windows(model: FleetTFT, store: SeriesStore, servers: np.ndarray, st
     return np.concatenate(outputs)
 
 
-def _actuals_and_baselines(store: SeriesStore, servers: np.ndarray, starts: np.ndarray
+def actuals_and_baselines(store: SeriesStore, servers: np.ndarray, starts: np.ndarray
                            ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Actual decoder values, persistence and seasonal-naive forecasts: each (W, targets, D)."""
     enc, dec = store.spec.encoder_length, store.spec.prediction_length
@@ -182,7 +182,7 @@ def backtest_store(model: FleetTFT, spec: FeatureSpec, store: SeriesStore, first
     names = np.array(store.server_names)
     is_unseen = np.isin(names[servers], list(unseen))
     forecasts = predict_windows(model, store, servers, starts)
-    actual, persistence, seasonal = _actuals_and_baselines(store, servers, starts)
+    actual, persistence, seasonal = actuals_and_baselines(store, servers, starts)
     seen = ~is_unseen
     result = evaluate_windows(spec, forecasts[seen], actual[seen], persistence[seen], seasonal[seen], scored)
     to_iso = lambda tidx: pd.Timestamp(int(tidx) * 300, unit="s", tz="UTC").isoformat()  # noqa: E731
@@ -202,6 +202,7 @@ def backtest_store(model: FleetTFT, spec: FeatureSpec, store: SeriesStore, first
             without = evaluate_windows(spec, hidden, *args, scored=scored)
             comparisons[history] = {
                 "history_buckets": length or spec.encoder_length,
+                "per_server": _profile_gain_per_server(spec, store, u_servers, known, hidden, args, scored),
                 "per_horizon": {label: {
                     "qrisk_50_with_profile": with_profile["per_horizon"][label]["qrisk_50_mean"]["tft"],
                     "qrisk_50_profile_hidden": without["per_horizon"][label]["qrisk_50_mean"]["tft"],
@@ -215,6 +216,22 @@ def backtest_store(model: FleetTFT, spec: FeatureSpec, store: SeriesStore, first
                                     **comparisons}
     result["seconds"] = round(time.perf_counter() - began, 2)
     return result
+
+
+def _profile_gain_per_server(spec: FeatureSpec, store: SeriesStore, servers: np.ndarray, known: np.ndarray,
+                             hidden: np.ndarray, args: tuple[np.ndarray, ...], scored: list[str] | None
+                             ) -> dict[str, dict[str, Any]]:
+    """For each held-out server: its profile and the q-risk 0.5 gain from knowing it, per horizon."""
+    out: dict[str, dict[str, Any]] = {}
+    for code in np.unique(servers):
+        rows = servers == code
+        subset = tuple(a[rows] for a in args)
+        with_profile = evaluate_windows(spec, known[rows], *subset, scored=scored)["per_horizon"]
+        without = evaluate_windows(spec, hidden[rows], *subset, scored=scored)["per_horizon"]
+        out[store.server_names[code]] = {"profile": store.profiles[code], "improvement_from_profile": {
+            label: 1.0 - with_profile[label]["qrisk_50_mean"]["tft"] / max(without[label]["qrisk_50_mean"]["tft"], 1e-12)
+            for label in HORIZONS}}
+    return out
 
 
 def format_table(summary: dict[str, Any]) -> str:
@@ -247,6 +264,9 @@ def format_table(summary: dict[str, Any]) -> str:
                 lines.append(f"    {label:<6} with profile {row['qrisk_50_with_profile']:.3f}   profile hidden "
                              f"{row['qrisk_50_profile_hidden']:.3f}   gain {row['improvement_from_profile']:+.1%}   "
                              f"(best baseline {row['qrisk_50_best_baseline']:.3f})")
+            for name, server in block.get("per_server", {}).items():
+                gains = "  ".join(f"{label} {gain:+.1%}" for label, gain in server["improvement_from_profile"].items())
+                lines.append(f"      {name:<12} {server['profile']:<15} gain {gains}")
     return "\n".join(lines)
 
 

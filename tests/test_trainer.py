@@ -48,6 +48,14 @@ def test_training_writes_a_complete_model_dir(tiny_training):
     backtest = info["backtest"]
     assert set(backtest["per_horizon"]) == {"30min", "1hr", "8hr"}
     assert backtest["unseen_servers"]["servers"] == info["data"]["unseen_servers"] != []
+    profiles = dict(zip(tiny_training.data.store.server_names, tiny_training.data.store.profiles))
+    for history in ("full_history", "cold_start"):
+        per_server = backtest["unseen_servers"][history]["per_server"]
+        assert sorted(per_server) == backtest["unseen_servers"]["servers"]
+        for name, row in per_server.items():
+            assert row["profile"] == profiles[name]
+            assert set(row["improvement_from_profile"]) == {"30min", "1hr", "8hr"}
+            assert all(np.isfinite(v) for v in row["improvement_from_profile"].values())
 
     config = json.loads((model_dir / MODEL_CONFIG_FILE).read_text())
     assert config["hparams"]["max_encoder_length"] == 24
@@ -209,3 +217,23 @@ def test_compile_is_used_for_long_cpu_runs_only():
     assert not _compile_decision(TrainSettings(data=Path("x.parquet"), compile="off"), "cpu", 10**6)
     with pytest.raises(TrainingError, match="--compile"):
         _compile_decision(TrainSettings(data=Path("x.parquet"), compile="yes"), "cpu", 1)
+
+
+def test_profile_value_bench_scores_only_never_seen_servers(tiny_training):
+    from bench.bench_profile_value import format_report, measure
+
+    model = load_model(tiny_training.model_dir)
+    result = measure(model, None, per_profile=1, days=1, seed=5)
+    assert result["servers"] == 7 and result["windows"] > 0  # one new server per profile, none the model knows
+    for history in ("full_history", "cold_start"):
+        block = result[history]
+        assert set(block["overall"]) == {"with_profile", "profile_hidden"}
+        assert len(block["per_profile"]) == 7
+        for label in ("30min", "1hr", "8hr"):
+            with_profile = block["overall"]["with_profile"][label]["tft"]
+            hidden = block["overall"]["profile_hidden"][label]["tft"]
+            assert 0 < with_profile < 10 and 0 < hidden < 10
+            assert with_profile != hidden  # the profile reaches the forecast
+            low, high = block["gain_interval_95"]["profile_hidden"][label]
+            assert np.isfinite(low) and low <= high
+    assert "gain vs hidden" in format_report(result)
