@@ -87,7 +87,7 @@ def predict_windows(model: FleetTFT, store: SeriesStore, servers: np.ndarray, st
 
 
 def actuals_and_baselines(store: SeriesStore, servers: np.ndarray, starts: np.ndarray
-                           ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                          ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Actual decoder values, persistence and seasonal-naive forecasts: each (W, targets, D)."""
     enc, dec = store.spec.encoder_length, store.spec.prediction_length
     first = store.offsets[servers] + starts  # row of each window's first encoder step
