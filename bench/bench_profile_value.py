@@ -180,8 +180,8 @@ def format_report(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def train_agnostic(data: Path, models_dir: Path) -> Path:
-    """Train a model that never sees a profile (every window hidden), default settings otherwise."""
+def train_agnostic(data: Path, models_dir: Path, trainer_args: list[str] | None = None) -> Path:
+    """Train a model that never sees a profile (every window hidden); ``trainer_args`` as for ``main.py train``."""
     import tft_features
     from tft_trainer import build_arg_parser, settings_from_args, train
 
@@ -193,7 +193,8 @@ def train_agnostic(data: Path, models_dir: Path) -> Path:
 
     tft_features.SeriesStore.batch = hidden  # training, validation and its backtest all hide the profile
     try:
-        args = build_arg_parser().parse_args(["--data", str(data), "--models-dir", str(models_dir)])
+        args = build_arg_parser().parse_args(["--data", str(data), "--models-dir", str(models_dir),
+                                              *(trainer_args or [])])
         result = train(dataclasses.replace(settings_from_args(args), profile_dropout=1.0))
     finally:
         tft_features.SeriesStore.batch = original

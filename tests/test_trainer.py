@@ -219,15 +219,16 @@ def test_compile_is_used_for_long_cpu_runs_only():
         _compile_decision(TrainSettings(data=Path("x.parquet"), compile="yes"), "cpu", 1)
 
 
-def test_profile_value_bench_scores_only_never_seen_servers(tiny_training):
-    from bench.bench_profile_value import format_report, measure
+def test_profile_value_bench_scores_only_never_seen_servers(tiny_training, tiny_data, tmp_path):
+    from bench.bench_profile_value import format_report, measure, train_agnostic
 
     model = load_model(tiny_training.model_dir)
-    result = measure(model, None, per_profile=1, days=1, seed=5)
+    agnostic = load_model(train_agnostic(tiny_data, tmp_path / "agnostic", TINY_TRAIN_ARGS))
+    result = measure(model, agnostic, per_profile=1, days=1, seed=5)
     assert result["servers"] == 7 and result["windows"] > 0  # one new server per profile, none the model knows
     for history in ("full_history", "cold_start"):
         block = result[history]
-        assert set(block["overall"]) == {"with_profile", "profile_hidden"}
+        assert set(block["overall"]) == {"with_profile", "profile_hidden", "agnostic_model"}
         assert len(block["per_profile"]) == 7
         for label in ("30min", "1hr", "8hr"):
             with_profile = block["overall"]["with_profile"][label]["tft"]
@@ -236,4 +237,6 @@ def test_profile_value_bench_scores_only_never_seen_servers(tiny_training):
             assert with_profile != hidden  # the profile reaches the forecast
             low, high = block["gain_interval_95"]["profile_hidden"][label]
             assert np.isfinite(low) and low <= high
-    assert "gain vs hidden" in format_report(result)
+    assert "gain vs hidden" in format_report(result) and "gain vs agnostic" in format_report(result)
+    # The agnostic model never learned a profile: what it was trained and validated on had none.
+    assert agnostic.training_info["settings"]["profile_dropout"] == 1.0
