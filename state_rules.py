@@ -104,8 +104,7 @@ class StateTracker:
     def __post_init__(self) -> None:
         n = len(self.cpu_threshold)
         self.soft = np.full(n, _HEALTHY, dtype=np.int8)  # current soft state
-        self.pending = np.full(n, _HEALTHY, dtype=np.int8)  # candidate soft state
-        self.pending_count = np.zeros(n, dtype=np.int16)
+        self.pending_count = np.zeros(n, dtype=np.int16)  # buckets in a row the soft state no longer applies
         self.heavy = np.zeros(n, dtype=bool)
         self.idle = np.zeros(n, dtype=bool)
         self.in_critical = np.zeros(n, dtype=bool)
@@ -155,9 +154,8 @@ class StateTracker:
             # and healthy would otherwise keep morning_spike all day).
             away = candidate != self.soft
             self.pending_count = np.where(obs, np.where(away, self.pending_count + 1, 0), self.pending_count)
-            self.pending = np.where(obs, candidate, self.pending)
             switch = obs & ((away & (self.pending_count >= SOFT_STATE_MIN_BUCKETS)) | self.fresh)
-            self.soft = np.where(switch, self.pending, self.soft)
+            self.soft = np.where(switch, candidate, self.soft)
             self.pending_count = np.where(switch, 0, self.pending_count)
             self.fresh &= ~obs
 

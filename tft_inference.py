@@ -56,7 +56,14 @@ from pydantic import (
     model_validator,
 )
 
-from common_utils import isoformat_utc, name_matches_profile, resolve_api_key, profile_from_name, quiet_library_noise, setup_logging
+from common_utils import (
+    isoformat_utc,
+    name_matches_profile,
+    profile_from_name,
+    quiet_library_noise,
+    resolve_api_key,
+    setup_logging,
+)
 from config import (
     API_KEY_ENV,
     API_KEY_FILE_ENV,
