@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from config import (
     DEDUPE_HOURS,
@@ -33,11 +34,10 @@ from config import (
     INTEGER_METRICS,
     LINBORG_METRICS,
     MEMORY_BUCKETS,
-    OFFLINE_ZERO_METRICS,
-    SAMPLING_INTERVAL_SECONDS,
     SQLITE_SYNCHRONOUS,
     STEPS_PER_HOUR,
 )
+from contract import NS_PER_BUCKET, bucket_of_ns, fill_offline
 from state_rules import STATE_PRECEDENCE
 
 logger = logging.getLogger(__name__)
@@ -94,9 +94,6 @@ ON CONFLICT (server) DO UPDATE SET
     last_bucket = MAX(last_bucket, excluded.last_bucket)
 """
 
-_NS_PER_BUCKET = SAMPLING_INTERVAL_SECONDS * 1_000_000_000
-
-
 @dataclass
 class Aggregate:
     """One (server, bucket)'s aggregate from a batch, in the store's merge form."""
@@ -119,7 +116,7 @@ def aggregate(records: list[dict[str, Any]]) -> list[Aggregate]:
     """Fold validated records (with ``ts_ns``) into per-(server, bucket) aggregates."""
     groups: dict[tuple[str, int], list[dict[str, Any]]] = defaultdict(list)
     for record in records:
-        groups[(record["server_name"], record["ts_ns"] // _NS_PER_BUCKET)].append(record)
+        groups[(record["server_name"], bucket_of_ns(record["ts_ns"]))].append(record)
     out = []
     for (server, bucket), items in groups.items():
         sums = np.array([sum(r[m] for r in items) for m in GAUGES], dtype=np.float64)
@@ -180,17 +177,9 @@ class ServerWindow:
         values[:, _COUNT_POS] = self.last_counts[slots]
         states = np.clip(self.state_rank[slots], 0, len(STATE_PRECEDENCE) - 1)
         if not present.all():
-            missing = ~present
-            for name in OFFLINE_ZERO_METRICS:
-                values[missing, _METRIC_POS[name]] = 0.0
-            values[missing, _METRIC_POS["cpu_idle_pct"]] = 100.0
-            source = np.maximum.accumulate(np.where(present, np.arange(length), -1))
-            first = int(np.argmax(present)) if present.any() else -1
-            source = np.where(source < 0, first, source)
-            for name in ("disk_usage_pct", "uptime_days"):
-                col = _METRIC_POS[name]
-                values[missing, col] = values[source[missing], col] if first >= 0 else 0.0
-            states[missing] = _RANK["offline"]
+            filled = fill_offline({name: values[:, i] for i, name in enumerate(LINBORG_METRICS)}, present)
+            values = np.stack([filled[name] for name in LINBORG_METRICS], axis=1)
+            states[~present] = _RANK["offline"]
         return values, states, present
 
     def current(self, bucket: int) -> np.ndarray | None:
@@ -214,6 +203,14 @@ class FleetWindows:
     def __init__(self, capacity: int = MEMORY_BUCKETS) -> None:
         self.capacity = capacity
         self.servers: dict[str, ServerWindow] = {}
+
+    @classmethod
+    def from_records(cls, records: list[dict[str, Any]], capacity: int = MEMORY_BUCKETS) -> FleetWindows:
+        """Windows holding contract records (``timestamp`` as ISO text or a timestamp), as a fed daemon would."""
+        fleet = cls(capacity)
+        stamped = [{**r, "ts_ns": int(pd.Timestamp(r["timestamp"]).value)} for r in records]
+        fleet.merge(aggregate(stamped), {r["server_name"]: r["profile"] for r in stamped})
+        return fleet
 
     def merge(self, aggregates: list[Aggregate], profiles: dict[str, str]) -> None:
         """Merge aggregates (``profiles``: server -> profile for servers not seen yet)."""
@@ -316,7 +313,7 @@ class MetricsStore:
 
     def trim(self, bucket_cutoff: int, forecast_cutoff: int, newest_bucket: int) -> dict[str, int]:
         """Delete buckets, forecasts and duplicate-check keys older than the cutoffs."""
-        key_cutoff_ns = (newest_bucket - DEDUPE_HOURS * STEPS_PER_HOUR) * _NS_PER_BUCKET
+        key_cutoff_ns = (newest_bucket - DEDUPE_HOURS * STEPS_PER_HOUR) * NS_PER_BUCKET
         with self._lock:
             conn = self._writer
             conn.execute("BEGIN IMMEDIATE")
@@ -352,7 +349,7 @@ class MetricsStore:
         for server, first in conn.execute("SELECT server, first_bucket FROM servers"):
             if server in fleet.servers:
                 fleet.servers[server].first_bucket = first  # history may be longer than the ring
-        floor = (newest - DEDUPE_HOURS * STEPS_PER_HOUR) * _NS_PER_BUCKET
+        floor = (newest - DEDUPE_HOURS * STEPS_PER_HOUR) * NS_PER_BUCKET
         self._recent_keys = set(conn.execute("SELECT server, ts FROM sample_keys WHERE ts >= ?", (floor,)))
         return fleet
 

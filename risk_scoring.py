@@ -18,11 +18,12 @@ and Docs/RISK_SCORING.md walks through examples. In short:
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from api_models import Alert
 from config import (
     ALERT_MIN_LEVEL,
     HORIZON_WEIGHT,
@@ -41,26 +42,6 @@ from config import (
 )
 
 LEVEL_ORDER = {"elevated": 1, "warning": 2, "critical": 3}
-
-
-@dataclass
-class Alert:
-    """A metric on one server at warning level or worse, now or within a horizon."""
-
-    server_name: str
-    profile: str
-    level: str
-    metric: str
-    horizon: str
-    predicted_value: float
-    threshold: float
-    p50: float | None
-    minutes_to_breach: int | None
-    reason: str
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form."""
-        return asdict(self)
 
 
 @dataclass

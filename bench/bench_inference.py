@@ -28,9 +28,9 @@ import torch
 
 from common_utils import quiet_library_noise
 from config import PROJECT_ROOT, TRAINING_DATA_FILE
+from forecast_engine import ForecastEngine
 from metrics_generator import FleetSimulator, fleet_from_total, generate_dataset
-from metrics_store import FleetWindows, aggregate
-from tft_inference import ForecastEngine
+from metrics_store import FleetWindows
 from tft_model import load_model
 
 CYCLE_BUDGET_90_S = 0.100
@@ -41,11 +41,7 @@ FEED_BUDGET_RECORDS_S = 20_000
 def fleet_windows(n_servers: int, hours: int, seed: int) -> tuple[FleetWindows, int, FleetSimulator]:
     """A simulated fleet's recent history as the daemon holds it."""
     sim = FleetSimulator(fleet=fleet_from_total(n_servers), seed=seed)
-    records = sim.records(sim.advance(hours * 12))
-    for record in records:
-        record["ts_ns"] = int(np.datetime64(record["timestamp"].rstrip("Z"), "ns").astype(np.int64))
-    fleet = FleetWindows()
-    fleet.merge(aggregate(records), {r["server_name"]: r["profile"] for r in records})
+    fleet = FleetWindows.from_records(sim.records(sim.advance(hours * 12)))
     return fleet, fleet.newest_bucket, sim
 
 

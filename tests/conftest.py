@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import os
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import httpx
 import pandas as pd
 import pytest
 
 from config import PROJECT_ROOT, TRAINING_DATA_FILE
-from metrics_generator import generate_dataset
+from metrics_generator import FleetSimulator, generate_dataset
 
 ROOT = PROJECT_ROOT
 
@@ -64,3 +68,82 @@ def tiny_training(tmp_path_factory: pytest.TempPathFactory, tiny_data: Path):  #
     models = tmp_path_factory.mktemp("models")
     args = build_arg_parser().parse_args(["--data", str(tiny_data), "--models-dir", str(models), *TINY_TRAIN_ARGS])
     return train(settings_from_args(args))
+
+
+# ============================================================================ daemon harness
+API_KEY = "test-key-0123456789"
+
+
+def free_port() -> int:
+    """A free TCP port on loopback."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class DaemonProcess:
+    """``python tft_inference.py --daemon`` on a free loopback port."""
+
+    def __init__(self, model_dir: Path | None, store: Path, *extra: str, env_key: str | None = API_KEY,
+                 port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = {**os.environ, "TFT_LOG_LEVEL": "INFO"}
+        env.pop("TFT_API_KEY", None)
+        if env_key:
+            env["TFT_API_KEY"] = env_key
+        args = [sys.executable, "tft_inference.py", "--daemon", "--port", str(self.port), "--store", str(store)]
+        if model_dir is not None:
+            args += ["--model-dir", str(model_dir)]
+        self.log = store.with_suffix(f".{self.port}.log")
+        self.proc = subprocess.Popen([*args, *extra], cwd=ROOT, env=env, stdout=open(self.log, "w"),
+                                     stderr=subprocess.STDOUT)
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"daemon exited {self.proc.returncode}: {self.log.read_text()[-3000:]}")
+            try:
+                if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        raise TimeoutError(self.log.read_text()[-3000:])
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+    def client(self, key: str | None = API_KEY) -> httpx.Client:
+        return httpx.Client(base_url=self.url, headers={"X-API-Key": key} if key else {}, timeout=30)
+
+
+def feed_buckets(client: httpx.Client, sim: FleetSimulator, n_buckets: int, chunk: int = 6) -> list[dict]:
+    """Stream n buckets of the simulated fleet into POST /feed; returns the records sent."""
+    sent = []
+    done = 0
+    while done < n_buckets:
+        step = min(chunk, n_buckets - done)
+        records = sim.records(sim.advance(step))
+        response = client.post("/feed", json={"records": records})
+        assert response.status_code == 200, response.text
+        assert response.json()["stored"] == list(range(len(records)))
+        sent += records
+        done += step
+    return sent
+
+
+def wait_for(predicate, timeout: float = 30, interval: float = 0.2):  # noqa: ANN001, ANN201
+    """Poll ``predicate`` until it returns something truthy; that value, or TimeoutError."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise TimeoutError("condition not met")

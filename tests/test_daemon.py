@@ -5,95 +5,18 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
 import httpx
 import pytest
 
-from config import CONTRACT_VERSION, LINBORG_METRICS, MAX_BODY_BYTES
+from api_models import AlertsResponse, FleetPredictions, ServerFan
+from config import CONTRACT_VERSION, LINBORG_METRICS, MAX_BODY_BYTES, WS_UNAUTHORIZED_CODE
 from metrics_generator import FleetSimulator
-from tests.conftest import ROOT, TINY_FLEET
-from tft_inference import AlertsResponse, FleetPredictions, ServerFan
-
-API_KEY = "test-key-0123456789"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class DaemonProcess:
-    """``python tft_inference.py --daemon`` on a free loopback port."""
-
-    def __init__(self, model_dir: Path | None, store: Path, *extra: str, env_key: str | None = API_KEY,
-                 port: int | None = None) -> None:
-        self.port = port or _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        env = {**os.environ, "TFT_LOG_LEVEL": "INFO"}
-        env.pop("TFT_API_KEY", None)
-        if env_key:
-            env["TFT_API_KEY"] = env_key
-        args = [sys.executable, "tft_inference.py", "--daemon", "--port", str(self.port), "--store", str(store)]
-        if model_dir is not None:
-            args += ["--model-dir", str(model_dir)]
-        self.log = store.with_suffix(f".{self.port}.log")
-        self.proc = subprocess.Popen([*args, *extra], cwd=ROOT, env=env, stdout=open(self.log, "w"),
-                                     stderr=subprocess.STDOUT)
-
-    def wait_ready(self, timeout: float = 60) -> None:
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"daemon exited {self.proc.returncode}: {self.log.read_text()[-3000:]}")
-            try:
-                if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                time.sleep(0.2)
-        raise TimeoutError(self.log.read_text()[-3000:])
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-
-    def client(self, key: str | None = API_KEY) -> httpx.Client:
-        return httpx.Client(base_url=self.url, headers={"X-API-Key": key} if key else {}, timeout=30)
-
-
-def feed_buckets(client: httpx.Client, sim: FleetSimulator, n_buckets: int, chunk: int = 6) -> list[dict]:
-    """Stream n buckets of the simulated fleet into POST /feed; returns the records sent."""
-    sent = []
-    done = 0
-    while done < n_buckets:
-        step = min(chunk, n_buckets - done)
-        records = sim.records(sim.advance(step))
-        response = client.post("/feed", json={"records": records})
-        assert response.status_code == 200, response.text
-        assert response.json()["stored"] == list(range(len(records)))
-        sent += records
-        done += step
-    return sent
-
-
-def wait_for(predicate, timeout: float = 30, interval: float = 0.2):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise TimeoutError("condition not met")
+from tests.conftest import API_KEY, ROOT, TINY_FLEET, DaemonProcess, feed_buckets, free_port, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -185,9 +108,17 @@ def test_websocket_pushes_each_new_cycle(live):
             feed_buckets(client, sim, 1)
         second = json.loads(ws.recv(timeout=30))
     assert second["prediction_time"] > first["prediction_time"]
-    with pytest.raises(Exception):  # noqa: B017 - any close/handshake error is a refusal
-        with connect(f"ws://127.0.0.1:{daemon.port}/ws/predictions?api_key=wrong") as ws:
+    from websockets.exceptions import ConnectionClosedError
+
+    for url, headers in ((f"ws://127.0.0.1:{daemon.port}/ws/predictions?api_key=wrong", None),
+                         (f"ws://127.0.0.1:{daemon.port}/ws/predictions", {"X-API-Key": "wrong"}),
+                         (f"ws://127.0.0.1:{daemon.port}/ws/predictions", None)):
+        with connect(url, additional_headers=headers) as ws, pytest.raises(ConnectionClosedError) as closed:
             ws.recv(timeout=5)
+        assert closed.value.rcvd.code == WS_UNAUTHORIZED_CODE and "unauthorized" in closed.value.rcvd.reason
+    # The header works as well as the query parameter (the same key check as HTTP).
+    with connect(f"ws://127.0.0.1:{daemon.port}/ws/predictions", additional_headers={"X-API-Key": API_KEY}) as ws:
+        assert json.loads(ws.recv(timeout=10))["prediction_time"] is not None
 
 
 def _record(sim: FleetSimulator) -> dict:
@@ -268,7 +199,7 @@ def test_refuses_to_start_with_an_incomplete_model(tiny_training, tmp_path):
     shutil.copytree(tiny_training.model_dir, broken)
     (broken / "config.json").unlink()
     result = subprocess.run([sys.executable, "main.py", "infer", "--daemon", "--model-dir", str(broken),
-                             "--port", str(_free_port()), "--store", str(tmp_path / "s.sqlite3")],
+                             "--port", str(free_port()), "--store", str(tmp_path / "s.sqlite3")],
                             cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
     assert result.returncode == 1
     assert "Refusing to start" in result.stderr and "incomplete" in result.stderr and "Fix:" in result.stderr
@@ -280,8 +211,12 @@ def test_rate_limit(tiny_training, tmp_path):
     try:
         daemon.wait_ready()
         with daemon.client() as client:
-            codes = [client.get("/status").status_code for _ in range(8)]
+            responses = [client.get("/status") for _ in range(8)]
+        codes = [r.status_code for r in responses]
         assert codes[:5] == [200] * 5 and 429 in codes[5:]
+        limited = next(r for r in responses if r.status_code == 429)
+        assert int(limited.headers["Retry-After"]) >= 1  # one token a second at 60/min
+        assert limited.json()["error"] == "rate_limited" and "retry in" in limited.json()["detail"]
     finally:
         daemon.stop()
 
@@ -354,14 +289,17 @@ def test_forecasting_in_slices_changes_nothing(tiny_training, monkeypatch):
     """Big fleets run the model slice by slice (INFERENCE_CHUNK_SERVERS); the forecasts must not change."""
     import numpy as np
 
-    import tft_inference
-    from bench.bench_inference import fleet_windows
+    import forecast_engine
+    from metrics_generator import fleet_from_total
+    from metrics_store import FleetWindows
     from tft_model import load_model
 
-    engine = tft_inference.ForecastEngine(load_model(tiny_training.model_dir))
-    fleet, origin, _ = fleet_windows(11, 6, seed=4)
+    engine = forecast_engine.ForecastEngine(load_model(tiny_training.model_dir))
+    sim = FleetSimulator(fleet=fleet_from_total(11), seed=4)
+    fleet = FleetWindows.from_records(sim.records(sim.advance(6 * 12)))
+    origin = fleet.newest_bucket
     whole = engine.forecast(fleet, origin)
-    monkeypatch.setattr(tft_inference, "INFERENCE_CHUNK_SERVERS", 3)
+    monkeypatch.setattr(forecast_engine, "INFERENCE_CHUNK_SERVERS", 3)
     sliced = engine.forecast(fleet, origin)
     assert whole.forecast_count == sliced.forecast_count == 11
     from config import INTEGER_METRICS
@@ -380,28 +318,23 @@ def test_forecasting_in_slices_changes_nothing(tiny_training, monkeypatch):
 
 def test_an_unknown_host_is_forecast_from_its_profile(tiny_training):
     """A real host name the model never saw, with the same history under two profiles: the profile decides."""
-    import numpy as np
 
-    from metrics_store import FleetWindows, aggregate
-    from tft_inference import ForecastEngine
+    from forecast_engine import ForecastEngine
+    from metrics_store import FleetWindows
     from tft_model import load_model
 
     engine = ForecastEngine(load_model(tiny_training.model_dir))
     sim = FleetSimulator(fleet={"web_api": 1}, seed=21, start="2026-03-03T00:00:00Z")
     history = sim.records(sim.advance(engine.spec.encoder_length))  # exactly one full window
-    records = []
-    for name, profile in (("db-eu-3", "database"), ("web-eu-3", "web_api")):
-        for r in history:
-            ts_ns = int(np.datetime64(r["timestamp"].rstrip("Z"), "ns").astype(np.int64))
-            records.append(dict(r, server_name=name, profile=profile, ts_ns=ts_ns))
-    fleet = FleetWindows()
-    fleet.merge(aggregate(records), {r["server_name"]: r["profile"] for r in records})
+    records = [dict(r, server_name=name, profile=profile)
+               for name, profile in (("db-eu-3", "database"), ("web-eu-3", "web_api")) for r in history]
+    fleet = FleetWindows.from_records(records)
     result = engine.forecast(fleet, fleet.newest_bucket)
     db, web = (result.servers[n].prediction for n in ("db-eu-3", "web-eu-3"))
-    assert db["status"] == web["status"] == "ok" and not db["known_to_model"] and not web["known_to_model"]
-    assert db["history_buckets"] == web["history_buckets"] == engine.spec.encoder_length
+    assert db.status == web.status == "ok" and not db.known_to_model and not web.known_to_model
+    assert db.history_buckets == web.history_buckets == engine.spec.encoder_length
     # Same metrics, different role: the forecasts must differ, so the profile is really read. The API
     # rounds to 0.001; the tiny 2-epoch model moves p50 by a few hundredths (0.03-0.14 seen).
-    diffs = [abs(db["predictions"]["8hr"][m]["p50"] - web["predictions"]["8hr"][m]["p50"])
-             for m in db["predictions"]["8hr"]]
+    diffs = [abs(db.predictions["8hr"][m]["p50"] - web.predictions["8hr"][m]["p50"])
+             for m in db.predictions["8hr"]]
     assert max(diffs) >= 0.01, diffs

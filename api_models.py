@@ -1,0 +1,261 @@
+"""The daemon's HTTP contract: every request and response body as a pydantic model.
+
+These models are the API reference's source (FastAPI turns them into the OpenAPI spec at
+``/openapi.json``) and the only description of each document: the forecast engine builds
+its results from them, the daemon serialises them once per cycle, and the risk scorer's
+alerts are :class:`Alert` instances. Nothing here imports FastAPI, so the engine, the
+notebook and the benchmarks can use the models without the web stack.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, create_model, field_validator, model_validator
+from typing_extensions import TypedDict
+
+from common_utils import name_matches_profile, profile_from_name
+from config import (
+    CPU_COMPONENTS,
+    CPU_SUM_TOLERANCE,
+    DATA_CONTRACT_DOC,
+    DEMO_SCENARIOS,
+    FEED_TIMESTAMP_YEARS,
+    INTEGER_METRICS,
+    LINBORG_METRICS,
+    METRIC_RANGES,
+    RISK_HORIZONS,
+    SERVER_NAME_MAX_LENGTH,
+    SERVER_NAME_PATTERN,
+    VALID_PROFILES,
+    VALID_STATES,
+)
+
+RiskHorizon = Literal[tuple(RISK_HORIZONS)]  # type: ignore[valid-type]  # "now" and the forecast horizons
+AlertLevel = Literal["warning", "critical"]
+ServerStatus = Literal["ok", "warming_up", "offline"]
+RiskLevel = Literal["green", "yellow", "red"]
+
+
+# ============================================================================ feed (in)
+def _metric_field(name: str) -> tuple[type, Any]:
+    low, high = METRIC_RANGES[name]
+    kind = int if name in INTEGER_METRICS else float
+    return kind, Field(ge=low, le=high) if high is not None else Field(ge=low)
+
+
+_RecordBase = create_model(  # the 14 LINBORG metrics with their contract ranges
+    "_RecordBase", __config__=ConfigDict(extra="forbid"),
+    **{name: _metric_field(name) for name in LINBORG_METRICS},
+)
+
+
+class LinborgRecord(_RecordBase):  # type: ignore[misc, valid-type]
+    """One sample of one server, as the data contract defines it."""
+
+    timestamp: datetime = Field(description="ISO 8601; naive means UTC")
+    server_name: str = Field(min_length=1, max_length=SERVER_NAME_MAX_LENGTH, pattern=SERVER_NAME_PATTERN,
+                             description="a host name; convention names (ppdb007) imply their profile")
+    profile: Literal[tuple(VALID_PROFILES)] | None = Field(  # type: ignore[valid-type]
+        default=None, description="optional: inferred from the name prefix when absent")
+    state: Literal[tuple(VALID_STATES)]  # type: ignore[valid-type]
+
+    @field_validator("timestamp")
+    @classmethod
+    def _utc(cls, value: datetime) -> datetime:
+        value = value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+        first, last = FEED_TIMESTAMP_YEARS
+        if not first <= value.year <= last:
+            raise ValueError(f"timestamp must lie between {first} and {last} (UTC); the store keeps int64 "
+                             f"nanoseconds, which end in 2262")
+        return value
+
+    @model_validator(mode="after")
+    def _contract(self) -> LinborgRecord:
+        total = sum(getattr(self, c) for c in CPU_COMPONENTS)
+        if abs(total - 100.0) > CPU_SUM_TOLERANCE:
+            raise ValueError(f"cpu_user_pct + cpu_sys_pct + cpu_iowait_pct + cpu_idle_pct = {total:.2f}, must be "
+                             f"100 +/- {CPU_SUM_TOLERANCE} ({DATA_CONTRACT_DOC}, Invariants)")
+        inferred = profile_from_name(self.server_name)
+        if self.profile is None:
+            if inferred is None:
+                raise ValueError(f"no profile given and '{self.server_name}' is not a convention name (e.g. ppdb007); "
+                                 f"send 'profile' ({DATA_CONTRACT_DOC}, Server names)")
+            self.profile = inferred
+        if not name_matches_profile(self.server_name, self.profile):
+            raise ValueError(f"'{self.server_name}' follows the name pattern of profile '{inferred}', not "
+                             f"'{self.profile}' ({DATA_CONTRACT_DOC}, Server names)")
+        return self
+
+
+class FeedRequest(BaseModel):
+    """A batch of records (up to MAX_RECORDS_PER_REQUEST)."""
+
+    records: list[LinborgRecord]
+
+
+class RejectedRecord(BaseModel):
+    """Why one record of a batch was not stored."""
+
+    index: int
+    server_name: str | None = None
+    field: str
+    reason: str
+
+
+class FeedResponse(BaseModel):
+    """Exactly what happened to each record of a batch."""
+
+    received: int
+    stored: list[int] = Field(description="indices of records stored durably")
+    duplicates: list[int] = Field(description="indices ignored: same server and timestamp already stored")
+    rejected: list[RejectedRecord]
+    new_servers: list[str]
+
+
+# ============================================================================ forecasts (out)
+class QuantileBand(TypedDict):
+    """One forecast value as a band (a typed dict: the engine builds thousands per cycle)."""
+
+    p10: float
+    p50: float
+    p90: float
+
+
+class Alert(BaseModel):
+    """A metric on one server at warning level or worse, now or within a horizon (the only alert type)."""
+
+    server_name: str
+    profile: str
+    level: AlertLevel
+    metric: str
+    horizon: RiskHorizon
+    predicted_value: float
+    threshold: float
+    p50: float | None
+    minutes_to_breach: int | None
+    reason: str
+
+
+class ServerPrediction(BaseModel):
+    """A server's forecast summary (codex format), or why it has none."""
+
+    server_name: str
+    profile: str
+    status: ServerStatus
+    known_to_model: bool
+    prediction_time: str | None = Field(description="start of the last complete bucket (data time, UTC)")
+    buckets_needed: int = Field(default=0, description="warming up: buckets still needed before a first forecast")
+    history_buckets: int | None = Field(default=None, description="history the forecast read (fewer than the "
+                                                                   "model's encoder length = a new server)")
+    last_sample_time: str | None = None
+    current: dict[str, float] = {}
+    predictions: dict[str, dict[str, QuantileBand]] = {}
+    risk_score: float | None = None
+    risk_level: RiskLevel | None = None
+    alerts: list[Alert] = []
+
+
+class FleetPredictions(BaseModel):
+    """Every tracked server in one cycle."""
+
+    prediction_time: str | None
+    model_version: str
+    horizons: dict[str, int]
+    summary: dict[str, int]
+    servers: list[ServerPrediction]
+
+
+class ServerFan(BaseModel):
+    """Full 96-step forecast fan of one server."""
+
+    server: ServerPrediction
+    steps: list[str]
+    fan: dict[str, dict[str, list[float]]]
+
+
+class AlertsResponse(BaseModel):
+    """Active alerts across the fleet, most urgent first."""
+
+    prediction_time: str | None
+    alerts: list[Alert]
+
+
+class HistoryResponse(BaseModel):
+    """Recent actuals and what was forecast for them."""
+
+    server_name: str
+    profile: str
+    timestamps: list[str]
+    actuals: dict[str, list[float | None]]
+    states: list[str | None]
+    forecasts: dict[str, dict[str, Any]]
+
+
+# ============================================================================ status and admin
+class HealthResponse(BaseModel):
+    """Liveness and whether a model is loaded."""
+
+    status: Literal["ok"]
+    model_loaded: bool
+
+
+class StatusResponse(BaseModel):
+    """Operational status of the daemon."""
+
+    status: str
+    version: str
+    model_loaded: bool
+    model_encoder_length: int | None = Field(description="history buckets the model reads at full length")
+    model_dir: str | None
+    model_version: str | None
+    model_error: str | None
+    contract_version: str
+    model_contract_version: str | None
+    trained_at: str | None
+    backtest_summary: dict[str, Any] | None
+    uptime_seconds: float
+    servers_tracked: int
+    servers_ready: int
+    servers_warming_up: int
+    servers_offline: int
+    unknown_servers: int
+    last_forecast_time: str | None
+    last_cycle_at: str | None
+    cycles: int
+    forecasts_per_second: float
+    average_cycle_ms: float = Field(description="forecasting part of a cycle: windows, model, decode, risk")
+    last_cycle_ms: float | None
+    last_cycle_total_ms: float | None = Field(description="the whole last cycle incl. history write and gauges")
+    feed_records_stored: int
+    feed_records_rejected: int
+    feed_records_duplicate: int
+    requests_total: int
+    request_errors_total: int
+    error_rate: float
+
+
+class DemoScenarioRequest(BaseModel):
+    """Which scenario the demo stream should play."""
+
+    scenario: Literal[tuple(DEMO_SCENARIOS)]  # type: ignore[valid-type]
+
+
+class DemoScenario(DemoScenarioRequest):
+    """The demo scenario and when it was last changed."""
+
+    changed_at: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    """Every error the daemon answers: a machine-readable code and a sentence for a person."""
+
+    error: str = Field(description="e.g. unauthorized, rate_limited, payload_too_large, model_not_loaded")
+    detail: str | list[dict[str, str]] = Field(description="what went wrong and how to fix it")
+
+
+# Validators reused on every request (building one is the expensive part).
+RECORD_ADAPTER = TypeAdapter(LinborgRecord)
+BATCH_ADAPTER = TypeAdapter(list[LinborgRecord])
+FEED_ADAPTER = TypeAdapter(FeedRequest)

@@ -1,0 +1,473 @@
+"""The daemon's state: what the HTTP layer reads and writes, without any HTTP in it.
+
+``Daemon`` is the composition root; each concern is a small object of its own:
+
+* ``FeedIngest``: validate a batch against the contract, store it durably, merge it into the
+  in-memory windows, and say what happened to every record;
+* ``Daemon.run_cycle`` / ``forecast_loop``: forecast each newly completed bucket once, off the
+  event loop, then trim old history every ``TRIM_EVERY_CYCLES`` cycles;
+* ``PublishedCycle``: the latest cycle and its /predictions/current document, serialised once
+  per cycle (every GET and WebSocket push reuses the same bytes);
+* ``Subscribers``: the WebSocket fan-out;
+* ``Counters``, ``RateLimiter``, ``PrometheusMetrics``: what /status and /metrics report and
+  how clients are throttled; ``status_document`` and ``history_document`` build those replies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+from pydantic import ValidationError
+
+from api_models import (
+    BATCH_ADAPTER,
+    RECORD_ADAPTER,
+    DemoScenario,
+    FeedResponse,
+    FleetPredictions,
+    HistoryResponse,
+    LinborgRecord,
+    RejectedRecord,
+    StatusResponse,
+)
+from config import (
+    BUCKET_GRACE_SECONDS,
+    CONTRACT_VERSION,
+    FORECAST_POLL_SECONDS,
+    FORECAST_RETENTION_HOURS,
+    HORIZONS,
+    LINBORG_METRICS,
+    MAX_RECORD_AGE_HOURS,
+    PROJECT_VERSION,
+    QUANTILE_LABELS,
+    RATE_LIMIT_BURST,
+    RATE_LIMIT_REQUESTS_PER_MINUTE,
+    RETENTION_HOURS,
+    SAMPLING_INTERVAL_SECONDS,
+    STEPS_PER_HOUR,
+    STORE_PATH,
+    TRIM_EVERY_CYCLES,
+)
+from contract import DISPLAY_CPU, bucket_iso, bucket_of_ns, cpu_used
+from forecast_engine import CycleResult, ForecastEngine, fleet_document
+from metrics_store import COUNTS, GAUGES, FleetWindows, MetricsStore
+from state_rules import STATE_PRECEDENCE
+from tft_model import ModelLoadError, load_model
+
+logger = logging.getLogger("tft_inference")
+
+
+# ============================================================================ settings and counters
+@dataclass
+class DaemonSettings:
+    """How the daemon runs."""
+
+    model_dir: Path | None
+    store_path: Path = STORE_PATH
+    api_key: str | None = None
+    open_reads: bool = False
+    allow_no_model: bool = False
+    rate_per_minute: float = RATE_LIMIT_REQUESTS_PER_MINUTE
+    rate_burst: int = RATE_LIMIT_BURST
+
+
+@dataclass
+class Counters:
+    """What /status and /metrics report."""
+
+    started: float = field(default_factory=time.time)
+    cycles: int = 0
+    cycle_seconds_total: float = 0.0
+    forecasts_total: int = 0
+    last_cycle_ms: float | None = None
+    last_cycle_total_ms: float | None = None
+    last_cycle_at: str | None = None
+    cycle_errors: int = 0
+    stored: int = 0
+    rejected: int = 0
+    duplicates: int = 0
+    requests: int = 0
+    request_errors: int = 0
+
+
+class RateLimiter:
+    """Token bucket per client: RATE_LIMIT_REQUESTS_PER_MINUTE, bursts up to RATE_LIMIT_BURST."""
+
+    def __init__(self, per_minute: float = RATE_LIMIT_REQUESTS_PER_MINUTE, burst: int = RATE_LIMIT_BURST) -> None:
+        self.rate = per_minute / 60.0
+        self.burst = burst
+        self._buckets: dict[str, tuple[float, float]] = {}
+        self._lock = threading.Lock()
+
+    def allow(self, client: str) -> tuple[bool, float]:
+        """(allowed, seconds until a token is available)."""
+        now = time.monotonic()
+        with self._lock:
+            tokens, stamp = self._buckets.get(client, (float(self.burst), now))
+            tokens = min(float(self.burst), tokens + (now - stamp) * self.rate)
+            if tokens >= 1.0:
+                self._buckets[client] = (tokens - 1.0, now)
+                return True, 0.0
+            self._buckets[client] = (tokens, now)
+            return False, (1.0 - tokens) / self.rate
+
+
+class PrometheusMetrics:
+    """The daemon's own counters and latencies, plus forecast gauges per server/metric/horizon/quantile."""
+
+    def __init__(self) -> None:
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+        self.registry = CollectorRegistry()
+        self.records = Counter("tft_feed_records_total", "Feed records by result", ["result"], registry=self.registry)
+        self.requests = Counter("tft_http_requests_total", "HTTP requests", ["path", "status"], registry=self.registry)
+        self.cycle_seconds = Histogram("tft_forecast_cycle_seconds", "Forecast cycle duration",
+                                       buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5), registry=self.registry)
+        self.servers = Gauge("tft_servers", "Tracked servers by status", ["status"], registry=self.registry)
+        self.model_loaded = Gauge("tft_model_loaded", "1 when a model is loaded", registry=self.registry)
+        self.forecast = Gauge("tft_forecast", "Forecast value", ["server", "profile", "metric", "horizon", "quantile"],
+                              registry=self.registry)
+        self.risk = Gauge("tft_risk_score", "Risk score 0..1", ["server", "profile"], registry=self.registry)
+        self.alerts = Gauge("tft_active_alerts", "Active alerts by level", ["level"], registry=self.registry)
+
+    def feed(self, stored: int, rejected: int, duplicates: int) -> None:
+        """Count feed results."""
+        self.records.labels("stored").inc(stored)
+        self.records.labels("rejected").inc(rejected)
+        self.records.labels("duplicate").inc(duplicates)
+
+    def cycle(self, result: CycleResult, model_loaded: bool) -> None:
+        """Refresh gauges after a forecast cycle."""
+        self.cycle_seconds.observe(result.seconds)
+        counts = {"ok": 0, "warming_up": 0, "offline": 0}
+        levels = {"warning": 0, "critical": 0}
+        self.forecast.clear()
+        self.risk.clear()
+        for name, r in result.servers.items():
+            p = r.prediction
+            counts[p.status] += 1
+            if p.status != "ok":
+                continue
+            self.risk.labels(name, p.profile).set(p.risk_score or 0.0)
+            for label, metrics in p.predictions.items():
+                for metric, band in metrics.items():
+                    for q in QUANTILE_LABELS:
+                        self.forecast.labels(name, p.profile, metric, label, q).set(band[q])
+            for alert in p.alerts:
+                levels[alert.level] += 1
+        for status, n in counts.items():
+            self.servers.labels(status).set(n)
+        for level, n in levels.items():
+            self.alerts.labels(level).set(n)
+        self.model_loaded.set(1 if model_loaded else 0)
+
+    def render(self) -> bytes:
+        """Prometheus text exposition."""
+        from prometheus_client import generate_latest
+
+        return generate_latest(self.registry)
+
+
+# ============================================================================ ingest
+class FeedIngest:
+    """Validate a batch, store the valid records durably, merge them into the windows."""
+
+    def __init__(self, store: MetricsStore, fleet: FleetWindows, lock: threading.Lock, counters: Counters,
+                 metrics: PrometheusMetrics) -> None:
+        self.store, self.fleet, self.lock, self.counters, self.metrics = store, fleet, lock, counters, metrics
+
+    def __call__(self, raw_records: list[Any]) -> FeedResponse:
+        """Exactly what happened to each record: stored, duplicate, or rejected and why."""
+        parsed, rejected = self._parse(raw_records)
+        valid, valid_index = self._admit(parsed, rejected)
+        rejected.sort(key=lambda r: r.index)
+        known_before = set(self.fleet.servers)
+        stored_local, duplicate_local, aggregates = self.store.add_records(valid) if valid else ([], [], [])
+        with self.lock:
+            self.fleet.merge(aggregates, {r["server_name"]: r["profile"] for r in valid})
+        stored = [valid_index[i] for i in stored_local]
+        duplicates = [valid_index[i] for i in duplicate_local]
+        new_servers = sorted({valid[i]["server_name"] for i in stored_local} - known_before)
+        self.counters.stored += len(stored)
+        self.counters.rejected += len(rejected)
+        self.counters.duplicates += len(duplicates)
+        self.metrics.feed(len(stored), len(rejected), len(duplicates))
+        return FeedResponse(received=len(raw_records), stored=stored, duplicates=duplicates, rejected=rejected,
+                            new_servers=new_servers)
+
+    @staticmethod
+    def _parse(raw_records: list[Any]) -> tuple[list[tuple[int, LinborgRecord]], list[RejectedRecord]]:
+        """Contract-validate: the whole batch in one call, or record by record to name each rejection."""
+        if all(isinstance(r, LinborgRecord) for r in raw_records):
+            return list(enumerate(raw_records)), []
+        try:
+            return list(enumerate(BATCH_ADAPTER.validate_python(raw_records))), []
+        except ValidationError:
+            pass
+        parsed, rejected = [], []
+        for i, raw in enumerate(raw_records):
+            try:
+                parsed.append((i, RECORD_ADAPTER.validate_python(raw)))
+            except ValidationError as exc:
+                first = exc.errors()[0]
+                name = raw.get("server_name") if isinstance(raw, dict) else None
+                rejected.append(RejectedRecord(index=i, server_name=name if isinstance(name, str) else None,
+                                               field=".".join(str(p) for p in first["loc"]) or "record",
+                                               reason=first["msg"]))
+        return parsed, rejected
+
+    def _admit(self, parsed: list[tuple[int, LinborgRecord]],
+               rejected: list[RejectedRecord]) -> tuple[list[dict[str, Any]], list[int]]:
+        """Records inside the retention window, as the store's dicts (with ``ts_ns``)."""
+        newest = self.fleet.newest_bucket
+        oldest_ok = None if newest is None else (newest - MAX_RECORD_AGE_HOURS * STEPS_PER_HOUR)
+        valid, valid_index = [], []
+        for i, record in parsed:
+            ts_ns = int(record.timestamp.timestamp()) * 1_000_000_000 + record.timestamp.microsecond * 1000
+            if oldest_ok is not None and bucket_of_ns(ts_ns) < oldest_ok:
+                rejected.append(RejectedRecord(index=i, server_name=record.server_name, field="timestamp",
+                                               reason=f"older than the {MAX_RECORD_AGE_HOURS} h retention window"))
+                continue
+            data = dict(record.__dict__)  # the validated fields, without model_dump's copying machinery
+            data["ts_ns"] = ts_ns
+            valid.append(data)
+            valid_index.append(i)
+        return valid, valid_index
+
+
+# ============================================================================ publishing and fan-out
+class PublishedCycle:
+    """The latest cycle and its /predictions/current document, serialised once."""
+
+    def __init__(self) -> None:
+        self.result: CycleResult | None = None
+        self.document: FleetPredictions = fleet_document(None, "none")
+        self.json: bytes = self.document.model_dump_json().encode()
+
+    def publish(self, result: CycleResult, model_version: str) -> None:
+        """Make ``result`` the one every reader sees (document and bytes built here, once)."""
+        document = fleet_document(result, model_version)
+        encoded = document.model_dump_json().encode()
+        self.result, self.document, self.json = result, document, encoded
+
+
+class _Socket(Protocol):
+    async def send_text(self, data: str) -> None: ...
+
+
+class Subscribers:
+    """WebSocket fan-out: every new cycle goes to every subscriber; dead sockets are dropped."""
+
+    def __init__(self) -> None:
+        self.sockets: set[_Socket] = set()
+
+    def add(self, socket: _Socket) -> None:
+        """Subscribe a connected socket."""
+        self.sockets.add(socket)
+
+    def discard(self, socket: _Socket) -> None:
+        """Unsubscribe (idempotent)."""
+        self.sockets.discard(socket)
+
+    async def broadcast(self, message: str) -> None:
+        """Send ``message`` to every subscriber."""
+        for socket in list(self.sockets):
+            try:
+                await socket.send_text(message)
+            except Exception:  # noqa: BLE001 - a dead socket of any kind is dropped, the rest still get it
+                self.sockets.discard(socket)
+
+
+# ============================================================================ the daemon
+class Daemon:
+    """Everything the endpoints share: store, windows, model, the published cycle, counters."""
+
+    def __init__(self, settings: DaemonSettings) -> None:
+        self.settings = settings
+        self.store = MetricsStore(settings.store_path)
+        self.fleet = self.store.load_windows()
+        self.engine: ForecastEngine | None = None
+        self.model_error: str | None = None
+        self.counters = Counters()
+        self.published = PublishedCycle()
+        self.last_origin: int | None = None
+        self.lock = threading.Lock()  # guards fleet windows between feed and forecast threads
+        self.subscribers = Subscribers()
+        self.limiter = RateLimiter(settings.rate_per_minute, settings.rate_burst)
+        self.metrics = PrometheusMetrics()
+        self.ingest = FeedIngest(self.store, self.fleet, self.lock, self.counters, self.metrics)
+        self.demo = DemoScenario(scenario="healthy")
+        self.load_model()
+        if self.fleet.servers:
+            logger.info("rebuilt windows of %d servers from %s (newest bucket %s)", len(self.fleet.servers),
+                        settings.store_path, bucket_iso(self.fleet.newest_bucket or 0))
+
+    @property
+    def model_version(self) -> str:
+        """The loaded model's folder name, or "none"."""
+        return self.engine.model_version if self.engine else "none"
+
+    def load_model(self) -> None:
+        """(Re)load the model from the configured directory; remember why if it fails."""
+        if self.settings.model_dir is None:
+            self.model_error = "no model directory configured (--model-dir)"
+            return
+        try:
+            loaded = load_model(self.settings.model_dir)
+        except (ModelLoadError, FileNotFoundError) as exc:
+            self.model_error = str(exc)
+            self.engine = None
+            if not self.settings.allow_no_model:
+                raise
+            logger.error("model not loaded: %s", exc)
+            return
+        self.engine = ForecastEngine(loaded)
+        self.model_error = None
+        self.last_origin = None  # forecast again with the new model
+        logger.info("model loaded: %s (%d servers in its mapping)", loaded.model_dir, len(loaded.encoder))
+
+    # ------------------------------------------------------------------ forecast loop
+    def complete_through(self) -> int | None:
+        """Last complete bucket: data for a later bucket arrived, or the clock passed it."""
+        newest = self.fleet.newest_bucket
+        if newest is None:
+            return None
+        clock = int((time.time() - BUCKET_GRACE_SECONDS) // SAMPLING_INTERVAL_SECONDS) - 1
+        return min(newest, max(newest - 1, clock))
+
+    def run_cycle(self, origin: int) -> CycleResult | None:
+        """One forecast cycle (runs in a worker thread): forecast, store, publish, trim."""
+        began = time.perf_counter()
+        engine = self.engine
+        if engine is None:
+            return None
+        with self.lock:
+            try:
+                result = engine.forecast(self.fleet, origin)
+            except Exception as exc:  # noqa: BLE001 - a failed cycle is counted and reported, not fatal
+                self.counters.cycle_errors += 1
+                logger.exception("forecast cycle for %s failed: %s", bucket_iso(origin), exc)
+                return None
+        blobs = {name: r.horizon_blob for name, r in result.servers.items() if r.horizon_blob is not None}
+        if blobs:
+            self.store.save_forecasts(origin, blobs)
+        self.published.publish(result, engine.model_version)
+        self.last_origin = origin
+        self._count_cycle(result)
+        self.metrics.cycle(result, model_loaded=True)
+        if self.counters.cycles % TRIM_EVERY_CYCLES == 0:
+            removed = self.store.trim(origin - RETENTION_HOURS * STEPS_PER_HOUR,
+                                      origin - FORECAST_RETENTION_HOURS * STEPS_PER_HOUR, origin)
+            logger.info("retention: removed %s", removed)
+        self.counters.last_cycle_total_ms = round((time.perf_counter() - began) * 1000.0, 2)
+        logger.info("forecast cycle %s: %d servers forecast, %d tracked, %.1f ms", result.prediction_time,
+                    result.forecast_count, len(result.servers), result.seconds * 1000.0)
+        return result
+
+    def _count_cycle(self, result: CycleResult) -> None:
+        c = self.counters
+        c.cycles += 1
+        c.cycle_seconds_total += result.seconds
+        c.forecasts_total += result.forecast_count
+        c.last_cycle_ms = round(result.seconds * 1000.0, 2)
+        c.last_cycle_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+    async def forecast_loop(self) -> None:
+        """Wait for completed buckets; forecast each once, off the event loop; push it to subscribers."""
+        while True:
+            try:
+                origin = self.complete_through()
+                if self.engine is not None and origin is not None and origin != self.last_origin:
+                    result = await asyncio.to_thread(self.run_cycle, origin)
+                    if result is not None and self.subscribers.sockets:
+                        await self.subscribers.broadcast(self.published.json.decode())
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - the loop must survive anything
+                logger.exception("forecast loop error")
+            await asyncio.sleep(FORECAST_POLL_SECONDS)
+
+    def close(self) -> None:
+        """Release the store."""
+        self.store.close()
+
+
+# ============================================================================ documents
+def status_document(daemon: Daemon) -> StatusResponse:
+    """/status: model, fleet and daemon counters."""
+    c = daemon.counters
+    cache = daemon.published.result
+    engine = daemon.engine
+    statuses = [r.prediction.status for r in cache.servers.values()] if cache else []
+    loaded = engine.loaded if engine else None
+    unknown = sum(1 for name in daemon.fleet.servers if not engine or name not in engine.known)
+    backtest = (loaded.training_info.get("backtest") or {}).get("per_horizon") if loaded else None
+    return StatusResponse(
+        status="ok" if engine else "degraded", version=PROJECT_VERSION, model_loaded=loaded is not None,
+        model_encoder_length=loaded.spec.encoder_length if loaded else None,
+        model_dir=str(daemon.settings.model_dir) if daemon.settings.model_dir else None,
+        model_version=engine.model_version if engine else None, model_error=daemon.model_error,
+        contract_version=CONTRACT_VERSION,
+        model_contract_version=loaded.config.get("contract_version") if loaded else None,
+        trained_at=loaded.training_info.get("trained_at") if loaded else None, backtest_summary=backtest,
+        uptime_seconds=round(time.time() - c.started, 1), servers_tracked=len(daemon.fleet.servers),
+        servers_ready=statuses.count("ok"), servers_warming_up=statuses.count("warming_up"),
+        servers_offline=statuses.count("offline"), unknown_servers=unknown,
+        last_forecast_time=cache.prediction_time if cache else None, last_cycle_at=c.last_cycle_at,
+        cycles=c.cycles,
+        forecasts_per_second=round(c.forecasts_total / c.cycle_seconds_total, 1) if c.cycle_seconds_total else 0.0,
+        average_cycle_ms=round(1000.0 * c.cycle_seconds_total / c.cycles, 2) if c.cycles else 0.0,
+        last_cycle_ms=c.last_cycle_ms, last_cycle_total_ms=c.last_cycle_total_ms, feed_records_stored=c.stored,
+        feed_records_rejected=c.rejected, feed_records_duplicate=c.duplicates, requests_total=c.requests,
+        request_errors_total=c.request_errors, error_rate=round(c.request_errors / c.requests, 4) if c.requests else 0.0)
+
+
+def history_document(daemon: Daemon, server_name: str, profile: str, hours: float) -> HistoryResponse:
+    """Actuals from the store and the stored horizon forecasts that targeted them."""
+    newest = daemon.fleet.servers[server_name].last_sample_bucket() or 0
+    first = newest - int(hours * STEPS_PER_HOUR) + 1
+    by_bucket = {row[0]: row for row in daemon.store.bucket_history(server_name, first)}
+    timestamps, states = [], []
+    actuals: dict[str, list[float | None]] = {m: [] for m in [*LINBORG_METRICS, DISPLAY_CPU]}
+    for bucket in range(first, newest + 1):
+        timestamps.append(bucket_iso(bucket))
+        row = by_bucket.get(bucket)
+        if row is None:
+            for m in actuals:
+                actuals[m].append(None)
+            states.append(None)
+            continue
+        n = max(row[1], 1)
+        values = {m: row[2 + i] / n for i, m in enumerate(GAUGES)}
+        values.update({m: row[2 + len(GAUGES) + i] for i, m in enumerate(COUNTS)})
+        for m in LINBORG_METRICS:
+            actuals[m].append(round(float(values[m]), 3))
+        actuals[DISPLAY_CPU].append(round(float(cpu_used(values["cpu_idle_pct"])), 3))
+        states.append(STATE_PRECEDENCE[row[-1]])
+    forecasts: dict[str, dict[str, Any]] = {}
+    engine = daemon.engine
+    if engine is not None:
+        metrics = engine.metrics
+        stored = daemon.store.forecast_history(server_name, first - max(HORIZONS.values()))
+        for k, (label, steps) in enumerate(HORIZONS.items()):
+            target_times, bands = [], {m: {q: [] for q in QUANTILE_LABELS} for m in metrics}
+            for origin, blob in stored:
+                target = origin + steps
+                if target < first or target > newest:
+                    continue
+                array = np.frombuffer(blob, dtype=np.float32).reshape(len(metrics), len(HORIZONS), len(QUANTILE_LABELS))
+                target_times.append(bucket_iso(target))
+                for i, m in enumerate(metrics):
+                    for j, q in enumerate(QUANTILE_LABELS):
+                        bands[m][q].append(round(float(array[i, k, j]), 3))
+            forecasts[label] = {"target_times": target_times, "bands": bands}
+    return HistoryResponse(server_name=server_name, profile=profile, timestamps=timestamps, actuals=actuals,
+                           states=states, forecasts=forecasts)

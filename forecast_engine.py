@@ -1,0 +1,297 @@
+"""The forecast engine: the fleet's windows in, decoded and scored forecasts out.
+
+One cycle (``ForecastEngine.forecast``):
+
+1. sort servers into offline / warming up / ready (enough history for the model);
+2. one batched forward pass per history length over the ready servers' windows
+   (raw windows -> model rows -> tensors -> quantiles, in slices that stay in cache);
+3. decode to display metrics (CPU as used: p10 of used = 100 - p90 of idle), score risk and
+   alerts fleet-wide, and build each server's :class:`api_models.ServerPrediction`.
+
+No FastAPI here: the daemon (daemon_state.py), the offline ``forecast_file``, the notebook and
+the benchmarks all use this module as it is.
+"""
+
+from __future__ import annotations
+
+import gc
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from api_models import FleetPredictions, ServerPrediction
+from config import (
+    GROUP_ID,
+    HORIZONS,
+    INFERENCE_CHUNK_SERVERS,
+    LINBORG_METRICS,
+    OFFLINE_AFTER_BUCKETS,
+    QUANTILE_LABELS,
+)
+from contract import DISPLAY_CPU, bucket_iso, bucket_of_times, cpu_used
+from metrics_store import FleetWindows
+from risk_scoring import score_fleet
+from state_rules import STATE_PRECEDENCE
+from tft_features import NAN_CODE, BatchAssembler, decode_quantiles, encode_rows
+from tft_model import LoadedModel, load_model
+
+HORIZON_STEPS = [steps - 1 for steps in HORIZONS.values()]  # decoder rows of 30 min, 1 h, 8 h
+SUMMARY_ORDER = ("green", "yellow", "red", "warming_up", "offline")  # /predictions/current "summary"
+
+
+# ============================================================================ display conversions
+def display_forecast(quantiles: np.ndarray, targets: list[str]) -> dict[str, dict[str, np.ndarray]]:
+    """(S, targets, D, Q) model quantiles -> display metric -> {p10, p50, p90} arrays (S, D); CPU as used."""
+    out: dict[str, dict[str, np.ndarray]] = {}
+    for j, name in enumerate(targets):
+        if name == "cpu_idle_pct":  # the quantiles flip: p10 of used = 100 - p90 of idle
+            out[DISPLAY_CPU] = {"p10": cpu_used(quantiles[:, j, :, 2]), "p50": cpu_used(quantiles[:, j, :, 1]),
+                                "p90": cpu_used(quantiles[:, j, :, 0])}
+        else:
+            out[name] = {label: quantiles[:, j, :, k] for k, label in enumerate(QUANTILE_LABELS)}
+    return out
+
+
+def display_current(values: np.ndarray) -> dict[str, np.ndarray]:
+    """(S, 14) bucket values -> display metric -> (S,) values, plus CPU used."""
+    current = {name: values[:, i] for i, name in enumerate(LINBORG_METRICS)}
+    current[DISPLAY_CPU] = cpu_used(current["cpu_idle_pct"])
+    return current
+
+
+def display_metrics(targets: list[str]) -> list[str]:
+    """The model's targets under their display names (cpu_idle_pct -> cpu_used_pct), in order."""
+    return [DISPLAY_CPU if t == "cpu_idle_pct" else t for t in targets]
+
+
+def round_fan(fan: dict[str, dict[str, np.ndarray]]) -> dict[str, dict[str, list[float]]]:
+    """One server's fan as JSON-ready lists, 3 decimals (what the API shows)."""
+    return {m: {q: np.round(band[q].astype(float), 3).tolist() for q in QUANTILE_LABELS} for m, band in fan.items()}
+
+
+# ============================================================================ results
+@dataclass
+class ServerResult:
+    """What one cycle produced for one server."""
+
+    prediction: ServerPrediction
+    fleet_fan: dict[str, dict[str, np.ndarray]] | None = None  # the cycle's (S, D) arrays, shared
+    row: int = -1  # this server's row in them
+    horizon_blob: bytes | None = None  # (metrics, horizons, quantiles) float32: what the store keeps
+
+    @property
+    def fan(self) -> dict[str, dict[str, np.ndarray]] | None:
+        """This server's full fan: display metric -> {p10, p50, p90} arrays over the 96 steps."""
+        if self.fleet_fan is None:
+            return None
+        return {m: {q: band[q][self.row] for q in QUANTILE_LABELS} for m, band in self.fleet_fan.items()}
+
+
+@dataclass
+class CycleResult:
+    """One forecast cycle for the fleet."""
+
+    origin: int
+    prediction_time: str
+    servers: dict[str, ServerResult]
+    seconds: float
+    forecast_count: int
+
+
+def fleet_document(result: CycleResult | None, model_version: str) -> FleetPredictions:
+    """The /predictions/current document (also pushed on the WebSocket); ``result`` None: no cycle yet."""
+    servers: list[ServerPrediction] = []
+    if result is not None:
+        servers = sorted((r.prediction for r in result.servers.values()),
+                         key=lambda p: (-(p.risk_score if p.risk_score is not None else -1), p.server_name))
+    summary = dict.fromkeys(SUMMARY_ORDER, 0)
+    for p in servers:
+        summary[p.risk_level if p.status == "ok" else p.status] += 1
+    return FleetPredictions.model_construct(
+        prediction_time=result.prediction_time if result else None, model_version=model_version,
+        horizons=dict(HORIZONS), summary=summary, servers=servers)
+
+
+def _prediction(base: dict[str, Any], status: str, **fields: Any) -> ServerPrediction:
+    """A ServerPrediction from the engine's own (already valid) values, without re-validating them."""
+    return ServerPrediction.model_construct(**base, status=status, **fields)
+
+
+# ============================================================================ the engine
+class ForecastEngine:
+    """Turns the fleet's windows into one batched forward pass and decoded, scored results."""
+
+    def __init__(self, loaded: LoadedModel) -> None:
+        self.loaded = loaded
+        self.spec = loaded.spec
+        self.assemble = BatchAssembler(loaded.spec)
+        self.known = set(loaded.encoder.name_to_id)
+        self.model_version = loaded.model_dir.resolve().name
+        self.metrics = display_metrics(self.spec.targets)
+        loaded.model.return_attention = False  # forecasts only: the fused attention path
+        # Bucket states are kept as precedence ranks; the model wants its own category codes.
+        self._state_code_of_rank = self.spec.encode("state", STATE_PRECEDENCE)
+
+    def forecast(self, fleet: FleetWindows, origin: int) -> CycleResult:
+        """Forecast every ready server for the buckets after ``origin`` (the last complete one).
+
+        The cyclic garbage collector is paused for the cycle: building the results allocates a
+        burst of small objects, and a full collection over the daemon's heap in the middle of
+        it cost more than the rest of the bookkeeping. Reference counting still frees
+        everything; the collector runs again right after.
+        """
+        gc_was_enabled = gc.isenabled()
+        gc.disable()
+        try:
+            return self._forecast(fleet, origin)
+        finally:
+            if gc_was_enabled:
+                gc.enable()
+
+    def _forecast(self, fleet: FleetWindows, origin: int) -> CycleResult:
+        began = time.perf_counter()
+        enc = self.spec.encoder_length
+        prediction_time = bucket_iso(origin)
+        results: dict[str, ServerResult] = {}
+        ready: list[str] = []
+        windows, states, profiles, lengths = [], [], [], []
+        for name, window in fleet.servers.items():
+            last = window.last_sample_bucket()
+            base = self._base(name, window.profile, prediction_time, last)
+            history = origin - (window.first_bucket or origin) + 1
+            if last is None or last < origin - OFFLINE_AFTER_BUCKETS:
+                results[name] = ServerResult(_prediction(base, "offline"))
+            elif history < self.spec.min_encoder_length:
+                results[name] = ServerResult(_prediction(
+                    base, "warming_up", buckets_needed=self.spec.min_encoder_length - history))
+            else:
+                values, state, _ = window.window(origin, enc)
+                ready.append(name)
+                windows.append(values)
+                states.append(state)
+                profiles.append(window.profile)
+                lengths.append(min(history, enc))
+        if ready:
+            quantiles = self.predict_fleet(ready, windows, states, profiles, lengths, origin)
+            results.update(self._ready_results(fleet, origin, prediction_time, ready, windows, profiles, lengths,
+                                               quantiles))
+        return CycleResult(origin=origin, prediction_time=prediction_time, servers=results,
+                           seconds=time.perf_counter() - began, forecast_count=len(ready))
+
+    def _base(self, name: str, profile: str, prediction_time: str, last: int | None) -> dict[str, Any]:
+        """The fields every server's entry has, whatever its status."""
+        return {"server_name": name, "profile": profile, "known_to_model": name in self.known,
+                "prediction_time": prediction_time,
+                "last_sample_time": bucket_iso(last) if last is not None else None}
+
+    def predict_fleet(self, names: list[str], windows: list[np.ndarray], states: list[np.ndarray],
+                      profiles: list[str], lengths: list[int], origin: int) -> np.ndarray:
+        """(S, targets, D, Q) quantiles: one forward pass per history length (long-lived servers share one)."""
+        quantiles = np.empty((len(names), len(self.spec.targets), self.spec.prediction_length,
+                              len(self.spec.quantiles)))
+        lengths_arr = np.array(lengths)
+        for length in np.unique(lengths_arr):
+            rows = np.flatnonzero(lengths_arr == length)
+            quantiles[rows] = self._predict([names[i] for i in rows], np.stack([windows[i] for i in rows]),
+                                            [states[i] for i in rows], [profiles[i] for i in rows], origin,
+                                            int(length))
+        return quantiles
+
+    def _ready_results(self, fleet: FleetWindows, origin: int, prediction_time: str, ready: list[str],
+                       windows: list[np.ndarray], profiles: list[str], lengths: list[int],
+                       quantiles: np.ndarray) -> dict[str, ServerResult]:
+        """Decode, score and summarise the forecast servers, fleet-wide arrays first."""
+        fan = display_forecast(quantiles, self.spec.targets)
+        latest = [fleet.servers[n].current(origin) for n in ready]  # None: no sample in the origin bucket
+        values = np.stack([v if v is not None else windows[i][-1] for i, v in enumerate(latest)])
+        current = display_current(values)
+        risks = score_fleet(ready, profiles, current, fan)
+        metrics = list(fan)
+        # (S, metrics, horizons, quantiles): the summary every endpoint shows, and the stored history.
+        summary = np.stack([np.stack([fan[m][q][:, HORIZON_STEPS] for q in QUANTILE_LABELS], axis=-1)
+                            for m in metrics], axis=1).astype(np.float32)
+        rounded = np.round(summary.astype(float), 3).tolist()
+        current_rows = {m: np.round(v, 3).tolist() for m, v in current.items()}
+        results = {}
+        for i, name in enumerate(ready):
+            window = fleet.servers[name]
+            horizons = {label: {m: dict(zip(QUANTILE_LABELS, rounded[i][k][h], strict=True))
+                                for k, m in enumerate(metrics)}
+                        for h, label in enumerate(HORIZONS)}
+            base = self._base(name, window.profile, prediction_time, window.last_sample_bucket())
+            prediction = _prediction(base, "ok", history_buckets=lengths[i],
+                                     current={m: v[i] for m, v in current_rows.items()}, predictions=horizons,
+                                     risk_score=risks[i].risk_score, risk_level=risks[i].risk_level,
+                                     alerts=risks[i].alerts)
+            results[name] = ServerResult(prediction, fleet_fan=fan, row=i, horizon_blob=summary[i].tobytes())
+        return results
+
+    def _predict(self, names: list[str], values: np.ndarray, states: list[np.ndarray], profiles: list[str],
+                 origin: int, history: int) -> np.ndarray:
+        """(S, E, 14) raw windows -> (S, targets, D, Q) quantiles, reading the last ``history`` buckets.
+
+        Runs in slices of ``INFERENCE_CHUNK_SERVERS`` so each slice's tensors stay in cache.
+        """
+        slices = -(-len(names) // max(1, INFERENCE_CHUNK_SERVERS))  # ceil; slices of near-equal size
+        if slices <= 1:
+            return self._predict_slice(names, values, states, profiles, origin, history)
+        bounds = np.linspace(0, len(names), slices + 1).round().astype(int)
+        return np.concatenate([
+            self._predict_slice(names[a:b], values[a:b], states[a:b], profiles[a:b], origin, history)
+            for a, b in zip(bounds[:-1], bounds[1:], strict=True)])
+
+    def _predict_slice(self, names: list[str], values: np.ndarray, states: list[np.ndarray], profiles: list[str],
+                       origin: int, history: int) -> np.ndarray:
+        """One slice of ``_predict``."""
+        enc, dec = self.spec.encoder_length, self.spec.prediction_length
+        n_servers, steps = len(names), enc + dec
+        full = np.zeros((n_servers, steps, len(LINBORG_METRICS)))
+        full[:, :enc] = values  # decoder rows: unknown future, never read by the model
+        time_idx = origin - enc + 1 + np.arange(steps)
+        state_rows = np.full((n_servers, steps), NAN_CODE, dtype=np.int64)  # future states: unknown
+        state_rows[:, :enc] = self._state_code_of_rank[np.stack(states)]
+        profile_codes = self.spec.encode("profile", profiles)
+        rows = encode_rows(self.spec, {m: full[:, :, i].reshape(-1) for i, m in enumerate(LINBORG_METRICS)},
+                           np.tile(time_idx, n_servers), np.repeat(profile_codes, steps), state_rows.reshape(-1))
+        shape = (n_servers, steps)
+        groups = self.spec.encode(GROUP_ID, [self.loaded.encoder.name_to_id.get(n, "") for n in names])
+        lengths = None if history == enc else np.full(n_servers, history)
+        x, _ = self.assemble(rows.reals.reshape(*shape, -1), rows.cats.reshape(*shape, -1),
+                             rows.targets.reshape(*shape, -1), rows.targets_tf.reshape(*shape, -1), groups,
+                             rows.time_idx.reshape(shape), encoder_lengths=lengths)
+        with torch.inference_mode():
+            output = self.loaded.model(x)
+        return decode_quantiles(output["prediction"], self.spec)
+
+
+# ============================================================================ offline mode
+def forecast_file(model_dir: Path, data_path: Path) -> dict[str, Any]:
+    """Forecast every server of a data file once, from its last complete bucket, without a server.
+
+    The file goes through the same windows as a fed daemon (``FleetWindows``), so the offline
+    forecast and the daemon's agree for the same history.
+    """
+    from data_validator import DataValidator, format_report
+    from tft_features import load_training_frame
+
+    frame = load_training_frame(data_path)
+    is_valid, errors, warnings = DataValidator(strict=True).validate_schema(frame)
+    if not is_valid:
+        raise ValueError(format_report(data_path, len(frame), False, errors, warnings, 0.0))
+    engine = ForecastEngine(load_model(model_dir))
+    # Only the last window of every server matters (plus the hour that decides "offline").
+    buckets = bucket_of_times(frame["timestamp"])
+    frame = frame[buckets > buckets.max() - (engine.spec.encoder_length + OFFLINE_AFTER_BUCKETS + 1)]
+    records = frame.assign(server_name=frame["server_name"].astype(str), profile=frame["profile"].astype(str),
+                           state=frame["state"].astype(str)).to_dict(orient="records")
+    fleet = FleetWindows.from_records(records)
+    origin = fleet.newest_bucket
+    result = engine.forecast(fleet, origin)
+    document = fleet_document(result, engine.model_version).model_dump(mode="json")
+    document["fans"] = {name: round_fan(r.fan) for name, r in result.servers.items() if r.fan is not None}
+    document["steps"] = [bucket_iso(origin + k) for k in range(1, engine.spec.prediction_length + 1)]
+    return document
