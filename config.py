@@ -176,6 +176,7 @@ MAX_PREDICTION_LENGTH = max(HORIZONS.values())  # 96 steps = 8 hours
 # ---------------------------------------------------------------------------
 MIN_GENERATE_HOURS = 24
 RECOMMENDED_GENERATE_HOURS = 720  # 30 days
+GENERATE_CHUNK_DAYS = 7  # generate_dataset simulates and writes this much at a time (bounds memory)
 DEFAULT_SEED = 42
 # A fixed Monday, so the same seed gives the same file on any day.
 DEFAULT_START = "2026-01-05T00:00:00Z"
@@ -506,7 +507,10 @@ CRITICAL_CLEAR_BUCKETS = 2
 SOFT_STATE_MIN_BUCKETS = 3
 # Values a collector writes for a bucket with no samples (dense offline mode):
 # activity metrics are zero, CPU is all idle, disk and uptime carry forward.
-OFFLINE_ZERO_METRICS = [m for m in LINBORG_METRICS if m not in ("cpu_idle_pct", "disk_usage_pct", "uptime_days")]
+# contract.fill_offline is the one implementation.
+CARRIED_METRICS = ("disk_usage_pct", "uptime_days")
+OFFLINE_IDLE_PCT = 100.0
+OFFLINE_ZERO_METRICS = [m for m in LINBORG_METRICS if m != "cpu_idle_pct" and m not in CARRIED_METRICS]
 
 # Importing recorded traces (trace_importer.py; Docs/IMPORTING.md). A metric the source does
 # not have is filled with this constant (a quiet, healthy value far from every threshold) and
@@ -632,7 +636,9 @@ TRAINING_GUIDE_DOC = "Docs/TRAINING_GUIDE.md"
 # ---------------------------------------------------------------------------
 # 8. Risk scoring and alerts (risk_scoring.py; Docs/RISK_SCORING.md has worked examples)
 # ---------------------------------------------------------------------------
-# Metrics the risk score reads, as shown to users. CPU is always "used" (100 - idle).
+# CPU as shown to users: "used" = 100 - idle (contract.cpu_used), never raw idle.
+DISPLAY_CPU = "cpu_used_pct"
+# Metrics the risk score reads, as shown to users.
 RISK_METRICS = ["cpu_used_pct", "cpu_iowait_pct", "mem_used_pct", "swap_used_pct", "disk_usage_pct",
                 "load_average", "back_close_wait", "front_close_wait"]
 # Severity tiers per metric: (threshold, level) from worst to mildest; a value at or above
@@ -693,6 +699,8 @@ MAX_RECORDS_PER_REQUEST = 50_000
 FEED_TIMESTAMP_YEARS = (1970, 2200)
 RATE_LIMIT_REQUESTS_PER_MINUTE = 1200  # per client (API key or address), token bucket
 RATE_LIMIT_BURST = 200
+# WebSocket close code for a refused key (4000-4999 are the application's; 4401 mirrors HTTP 401).
+WS_UNAUTHORIZED_CODE = 4401
 # History kept in the store: enough for the encoder, the seasonal baseline and a week of
 # dashboard history; older buckets and forecasts are deleted.
 RETENTION_HOURS = 7 * 24
@@ -714,6 +722,17 @@ INFERENCE_CHUNK_SERVERS = 125
 MEMORY_BUCKETS = 512  # per-server ring of recent buckets kept in memory (>= encoder length)
 SQLITE_SYNCHRONOUS = "FULL"  # every acknowledged batch survives a crash or power loss
 API_REFERENCE_DOC = "Docs/API_REFERENCE.md"
+
+# Clients of the daemon (daemon_client.py: the feed, the demo stream, the dashboard, main.py demo).
+DAEMON_TIMEOUT_SECONDS = 30.0  # one request; a pre-fill batch on a busy 2-core daemon stays well inside
+DAEMON_RETRY_ATTEMPTS = 3  # tries in all for a request that failed for a passing reason ...
+DAEMON_RETRY_BASE_SECONDS = 0.5  # ... with a back-off that doubles from here ...
+DAEMON_RETRY_MAX_SECONDS = 30.0  # ... up to this (a 429's Retry-After is honoured up to this too)
+# Answers worth another try: rate limited, or the daemon failed unexpectedly. Not 503: the daemon
+# answers it for "no model loaded", which waiting does not fix.
+DAEMON_RETRY_STATUSES = (429, 500, 502, 504)
+DAEMON_ERROR_DETAIL_CHARS = 300  # how much of an unexpected answer an error message quotes
+DAEMON_WAIT_POLL_SECONDS = 0.5  # waiting for a daemon to come up: ask /health this often
 
 # How metrics are named and shown to people (API, alerts, dashboard).
 METRIC_LABELS = {
@@ -740,7 +759,12 @@ DEMO_RAMP_HOURS = {
     "degrading": {"memory_leak": 4.0, "disk_fill": 5.0, "io_saturation": 2.5, "connection_pileup": 3.0},
     "critical": {"memory_leak": 1.5, "disk_fill": 2.0, "io_saturation": 1.0, "connection_pileup": 1.0},
 }
-STREAM_RETRY_SECONDS = 2.0
+STREAM_RETRY_SECONDS = 2.0  # the stream retries a failed POST /feed this often, until it is delivered
+DEMO_PREFILL_CHUNK_BUCKETS = 24  # buckets per POST /feed while the stream pre-fills history
+DEMO_START_TIMEOUT_SECONDS = 120.0  # main.py demo: how long the daemon and the dashboard may take to answer
+DASHBOARD_TIMEOUT_SECONDS = 10.0
+DASHBOARD_REQUEST_ATTEMPTS = 1  # a failed read is not retried: the next refresh is the retry
+DASHBOARD_CACHE_SECONDS = 2  # the panels of one refresh share one round of requests
 DASHBOARD_DEFAULT_REFRESH_SECONDS = 5
 DASHBOARD_TOP_SERVERS = 5
 DASHBOARD_HISTORY_HOURS = 12
