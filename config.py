@@ -5,12 +5,19 @@ a column name list, a threshold, a horizon or a path. If you need a new number, 
 it here with a comment that says what it means and why it has that value.
 
 Sections, top to bottom:
-  1. project paths and versions
+  1. project paths and versions, docs that errors cite, network defaults, logging
   2. the data contract (columns, states, profiles, naming, ranges)
   3. time grid and forecast horizons
   4. the fleet simulator's behaviour per profile
-  5. state-labelling rules (how a feed derives ``state`` from what it observes)
+  5. state labelling (how a feed derives ``state``), the offline vector, trace import
   6. validator limits
+  7. model and training (features, architecture, optimiser, backtest, saved layout)
+  8. risk scoring and alerts
+  9. the inference daemon (API limits, store, retention, cycle), its clients, metric names for people
+ 10. the live demo
+ 11. real metrics in: host collector and Prometheus adapter
+
+Measured figures (speeds, budgets met) live in the Docs, not here.
 """
 
 from __future__ import annotations
@@ -18,12 +25,12 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 # ---------------------------------------------------------------------------
 # 1. Project paths and versions
 # ---------------------------------------------------------------------------
 PROJECT_ROOT = Path(__file__).resolve().parent
-DOCS_DIR = PROJECT_ROOT / "Docs"
 VERSION_FILE = PROJECT_ROOT / "VERSION"
 PROJECT_VERSION = VERSION_FILE.read_text(encoding="utf-8").strip()
 
@@ -165,7 +172,6 @@ SAMPLING_INTERVAL_MINUTES = 5
 SAMPLING_INTERVAL_SECONDS = SAMPLING_INTERVAL_MINUTES * 60
 STEPS_PER_HOUR = 60 // SAMPLING_INTERVAL_MINUTES  # 12
 STEPS_PER_DAY = 24 * STEPS_PER_HOUR  # 288
-STEPS_PER_WEEK = 7 * STEPS_PER_DAY
 
 # Label -> number of 5-minute steps ahead. Every label shown to a user is true.
 HORIZONS = {"30min": 6, "1hr": 12, "8hr": 96}
@@ -487,13 +493,29 @@ CRITICAL_MEM_PCT = 95.0
 CRITICAL_SWAP_PCT = 40.0
 CRITICAL_DISK_PCT = 95.0
 CRITICAL_CLOSE_WAIT = 500
-# heavy_load: entered at the first value, left below the second (hysteresis).
-HEAVY_CPU_USED_PCT = (80.0, 65.0)
-HEAVY_MEM_PCT = (90.0, 86.0)
-# idle: entered below the first value, left above the second.
-IDLE_CPU_USED_PCT = (7.0, 12.0)
+
+
+class Hysteresis(NamedTuple):
+    """A state entered at one value and left at another, so a value hovering near one line does not flicker."""
+
+    enter: float
+    leave: float
+
+
+class HourWindow(NamedTuple):
+    """A window of the UTC day, in hours (7.5 = 07:30)."""
+
+    start: float
+    end: float
+
+
+# heavy_load: entered at or above ``enter``, left below ``leave``.
+HEAVY_CPU_USED_PCT = Hysteresis(enter=80.0, leave=65.0)
+HEAVY_MEM_PCT = Hysteresis(enter=90.0, leave=86.0)
+# idle: entered below ``enter``, left above ``leave``.
+IDLE_CPU_USED_PCT = Hysteresis(enter=7.0, leave=12.0)
 # morning_spike: weekday, inside this UTC window, CPU used at least this high.
-MORNING_SPIKE_HOURS_UTC = (7.5, 10.0)
+MORNING_SPIKE_HOURS_UTC = HourWindow(start=7.5, end=10.0)
 MORNING_SPIKE_MIN_CPU_USED_PCT = 35.0
 # recovery: this many buckets after a critical_issue or an unplanned outage ends.
 RECOVERY_BUCKETS = 6
@@ -585,6 +607,9 @@ MODEL_ATTENTION_HEADS = 2
 MODEL_HIDDEN_CONTINUOUS_SIZE = 16
 MODEL_DROPOUT = 0.1
 MODEL_LSTM_LAYERS = 1
+# The model is created from a tiny TimeSeriesDataSet of this many servers' training rows
+# (tft_features.build_features): it only defines the inputs, not the weights.
+MODEL_DATASET_SERVERS = 2
 
 BATCH_SIZE = 128
 LEARNING_RATE = 3e-3
@@ -594,10 +619,10 @@ GRADIENT_CLIP_VAL = 1.0
 MAX_EPOCHS = 20
 WINDOWS_PER_EPOCH = 16_384  # sampled training windows per epoch: epochs stay minutes on any fleet
 # CPU training can run the variable-selection GRNs through torch.compile (their elementwise work
-# fused, forward and backward). A/B on the 2-core VM: GUIDE-size step 4.1-4.2 s eager, 2.8-3.0 s
-# compiled; default-size step 0.44-0.48 s eager, 0.36-0.43 s compiled; the compile itself takes
-# ~35-40 s once. "auto" compiles CPU runs of at least this many optimiser steps (the default
-# 20 x 128 = 2,560), where it pays for itself; short runs (the demo, tests) stay eager.
+# fused, forward and backward; the one-off compile and the per-step gain are measured in
+# Docs/TRAINING_GUIDE.md, "Speed"). "auto" compiles CPU runs of at least this many optimiser
+# steps (the default 20 x 128 = 2,560), where it pays for itself; short runs (the demo, tests)
+# stay eager.
 TRAIN_COMPILE = "auto"  # auto | on | off (--compile)
 TRAIN_COMPILE_MIN_STEPS = 1000
 VAL_WINDOWS = 4_096  # fixed validation windows
@@ -618,6 +643,10 @@ TRAINING_MEMORY_BUDGET_GB = 8.0
 
 # Backtest: forecast origins every this many buckets inside the held-out range.
 BACKTEST_ORIGIN_STRIDE = 6
+# What a profile is worth on never-seen servers (tft_evaluate.measure_profile_value): forecast
+# origins every this many buckets, and bootstrap resamples (whole servers) of the gain's interval.
+PROFILE_VALUE_ORIGIN_STRIDE = 6
+PROFILE_VALUE_BOOTSTRAP_RESAMPLES = 1000
 # Baselines measured in the same run: last value, and same time yesterday.
 SEASONAL_LAG_STEPS = STEPS_PER_DAY
 
@@ -688,7 +717,7 @@ RISK_RED_ABOVE = 0.7
 ALERT_MIN_LEVEL = "warning"
 
 # ---------------------------------------------------------------------------
-# 9. Inference daemon (tft_inference.py; Docs/API_REFERENCE.md)
+# 9. Inference daemon and its clients (tft_inference.py, daemon_client.py; Docs/API_REFERENCE.md)
 # ---------------------------------------------------------------------------
 STORE_PATH = PROJECT_ROOT / "data" / "metrics_store.sqlite3"
 API_KEY_ENV = "TFT_API_KEY"
@@ -716,8 +745,7 @@ FORECAST_POLL_SECONDS = 0.5
 # Records older than this (relative to the newest bucket the daemon has seen) are rejected.
 MAX_RECORD_AGE_HOURS = RETENTION_HOURS
 # A forecast cycle runs the model over at most this many servers at a time, so the working set
-# of one slice stays in the CPU caches. Whole cycles for 1,000 servers, interleaved runs on the
-# 2-core benchmark machine (median): one batch 1,207 ms, slices of 250: 980, 125: 881, 64: 959.
+# of one slice stays in the CPU caches (the slice sizes measured are in Docs/RAG/CURRENT_STATE.md).
 INFERENCE_CHUNK_SERVERS = 125
 MEMORY_BUCKETS = 512  # per-server ring of recent buckets kept in memory (>= encoder length)
 SQLITE_SYNCHRONOUS = "FULL"  # every acknowledged batch survives a crash or power loss
@@ -768,6 +796,7 @@ DASHBOARD_CACHE_SECONDS = 2  # the panels of one refresh share one round of requ
 DASHBOARD_DEFAULT_REFRESH_SECONDS = 5
 DASHBOARD_TOP_SERVERS = 5
 DASHBOARD_HISTORY_HOURS = 12
+DASHBOARD_FAN_HISTORY_HOURS = 6  # actuals drawn before the forecast on the Top Servers fans
 
 # ---------------------------------------------------------------------------
 # 11. Real metrics in: host collector and Prometheus adapter (Docs/COLLECTING.md)
