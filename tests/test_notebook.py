@@ -8,8 +8,7 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-from tests.conftest import ROOT
-from tests.test_daemon import _free_port
+from tests.conftest import ROOT, free_port
 
 
 @pytest.mark.slow
@@ -17,7 +16,7 @@ def test_notebook_runs_top_to_bottom(tmp_path):
     notebook = nbformat.read(ROOT / "_StartHere.ipynb", as_version=4)
     params = next(c for c in notebook.cells if "parameters" in c.metadata.get("tags", []))
     small = {"SERVERS": "12", "HOURS": "96", "EPOCHS": "1", "WINDOWS": "256", "HIDDEN": "8", "ENCODER": "24",
-             "WORKDIR": repr(str(tmp_path / "nb")), "PORT": str(_free_port())}
+             "WORKDIR": repr(str(tmp_path / "nb")), "PORT": str(free_port())}
     for name, value in small.items():
         params.source, count = re.subn(rf"^{name} = .*$", f"{name} = {value}", params.source, flags=re.M)
         assert count == 1, f"parameter {name} not found in the parameters cell"
