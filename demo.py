@@ -7,6 +7,7 @@ minutes on a 2-core CPU, with progress), unless ``models/latest`` already holds 
 starts, each as its own process: the inference daemon (fresh store, a random API key), the
 demo stream (``metrics_generator.py --stream``, one 5-minute bucket per second) and the
 Streamlit dashboard. The dashboard's Healthy / Degrading / Critical buttons switch the stream.
+The daemon is awaited through :class:`daemon_client.DaemonClient`, like every other client of it.
 """
 
 from __future__ import annotations
@@ -25,16 +26,20 @@ import httpx
 
 from config import (
     DAEMON_PORT,
+    DAEMON_WAIT_POLL_SECONDS,
     DASHBOARD_PORT,
+    DASHBOARD_TIMEOUT_SECONDS,
     DEFAULT_HOST,
     DEMO_DIR,
     DEMO_SERVERS,
+    DEMO_START_TIMEOUT_SECONDS,
     DEMO_TRAIN_HOURS,
     LATEST_MODEL_LINK,
     MODELS_DIR,
     PROJECT_ROOT,
     TRAINING_DATA_FILE,
 )
+from daemon_client import DaemonClient
 
 logger = logging.getLogger(__name__)
 DEMO_TRAIN_ARGS = ["--epochs", "4", "--windows-per-epoch", "8192", "--val-windows", "2048", "--holdout-hours", "24"]
@@ -67,15 +72,16 @@ def _run(args: list[str]) -> None:
 
 
 def _wait_http(url: str, timeout: float, proc: subprocess.Popen[bytes]) -> None:
+    """Wait for a web page that is not the daemon's (the dashboard's health check) to answer."""
     deadline = time.time() + timeout
     while time.time() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"{url} did not come up: its process exited with {proc.returncode}")
         try:
-            if httpx.get(url, timeout=2).status_code < 500:
+            if httpx.get(url, timeout=DASHBOARD_TIMEOUT_SECONDS).status_code < 500:
                 return
         except httpx.HTTPError:
-            time.sleep(0.5)
+            time.sleep(DAEMON_WAIT_POLL_SECONDS)
     raise RuntimeError(f"{url} did not answer within {timeout:.0f}s")
 
 
@@ -118,14 +124,15 @@ def run_demo(models_dir: Path, host: str, daemon_port: int, dashboard_port: int,
     try:
         daemon = start("daemon", [sys.executable, "tft_inference.py", "--daemon", "--host", host, "--port",
                                   str(daemon_port), "--model-dir", str(model_dir), "--store", str(store)])
-        _wait_http(f"{daemon_url}/health", 120, daemon)
+        with DaemonClient(daemon_url, api_key) as client:
+            client.wait_until_healthy(DEMO_START_TIMEOUT_SECONDS, still_starting=lambda: daemon.poll() is None)
         start("stream", [sys.executable, "metrics_generator.py", "--stream", "--daemon-url", daemon_url, "--servers",
                          str(servers), "--scenario", "healthy"])
         dashboard = start("dashboard", [sys.executable, "-m", "streamlit", "run", "tft_dashboard_web.py",
                                         "--server.port", str(dashboard_port), "--server.address", host,
                                         "--server.headless", "true", "--browser.gatherUsageStats", "false"],
                           {"TFT_DAEMON_URL": daemon_url})
-        _wait_http(f"http://{host}:{dashboard_port}/_stcore/health", 120, dashboard)
+        _wait_http(f"http://{host}:{dashboard_port}/_stcore/health", DEMO_START_TIMEOUT_SECONDS, dashboard)
         print(f"\n  Dashboard:  http://{host}:{dashboard_port}\n  Daemon API: {daemon_url}/docs\n"
               f"  API key:    {api_key}\n  Demo mode:  use the Healthy / Degrading / Critical buttons in the "
               f"dashboard's sidebar.\n  Stop:       Ctrl-C\n", flush=True)

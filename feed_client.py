@@ -12,6 +12,11 @@ by record:
 
 Nothing leaves the buffer without either an acknowledgement or a log line; ``stats`` holds
 the counts (``main.py collect`` prints them when it stops).
+
+The HTTP side (URL, API key, timeout, what counts as an answer) is :class:`daemon_client.DaemonClient`;
+this module adds the buffer, the batching and a back-off that never blocks the caller: each
+:meth:`DaemonFeed.flush` makes at most one try per batch, and after a failure the next flush waits
+out :class:`daemon_client.RetryPolicy`'s delay.
 """
 
 from __future__ import annotations
@@ -26,13 +31,13 @@ from typing import Any
 import httpx
 
 from config import (
-    API_KEY_ENV,
     FEED_BATCH_RECORDS,
     FEED_BUFFER_MAX_RECORDS,
     FEED_RETRY_BASE_SECONDS,
     FEED_RETRY_MAX_SECONDS,
     FEED_TIMEOUT_SECONDS,
 )
+from daemon_client import NO_RETRY, DaemonClient, DaemonError, FeedResult, RetryPolicy
 
 logger = logging.getLogger(__name__)
 
@@ -56,20 +61,31 @@ class FeedStats:
 
 
 class DaemonFeed:
-    """A bounded, retrying sender of records to one daemon."""
+    """A bounded, retrying sender of records to one daemon.
+
+    ``client`` is the :class:`DaemonClient` to send with (shared, e.g. with a status check), or an
+    ``httpx.Client`` to build one on (tests pass a mock transport); by default one is made from
+    ``daemon_url``, ``api_key`` and ``timeout``.
+    """
+
+    # Until delivered: the wait after the k-th failed flush in a row doubles up to the maximum.
+    backoff = RetryPolicy(attempts=None, base_seconds=FEED_RETRY_BASE_SECONDS, max_seconds=FEED_RETRY_MAX_SECONDS)
 
     def __init__(self, daemon_url: str, api_key: str | None = None, *, max_buffer: int = FEED_BUFFER_MAX_RECORDS,
                  batch_records: int = FEED_BATCH_RECORDS, timeout: float = FEED_TIMEOUT_SECONDS,
-                 client: httpx.Client | None = None) -> None:
-        self.url = daemon_url.rstrip("/") + "/feed"
+                 client: DaemonClient | httpx.Client | None = None) -> None:
+        if isinstance(client, DaemonClient):
+            self.client, self._owns_client = client, False
+        else:
+            self.client = DaemonClient(daemon_url, api_key, timeout=timeout, retry=NO_RETRY, http=client)
+            self._owns_client = True
+        self.url = self.client.base_url + "/feed"
         self.buffer: deque[dict[str, Any]] = deque()
         self.max_buffer = max_buffer
         self.batch_records = batch_records
         self.stats = FeedStats()
         self._failures = 0
         self._next_attempt = 0.0
-        headers = {"X-API-Key": api_key} if api_key else {}
-        self._client = client or httpx.Client(headers=headers, timeout=timeout)
 
     # ------------------------------------------------------------------ buffer
     def put(self, records: list[dict[str, Any]]) -> None:
@@ -104,7 +120,7 @@ class DaemonFeed:
             if not self._post(batch):
                 self._failures += 1
                 self.stats.failed_posts += 1
-                delay = min(FEED_RETRY_MAX_SECONDS, FEED_RETRY_BASE_SECONDS * 2 ** (self._failures - 1))
+                delay = self.backoff.delay(self._failures)
                 self._next_attempt = time.monotonic() + delay
                 logger.warning("could not deliver %d records to %s (%s); %d waiting, retrying in %.0f s",
                                len(batch), self.url, self.stats.last_error, len(self.buffer), delay)
@@ -119,27 +135,22 @@ class DaemonFeed:
         return True
 
     def _post(self, batch: list[dict[str, Any]]) -> bool:
-        """One POST; True when the daemon has answered for every record of ``batch``."""
+        """One POST, no retry of its own; True when the daemon has answered for every record of ``batch``."""
         try:
-            response = self._client.post(self.url, json={"records": batch})
-        except httpx.HTTPError as exc:
-            self.stats.last_error = f"{type(exc).__name__}: {exc}"
+            result = self.client.feed(batch, retry=NO_RETRY)
+        except DaemonError as exc:
+            self.stats.last_error = exc.summary
+            if exc.status in (401, 403):
+                logger.error("%s", exc)
             return False
-        if response.status_code not in (200, 422):
-            detail = response.text[:300]
-            self.stats.last_error = f"HTTP {response.status_code}: {detail}"
-            if response.status_code in (401, 403):
-                logger.error("the daemon refused the API key (%s); set %s or --api-key", detail, API_KEY_ENV)
-            return False
-        try:
-            body = response.json()
-            stored, duplicates, rejected = body["stored"], body["duplicates"], body["rejected"]
-        except (ValueError, KeyError, TypeError):
-            self.stats.last_error = f"HTTP {response.status_code} without a feed answer: {response.text[:200]}"
-            return False
-        self.stats.stored += len(stored)
-        self.stats.duplicates += len(duplicates)
-        for item in rejected:
+        self._count(result, batch)
+        return True
+
+    def _count(self, result: FeedResult, batch: list[dict[str, Any]]) -> None:
+        """Add the daemon's answer to the stats; every rejected record gets a WARNING naming it."""
+        self.stats.stored += len(result.stored)
+        self.stats.duplicates += len(result.duplicates)
+        for item in result.rejected:
             self.stats.rejected += 1
             reason = f"{item.get('field')}: {item.get('reason')}"
             self.stats.rejected_reasons[reason] = self.stats.rejected_reasons.get(reason, 0) + 1
@@ -147,7 +158,6 @@ class DaemonFeed:
             record = batch[index] if isinstance(index, int) and 0 <= index < len(batch) else {}
             logger.warning("daemon rejected the record of %s at %s: %s", record.get("server_name", "?"),
                            record.get("timestamp", "?"), reason)
-        return True
 
     def close(self, deadline_seconds: float = 0.0) -> int:
         """Keep trying to deliver for up to ``deadline_seconds``; returns the records left undelivered."""
@@ -160,5 +170,6 @@ class DaemonFeed:
         if self.buffer:
             logger.warning("stopping with %d records the daemon at %s has not acknowledged (last error: %s)",
                            len(self.buffer), self.url, self.stats.last_error)
-        self._client.close()
+        if self._owns_client:
+            self.client.close()
         return len(self.buffer)

@@ -271,7 +271,8 @@ def build_arg_parser(parser: argparse.ArgumentParser | None = None) -> argparse.
                         help="this host's role (default: from a convention name, else generic)")
     parser.add_argument("--data-path", default=COLLECT_DATA_PATH,
                         help="mount point of the data volume for disk_usage_pct (default %(default)s)")
-    parser.add_argument("--api-key", help=f"daemon API key (default: the file in ${API_KEY_FILE_ENV}, else ${API_KEY_ENV})")
+    parser.add_argument("--api-key",
+                        help=f"daemon API key (default: the file in ${API_KEY_FILE_ENV}, else ${API_KEY_ENV})")
     parser.add_argument("--duration", type=float, help="stop after this many seconds (default: run until stopped)")
     parser.add_argument("--samples", type=int, help="stop after this many samples")
     parser.add_argument("--time-scale", type=float, default=1.0,

@@ -38,7 +38,6 @@ from scipy.signal import lfilter
 from common_utils import (
     atomic_write_json,
     atomic_write_text,
-    is_bucket_aligned,
     isoformat_utc,
     make_server_name,
     parse_utc,
@@ -47,27 +46,28 @@ from common_utils import (
 from config import (
     ACTIVITY_MAX,
     CONTRACT_VERSION,
+    CPU_BUSY_MIN_PCT,
+    CRASH_DURATION_HOURS,
+    CSV_MAX_ROWS,
     DAEMON_PORT,
+    DATA_CONTRACT_DOC,
+    DEFAULT_FLEET,
     DEFAULT_HOST,
+    DEFAULT_OFFLINE_MODE,
+    DEFAULT_SEED,
+    DEFAULT_START,
     DEMO_BUCKETS_PER_SECOND,
+    DEMO_PREFILL_CHUNK_BUCKETS,
     DEMO_PREFILL_MARGIN_BUCKETS,
     DEMO_RAMP_HOURS,
     DEMO_SCENARIOS,
     DEMO_SERVERS,
     DEMO_TROUBLED_SHARE,
-    ENCODER_LENGTH,
-    STREAM_RETRY_SECONDS,
-    CPU_BUSY_MIN_PCT,
-    CRASH_DURATION_HOURS,
-    CSV_MAX_ROWS,
-    DATA_CONTRACT_DOC,
-    DEFAULT_FLEET,
-    DEFAULT_OFFLINE_MODE,
-    DEFAULT_SEED,
-    DEFAULT_START,
     DISK_ROTATION_DAYS,
+    ENCODER_LENGTH,
     FLOAT_DECIMALS,
     FLOAT_METRICS,
+    GENERATE_CHUNK_DAYS,
     INCIDENT_CURVE_EXPONENT,
     INCIDENT_TYPES,
     INCIDENTS,
@@ -90,7 +90,6 @@ from config import (
     MIN_GENERATE_HOURS,
     NOISE,
     OFFLINE_MODES,
-    OFFLINE_ZERO_METRICS,
     PARQUET_COMPRESSION,
     PARQUET_ROW_GROUP_ROWS,
     PATCH_CYCLE_DAYS,
@@ -98,21 +97,23 @@ from config import (
     PILEUP_SYS_CPU_PCT,
     PROFILE_BEHAVIOUR,
     PROJECT_VERSION,
+    RECOMMENDED_GENERATE_HOURS,
     REGIME_INITIAL_SHARES,
     REGIME_MEAN_DWELL_HOURS,
     REGIME_TRANSITIONS,
     REGIMES,
     SAMPLING_INTERVAL_MINUTES,
-    SERVER_PROFILES_DOC,
     SERVER_CPU_PEAK_MAX_PCT,
     SERVER_MEM_FLOOR_PCT,
     SERVER_MEM_OFFSET_SD,
     SERVER_MEM_PEAK_MAX_PCT,
+    SERVER_PROFILES_DOC,
     SERVER_SCALE_SIGMA,
     SERVER_SHARE_MAX,
     SERVER_SHARE_SIGMA,
     STEPS_PER_DAY,
     STEPS_PER_HOUR,
+    STREAM_RETRY_SECONDS,
     SWAP_BASE_PCT,
     SWAP_CURVE_EXPONENT,
     SWAP_DRAIN_HOURS,
@@ -124,6 +125,8 @@ from config import (
     VALID_PROFILES,
     VALID_STATES,
 )
+from contract import bucket_iso, bucket_of_ns, bucket_start, cpu_used, fill_offline
+from daemon_client import NO_RETRY, DaemonClient, DaemonError, RetryPolicy
 from server_encoder import ServerEncoder
 from state_rules import StateTracker, morning_spike_window
 
@@ -163,7 +166,7 @@ def fleet_from_total(total: int) -> dict[str, int]:
     order = np.argsort(-(exact - np.floor(exact)), kind="stable")
     for i in order[: total - counts.sum()]:
         counts[i] += 1
-    return {p: int(c) for p, c in zip(DEFAULT_FLEET, counts) if c > 0}
+    return {p: int(c) for p, c in zip(DEFAULT_FLEET, counts, strict=True) if c > 0}
 
 
 def parse_fleet(spec: str) -> dict[str, int]:
@@ -182,13 +185,14 @@ def parse_fleet(spec: str) -> dict[str, int]:
     return fleet
 
 
-def _interp_curve(anchors: tuple[tuple[float, float], ...], hours: np.ndarray) -> np.ndarray:
-    """Periodic (24 h) linear interpolation through (hour, value) anchor points."""
+def _periodic_points(anchors: tuple[tuple[float, float], ...]) -> tuple[np.ndarray, np.ndarray]:
+    """(hours, values) of daily (hour, value) anchor points repeated a day before and after.
+
+    ``np.interp(hours_of_day, *points)`` is then a periodic (24 h) linear interpolation.
+    """
     xs = np.array([a[0] for a in anchors], dtype=float)
     ys = np.array([a[1] for a in anchors], dtype=float)
-    xs = np.concatenate([xs - 24.0, xs, xs + 24.0])
-    ys = np.concatenate([ys, ys, ys])
-    return np.interp(hours, xs, ys)
+    return np.concatenate([xs - 24.0, xs, xs + 24.0]), np.concatenate([ys, ys, ys])
 
 
 @dataclass
@@ -201,6 +205,17 @@ class FleetChunk:
     state_codes: np.ndarray
 
 
+@dataclass
+class _Clock:
+    """Where a chunk sits in time; every array is (T,) for its T buckets."""
+
+    steps: np.ndarray  # global bucket index since the simulator's start
+    timestamps: pd.DatetimeIndex  # bucket starts, UTC
+    hours: np.ndarray  # hour of day with fraction, UTC
+    minutes: np.ndarray  # minute of the hour
+    weekend: np.ndarray  # Saturday or Sunday
+
+
 class FleetSimulator:
     """A fleet of servers that can be advanced bucket by bucket or many buckets at once."""
 
@@ -211,14 +226,16 @@ class FleetSimulator:
         if unknown:
             raise ValueError(f"Unknown profiles {sorted(unknown)}; valid: {VALID_PROFILES}. See {SERVER_PROFILES_DOC}.")
         start_ts = parse_utc(start)
-        if not is_bucket_aligned(start_ts):
+        start_bucket = int(bucket_of_ns(start_ts.value))
+        if bucket_start(start_bucket) != start_ts:
             raise ValueError(
                 f"--start {start} is not on a {SAMPLING_INTERVAL_MINUTES}-minute boundary. Why it matters: "
-                f"every row sits on the 5-minute grid. Fix: use e.g. {isoformat_utc(start_ts.floor('5min'))}. "
+                f"every row sits on the 5-minute grid. Fix: use e.g. {bucket_iso(start_bucket)}. "
                 f"See {DATA_CONTRACT_DOC} (Time grid)."
             )
         self.seed = seed
         self.start = start_ts
+        self.start_bucket = start_bucket
         self.fleet = {p: int(fleet[p]) for p in VALID_PROFILES if fleet.get(p, 0) > 0}
         pairs = sorted((make_server_name(p, i + 1), p) for p, c in self.fleet.items() for i in range(c))
         self.server_names = [n for n, _ in pairs]
@@ -231,6 +248,7 @@ class FleetSimulator:
         self._event_rng = np.random.default_rng(event_seq)
         self._noise_rng = np.random.default_rng(noise_seq)
         self._init_static(np.random.default_rng(static_rng))
+        self._init_constants()
 
     # ------------------------------------------------------------------ set-up
     def _init_static(self, rng: np.random.Generator) -> None:
@@ -265,7 +283,7 @@ class FleetSimulator:
         cycle = PATCH_CYCLE_DAYS * STEPS_PER_DAY
         day = rng.integers(0, PATCH_CYCLE_DAYS, n)
         hour = rng.uniform(*MAINTENANCE_HOURS_UTC, n)
-        start_of_day = self.start.hour * STEPS_PER_HOUR + self.start.minute // SAMPLING_INTERVAL_MINUTES
+        start_of_day = self.start_bucket % STEPS_PER_DAY  # buckets since midnight UTC
         self._maint_first = day * STEPS_PER_DAY + np.round(hour * STEPS_PER_HOUR).astype(int) - start_of_day
         self._maint_len = _hours_to_steps(rng.uniform(*MAINTENANCE_WINDOW_HOURS, n))
         self._maint_cycle = cycle
@@ -305,6 +323,29 @@ class FleetSimulator:
             factor = np.exp(rng.normal(0.0, SERVER_SHARE_SIGMA, n))
             setattr(self, attr, np.minimum(getattr(self, attr) * factor, SERVER_SHARE_MAX))
 
+    def _init_constants(self) -> None:
+        """Arrays that never change after set-up, built once instead of on every ``advance``."""
+        # Regime chain: per-step probability of leaving each regime, and the CDF of where it goes.
+        self._leave_p = np.array([1.0 / (REGIME_MEAN_DWELL_HOURS[r] * STEPS_PER_HOUR) for r in REGIMES])
+        self._dest_cdf = np.array([[sum(REGIME_TRANSITIONS[r].get(d, 0.0) for d in REGIMES[: j + 1])
+                                    for j in range(len(REGIMES))] for r in REGIMES])
+        self._crash_hazard = self._crash_rate_per_day / STEPS_PER_DAY  # (N,) per step
+        self._crash_lo, self._crash_hi = (_hours_to_steps(hours) for hours in CRASH_DURATION_HOURS)
+        # Per incident code: ramp and plateau ranges (hours) and the odds of a reboot after the fix.
+        self._ramp_lo = np.array([INCIDENTS[t].ramp_hours[0] for t in INCIDENT_TYPES])
+        self._ramp_hi = np.array([INCIDENTS[t].ramp_hours[1] for t in INCIDENT_TYPES])
+        self._crit_lo = np.array([INCIDENTS[t].critical_hours[0] for t in INCIDENT_TYPES])
+        self._crit_hi = np.array([INCIDENTS[t].critical_hours[1] for t in INCIDENT_TYPES])
+        self._reboot_p = np.array([INCIDENTS[t].reboot_probability for t in INCIDENT_TYPES])
+        # Per-step decay of the after-effects: I/O wait after saturation, swap after a leak.
+        self._io_decay = np.exp(-1.0 / (IO_RECOVERY_HOURS * STEPS_PER_HOUR))
+        self._swap_decay = np.exp(-1.0 / (SWAP_DRAIN_HOURS * STEPS_PER_HOUR))
+        # Daily activity curve points per profile (in VALID_PROFILES order): (weekday, weekend).
+        self._daily_curves = [(_periodic_points(PROFILE_BEHAVIOUR[p].weekday_curve),
+                               _periodic_points(PROFILE_BEHAVIOUR[p].weekend_curve)) for p in VALID_PROFILES]
+        self._server_index = np.arange(self.n_servers)
+        self._disk_rotation_steps = DISK_ROTATION_DAYS * STEPS_PER_DAY
+
     # ------------------------------------------------------------------ demo hooks
     def inject_incident(self, server_name: str, incident_type: str, ramp_hours: float | None = None) -> None:
         """Start an incident on one server now (used by the live demo scenarios)."""
@@ -327,8 +368,41 @@ class FleetSimulator:
         return [self.server_names[i] for i in np.flatnonzero(self._inc_phase != _PHASE_NONE)]
 
     # ------------------------------------------------------------------ dynamics
+    # advance() runs these stages in order; arrays are (T, N): T buckets of this chunk, N servers.
+    def advance(self, n_steps: int) -> FleetChunk:
+        """Generate the next ``n_steps`` buckets for every server."""
+        clock = self._clock(n_steps)
+        in_maint, rebooting, booted = self._maintenance_masks(clock.steps)
+        # Who is in which regime, incident or outage: a per-step state machine (draws from _event_rng).
+        events = self._advance_discrete(n_steps, in_maint, booted)
+        noise, java_jitter = self._draw_noise(n_steps)
+        # How busy each server is; every continuous metric follows from it ...
+        activity = self._activity(clock, events["regime"], noise, in_maint)
+        series = self._normal_behaviour(clock, activity, noise)
+        # ... then incidents bend the metrics they are about, and CPU is composed to add up to 100.
+        self._apply_incidents(series, events)
+        metrics = self._contract_metrics(series, noise, java_jitter, clock.steps, events["boot_step"])
+        no_sample = events["no_sample"] | rebooting
+        metrics = self._apply_offline_vector(metrics, no_sample)
+        codes = self._tracker.label(
+            cpu_used=cpu_used(metrics["cpu_idle_pct"]), iowait=metrics["cpu_iowait_pct"], mem=metrics["mem_used_pct"],
+            swap=metrics["swap_used_pct"], disk=metrics["disk_usage_pct"],
+            back_close_wait=metrics["back_close_wait"], front_close_wait=metrics["front_close_wait"],
+            has_sample=~no_sample, in_maintenance=in_maint, spike_window=morning_spike_window(clock.timestamps),
+        )
+        self.step += n_steps
+        return FleetChunk(timestamps=clock.timestamps, metrics=metrics, has_sample=~no_sample, state_codes=codes)
+
+    def _clock(self, n_steps: int) -> _Clock:
+        """Bucket times of the next ``n_steps`` buckets and the calendar features the rhythm reads."""
+        steps = self.step + np.arange(n_steps)  # (T,) global bucket index since self.start
+        timestamps = pd.DatetimeIndex(bucket_start(self.start_bucket + steps))
+        hours = np.asarray(timestamps.hour + timestamps.minute / 60.0, dtype=float)
+        return _Clock(steps=steps, timestamps=timestamps, hours=hours,
+                      minutes=np.asarray(timestamps.minute, dtype=float), weekend=np.asarray(timestamps.dayofweek >= 5))
+
     def _maintenance_masks(self, steps: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(in window, rebooting without samples, reboot finished) masks shaped (n, N)."""
+        """(in window, rebooting without samples, reboot finished) masks shaped (T, N)."""
         phase = (steps[:, None] - self._maint_first[None, :]) % self._maint_cycle
         in_window = phase < self._maint_len[None, :]
         rebooting = (phase >= self._reboot_offset) & (phase < self._reboot_offset + MAINTENANCE_REBOOT_STEPS)
@@ -336,27 +410,18 @@ class FleetSimulator:
         return in_window, rebooting, booted
 
     def _advance_discrete(self, n_steps: int, in_maint: np.ndarray, maint_booted: np.ndarray) -> dict[str, np.ndarray]:
-        """Run the per-step state machine; returns per-step records shaped (n, N)."""
-        n = self.n_servers
-        uniforms = self._event_rng.random((n_steps, _N_UNIFORM, n))
-        leave_p = np.array([1.0 / (REGIME_MEAN_DWELL_HOURS[r] * STEPS_PER_HOUR) for r in REGIMES])
-        dest_cdf = np.array([[sum(REGIME_TRANSITIONS[r].get(d, 0.0) for d in REGIMES[: j + 1])
-                              for j in range(len(REGIMES))] for r in REGIMES])
-        crash_hazard = self._crash_rate_per_day / STEPS_PER_DAY
-        ramp_lo = np.array([INCIDENTS[t].ramp_hours[0] for t in INCIDENT_TYPES])
-        ramp_hi = np.array([INCIDENTS[t].ramp_hours[1] for t in INCIDENT_TYPES])
-        crit_lo = np.array([INCIDENTS[t].critical_hours[0] for t in INCIDENT_TYPES])
-        crit_hi = np.array([INCIDENTS[t].critical_hours[1] for t in INCIDENT_TYPES])
-        reboot_p = np.array([INCIDENTS[t].reboot_probability for t in INCIDENT_TYPES])
-        io_code, mem_code = _INC_CODE["io_saturation"], _INC_CODE["memory_leak"]
-        io_decay = np.exp(-1.0 / (IO_RECOVERY_HOURS * STEPS_PER_HOUR))
-        swap_decay = np.exp(-1.0 / (SWAP_DRAIN_HOURS * STEPS_PER_HOUR))
-        crash_lo, crash_hi = _hours_to_steps(CRASH_DURATION_HOURS[0]), _hours_to_steps(CRASH_DURATION_HOURS[1])
+        """Run the per-step state machine; returns per-step records shaped (T, N).
 
+        A loop over steps because each step depends on the last (dwell times, incident phases);
+        each step is vectorised over servers. All uniforms are drawn up front, one (K, N) block
+        per step, so chunking does not change the draws.
+        """
+        n = self.n_servers
+        uniforms = self._event_rng.random((n_steps, _N_UNIFORM, n))  # (T, K, N)
         rec = {
             "regime": np.empty((n_steps, n), dtype=np.int8),
             "inc_type": np.empty((n_steps, n), dtype=np.int8),
-            "inc_level": np.zeros((n_steps, n)),
+            "inc_level": np.zeros((n_steps, n)),  # 0 -> 1 over the ramp, 1 on the plateau
             "swap_level": np.zeros((n_steps, n)),
             "io_level": np.zeros((n_steps, n)),
             "no_sample": np.zeros((n_steps, n), dtype=bool),
@@ -366,8 +431,8 @@ class FleetSimulator:
             u = uniforms[k]
             t = self.step + k
             # Workload regime: leave with a per-step probability, pick the destination by CDF.
-            leave = u[_U_REGIME_LEAVE] < leave_p[self._regime]
-            dest = (u[_U_REGIME_DEST][:, None] > dest_cdf[self._regime]).sum(axis=1)
+            leave = u[_U_REGIME_LEAVE] < self._leave_p[self._regime]
+            dest = (u[_U_REGIME_DEST][:, None] > self._dest_cdf[self._regime]).sum(axis=1)
             self._regime = np.where(leave, dest, self._regime).astype(np.int8)
 
             # Maintenance reboot clears whatever was going on.
@@ -381,9 +446,9 @@ class FleetSimulator:
 
             # Unplanned outages.
             online = self._offline_left == 0
-            crash = online & ~maint & (u[_U_CRASH] < crash_hazard)
-            self._offline_left = np.where(
-                crash, crash_lo + (u[_U_CRASH_LEN] * (crash_hi - crash_lo + 1)).astype(np.int64), self._offline_left)
+            crash = online & ~maint & (u[_U_CRASH] < self._crash_hazard)
+            crash_steps = self._crash_lo + (u[_U_CRASH_LEN] * (self._crash_hi - self._crash_lo + 1)).astype(np.int64)
+            self._offline_left = np.where(crash, crash_steps, self._offline_left)
             self._inc_phase[crash] = _PHASE_NONE
 
             # Incidents start on healthy, online servers outside maintenance.
@@ -391,11 +456,13 @@ class FleetSimulator:
                      & (u[_U_INC_START] < self._incident_hazard * self.incident_rate_scale))
             if start.any():
                 kind = (u[_U_INC_TYPE][:, None] > self._incident_type_cdf).sum(axis=1).clip(0, len(INCIDENT_TYPES) - 1)
+                ramp_hours = self._ramp_lo[kind] + u[_U_INC_RAMP] * (self._ramp_hi[kind] - self._ramp_lo[kind])
+                crit_hours = self._crit_lo[kind] + u[_U_INC_CRIT] * (self._crit_hi[kind] - self._crit_lo[kind])
                 self._inc_type = np.where(start, kind, self._inc_type).astype(np.int8)
                 self._inc_phase[start] = _PHASE_RAMP
                 self._inc_elapsed[start] = 0
-                self._inc_ramp = np.where(start, _hours_to_steps(ramp_lo[kind] + u[_U_INC_RAMP] * (ramp_hi[kind] - ramp_lo[kind])), self._inc_ramp)
-                self._inc_crit = np.where(start, _hours_to_steps(crit_lo[kind] + u[_U_INC_CRIT] * (crit_hi[kind] - crit_lo[kind])), self._inc_crit)
+                self._inc_ramp = np.where(start, _hours_to_steps(ramp_hours), self._inc_ramp)
+                self._inc_crit = np.where(start, _hours_to_steps(crit_hours), self._inc_crit)
 
             # Progress running incidents.
             running = self._inc_phase != _PHASE_NONE
@@ -407,16 +474,17 @@ class FleetSimulator:
             inc_type = np.where(running, self._inc_type, _INC_NONE)
             if fixed.any():
                 typ = np.clip(self._inc_type, 0, None)
-                reboot = fixed & (u[_U_INC_REBOOT] < reboot_p[typ])
+                reboot = fixed & (u[_U_INC_REBOOT] < self._reboot_p[typ])
                 self._offline_left = np.where(reboot, MAINTENANCE_REBOOT_STEPS, self._offline_left)
                 self._inc_phase[fixed] = _PHASE_NONE
                 self._inc_type[fixed] = _INC_NONE
 
             # After-effects: I/O wait decays, swap drains slowly after a memory fix.
-            self._io_residual = np.maximum(np.where(inc_type == io_code, level, 0.0), self._io_residual * io_decay)
+            io_now = np.where(inc_type == _INC_CODE["io_saturation"], level, 0.0)
+            self._io_residual = np.maximum(io_now, self._io_residual * self._io_decay)
             swap_onset = np.clip((level - SWAP_ONSET_LEAK_LEVEL) / (1.0 - SWAP_ONSET_LEAK_LEVEL), 0.0, 1.0)
-            swap_target = np.where(inc_type == mem_code, swap_onset ** SWAP_CURVE_EXPONENT, 0.0)
-            self._swap_residual = np.maximum(swap_target, self._swap_residual * swap_decay)
+            swap_target = np.where(inc_type == _INC_CODE["memory_leak"], swap_onset ** SWAP_CURVE_EXPONENT, 0.0)
+            self._swap_residual = np.maximum(swap_target, self._swap_residual * self._swap_decay)
 
             offline = self._offline_left > 0
             self._offline_left = np.where(offline, self._offline_left - 1, 0)
@@ -436,8 +504,17 @@ class FleetSimulator:
             rec["boot_step"][k] = self._boot_step
         return rec
 
+    def _draw_noise(self, n_steps: int) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], np.ndarray]:
+        """(slow, fast) AR(1) noise per family, each (T, N), and the java-share jitter (T, N).
+
+        One (T, C, N) block of standard normals per call, time-major like the uniforms.
+        """
+        eps = self._noise_rng.standard_normal((n_steps, _N_NOISE, self.n_servers))
+        noise = {f: self._ar_noise(eps[:, 2 * i: 2 * i + 2, :], f) for i, f in enumerate(_NOISE_FAMILIES)}
+        return noise, eps[:, -1, :]
+
     def _ar_noise(self, eps: np.ndarray, family: str) -> tuple[np.ndarray, np.ndarray]:
-        """Slow and fast AR(1) noise for one family from (n, 2, N) standard normals."""
+        """Slow and fast AR(1) noise for one family from (T, 2, N) standard normals."""
         spec = NOISE[_NOISE_SPEC_OF.get(family, family)]
         out = []
         for j, (phi, sigma) in enumerate(((spec.slow_phi, spec.slow_sigma), (spec.fast_phi, spec.fast_sigma))):
@@ -448,87 +525,95 @@ class FleetSimulator:
             out.append(y)
         return out[0], out[1]
 
-    def advance(self, n_steps: int) -> FleetChunk:
-        """Generate the next ``n_steps`` buckets for every server."""
-        n = self.n_servers
-        steps = self.step + np.arange(n_steps)
-        timestamps = self.start + pd.to_timedelta(steps * SAMPLING_INTERVAL_MINUTES, unit="min")
-        timestamps = pd.DatetimeIndex(timestamps)
-        hours = np.asarray(timestamps.hour + timestamps.minute / 60.0, dtype=float)
-        minutes = np.asarray(timestamps.minute, dtype=float)
-        weekend = np.asarray(timestamps.dayofweek >= 5)
-
-        in_maint, rebooting, booted = self._maintenance_masks(steps)
-        rec = self._advance_discrete(n_steps, in_maint, booted)
-        noise = self._noise_rng.standard_normal((n_steps, _N_NOISE, n))
-        fam = {f: self._ar_noise(noise[:, 2 * i: 2 * i + 2, :], f) for i, f in enumerate(_NOISE_FAMILIES)}
-        java_jitter = noise[:, -1, :]
-
-        # --- activity: profile rhythm x regime + noise --------------------------------
-        curves = np.empty((n_steps, len(VALID_PROFILES)))
-        for j, profile in enumerate(VALID_PROFILES):
-            b = PROFILE_BEHAVIOUR[profile]
-            curves[:, j] = np.where(weekend, _interp_curve(b.weekend_curve, hours), _interp_curve(b.weekday_curve, hours))
+    def _activity(self, clock: _Clock, regime: np.ndarray, noise: dict[str, tuple[np.ndarray, np.ndarray]],
+                  in_maint: np.ndarray) -> np.ndarray:
+        """How busy each server is, (T, N) in [0, ACTIVITY_MAX]: profile rhythm x regime + noise."""
+        curves = np.empty((len(clock.steps), len(VALID_PROFILES)))  # (T, P): one daily curve per profile
+        for j, (weekday, weekend) in enumerate(self._daily_curves):
+            curves[:, j] = np.where(clock.weekend, np.interp(clock.hours, *weekend), np.interp(clock.hours, *weekday))
         activity = curves[:, self._profile_index]
-        activity = activity + np.where(minutes[:, None] < self._burst[None, :, 1], self._burst[None, :, 0], 0.0)
-        regime_mult = self._regime_activity[np.arange(n)[None, :], rec["regime"]]
-        activity = np.clip(activity * regime_mult + fam["activity"][0] + fam["activity"][1], 0.0, ACTIVITY_MAX)
-        activity = activity * (1.0 - MAINTENANCE_ACTIVITY_DRAIN * in_maint)  # drained for maintenance
+        activity = activity + np.where(clock.minutes[:, None] < self._burst[None, :, 1], self._burst[None, :, 0], 0.0)
+        regime_mult = self._regime_activity[self._server_index[None, :], regime]
+        activity = np.clip(activity * regime_mult + noise["activity"][0] + noise["activity"][1], 0.0, ACTIVITY_MAX)
+        return activity * (1.0 - MAINTENANCE_ACTIVITY_DRAIN * in_maint)  # drained for maintenance
 
-        # --- normal behaviour -------------------------------------------------------
+    def _normal_behaviour(self, clock: _Clock, activity: np.ndarray,
+                          noise: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, np.ndarray]:
+        """Every continuous series of a healthy server, (T, N) each, before rounding and clipping."""
         cpu_busy = (self._cpu_base + self._cpu_amplitude * activity) * self._cpu_scale
-        cpu_busy = cpu_busy * (1.0 + fam["cpu"][0] + fam["cpu"][1])
+        cpu_busy = cpu_busy * (1.0 + noise["cpu"][0] + noise["cpu"][1])
         iowait = (self._iowait_base + self._iowait_amplitude * activity) * self._io_scale
-        backup_on = (hours[:, None] >= self._backup[None, :, 0]) & (hours[:, None] < self._backup[None, :, 1])
+        hours = clock.hours[:, None]
+        backup_on = (hours >= self._backup[None, :, 0]) & (hours < self._backup[None, :, 1])
         iowait = iowait + np.where(backup_on, self._backup[None, :, 2], 0.0)
-        iowait = iowait * (1.0 + fam["iowait"][0] + fam["iowait"][1])
+        iowait = iowait * (1.0 + noise["iowait"][0] + noise["iowait"][1])
 
+        # Memory follows activity with a lag (caches fill and drain slowly), carried across chunks.
         mem_target = self._mem_base + self._mem_amplitude * np.clip(activity, 0.0, MEM_ACTIVITY_MAX) + self._mem_offset
         mem_lag, self._mem_smooth = self._lag(mem_target, MEMORY_LAG_PHI, self._mem_smooth)
-        mem = mem_lag + fam["mem"][0] + fam["mem"][1]
+        mem = mem_lag + noise["mem"][0] + noise["mem"][1]
 
-        since_rotation = (steps[:, None] + self._disk_rotation_phase[None, :]) % (DISK_ROTATION_DAYS * STEPS_PER_DAY)
+        since_rotation = (clock.steps[:, None] + self._disk_rotation_phase[None, :]) % self._disk_rotation_steps
         disk = self._disk_base + self._disk_growth * since_rotation / STEPS_PER_DAY
 
         net_in = (self._net_in_base + self._net_in_amplitude * activity) * self._net_in_scale
-        net_in = net_in * np.exp(fam["net_in"][0] + fam["net_in"][1])
+        net_in = net_in * np.exp(noise["net_in"][0] + noise["net_in"][1])
         net_out = (self._net_out_base + self._net_out_amplitude * activity) * self._net_out_scale
-        net_out = net_out * np.exp(fam["net_out"][0] + fam["net_out"][1])
+        net_out = net_out * np.exp(noise["net_out"][0] + noise["net_out"][1])
         back_cw = (self._back_close_wait_base + self._back_close_wait_amplitude * activity) * self._back_cw_scale
-        back_cw = back_cw * np.exp(fam["back_cw"][0] + fam["back_cw"][1])
+        back_cw = back_cw * np.exp(noise["back_cw"][0] + noise["back_cw"][1])
         front_cw = (self._front_close_wait_base + self._front_close_wait_amplitude * activity) * self._front_cw_scale
-        front_cw = front_cw * np.exp(fam["front_cw"][0] + fam["front_cw"][1])
-        swap = self._swap_base + np.abs(fam["swap"][0] + fam["swap"][1])
-        sys_extra = np.zeros((n_steps, n))
-        # --- incidents ----------------------------------------------------------------
-        level, kind = rec["inc_level"], rec["inc_type"]
-        shape = {t: level ** INCIDENT_CURVE_EXPONENT[t] for t in INCIDENT_TYPES}
+        front_cw = front_cw * np.exp(noise["front_cw"][0] + noise["front_cw"][1])
+        swap = self._swap_base + np.abs(noise["swap"][0] + noise["swap"][1])
+        return {"cpu_busy": cpu_busy, "sys_extra": np.zeros_like(cpu_busy), "iowait": iowait, "mem": mem,
+                "swap": swap, "disk": disk, "net_in": net_in, "net_out": net_out, "back_cw": back_cw,
+                "front_cw": front_cw}
+
+    @staticmethod
+    def _apply_incidents(series: dict[str, np.ndarray], events: dict[str, np.ndarray]) -> None:
+        """Bend the series of servers in an incident towards its peak, in place.
+
+        ``level`` (T, N) runs 0 -> 1 over the ramp; each incident's curve exponent makes most of
+        the change come late, as real leaks and fills do.
+        """
+        level, kind = events["inc_level"], events["inc_type"]
+        shape = {t: level ** INCIDENT_CURVE_EXPONENT[t] for t in ("memory_leak", "disk_fill", "connection_pileup")}
+        mem, swap, disk = series["mem"], series["swap"], series["disk"]
         leak = kind == _INC_CODE["memory_leak"]
         mem = np.where(leak, mem + (INCIDENTS["memory_leak"].peak - mem) * shape["memory_leak"], mem)
-        swap = swap + (SWAP_PEAK_PCT - swap) * rec["swap_level"] * (mem >= SWAP_ONSET_MEM_PCT)
+        # Swap fills only once memory is nearly full, and drains slowly after the fix (swap_level).
+        series["swap"] = swap + (SWAP_PEAK_PCT - swap) * events["swap_level"] * (mem >= SWAP_ONSET_MEM_PCT)
+        series["mem"] = mem
         fill = kind == _INC_CODE["disk_fill"]
-        disk = np.where(fill, disk + (INCIDENTS["disk_fill"].peak - disk) * shape["disk_fill"], disk)
-        io_level = rec["io_level"] ** INCIDENT_CURVE_EXPONENT["io_saturation"]
-        iowait = iowait + (INCIDENTS["io_saturation"].peak - iowait) * io_level
-        cpu_busy = cpu_busy * (1.0 - IO_SATURATION_CPU_DROP * io_level)  # blocked threads do less work
+        series["disk"] = np.where(fill, disk + (INCIDENTS["disk_fill"].peak - disk) * shape["disk_fill"], disk)
+        # I/O saturation decays after the fix (io_level), and blocked threads do less work.
+        io_level = events["io_level"] ** INCIDENT_CURVE_EXPONENT["io_saturation"]
+        series["iowait"] = series["iowait"] + (INCIDENTS["io_saturation"].peak - series["iowait"]) * io_level
+        series["cpu_busy"] = series["cpu_busy"] * (1.0 - IO_SATURATION_CPU_DROP * io_level)
         pile = kind == _INC_CODE["connection_pileup"]
         pile_peak, pile_shape = INCIDENTS["connection_pileup"].peak, shape["connection_pileup"]
-        back_cw = np.where(pile, back_cw + (pile_peak - back_cw) * pile_shape, back_cw)
-        front_cw = np.where(pile, front_cw + (PILEUP_FRONT_SHARE * pile_peak - front_cw) * pile_shape, front_cw)
-        sys_extra = np.where(pile, PILEUP_SYS_CPU_PCT * level, sys_extra)
+        back_cw, front_cw = series["back_cw"], series["front_cw"]
+        series["back_cw"] = np.where(pile, back_cw + (pile_peak - back_cw) * pile_shape, back_cw)
+        series["front_cw"] = np.where(pile, front_cw + (PILEUP_FRONT_SHARE * pile_peak - front_cw) * pile_shape,
+                                      front_cw)
+        series["sys_extra"] = np.where(pile, PILEUP_SYS_CPU_PCT * level, series["sys_extra"])
 
-        # --- CPU composition: user + sys + iowait + idle = 100 ---------------------------
-        iowait = np.clip(iowait, 0.0, IOWAIT_MAX_PCT)
-        cpu_busy = np.clip(cpu_busy, CPU_BUSY_MIN_PCT, 100.0)
-        cpu_sys = cpu_busy * self._sys_share + sys_extra
+    def _contract_metrics(self, series: dict[str, np.ndarray], noise: dict[str, tuple[np.ndarray, np.ndarray]],
+                          java_jitter: np.ndarray, steps: np.ndarray, boot_step: np.ndarray) -> dict[str, np.ndarray]:
+        """The 14 LINBORG metrics, (T, N) each: CPU parts composed to add to 100, rounded, in range."""
+        # CPU composition: user + sys + iowait + idle = 100. I/O wait takes its share first;
+        # user and sys are squeezed into what is left, idle is the remainder.
+        iowait = np.clip(series["iowait"], 0.0, IOWAIT_MAX_PCT)
+        cpu_busy = np.clip(series["cpu_busy"], CPU_BUSY_MIN_PCT, 100.0)
+        cpu_sys = cpu_busy * self._sys_share + series["sys_extra"]
         cpu_user = cpu_busy - cpu_busy * self._sys_share
         room = np.maximum(100.0 - iowait, 0.0)
         squeeze = np.minimum(1.0, room / np.maximum(cpu_user + cpu_sys, 1e-9))
         cpu_user, cpu_sys = cpu_user * squeeze, cpu_sys * squeeze
         java = (cpu_user + cpu_sys) * np.clip(self._java_share * (1.0 + JAVA_SHARE_JITTER * java_jitter), 0.0, 1.0)
         load = self._cores * ((cpu_user + cpu_sys) / 100.0 + LOAD_IOWAIT_WEIGHT * iowait / 100.0)
-        load = load * np.exp(fam["load"][0] + fam["load"][1])
-        uptime = np.floor((steps[:, None] - rec["boot_step"]) / STEPS_PER_DAY)
+        load = load * np.exp(noise["load"][0] + noise["load"][1])
+        uptime = np.floor((steps[:, None] - boot_step) / STEPS_PER_DAY)
 
         r = FLOAT_DECIMALS
         metrics = {
@@ -536,36 +621,23 @@ class FleetSimulator:
             "cpu_sys_pct": np.round(cpu_sys, r),
             "cpu_iowait_pct": np.round(iowait, r),
             "java_cpu_pct": np.round(java, r),
-            "mem_used_pct": np.round(mem, r),
-            "swap_used_pct": np.round(swap, r),
-            "disk_usage_pct": np.round(disk, r),
-            "net_in_mb_s": np.round(net_in, r),
-            "net_out_mb_s": np.round(net_out, r),
-            "back_close_wait": np.round(back_cw),
-            "front_close_wait": np.round(front_cw),
+            "mem_used_pct": np.round(series["mem"], r),
+            "swap_used_pct": np.round(series["swap"], r),
+            "disk_usage_pct": np.round(series["disk"], r),
+            "net_in_mb_s": np.round(series["net_in"], r),
+            "net_out_mb_s": np.round(series["net_out"], r),
+            "back_close_wait": np.round(series["back_cw"]),
+            "front_close_wait": np.round(series["front_cw"]),
             "load_average": np.round(load, r),
             "uptime_days": uptime,
         }
         for name, values in metrics.items():
             low, high = METRIC_RANGES[name]
             metrics[name] = np.clip(values, low, high)
-        metrics["cpu_idle_pct"] = np.round(
-            100.0 - metrics["cpu_user_pct"] - metrics["cpu_sys_pct"] - metrics["cpu_iowait_pct"], r)
-        metrics["cpu_idle_pct"] = np.clip(metrics["cpu_idle_pct"], 0.0, 100.0)
-
-        # --- buckets without samples: the collector's offline vector ----------------------
-        no_sample = rec["no_sample"] | rebooting
-        self._apply_offline_vector(metrics, no_sample)
-        metrics = {m: metrics[m] for m in LINBORG_METRICS}
-
-        codes = self._tracker.label(
-            cpu_used=100.0 - metrics["cpu_idle_pct"], iowait=metrics["cpu_iowait_pct"], mem=metrics["mem_used_pct"],
-            swap=metrics["swap_used_pct"], disk=metrics["disk_usage_pct"],
-            back_close_wait=metrics["back_close_wait"], front_close_wait=metrics["front_close_wait"],
-            has_sample=~no_sample, in_maintenance=in_maint, spike_window=morning_spike_window(timestamps),
-        )
-        self.step += n_steps
-        return FleetChunk(timestamps=timestamps, metrics=metrics, has_sample=~no_sample, state_codes=codes)
+        # Idle is what the rounded parts leave (physics, not "CPU used"), so the four add to 100.
+        metrics["cpu_idle_pct"] = np.clip(np.round(
+            100.0 - metrics["cpu_user_pct"] - metrics["cpu_sys_pct"] - metrics["cpu_iowait_pct"], r), 0.0, 100.0)
+        return {m: metrics[m] for m in LINBORG_METRICS}
 
     @staticmethod
     def _lag(target: np.ndarray, phi: float, prev: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -574,20 +646,17 @@ class FleetSimulator:
         y, _ = lfilter([1.0 - phi], [1.0, -phi], target, axis=0, zi=(phi * prev)[None, :])
         return y, y[-1]
 
-    def _apply_offline_vector(self, metrics: dict[str, np.ndarray], no_sample: np.ndarray) -> None:
-        """Write the contract's offline vector where no sample arrived (disk/uptime carried)."""
-        for name in OFFLINE_ZERO_METRICS:
-            metrics[name] = np.where(no_sample, 0.0, metrics[name])
-        metrics["cpu_idle_pct"] = np.where(no_sample, 100.0, metrics["cpu_idle_pct"])
-        for name, last_attr in (("disk_usage_pct", "_last_disk"), ("uptime_days", "_last_uptime")):
-            values = metrics[name]
-            last = getattr(self, last_attr)
-            # Forward-fill along time from the last observed value.
-            idx = np.where(~no_sample, np.arange(values.shape[0])[:, None], -1)
-            idx = np.maximum.accumulate(idx, axis=0)
-            filled = np.where(idx >= 0, values[np.maximum(idx, 0), np.arange(values.shape[1])[None, :]], last[None, :])
-            metrics[name] = np.where(no_sample, filled, values)
-            setattr(self, last_attr, metrics[name][-1].copy())
+    def _apply_offline_vector(self, metrics: dict[str, np.ndarray], no_sample: np.ndarray) -> dict[str, np.ndarray]:
+        """The contract's offline vector where no sample arrived (contract.fill_offline).
+
+        Disk and uptime carry the last sampled value; a gap that began in an earlier chunk carries
+        that chunk's last values (``carry_in``), so chunking does not change the output.
+        """
+        carry_in = {"disk_usage_pct": self._last_disk, "uptime_days": self._last_uptime}
+        metrics = fill_offline(metrics, ~no_sample, carry_in)
+        self._last_disk = metrics["disk_usage_pct"][-1].copy()
+        self._last_uptime = metrics["uptime_days"][-1].copy()
+        return metrics
 
     # ------------------------------------------------------------------ output
     def chunk_to_table(self, chunk: FleetChunk, offline_mode: str = DEFAULT_OFFLINE_MODE) -> pa.Table:
@@ -631,35 +700,37 @@ class FleetSimulator:
 
 
 # ---------------------------------------------------------------------- live stream
+# The stream must outlive a daemon restart: a failed POST /feed is retried until it is delivered.
+STREAM_RETRY = RetryPolicy(attempts=None, base_seconds=STREAM_RETRY_SECONDS, max_seconds=STREAM_RETRY_SECONDS)
+
+
 class DemoStream:
     """Continues a simulated fleet into a running daemon, tick by tick, with scenarios.
 
     The scenario can be switched at run time through the daemon (the dashboard's demo
     buttons call ``POST /admin/demo-scenario``; the stream reads ``GET /demo-scenario``).
+    ``client`` talks to the daemon; its retry policy decides how long a feed is retried
+    (``STREAM_RETRY``: until delivered).
     """
 
-    def __init__(self, daemon_url: str, api_key: str | None, fleet: dict[str, int], seed: int,
-                 scenario: str = "healthy", speed: float = DEMO_BUCKETS_PER_SECOND, prefill_buckets: int = 0) -> None:
-        import httpx
-
+    def __init__(self, client: DaemonClient, fleet: dict[str, int], seed: int, scenario: str = "healthy",
+                 speed: float = DEMO_BUCKETS_PER_SECOND, prefill_buckets: int = 0) -> None:
         if scenario not in DEMO_SCENARIOS:
             raise ValueError(f"--scenario must be one of {DEMO_SCENARIOS} (got '{scenario}').")
         # Simulated time starts far enough back that the pre-fill ends at the current bucket.
-        now = pd.Timestamp.now(tz="UTC").floor(f"{SAMPLING_INTERVAL_MINUTES}min")
-        start = now - pd.Timedelta(minutes=SAMPLING_INTERVAL_MINUTES * prefill_buckets)
+        now_bucket = int(bucket_of_ns(pd.Timestamp.now(tz="UTC").value))
         self.prefill_buckets = prefill_buckets
-        self.sim = FleetSimulator(fleet=fleet, seed=seed, start=start)
-        self.client = httpx.Client(base_url=daemon_url.rstrip("/"), timeout=30,
-                                   headers={"X-API-Key": api_key} if api_key else {})
+        self.sim = FleetSimulator(fleet=fleet, seed=seed, start=bucket_start(now_bucket - prefill_buckets))
+        self.client = client
         self.speed = speed
         self.scenario = "healthy"
         self.rng = np.random.default_rng(seed)
         self.apply_scenario(scenario)
         # The daemon holds the scenario (the dashboard switches it there): start it at ours.
         try:
-            self.client.post("/admin/demo-scenario", json={"scenario": scenario})
-        except httpx.HTTPError as exc:
-            logger.warning("could not tell the daemon the demo scenario (%s)", exc)
+            self.client.set_demo_scenario(scenario, retry=NO_RETRY)
+        except DaemonError as exc:
+            logger.warning("could not tell the daemon the demo scenario (%s)", exc.summary)
 
     def apply_scenario(self, scenario: str) -> None:
         """Switch behaviour: healthy fixes everything; the others keep a share of servers in trouble."""
@@ -673,7 +744,7 @@ class DemoStream:
             self.sim.clear_incidents()
 
     def _keep_trouble(self) -> None:
-        wanted = int(round(DEMO_TROUBLED_SHARE[self.scenario] * self.sim.n_servers))
+        wanted = round(DEMO_TROUBLED_SHARE[self.scenario] * self.sim.n_servers)
         if wanted and self.scenario != "healthy":
             wanted = max(wanted, 2)
         troubled = set(self.sim.servers_in_trouble())
@@ -686,37 +757,24 @@ class DemoStream:
             self.sim.inject_incident(str(name), kind, DEMO_RAMP_HOURS[self.scenario][kind])
 
     def _post(self, records: list[dict[str, object]]) -> None:
-        import httpx
-
-        while True:
-            try:
-                response = self.client.post("/feed", json={"records": records})
-            except httpx.HTTPError as exc:
-                logger.warning("daemon unreachable (%s); retrying in %.0fs", exc, STREAM_RETRY_SECONDS)
-                time.sleep(STREAM_RETRY_SECONDS)
-                continue
-            if response.status_code >= 500 or response.status_code == 429:
-                time.sleep(STREAM_RETRY_SECONDS)
-                continue
-            if response.status_code not in (200, 422):
-                raise RuntimeError(f"daemon refused the feed: {response.status_code} {response.text[:300]}")
-            return
+        """Deliver one batch; transient failures are retried by the client's policy, others raise DaemonError."""
+        result = self.client.feed(records)
+        if result.rejected:
+            logger.warning("the daemon rejected %d of %d streamed records, e.g. %s", len(result.rejected),
+                           len(records), result.rejected[0])
 
     def _poll_scenario(self) -> None:
-        import httpx
-
+        """Follow the scenario the daemon holds; a missed poll is skipped (the next tick asks again)."""
         try:
-            response = self.client.get("/demo-scenario")
-            if response.status_code == 200:
-                self.apply_scenario(response.json()["scenario"])
-        except (httpx.HTTPError, KeyError, ValueError):
+            self.apply_scenario(self.client.demo_scenario(retry=NO_RETRY)["scenario"])
+        except (DaemonError, KeyError, TypeError):
             pass
 
     def prefill(self) -> None:
         """Send enough history at once that forecasts start immediately."""
         buckets, done = self.prefill_buckets, 0
         while done < buckets:
-            step = min(24, buckets - done)
+            step = min(DEMO_PREFILL_CHUNK_BUCKETS, buckets - done)
             self._post(self.sim.records(self.sim.advance(step)))
             done += step
         logger.info("pre-filled %d buckets for %d servers", buckets, self.sim.n_servers)
@@ -732,7 +790,7 @@ class DemoStream:
             chunk = self.sim.advance(1)
             self._post(self.sim.records(chunk))
             sent += 1
-            if sent % 12 == 0:
+            if sent % STEPS_PER_HOUR == 0:  # once per simulated hour
                 logger.info("streamed %d buckets (simulated time %s), scenario %s, in trouble: %s", sent,
                             isoformat_utc(chunk.timestamps[-1]), self.scenario,
                             ", ".join(self.sim.servers_in_trouble()) or "none")
@@ -743,23 +801,19 @@ class DemoStream:
 
 def stream_from_args(args: argparse.Namespace) -> int:
     """Run the live demo stream."""
-    import httpx
-
     from common_utils import resolve_api_key
 
-    api_key = args.api_key or resolve_api_key()
+    client = DaemonClient(args.daemon_url, resolve_api_key(args.api_key), retry=STREAM_RETRY)
     fleet = fleet_from_total(args.servers) if args.servers else parse_fleet(args.fleet) if args.fleet \
         else fleet_from_total(DEMO_SERVERS)
     prefill = args.prefill
     if prefill is None:
         try:  # enough history for the served model to forecast at once
-            status = httpx.get(f"{args.daemon_url.rstrip('/')}/status", timeout=10,
-                               headers={"X-API-Key": api_key} if api_key else {}).json()
-            encoder = int(status.get("model_encoder_length") or ENCODER_LENGTH)
-        except (httpx.HTTPError, ValueError, TypeError):
+            encoder = int(client.status(retry=NO_RETRY).get("model_encoder_length") or ENCODER_LENGTH)
+        except (DaemonError, ValueError, TypeError):
             encoder = ENCODER_LENGTH
         prefill = encoder + DEMO_PREFILL_MARGIN_BUCKETS
-    stream = DemoStream(args.daemon_url, api_key, fleet, args.seed, args.scenario, args.speed, prefill)
+    stream = DemoStream(client, fleet, args.seed, args.scenario, args.speed, prefill)
     stream.prefill()
     try:
         stream.run(args.max_buckets)
@@ -769,9 +823,10 @@ def stream_from_args(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------- batch generation
-def generate_dataset(out_dir: str | Path = TRAINING_DIR, hours: int = 720, fleet: dict[str, int] | None = None,
-                     seed: int = DEFAULT_SEED, start: str = DEFAULT_START, offline_mode: str = DEFAULT_OFFLINE_MODE,
-                     file_format: str = "parquet", chunk_days: int = 7, progress: bool = True) -> dict[str, object]:
+def generate_dataset(out_dir: str | Path = TRAINING_DIR, hours: int = RECOMMENDED_GENERATE_HOURS,
+                     fleet: dict[str, int] | None = None, seed: int = DEFAULT_SEED, start: str = DEFAULT_START,
+                     offline_mode: str = DEFAULT_OFFLINE_MODE, file_format: str = "parquet",
+                     chunk_days: int = GENERATE_CHUNK_DAYS, progress: bool = True) -> dict[str, object]:
     """Generate a fleet history and write data, metadata and server mapping to ``out_dir``.
 
     Returns the metadata dictionary (also written as ``metrics_metadata.json``).
@@ -780,11 +835,13 @@ def generate_dataset(out_dir: str | Path = TRAINING_DIR, hours: int = 720, fleet
         raise ValueError(
             f"--hours {hours} is below the minimum of {MIN_GENERATE_HOURS}. Why it matters: with less than a "
             f"day of history no daily rhythm can be learned and the 8-hour horizon has nothing to stand on. "
-            f"Fix: use --hours {MIN_GENERATE_HOURS} or more (720 = 30 days is recommended). "
+            f"Fix: use --hours {MIN_GENERATE_HOURS} or more ({RECOMMENDED_GENERATE_HOURS} = "
+            f"{RECOMMENDED_GENERATE_HOURS // 24} days is recommended). "
             f"See {DATA_CONTRACT_DOC} (Time grid)."
         )
     if offline_mode not in OFFLINE_MODES:
-        raise ValueError(f"--offline_mode must be one of {OFFLINE_MODES} (got '{offline_mode}'). See {DATA_CONTRACT_DOC}.")
+        raise ValueError(f"--offline_mode must be one of {OFFLINE_MODES} (got '{offline_mode}'). "
+                         f"See {DATA_CONTRACT_DOC}.")
     if file_format not in ("parquet", "csv"):
         raise ValueError(f"--format must be parquet or csv (got '{file_format}').")
     out_dir = Path(out_dir)
@@ -802,7 +859,8 @@ def generate_dataset(out_dir: str | Path = TRAINING_DIR, hours: int = 720, fleet
     chunk_steps = max(1, chunk_days * STEPS_PER_DAY)
     state_counts = np.zeros(len(VALID_STATES), dtype=np.int64)
     tables: list[pa.Table] = []
-    path = out_dir / (TRAINING_DATA_FILE if file_format == "parquet" else TRAINING_DATA_FILE.replace(".parquet", ".csv"))
+    file_name = TRAINING_DATA_FILE if file_format == "parquet" else TRAINING_DATA_FILE.replace(".parquet", ".csv")
+    path = out_dir / file_name
     tmp_path = path.with_name(f".{path.name}.tmp")
     writer = None
     bar = _progress_bar(total_steps, progress, sim.n_servers)
@@ -840,7 +898,7 @@ def generate_dataset(out_dir: str | Path = TRAINING_DIR, hours: int = 720, fleet
     encoder = ServerEncoder()
     encoder.encode_many(sim.server_names)
     encoder.save(out_dir)
-    end = sim.start + pd.Timedelta(minutes=SAMPLING_INTERVAL_MINUTES * (total_steps - 1))
+    end = bucket_start(sim.start_bucket + total_steps - 1)
     elapsed = time.perf_counter() - began
     metadata = {
         "contract_version": CONTRACT_VERSION,
@@ -856,9 +914,11 @@ def generate_dataset(out_dir: str | Path = TRAINING_DIR, hours: int = 720, fleet
         "start": isoformat_utc(sim.start),
         "end": isoformat_utc(end),
         "rows": rows_written,
-        "rows_per_profile": {p: int(c * total_steps) for p, c in sim.fleet.items()} if offline_mode == "dense" else None,
-        "state_counts": {s: int(c) for s, c in zip(VALID_STATES, state_counts)},
-        "state_shares": {s: round(float(c) / max(1, state_counts.sum()), 5) for s, c in zip(VALID_STATES, state_counts)},
+        "rows_per_profile": ({p: int(c * total_steps) for p, c in sim.fleet.items()}
+                             if offline_mode == "dense" else None),
+        "state_counts": {s: int(c) for s, c in zip(VALID_STATES, state_counts, strict=True)},
+        "state_shares": {s: round(float(c) / max(1, state_counts.sum()), 5)
+                         for s, c in zip(VALID_STATES, state_counts, strict=True)},
         "generation_seconds": round(elapsed, 3),
     }
     atomic_write_json(out_dir / METADATA_FILE, metadata)
@@ -889,7 +949,9 @@ def build_arg_parser(parser: argparse.ArgumentParser | None = None) -> argparse.
     """Arguments of the generator (shared with ``main.py generate``)."""
     parser = parser or argparse.ArgumentParser(
         description="Generate a realistic LINBORG fleet history (Parquet) for training and demos.")
-    parser.add_argument("--hours", type=int, default=720, help=f"hours of history (>= {MIN_GENERATE_HOURS}; 720 = 30 days)")
+    parser.add_argument("--hours", type=int, default=RECOMMENDED_GENERATE_HOURS,
+                        help=f"hours of history (>= {MIN_GENERATE_HOURS}; {RECOMMENDED_GENERATE_HOURS} = "
+                             f"{RECOMMENDED_GENERATE_HOURS // 24} days)")
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--servers", type=int, help="total servers, split over profiles in the default proportions")
     group.add_argument("--fleet", type=str, help="per-profile counts, e.g. web_api=5,database=3,ml_compute=2")

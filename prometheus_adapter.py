@@ -56,10 +56,10 @@ from config import (
     PROMETHEUS_RATE_WINDOW,
     PROMETHEUS_STEP_SECONDS,
     PROMETHEUS_TIMEOUT_SECONDS,
-    SAMPLING_INTERVAL_SECONDS,
     UNMEASURED_FILL,
     VALID_PROFILES,
 )
+from contract import bucket_of_times, bucket_start
 from feed_client import DaemonFeed
 from state_rules import StreamStateLabeler
 
@@ -241,8 +241,7 @@ def to_buckets(samples: pd.DataFrame, mapping: PromMapping) -> pd.DataFrame:
     """Samples -> one row per (instance, 5-minute bucket): gauges averaged, counts the latest."""
     wide = samples.pivot_table(index=["instance", "time"], columns="metric", values="value", aggfunc="last")
     wide = wide.dropna(subset=[m for m in CPU_COMPONENTS if m in wide.columns]).reset_index()
-    wide["bucket"] = pd.to_datetime((wide["time"] // SAMPLING_INTERVAL_SECONDS * SAMPLING_INTERVAL_SECONDS)
-                                    .astype("int64"), unit="s", utc=True)
+    wide["bucket"] = bucket_start(bucket_of_times(pd.to_datetime(wide["time"], unit="s", utc=True)))
     metrics = [m for m in mapping.measured if m in wide.columns]
     agg = {m: ("last" if m in _LAST_VALUE_METRICS else "mean") for m in metrics}
     buckets = wide.sort_values("time").groupby(["instance", "bucket"]).agg(agg).reset_index()
@@ -264,7 +263,8 @@ def export_parquet(client: PrometheusClient, mapping: PromMapping, out: str | Pa
                               f"node_exporter and the time span ({COLLECTING_DOC})")
     buckets = to_buckets(samples, mapping)
     identities = Identities(client, mapping, profile)
-    grid = pd.date_range(buckets["bucket"].min(), buckets["bucket"].max(), freq=f"{SAMPLING_INTERVAL_SECONDS}s")
+    spanned = bucket_of_times(buckets["bucket"])
+    grid = bucket_start(np.arange(spanned.min(), spanned.max() + 1))  # every bucket of the span, UTC
     blocks, instances = [], {}
     measured_any = set()
     for instance, part in buckets.groupby("instance", sort=True):

@@ -10,7 +10,10 @@ it: when the daemon is unreachable or has no model, the page says so and stops. 
 always shown as "% CPU used" (100 - idle); servers by name, with their profile.
 
 Top to bottom: sidebar (daemon, key, refresh, demo mode) -> status bar -> five panels:
-Overview, Heatmap, Top Servers, Historical, Advanced.
+Overview, Heatmap, Top Servers, Historical, Advanced. One :class:`daemon_client.DaemonClient`
+per daemon URL and key (``st.cache_resource``) does every request; the panels get it as an
+argument, and what it fetched is cached for a moment (``st.cache_data``) so the panels of one
+refresh share one round of requests.
 """
 
 from __future__ import annotations
@@ -20,7 +23,6 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
@@ -28,23 +30,29 @@ import streamlit as st
 
 from config import (
     DAEMON_PORT,
+    DASHBOARD_CACHE_SECONDS,
     DASHBOARD_DEFAULT_REFRESH_SECONDS,
+    DASHBOARD_FAN_HISTORY_HOURS,
     DASHBOARD_HISTORY_HOURS,
+    DASHBOARD_REQUEST_ATTEMPTS,
+    DASHBOARD_TIMEOUT_SECONDS,
     DASHBOARD_TOP_SERVERS,
     DEFAULT_HOST,
     DEMO_SCENARIOS,
+    DISPLAY_CPU,
     HORIZONS,
     METRIC_LABELS,
     RISK_RED_ABOVE,
     RISK_YELLOW_AT,
     VALID_PROFILES,
 )
+from daemon_client import DaemonClient, DaemonError, RetryPolicy
 from risk_scoring import tiers_for
 
 logger = logging.getLogger(__name__)
 
 COLORS = {"green": "#2e7d32", "yellow": "#f9a825", "red": "#c62828", "warming_up": "#9e9e9e", "offline": "#616161"}
-KEY_METRICS = ["cpu_used_pct", "cpu_iowait_pct", "mem_used_pct", "swap_used_pct", "disk_usage_pct"]
+KEY_METRICS = [DISPLAY_CPU, "cpu_iowait_pct", "mem_used_pct", "swap_used_pct", "disk_usage_pct"]
 HORIZON_TEXT = {"now": "now", "30min": "+30 min", "1hr": "+1 h", "8hr": "+8 h"}
 
 
@@ -55,6 +63,16 @@ def label(metric: str) -> str:
 
 
 # ============================================================================ data access
+@st.cache_resource(show_spinner=False)
+def connect(base_url: str, api_key: str) -> DaemonClient:
+    """The client of one daemon URL and key, shared by every session and rerun.
+
+    A failed read is not retried (DASHBOARD_REQUEST_ATTEMPTS): the next refresh is the retry.
+    """
+    return DaemonClient(base_url, api_key or None, timeout=DASHBOARD_TIMEOUT_SECONDS,
+                        retry=RetryPolicy(attempts=DASHBOARD_REQUEST_ATTEMPTS))
+
+
 @dataclass
 class Reply:
     """One daemon response: data, or why there is none."""
@@ -64,41 +82,22 @@ class Reply:
     status: int | None = None
 
 
-@st.cache_data(ttl=2, show_spinner=False)
-def _get(base_url: str, api_key: str, path: str, params: tuple[tuple[str, Any], ...]) -> tuple[Any, str | None, int | None]:
-    """GET from the daemon, cached briefly so the panels share one round of requests.
+# connect() returns one object per URL and key and keeps it, so its id() names the daemon and key.
+@st.cache_data(ttl=DASHBOARD_CACHE_SECONDS, show_spinner=False, hash_funcs={DaemonClient: id})
+def _call(client: DaemonClient, method: str, args: tuple[Any, ...]) -> tuple[Any, str | None, int | None]:
+    """``client.<method>(*args)``, cached briefly so the panels share one round of requests.
 
     Returns plain values (data, error, status): the cache stores them serialised.
     """
     try:
-        response = httpx.get(f"{base_url.rstrip('/')}{path}", params=dict(params), timeout=10,
-                             headers={"X-API-Key": api_key} if api_key else {})
-    except httpx.HTTPError as exc:
-        return None, f"daemon unreachable at {base_url}: {exc.__class__.__name__}", None
-    try:
-        body = response.json()
-    except ValueError:
-        body = response.text
-    if response.status_code != 200:
-        detail = body.get("detail") if isinstance(body, dict) else body
-        return None, f"{response.status_code}: {detail}", response.status_code
-    return body, None, 200
+        return getattr(client, method)(*args), None, 200
+    except DaemonError as exc:
+        return None, exc.summary, exc.status
 
 
-def fetch(base_url: str, api_key: str, path: str, params: tuple[tuple[str, Any], ...] = ()) -> Reply:
-    """GET from the daemon as a :class:`Reply`."""
-    return Reply(*_get(base_url, api_key, path, params))
-
-
-def post(base_url: str, api_key: str, path: str, payload: dict[str, Any]) -> Reply:
-    """POST to the daemon (demo controls)."""
-    try:
-        response = httpx.post(f"{base_url.rstrip('/')}{path}", json=payload, timeout=10,
-                              headers={"X-API-Key": api_key} if api_key else {})
-    except httpx.HTTPError as exc:
-        return Reply(error=str(exc))
-    return Reply(data=response.json() if response.status_code == 200 else None,
-                 error=None if response.status_code == 200 else response.text, status=response.status_code)
+def fetch(client: DaemonClient, method: str, *args: Any) -> Reply:
+    """A read of the daemon (a :class:`DaemonClient` method and its arguments) as a :class:`Reply`."""
+    return Reply(*_call(client, method, args))
 
 
 # ============================================================================ charts
@@ -117,8 +116,9 @@ def fan_chart(metric: str, steps: list[str], band: dict[str, list[float]], histo
         fig.add_vline(x=steps[0], line={"dash": "dot", "color": "#757575"})
     for threshold, level in tiers_for(metric, profile):
         if level in ("warning", "critical"):
-            fig.add_hline(y=threshold, line={"dash": "dash", "color": COLORS["red" if level == "critical" else "yellow"],
-                                             "width": 1}, annotation_text=level, annotation_position="top left")
+            color = COLORS["red" if level == "critical" else "yellow"]
+            fig.add_hline(y=threshold, line={"dash": "dash", "color": color, "width": 1}, annotation_text=level,
+                          annotation_position="top left")
     fig.update_layout(title=label(metric), height=height, margin={"l": 10, "r": 10, "t": 40, "b": 10},
                       legend={"orientation": "h", "y": -0.25}, showlegend=False)
     return fig
@@ -145,7 +145,8 @@ def risk_heatmap(servers: list[dict[str, Any]], columns: int = 20) -> go.Figure:
     fig = go.Figure(go.Heatmap(
         z=z, text=text, customdata=hover, texttemplate="%{text}", textfont={"size": 9},
         hovertemplate="%{customdata}<extra></extra>", zmin=0, zmax=1, xgap=2, ygap=2, showscale=True,
-        colorscale=[[0.0, COLORS["green"]], [RISK_YELLOW_AT - 1e-6, COLORS["green"]], [RISK_YELLOW_AT, COLORS["yellow"]],
+        colorscale=[[0.0, COLORS["green"]], [RISK_YELLOW_AT - 1e-6, COLORS["green"]],
+                    [RISK_YELLOW_AT, COLORS["yellow"]],
                     [RISK_RED_ABOVE, COLORS["yellow"]], [RISK_RED_ABOVE + 1e-6, COLORS["red"]], [1.0, COLORS["red"]]],
         colorbar={"title": "risk", "tickvals": [0, RISK_YELLOW_AT, RISK_RED_ABOVE, 1]}))
     fig.update_layout(height=max(240, 30 * len(z) + 80), margin={"l": 10, "r": 10, "t": 10, "b": 10},
@@ -162,7 +163,7 @@ def _hover(server: dict[str, Any]) -> str:
         return "<br>".join(lines)
     lines.append(f"risk {server['risk_score']:.2f} ({server['risk_level']})")
     current = server.get("current", {})
-    for metric in ("cpu_used_pct", "cpu_iowait_pct", "mem_used_pct", "disk_usage_pct"):
+    for metric in (DISPLAY_CPU, "cpu_iowait_pct", "mem_used_pct", "disk_usage_pct"):
         if metric in current:
             lines.append(f"{METRIC_LABELS[metric][0]}: {current[metric]:.1f}%")
     for alert in server.get("alerts", [])[:2]:
@@ -188,16 +189,18 @@ with st.sidebar:
     st.header("Daemon")
     base_url = st.text_input("Daemon URL", os.environ.get("TFT_DAEMON_URL", f"http://{DEFAULT_HOST}:{DAEMON_PORT}"))
     api_key = st.text_input("API key", os.environ.get("TFT_API_KEY", ""), type="password")
+    client = connect(base_url, api_key)
     refresh = st.slider("Refresh every (s, 0 = off)", 0, 60, _default_refresh())
     st.header("Demo mode")
-    demo = fetch(base_url, api_key, "/demo-scenario")
+    demo = fetch(client, "demo_scenario")
     buttons = st.columns(len(DEMO_SCENARIOS))
-    for column, scenario in zip(buttons, DEMO_SCENARIOS):
+    for column, scenario in zip(buttons, DEMO_SCENARIOS, strict=True):
         if column.button(scenario.capitalize(), use_container_width=True, key=f"demo_{scenario}"):
-            result = post(base_url, api_key, "/admin/demo-scenario", {"scenario": scenario})
-            if result.error:
-                st.error(f"Could not switch the demo: {result.error}")
-            _get.clear()
+            try:
+                client.set_demo_scenario(scenario)
+            except DaemonError as exc:
+                st.error(f"Could not switch the demo: {exc.summary}")
+            _call.clear()
     if demo.data:
         st.caption(f"Demo stream plays: **{demo.data['scenario']}**")
 
@@ -205,37 +208,37 @@ st.title("Fleet trouble forecaster")
 
 
 @st.fragment(run_every=refresh if refresh else None)
-def page() -> None:
+def page(client: DaemonClient, refresh: int) -> None:
     """Everything that refreshes: status bar and the five panels."""
-    status = fetch(base_url, api_key, "/status")
+    status = fetch(client, "status")
     if status.error:
         st.error(f"Not connected. {status.error}. Start the daemon (python main.py infer --daemon) or fix the URL "
                  f"and API key in the sidebar. Nothing is shown without it.")
         return
     info = status.data
     bar = st.columns(4)
-    bar[0].markdown(f":green[●] **Connected** to `{base_url}`")
+    bar[0].markdown(f":green[●] **Connected** to `{client.base_url}`")
     bar[1].markdown(f"**Model** `{info['model_version'] or 'none'}`")
     bar[2].markdown(f"**Last forecast** {info['last_forecast_time'] or '-'}")
     bar[3].markdown(f"**Cycle** {info['last_cycle_ms'] or '-'} ms · {info['servers_tracked']} servers")
-    current = fetch(base_url, api_key, "/predictions/current")
+    current = fetch(client, "predictions_current")
     if current.error:
         st.warning(f"No forecasts: {current.error}")
         return
     fleet = current.data
     servers = fleet["servers"]
-    alerts = fetch(base_url, api_key, "/alerts/active").data or {"alerts": []}
+    alerts = fetch(client, "alerts").data or {"alerts": []}
     tabs = st.tabs(["Overview", "Heatmap", "Top Servers", "Historical", "Advanced"])
     with tabs[0]:
         overview(fleet, servers, alerts["alerts"])
     with tabs[1]:
         heatmap(servers)
     with tabs[2]:
-        top_servers(servers)
+        top_servers(client, servers)
     with tabs[3]:
-        historical(servers)
+        historical(client, servers)
     with tabs[4]:
-        advanced(info, fleet, alerts)
+        advanced(client, info, fleet, alerts, refresh)
 
 
 def overview(fleet: dict[str, Any], servers: list[dict[str, Any]], alerts: list[dict[str, Any]]) -> None:
@@ -281,7 +284,8 @@ def overview(fleet: dict[str, Any], servers: list[dict[str, Any]], alerts: list[
                     worst = [s["predictions"][horizon][metric]["p90"] for s in ready]
                 if values:
                     rows.append({"metric": label(metric), "horizon": HORIZON_TEXT[horizon],
-                                 "fleet median (p50)": float(np.median(values)), "worst server (p90)": float(max(worst))})
+                                 "fleet median (p50)": float(np.median(values)),
+                                 "worst server (p90)": float(max(worst))})
         table = pd.DataFrame(rows)
         if len(table):
             fig = go.Figure()
@@ -326,8 +330,8 @@ def heatmap(servers: list[dict[str, Any]]) -> None:
 
 def server_details(server: dict[str, Any]) -> None:
     """Current values, forecast summary and alerts of one server."""
-    st.markdown(f"**{server['server_name']}** · profile `{server['profile']}` · status {server['status']}"
-                + (f" · risk **{server['risk_score']:.2f} ({server['risk_level']})**" if server["status"] == "ok" else ""))
+    risk = f" · risk **{server['risk_score']:.2f} ({server['risk_level']})**" if server["status"] == "ok" else ""
+    st.markdown(f"**{server['server_name']}** · profile `{server['profile']}` · status {server['status']}{risk}")
     if server["status"] != "ok":
         return
     rows = []
@@ -343,7 +347,7 @@ def server_details(server: dict[str, Any]) -> None:
         (st.error if alert["level"] == "critical" else st.warning)(alert["reason"])
 
 
-def top_servers(servers: list[dict[str, Any]]) -> None:
+def top_servers(client: DaemonClient, servers: list[dict[str, Any]]) -> None:
     """The most at-risk servers, their forecast fans and why."""
     ranked = [s for s in servers if s["status"] == "ok"][:DASHBOARD_TOP_SERVERS]
     if not ranked:
@@ -356,21 +360,21 @@ def top_servers(servers: list[dict[str, Any]]) -> None:
             (st.error if alert["level"] == "critical" else st.warning)(alert["reason"])
         if not server["alerts"]:
             st.caption("No alerts: among the most at risk, but within normal bounds.")
-        fan = fetch(base_url, api_key, f"/predictions/{server['server_name']}")
-        history = fetch(base_url, api_key, f"/history/{server['server_name']}", (("hours", 6),))
+        fan = fetch(client, "server_fan", server["server_name"])
+        history = fetch(client, "history", server["server_name"], DASHBOARD_FAN_HISTORY_HOURS)
         if fan.error:
             st.warning(fan.error)
             continue
-        metrics = list(dict.fromkeys([a["metric"] for a in server["alerts"]] + ["cpu_used_pct", "mem_used_pct"]))[:3]
+        metrics = list(dict.fromkeys([a["metric"] for a in server["alerts"]] + [DISPLAY_CPU, "mem_used_pct"]))[:3]
         columns = st.columns(len(metrics))
-        for column, metric in zip(columns, metrics):
+        for column, metric in zip(columns, metrics, strict=True):
             band = fan.data["fan"].get(metric)
             if band:
                 column.plotly_chart(fan_chart(metric, fan.data["steps"], band, history.data, server["profile"]),
                                     use_container_width=True, key=f"fan_{server['server_name']}_{metric}")
 
 
-def historical(servers: list[dict[str, Any]]) -> None:
+def historical(client: DaemonClient, servers: list[dict[str, Any]]) -> None:
     """Actuals against what was forecast for them: should you trust the model?"""
     if not servers:
         st.info("No servers yet.")
@@ -383,7 +387,7 @@ def historical(servers: list[dict[str, Any]]) -> None:
                               format_func=label, key="hist_metric")
     hours = col[2].slider("Window (hours)", 1, 72, DASHBOARD_HISTORY_HOURS, key="hist_hours")
     name = choice.split(" ")[0]
-    history = fetch(base_url, api_key, f"/history/{name}", (("hours", hours),))
+    history = fetch(client, "history", name, hours)
     if history.error:
         st.warning(history.error)
         return
@@ -395,20 +399,23 @@ def historical(servers: list[dict[str, Any]]) -> None:
                                line={"color": "#37474f"}))
     stats = []
     palette = {"30min": "#1565c0", "1hr": "#6a1b9a", "8hr": "#ef6c00"}
-    actual = dict(zip(data["timestamps"], data["actuals"].get(metric, [])))
+    actual = dict(zip(data["timestamps"], data["actuals"].get(metric, []), strict=False))
     for horizon, block in data["forecasts"].items():
         band = block["bands"].get(metric)
         if not band or not block["target_times"]:
             continue
-        fig.add_trace(go.Scatter(x=block["target_times"], y=band["p50"], name=f"forecast made {HORIZON_TEXT[horizon][1:]} "
-                                 f"earlier (p50)", line={"color": palette[horizon], "dash": "dot"}))
-        pairs = [(actual.get(t), lo, mid, hi) for t, lo, mid, hi in
-                 zip(block["target_times"], band["p10"], band["p50"], band["p90"]) if actual.get(t) is not None]
+        fig.add_trace(go.Scatter(x=block["target_times"], y=band["p50"],
+                                 name=f"forecast made {HORIZON_TEXT[horizon][1:]} earlier (p50)",
+                                 line={"color": palette[horizon], "dash": "dot"}))
+        pairs = [(actual.get(t), lo, mid, hi)
+                 for t, lo, mid, hi in zip(block["target_times"], band["p10"], band["p50"], band["p90"], strict=False)
+                 if actual.get(t) is not None]
         if pairs:
             y = np.array([p[0] for p in pairs])
             stats.append({"horizon": HORIZON_TEXT[horizon], "forecasts": len(pairs),
                           "MAE of p50": float(np.mean(np.abs(y - np.array([p[2] for p in pairs])))),
-                          "inside p10-p90": float(np.mean((y >= [p[1] for p in pairs]) & (y <= [p[3] for p in pairs])))})
+                          "inside p10-p90": float(np.mean((y >= [p[1] for p in pairs])
+                                                          & (y <= [p[3] for p in pairs])))})
     fig.update_layout(height=380, margin={"l": 10, "r": 10, "t": 10, "b": 10}, yaxis_title=label(metric))
     st.plotly_chart(fig, use_container_width=True)
     if stats:
@@ -418,12 +425,14 @@ def historical(servers: list[dict[str, Any]]) -> None:
         st.caption("No past forecasts for this window yet: they accumulate with every cycle.")
 
 
-def advanced(info: dict[str, Any], fleet: dict[str, Any], alerts: dict[str, Any]) -> None:
+def advanced(client: DaemonClient, info: dict[str, Any], fleet: dict[str, Any], alerts: dict[str, Any],
+             refresh: int) -> None:
     """Model info, daemon counters, raw responses."""
     left, right = st.columns(2)
     with left:
         st.subheader("Model")
-        st.table(pd.DataFrame({"": ["version", "trained at", "contract (model / daemon)", "encoder length", "model dir"],
+        st.table(pd.DataFrame({"": ["version", "trained at", "contract (model / daemon)", "encoder length",
+                                    "model dir"],
                                "value": [info["model_version"], info["trained_at"],
                                          f"{info['model_contract_version']} / {info['contract_version']}",
                                          str(info["model_encoder_length"]), info["model_dir"]]}))
@@ -439,8 +448,8 @@ def advanced(info: dict[str, Any], fleet: dict[str, Any], alerts: dict[str, Any]
                 hide_index=True)
         st.subheader("Connection")
         st.table(pd.DataFrame({"": ["daemon URL", "refresh", "API key"],
-                               "value": [base_url, f"every {refresh} s" if refresh else "off",
-                                         "set" if api_key else "not set (read-only GETs only)"]}))
+                               "value": [client.base_url, f"every {refresh} s" if refresh else "off",
+                                         "set" if client.has_api_key else "not set (read-only GETs only)"]}))
         st.caption("Change these in the sidebar.")
     with right:
         st.subheader("Daemon")
@@ -457,4 +466,4 @@ def advanced(info: dict[str, Any], fleet: dict[str, Any], alerts: dict[str, Any]
         st.json(alerts)
 
 
-page()
+page(client, refresh)

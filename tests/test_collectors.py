@@ -23,12 +23,11 @@ import pandas as pd
 import psutil
 import pytest
 
+from api_models import LinborgRecord
 from common_utils import host_name_to_server_name
 from config import CPU_COMPONENTS, LINBORG_METRICS, METADATA_FILE
 from host_collector import HostCollector, HostSampler, _cpu_parts, resolve_identity
-from tests.conftest import ROOT, run_cli
-from tests.test_daemon import API_KEY, DaemonProcess, _free_port, wait_for
-from tft_inference import LinborgRecord
+from tests.conftest import API_KEY, ROOT, DaemonProcess, free_port, run_cli, wait_for
 
 HOST = host_name_to_server_name(socket.gethostname().split(".")[0])
 
@@ -163,7 +162,7 @@ def prometheus(tmp_path_factory):
     for binary in ("prometheus", "prometheus-node-exporter"):
         assert shutil.which(binary), f"Debian package {binary} is needed (bootstrap.sh --dev installs it)"
     work = tmp_path_factory.mktemp("prometheus")
-    exporter_port, prom_port = _free_port(), _free_port()
+    exporter_port, prom_port = free_port(), free_port()
     (work / "prometheus.yml").write_text(
         "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
         f"scrape_configs:\n  - job_name: node\n    static_configs: [{{targets: ['127.0.0.1:{exporter_port}']}}]\n")
@@ -237,7 +236,7 @@ def test_prometheus_live_feed_reaches_the_daemon(prometheus, tiny_training, tmp_
 
 
 def test_prometheus_errors_say_what_and_how_to_fix(prometheus, tmp_path):
-    down = run_cli("main.py", "prometheus", "--url", f"http://127.0.0.1:{_free_port()}", "--out",
+    down = run_cli("main.py", "prometheus", "--url", f"http://127.0.0.1:{free_port()}", "--out",
                    str(tmp_path / "x.parquet"), "--hours", "1")
     assert down.returncode == 1 and "unreachable" in down.stderr and "--url" in down.stderr
     mapping = json.loads((ROOT / "mappings" / "prometheus_node_exporter.json").read_text())

@@ -14,8 +14,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from metrics_generator import FleetSimulator
-from tests.conftest import ROOT, TINY_FLEET
-from tests.test_daemon import API_KEY, DaemonProcess, _free_port, feed_buckets, wait_for
+from tests.conftest import API_KEY, ROOT, TINY_FLEET, DaemonProcess, feed_buckets, free_port, wait_for
 
 ARTIFACTS = ROOT / "test-artifacts"
 PANELS = ["Overview", "Heatmap", "Top Servers", "Historical", "Advanced"]
@@ -66,7 +65,8 @@ def test_every_panel_renders_with_data(fed_daemon):
     assert len(overview.get("plotly_chart")) == 2
     assert len(heat.get("plotly_chart")) == 1 and "ppdb001" in _text(heat) + str(heat.selectbox[0].options)
     top_text = _text(top)
-    assert "· risk" in top_text and any(f"### {name}" in top_text for name in FleetSimulator(fleet=TINY_FLEET).server_names)
+    names = FleetSimulator(fleet=TINY_FLEET).server_names
+    assert "· risk" in top_text and any(f"### {name}" in top_text for name in names)
     assert len(top.get("plotly_chart")) >= 2  # forecast fans
     assert history.selectbox[0].value.startswith("pp") and history.selectbox[1].value == "cpu_used_pct"
     assert len(history.get("plotly_chart")) == 1
@@ -77,7 +77,7 @@ def test_every_panel_renders_with_data(fed_daemon):
 
 
 def test_daemon_down_shows_nothing_invented():
-    at = _app(f"http://127.0.0.1:{_free_port()}")
+    at = _app(f"http://127.0.0.1:{free_port()}")
     assert "Not connected" in at.error[0].value and "daemon unreachable" in at.error[0].value
     assert not at.tabs and not at.get("plotly_chart") and not at.metric
 
@@ -129,7 +129,7 @@ def test_dashboard_in_a_real_browser_fed_by_the_stream(tiny_training, tmp_path):
                                    "--servers", "12", "--speed", "2", "--scenario", "degrading"], cwd=ROOT, env=env,
                                   stdout=subprocess.DEVNULL, stderr=open(tmp_path / "stream.log", "w"))
         processes.append(stream)
-        port = _free_port()
+        port = free_port()
         dashboard = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "tft_dashboard_web.py",
                                       "--server.port", str(port), "--server.address", "127.0.0.1",
                                       "--server.headless", "true", "--browser.gatherUsageStats", "false"],
@@ -169,9 +169,10 @@ def test_one_command_demo_starts_everything_and_stops_cleanly(tiny_training, tmp
     (models / "latest").symlink_to(tiny_training.model_dir.name)
     result = subprocess.run([sys.executable, "main.py", "demo", "--models-dir", str(models), "--work-dir",
                              str(tmp_path / "demo"), "--port",
-                             str(_free_port()), "--dashboard-port", str(_free_port()), "--servers", "8",
+                             str(free_port()), "--dashboard-port", str(free_port()), "--servers", "8",
                              "--duration", "20"], cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Dashboard:  http://127.0.0.1:" in result.stdout and "API key:" in result.stdout
-    assert "stopped daemon" in result.stderr and "stopped dashboard" in result.stderr and "stopped stream" in result.stderr
+    for child in ("daemon", "dashboard", "stream"):
+        assert f"stopped {child}" in result.stderr, child
     assert (tmp_path / "demo" / "demo_store.sqlite3").exists()  # the demo wrote where it was told

@@ -24,6 +24,7 @@ from config import (
     TRAINING_DATA_FILE,
     VALID_STATES,
 )
+from contract import cpu_used
 from data_validator import DataValidator
 from metrics_generator import FleetSimulator, fleet_from_total, generate_dataset, parse_fleet
 from server_encoder import ServerEncoder
@@ -131,6 +132,24 @@ def test_tick_by_tick_continuation_equals_batch_generation():
     assert chunks[-1].timestamps[-1] == batch.timestamps[-1]
 
 
+def test_an_outage_across_chunks_is_the_contracts_offline_vector():
+    """Bucket by bucket (the live stream), a gap carries disk and uptime over from the chunk before it."""
+    fleet = {"database": 2, "web_api": 1}
+    batch_sim, step_sim = FleetSimulator(fleet=fleet, seed=8), FleetSimulator(fleet=fleet, seed=8)
+    for sim in (batch_sim, step_sim):
+        before = sim.advance(10)
+        sim._offline_left[0] = 6  # the first server goes dark for the next 6 buckets
+    batch = batch_sim.advance(12)
+    chunks = [step_sim.advance(1) for _ in range(12)]
+    for metric in LINBORG_METRICS:
+        assert np.array_equal(np.concatenate([c.metrics[metric] for c in chunks]), batch.metrics[metric]), metric
+    assert before.has_sample[-1, 0] and (~batch.has_sample[:, 0]).tolist() == [True] * 6 + [False] * 6
+    gap = {metric: values[:6, 0] for metric, values in batch.metrics.items()}
+    assert (gap["cpu_idle_pct"] == 100.0).all() and (gap["mem_used_pct"] == 0.0).all()
+    assert (gap["disk_usage_pct"] == before.metrics["disk_usage_pct"][-1, 0]).all()
+    assert (gap["uptime_days"] == before.metrics["uptime_days"][-1, 0]).all()
+
+
 def test_stream_records_are_contract_records():
     sim = FleetSimulator(fleet={"web_api": 2, "database": 1}, seed=1)
     records = sim.records(sim.advance(2))
@@ -144,7 +163,7 @@ def test_stream_records_are_contract_records():
 # ---------------------------------------------------------------------------- realism
 def test_profiles_look_like_their_roles(fleet_df):
     df = fleet_df[fleet_df["state"].astype(str) != "offline"].copy()
-    df["cpu_used"] = 100.0 - df["cpu_idle_pct"]
+    df["cpu_used"] = cpu_used(df["cpu_idle_pct"])
     # Servers of one role differ (per-server load, memory and stack), so a role is judged by
     # its typical server: the median over its servers of each server's mean.
     per_server = df.groupby([df["profile"].astype(str), df["server_name"].astype(str)]).mean(numeric_only=True)
@@ -153,7 +172,8 @@ def test_profiles_look_like_their_roles(fleet_df):
     assert means["cpu_iowait_pct"].idxmax() == "database"
     db = df[df["profile"].astype(str) == "database"]
     db_hour = db["timestamp"].dt.hour
-    assert db.loc[db_hour.between(1, 2), "cpu_iowait_pct"].mean() > 1.5 * db.loc[db_hour.between(4, 5), "cpu_iowait_pct"].mean()
+    backup_iowait = db.loc[db_hour.between(1, 2), "cpu_iowait_pct"].mean()
+    assert backup_iowait > 1.5 * db.loc[db_hour.between(4, 5), "cpu_iowait_pct"].mean()
     # ML compute: most CPU, Java/Spark and load.
     assert means["cpu_used"].idxmax() == "ml_compute"
     assert means["java_cpu_pct"].idxmax() == "ml_compute"
@@ -176,11 +196,11 @@ def test_profiles_look_like_their_roles(fleet_df):
 def test_daily_and_weekly_rhythm(fleet_df):
     web = fleet_df[(fleet_df["profile"].astype(str) == "web_api") & (fleet_df["state"].astype(str) != "offline")]
     ts = web["timestamp"].dt
-    cpu_used = 100.0 - web["cpu_idle_pct"]
+    web_cpu = cpu_used(web["cpu_idle_pct"])
     weekday = ts.dayofweek < 5
-    business = cpu_used[weekday & (ts.hour >= 9) & (ts.hour < 12)].mean()
-    night = cpu_used[weekday & (ts.hour >= 2) & (ts.hour < 5)].mean()
-    weekend = cpu_used[~weekday & (ts.hour >= 9) & (ts.hour < 12)].mean()
+    business = web_cpu[weekday & (ts.hour >= 9) & (ts.hour < 12)].mean()
+    night = web_cpu[weekday & (ts.hour >= 2) & (ts.hour < 5)].mean()
+    weekend = web_cpu[~weekday & (ts.hour >= 9) & (ts.hour < 12)].mean()
     assert business > 2.0 * night, (business, night)
     assert business > 1.6 * weekend, (business, weekend)
     # The weekday morning spike is labelled as such, and only on weekday mornings.
@@ -193,7 +213,7 @@ def test_daily_and_weekly_rhythm(fleet_df):
     # Risk analytics runs its batch in the evening.
     risk = fleet_df[fleet_df["profile"].astype(str) == "risk_analytics"]
     rts = risk["timestamp"].dt
-    risk_cpu = 100.0 - risk["cpu_idle_pct"]
+    risk_cpu = cpu_used(risk["cpu_idle_pct"])
     assert risk_cpu[(rts.dayofweek < 5) & rts.hour.between(19, 21)].mean() > \
         1.5 * risk_cpu[(rts.dayofweek < 5) & rts.hour.between(2, 5)].mean()
 
@@ -221,7 +241,8 @@ def test_incidents_build_up_before_they_turn_critical(fleet_df):
     onsets = episodes[(episodes["state"] == "critical_issue")]
     progress = []
     for start in onsets["start"]:
-        if start < 12 * STEPS_PER_HOUR or fleet_df["server_name"].iloc[start - 144] != fleet_df["server_name"].iloc[start]:
+        servers = fleet_df["server_name"]
+        if start < 12 * STEPS_PER_HOUR or servers.iloc[start - 144] != servers.iloc[start]:
             continue
         row = fleet_df.iloc[start]
         drivers = [m for m, t in thresholds.items() if row[m] >= t]
