@@ -9,7 +9,7 @@ notebook and the benchmarks can use the models without the web stack.
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, create_model, field_validator, model_validator
@@ -22,6 +22,7 @@ from config import (
     DATA_CONTRACT_DOC,
     DEMO_SCENARIOS,
     FEED_TIMESTAMP_YEARS,
+    INTEGER_METRIC_MAX,
     INTEGER_METRICS,
     LINBORG_METRICS,
     METRIC_RANGES,
@@ -34,15 +35,21 @@ from config import (
 
 RiskHorizon = Literal[tuple(RISK_HORIZONS)]  # type: ignore[valid-type]  # "now" and the forecast horizons
 AlertLevel = Literal["warning", "critical"]
-ServerStatus = Literal["ok", "warming_up", "offline"]
+ServerStatus = Literal["ok", "warming_up", "offline", "not_ready"]
 RiskLevel = Literal["green", "yellow", "red"]
 
 
 # ============================================================================ feed (in)
 def _metric_field(name: str) -> tuple[type, Any]:
+    """A metric as the contract types it: strict (no strings, no booleans), finite, in range.
+
+    Float metrics take any JSON number; integer metrics only JSON integers that fit 32 bits.
+    """
     low, high = METRIC_RANGES[name]
-    kind = int if name in INTEGER_METRICS else float
-    return kind, Field(ge=low, le=high) if high is not None else Field(ge=low)
+    if name in INTEGER_METRICS:
+        return int, Field(strict=True, ge=low, le=min(high, INTEGER_METRIC_MAX) if high is not None
+                          else INTEGER_METRIC_MAX)
+    return float, Field(strict=True, allow_inf_nan=False, ge=low, **({"le": high} if high is not None else {}))
 
 
 _RecordBase = create_model(  # the 14 LINBORG metrics with their contract ranges
@@ -64,7 +71,7 @@ class LinborgRecord(_RecordBase):  # type: ignore[misc, valid-type]
     @field_validator("timestamp")
     @classmethod
     def _utc(cls, value: datetime) -> datetime:
-        value = value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+        value = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
         first, last = FEED_TIMESTAMP_YEARS
         if not first <= value.year <= last:
             raise ValueError(f"timestamp must lie between {first} and {last} (UTC); the store keeps int64 "
@@ -150,6 +157,7 @@ class ServerPrediction(BaseModel):
     history_buckets: int | None = Field(default=None, description="history the forecast read (fewer than the "
                                                                    "model's encoder length = a new server)")
     last_sample_time: str | None = None
+    reason: str | None = Field(default=None, description="not_ready: why this server has no forecast this cycle")
     current: dict[str, float] = {}
     predictions: dict[str, dict[str, QuantileBand]] = {}
     risk_score: float | None = None
@@ -195,10 +203,11 @@ class HistoryResponse(BaseModel):
 
 # ============================================================================ status and admin
 class HealthResponse(BaseModel):
-    """Liveness and whether a model is loaded."""
+    """Liveness, whether a model is loaded, and whether forecast cycles are failing."""
 
-    status: Literal["ok"]
+    status: Literal["ok", "degraded"]
     model_loaded: bool
+    reason: str | None = Field(default=None, description="degraded: what is wrong (e.g. cycles failing, and why)")
 
 
 class StatusResponse(BaseModel):

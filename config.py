@@ -726,15 +726,42 @@ MAX_BODY_BYTES = 8 * 1024 * 1024  # one POST body; ~40k records
 MAX_RECORDS_PER_REQUEST = 50_000
 # Years a fed timestamp may carry: the store keeps int64 nanoseconds, which end in 2262.
 FEED_TIMESTAMP_YEARS = (1970, 2200)
-RATE_LIMIT_REQUESTS_PER_MINUTE = 1200  # per client (API key or address), token bucket
-RATE_LIMIT_BURST = 200
-# WebSocket close code for a refused key (4000-4999 are the application's; 4401 mirrors HTTP 401).
+# A record may be stamped at most this far ahead of the daemon's own clock (collector clocks
+# drift; NTP keeps them within seconds). Further ahead is rejected: a client must never move
+# the fleet's clock, which decides "offline", bucket completion and the retention cut.
+FEED_MAX_FUTURE_SECONDS = 300
+# Integer metrics (socket counts, uptime) must fit a signed 32-bit integer; floats must be finite.
+INTEGER_METRIC_MAX = 2**31 - 1
+# Rate limits, token buckets. A valid API key gets its own bucket, sized so one key shared by
+# 1,000 collectors posting every 5 s (200 requests/s) stays under it with room for the dashboard
+# and adapters. Requests without a valid key (wrong key, none, open reads) are limited per client
+# address, far lower: a guessing client is slowed, and a new wrong key never buys a new bucket.
+RATE_LIMIT_REQUESTS_PER_MINUTE = 15_000
+RATE_LIMIT_BURST = 2_000
+ANONYMOUS_RATE_PER_MINUTE = 600
+ANONYMOUS_RATE_BURST = 100
+# The limiter forgets idle clients (a full bucket is the same as no bucket) once it tracks more
+# than this many, and never holds more than the hard cap (oldest first out).
+RATE_LIMIT_PRUNE_ABOVE = 10_000
+RATE_LIMIT_MAX_CLIENTS = 50_000
+# WebSocket close codes: a refused key (4000-4999 are the application's; 4401 mirrors HTTP 401),
+# too many handshakes (4429 mirrors 429), and a binary frame (1003, "unsupported data", RFC 6455).
 WS_UNAUTHORIZED_CODE = 4401
+WS_RATE_LIMITED_CODE = 4429
+WS_UNSUPPORTED_DATA_CODE = 1003
+# /health says "degraded" after this many forecast cycles in a row failed.
+HEALTH_DEGRADED_AFTER_FAILED_CYCLES = 3
+# Disk full: the client is asked to retry after this long (the feed resumes once space frees).
+DISK_FULL_RETRY_AFTER_SECONDS = 30
 # History kept in the store: enough for the encoder, the seasonal baseline and a week of
 # dashboard history; older buckets and forecasts are deleted.
 RETENTION_HOURS = 7 * 24
 FORECAST_RETENTION_HOURS = 7 * 24
 DEDUPE_HOURS = 2  # exact duplicate samples (same server and timestamp) are ignored this long
+# On start the store is checked with SQLite's integrity check: "quick" (O(N), skips index/table
+# cross-checks; the figures at fleet scale are in Docs/RAG/CURRENT_STATE.md), "full", or "off".
+STORE_INTEGRITY_CHECK = "quick"
+STORE_DOC = "Docs/API_REFERENCE.md (Storage and retention)"
 TRIM_EVERY_CYCLES = 12
 # A bucket is complete when data for a later bucket arrives, or when the wall clock is this
 # far past its end (a feed that stalled).
@@ -742,6 +769,8 @@ BUCKET_GRACE_SECONDS = 30
 # A server with no samples for this many buckets is reported offline, not forecast.
 OFFLINE_AFTER_BUCKETS = 12
 FORECAST_POLL_SECONDS = 0.5
+# A failed cycle is retried after a back-off that doubles from FORECAST_POLL_SECONDS up to this.
+FORECAST_RETRY_MAX_SECONDS = 60.0
 # Records older than this (relative to the newest bucket the daemon has seen) are rejected.
 MAX_RECORD_AGE_HOURS = RETENTION_HOURS
 # A forecast cycle runs the model over at most this many servers at a time, so the working set

@@ -16,11 +16,15 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import sqlite3
 import threading
 import time
+from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -29,6 +33,7 @@ from pydantic import ValidationError
 
 from api_models import (
     BATCH_ADAPTER,
+    FEED_ADAPTER,
     RECORD_ADAPTER,
     DemoScenario,
     FeedResponse,
@@ -38,17 +43,28 @@ from api_models import (
     RejectedRecord,
     StatusResponse,
 )
+from common_utils import isoformat_utc
 from config import (
+    ANONYMOUS_RATE_BURST,
+    ANONYMOUS_RATE_PER_MINUTE,
+    API_REFERENCE_DOC,
     BUCKET_GRACE_SECONDS,
     CONTRACT_VERSION,
+    DATA_CONTRACT_DOC,
+    FEED_MAX_FUTURE_SECONDS,
     FORECAST_POLL_SECONDS,
     FORECAST_RETENTION_HOURS,
+    FORECAST_RETRY_MAX_SECONDS,
+    HEALTH_DEGRADED_AFTER_FAILED_CYCLES,
     HORIZONS,
     LINBORG_METRICS,
     MAX_RECORD_AGE_HOURS,
+    MAX_RECORDS_PER_REQUEST,
     PROJECT_VERSION,
     QUANTILE_LABELS,
     RATE_LIMIT_BURST,
+    RATE_LIMIT_MAX_CLIENTS,
+    RATE_LIMIT_PRUNE_ABOVE,
     RATE_LIMIT_REQUESTS_PER_MINUTE,
     RETENTION_HOURS,
     SAMPLING_INTERVAL_SECONDS,
@@ -58,7 +74,7 @@ from config import (
 )
 from contract import DISPLAY_CPU, bucket_iso, bucket_of_ns, cpu_used
 from forecast_engine import CycleResult, ForecastEngine, fleet_document
-from metrics_store import COUNTS, GAUGES, FleetWindows, MetricsStore
+from metrics_store import COUNTS, GAUGES, FleetWindows, MetricsStore, StoreError
 from state_rules import STATE_PRECEDENCE
 from tft_model import ModelLoadError, load_model
 
@@ -99,25 +115,45 @@ class Counters:
 
 
 class RateLimiter:
-    """Token bucket per client: RATE_LIMIT_REQUESTS_PER_MINUTE, bursts up to RATE_LIMIT_BURST."""
+    """Token bucket per client: ``per_minute`` on average, bursts up to ``burst``; memory bounded.
 
-    def __init__(self, per_minute: float = RATE_LIMIT_REQUESTS_PER_MINUTE, burst: int = RATE_LIMIT_BURST) -> None:
+    A client whose bucket has refilled is indistinguishable from a new one, so once more than
+    ``prune_above`` clients are tracked those are forgotten; past ``max_clients`` the least
+    recently seen go first. A flood of new client names therefore costs a bounded dict, not
+    memory that grows without end.
+    """
+
+    def __init__(self, per_minute: float = RATE_LIMIT_REQUESTS_PER_MINUTE, burst: int = RATE_LIMIT_BURST,
+                 prune_above: int = RATE_LIMIT_PRUNE_ABOVE, max_clients: int = RATE_LIMIT_MAX_CLIENTS) -> None:
         self.rate = per_minute / 60.0
         self.burst = burst
-        self._buckets: dict[str, tuple[float, float]] = {}
+        self.prune_above = prune_above
+        self.max_clients = max_clients
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()  # least recently seen first
         self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._buckets)
 
     def allow(self, client: str) -> tuple[bool, float]:
         """(allowed, seconds until a token is available)."""
         now = time.monotonic()
         with self._lock:
-            tokens, stamp = self._buckets.get(client, (float(self.burst), now))
+            tokens, stamp = self._buckets.pop(client, (float(self.burst), now))
             tokens = min(float(self.burst), tokens + (now - stamp) * self.rate)
-            if tokens >= 1.0:
-                self._buckets[client] = (tokens - 1.0, now)
-                return True, 0.0
-            self._buckets[client] = (tokens, now)
-            return False, (1.0 - tokens) / self.rate
+            allowed = tokens >= 1.0
+            self._buckets[client] = (tokens - 1.0 if allowed else tokens, now)
+            if len(self._buckets) > self.prune_above:
+                self._prune(now)
+            return allowed, 0.0 if allowed else (1.0 - tokens) / self.rate
+
+    def _prune(self, now: float) -> None:
+        """Forget clients whose bucket is full again; then the oldest, down to the hard cap."""
+        full_after = self.burst / self.rate  # seconds for an empty bucket to refill
+        for client in [c for c, (_, stamp) in self._buckets.items() if now - stamp >= full_after]:
+            del self._buckets[client]
+        while len(self._buckets) > self.max_clients:
+            self._buckets.popitem(last=False)
 
 
 class PrometheusMetrics:
@@ -177,12 +213,49 @@ class PrometheusMetrics:
 
 
 # ============================================================================ ingest
+class FeedRequestError(ValueError):
+    """A feed body that is refused as a whole: an HTTP status, an error code and a sentence."""
+
+    def __init__(self, status: int, error: str, detail: str) -> None:
+        super().__init__(detail)
+        self.status, self.error, self.detail = status, error, detail
+
+
 class FeedIngest:
-    """Validate a batch, store the valid records durably, merge them into the windows."""
+    """Validate a batch, store the valid records durably, merge them into the windows.
+
+    ``clock`` is the daemon's own time (epoch seconds): no record may be stamped more than
+    ``FEED_MAX_FUTURE_SECONDS`` after it, so no client can move the fleet's clock.
+    """
 
     def __init__(self, store: MetricsStore, fleet: FleetWindows, lock: threading.Lock, counters: Counters,
-                 metrics: PrometheusMetrics) -> None:
+                 metrics: PrometheusMetrics, clock: Callable[[], float] = time.time) -> None:
         self.store, self.fleet, self.lock, self.counters, self.metrics = store, fleet, lock, counters, metrics
+        self.clock = clock
+
+    def body(self, body: bytes) -> FeedResponse:
+        """A raw ``POST /feed`` body -> what happened to each record (runs off the event loop).
+
+        Raises FeedRequestError when the body as a whole is not a batch.
+        """
+        try:  # fast path: parse and validate the whole body in pydantic's Rust core
+            records: list[Any] = FEED_ADAPTER.validate_json(body).records
+        except ValidationError:
+            try:
+                payload = json.loads(body)
+            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+                raise FeedRequestError(400, "invalid_json", f"The body is not JSON: {exc}.") from None
+            except RecursionError:
+                raise FeedRequestError(400, "invalid_json", "The body is nested too deeply to be a feed "
+                                                            "batch.") from None
+            records = payload.get("records") if isinstance(payload, dict) else None
+            if not isinstance(records, list):
+                raise FeedRequestError(422, "invalid_request", 'Expected {"records": [ ... ]}. See '
+                                       + API_REFERENCE_DOC) from None
+        if len(records) > MAX_RECORDS_PER_REQUEST:
+            raise FeedRequestError(413, "too_many_records", f"At most {MAX_RECORDS_PER_REQUEST} records per "
+                                                            f"request; split the batch.")
+        return self(records)
 
     def __call__(self, raw_records: list[Any]) -> FeedResponse:
         """Exactly what happened to each record: stored, duplicate, or rejected and why."""
@@ -226,15 +299,34 @@ class FeedIngest:
 
     def _admit(self, parsed: list[tuple[int, LinborgRecord]],
                rejected: list[RejectedRecord]) -> tuple[list[dict[str, Any]], list[int]]:
-        """Records inside the retention window, as the store's dicts (with ``ts_ns``)."""
+        """Records the daemon can take, as the store's dicts (with ``ts_ns``); the rest rejected with why.
+
+        A record is refused when it is stamped too far ahead of the daemon's clock, older than the
+        retention window, or names a different profile than its server already has.
+        """
+        now = self.clock()
+        latest_ns = int((now + FEED_MAX_FUTURE_SECONDS) * 1e9)
         newest = self.fleet.newest_bucket
         oldest_ok = None if newest is None else (newest - MAX_RECORD_AGE_HOURS * STEPS_PER_HOUR)
+        profiles = {name: window.profile for name, window in self.fleet.servers.items()}
         valid, valid_index = [], []
         for i, record in parsed:
             ts_ns = int(record.timestamp.timestamp()) * 1_000_000_000 + record.timestamp.microsecond * 1000
-            if oldest_ok is not None and bucket_of_ns(ts_ns) < oldest_ok:
-                rejected.append(RejectedRecord(index=i, server_name=record.server_name, field="timestamp",
-                                               reason=f"older than the {MAX_RECORD_AGE_HOURS} h retention window"))
+            reason, field_name = None, "timestamp"
+            if ts_ns > latest_ns:
+                reason = (f"{isoformat_utc(record.timestamp)} is {(ts_ns / 1e9 - now):.0f} s ahead of the daemon's "
+                          f"clock ({isoformat_utc(datetime.fromtimestamp(now, UTC))}); records may be at "
+                          f"most {FEED_MAX_FUTURE_SECONDS} s ahead. Fix the sender's clock (NTP)")
+            elif oldest_ok is not None and bucket_of_ns(ts_ns) < oldest_ok:
+                reason = f"older than the {MAX_RECORD_AGE_HOURS} h retention window"
+            elif profiles.setdefault(record.server_name, record.profile) != record.profile:
+                field_name = "profile"
+                reason = (f"'{record.server_name}' is tracked as '{profiles[record.server_name]}'; a server's "
+                          f"profile does not change. Send '{profiles[record.server_name]}', or give a "
+                          f"re-purposed host a new name ({DATA_CONTRACT_DOC}, Server names)")
+            if reason is not None:
+                rejected.append(RejectedRecord(index=i, server_name=record.server_name, field=field_name,
+                                               reason=reason))
                 continue
             data = dict(record.__dict__)  # the validated fields, without model_dump's copying machinery
             data["ts_ns"] = ts_ns
@@ -290,25 +382,46 @@ class Subscribers:
 class Daemon:
     """Everything the endpoints share: store, windows, model, the published cycle, counters."""
 
-    def __init__(self, settings: DaemonSettings) -> None:
+    def __init__(self, settings: DaemonSettings, clock: Callable[[], float] = time.time) -> None:
         self.settings = settings
-        self.store = MetricsStore(settings.store_path)
-        self.fleet = self.store.load_windows()
+        self.clock = clock
+        self.store = MetricsStore(settings.store_path)  # StoreError: refuse to start, with the reason
+        self.fleet = self._open_windows()
         self.engine: ForecastEngine | None = None
         self.model_error: str | None = None
         self.counters = Counters()
         self.published = PublishedCycle()
         self.last_origin: int | None = None
+        self.failed_cycles = 0  # in a row; /health is degraded from HEALTH_DEGRADED_AFTER_FAILED_CYCLES on
+        self.last_cycle_error: str | None = None
+        self._retry_at = 0.0  # a failed cycle is retried from this monotonic time on
         self.lock = threading.Lock()  # guards fleet windows between feed and forecast threads
         self.subscribers = Subscribers()
-        self.limiter = RateLimiter(settings.rate_per_minute, settings.rate_burst)
+        self.limiter = RateLimiter(settings.rate_per_minute, settings.rate_burst)  # per valid key
+        self.anonymous_limiter = RateLimiter(ANONYMOUS_RATE_PER_MINUTE, ANONYMOUS_RATE_BURST)  # per address
         self.metrics = PrometheusMetrics()
-        self.ingest = FeedIngest(self.store, self.fleet, self.lock, self.counters, self.metrics)
+        self.ingest = FeedIngest(self.store, self.fleet, self.lock, self.counters, self.metrics, clock)
         self.demo = DemoScenario(scenario="healthy")
         self.load_model()
         if self.fleet.servers:
             logger.info("rebuilt windows of %d servers from %s (newest bucket %s)", len(self.fleet.servers),
                         settings.store_path, bucket_iso(self.fleet.newest_bucket or 0))
+
+    def _open_windows(self) -> FleetWindows:
+        """Quarantine records from the future (an older daemon accepted them), then rebuild the windows."""
+        latest = int(bucket_of_ns(int((self.clock() + FEED_MAX_FUTURE_SECONDS) * 1e9)))
+        try:
+            moved = self.store.quarantine_after(latest)
+            if moved:
+                logger.warning("store %s held %d buckets stamped after the daemon's clock (%s); moved them to "
+                               "table quarantined_buckets, keeping all earlier history", self.settings.store_path,
+                               moved, bucket_iso(latest))
+            return self.store.load_windows()
+        except sqlite3.DatabaseError as exc:
+            self.store.close()
+            raise StoreError(f"the metrics store {self.settings.store_path} cannot be read ({exc}). Fix: move it "
+                             f"aside and start with an empty store, or restore a backup. See "
+                             f"{API_REFERENCE_DOC} (Storage and retention).") from None
 
     @property
     def model_version(self) -> str:
@@ -316,15 +429,23 @@ class Daemon:
         return self.engine.model_version if self.engine else "none"
 
     def load_model(self) -> None:
-        """(Re)load the model from the configured directory; remember why if it fails."""
+        """(Re)load the model from the configured directory.
+
+        At start a failure raises (or, with ``allow_no_model``, leaves no model and remembers
+        why). On a reload a failure raises ModelLoadError and the model already loaded keeps
+        serving: a damaged new model never takes forecasts away.
+        """
         if self.settings.model_dir is None:
             self.model_error = "no model directory configured (--model-dir)"
             return
         try:
             loaded = load_model(self.settings.model_dir)
         except (ModelLoadError, FileNotFoundError) as exc:
+            if self.engine is not None:
+                logger.error("model reload failed, the loaded model %s keeps serving: %s",
+                             self.engine.model_version, exc)
+                raise ModelLoadError(str(exc)) from None
             self.model_error = str(exc)
-            self.engine = None
             if not self.settings.allow_no_model:
                 raise
             logger.error("model not loaded: %s", exc)
@@ -340,22 +461,45 @@ class Daemon:
         newest = self.fleet.newest_bucket
         if newest is None:
             return None
-        clock = int((time.time() - BUCKET_GRACE_SECONDS) // SAMPLING_INTERVAL_SECONDS) - 1
+        clock = int((self.clock() - BUCKET_GRACE_SECONDS) // SAMPLING_INTERVAL_SECONDS) - 1
         return min(newest, max(newest - 1, clock))
 
+    @property
+    def health_problem(self) -> str | None:
+        """Why /health says "degraded" (cycles failing in a row), or None."""
+        if self.failed_cycles >= HEALTH_DEGRADED_AFTER_FAILED_CYCLES:
+            return f"the last {self.failed_cycles} forecast cycles failed: {self.last_cycle_error}"
+        return None
+
     def run_cycle(self, origin: int) -> CycleResult | None:
-        """One forecast cycle (runs in a worker thread): forecast, store, publish, trim."""
-        began = time.perf_counter()
+        """One forecast cycle (runs in a worker thread); a failure is counted, logged and retried later."""
         engine = self.engine
         if engine is None:
             return None
+        try:
+            result = self._cycle(engine, origin)
+        except Exception as exc:  # noqa: BLE001 - a failed cycle is counted and reported, never fatal
+            self.counters.cycle_errors += 1
+            self.failed_cycles += 1
+            self.last_cycle_error = f"{type(exc).__name__}: {exc}"
+            backoff = min(FORECAST_RETRY_MAX_SECONDS, FORECAST_POLL_SECONDS * 2 ** self.failed_cycles)
+            self._retry_at = time.monotonic() + backoff
+            if self.failed_cycles == 1:  # the traceback once; then one line per retry, backing off
+                logger.exception("forecast cycle for %s failed", bucket_iso(origin))
+            else:
+                logger.error("forecast cycle for %s failed again (%d in a row, next try in %.0f s): %s",
+                             bucket_iso(origin), self.failed_cycles, backoff, self.last_cycle_error)
+            return None
+        if self.failed_cycles:
+            logger.info("forecast cycles recovered after %d failures", self.failed_cycles)
+        self.failed_cycles, self.last_cycle_error = 0, None
+        return result
+
+    def _cycle(self, engine: ForecastEngine, origin: int) -> CycleResult:
+        """Forecast, store the horizon summary, publish, trim."""
+        began = time.perf_counter()
         with self.lock:
-            try:
-                result = engine.forecast(self.fleet, origin)
-            except Exception as exc:  # noqa: BLE001 - a failed cycle is counted and reported, not fatal
-                self.counters.cycle_errors += 1
-                logger.exception("forecast cycle for %s failed: %s", bucket_iso(origin), exc)
-                return None
+            result = engine.forecast(self.fleet, origin)
         blobs = {name: r.horizon_blob for name, r in result.servers.items() if r.horizon_blob is not None}
         if blobs:
             self.store.save_forecasts(origin, blobs)
@@ -378,14 +522,15 @@ class Daemon:
         c.cycle_seconds_total += result.seconds
         c.forecasts_total += result.forecast_count
         c.last_cycle_ms = round(result.seconds * 1000.0, 2)
-        c.last_cycle_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        c.last_cycle_at = datetime.now(UTC).isoformat(timespec="seconds")
 
     async def forecast_loop(self) -> None:
         """Wait for completed buckets; forecast each once, off the event loop; push it to subscribers."""
         while True:
             try:
                 origin = self.complete_through()
-                if self.engine is not None and origin is not None and origin != self.last_origin:
+                if (self.engine is not None and origin is not None and origin != self.last_origin
+                        and time.monotonic() >= self._retry_at):
                     result = await asyncio.to_thread(self.run_cycle, origin)
                     if result is not None and self.subscribers.sockets:
                         await self.subscribers.broadcast(self.published.json.decode())
@@ -427,7 +572,8 @@ def status_document(daemon: Daemon) -> StatusResponse:
         average_cycle_ms=round(1000.0 * c.cycle_seconds_total / c.cycles, 2) if c.cycles else 0.0,
         last_cycle_ms=c.last_cycle_ms, last_cycle_total_ms=c.last_cycle_total_ms, feed_records_stored=c.stored,
         feed_records_rejected=c.rejected, feed_records_duplicate=c.duplicates, requests_total=c.requests,
-        request_errors_total=c.request_errors, error_rate=round(c.request_errors / c.requests, 4) if c.requests else 0.0)
+        request_errors_total=c.request_errors,
+        error_rate=round(c.request_errors / c.requests, 4) if c.requests else 0.0)
 
 
 def history_document(daemon: Daemon, server_name: str, profile: str, hours: float) -> HistoryResponse:

@@ -40,7 +40,7 @@ from tft_features import NAN_CODE, BatchAssembler, decode_quantiles, encode_rows
 from tft_model import LoadedModel, load_model
 
 HORIZON_STEPS = [steps - 1 for steps in HORIZONS.values()]  # decoder rows of 30 min, 1 h, 8 h
-SUMMARY_ORDER = ("green", "yellow", "red", "warming_up", "offline")  # /predictions/current "summary"
+SUMMARY_ORDER = ("green", "yellow", "red", "warming_up", "offline", "not_ready")  # /predictions/current "summary"
 
 
 # ============================================================================ display conversions
@@ -170,6 +170,12 @@ class ForecastEngine:
                     base, "warming_up", buckets_needed=self.spec.min_encoder_length - history))
             else:
                 values, state, _ = window.window(origin, enc)
+                if not np.isfinite(values).all():  # defence in depth: the feed rejects non-finite values
+                    bad = int((~np.isfinite(values)).any(axis=1).sum())
+                    results[name] = ServerResult(_prediction(
+                        base, "not_ready", reason=f"{bad} of the last {enc} buckets hold non-finite values "
+                                                  f"(NaN or Infinity); no forecast until they leave the window"))
+                    continue
                 ready.append(name)
                 windows.append(values)
                 states.append(state)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 import threading
+import time
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +37,8 @@ from config import (
     MEMORY_BUCKETS,
     SQLITE_SYNCHRONOUS,
     STEPS_PER_HOUR,
+    STORE_DOC,
+    STORE_INTEGRITY_CHECK,
 )
 from contract import NS_PER_BUCKET, bucket_of_ns, fill_offline
 from state_rules import STATE_PRECEDENCE
@@ -69,6 +72,7 @@ CREATE TABLE IF NOT EXISTS forecasts (
     server TEXT NOT NULL, origin INTEGER NOT NULL, payload BLOB NOT NULL,
     PRIMARY KEY (server, origin)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS quarantined_buckets AS SELECT * FROM buckets WHERE 0;
 CREATE INDEX IF NOT EXISTS buckets_by_time ON buckets(bucket);
 CREATE INDEX IF NOT EXISTS forecasts_by_time ON forecasts(origin);
 CREATE INDEX IF NOT EXISTS keys_by_time ON sample_keys(ts);
@@ -227,19 +231,51 @@ class FleetWindows:
         return max(buckets) if buckets else None
 
 
-class MetricsStore:
-    """SQLite persistence (WAL). One writer at a time; reads use their own connections."""
+class StoreError(RuntimeError):
+    """The store cannot be used as it is; the message says what, why, how to fix it, and where to read."""
 
-    def __init__(self, path: str | Path, synchronous: str = SQLITE_SYNCHRONOUS) -> None:
+
+class StoreFullError(StoreError):
+    """The disk holding the store is full: nothing of the batch was stored."""
+
+
+def _unusable(path: Path, problem: str) -> StoreError:
+    return StoreError(
+        f"the metrics store {path} {problem}. Why it matters: the daemon keeps every acknowledged record "
+        f"there and rebuilds its windows from it; serving from a damaged store would lose or invent history. "
+        f"Fix: move the file (and its -wal/-shm files) aside and start again with an empty store, or "
+        f"restore it from a backup; --store PATH chooses another file. See {STORE_DOC}.")
+
+
+class MetricsStore:
+    """SQLite persistence (WAL). One writer at a time; reads use their own connections.
+
+    Opening checks the file (``STORE_INTEGRITY_CHECK``) and raises :class:`StoreError` with
+    what/why/fix when it is not a usable store, instead of serving from a damaged one.
+    """
+
+    def __init__(self, path: str | Path, synchronous: str = SQLITE_SYNCHRONOUS,
+                 integrity_check: str = STORE_INTEGRITY_CHECK) -> None:
         self.path = Path(path)
+        if self.path.is_dir():
+            raise _unusable(self.path, "is a directory, not a file")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         self._local = threading.local()
         self._synchronous = synchronous
-        self._writer = self._connect()
-        self._writer.executescript(_SCHEMA)
         self._recent_keys: set[tuple[str, int]] = set()
-        self._recent_keys_floor = 0
+        try:
+            self._writer = self._connect()
+            self._writer.executescript(_SCHEMA)
+            if integrity_check != "off":
+                began = time.perf_counter()
+                pragma = "quick_check" if integrity_check == "quick" else "integrity_check"
+                problems = [row[0] for row in self._writer.execute(f"PRAGMA {pragma}")]
+                if problems != ["ok"]:
+                    raise _unusable(self.path, f"failed SQLite's {pragma}: {'; '.join(problems[:3])}")
+                logger.info("store %s passed SQLite's %s in %.2f s", self.path, pragma, time.perf_counter() - began)
+        except sqlite3.DatabaseError as exc:
+            raise _unusable(self.path, f"is not a readable SQLite database ({exc})") from None
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30.0)
@@ -288,16 +324,25 @@ class MetricsStore:
                 for record in fresh:
                     profiles.setdefault(record["server_name"], record["profile"])
                 conn = self._writer
-                conn.execute("BEGIN IMMEDIATE")
                 try:
-                    conn.executemany("INSERT OR IGNORE INTO sample_keys (server, ts) VALUES (?, ?)",
-                                     [(r["server_name"], r["ts_ns"]) for r in fresh])
-                    conn.executemany(_UPSERT_BUCKET, [agg.row() for agg in aggregates])
-                    conn.executemany(_UPSERT_SERVER, [(s, profiles[s], first_bucket[s], last_bucket[s])
-                                                      for s in first_bucket])
-                    conn.execute("COMMIT")
-                except BaseException:
-                    conn.execute("ROLLBACK")
+                    conn.execute("BEGIN IMMEDIATE")
+                    try:
+                        conn.executemany("INSERT OR IGNORE INTO sample_keys (server, ts) VALUES (?, ?)",
+                                         [(r["server_name"], r["ts_ns"]) for r in fresh])
+                        conn.executemany(_UPSERT_BUCKET, [agg.row() for agg in aggregates])
+                        conn.executemany(_UPSERT_SERVER, [(s, profiles[s], first_bucket[s], last_bucket[s])
+                                                          for s in first_bucket])
+                        conn.execute("COMMIT")
+                    except BaseException:
+                        if conn.in_transaction:
+                            conn.execute("ROLLBACK")
+                        raise
+                except sqlite3.OperationalError as exc:
+                    if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL or "full" in str(exc):
+                        raise StoreFullError(
+                            f"the disk holding {self.path} is full ({exc}); nothing of this batch was stored. "
+                            f"Fix: free space on that disk (the feed resumes by itself) or move the store. "
+                            f"See {STORE_DOC}.") from None
                     raise
                 self._recent_keys.update(seen_in_batch)
             return stored, duplicates, aggregates
@@ -326,6 +371,33 @@ class MetricsStore:
             conn.execute("COMMIT")
             self._recent_keys = {k for k in self._recent_keys if k[1] >= key_cutoff_ns}
         return removed
+
+    def quarantine_after(self, last_bucket: int) -> int:
+        """Move buckets stamped after ``last_bucket`` aside (table ``quarantined_buckets``); their count.
+
+        A store written by an older version may hold records from the future (a client's
+        clock far ahead). They must not set the fleet's clock, and deleting good history to
+        make room for them is worse: so they leave the live tables, kept for inspection.
+        """
+        last_key_ns = (last_bucket + 1) * NS_PER_BUCKET
+        with self._lock:
+            conn = self._writer
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                moved = conn.execute("INSERT INTO quarantined_buckets SELECT * FROM buckets WHERE bucket > ?",
+                                     (last_bucket,)).rowcount
+                if moved:
+                    conn.execute("DELETE FROM buckets WHERE bucket > ?", (last_bucket,))
+                    conn.execute("DELETE FROM forecasts WHERE origin > ?", (last_bucket,))
+                    conn.execute("DELETE FROM sample_keys WHERE ts >= ?", (last_key_ns,))
+                    conn.execute("DELETE FROM servers WHERE server NOT IN (SELECT DISTINCT server FROM buckets)")
+                    conn.execute("UPDATE servers SET last_bucket = (SELECT MAX(bucket) FROM buckets b "
+                                 "WHERE b.server = servers.server)")
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+        return moved
 
     # ------------------------------------------------------------------ reads
     def load_windows(self, capacity: int = MEMORY_BUCKETS) -> FleetWindows:

@@ -38,7 +38,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 from contextlib import asynccontextmanager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -46,11 +46,9 @@ import numpy as np
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request, WebSocket, WebSocketDisconnect
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
-from pydantic import ValidationError
 from starlette.requests import HTTPConnection
 
 from api_models import (
-    FEED_ADAPTER,
     AlertsResponse,
     DemoScenario,
     DemoScenarioRequest,
@@ -70,19 +68,22 @@ from config import (
     API_REFERENCE_DOC,
     DAEMON_PORT,
     DEFAULT_HOST,
+    DISK_FULL_RETRY_AFTER_SECONDS,
     MAX_BODY_BYTES,
-    MAX_RECORDS_PER_REQUEST,
     PROJECT_VERSION,
     RATE_LIMIT_BURST,
     RATE_LIMIT_REQUESTS_PER_MINUTE,
     RETENTION_HOURS,
     RISK_HORIZONS,
     STORE_PATH,
+    WS_RATE_LIMITED_CODE,
     WS_UNAUTHORIZED_CODE,
+    WS_UNSUPPORTED_DATA_CODE,
 )
 from contract import bucket_iso
-from daemon_state import Daemon, DaemonSettings, history_document, status_document
+from daemon_state import Daemon, DaemonSettings, FeedRequestError, history_document, status_document
 from forecast_engine import ForecastEngine, forecast_file, round_fan
+from metrics_store import StoreError, StoreFullError
 from tft_model import ModelLoadError
 
 logger = logging.getLogger("tft_inference")
@@ -159,12 +160,23 @@ WRITE = [Depends(require_key)]
 Handler = Callable[[Request], Awaitable[Response]]
 
 
-def client_of(request: Request) -> str:
-    """Who a request is from, for rate limiting and the access log: a key's hash, else the address."""
-    key = presented_key(request)
+def client_of(connection: HTTPConnection) -> str:
+    """Who a request is from, for the access log: a key's hash, else the address."""
+    key = presented_key(connection)
     if key:
         return "key:" + hashlib.sha256(key.encode()).hexdigest()[:12]
-    return "addr:" + (request.client.host if request.client else "unknown")
+    return "addr:" + (connection.client.host if connection.client else "unknown")
+
+
+def rate_allow(connection: HTTPConnection) -> tuple[bool, float]:
+    """Take a token: a valid key from its key's bucket, anything else from its address's (far smaller) one.
+
+    A wrong key is counted against the address, so trying many keys never buys many buckets.
+    """
+    daemon: Daemon = connection.app.state.daemon
+    if presented_key(connection) and key_accepted(connection, daemon):
+        return daemon.limiter.allow(client_of(connection))
+    return daemon.anonymous_limiter.allow("addr:" + (connection.client.host if connection.client else "unknown"))
 
 
 async def limit_body(request: Request, call_next: Handler) -> Response:
@@ -178,7 +190,7 @@ async def limit_body(request: Request, call_next: Handler) -> Response:
 
 async def limit_rate(request: Request, call_next: Handler) -> Response:
     """429 with Retry-After when a client is over its token bucket."""
-    allowed, wait = request.app.state.daemon.limiter.allow(client_of(request))
+    allowed, wait = rate_allow(request)
     if not allowed:
         return _error(429, "rate_limited", f"Too many requests; retry in {wait:.1f}s.",
                       headers={"Retry-After": str(max(1, int(np.ceil(wait))))})
@@ -251,10 +263,12 @@ ERRORS = {401: {"model": ErrorResponse, "description": "missing or wrong API key
 MODEL_ERRORS = {**ERRORS, 503: {"model": ErrorResponse, "description": "no model loaded (the reason is given)"}}
 
 
-@status_router.get("/health", response_model=HealthResponse)
+@status_router.get("/health", response_model=HealthResponse, response_model_exclude_none=True)
 def health(daemon: DaemonDep) -> HealthResponse:
-    """Liveness; always open."""
-    return HealthResponse(status="ok", model_loaded=daemon.engine is not None)
+    """Liveness; always open. "degraded" (with the reason) while forecast cycles keep failing."""
+    problem = daemon.health_problem
+    return HealthResponse(status="degraded" if problem else "ok", model_loaded=daemon.engine is not None,
+                          reason=problem)
 
 
 @status_router.get("/status", response_model=StatusResponse, dependencies=READ, responses=ERRORS)
@@ -273,25 +287,30 @@ def metrics(daemon: DaemonDep) -> PlainTextResponse:
                   responses={**ERRORS,
                              400: {"model": ErrorResponse, "description": "the body is not JSON"},
                              413: {"model": ErrorResponse, "description": "body or batch too large"},
-                             422: {"model": FeedResponse, "description": "some records rejected; the rest stored"}},
+                             415: {"model": ErrorResponse, "description": "the body is not application/json"},
+                             422: {"model": FeedResponse, "description": "some records rejected; the rest stored"},
+                             507: {"model": ErrorResponse, "description": "the store's disk is full; retry later"}},
                   openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
                       "schema": {"$ref": "#/components/schemas/FeedRequest"}}}}})
 async def feed(request: Request, daemon: DaemonDep) -> JSONResponse:
-    """Store a batch of LINBORG records; 200 if all stored, 422 naming each rejected record."""
+    """Store a batch of LINBORG records; 200 if all stored, 422 naming each rejected record.
+
+    Parsing and validating a large body takes milliseconds of CPU: it runs in a worker thread
+    with the storing, so the event loop keeps answering (``/health`` included) meanwhile.
+    """
+    media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media_type != "application/json":
+        return _error(415, "unsupported_media_type", f"Send the batch as application/json (got "
+                                                     f"'{media_type or 'no Content-Type'}'). See {API_REFERENCE_DOC}.")
     body = await read_body(request)
-    try:  # fast path: parse and validate the whole body in pydantic's Rust core
-        records: list[Any] = FEED_ADAPTER.validate_json(body).records
-    except ValidationError:
-        try:
-            payload = json.loads(body)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            return _error(400, "invalid_json", f"The body is not JSON: {exc}.")
-        records = payload.get("records") if isinstance(payload, dict) else None
-        if not isinstance(records, list):
-            return _error(422, "invalid_request", 'Expected {"records": [ ... ]}. See ' + API_REFERENCE_DOC)
-    if len(records) > MAX_RECORDS_PER_REQUEST:
-        return _error(413, "too_many_records", f"At most {MAX_RECORDS_PER_REQUEST} records per request.")
-    result = await asyncio.to_thread(daemon.ingest, records)
+    try:
+        result = await asyncio.to_thread(daemon.ingest.body, body)
+    except FeedRequestError as exc:
+        return _error(exc.status, exc.error, exc.detail)
+    except StoreFullError as exc:
+        logger.error("feed refused: %s", exc)
+        return _error(507, "insufficient_storage", str(exc),
+                      headers={"Retry-After": str(DISK_FULL_RETRY_AFTER_SECONDS)})
     return JSONResponse(status_code=422 if result.rejected else 200, content=result.model_dump())
 
 
@@ -309,7 +328,8 @@ def predictions_server(server_name: str, daemon: DaemonDep, engine: EngineDep) -
     cycle = daemon.published.result
     result = cycle.servers.get(server_name) if cycle else None
     if result is None:
-        raise HTTPException(404, {"error": "unknown_server", "detail": f"No server '{server_name}' in the latest cycle."})
+        raise HTTPException(404, {"error": "unknown_server",
+                                  "detail": f"No server '{server_name}' in the latest cycle."})
     steps, fan = [], {}
     if result.fan is not None:
         steps = [bucket_iso(cycle.origin + k) for k in range(1, engine.spec.prediction_length + 1)]
@@ -340,12 +360,19 @@ def history(server_name: str, daemon: DaemonDep, hours: float = 24.0) -> History
 
 
 @admin_router.post("/admin/reload-model", response_model=StatusResponse, dependencies=WRITE,
-                   responses={**MODEL_ERRORS})
+                   responses={**MODEL_ERRORS,
+                              409: {"model": ErrorResponse, "description": "the new model is damaged; the loaded "
+                                                                           "one keeps serving"}})
 async def reload_model(daemon: DaemonDep) -> StatusResponse:
     """Reload the model from the configured directory (never from a path given by a client)."""
+    serving = daemon.engine is not None
     try:
         await asyncio.to_thread(daemon.load_model)
     except (ModelLoadError, FileNotFoundError) as exc:
+        if serving:
+            detail = (f"The model in {daemon.settings.model_dir} was not loaded, the previous one "
+                      f"({daemon.model_version}) keeps serving: {exc}")
+            raise HTTPException(409, {"error": "model_reload_failed", "detail": detail}) from None
         daemon.model_error = str(exc)
         raise HTTPException(503, {"error": "model_not_loaded", "detail": str(exc)}) from None
     return status_document(daemon)
@@ -361,7 +388,7 @@ def get_demo_scenario(daemon: DaemonDep) -> DemoScenario:
 def set_demo_scenario(request: DemoScenarioRequest, daemon: DaemonDep) -> DemoScenario:
     """Switch the live demo stream (dashboard buttons Healthy / Degrading / Critical)."""
     daemon.demo = DemoScenario(scenario=request.scenario,
-                               changed_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+                               changed_at=datetime.now(UTC).isoformat(timespec="seconds"))
     logger.info("demo scenario set to %s", request.scenario)
     return daemon.demo
 
@@ -374,6 +401,10 @@ async def ws_predictions(websocket: WebSocket, daemon: DaemonDep) -> None:
     code 4401 and the reason, so it can tell "wrong key" from "daemon down".
     """
     await websocket.accept()
+    allowed, wait = rate_allow(websocket)  # handshakes are rate-limited like requests
+    if not allowed:
+        await websocket.close(code=WS_RATE_LIMITED_CODE, reason=f"rate limited: retry in {wait:.1f}s")
+        return
     if not daemon.settings.open_reads and not key_accepted(websocket, daemon):
         await websocket.close(code=WS_UNAUTHORIZED_CODE, reason="unauthorized: send X-API-Key or ?api_key=")
         return
@@ -381,8 +412,13 @@ async def ws_predictions(websocket: WebSocket, daemon: DaemonDep) -> None:
     try:
         if daemon.published.result is not None:
             await websocket.send_text(daemon.published.json.decode())
-        while True:
-            await websocket.receive_text()  # keep-alive; clients need not send anything
+        while True:  # clients need not send anything; text frames are keep-alives
+            message = await websocket.receive()
+            if message["type"] == "websocket.disconnect":
+                break
+            if message.get("bytes") is not None:
+                await websocket.close(code=WS_UNSUPPORTED_DATA_CODE, reason="binary frames are not accepted")
+                break
     except WebSocketDisconnect:
         pass
     finally:
@@ -480,7 +516,7 @@ def run_from_args(args: argparse.Namespace) -> int:
                               rate_per_minute=args.rate_per_minute, rate_burst=args.rate_burst)
     try:
         app = create_app(settings)
-    except (ModelLoadError, FileNotFoundError) as exc:
+    except (ModelLoadError, FileNotFoundError, StoreError) as exc:
         logger.error("Refusing to start: %s", exc)
         return 1
     import uvicorn

@@ -1,0 +1,302 @@
+"""Hostile input and damaged state: one bad record or file must never blank, stall or erase the fleet.
+
+Each test is a regression test for a failure reproduced against the daemon (issue 13). Most run a
+real daemon process on loopback, fed a fleet whose newest bucket is "now".
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import subprocess
+import sys
+import time
+
+import httpx
+import pandas as pd
+import pytest
+
+from config import (
+    ANONYMOUS_RATE_BURST,
+    ANONYMOUS_RATE_PER_MINUTE,
+    FEED_MAX_FUTURE_SECONDS,
+    INTEGER_METRIC_MAX,
+    WS_RATE_LIMITED_CODE,
+    WS_UNSUPPORTED_DATA_CODE,
+)
+from daemon_state import RateLimiter
+from metrics_generator import FleetSimulator
+from metrics_store import MetricsStore
+from tests.conftest import API_KEY, ROOT, TINY_FLEET, DaemonProcess, free_port, wait_for
+
+FED_BUCKETS = 30
+
+
+def strict_json(text: str) -> object:
+    """json.loads that refuses NaN / Infinity tokens, as strict parsers (browsers, Go, jq) do."""
+    def refuse(token: str) -> None:
+        raise ValueError(f"non-standard JSON token {token}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def recent_sim(seed: int = 99, fleet: dict[str, int] | None = None, buckets_back: int = FED_BUCKETS) -> FleetSimulator:
+    """A simulator whose ``buckets_back`` buckets end at the current 5-minute bucket."""
+    now = pd.Timestamp.now(tz="UTC").floor("5min")
+    start = now - pd.Timedelta(minutes=5 * (buckets_back - 1))
+    return FleetSimulator(fleet=fleet or TINY_FLEET, seed=seed, start=start)
+
+
+def post_raw(client: httpx.Client, text: str) -> httpx.Response:
+    return client.post("/feed", content=text.encode(), headers={"content-type": "application/json"})
+
+
+@pytest.fixture(scope="module")
+def fed(tiny_training, tmp_path_factory):
+    """A daemon with the tiny model, fed the tiny fleet up to now, one cycle done."""
+    store = tmp_path_factory.mktemp("hostile") / "store.sqlite3"
+    daemon = DaemonProcess(tiny_training.model_dir, store, "--rate-per-minute", "100000", "--rate-burst", "100000")
+    daemon.wait_ready()
+    sim = recent_sim()
+    with daemon.client() as client:
+        records = sim.records(sim.advance(FED_BUCKETS))
+        assert client.post("/feed", json={"records": records}).status_code == 200
+        wait_for(lambda: client.get("/status").json()["servers_ready"] == len(records) // FED_BUCKETS, timeout=60)
+    yield daemon, records
+    daemon.stop()
+
+
+def test_a_record_from_the_future_is_refused_and_moves_no_clock(fed):
+    daemon, records = fed
+    with daemon.client() as client:
+        before = client.get("/predictions/current").json()
+        ahead = dict(records[-1], timestamp=(pd.Timestamp.now(tz="UTC") + pd.Timedelta(hours=2)).isoformat())
+        far = dict(records[-1], timestamp="2199-01-01T00:00:00Z")
+        for record in (ahead, far):
+            response = client.post("/feed", json={"records": [record]})
+            assert response.status_code == 422
+            [rejected] = response.json()["rejected"]
+            assert rejected["field"] == "timestamp" and "ahead of the daemon's clock" in rejected["reason"]
+            assert f"at most {FEED_MAX_FUTURE_SECONDS} s ahead" in rejected["reason"]
+        time.sleep(1.5)  # a few forecast polls
+        after = client.get("/predictions/current").json()
+        assert after["prediction_time"] == before["prediction_time"]
+        assert after["summary"]["offline"] == 0 and after["summary"] == before["summary"]
+        # A real record after the hostile ones is still taken (the 2199 record did not move the retention cut).
+        sim = recent_sim(seed=5, fleet={"web_api": 1}, buckets_back=1)
+        fresh = dict(sim.records(sim.advance(1))[0], server_name="ppweb990")
+        assert client.post("/feed", json={"records": [fresh]}).status_code == 200
+
+
+def test_a_store_holding_future_records_recovers_without_losing_history(tiny_training, tmp_path):
+    store_path = tmp_path / "store.sqlite3"
+    sim = recent_sim(seed=3)
+    good = sim.records(sim.advance(FED_BUCKETS))
+    poisoned = dict(good[0], timestamp="2199-01-01T00:00:00Z")
+    rows = [dict(r, ts_ns=int(pd.Timestamp(r["timestamp"]).value)) for r in [*good, poisoned]]
+    store = MetricsStore(store_path)  # written as an older daemon without the clock check would have
+    store.add_records(rows)
+    store.close()
+    daemon = DaemonProcess(tiny_training.model_dir, store_path)
+    try:
+        daemon.wait_ready()
+        with daemon.client() as client:
+            status = wait_for(lambda: (s := client.get("/status").json())["cycles"] >= 1 and s, timeout=60)
+            assert status["servers_offline"] == 0 and status["servers_ready"] == len(good) // FED_BUCKETS
+            assert status["last_forecast_time"] < "2100"
+    finally:
+        daemon.stop()
+    log = daemon.log.read_text()
+    assert "held 1 buckets stamped after the daemon's clock" in log and "quarantined_buckets" in log
+    with sqlite3.connect(store_path) as conn:
+        assert conn.execute("SELECT COUNT(*) FROM buckets").fetchone()[0] == len(good)  # every good bucket kept
+        assert conn.execute("SELECT COUNT(*) FROM quarantined_buckets").fetchone()[0] == 1
+
+
+@pytest.mark.parametrize("field,token", [
+    ("net_in_mb_s", "Infinity"), ("load_average", "-Infinity"), ("cpu_iowait_pct", "NaN"),
+    ("net_out_mb_s", "1e400"), ("back_close_wait", str(2**63)), ("front_close_wait", str(10**30)),
+    ("back_close_wait", str(INTEGER_METRIC_MAX + 1)),
+])
+def test_only_finite_numbers_are_stored(fed, field, token):
+    daemon, records = fed
+    record = dict(records[-1], server_name="ppweb991")
+    body = json.dumps({"records": [dict(record, **{field: "__TOKEN__"})]}).replace('"__TOKEN__"', token)
+    with daemon.client() as client:
+        response = post_raw(client, body)
+        assert response.status_code == 422, response.text
+        [rejected] = strict_json(response.text)["rejected"]
+        assert rejected["index"] == 0 and rejected["field"] == field
+        # Every document the daemon emits stays strict JSON.
+        for path in ("/predictions/current", "/status", "/alerts/active"):
+            strict_json(client.get(path).text)
+
+
+@pytest.mark.parametrize("field,value,reason", [
+    ("cpu_iowait_pct", True, "valid number"),
+    ("mem_used_pct", "12.5", "valid number"),
+    ("back_close_wait", "7", "valid integer"),
+    ("back_close_wait", 3.0, "valid integer"),
+])
+def test_types_are_strict(fed, field, value, reason):
+    daemon, records = fed
+    with daemon.client() as client:
+        response = client.post("/feed", json={"records": [dict(records[-1], server_name="ppweb992", **{field: value})]})
+        assert response.status_code == 422
+        [rejected] = response.json()["rejected"]
+        assert rejected["field"] == field and reason in rejected["reason"]
+
+
+def test_plain_text_bodies_and_profile_changes_are_refused(fed):
+    daemon, records = fed
+    with daemon.client() as client:
+        text = client.post("/feed", content=json.dumps({"records": records[-1:]}),
+                           headers={"content-type": "text/plain"})
+        assert text.status_code == 415 and text.json()["error"] == "unsupported_media_type"
+        sim = recent_sim(seed=8, fleet={"web_api": 1}, buckets_back=2)
+        first, second = sim.records(sim.advance(2))
+        host = "db-eu-west-9"  # a real host name: its profile is whatever it is sent with
+        assert client.post("/feed", json={"records": [dict(first, server_name=host, profile="database")]}
+                           ).status_code == 200
+        changed = client.post("/feed", json={"records": [dict(second, server_name=host, profile="web_api")]})
+        assert changed.status_code == 422
+        [rejected] = changed.json()["rejected"]
+        assert rejected["field"] == "profile" and "tracked as 'database'" in rejected["reason"]
+
+
+def test_malformed_framing_is_a_client_error(fed):
+    from websockets.exceptions import ConnectionClosedError
+    from websockets.sync.client import connect
+
+    daemon, _ = fed
+    with daemon.client() as client:
+        nested = post_raw(client, "[" * 100_000)
+        assert nested.status_code == 400 and nested.json()["error"] == "invalid_json"
+        nested_records = post_raw(client, '{"records": ' + "[" * 100_000)
+        assert nested_records.status_code == 400
+        assert client.get("/health").json()["status"] == "ok"
+    with connect(f"ws://127.0.0.1:{daemon.port}/ws/predictions", additional_headers={"X-API-Key": API_KEY}) as ws:
+        ws.recv(timeout=10)  # the current cycle
+        ws.send(b"\x00\x01binary")
+        with pytest.raises(ConnectionClosedError) as closed:
+            ws.recv(timeout=5)
+    assert closed.value.rcvd.code == WS_UNSUPPORTED_DATA_CODE
+    assert "Traceback" not in daemon.log.read_text()
+
+
+def test_wrong_keys_are_limited_per_address_and_cost_bounded_memory(tiny_training, tmp_path):
+    daemon = DaemonProcess(tiny_training.model_dir, tmp_path / "store.sqlite3")
+    try:
+        daemon.wait_ready()
+        attempts = ANONYMOUS_RATE_BURST + 200
+        with httpx.Client(base_url=daemon.url) as guesser:  # every request with a new wrong key
+            began = time.monotonic()
+            codes = [guesser.get("/status", headers={"X-API-Key": f"guess-{i}"}).status_code for i in range(attempts)]
+            seconds = time.monotonic() - began
+        refilled = int(seconds * ANONYMOUS_RATE_PER_MINUTE / 60) + 1
+        assert set(codes) == {401, 429}
+        assert codes.count(401) <= ANONYMOUS_RATE_BURST + refilled, (codes.count(401), seconds)
+        with daemon.client() as client:  # the right key has its own bucket: not locked out by the guesser
+            assert client.get("/status").status_code == 200
+        from websockets.exceptions import ConnectionClosedError
+        from websockets.sync.client import connect
+
+        close_codes = []  # handshakes are limited too: a burst of wrong-key WebSockets meets 4429
+        for _ in range(20):
+            with connect(f"ws://127.0.0.1:{daemon.port}/ws/predictions?api_key=wrong") as ws, \
+                    pytest.raises(ConnectionClosedError) as closed:
+                ws.recv(timeout=5)
+            close_codes.append(closed.value.rcvd.code)
+        assert WS_RATE_LIMITED_CODE in close_codes and set(close_codes) <= {WS_RATE_LIMITED_CODE, 4401}
+    finally:
+        daemon.stop()
+    limiter = RateLimiter(per_minute=60, burst=5, prune_above=1_000, max_clients=2_000)
+    for i in range(20_000):
+        limiter.allow(f"addr:10.0.{i // 256}.{i % 256}")
+    assert len(limiter) <= 2_000
+
+
+def _start(model_dir, store_path, *extra: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "tft_inference.py", "--daemon", "--port", str(free_port()),
+                           "--model-dir", str(model_dir), "--store", str(store_path), *extra],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120, check=False,
+                          env={"TFT_API_KEY": API_KEY, "PATH": "/usr/bin:/bin"})
+
+
+@pytest.mark.parametrize("damage", ["garbage_header", "garbage_pages", "truncated", "directory"])
+def test_a_damaged_store_is_refused_with_the_fix(tiny_training, tmp_path, damage):
+    store_path = tmp_path / "store.sqlite3"
+    sim = recent_sim(seed=4)
+    store = MetricsStore(store_path)
+    store.add_records([dict(r, ts_ns=int(pd.Timestamp(r["timestamp"]).value)) for r in sim.records(sim.advance(60))])
+    store.close()
+    data = store_path.read_bytes()
+    if damage == "garbage_header":
+        store_path.write_bytes(b"\x13" * 100 + data[100:])
+    elif damage == "garbage_pages":
+        page = 4096
+        store_path.write_bytes(data[:page] + bytes(range(256)) * ((len(data) - page) // 256 + 1))
+    elif damage == "truncated":
+        store_path.write_bytes(data[: len(data) // 3])
+    else:
+        store_path.unlink()
+        store_path.mkdir()
+    result = _start(tiny_training.model_dir, store_path)
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert "Refusing to start" in result.stderr and "Fix:" in result.stderr and "Docs/" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_failing_cycles_make_health_degraded(tiny_training, tmp_path):
+    """An in-process daemon whose store refuses writes: cycles fail, /health says so, and recovers."""
+    from fastapi.testclient import TestClient
+
+    from daemon_state import DaemonSettings
+    from tft_inference import create_app
+
+    app = create_app(DaemonSettings(model_dir=tiny_training.model_dir, store_path=tmp_path / "s.sqlite3",
+                                    api_key=API_KEY))
+    daemon = app.state.daemon
+    sim = recent_sim(seed=6)
+    daemon.ingest(sim.records(sim.advance(FED_BUCKETS)))
+    origin = daemon.complete_through()
+    real_save = daemon.store.save_forecasts
+
+    def broken(*_args: object) -> None:
+        raise sqlite3.DatabaseError("database disk image is malformed")
+
+    daemon.store.save_forecasts = broken
+    with TestClient(app) as client:
+        for _ in range(3):
+            assert daemon.run_cycle(origin) is None
+        health = client.get("/health").json()
+        assert health["status"] == "degraded" and "malformed" in health["reason"]
+        daemon.store.save_forecasts = real_save
+        assert daemon.run_cycle(origin) is not None
+        assert client.get("/health").json() == {"status": "ok", "model_loaded": True}
+
+
+def test_a_full_disk_is_507_and_loses_nothing(tiny_training, tmp_path):
+    """SQLite's page cap makes the store's disk 'full' for real: 507 with Retry-After, then recovery."""
+    from fastapi.testclient import TestClient
+
+    from daemon_state import DaemonSettings
+    from tft_inference import create_app
+
+    app = create_app(DaemonSettings(model_dir=tiny_training.model_dir, store_path=tmp_path / "s.sqlite3",
+                                    api_key=API_KEY))
+    daemon = app.state.daemon
+    sim = recent_sim(seed=7, buckets_back=20)
+    first, rest = sim.records(sim.advance(2)), sim.records(sim.advance(18))
+    with TestClient(app) as client:
+        client.headers["X-API-Key"] = API_KEY
+        assert client.post("/feed", json={"records": first}).status_code == 200
+        pages = daemon.store._writer.execute("PRAGMA page_count").fetchone()[0]
+        daemon.store._writer.execute(f"PRAGMA max_page_count = {pages}")
+        full = client.post("/feed", json={"records": rest})
+        assert full.status_code == 507 and full.headers["Retry-After"]
+        assert full.json()["error"] == "insufficient_storage" and "full" in full.json()["detail"]
+        assert daemon.store.count_samples() == len(first)  # nothing of the refused batch, nothing lost
+        daemon.store._writer.execute("PRAGMA max_page_count = 1073741823")  # space freed
+        assert client.post("/feed", json={"records": rest}).status_code == 200
+        assert daemon.store.count_samples() == len(first) + len(rest)
