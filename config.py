@@ -845,6 +845,9 @@ FEED_TIMEOUT_SECONDS = 10.0
 FEED_RETRY_BASE_SECONDS = 1.0  # back-off after a failed POST doubles from here ...
 FEED_RETRY_MAX_SECONDS = 60.0  # ... up to this
 FEED_FLUSH_ON_EXIT_SECONDS = 10.0  # on stop, keep trying to deliver the buffer this long
+# 4xx answers to a feed batch that are worth retrying (a key being rotated, a timeout, rate limited);
+# any other 4xx refuses the batch for good and its records are dropped (counted, logged).
+FEED_RETRY_CLIENT_STATUSES = (401, 403, 408, 429)
 # A silent stretch longer than this between two samples is not replayed bucket by bucket into
 # the state rules (a laptop that slept for a week); the rules restart from the next sample.
 STATE_MAX_GAP_BUCKETS = 288

@@ -8,6 +8,11 @@ by record:
 - ``stored`` and ``duplicates`` (the daemon already had it: a retried batch) leave the buffer;
 - ``rejected`` records can never succeed, so they leave the buffer with a WARNING naming the
   record and the daemon's reason, and are counted;
+- a batch the daemon refuses as a whole with a 4xx that retrying cannot fix (400, 415, 422
+  without a per-record answer) leaves the buffer too, counted and logged; a 413 halves the
+  batch size and tries again; 401/403 (a key being rotated), 408 and 429 are retried;
+- a record holding a non-finite number (NaN, Infinity) is never sent: the contract forbids it,
+  so it is dropped where it is handed in, counted and logged;
 - when the buffer is full the oldest records are dropped, counted and logged.
 
 Nothing leaves the buffer without either an acknowledgement or a log line; ``stats`` holds
@@ -23,6 +28,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 import time
 from collections import deque
 from dataclasses import asdict, dataclass, field
@@ -34,6 +40,7 @@ from config import (
     FEED_BATCH_RECORDS,
     FEED_BUFFER_MAX_RECORDS,
     FEED_RETRY_BASE_SECONDS,
+    FEED_RETRY_CLIENT_STATUSES,
     FEED_RETRY_MAX_SECONDS,
     FEED_TIMEOUT_SECONDS,
 )
@@ -50,6 +57,8 @@ class FeedStats:
     stored: int = 0
     duplicates: int = 0
     rejected: int = 0
+    refused: int = 0  # records of batches refused as a whole (a final 4xx)
+    not_finite: int = 0  # records holding NaN / Infinity, dropped before sending
     dropped_buffer_full: int = 0
     failed_posts: int = 0
     last_error: str | None = None
@@ -89,9 +98,22 @@ class DaemonFeed:
 
     # ------------------------------------------------------------------ buffer
     def put(self, records: list[dict[str, Any]]) -> None:
-        """Queue records for delivery; the oldest are dropped (and logged) if the buffer overflows."""
-        self.buffer.extend(records)
+        """Queue records for delivery; the oldest are dropped (and logged) if the buffer overflows.
+
+        Records holding a non-finite number are dropped here (counted, logged), never sent.
+        """
         self.stats.queued += len(records)
+        finite = []
+        for record in records:
+            bad = [k for k, v in record.items() if isinstance(v, float) and not math.isfinite(v)]
+            if bad:
+                self.stats.not_finite += 1
+                logger.warning("not sending the record of %s at %s: %s not a finite number (the contract "
+                               "forbids NaN and Infinity)", record.get("server_name", "?"),
+                               record.get("timestamp", "?"), ", ".join(bad))
+                continue
+            finite.append(record)
+        self.buffer.extend(finite)
         overflow = len(self.buffer) - self.max_buffer
         if overflow > 0:
             for _ in range(overflow):
@@ -117,7 +139,10 @@ class DaemonFeed:
             return not self.buffer
         while self.buffer:
             batch = list(itertools.islice(self.buffer, self.batch_records))  # deque indexing is O(n)
-            if not self._post(batch):
+            outcome = self._post(batch)
+            if outcome == "smaller":
+                continue
+            if outcome == "failed":
                 self._failures += 1
                 self.stats.failed_posts += 1
                 delay = self.backoff.delay(self._failures)
@@ -134,17 +159,34 @@ class DaemonFeed:
             self._next_attempt = 0.0
         return True
 
-    def _post(self, batch: list[dict[str, Any]]) -> bool:
-        """One POST, no retry of its own; True when the daemon has answered for every record of ``batch``."""
+    def _post(self, batch: list[dict[str, Any]]) -> str:
+        """One POST, no retry of its own.
+
+        Returns "settled" when every record of ``batch`` is answered for (stored, duplicate,
+        rejected, or refused for good), "smaller" when the batch size was halved after a 413,
+        and "failed" when the batch should be tried again later.
+        """
         try:
             result = self.client.feed(batch, retry=NO_RETRY)
         except DaemonError as exc:
             self.stats.last_error = exc.summary
             if exc.status in (401, 403):
                 logger.error("%s", exc)
-            return False
+            if exc.status == 413 and len(batch) > 1:
+                self.batch_records = max(1, len(batch) // 2)
+                logger.warning("the daemon refused %d records at once as too large; sending batches of %d",
+                               len(batch), self.batch_records)
+                return "smaller"
+            if exc.status is not None and 400 <= exc.status < 500 and exc.status not in FEED_RETRY_CLIENT_STATUSES:
+                self.stats.refused += len(batch)
+                reason = f"HTTP {exc.status} {exc.error or ''}".strip()
+                self.stats.rejected_reasons[reason] = self.stats.rejected_reasons.get(reason, 0) + len(batch)
+                logger.warning("the daemon refused a batch of %d records for good (%s); dropped them, as sending "
+                               "them again cannot succeed", len(batch), exc.summary)
+                return "settled"
+            return "failed"
         self._count(result, batch)
-        return True
+        return "settled"
 
     def _count(self, result: FeedResult, batch: list[dict[str, Any]]) -> None:
         """Add the daemon's answer to the stats; every rejected record gets a WARNING naming it."""

@@ -277,3 +277,34 @@ def test_feed_buffer_overflow_and_rejections_are_counted_and_logged(caplog):
         assert feed.close(deadline_seconds=5) == 0
     assert feed.stats.stored == 5 and feed.stats.rejected == 1
     assert "db-eu-3 at 2026-03-02T00:00:04Z: mem_used_pct: too big" in caplog.text
+
+
+def test_feed_drops_what_can_never_succeed_and_splits_what_is_too_big(caplog):
+    """A final 4xx drops its batch (counted, logged), a 413 halves the batch, a NaN is never sent or raised."""
+    from feed_client import DaemonFeed
+
+    seen: list[int] = []
+
+    def daemon(request: httpx.Request) -> httpx.Response:
+        records = json.loads(request.content)["records"]
+        seen.append(len(records))
+        if len(records) > 2:
+            return httpx.Response(413, json={"error": "too_many_records", "detail": "At most 2 records."})
+        if any(r["server_name"] == "poison" for r in records):
+            return httpx.Response(400, json={"error": "invalid_json", "detail": "The body is not JSON."})
+        return httpx.Response(200, json={"received": len(records), "stored": list(range(len(records))),
+                                         "duplicates": [], "rejected": [], "new_servers": []})
+
+    feed = DaemonFeed("http://daemon.invalid", batch_records=8,
+                      client=httpx.Client(transport=httpx.MockTransport(daemon)))
+    good = [{"server_name": "db-eu-3", "timestamp": f"2026-03-02T00:00:{i:02d}Z", "load_average": 1.0}
+            for i in range(5)]
+    with caplog.at_level("WARNING"):
+        feed.put([*good[:2], {"server_name": "poison", "timestamp": "x", "load_average": 1.0}, *good[2:]])
+        feed.put([{"server_name": "db-eu-3", "timestamp": "2026-03-02T00:01:00Z", "load_average": float("nan")}])
+        assert feed.flush()  # no exception, nothing left behind, no endless retry
+    assert seen == [6, 3, 1, 1, 1, 1, 1, 1]  # 413: halve (6 -> 3 -> 1); then one by one, the poison dropped
+    assert feed.pending == 0 and feed.stats.stored == 5 and feed.stats.not_finite == 1
+    assert feed.stats.refused == 1 and feed.stats.rejected_reasons == {"HTTP 400 invalid_json": 1}
+    assert "not a finite number" in caplog.text and "refused a batch of 1 records for good" in caplog.text
+    assert "sending batches of" in caplog.text
