@@ -51,7 +51,8 @@ from risk_scoring import tiers_for
 
 logger = logging.getLogger(__name__)
 
-COLORS = {"green": "#2e7d32", "yellow": "#f9a825", "red": "#c62828", "warming_up": "#9e9e9e", "offline": "#616161"}
+COLORS = {"green": "#2e7d32", "yellow": "#f9a825", "red": "#c62828", "warming_up": "#9e9e9e", "offline": "#616161",
+          "not_ready": "#6d4c41"}
 KEY_METRICS = [DISPLAY_CPU, "cpu_iowait_pct", "mem_used_pct", "swap_used_pct", "disk_usage_pct"]
 HORIZON_TEXT = {"now": "now", "30min": "+30 min", "1hr": "+1 h", "8hr": "+8 h"}
 
@@ -159,7 +160,8 @@ def _hover(server: dict[str, Any]) -> str:
     lines = [f"<b>{server['server_name']}</b> ({server['profile']})"]
     if server["status"] != "ok":
         lines.append(server["status"].replace("_", " ") + (f", needs {server['buckets_needed']} more buckets"
-                                                            if server["status"] == "warming_up" else ""))
+                                                            if server["status"] == "warming_up" else "")
+                     + (f": {server['reason']}" if server.get("reason") else ""))
         return "<br>".join(lines)
     lines.append(f"risk {server['risk_score']:.2f} ({server['risk_level']})")
     current = server.get("current", {})
@@ -262,7 +264,7 @@ def overview(fleet: dict[str, Any], servers: list[dict[str, Any]], alerts: list[
                                "level": s["risk_level"] if s["status"] == "ok" else s["status"]} for s in servers])
         counts = frame.value_counts().rename("servers").reset_index()
         fig = go.Figure()
-        for level in ["red", "yellow", "green", "warming_up", "offline"]:
+        for level in ["red", "yellow", "green", "warming_up", "offline", "not_ready"]:
             part = counts[counts["level"] == level]
             if len(part):
                 fig.add_trace(go.Bar(x=part["profile"], y=part["servers"], name=level.replace("_", " "),
@@ -333,6 +335,8 @@ def server_details(server: dict[str, Any]) -> None:
     risk = f" · risk **{server['risk_score']:.2f} ({server['risk_level']})**" if server["status"] == "ok" else ""
     st.markdown(f"**{server['server_name']}** · profile `{server['profile']}` · status {server['status']}{risk}")
     if server["status"] != "ok":
+        if server.get("reason"):
+            st.caption(server["reason"])
         return
     rows = []
     for metric in KEY_METRICS + ["load_average", "net_in_mb_s", "net_out_mb_s", "back_close_wait"]:
