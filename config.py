@@ -60,7 +60,8 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 # 2. The data contract (Docs/DATA_CONTRACT.md is the prose version of this)
 # ---------------------------------------------------------------------------
 # MAJOR changes when a schema change breaks existing data or models.
-CONTRACT_VERSION = "1.2.1"  # 1.1: measured/unmeasured metrics; 1.2: real host names; 1.2.1: soft-state ending
+CONTRACT_VERSION = "1.2.2"  # 1.1: measured/unmeasured metrics; 1.2: real host names; 1.2.1: soft-state
+# ending; 1.2.2: finite numbers, 32-bit counts, no guessed types (Docs/DATA_CONTRACT.md, Invariants)
 
 ID_COLUMNS = ["timestamp", "server_name", "profile", "state"]
 
