@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import re
+import socket
 import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
@@ -266,3 +267,10 @@ def resolve_api_key(explicit: str | None = None, key_file: Path | None = None) -
     if path is not None:
         return path.read_text(encoding="utf-8").strip() or None
     return os.environ.get(API_KEY_ENV) or None
+
+
+def free_loopback_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now (for tests, benchmarks, the demo)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -26,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common_utils import quiet_library_noise
+from common_utils import free_loopback_port, quiet_library_noise
 from config import PROJECT_ROOT, TRAINING_DATA_FILE
 from forecast_engine import ForecastEngine
 from metrics_generator import FleetSimulator, fleet_from_total, generate_dataset
@@ -87,17 +86,11 @@ def time_stock_predict(model_dir: Path, hours: int, n_servers: int, repeat: int)
     return float(np.median(times))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def feed_throughput(model_dir: Path, batch: int, batches: int, clients: int) -> float:
     """Records/s acknowledged by a real daemon process (each batch committed before the answer)."""
     import httpx
 
-    port = _free_port()
+    port = free_loopback_port()
     with tempfile.TemporaryDirectory() as tmp:
         env = {**os.environ, "TFT_API_KEY": "bench-key"}
         proc = subprocess.Popen([sys.executable, "tft_inference.py", "--daemon", "--port", str(port), "--model-dir",

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -13,6 +12,7 @@ import httpx
 import pandas as pd
 import pytest
 
+from common_utils import free_loopback_port
 from config import PROJECT_ROOT, TRAINING_DATA_FILE
 from metrics_generator import FleetSimulator, generate_dataset
 
@@ -76,9 +76,7 @@ API_KEY = "test-key-0123456789"
 
 def free_port() -> int:
     """A free TCP port on loopback."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_loopback_port()
 
 
 class DaemonProcess:
