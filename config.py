@@ -763,6 +763,13 @@ DEDUPE_HOURS = 2  # exact duplicate samples (same server and timestamp) are igno
 # cross-checks; the figures at fleet scale are in Docs/RAG/CURRENT_STATE.md), "full", or "off".
 STORE_INTEGRITY_CHECK = "quick"
 STORE_DOC = "Docs/API_REFERENCE.md (Storage and retention)"
+# Beside the store, the daemon writes each cycle how many samples it holds; on start a store
+# holding fewer (a truncated write-ahead log, a lost disk cache) is reported with the count lost.
+STORE_LEDGER_SUFFIX = ".ledger.json"
+# SQLite's write-ahead log layout (sqlite.org/fileformat.html, "WAL file format").
+WAL_HEADER_BYTES = 32
+WAL_FRAME_HEADER_BYTES = 24
+WAL_MAGIC = (0x377F0682, 0x377F0683)
 TRIM_EVERY_CYCLES = 12
 # A bucket is complete when data for a later bucket arrives, or when the wall clock is this
 # far past its end (a feed that stalled).

@@ -511,6 +511,7 @@ class Daemon:
             removed = self.store.trim(origin - RETENTION_HOURS * STEPS_PER_HOUR,
                                       origin - FORECAST_RETENTION_HOURS * STEPS_PER_HOUR, origin)
             logger.info("retention: removed %s", removed)
+        self.store.write_ledger()  # what a restart must find again (a shorter store is reported as a loss)
         self.counters.last_cycle_total_ms = round((time.perf_counter() - began) * 1000.0, 2)
         logger.info("forecast cycle %s: %d servers forecast, %d tracked, %.1f ms", result.prediction_time,
                     result.forecast_count, len(result.servers), result.seconds * 1000.0)

@@ -17,6 +17,7 @@ server, same timestamp) within ``DEDUPE_HOURS`` are ignored, so a client may ret
 
 from __future__ import annotations
 
+import json
 import logging
 import sqlite3
 import threading
@@ -29,6 +30,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from common_utils import atomic_write_json, isoformat_utc
 from config import (
     DEDUPE_HOURS,
     FLOAT_METRICS,
@@ -39,6 +41,10 @@ from config import (
     STEPS_PER_HOUR,
     STORE_DOC,
     STORE_INTEGRITY_CHECK,
+    STORE_LEDGER_SUFFIX,
+    WAL_FRAME_HEADER_BYTES,
+    WAL_HEADER_BYTES,
+    WAL_MAGIC,
 )
 from contract import NS_PER_BUCKET, bucket_of_ns, fill_offline
 from state_rules import STATE_PRECEDENCE
@@ -239,6 +245,34 @@ class StoreFullError(StoreError):
     """The disk holding the store is full: nothing of the batch was stored."""
 
 
+def inspect_wal(path: Path) -> str | None:
+    """What an unclean shutdown left in the write-ahead log, when part of it cannot be recovered.
+
+    SQLite replays only complete, committed frames of ``<store>-wal`` and drops the rest without a
+    word. This reads the WAL's layout (a 32-byte header, then frames of a 24-byte header and a page)
+    before SQLite does, and describes a log that is cut short or ends inside a transaction; None
+    when there is no log or every frame is complete and committed.
+    """
+    wal = Path(f"{path}-wal")
+    if not wal.exists() or wal.stat().st_size == 0:
+        return None
+    data = wal.read_bytes()
+    if len(data) < WAL_HEADER_BYTES or int.from_bytes(data[:4], "big") not in WAL_MAGIC:
+        return (f"the write-ahead log {wal} ({len(data)} bytes) has no valid header: every transaction "
+                f"it held since the last checkpoint is lost")
+    page_size = int.from_bytes(data[8:12], "big")
+    frame_bytes = WAL_FRAME_HEADER_BYTES + page_size
+    frames, partial = divmod(len(data) - WAL_HEADER_BYTES, frame_bytes)
+    last_commit = max((k for k in range(frames)
+                       if int.from_bytes(data[WAL_HEADER_BYTES + k * frame_bytes + 4:
+                                              WAL_HEADER_BYTES + k * frame_bytes + 8], "big")), default=-1)
+    if partial or last_commit < frames - 1:
+        return (f"the write-ahead log {wal} ends {'inside a frame' if partial else 'inside a transaction'} "
+                f"({frames} complete frames, {frames - 1 - last_commit} after the last commit, {partial} bytes "
+                f"of a cut frame): the transactions after frame {last_commit + 1} are lost")
+    return None
+
+
 def _unusable(path: Path, problem: str) -> StoreError:
     return StoreError(
         f"the metrics store {path} {problem}. Why it matters: the daemon keeps every acknowledged record "
@@ -259,6 +293,8 @@ class MetricsStore:
         self.path = Path(path)
         if self.path.is_dir():
             raise _unusable(self.path, "is a directory, not a file")
+        self.ledger_path = Path(f"{self.path}{STORE_LEDGER_SUFFIX}")
+        wal_damage = inspect_wal(self.path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         self._local = threading.local()
@@ -274,8 +310,30 @@ class MetricsStore:
                 if problems != ["ok"]:
                     raise _unusable(self.path, f"failed SQLite's {pragma}: {'; '.join(problems[:3])}")
                 logger.info("store %s passed SQLite's %s in %.2f s", self.path, pragma, time.perf_counter() - began)
+            self.samples = self.count_samples()  # kept current by add_records and trim
         except sqlite3.DatabaseError as exc:
             raise _unusable(self.path, f"is not a readable SQLite database ({exc})") from None
+        self._check_ledger(wal_damage)
+
+    def _check_ledger(self, wal_damage: str | None) -> None:
+        """Say what an unclean shutdown lost: the last run's ledger against what the store holds now."""
+        try:
+            ledger = json.loads(self.ledger_path.read_text(encoding="utf-8")) if self.ledger_path.exists() else {}
+        except (OSError, ValueError):
+            ledger = {}
+        acknowledged = ledger.get("samples") if isinstance(ledger.get("samples"), int) else None
+        if acknowledged is not None and acknowledged > self.samples:
+            logger.error("the store %s holds %d samples, but the last run had %d acknowledged and kept by %s: "
+                         "%d samples were lost%s. Restore %s from a backup if they matter (%s)", self.path,
+                         self.samples, acknowledged, ledger.get("written_at", "?"), acknowledged - self.samples,
+                         f" ({wal_damage})" if wal_damage else "", self.path, STORE_DOC)
+        elif wal_damage:
+            logger.error("%s; the store holds %d samples (%s)", wal_damage, self.samples, STORE_DOC)
+
+    def write_ledger(self) -> None:
+        """Record how many samples the store holds now (the daemon does this every cycle)."""
+        atomic_write_json(self.ledger_path, {"samples": self.samples, "written_at": isoformat_utc(pd.Timestamp.now(
+            tz="UTC"))})
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30.0)
@@ -345,6 +403,7 @@ class MetricsStore:
                             f"See {STORE_DOC}.") from None
                     raise
                 self._recent_keys.update(seen_in_batch)
+                self.samples += len(fresh)
             return stored, duplicates, aggregates
 
     def save_forecasts(self, origin: int, payloads: dict[str, bytes]) -> None:
@@ -362,6 +421,8 @@ class MetricsStore:
         with self._lock:
             conn = self._writer
             conn.execute("BEGIN IMMEDIATE")
+            trimmed = conn.execute("SELECT COALESCE(SUM(n), 0) FROM buckets WHERE bucket < ?",
+                                   (bucket_cutoff,)).fetchone()[0]
             removed = {
                 "buckets": conn.execute("DELETE FROM buckets WHERE bucket < ?", (bucket_cutoff,)).rowcount,
                 "forecasts": conn.execute("DELETE FROM forecasts WHERE origin < ?", (forecast_cutoff,)).rowcount,
@@ -370,6 +431,7 @@ class MetricsStore:
             conn.execute("DELETE FROM servers WHERE last_bucket < ?", (bucket_cutoff,))
             conn.execute("COMMIT")
             self._recent_keys = {k for k in self._recent_keys if k[1] >= key_cutoff_ns}
+            self.samples -= int(trimmed)
         return removed
 
     def quarantine_after(self, last_bucket: int) -> int:
@@ -387,6 +449,8 @@ class MetricsStore:
                 moved = conn.execute("INSERT INTO quarantined_buckets SELECT * FROM buckets WHERE bucket > ?",
                                      (last_bucket,)).rowcount
                 if moved:
+                    self.samples -= int(conn.execute("SELECT COALESCE(SUM(n), 0) FROM buckets WHERE bucket > ?",
+                                                     (last_bucket,)).fetchone()[0])
                     conn.execute("DELETE FROM buckets WHERE bucket > ?", (last_bucket,))
                     conn.execute("DELETE FROM forecasts WHERE origin > ?", (last_bucket,))
                     conn.execute("DELETE FROM sample_keys WHERE ts >= ?", (last_key_ns,))

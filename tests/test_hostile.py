@@ -300,3 +300,38 @@ def test_a_full_disk_is_507_and_loses_nothing(tiny_training, tmp_path):
         daemon.store._writer.execute("PRAGMA max_page_count = 1073741823")  # space freed
         assert client.post("/feed", json={"records": rest}).status_code == 200
         assert daemon.store.count_samples() == len(first) + len(rest)
+
+
+WRITER = """
+import os, sys
+import pandas as pd
+from metrics_store import MetricsStore
+from tests.test_hostile import recent_sim
+
+store = MetricsStore(sys.argv[1])
+sim = recent_sim(seed=9)
+store.add_records([dict(r, ts_ns=int(pd.Timestamp(r["timestamp"]).value)) for r in sim.records(sim.advance(20))])
+store.write_ledger()
+os._exit(0)  # killed: no checkpoint, the records live only in the write-ahead log
+"""
+
+
+def test_a_truncated_write_ahead_log_is_reported_with_what_was_lost(tmp_path, caplog):
+    store_path = tmp_path / "store.sqlite3"
+    done = subprocess.run([sys.executable, "-c", WRITER, str(store_path)], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    wal = tmp_path / "store.sqlite3-wal"
+    acknowledged = json.loads((tmp_path / "store.sqlite3.ledger.json").read_text())["samples"]
+    assert acknowledged > 0 and wal.stat().st_size > 4096
+    data = wal.read_bytes()
+    frame = 24 + int.from_bytes(data[8:12], "big")  # frame header + page
+    frames = (len(data) - 32) // frame
+    wal.write_bytes(data[: 32 + (frames // 2) * frame + 100])  # cut 100 bytes into a frame half-way through
+    with caplog.at_level("ERROR", logger="metrics_store"):
+        store = MetricsStore(store_path)
+    kept = store.samples
+    store.close()
+    assert kept < acknowledged
+    assert f"{acknowledged - kept} samples were lost" in caplog.text
+    assert "write-ahead log" in caplog.text and "inside a frame" in caplog.text
