@@ -335,3 +335,25 @@ def test_a_truncated_write_ahead_log_is_reported_with_what_was_lost(tmp_path, ca
     assert kept < acknowledged
     assert f"{acknowledged - kept} samples were lost" in caplog.text
     assert "write-ahead log" in caplog.text and "inside a frame" in caplog.text
+
+
+def test_a_non_finite_window_is_not_ready_and_the_document_stays_strict_json(tiny_training):
+    """Defence in depth: history that holds a NaN (an old store) gives 'not_ready' with a reason, not NaN forecasts."""
+    from forecast_engine import ForecastEngine, fleet_document
+    from metrics_store import FleetWindows
+    from tft_model import load_model
+
+    engine = ForecastEngine(load_model(tiny_training.model_dir))
+    sim = recent_sim(seed=10, buckets_back=engine.spec.encoder_length)
+    records = sim.records(sim.advance(engine.spec.encoder_length))
+    poisoned = records[0]["server_name"]
+    records = [dict(r, net_in_mb_s=float("inf")) if r["server_name"] == poisoned and i % 5 == 0 else r
+               for i, r in enumerate(records)]
+    fleet = FleetWindows.from_records(records)
+    result = engine.forecast(fleet, fleet.newest_bucket)
+    bad = result.servers[poisoned].prediction
+    assert bad.status == "not_ready" and "non-finite" in bad.reason and bad.predictions == {}
+    assert all(r.prediction.status == "ok" for name, r in result.servers.items() if name != poisoned)
+    document = fleet_document(result, engine.model_version)
+    parsed = strict_json(document.model_dump_json())
+    assert parsed["summary"]["not_ready"] == 1
