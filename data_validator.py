@@ -44,9 +44,9 @@ from config import (
     VALID_STATES,
     VALIDATOR_MAX_EXAMPLES,
 )
+from contract import NS_PER_BUCKET
 
 logger = logging.getLogger(__name__)
-_NS_PER_BUCKET = SAMPLING_INTERVAL_SECONDS * 1_000_000_000
 _STRING_COLUMNS = ["server_name", "profile", "state"]
 
 
@@ -331,7 +331,7 @@ class DataValidator:
                 "a bucket must have exactly one value per metric", "aggregate samples per 5-minute bucket "
                 "(Docs/DATA_CONTRACT.md, bucketing rule) and drop duplicates", count=int(dup.sum()),
                 examples=self._examples(df, mask, "timestamp")))
-        off_grid = ts % _NS_PER_BUCKET != 0
+        off_grid = ts % NS_PER_BUCKET != 0
         if off_grid.any():
             self._soft(ValidationIssue(
                 "off_grid", "timestamp", f"timestamps not on the {SAMPLING_INTERVAL_SECONDS // 60}-minute grid",
@@ -339,12 +339,12 @@ class DataValidator:
                 "floor each timestamp to its bucket start (e.g. 09:37:12 -> 09:35:00)",
                 count=int(off_grid.sum()), examples=self._examples(df, off_grid, "timestamp")), errors, warnings)
         step = np.diff(t_sorted)[c_sorted[1:] == c_sorted[:-1]]
-        gaps = step > _NS_PER_BUCKET
-        irregular = (step % _NS_PER_BUCKET != 0) & (step > 0)
+        gaps = step > NS_PER_BUCKET
+        irregular = (step % NS_PER_BUCKET != 0) & (step > 0)
         if gaps.any():
             warnings.append(ValidationIssue(
                 "gaps", "timestamp", f"{int(gaps.sum()):,} gaps longer than one bucket "
-                f"(longest {int(step.max() // _NS_PER_BUCKET)} buckets)",
+                f"(longest {int(step.max() // NS_PER_BUCKET)} buckets)",
                 "missing buckets shorten the usable history around them",
                 "use dense offline mode (an offline row per missing bucket) or accept the gaps"))
         if irregular.any():

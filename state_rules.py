@@ -50,11 +50,11 @@ from config import (
     MORNING_SPIKE_HOURS_UTC,
     MORNING_SPIKE_MIN_CPU_USED_PCT,
     RECOVERY_BUCKETS,
-    SAMPLING_INTERVAL_SECONDS,
     SOFT_STATE_MIN_BUCKETS,
     STATE_MAX_GAP_BUCKETS,
     VALID_STATES,
 )
+from contract import bucket_of_ns, bucket_start, cpu_used
 
 STATE_CODE = {name: code for code, name in enumerate(VALID_STATES)}
 # Most severe first: the order in which the rules above take precedence. A bucket fed by
@@ -213,7 +213,7 @@ def derive_states(df: pd.DataFrame, maintenance: pd.Series | np.ndarray | None =
     profiles = frame.groupby("server_name", sort=False)["profile"].first().reindex(servers).to_numpy()
     tracker = StateTracker.for_profiles(profiles)
     codes = tracker.label(
-        cpu_used=100.0 - grid("cpu_idle_pct"), iowait=grid("cpu_iowait_pct"), mem=grid("mem_used_pct"),
+        cpu_used=cpu_used(grid("cpu_idle_pct")), iowait=grid("cpu_iowait_pct"), mem=grid("mem_used_pct"),
         swap=grid("swap_used_pct"), disk=grid("disk_usage_pct"), back_close_wait=grid("back_close_wait"),
         front_close_wait=grid("front_close_wait"), has_sample=has_sample, in_maintenance=maint,
         spike_window=morning_spike_window(timestamps),
@@ -248,22 +248,25 @@ class StreamStateLabeler:
 
     def _bucket_inputs(self) -> dict[str, np.ndarray]:
         mean = {k: v / max(self._n, 1) for k, v in self._sums.items()}
-        one = lambda value: np.array([[value]], dtype=float)
-        return {"cpu_used": one(100.0 - mean["cpu_idle_pct"]), "iowait": one(mean["cpu_iowait_pct"]),
+
+        def one(value: float) -> np.ndarray:
+            return np.array([[value]], dtype=float)
+
+        return {"cpu_used": one(cpu_used(mean["cpu_idle_pct"])), "iowait": one(mean["cpu_iowait_pct"]),
                 "mem": one(mean["mem_used_pct"]), "swap": one(mean["swap_used_pct"]),
                 "disk": one(mean["disk_usage_pct"]), "back_close_wait": one(self._last["back_close_wait"]),
                 "front_close_wait": one(self._last["front_close_wait"])}
 
     def _apply(self, tracker: StateTracker, bucket: int, inputs: dict[str, np.ndarray], has_sample: bool,
                in_maintenance: bool) -> int:
-        stamp = pd.DatetimeIndex([pd.Timestamp(bucket * SAMPLING_INTERVAL_SECONDS, unit="s", tz="UTC")])
+        stamp = pd.DatetimeIndex([bucket_start(bucket)])
         codes = tracker.label(**inputs, has_sample=np.array([[has_sample]]),
                               in_maintenance=np.array([[in_maintenance]]), spike_window=morning_spike_window(stamp))
         return int(codes[0, 0])
 
     def label(self, timestamp: pd.Timestamp, metrics: dict[str, float], in_maintenance: bool = False) -> str:
         """The state of a sample taken at ``timestamp`` (UTC) with the given LINBORG metrics."""
-        bucket = int(pd.Timestamp(timestamp).timestamp() // SAMPLING_INTERVAL_SECONDS)
+        bucket = int(bucket_of_ns(pd.Timestamp(timestamp).value))
         if self.bucket is not None and bucket > self.bucket:
             self._apply(self.tracker, self.bucket, self._bucket_inputs(), True, in_maintenance)
             silent = bucket - self.bucket - 1

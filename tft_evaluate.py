@@ -16,13 +16,19 @@ side by side with two baselines: persistence (the last observed value) and seaso
 (the value at the same time yesterday). A baseline's point forecast stands in for all its
 quantiles. Servers held out of training are scored separately, with their real profile
 and with the profile hidden, to show what profile conditioning is worth on a new server.
+
+:func:`measure_profile_value` asks the same on a freshly generated fleet of servers the model
+has never seen, against a profile-agnostic model (:func:`train_agnostic_model`) too; the
+benchmark ``bench/bench_profile_value.py`` prints it.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -37,24 +43,23 @@ from config import (
     HOLDOUT_HOURS,
     HORIZONS,
     IMPORTING_DOC,
+    PROFILE_PREFIXES,
+    PROFILE_VALUE_BOOTSTRAP_RESAMPLES,
+    PROFILE_VALUE_ORIGIN_STRIDE,
     QUANTILES,
     SEASONAL_LAG_STEPS,
+    STEPS_PER_DAY,
     STEPS_PER_HOUR,
     TIME_IDX,
+    TRAINING_DATA_FILE,
     TRAINING_GUIDE_DOC,
     TRAINING_INFO_FILE,
+    VALID_PROFILES,
 )
+from contract import bucket_of_times, bucket_start
 from data_validator import DataValidator, format_report
-from tft_features import (
-    FeatureSpec,
-    SeriesStore,
-    add_model_columns,
-    decode_quantiles,
-    densify,
-    load_training_frame,
-    time_index,
-)
-from tft_model import FleetTFT, load_model
+from tft_features import FeatureSpec, SeriesStore, build_features, decode_quantiles, load_training_frame
+from tft_model import FleetTFT, LoadedModel, load_model
 from trace_importer import measured_metrics_for
 
 logger = logging.getLogger(__name__)
@@ -185,8 +190,8 @@ def backtest_store(model: FleetTFT, spec: FeatureSpec, store: SeriesStore, first
     actual, persistence, seasonal = actuals_and_baselines(store, servers, starts)
     seen = ~is_unseen
     result = evaluate_windows(spec, forecasts[seen], actual[seen], persistence[seen], seasonal[seen], scored)
-    to_iso = lambda tidx: pd.Timestamp(int(tidx) * 300, unit="s", tz="UTC").isoformat()  # noqa: E731
-    result["range"] = {"first_decoder_bucket": to_iso(first_decoder_tidx), "last_decoder_bucket": to_iso(last_decoder_tidx)}
+    result["range"] = {"first_decoder_bucket": bucket_start(first_decoder_tidx).isoformat(),
+                       "last_decoder_bucket": bucket_start(last_decoder_tidx).isoformat()}
     result["windows"] = int(seen.sum())
     result["servers"] = int(len(np.unique(servers[seen])))
     result["origin_stride_buckets"] = stride
@@ -229,7 +234,7 @@ def _profile_gain_per_server(spec: FeatureSpec, store: SeriesStore, servers: np.
         with_profile = evaluate_windows(spec, known[rows], *subset, scored=scored)["per_horizon"]
         without = evaluate_windows(spec, hidden[rows], *subset, scored=scored)["per_horizon"]
         out[store.server_names[code]] = {"profile": store.profiles[code], "improvement_from_profile": {
-            label: 1.0 - with_profile[label]["qrisk_50_mean"]["tft"] / max(without[label]["qrisk_50_mean"]["tft"], 1e-12)
+            label: _gain(with_profile[label]["qrisk_50_mean"]["tft"], without[label]["qrisk_50_mean"]["tft"])
             for label in HORIZONS}}
     return out
 
@@ -270,6 +275,166 @@ def format_table(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+# ---------------------------------------------------------------------------- what a profile is worth
+def unseen_fleet(model: LoadedModel, per_profile: int, days: int, seed: int, out_dir: Path) -> Path:
+    """Generate a fleet holding ``per_profile`` servers of each profile the model never saw; the Parquet path.
+
+    The simulator numbers servers per profile, so each profile gets as many more servers as
+    the model knows of it: the extra ones have names the model has never seen.
+    """
+    from metrics_generator import generate_dataset
+
+    known = set(model.encoder.name_to_id)
+    counts = {p: per_profile + sum(1 for n in known if n.startswith(PROFILE_PREFIXES[p])) for p in VALID_PROFILES}
+    generate_dataset(out_dir=out_dir, hours=24 * (days + 1), fleet=counts, seed=seed, progress=False)
+    return out_dir / TRAINING_DATA_FILE
+
+
+def _qrisk(spec: FeatureSpec, forecasts: np.ndarray, truth: tuple[np.ndarray, ...]) -> dict[str, dict[str, float]]:
+    """Per horizon: mean q-risk 0.5 of the forecast and of the better baseline."""
+    result = evaluate_windows(spec, forecasts, *truth)["per_horizon"]
+    return {label: {"tft": row["qrisk_50_mean"]["tft"],
+                    "baseline": row["qrisk_50_mean"][row["best_baseline"]]} for label, row in result.items()}
+
+
+def _gain(with_profile: float, without: float) -> float:
+    return 1.0 - with_profile / max(without, 1e-12)
+
+
+def measure_profile_value(model: LoadedModel, agnostic: LoadedModel | None, per_profile: int, days: int,
+                          seed: int) -> dict[str, Any]:
+    """Score forecasts of never-seen servers: with their profile, profile hidden, and by ``agnostic``.
+
+    On a fresh fleet (:func:`unseen_fleet`) whose kept servers neither model knows, forecast
+    origins every ``PROFILE_VALUE_ORIGIN_STRIDE`` buckets over the last ``days`` days, with the
+    full history window and at cold start (the model's minimum history). Returns q-risk 0.5
+    per horizon, overall and per profile, next to the better baseline on the same windows, and
+    95 % bootstrap intervals of the gain from the profile.
+    """
+    with tempfile.TemporaryDirectory() as tmp:
+        path = unseen_fleet(model, per_profile, days, seed, Path(tmp))
+        everyone = pd.read_parquet(path, columns=["server_name"])["server_name"].astype(str).unique()
+        names = set(everyone) - set(model.encoder.name_to_id)
+        if agnostic is not None:
+            names -= set(agnostic.encoder.name_to_id)
+        store = build_features(path, servers=names, encoder=model.encoder, spec=model.spec, dataset_servers=0).store
+        other = build_features(path, servers=names, encoder=agnostic.encoder, spec=agnostic.spec,
+                               dataset_servers=0).store if agnostic is not None else None
+    last = int(store.time_idx.max())
+    first = last - days * STEPS_PER_DAY + 1
+    servers, starts = store.window_starts(first, last, stride=PROFILE_VALUE_ORIGIN_STRIDE)
+    truth = actuals_and_baselines(store, servers, starts)
+    profiles = np.array(store.profiles)[servers]
+    out: dict[str, Any] = {"servers": len(names), "windows": len(servers), "days": days}
+    for history, length in (("full_history", None), ("cold_start", model.spec.min_encoder_length)):
+        forecasts = {
+            "with_profile": predict_windows(model.model, store, servers, starts, encoder_length=length),
+            "profile_hidden": predict_windows(model.model, store, servers, starts, hide_profile=True,
+                                              encoder_length=length),
+        }
+        if other is not None:
+            o_servers, o_starts = other.window_starts(first, last, stride=PROFILE_VALUE_ORIGIN_STRIDE)
+            if not (np.array(other.server_names)[o_servers] == np.array(store.server_names)[servers]).all() \
+                    or not (o_starts == starts).all():
+                raise RuntimeError("the agnostic model's windows differ from the model's; are the specs compatible?")
+            forecasts["agnostic_model"] = predict_windows(agnostic.model, other, o_servers, o_starts,
+                                                          hide_profile=True, encoder_length=length)
+        block: dict[str, Any] = {"history_buckets": length or model.spec.encoder_length, "overall": {},
+                                 "per_profile": {}}
+        for name, values in forecasts.items():
+            block["overall"][name] = _qrisk(model.spec, values, truth)
+        block["gain_interval_95"] = {name: bootstrap_gain(model.spec, servers, truth[0], forecasts["with_profile"],
+                                                          values)
+                                     for name, values in forecasts.items() if name != "with_profile"}
+        for profile in VALID_PROFILES:
+            rows = profiles == profile
+            if rows.any():
+                subset = tuple(t[rows] for t in truth)
+                block["per_profile"][profile] = {name: _qrisk(model.spec, values[rows], subset)
+                                                 for name, values in forecasts.items()}
+        out[history] = block
+    return out
+
+
+def bootstrap_gain(spec: FeatureSpec, servers: np.ndarray, actual: np.ndarray, with_profile: np.ndarray,
+                   without: np.ndarray, resamples: int = PROFILE_VALUE_BOOTSTRAP_RESAMPLES, seed: int = 0
+                   ) -> dict[str, tuple[float, float]]:
+    """95 % interval of the gain per horizon, resampling whole servers (windows of one server are not independent).
+
+    q-risk 0.5 of a target is ``sum|y - p50| / sum|y|`` over windows; the gain compares the
+    target-averaged q-risk of the two forecasts on the same resampled servers.
+    """
+    p50 = spec.quantiles.index(0.5)
+    codes, inverse = np.unique(servers, return_inverse=True)
+    rng = np.random.default_rng(seed)
+    out = {}
+    for label, steps in HORIZONS.items():
+        y = actual[:, :, steps - 1].astype(np.float64)  # (W, targets)
+        sums = []
+        for forecast in (with_profile, without):
+            error = np.abs(y - forecast[:, :, steps - 1, p50])
+            keep = np.isfinite(error)
+            per_server = np.zeros((len(codes), y.shape[1], 2))
+            np.add.at(per_server[:, :, 0], inverse, np.where(keep, error, 0.0))
+            np.add.at(per_server[:, :, 1], inverse, np.where(keep, np.abs(y), 0.0))
+            sums.append(per_server)
+        gains = np.empty(resamples)
+        for i in range(resamples):
+            pick = rng.integers(0, len(codes), len(codes))
+            risks = [(part[pick, :, 0].sum(0) / np.maximum(part[pick, :, 1].sum(0), 1e-9)).mean() for part in sums]
+            gains[i] = _gain(risks[0], risks[1])
+        out[label] = (float(np.percentile(gains, 2.5)), float(np.percentile(gains, 97.5)))
+    return out
+
+
+_SHORT = {"profile_hidden": "hidden", "agnostic_model": "agnostic"}
+
+
+def format_profile_value(result: dict[str, Any]) -> str:
+    """Tables of :func:`measure_profile_value`: overall per horizon, then the gain per profile."""
+    lines = [f"{result['servers']} never-seen servers, {result['windows']} windows over {result['days']} day(s)"]
+    for history in ("full_history", "cold_start"):
+        block = result[history]
+        others = [k for k in block["overall"] if k != "with_profile"]
+        lines.append("")
+        lines.append(f"{history.replace('_', ' ')} ({block['history_buckets']} buckets of history), q-risk 0.5:")
+        header = f"  {'horizon':<8}{'profile':>9}" + "".join(f"{k.replace('_', ' '):>16}" for k in others)
+        header += f"{'baseline':>10}" + "".join(f"{'gain vs ' + _SHORT[k] + ' [95 %]':>30}" for k in others)
+        lines.append(header)
+        for label in HORIZONS:
+            row = {k: v[label] for k, v in block["overall"].items()}
+            text = f"  {label:<8}{row['with_profile']['tft']:>9.3f}"
+            text += "".join(f"{row[k]['tft']:>16.3f}" for k in others)
+            text += f"{row['with_profile']['baseline']:>10.3f}"
+            for k in others:
+                low, high = block["gain_interval_95"][k][label]
+                gain = _gain(row["with_profile"]["tft"], row[k]["tft"])
+                text += f"{gain:>+12.1%} [{low:+.1%}, {high:+.1%}]".rjust(30)
+            lines.append(text)
+        lines.append("  per profile, gain from the profile (30 min / 1 h / 8 h):")
+        for profile, methods in block["per_profile"].items():
+            parts = []
+            for k in others:
+                gains = " / ".join(f"{_gain(methods['with_profile'][h]['tft'], methods[k][h]['tft']):+.1%}"
+                                   for h in HORIZONS)
+                parts.append(f"vs {_SHORT[k]} {gains}")
+            lines.append(f"    {profile:<16}" + "   ".join(parts))
+    return "\n".join(lines)
+
+
+def train_agnostic_model(data: Path, models_dir: Path, trainer_args: list[str] | None = None) -> Path:
+    """Train a model that never sees a profile; ``trainer_args`` as for ``main.py train``. Returns its directory.
+
+    Every window of its training, validation and backtest has the profile hidden
+    (``TrainSettings.hide_profiles``; ``profile_dropout`` 1.0 records it in ``training_info.json``).
+    """
+    from tft_trainer import build_arg_parser, settings_from_args, train
+
+    args = build_arg_parser().parse_args(["--data", str(data), "--models-dir", str(models_dir), *(trainer_args or [])])
+    settings = dataclasses.replace(settings_from_args(args), profile_dropout=1.0, hide_profiles=True)
+    return train(settings).model_dir
+
+
 # ---------------------------------------------------------------------------- CLI
 def build_arg_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
     """Arguments of the backtest (shared with ``main.py evaluate``)."""
@@ -294,16 +459,16 @@ def run_from_args(args: argparse.Namespace) -> int:
         if not is_valid:
             logger.error("%s", format_report(args.data, len(frame), False, errors, warnings, 0.0))
             return 1
-        frame = add_model_columns(densify(frame), loaded.encoder)
+        features = build_features(frame, encoder=loaded.encoder, spec=loaded.spec, dataset_servers=0)
+        frame, store = features.frame, features.store
         data_end = int(frame[TIME_IDX].max())
         if args.since:
-            first = int(time_index(pd.DatetimeIndex([parse_utc(args.since)]))[0])
+            first = int(bucket_of_times(pd.DatetimeIndex([parse_utc(args.since)]))[0])
         else:
             holdout = (loaded.training_info.get("data") or {}).get("holdout_start")
-            first = int(time_index(pd.DatetimeIndex([parse_utc(holdout)]))[0]) if holdout else -1
+            first = int(bucket_of_times(pd.DatetimeIndex([parse_utc(holdout)]))[0]) if holdout else -1
             if first < int(frame[TIME_IDX].min()) + loaded.spec.encoder_length or first > data_end:
                 first = data_end - HOLDOUT_HOURS * STEPS_PER_HOUR + 1
-        store = SeriesStore(frame, loaded.spec)
         unseen = sorted(set(store.server_names) - set(loaded.encoder.name_to_id))
         unseen += list((loaded.training_info.get("data") or {}).get("unseen_servers", []))
         scored = measured_metrics_for(args.data)

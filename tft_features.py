@@ -1,10 +1,13 @@
 """Feature pipeline shared by training, evaluation and the inference daemon.
 
-One definition of what the model reads, so the three can never drift apart:
+One definition of what the model reads, so the three can never drift apart. The whole
+recipe (load -> densify -> ids -> spec -> dataset -> series store) is :func:`build_features`;
+its steps:
 
 * ``densify``: put every server on the complete 5-minute grid, filling buckets without
   samples with the contract's offline vector (Docs/DATA_CONTRACT.md);
-* ``add_model_columns``: hash server id, time index and calendar features;
+* ``add_model_columns``: hash server id, bucket number (``contract.bucket_of_times``) and
+  calendar features;
 * ``FeatureSpec``: every fitted scaler, normaliser and category code as plain JSON
   (saved in the model's ``config.json``; nothing is pickled);
 * ``SeriesStore``: the fleet as compact per-server arrays, and ``batch`` which cuts windows
@@ -18,8 +21,11 @@ Tensor shapes below: B windows, E encoder steps, D decoder steps, R reals, C cat
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
+import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,7 +45,6 @@ from config import (
     MAX_PREDICTION_LENGTH,
     METRIC_RANGES,
     MIN_ENCODER_LENGTH,
-    OFFLINE_ZERO_METRICS,
     QUANTILES,
     SAMPLING_INTERVAL_SECONDS,
     STATIC_CATEGORICALS,
@@ -54,24 +59,16 @@ from config import (
     VALID_PROFILES,
     VALID_STATES,
 )
+from contract import bucket_of_times, bucket_start, fill_offline
 from server_encoder import ServerEncoder
 
 logger = logging.getLogger(__name__)
 
-_NS_PER_BUCKET = SAMPLING_INTERVAL_SECONDS * 1_000_000_000
 RELATIVE_TIME_IDX = "relative_time_idx"
 NAN_CODE = 0  # NaNLabelEncoder(add_nan=True) reserves code 0 for unknown / missing
 
 
 # ---------------------------------------------------------------------------- frames
-def time_index(timestamps: pd.Series | pd.DatetimeIndex) -> np.ndarray:
-    """Bucket number since the Unix epoch (UTC): a time index shared by every file."""
-    values = pd.DatetimeIndex(timestamps)
-    if values.tz is not None:
-        values = values.tz_convert("UTC").tz_localize(None)
-    return values.as_unit("ns").asi8 // _NS_PER_BUCKET
-
-
 def calendar_features(time_idx: np.ndarray) -> dict[str, np.ndarray]:
     """Sine/cosine of time of day, day of week and minute of the hour for bucket numbers."""
     seconds = time_idx.astype(np.int64) * SAMPLING_INTERVAL_SECONDS
@@ -96,7 +93,7 @@ def densify(df: pd.DataFrame) -> pd.DataFrame:
     come back sorted by server and time.
     """
     frame = df.sort_values(["server_name", "timestamp"], kind="stable").reset_index(drop=True)
-    tidx = time_index(frame["timestamp"])
+    tidx = bucket_of_times(frame["timestamp"])
     names = frame["server_name"].astype(str).to_numpy()
     starts = np.r_[0, np.flatnonzero(names[1:] != names[:-1]) + 1]
     ends = np.r_[starts[1:], len(frame)]
@@ -115,12 +112,13 @@ def densify(df: pd.DataFrame) -> pd.DataFrame:
     source = np.maximum.accumulate(np.where(present, np.arange(full_len), -1))
     row_of = np.full(full_len, -1)
     row_of[pos] = np.arange(len(frame))
-    filled = frame.iloc[row_of[source]].reset_index(drop=True)
+    filled = frame.iloc[row_of[source]].reset_index(drop=True)  # names, profile: from the last sample
     missing = ~present
-    filled["timestamp"] = pd.to_datetime(full_tidx * _NS_PER_BUCKET, utc=True)
-    for name in OFFLINE_ZERO_METRICS:
-        filled.loc[missing, name] = 0
-    filled.loc[missing, "cpu_idle_pct"] = 100.0
+    filled["timestamp"] = bucket_start(full_tidx)
+    metrics = [name for name in LINBORG_METRICS if name in filled]
+    offline = fill_offline({name: filled[name].to_numpy() for name in metrics}, present)
+    for name in metrics:  # the values are exact in the column's own dtype (0, 100 or a carried sample)
+        filled[name] = offline[name].astype(filled[name].dtype)
     if isinstance(filled["state"].dtype, pd.CategoricalDtype) and "offline" not in filled["state"].cat.categories:
         filled["state"] = filled["state"].cat.add_categories(["offline"])
     filled.loc[missing, "state"] = "offline"
@@ -134,7 +132,7 @@ def add_model_columns(df: pd.DataFrame, encoder: ServerEncoder) -> pd.DataFrame:
     names = frame["server_name"].astype(str)
     ids = encoder.encode_many(names.unique())
     frame[GROUP_ID] = names.map(ids).astype(str)
-    frame[TIME_IDX] = time_index(frame["timestamp"])
+    frame[TIME_IDX] = bucket_of_times(frame["timestamp"])
     for name, values in calendar_features(frame[TIME_IDX].to_numpy()).items():
         frame[name] = values
     for name in LINBORG_METRICS:
@@ -257,7 +255,7 @@ def fit_feature_spec(train_frame: pd.DataFrame, encoder_length: int,
     ids = ordered[GROUP_ID].to_numpy()
     bounds = np.r_[0, np.flatnonzero(ids[1:] != ids[:-1]) + 1, len(ordered)]
     rng = np.random.default_rng(seed)
-    usable = [(lo, hi) for lo, hi in zip(bounds[:-1], bounds[1:]) if hi - lo >= encoder_length]
+    usable = [(lo, hi) for lo, hi in itertools.pairwise(bounds) if hi - lo >= encoder_length]
     firsts = np.concatenate([np.arange(lo, hi - encoder_length + 1) for lo, hi in usable]) if usable \
         else np.zeros(0, dtype=np.int64)
     if len(firsts) == 0:
@@ -431,7 +429,10 @@ class BatchAssembler:
             valid = steps < lengths[:, None]  # (B, Lmax)
             source = np.where(valid, enc - lengths[:, None] + steps, 0)
             full = np.concatenate([source, enc + np.arange(dec)[None, :].repeat(batch_size, 0)], axis=1)
-            take = lambda a: np.take_along_axis(a, full.reshape(batch_size, -1, *([1] * (a.ndim - 2))), axis=1)  # noqa: E731
+
+            def take(a: np.ndarray) -> np.ndarray:
+                return np.take_along_axis(a, full.reshape(batch_size, -1, *([1] * (a.ndim - 2))), axis=1)
+
             cont, cat, raw, target_tf, time_idx = take(cont), take(cat), take(raw), take(target_tf), take(time_idx)
         # Per-window normalisation of the targets over the real encoder steps (EncoderNormalizer, floored).
         if valid is None:
@@ -503,6 +504,7 @@ class SeriesStore:
         self.time_idx = self.rows.time_idx
         self.targets = self.rows.targets
         self._assemble = BatchAssembler(spec)
+        self.hide_profiles = False  # True: every batch has the profile hidden (a profile-agnostic model)
 
     @property
     def n_servers(self) -> int:
@@ -538,8 +540,11 @@ class SeriesStore:
         """Windows -> ``(x, y)``.
 
         A window is named by its full-length start; ``encoder_lengths`` shortens the history it
-        reads (keeping the same forecast origin), ``hide_profile`` sets its profile to unknown.
+        reads (keeping the same forecast origin), ``hide_profile`` sets its profile to unknown
+        (every window's when ``hide_profiles`` is set).
         """
+        if self.hide_profiles:
+            hide_profile = np.ones(len(servers), dtype=bool)
         enc, dec = self.spec.encoder_length, self.spec.prediction_length
         rows = (self.offsets[servers] + starts)[:, None] + np.arange(enc + dec)[None, :]  # (B, E+D)
         rows = np.maximum(rows, 0)  # a short-history window's unused leading rows may precede its server
@@ -637,3 +642,84 @@ def load_training_frame(path: str | Path, columns: list[str] | None = None,
         if not isinstance(frame[name].dtype, pd.CategoricalDtype):
             frame[name] = frame[name].astype("category")
     return frame
+
+
+# ---------------------------------------------------------------------------- the recipe
+@dataclass
+class Features:
+    """What :func:`build_features` produces."""
+
+    frame: pd.DataFrame  # every server on its complete grid, with the model's columns
+    encoder: ServerEncoder  # server name -> hash id (saved as the model's server_mapping.json)
+    spec: FeatureSpec  # scalers, normalisers, category codes and the tensor layout
+    dataset: Any | None  # the stock TimeSeriesDataSet the model is created from (None: not built)
+    store: SeriesStore  # the fleet as compact per-server arrays, cut into batches
+    seconds: dict[str, float] = field(default_factory=dict)  # time per step
+
+
+def build_features(source: str | Path | pd.DataFrame, *, encoder: ServerEncoder | None = None,
+                   spec: FeatureSpec | None = None, encoder_length: int | None = None,
+                   targets: list[str] | None = None,
+                   training_rows: Callable[[pd.DataFrame], pd.DataFrame] | None = None,
+                   dataset_servers: int | None = None, dataset_rows: int | None = None,
+                   servers: set[str] | None = None) -> Features:
+    """The feature pipeline, one step after the other: load -> densify -> ids -> spec -> dataset -> series store.
+
+    1. **load**: ``source`` is a LINBORG Parquet/CSV file, read compactly by
+       :func:`load_training_frame` (only ``servers`` when given), or a frame the caller already
+       loaded (and checked against the contract);
+    2. **densify**: every server on its complete 5-minute grid, buckets without samples filled
+       with the contract's offline vector (:func:`densify`);
+    3. **ids**: hash server ids from ``encoder`` (a new :class:`ServerEncoder` by default), bucket
+       numbers and calendar features (:func:`add_model_columns`);
+    4. **spec**: ``spec`` as given (a saved model's, or a checkpoint's), else fitted by
+       :func:`fit_feature_spec` on the training rows for ``encoder_length`` and ``targets``;
+       the training rows are ``training_rows(frame)`` (all rows by default), so nothing is
+       fitted on validation or held-out data;
+    5. **dataset**: the stock ``TimeSeriesDataSet`` (:func:`make_timeseries_dataset`) of the
+       training rows (of the first ``dataset_servers`` servers and ``dataset_rows`` rows each,
+       when given): the model is created from it, and it records the model's tensor layout in
+       the spec. ``dataset_servers=0`` skips it: the spec must then be complete (a saved model's);
+    6. **series store**: the whole dense frame as a :class:`SeriesStore` for the spec.
+
+    ``Features.seconds`` has the time of each step.
+    """
+    seconds: dict[str, float] = {}
+    began = time.perf_counter()
+
+    def step_done(name: str) -> None:
+        nonlocal began
+        now = time.perf_counter()
+        seconds[name] = now - began
+        began = now
+
+    frame = source if isinstance(source, pd.DataFrame) else load_training_frame(source, servers=servers)
+    step_done("load")
+    frame = densify(frame)
+    step_done("densify")
+    encoder = encoder if encoder is not None else ServerEncoder()
+    frame = add_model_columns(frame, encoder)
+    step_done("ids")
+    rows = None
+    if spec is None or dataset_servers != 0:
+        rows = training_rows(frame) if training_rows is not None else frame
+    if spec is None:
+        if encoder_length is None:
+            raise ValueError("build_features: fitting a feature spec needs encoder_length (or pass a fitted spec)")
+        spec = fit_feature_spec(rows, encoder_length=encoder_length, targets=targets)
+    step_done("spec")
+    dataset = None
+    if dataset_servers != 0:
+        sample = rows
+        if dataset_servers is not None:
+            sample = rows[rows[GROUP_ID].isin(rows[GROUP_ID].drop_duplicates().head(dataset_servers))]
+        if dataset_rows is not None:
+            sample = sample.groupby(GROUP_ID, group_keys=False).head(dataset_rows)
+        dataset = make_timeseries_dataset(sample, spec)
+        spec = complete_spec_from_dataset(spec, dataset)
+    step_done("dataset")
+    store = SeriesStore(frame, spec)
+    step_done("store")
+    logger.info("features: %d rows, %d servers (%s)", len(frame), store.n_servers,
+                ", ".join(f"{name} {value:.1f}s" for name, value in seconds.items()))
+    return Features(frame=frame, encoder=encoder, spec=spec, dataset=dataset, store=store, seconds=seconds)

@@ -1,19 +1,24 @@
-"""The fleet model: pytorch-forecasting's Temporal Fusion Transformer, a faster forward,
+"""The fleet model: pytorch-forecasting's Temporal Fusion Transformer with a faster forward,
 and pickle-free save/load.
 
 ``FleetTFT`` subclasses ``TemporalFusionTransformer`` and keeps every parameter, name and
 shape of the stock model (its state dict loads into the stock class and back). Only the
 forward pass is reorganised, computing the same function (tests/test_model.py checks it
-against the stock forward):
+against the stock forward). Read ``FleetTFT.forward`` top to bottom: it is the stock TFT's
+recipe, step by step, with shapes. The sub-module shortcuts it calls live in ``tft_fastops.py``
+(each checked against its stock module in tests/test_fastops.py):
 
 * the variable selection networks run all continuous variables' GRNs as one batched
   matrix product per layer instead of a Python loop over ~20 tiny networks, and never
   build the (batch, time, hidden, variables) stack;
 * ``ResampleNorm``'s linear interpolation of a vector is a fixed linear map, applied as a
   matrix product (the stock ``F.interpolate`` backward is slow on CPU and CUDA alike);
-* when every window has the full encoder/decoder length (always, in this project) the
-  LSTMs run unpacked instead of through ``pack_padded_sequence``;
-* attention heads run as one batched product instead of a loop.
+* CPU dropout masks are drawn as numpy 16-bit integers (``FastDropout``);
+* tensors folded from parameters are memoised at inference (``ParamMemo``).
+
+Here, in view: when every window has the full encoder/decoder length (always, in this
+project) the LSTMs run unpacked instead of through ``pack_padded_sequence``; attention heads
+run as one batched product instead of a loop; the optimiser is AdamW with a one-cycle schedule.
 
 Saved model = ``model.safetensors`` + ``config.json`` (hyper-parameters and the feature
 spec as plain JSON) + ``training_info.json`` + ``server_mapping.json``. :func:`load_model`
@@ -25,21 +30,14 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from pytorch_forecasting import TemporalFusionTransformer
 from pytorch_forecasting.metrics import MultiLoss, QuantileLoss
-from pytorch_forecasting.models.temporal_fusion_transformer.sub_modules import (
-    GatedResidualNetwork,
-    ResampleNorm,
-    VariableSelectionNetwork,
-)
 from torch import nn
 
 from common_utils import _umask, check_version_compatibility
@@ -57,6 +55,7 @@ from config import (
     WEIGHT_DECAY,
 )
 from server_encoder import ServerEncoder
+from tft_fastops import FastPath, install_fast_dropout
 from tft_features import FeatureSpec, target_normalizer_objects
 
 logger = logging.getLogger(__name__)
@@ -65,104 +64,32 @@ logger = logging.getLogger(__name__)
 _OBJECT_HPARAMS = ("loss", "logging_metrics", "output_transformer", "dataset_parameters")
 
 
-def _interpolation_matrix(size_in: int, size_out: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """Matrix M with ``x @ M == F.interpolate(x, size_out, mode='linear', align_corners=True)``."""
-    eye = torch.eye(size_in, dtype=torch.float64)
-    matrix = F.interpolate(eye.unsqueeze(1), size_out, mode="linear", align_corners=True).squeeze(1)
-    return matrix.to(dtype=dtype, device=device)
-
-
-def _dropout_generator() -> np.random.Generator:
-    """A numpy PCG64 seeded from torch's generator: masks follow ``torch.manual_seed`` like stock dropout."""
-    return np.random.default_rng(int(torch.randint(0, 2**62, (1,), dtype=torch.int64)))
-
-
-_MASK_LEVELS = 65536  # dropout probabilities are rounded to a multiple of 1/65536
-
-
-def dropout_keep_mask(p: float, shape: tuple[int, ...]) -> tuple[torch.Tensor, float]:
-    """A CPU dropout mask (True = keep) with P(drop) = p, drawn as numpy 16-bit integers, and 1/(1-p)."""
-    threshold = round(p * _MASK_LEVELS)
-    draws = _dropout_generator().integers(0, _MASK_LEVELS, int(np.prod(shape)), dtype=np.uint16)
-    return torch.from_numpy(draws >= threshold).view(shape), _MASK_LEVELS / (_MASK_LEVELS - threshold)
-
-
-class FastDropout(nn.Dropout):
-    """``nn.Dropout`` whose CPU masks come from numpy's PCG64 as 16-bit integers.
-
-    Same function as the stock module (zero with probability p, scale the rest by 1/(1-p));
-    p is rounded to a multiple of 1/65536. On CPU, torch's ``bernoulli_`` costs ~10 ns per
-    element (7-8 % of a training step); drawing 16-bit integers with numpy is ~3x cheaper.
-    GPUs, evaluation and p = 0 take the stock path.
-    """
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or self.p == 0.0 or self.inplace or x.device.type != "cpu" \
-                or not x.is_floating_point():
-            return super().forward(x)
-        keep, scale = dropout_keep_mask(self.p, tuple(x.shape))
-        return x * keep.to(x.dtype).mul_(scale)
-
-
-def variable_grn_math(x: torch.Tensor, p: dict[str, torch.Tensor], keep: torch.Tensor | None, scale: float,
-                      eps: float) -> torch.Tensor:
-    """The batched variable GRNs as one pure function (what ``torch.compile`` fuses in training).
-
-    x (V, N, 1); ``p`` from ``FleetTFT._variable_grn_params``; ``keep`` the dropout mask of the
-    hidden layer (None: no dropout). Same numbers as the eager path in ``_variable_grns``; here
-    the broadcast products stay elementwise because the compiler fuses them, forward and backward.
-    """
-    if "coef_a" in p:
-        r = torch.rsqrt((p["coef_a"] * x + p["coef_b2"]) * x + p["coef_c"])  # (V, N, 1)
-        residual = p["delta"] + r * p["res_ba"][:, :1] + (x * r) * p["res_ba"][:, 1:]
-    else:
-        residual = p["res_b"] + x * p["res_a"]
-    h = F.elu(p["w"] + x * p["u"])
-    h = torch.baddbmm(p["fc2_b"], h, p["fc2_w"])
-    if keep is not None:
-        h = h * keep * scale
-    h = F.glu(torch.baddbmm(p["glu_b"], h, p["glu_w"]), dim=-1) + residual
-    return p["out_b"] + F.layer_norm(h, h.shape[-1:], eps=eps) * p["out_w"]
-
-
-_compiled_variable_grn_math: Callable[..., torch.Tensor] | None = None
-
-
-def _gate(mask: torch.Tensor) -> torch.Tensor:
-    """ResampleNorm's trainable gate: 2 * sigmoid(mask)."""
-    return torch.sigmoid(mask) * 2.0
-
-
-@dataclass
-class _RealGroup:
-    """The continuous variables of one variable-selection network, in input order."""
-
-    names: list[str]
-    columns: list[int]  # positions in x_cont
-    flat_offsets: list[int]  # where each variable's slice starts in the flattened input
-
-
 class FleetTFT(TemporalFusionTransformer):
     """Temporal Fusion Transformer with the stock parameters and a faster forward."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        for module in self.modules():  # faster CPU dropout masks; no parameters, same state dict
-            if type(module) is nn.Dropout:
-                module.__class__ = FastDropout
-        self._interp_cache: dict[tuple[int, int, torch.dtype, torch.device], torch.Tensor] = {}
-        self._param_memo: dict[tuple, Any] = {}
-        self._param_stamp: tuple | None = None
-        self._param_slots: list[tuple[dict, str]] | None = None
-        self._structure_memo: dict[Any, Any] = {}
+        install_fast_dropout(self)  # faster CPU dropout masks; no parameters, same state dict
+        # The fast sub-modules: interpolation matrices, parameter memo, batched variable GRNs.
+        self.fast_path = FastPath(reals=self.reals, x_reals=self.hparams.x_reals)
         self.use_fast_forward = True
         # Attention weights are an interpretation output; the daemon does not read them, and
         # without them attention can run as one fused kernel (same result).
         self.return_attention = True
         # Optimiser steps of the whole run (set by the trainer, so a resumed run keeps its schedule).
         self.planned_total_steps: int | None = None
-        # Training steps on CPU run the variable GRNs through torch.compile (set by the trainer).
-        self.compile_training = False
+
+    @property
+    def compile_training(self) -> bool:
+        """Whether CPU training steps run the variable GRNs through torch.compile.
+
+        Set by the trainer; False again if compiling failed (training then continues eagerly).
+        """
+        return self.fast_path.compile_training
+
+    @compile_training.setter
+    def compile_training(self, value: bool) -> None:
+        self.fast_path.compile_training = bool(value)
 
     # ------------------------------------------------------------------ optimiser
     def configure_optimizers(self) -> Any:
@@ -178,326 +105,20 @@ class FleetTFT(TemporalFusionTransformer):
     def log_metrics(self, *args: Any, **kwargs: Any) -> None:
         """Skip per-step SMAPE/MAE/... logging: the backtest measures quality properly."""
 
-    # ------------------------------------------------------------------ helpers
-    def _interp(self, size_in: int, size_out: int, like: torch.Tensor) -> torch.Tensor:
-        key = (size_in, size_out, like.dtype, like.device)
-        matrix = self._interp_cache.get(key)
-        if matrix is None:
-            matrix = _interpolation_matrix(size_in, size_out, like.dtype, like.device)
-            self._interp_cache[key] = matrix
-        return matrix
-
-    def _resample_norm(self, module: ResampleNorm, x: torch.Tensor) -> torch.Tensor:
-        """ResampleNorm with the interpolation as a matrix product."""
-        if module.input_size != module.output_size:
-            x = x @ self._interp(module.input_size, module.output_size, x)
-        if module.trainable_add:
-            x = x * _gate(module.mask)
-        return module.norm(x)
-
-    def _grn(self, grn: GatedResidualNetwork, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
-        """GatedResidualNetwork forward with the fast ResampleNorm."""
-        residual = x
-        if grn.input_size != grn.output_size and not grn.residual:
-            residual = self._resample_norm(grn.resample_norm, residual)
-        x = grn.fc1(x)
-        if context is not None:
-            x = x + grn.context(context)
-        x = F.elu(x)
-        x = grn.fc2(x)
-        glu = grn.gate_norm.glu
-        if glu.dropout is not None:
-            x = glu.dropout(x)
-        x = F.glu(glu.fc(x), dim=-1)
-        add_norm = grn.gate_norm.add_norm
-        skip = residual
-        if add_norm.input_size != add_norm.skip_size:
-            skip = skip @ self._interp(add_norm.skip_size, add_norm.input_size, skip)
-        if add_norm.trainable_add:
-            skip = skip * _gate(add_norm.mask)
-        return add_norm.norm(x + skip)
-
-    def _real_group(self, vsn: VariableSelectionNetwork) -> _RealGroup | None:
-        """Continuous inputs of a VSN if they can be batched (same size, plain GRNs); fixed per model."""
-        entry = self._structure_memo.get(id(vsn))
-        if entry is None or entry[0] is not vsn:  # an id can be reused by another object: check identity
-            entry = (vsn, self._find_real_group(vsn))
-            self._structure_memo[id(vsn)] = entry
-        return entry[1]
-
-    @property
-    def _real_names(self) -> frozenset[str]:
-        """The model's continuous inputs (``self.reals`` rebuilds a list on every access)."""
-        if "reals" not in self._structure_memo:
-            self._structure_memo["reals"] = frozenset(self.reals)
-        return self._structure_memo["reals"]
-
-    def _find_real_group(self, vsn: VariableSelectionNetwork) -> _RealGroup | None:
-        names, columns, offsets, offset = [], [], [], 0
-        sizes = set()
-        for name, size in vsn.input_sizes.items():
-            if name in self.reals:
-                names.append(name)
-                columns.append(self.hparams.x_reals.index(name))
-                offsets.append(offset)
-                sizes.add(size)
-                grn = vsn.single_variable_grns[name]
-                if not isinstance(grn, GatedResidualNetwork) or grn.context_size is not None:
-                    return None
-            offset += size
-        if len(sizes) > 1:
-            return None
-        return _RealGroup(names, columns, offsets)
-
-    def _memo(self, key: tuple, build: Callable[[], Any]) -> Any:
-        """Tensors derived from parameters only, built once per model state at inference.
-
-        During training (or with gradients on) they are rebuilt every call, so gradients flow.
-        ``forward`` drops the memo whenever any parameter was replaced or changed in place since
-        it was filled (``_check_memo``), so it never outlives the weights it was built from.
-        """
-        if self.training or torch.is_grad_enabled():
-            return build()
-        value = self._param_memo.get(key)
-        if value is None:
-            value = build()
-            self._param_memo[key] = value
-        return value
-
-    def _check_memo(self) -> None:
-        """Drop the inference memo if any parameter object or its in-place version counter changed."""
-        if self.training or torch.is_grad_enabled():
-            return
-        if self._param_slots is None:  # where every parameter lives: (owning module's dict, name)
-            self._param_slots = [(m._parameters, n) for m in self.modules() for n in m._parameters]
-        stamp = tuple((id(p), p._version) for d, n in self._param_slots if (p := d[n]) is not None)
-        if stamp != self._param_stamp:
-            self._param_memo.clear()
-            self._param_stamp = stamp
-
+    # ------------------------------------------------------------------ the inference memo
     def train(self, mode: bool = True) -> FleetTFT:
         """Switch mode and drop the inference memo."""
-        if hasattr(self, "_param_memo"):
-            self._param_memo.clear()
+        if hasattr(self, "fast_path"):
+            self.fast_path.memo.clear()
         return super().train(mode)
 
     def _apply(self, *args: Any, **kwargs: Any) -> Any:
         """Device/dtype moves swap parameter data without a version bump: drop the memo."""
-        if hasattr(self, "_param_memo"):
-            self._param_memo.clear()
+        if hasattr(self, "fast_path"):
+            self.fast_path.memo.clear()
         return super()._apply(*args, **kwargs)
 
-    def __getstate__(self) -> dict[str, Any]:
-        """Copies and pickles start without memos (they hold tensors keyed by this object's modules)."""
-        state = dict(super().__getstate__())
-        state["_param_memo"], state["_structure_memo"], state["_param_stamp"] = {}, {}, None
-        state["_param_slots"] = None
-        return state
-
-    def _variable_grn_params(self, grns: list[GatedResidualNetwork], a: torch.Tensor,
-                             b: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The per-variable vectors and stacked weights ``_variable_grns`` folds its GRNs into."""
-        first = grns[0]
-        d = a.shape[1]
-        hidden = first.output_size
-        params: dict[str, torch.Tensor] = {}
-        if first.input_size != first.output_size and not first.residual:
-            interp = self._interp(d, hidden, a)
-            gate = _gate(torch.stack([g.resample_norm.mask for g in grns]))  # (V, H)
-            alpha, beta = (a @ interp) * gate, (b @ interp) * gate
-            alpha_c = alpha - alpha.mean(-1, keepdim=True)
-            beta_c = beta - beta.mean(-1, keepdim=True)
-            norm = [g.resample_norm.norm for g in grns]
-            gamma = torch.stack([m.weight for m in norm])
-            params["delta"] = torch.stack([m.bias for m in norm])[:, None, :]
-            params["coef_a"] = (alpha_c * alpha_c).mean(-1)[:, None, None]
-            params["coef_b2"] = 2.0 * (alpha_c * beta_c).mean(-1)[:, None, None]
-            params["coef_c"] = (beta_c * beta_c).mean(-1)[:, None, None] + norm[0].eps
-            params["res_ba"] = torch.stack([beta_c * gamma, alpha_c * gamma], dim=1)  # (V, 2, H)
-        else:
-            params["res_b"], params["res_a"] = b[:, None, :], a[:, None, :]
-        w1 = torch.stack([g.fc1.weight for g in grns])  # (V, h, d)
-        params["u"] = torch.einsum("vhd,vd->vh", w1, a)[:, None, :]
-        params["w"] = (torch.einsum("vhd,vd->vh", w1, b) + torch.stack([g.fc1.bias for g in grns]))[:, None, :]
-        for name, linears in (("fc2", [g.fc2 for g in grns]), ("glu", [g.gate_norm.glu.fc for g in grns])):
-            params[f"{name}_w"] = torch.stack([m.weight for m in linears]).transpose(1, 2)  # (V, in, out)
-            params[f"{name}_b"] = torch.stack([m.bias for m in linears])[:, None, :]
-        norms = [g.gate_norm.add_norm.norm for g in grns]
-        params["out_w"] = torch.stack([m.weight for m in norms])[:, None, :]
-        params["out_b"] = torch.stack([m.bias for m in norms])[:, None, :]
-        return params
-
-    def _variable_grns(self, grns: list[GatedResidualNetwork], a: torch.Tensor, b: torch.Tensor,
-                       x: torch.Tensor) -> torch.Tensor:
-        """Each continuous variable's GRN on its prescaled input x*a + b, batched: x (V, N, 1) -> (V, N, H).
-
-        The prescaler is Linear(1, d), so everything linear before the first nonlinearity is
-        folded into per-variable vectors (see ``_fast_vsn``).
-        """
-        p = self._memo(("vgrn", *map(id, grns)), lambda: self._variable_grn_params(grns, a, b))
-        eps = grns[0].gate_norm.add_norm.norm.eps
-        drop = grns[0].gate_norm.glu.dropout
-        if self.compile_training and self.training and x.device.type == "cpu":
-            result = self._compiled_variable_grns(x, p, drop, eps)
-            if result is not None:
-                return result
-        # Products with per-variable vectors run as batched matrix products with an inner
-        # dimension of 1-2 rather than broadcast multiplies: the same numbers, but autograd then
-        # reduces the (V, N, H) gradients inside a matrix product instead of materialising
-        # grad * x over the whole tensor (the broadcast form was ~15 % of a training step).
-        if "coef_a" in p:
-            r = torch.rsqrt((p["coef_a"] * x + p["coef_b2"]) * x + p["coef_c"])  # (V, N, 1)
-            residual = torch.baddbmm(p["delta"], torch.cat([r, x * r], dim=-1), p["res_ba"])
-        else:
-            residual = torch.baddbmm(p["res_b"], x, p["res_a"])
-        h = F.elu(torch.baddbmm(p["w"], x, p["u"]))
-        h = torch.baddbmm(p["fc2_b"], h, p["fc2_w"])
-        if drop is not None:
-            h = drop(h)
-        h = F.glu(torch.baddbmm(p["glu_b"], h, p["glu_w"]), dim=-1)  # (V, N, H)
-        h = h + residual
-        return torch.addcmul(p["out_b"], F.layer_norm(h, h.shape[-1:], eps=eps), p["out_w"])
-
-    def _compiled_variable_grns(self, x: torch.Tensor, p: dict[str, torch.Tensor], drop: nn.Dropout | None,
-                                eps: float) -> torch.Tensor | None:
-        """``variable_grn_math`` through ``torch.compile``; None (and eager from then on) if it cannot compile."""
-        global _compiled_variable_grn_math
-        keep, scale = None, 1.0
-        if drop is not None and drop.p > 0:
-            keep, scale = dropout_keep_mask(drop.p, (x.shape[0], x.shape[1], p["fc2_w"].shape[-1]))
-        try:
-            if _compiled_variable_grn_math is None:
-                _compiled_variable_grn_math = torch.compile(variable_grn_math)
-            # Rows (batch x time) vary with short-history batches: one graph per network serves
-            # every length instead of a recompile per length.
-            torch._dynamo.mark_dynamic(x, 1)
-            if keep is not None:
-                torch._dynamo.mark_dynamic(keep, 1)
-            return _compiled_variable_grn_math(x, p, keep, scale, eps)
-        except Exception as exc:  # noqa: BLE001 - any compiler failure (no C++ compiler...): train eagerly
-            logger.warning("torch.compile of the variable GRNs failed (%s: %s); training without it",
-                           type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
-            self.compile_training = False
-            return None
-
-    def _fast_vsn(self, vsn: VariableSelectionNetwork, x_cont: torch.Tensor,
-                  embeddings: dict[str, torch.Tensor], context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Variable selection for (B, T) inputs; returns (B, T, H) and weights (B, T, 1, V).
-
-        Each continuous variable enters through ``prescaler = Linear(1, d)``, so its
-        prescaled vector is affine in one scalar x: e = x*a + b. Everything linear that
-        follows folds into per-variable vectors computed from the parameters:
-
-        * GRN fc1:            fc1(e) = x*(W1 a) + (W1 b + c1)
-        * resample + gate:    interp(e)*g = x*alpha + beta
-        * its LayerNorm:      LN(x*alpha + beta) = (x*alpha_c + beta_c) * r(x) * gamma + delta,
-                              r(x) = 1/sqrt(A x^2 + 2 B x + C + eps), A, B, C from alpha_c, beta_c
-        * the selection GRN's first layer and residual map on the flattened inputs:
-                              sum_v e_v W_v = X @ (a_v W_v) + const
-
-        so the (V, N, d) prescaled tensor and the (N, V*d) concatenation never exist. At
-        inference, variables whose values are the same for every window of the batch (the
-        calendar of a forecast cycle) run once per time step instead of once per window.
-        """
-        group = self._real_group(vsn)
-        if group is None or vsn.num_inputs <= 1:
-            inputs = {name: embeddings[name] if name not in self._real_names
-                      else x_cont[..., self.hparams.x_reals.index(name)].unsqueeze(-1) for name in vsn.input_sizes}
-            return vsn(inputs, context)
-        batch, steps = x_cont.shape[:2]
-        n = batch * steps
-        hidden = vsn.hidden_size
-        grns = [vsn.single_variable_grns[name] for name in group.names]
-        a, b = self._memo(("prescale", id(vsn)), lambda: (
-            torch.stack([vsn.prescalers[name].weight[:, 0] for name in group.names]),  # (V, d)
-            torch.stack([vsn.prescalers[name].bias for name in group.names])))  # (V, d)
-        values = x_cont[..., group.columns].reshape(n, -1)  # (N, V)
-        shared = torch.zeros(len(group.names), dtype=torch.bool)
-        if not self.training and batch > 1:
-            # At inference every window of a cycle has the same timestamps, so calendar and
-            # relative-time inputs are identical across the batch: run their networks once per step.
-            grid = x_cont[..., group.columns]
-            shared = (grid == grid[:1]).all(dim=1).all(dim=0).cpu()
-        own = torch.nonzero(~shared).flatten().tolist()
-        common = torch.nonzero(shared).flatten().tolist()
-        var_out = self._variable_grns([grns[i] for i in own], a[own], b[own],
-                                      values[:, own].t().unsqueeze(-1)) if own else None
-        var_out_common = self._variable_grns([grns[i] for i in common], a[common], b[common],
-                                             values[:steps, common].t().unsqueeze(-1)) if common else None
-
-        # Categorical (embedded) inputs keep their own small networks.
-        cat_names = [name for name in vsn.input_sizes if name not in self._real_names]
-        cat_out = [self._resample_norm(vsn.single_variable_grns[name], embeddings[name].reshape(n, -1))
-                   if isinstance(vsn.single_variable_grns[name], ResampleNorm)
-                   else vsn.single_variable_grns[name](embeddings[name].reshape(n, -1)) for name in cat_names]
-
-        # Selection weights from the flattened GRN, its inputs taken block by block.
-        flat_grn = vsn.flattened_grn
-        order = list(vsn.input_sizes)
-        fp = self._memo(("flat", id(vsn)), lambda: self._flat_grn_params(vsn, group, a, b, cat_names))
-        hidden_f = torch.addmm(fp["hidden_bias"], values, fp["hidden_w"])
-        resid_f = torch.addmm(fp["resid_bias"], values, fp["resid_w"]) if "resid_w" in fp else None
-        for name in cat_names:
-            emb = embeddings[name].reshape(n, -1)
-            hidden_f = hidden_f + emb @ fp[f"cat_hidden_{name}"]
-            if resid_f is not None:
-                resid_f = resid_f + emb @ fp[f"cat_resid_{name}"]
-        if resid_f is not None:
-            rn = flat_grn.resample_norm
-            if rn.trainable_add:
-                resid_f = resid_f * fp["resid_gate"]
-            resid_f = rn.norm(resid_f)
-        else:
-            resid_f = torch.cat([embeddings[name].reshape(n, -1) if name not in self._real_names
-                                 else torch.addcmul(b[group.names.index(name)], values[:, group.names.index(name), None],
-                                                    a[group.names.index(name)]) for name in order], dim=-1)
-        if context is not None:
-            hidden_f = hidden_f + flat_grn.context(context.reshape(n, -1))
-        hidden_f = flat_grn.fc2(F.elu(hidden_f))
-        glu = flat_grn.gate_norm.glu
-        if glu.dropout is not None:
-            hidden_f = glu.dropout(hidden_f)
-        hidden_f = F.glu(glu.fc(hidden_f), dim=-1)
-        weights = torch.softmax(flat_grn.gate_norm.add_norm.norm(hidden_f + resid_f), dim=-1)  # (N, V_all)
-
-        # Weighted sum over variables.
-        real_pos = [order.index(name) for name in group.names]
-        out = (var_out * weights[:, [real_pos[i] for i in own]].t().unsqueeze(-1)).sum(0) if own \
-            else torch.zeros(n, hidden, dtype=weights.dtype, device=weights.device)
-        if var_out_common is not None:  # (B, T, Vc) weights x (Vc, T, H) outputs shared by the batch
-            w_common = weights[:, [real_pos[i] for i in common]].reshape(batch, steps, -1)
-            out = out + torch.einsum("btv,vth->bth", w_common, var_out_common).reshape(n, hidden)
-        for name, emb_out in zip(cat_names, cat_out):
-            out = out + emb_out * weights[:, order.index(name)].unsqueeze(-1)
-        return out.reshape(batch, steps, hidden), weights.reshape(batch, steps, 1, -1)
-
-    def _flat_grn_params(self, vsn: VariableSelectionNetwork, group: _RealGroup, a: torch.Tensor,
-                         b: torch.Tensor, cat_names: list[str]) -> dict[str, torch.Tensor]:
-        """The flattened (selection) GRN's first layer and residual map, folded per input block."""
-        flat_grn = vsn.flattened_grn
-        d = a.shape[1]
-        offsets, offset = {}, 0
-        for name in vsn.input_sizes:
-            offsets[name] = offset
-            offset += vsn.input_sizes[name]
-        fc1_w = flat_grn.fc1.weight  # (hidden_f, total)
-        blocks = torch.stack([fc1_w[:, o:o + d] for o in group.flat_offsets])  # (V, hidden_f, d)
-        params = {"hidden_w": torch.einsum("vhd,vd->vh", blocks, a),
-                  "hidden_bias": torch.einsum("vhd,vd->h", blocks, b) + flat_grn.fc1.bias}
-        for name in cat_names:
-            cols = slice(offsets[name], offsets[name] + vsn.input_sizes[name])
-            params[f"cat_hidden_{name}"] = fc1_w[:, cols].t()
-        if flat_grn.input_size != flat_grn.output_size and not flat_grn.residual:
-            interp_f = self._interp(flat_grn.input_size, flat_grn.output_size, a)  # (total, V_all)
-            m_blocks = torch.stack([interp_f[o:o + d] for o in group.flat_offsets])  # (V, d, V_all)
-            params["resid_w"] = torch.einsum("vd,vdo->vo", a, m_blocks)
-            params["resid_bias"] = torch.einsum("vd,vdo->o", b, m_blocks)
-            for name in cat_names:
-                params[f"cat_resid_{name}"] = interp_f[offsets[name]:offsets[name] + vsn.input_sizes[name]]
-            if flat_grn.resample_norm.trainable_add:
-                params["resid_gate"] = _gate(flat_grn.resample_norm.mask)
-        return params
-
+    # ------------------------------------------------------------------ LSTM and attention
     def _lstm(self, lstm: nn.LSTM, x: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor],
               lengths: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
         """Unpacked LSTM when every sequence has the full length (same result, no packing)."""
@@ -513,11 +134,11 @@ class FleetTFT(TemporalFusionTransformer):
         batch, t_q, _ = q.shape
         t_k = k.shape[1]
         vs = attn_module.v_layer(v)  # (B, Tk, dv), shared by the heads
-        wq, bq, wk, bk = self._memo(("attention",), lambda: (
+        wq, bq, wk, bk = self.fast_path.folded(("attention",), lambda: (
             torch.cat([layer.weight for layer in attn_module.q_layers]),
             torch.cat([layer.bias for layer in attn_module.q_layers]),
             torch.cat([layer.weight for layer in attn_module.k_layers]),
-            torch.cat([layer.bias for layer in attn_module.k_layers])))
+            torch.cat([layer.bias for layer in attn_module.k_layers])), self.training)
         # 1/sqrt(d_k) is applied to the small query tensor instead of the (B, h, Tq, Tk) scores.
         qs = F.linear(q, wq, bq).view(batch, t_q, n_head, d_k).transpose(1, 2) * (1.0 / d_k ** 0.5)
         ks = F.linear(k, wk, bk).view(batch, t_k, n_head, d_k).transpose(1, 2)  # (B, h, Tk, dk)
@@ -548,7 +169,9 @@ class FleetTFT(TemporalFusionTransformer):
         """Same inputs and outputs as ``TemporalFusionTransformer.forward``."""
         if not self.use_fast_forward:
             return super().forward(x)
-        self._check_memo()
+        fast = self.fast_path  # the stock sub-modules' functions, computed faster (tft_fastops.py)
+        if not self.training and not torch.is_grad_enabled():
+            fast.memo.refresh(self)  # drop folded tensors if any weight changed since they were built
         encoder_lengths = x["encoder_lengths"]
         decoder_lengths = x["decoder_lengths"]
         x_cat = torch.cat([x["encoder_cat"], x["decoder_cat"]], dim=1)
@@ -559,7 +182,7 @@ class FleetTFT(TemporalFusionTransformer):
 
         if len(self.static_variables) > 0:
             # Static inputs are constant over time: select on the first step only.
-            static_embedding, static_variable_selection = self._fast_vsn(
+            static_embedding, static_variable_selection = fast.variable_selection(
                 self.static_variable_selection, x_cont[:, :1], {name: e[:, :1] for name, e in embeddings.items()}, None)
             static_embedding = static_embedding[:, 0]
             static_variable_selection = static_variable_selection[:, 0]
@@ -568,19 +191,19 @@ class FleetTFT(TemporalFusionTransformer):
                                            device=self.device)
             static_variable_selection = torch.zeros((x_cont.size(0), 0), dtype=self.dtype, device=self.device)
 
-        context_vs = self._grn(self.static_context_variable_selection, static_embedding)
+        context_vs = fast.grn(self.static_context_variable_selection, static_embedding)
         enc_emb = {name: embeddings[name][:, :max_encoder_length] for name in embeddings}
         dec_emb = {name: embeddings[name][:, max_encoder_length:] for name in embeddings}
-        varying_encoder, encoder_sparse_weights = self._fast_vsn(
+        varying_encoder, encoder_sparse_weights = fast.variable_selection(
             self.encoder_variable_selection, x_cont[:, :max_encoder_length], enc_emb,
             self.expand_static_context(context_vs, max_encoder_length))
-        varying_decoder, decoder_sparse_weights = self._fast_vsn(
+        varying_decoder, decoder_sparse_weights = fast.variable_selection(
             self.decoder_variable_selection, x_cont[:, max_encoder_length:], dec_emb,
             self.expand_static_context(context_vs, timesteps - max_encoder_length))
 
         layers = self.hparams.lstm_layers
-        input_hidden = self._grn(self.static_context_initial_hidden_lstm, static_embedding).expand(layers, -1, -1)
-        input_cell = self._grn(self.static_context_initial_cell_lstm, static_embedding).expand(layers, -1, -1)
+        input_hidden = fast.grn(self.static_context_initial_hidden_lstm, static_embedding).expand(layers, -1, -1)
+        input_cell = fast.grn(self.static_context_initial_cell_lstm, static_embedding).expand(layers, -1, -1)
         encoder_output, (hidden, cell) = self._lstm(self.lstm_encoder, varying_encoder,
                                                     (input_hidden.contiguous(), input_cell.contiguous()),
                                                     encoder_lengths)
@@ -592,14 +215,14 @@ class FleetTFT(TemporalFusionTransformer):
                                                               varying_decoder)
         lstm_output = torch.cat([lstm_output_encoder, lstm_output_decoder], dim=1)
 
-        enrichment = self._grn(self.static_context_enrichment, static_embedding)
-        attn_input = self._grn(self.static_enrichment, lstm_output, self.expand_static_context(enrichment, timesteps))
+        enrichment = fast.grn(self.static_context_enrichment, static_embedding)
+        attn_input = fast.grn(self.static_enrichment, lstm_output, self.expand_static_context(enrichment, timesteps))
 
         attn_output, attn_output_weights = self._attention(
             attn_input[:, max_encoder_length:], attn_input, attn_input,
             self.get_attention_mask(encoder_lengths=encoder_lengths, decoder_lengths=decoder_lengths))
         attn_output = self.post_attn_gate_norm(attn_output, attn_input[:, max_encoder_length:])
-        output = self._grn(self.pos_wise_ff, attn_output)
+        output = fast.grn(self.pos_wise_ff, attn_output)
         output = self.pre_output_gate_norm(output, lstm_output[:, max_encoder_length:])
         if self.n_targets > 1:  # the per-target output layers as one matrix product, then split
             weight = torch.cat([layer.weight for layer in self.output_layer])

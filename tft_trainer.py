@@ -34,7 +34,7 @@ import shutil
 import sys
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +60,7 @@ from config import (
     MAX_PREDICTION_LENGTH,
     MODEL_ATTENTION_HEADS,
     MODEL_CONFIG_FILE,
+    MODEL_DATASET_SERVERS,
     MODEL_DIR_PREFIX,
     MODEL_DIR_TIME_FORMAT,
     MODEL_DROPOUT,
@@ -87,19 +88,10 @@ from config import (
     VALIDATION_HOURS,
     WINDOWS_PER_EPOCH,
 )
+from contract import bucket_of_times, bucket_start
 from data_validator import DataValidator, format_report
 from server_encoder import ServerEncoder
-from tft_features import (
-    FeatureSpec,
-    SeriesStore,
-    add_model_columns,
-    complete_spec_from_dataset,
-    densify,
-    fit_feature_spec,
-    load_training_frame,
-    make_timeseries_dataset,
-    servers_within_budget,
-)
+from tft_features import FeatureSpec, SeriesStore, build_features, load_training_frame, servers_within_budget
 from tft_model import FleetTFT, build_model, count_parameters, model_config, model_from_config, save_weights
 
 logger = logging.getLogger(__name__)
@@ -171,11 +163,12 @@ def measured_targets(data_path: Path) -> list[str]:
     return targets
 
 
-def prepare_data(data_path: Path, encoder_length: int, val_hours: int, holdout_hours: int,
-                 unseen_per_profile: int, spec: FeatureSpec | None = None,
-                 memory_budget_gb: float = TRAINING_MEMORY_BUDGET_GB) -> PreparedData:
-    """Validate, densify, split by time and fit the feature spec on training rows."""
-    began = time.perf_counter()
+def load_checked_frame(data_path: Path, memory_budget_gb: float = TRAINING_MEMORY_BUDGET_GB) -> pd.DataFrame:
+    """Read the data (a subset of servers if it would not fit the memory budget) and gate it on the contract.
+
+    Training stops with a :class:`TrainingError` listing the problems if the data is invalid
+    in strict mode; warnings are logged.
+    """
     subset, file_rows = servers_within_budget(data_path, memory_budget_gb * 1e9, TRAINING_BYTES_PER_ROW)
     if subset is not None:
         logger.warning("%s has %s rows: more than fits %.1f GB; training on %d servers chosen by hash id "
@@ -188,37 +181,68 @@ def prepare_data(data_path: Path, encoder_length: int, val_hours: int, holdout_h
                             + f"\nTraining stopped: fix the data first. See {TRAINING_GUIDE_DOC}.")
     for warning in warnings:
         logger.warning("data: %s", warning)
-    n_rows = len(frame)
-    encoder = ServerEncoder()
-    frame = add_model_columns(densify(frame), encoder)
-    data_end = int(frame[TIME_IDX].max())
-    holdout_steps, val_steps = holdout_hours * STEPS_PER_HOUR, val_hours * STEPS_PER_HOUR
-    val_end = data_end - holdout_steps
-    train_end = val_end - val_steps
+    return frame
+
+
+@dataclass(frozen=True)
+class TimeSplit:
+    """Bucket boundaries of the split: training, then validation, then the held-out range."""
+
+    train_end: int  # last bucket whose target may be used for training
+    val_end: int  # last validation bucket
+    data_end: int  # last bucket of the data (the hold-out range ends here)
+
+
+def time_split(frame: pd.DataFrame, encoder_length: int, val_hours: int, holdout_hours: int) -> TimeSplit:
+    """Split the data's time range: the last ``holdout_hours`` are held out, the ``val_hours`` before
+    them validate, the rest trains.
+
+    Raises :class:`TrainingError` if what remains for training cannot hold one window
+    (encoder + horizon) plus an hour.
+    """
+    first, data_end = (int(b) for b in bucket_of_times(pd.DatetimeIndex([frame["timestamp"].min(),
+                                                                         frame["timestamp"].max()])))
+    val_end = data_end - holdout_hours * STEPS_PER_HOUR
+    train_end = val_end - val_hours * STEPS_PER_HOUR
     window = encoder_length + MAX_PREDICTION_LENGTH
-    span = data_end - int(frame[TIME_IDX].min()) + 1
-    if train_end - int(frame[TIME_IDX].min()) + 1 < window + STEPS_PER_HOUR:
+    if train_end - first + 1 < window + STEPS_PER_HOUR:
+        span = data_end - first + 1
         raise TrainingError(
             f"Not enough history: {span / STEPS_PER_HOUR:.0f} h of data, but encoder ({encoder_length}) + horizon "
             f"({MAX_PREDICTION_LENGTH}) buckets of training windows plus {val_hours} h validation and "
             f"{holdout_hours} h hold-out are needed. Fix: generate more hours (--hours), or lower --val-hours/"
             f"--holdout-hours/--encoder-length. See {TRAINING_GUIDE_DOC}.")
-    unseen = choose_unseen_servers(frame, unseen_per_profile)
-    train_rows = frame[(frame[TIME_IDX] <= train_end) & ~frame["server_name"].isin(unseen)]
-    if spec is None:
-        spec = fit_feature_spec(train_rows, encoder_length=encoder_length, targets=measured_targets(data_path))
-    # A tiny TimeSeriesDataSet (two servers) defines the model's inputs for from_dataset.
-    sample_ids = train_rows[GROUP_ID].drop_duplicates().head(2)
-    sample = train_rows[train_rows[GROUP_ID].isin(sample_ids)]
-    sample = sample.groupby(GROUP_ID, group_keys=False).head(window + 1)
-    dataset = make_timeseries_dataset(sample, spec)
-    spec = complete_spec_from_dataset(spec, dataset)
-    store = SeriesStore(frame, spec)
-    logger.info("data ready: %d rows, %d servers (%d held out), %.1fs", len(frame), store.n_servers, len(unseen),
-                time.perf_counter() - began)
-    return PreparedData(frame=frame, spec=spec, store=store, encoder=encoder, dataset_for_model=dataset,
-                        train_end_tidx=train_end, val_end_tidx=val_end, data_end_tidx=data_end,
-                        unseen_servers=unseen, fingerprint=data_fingerprint(data_path), n_rows=n_rows)
+    return TimeSplit(train_end=train_end, val_end=val_end, data_end=data_end)
+
+
+def prepare_data(data_path: Path, encoder_length: int, val_hours: int, holdout_hours: int,
+                 unseen_per_profile: int, spec: FeatureSpec | None = None,
+                 memory_budget_gb: float = TRAINING_MEMORY_BUDGET_GB) -> PreparedData:
+    """Load and gate the data, split it by time, and run the feature pipeline on it.
+
+    The feature spec (when not given, as on resume) is fitted on training rows only: buckets up
+    to the end of training, without the servers held out whole.
+    """
+    began = time.perf_counter()
+    frame = load_checked_frame(data_path, memory_budget_gb)
+    n_rows = len(frame)
+    split = time_split(frame, encoder_length, val_hours, holdout_hours)
+    targets = measured_targets(data_path) if spec is None else None
+
+    def training_rows(dense: pd.DataFrame) -> pd.DataFrame:
+        unseen = choose_unseen_servers(dense, unseen_per_profile)
+        return dense[(dense[TIME_IDX] <= split.train_end) & ~dense["server_name"].isin(unseen)]
+
+    features = build_features(frame, spec=spec, encoder_length=encoder_length, targets=targets,
+                              training_rows=training_rows, dataset_servers=MODEL_DATASET_SERVERS,
+                              dataset_rows=encoder_length + MAX_PREDICTION_LENGTH + 1)
+    unseen = choose_unseen_servers(features.frame, unseen_per_profile)
+    logger.info("data ready: %d rows, %d servers (%d held out), %.1fs", len(features.frame), features.store.n_servers,
+                len(unseen), time.perf_counter() - began)
+    return PreparedData(frame=features.frame, spec=features.spec, store=features.store, encoder=features.encoder,
+                        dataset_for_model=features.dataset, train_end_tidx=split.train_end,
+                        val_end_tidx=split.val_end, data_end_tidx=split.data_end, unseen_servers=unseen,
+                        fingerprint=data_fingerprint(data_path), n_rows=n_rows)
 
 
 class WindowBatches(torch.utils.data.Dataset):
@@ -321,7 +345,7 @@ class FleetDataModule(pl.LightningDataModule):
 
 
 def _format_duration(seconds: float) -> str:
-    seconds = int(round(seconds))
+    seconds = round(seconds)
     hours, rest = divmod(seconds, 3600)
     minutes, secs = divmod(rest, 60)
     return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s"
@@ -397,8 +421,9 @@ class EpochReport(pl.Callback):
             run.best_val_loss, run.best_epoch = val_loss, epoch
             run.best_state = {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}
         if trainer.is_global_zero:
-            self._emit(trainer, f"epoch {epoch}/{run.max_epochs}  train_loss {train_loss:.4f}  val_loss {val_loss:.4f}  "
-                                f"lr {lr:.2e}  {_format_duration(run.epoch_seconds[-1])}/epoch  "
+            self._emit(trainer, f"epoch {epoch}/{run.max_epochs}  train_loss {train_loss:.4f}  "
+                                f"val_loss {val_loss:.4f}  lr {lr:.2e}  "
+                                f"{_format_duration(run.epoch_seconds[-1])}/epoch  "
                                 f"elapsed {_format_duration(time.perf_counter() - run.started)}  "
                                 f"ETA {_format_duration(eta)}")
             if run.checkpoint_root is not None and epoch % run.checkpoint_every == 0:
@@ -477,7 +502,7 @@ def restore_optimizer(directory: Path, trainer: Any) -> None:
         if isinstance(group.get("betas"), list):
             group["betas"] = tuple(group["betas"])
     trainer.optimizers[0].load_state_dict(opt_state)
-    for config, saved in zip(trainer.lr_scheduler_configs, state["schedulers"]):
+    for config, saved in zip(trainer.lr_scheduler_configs, state["schedulers"], strict=False):
         # Keep the position in the schedule, but its length is the (possibly longer) new run's.
         fresh = config.scheduler.state_dict()
         for key in ("total_steps", "_schedule_phases"):
@@ -490,7 +515,7 @@ def restore_optimizer(directory: Path, trainer: Any) -> None:
 # ---------------------------------------------------------------------------- artefacts
 def new_model_dir(models_dir: Path) -> Path:
     """``models/tft_model_YYYYMMDD_HHMMSS`` (a suffix is added if that second is taken)."""
-    stamp = datetime.now(timezone.utc).strftime(MODEL_DIR_TIME_FORMAT)
+    stamp = datetime.now(UTC).strftime(MODEL_DIR_TIME_FORMAT)
     candidate = models_dir / f"{MODEL_DIR_PREFIX}{stamp}"
     suffix = 1
     while candidate.exists():
@@ -515,7 +540,8 @@ def write_model_dir(final_dir: Path, model: FleetTFT, spec: FeatureSpec, encoder
         encoder.save(staging / SERVER_MAPPING_FILE)
         missing = [name for name in MODEL_REQUIRED_FILES if not (staging / name).is_file()]
         if missing:
-            raise TrainingError(f"Model files not written: {missing}. Training output discarded; see {TRAINING_GUIDE_DOC}.")
+            raise TrainingError(f"Model files not written: {missing}. Training output discarded; "
+                                f"see {TRAINING_GUIDE_DOC}.")
         staging.rename(final_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -579,14 +605,26 @@ class TrainSettings:
     max_time_minutes: float | None = None
     max_memory_gb: float = TRAINING_MEMORY_BUDGET_GB
     compile: str = TRAIN_COMPILE
+    # A profile-agnostic model (tft_evaluate.train_agnostic_model): every window of training,
+    # validation and backtest has its profile hidden.
+    hide_profiles: bool = False
 
 
-def _accelerator_settings(settings: TrainSettings) -> tuple[str, str]:
+@dataclass(frozen=True)
+class Hardware:
+    """Where and in which precision the run trains."""
+
+    accelerator: str  # "gpu" or "cpu"
+    precision: str  # a Lightning precision, e.g. "bf16-mixed" or "32-true"
+
+
+def choose_accelerator(settings: TrainSettings) -> Hardware:
+    """GPU with bf16 mixed precision when one is present (or asked for), else CPU in fp32."""
     accelerator = settings.accelerator
     if accelerator == "auto":
         accelerator = "gpu" if torch.cuda.is_available() else "cpu"
     precision = settings.precision or ("bf16-mixed" if accelerator == "gpu" else "32-true")
-    return accelerator, precision
+    return Hardware(accelerator=accelerator, precision=precision)
 
 
 @dataclass
@@ -626,101 +664,118 @@ def _share_cpu_threads(settings: TrainSettings, accelerator: str) -> None:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // local))
 
 
-def train(settings: TrainSettings) -> TrainResult | None:
-    """Run training end to end; returns the result (None on non-zero DDP ranks)."""
-    quiet_library_noise()
-    began = time.perf_counter()
-    resume_config = None
-    if settings.resume is not None:
-        resume_config = json.loads((settings.resume / MODEL_CONFIG_FILE).read_text(encoding="utf-8"))
-        settings.encoder_length = int(resume_config["feature_spec"]["encoder_length"])
-    pl.seed_everything(settings.seed, workers=True, verbose=False)
-    spec = FeatureSpec.from_dict(resume_config["feature_spec"]) if resume_config else None
-    data = prepare_data(settings.data, settings.encoder_length, settings.val_hours, settings.holdout_hours,
-                        settings.unseen_per_profile, spec=spec, memory_budget_gb=settings.max_memory_gb)
-    windows = split_windows(data)
-    if len(windows["train"][0]) == 0 or len(windows["val"][0]) == 0:
-        raise TrainingError(f"No training or validation windows; the data is too short. See {TRAINING_GUIDE_DOC}.")
+@dataclass
+class ResumePoint:
+    """A checkpoint to continue from (``--resume``): the model's config and the trainer's state."""
 
-    if resume_config is not None:
-        model, _ = model_from_config(resume_config)
-        from safetensors.torch import load_file
+    directory: Path
+    config: dict[str, Any]  # the checkpoint's config.json (hyper-parameters and feature spec)
+    trainer_state: dict[str, Any]  # trainer_state.json: epoch, history, best validation loss
 
-        model.load_state_dict(load_file(str(settings.resume / MODEL_WEIGHTS_FILE)))
-        trainer_state = json.loads((settings.resume / "trainer_state.json").read_text(encoding="utf-8"))
-        start_epoch = int(trainer_state["epoch"])
-    else:
-        model = build_model(data.dataset_for_model, data.spec, settings.hidden_size, settings.attention_heads,
-                            settings.hidden_continuous_size, settings.dropout, settings.lstm_layers,
-                            settings.learning_rate)
-        trainer_state, start_epoch = None, 0
-    config = model_config(model, data.spec)
+    @property
+    def epoch(self) -> int:
+        """Epochs already run."""
+        return int(self.trainer_state["epoch"])
+
+
+def read_resume_point(directory: Path | None) -> ResumePoint | None:
+    """The checkpoint in ``directory`` (None when not resuming)."""
+    if directory is None:
+        return None
+    config = json.loads((directory / MODEL_CONFIG_FILE).read_text(encoding="utf-8"))
+    trainer_state = json.loads((directory / "trainer_state.json").read_text(encoding="utf-8"))
+    return ResumePoint(directory=directory, config=config, trainer_state=trainer_state)
+
+
+def create_model(settings: TrainSettings, data: PreparedData, resume: ResumePoint | None) -> FleetTFT:
+    """A new model from the data's dataset, or the checkpoint's model with its weights."""
+    if resume is None:
+        return build_model(data.dataset_for_model, data.spec, settings.hidden_size, settings.attention_heads,
+                           settings.hidden_continuous_size, settings.dropout, settings.lstm_layers,
+                           settings.learning_rate)
+    from safetensors.torch import load_file
+
+    model, _ = model_from_config(resume.config)
+    model.load_state_dict(load_file(str(resume.directory / MODEL_WEIGHTS_FILE)))
+    return model
+
+
+def new_run_state(settings: TrainSettings, model: FleetTFT, data: PreparedData,
+                  resume: ResumePoint | None) -> RunState:
+    """The run's shared state; a resumed run continues its history, best epoch and checkpoint folder."""
     run_name = settings.resume.parent.name if settings.resume else \
-        datetime.now(timezone.utc).strftime(MODEL_DIR_TIME_FORMAT)
-    run = RunState(max_epochs=settings.epochs, start_epoch=start_epoch, started=time.perf_counter(),
-                   checkpoint_root=settings.models_dir / CHECKPOINTS_SUBDIR / run_name,
-                   checkpoint_every=settings.checkpoint_every,
-                   resume_from=settings.resume, config=config)
-    if trainer_state is not None:
-        run.history = list(trainer_state["history"])
-        run.best_val_loss = float(trainer_state["best_val_loss"])
-        run.best_epoch = int(trainer_state["best_epoch"])
+        datetime.now(UTC).strftime(MODEL_DIR_TIME_FORMAT)
+    run = RunState(max_epochs=settings.epochs, start_epoch=resume.epoch if resume else 0,
+                   started=time.perf_counter(), checkpoint_root=settings.models_dir / CHECKPOINTS_SUBDIR / run_name,
+                   checkpoint_every=settings.checkpoint_every, resume_from=settings.resume,
+                   config=model_config(model, data.spec))
+    if resume is not None:
+        run.history = list(resume.trainer_state["history"])
+        run.best_val_loss = float(resume.trainer_state["best_val_loss"])
+        run.best_epoch = int(resume.trainer_state["best_epoch"])
         run.best_state = {k: v.clone() for k, v in model.state_dict().items()}
-    remaining = settings.epochs - start_epoch
-    if remaining <= 0:
-        raise TrainingError(f"--epochs {settings.epochs} is not beyond the checkpoint's epoch {start_epoch}.")
+    if settings.epochs - run.start_epoch <= 0:
+        raise TrainingError(f"--epochs {settings.epochs} is not beyond the checkpoint's epoch {run.start_epoch}.")
+    return run
 
-    accelerator, precision = _accelerator_settings(settings)
+
+def plan_steps(model: FleetTFT, settings: TrainSettings, hardware: Hardware) -> None:
+    """Tell the model the run's optimiser steps (its schedule), share CPU cores, decide on torch.compile."""
     batches_per_epoch = max(1, settings.windows_per_epoch // settings.batch_size)
-    model.planned_total_steps = settings.epochs * max(1, batches_per_epoch // _world_size(settings, accelerator))
-    _share_cpu_threads(settings, accelerator)
-    model.compile_training = _compile_decision(settings, accelerator, model.planned_total_steps)
+    model.planned_total_steps = settings.epochs * max(1, batches_per_epoch
+                                                      // _world_size(settings, hardware.accelerator))
+    _share_cpu_threads(settings, hardware.accelerator)
+    model.compile_training = _compile_decision(settings, hardware.accelerator, model.planned_total_steps)
     if model.compile_training:
         logger.info("compiling the variable-selection networks for training (torch.compile; the first steps "
                     "take ~1 min longer, every later step ~30 % less; --compile off to skip)")
-    trainer = pl.Trainer(
-        max_epochs=remaining, accelerator=accelerator, devices=settings.devices, num_nodes=settings.num_nodes,
-        strategy=settings.strategy, precision=precision, gradient_clip_val=GRADIENT_CLIP_VAL,
-        callbacks=make_callbacks(run), logger=False, enable_checkpointing=False, use_distributed_sampler=False,
-        num_sanity_val_steps=0, enable_model_summary=False, enable_progress_bar=sys.stderr.isatty(),
+
+
+def build_lightning_trainer(settings: TrainSettings, run: RunState, hardware: Hardware) -> pl.Trainer:
+    """The Lightning trainer for the epochs still to run.
+
+    Our callbacks (epoch report, checkpoints, resume, early stopping), gradient clipping; no
+    Lightning checkpoints or logger (the run writes its own), and no distributed sampler (each
+    rank's loader draws its own windows).
+    """
+    return pl.Trainer(
+        max_epochs=settings.epochs - run.start_epoch, accelerator=hardware.accelerator, devices=settings.devices,
+        num_nodes=settings.num_nodes, strategy=settings.strategy, precision=hardware.precision,
+        gradient_clip_val=GRADIENT_CLIP_VAL, callbacks=make_callbacks(run), logger=False,
+        enable_checkpointing=False, use_distributed_sampler=False, num_sanity_val_steps=0,
+        enable_model_summary=False, enable_progress_bar=sys.stderr.isatty(),
         max_time={"minutes": settings.max_time_minutes} if settings.max_time_minutes else None,
     )
-    datamodule = FleetDataModule(data, windows, settings.batch_size, settings.windows_per_epoch,
-                                 settings.val_windows, settings.seed, settings.profile_dropout)
-    logger.info("training: %d parameters, %d training windows available, %d validation windows, %s x %s, "
-                "precision %s, up to %d epochs x %d windows", count_parameters(model), len(windows["train"][0]),
-                min(len(windows["val"][0]), settings.val_windows), accelerator, trainer.num_devices, precision,
-                settings.epochs, settings.windows_per_epoch)
-    fit_started = time.perf_counter()
-    trainer.fit(model, datamodule=datamodule)
-    fit_seconds = time.perf_counter() - fit_started
-    if not trainer.is_global_zero:
-        return None
-    if run.best_state is None:
-        raise TrainingError(f"Training produced no validated epoch (interrupted?). See {TRAINING_GUIDE_DOC}.")
-    model.load_state_dict(run.best_state)
-    model.to("cpu").eval()
 
-    backtest_summary = None
-    if settings.backtest:
-        from tft_evaluate import backtest_store
 
-        backtest_summary = backtest_store(model, data.spec, data.store,
-                                          first_decoder_tidx=data.val_end_tidx + 1,
-                                          last_decoder_tidx=data.data_end_tidx,
-                                          unseen_servers=data.unseen_servers)
+def backtest_held_out(model: FleetTFT, data: PreparedData) -> dict[str, Any]:
+    """Backtest on the held-out range (after validation), the whole held-out servers scored apart."""
+    from tft_evaluate import backtest_store
+
+    return backtest_store(model, data.spec, data.store, first_decoder_tidx=data.val_end_tidx + 1,
+                          last_decoder_tidx=data.data_end_tidx, unseen_servers=data.unseen_servers)
+
+
+def training_info(settings: TrainSettings, data: PreparedData, run: RunState, model: FleetTFT,
+                  hardware: Hardware, devices: int, fit_seconds: float, total_seconds: float,
+                  backtest: dict[str, Any] | None) -> dict[str, Any]:
+    """The ``training_info.json`` document: versions, data and its split, settings, history, device, timings."""
     last = run.history[-1] if run.history else {}
-    timestamp_of = lambda tidx: pd.Timestamp(int(tidx) * 300, unit="s", tz="UTC").isoformat()  # noqa: E731
-    training_info = {
-        "trained_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+
+    def bucket_time(bucket: int) -> str:
+        return bucket_start(bucket).isoformat()
+
+    samples_per_second = len(run.history) * settings.windows_per_epoch / max(fit_seconds, 1e-9)
+    return {
+        "trained_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "contract_version": CONTRACT_VERSION,
         "project_version": PROJECT_VERSION,
         "packages": package_versions(),
         "data": {
             "path": str(settings.data), "fingerprint_sha256_16": data.fingerprint, "rows": data.n_rows,
             "servers": data.store.n_servers, "unseen_servers": data.unseen_servers,
-            "train_end": timestamp_of(data.train_end_tidx), "validation_end": timestamp_of(data.val_end_tidx),
-            "holdout_start": timestamp_of(data.val_end_tidx + 1), "data_end": timestamp_of(data.data_end_tidx),
+            "train_end": bucket_time(data.train_end_tidx), "validation_end": bucket_time(data.val_end_tidx),
+            "holdout_start": bucket_time(data.val_end_tidx + 1), "data_end": bucket_time(data.data_end_tidx),
         },
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(settings).items()},
         "epochs_run": len(run.history),
@@ -731,20 +786,67 @@ def train(settings: TrainSettings) -> TrainResult | None:
         "final_train_loss": last.get("train_loss"),
         "val_to_train_loss_ratio": (run.best_val_loss / last["train_loss"]) if last.get("train_loss") else None,
         "parameters": count_parameters(model),
-        "device": {"accelerator": accelerator, "devices": trainer.num_devices, "num_nodes": settings.num_nodes,
-                   "strategy": settings.strategy, "precision": precision,
+        "device": {"accelerator": hardware.accelerator, "devices": devices, "num_nodes": settings.num_nodes,
+                   "strategy": settings.strategy, "precision": hardware.precision,
                    "compiled_variable_grns": bool(model.compile_training),
-                   "gpu": torch.cuda.get_device_name(0) if accelerator == "gpu" else None},
+                   "gpu": torch.cuda.get_device_name(0) if hardware.accelerator == "gpu" else None},
         "peak_memory_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1),
-        "timings": {"fit_seconds": round(fit_seconds, 1), "total_seconds": round(time.perf_counter() - began, 1),
-                    "samples_per_second": round(len(run.history) * settings.windows_per_epoch / max(fit_seconds, 1e-9), 1)},
-        "backtest": backtest_summary,
+        "timings": {"fit_seconds": round(fit_seconds, 1), "total_seconds": round(total_seconds, 1),
+                    "samples_per_second": round(samples_per_second, 1)},
+        "backtest": backtest,
     }
-    model_dir = write_model_dir(new_model_dir(settings.models_dir), model, data.spec, data.encoder, training_info)
+
+
+def train(settings: TrainSettings) -> TrainResult | None:
+    """Run training end to end; returns the result (None on non-zero DDP ranks).
+
+    The recipe: data (gated, split, features) -> model (new or resumed) -> Lightning fit ->
+    best epoch's weights -> backtest -> model directory.
+    """
+    quiet_library_noise()
+    began = time.perf_counter()
+    resume = read_resume_point(settings.resume)
+    if resume is not None:  # the checkpoint's model reads this much history
+        settings.encoder_length = int(resume.config["feature_spec"]["encoder_length"])
+    pl.seed_everything(settings.seed, workers=True, verbose=False)
+    data = prepare_data(settings.data, settings.encoder_length, settings.val_hours, settings.holdout_hours,
+                        settings.unseen_per_profile,
+                        spec=FeatureSpec.from_dict(resume.config["feature_spec"]) if resume else None,
+                        memory_budget_gb=settings.max_memory_gb)
+    data.store.hide_profiles = settings.hide_profiles
+    windows = split_windows(data)
+    if len(windows["train"][0]) == 0 or len(windows["val"][0]) == 0:
+        raise TrainingError(f"No training or validation windows; the data is too short. See {TRAINING_GUIDE_DOC}.")
+
+    model = create_model(settings, data, resume)
+    run = new_run_state(settings, model, data, resume)
+    hardware = choose_accelerator(settings)
+    plan_steps(model, settings, hardware)
+    trainer = build_lightning_trainer(settings, run, hardware)
+    datamodule = FleetDataModule(data, windows, settings.batch_size, settings.windows_per_epoch,
+                                 settings.val_windows, settings.seed, settings.profile_dropout)
+    logger.info("training: %d parameters, %d training windows available, %d validation windows, %s x %s, "
+                "precision %s, up to %d epochs x %d windows", count_parameters(model), len(windows["train"][0]),
+                min(len(windows["val"][0]), settings.val_windows), hardware.accelerator, trainer.num_devices,
+                hardware.precision, settings.epochs, settings.windows_per_epoch)
+    fit_started = time.perf_counter()
+    trainer.fit(model, datamodule=datamodule)
+    fit_seconds = time.perf_counter() - fit_started
+    if not trainer.is_global_zero:
+        return None
+
+    if run.best_state is None:
+        raise TrainingError(f"Training produced no validated epoch (interrupted?). See {TRAINING_GUIDE_DOC}.")
+    model.load_state_dict(run.best_state)
+    model.to("cpu").eval()
+    backtest = backtest_held_out(model, data) if settings.backtest else None
+    info = training_info(settings, data, run, model, hardware, trainer.num_devices, fit_seconds,
+                         time.perf_counter() - began, backtest)
+    model_dir = write_model_dir(new_model_dir(settings.models_dir), model, data.spec, data.encoder, info)
     if not settings.keep_checkpoints:
         shutil.rmtree(run.checkpoint_root, ignore_errors=True)
     logger.info("model saved to %s (best epoch %d, val_loss %.4f)", model_dir, run.best_epoch, run.best_val_loss)
-    return TrainResult(model_dir=model_dir, model=model, data=data, training_info=training_info)
+    return TrainResult(model_dir=model_dir, model=model, data=data, training_info=info)
 
 
 # ---------------------------------------------------------------------------- CLI

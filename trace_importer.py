@@ -45,7 +45,6 @@ from config import (
     LINBORG_METRICS,
     METADATA_FILE,
     METRIC_RANGES,
-    OFFLINE_ZERO_METRICS,
     PROJECT_VERSION,
     SAMPLING_INTERVAL_SECONDS,
     UNMEASURED_FILL,
@@ -53,6 +52,7 @@ from config import (
     VALID_PROFILES,
     VALID_STATES,
 )
+from contract import fill_offline
 from server_encoder import ServerEncoder
 from state_rules import derive_states
 
@@ -257,9 +257,10 @@ def write_contract_data(blocks: list[pd.DataFrame], out: str | Path, measured: l
 
     Each block is one server on the same 5-minute grid with ``timestamp``, ``server_name``,
     ``profile``, ``has_sample`` and the LINBORG metrics it measured (NaN where unknown; any it
-    lacks are filled by ``UNMEASURED_FILL``). Buckets without samples get the dense offline
-    vector, states are derived by ``state_rules``, the result is validated strictly (an
-    invalid result is not left behind) and ``metrics_metadata.json`` records what was measured.
+    lacks are filled by ``UNMEASURED_FILL``). Buckets without samples get the contract's offline
+    vector (``contract.fill_offline``), states are derived by ``state_rules``, the result is
+    validated strictly (an invalid result is not left behind) and ``metrics_metadata.json``
+    records what was measured.
     Shared by the trace importer and the Prometheus adapter.
     """
     from data_validator import DataValidator, load_frame
@@ -271,12 +272,15 @@ def write_contract_data(blocks: list[pd.DataFrame], out: str | Path, measured: l
         for metric in LINBORG_METRICS:
             if metric not in block:
                 block[metric] = float(UNMEASURED_FILL.get(metric, 0.0))
-        # Buckets without samples follow the contract's dense offline vector.
-        for metric in OFFLINE_ZERO_METRICS:
-            block.loc[~has_sample, metric] = 0.0
-        block.loc[~has_sample, "cpu_idle_pct"] = 100.0
+        # Buckets without samples get the contract's offline vector (activity 0, CPU idle 100, disk
+        # and uptime carried from the last sample).
+        offline = fill_offline({metric: block[metric].to_numpy(dtype=float) for metric in LINBORG_METRICS},
+                               has_sample)
         for metric in LINBORG_METRICS:
-            block[metric] = block[metric].ffill().bfill().fillna(float(UNMEASURED_FILL.get(metric, 0.0)))
+            # A value still unknown (a metric a sampled bucket lacked, or carried from such a bucket)
+            # takes the last known one, else the next, else the unmeasured fill.
+            values = pd.Series(offline[metric], index=block.index)
+            block[metric] = values.ffill().bfill().fillna(float(UNMEASURED_FILL.get(metric, 0.0)))
         filled_blocks.append(block)
     data = pd.concat(filled_blocks, ignore_index=True)
     data["state"] = derive_states(data).to_numpy()

@@ -21,10 +21,10 @@ import numpy as np
 import pandas as pd
 
 from common_utils import quiet_library_noise
-from config import DEMO_RAMP_HOURS, INCIDENT_TYPES, SAMPLING_INTERVAL_MINUTES, VALID_STATES
+from config import DEMO_RAMP_HOURS, INCIDENT_TYPES, SAMPLING_INTERVAL_MINUTES, STEPS_PER_HOUR, VALID_STATES
+from forecast_engine import ForecastEngine
 from metrics_generator import FleetSimulator, fleet_from_total
 from metrics_store import FleetWindows, aggregate
-from tft_inference import ForecastEngine
 from tft_model import load_model
 
 
@@ -65,7 +65,7 @@ def main() -> None:
         for name in chosen:
             victims[name] = kind
             sim.inject_incident(name, kind, DEMO_RAMP_HOURS[args.scenario][kind])
-    horizon = int(max(DEMO_RAMP_HOURS[args.scenario].values()) * 12 + 24)
+    horizon = int(max(DEMO_RAMP_HOURS[args.scenario].values()) * STEPS_PER_HOUR + 2 * STEPS_PER_HOUR)
     first = {name: {"yellow": None, "red": None, "critical": None} for name in sim.server_names}
     critical_code = VALID_STATES.index("critical_issue")
     cycle_times = []

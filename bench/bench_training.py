@@ -33,16 +33,7 @@ from pytorch_forecasting import TemporalFusionTransformer
 from common_utils import quiet_library_noise
 from config import TRAINING_DATA_FILE
 from metrics_generator import fleet_from_total, generate_dataset
-from server_encoder import ServerEncoder
-from tft_features import (
-    SeriesStore,
-    add_model_columns,
-    complete_spec_from_dataset,
-    densify,
-    fit_feature_spec,
-    load_training_frame,
-    make_timeseries_dataset,
-)
+from tft_features import build_features
 from tft_model import build_model, make_loss
 from tft_trainer import WindowBatches
 
@@ -100,12 +91,11 @@ def main() -> None:
         if data is None:
             generate_dataset(tmp, hours=args.hours, fleet=fleet_from_total(args.servers), progress=False)
             data = Path(tmp) / TRAINING_DATA_FILE
-        began = time.perf_counter()
-        frame = add_model_columns(densify(load_training_frame(data)), ServerEncoder())
-        spec = fit_feature_spec(frame, encoder_length=GUIDE_CONFIG["encoder_length"], targets=GUIDE_TARGETS)
-        dataset = make_timeseries_dataset(frame, spec)
-        spec = complete_spec_from_dataset(spec, dataset)
-        build_seconds = time.perf_counter() - began
+        # The feature pipeline: both pipelines read the same frame and spec; the stock one its
+        # TimeSeriesDataSet (the whole fleet), ours its SeriesStore.
+        features = build_features(data, encoder_length=GUIDE_CONFIG["encoder_length"], targets=GUIDE_TARGETS)
+        frame, spec, dataset, store = features.frame, features.spec, features.dataset, features.store
+        build_seconds = sum(seconds for step, seconds in features.seconds.items() if step != "store")
         hp = {k: GUIDE_CONFIG[k] for k in ("hidden_size", "attention_heads", "hidden_continuous_size", "dropout")}
 
         # --- stock pipeline --------------------------------------------------------
@@ -120,9 +110,8 @@ def main() -> None:
 
         # --- our pipeline -------------------------------------------------------------
         began = time.perf_counter()
-        store = SeriesStore(frame, spec)
         servers, starts = store.window_starts()
-        store_seconds = time.perf_counter() - began
+        store_seconds = features.seconds["store"] + time.perf_counter() - began
         torch.manual_seed(0)
         ours = build_model(dataset, spec, hp["hidden_size"], hp["attention_heads"], hp["hidden_continuous_size"],
                            hp["dropout"], learning_rate=1e-3)

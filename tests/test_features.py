@@ -8,19 +8,18 @@ import pytest
 import torch
 
 from config import GROUP_ID, LINBORG_METRICS, TRAINING_DATA_FILE
+from contract import bucket_of_times
 from metrics_generator import generate_dataset
 from server_encoder import ServerEncoder
 from tft_features import (
     NAN_CODE,
     SeriesStore,
     add_model_columns,
+    build_features,
     calendar_features,
-    complete_spec_from_dataset,
     densify,
     fit_feature_spec,
     load_training_frame,
-    make_timeseries_dataset,
-    time_index,
 )
 
 
@@ -34,11 +33,8 @@ def sparse_frame(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def prepared(sparse_frame):
-    frame = add_model_columns(densify(sparse_frame), ServerEncoder())
-    spec = fit_feature_spec(frame, encoder_length=24)
-    dataset = make_timeseries_dataset(frame, spec)
-    spec = complete_spec_from_dataset(spec, dataset)
-    return frame, spec, dataset
+    features = build_features(sparse_frame, encoder_length=24)  # the dataset: every server, every row
+    return features.frame, features.spec, features.dataset
 
 
 def test_densify_fills_gaps_with_the_offline_vector(sparse_frame):
@@ -53,7 +49,8 @@ def test_densify_fills_gaps_with_the_offline_vector(sparse_frame):
     assert (added["cpu_idle_pct"] == 100.0).all() and (added["net_in_mb_s"] == 0.0).all()
     # disk and uptime carry forward from the last sample
     for _, row in added.iterrows():
-        server = dense[(dense["server_name"].astype(str) == row["server_name"]) & (dense["timestamp"] < row["timestamp"])]
+        server = dense[(dense["server_name"].astype(str) == row["server_name"])
+                       & (dense["timestamp"] < row["timestamp"])]
         last_seen = server[server["state"].astype(str) != "offline"].iloc[-1]
         assert row["disk_usage_pct"] == last_seen["disk_usage_pct"]
         break
@@ -61,7 +58,7 @@ def test_densify_fills_gaps_with_the_offline_vector(sparse_frame):
 
 def test_calendar_features_match_pandas():
     ts = pd.date_range("2026-03-02 07:35", periods=500, freq="5min", tz="UTC")
-    features = calendar_features(time_index(ts))
+    features = calendar_features(bucket_of_times(ts))
     hours = ts.hour + ts.minute / 60
     np.testing.assert_allclose(features["tod_sin"], np.sin(2 * np.pi * hours / 24), atol=1e-6)
     dow = ts.dayofweek + hours / 24
@@ -89,9 +86,9 @@ def test_batches_equal_timeseriesdataset_batches(prepared):
     for key in ("encoder_cat", "decoder_cat", "encoder_lengths", "decoder_lengths", "groups", "decoder_time_idx"):
         torch.testing.assert_close(x[key], x_ref[key], msg=key)
     for key in ("encoder_target", "decoder_target", "target_scale"):
-        for ours, theirs in zip(x[key], x_ref[key]):
+        for ours, theirs in zip(x[key], x_ref[key], strict=True):
             torch.testing.assert_close(ours, theirs.float(), rtol=1e-5, atol=1e-4, msg=key)
-    for ours, theirs in zip(y[0], y_ref[0]):
+    for ours, theirs in zip(y[0], y_ref[0], strict=True):
         torch.testing.assert_close(ours, theirs.float())
     assert y[1] is None and y_ref[1] is None
 
@@ -107,6 +104,9 @@ def test_unknown_servers_and_profiles_get_the_nan_code(prepared):
     profile_col = spec.x_categoricals.index("profile")
     assert (x["encoder_cat"][0, :, profile_col] != NAN_CODE).all()
     assert (x["encoder_cat"][1, :, profile_col] == NAN_CODE).all()
+    store.hide_profiles = True  # a profile-agnostic model's store: every window hides it
+    x, _ = store.batch(np.array([0, 0]), np.array([0, 5]))
+    assert (x["encoder_cat"][:, :, profile_col] == NAN_CODE).all()
 
 
 def test_spec_round_trips_through_json(prepared):
@@ -126,3 +126,29 @@ def test_store_refuses_gaps(sparse_frame):
     spec.x_reals, spec.x_categoricals = ["relative_time_idx", "cpu_idle_pct"], ["profile", "state"]
     with pytest.raises(ValueError, match="complete 5-minute grid.*densify"):
         SeriesStore(frame, spec)
+
+
+def test_build_features_runs_the_recipe_step_by_step(sparse_frame):
+    """load -> densify -> ids -> spec (on training rows only) -> dataset -> series store."""
+    from config import TIME_IDX
+
+    def training_rows(dense: pd.DataFrame) -> pd.DataFrame:
+        return dense[dense[TIME_IDX] < dense[TIME_IDX].min() + 36 * 12]  # the first 36 hours
+
+    features = build_features(sparse_frame, encoder_length=24, training_rows=training_rows, dataset_servers=2,
+                              dataset_rows=130)
+    by_hand = add_model_columns(densify(sparse_frame), ServerEncoder())
+    pd.testing.assert_frame_equal(features.frame, by_hand)
+    fitted = fit_feature_spec(training_rows(by_hand), encoder_length=24)  # nothing fitted on later rows
+    assert features.spec.scalers == fitted.scalers and features.spec.loss_weights == fitted.loss_weights
+    assert features.spec.x_reals == list(features.dataset.reals)  # the dataset recorded the tensor layout
+    sampled = features.dataset.data["groups"].unique()
+    assert len(sampled) == 2 and len(features.dataset.data["time"]) == 2 * 130
+    assert features.store.n_servers == by_hand[GROUP_ID].nunique()  # the store holds every row
+    assert list(features.seconds) == ["load", "densify", "ids", "spec", "dataset", "store"]
+    # A saved model's complete spec: no fitting and no dataset, the same store.
+    again = build_features(sparse_frame, spec=features.spec, dataset_servers=0)
+    assert again.dataset is None and again.spec is features.spec
+    np.testing.assert_array_equal(again.store.rows.reals, features.store.rows.reals)
+    with pytest.raises(ValueError, match="needs encoder_length"):
+        build_features(sparse_frame)

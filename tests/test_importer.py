@@ -18,9 +18,8 @@ from config import (
     UNMEASURED_FILL,
 )
 from data_validator import DataValidator, load_frame
-from server_encoder import ServerEncoder
 from tests.conftest import ROOT, run_cli
-from tft_features import add_model_columns, densify, fit_feature_spec, load_training_frame
+from tft_features import build_features
 from tft_trainer import TrainingError, measured_targets
 from trace_importer import TraceImportError, import_traces, load_mapping
 
@@ -93,8 +92,7 @@ def test_trainer_learns_only_measured_targets(traces, tmp_path):
     import_traces(sorted(traces.glob("*.csv")), MAPPING, out)
     assert measured_targets(out) == ["cpu_idle_pct", "mem_used_pct", "net_in_mb_s", "net_out_mb_s"]
     # Quiet series (constant network here) get the absolute scale floor, not a vanishing relative one.
-    frame = add_model_columns(densify(load_training_frame(out)), ServerEncoder())
-    spec = fit_feature_spec(frame, encoder_length=24, targets=measured_targets(out))
+    spec = build_features(out, encoder_length=24, targets=measured_targets(out)).spec
     assert spec.targets == measured_targets(out)
     assert spec.target_normalizers["net_in_mb_s"]["scale_floor"] == pytest.approx(TARGET_SCALE_FLOOR_MIN["net_in_mb_s"])
     meta_path = out.parent / METADATA_FILE

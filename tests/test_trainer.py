@@ -48,7 +48,7 @@ def test_training_writes_a_complete_model_dir(tiny_training):
     backtest = info["backtest"]
     assert set(backtest["per_horizon"]) == {"30min", "1hr", "8hr"}
     assert backtest["unseen_servers"]["servers"] == info["data"]["unseen_servers"] != []
-    profiles = dict(zip(tiny_training.data.store.server_names, tiny_training.data.store.profiles))
+    profiles = dict(zip(tiny_training.data.store.server_names, tiny_training.data.store.profiles, strict=True))
     for history in ("full_history", "cold_start"):
         per_server = backtest["unseen_servers"][history]["per_server"]
         assert sorted(per_server) == backtest["unseen_servers"]["servers"]
@@ -220,11 +220,11 @@ def test_compile_is_used_for_long_cpu_runs_only():
 
 
 def test_profile_value_bench_scores_only_never_seen_servers(tiny_training, tiny_data, tmp_path):
-    from bench.bench_profile_value import format_report, measure, train_agnostic
+    from tft_evaluate import format_profile_value, measure_profile_value, train_agnostic_model
 
     model = load_model(tiny_training.model_dir)
-    agnostic = load_model(train_agnostic(tiny_data, tmp_path / "agnostic", TINY_TRAIN_ARGS))
-    result = measure(model, agnostic, per_profile=1, days=1, seed=5)
+    agnostic = load_model(train_agnostic_model(tiny_data, tmp_path / "agnostic", TINY_TRAIN_ARGS))
+    result = measure_profile_value(model, agnostic, per_profile=1, days=1, seed=5)
     assert result["servers"] == 7 and result["windows"] > 0  # one new server per profile, none the model knows
     for history in ("full_history", "cold_start"):
         block = result[history]
@@ -237,6 +237,7 @@ def test_profile_value_bench_scores_only_never_seen_servers(tiny_training, tiny_
             assert with_profile != hidden  # the profile reaches the forecast
             low, high = block["gain_interval_95"]["profile_hidden"][label]
             assert np.isfinite(low) and low <= high
-    assert "gain vs hidden" in format_report(result) and "gain vs agnostic" in format_report(result)
+    assert "gain vs hidden" in format_profile_value(result) and "gain vs agnostic" in format_profile_value(result)
     # The agnostic model never learned a profile: what it was trained and validated on had none.
     assert agnostic.training_info["settings"]["profile_dropout"] == 1.0
+    assert agnostic.training_info["settings"]["hide_profiles"] is True  # validation and backtest hid it too
