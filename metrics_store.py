@@ -79,6 +79,7 @@ CREATE TABLE IF NOT EXISTS forecasts (
     PRIMARY KEY (server, origin)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS quarantined_buckets AS SELECT * FROM buckets WHERE 0;
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS buckets_by_time ON buckets(bucket);
 CREATE INDEX IF NOT EXISTS forecasts_by_time ON forecasts(origin);
 CREATE INDEX IF NOT EXISTS keys_by_time ON sample_keys(ts);
@@ -300,6 +301,7 @@ class MetricsStore:
         self._local = threading.local()
         self._synchronous = synchronous
         self._recent_keys: set[tuple[str, int]] = set()
+        self._readers: list[sqlite3.Connection] = []  # one per reading thread, all closed by close()
         try:
             self._writer = self._connect()
             self._writer.executescript(_SCHEMA)
@@ -310,10 +312,23 @@ class MetricsStore:
                 if problems != ["ok"]:
                     raise _unusable(self.path, f"failed SQLite's {pragma}: {'; '.join(problems[:3])}")
                 logger.info("store %s passed SQLite's %s in %.2f s", self.path, pragma, time.perf_counter() - began)
-            self.samples = self.count_samples()  # kept current by add_records and trim
+            self.samples = self._stored_sample_count()
         except sqlite3.DatabaseError as exc:
             raise _unusable(self.path, f"is not a readable SQLite database ({exc})") from None
         self._check_ledger(wal_damage)
+
+    def _stored_sample_count(self) -> int:
+        """Samples in the store: a counter kept in the same transactions as the buckets (O(1) to read)."""
+        row = self._writer.execute("SELECT value FROM meta WHERE key = 'samples'").fetchone()
+        if row is not None:
+            return int(row[0])
+        count = self.count_samples()  # a store from before the counter: count once
+        self._writer.execute("INSERT INTO meta (key, value) VALUES ('samples', ?)", (count,))
+        return count
+
+    def _add_samples(self, conn: sqlite3.Connection, delta: int) -> None:
+        """Move the sample counter by ``delta`` inside the caller's transaction."""
+        conn.execute("UPDATE meta SET value = value + ? WHERE key = 'samples'", (delta,))
 
     def _check_ledger(self, wal_damage: str | None) -> None:
         """Say what an unclean shutdown lost: the last run's ledger against what the store holds now."""
@@ -346,11 +361,16 @@ class MetricsStore:
         conn = getattr(self._local, "conn", None)
         if conn is None:
             conn = self._local.conn = self._connect()
+            with self._lock:
+                self._readers.append(conn)
         return conn
 
     def close(self) -> None:
-        """Close the writer connection."""
+        """Close every connection; the last one to close checkpoints the write-ahead log into the file."""
         with self._lock:
+            for conn in self._readers:
+                conn.close()
+            self._readers.clear()
             self._writer.close()
 
     # ------------------------------------------------------------------ writes
@@ -390,6 +410,7 @@ class MetricsStore:
                         conn.executemany(_UPSERT_BUCKET, [agg.row() for agg in aggregates])
                         conn.executemany(_UPSERT_SERVER, [(s, profiles[s], first_bucket[s], last_bucket[s])
                                                           for s in first_bucket])
+                        self._add_samples(conn, len(fresh))
                         conn.execute("COMMIT")
                     except BaseException:
                         if conn.in_transaction:
@@ -429,6 +450,7 @@ class MetricsStore:
                 "sample_keys": conn.execute("DELETE FROM sample_keys WHERE ts < ?", (key_cutoff_ns,)).rowcount,
             }
             conn.execute("DELETE FROM servers WHERE last_bucket < ?", (bucket_cutoff,))
+            self._add_samples(conn, -int(trimmed))
             conn.execute("COMMIT")
             self._recent_keys = {k for k in self._recent_keys if k[1] >= key_cutoff_ns}
             self.samples -= int(trimmed)
@@ -449,8 +471,10 @@ class MetricsStore:
                 moved = conn.execute("INSERT INTO quarantined_buckets SELECT * FROM buckets WHERE bucket > ?",
                                      (last_bucket,)).rowcount
                 if moved:
-                    self.samples -= int(conn.execute("SELECT COALESCE(SUM(n), 0) FROM buckets WHERE bucket > ?",
-                                                     (last_bucket,)).fetchone()[0])
+                    future = int(conn.execute("SELECT COALESCE(SUM(n), 0) FROM buckets WHERE bucket > ?",
+                                              (last_bucket,)).fetchone()[0])
+                    self._add_samples(conn, -future)
+                    self.samples -= future
                     conn.execute("DELETE FROM buckets WHERE bucket > ?", (last_bucket,))
                     conn.execute("DELETE FROM forecasts WHERE origin > ?", (last_bucket,))
                     conn.execute("DELETE FROM sample_keys WHERE ts >= ?", (last_key_ns,))
