@@ -204,7 +204,8 @@ def _alerts(server_name: str, profile: str, findings: list[dict[str, Any]]) -> l
         if f["horizon"] == "now":
             reason = f"{name} is {_value_text(metric, f['value'])} now ({limit})"
         else:
-            when = f"in ~{_duration_text(f['eta'])}" if f["eta"] is not None else f"within {_HORIZON_TEXT[f['horizon']]}"
+            when = (f"in ~{_duration_text(f['eta'])}" if f["eta"] is not None
+                    else f"within {_HORIZON_TEXT[f['horizon']]}")
             reason = (f"{name} may reach {_value_text(metric, f['value'])} {when} "
                       f"(p90; p50 {_value_text(metric, f['p50'])}) - {limit}")
         alerts.append(Alert(server_name=server_name, profile=profile, level=f["level"], metric=metric,

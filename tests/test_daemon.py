@@ -162,7 +162,8 @@ def test_contract_rules_and_security(live):
         assert stored["stored"] == [0]
         again = client.post("/feed", json={"records": [record]}).json()  # a retried batch
         assert again["duplicates"] == [0] and again["stored"] == []
-        assert client.post("/feed", content=b"{not json", headers={"content-type": "application/json"}).status_code == 400
+        not_json = client.post("/feed", content=b"{not json", headers={"content-type": "application/json"})
+        assert not_json.status_code == 400
         assert client.post("/feed", json={"rows": []}).status_code == 422
         far = client.post("/feed", json={"records": [dict(record, timestamp="2263-01-01T00:00:00Z")]})
         assert far.status_code == 422 and "between 1970 and 2200" in far.text

@@ -23,7 +23,8 @@ def test_notebook_runs_top_to_bottom(tmp_path):
     client = NotebookClient(notebook, timeout=600, kernel_name="python3",
                             resources={"metadata": {"path": str(ROOT)}})
     client.execute()  # raises CellExecutionError on the first failing cell
-    outputs = "\n".join(o.get("text", "") for c in notebook.cells if c.cell_type == "code" for o in c.get("outputs", []))
+    outputs = "\n".join(o.get("text", "") for c in notebook.cells if c.cell_type == "code"
+                        for o in c.get("outputs", []))
     assert "valid: True" in outputs and "saved:" in outputs and "forecast made at" in outputs
     assert "daemon stopped" in outputs
     images = sum(1 for c in notebook.cells for o in c.get("outputs", []) if "image/png" in o.get("data", {}))

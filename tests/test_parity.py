@@ -2,7 +2,7 @@
 
 The same gappy history goes (a) through the daemon: ``POST /feed``'s ingest -> SQLite store ->
 windows rebuilt from the store, as after a restart -> forecast engine; and (b) through the
-backtest: contract Parquet -> load -> densify -> model columns -> ``SeriesStore`` ->
+backtest: contract Parquet -> ``build_features`` (load -> densify -> ids -> series store) ->
 ``predict_windows``. Both must produce the same p10/p50/p90 for a known server, a server the
 model never saw, and a server whose window holds an offline gap. (The anchor project served
 heuristics for months because nothing compared these two paths.)
@@ -22,7 +22,7 @@ from metrics_generator import FleetSimulator
 from metrics_store import FleetWindows
 from tests.conftest import TINY_FLEET
 from tft_evaluate import predict_windows
-from tft_features import SeriesStore, add_model_columns, densify, load_training_frame
+from tft_features import build_features
 from tft_model import load_model
 
 UNKNOWN = "ppdb777"  # never in the tiny model's mapping
@@ -65,8 +65,7 @@ def _backtest_fans(model_dir, records: list[dict], origin: int, parquet) -> dict
     frame["timestamp"] = pd.to_datetime(frame["timestamp"], utc=True)
     frame.to_parquet(parquet, index=False)
     loaded = load_model(model_dir)
-    data = add_model_columns(densify(load_training_frame(parquet)), loaded.encoder)
-    store = SeriesStore(data, loaded.spec)
+    store = build_features(parquet, encoder=loaded.encoder, spec=loaded.spec, dataset_servers=0).store
     enc = loaded.spec.encoder_length
     servers = np.arange(store.n_servers)
     starts = origin - enc + 1 - store.time_idx[store.offsets]  # the window whose last history bucket is origin
@@ -84,7 +83,7 @@ def test_daemon_and_backtest_paths_agree(tiny_training, history, tmp_path):
     known = sorted(set(served) - {UNKNOWN, gappy})[0]
     for name in (known, UNKNOWN, gappy):
         assert name in served and name in backtested, name
-        for metric, band in served[name].items():
+        for metric in served[name]:
             for q in QUANTILE_LABELS:
                 np.testing.assert_allclose(served[name][metric][q], backtested[name][metric][q], rtol=0, atol=1e-4,
                                            err_msg=f"{name} {metric} {q}")

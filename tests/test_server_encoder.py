@@ -37,7 +37,8 @@ def test_ids_do_not_depend_on_order_or_on_other_servers(server_names, rnd):
 
 
 @settings(max_examples=50)
-@given(st.lists(st.text(min_size=1, max_size=8), min_size=8, max_size=16, unique=True), st.randoms(use_true_random=False))
+@given(st.lists(st.text(min_size=1, max_size=8), min_size=8, max_size=16, unique=True),
+       st.randoms(use_true_random=False))
 def test_collisions_are_resolved_deterministically(server_names, rnd):
     # One hex digit leaves 16 ids, so 8-16 names almost always collide.
     encoder = ServerEncoder(id_length=1)

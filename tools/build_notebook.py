@@ -35,18 +35,26 @@ ENCODER = 48          # history the model reads (5-minute buckets)
 WORKDIR = "demo_data/notebook"
 PORT = 8123           # daemon port for step 6""", metadata={"tags": ["parameters"]}),
     new_markdown_cell("## 1. Environment check"),
-    new_code_cell("""import os, platform, sys, time
+    new_code_cell("""import os
+import platform
+import sys
+import time
 from pathlib import Path
 
-import lightning, pandas as pd, pytorch_forecasting, torch
+import lightning
+import pandas as pd
+import pytorch_forecasting
+import torch
 
 import config
+
 print(f"Python {platform.python_version()} | torch {torch.__version__} | lightning {lightning.__version__} | "
       f"pytorch-forecasting {pytorch_forecasting.__version__} | pandas {pd.__version__}")
 print("GPU:", torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none (CPU training)")
 print(f"project {config.PROJECT_VERSION}, data contract {config.CONTRACT_VERSION}, "
       f"horizons {config.HORIZONS} (5-minute steps)")
-work = Path(WORKDIR); work.mkdir(parents=True, exist_ok=True)"""),
+work = Path(WORKDIR)
+work.mkdir(parents=True, exist_ok=True)"""),
     new_markdown_cell("""## 2. Generate a fleet
 Seven server profiles (web/API, ML compute, databases, ETL, risk analytics, schedulers, generic) with daily
 and weekly rhythm, and incidents that build up for tens of minutes to hours before they turn critical."""),
@@ -59,12 +67,17 @@ pd.Series(meta["state_shares"]).sort_values(ascending=False).round(3)"""),
     new_code_cell("""%matplotlib inline
 import matplotlib.pyplot as plt
 
+from contract import cpu_used
+
 df = pd.read_parquet(data_path)
 fig, ax = plt.subplots(figsize=(11, 3.5))
 for profile, part in df.groupby("profile", observed=True):
     one = part[part["server_name"] == part["server_name"].iloc[0]]
-    ax.plot(one["timestamp"], 100 - one["cpu_idle_pct"], label=f"{one['server_name'].iloc[0]} ({profile})", lw=0.8)
-ax.set_ylabel("% CPU used"); ax.legend(fontsize=7, ncol=4); ax.set_title("One server per profile")
+    ax.plot(one["timestamp"], cpu_used(one["cpu_idle_pct"]), label=f"{one['server_name'].iloc[0]} ({profile})",
+            lw=0.8)
+ax.set_ylabel("% CPU used")
+ax.legend(fontsize=7, ncol=4)
+ax.set_title("One server per profile")
 plt.show()"""),
     new_markdown_cell("## 3. Validate against the data contract (`Docs/DATA_CONTRACT.md`)"),
     new_code_cell("""from data_validator import DataValidator
@@ -87,7 +100,8 @@ result = train(settings_from_args(args))
 model_dir = result.model_dir
 print("saved:", model_dir, sorted(p.name for p in model_dir.iterdir()))
 history = pd.DataFrame(result.training_info["history"]).set_index("epoch")
-history[["train_loss", "val_loss"]].plot(figsize=(6, 3), title="loss per epoch"); plt.show()"""),
+history[["train_loss", "val_loss"]].plot(figsize=(6, 3), title="loss per epoch")
+plt.show()"""),
     new_markdown_cell("""## 5. Evaluate
 The backtest forecasts the held-out day from many origins and compares the TFT with two baselines
 measured in the same run: *persistence* (last value) and *seasonal naive* (same time yesterday).
@@ -97,6 +111,7 @@ the p10-p90 band (about 0.8 when calibrated)."""),
 
 print(format_table(result.training_info["backtest"]))"""),
     new_code_cell("""import numpy as np
+
 from tft_evaluate import predict_windows
 
 store, spec = result.data.store, result.data.spec
@@ -105,56 +120,57 @@ pick = int(np.argmax([store.profiles[s] == "database" for s in servers]))
 quantiles = predict_windows(result.model, store, servers[pick:pick + 1], starts[pick:pick + 1])[0]
 rows = store.offsets[servers[pick]] + starts[pick] + np.arange(spec.encoder_length + spec.prediction_length)
 fig, axes = plt.subplots(1, 3, figsize=(14, 3.2))
-for ax, target in zip(axes, ["cpu_iowait_pct", "mem_used_pct", "disk_usage_pct"]):
+ahead = np.arange(spec.prediction_length)
+for ax, target in zip(axes, ["cpu_iowait_pct", "mem_used_pct", "disk_usage_pct"], strict=True):
     j = spec.targets.index(target)
     steps = np.arange(-spec.encoder_length, spec.prediction_length)
     ax.plot(steps, store.targets[rows, j], color="black", lw=0.8, label="actual")
-    ax.fill_between(np.arange(spec.prediction_length), quantiles[j, :, 0], quantiles[j, :, 2], alpha=0.3, label="p10-p90")
-    ax.plot(np.arange(spec.prediction_length), quantiles[j, :, 1], label="p50")
-    ax.axvline(0, ls=":", color="grey"); ax.set_title(f"{store.server_names[servers[pick]]}: {target}")
+    ax.fill_between(ahead, quantiles[j, :, 0], quantiles[j, :, 2], alpha=0.3, label="p10-p90")
+    ax.plot(ahead, quantiles[j, :, 1], label="p50")
+    ax.axvline(0, ls=":", color="grey")
+    ax.set_title(f"{store.server_names[servers[pick]]}: {target}")
     ax.set_xlabel("5-minute steps from now")
-axes[0].legend(fontsize=7); plt.tight_layout(); plt.show()"""),
+axes[0].legend(fontsize=7)
+plt.tight_layout()
+plt.show()"""),
     new_markdown_cell("""## 6. Start the daemon and feed it
 The daemon stores every record durably (SQLite), forecasts the fleet whenever a 5-minute bucket
 completes, and serves forecasts, risk scores and alerts. Here we feed it the last hours of the
 generated fleet, as a collector would."""),
-    new_code_cell("""import subprocess, httpx
+    new_code_cell("""import subprocess
+
+from daemon_client import DaemonClient
 
 API_KEY = "notebook-demo-key"
 store_file = work / "store.sqlite3"
 store_file.unlink(missing_ok=True)
 daemon = subprocess.Popen([sys.executable, "tft_inference.py", "--daemon", "--port", str(PORT), "--model-dir",
                            str(model_dir), "--store", str(store_file)], env={**os.environ, "TFT_API_KEY": API_KEY})
-client = httpx.Client(base_url=f"http://127.0.0.1:{PORT}", headers={"X-API-Key": API_KEY}, timeout=30)
-for _ in range(240):
-    try:
-        if client.get("/health").status_code == 200:
-            break
-    except httpx.HTTPError:
-        time.sleep(0.5)
-print(client.get("/health").json())"""),
-    new_code_cell("""recent = df[df["timestamp"] >= df["timestamp"].max() - pd.Timedelta(minutes=5 * (ENCODER + 12))].copy()
+client = DaemonClient(f"http://127.0.0.1:{PORT}", API_KEY)  # the client the dashboard and collectors use
+print(client.wait_until_healthy(120, still_starting=lambda: daemon.poll() is None))"""),
+    new_code_cell("""last_hours = pd.Timedelta(minutes=5 * (ENCODER + 12))
+recent = df[df["timestamp"] >= df["timestamp"].max() - last_hours].copy()
 recent["timestamp"] = recent["timestamp"].dt.strftime("%Y-%m-%dT%H:%M:%SZ")
 for column in ("server_name", "profile", "state"):
     recent[column] = recent[column].astype(str)
 records = recent.to_dict(orient="records")
-reply = client.post("/feed", json={"records": records}).json()
-print(f"stored {len(reply['stored'])} of {reply['received']} records, rejected {len(reply['rejected'])}")
+reply = client.feed(records)
+print(f"stored {len(reply.stored)} of {reply.received} records, rejected {len(reply.rejected)}")
 for _ in range(120):
-    if client.get("/status").json()["cycles"] >= 1:
+    if client.status()["cycles"] >= 1:
         break
     time.sleep(0.5)
-current = client.get("/predictions/current").json()
+current = client.predictions_current()
 print("forecast made at", current["prediction_time"], "| summary:", current["summary"])
 pd.DataFrame([{"server": s["server_name"], "profile": s["profile"], "risk": s["risk_score"], "level": s["risk_level"],
                "CPU used now": s["current"].get("cpu_used_pct"),
                "CPU used +1 h (p50)": s["predictions"]["1hr"]["cpu_used_pct"]["p50"] if s["predictions"] else None}
               for s in current["servers"][:8]])"""),
-    new_code_cell("""alerts = client.get("/alerts/active").json()["alerts"]
+    new_code_cell("""alerts = client.alerts()["alerts"]
 print(f"{len(alerts)} active alerts")
 for alert in alerts[:5]:
     print(f"- {alert['server_name']} [{alert['level']}] {alert['reason']}")
-status = client.get("/status").json()
+status = client.status()
 print({k: status[k] for k in ("servers_tracked", "servers_ready", "last_cycle_ms", "forecasts_per_second")})"""),
     new_markdown_cell("""## 7. The dashboard
 In a terminal, with the daemon running:
@@ -164,7 +180,9 @@ TFT_DAEMON_URL=http://127.0.0.1:8123 TFT_API_KEY=notebook-demo-key streamlit run
 ```
 
 or run everything at once, with a live simulated fleet and demo buttons: `python main.py demo`."""),
-    new_code_cell("""daemon.terminate(); daemon.wait(10)
+    new_code_cell("""client.close()
+daemon.terminate()
+daemon.wait(10)
 print("daemon stopped")"""),
 ]
 
