@@ -332,6 +332,7 @@ def load_model(model_dir: str | Path, device: str | torch.device = "cpu") -> Loa
     Raises :class:`ModelLoadError` (or FileNotFoundError for a missing mapping) with a
     message that says what is wrong, why it matters, how to fix it and where to read more.
     """
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     model_dir = Path(model_dir)
@@ -353,11 +354,17 @@ def load_model(model_dir: str | Path, device: str | torch.device = "cpu") -> Loa
     try:
         config = json.loads((model_dir / MODEL_CONFIG_FILE).read_text(encoding="utf-8"))
         training_info = json.loads((model_dir / TRAINING_INFO_FILE).read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ModelLoadError(
             f"Cannot read {MODEL_CONFIG_FILE}/{TRAINING_INFO_FILE} in {model_dir}: {exc}. Fix: retrain the "
             f"model; these files are written atomically, so a damaged one was edited by hand. "
             f"See {TRAINING_GUIDE_DOC} (Artefacts).") from exc
+    for name, document in ((MODEL_CONFIG_FILE, config), (TRAINING_INFO_FILE, training_info)):
+        if not isinstance(document, dict):
+            raise ModelLoadError(
+                f"{name} in {model_dir} is a JSON {type(document).__name__}, not an object. Why it matters: it "
+                f"describes the model to rebuild. Fix: retrain, or copy the model directory again from the "
+                f"training run. See {TRAINING_GUIDE_DOC} (Artefacts).")
     model_contract = str(config.get("contract_version", "0.0.0"))
     try:
         check_version_compatibility(model_contract, current_version=CONTRACT_VERSION, what="data contract")
@@ -371,8 +378,23 @@ def load_model(model_dir: str | Path, device: str | torch.device = "cpu") -> Loa
         raise ModelLoadError(
             f"Model format {config.get('model_format_version')} in {model_dir} is not {MODEL_FORMAT_VERSION}. "
             f"Fix: retrain with this version. See {TRAINING_GUIDE_DOC} (Artefacts).")
-    model, spec = model_from_config(config)
-    state = load_file(str(model_dir / MODEL_WEIGHTS_FILE), device="cpu")
+    try:
+        model, spec = model_from_config(config)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise ModelLoadError(
+            f"{MODEL_CONFIG_FILE} in {model_dir} does not describe a model (missing or malformed "
+            f"{exc.__class__.__name__}: {exc}; it needs 'feature_spec' and 'hparams'). Why it matters: the model "
+            f"cannot be rebuilt from it. Fix: keep the files of one training run together, or retrain. "
+            f"See {TRAINING_GUIDE_DOC} (Artefacts).") from None
+    try:
+        state = load_file(str(model_dir / MODEL_WEIGHTS_FILE), device="cpu")
+    except (SafetensorError, OSError) as exc:
+        raise ModelLoadError(
+            f"{model_dir / MODEL_WEIGHTS_FILE} is not a readable safetensors file ({exc}). Why it matters: "
+            f"without the weights there is no model. It may be cut short (a copy that did not finish), empty, "
+            f"or another format such as a PyTorch pickle, which is never loaded (pickles can run code). Fix: "
+            f"copy the model directory again from the training run, or retrain. See {TRAINING_GUIDE_DOC} "
+            f"(Artefacts).") from None
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
@@ -383,7 +405,13 @@ def load_model(model_dir: str | Path, device: str | torch.device = "cpu") -> Loa
             f"See {TRAINING_GUIDE_DOC} (Artefacts).") from exc
     model.to(device)
     model.eval()
-    encoder = ServerEncoder.load(model_dir / SERVER_MAPPING_FILE)
+    try:
+        encoder = ServerEncoder.load(model_dir / SERVER_MAPPING_FILE)
+    except (ValueError, TypeError, AttributeError, OSError) as exc:
+        raise ModelLoadError(
+            f"{SERVER_MAPPING_FILE} in {model_dir} cannot be used: {exc} Why it matters: forecasts are decoded "
+            f"to server names with it. Fix: copy the model directory again from the training run, or retrain. "
+            f"See {TRAINING_GUIDE_DOC} (Artefacts).") from None
     return LoadedModel(model=model, spec=spec, encoder=encoder, config=config, training_info=training_info,
                        model_dir=model_dir)
 

@@ -357,3 +357,102 @@ def test_a_non_finite_window_is_not_ready_and_the_document_stays_strict_json(tin
     document = fleet_document(result, engine.model_version)
     parsed = strict_json(document.model_dump_json())
     assert parsed["summary"]["not_ready"] == 1
+
+
+def _damage_model(model_dir, damage: str) -> None:
+    """Break one file of a copied model directory the way a bad copy, a wrong tool or an editor would."""
+    import pickle  # only to write a pickle-format file the loader must refuse; nothing here unpickles
+
+    weights, config, mapping = (model_dir / "model.safetensors", model_dir / "config.json",
+                                model_dir / "server_mapping.json")
+    if damage == "weights_truncated":
+        weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    elif damage == "weights_random":
+        weights.write_bytes(bytes(range(256)) * 64)
+    elif damage == "weights_empty":
+        weights.write_bytes(b"")
+    elif damage == "weights_pickle":
+        weights.write_bytes(pickle.dumps({"weight": [1.0, 2.0]}))
+    elif damage == "config_not_object":
+        config.write_text("[1, 2, 3]")
+    elif damage in ("config_no_feature_spec", "config_no_hparams"):
+        document = json.loads(config.read_text())
+        document.pop("feature_spec" if damage == "config_no_feature_spec" else "hparams")
+        config.write_text(json.dumps(document))
+    elif damage == "mapping_altered":
+        document = json.loads(mapping.read_text())
+        name = next(iter(document["servers"]))
+        document["servers"][name] = "0" * len(document["servers"][name])
+        mapping.write_text(json.dumps(document))
+    elif damage == "mapping_invalid":
+        mapping.write_text("{not json")
+    elif damage == "mapping_not_object":
+        mapping.write_text('"servers"')
+    else:
+        raise AssertionError(damage)
+
+
+MODEL_DAMAGES = ["weights_truncated", "weights_random", "weights_empty", "weights_pickle", "config_not_object",
+                 "config_no_feature_spec", "config_no_hparams", "mapping_altered", "mapping_invalid",
+                 "mapping_not_object"]
+
+
+@pytest.mark.parametrize("damage", MODEL_DAMAGES)
+def test_a_damaged_model_is_the_codex_error(tiny_training, tmp_path, damage):
+    import shutil
+
+    from tft_model import ModelLoadError, load_model
+
+    model_dir = tmp_path / "model"
+    shutil.copytree(tiny_training.model_dir, model_dir)
+    _damage_model(model_dir, damage)
+    with pytest.raises(ModelLoadError) as refused:
+        load_model(model_dir)
+    message = str(refused.value)
+    assert "Fix:" in message and "Why it matters" in message and "Docs/" in message
+
+
+@pytest.mark.parametrize("damage", ["weights_pickle", "mapping_altered"])
+def test_the_daemon_refuses_a_damaged_model_or_runs_without_it(tiny_training, tmp_path, damage):
+    import shutil
+
+    model_dir = tmp_path / "model"
+    shutil.copytree(tiny_training.model_dir, model_dir)
+    _damage_model(model_dir, damage)
+    result = _start(model_dir, tmp_path / "store.sqlite3")
+    assert result.returncode == 1 and "Refusing to start" in result.stderr and "Fix:" in result.stderr
+    assert "Traceback" not in result.stderr
+    from fastapi.testclient import TestClient
+
+    from daemon_state import DaemonSettings
+    from tft_inference import create_app
+
+    app = create_app(DaemonSettings(model_dir=model_dir, store_path=tmp_path / "s.sqlite3", api_key=API_KEY,
+                                    allow_no_model=True))
+    with TestClient(app) as client:
+        client.headers["X-API-Key"] = API_KEY
+        assert client.get("/health").json()["model_loaded"] is False
+        refused = client.get("/predictions/current")
+        assert refused.status_code == 503 and "Fix:" in refused.json()["detail"]
+
+
+def test_reloading_a_damaged_model_keeps_the_old_one_serving(tiny_training, tmp_path):
+    import shutil
+
+    from fastapi.testclient import TestClient
+
+    from daemon_state import DaemonSettings
+    from tft_inference import create_app
+
+    model_dir = tmp_path / "model"
+    shutil.copytree(tiny_training.model_dir, model_dir)
+    app = create_app(DaemonSettings(model_dir=model_dir, store_path=tmp_path / "s.sqlite3", api_key=API_KEY))
+    with TestClient(app) as client:
+        client.headers["X-API-Key"] = API_KEY
+        version = client.get("/status").json()["model_version"]
+        _damage_model(model_dir, "weights_truncated")
+        reload = client.post("/admin/reload-model")
+        assert reload.status_code == 409 and reload.json()["error"] == "model_reload_failed"
+        assert "keeps serving" in reload.json()["detail"] and "safetensors" in reload.json()["detail"]
+        status = client.get("/status").json()
+        assert status["model_loaded"] and status["model_version"] == version
