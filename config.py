@@ -176,6 +176,8 @@ STEPS_PER_DAY = 24 * STEPS_PER_HOUR  # 288
 
 # Label -> number of 5-minute steps ahead. Every label shown to a user is true.
 HORIZONS = {"30min": 6, "1hr": 12, "8hr": 96}
+# How a horizon is written for people (alert reasons, the dashboard).
+HORIZON_TEXT = {"30min": "30 min", "1hr": "1 h", "8hr": "8 h"}
 MAX_PREDICTION_LENGTH = max(HORIZONS.values())  # 96 steps = 8 hours
 
 # ---------------------------------------------------------------------------

@@ -26,6 +26,7 @@ import numpy as np
 from api_models import Alert
 from config import (
     ALERT_MIN_LEVEL,
+    HORIZON_TEXT,
     HORIZON_WEIGHT,
     HORIZONS,
     LEVEL_WEIGHT,
@@ -92,9 +93,6 @@ def _value_text(metric: str, value: float) -> str:
 def _duration_text(minutes: int) -> str:
     hours, mins = divmod(minutes, 60)
     return f"{hours} h {mins:02d} min" if hours else f"{mins} min"
-
-
-_HORIZON_TEXT = {"30min": "30 min", "1hr": "1 h", "8hr": "8 h"}
 
 
 def _profile_note(metric: str, profile: str) -> str:
@@ -205,7 +203,7 @@ def _alerts(server_name: str, profile: str, findings: list[dict[str, Any]]) -> l
             reason = f"{name} is {_value_text(metric, f['value'])} now ({limit})"
         else:
             when = (f"in ~{_duration_text(f['eta'])}" if f["eta"] is not None
-                    else f"within {_HORIZON_TEXT[f['horizon']]}")
+                    else f"within {HORIZON_TEXT[f['horizon']]}")
             reason = (f"{name} may reach {_value_text(metric, f['value'])} {when} "
                       f"(p90; p50 {_value_text(metric, f['p50'])}) - {limit}")
         alerts.append(Alert(server_name=server_name, profile=profile, level=f["level"], metric=metric,

@@ -40,6 +40,7 @@ from config import (
     DEFAULT_HOST,
     DEMO_SCENARIOS,
     DISPLAY_CPU,
+    HORIZON_TEXT,
     HORIZONS,
     METRIC_LABELS,
     RISK_RED_ABOVE,
@@ -54,7 +55,7 @@ logger = logging.getLogger(__name__)
 COLORS = {"green": "#2e7d32", "yellow": "#f9a825", "red": "#c62828", "warming_up": "#9e9e9e", "offline": "#616161",
           "not_ready": "#6d4c41"}
 KEY_METRICS = [DISPLAY_CPU, "cpu_iowait_pct", "mem_used_pct", "swap_used_pct", "disk_usage_pct"]
-HORIZON_TEXT = {"now": "now", "30min": "+30 min", "1hr": "+1 h", "8hr": "+8 h"}
+HORIZON_SHOWN = {"now": "now", **{label: f"+{text}" for label, text in HORIZON_TEXT.items()}}  # "+1 h"
 
 
 def label(metric: str) -> str:
@@ -285,7 +286,7 @@ def overview(fleet: dict[str, Any], servers: list[dict[str, Any]], alerts: list[
                     values = [s["predictions"][horizon][metric]["p50"] for s in ready]
                     worst = [s["predictions"][horizon][metric]["p90"] for s in ready]
                 if values:
-                    rows.append({"metric": label(metric), "horizon": HORIZON_TEXT[horizon],
+                    rows.append({"metric": label(metric), "horizon": HORIZON_SHOWN[horizon],
                                  "fleet median (p50)": float(np.median(values)),
                                  "worst server (p90)": float(max(worst))})
         table = pd.DataFrame(rows)
@@ -303,7 +304,7 @@ def overview(fleet: dict[str, Any], servers: list[dict[str, Any]], alerts: list[
     if alerts:
         st.dataframe(pd.DataFrame([{
             "server": a["server_name"], "profile": a["profile"], "level": a["level"], "metric": label(a["metric"]),
-            "when": HORIZON_TEXT.get(a["horizon"], a["horizon"]),
+            "when": HORIZON_SHOWN.get(a["horizon"], a["horizon"]),
             "in (min)": a["minutes_to_breach"], "value": round(a["predicted_value"], 1), "threshold": a["threshold"],
             "why": a["reason"]} for a in alerts[:50]]), hide_index=True, use_container_width=True)
     else:
@@ -344,7 +345,7 @@ def server_details(server: dict[str, Any]) -> None:
         for horizon, values in server["predictions"].items():
             band = values.get(metric)
             if band:
-                row[HORIZON_TEXT[horizon]] = f"{band['p50']:.1f} ({band['p10']:.1f}-{band['p90']:.1f})"
+                row[HORIZON_SHOWN[horizon]] = f"{band['p50']:.1f} ({band['p10']:.1f}-{band['p90']:.1f})"
         rows.append(row)
     st.dataframe(pd.DataFrame(rows), hide_index=True, use_container_width=True)
     for alert in server["alerts"]:
@@ -409,14 +410,14 @@ def historical(client: DaemonClient, servers: list[dict[str, Any]]) -> None:
         if not band or not block["target_times"]:
             continue
         fig.add_trace(go.Scatter(x=block["target_times"], y=band["p50"],
-                                 name=f"forecast made {HORIZON_TEXT[horizon][1:]} earlier (p50)",
+                                 name=f"forecast made {HORIZON_SHOWN[horizon][1:]} earlier (p50)",
                                  line={"color": palette[horizon], "dash": "dot"}))
         pairs = [(actual.get(t), lo, mid, hi)
                  for t, lo, mid, hi in zip(block["target_times"], band["p10"], band["p50"], band["p90"], strict=False)
                  if actual.get(t) is not None]
         if pairs:
             y = np.array([p[0] for p in pairs])
-            stats.append({"horizon": HORIZON_TEXT[horizon], "forecasts": len(pairs),
+            stats.append({"horizon": HORIZON_SHOWN[horizon], "forecasts": len(pairs),
                           "MAE of p50": float(np.mean(np.abs(y - np.array([p[2] for p in pairs])))),
                           "inside p10-p90": float(np.mean((y >= [p[1] for p in pairs])
                                                           & (y <= [p[3] for p in pairs])))})

@@ -37,13 +37,19 @@ def fed_daemon(tiny_training, tmp_path_factory):
     daemon.stop()
 
 
-def _app(url: str, key: str = API_KEY) -> AppTest:
-    os.environ["TFT_DAEMON_URL"] = url
-    os.environ["TFT_API_KEY"] = key
-    at = AppTest.from_file(str(ROOT / "tft_dashboard_web.py"), default_timeout=120)
-    at.run()
-    assert not at.exception, [e.value for e in at.exception]
-    return at
+@pytest.fixture
+def dashboard(monkeypatch: pytest.MonkeyPatch):  # noqa: ANN201 - a factory of AppTests
+    """Run the dashboard script (AppTest) against a daemon URL and key, set through the environment."""
+
+    def run(url: str, key: str = API_KEY) -> AppTest:
+        monkeypatch.setenv("TFT_DAEMON_URL", url)
+        monkeypatch.setenv("TFT_API_KEY", key)
+        at = AppTest.from_file(str(ROOT / "tft_dashboard_web.py"), default_timeout=120)
+        at.run()
+        assert not at.exception, [e.value for e in at.exception]
+        return at
+
+    return run
 
 
 def _text(element) -> str:
@@ -54,8 +60,8 @@ def _text(element) -> str:
     return "\n".join(parts)
 
 
-def test_every_panel_renders_with_data(fed_daemon):
-    at = _app(fed_daemon.url)
+def test_every_panel_renders_with_data(fed_daemon, dashboard):
+    at = dashboard(fed_daemon.url)
     assert [t.label for t in at.tabs] == PANELS
     header = _text(at)
     assert "Connected" in header and "tft_model_" in header and "Last forecast" in header
@@ -76,22 +82,22 @@ def test_every_panel_renders_with_data(fed_daemon):
     assert "cpu_idle" not in _text(at)  # CPU is only ever shown as used
 
 
-def test_daemon_down_shows_nothing_invented():
-    at = _app(f"http://127.0.0.1:{free_port()}")
+def test_daemon_down_shows_nothing_invented(dashboard):
+    at = dashboard(f"http://127.0.0.1:{free_port()}")
     assert "Not connected" in at.error[0].value and "daemon unreachable" in at.error[0].value
     assert not at.tabs and not at.get("plotly_chart") and not at.metric
 
 
-def test_wrong_key_is_an_error_not_an_empty_fleet(fed_daemon):
-    at = _app(fed_daemon.url, key="wrong")
+def test_wrong_key_is_an_error_not_an_empty_fleet(fed_daemon, dashboard):
+    at = dashboard(fed_daemon.url, key="wrong")
     assert "401" in at.error[0].value and not at.tabs
 
 
-def test_empty_fleet(tiny_training, tmp_path):
+def test_empty_fleet(tiny_training, tmp_path, dashboard):
     daemon = DaemonProcess(tiny_training.model_dir, tmp_path / "empty.sqlite3")
     try:
         daemon.wait_ready()
-        at = _app(daemon.url)
+        at = dashboard(daemon.url)
         assert {m.label: m.value for m in at.tabs[0].metric}["Servers"] == "0"
         assert "No servers have reported yet" in _text(at.tabs[0])
         assert not at.exception
@@ -99,8 +105,8 @@ def test_empty_fleet(tiny_training, tmp_path):
         daemon.stop()
 
 
-def test_demo_buttons_switch_the_stream_scenario(fed_daemon):
-    at = _app(fed_daemon.url)
+def test_demo_buttons_switch_the_stream_scenario(fed_daemon, dashboard):
+    at = dashboard(fed_daemon.url)
     at.sidebar.button(key="demo_degrading").click().run()
     with fed_daemon.client() as client:
         assert client.get("/demo-scenario").json()["scenario"] == "degrading"
