@@ -816,6 +816,9 @@ METRIC_LABELS = {
 # ---------------------------------------------------------------------------
 DEMO_SCENARIOS = ["healthy", "degrading", "critical"]
 DEMO_BUCKETS_PER_SECOND = 1.0  # time acceleration: one 5-minute bucket per second
+# The demo's simulated clock runs 300x ahead of the wall clock, so its daemon accepts records up to
+# a year ahead of its own clock (--max-future-seconds); a production daemon keeps FEED_MAX_FUTURE_SECONDS.
+DEMO_MAX_FUTURE_SECONDS = 366 * 24 * 3600
 DEMO_PREFILL_MARGIN_BUCKETS = 6  # history sent at start beyond the model's encoder length
 DEMO_SERVERS = 30
 DEMO_TRAIN_HOURS = 14 * 24

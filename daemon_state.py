@@ -93,6 +93,7 @@ class DaemonSettings:
     allow_no_model: bool = False
     rate_per_minute: float = RATE_LIMIT_REQUESTS_PER_MINUTE
     rate_burst: int = RATE_LIMIT_BURST
+    max_future_seconds: float = FEED_MAX_FUTURE_SECONDS  # how far ahead of the daemon's clock a record may be
 
 
 @dataclass
@@ -225,13 +226,15 @@ class FeedIngest:
     """Validate a batch, store the valid records durably, merge them into the windows.
 
     ``clock`` is the daemon's own time (epoch seconds): no record may be stamped more than
-    ``FEED_MAX_FUTURE_SECONDS`` after it, so no client can move the fleet's clock.
+    ``max_future_seconds`` after it, so no client can move the fleet's clock.
     """
 
     def __init__(self, store: MetricsStore, fleet: FleetWindows, lock: threading.Lock, counters: Counters,
-                 metrics: PrometheusMetrics, clock: Callable[[], float] = time.time) -> None:
+                 metrics: PrometheusMetrics, clock: Callable[[], float] = time.time,
+                 max_future_seconds: float = FEED_MAX_FUTURE_SECONDS) -> None:
         self.store, self.fleet, self.lock, self.counters, self.metrics = store, fleet, lock, counters, metrics
         self.clock = clock
+        self.max_future_seconds = max_future_seconds
 
     def body(self, body: bytes) -> FeedResponse:
         """A raw ``POST /feed`` body -> what happened to each record (runs off the event loop).
@@ -305,7 +308,7 @@ class FeedIngest:
         retention window, or names a different profile than its server already has.
         """
         now = self.clock()
-        latest_ns = int((now + FEED_MAX_FUTURE_SECONDS) * 1e9)
+        latest_ns = int((now + self.max_future_seconds) * 1e9)
         newest = self.fleet.newest_bucket
         oldest_ok = None if newest is None else (newest - MAX_RECORD_AGE_HOURS * STEPS_PER_HOUR)
         profiles = {name: window.profile for name, window in self.fleet.servers.items()}
@@ -316,7 +319,7 @@ class FeedIngest:
             if ts_ns > latest_ns:
                 reason = (f"{isoformat_utc(record.timestamp)} is {(ts_ns / 1e9 - now):.0f} s ahead of the daemon's "
                           f"clock ({isoformat_utc(datetime.fromtimestamp(now, UTC))}); records may be at "
-                          f"most {FEED_MAX_FUTURE_SECONDS} s ahead. Fix the sender's clock (NTP)")
+                          f"most {self.max_future_seconds:g} s ahead. Fix the sender's clock (NTP)")
             elif oldest_ok is not None and bucket_of_ns(ts_ns) < oldest_ok:
                 reason = f"older than the {MAX_RECORD_AGE_HOURS} h retention window"
             elif profiles.setdefault(record.server_name, record.profile) != record.profile:
@@ -400,7 +403,8 @@ class Daemon:
         self.limiter = RateLimiter(settings.rate_per_minute, settings.rate_burst)  # per valid key
         self.anonymous_limiter = RateLimiter(ANONYMOUS_RATE_PER_MINUTE, ANONYMOUS_RATE_BURST)  # per address
         self.metrics = PrometheusMetrics()
-        self.ingest = FeedIngest(self.store, self.fleet, self.lock, self.counters, self.metrics, clock)
+        self.ingest = FeedIngest(self.store, self.fleet, self.lock, self.counters, self.metrics, clock,
+                                 settings.max_future_seconds)
         self.demo = DemoScenario(scenario="healthy")
         self.load_model()
         if self.fleet.servers:
@@ -409,7 +413,7 @@ class Daemon:
 
     def _open_windows(self) -> FleetWindows:
         """Quarantine records from the future (an older daemon accepted them), then rebuild the windows."""
-        latest = int(bucket_of_ns(int((self.clock() + FEED_MAX_FUTURE_SECONDS) * 1e9)))
+        latest = int(bucket_of_ns(int((self.clock() + self.settings.max_future_seconds) * 1e9)))
         try:
             moved = self.store.quarantine_after(latest)
             if moved:

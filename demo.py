@@ -31,6 +31,7 @@ from config import (
     DASHBOARD_TIMEOUT_SECONDS,
     DEFAULT_HOST,
     DEMO_DIR,
+    DEMO_MAX_FUTURE_SECONDS,
     DEMO_SERVERS,
     DEMO_START_TIMEOUT_SECONDS,
     DEMO_TRAIN_HOURS,
@@ -123,7 +124,8 @@ def run_demo(models_dir: Path, host: str, daemon_port: int, dashboard_port: int,
     signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops the demo as cleanly as Ctrl-C
     try:
         daemon = start("daemon", [sys.executable, "tft_inference.py", "--daemon", "--host", host, "--port",
-                                  str(daemon_port), "--model-dir", str(model_dir), "--store", str(store)])
+                                  str(daemon_port), "--model-dir", str(model_dir), "--store", str(store),
+                                  "--max-future-seconds", str(DEMO_MAX_FUTURE_SECONDS)])
         with DaemonClient(daemon_url, api_key) as client:
             client.wait_until_healthy(DEMO_START_TIMEOUT_SECONDS, still_starting=lambda: daemon.poll() is None)
         start("stream", [sys.executable, "metrics_generator.py", "--stream", "--daemon-url", daemon_url, "--servers",

@@ -69,6 +69,7 @@ from config import (
     DAEMON_PORT,
     DEFAULT_HOST,
     DISK_FULL_RETRY_AFTER_SECONDS,
+    FEED_MAX_FUTURE_SECONDS,
     MAX_BODY_BYTES,
     PROJECT_VERSION,
     RATE_LIMIT_BURST,
@@ -484,6 +485,9 @@ def build_arg_parser(parser: argparse.ArgumentParser | None = None) -> argparse.
     parser.add_argument("--rate-per-minute", type=float, default=RATE_LIMIT_REQUESTS_PER_MINUTE,
                         help="requests per minute per client")
     parser.add_argument("--rate-burst", type=int, default=RATE_LIMIT_BURST, help="burst size of the rate limit")
+    parser.add_argument("--max-future-seconds", type=float, default=FEED_MAX_FUTURE_SECONDS,
+                        help="how far ahead of this daemon's clock a record may be stamped (raise it only to replay "
+                             "a time-scaled feed)")
     parser.add_argument("--data", type=Path, default=None, help="offline: forecast this Parquet file once")
     parser.add_argument("--out", type=Path, default=Path("predictions.json"), help="offline: where to write")
     return parser
@@ -513,7 +517,8 @@ def run_from_args(args: argparse.Namespace) -> int:
               f"this run: {api_key}", file=sys.stderr)
     settings = DaemonSettings(model_dir=args.model_dir, store_path=args.store, api_key=api_key,
                               open_reads=args.open_reads, allow_no_model=args.allow_no_model,
-                              rate_per_minute=args.rate_per_minute, rate_burst=args.rate_burst)
+                              rate_per_minute=args.rate_per_minute, rate_burst=args.rate_burst,
+                              max_future_seconds=args.max_future_seconds)
     try:
         app = create_app(settings)
     except (ModelLoadError, FileNotFoundError, StoreError) as exc:

@@ -13,6 +13,7 @@ import httpx
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from config import DEMO_MAX_FUTURE_SECONDS
 from metrics_generator import FleetSimulator
 from tests.conftest import API_KEY, ROOT, TINY_FLEET, DaemonProcess, feed_buckets, free_port, wait_for
 
@@ -124,7 +125,9 @@ def test_dashboard_in_a_real_browser_fed_by_the_stream(tiny_training, tmp_path):
 
     assert Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists(), \
         "Debian chromium + chromium-driver are needed (bootstrap.sh --dev installs them)"
-    daemon = DaemonProcess(tiny_training.model_dir, tmp_path / "store.sqlite3", "--rate-per-minute", "100000")
+    # The stream's clock runs ahead of the wall clock (2 buckets a second), as in the demo.
+    daemon = DaemonProcess(tiny_training.model_dir, tmp_path / "store.sqlite3", "--rate-per-minute", "100000",
+                           "--max-future-seconds", str(DEMO_MAX_FUTURE_SECONDS))
     processes = []
     driver = None
     try:
@@ -159,6 +162,8 @@ def test_dashboard_in_a_real_browser_fed_by_the_stream(tiny_training, tmp_path):
         assert "Backtest on held-out data" in texts["Advanced"] and "servers_ready" in texts["Advanced"]
         assert "daemon URL" in texts["Advanced"]
         assert not any("% CPU idle" in text for text in texts.values())
+        with daemon.client() as client:
+            assert client.get("/status").json()["feed_records_rejected"] == 0  # every streamed record taken
     finally:
         if driver is not None:
             driver.quit()
@@ -181,4 +186,5 @@ def test_one_command_demo_starts_everything_and_stops_cleanly(tiny_training, tmp
     assert "Dashboard:  http://127.0.0.1:" in result.stdout and "API key:" in result.stdout
     for child in ("daemon", "dashboard", "stream"):
         assert f"stopped {child}" in result.stderr, child
+    assert "rejected" not in result.stderr  # the accelerated stream's records are all taken
     assert (tmp_path / "demo" / "demo_store.sqlite3").exists()  # the demo wrote where it was told
