@@ -747,6 +747,7 @@ ANONYMOUS_RATE_BURST = 100
 # than this many, and never holds more than the hard cap (oldest first out).
 RATE_LIMIT_PRUNE_ABOVE = 10_000
 RATE_LIMIT_MAX_CLIENTS = 50_000
+RATE_LIMIT_PRUNE_EVERY_SECONDS = 1.0  # the forgetting scan runs at most this often
 # WebSocket close codes: a refused key (4000-4999 are the application's; 4401 mirrors HTTP 401),
 # too many handshakes (4429 mirrors 429), and a binary frame (1003, "unsupported data", RFC 6455).
 WS_UNAUTHORIZED_CODE = 4401

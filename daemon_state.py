@@ -65,6 +65,7 @@ from config import (
     RATE_LIMIT_BURST,
     RATE_LIMIT_MAX_CLIENTS,
     RATE_LIMIT_PRUNE_ABOVE,
+    RATE_LIMIT_PRUNE_EVERY_SECONDS,
     RATE_LIMIT_REQUESTS_PER_MINUTE,
     RETENTION_HOURS,
     SAMPLING_INTERVAL_SECONDS,
@@ -131,6 +132,7 @@ class RateLimiter:
         self.prune_above = prune_above
         self.max_clients = max_clients
         self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()  # least recently seen first
+        self._pruned_at = float("-inf")
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
@@ -144,17 +146,18 @@ class RateLimiter:
             tokens = min(float(self.burst), tokens + (now - stamp) * self.rate)
             allowed = tokens >= 1.0
             self._buckets[client] = (tokens - 1.0 if allowed else tokens, now)
-            if len(self._buckets) > self.prune_above:
+            if len(self._buckets) > self.prune_above and now - self._pruned_at >= RATE_LIMIT_PRUNE_EVERY_SECONDS:
                 self._prune(now)
+            while len(self._buckets) > self.max_clients:  # the hard cap: least recently seen out, O(1) each
+                self._buckets.popitem(last=False)
             return allowed, 0.0 if allowed else (1.0 - tokens) / self.rate
 
     def _prune(self, now: float) -> None:
-        """Forget clients whose bucket is full again; then the oldest, down to the hard cap."""
+        """Forget clients whose bucket is full again (a scan, so at most once per prune interval)."""
+        self._pruned_at = now
         full_after = self.burst / self.rate  # seconds for an empty bucket to refill
         for client in [c for c, (_, stamp) in self._buckets.items() if now - stamp >= full_after]:
             del self._buckets[client]
-        while len(self._buckets) > self.max_clients:
-            self._buckets.popitem(last=False)
 
 
 class PrometheusMetrics:
