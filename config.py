@@ -780,6 +780,8 @@ BUCKET_GRACE_SECONDS = 30
 # A server with no samples for this many buckets is reported offline, not forecast.
 OFFLINE_AFTER_BUCKETS = 12
 FORECAST_POLL_SECONDS = 0.5
+# The daemon logs one INFO summary of its forecast cycles this often (each cycle is a DEBUG line).
+LOG_SUMMARY_SECONDS = 60.0
 # A failed cycle is retried after a back-off that doubles from FORECAST_POLL_SECONDS up to this.
 FORECAST_RETRY_MAX_SECONDS = 60.0
 # Records older than this (relative to the newest bucket the daemon has seen) are rejected.
@@ -833,6 +835,10 @@ DEMO_RAMP_HOURS = {
 STREAM_RETRY_SECONDS = 2.0  # the stream retries a failed POST /feed this often, until it is delivered
 DEMO_PREFILL_CHUNK_BUCKETS = 24  # buckets per POST /feed while the stream pre-fills history
 DEMO_START_TIMEOUT_SECONDS = 120.0  # main.py demo: how long the daemon and the dashboard may take to answer
+# main.py demo without a model: generating its fleet and training its model, measured on a 2-core CPU
+# (README "Run it"; re-measure with a fresh --models-dir and --work-dir when DEMO_TRAIN_ARGS change).
+DEMO_FIRST_MODEL_MINUTES = 5
+DEMO_LOG_TAIL_LINES = 20  # main.py demo: lines of a child's log shown when it fails
 DASHBOARD_TIMEOUT_SECONDS = 10.0
 DASHBOARD_REQUEST_ATTEMPTS = 1  # a failed read is not retried: the next refresh is the retry
 DASHBOARD_CACHE_SECONDS = 2  # the panels of one refresh share one round of requests

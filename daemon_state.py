@@ -58,6 +58,7 @@ from config import (
     HEALTH_DEGRADED_AFTER_FAILED_CYCLES,
     HORIZONS,
     LINBORG_METRICS,
+    LOG_SUMMARY_SECONDS,
     MAX_RECORD_AGE_HOURS,
     MAX_RECORDS_PER_REQUEST,
     PROJECT_VERSION,
@@ -385,6 +386,36 @@ class Subscribers:
 
 
 # ============================================================================ the daemon
+class CycleLog:
+    """One INFO line per ``LOG_SUMMARY_SECONDS`` about the cycles since the last one (each cycle is DEBUG).
+
+    A demo completes a bucket every second; a line per cycle would bury every warning.
+    """
+
+    def __init__(self, every_seconds: float = LOG_SUMMARY_SECONDS, clock: Callable[[], float] = time.monotonic) -> None:
+        self.every_seconds, self.clock = every_seconds, clock
+        self._since = clock()
+        self._ms: list[float] = []
+        self._forecast = self._tracked = 0
+        self._last_time = ""
+
+    def add(self, result: CycleResult) -> None:
+        """Count one cycle; log the summary when the interval is over."""
+        self._ms.append(result.seconds * 1000.0)
+        self._forecast, self._tracked = result.forecast_count, len(result.servers)
+        self._last_time = result.prediction_time
+        if self.clock() - self._since >= self.every_seconds:
+            self.flush()
+
+    def flush(self) -> None:
+        """Log the summary now (nothing when no cycle ran)."""
+        if self._ms:
+            logger.info("%d forecast cycles in the last %.0f s, up to %s: %d of %d servers forecast; cycle median "
+                        "%.1f ms, max %.1f ms", len(self._ms), self.clock() - self._since, self._last_time,
+                        self._forecast, self._tracked, float(np.median(self._ms)), max(self._ms))
+        self._since, self._ms = self.clock(), []
+
+
 class Daemon:
     """Everything the endpoints share: store, windows, model, the published cycle, counters."""
 
@@ -406,6 +437,7 @@ class Daemon:
         self.limiter = RateLimiter(settings.rate_per_minute, settings.rate_burst)  # per valid key
         self.anonymous_limiter = RateLimiter(ANONYMOUS_RATE_PER_MINUTE, ANONYMOUS_RATE_BURST)  # per address
         self.metrics = PrometheusMetrics()
+        self.cycle_log = CycleLog()
         self.ingest = FeedIngest(self.store, self.fleet, self.lock, self.counters, self.metrics, clock,
                                  settings.max_future_seconds)
         self.demo = DemoScenario(scenario="healthy")
@@ -517,11 +549,12 @@ class Daemon:
         if self.counters.cycles % TRIM_EVERY_CYCLES == 0:
             removed = self.store.trim(origin - RETENTION_HOURS * STEPS_PER_HOUR,
                                       origin - FORECAST_RETENTION_HOURS * STEPS_PER_HOUR, origin)
-            logger.info("retention: removed %s", removed)
+            (logger.info if any(removed.values()) else logger.debug)("retention: removed %s", removed)
         self.store.write_ledger()  # what a restart must find again (a shorter store is reported as a loss)
         self.counters.last_cycle_total_ms = round((time.perf_counter() - began) * 1000.0, 2)
-        logger.info("forecast cycle %s: %d servers forecast, %d tracked, %.1f ms", result.prediction_time,
-                    result.forecast_count, len(result.servers), result.seconds * 1000.0)
+        logger.debug("forecast cycle %s: %d servers forecast, %d tracked, %.1f ms", result.prediction_time,
+                     result.forecast_count, len(result.servers), result.seconds * 1000.0)
+        self.cycle_log.add(result)
         return result
 
     def _count_cycle(self, result: CycleResult) -> None:
@@ -549,7 +582,8 @@ class Daemon:
             await asyncio.sleep(FORECAST_POLL_SECONDS)
 
     def close(self) -> None:
-        """Release the store."""
+        """Log the last cycle summary and release the store."""
+        self.cycle_log.flush()
         self.store.close()
 
 

@@ -339,3 +339,26 @@ def test_an_unknown_host_is_forecast_from_its_profile(tiny_training):
     diffs = [abs(db.predictions["8hr"][m]["p50"] - web.predictions["8hr"][m]["p50"])
              for m in db.predictions["8hr"]]
     assert max(diffs) >= 0.01, diffs
+
+
+def test_cycles_are_summarised_not_logged_one_by_one(tiny_training, tmp_path, caplog):
+    """One INFO line per LOG_SUMMARY_SECONDS about the cycles since the last; each cycle is DEBUG."""
+    import logging
+
+    from daemon_state import Daemon, DaemonSettings
+
+    daemon = Daemon(DaemonSettings(model_dir=tiny_training.model_dir, store_path=tmp_path / "s.sqlite3"))
+    sim = FleetSimulator(fleet=TINY_FLEET, seed=12, start="2026-03-02T00:00:00Z")
+    daemon.ingest(sim.records(sim.advance(40)))
+    newest = daemon.fleet.newest_bucket
+    with caplog.at_level(logging.DEBUG, logger="tft_inference"):
+        for origin in range(newest - 10, newest):
+            assert daemon.run_cycle(origin) is not None
+        info = [r.getMessage() for r in caplog.records if r.levelno >= logging.INFO]
+        assert info == []  # ten cycles well inside one summary interval: nothing at INFO
+        assert sum("forecast cycle 2026" in r.getMessage() for r in caplog.records) == 10  # each one at DEBUG
+        daemon.cycle_log.every_seconds = 0.0
+        assert daemon.run_cycle(newest) is not None
+        [summary] = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
+    daemon.close()
+    assert "11 forecast cycles" in summary and "median" in summary and "max" in summary
