@@ -71,6 +71,7 @@ from config import (
     DEFAULT_HOST,
     DISK_FULL_RETRY_AFTER_SECONDS,
     FEED_MAX_FUTURE_SECONDS,
+    LOG_FORMAT,
     MAX_BODY_BYTES,
     PROJECT_VERSION,
     RATE_LIMIT_BURST,
@@ -504,6 +505,9 @@ def build_arg_parser(parser: argparse.ArgumentParser | None = None) -> argparse.
     parser.add_argument("--max-future-seconds", type=float, default=FEED_MAX_FUTURE_SECONDS,
                         help="how far ahead of this daemon's clock a record may be stamped (raise it only to replay "
                              "a time-scaled feed)")
+    parser.add_argument("--access-log", type=Path, default=None,
+                        help="write the access log (one JSON line per prediction request) to this file instead of "
+                             "the daemon's log")
     parser.add_argument("--data", type=Path, default=None, help="offline: forecast this Parquet file once")
     parser.add_argument("--out", type=Path, default=Path("predictions.json"), help="offline: where to write")
     return parser
@@ -542,9 +546,20 @@ def run_from_args(args: argparse.Namespace) -> int:
         return 1
     import uvicorn
 
+    if args.access_log is not None:
+        route_access_log(args.access_log)
     logger.info("serving on http://%s:%d (docs at /docs)", args.host, args.port)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0
+
+
+def route_access_log(path: Path) -> None:
+    """Send the access log (``tft_inference.access``) to ``path`` only, so the daemon's own log stays readable."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    access_log.addHandler(handler)
+    access_log.propagate = False
 
 
 def main(argv: list[str] | None = None) -> int:

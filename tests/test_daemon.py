@@ -23,7 +23,8 @@ from tests.conftest import API_KEY, ROOT, TINY_FLEET, DaemonProcess, feed_bucket
 def live(tiny_training, tmp_path_factory):
     """A daemon with the tiny trained model, fed 30 buckets of the same fleet plus a stranger."""
     store = tmp_path_factory.mktemp("daemon") / "store.sqlite3"
-    daemon = DaemonProcess(tiny_training.model_dir, store, "--rate-per-minute", "100000")
+    daemon = DaemonProcess(tiny_training.model_dir, store, "--rate-per-minute", "100000", "--access-log",
+                           str(store.with_name("access.log")))
     daemon.wait_ready()
     sim = FleetSimulator(fleet=TINY_FLEET, seed=99, start="2026-03-02T00:00:00Z")
     stranger = FleetSimulator(fleet={"database": 1}, seed=5, start="2026-03-02T02:05:00Z")  # the last 5 buckets
@@ -362,3 +363,18 @@ def test_cycles_are_summarised_not_logged_one_by_one(tiny_training, tmp_path, ca
         [summary] = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
     daemon.close()
     assert "11 forecast cycles" in summary and "median" in summary and "max" in summary
+
+
+def test_every_prediction_request_is_in_the_access_log(live):
+    """Codex: every prediction request is logged; --access-log keeps those lines out of the daemon's own log."""
+    daemon, _ = live
+    with daemon.client() as client:
+        assert client.get("/predictions/current").status_code == 200
+        assert client.get("/predictions/no-such-server").status_code == 404
+    access = daemon.log.with_name("access.log")
+    lines = wait_for(lambda: [json.loads(line.split(": ", 1)[1]) for line in access.read_text().splitlines()
+                              if "prediction_request" in line] if access.exists() else None)
+    paths = {(entry["path"], entry["status"]) for entry in lines}
+    assert ("/predictions/current", 200) in paths and ("/predictions/no-such-server", 404) in paths
+    assert all(entry["client"].startswith("key:") and entry["ms"] >= 0 for entry in lines)
+    assert "prediction_request" not in daemon.log.read_text()
