@@ -46,3 +46,22 @@ def test_generator_module_entry_point_and_bad_flags(tmp_path):
     assert "below the minimum of 24" in too_short.stderr and "Fix:" in too_short.stderr
     bad_fleet = run_cli("main.py", "generate", "--fleet", "mainframe=2", "--out_dir", str(tmp_path))
     assert bad_fleet.returncode == 2 and "Bad fleet entry" in bad_fleet.stderr
+
+
+def test_every_subcommand_has_help_and_refuses_a_bad_argument():
+    """Each subcommand's --help answers 0 with its own usage; a bad argument is exit 2 with a usage error."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from main import SUBCOMMANDS
+
+    def check(command: str) -> tuple[str, object, object]:
+        return command, run_cli("main.py", command, "--help"), run_cli("main.py", command, "--no-such-flag")
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        results = list(pool.map(check, SUBCOMMANDS))
+    for command, helped, refused in results:
+        assert helped.returncode == 0, (command, helped.stderr[-500:])
+        assert f"usage: main.py {command}" in helped.stdout and "--help" in helped.stdout, command
+        # argparse names the first problem: the unknown flag, or a required argument that is missing.
+        assert refused.returncode == 2 and f"main.py {command}: error:" in refused.stderr, command
+        assert "--no-such-flag" in refused.stderr or "required" in refused.stderr, (command, refused.stderr)
