@@ -2,11 +2,13 @@
 
     python main.py demo            # then open the printed dashboard URL; Ctrl-C stops everything
 
-On a fresh checkout it first generates a small fleet and trains a small model (a few
-minutes on a 2-core CPU, with progress), unless ``models/latest`` already holds one. Then it
-starts, each as its own process: the inference daemon (fresh store, a random API key), the
+On a fresh checkout it first generates a small fleet and trains a small model (measured:
+about DEMO_FIRST_MODEL_MINUTES on an idle 2-core CPU), unless ``models/latest`` already holds one. Then
+it starts, each as its own process: the inference daemon (fresh store, a random API key), the
 demo stream (``metrics_generator.py --stream``, one 5-minute bucket per second) and the
-Streamlit dashboard. The dashboard's Healthy / Degrading / Critical buttons switch the stream.
+Streamlit dashboard (started in the repository root, so it reads ``.streamlit/config.toml``).
+Their output goes to ``<work dir>/<name>.log``, so the dashboard URL stays the last line of the
+start-up output. The dashboard's Healthy / Degrading / Critical buttons switch the stream.
 The daemon is awaited through :class:`daemon_client.DaemonClient`, like every other client of it.
 """
 
@@ -31,6 +33,8 @@ from config import (
     DASHBOARD_TIMEOUT_SECONDS,
     DEFAULT_HOST,
     DEMO_DIR,
+    DEMO_FIRST_MODEL_MINUTES,
+    DEMO_LOG_TAIL_LINES,
     DEMO_MAX_FUTURE_SECONDS,
     DEMO_SERVERS,
     DEMO_START_TIMEOUT_SECONDS,
@@ -40,7 +44,7 @@ from config import (
     PROJECT_ROOT,
     TRAINING_DATA_FILE,
 )
-from daemon_client import DaemonClient
+from daemon_client import DaemonClient, DaemonError
 
 logger = logging.getLogger(__name__)
 DEMO_TRAIN_ARGS = ["--epochs", "4", "--windows-per-epoch", "8192", "--val-windows", "2048", "--holdout-hours", "24"]
@@ -55,12 +59,13 @@ def ensure_model(models_dir: Path, work_dir: Path = DEMO_DIR) -> Path:
         logger.info("using the existing model %s", latest.resolve().name)
         return latest
     data_dir = work_dir / "training"
+    logger.info("no model in %s yet: generating a %d-server, %d-day fleet and training a small model on it "
+                "(about %d minutes on an idle 2-core CPU; later runs reuse it)", models_dir, DEMO_SERVERS,
+                DEMO_TRAIN_HOURS // 24, DEMO_FIRST_MODEL_MINUTES)
     if not (data_dir / TRAINING_DATA_FILE).exists():
-        logger.info("no model yet: generating a %d-server, %d-day fleet to train on", DEMO_SERVERS,
-                    DEMO_TRAIN_HOURS // 24)
         _run([sys.executable, "metrics_generator.py", "--servers", str(DEMO_SERVERS), "--hours",
               str(DEMO_TRAIN_HOURS), "--out_dir", str(data_dir)])
-    logger.info("training a small demo model (a few minutes on a 2-core CPU)")
+    logger.info("training the demo model")
     _run([sys.executable, "tft_trainer.py", "--data", str(data_dir / TRAINING_DATA_FILE), "--models-dir",
           str(models_dir), *DEMO_TRAIN_ARGS])
     return latest
@@ -86,6 +91,15 @@ def _wait_http(url: str, timeout: float, proc: subprocess.Popen[bytes]) -> None:
     raise RuntimeError(f"{url} did not answer within {timeout:.0f}s")
 
 
+def _log_tail(path: Path, lines: int = DEMO_LOG_TAIL_LINES) -> str:
+    """The last ``lines`` lines of a child's log, to say why it stopped."""
+    try:
+        tail = path.read_text(errors="replace").splitlines()[-lines:]
+    except OSError:
+        return ""
+    return "\n".join(tail)
+
+
 def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
@@ -104,11 +118,20 @@ def run_demo(models_dir: Path, host: str, daemon_port: int, dashboard_port: int,
     env = {**os.environ, "TFT_API_KEY": api_key}
     daemon_url = f"http://{host}:{daemon_port}"
     children: list[tuple[str, subprocess.Popen[bytes]]] = []
+    logs = {name: work_dir / f"{name}.log" for name in ("daemon", "stream", "dashboard")}
 
     def start(name: str, args: list[str], extra_env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-        proc = subprocess.Popen(args, cwd=PROJECT_ROOT, env={**env, **(extra_env or {})})
+        # Each child logs to its own file, not to this terminal: the URL stays the last start-up line.
+        logger.info("starting the %s (log: %s)", name, logs[name])
+        with logs[name].open("wb") as log:
+            proc = subprocess.Popen(args, cwd=PROJECT_ROOT, env={**env, **(extra_env or {})},
+                                    stdout=log, stderr=subprocess.STDOUT)
         children.append((name, proc))
         return proc
+
+    def failure(name: str, what: str) -> RuntimeError:
+        # What went wrong with a child, with the end of its log (which is not on this terminal).
+        return RuntimeError(f"{what}; the end of {logs[name]}:\n{_log_tail(logs[name])}")
 
     def stop_all(*_: object) -> None:
         for _, proc in reversed(children):
@@ -127,22 +150,30 @@ def run_demo(models_dir: Path, host: str, daemon_port: int, dashboard_port: int,
                                   str(daemon_port), "--model-dir", str(model_dir), "--store", str(store),
                                   "--max-future-seconds", str(DEMO_MAX_FUTURE_SECONDS)])
         with DaemonClient(daemon_url, api_key) as client:
-            client.wait_until_healthy(DEMO_START_TIMEOUT_SECONDS, still_starting=lambda: daemon.poll() is None)
+            try:
+                client.wait_until_healthy(DEMO_START_TIMEOUT_SECONDS, still_starting=lambda: daemon.poll() is None)
+            except DaemonError as exc:
+                raise failure("daemon", exc.summary) from exc
         start("stream", [sys.executable, "metrics_generator.py", "--stream", "--daemon-url", daemon_url, "--servers",
                          str(servers), "--scenario", "healthy"])
         dashboard = start("dashboard", [sys.executable, "-m", "streamlit", "run", "tft_dashboard_web.py",
                                         "--server.port", str(dashboard_port), "--server.address", host,
                                         "--server.headless", "true", "--browser.gatherUsageStats", "false"],
                           {"TFT_DAEMON_URL": daemon_url})
-        _wait_http(f"http://{host}:{dashboard_port}/_stcore/health", DEMO_START_TIMEOUT_SECONDS, dashboard)
-        print(f"\n  Dashboard:  http://{host}:{dashboard_port}\n  Daemon API: {daemon_url}/docs\n"
-              f"  API key:    {api_key}\n  Demo mode:  use the Healthy / Degrading / Critical buttons in the "
-              f"dashboard's sidebar.\n  Stop:       Ctrl-C\n", flush=True)
+        try:
+            _wait_http(f"http://{host}:{dashboard_port}/_stcore/health", DEMO_START_TIMEOUT_SECONDS, dashboard)
+        except RuntimeError as exc:
+            raise failure("dashboard", str(exc)) from exc
+        # The URL is the last line: it is what to open.
+        print(f"\n  Daemon API: {daemon_url}/docs\n  API key:    {api_key}\n"
+              f"  Logs:       {work_dir}/{{daemon,stream,dashboard}}.log\n"
+              f"  Demo mode:  the Healthy / Degrading / Critical buttons in the dashboard's sidebar\n"
+              f"  Stop:       Ctrl-C\n  Dashboard:  http://{host}:{dashboard_port}", flush=True)
         began = time.time()
         while duration is None or time.time() - began < duration:
             for name, proc in children:
                 if proc.poll() is not None:
-                    raise RuntimeError(f"the {name} stopped unexpectedly (exit code {proc.returncode})")
+                    raise failure(name, f"the {name} stopped unexpectedly (exit code {proc.returncode})")
             time.sleep(1)
     except KeyboardInterrupt:
         print("\nstopping ...", flush=True)

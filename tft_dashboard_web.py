@@ -56,6 +56,10 @@ COLORS = {"green": "#2e7d32", "yellow": "#f9a825", "red": "#c62828", "warming_up
           "not_ready": "#6d4c41"}
 KEY_METRICS = [DISPLAY_CPU, "cpu_iowait_pct", "mem_used_pct", "swap_used_pct", "disk_usage_pct"]
 HORIZON_SHOWN = {"now": "now", **{label: f"+{text}" for label, text in HORIZON_TEXT.items()}}  # "+1 h"
+# Plotly's mode bar would sit on the legends and the heatmap's first row: charts go without it, except the
+# Historical one, which keeps only its PNG download (the mode bar shows on hover, above the plot area).
+PLAIN_CHART = {"displayModeBar": False}
+DOWNLOADABLE_CHART = {"modeBarButtons": [["toImage"]], "displaylogo": False}
 
 
 def label(metric: str) -> str:
@@ -188,24 +192,45 @@ def _default_refresh() -> int:
 # ============================================================================ the page
 st.set_page_config(page_title="Fleet trouble forecaster", layout="wide")
 
+
+def _switch_demo(client: DaemonClient, scenario: str) -> None:
+    """A demo button's callback: switch the stream through the daemon, before the sidebar is redrawn."""
+    try:
+        client.set_demo_scenario(scenario)
+        st.session_state.pop("demo_error", None)
+    except DaemonError as exc:
+        st.session_state["demo_error"] = f"Could not switch the demo: {exc.summary}"
+    _call.clear()
+
+
 with st.sidebar:
     st.header("Daemon")
     base_url = st.text_input("Daemon URL", os.environ.get("TFT_DAEMON_URL", f"http://{DEFAULT_HOST}:{DAEMON_PORT}"))
     api_key = st.text_input("API key", os.environ.get("TFT_API_KEY", ""), type="password")
     client = connect(base_url, api_key)
     refresh = st.slider("Refresh every (s, 0 = off)", 0, 60, _default_refresh())
+
+
+# Its own fragment on the page's refresh timer: what the stream plays is re-read from the daemon on
+# every refresh, so a switch made elsewhere (another browser, a script) shows within one refresh.
+@st.fragment(run_every=refresh if refresh else None)
+def demo_mode(client: DaemonClient) -> None:
+    """The Healthy / Degrading / Critical buttons (the playing one highlighted) and what the stream plays."""
     st.header("Demo mode")
     demo = fetch(client, "demo_scenario")
-    buttons = st.columns(len(DEMO_SCENARIOS))
-    for column, scenario in zip(buttons, DEMO_SCENARIOS, strict=True):
-        if column.button(scenario.capitalize(), use_container_width=True, key=f"demo_{scenario}"):
-            try:
-                client.set_demo_scenario(scenario)
-            except DaemonError as exc:
-                st.error(f"Could not switch the demo: {exc.summary}")
-            _call.clear()
-    if demo.data:
-        st.caption(f"Demo stream plays: **{demo.data['scenario']}**")
+    playing = demo.data["scenario"] if demo.data else None
+    for scenario in DEMO_SCENARIOS:  # stacked: each label whole at the default sidebar width
+        st.button(scenario.capitalize(), key=f"demo_{scenario}", width="stretch",
+                  type="primary" if scenario == playing else "secondary",
+                  on_click=_switch_demo, args=(client, scenario))
+    if st.session_state.get("demo_error"):
+        st.error(st.session_state["demo_error"])
+    if playing:
+        st.caption(f"Demo stream plays: **{playing}**")
+
+
+with st.sidebar:
+    demo_mode(client)
 
 st.title("Fleet trouble forecaster")
 
@@ -272,7 +297,7 @@ def overview(fleet: dict[str, Any], servers: list[dict[str, Any]], alerts: list[
                                      marker_color=COLORS[level]))
         fig.update_layout(barmode="stack", height=300, margin={"l": 10, "r": 10, "t": 10, "b": 10},
                           xaxis={"categoryorder": "array", "categoryarray": VALID_PROFILES})
-        st.plotly_chart(fig, use_container_width=True)
+        st.plotly_chart(fig, width="stretch", config=PLAIN_CHART)
     with right:
         st.subheader("Fleet-wide forecast")
         ready = [s for s in servers if s["status"] == "ok"]
@@ -299,14 +324,14 @@ def overview(fleet: dict[str, Any], servers: list[dict[str, Any]], alerts: list[
                                          mode="lines", line={"dash": "dot"}))
             fig.update_layout(height=360, margin={"l": 10, "r": 10, "t": 10, "b": 10}, yaxis_title="%",
                               legend={"orientation": "h", "y": -0.2, "font": {"size": 10}})
-            st.plotly_chart(fig, use_container_width=True)
+            st.plotly_chart(fig, width="stretch", config=PLAIN_CHART)
     st.subheader("Active alerts")
     if alerts:
         st.dataframe(pd.DataFrame([{
             "server": a["server_name"], "profile": a["profile"], "level": a["level"], "metric": label(a["metric"]),
             "when": HORIZON_SHOWN.get(a["horizon"], a["horizon"]),
             "in (min)": a["minutes_to_breach"], "value": round(a["predicted_value"], 1), "threshold": a["threshold"],
-            "why": a["reason"]} for a in alerts[:50]]), hide_index=True, use_container_width=True)
+            "why": a["reason"]} for a in alerts[:50]]), hide_index=True, width="stretch")
     else:
         st.success("No active alerts.")
 
@@ -318,7 +343,8 @@ def heatmap(servers: list[dict[str, Any]]) -> None:
     if not servers:
         st.info("No servers yet.")
         return
-    event = st.plotly_chart(risk_heatmap(servers), use_container_width=True, on_select="rerun",
+    event = st.plotly_chart(risk_heatmap(servers), width="stretch", config=PLAIN_CHART,
+                            on_select="rerun",
                             selection_mode="points", key="heatmap")
     names = [s["server_name"] for s in servers]
     picked = None
@@ -347,7 +373,7 @@ def server_details(server: dict[str, Any]) -> None:
             if band:
                 row[HORIZON_SHOWN[horizon]] = f"{band['p50']:.1f} ({band['p10']:.1f}-{band['p90']:.1f})"
         rows.append(row)
-    st.dataframe(pd.DataFrame(rows), hide_index=True, use_container_width=True)
+    st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch")
     for alert in server["alerts"]:
         (st.error if alert["level"] == "critical" else st.warning)(alert["reason"])
 
@@ -376,7 +402,8 @@ def top_servers(client: DaemonClient, servers: list[dict[str, Any]]) -> None:
             band = fan.data["fan"].get(metric)
             if band:
                 column.plotly_chart(fan_chart(metric, fan.data["steps"], band, history.data, server["profile"]),
-                                    use_container_width=True, key=f"fan_{server['server_name']}_{metric}")
+                                    width="stretch", config=PLAIN_CHART,
+                                    key=f"fan_{server['server_name']}_{metric}")
 
 
 def historical(client: DaemonClient, servers: list[dict[str, Any]]) -> None:
@@ -421,8 +448,10 @@ def historical(client: DaemonClient, servers: list[dict[str, Any]]) -> None:
                           "MAE of p50": float(np.mean(np.abs(y - np.array([p[2] for p in pairs])))),
                           "inside p10-p90": float(np.mean((y >= [p[1] for p in pairs])
                                                           & (y <= [p[3] for p in pairs])))})
-    fig.update_layout(height=380, margin={"l": 10, "r": 10, "t": 10, "b": 10}, yaxis_title=label(metric))
-    st.plotly_chart(fig, use_container_width=True)
+    # The top margin leaves the mode bar's one button (PNG download) room above the legend.
+    fig.update_layout(height=380, margin={"l": 10, "r": 10, "t": 40, "b": 10}, yaxis_title=label(metric))
+    st.plotly_chart(fig, width="stretch",
+                    config={**DOWNLOADABLE_CHART, "toImageButtonOptions": {"filename": f"{name}_{metric}"}})
     if stats:
         st.dataframe(pd.DataFrame(stats), hide_index=True)
         st.caption("A calibrated model has about 80% of actuals inside its p10-p90 band.")

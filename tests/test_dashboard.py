@@ -7,13 +7,14 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from config import DEMO_MAX_FUTURE_SECONDS
+from config import DASHBOARD_CACHE_SECONDS, DEMO_MAX_FUTURE_SECONDS, DEMO_SCENARIOS
 from metrics_generator import FleetSimulator
 from tests.conftest import API_KEY, ROOT, TINY_FLEET, DaemonProcess, feed_buckets, free_port, wait_for
 
@@ -106,17 +107,80 @@ def test_empty_fleet(tiny_training, tmp_path, dashboard):
         daemon.stop()
 
 
+def _demo_state(at: AppTest) -> tuple[str, list[str]]:
+    """The sidebar's demo caption and which demo buttons are highlighted (primary)."""
+    caption = " ".join(c.value for c in at.sidebar.caption if "Demo stream plays" in c.value)
+    pressed = [s for s in DEMO_SCENARIOS if at.sidebar.button(key=f"demo_{s}").proto.type == "primary"]
+    return caption, pressed
+
+
 def test_demo_buttons_switch_the_stream_scenario(fed_daemon, dashboard):
     at = dashboard(fed_daemon.url)
+    assert [at.sidebar.button(key=f"demo_{s}").label for s in DEMO_SCENARIOS] == ["Healthy", "Degrading",
+                                                                                   "Critical"]
     at.sidebar.button(key="demo_degrading").click().run()
     with fed_daemon.client() as client:
         assert client.get("/demo-scenario").json()["scenario"] == "degrading"
+    assert _demo_state(at) == ("Demo stream plays: **degrading**", ["degrading"])  # at once, not a refresh later
     at.sidebar.button(key="demo_healthy").click().run()
     with fed_daemon.client() as client:
         assert client.get("/demo-scenario").json()["scenario"] == "healthy"
+    assert _demo_state(at) == ("Demo stream plays: **healthy**", ["healthy"])
+
+
+def test_demo_caption_follows_a_switch_made_by_another_client(fed_daemon, dashboard):
+    """Another browser (or a script) switches the stream: the sidebar says so on its next run.
+
+    AppTest cannot fire the refresh timer; the browser test checks the timer itself.
+    """
+    at = dashboard(fed_daemon.url)
+    with fed_daemon.client() as client:
+        client.post("/admin/demo-scenario", json={"scenario": "healthy"}).raise_for_status()
+        time.sleep(DASHBOARD_CACHE_SECONDS + 0.5)  # past the cached read
+        at.run()
+        assert _demo_state(at) == ("Demo stream plays: **healthy**", ["healthy"])
+        client.post("/admin/demo-scenario", json={"scenario": "critical"}).raise_for_status()
+    time.sleep(DASHBOARD_CACHE_SECONDS + 0.5)
+    at.run()
+    assert _demo_state(at) == ("Demo stream plays: **critical**", ["critical"])
+
+
+def test_streamlit_started_in_the_checkout_watches_nothing_and_hides_deploy():
+    """.streamlit/config.toml is read by a Streamlit started in the repository root (as main.py demo does)."""
+    probe = ("from streamlit import config; config.get_config_options(force_reparse=True); "
+             "print(config.get_option('server.fileWatcherType'), config.get_option('client.toolbarMode'))")
+    result = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                            check=True)
+    assert result.stdout.split() == ["none", "minimal"], result.stdout + result.stderr
 
 
 # ---------------------------------------------------------------------------- real browser
+
+
+def _mode_bar_titles(driver, panel: str) -> list[str]:  # noqa: ANN001 - a selenium webdriver
+    """The titles of the Plotly mode bar buttons of one panel's charts, once they have drawn."""
+    from selenium.common.exceptions import MoveTargetOutOfBoundsException, StaleElementReferenceException
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+
+    def shown() -> tuple[list[str]] | None:
+        try:
+            tab = next(t for t in driver.find_elements(By.CSS_SELECTOR, "[role='tab']") if t.text == panel)
+            if tab.get_attribute("aria-selected") != "true":
+                tab.click()
+                return None
+            body = next((p for p in driver.find_elements(By.CSS_SELECTOR, "[role='tabpanel']") if p.is_displayed()),
+                        None)
+            charts = body.find_elements(By.CSS_SELECTOR, ".js-plotly-plot") if body is not None else []
+            if not charts or not all(c.find_elements(By.CSS_SELECTOR, ".main-svg") for c in charts):
+                return None
+            ActionChains(driver).move_to_element(charts[0]).perform()  # a hover mode bar is drawn on hover
+            return ([b.get_attribute("data-title") for c in charts
+                     for b in c.find_elements(By.CSS_SELECTOR, ".modebar-btn")],)
+        except (StaleElementReferenceException, MoveTargetOutOfBoundsException):  # redrawn under us: look again
+            return None
+
+    return wait_for(shown, timeout=60)[0]
 
 
 @pytest.mark.slow
@@ -162,6 +226,25 @@ def test_dashboard_in_a_real_browser_fed_by_the_stream(tiny_training, tmp_path):
         assert "Backtest on held-out data" in texts["Advanced"] and "servers_ready" in texts["Advanced"]
         assert "daemon URL" in texts["Advanced"]
         assert not any("% CPU idle" in text for text in texts.values())
+        # Charts keep their mode bar off their legends: the Overview's charts have none; the Historical chart's
+        # (drawn on hover) holds nothing but its PNG download.
+        assert _mode_bar_titles(driver, "Overview") == []
+        titles = _mode_bar_titles(driver, "Historical")
+        assert titles and all("png" in (title or "").lower() for title in titles), titles
+        # The demo buttons' labels are whole at the default sidebar width (not "Degra...").
+        labels = driver.execute_script(
+            "return [...document.querySelectorAll('[data-testid=stSidebar] button p')]"
+            ".map(p => [p.innerText, p.scrollWidth <= p.clientWidth])")
+        assert [label for label in labels if label[0] in ("Healthy", "Degrading", "Critical")] == \
+            [["Healthy", True], ["Degrading", True], ["Critical", True]], labels
+        # Another client switches the stream: the sidebar follows on its next refresh, without a reload.
+        with daemon.client() as client:
+            client.post("/admin/demo-scenario", json={"scenario": "critical"}).raise_for_status()
+
+        def sidebar() -> str:
+            return driver.find_element("css selector", "[data-testid=stSidebar]").text
+
+        wait_for(lambda: "Demo stream plays: critical" in sidebar(), timeout=int(env["TFT_DASHBOARD_REFRESH"]) + 30)
         with daemon.client() as client:
             assert client.get("/status").json()["feed_records_rejected"] == 0  # every streamed record taken
     finally:
@@ -178,13 +261,23 @@ def test_one_command_demo_starts_everything_and_stops_cleanly(tiny_training, tmp
     models = tmp_path / "models"
     shutil.copytree(tiny_training.model_dir, models / tiny_training.model_dir.name)
     (models / "latest").symlink_to(tiny_training.model_dir.name)
+    dashboard_port = free_port()
+    # One stream, as on a terminal: the demo's own lines and anything its children print.
     result = subprocess.run([sys.executable, "main.py", "demo", "--models-dir", str(models), "--work-dir",
                              str(tmp_path / "demo"), "--port",
-                             str(free_port()), "--dashboard-port", str(free_port()), "--servers", "8",
-                             "--duration", "20"], cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "Dashboard:  http://127.0.0.1:" in result.stdout and "API key:" in result.stdout
+                             str(free_port()), "--dashboard-port", str(dashboard_port), "--servers", "8",
+                             "--duration", "20"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, timeout=300, check=False)
+    output = result.stdout
+    assert result.returncode == 0, output[-3000:]
+    assert "API key:" in output
+    lines = [line for line in output.splitlines() if line.strip()]
+    start_up = lines[:next(i for i, line in enumerate(lines) if "demo: stopped" in line)]
+    # The URL to open is the last line of the start-up output: no child's line follows it.
+    assert start_up[-1].strip() == f"Dashboard:  http://127.0.0.1:{dashboard_port}", "\n".join(start_up[-20:])
     for child in ("daemon", "dashboard", "stream"):
-        assert f"stopped {child}" in result.stderr, child
-    assert "rejected" not in result.stderr  # the accelerated stream's records are all taken
+        assert f"stopped {child}" in output, child
+    logs = {name: (tmp_path / "demo" / f"{name}.log").read_text() for name in ("daemon", "stream", "dashboard")}
+    assert "rejected" not in logs["daemon"] + logs["stream"]  # the accelerated stream's records are all taken
+    assert "Inotify" not in logs["dashboard"]  # .streamlit/config.toml: the checkout is not watched
     assert (tmp_path / "demo" / "demo_store.sqlite3").exists()  # the demo wrote where it was told
