@@ -835,11 +835,10 @@ DEMO_RAMP_HOURS = {
 STREAM_RETRY_SECONDS = 2.0  # the stream retries a failed POST /feed this often, until it is delivered
 DEMO_PREFILL_CHUNK_BUCKETS = 24  # buckets per POST /feed while the stream pre-fills history
 DEMO_START_TIMEOUT_SECONDS = 120.0  # main.py demo: how long the daemon and the dashboard may take to answer
-# main.py demo without a model: generating its fleet (5 s) and training its model (4 x 8,192 windows of the
-# default 161,334-parameter TFT at ~250 samples/s, TRAINING_GUIDE.md) plus features, validation and backtest,
-# on an idle 2-core CPU (README "Run it"). Re-measure with a fresh --models-dir and --work-dir on an idle
-# machine when demo.DEMO_TRAIN_ARGS change.
-DEMO_FIRST_MODEL_MINUTES = 4
+# main.py demo without a model: generating its fleet and training its model, then starting everything;
+# measured 3 min 0 s from the command to the dashboard URL on the idle 2-core machine (2026-12-02,
+# README "Run it"). Re-measure with a fresh --models-dir and --work-dir when demo.DEMO_TRAIN_ARGS change.
+DEMO_FIRST_MODEL_MINUTES = 3
 DEMO_LOG_TAIL_LINES = 20  # main.py demo: lines of a child's log shown when it fails
 DASHBOARD_TIMEOUT_SECONDS = 10.0
 DASHBOARD_REQUEST_ATTEMPTS = 1  # a failed read is not retried: the next refresh is the retry
