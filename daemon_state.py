@@ -37,7 +37,6 @@ from api_models import (
     RECORD_ADAPTER,
     DemoScenario,
     FeedResponse,
-    FleetPredictions,
     HistoryResponse,
     LinborgRecord,
     RejectedRecord,
@@ -347,15 +346,14 @@ class PublishedCycle:
     """The latest cycle and its /predictions/current document, serialised once."""
 
     def __init__(self) -> None:
-        self.result: CycleResult | None = None
-        self.document: FleetPredictions = fleet_document(None, "none")
-        self.json: bytes = self.document.model_dump_json().encode()
+        self.result: CycleResult | None = None  # None until the first cycle
+        self.json = b""  # the result's /predictions/current document
 
     def publish(self, result: CycleResult, model_version: str) -> None:
-        """Make ``result`` the one every reader sees (document and bytes built here, once)."""
-        document = fleet_document(result, model_version)
-        encoded = document.model_dump_json().encode()
-        self.result, self.document, self.json = result, document, encoded
+        """Make ``result`` the one every reader sees (its document serialised here, once)."""
+        encoded = fleet_document(result, model_version).model_dump_json().encode()
+        self.json = encoded  # bytes first: a reader that sees the new result also sees its document
+        self.result = result
 
 
 class _Socket(Protocol):
