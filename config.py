@@ -586,6 +586,25 @@ TARGET_SCALE_FLOOR_MIN = {
 }
 # Windows sampled to fit the scalers of those level/spread inputs.
 TARGET_SCALE_FIT_WINDOWS = 20_000
+# Where each window is anchored: "last" = its last observed value (the model forecasts the change
+# from now, so at short horizons it starts from persistence, the strongest baseline on real
+# servers), "mean" = the window's mean (models saved before 0.9.0 read "mean" from their spec).
+TARGET_CENTER = "last"
+# Where the quantile loss is computed: "normalised" = on each window's normalised values (the
+# transformed target minus the anchor, divided by the window's spread), so every window and every
+# metric counts alike and a silent VM's network is learned as well as a busy one's; "metric" = in
+# metric units weighted by 1/each target's spread (models before 0.9.0), where a handful of bursty
+# servers decide the quantiles of all. The quantile of a monotone transform is the transform of the
+# quantile, so the optimum per window is the same; only the weighting differs.
+TRAIN_LOSS_SPACE = "normalised"
+# In normalised space a jump after a flat window (memory reset from 98 % after hours at 98 %) is
+# hundreds of spreads; targets are clipped at this many spreads in the loss so one such window
+# cannot dominate a batch.
+LOSS_NORMALISED_CLIP = 20.0
+# log1p-modelled targets are decoded with expm1. pytorch-forecasting's "log1p" transformation
+# decodes with exp, i.e. +1 in the target's units (1 MB/s of network, a load of 1): models saved
+# before 0.9.0 learned to compensate for it and keep "exp" in their spec.
+LOG1P_INVERSE = "expm1"
 QUANTILES = [0.1, 0.5, 0.9]
 QUANTILE_LABELS = ["p10", "p50", "p90"]
 # Calendar inputs known for the future: time of day, day of week, minute of the hour
@@ -652,6 +671,29 @@ PROFILE_VALUE_ORIGIN_STRIDE = 6
 PROFILE_VALUE_BOOTSTRAP_RESAMPLES = 1000
 # Baselines measured in the same run: last value, and same time yesterday.
 SEASONAL_LAG_STEPS = STEPS_PER_DAY
+# ... and the statistical models a practitioner tries first (Nixtla statsforecast, baselines.py):
+# AutoETS (no season: ETS cannot hold a 288-step one), MSTL with a daily season (trend by AutoETS)
+# and, on request, AutoTheta with a daily season. Each is fitted once per server and metric on
+# the last STAT_FIT_BUCKETS before the first forecast origin, then run forward over the last
+# STAT_FORWARD_BUCKETS before each origin (the fitted parameters, fresh data). Their 80 %
+# interval is the p10-p90 band. `main.py evaluate --no-statistical` skips them.
+STATISTICAL_METHODS = ("autoets", "mstl")
+STATISTICAL_METHODS_ALL = ("autoets", "mstl", "autotheta")
+STAT_SEASON_LENGTH = STEPS_PER_DAY
+STAT_FIT_BUCKETS = 7 * STEPS_PER_DAY
+STAT_FORWARD_BUCKETS = 7 * STEPS_PER_DAY
+STAT_INTERVAL_LEVEL = 80  # percent: lo-80 / hi-80 = p10 / p90
+STAT_PROGRESS_FRACTION = 0.1  # a progress line at every 10 % of the work ...
+STAT_PROGRESS_SECONDS = 15.0  # ... at most one per 15 s (shorter runs log only their summary)
+# q-risk divides by the sum of |actual|; for a near-silent series (a VM moving bytes per second)
+# that sum vanishes and q-risk explodes (billions) on errors nobody would notice. The denominator
+# is therefore at least n x this floor, in the metric's own units (one percent point, 10 KB/s,
+# a load of 0.1, one socket): a series whose mean sits below its floor is judged in absolute error.
+QRISK_DENOMINATOR_FLOOR = {
+    "cpu_used_pct": 1.0, "cpu_idle_pct": 1.0, "cpu_iowait_pct": 1.0, "mem_used_pct": 1.0, "swap_used_pct": 1.0,
+    "disk_usage_pct": 1.0, "load_average": 0.1, "net_in_mb_s": 0.01, "net_out_mb_s": 0.01,
+    "back_close_wait": 1.0, "front_close_wait": 1.0,
+}
 
 # Saved model layout.
 MODEL_DIR_PREFIX = "tft_model_"

@@ -47,7 +47,8 @@ from config import (
 from daemon_client import DaemonClient, DaemonError
 
 logger = logging.getLogger(__name__)
-DEMO_TRAIN_ARGS = ["--epochs", "4", "--windows-per-epoch", "8192", "--val-windows", "2048", "--holdout-hours", "24"]
+DEMO_TRAIN_ARGS = ["--epochs", "4", "--windows-per-epoch", "8192", "--val-windows", "2048", "--holdout-hours", "24",
+                   "--no-statistical"]
 
 
 def ensure_model(models_dir: Path, work_dir: Path = DEMO_DIR) -> Path:

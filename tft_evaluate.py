@@ -12,10 +12,14 @@ metric and each horizon (30 min, 1 h, 8 h = 6, 12, 96 buckets ahead):
   ``2 * sum(QL_q(y, yhat_q)) / sum(|y|)``;
 * p10-p90 coverage (share of actuals inside the band; 0.8 is calibrated);
 
-side by side with two baselines: persistence (the last observed value) and seasonal naive
-(the value at the same time yesterday). A baseline's point forecast stands in for all its
-quantiles. Servers held out of training are scored separately, with their real profile
-and with the profile hidden, to show what profile conditioning is worth on a new server.
+side by side with two naive baselines, persistence (the last observed value) and seasonal naive
+(the value at the same time yesterday), whose point forecast stands in for all their quantiles,
+and the statistical models a practitioner tries first (statsforecast AutoETS and MSTL with a
+daily season, ``baselines.py``) with their 80 % intervals, all scored by the same code. CPU is
+scored as *used* % (what users see), and q-risk's denominator has a floor per metric
+(``QRISK_DENOMINATOR_FLOOR``) so near-silent series are judged by absolute error. Servers held
+out of training are scored separately, with their real profile and with the profile hidden, to
+show what profile conditioning is worth on a new server.
 
 :func:`measure_profile_value` asks the same on a freshly generated fleet of servers the model
 has never seen, against a profile-agnostic model (:func:`train_agnostic_model`) too; the
@@ -40,14 +44,18 @@ import torch
 from common_utils import atomic_write_json, parse_utc, quiet_library_noise, read_json, setup_logging
 from config import (
     BACKTEST_ORIGIN_STRIDE,
+    DISPLAY_CPU,
     HOLDOUT_HOURS,
     HORIZONS,
     IMPORTING_DOC,
     PROFILE_PREFIXES,
     PROFILE_VALUE_BOOTSTRAP_RESAMPLES,
     PROFILE_VALUE_ORIGIN_STRIDE,
+    QRISK_DENOMINATOR_FLOOR,
     QUANTILES,
     SEASONAL_LAG_STEPS,
+    STATISTICAL_METHODS,
+    STATISTICAL_METHODS_ALL,
     STEPS_PER_DAY,
     STEPS_PER_HOUR,
     TIME_IDX,
@@ -56,7 +64,7 @@ from config import (
     TRAINING_INFO_FILE,
     VALID_PROFILES,
 )
-from contract import bucket_of_times, bucket_start
+from contract import bucket_of_times, bucket_start, cpu_used
 from data_validator import DataValidator, format_report
 from tft_features import FeatureSpec, SeriesStore, build_features, decode_quantiles, load_training_frame
 from tft_model import FleetTFT, LoadedModel, load_model
@@ -64,7 +72,8 @@ from trace_importer import measured_metrics_for
 
 logger = logging.getLogger(__name__)
 PREDICT_BATCH = 512
-METHODS = ("tft", "persistence", "seasonal_naive")
+NAIVE_METHODS = ("persistence", "seasonal_naive")
+METHODS = ("tft", *NAIVE_METHODS)
 
 
 def predict_windows(model: FleetTFT, store: SeriesStore, servers: np.ndarray, starts: np.ndarray,
@@ -111,18 +120,41 @@ def _quantile_loss(y: np.ndarray, yhat: np.ndarray, q: float) -> np.ndarray:
     return np.maximum(q * diff, (q - 1.0) * diff)
 
 
-def score(actual: np.ndarray, quantiles: np.ndarray) -> dict[str, float]:
-    """Metrics for one target and horizon; ``quantiles`` is (W, Q) or (W,) for a point forecast."""
+def scored_name(target: str) -> str:
+    """The name a target is scored and reported under: CPU as *used* %, the rest as they are."""
+    return DISPLAY_CPU if target == "cpu_idle_pct" else target
+
+
+def scoring_view(target: str, actual: np.ndarray, forecast: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Actuals and forecasts in the units users see: CPU idle -> used (100 - x, quantiles flipped).
+
+    ``forecast`` is (..., Q) quantiles or a point forecast of ``actual``'s shape.
+    """
+    if target != "cpu_idle_pct":
+        return actual, forecast
+    used = cpu_used(np.asarray(forecast, dtype=np.float64))
+    if used.ndim == np.asarray(actual).ndim + 1:  # quantiles: the p10 of used is 100 - the p90 of idle
+        used = used[..., ::-1]
+    return cpu_used(np.asarray(actual, dtype=np.float64)), used
+
+
+def score(actual: np.ndarray, quantiles: np.ndarray, denominator_floor: float = 0.0) -> dict[str, float]:
+    """Metrics for one target and horizon; ``quantiles`` is (W, Q) or (W,) for a point forecast.
+
+    q-risk divides by ``max(sum |y|, n * denominator_floor)`` (``QRISK_DENOMINATOR_FLOOR``), so a
+    near-silent series is judged by its absolute error instead of exploding.
+    """
     q = quantiles if quantiles.ndim == 2 else np.repeat(quantiles[:, None], len(QUANTILES), axis=1)
     keep = np.isfinite(q).all(axis=1) & np.isfinite(actual)
     y, q = actual[keep].astype(np.float64), q[keep].astype(np.float64)
-    denominator = max(float(np.abs(y).sum()), 1e-9)
+    denominator = max(float(np.abs(y).sum()), len(y) * denominator_floor, 1e-9)
     p10, p50, p90 = q[:, QUANTILES.index(0.1)], q[:, QUANTILES.index(0.5)], q[:, QUANTILES.index(0.9)]
     result = {
         "mae_p50": float(np.abs(y - p50).mean()) if len(y) else float("nan"),
         "qrisk_50": float(2.0 * _quantile_loss(y, p50, 0.5).sum() / denominator),
         "qrisk_90": float(2.0 * _quantile_loss(y, p90, 0.9).sum() / denominator),
         "n": int(len(y)),
+        "denominator_floored": bool(len(y) * denominator_floor > float(np.abs(y).sum())),
     }
     if quantiles.ndim == 2:
         result["coverage_p10_p90"] = float(((y >= p10) & (y <= p90)).mean()) if len(y) else float("nan")
@@ -130,12 +162,18 @@ def score(actual: np.ndarray, quantiles: np.ndarray) -> dict[str, float]:
 
 
 def evaluate_windows(spec: FeatureSpec, forecasts: np.ndarray, actual: np.ndarray, persistence: np.ndarray,
-                     seasonal: np.ndarray, scored: list[str] | None = None) -> dict[str, Any]:
-    """Per-target and per-horizon metrics for the TFT and both baselines, plus summaries.
+                     seasonal: np.ndarray, scored: list[str] | None = None,
+                     statistical: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
+    """Per-metric and per-horizon metrics for the TFT and every baseline, plus summaries.
 
     ``scored`` limits the targets that are scored (the data's measured metrics); a filled,
-    unmeasured metric is never scored.
+    unmeasured metric is never scored. ``statistical`` adds quantile forecasts of other models
+    ((W, targets, D, Q), e.g. :func:`baselines.statistical_forecasts`), scored by the same code.
+    Metrics are reported under :func:`scored_name` (CPU as used %); each horizon's summary is the
+    plain mean over the metrics, next to the per-metric rows.
     """
+    statistical = statistical or {}
+    methods = [*METHODS, *statistical]
     targets = [t for t in spec.targets if scored is None or t in scored]
     if not targets:
         raise ValueError(f"none of the model's targets {spec.targets} is measured in this data ({scored}); "
@@ -144,38 +182,55 @@ def evaluate_windows(spec: FeatureSpec, forecasts: np.ndarray, actual: np.ndarra
     for j, target in enumerate(spec.targets):
         if target not in targets:
             continue
-        per_target[target] = {}
+        name = scored_name(target)
+        floor = QRISK_DENOMINATOR_FLOOR.get(name, 0.0)
+        per_target[name] = {}
         for label, steps in HORIZONS.items():
             k = steps - 1
-            per_target[target][label] = {
-                "tft": score(actual[:, j, k], forecasts[:, j, k, :]),
-                "persistence": score(actual[:, j, k], persistence[:, j, k]),
-                "seasonal_naive": score(actual[:, j, k], seasonal[:, j, k]),
-            }
+            candidates = {"tft": forecasts[:, j, k, :], "persistence": persistence[:, j, k],
+                          "seasonal_naive": seasonal[:, j, k],
+                          **{m: values[:, j, k, :] for m, values in statistical.items()}}
+            row = {}
+            for method, values in candidates.items():
+                y, f = scoring_view(target, actual[:, j, k], values)
+                row[method] = score(y, f, floor)
+            per_target[name][label] = row
+    names = list(per_target)
     per_horizon: dict[str, Any] = {}
     for label in HORIZONS:
-        means = {m: float(np.mean([per_target[t][label][m]["qrisk_50"] for t in targets])) for m in METHODS}
-        best_baseline = min(("persistence", "seasonal_naive"), key=lambda m: means[m])
+        means = {m: float(np.mean([per_target[t][label][m]["qrisk_50"] for t in names])) for m in methods}
+        best_baseline = min(NAIVE_METHODS, key=lambda m: means[m])
         per_target_gain = [1.0 - per_target[t][label]["tft"]["qrisk_50"]
-                           / max(min(per_target[t][label]["persistence"]["qrisk_50"],
-                                     per_target[t][label]["seasonal_naive"]["qrisk_50"]), 1e-12) for t in targets]
-        per_horizon[label] = {
+                           / max(min(per_target[t][label][m]["qrisk_50"] for m in NAIVE_METHODS), 1e-12)
+                           for t in names]
+        row = {
             "qrisk_50_mean": means,
-            "qrisk_90_mean": {m: float(np.mean([per_target[t][label][m]["qrisk_90"] for t in targets]))
-                              for m in METHODS},
+            "qrisk_90_mean": {m: float(np.mean([per_target[t][label][m]["qrisk_90"] for t in names]))
+                              for m in methods},
             "best_baseline": best_baseline,
             "improvement_vs_best_baseline": 1.0 - means["tft"] / max(means[best_baseline], 1e-12),
             "mean_per_target_improvement": float(np.mean(per_target_gain)),
             "coverage_p10_p90_mean": float(np.mean([per_target[t][label]["tft"]["coverage_p10_p90"]
-                                                     for t in targets])),
+                                                     for t in names])),
         }
-    return {"per_target": per_target, "per_horizon": per_horizon}
+        if statistical:
+            best_stat = min(statistical, key=lambda m: means[m])
+            row["best_statistical"] = best_stat
+            row["improvement_vs_best_statistical"] = 1.0 - means["tft"] / max(means[best_stat], 1e-12)
+        per_horizon[label] = row
+    return {"per_target": per_target, "per_horizon": per_horizon, "methods": methods}
 
 
 def backtest_store(model: FleetTFT, spec: FeatureSpec, store: SeriesStore, first_decoder_tidx: int,
                    last_decoder_tidx: int, unseen_servers: list[str] | None = None,
-                   stride: int = BACKTEST_ORIGIN_STRIDE, scored: list[str] | None = None) -> dict[str, Any]:
-    """Backtest every window whose 8-hour decoder lies inside [first, last]."""
+                   stride: int = BACKTEST_ORIGIN_STRIDE, scored: list[str] | None = None,
+                   statistical: tuple[str, ...] | list[str] = ()) -> dict[str, Any]:
+    """Backtest every window whose 8-hour decoder lies inside [first, last].
+
+    ``statistical`` names statsforecast models (``baselines.py``) scored beside the naive
+    baselines on the same windows of the servers seen in training; their cost is in
+    ``statistical_seconds``.
+    """
     began = time.perf_counter()
     servers, starts = store.window_starts(first_decoder_tidx, last_decoder_tidx, stride=stride)
     if len(servers) == 0:
@@ -189,7 +244,17 @@ def backtest_store(model: FleetTFT, spec: FeatureSpec, store: SeriesStore, first
     forecasts = predict_windows(model, store, servers, starts)
     actual, persistence, seasonal = actuals_and_baselines(store, servers, starts)
     seen = ~is_unseen
-    result = evaluate_windows(spec, forecasts[seen], actual[seen], persistence[seen], seasonal[seen], scored)
+    stats: dict[str, np.ndarray] = {}
+    stat_seconds: dict[str, float] = {}
+    if statistical:
+        from baselines import statistical_forecasts
+
+        stats, stat_seconds = statistical_forecasts(store, servers[seen], starts[seen], methods=tuple(statistical),
+                                                    targets=scored)
+    result = evaluate_windows(spec, forecasts[seen], actual[seen], persistence[seen], seasonal[seen], scored,
+                              statistical=stats)
+    if statistical:
+        result["statistical_seconds"] = {m: round(v, 2) for m, v in stat_seconds.items()}
     result["range"] = {"first_decoder_bucket": bucket_start(first_decoder_tidx).isoformat(),
                        "last_decoder_bucket": bucket_start(last_decoder_tidx).isoformat()}
     result["windows"] = int(seen.sum())
@@ -239,24 +304,45 @@ def _profile_gain_per_server(spec: FeatureSpec, store: SeriesStore, servers: np.
     return out
 
 
+_SHORT_METHOD = {"tft": "tft", "persistence": "pers", "seasonal_naive": "seas", "autoets": "ets", "mstl": "mstl",
+                 "autotheta": "theta"}
+
+
 def format_table(summary: dict[str, Any]) -> str:
-    """Human-readable backtest tables."""
+    """Human-readable backtest tables: every metric and horizon, then the mean over metrics."""
     lines = [f"Backtest {summary['range']['first_decoder_bucket']} .. {summary['range']['last_decoder_bucket']}: "
              f"{summary['windows']} windows, {summary['servers']} servers"]
-    lines.append(f"{'target':<18}{'horizon':>8}{'MAE p50':>10}{'q50 tft':>9}{'q50 pers':>9}{'q50 seas':>9}"
-                 f"{'q90 tft':>9}{'cover':>7}")
+    methods = summary.get("methods", list(METHODS))
+    banded = [m for m in methods if m not in NAIVE_METHODS]
+    header = f"{'metric':<16}{'horizon':>8}{'MAE p50':>9}" + "".join(f"{'q50 ' + _SHORT_METHOD.get(m, m):>10}"
+                                                                     for m in methods)
+    header += "".join(f"{'cov ' + _SHORT_METHOD.get(m, m):>10}" for m in banded)
+    lines.append(header)
+    floored = []
     for target, horizons in summary["per_target"].items():
-        for label, methods in horizons.items():
-            t, p, s = methods["tft"], methods["persistence"], methods["seasonal_naive"]
-            lines.append(f"{target:<18}{label:>8}{t['mae_p50']:>10.3f}{t['qrisk_50']:>9.3f}{p['qrisk_50']:>9.3f}"
-                         f"{s['qrisk_50']:>9.3f}{t['qrisk_90']:>9.3f}{t['coverage_p10_p90']:>7.2f}")
+        for label, row in horizons.items():
+            text = f"{target:<16}{label:>8}{row['tft']['mae_p50']:>9.3f}"
+            text += "".join(f"{row[m]['qrisk_50']:>10.3f}" for m in methods)
+            text += "".join(f"{row[m]['coverage_p10_p90']:>10.2f}" for m in banded)
+            lines.append(text)
+            if row["tft"].get("denominator_floored"):
+                floored.append(f"{target} {label}")
+    if floored:
+        lines.append(f"(q-risk denominator at its floor, i.e. judged by absolute error: {', '.join(floored)}; "
+                     "see QRISK_DENOMINATOR_FLOOR)")
     lines.append("")
-    lines.append(f"{'horizon':<8}{'q50 tft':>9}{'q50 pers':>9}{'q50 seas':>9}{'vs best':>9}{'q90 tft':>9}{'cover':>7}")
+    lines.append("mean over the metrics above:")
+    lines.append(f"{'horizon':<8}" + "".join(f"{'q50 ' + _SHORT_METHOD.get(m, m):>10}" for m in methods)
+                 + f"{'vs naive':>10}{'vs stat':>10}{'q90 tft':>9}{'cover':>7}")
     for label, row in summary["per_horizon"].items():
         q = row["qrisk_50_mean"]
-        lines.append(f"{label:<8}{q['tft']:>9.3f}{q['persistence']:>9.3f}{q['seasonal_naive']:>9.3f}"
-                     f"{row['improvement_vs_best_baseline']:>+9.1%}{row['qrisk_90_mean']['tft']:>9.3f}"
+        vs_stat = f"{row['improvement_vs_best_statistical']:>+10.1%}" if "best_statistical" in row else f"{'-':>10}"
+        lines.append(f"{label:<8}" + "".join(f"{q[m]:>10.3f}" for m in methods)
+                     + f"{row['improvement_vs_best_baseline']:>+10.1%}{vs_stat}{row['qrisk_90_mean']['tft']:>9.3f}"
                      f"{row['coverage_p10_p90_mean']:>7.2f}")
+    if summary.get("statistical_seconds"):
+        lines.append("statistical models' cost: " + ", ".join(f"{m} {v:.1f} s"
+                                                              for m, v in summary["statistical_seconds"].items()))
     unseen = summary.get("unseen_servers")
     if unseen:
         lines.append("")
@@ -369,10 +455,15 @@ def bootstrap_gain(spec: FeatureSpec, servers: np.ndarray, actual: np.ndarray, w
     rng = np.random.default_rng(seed)
     out = {}
     for label, steps in HORIZONS.items():
-        y = actual[:, :, steps - 1].astype(np.float64)  # (W, targets)
+        y = actual[:, :, steps - 1].astype(np.float64)  # (W, targets); CPU as used % (the errors do not change)
+        for j, target in enumerate(spec.targets):
+            y[:, j] = scoring_view(target, y[:, j], y[:, j])[0]
         sums = []
         for forecast in (with_profile, without):
-            error = np.abs(y - forecast[:, :, steps - 1, p50])
+            point = forecast[:, :, steps - 1, p50].astype(np.float64)
+            for j, target in enumerate(spec.targets):
+                point[:, j] = scoring_view(target, point[:, j], point[:, j])[0]
+            error = np.abs(y - point)
             keep = np.isfinite(error)
             per_server = np.zeros((len(codes), y.shape[1], 2))
             np.add.at(per_server[:, :, 0], inverse, np.where(keep, error, 0.0))
@@ -446,8 +537,31 @@ def build_arg_parser(parser: argparse.ArgumentParser | None = None) -> argparse.
                              f"covers it, else the last {HOLDOUT_HOURS} h of the data")
     parser.add_argument("--stride", type=int, default=BACKTEST_ORIGIN_STRIDE, help="buckets between forecast origins")
     parser.add_argument("--out", type=Path, default=None, help="write the full result as JSON here")
+    add_statistical_arguments(parser)
     parser.add_argument("--no-store", action="store_true", help=f"do not record the summary in {TRAINING_INFO_FILE}")
     return parser
+
+
+def add_statistical_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--statistical`` / ``--no-statistical`` (shared by evaluate and train)."""
+    parser.add_argument("--statistical", default=",".join(STATISTICAL_METHODS),
+                        help="statsforecast models scored beside the naive baselines, comma-separated, from "
+                             f"{', '.join(STATISTICAL_METHODS_ALL)} (default: %(default)s)")
+    parser.add_argument("--no-statistical", action="store_true",
+                        help="skip the statistical models (quick runs: they cost seconds to minutes)")
+
+
+def statistical_from_args(args: argparse.Namespace) -> tuple[str, ...]:
+    """The statistical models the arguments ask for (empty with ``--no-statistical``)."""
+    if getattr(args, "no_statistical", False):
+        return ()
+    methods = tuple(m.strip() for m in str(args.statistical).split(",") if m.strip())
+    unknown = [m for m in methods if m not in STATISTICAL_METHODS_ALL]
+    if unknown:
+        raise ValueError(f"--statistical {','.join(unknown)}: unknown model(s). Fix: use any of "
+                         f"{', '.join(STATISTICAL_METHODS_ALL)}, or --no-statistical. "
+                         f"See {TRAINING_GUIDE_DOC} (Backtest).")
+    return methods
 
 
 def run_from_args(args: argparse.Namespace) -> int:
@@ -476,7 +590,7 @@ def run_from_args(args: argparse.Namespace) -> int:
             logger.warning("not scoring %s: not measured in %s (Docs/IMPORTING.md)",
                            ", ".join(t for t in loaded.spec.targets if t not in scored), args.data)
         summary = backtest_store(loaded.model, loaded.spec, store, first, data_end, unseen_servers=unseen,
-                                 stride=args.stride, scored=scored)
+                                 stride=args.stride, scored=scored, statistical=statistical_from_args(args))
     except (FileNotFoundError, ValueError, RuntimeError) as exc:
         logger.error("%s", exc)
         return 1

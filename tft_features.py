@@ -42,18 +42,21 @@ from config import (
     INTEGER_METRICS,
     KNOWN_REALS,
     LINBORG_METRICS,
+    LOG1P_INVERSE,
     MAX_PREDICTION_LENGTH,
     METRIC_RANGES,
     MIN_ENCODER_LENGTH,
     QUANTILES,
     SAMPLING_INTERVAL_SECONDS,
     STATIC_CATEGORICALS,
+    TARGET_CENTER,
     TARGET_METRICS,
     TARGET_SCALE_FIT_WINDOWS,
     TARGET_SCALE_FLOOR_FRACTION,
     TARGET_SCALE_FLOOR_MIN,
     TARGET_TRANSFORMS,
     TIME_IDX,
+    TRAIN_LOSS_SPACE,
     TRAINING_GUIDE_DOC,
     UNKNOWN_CATEGORICALS,
     VALID_PROFILES,
@@ -147,18 +150,32 @@ class FlooredEncoderNormalizer(EncoderNormalizer):
     """pytorch-forecasting's EncoderNormalizer whose per-window scale never drops below a floor."""
 
     def __init__(self, method: str = "standard", center: bool = True, transformation: str | None = None,
-                 method_kwargs: dict | None = None, max_length: int | None = None, scale_floor: float = 0.0) -> None:
+                 method_kwargs: dict | None = None, max_length: int | None = None, scale_floor: float = 0.0,
+                 anchor: str = "mean", log1p_inverse: str = "exp") -> None:
         super().__init__(method=method, center=center, transformation=transformation, method_kwargs=method_kwargs,
                          max_length=max_length)
         self.scale_floor = scale_floor
+        self.anchor = anchor
+        self.log1p_inverse = log1p_inverse
+
+    def inverse_preprocess(self, y: Any) -> Any:
+        """Undo the transformation; ``log1p`` with ``expm1`` when so configured (the stock uses exp: +1)."""
+        if self.transformation == "log1p" and self.log1p_inverse == "expm1":
+            return torch.expm1(y) if torch.is_tensor(y) else np.expm1(np.asarray(y))
+        return super().inverse_preprocess(y)
 
     def fit(self, y: Any) -> FlooredEncoderNormalizer:
-        """Fit on one encoder window, then apply the floor."""
+        """Fit on one encoder window, apply the floor, and anchor on the last value if configured."""
         super().fit(y)
         if torch.is_tensor(self.scale_):
             self.scale_ = torch.clamp(self.scale_, min=self.scale_floor)
         else:
             self.scale_ = np.maximum(self.scale_, self.scale_floor)
+        if self.anchor == "last":
+            transformed = self.preprocess(y)
+            last = transformed[..., -1] if torch.is_tensor(transformed) else np.asarray(transformed)[..., -1]
+            self.center_ = last.to(self.center_.dtype) if torch.is_tensor(self.center_) else \
+                np.asarray(last, dtype=np.asarray(self.center_).dtype)
         return self
 
 
@@ -178,6 +195,11 @@ class FeatureSpec:
     target_normalizers: dict[str, dict[str, Any]] = field(default_factory=dict)  # transformation, scale floor
     categories: dict[str, dict[str, int]] = field(default_factory=dict)  # label -> code per categorical
     loss_weights: list[float] = field(default_factory=list)
+    # The defaults are what models saved before 0.9.0 did; new specs take config's TARGET_CENTER
+    # and TRAIN_LOSS_SPACE (fit_feature_spec).
+    center: str = "mean"  # each window's anchor: "mean" or "last" (its last observed value)
+    loss_space: str = "metric"  # "metric" or "normalised" (tft_model.FleetTFT.step)
+    log1p_inverse: str = "exp"  # how log1p targets are decoded: "exp" (stock, +1) or "expm1"
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dictionary."""
@@ -217,14 +239,15 @@ def transform_target(name: str, values: np.ndarray, spec_or_transform: FeatureSp
     raise ValueError(f"unsupported target transformation {transformation!r}")
 
 
-def encoder_center_scale(encoder_values: np.ndarray, floor: np.ndarray | float) -> tuple[np.ndarray, np.ndarray]:
-    """Per-window center (mean) and scale (unbiased std + float32 eps, floored) over axis 1.
+def encoder_center_scale(encoder_values: np.ndarray, floor: np.ndarray | float,
+                         anchor: str = "mean") -> tuple[np.ndarray, np.ndarray]:
+    """Per-window center and scale (unbiased std + float32 eps, floored) over axis 1.
 
-    ``encoder_values`` is (B, E, ...) in transformed units; the formula is EncoderNormalizer's
-    (torch path), plus the floor.
+    ``encoder_values`` is (B, E, ...) in transformed units; the center is the mean, or the last
+    value with ``anchor="last"``. The formula is :class:`FlooredEncoderNormalizer`'s (torch path).
     """
     values = encoder_values.astype(np.float64)
-    center = values.mean(axis=1)
+    center = values[:, -1] if anchor == "last" else values.mean(axis=1)
     scale = values.std(axis=1, ddof=1) + np.finfo(np.float32).eps
     return center, np.maximum(scale, floor)
 
@@ -236,7 +259,8 @@ def fit_feature_spec(train_frame: pd.DataFrame, encoder_length: int,
 
     targets = list(targets or TARGET_METRICS)
     spec = FeatureSpec(encoder_length=encoder_length, targets=targets,
-                       min_encoder_length=min(MIN_ENCODER_LENGTH, encoder_length))
+                       min_encoder_length=min(MIN_ENCODER_LENGTH, encoder_length), center=TARGET_CENTER,
+                       loss_space=TRAIN_LOSS_SPACE, log1p_inverse=LOG1P_INVERSE)
     spec.categories = {
         GROUP_ID: _categories(train_frame[GROUP_ID].unique().tolist()),
         "profile": _categories(VALID_PROFILES),
@@ -270,7 +294,7 @@ def fit_feature_spec(train_frame: pd.DataFrame, encoder_length: int,
         floor = max(TARGET_SCALE_FLOOR_FRACTION * max(float(transformed.std()), 1e-6),
                     TARGET_SCALE_FLOOR_MIN.get(name, 0.0))
         spec.target_normalizers[name] = {"method": "standard", "transformation": transformation, "scale_floor": floor}
-        center, scale = encoder_center_scale(transformed[rows], floor)
+        center, scale = encoder_center_scale(transformed[rows], floor, spec.center)
         for suffix, values in (("center", center), ("scale", scale)):
             spec.scalers[f"{name}_{suffix}"] = {"mean": float(values.mean()), "scale": float(max(values.std(), 1e-8))}
         # The loss is computed in metric units; weight each target by 1/its spread so
@@ -283,7 +307,8 @@ def fit_feature_spec(train_frame: pd.DataFrame, encoder_length: int,
 def target_normalizer_objects(spec: FeatureSpec) -> list[Any]:
     """The per-window target normalisers, rebuilt from the spec's JSON."""
     return [FlooredEncoderNormalizer(method="standard", transformation=spec.target_normalizers[name]["transformation"],
-                                     scale_floor=spec.target_normalizers[name]["scale_floor"])
+                                     scale_floor=spec.target_normalizers[name]["scale_floor"], anchor=spec.center,
+                                     log1p_inverse=spec.log1p_inverse)
             for name in spec.targets]
 
 
@@ -436,11 +461,12 @@ class BatchAssembler:
             cont, cat, raw, target_tf, time_idx = take(cont), take(cat), take(raw), take(target_tf), take(time_idx)
         # Per-window normalisation of the targets over the real encoder steps (EncoderNormalizer, floored).
         if valid is None:
-            center, scale = encoder_center_scale(target_tf[:, :enc], self._floors)  # (B, n_targets)
+            center, scale = encoder_center_scale(target_tf[:, :enc], self._floors, self.spec.center)  # (B, targets)
             cont[:, :, self._rel_col] = self._relative_time
         else:
             encoder_tf = np.where(valid[:, :, None], target_tf[:, :longest], np.nan)
-            center = np.nanmean(encoder_tf, axis=1)
+            center = target_tf[np.arange(batch_size), lengths - 1] if self.spec.center == "last" \
+                else np.nanmean(encoder_tf, axis=1)
             with np.errstate(invalid="ignore"):
                 spread = np.nan_to_num(np.nanstd(encoder_tf, axis=1, ddof=1), nan=0.0)
             scale = np.maximum(spread + np.finfo(np.float32).eps, self._floors)

@@ -44,6 +44,7 @@ from common_utils import _umask, check_version_compatibility
 from config import (
     CONTRACT_VERSION,
     LEARNING_RATE,
+    LOSS_NORMALISED_CLIP,
     LR_WARMUP_FRACTION,
     MODEL_CONFIG_FILE,
     MODEL_FORMAT_VERSION,
@@ -68,7 +69,16 @@ class FleetTFT(TemporalFusionTransformer):
     """Temporal Fusion Transformer with the stock parameters and a faster forward."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # One target is still laid out as a list of one (MultiLoss, MultiNormalizer, a list of
+        # output layers): the stock model would build a single Linear from the list and fail.
+        sizes = kwargs.get("output_size")
+        single = isinstance(sizes, list) and len(sizes) == 1
+        if single:
+            kwargs["output_size"] = sizes[0]
         super().__init__(*args, **kwargs)
+        if single:
+            self.output_layer = nn.ModuleList([self.output_layer])
+            self.hparams.output_size = list(sizes)
         install_fast_dropout(self)  # faster CPU dropout masks; no parameters, same state dict
         # The fast sub-modules: interpolation matrices, parameter memo, batched variable GRNs.
         self.fast_path = FastPath(reals=self.reals, x_reals=self.hparams.x_reals)
@@ -76,6 +86,8 @@ class FleetTFT(TemporalFusionTransformer):
         # Attention weights are an interpretation output; the daemon does not read them, and
         # without them attention can run as one fused kernel (same result).
         self.return_attention = True
+        # Where the loss is computed (FeatureSpec.loss_space; set by build_model / model_from_config).
+        self.loss_space = "metric"
         # Optimiser steps of the whole run (set by the trainer, so a resumed run keeps its schedule).
         self.planned_total_steps: int | None = None
 
@@ -90,6 +102,42 @@ class FleetTFT(TemporalFusionTransformer):
     @compile_training.setter
     def compile_training(self, value: bool) -> None:
         self.fast_path.compile_training = bool(value)
+
+    # ------------------------------------------------------------------ loss
+    def step(self, x: dict[str, Any], y: tuple[Any, Any], batch_idx: int, **kwargs: Any) -> tuple[dict, Any]:
+        """One training/validation step; the loss in normalised space when the spec says so.
+
+        ``loss_space == "normalised"`` (set from the spec by :func:`build_model` and
+        :func:`model_from_config`): the quantile loss of each target is computed on the window's
+        normalised values, ``(transform(y) - anchor) / spread`` for actuals and forecasts alike,
+        with actuals clipped at ``LOSS_NORMALISED_CLIP`` spreads; targets are averaged. Every
+        window then counts alike, whatever the magnitude of its metric.
+        """
+        if getattr(self, "loss_space", "metric") != "normalised":
+            return super().step(x, y, batch_idx, **kwargs)
+        out = self(x, **kwargs)
+        loss = None if self.predicting else self.normalised_quantile_loss(out["prediction"], y[0], x["target_scale"])
+        if loss is not None:
+            self.log(f"{self.current_stage}_loss", loss.detach(), on_step=self.training, on_epoch=True, prog_bar=True,
+                     batch_size=len(x["decoder_target"]))
+        return {"loss": loss, "n_samples": x["decoder_lengths"].size(0)}, out
+
+    def normalised_quantile_loss(self, prediction: list[torch.Tensor], target: list[torch.Tensor],
+                                 target_scale: list[torch.Tensor]) -> torch.Tensor:
+        """Mean over targets of the quantile loss on normalised values (see :meth:`step`)."""
+        quantiles = torch.tensor(self.loss.metrics[0].quantiles, dtype=prediction[0].dtype,
+                                 device=prediction[0].device)
+        total = prediction[0].new_zeros(())
+        for pred, actual, scale, normalizer in zip(prediction, target, target_scale,
+                                                   self.output_transformer.normalizers, strict=True):
+            center, spread = scale[:, 0, None], scale[:, 1, None]  # (B, 1)
+            if normalizer.transformation == "log1p":
+                pred, actual = torch.log1p(pred.clamp_min(-1.0 + 1e-6)), torch.log1p(actual.clamp_min(0.0))
+            z_actual = ((actual - center) / spread).clamp(-LOSS_NORMALISED_CLIP, LOSS_NORMALISED_CLIP)
+            z_pred = (pred - center[..., None]) / spread[..., None]  # (B, D, Q)
+            error = z_actual[..., None] - z_pred
+            total = total + torch.maximum(quantiles * error, (quantiles - 1.0) * error).mean()
+        return total / len(prediction)
 
     # ------------------------------------------------------------------ optimiser
     def configure_optimizers(self) -> Any:
@@ -224,7 +272,7 @@ class FleetTFT(TemporalFusionTransformer):
         attn_output = self.post_attn_gate_norm(attn_output, attn_input[:, max_encoder_length:])
         output = fast.grn(self.pos_wise_ff, attn_output)
         output = self.pre_output_gate_norm(output, lstm_output[:, max_encoder_length:])
-        if self.n_targets > 1:  # the per-target output layers as one matrix product, then split
+        if isinstance(self.output_layer, nn.ModuleList):  # per-target layers as one matrix product, then split
             weight = torch.cat([layer.weight for layer in self.output_layer])
             bias = torch.cat([layer.bias for layer in self.output_layer])
             output = list(F.linear(output, weight, bias).split([layer.out_features for layer in self.output_layer],
@@ -255,7 +303,7 @@ def build_model(dataset: Any, spec: FeatureSpec, hidden_size: int, attention_hea
                 hidden_continuous_size: int, dropout: float, lstm_layers: int = 1,
                 learning_rate: float = LEARNING_RATE) -> FleetTFT:
     """Create the model from a ``TimeSeriesDataSet`` (stock ``from_dataset``)."""
-    return FleetTFT.from_dataset(
+    model = FleetTFT.from_dataset(
         dataset,
         hidden_size=hidden_size,
         attention_head_size=attention_heads,
@@ -268,6 +316,8 @@ def build_model(dataset: Any, spec: FeatureSpec, hidden_size: int, attention_hea
         output_size=[len(spec.quantiles)] * len(spec.targets),
         log_interval=-1,
     )
+    model.loss_space = spec.loss_space
+    return model
 
 
 def model_hparams(model: FleetTFT) -> dict[str, Any]:
@@ -290,6 +340,7 @@ def model_from_config(config: dict[str, Any]) -> tuple[FleetTFT, FeatureSpec]:
     hparams["embedding_sizes"] = {k: tuple(v) for k, v in hparams.get("embedding_sizes", {}).items()}
     model = FleetTFT(**hparams, loss=make_loss(spec), logging_metrics=nn.ModuleList([]),
                      output_transformer=MultiNormalizer(target_normalizer_objects(spec)))
+    model.loss_space = spec.loss_space
     return model, spec
 
 

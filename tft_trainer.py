@@ -74,6 +74,7 @@ from config import (
     PROJECT_VERSION,
     SERVER_MAPPING_FILE,
     SHORT_HISTORY_FRACTION,
+    STATISTICAL_METHODS,
     STEPS_PER_HOUR,
     TARGET_METRICS,
     TIME_IDX,
@@ -602,6 +603,8 @@ class TrainSettings:
     keep_checkpoints: bool = False
     checkpoint_every: int = CHECKPOINT_EVERY_N_EPOCHS
     backtest: bool = True
+    # statsforecast models scored beside the naive baselines in that backtest (empty: none)
+    statistical: tuple[str, ...] = STATISTICAL_METHODS
     max_time_minutes: float | None = None
     max_memory_gb: float = TRAINING_MEMORY_BUDGET_GB
     compile: str = TRAIN_COMPILE
@@ -748,12 +751,13 @@ def build_lightning_trainer(settings: TrainSettings, run: RunState, hardware: Ha
     )
 
 
-def backtest_held_out(model: FleetTFT, data: PreparedData) -> dict[str, Any]:
+def backtest_held_out(model: FleetTFT, data: PreparedData, statistical: tuple[str, ...] = ()) -> dict[str, Any]:
     """Backtest on the held-out range (after validation), the whole held-out servers scored apart."""
     from tft_evaluate import backtest_store
 
     return backtest_store(model, data.spec, data.store, first_decoder_tidx=data.val_end_tidx + 1,
-                          last_decoder_tidx=data.data_end_tidx, unseen_servers=data.unseen_servers)
+                          last_decoder_tidx=data.data_end_tidx, unseen_servers=data.unseen_servers,
+                          statistical=statistical)
 
 
 def training_info(settings: TrainSettings, data: PreparedData, run: RunState, model: FleetTFT,
@@ -839,7 +843,7 @@ def train(settings: TrainSettings) -> TrainResult | None:
         raise TrainingError(f"Training produced no validated epoch (interrupted?). See {TRAINING_GUIDE_DOC}.")
     model.load_state_dict(run.best_state)
     model.to("cpu").eval()
-    backtest = backtest_held_out(model, data) if settings.backtest else None
+    backtest = backtest_held_out(model, data, settings.statistical) if settings.backtest else None
     info = training_info(settings, data, run, model, hardware, trainer.num_devices, fit_seconds,
                          time.perf_counter() - began, backtest)
     model_dir = write_model_dir(new_model_dir(settings.models_dir), model, data.spec, data.encoder, info)
@@ -884,6 +888,9 @@ def build_arg_parser(parser: argparse.ArgumentParser | None = None) -> argparse.
     parser.add_argument("--max-memory-gb", type=float, default=d.max_memory_gb,
                         help="train on a subset of servers if the data would need more memory than this")
     parser.add_argument("--no-backtest", action="store_true", help="skip the post-training backtest")
+    from tft_evaluate import add_statistical_arguments
+
+    add_statistical_arguments(parser)
     parser.add_argument("--compile", choices=["auto", "on", "off"], default=d.compile,
                         help=f"torch.compile the variable-selection networks (auto: CPU runs of at least "
                              f"{TRAIN_COMPILE_MIN_STEPS} steps)")
@@ -892,6 +899,8 @@ def build_arg_parser(parser: argparse.ArgumentParser | None = None) -> argparse.
 
 def settings_from_args(args: argparse.Namespace) -> TrainSettings:
     """TrainSettings from parsed arguments."""
+    from tft_evaluate import statistical_from_args
+
     devices: Any = args.devices
     if isinstance(devices, str) and devices.isdigit():
         devices = int(devices)
@@ -905,7 +914,7 @@ def settings_from_args(args: argparse.Namespace) -> TrainSettings:
         precision=args.precision, resume=args.resume, keep_checkpoints=args.keep_checkpoints,
         checkpoint_every=args.checkpoint_every,
         backtest=not args.no_backtest, max_time_minutes=args.max_minutes, max_memory_gb=args.max_memory_gb,
-        compile=args.compile)
+        compile=args.compile, statistical=statistical_from_args(args))
 
 
 def run_from_args(args: argparse.Namespace) -> int:

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -28,7 +29,8 @@ TINY_HOURS = 96
 # A model small enough to train in seconds on two cores; the flags are the CLI's.
 TINY_TRAIN_ARGS = ["--epochs", "2", "--batch-size", "64", "--encoder-length", "24", "--hidden-size", "8",
                    "--attention-heads", "2", "--hidden-continuous-size", "4", "--windows-per-epoch", "512",
-                   "--val-windows", "256", "--val-hours", "12", "--holdout-hours", "24"]
+                   "--val-windows", "256", "--val-hours", "12", "--holdout-hours", "24",
+                   "--no-statistical"]
 
 
 def run_cli(*args: str, timeout: float = 300, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
@@ -145,3 +147,36 @@ def wait_for(predicate, timeout: float = 30, interval: float = 0.2):  # noqa: AN
             return value
         time.sleep(interval)
     raise TimeoutError("condition not met")
+
+
+# ============================================================================ imported traces
+HEADER = ("Timestamp [ms];\tCPU cores;\tCPU capacity provisioned [MHZ];\tCPU usage [MHZ];\tCPU usage [%];\t"
+          "Memory capacity provisioned [KB];\tMemory usage [KB];\tDisk read throughput [KB/s];\t"
+          "Disk write throughput [KB/s];\tNetwork received throughput [KB/s];\tNetwork transmitted throughput [KB/s]")
+
+
+def write_bitbrains_trace(path: Path, start: int, n: int, seed: int, cpu_spike: float | None = None,
+                          gap: tuple[int, int] | None = None, bursty_network: bool = False) -> pd.DataFrame:
+    """A Bitbrains-format trace: ';\\t' separated, epoch seconds, ~300 s apart with drift.
+
+    The network is a constant 3 KB/s in, 0.5 KB/s out, or with ``bursty_network`` a mostly
+    quiet series with rare bursts of hundreds of KB/s, as on the real VMs.
+    """
+    rng = np.random.default_rng(seed)
+    t = start + np.cumsum(np.r_[0, rng.integers(299, 302, n - 1)])
+    cpu = np.clip(20 + 10 * np.sin(np.arange(n) / 288 * 2 * np.pi) + rng.normal(0, 2, n), 0, 100)
+    if cpu_spike is not None:
+        cpu[5] = cpu_spike
+    mem_cap = np.where(np.arange(n) < n // 2, 4_000_000.0, 8_000_000.0)  # capacity changes mid-trace
+    mem = mem_cap * 0.5
+    frame = pd.DataFrame({"t": t, "cores": 2, "cap": 5200.0, "mhz": cpu * 52, "cpu": cpu, "memcap": mem_cap,
+                          "mem": mem, "dr": 1.0, "dw": 2.0, "rx": 1024.0 * 3, "tx": 512.0})
+    if bursty_network:
+        burst = rng.random(n) < 0.03
+        frame["rx"] = rng.lognormal(0.0, 1.0, n) + np.where(burst, rng.uniform(100, 800, n), 0.0)
+        frame["tx"] = rng.lognormal(-0.5, 1.0, n) + np.where(burst, rng.uniform(50, 400, n), 0.0)
+    if gap:
+        frame = frame.drop(index=range(*gap))
+    lines = [HEADER] + [";\t".join(str(v) for v in row) for row in frame.itertuples(index=False)]
+    path.write_text("\n".join(lines) + "\n")
+    return frame

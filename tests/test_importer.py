@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
 
@@ -18,44 +16,20 @@ from config import (
     UNMEASURED_FILL,
 )
 from data_validator import DataValidator, load_frame
-from tests.conftest import ROOT, run_cli
+from tests.conftest import ROOT, TINY_TRAIN_ARGS, run_cli, write_bitbrains_trace
 from tft_features import build_features
 from tft_trainer import TrainingError, measured_targets
 from trace_importer import TraceImportError, import_traces, load_mapping
 
 MAPPING = ROOT / "mappings" / "bitbrains_rnd.json"
 REAL_TRACES = ROOT.parent / "shared" / "realdata" / "bitbrains-rnd-2013-8"
-HEADER = ("Timestamp [ms];\tCPU cores;\tCPU capacity provisioned [MHZ];\tCPU usage [MHZ];\tCPU usage [%];\t"
-          "Memory capacity provisioned [KB];\tMemory usage [KB];\tDisk read throughput [KB/s];\t"
-          "Disk write throughput [KB/s];\tNetwork received throughput [KB/s];\tNetwork transmitted throughput [KB/s]")
-
-
-def write_trace(path: Path, start: int, n: int, seed: int, cpu_spike: float | None = None,
-                gap: tuple[int, int] | None = None) -> pd.DataFrame:
-    """A Bitbrains-format trace: ';\\t' separated, epoch seconds, ~300 s apart with drift."""
-    rng = np.random.default_rng(seed)
-    t = start + np.cumsum(np.r_[0, rng.integers(299, 302, n - 1)])
-    cpu = np.clip(20 + 10 * np.sin(np.arange(n) / 288 * 2 * np.pi) + rng.normal(0, 2, n), 0, 100)
-    if cpu_spike is not None:
-        cpu[5] = cpu_spike
-    mem_cap = np.where(np.arange(n) < n // 2, 4_000_000.0, 8_000_000.0)  # capacity changes mid-trace
-    mem = mem_cap * 0.5
-    frame = pd.DataFrame({"t": t, "cores": 2, "cap": 5200.0, "mhz": cpu * 52, "cpu": cpu, "memcap": mem_cap,
-                          "mem": mem, "dr": 1.0, "dw": 2.0, "rx": 1024.0 * 3, "tx": 512.0})
-    if gap:
-        frame = frame.drop(index=range(*gap))
-    lines = [HEADER] + [";\t".join(str(v) for v in row) for row in frame.itertuples(index=False)]
-    path.write_text("\n".join(lines) + "\n")
-    return frame
-
-
 @pytest.fixture()
 def traces(tmp_path):
     src = tmp_path / "src"
     src.mkdir()
     start = 1375308176  # not on a 5-minute boundary, like the real traces
-    write_trace(src / "19.csv", start, 600, seed=1, cpu_spike=105.0)
-    write_trace(src / "7.csv", start + 40, 600, seed=2, gap=(100, 120))  # 20 missing samples
+    write_bitbrains_trace(src / "19.csv", start, 600, seed=1, cpu_spike=105.0)
+    write_bitbrains_trace(src / "7.csv", start + 40, 600, seed=2, gap=(100, 120))  # 20 missing samples
     return src
 
 
@@ -103,6 +77,27 @@ def test_trainer_learns_only_measured_targets(traces, tmp_path):
         measured_targets(out)
     meta_path.unlink()  # simulator output has no such list: every target is measured
     assert measured_targets(out) == TARGET_METRICS
+
+
+def test_a_cpu_only_trace_trains_and_backtests(traces, tmp_path):
+    """Exactly one measured target (a CPU-only export) trains, saves, loads and is scored (it once crashed)."""
+    mapping = json.loads(MAPPING.read_text())
+    mapping["metrics"] = {k: v for k, v in mapping["metrics"].items() if k in ("cpu_user_pct", "cpu_idle_pct")}
+    (tmp_path / "cpu.json").write_text(json.dumps(mapping))
+    out = tmp_path / "training" / "server_metrics.parquet"
+    import_traces(sorted(traces.glob("*.csv")), tmp_path / "cpu.json", out)
+    assert measured_targets(out) == ["cpu_idle_pct"]
+    trained = run_cli("main.py", "train", "--data", str(out), "--models-dir", str(tmp_path / "models"),
+                      *TINY_TRAIN_ARGS)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    assert "Traceback" not in trained.stderr
+    scored = run_cli("main.py", "evaluate", "--model", str(tmp_path / "models" / "latest"), "--data", str(out),
+                     "--no-statistical")
+    assert scored.returncode == 0, scored.stderr[-3000:]
+    rows = [line.split()[0] for line in scored.stdout.splitlines() if line.split()[:1] and line.endswith(
+        tuple("0123456789"))]
+    assert "cpu_used_pct" in rows, scored.stdout  # scored as used %, the only metric measured
+    assert not {"cpu_idle_pct", "mem_used_pct", "net_in_mb_s"} & set(rows)
 
 
 def test_bad_mappings_and_sources_say_what_to_fix(traces, tmp_path):
@@ -182,4 +177,4 @@ def test_backtest_never_scores_unmeasured_metrics(tiny_training, tiny_data, tmp_
     assert "not scoring swap_used_pct, disk_usage_pct" in result.stderr
     scored = json.loads(out.read_text())["per_target"]
     assert "swap_used_pct" not in scored and "disk_usage_pct" not in scored
-    assert {"cpu_idle_pct", "mem_used_pct", "net_in_mb_s"} <= set(scored)
+    assert {"cpu_used_pct", "mem_used_pct", "net_in_mb_s"} <= set(scored) and "cpu_idle_pct" not in scored

@@ -91,3 +91,53 @@ def test_daemon_and_backtest_paths_agree(tiny_training, history, tmp_path):
     enc = load_model(tiny_training.model_dir).spec.encoder_length
     present = {name: fleet.servers[name].window(origin, enc)[2] for name in (known, UNKNOWN, gappy)}
     assert (~present[gappy]).sum() == GAP_BUCKETS and present[known].all() and present[UNKNOWN].all()
+
+
+def test_offline_forecast_and_backtest_agree_on_imported_traces(tmp_path):
+    """Train/serve skew on imported real-format traces: ``main.py infer --data`` vs the backtest's path.
+
+    CPU, memory and bursty network from Bitbrains-format CSVs (one VM with an outage), imported,
+    trained on (tiny model), then forecast from the last bucket by the daemon's offline path (a
+    subprocess) and by ``build_features`` -> ``predict_windows``: the same quantiles (to the 3
+    decimals the API shows).
+    """
+    import json
+
+    from config import PROJECT_ROOT
+    from tests.conftest import TINY_TRAIN_ARGS, run_cli, write_bitbrains_trace
+    from tft_trainer import build_arg_parser, settings_from_args, train
+    from trace_importer import import_traces
+
+    src = tmp_path / "src"
+    src.mkdir()
+    start = 1375308176
+    write_bitbrains_trace(src / "19.csv", start, 700, seed=1, bursty_network=True)
+    # 7 missing samples, 12-19 buckets before the origin: offline buckets inside the encoder window
+    write_bitbrains_trace(src / "7.csv", start + 40, 700, seed=2, gap=(585, 592), bursty_network=True)
+    data = tmp_path / "training" / "server_metrics.parquet"
+    import_traces(sorted(src.glob("*.csv")), PROJECT_ROOT / "mappings" / "bitbrains_rnd.json", data)
+    args = build_arg_parser().parse_args(["--data", str(data), "--models-dir", str(tmp_path / "models"),
+                                          *TINY_TRAIN_ARGS, "--unseen-per-profile", "0", "--no-backtest"])
+    model_dir = train(settings_from_args(args)).model_dir
+    loaded = load_model(model_dir)
+    assert loaded.spec.targets == ["cpu_idle_pct", "mem_used_pct", "net_in_mb_s", "net_out_mb_s"]
+    store = build_features(data, encoder=loaded.encoder, spec=loaded.spec, dataset_servers=0).store
+    origin = int(store.time_idx.max()) - loaded.spec.prediction_length  # the backtest needs the decoder's rows
+    frame = pd.read_parquet(data)
+    history = tmp_path / "history.parquet"
+    frame[bucket_of_times(frame["timestamp"]) <= origin].to_parquet(history, index=False)
+    out = tmp_path / "predictions.json"
+    result = run_cli("main.py", "infer", "--model-dir", str(model_dir), "--data", str(history), "--out", str(out))
+    assert result.returncode == 0, result.stderr[-2000:]
+    served = json.loads(out.read_text())["fans"]
+
+    servers = np.arange(store.n_servers)
+    starts = origin - loaded.spec.encoder_length + 1 - store.time_idx[store.offsets]
+    fan = display_forecast(predict_windows(loaded.model, store, servers, starts), loaded.spec.targets)
+    assert sorted(served) == sorted(store.server_names)
+    for i, name in enumerate(store.server_names):
+        assert set(served[name]) == set(fan), name
+        for metric, band in fan.items():
+            for q in QUANTILE_LABELS:
+                np.testing.assert_allclose(served[name][metric][q], band[q][i], rtol=0, atol=1.5e-3,
+                                           err_msg=f"{name} {metric} {q}")

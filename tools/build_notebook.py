@@ -95,7 +95,8 @@ model, and saves `model.safetensors` + JSON metadata + `server_mapping.json` (no
 args = build_arg_parser().parse_args([
     "--data", str(data_path), "--models-dir", str(work / "models"), "--epochs", str(EPOCHS),
     "--windows-per-epoch", str(WINDOWS), "--val-windows", "1024", "--hidden-size", str(HIDDEN),
-    "--hidden-continuous-size", str(max(4, HIDDEN // 2)), "--encoder-length", str(ENCODER), "--batch-size", "64"])
+    "--hidden-continuous-size", str(max(4, HIDDEN // 2)), "--encoder-length", str(ENCODER), "--batch-size", "64",
+    "--no-statistical"])  # statistical baselines: main.py evaluate (section 5) or bench.bench_real_data
 result = train(settings_from_args(args))
 model_dir = result.model_dir
 print("saved:", model_dir, sorted(p.name for p in model_dir.iterdir()))
