@@ -168,7 +168,8 @@ def _finish(out: np.ndarray, target_names: Sequence[str]) -> np.ndarray:
     out = np.stack([low, a + b + c - low - high, high], axis=-1)
     for j, name in enumerate(target_names):
         lo, hi = METRIC_RANGES[name]
-        out[:, j] = np.clip(out[:, j], lo, hi if hi is not None else np.inf)
+        # An exploding ETS trend can leave float32's range: unbounded metrics stop at its largest value.
+        out[:, j] = np.clip(out[:, j], lo, hi if hi is not None else float(np.finfo(np.float32).max))
         if name in INTEGER_METRICS:
             out[:, j] = np.round(out[:, j])
     return out.astype(np.float32)

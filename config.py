@@ -605,6 +605,15 @@ LOSS_NORMALISED_CLIP = 20.0
 # decodes with exp, i.e. +1 in the target's units (1 MB/s of network, a load of 1): models saved
 # before 0.9.0 learned to compensate for it and keep "exp" in their spec.
 LOG1P_INVERSE = "expm1"
+# Bands calibrated after training (split conformal quantile regression, Romano et al. 2019, each
+# side on its own): on the validation windows, per target and decoder step, how far outside the
+# p10 (below) and the p90 (above) the actuals fall, in the window's normalised units; p10 and p90
+# are moved by the finite-sample 90 % quantile of those distances, so each side misses ~10 % on
+# data like the validation days. Stored in the model's config.json (FeatureSpec.band_offsets) and
+# applied by the model itself, so the backtest, the offline forecast and the daemon agree.
+BAND_CALIBRATION = True
+BAND_CALIBRATION_MAX_WINDOWS = 20_000  # validation windows used (a deterministic sample beyond)
+BAND_CALIBRATION_MAX_SHIFT = 5.0  # window spreads: a p10/p90 never moves further than this
 QUANTILES = [0.1, 0.5, 0.9]
 QUANTILE_LABELS = ["p10", "p50", "p90"]
 # Calendar inputs known for the future: time of day, day of week, minute of the hour

@@ -44,6 +44,8 @@ import torch
 from common_utils import atomic_write_json, parse_utc, quiet_library_noise, read_json, setup_logging
 from config import (
     BACKTEST_ORIGIN_STRIDE,
+    BAND_CALIBRATION_MAX_SHIFT,
+    BAND_CALIBRATION_MAX_WINDOWS,
     DISPLAY_CPU,
     HOLDOUT_HOURS,
     HORIZONS,
@@ -221,6 +223,79 @@ def evaluate_windows(spec: FeatureSpec, forecasts: np.ndarray, actual: np.ndarra
     return {"per_target": per_target, "per_horizon": per_horizon, "methods": methods}
 
 
+def fit_band_calibration(model: FleetTFT, spec: FeatureSpec, store: SeriesStore, first_decoder_tidx: int,
+                         last_decoder_tidx: int, seed: int = 0) -> dict[str, dict[str, list[float]]]:
+    """Conformal band offsets from the windows whose decoder lies in [first, last] (``BAND_CALIBRATION``).
+
+    The model forecasts those windows uncalibrated; in each window's normalised units (the
+    transformed value minus the window's anchor, over its spread) the distances
+    ``p10 - actual`` and ``actual - p90`` are collected per target and decoder step, and each
+    offset is their finite-sample 90 % quantile (split conformal, each side on its own), bounded
+    by ``BAND_CALIBRATION_MAX_SHIFT``. The result goes into ``spec.band_offsets``; the caller
+    applies it with ``model.set_band_offsets(spec)``.
+    """
+    from tft_features import encoder_center_scale, transform_target
+
+    servers, starts = store.window_starts(first_decoder_tidx, last_decoder_tidx)
+    if len(servers) == 0:
+        raise ValueError(f"No window to calibrate the bands on. See {TRAINING_GUIDE_DOC} (Bands).")
+    if len(servers) > BAND_CALIBRATION_MAX_WINDOWS:
+        pick = np.sort(np.random.default_rng(seed).choice(len(servers), BAND_CALIBRATION_MAX_WINDOWS, replace=False))
+        servers, starts = servers[pick], starts[pick]
+    saved, model.band_offsets = model.band_offsets, None
+    try:
+        forecasts = predict_windows(model, store, servers, starts)  # (W, T, D, Q), uncalibrated
+    finally:
+        model.band_offsets = saved
+    enc = spec.encoder_length
+    first = store.offsets[servers] + starts
+    floors = np.array([spec.target_normalizers[t]["scale_floor"] for t in spec.targets])
+    center, scale = encoder_center_scale(store.rows.targets_tf[first[:, None] + np.arange(enc)[None, :]], floors,
+                                         spec.center)  # (W, T)
+    actual = actuals_and_baselines(store, servers, starts)[0]  # (W, T, D)
+    n = len(servers)
+    level = min(1.0, np.ceil((n + 1) * (1.0 - QUANTILES[0])) / n)
+    offsets: dict[str, dict[str, list[float]]] = {}
+    for j, target in enumerate(spec.targets):
+        log_scale = bool(spec.target_normalizers[target]["transformation"])
+
+        def normalised(values: np.ndarray, j: int = j, target: str = target, log_scale: bool = log_scale
+                       ) -> np.ndarray:
+            v = np.maximum(values.astype(np.float64), 0.0) if log_scale else values.astype(np.float64)
+            return (transform_target(target, v, spec) - center[:, j, None]) / scale[:, j, None]
+
+        y = normalised(actual[:, j])
+        below = normalised(forecasts[:, j, :, 0]) - y  # > 0: the actual fell under p10
+        above = y - normalised(forecasts[:, j, :, -1])  # > 0: the actual rose over p90
+        bound = BAND_CALIBRATION_MAX_SHIFT
+        offsets[target] = {side: np.clip(np.quantile(d, level, axis=0), -bound, bound).round(4).tolist()
+                           for side, d in (("lower", below), ("upper", above))}
+    logger.info("bands calibrated on %d windows: mean shift p10 / p90 (spreads) %s", n,
+                ", ".join(f"{t} {np.mean(o['lower']):+.2f}/{np.mean(o['upper']):+.2f}" for t, o in offsets.items()))
+    return offsets
+
+
+def calibrate_model_dir(model_dir: Path, data: Path, hours: int) -> dict[str, dict[str, list[float]]]:
+    """Fit conformal band offsets for a saved model on the last ``hours`` of ``data`` and save them.
+
+    For a model trained without calibration (or before 0.9.0); ``data`` must be data the model
+    may see (its own training file: the trainer uses its validation hours).
+    """
+    import json
+
+    from config import MODEL_CONFIG_FILE
+
+    loaded = load_model(model_dir)
+    store = build_features(data, encoder=loaded.encoder, spec=loaded.spec, dataset_servers=0).store
+    last = int(store.time_idx.max())
+    offsets = fit_band_calibration(loaded.model, loaded.spec, store, last - hours * STEPS_PER_HOUR + 1, last)
+    path = Path(model_dir) / MODEL_CONFIG_FILE
+    config = json.loads(path.read_text(encoding="utf-8"))
+    config["feature_spec"]["band_offsets"] = offsets
+    atomic_write_json(path, config)
+    return offsets
+
+
 def backtest_store(model: FleetTFT, spec: FeatureSpec, store: SeriesStore, first_decoder_tidx: int,
                    last_decoder_tidx: int, unseen_servers: list[str] | None = None,
                    stride: int = BACKTEST_ORIGIN_STRIDE, scored: list[str] | None = None,
@@ -250,7 +325,7 @@ def backtest_store(model: FleetTFT, spec: FeatureSpec, store: SeriesStore, first
         from baselines import statistical_forecasts
 
         stats, stat_seconds = statistical_forecasts(store, servers[seen], starts[seen], methods=tuple(statistical),
-                                                    targets=scored)
+                                                    targets=[t for t in spec.targets if scored is None or t in scored])
     result = evaluate_windows(spec, forecasts[seen], actual[seen], persistence[seen], seasonal[seen], scored,
                               statistical=stats)
     if statistical:

@@ -200,6 +200,9 @@ class FeatureSpec:
     center: str = "mean"  # each window's anchor: "mean" or "last" (its last observed value)
     loss_space: str = "metric"  # "metric" or "normalised" (tft_model.FleetTFT.step)
     log1p_inverse: str = "exp"  # how log1p targets are decoded: "exp" (stock, +1) or "expm1"
+    # Conformal band offsets per target: {"lower": [D], "upper": [D]} in normalised units (None:
+    # uncalibrated); see tft_evaluate.fit_band_calibration.
+    band_offsets: dict[str, dict[str, list[float]]] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dictionary."""

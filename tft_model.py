@@ -88,6 +88,9 @@ class FleetTFT(TemporalFusionTransformer):
         self.return_attention = True
         # Where the loss is computed (FeatureSpec.loss_space; set by build_model / model_from_config).
         self.loss_space = "metric"
+        # Conformal band offsets (targets, D, 2) in normalised units, applied outside training
+        # (FeatureSpec.band_offsets; set_band_offsets).
+        self.band_offsets: torch.Tensor | None = None
         # Optimiser steps of the whole run (set by the trainer, so a resumed run keeps its schedule).
         self.planned_total_steps: int | None = None
 
@@ -102,6 +105,26 @@ class FleetTFT(TemporalFusionTransformer):
     @compile_training.setter
     def compile_training(self, value: bool) -> None:
         self.fast_path.compile_training = bool(value)
+
+    # ------------------------------------------------------------------ calibrated bands
+    def set_band_offsets(self, spec: FeatureSpec) -> None:
+        """Use the spec's conformal band offsets (None: uncalibrated bands)."""
+        if not spec.band_offsets:
+            self.band_offsets = None
+            return
+        self.band_offsets = torch.tensor([[spec.band_offsets[t]["lower"], spec.band_offsets[t]["upper"]]
+                                          for t in spec.targets], dtype=torch.float32).transpose(1, 2)
+
+    def transform_output(self, prediction: Any, target_scale: Any, loss: Any = None) -> Any:
+        """Decode normalised outputs; outside training, p10/p90 are first moved by the band offsets."""
+        if self.band_offsets is not None and not self.training and isinstance(prediction, list):
+            widened = []
+            for j, part in enumerate(prediction):
+                offsets = self.band_offsets[j, : part.size(1)].to(part)  # (D, 2)
+                widened.append(torch.cat([(part[..., 0] - offsets[:, 0])[..., None], part[..., 1:-1],
+                                          (part[..., -1] + offsets[:, 1])[..., None]], dim=-1))
+            prediction = widened
+        return super().transform_output(prediction, target_scale, loss)
 
     # ------------------------------------------------------------------ loss
     def step(self, x: dict[str, Any], y: tuple[Any, Any], batch_idx: int, **kwargs: Any) -> tuple[dict, Any]:
@@ -341,6 +364,7 @@ def model_from_config(config: dict[str, Any]) -> tuple[FleetTFT, FeatureSpec]:
     model = FleetTFT(**hparams, loss=make_loss(spec), logging_metrics=nn.ModuleList([]),
                      output_transformer=MultiNormalizer(target_normalizer_objects(spec)))
     model.loss_space = spec.loss_space
+    model.set_band_offsets(spec)
     return model, spec
 
 

@@ -45,6 +45,7 @@ import torch
 
 from common_utils import atomic_write_json, quiet_library_noise, setup_logging
 from config import (
+    BAND_CALIBRATION,
     BATCH_SIZE,
     CHECKPOINT_EVERY_N_EPOCHS,
     CHECKPOINTS_SUBDIR,
@@ -603,6 +604,8 @@ class TrainSettings:
     keep_checkpoints: bool = False
     checkpoint_every: int = CHECKPOINT_EVERY_N_EPOCHS
     backtest: bool = True
+    # conformal p10/p90 offsets fitted on the validation windows after training (config BAND_CALIBRATION)
+    calibrate_bands: bool = BAND_CALIBRATION
     # statsforecast models scored beside the naive baselines in that backtest (empty: none)
     statistical: tuple[str, ...] = STATISTICAL_METHODS
     max_time_minutes: float | None = None
@@ -843,6 +846,12 @@ def train(settings: TrainSettings) -> TrainResult | None:
         raise TrainingError(f"Training produced no validated epoch (interrupted?). See {TRAINING_GUIDE_DOC}.")
     model.load_state_dict(run.best_state)
     model.to("cpu").eval()
+    if settings.calibrate_bands:
+        from tft_evaluate import fit_band_calibration
+
+        data.spec.band_offsets = fit_band_calibration(model, data.spec, data.store, data.train_end_tidx + 1,
+                                                      data.val_end_tidx, seed=settings.seed)
+        model.set_band_offsets(data.spec)
     backtest = backtest_held_out(model, data, settings.statistical) if settings.backtest else None
     info = training_info(settings, data, run, model, hardware, trainer.num_devices, fit_seconds,
                          time.perf_counter() - began, backtest)
@@ -888,6 +897,8 @@ def build_arg_parser(parser: argparse.ArgumentParser | None = None) -> argparse.
     parser.add_argument("--max-memory-gb", type=float, default=d.max_memory_gb,
                         help="train on a subset of servers if the data would need more memory than this")
     parser.add_argument("--no-backtest", action="store_true", help="skip the post-training backtest")
+    parser.add_argument("--no-calibration", action="store_true",
+                        help="keep the model's raw p10/p90 (no conformal calibration on the validation windows)")
     from tft_evaluate import add_statistical_arguments
 
     add_statistical_arguments(parser)
@@ -914,7 +925,8 @@ def settings_from_args(args: argparse.Namespace) -> TrainSettings:
         precision=args.precision, resume=args.resume, keep_checkpoints=args.keep_checkpoints,
         checkpoint_every=args.checkpoint_every,
         backtest=not args.no_backtest, max_time_minutes=args.max_minutes, max_memory_gb=args.max_memory_gb,
-        compile=args.compile, statistical=statistical_from_args(args))
+        compile=args.compile, statistical=statistical_from_args(args),
+        calibrate_bands=BAND_CALIBRATION and not args.no_calibration)
 
 
 def run_from_args(args: argparse.Namespace) -> int:

@@ -43,9 +43,10 @@ from config import (
     STEPS_PER_HOUR,
     TIME_IDX,
     TRAINING_DATA_FILE,
+    VALIDATION_HOURS,
 )
 from contract import bucket_of_times
-from tft_evaluate import NAIVE_METHODS, backtest_store, format_table, statistical_from_args
+from tft_evaluate import NAIVE_METHODS, backtest_store, calibrate_model_dir, format_table, statistical_from_args
 from tft_features import build_features
 from tft_model import load_model
 from trace_importer import import_traces, measured_metrics_for
@@ -183,6 +184,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--train-days", type=int, default=None, help="default 23 (19 with --dev)")
     parser.add_argument("--score-days", type=int, default=None, help="default: the rest (4 with --dev)")
     parser.add_argument("--model", type=Path, default=None, help="score this model instead of training one")
+    parser.add_argument("--recalibrate", action="store_true",
+                        help="with --model: fit its conformal bands on the last 48 h of the training days first "
+                             "(for a model trained without them)")
     parser.add_argument("--cold-start-model", type=Path, default=None,
                         help="also score this model (e.g. trained on the simulator only) on the VMs as never-seen "
                              "servers")
@@ -209,6 +213,8 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     model_dir = args.model or train_model(train_data, work / "models", args.trainer_args)
     timings["train"] = time.perf_counter() - t0
+    if args.model and args.recalibrate:
+        calibrate_model_dir(args.model, train_data, VALIDATION_HOURS)
     statistical = statistical_from_args(args)
     t0 = time.perf_counter()
     result = score_model(model_dir, score_data, first_scored, args.stride, statistical)

@@ -172,9 +172,12 @@ def test_backtest_never_scores_unmeasured_metrics(tiny_training, tiny_data, tmp_
     (tmp_path / METADATA_FILE).write_text(json.dumps({"measured_metrics": measured}))
     out = tmp_path / "backtest.json"
     result = run_cli("main.py", "evaluate", "--model", str(tiny_training.model_dir), "--data", str(data),
-                     "--out", str(out), "--no-store")
+                     "--out", str(out), "--no-store", "--statistical", "autoets")
     assert result.returncode == 0, result.stderr[-2000:]
     assert "not scoring swap_used_pct, disk_usage_pct" in result.stderr
     scored = json.loads(out.read_text())["per_target"]
     assert "swap_used_pct" not in scored and "disk_usage_pct" not in scored
     assert {"cpu_used_pct", "mem_used_pct", "net_in_mb_s"} <= set(scored) and "cpu_idle_pct" not in scored
+    # The statistical model is scored beside the naive ones, by the same code, with its cost reported.
+    assert "q50 ets" in result.stdout and "statistical models' cost: autoets" in result.stdout
+    assert all(0.0 <= scored[m]["1hr"]["autoets"]["coverage_p10_p90"] <= 1.0 for m in scored)
