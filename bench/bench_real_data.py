@@ -8,9 +8,9 @@
 1. **Import** the traces (default: the 26 Bitbrains "Rnd" VMs of August 2013 in
    ``../shared/realdata/bitbrains-rnd-2013-8``) with ``mappings/bitbrains_rnd.json`` into contract
    Parquet, the same as ``main.py import``.
-2. **Train** with the trainer's default settings on the first ``--train-days`` days only: the
-   training file holds nothing later (no server is held out; validation is the last 48 h of
-   those days).
+2. **Train** with the trainer's default settings on the first ``--train-days`` whole UTC days only
+   (and any partial day before them): the training file holds nothing later (no server is held
+   out; validation is the last 48 h of those days).
 3. **Score** forecasts made every hour (``--stride`` buckets) whose 8-hour decoder lies in the
    scored days, the model reading only data before each origin: q-risk at 0.5 and 0.9, MAE and
    p10-p90 coverage per measured metric (CPU as used %) and horizon, next to persistence,
@@ -70,7 +70,9 @@ def split_days(data: Path, out_dir: Path, train_days: int, score_days: int | Non
     """
     frame = pd.read_parquet(data)
     first = int(bucket_of_times(pd.DatetimeIndex([frame["timestamp"].min()]))[0])
-    first = first - first % STEPS_PER_DAY  # day 1 starts at midnight UTC of the first sample
+    # Day 1 is the first whole UTC day (the Bitbrains traces start at 22:02 on 31 July: those two hours
+    # are training data before day 1), so "days 24-30" are 24-30 August.
+    first = first + (-first) % STEPS_PER_DAY
     cut = first + train_days * STEPS_PER_DAY
     tidx = bucket_of_times(frame["timestamp"])
     parts = {"train": frame[tidx < cut]}
@@ -104,10 +106,10 @@ def score_model(model_dir: Path, score_data: Path, first_scored: int, stride: in
                 statistical: tuple[str, ...]) -> dict[str, Any]:
     """Backtest ``model_dir`` on every origin whose decoder lies at or after ``first_scored``."""
     loaded = load_model(model_dir)
+    known = set(loaded.encoder.name_to_id)  # before build_features, which adds the new names
     features = build_features(score_data, encoder=loaded.encoder, spec=loaded.spec, dataset_servers=0)
     last = int(features.frame[TIME_IDX].max())
     scored = measured_metrics_for(score_data)
-    known = set(loaded.encoder.name_to_id)
     unseen = sorted(set(features.store.server_names) - known)
     # Every server is scored in the main table: servers the model never saw are its cold start.
     result = backtest_store(loaded.model, loaded.spec, features.store, first_scored, last, stride=stride,
