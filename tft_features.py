@@ -300,8 +300,8 @@ def fit_feature_spec(train_frame: pd.DataFrame, encoder_length: int,
         center, scale = encoder_center_scale(transformed[rows], floor, spec.center)
         for suffix, values in (("center", center), ("scale", scale)):
             spec.scalers[f"{name}_{suffix}"] = {"mean": float(values.mean()), "scale": float(max(values.std(), 1e-8))}
-        # The loss is computed in metric units; weight each target by 1/its spread so
-        # that MB/s and percentages count alike.
+        # With loss_space "metric" (models before 0.9.0) the loss is in metric units; weighting each
+        # target by 1/its spread makes MB/s and percentages count alike. The normalised loss ignores it.
         weights.append(1.0 / max(float(train_frame[name].std()), 1e-3))
     spec.loss_weights = weights
     return spec

@@ -136,7 +136,7 @@ class FleetTFT(TemporalFusionTransformer):
         with actuals clipped at ``LOSS_NORMALISED_CLIP`` spreads; targets are averaged. Every
         window then counts alike, whatever the magnitude of its metric.
         """
-        if getattr(self, "loss_space", "metric") != "normalised":
+        if self.loss_space != "normalised":
             return super().step(x, y, batch_idx, **kwargs)
         out = self(x, **kwargs)
         loss = None if self.predicting else self.normalised_quantile_loss(out["prediction"], y[0], x["target_scale"])
