@@ -68,6 +68,7 @@ from config import (
 )
 from contract import bucket_of_times, bucket_start, cpu_used
 from data_validator import DataValidator, format_report
+from scoring import score_from_sums, score_terms
 from tft_features import FeatureSpec, SeriesStore, build_features, decode_quantiles, load_training_frame
 from tft_model import FleetTFT, LoadedModel, load_model
 from trace_importer import measured_metrics_for
@@ -117,11 +118,6 @@ def actuals_and_baselines(store: SeriesStore, servers: np.ndarray, starts: np.nd
     return actual, persistence, seasonal
 
 
-def _quantile_loss(y: np.ndarray, yhat: np.ndarray, q: float) -> np.ndarray:
-    diff = y - yhat
-    return np.maximum(q * diff, (q - 1.0) * diff)
-
-
 def scored_name(target: str) -> str:
     """The name a target is scored and reported under: CPU as *used* %, the rest as they are."""
     return DISPLAY_CPU if target == "cpu_idle_pct" else target
@@ -144,22 +140,15 @@ def score(actual: np.ndarray, quantiles: np.ndarray, denominator_floor: float = 
     """Metrics for one target and horizon; ``quantiles`` is (W, Q) or (W,) for a point forecast.
 
     q-risk divides by ``max(sum |y|, n * denominator_floor)`` (``QRISK_DENOMINATOR_FLOOR``), so a
-    near-silent series is judged by its absolute error instead of exploding.
+    near-silent series is judged by its absolute error instead of exploding. The figures come
+    from ``scoring`` (the daemon's live accuracy uses the same code).
     """
     q = quantiles if quantiles.ndim == 2 else np.repeat(quantiles[:, None], len(QUANTILES), axis=1)
-    keep = np.isfinite(q).all(axis=1) & np.isfinite(actual)
-    y, q = actual[keep].astype(np.float64), q[keep].astype(np.float64)
-    denominator = max(float(np.abs(y).sum()), len(y) * denominator_floor, 1e-9)
     p10, p50, p90 = q[:, QUANTILES.index(0.1)], q[:, QUANTILES.index(0.5)], q[:, QUANTILES.index(0.9)]
-    result = {
-        "mae_p50": float(np.abs(y - p50).mean()) if len(y) else float("nan"),
-        "qrisk_50": float(2.0 * _quantile_loss(y, p50, 0.5).sum() / denominator),
-        "qrisk_90": float(2.0 * _quantile_loss(y, p90, 0.9).sum() / denominator),
-        "n": int(len(y)),
-        "denominator_floored": bool(len(y) * denominator_floor > float(np.abs(y).sum())),
-    }
+    figures = score_from_sums(score_terms(actual, p10, p50, p90).sum(axis=0), denominator_floor)
+    result = {key: figures[key] for key in ("mae_p50", "qrisk_50", "qrisk_90", "n", "denominator_floored")}
     if quantiles.ndim == 2:
-        result["coverage_p10_p90"] = float(((y >= p10) & (y <= p90)).mean()) if len(y) else float("nan")
+        result["coverage_p10_p90"] = figures["coverage_p10_p90"]
     return result
 
 
