@@ -23,6 +23,8 @@ import sqlite3
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -80,6 +82,10 @@ CREATE TABLE IF NOT EXISTS forecasts (
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS quarantined_buckets AS SELECT * FROM buckets WHERE 0;
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS daemon_state (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS accuracy_bins (
+    hour INTEGER NOT NULL, grp TEXT NOT NULL, payload TEXT NOT NULL, PRIMARY KEY (hour, grp)
+) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS buckets_by_time ON buckets(bucket);
 CREATE INDEX IF NOT EXISTS forecasts_by_time ON forecasts(origin);
 CREATE INDEX IF NOT EXISTS keys_by_time ON sample_keys(ts);
@@ -526,6 +532,134 @@ class MetricsStore:
             "SELECT origin, payload FROM forecasts WHERE server = ? AND origin >= ? ORDER BY origin",
             (server, first_origin)).fetchall()
 
+    def forecasts_at(self, origin: int) -> list[tuple[str, bytes]]:
+        """Every server's stored horizon forecast made at ``origin`` (what live accuracy scores)."""
+        return self._reader().execute("SELECT server, payload FROM forecasts WHERE origin = ?",
+                                      (origin,)).fetchall()
+
+    def read_state(self, key: str) -> str | None:
+        """A value the daemon keeps across restarts (JSON text), or None."""
+        row = self._reader().execute("SELECT value FROM daemon_state WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else None
+
+    def save_accuracy(self, state: dict[str, str], bins: dict[tuple[int, str], str],
+                      drop_before_hour: int | None = None, clear: bool = False) -> None:
+        """One transaction: daemon state values, accuracy bins (hour, group) -> JSON, old bins dropped.
+
+        ``clear`` first deletes every bin (a new model starts its accuracy afresh).
+        """
+        with self._lock:
+            conn = self._writer
+            conn.execute("BEGIN IMMEDIATE")
+            if clear:
+                conn.execute("DELETE FROM accuracy_bins")
+            conn.executemany("INSERT OR REPLACE INTO daemon_state (key, value) VALUES (?, ?)", list(state.items()))
+            conn.executemany("INSERT OR REPLACE INTO accuracy_bins (hour, grp, payload) VALUES (?, ?, ?)",
+                             [(hour, grp, payload) for (hour, grp), payload in bins.items()])
+            if drop_before_hour is not None:
+                conn.execute("DELETE FROM accuracy_bins WHERE hour < ?", (drop_before_hour,))
+            conn.execute("COMMIT")
+
+    def load_accuracy_bins(self) -> list[tuple[int, str, str]]:
+        """Every stored accuracy bin: (hour, group, JSON payload)."""
+        return self._reader().execute("SELECT hour, grp, payload FROM accuracy_bins ORDER BY hour").fetchall()
+
     def count_samples(self) -> int:
         """Total samples aggregated into stored buckets."""
         return int(self._reader().execute("SELECT COALESCE(SUM(n), 0) FROM buckets").fetchone()[0])
+
+
+class StoreReader:
+    """Read-only access to a store's buckets, for ``main.py export`` (store_export.py).
+
+    Opens the file in SQLite's read-only mode, so it may run beside a daemon that is writing: nothing is
+    written, and none of :class:`MetricsStore`'s start-up work runs (schema, integrity check, the ledger
+    and write-ahead-log loss checks, which are the daemon's to report). Reads inside :meth:`snapshot`
+    see one consistent state of the store. Raises :class:`StoreError` (what, why, fix) when the path
+    is missing, a directory, not SQLite, or a SQLite file without the store's tables.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        if not self.path.exists():
+            raise StoreError(
+                f"the metrics store {self.path} does not exist. Why it matters: the export reads the buckets a "
+                f"daemon stored there. Fix: pass --store with the file the daemon runs with (its --store; "
+                f"default data/metrics_store.sqlite3). See {STORE_DOC}.")
+        if self.path.is_dir():
+            raise self._not_a_store("is a directory, not a file")
+        try:
+            self._conn = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True,
+                                         isolation_level=None, timeout=30.0)
+            self._conn.execute("PRAGMA busy_timeout=30000")
+            tables = {row[0] for row in self._conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        except sqlite3.DatabaseError as exc:
+            raise self._not_a_store(f"is not a readable SQLite database ({exc})") from None
+        if not {"buckets", "servers"} <= tables:
+            self._conn.close()
+            raise self._not_a_store(f"is a SQLite database without the store's tables (it has {sorted(tables)[:8]})")
+
+    def _not_a_store(self, problem: str) -> StoreError:
+        return StoreError(
+            f"{self.path} {problem}. Why it matters: only a daemon's metrics store holds the 5-minute buckets "
+            f"to read. Fix: pass --store with the file the daemon runs with (its --store; default "
+            f"data/metrics_store.sqlite3). See {STORE_DOC}.")
+
+    def close(self) -> None:
+        """Close the connection."""
+        self._conn.close()
+
+    @contextmanager
+    def snapshot(self) -> Iterator[StoreReader]:
+        """One read transaction: every read inside sees the same store, whatever a daemon writes meanwhile."""
+        self._conn.execute("BEGIN")
+        try:
+            yield self
+        finally:
+            self._conn.execute("COMMIT")
+
+    def profiles(self) -> dict[str, str]:
+        """Every stored server and its profile."""
+        return dict(self._conn.execute("SELECT server, profile FROM servers ORDER BY server"))
+
+    def span(self, server: str | None = None) -> tuple[int, int, int] | None:
+        """(first bucket, last bucket, buckets held) of one server, or of the whole store; None when empty."""
+        where, params = ("WHERE server = ?", (server,)) if server is not None else ("", ())
+        first, last, count = self._conn.execute(
+            f"SELECT MIN(bucket), MAX(bucket), COUNT(*) FROM buckets {where}", params).fetchone()
+        return None if first is None else (int(first), int(last), int(count))
+
+    def span_between(self, server: str, first_bucket: int, last_bucket: int) -> tuple[int, int, int] | None:
+        """(first, last, count) of one server's buckets inside ``first_bucket .. last_bucket``; None if none."""
+        first, last, count = self._conn.execute(
+            "SELECT MIN(bucket), MAX(bucket), COUNT(*) FROM buckets WHERE server = ? AND bucket BETWEEN ? AND ?",
+            (server, first_bucket, last_bucket)).fetchone()
+        return None if first is None else (int(first), int(last), int(count))
+
+    def bucket_values(self, servers: list[str], first_bucket: int, last_bucket: int) -> pd.DataFrame:
+        """The stored buckets of ``servers`` in ``first_bucket .. last_bucket``, as the daemon's windows see them.
+
+        Columns: ``server``, ``bucket``, ``n`` (samples), ``state_rank`` (0 = most severe, in
+        ``STATE_PRECEDENCE``) and the 14 LINBORG metrics as bucket values (gauges: the mean of the
+        samples; counts and uptime: the latest sample). Rows in the order of ``servers``, then by bucket.
+        """
+        columns = ["bucket", "n", *[f"sum_{m}" for m in GAUGES], *[f"last_{m}" for m in COUNTS], "state_rank"]
+        query = (f"SELECT {', '.join(columns)} FROM buckets WHERE server = ? AND bucket BETWEEN ? AND ? "
+                 f"ORDER BY bucket")
+        position = {name: i for i, name in enumerate(columns)}
+        parts = []
+        for server in servers:  # one server at a time, straight into numbers (a row of Python objects is ~600 B)
+            rows = self._conn.execute(query, (server, first_bucket, last_bucket)).fetchall()
+            raw = np.array(rows, dtype=np.float64).reshape(len(rows), len(columns))  # exact: ints < 2**53
+            n = raw[:, position["n"]].astype(np.int64)
+            part = {"server": np.full(len(rows), server, dtype=object), "bucket": raw[:, 0].astype(np.int64),
+                    "n": n, "state_rank": raw[:, position["state_rank"]].astype(np.int64)}
+            for metric in LINBORG_METRICS:
+                if metric in COUNTS:
+                    part[metric] = raw[:, position[f"last_{metric}"]].astype(np.int64)
+                else:
+                    part[metric] = raw[:, position[f"sum_{metric}"]] / np.maximum(n, 1)
+            parts.append(pd.DataFrame(part))
+        if not parts:
+            return pd.DataFrame(columns=["server", "bucket", "n", "state_rank", *LINBORG_METRICS])
+        return pd.concat(parts, ignore_index=True)

@@ -1,0 +1,388 @@
+"""Export the daemon's stored 5-minute buckets as contract Parquet, to train on the live fleet's history.
+
+    python main.py export --store data/metrics_store.sqlite3 --out training/live/server_metrics.parquet
+    python main.py export --store S --out P.parquet --since 2026-01-05T00:00:00Z --until 2026-02-01 --servers a,b
+
+The store (``metrics_store.py``) keeps one aggregate per server and 5-minute bucket for
+``--retention-days`` (35 by default). The export writes what the daemon's own windows hold:
+
+* one row per server and bucket, from the server's first to its last bucket with samples inside
+  ``--since .. --until`` (each bound is the bucket holding that time, inclusive; naive = UTC);
+* a bucket's values by the bucketing rule (gauges: the mean of the samples; counts and uptime: the
+  latest sample; state: the most severe one a sample reported), rows ordered by server and time;
+* a bucket without samples as an ``offline`` row with the contract's offline vector (dense mode,
+  ``contract.fill_offline``), the way the daemon fills it when it forecasts;
+* the contract's columns and types (timestamps ns UTC, names / profiles / states dictionary-encoded,
+  counts int32, the rest float32), checked strictly by the validator chunk by chunk before the file
+  is moved into place, so ``main.py validate`` accepts it and nothing invalid is left behind;
+* ``metrics_metadata.json`` and ``server_mapping.json`` beside the file, as the importer writes them.
+
+Measured or not: the store keeps values, not which metrics a feeder really measured. Feeders fill a
+metric they cannot measure with ``UNMEASURED_FILL`` (node_exporter via ``main.py prometheus`` has no
+Java CPU or CLOSE_WAIT sockets), and a filled value looks like a reading. The export therefore
+*infers* it: a metric is measured when some sampled bucket of some exported server differs from its
+fill value, and listed as unmeasured otherwise; the metadata says so (``measured_metrics_inferred``)
+and lists, per server, the metrics that never left the fill (``servers_constant_at_fill``).
+
+Memory is bounded: whole servers, about ``EXPORT_CHUNK_ROWS`` rows at a time, are read, filled, checked and
+written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sqlite3
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from common_utils import atomic_write_json, parse_utc, setup_logging
+from config import (
+    CONTRACT_VERSION,
+    DATA_CONTRACT_DOC,
+    EXPORT_CHUNK_ROWS,
+    EXPORT_PROGRESS_FRACTION,
+    INTEGER_METRICS,
+    LINBORG_METRICS,
+    METADATA_FILE,
+    PARQUET_COMPRESSION,
+    PARQUET_ROW_GROUP_ROWS,
+    PROJECT_VERSION,
+    STORE_DOC,
+    STORE_PATH,
+    UNMEASURED_FILL,
+    VALID_PROFILES,
+    VALID_STATES,
+)
+from contract import NS_PER_BUCKET, bucket_iso, bucket_of_ns, fill_offline
+from data_validator import DataValidator
+from metrics_store import StoreError, StoreReader
+from server_encoder import ServerEncoder
+from state_rules import STATE_PRECEDENCE
+
+logger = logging.getLogger(__name__)
+
+_STATE_CODE = np.array([VALID_STATES.index(state) for state in STATE_PRECEDENCE], dtype=np.int32)  # rank -> code
+_OFFLINE_CODE = VALID_STATES.index("offline")
+_MEASURED_RULE = (
+    "inferred: the store keeps bucket values, not which metrics a feeder measured, and feeders fill a metric "
+    "they cannot measure with the contract's unmeasured value (UNMEASURED_FILL). A metric is listed as measured "
+    "when a sampled bucket of an exported server differs from that value; one that never does is listed as "
+    "unmeasured (not trained on, not scored), which also happens to a measured metric that never moved from "
+    "it (swap never used). A metric measured on some servers and filled on others counts as measured for "
+    "all of them: servers_constant_at_fill names those servers; export them apart with --servers if it matters.")
+
+
+class StoreExportError(ValueError):
+    """An export that cannot be done as asked; the message says what, why, and how to fix it."""
+
+
+def _fail(what: str, why: str, fix: str) -> StoreExportError:
+    return StoreExportError(f"{what}. Why it matters: {why}. Fix: {fix}. See {STORE_DOC}.")
+
+
+@dataclass
+class ExportStats:
+    """What the export wrote, accumulated chunk by chunk."""
+
+    rows: int = 0
+    sampled_rows: int = 0
+    samples: int = 0
+    state_counts: np.ndarray = field(default_factory=lambda: np.zeros(len(VALID_STATES), dtype=np.int64))
+    first_bucket: int | None = None
+    last_bucket: int | None = None
+    constant_at_fill: dict[str, list[str]] = field(default_factory=dict)  # server -> metrics never off the fill
+    warnings: list[str] = field(default_factory=list)
+
+
+def fill_value(metric: str) -> float:
+    """The value a feeder writes for a metric it does not measure (``UNMEASURED_FILL``, 0 when not listed)."""
+    return float(UNMEASURED_FILL.get(metric, 0.0))
+
+
+def parse_bound(value: str | None, flag: str) -> int | None:
+    """``--since`` / ``--until`` (ISO 8601, naive = UTC) -> the bucket that holds it; None when not given."""
+    if value is None:
+        return None
+    try:
+        stamp = parse_utc(value)
+    except (ValueError, TypeError, OverflowError) as exc:
+        raise _fail(f"{flag} '{value}' is not a time ({exc})", "the export selects buckets by time",
+                    f"write an ISO 8601 time such as {flag} 2026-01-05T09:35:00Z (naive times are UTC)") from None
+    return int(bucket_of_ns(int(stamp.value)))
+
+
+def parse_servers(value: str | None) -> list[str] | None:
+    """``--servers a,b`` -> the names in order, without blanks or repeats; None when not given."""
+    if value is None:
+        return None
+    names = list(dict.fromkeys(name.strip() for name in value.split(",") if name.strip()))
+    if not names:
+        raise _fail(f"--servers '{value}' names no server", "an empty selection exports nothing",
+                    "list server names separated by commas, or leave --servers out to export every server")
+    return names
+
+
+def _select_servers(reader: StoreReader, requested: list[str] | None) -> dict[str, str]:
+    """Server -> profile for the servers to export (all, or the requested ones, which must be stored)."""
+    profiles = reader.profiles()
+    if requested is None:
+        return profiles
+    unknown = [name for name in requested if name not in profiles]
+    if unknown:
+        known = ", ".join(sorted(profiles)[:5]) or "none"
+        raise _fail(f"{len(unknown)} of the --servers are not in the store {reader.path}: {', '.join(unknown[:5])}",
+                    "only servers the daemon was fed (and retention kept) have buckets",
+                    f"use names the store holds ({len(profiles)} servers, e.g. {known})")
+    return {name: profiles[name] for name in requested}
+
+
+def _chunks(names: list[str], spans: dict[str, tuple[int, int]], chunk_rows: int) -> list[list[str]]:
+    """Consecutive groups of whole servers of about ``chunk_rows`` rows each (at least one server each)."""
+    chunks: list[list[str]] = [[]]
+    rows = 0
+    for name in names:
+        if chunks[-1] and rows + spans[name][1] - spans[name][0] + 1 > chunk_rows:
+            chunks.append([])
+            rows = 0
+        chunks[-1].append(name)
+        rows += spans[name][1] - spans[name][0] + 1
+    return chunks
+
+
+def _chunk_table(values: pd.DataFrame, spans: dict[str, tuple[int, int]], names: list[str],
+                 profiles: dict[str, str], stats: ExportStats) -> pa.Table:
+    """One chunk of servers: stored buckets -> dense contract rows (offline rows for buckets without samples)."""
+    name_index = {name: i for i, name in enumerate(names)}
+    parts: dict[str, list[np.ndarray]] = {c: [] for c in ("timestamp", "server", "profile", "state", *LINBORG_METRICS)}
+    for server, group in values.groupby("server", sort=True):
+        first, last = spans[server]
+        grid = np.arange(first, last + 1, dtype=np.int64)
+        present = np.zeros(len(grid), dtype=bool)
+        slots = group["bucket"].to_numpy() - first
+        present[slots] = True
+        metrics: dict[str, np.ndarray] = {}
+        constant = []
+        for metric in LINBORG_METRICS:
+            column = np.zeros(len(grid))
+            stored = group[metric].to_numpy(dtype=np.float64)
+            column[slots] = stored
+            metrics[metric] = column
+            if np.all(stored == fill_value(metric)):
+                constant.append(metric)
+        if constant:
+            stats.constant_at_fill[str(server)] = constant
+        filled = fill_offline(metrics, present)
+        states = np.full(len(grid), _OFFLINE_CODE, dtype=np.int32)
+        states[slots] = _STATE_CODE[group["state_rank"].to_numpy()]
+        parts["timestamp"].append(grid * NS_PER_BUCKET)
+        parts["server"].append(np.full(len(grid), name_index[server], dtype=np.int32))
+        parts["profile"].append(np.full(len(grid), VALID_PROFILES.index(profiles[server]), dtype=np.int32))
+        parts["state"].append(states)
+        for metric in LINBORG_METRICS:
+            parts[metric].append(filled[metric])
+        stats.rows += len(grid)
+        stats.sampled_rows += len(slots)
+        stats.samples += int(group["n"].sum())
+        stats.state_counts += np.bincount(states, minlength=len(VALID_STATES))
+        stats.first_bucket = first if stats.first_bucket is None else min(stats.first_bucket, first)
+        stats.last_bucket = last if stats.last_bucket is None else max(stats.last_bucket, last)
+    joined = {key: np.concatenate(arrays) for key, arrays in parts.items()}
+    columns: dict[str, pa.Array] = {
+        "timestamp": pa.array(joined["timestamp"], type=pa.timestamp("ns", tz="UTC")),
+        "server_name": pa.DictionaryArray.from_arrays(joined["server"], pa.array(names)),
+        "profile": pa.DictionaryArray.from_arrays(joined["profile"], pa.array(VALID_PROFILES)),
+        "state": pa.DictionaryArray.from_arrays(joined["state"], pa.array(VALID_STATES)),
+    }
+    for metric in LINBORG_METRICS:
+        values_ = joined[metric]
+        columns[metric] = pa.array(np.rint(values_).astype(np.int32) if metric in INTEGER_METRICS
+                                   else values_.astype(np.float32))
+    return pa.table(columns)
+
+
+def _check(table: pa.Table, stats: ExportStats) -> None:
+    """Strict contract check of one chunk (its servers are complete in it); raises on any error."""
+    is_valid, errors, warnings = DataValidator(strict=True).validate_schema(table.to_pandas())
+    if not is_valid:
+        raise _fail("the exported rows do not pass the data contract: " + "; ".join(str(e) for e in errors[:3]),
+                    "training refuses invalid data, so no file was written",
+                    f"report it with the store file: fed records are checked against {DATA_CONTRACT_DOC}, so "
+                    f"stored buckets should always pass")
+    for warning in warnings:
+        text = f"{warning.column}: {warning.what}"
+        if text not in stats.warnings:
+            stats.warnings.append(text)
+
+
+def export_store(store: str | Path, out: str | Path, since: str | None = None, until: str | None = None,
+                 servers: list[str] | None = None, chunk_rows: int = EXPORT_CHUNK_ROWS,
+                 progress_fraction: float = EXPORT_PROGRESS_FRACTION) -> dict[str, Any]:
+    """Write the store's buckets as contract Parquet at ``out`` (+ metadata and server mapping); the metadata.
+
+    ``since`` / ``until``: ISO 8601 bounds (the buckets holding them, inclusive; None = open);
+    ``servers``: names to export (None = every stored server). Raises :class:`StoreExportError` or
+    :class:`metrics_store.StoreError` with what, why and how to fix it; an unfinished file is removed.
+    """
+    began = time.perf_counter()
+    out = Path(out)
+    if out.suffix.lower() != ".parquet":
+        raise _fail(f"--out {out} does not end in .parquet", "the export writes Parquet, and the validator and "
+                    "trainer read a file by its suffix", f"name the file like {out.with_suffix('.parquet')}")
+    first_bucket, last_bucket = parse_bound(since, "--since"), parse_bound(until, "--until")
+    if first_bucket is not None and last_bucket is not None and first_bucket > last_bucket:
+        raise _fail(f"--since {since} is after --until {until}", "the range holds no bucket",
+                    "swap the two times")
+    reader = StoreReader(store)
+    tmp = out.with_name(f".{out.name}.export.tmp")
+    writer: pq.ParquetWriter | None = None
+    try:
+        with reader.snapshot():
+            profiles = _select_servers(reader, servers)
+            whole = reader.span()
+            if whole is None:
+                raise _fail(f"the store {reader.path} holds no buckets", "there is nothing to export",
+                            "feed the daemon first (main.py collect / prometheus / generate --stream), or pass the "
+                            "store of a daemon that has run")
+            low = whole[0] if first_bucket is None else first_bucket
+            high = whole[1] if last_bucket is None else last_bucket
+            spans: dict[str, tuple[int, int]] = {}
+            for name in sorted(profiles):
+                span = reader.span_between(name, low, high)
+                if span is not None:
+                    spans[name] = (span[0], span[1])
+            if not spans:
+                asked = (f"between {bucket_iso(low)} and {bucket_iso(high)}" if since and until else
+                         f"from {bucket_iso(low)} on" if since else f"up to {bucket_iso(high)}" if until else "")
+                raise _fail(f"no buckets {asked}{' for the servers asked for' if servers else ''} in {reader.path}",
+                            "there is nothing to export",
+                            f"choose --since/--until inside what the store holds: {len(reader.profiles())} servers "
+                            f"from {bucket_iso(whole[0])} to {bucket_iso(whole[1])} (retention deletes older buckets)")
+            names = sorted(spans)
+            idle = sorted(set(profiles) - set(spans))
+            if idle:
+                (logger.warning if servers else logger.info)(
+                    "%d of the %s servers have no buckets in the range and are left out: %s%s", len(idle),
+                    "requested" if servers else "stored", ", ".join(idle[:10]), " ..." if len(idle) > 10 else "")
+            total_rows = sum(last - first + 1 for first, last in spans.values())
+            logger.info("exporting %d servers, %s rows (%s .. %s) from %s to %s", len(names), f"{total_rows:,}",
+                        bucket_iso(min(s[0] for s in spans.values())), bucket_iso(max(s[1] for s in spans.values())),
+                        reader.path, out)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            stats = ExportStats()
+            next_report = progress_fraction
+            for chunk in _chunks(names, spans, chunk_rows):
+                values = reader.bucket_values(chunk, low, high)
+                table = _chunk_table(values, spans, names, profiles, stats)
+                _check(table, stats)
+                if writer is None:
+                    writer = pq.ParquetWriter(tmp, table.schema, compression=PARQUET_COMPRESSION)
+                writer.write_table(table, row_group_size=PARQUET_ROW_GROUP_ROWS)
+                done = stats.rows / total_rows
+                if done >= next_report and done < 1.0:
+                    logger.info("export: %d of %d servers, %s of %s rows (%.0f %%), %.1f s",
+                                names.index(chunk[-1]) + 1, len(names), f"{stats.rows:,}", f"{total_rows:,}",
+                                100.0 * done, time.perf_counter() - began)
+                    while next_report <= done:
+                        next_report += progress_fraction
+        assert writer is not None  # spans is not empty, so one chunk was written
+        writer.close()
+        writer = None
+        os.replace(tmp, out)
+    finally:
+        if writer is not None:
+            writer.close()
+        tmp.unlink(missing_ok=True)
+        reader.close()
+
+    encoder = ServerEncoder()
+    encoder.encode_many(names)
+    encoder.save(out.parent)
+    measured = [m for m in LINBORG_METRICS if any(m not in stats.constant_at_fill.get(s, ()) for s in names)]
+    metadata = {
+        "contract_version": CONTRACT_VERSION,
+        "exporter_version": PROJECT_VERSION,
+        "source": "metrics store",
+        "store": str(Path(store).resolve()),
+        "file": out.name,
+        "requested": {"since": since, "until": until, "servers": servers},
+        "servers": {name: profiles[name] for name in names},
+        "servers_without_buckets_in_range": idle,
+        "rows": stats.rows,
+        "sampled_rows": stats.sampled_rows,
+        "samples": stats.samples,
+        "time_span": {"start": bucket_iso(stats.first_bucket or 0), "end": bucket_iso(stats.last_bucket or 0)},
+        "bucketing": "gauges: mean of the bucket's samples; counts and uptime_days: latest sample; state: most "
+                     "severe sample; a bucket without samples: offline row with the contract's offline vector",
+        "measured_metrics": measured,
+        "unmeasured_metrics": {m: f"constant at {fill_value(m):g} (the unmeasured fill) in every sampled bucket"
+                               for m in LINBORG_METRICS if m not in measured},
+        "measured_metrics_inferred": True,
+        "measured_metrics_rule": _MEASURED_RULE,
+        "servers_constant_at_fill": stats.constant_at_fill,
+        "offline_share": float(stats.state_counts[_OFFLINE_CODE] / max(stats.rows, 1)),
+        "state_shares": {s: float(c / max(stats.rows, 1)) for s, c in zip(VALID_STATES, stats.state_counts,
+                                                                          strict=True)},
+        "warnings": stats.warnings[:10],
+        "export_seconds": round(time.perf_counter() - began, 3),
+    }
+    atomic_write_json(out.parent / METADATA_FILE, metadata)
+    logger.info("exported %d servers, %s rows (%s sampled, %s offline) %s .. %s to %s in %.1f s; measured "
+                "(inferred): %s; unmeasured: %s", len(names), f"{stats.rows:,}", f"{stats.sampled_rows:,}",
+                f"{stats.rows - stats.sampled_rows:,}", metadata["time_span"]["start"], metadata["time_span"]["end"],
+                out, metadata["export_seconds"], ", ".join(measured) or "none",
+                ", ".join(metadata["unmeasured_metrics"]) or "none")
+    return metadata
+
+
+def build_arg_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
+    """Arguments of the export (``main.py export``)."""
+    parser = parser or argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--store", type=Path, default=STORE_PATH,
+                        help="the daemon's SQLite store (its --store; default %(default)s); read only, a running "
+                             "daemon may keep writing")
+    parser.add_argument("--out", type=Path, required=True,
+                        help=f"contract Parquet to write; {METADATA_FILE} and the server mapping go beside it")
+    parser.add_argument("--since", help="first bucket: the one holding this ISO 8601 time (naive = UTC; default: "
+                                        "the oldest stored)")
+    parser.add_argument("--until", help="last bucket: the one holding this time, inclusive (default: the newest)")
+    parser.add_argument("--servers", help="comma-separated server names (default: every stored server)")
+    return parser
+
+
+def run_from_args(args: argparse.Namespace) -> int:
+    """Run the export; 0 on success, 1 with what/why/fix otherwise (no traceback)."""
+    try:
+        meta = export_store(args.store, args.out, args.since, args.until, parse_servers(args.servers))
+    except (StoreExportError, StoreError) as exc:
+        logger.error("export failed: %s", exc)
+        return 1
+    except sqlite3.DatabaseError as exc:
+        logger.error("export failed: the store %s cannot be read (%s). Fix: check the file, or export from a "
+                     "backup. See %s.", args.store, exc, STORE_DOC)
+        return 1
+    except OSError as exc:
+        logger.error("export failed: cannot write %s (%s). Fix: check the folder's permissions and free space.",
+                     args.out, exc)
+        return 1
+    print(f"Exported {len(meta['servers'])} servers, {meta['rows']:,} rows ({meta['time_span']['start']} .. "
+          f"{meta['time_span']['end']}) -> {args.out}\n"
+          f"measured (inferred from the values): {', '.join(meta['measured_metrics']) or 'none'}\n"
+          f"unmeasured (never left the fill value; not trained on or scored): "
+          f"{', '.join(meta['unmeasured_metrics']) or 'none'}\n"
+          f"Check it with: python main.py validate {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    setup_logging()
+    sys.exit(run_from_args(build_arg_parser().parse_args()))
