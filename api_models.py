@@ -131,8 +131,11 @@ class QuantileBand(TypedDict):
 
 
 class Alert(BaseModel):
-    """A metric on one server at warning level or worse, now or within a horizon (the only alert type)."""
+    """An alert: a metric on one server at warning level or worse, now or within a horizon (``kind`` "risk"),
+    or the model's own forecasts of a metric at a horizon no longer holding (``kind`` "model_degraded",
+    server_name "fleet")."""
 
+    kind: Literal["risk", "model_degraded"] = "risk"
     server_name: str
     profile: str
     level: AlertLevel
@@ -243,6 +246,59 @@ class StatusResponse(BaseModel):
     requests_total: int
     request_errors_total: int
     error_rate: float
+    accuracy_summary: dict[str, Any] | None = Field(
+        default=None, description="live accuracy of matured forecasts (24 h): per horizon the mean p10-p90 "
+                                  "coverage and skill against persistence over the metrics; see /accuracy")
+    model_reloads: int = Field(default=0, description="promotions / rollbacks picked up from the models' latest link")
+    model_reload_failures: int = 0
+    retrain: dict[str, Any] | None = Field(
+        default=None, description="scheduled retraining (--retrain-every): runs, failures, the running one, the next")
+
+
+class AccuracyRow(BaseModel):
+    """Live figures of one metric x horizon for a group (the fleet, a profile or a server) over a window."""
+
+    window: str
+    group: str = Field(description='"all", a profile, or a server name')
+    metric: str
+    horizon: str
+    n: int = Field(description="matured forecasts scored")
+    qrisk_50: float | None
+    qrisk_90: float | None
+    mae_p50: float | None = Field(description="mean absolute error of p50, in the metric's units")
+    coverage_p10_p90: float | None = Field(description="coverage of the bands as served (calibrated)")
+    coverage_unadjusted: float | None = Field(description="coverage the model's own bands would have had")
+    below_p10_ratio: float | None
+    above_p90_ratio: float | None
+    skill_vs_persistence: float | None = Field(description="1 - qrisk_50(model) / qrisk_50(last value)")
+    band_scale_low: float = Field(description="live calibration multiplier of the p50-p10 half-width")
+    band_scale_high: float = Field(description="live calibration multiplier of the p90-p50 half-width")
+
+
+class WorstServer(BaseModel):
+    """A server whose forecasts of a metric at a horizon did worst against persistence (24 h)."""
+
+    server_name: str
+    profile: str
+    metric: str
+    horizon: str
+    n: int
+    qrisk_50: float | None
+    coverage_p10_p90: float | None
+    skill_vs_persistence: float | None
+
+
+class AccuracyResponse(BaseModel):
+    """How the served forecasts fared once their target time arrived."""
+
+    model_version: str | None
+    scored_since: str | None = Field(description="the first forecast origin of the current model")
+    last_scored_target: str | None
+    windows: dict[str, int] = Field(description="window -> hours")
+    band_adaptation: bool
+    rows: list[AccuracyRow]
+    worst_servers: list[WorstServer]
+    model_degraded: list[Alert]
 
 
 class DemoScenarioRequest(BaseModel):

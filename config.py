@@ -808,10 +808,22 @@ WS_UNSUPPORTED_DATA_CODE = 1003
 HEALTH_DEGRADED_AFTER_FAILED_CYCLES = 3
 # Disk full: the client is asked to retry after this long (the feed resumes once space frees).
 DISK_FULL_RETRY_AFTER_SECONDS = 30
-# History kept in the store: enough for the encoder, the seasonal baseline and a week of
-# dashboard history; older buckets and forecasts are deleted.
-RETENTION_HOURS = 7 * 24
+# History kept in the store. Buckets: five weeks by default (--retention-days), enough to export a
+# month of training data from the store (main.py export) plus a week of margin; the disk cost per
+# 1,000 servers is measured in Docs/API_REFERENCE.md (Storage and retention). At least a week, so a
+# record the feed still accepts (MAX_RECORD_AGE_HOURS) is never older than what the store keeps.
+# Forecasts (the history panel's bands) stay a week, all GET /history shows. Older rows are deleted.
+RETENTION_DAYS = 35
+RETENTION_MIN_DAYS = 7
+RETENTION_HOURS = RETENTION_DAYS * 24  # the default bucket retention in hours
 FORECAST_RETENTION_HOURS = 7 * 24
+# GET /history serves at most this much: actuals beside the forecasts made for them (kept a week).
+HISTORY_MAX_HOURS = FORECAST_RETENTION_HOURS
+# main.py export (store_export.py): whole servers are read, checked and written in chunks of about this
+# many rows (20 servers x 35 days), which bounds its memory (0.36 GB peak measured, 0.16 GB of it imports);
+# a progress line every this share of the rows.
+EXPORT_CHUNK_ROWS = 200_000
+EXPORT_PROGRESS_FRACTION = 0.1
 DEDUPE_HOURS = 2  # exact duplicate samples (same server and timestamp) are ignored this long
 # On start the store is checked with SQLite's integrity check: "quick" (O(N), skips index/table
 # cross-checks; the figures at fleet scale are in Docs/RAG/CURRENT_STATE.md), "full", or "off".
@@ -835,8 +847,10 @@ FORECAST_POLL_SECONDS = 0.5
 LOG_SUMMARY_SECONDS = 60.0
 # A failed cycle is retried after a back-off that doubles from FORECAST_POLL_SECONDS up to this.
 FORECAST_RETRY_MAX_SECONDS = 60.0
-# Records older than this (relative to the newest bucket the daemon has seen) are rejected.
-MAX_RECORD_AGE_HOURS = RETENTION_HOURS
+# Records older than this (relative to the newest bucket the daemon has seen) are rejected: late
+# deliveries (a collector's buffer holds ~3 days) are taken, a replay of old history is not. A week
+# (as before retention became 35 days): the shortest retention allowed, so no taken record is trimmed.
+MAX_RECORD_AGE_HOURS = RETENTION_MIN_DAYS * 24
 # A forecast cycle runs the model over at most this many servers at a time, so the working set
 # of one slice stays in the CPU caches (the slice sizes measured are in Docs/RAG/CURRENT_STATE.md).
 INFERENCE_CHUNK_SERVERS = 125
@@ -898,6 +912,12 @@ DASHBOARD_DEFAULT_REFRESH_SECONDS = 5
 DASHBOARD_TOP_SERVERS = 5
 DASHBOARD_HISTORY_HOURS = 12
 DASHBOARD_FAN_HISTORY_HOURS = 6  # actuals drawn before the forecast on the Top Servers fans
+# Model health panel (live accuracy from GET /accuracy). p10-p90 is an 80 % band: coverage in the
+# target band is shown green; outside DRIFT_COVERAGE_BAND red (where model_degraded warnings start).
+DASHBOARD_COVERAGE_TARGET = (0.75, 0.85)
+DASHBOARD_SKILL_COLOR_LIMIT = 1.0  # skill vs persistence is coloured from -this (red) to +this (green)
+DASHBOARD_WORST_SERVERS = 10  # rows of the worst-servers table (lowest skill first)
+DASHBOARD_MODEL_AGE_DAYS_AFTER_HOURS = 48  # a model's age is said in hours up to this, in days beyond
 
 # ---------------------------------------------------------------------------
 # 11. Real metrics in: host collector and Prometheus adapter (Docs/COLLECTING.md)
@@ -931,3 +951,47 @@ PROMETHEUS_POLL_SECONDS = 30.0  # live mode: one instant query per metric this o
 PROMETHEUS_TIMEOUT_SECONDS = 30.0
 PROMETHEUS_MAX_POINTS_PER_QUERY = 10_000  # Prometheus refuses > 11,000 points per series; longer spans are chunked
 PROMETHEUS_BACKFILL_HOURS = 2.0  # live mode: history sent before the first live poll (the encoder's window)
+
+# Live accuracy (live_accuracy.py): the daemon scores each forecast when its target bucket
+# arrives, with the backtest's scoring code, in hourly bins summed into rolling windows.
+ACCURACY_WINDOWS_HOURS = {"24h": 24, "7d": 7 * 24}  # rolling windows /accuracy reports
+ACCURACY_CATCH_UP_BUCKETS = 12  # after a gap, matured targets older than this are not scored (counted)
+ACCURACY_SERVER_WINDOW = "24h"  # per-server figures (worst servers) are kept for this window, in memory
+ACCURACY_WORST_SERVERS = 5  # /accuracy lists this many worst servers per metric and horizon
+# Live band calibration: adaptive conformal inference (Gibbs & Candes 2021) on the log of a
+# multiplier m of each band half-width (p50-p10 below, p90-p50 above), per metric x horizon.
+# Each matured forecast is checked against its model band widened by the *current* m (the
+# quantile tracker of Angelopoulos et al. 2023, so feedback that arrives 8 h late does not
+# overshoot); per cycle, log m += gain x n x (share outside that side - target), the step capped.
+# The multiplier stays within the bounds; it is kept in the store and reset for a new model.
+BAND_ADAPT_ENABLED = True
+BAND_ADAPT_TARGET_MISS = 0.10  # per side: p10 and p90 are 10 % tails
+BAND_ADAPT_GAIN = 0.005  # per matured forecast (ACI's usual gamma), so a cycle moves by gain x n x error ...
+BAND_ADAPT_MAX_STEP = 0.1  # ... at most this much in log units (about 10 %) per cycle
+BAND_ADAPT_MIN_SCALE = 0.25  # the band is never narrowed below a quarter ...
+BAND_ADAPT_MAX_SCALE = 4.0  # ... nor widened beyond four times the model's
+# Drift: a "model_degraded" warning when the rolling coverage of a metric x horizon leaves the
+# band, or its skill against persistence stays below the floor this long (daemon bucket time).
+DRIFT_WINDOW = "24h"
+DRIFT_COVERAGE_BAND = (0.65, 0.92)
+DRIFT_SKILL_FLOOR = 0.0
+DRIFT_SKILL_HOURS = 6.0
+# ... unless the model's q-risk there is below this: a forecast within ~2 % of the level is not
+# "degraded" because the last value of a near-constant metric (disk usage) is closer still.
+DRIFT_SKILL_MIN_QRISK = 0.02
+DRIFT_MIN_MATURED = 100  # no verdict on fewer matured forecasts in the window
+# Retraining and the models registry (model_retrain.py, model_registry.py).
+MODELS_KEEP = 5  # model folders kept in the models directory (the serving one and its predecessor always)
+PROMOTIONS_FILE = "promotions.json"  # every promotion, rejection and rollback, in the models directory
+RETRAIN_REPORTS_SUBDIR = "reports"  # promotion reports (JSON + table) under the models directory
+RETRAIN_WORK_SUBDIR = ".retrain"  # the store's export for one retrain (removed afterwards)
+RETRAIN_EPOCHS = 8  # a warm-started challenger needs fewer epochs than a model from scratch
+# The gate: a challenger replaces the champion only if its mean q-risk at 0.5 over the metrics is
+# no worse at every horizon on the same held-out window, and its mean p10-p90 coverage at every
+# horizon lies inside this band.
+PROMOTION_COVERAGE_BAND = DRIFT_COVERAGE_BAND
+PROMOTION_QRISK_TOLERANCE = 0.0  # relative slack on "no worse" (0: strictly no worse)
+RETRAIN_NICE = 19  # scheduled retrains run at the lowest CPU priority
+RETRAIN_MIN_INTERVAL_SECONDS = 3600  # --retrain-every below this is refused
+MODEL_WATCH_SECONDS = 5.0  # the daemon checks this often whether models/latest points elsewhere
+RETRAIN_DOC = "Docs/RETRAINING.md"

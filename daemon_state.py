@@ -35,6 +35,7 @@ from api_models import (
     BATCH_ADAPTER,
     FEED_ADAPTER,
     RECORD_ADAPTER,
+    AccuracyResponse,
     DemoScenario,
     FeedResponse,
     HistoryResponse,
@@ -44,9 +45,12 @@ from api_models import (
 )
 from common_utils import isoformat_utc
 from config import (
+    ACCURACY_SERVER_WINDOW,
+    ACCURACY_WINDOWS_HOURS,
     ANONYMOUS_RATE_BURST,
     ANONYMOUS_RATE_PER_MINUTE,
     API_REFERENCE_DOC,
+    BAND_ADAPT_ENABLED,
     BUCKET_GRACE_SECONDS,
     CONTRACT_VERSION,
     DATA_CONTRACT_DOC,
@@ -56,10 +60,12 @@ from config import (
     FORECAST_RETRY_MAX_SECONDS,
     HEALTH_DEGRADED_AFTER_FAILED_CYCLES,
     HORIZONS,
+    LATEST_MODEL_LINK,
     LINBORG_METRICS,
     LOG_SUMMARY_SECONDS,
     MAX_RECORD_AGE_HOURS,
     MAX_RECORDS_PER_REQUEST,
+    MODEL_WATCH_SECONDS,
     PROJECT_VERSION,
     QUANTILE_LABELS,
     RATE_LIMIT_BURST,
@@ -67,15 +73,19 @@ from config import (
     RATE_LIMIT_PRUNE_ABOVE,
     RATE_LIMIT_PRUNE_EVERY_SECONDS,
     RATE_LIMIT_REQUESTS_PER_MINUTE,
-    RETENTION_HOURS,
+    RETENTION_DAYS,
+    RETRAIN_DOC,
     SAMPLING_INTERVAL_SECONDS,
+    STEPS_PER_DAY,
     STEPS_PER_HOUR,
     STORE_PATH,
     TRIM_EVERY_CYCLES,
 )
 from contract import DISPLAY_CPU, bucket_iso, bucket_of_ns, cpu_used
 from forecast_engine import CycleResult, ForecastEngine, fleet_document
+from live_accuracy import LiveAccuracy, split_blobs
 from metrics_store import COUNTS, GAUGES, FleetWindows, MetricsStore, StoreError
+from retrain_scheduler import RetrainScheduler
 from state_rules import STATE_PRECEDENCE
 from tft_model import ModelLoadError, load_model
 
@@ -95,6 +105,17 @@ class DaemonSettings:
     rate_per_minute: float = RATE_LIMIT_REQUESTS_PER_MINUTE
     rate_burst: int = RATE_LIMIT_BURST
     max_future_seconds: float = FEED_MAX_FUTURE_SECONDS  # how far ahead of the daemon's clock a record may be
+    band_adaptation: bool = BAND_ADAPT_ENABLED  # live calibration of p10/p90 from matured forecasts
+    retrain_every_seconds: float | None = None  # scheduled retraining (needs model_dir = <models>/latest)
+    retrain_args: list[str] = field(default_factory=list)  # extra flags for main.py retrain
+
+    @property
+    def models_dir(self) -> Path | None:
+        """The models directory when the daemon follows its ``latest`` link (promotions and retraining)."""
+        if self.model_dir is not None and self.model_dir.name == LATEST_MODEL_LINK:
+            return self.model_dir.parent
+        return None
+    retention_days: int = RETENTION_DAYS  # buckets older than this are deleted (--retention-days)
 
 
 @dataclass
@@ -177,6 +198,19 @@ class PrometheusMetrics:
                               registry=self.registry)
         self.risk = Gauge("tft_risk_score", "Risk score 0..1", ["server", "profile"], registry=self.registry)
         self.alerts = Gauge("tft_active_alerts", "Active alerts by level", ["level"], registry=self.registry)
+        labels = ["metric", "horizon", "window"]
+        self.coverage = Gauge("tft_forecast_coverage_ratio", "Share of matured forecasts inside p10-p90",
+                              labels, registry=self.registry)
+        self.skill = Gauge("tft_forecast_skill_ratio", "1 - qrisk(model) / qrisk(persistence), matured forecasts",
+                           labels, registry=self.registry)
+        self.qrisk = Gauge("tft_forecast_qrisk_ratio", "q-risk of matured forecasts", [*labels, "quantile"],
+                           registry=self.registry)
+        self.band_scale = Gauge("tft_forecast_band_scale_ratio", "Live calibration multiplier of a band half-width",
+                                ["metric", "horizon", "side"], registry=self.registry)
+        self.degraded = Gauge("tft_model_degraded", "1 while a model_degraded warning is active",
+                              ["metric", "horizon"], registry=self.registry)
+        self.scored = Counter("tft_forecasts_scored_total", "Matured forecasts scored against actuals",
+                              registry=self.registry)
 
     def feed(self, stored: int, rejected: int, duplicates: int) -> None:
         """Count feed results."""
@@ -208,6 +242,31 @@ class PrometheusMetrics:
         for level, n in levels.items():
             self.alerts.labels(level).set(n)
         self.model_loaded.set(1 if model_loaded else 0)
+
+    def accuracy(self, live: LiveAccuracy, scored: int) -> None:
+        """Refresh the live-accuracy gauges (fleet-wide rows of every window)."""
+        from live_accuracy import HORIZON_LABELS
+
+        self.scored.inc(scored)
+        for gauge in (self.coverage, self.skill, self.qrisk, self.band_scale, self.degraded):
+            gauge.clear()
+        for window in ACCURACY_WINDOWS_HOURS:
+            for row in live.rows(window):
+                labels = (row["metric"], row["horizon"], window)
+                if row["coverage_p10_p90"] is not None:
+                    self.coverage.labels(*labels).set(row["coverage_p10_p90"])
+                if row["skill_vs_persistence"] is not None:
+                    self.skill.labels(*labels).set(row["skill_vs_persistence"])
+                for q, key in (("0.5", "qrisk_50"), ("0.9", "qrisk_90")):
+                    if row[key] is not None:
+                        self.qrisk.labels(*labels, q).set(row[key])
+        degraded = {f"{a.metric}|{a.horizon}" for a in live.active_degraded()}
+        for metric, horizons in live.band_summary().items():
+            for label in HORIZON_LABELS:
+                low, high = horizons[label]
+                self.band_scale.labels(metric, label, "low").set(low)
+                self.band_scale.labels(metric, label, "high").set(high)
+                self.degraded.labels(metric, label).set(1 if f"{metric}|{label}" in degraded else 0)
 
     def render(self) -> bytes:
         """Prometheus text exposition."""
@@ -308,7 +367,7 @@ class FeedIngest:
         """Records the daemon can take, as the store's dicts (with ``ts_ns``); the rest rejected with why.
 
         A record is refused when it is stamped too far ahead of the daemon's clock, older than the
-        retention window, or names a different profile than its server already has.
+        late-record window (``MAX_RECORD_AGE_HOURS``), or names a different profile than its server already has.
         """
         now = self.clock()
         latest_ns = int((now + self.max_future_seconds) * 1e9)
@@ -324,7 +383,7 @@ class FeedIngest:
                           f"clock ({isoformat_utc(datetime.fromtimestamp(now, UTC))}); records may be at "
                           f"most {self.max_future_seconds:g} s ahead. Fix the sender's clock (NTP)")
             elif oldest_ok is not None and bucket_of_ns(ts_ns) < oldest_ok:
-                reason = f"older than the {MAX_RECORD_AGE_HOURS} h retention window"
+                reason = f"older than the {MAX_RECORD_AGE_HOURS} h the feed accepts late records for"
             elif profiles.setdefault(record.server_name, record.profile) != record.profile:
                 field_name = "profile"
                 reason = (f"'{record.server_name}' is tracked as '{profiles[record.server_name]}'; a server's "
@@ -423,6 +482,8 @@ class Daemon:
         self.store = MetricsStore(settings.store_path)  # StoreError: refuse to start, with the reason
         self.fleet = self._open_windows()
         self.engine: ForecastEngine | None = None
+        self.accuracy: LiveAccuracy | None = None  # the loaded model's live accuracy and band calibration
+        self.accuracy_errors = 0
         self.model_error: str | None = None
         self.counters = Counters()
         self.published = PublishedCycle()
@@ -439,6 +500,20 @@ class Daemon:
         self.ingest = FeedIngest(self.store, self.fleet, self.lock, self.counters, self.metrics, clock,
                                  settings.max_future_seconds)
         self.demo = DemoScenario(scenario="healthy")
+        self.model_reloads = 0  # promotions / rollbacks picked up from the latest link
+        self.model_reload_failures = 0
+        self._failed_model: Path | None = None  # a damaged new target is not retried until the link moves again
+        self._watched_at = time.monotonic()
+        self.retrainer: RetrainScheduler | None = None
+        models_dir = settings.models_dir
+        if settings.retrain_every_seconds and models_dir is None:
+            self.store.close()
+            raise ValueError(f"--retrain-every needs --model-dir <models-dir>/{LATEST_MODEL_LINK} (the daemon follows "
+                             f"that link to pick up promoted models); got {settings.model_dir}. See {RETRAIN_DOC}.")
+        if models_dir is not None:
+            self.retrainer = RetrainScheduler(store=settings.store_path, models_dir=models_dir,
+                                              every_seconds=settings.retrain_every_seconds,
+                                              extra_args=list(settings.retrain_args))
         self.load_model()
         if self.fleet.servers:
             logger.info("rebuilt windows of %d servers from %s (newest bucket %s)", len(self.fleet.servers),
@@ -476,7 +551,8 @@ class Daemon:
             self.model_error = "no model directory configured (--model-dir)"
             return
         try:
-            loaded = load_model(self.settings.model_dir)
+            # Load the folder a link points at now, so a later promotion is seen as a change.
+            loaded = load_model(self.settings.model_dir.resolve())
         except (ModelLoadError, FileNotFoundError) as exc:
             if self.engine is not None:
                 logger.error("model reload failed, the loaded model %s keeps serving: %s",
@@ -487,7 +563,12 @@ class Daemon:
                 raise
             logger.error("model not loaded: %s", exc)
             return
-        self.engine = ForecastEngine(loaded)
+        engine = ForecastEngine(loaded)
+        if self.accuracy is None or self.accuracy.model_version != engine.model_version:
+            self.accuracy = LiveAccuracy(self.store, engine.metrics, engine.model_version,
+                                         band_adaptation=self.settings.band_adaptation)
+        engine.band_adjuster = self.accuracy.adjuster
+        self.engine = engine
         self.model_error = None
         self.last_origin = None  # forecast again with the new model
         logger.info("model loaded: %s (%d servers in its mapping)", loaded.model_dir, len(loaded.encoder))
@@ -535,6 +616,7 @@ class Daemon:
     def _cycle(self, engine: ForecastEngine, origin: int) -> CycleResult:
         """Forecast, store the horizon summary, publish, trim."""
         began = time.perf_counter()
+        self._score_matured(origin)
         with self.lock:
             result = engine.forecast(self.fleet, origin)
         blobs = {name: r.horizon_blob for name, r in result.servers.items() if r.horizon_blob is not None}
@@ -545,7 +627,7 @@ class Daemon:
         self._count_cycle(result)
         self.metrics.cycle(result, model_loaded=True)
         if self.counters.cycles % TRIM_EVERY_CYCLES == 0:
-            removed = self.store.trim(origin - RETENTION_HOURS * STEPS_PER_HOUR,
+            removed = self.store.trim(origin - self.settings.retention_days * STEPS_PER_DAY,
                                       origin - FORECAST_RETENTION_HOURS * STEPS_PER_HOUR, origin)
             (logger.info if any(removed.values()) else logger.debug)("retention: removed %s", removed)
         self.store.write_ledger()  # what a restart must find again (a shorter store is reported as a loss)
@@ -555,6 +637,25 @@ class Daemon:
         self.cycle_log.add(result)
         return result
 
+    def _score_matured(self, origin: int) -> None:
+        """Score the forecasts whose target is ``origin``, step the band calibration, re-check drift.
+
+        A failure here is logged and counted but never stops the forecast itself.
+        """
+        live = self.accuracy
+        if live is None:
+            return
+        try:
+            with self.lock:
+                matured = live.collect(self.fleet, origin)
+            scored = live.record(matured)
+            live.drift()
+            self.metrics.accuracy(live, scored)
+        except Exception:  # noqa: BLE001 - accuracy is advisory; forecasts go on
+            self.accuracy_errors += 1
+            (logger.exception if self.accuracy_errors == 1 else logger.error)(
+                "scoring matured forecasts at %s failed (%d so far)", bucket_iso(origin), self.accuracy_errors)
+
     def _count_cycle(self, result: CycleResult) -> None:
         c = self.counters
         c.cycles += 1
@@ -563,10 +664,42 @@ class Daemon:
         c.last_cycle_ms = round(result.seconds * 1000.0, 2)
         c.last_cycle_at = datetime.now(UTC).isoformat(timespec="seconds")
 
+    def watch_model(self) -> bool:
+        """Load the model the ``latest`` link points at now, if it moved (a promotion or a rollback).
+
+        Called between cycles, so no cycle is skipped: the next one runs with the new model. A
+        damaged new model is logged and counted; the loaded one keeps serving.
+        """
+        directory = self.settings.model_dir
+        engine = self.engine
+        if directory is None or engine is None or not directory.exists():
+            return False
+        target = directory.resolve()
+        if target == engine.loaded.model_dir.resolve() or target == self._failed_model:
+            return False
+        logger.info("%s now points at %s (was %s): loading it", directory, target.name, engine.model_version)
+        try:
+            self.load_model()
+        except (ModelLoadError, FileNotFoundError):
+            self.model_reload_failures += 1
+            self._failed_model = target
+            return False
+        self._failed_model = None
+        self.model_reloads += 1
+        return True
+
     async def forecast_loop(self) -> None:
-        """Wait for completed buckets; forecast each once, off the event loop; push it to subscribers."""
+        """Wait for completed buckets; forecast each once, off the event loop; push it to subscribers.
+
+        Between cycles: follow the model link (``MODEL_WATCH_SECONDS``) and tend a scheduled retrain.
+        """
         while True:
             try:
+                if time.monotonic() - self._watched_at >= MODEL_WATCH_SECONDS:
+                    self._watched_at = time.monotonic()
+                    await asyncio.to_thread(self.watch_model)
+                if self.retrainer is not None:
+                    self.retrainer.poll()
                 origin = self.complete_through()
                 if (self.engine is not None and origin is not None and origin != self.last_origin
                         and time.monotonic() >= self._retry_at):
@@ -580,8 +713,10 @@ class Daemon:
             await asyncio.sleep(FORECAST_POLL_SECONDS)
 
     def close(self) -> None:
-        """Log the last cycle summary and release the store."""
+        """Log the last cycle summary, stop a running retrain, release the store."""
         self.cycle_log.flush()
+        if self.retrainer is not None:
+            self.retrainer.stop()
         self.store.close()
 
 
@@ -613,7 +748,38 @@ def status_document(daemon: Daemon) -> StatusResponse:
         last_cycle_ms=c.last_cycle_ms, last_cycle_total_ms=c.last_cycle_total_ms, feed_records_stored=c.stored,
         feed_records_rejected=c.rejected, feed_records_duplicate=c.duplicates, requests_total=c.requests,
         request_errors_total=c.request_errors,
-        error_rate=round(c.request_errors / c.requests, 4) if c.requests else 0.0)
+        error_rate=round(c.request_errors / c.requests, 4) if c.requests else 0.0,
+        accuracy_summary=daemon.accuracy.summary() if daemon.accuracy and engine else None,
+        model_reloads=daemon.model_reloads, model_reload_failures=daemon.model_reload_failures,
+        retrain=daemon.retrainer.status() if daemon.retrainer else None)
+
+
+def accuracy_document(daemon: Daemon, window: str | None, metric: str | None, horizon: str | None,
+                      profile: str | None, server: str | None) -> AccuracyResponse:
+    """/accuracy: live figures filtered by window, metric, horizon and group (profile or server)."""
+    live = daemon.accuracy
+    if live is None:
+        return AccuracyResponse(model_version=None, scored_since=None, last_scored_target=None,
+                                windows=dict(ACCURACY_WINDOWS_HOURS), band_adaptation=daemon.settings.band_adaptation,
+                                rows=[], worst_servers=[], model_degraded=[])
+    if server is not None:
+        windows, groups = [ACCURACY_SERVER_WINDOW], [server]
+    else:
+        windows = [window] if window else list(ACCURACY_WINDOWS_HOURS)
+        groups = [profile] if profile else live.groups()
+    rows = [row for w in windows for g in groups for row in live.rows(w, g)
+            if (metric is None or row["metric"] == metric) and (horizon is None or row["horizon"] == horizon)]
+    worst = [w for w in live.worst_servers()
+             if (metric is None or w["metric"] == metric) and (horizon is None or w["horizon"] == horizon)
+             and (profile is None or w["profile"] == profile)] if server is None else []
+    degraded = [a for a in live.active_degraded()
+                if (metric is None or a.metric == metric) and (horizon is None or a.horizon == horizon)]
+    return AccuracyResponse(
+        model_version=live.model_version,
+        scored_since=bucket_iso(live.since_origin) if live.since_origin is not None else None,
+        last_scored_target=bucket_iso(live.last_target) if live.last_target is not None else None,
+        windows=dict(ACCURACY_WINDOWS_HOURS), band_adaptation=live.adjuster.enabled,
+        rows=rows, worst_servers=worst, model_degraded=degraded)
 
 
 def history_document(daemon: Daemon, server_name: str, profile: str, hours: float) -> HistoryResponse:
@@ -649,7 +815,10 @@ def history_document(daemon: Daemon, server_name: str, profile: str, hours: floa
                 target = origin + steps
                 if target < first or target > newest:
                     continue
-                array = np.frombuffer(blob, dtype=np.float32).reshape(len(metrics), len(HORIZONS), len(QUANTILE_LABELS))
+                try:
+                    array = split_blobs([blob], len(metrics))[0][0]
+                except ValueError:  # made by a model with other targets
+                    continue
                 target_times.append(bucket_iso(target))
                 for i, m in enumerate(metrics):
                     for j, q in enumerate(QUANTILE_LABELS):

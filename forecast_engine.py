@@ -33,6 +33,7 @@ from config import (
     QUANTILE_LABELS,
 )
 from contract import DISPLAY_CPU, bucket_iso, bucket_of_times, cpu_used
+from live_accuracy import BandAdjuster, forecast_blob
 from metrics_store import FleetWindows
 from risk_scoring import score_fleet
 from state_rules import STATE_PRECEDENCE
@@ -81,7 +82,7 @@ class ServerResult:
     prediction: ServerPrediction
     fleet_fan: dict[str, dict[str, np.ndarray]] | None = None  # the cycle's (S, D) arrays, shared
     row: int = -1  # this server's row in them
-    horizon_blob: bytes | None = None  # (metrics, horizons, quantiles) float32: what the store keeps
+    horizon_blob: bytes | None = None  # live_accuracy.forecast_blob: what the store keeps
 
     @property
     def fan(self) -> dict[str, dict[str, np.ndarray]] | None:
@@ -132,6 +133,7 @@ class ForecastEngine:
         self.known = set(loaded.encoder.name_to_id)
         self.model_version = loaded.model_dir.resolve().name
         self.metrics = display_metrics(self.spec.targets)
+        self.band_adjuster: BandAdjuster | None = None  # the daemon's live band calibration, if any
         loaded.model.return_attention = False  # forecasts only: the fused attention path
         # Bucket states are kept as precedence ranks; the model wants its own category codes.
         self._state_code_of_rank = self.spec.encode("state", STATE_PRECEDENCE)
@@ -212,6 +214,8 @@ class ForecastEngine:
                        quantiles: np.ndarray) -> dict[str, ServerResult]:
         """Decode, score and summarise the forecast servers, fleet-wide arrays first."""
         fan = display_forecast(quantiles, self.spec.targets)
+        if self.band_adjuster is not None:  # what is served, scored and stored is the calibrated band
+            self.band_adjuster.apply(fan)
         latest = [fleet.servers[n].current(origin) for n in ready]  # None: no sample in the origin bucket
         values = np.stack([v if v is not None else windows[i][-1] for i, v in enumerate(latest)])
         current = display_current(values)
@@ -221,6 +225,8 @@ class ForecastEngine:
         summary = np.stack([np.stack([fan[m][q][:, HORIZON_STEPS] for q in QUANTILE_LABELS], axis=-1)
                             for m in metrics], axis=1).astype(np.float32)
         rounded = np.round(summary.astype(float), 3).tolist()
+        scales = (self.band_adjuster.scales if self.band_adjuster is not None
+                  else np.ones((len(metrics), len(HORIZONS), 2)))
         current_rows = {m: np.round(v, 3).tolist() for m, v in current.items()}
         results = {}
         for i, name in enumerate(ready):
@@ -233,7 +239,8 @@ class ForecastEngine:
                                      current={m: v[i] for m, v in current_rows.items()}, predictions=horizons,
                                      risk_score=risks[i].risk_score, risk_level=risks[i].risk_level,
                                      alerts=risks[i].alerts)
-            results[name] = ServerResult(prediction, fleet_fan=fan, row=i, horizon_blob=summary[i].tobytes())
+            results[name] = ServerResult(prediction, fleet_fan=fan, row=i,
+                                         horizon_blob=forecast_blob(summary[i], scales))
         return results
 
     def _predict(self, names: list[str], values: np.ndarray, states: list[np.ndarray], profiles: list[str],

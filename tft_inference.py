@@ -35,13 +35,14 @@ import hmac
 import json
 import logging
 import secrets
+import shlex
 import sys
 import time
 from collections.abc import Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request, WebSocket, WebSocketDisconnect
@@ -50,6 +51,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.requests import HTTPConnection
 
 from api_models import (
+    AccuracyResponse,
     AlertsResponse,
     DemoScenario,
     DemoScenarioRequest,
@@ -64,6 +66,7 @@ from api_models import (
 )
 from common_utils import quiet_library_noise, resolve_api_key, setup_logging
 from config import (
+    ACCURACY_WINDOWS_HOURS,
     API_KEY_ENV,
     API_KEY_FILE_ENV,
     API_REFERENCE_DOC,
@@ -71,12 +74,17 @@ from config import (
     DEFAULT_HOST,
     DISK_FULL_RETRY_AFTER_SECONDS,
     FEED_MAX_FUTURE_SECONDS,
+    FORECAST_RETENTION_HOURS,
+    HISTORY_MAX_HOURS,
+    HORIZONS,
     LOG_FORMAT,
     MAX_BODY_BYTES,
     PROJECT_VERSION,
     RATE_LIMIT_BURST,
     RATE_LIMIT_REQUESTS_PER_MINUTE,
-    RETENTION_HOURS,
+    RETENTION_DAYS,
+    RETENTION_MIN_DAYS,
+    RETRAIN_DOC,
     RISK_HORIZONS,
     STORE_PATH,
     WS_RATE_LIMITED_CODE,
@@ -84,9 +92,17 @@ from config import (
     WS_UNSUPPORTED_DATA_CODE,
 )
 from contract import bucket_iso
-from daemon_state import Daemon, DaemonSettings, FeedRequestError, history_document, status_document
+from daemon_state import (
+    Daemon,
+    DaemonSettings,
+    FeedRequestError,
+    accuracy_document,
+    history_document,
+    status_document,
+)
 from forecast_engine import ForecastEngine, fleet_document, forecast_file, round_fan
 from metrics_store import StoreError, StoreFullError
+from retrain_scheduler import parse_interval
 from tft_model import ModelLoadError
 
 logger = logging.getLogger("tft_inference")
@@ -361,9 +377,24 @@ async def alerts_active(daemon: DaemonDep, _: EngineDep) -> AlertsResponse:
     """Warning and critical alerts across the fleet, critical and soonest first."""
     cycle = daemon.published.result
     alerts = [a for r in (cycle.servers.values() if cycle else []) for a in r.prediction.alerts]
+    if daemon.accuracy is not None:  # the model's own health goes the same way as risk alerts
+        alerts.extend(daemon.accuracy.active_degraded())
     alerts.sort(key=lambda a: (a.level != "critical", RISK_HORIZONS.index(a.horizon), a.minutes_to_breach or 0,
                                a.server_name))
     return AlertsResponse.model_construct(prediction_time=cycle.prediction_time if cycle else None, alerts=alerts)
+
+
+@forecasts_router.get("/accuracy", response_model=AccuracyResponse, dependencies=READ,
+                      responses={**ERRORS, 404: {"model": ErrorResponse, "description": "no such server"}})
+def accuracy(daemon: DaemonDep, window: Literal[tuple(ACCURACY_WINDOWS_HOURS)] | None = None,  # type: ignore[valid-type]
+             metric: str | None = None, horizon: Literal[tuple(HORIZONS)] | None = None,  # type: ignore[valid-type]
+             profile: str | None = None, server: str | None = None) -> AccuracyResponse:
+    """How the served forecasts fared once their target time arrived: q-risk, MAE, coverage and skill
+    against persistence per metric x horizon over rolling windows, fleet-wide and per profile (or one
+    server, 24 h), the live band multipliers, the worst servers and any model_degraded warnings."""
+    if server is not None and server not in daemon.fleet.servers:
+        raise HTTPException(404, {"error": "unknown_server", "detail": f"No server '{server}' is tracked."})
+    return accuracy_document(daemon, window, metric, horizon, profile, server)
 
 
 @forecasts_router.get("/history/{server_name}", response_model=HistoryResponse, dependencies=READ,
@@ -373,9 +404,26 @@ def history(server_name: str, daemon: DaemonDep, hours: float = 24.0) -> History
     window = daemon.fleet.servers.get(server_name)
     if window is None:
         raise HTTPException(404, {"error": "unknown_server", "detail": f"No server '{server_name}' is tracked."})
-    if not 0 < hours <= RETENTION_HOURS:
-        raise HTTPException(422, {"error": "invalid_request", "detail": f"hours must be in (0, {RETENTION_HOURS}]."})
+    if not 0 < hours <= HISTORY_MAX_HOURS:
+        raise HTTPException(422, {"error": "invalid_request", "detail": f"hours must be in (0, {HISTORY_MAX_HOURS}]."})
     return history_document(daemon, server_name, window.profile, hours)
+
+
+@admin_router.post("/admin/retrain", status_code=202, dependencies=WRITE,
+                   responses={**ERRORS, 409: {"model": ErrorResponse, "description": "a retrain is running, or the "
+                                                                                   "daemon does not follow a models "
+                                                                                   "directory's latest link"}})
+async def retrain_now(daemon: DaemonDep) -> dict[str, Any]:
+    """Start a retrain now (separate low-priority process); its progress shows in /status "retrain"."""
+    scheduler = daemon.retrainer
+    if scheduler is None:
+        raise HTTPException(409, {"error": "no_models_dir", "detail": f"The daemon serves {daemon.settings.model_dir}, "
+                                  f"not a models directory's 'latest' link, so a retrained model could not reach it. "
+                                  f"Fix: start it with --model-dir <models-dir>/latest. See {RETRAIN_DOC}."})
+    if not scheduler.start():
+        raise HTTPException(409, {"error": "retrain_running", "detail": f"A retrain is already running (pid "
+                                  f"{scheduler.pid}); see /status \"retrain\" and its log {scheduler.last_log}."})
+    return scheduler.status()
 
 
 @admin_router.post("/admin/reload-model", response_model=StatusResponse, dependencies=WRITE,
@@ -505,6 +553,16 @@ def build_arg_parser(parser: argparse.ArgumentParser | None = None) -> argparse.
     parser.add_argument("--max-future-seconds", type=float, default=FEED_MAX_FUTURE_SECONDS,
                         help="how far ahead of this daemon's clock a record may be stamped (raise it only to replay "
                              "a time-scaled feed)")
+    parser.add_argument("--retention-days", type=int, default=RETENTION_DAYS,
+                        help=f"days of 5-minute buckets the store keeps, >= {RETENTION_MIN_DAYS} (default %(default)s; "
+                             f"forecasts are kept {FORECAST_RETENTION_HOURS // 24} days); 'main.py export' writes the "
+                             f"buckets as training data")
+    parser.add_argument("--retrain-every", default=None, metavar="INTERVAL",
+                        help="retrain from the store this often (e.g. 24h) in a separate low-priority process, and "
+                             "serve a challenger only when it backtests better; needs --model-dir <models>/latest. "
+                             f"See {RETRAIN_DOC}")
+    parser.add_argument("--retrain-args", default="", metavar="'FLAGS'",
+                        help="extra flags for each scheduled 'main.py retrain' (e.g. '--epochs 4')")
     parser.add_argument("--access-log", type=Path, default=None,
                         help="write the access log (one JSON line per prediction request) to this file instead of "
                              "the daemon's log")
@@ -530,6 +588,19 @@ def run_from_args(args: argparse.Namespace) -> int:
         atomic_write_json(args.out, document)
         print(f"Forecast {len(document['servers'])} servers from {document['prediction_time']} -> {args.out}")
         return 0
+    if args.retention_days < RETENTION_MIN_DAYS:
+        logger.error("--retention-days %d is below the minimum of %d. Why it matters: the feed takes records up to "
+                     "%d days late, and a shorter retention would delete them on the next trim. Fix: use "
+                     "--retention-days %d or more. See %s (Storage and retention).", args.retention_days,
+                     RETENTION_MIN_DAYS, RETENTION_MIN_DAYS, RETENTION_MIN_DAYS, API_REFERENCE_DOC)
+        return 2
+    retrain_every = None
+    if args.retrain_every:
+        try:
+            retrain_every = parse_interval(args.retrain_every)
+        except ValueError as exc:
+            logger.error("%s", exc)
+            return 2
     api_key = resolve_api_key(key_file=args.api_key_file)
     if api_key is None:
         api_key = secrets.token_urlsafe(24)
@@ -538,10 +609,11 @@ def run_from_args(args: argparse.Namespace) -> int:
     settings = DaemonSettings(model_dir=args.model_dir, store_path=args.store, api_key=api_key,
                               open_reads=args.open_reads, allow_no_model=args.allow_no_model,
                               rate_per_minute=args.rate_per_minute, rate_burst=args.rate_burst,
-                              max_future_seconds=args.max_future_seconds)
+                              max_future_seconds=args.max_future_seconds, retention_days=args.retention_days,
+                              retrain_every_seconds=retrain_every, retrain_args=shlex.split(args.retrain_args))
     try:
         app = create_app(settings)
-    except (ModelLoadError, FileNotFoundError, StoreError) as exc:
+    except (ModelLoadError, FileNotFoundError, StoreError, ValueError) as exc:
         logger.error("Refusing to start: %s", exc)
         return 1
     import uvicorn
