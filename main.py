@@ -3,10 +3,13 @@
     python main.py generate --servers 90 --hours 720     # simulate a fleet -> training/
     python main.py validate training/server_metrics.parquet
     python main.py import --mapping mappings/bitbrains_rnd.json --out training/server_metrics.parquet SRC...
+    python main.py export --store data/metrics_store.sqlite3 --out training/live/server_metrics.parquet
     python main.py collect --daemon-url http://127.0.0.1:8000 --profile database
     python main.py prometheus --url http://127.0.0.1:9090 --hours 720 --out training/server_metrics.parquet
     python main.py train --data training/server_metrics.parquet --epochs 20
     python main.py evaluate --model models/latest --data training/server_metrics.parquet
+    python main.py retrain --store data/metrics_store.sqlite3 --models-dir models
+    python main.py rollback --models-dir models
     python main.py infer --daemon --model-dir models/latest
     python main.py demo
 
@@ -29,10 +32,13 @@ SUBCOMMANDS = {
     "generate": ("metrics_generator", "simulate a realistic fleet and write LINBORG Parquet"),
     "validate": ("data_validator", "check a data file against the data contract (exit 1 if invalid)"),
     "import": ("trace_importer", "turn recorded CSV/Parquet traces into contract Parquet (see Docs/IMPORTING.md)"),
+    "export": ("store_export", "write the daemon store's 5-minute buckets as contract Parquet for training"),
     "collect": ("host_collector", "sample this Linux host (psutil, /proc) and feed the daemon (Docs/COLLECTING.md)"),
     "prometheus": ("prometheus_adapter", "pull node_exporter series from Prometheus: training Parquet or a live feed"),
     "train": ("tft_trainer", "train the fleet TFT and save it to models/ (safetensors + JSON)"),
     "evaluate": ("tft_evaluate", "backtest a model against persistence and seasonal-naive baselines"),
+    "retrain": ("model_retrain", "train a challenger on the store's history; promote it only if it backtests better"),
+    "rollback": ("model_registry", "point models/latest back at the model the serving one replaced"),
     "infer": ("tft_inference", "run the forecast daemon (--daemon) or forecast a data file once (--data)"),
     "demo": ("demo", "one command: model (trained if missing), daemon, live stream and dashboard"),
 }

@@ -527,10 +527,11 @@ def new_model_dir(models_dir: Path) -> Path:
 
 
 def write_model_dir(final_dir: Path, model: FleetTFT, spec: FeatureSpec, encoder: ServerEncoder,
-                    training_info: dict[str, Any]) -> Path:
+                    training_info: dict[str, Any], update_latest: bool = True) -> Path:
     """Write all artefacts into a staging directory, check them, then rename into place.
 
-    A failure at any point leaves no ``tft_model_*`` directory behind.
+    A failure at any point leaves no ``tft_model_*`` directory behind. ``update_latest`` False
+    leaves ``models/latest`` where it was (a challenger waiting for the promotion gate).
     """
     staging = final_dir.with_name(f".staging_{final_dir.name}")
     shutil.rmtree(staging, ignore_errors=True)
@@ -548,7 +549,8 @@ def write_model_dir(final_dir: Path, model: FleetTFT, spec: FeatureSpec, encoder
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    update_latest_link(final_dir)
+    if update_latest:
+        update_latest_link(final_dir)
     return final_dir
 
 
@@ -614,6 +616,10 @@ class TrainSettings:
     # A profile-agnostic model (tft_evaluate.train_agnostic_model): every window of training,
     # validation and backtest has its profile hidden.
     hide_profiles: bool = False
+    # Retraining (model_retrain.py): start from this model's weights where the shapes match, and
+    # leave models/latest alone (the promotion gate decides).
+    warm_start: Path | None = None
+    update_latest: bool = True
 
 
 @dataclass(frozen=True)
@@ -695,15 +701,37 @@ def read_resume_point(directory: Path | None) -> ResumePoint | None:
 
 def create_model(settings: TrainSettings, data: PreparedData, resume: ResumePoint | None) -> FleetTFT:
     """A new model from the data's dataset, or the checkpoint's model with its weights."""
-    if resume is None:
-        return build_model(data.dataset_for_model, data.spec, settings.hidden_size, settings.attention_heads,
-                           settings.hidden_continuous_size, settings.dropout, settings.lstm_layers,
-                           settings.learning_rate)
     from safetensors.torch import load_file
+
+    if resume is None:
+        model = build_model(data.dataset_for_model, data.spec, settings.hidden_size, settings.attention_heads,
+                            settings.hidden_continuous_size, settings.dropout, settings.lstm_layers,
+                            settings.learning_rate)
+        if settings.warm_start is not None:
+            warm_start(model, settings.warm_start / MODEL_WEIGHTS_FILE)
+        return model
 
     model, _ = model_from_config(resume.config)
     model.load_state_dict(load_file(str(resume.directory / MODEL_WEIGHTS_FILE)))
     return model
+
+
+def warm_start(model: FleetTFT, weights: Path) -> int:
+    """Copy every tensor of ``weights`` whose name and shape match into ``model``; the count copied.
+
+    Tensors that differ (a new server count in the id embedding, a new target or category)
+    keep their fresh initialisation.
+    """
+    from safetensors.torch import load_file
+
+    own = model.state_dict()
+    taken = {name: tensor for name, tensor in load_file(str(weights)).items()
+             if name in own and own[name].shape == tensor.shape}
+    model.load_state_dict(taken, strict=False)
+    logger.info("warm start from %s: %d of %d tensors (%.0f %% of the parameters) copied", weights.parent.name,
+                len(taken), len(own), 100.0 * sum(t.numel() for t in taken.values())
+                / max(1, sum(t.numel() for t in own.values())))
+    return len(taken)
 
 
 def new_run_state(settings: TrainSettings, model: FleetTFT, data: PreparedData,
@@ -855,7 +883,8 @@ def train(settings: TrainSettings) -> TrainResult | None:
     backtest = backtest_held_out(model, data, settings.statistical) if settings.backtest else None
     info = training_info(settings, data, run, model, hardware, trainer.num_devices, fit_seconds,
                          time.perf_counter() - began, backtest)
-    model_dir = write_model_dir(new_model_dir(settings.models_dir), model, data.spec, data.encoder, info)
+    model_dir = write_model_dir(new_model_dir(settings.models_dir), model, data.spec, data.encoder, info,
+                                update_latest=settings.update_latest)
     if not settings.keep_checkpoints:
         shutil.rmtree(run.checkpoint_root, ignore_errors=True)
     logger.info("model saved to %s (best epoch %d, val_loss %.4f)", model_dir, run.best_epoch, run.best_val_loss)
