@@ -9,6 +9,7 @@ retry policy live in one place::
     client.feed(records)               # FeedResult: stored / duplicates / rejected, per record index
     client.predictions_current()       # every tracked server, most at risk first
     client.server_fan("ppdb007")       # one server's 96-step p10/p50/p90 fan
+    client.accuracy(window="24h")      # how past forecasts fared: coverage, skill, worst servers
 
 A request that fails for a passing reason (the daemon is restarting, the network dropped, it is
 rate limited or failed unexpectedly) is retried with a doubling back-off (:class:`RetryPolicy`,
@@ -229,6 +230,19 @@ class DaemonClient:
     def alerts(self, *, retry: RetryPolicy | None = None) -> dict[str, Any]:
         """``GET /alerts/active``: warning and critical alerts, critical and soonest first."""
         return self.get_json("/alerts/active", retry=retry)
+
+    def accuracy(self, window: str | None = None, metric: str | None = None, horizon: str | None = None,
+                 profile: str | None = None, server: str | None = None, *,
+                 retry: RetryPolicy | None = None) -> dict[str, Any]:
+        """``GET /accuracy``: how the served forecasts fared once their target time arrived.
+
+        Rows of q-risk, MAE, p10-p90 coverage (served and the model's own band) and skill against
+        persistence per metric x horizon, fleet-wide and per profile over the rolling windows
+        (``window``: "24h", "7d"), or one ``server`` (24 h); the live band multipliers, the worst
+        servers and any ``model_degraded`` warnings. Each argument left ``None`` does not filter.
+        """
+        params = {"window": window, "metric": metric, "horizon": horizon, "profile": profile, "server": server}
+        return self.get_json("/accuracy", {k: v for k, v in params.items() if v is not None} or None, retry=retry)
 
     def demo_scenario(self, *, retry: RetryPolicy | None = None) -> dict[str, Any]:
         """``GET /demo-scenario``: what the live demo stream should play."""

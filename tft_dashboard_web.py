@@ -9,8 +9,8 @@ The page talks to the inference daemon over REST only and shows nothing it did n
 it: when the daemon is unreachable or has no model, the page says so and stops. CPU is
 always shown as "% CPU used" (100 - idle); servers by name, with their profile.
 
-Top to bottom: sidebar (daemon, key, refresh, demo mode) -> status bar -> five panels:
-Overview, Heatmap, Top Servers, Historical, Advanced. One :class:`daemon_client.DaemonClient`
+Top to bottom: sidebar (daemon, key, refresh, demo mode) -> status bar -> six panels:
+Overview, Heatmap, Top Servers, Historical, Model health, Advanced. One :class:`daemon_client.DaemonClient`
 per daemon URL and key (``st.cache_resource``) does every request; the panels get it as an
 argument, and what it fetched is cached for a moment (``st.cache_data``) so the panels of one
 refresh share one round of requests.
@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
 import numpy as np
@@ -28,23 +29,39 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
+from common_utils import parse_utc, utc_now
 from config import (
+    ACCURACY_SERVER_WINDOW,
+    BAND_ADAPT_MAX_SCALE,
+    BAND_ADAPT_MIN_SCALE,
+    BAND_ADAPT_TARGET_MISS,
     DAEMON_PORT,
     DASHBOARD_CACHE_SECONDS,
+    DASHBOARD_COVERAGE_TARGET,
     DASHBOARD_DEFAULT_REFRESH_SECONDS,
     DASHBOARD_FAN_HISTORY_HOURS,
     DASHBOARD_HISTORY_HOURS,
+    DASHBOARD_MODEL_AGE_DAYS_AFTER_HOURS,
     DASHBOARD_REQUEST_ATTEMPTS,
+    DASHBOARD_SKILL_COLOR_LIMIT,
     DASHBOARD_TIMEOUT_SECONDS,
     DASHBOARD_TOP_SERVERS,
+    DASHBOARD_WORST_SERVERS,
     DEFAULT_HOST,
     DEMO_SCENARIOS,
     DISPLAY_CPU,
+    DRIFT_COVERAGE_BAND,
+    DRIFT_MIN_MATURED,
+    DRIFT_SKILL_FLOOR,
+    DRIFT_SKILL_HOURS,
+    DRIFT_WINDOW,
     HORIZON_TEXT,
     HORIZONS,
     METRIC_LABELS,
+    QUANTILES,
     RISK_RED_ABOVE,
     RISK_YELLOW_AT,
+    SAMPLING_INTERVAL_MINUTES,
     VALID_PROFILES,
 )
 from daemon_client import DaemonClient, DaemonError, RetryPolicy
@@ -60,6 +77,9 @@ HORIZON_SHOWN = {"now": "now", **{label: f"+{text}" for label, text in HORIZON_T
 # Historical one, which keeps only its PNG download (the mode bar shows on hover, above the plot area).
 PLAIN_CHART = {"displayModeBar": False}
 DOWNLOADABLE_CHART = {"modeBarButtons": [["toImage"]], "displaylogo": False}
+PANELS = ["Overview", "Heatmap", "Top Servers", "Historical", "Model health", "Advanced"]
+MODEL_DEGRADED = "model_degraded"  # the kind of alert about the model itself (server_name "fleet")
+FLEET_GROUP = "all"  # the /accuracy group of the whole fleet (the others are profiles)
 
 
 def label(metric: str) -> str:
@@ -128,6 +148,195 @@ def fan_chart(metric: str, steps: list[str], band: dict[str, list[float]], histo
     fig.update_layout(title=label(metric), height=height, margin={"l": 10, "r": 10, "t": 40, "b": 10},
                       legend={"orientation": "h", "y": -0.25}, showlegend=False)
     return fig
+
+
+# ============================================================================ model health in words
+def when(iso: str | None) -> str:
+    """'2026-03-02 02:30 UTC' for an ISO 8601 time from the daemon; '-' when there is none."""
+    return parse_utc(iso).strftime("%Y-%m-%d %H:%M UTC") if iso else "-"
+
+
+def model_age(trained_at: str | None, now: datetime | None = None) -> str:
+    """How old a model is, in words: 'less than 1 h old', '5 h old', '3 days old'.
+
+    In hours up to DASHBOARD_MODEL_AGE_DAYS_AFTER_HOURS, in days beyond; ``now`` defaults to the wall clock.
+    """
+    if not trained_at:
+        return "age unknown"
+    hours = ((now or utc_now()) - parse_utc(trained_at)).total_seconds() / 3600
+    if hours < 1:
+        return "less than 1 h old"
+    if hours <= DASHBOARD_MODEL_AGE_DAYS_AFTER_HOURS:
+        return f"{hours:.0f} h old"
+    return f"{hours / 24:.0f} days old"
+
+
+def window_text(hours: int) -> str:
+    """'24 h', '7 d': a rolling window of /accuracy as people say it."""
+    return f"{hours // 24} d" if hours > 24 and hours % 24 == 0 else f"{hours} h"
+
+
+def degraded_summary(alerts: list[dict[str, Any]]) -> list[str]:
+    """``model_degraded`` alerts in a few lines: one per cause, each metric with its horizons and figures.
+
+    An alert's ``predicted_value`` is the figure (coverage or skill) and ``threshold`` the bound it
+    crossed: a bound of DRIFT_COVERAGE_BAND means coverage, anything else skill against persistence.
+    """
+    low, high = DRIFT_COVERAGE_BAND
+    causes = {"coverage": f"p10-p90 coverage outside {low:.2f}-{high:.2f}",
+              "skill": f"worse than the last value (skill against persistence below {DRIFT_SKILL_FLOOR:g} "
+                       f"for {DRIFT_SKILL_HOURS:g} h)"}
+    grouped: dict[str, dict[str, list[dict[str, Any]]]] = {cause: {} for cause in causes}
+    for alert in alerts:
+        cause = "coverage" if alert["threshold"] in DRIFT_COVERAGE_BAND else "skill"
+        grouped[cause].setdefault(alert["metric"], []).append(alert)
+    order = list(HORIZON_SHOWN)
+    lines = []
+    for cause, by_metric in grouped.items():
+        parts = []
+        for metric, items in by_metric.items():
+            items.sort(key=lambda a: order.index(a["horizon"]) if a["horizon"] in order else len(order))
+            figures = [f"{HORIZON_SHOWN.get(a['horizon'], a['horizon'])} "
+                       + (f"{a['predicted_value']:.2f}" if cause == "coverage" else f"{a['predicted_value']:+.2f}")
+                       for a in items]
+            parts.append(f"{label(metric)} {', '.join(figures)}")
+        if parts:
+            lines.append(f"**{causes[cause]}**: " + " · ".join(parts))
+    return lines
+
+
+def show_degraded(alerts: list[dict[str, Any]], where_more: str) -> None:
+    """The ``model_degraded`` warnings (server "fleet": about every forecast, not one server) in one box.
+
+    A line per cause, then their full reasons and the suggested action in an expander below the box.
+    """
+    if not alerts:
+        return
+    count = f"{len(alerts)} model_degraded warning{'s' if len(alerts) != 1 else ''}"
+    st.warning(f"**Model degraded: {count}** (the whole fleet's forecasts, not a server). {where_more}\n\n"
+               + "\n".join(f"- {line}" for line in degraded_summary(alerts)))
+    with st.expander(f"Why, and what to do ({count})"):
+        for alert in alerts:
+            st.markdown(f"- {alert['reason']}")
+
+
+def first_scored_at(scored_since: str, horizon: str) -> str:
+    """When the first forecasts of a horizon are scored: the model's first forecast plus the horizon."""
+    return when((parse_utc(scored_since) + timedelta(minutes=HORIZONS[horizon] * SAMPLING_INTERVAL_MINUTES))
+                .isoformat())
+
+
+def not_matured_text(scored_since: str | None) -> str:
+    """Why the Model health panel has no figures yet, and when the first ones come."""
+    first, *later = HORIZONS
+    text = (f"Nothing has been scored yet. Forecasts are scored once their target time arrives: "
+            f"{HORIZON_TEXT[first]} after the first forecast for the {HORIZON_SHOWN[first]} horizon, "
+            + ", ".join(f"{HORIZON_TEXT[h]} after it for {HORIZON_SHOWN[h]}" for h in later)
+            + " (data time: the time of the metrics fed, not the wall clock).")
+    if not scored_since:
+        return text + (" This model has not made a forecast yet: it forecasts a server once the server has sent "
+                       "enough history (POST /feed).")
+    due = ", ".join(f"{HORIZON_SHOWN[h]} at {first_scored_at(scored_since, h)}" for h in HORIZONS)
+    return text + f" This model's first forecast is from {when(scored_since)}; the first ones are scored: {due}."
+
+
+def _accuracy_grid(rows: list[dict[str, Any]]) -> tuple[list[str], list[str], dict[tuple[str, str], dict[str, Any]]]:
+    """Metrics (top to bottom), horizons (left to right) and each metric x horizon's row."""
+    metrics = list(dict.fromkeys(r["metric"] for r in rows))
+    horizons = [h for h in HORIZONS if any(r["horizon"] == h for r in rows)]
+    return metrics, horizons, {(r["metric"], r["horizon"]): r for r in rows}
+
+
+def _scored(row: dict[str, Any] | None, key: str) -> float | None:
+    """``row[key]`` when the row has matured forecasts and the figure is defined, else None."""
+    return row[key] if row and row["n"] and row.get(key) is not None else None
+
+
+def _rounded(value: float | None, digits: int = 2) -> float | None:
+    """A figure as the tables show it (None stays None: no matured forecast)."""
+    return None if value is None else round(value, digits)
+
+
+def _grid_figure(z: list[list[float]], text: list[list[str]], hover: list[list[str]], metrics: list[str],
+                 horizons: list[str], title: str, colorbar: dict[str, Any], **scale: Any) -> go.Figure:
+    """A metric x horizon heatmap: values written in the cells, details on hover, empty cells 'not yet'."""
+    fig = go.Figure(go.Heatmap(
+        z=z, x=[HORIZON_SHOWN[h] for h in horizons], y=[label(m) for m in metrics], text=text, customdata=hover,
+        texttemplate="%{text}", textfont={"size": 11}, hovertemplate="%{customdata}<extra></extra>", xgap=2, ygap=2,
+        colorbar=colorbar, **scale))
+    fig.update_layout(title=title, height=max(240, 34 * len(metrics) + 90), margin={"l": 10, "r": 10, "t": 40, "b": 10},
+                      yaxis={"autorange": "reversed"}, plot_bgcolor="#eeeeee")
+    return fig
+
+
+def coverage_heatmap(rows: list[dict[str, Any]]) -> go.Figure:
+    """p10-p90 coverage per metric x horizon: as served (coloured) and the model's own band (written under it).
+
+    Green inside DASHBOARD_COVERAGE_TARGET, yellow elsewhere inside DRIFT_COVERAGE_BAND, red outside it.
+    """
+    metrics, horizons, by_key = _accuracy_grid(rows)
+    (drift_low, drift_high), (low, high), edge = DRIFT_COVERAGE_BAND, DASHBOARD_COVERAGE_TARGET, 1e-6
+    z, text, hover = [], [], []
+    for metric in metrics:
+        z.append([])  # (one statement each: Streamlit's magic would draw a bare tuple)
+        text.append([])
+        hover.append([])
+        for horizon in horizons:
+            row = by_key.get((metric, horizon))
+            served, own = _scored(row, "coverage_p10_p90"), _scored(row, "coverage_unadjusted")
+            z[-1].append(np.nan if served is None else served)
+            text[-1].append("not yet" if served is None else f"<b>{served:.2f}</b>" +
+                            (f"  (own {own:.2f})" if own is not None else ""))
+            if served is None:
+                hover[-1].append(f"<b>{label(metric)}</b> at {HORIZON_SHOWN[horizon]}: no matured forecast yet")
+                continue
+            below, above = row.get("below_p10_ratio"), row.get("above_p90_ratio")
+            hover[-1].append("<br>".join([
+                f"<b>{label(metric)}</b> at {HORIZON_SHOWN[horizon]}",
+                f"inside p10-p90 as served: {served:.0%}",
+                *([f"below p10 {below:.0%} · above p90 {above:.0%}"] if below is not None and above is not None
+                  else []),
+                *([f"the model's own band: {own:.0%}"] if own is not None else []),
+                f"band x{row['band_scale_low']:.2f} below / x{row['band_scale_high']:.2f} above p50",
+                f"{row['n']} matured forecasts"]))
+    colors = [[0.0, COLORS["red"]], [drift_low - edge, COLORS["red"]], [drift_low, COLORS["yellow"]],
+              [low - edge, COLORS["yellow"]], [low, COLORS["green"]], [high, COLORS["green"]],
+              [high + edge, COLORS["yellow"]], [drift_high, COLORS["yellow"]], [drift_high + edge, COLORS["red"]],
+              [1.0, COLORS["red"]]]
+    return _grid_figure(z, text, hover, metrics, horizons, "p10-p90 coverage as served (own band)",
+                        {"title": "coverage", "tickvals": [0, drift_low, low, high, drift_high, 1]},
+                        zmin=0, zmax=1, colorscale=colors)
+
+
+def skill_heatmap(rows: list[dict[str, Any]]) -> go.Figure:
+    """Skill against persistence per metric x horizon: above 0 the model beats 'the last value'."""
+    metrics, horizons, by_key = _accuracy_grid(rows)
+    limit = DASHBOARD_SKILL_COLOR_LIMIT
+    z, text, hover = [], [], []
+    for metric in metrics:
+        z.append([])  # (one statement each: Streamlit's magic would draw a bare tuple)
+        text.append([])
+        hover.append([])
+        unit = METRIC_LABELS.get(metric, (metric, ""))[1]
+        for horizon in horizons:
+            row = by_key.get((metric, horizon))
+            skill = _scored(row, "skill_vs_persistence")
+            z[-1].append(np.nan if skill is None else float(np.clip(skill, -limit, limit)))
+            text[-1].append("not yet" if skill is None else f"{skill:+.2f}")
+            if skill is None:
+                hover[-1].append(f"<b>{label(metric)}</b> at {HORIZON_SHOWN[horizon]}: no matured forecast yet")
+                continue
+            mae = row.get("mae_p50")
+            hover[-1].append("<br>".join([
+                f"<b>{label(metric)}</b> at {HORIZON_SHOWN[horizon]}",
+                f"skill {skill:+.2f} against persistence "
+                f"({'better' if skill > 0 else 'no better'} than the last value)",
+                *([f"q-risk at 0.5: {row['qrisk_50']:.3f}"] if row.get("qrisk_50") is not None else []),
+                *([f"MAE of p50: {mae:.2f} {unit}".rstrip()] if mae is not None else []),
+                f"{row['n']} matured forecasts"]))
+    colors = [[0.0, COLORS["red"]], [0.5, "#f5f5f5"], [1.0, COLORS["green"]]]
+    return _grid_figure(z, text, hover, metrics, horizons, "Skill against persistence",
+                        {"title": "skill", "tickvals": [-limit, 0, limit]}, zmin=-limit, zmax=limit, colorscale=colors)
 
 
 def risk_heatmap(servers: list[dict[str, Any]], columns: int = 20) -> go.Figure:
@@ -237,7 +446,7 @@ st.title("Fleet trouble forecaster")
 
 @st.fragment(run_every=refresh if refresh else None)
 def page(client: DaemonClient, refresh: int) -> None:
-    """Everything that refreshes: status bar and the five panels."""
+    """Everything that refreshes: status bar and the six panels."""
     status = fetch(client, "status")
     if status.error:
         st.error(f"Not connected. {status.error}. Start the daemon (python main.py infer --daemon) or fix the URL "
@@ -256,7 +465,7 @@ def page(client: DaemonClient, refresh: int) -> None:
     fleet = current.data
     servers = fleet["servers"]
     alerts = fetch(client, "alerts").data or {"alerts": []}
-    tabs = st.tabs(["Overview", "Heatmap", "Top Servers", "Historical", "Advanced"])
+    tabs = st.tabs(PANELS)
     with tabs[0]:
         overview(fleet, servers, alerts["alerts"])
     with tabs[1]:
@@ -266,12 +475,17 @@ def page(client: DaemonClient, refresh: int) -> None:
     with tabs[3]:
         historical(client, servers)
     with tabs[4]:
+        model_health(client, info)
+    with tabs[5]:
         advanced(client, info, fleet, alerts, refresh)
 
 
 def overview(fleet: dict[str, Any], servers: list[dict[str, Any]], alerts: list[dict[str, Any]]) -> None:
     """Fleet health at a glance."""
     summary = fleet["summary"]
+    # The model's own warnings (server "fleet") are about every forecast, not one server: counted and shown apart.
+    model_alerts = [a for a in alerts if a.get("kind") == MODEL_DEGRADED]
+    server_alerts = [a for a in alerts if a.get("kind") != MODEL_DEGRADED]
     kpis = st.columns(7)
     kpis[0].metric("Servers", len(servers))
     kpis[1].metric(":red[●] Red", summary["red"])
@@ -279,7 +493,9 @@ def overview(fleet: dict[str, Any], servers: list[dict[str, Any]], alerts: list[
     kpis[3].metric(":green[●] Green", summary["green"])
     kpis[4].metric("Warming up", summary["warming_up"])
     kpis[5].metric("Offline", summary["offline"])
-    kpis[6].metric("Active alerts", len(alerts))
+    kpis[6].metric("Active alerts", len(server_alerts),
+                   help=f"Server alerts; plus {len(model_alerts)} model_degraded warnings about the model itself"
+                   if model_alerts else None)
     if not servers:
         st.info("No servers have reported yet. Feed metrics to POST /feed (or start the demo stream).")
         return
@@ -326,14 +542,15 @@ def overview(fleet: dict[str, Any], servers: list[dict[str, Any]], alerts: list[
                               legend={"orientation": "h", "y": -0.2, "font": {"size": 10}})
             st.plotly_chart(fig, width="stretch", config=PLAIN_CHART)
     st.subheader("Active alerts")
-    if alerts:
+    show_degraded(model_alerts, "Details on the Model health tab.")
+    if server_alerts:
         st.dataframe(pd.DataFrame([{
             "server": a["server_name"], "profile": a["profile"], "level": a["level"], "metric": label(a["metric"]),
             "when": HORIZON_SHOWN.get(a["horizon"], a["horizon"]),
             "in (min)": a["minutes_to_breach"], "value": round(a["predicted_value"], 1), "threshold": a["threshold"],
-            "why": a["reason"]} for a in alerts[:50]]), hide_index=True, width="stretch")
+            "why": a["reason"]} for a in server_alerts[:50]]), hide_index=True, width="stretch")
     else:
-        st.success("No active alerts.")
+        st.success("No server alerts." if model_alerts else "No active alerts.")
 
 
 def heatmap(servers: list[dict[str, Any]]) -> None:
@@ -457,6 +674,102 @@ def historical(client: DaemonClient, servers: list[dict[str, Any]]) -> None:
         st.caption("A calibrated model has about 80% of actuals inside its p10-p90 band.")
     else:
         st.caption("No past forecasts for this window yet: they accumulate with every cycle.")
+
+
+def model_health(client: DaemonClient, info: dict[str, Any]) -> None:
+    """Should you trust today's forecasts? How the served ones fared once their target time arrived.
+
+    Model version and age, when scoring started, any ``model_degraded`` warning, then for a window and
+    the fleet or one profile: p10-p90 coverage (served and the model's own band) and skill against
+    persistence per metric x horizon, the live band multipliers, the worst servers and every figure.
+    """
+    bar = st.columns(4)
+    bar[0].markdown(f"**Model** `{info['model_version'] or 'none'}`")
+    bar[1].markdown(f"**Trained** {when(info.get('trained_at'))} · **{model_age(info.get('trained_at'))}**")
+    reply = fetch(client, "accuracy")
+    if reply.error:
+        st.warning(f"No live accuracy from the daemon: {reply.error}")
+        return
+    accuracy = reply.data
+    bar[2].markdown(f"**Scored since** {when(accuracy['scored_since'])} (data time)")
+    bar[3].markdown(f"**Last scored target** {when(accuracy['last_scored_target'])}")
+    show_degraded(accuracy["model_degraded"], "Coverage and skill per metric and horizon below.")
+    rows = accuracy["rows"]
+    if not any(r["n"] for r in rows):
+        st.info(not_matured_text(accuracy["scored_since"]))
+        return
+    low, high = DRIFT_COVERAGE_BAND
+    windows = accuracy["windows"]
+    if not accuracy["model_degraded"]:
+        st.success(f"No model_degraded warning. One is raised for a metric at a horizon when its p10-p90 coverage "
+                   f"over the last {window_text(windows.get(DRIFT_WINDOW, 0))} leaves {low:.2f}-{high:.2f}, or its "
+                   f"skill against persistence stays below {DRIFT_SKILL_FLOOR:g} for {DRIFT_SKILL_HOURS:g} h (from "
+                   f"{DRIFT_MIN_MATURED} matured forecasts on).")
+    groups = [FLEET_GROUP, *sorted({r["group"] for r in rows} - {FLEET_GROUP})]
+    pick = st.columns([1, 1, 2])
+    window = pick[0].radio("Window", list(windows), format_func=lambda w: f"last {window_text(windows[w])}",
+                           horizontal=True, key="health_window")
+    group = pick[1].selectbox("Servers", groups, key="health_group",
+                              format_func=lambda g: "whole fleet" if g == FLEET_GROUP else f"profile {g}")
+    shown = [r for r in rows if r["window"] == window and r["group"] == group]
+    pending = [h for h in HORIZONS if not any(r["n"] for r in shown if r["horizon"] == h)]
+    if pending and accuracy["scored_since"]:
+        pick[2].caption("Not scored yet: " + ", ".join(
+            f"{HORIZON_SHOWN[h]} (first at {first_scored_at(accuracy['scored_since'], h)})" for h in pending)
+            + ". Forecasts are scored once their target time arrives.")
+    left, right = st.columns(2)
+    left.plotly_chart(coverage_heatmap(shown), width="stretch", config=PLAIN_CHART, key="health_coverage")
+    right.plotly_chart(skill_heatmap(shown), width="stretch", config=PLAIN_CHART, key="health_skill")
+    target_low, target_high = DASHBOARD_COVERAGE_TARGET
+    st.caption(f"Coverage: the share of actuals that fell inside the p10-p90 band as served (after live "
+               f"calibration); 'own' is the model's band before it. About {QUANTILES[-1] - QUANTILES[0]:.2f} is "
+               f"calibrated: green {target_low:.2f}-{target_high:.2f}, yellow up to the drift band "
+               f"{low:.2f}-{high:.2f}, red outside it. Skill against persistence: 1 - q-risk(model) / q-risk(the "
+               f"last value); above 0 the model beats 'nothing changes'. Hover a cell for MAE, q-risk and the number "
+               f"of matured forecasts.")
+    left, right = st.columns(2)
+    with left:
+        st.subheader("Band calibration")
+        if accuracy["band_adaptation"]:
+            metrics, horizons, by_key = _accuracy_grid([r for r in rows if r["window"] == window
+                                                        and r["group"] == FLEET_GROUP])
+            st.dataframe(pd.DataFrame([{"metric": label(m), **{
+                HORIZON_SHOWN[h]: f"x{by_key[(m, h)]['band_scale_low']:.2f} / x{by_key[(m, h)]['band_scale_high']:.2f}"
+                for h in horizons if (m, h) in by_key}} for m in metrics]), hide_index=True, width="stretch")
+            st.caption(f"Live multipliers of each band's lower (p50-p10) / upper (p90-p50) half, fleet-wide, so "
+                       f"that about {BAND_ADAPT_TARGET_MISS:.0%} of actuals fall on each side; x1.00 = as the model "
+                       f"made it (bounded x{BAND_ADAPT_MIN_SCALE:g}-x{BAND_ADAPT_MAX_SCALE:g}, reset for a new "
+                       f"model).")
+        else:
+            st.info("Live band calibration is off: the bands are served as the model made them.")
+    with right:
+        st.subheader(f"Worst servers (last {window_text(windows.get(ACCURACY_SERVER_WINDOW, 0))})")
+        worst = [w for w in accuracy["worst_servers"] if group == FLEET_GROUP or w["profile"] == group]
+        worst.sort(key=lambda w: (w["skill_vs_persistence"] if w["skill_vs_persistence"] is not None
+                                  else float("inf"), w["server_name"]))
+        if worst:
+            st.dataframe(pd.DataFrame([{
+                "server": w["server_name"], "profile": w["profile"],
+                "forecast of": f"{label(w['metric'])} at {HORIZON_SHOWN.get(w['horizon'], w['horizon'])}",
+                "forecasts": w["n"],
+                "skill": _rounded(w["skill_vs_persistence"]), "coverage": _rounded(w["coverage_p10_p90"]),
+                "q-risk": _rounded(w["qrisk_50"], 3)} for w in worst[:DASHBOARD_WORST_SERVERS]]),
+                hide_index=True, width="stretch")
+            st.caption("Lowest skill against persistence first, per metric and horizon; few forecasts make "
+                       "noisy figures.")
+        else:
+            st.info("No server has matured forecasts in this group yet.")
+    with st.expander(f"Every figure, {' and '.join(window_text(h) for h in windows.values())} "
+                     f"({'whole fleet' if group == FLEET_GROUP else 'profile ' + group})"):
+        st.dataframe(pd.DataFrame([{
+            "window": window_text(windows[r["window"]]), "metric": label(r["metric"]),
+            "horizon": HORIZON_SHOWN.get(r["horizon"], r["horizon"]), "forecasts": r["n"],
+            **{name: _rounded(r[key]) for name, key in (
+                ("coverage", "coverage_p10_p90"), ("own band", "coverage_unadjusted"), ("below p10", "below_p10_ratio"),
+                ("above p90", "above_p90_ratio"), ("skill", "skill_vs_persistence"), ("MAE p50", "mae_p50"))},
+            "q-risk 0.5": _rounded(r["qrisk_50"], 3), "q-risk 0.9": _rounded(r["qrisk_90"], 3)}
+            for r in rows if r["group"] == group and r["n"]]), hide_index=True, width="stretch")
+        st.caption("Metric x horizon pairs with matured forecasts only.")
 
 
 def advanced(client: DaemonClient, info: dict[str, Any], fleet: dict[str, Any], alerts: dict[str, Any],

@@ -76,6 +76,22 @@ def test_feed_answers_record_by_record_and_a_partial_rejection_is_no_error(serve
     assert again.duplicates == [0] and again.stored == list(range(1, len(records)))
 
 
+def test_accuracy_is_the_daemons_document_with_its_filters(served):
+    daemon, client, sim = served
+    with daemon.client() as raw:  # the client returns exactly what the daemon sent
+        assert client.accuracy() == raw.get("/accuracy").json()
+    one = client.accuracy("24h", "mem_used_pct", "30min", "database")
+    assert [(r["window"], r["metric"], r["horizon"], r["group"]) for r in one["rows"]] == [
+        ("24h", "mem_used_pct", "30min", "database")]
+    mine = client.accuracy(server=sim.server_names[0], horizon="1hr")
+    assert {(r["group"], r["horizon"]) for r in mine["rows"]} == {(sim.server_names[0], "1hr")}
+    with pytest.raises(DaemonError) as unknown:
+        client.accuracy(server="ppweb999")
+    assert unknown.value.status == 404 and unknown.value.error == "unknown_server" and "Fix:" in str(unknown.value)
+    with pytest.raises(DaemonError, match="^422: "):
+        client.accuracy(window="3d")
+
+
 def test_demo_scenario_round_trip(served):
     _, client, _ = served
     assert client.set_demo_scenario("degrading")["scenario"] == "degrading"

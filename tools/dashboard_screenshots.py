@@ -15,7 +15,7 @@ from pathlib import Path
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
-PANELS = ["Overview", "Heatmap", "Top Servers", "Historical", "Advanced"]
+PANELS = ["Overview", "Heatmap", "Top Servers", "Historical", "Model health", "Advanced"]  # as the page
 
 
 def open_browser(user_data_dir: Path, width: int = 1500, height: int = 1900):
@@ -48,7 +48,7 @@ def capture_panels(driver, url: str, out_dir: Path, timeout: float = 90.0) -> tu
 
     Returns each panel's own text and the text of the page's header (title, connection, model,
     last forecast). Raises ``AssertionError`` when the page shows a Streamlit exception or a
-    traceback, or when the tabs are not the five panels.
+    traceback, or when the tabs are not the six panels.
     """
     from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
@@ -106,7 +106,7 @@ def capture_panels(driver, url: str, out_dir: Path, timeout: float = 90.0) -> tu
 
 
 def main() -> None:
-    """Capture the five panels of a running dashboard."""
+    """Capture the six panels of a running dashboard."""
     import tempfile
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
