@@ -83,7 +83,7 @@ from config import (
 )
 from contract import DISPLAY_CPU, bucket_iso, bucket_of_ns, cpu_used
 from forecast_engine import CycleResult, ForecastEngine, fleet_document
-from live_accuracy import LiveAccuracy, split_blobs
+from live_accuracy import LiveAccuracy, bands_of, scales_blob
 from metrics_store import COUNTS, GAUGES, FleetWindows, MetricsStore, StoreError
 from retrain_scheduler import RetrainScheduler
 from state_rules import STATE_PRECEDENCE
@@ -621,7 +621,8 @@ class Daemon:
             result = engine.forecast(self.fleet, origin)
         blobs = {name: r.horizon_blob for name, r in result.servers.items() if r.horizon_blob is not None}
         if blobs:
-            self.store.save_forecasts(origin, blobs)
+            scales = engine.band_adjuster.scales if engine.band_adjuster is not None else None
+            self.store.save_forecasts(origin, blobs, scales_blob(scales) if scales is not None else None)
         self.published.publish(result, engine.model_version)
         self.last_origin = origin
         self._count_cycle(result)
@@ -816,7 +817,7 @@ def history_document(daemon: Daemon, server_name: str, profile: str, hours: floa
                 if target < first or target > newest:
                     continue
                 try:
-                    array = split_blobs([blob], len(metrics))[0][0]
+                    array = bands_of([blob], len(metrics))[0]
                 except ValueError:  # made by a model with other targets
                     continue
                 target_times.append(bucket_iso(target))

@@ -33,7 +33,7 @@ from config import (
     QUANTILE_LABELS,
 )
 from contract import DISPLAY_CPU, bucket_iso, bucket_of_times, cpu_used
-from live_accuracy import BandAdjuster, forecast_blob
+from live_accuracy import BandAdjuster
 from metrics_store import FleetWindows
 from risk_scoring import score_fleet
 from state_rules import STATE_PRECEDENCE
@@ -82,7 +82,7 @@ class ServerResult:
     prediction: ServerPrediction
     fleet_fan: dict[str, dict[str, np.ndarray]] | None = None  # the cycle's (S, D) arrays, shared
     row: int = -1  # this server's row in them
-    horizon_blob: bytes | None = None  # live_accuracy.forecast_blob: what the store keeps
+    horizon_blob: bytes | None = None  # (metrics, horizons, quantiles) float32 as served: what the store keeps
 
     @property
     def fan(self) -> dict[str, dict[str, np.ndarray]] | None:
@@ -225,8 +225,6 @@ class ForecastEngine:
         summary = np.stack([np.stack([fan[m][q][:, HORIZON_STEPS] for q in QUANTILE_LABELS], axis=-1)
                             for m in metrics], axis=1).astype(np.float32)
         rounded = np.round(summary.astype(float), 3).tolist()
-        scales = (self.band_adjuster.scales if self.band_adjuster is not None
-                  else np.ones((len(metrics), len(HORIZONS), 2)))
         current_rows = {m: np.round(v, 3).tolist() for m, v in current.items()}
         results = {}
         for i, name in enumerate(ready):
@@ -239,8 +237,7 @@ class ForecastEngine:
                                      current={m: v[i] for m, v in current_rows.items()}, predictions=horizons,
                                      risk_score=risks[i].risk_score, risk_level=risks[i].risk_level,
                                      alerts=risks[i].alerts)
-            results[name] = ServerResult(prediction, fleet_fan=fan, row=i,
-                                         horizon_blob=forecast_blob(summary[i], scales))
+            results[name] = ServerResult(prediction, fleet_fan=fan, row=i, horizon_blob=summary[i].tobytes())
         return results
 
     def _predict(self, names: list[str], values: np.ndarray, states: list[np.ndarray], profiles: list[str],

@@ -73,27 +73,18 @@ LIVE_TERMS = (*TERMS, "covered_unadjusted", "below_tracked", "above_tracked")
 LIVE = {name: i for i, name in enumerate(LIVE_TERMS)}
 
 
-def forecast_blob(bands: np.ndarray, scales: np.ndarray) -> bytes:
-    """What the store keeps per server and origin: served bands (metrics, horizons, 3) and the band
-    multipliers (metrics, horizons, 2) in force when they were made, float32."""
-    return bands.astype(np.float32).tobytes() + scales.astype(np.float32).tobytes()
-
-
-def split_blobs(blobs: list[bytes], n_metrics: int) -> tuple[np.ndarray, np.ndarray]:
-    """Stored blobs -> bands (N, metrics, horizons, 3) and multipliers (N, metrics, horizons, 2).
-
-    Blobs of a daemon before 0.10.0 hold bands only: their multipliers are 1.
-    """
-    bands_size, scales_size = n_metrics * len(HORIZONS) * 3, n_metrics * len(HORIZONS) * 2
+def bands_of(blobs: list[bytes], n_metrics: int) -> np.ndarray:
+    """Stored forecast blobs -> bands (N, metrics, horizons, 3) as served."""
+    size = n_metrics * len(HORIZONS) * 3
     flat = np.frombuffer(b"".join(blobs), dtype=np.float32)
-    each = flat.size // max(1, len(blobs))
-    if each not in (bands_size, bands_size + scales_size) or each * len(blobs) != flat.size:
-        raise ValueError(f"stored forecasts of {each} values do not fit {n_metrics} metrics")
-    rows = flat.reshape(len(blobs), each)
-    bands = rows[:, :bands_size].reshape(len(blobs), n_metrics, len(HORIZONS), 3)
-    if each == bands_size:
-        return bands, np.ones((len(blobs), n_metrics, len(HORIZONS), 2), dtype=np.float32)
-    return bands, rows[:, bands_size:].reshape(len(blobs), n_metrics, len(HORIZONS), 2)
+    if flat.size != size * len(blobs):
+        raise ValueError(f"stored forecasts do not fit {n_metrics} metrics x {len(HORIZONS)} horizons x 3 quantiles")
+    return flat.reshape(len(blobs), n_metrics, len(HORIZONS), 3)
+
+
+def scales_blob(scales: np.ndarray) -> bytes:
+    """The band multipliers (metrics, horizons, 2) of one cycle as the store keeps them (float32)."""
+    return scales.astype(np.float32).tobytes()
 
 
 def display_range(metric: str) -> tuple[float, float]:
@@ -309,10 +300,16 @@ class LiveAccuracy:
             blobs.append(blob)
         if not names:
             return None
-        bands, issued = split_blobs(blobs, len(self.metrics))
+        try:
+            bands = bands_of(blobs, len(self.metrics))
+        except ValueError:
+            return None  # made by a model with other targets (cannot happen after since_origin; defensive)
+        stored = self.store.scales_at(made)  # None: made before 0.10.0 or without calibration (multiplier 1)
+        issued = np.ones((len(self.metrics), 2)) if stored is None else \
+            np.frombuffer(stored, dtype=np.float32).reshape(len(self.metrics), len(HORIZONS), 2)[:, k, :]
         terms = live_terms(display_values(np.stack(actual), self.metrics),
                            display_values(np.stack(persistence), self.metrics), bands[:, :, k, :],
-                           issued[:, :, k, :], self.adjuster.scales[:, k, :])
+                           np.broadcast_to(issued, (len(names), len(self.metrics), 2)), self.adjuster.scales[:, k, :])
         return Matured(target=target, horizon=k, servers=names, profiles=profiles, terms=terms)
 
     def record(self, matured: list[Matured]) -> int:

@@ -83,6 +83,7 @@ CREATE TABLE IF NOT EXISTS forecasts (
 CREATE TABLE IF NOT EXISTS quarantined_buckets AS SELECT * FROM buckets WHERE 0;
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS daemon_state (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS forecast_scales (origin INTEGER PRIMARY KEY, payload BLOB NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS accuracy_bins (
     hour INTEGER NOT NULL, grp TEXT NOT NULL, payload TEXT NOT NULL, PRIMARY KEY (hour, grp)
 ) WITHOUT ROWID;
@@ -433,13 +434,16 @@ class MetricsStore:
                 self.samples += len(fresh)
             return stored, duplicates, aggregates
 
-    def save_forecasts(self, origin: int, payloads: dict[str, bytes]) -> None:
-        """Store one cycle's horizon forecasts (server -> float32 blob)."""
+    def save_forecasts(self, origin: int, payloads: dict[str, bytes], scales: bytes | None = None) -> None:
+        """Store one cycle's horizon forecasts (server -> float32 blob) and, once for the whole cycle,
+        the band multipliers they were served with (``live_accuracy``)."""
         with self._lock:
             conn = self._writer
             conn.execute("BEGIN IMMEDIATE")
             conn.executemany("INSERT OR REPLACE INTO forecasts (server, origin, payload) VALUES (?, ?, ?)",
                              [(server, origin, blob) for server, blob in payloads.items()])
+            if scales is not None:
+                conn.execute("INSERT OR REPLACE INTO forecast_scales (origin, payload) VALUES (?, ?)", (origin, scales))
             conn.execute("COMMIT")
 
     def trim(self, bucket_cutoff: int, forecast_cutoff: int, newest_bucket: int) -> dict[str, int]:
@@ -453,6 +457,8 @@ class MetricsStore:
             removed = {
                 "buckets": conn.execute("DELETE FROM buckets WHERE bucket < ?", (bucket_cutoff,)).rowcount,
                 "forecasts": conn.execute("DELETE FROM forecasts WHERE origin < ?", (forecast_cutoff,)).rowcount,
+                "forecast_scales": conn.execute("DELETE FROM forecast_scales WHERE origin < ?",
+                                                (forecast_cutoff,)).rowcount,
                 "sample_keys": conn.execute("DELETE FROM sample_keys WHERE ts < ?", (key_cutoff_ns,)).rowcount,
             }
             conn.execute("DELETE FROM servers WHERE last_bucket < ?", (bucket_cutoff,))
@@ -536,6 +542,11 @@ class MetricsStore:
         """Every server's stored horizon forecast made at ``origin`` (what live accuracy scores)."""
         return self._reader().execute("SELECT server, payload FROM forecasts WHERE origin = ?",
                                       (origin,)).fetchall()
+
+    def scales_at(self, origin: int) -> bytes | None:
+        """The band multipliers the forecasts made at ``origin`` were served with, or None."""
+        row = self._reader().execute("SELECT payload FROM forecast_scales WHERE origin = ?", (origin,)).fetchone()
+        return row[0] if row else None
 
     def read_state(self, key: str) -> str | None:
         """A value the daemon keeps across restarts (JSON text), or None."""

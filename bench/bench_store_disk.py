@@ -47,16 +47,16 @@ from config import (
     TRIM_EVERY_CYCLES,
 )
 from contract import NS_PER_BUCKET
-from live_accuracy import forecast_blob
+from live_accuracy import scales_blob
 from metrics_generator import FleetSimulator, fleet_from_total
 from metrics_store import MetricsStore
 
 logger = logging.getLogger("bench.bench_store_disk")
 
-# What one stored forecast is (live_accuracy.forecast_blob): the served bands (targets, horizons,
-# quantiles) and the band multipliers they were served with (targets, horizons, 2), float32.
-FORECAST_BLOB_BYTES = len(forecast_blob(np.zeros((len(TARGET_METRICS), len(HORIZONS), len(QUANTILE_LABELS))),
-                                        np.ones((len(TARGET_METRICS), len(HORIZONS), 2))))
+# What one stored forecast is: (targets, horizons, quantiles) float32 (forecast_engine's horizon_blob);
+# once per cycle, the band multipliers (live_accuracy.scales_blob).
+FORECAST_BLOB_BYTES = len(TARGET_METRICS) * len(HORIZONS) * len(QUANTILE_LABELS) * 4
+SCALES_BLOB = scales_blob(np.ones((len(TARGET_METRICS), len(HORIZONS), 2)))
 SIM_CHUNK_BUCKETS = STEPS_PER_DAY  # buckets simulated at a time
 
 
@@ -130,7 +130,7 @@ def feed(store: MetricsStore, batches, retention_buckets: int | None, rng: np.ra
         store.add_records(batch)
         names = sorted({r["server_name"] for r in batch})
         blobs = rng.random((len(names), FORECAST_BLOB_BYTES // 4), dtype=np.float32)
-        store.save_forecasts(bucket, {name: blobs[i].tobytes() for i, name in enumerate(names)})
+        store.save_forecasts(bucket, {name: blobs[i].tobytes() for i, name in enumerate(names)}, SCALES_BLOB)
         cycle[0] += 1
         if cycle[0] % TRIM_EVERY_CYCLES == 0:
             cutoff = bucket - retention_buckets if retention_buckets is not None else 0

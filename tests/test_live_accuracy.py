@@ -11,7 +11,7 @@ import pytest
 
 from api_models import AccuracyResponse, AlertsResponse, StatusResponse
 from config import DRIFT_MIN_MATURED, DRIFT_SKILL_HOURS, HORIZONS, STEPS_PER_HOUR
-from live_accuracy import LIVE, LiveAccuracy, Matured, live_terms, split_blobs
+from live_accuracy import LIVE, LiveAccuracy, Matured, bands_of, live_terms
 from metrics_generator import FleetSimulator
 from metrics_store import MetricsStore
 from tests.conftest import TINY_FLEET, DaemonProcess, feed_buckets, wait_for
@@ -163,7 +163,7 @@ def test_a_fed_daemon_scores_its_matured_forecasts_with_the_backtest_code(tiny_t
                 if window.current(target) is None or window.current(target - steps) is None:
                     continue
                 actual.append(display_values(window.current(target)[None], metrics)[0])
-                bands.append(split_blobs([blob], len(metrics))[0][0, :, k])
+                bands.append(bands_of([blob], len(metrics))[0, :, k])
         actual, bands = np.array(actual), np.array(bands)
         for i, metric in enumerate(metrics):
             from config import QRISK_DENOMINATOR_FLOOR
