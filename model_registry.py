@@ -78,15 +78,16 @@ def previous_model(models_dir: Path) -> Path | None:
     return None
 
 
-def promote(models_dir: Path, model_dir: Path, report: dict[str, Any] | None = None) -> Path | None:
-    """Make ``model_dir`` the serving model; returns the one it replaced (None: there was none)."""
+def promote(models_dir: Path, model_dir: Path, report: dict[str, Any] | None = None,
+            keep: int = MODELS_KEEP) -> Path | None:
+    """Make ``model_dir`` the serving model, prune beyond ``keep``; the one it replaced (None: none)."""
     previous = current_model(models_dir)
     _point_latest(models_dir, model_dir)
     _record(models_dir, {"action": "promoted", "model": model_dir.name,
                          "previous": previous.name if previous else None,
                          "summary": (report or {}).get("decision")})
     logger.info("promoted %s (was %s)", model_dir.name, previous.name if previous else "none")
-    prune(models_dir)
+    prune(models_dir, keep)
     return previous
 
 

@@ -45,7 +45,7 @@ from config import (
     RETRAIN_WORK_SUBDIR,
     TRAINING_DATA_FILE,
 )
-from model_registry import current_model, promote, prune, record_rejection
+from model_registry import current_model, promote, record_rejection
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +75,10 @@ def compare(champion: dict[str, Any] | None, challenger: dict[str, Any],
     """The gate's verdict from two backtests: per horizon the mean q-risk and coverage over the shared metrics."""
     metrics = sorted(set(challenger["per_target"]) & set(champion["per_target"]) if champion
                      else set(challenger["per_target"]))
+    if not metrics:
+        raise RetrainError(f"the champion forecasts {sorted((champion or {}).get('per_target', {}))} and the challenger "
+                           f"{sorted(challenger['per_target'])}: no metric in common to compare them on. Fix: "
+                           f"retrain with the same measured metrics, or promote by hand. See {RETRAIN_DOC}.")
     low, high = coverage_band
     rows, reasons = [], []
     for label in HORIZONS:
@@ -184,8 +188,7 @@ def retrain(args: argparse.Namespace) -> dict[str, Any]:
         report["report_path"] = str(reports / f"{stem}.json")
         if gate["promote"]:
             atomic_write_json(challenger_dir / "promotion_report.json", report)
-            promote(models_dir, challenger_dir, report)
-            prune(models_dir, args.keep)
+            promote(models_dir, challenger_dir, report, keep=args.keep)
         else:
             record_rejection(models_dir, challenger_dir.name, report)
             shutil.rmtree(challenger_dir, ignore_errors=True)

@@ -188,3 +188,27 @@ def test_retrain_every_is_refused_with_the_reason_when_it_cannot_work(tiny_train
                        str(tiny_training.model_dir), "--retrain-every", "24h", timeout=120)
     assert concrete.returncode == 1 and "needs --model-dir <models-dir>/latest" in concrete.stderr
     assert "Traceback" not in concrete.stderr
+
+
+def test_the_registry_keeps_k_models_never_the_serving_one_or_its_predecessor(tmp_path):
+    """Promotions on plain folders: pruning keeps the newest K plus the serving one and the way back."""
+    from model_registry import RegistryError, current_model, history, previous_model, promote, rollback
+
+    models = tmp_path / "models"
+    models.mkdir()
+    with pytest.raises(RegistryError, match="nothing to roll back"):
+        rollback(models)
+    folders = [models / f"tft_model_20260101_00000{i}" for i in range(6)]
+    for folder in folders:
+        folder.mkdir()
+    promote(models, folders[0], keep=2)
+    with pytest.raises(RegistryError, match="no earlier model"):
+        rollback(models)  # the first model replaced nothing
+    promote(models, folders[5], keep=2)  # serving 5, its predecessor 0: both kept, 1-3 pruned
+    assert sorted(p.name for p in models.glob("tft_model_*")) == [folders[0].name, folders[4].name, folders[5].name]
+    assert current_model(models) == folders[5] and previous_model(models) == folders[0]
+    restored, replaced = rollback(models)
+    assert (restored, replaced) == (folders[0], folders[5]) and current_model(models) == folders[0]
+    assert [e["action"] for e in history(models)] == ["promoted", "promoted", "rolled_back"]
+    assert (models / LATEST_MODEL_LINK).is_symlink()  # a relative link: the folder can move as a whole
+    assert not (models / LATEST_MODEL_LINK).readlink().is_absolute()
