@@ -76,7 +76,8 @@ def compare(champion: dict[str, Any] | None, challenger: dict[str, Any],
     metrics = sorted(set(challenger["per_target"]) & set(champion["per_target"]) if champion
                      else set(challenger["per_target"]))
     if not metrics:
-        raise RetrainError(f"the champion forecasts {sorted((champion or {}).get('per_target', {}))} and the challenger "
+        theirs = sorted((champion or {}).get("per_target", {}))
+        raise RetrainError(f"the champion forecasts {theirs} and the challenger "
                            f"{sorted(challenger['per_target'])}: no metric in common to compare them on. Fix: "
                            f"retrain with the same measured metrics, or promote by hand. See {RETRAIN_DOC}.")
     low, high = coverage_band
