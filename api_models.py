@@ -146,6 +146,13 @@ class Alert(BaseModel):
     p50: float | None
     minutes_to_breach: int | None
     reason: str
+    id: str | None = Field(default=None, description='identity "kind:server:metric" (lifecycle; /alerts/*)')
+    starts_at: str | None = Field(default=None, description="forecast origin (data time) of the cycle that "
+                                                           "raised it")
+    ends_at: str | None = Field(default=None, description="resolved: the first cycle without it (after the "
+                                                         "hold-down); open: null")
+    suppressed_reason: str | None = Field(default=None,
+                                          description="why it is held back (a server in maintenance)")
 
 
 class ServerPrediction(BaseModel):
@@ -190,6 +197,14 @@ class AlertsResponse(BaseModel):
     """Active alerts across the fleet, most urgent first."""
 
     prediction_time: str | None
+    alerts: list[Alert]
+    suppressed: list[Alert] = Field(default=[], description="open alerts held back (servers in maintenance)")
+
+
+class AlertHistoryResponse(BaseModel):
+    """Alerts open at any time in the window (resolved ones with ends_at), newest start first."""
+
+    since: str | None
     alerts: list[Alert]
 
 

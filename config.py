@@ -769,6 +769,12 @@ RISK_YELLOW_AT = 0.3
 RISK_RED_ABOVE = 0.7
 # Alerts are raised from this level up.
 ALERT_MIN_LEVEL = "warning"
+# Alert lifecycle (alert_lifecycle.py): an alert ends only after it has been absent this many buckets
+# in a row (a value hovering at a threshold does not re-open it every cycle); resolved alerts are
+# kept this long for GET /alerts/history, which answers at most this many.
+ALERT_HOLD_DOWN_BUCKETS = 3
+ALERT_HISTORY_DAYS = 7
+ALERT_HISTORY_MAX_ROWS = 1000
 
 # ---------------------------------------------------------------------------
 # 9. Inference daemon and its clients (tft_inference.py, daemon_client.py; Docs/API_REFERENCE.md)

@@ -31,6 +31,7 @@ from typing import Any, Protocol
 import numpy as np
 from pydantic import ValidationError
 
+from alert_lifecycle import AlertTracker
 from api_models import (
     BATCH_ADAPTER,
     FEED_ADAPTER,
@@ -90,6 +91,7 @@ from state_rules import STATE_PRECEDENCE
 from tft_model import ModelLoadError, load_model
 
 logger = logging.getLogger("tft_inference")
+MAINTENANCE_RANK = STATE_PRECEDENCE.index("maintenance")
 
 
 # ============================================================================ settings and counters
@@ -484,6 +486,8 @@ class Daemon:
         self.engine: ForecastEngine | None = None
         self.accuracy: LiveAccuracy | None = None  # the loaded model's live accuracy and band calibration
         self.accuracy_errors = 0
+        self.alerts = AlertTracker(self.store)  # identity, start, end, hold-down, maintenance, history
+        self.alert_errors = 0
         self.model_error: str | None = None
         self.counters = Counters()
         self.published = PublishedCycle()
@@ -624,12 +628,14 @@ class Daemon:
             scales = engine.band_adjuster.scales if engine.band_adjuster is not None else None
             self.store.save_forecasts(origin, blobs, scales_blob(scales) if scales is not None else None)
         self.published.publish(result, engine.model_version)
+        self._track_alerts(result, origin)
         self.last_origin = origin
         self._count_cycle(result)
         self.metrics.cycle(result, model_loaded=True)
         if self.counters.cycles % TRIM_EVERY_CYCLES == 0:
             removed = self.store.trim(origin - self.settings.retention_days * STEPS_PER_DAY,
                                       origin - FORECAST_RETENTION_HOURS * STEPS_PER_HOUR, origin)
+            removed["alerts"] = self.alerts.trim(origin)
             (logger.info if any(removed.values()) else logger.debug)("retention: removed %s", removed)
         self.store.write_ledger()  # what a restart must find again (a shorter store is reported as a loss)
         self.counters.last_cycle_total_ms = round((time.perf_counter() - began) * 1000.0, 2)
@@ -637,6 +643,22 @@ class Daemon:
                      result.forecast_count, len(result.servers), result.seconds * 1000.0)
         self.cycle_log.add(result)
         return result
+
+    def _track_alerts(self, result: CycleResult, origin: int) -> None:
+        """Feed this cycle's alerts (risk and model_degraded) to the lifecycle; never stops the cycle."""
+        try:
+            raised = [a for r in result.servers.values() for a in r.prediction.alerts]
+            if self.accuracy is not None:
+                raised += self.accuracy.active_degraded()
+            servers = {a.server_name for a in raised}
+            with self.lock:
+                maintenance = {name for name in servers if name in self.fleet.servers
+                               and self.fleet.servers[name].window(origin, 1)[1][0] == MAINTENANCE_RANK}
+            self.alerts.update(origin, raised, maintenance)
+        except Exception:  # noqa: BLE001 - the forecast stands; the lifecycle catches up next cycle
+            self.alert_errors += 1
+            (logger.exception if self.alert_errors == 1 else logger.error)(
+                "alert lifecycle update at %s failed (%d so far)", bucket_iso(origin), self.alert_errors)
 
     def _score_matured(self, origin: int) -> None:
         """Score the forecasts whose target is ``origin``, step the band calibration, re-check drift.

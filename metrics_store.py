@@ -543,6 +543,28 @@ class MetricsStore:
         return self._reader().execute("SELECT server, payload FROM forecasts WHERE origin = ?",
                                       (origin,)).fetchall()
 
+    def execute_script(self, script: str) -> None:
+        """Run DDL for a table another module owns (CREATE ... IF NOT EXISTS)."""
+        with self._lock:
+            self._writer.executescript(script)
+
+    def execute_many(self, sql: str, rows: list[tuple[Any, ...]]) -> int:
+        """One write statement over ``rows`` in one transaction; the rows changed."""
+        with self._lock:
+            conn = self._writer
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                changed = conn.executemany(sql, rows).rowcount
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+        return int(changed)
+
+    def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        """A read on this thread's reader connection."""
+        return self._reader().execute(sql, params).fetchall()
+
     def scales_at(self, origin: int) -> bytes | None:
         """The band multipliers the forecasts made at ``origin`` were served with, or None."""
         row = self._reader().execute("SELECT payload FROM forecast_scales WHERE origin = ?", (origin,)).fetchone()

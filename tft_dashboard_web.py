@@ -467,7 +467,7 @@ def page(client: DaemonClient, refresh: int) -> None:
     alerts = fetch(client, "alerts").data or {"alerts": []}
     tabs = st.tabs(PANELS)
     with tabs[0]:
-        overview(fleet, servers, alerts["alerts"])
+        overview(fleet, servers, alerts["alerts"], alerts.get("suppressed", []))
     with tabs[1]:
         heatmap(servers)
     with tabs[2]:
@@ -480,8 +480,9 @@ def page(client: DaemonClient, refresh: int) -> None:
         advanced(client, info, fleet, alerts, refresh)
 
 
-def overview(fleet: dict[str, Any], servers: list[dict[str, Any]], alerts: list[dict[str, Any]]) -> None:
-    """Fleet health at a glance."""
+def overview(fleet: dict[str, Any], servers: list[dict[str, Any]], alerts: list[dict[str, Any]],
+             suppressed: list[dict[str, Any]] | None = None) -> None:
+    """Fleet health at a glance; ``suppressed``: open alerts held back (servers in maintenance)."""
     summary = fleet["summary"]
     # The model's own warnings (server "fleet") are about every forecast, not one server: counted and shown apart.
     model_alerts = [a for a in alerts if a.get("kind") == MODEL_DEGRADED]
@@ -548,9 +549,14 @@ def overview(fleet: dict[str, Any], servers: list[dict[str, Any]], alerts: list[
             "server": a["server_name"], "profile": a["profile"], "level": a["level"], "metric": label(a["metric"]),
             "when": HORIZON_SHOWN.get(a["horizon"], a["horizon"]),
             "in (min)": a["minutes_to_breach"], "value": round(a["predicted_value"], 1), "threshold": a["threshold"],
-            "why": a["reason"]} for a in server_alerts[:50]]), hide_index=True, width="stretch")
+            "since": a.get("starts_at"), "why": a["reason"]} for a in server_alerts[:50]]),
+            hide_index=True, width="stretch")
     else:
         st.success("No server alerts." if model_alerts else "No active alerts.")
+    if suppressed:
+        held = sorted({a["server_name"] for a in suppressed})
+        st.caption(f"{len(suppressed)} alert{'s' if len(suppressed) != 1 else ''} suppressed while in maintenance: "
+                   f"{', '.join(held)}.")
 
 
 def heatmap(servers: list[dict[str, Any]]) -> None:

@@ -52,6 +52,7 @@ from starlette.requests import HTTPConnection
 
 from api_models import (
     AccuracyResponse,
+    AlertHistoryResponse,
     AlertsResponse,
     DemoScenario,
     DemoScenarioRequest,
@@ -67,6 +68,7 @@ from api_models import (
 from common_utils import quiet_library_noise, resolve_api_key, setup_logging
 from config import (
     ACCURACY_WINDOWS_HOURS,
+    ALERT_HISTORY_DAYS,
     API_KEY_ENV,
     API_KEY_FILE_ENV,
     API_REFERENCE_DOC,
@@ -86,6 +88,7 @@ from config import (
     RETENTION_MIN_DAYS,
     RETRAIN_DOC,
     RISK_HORIZONS,
+    STEPS_PER_HOUR,
     STORE_PATH,
     WS_RATE_LIMITED_CODE,
     WS_UNAUTHORIZED_CODE,
@@ -374,14 +377,30 @@ async def predictions_server(server_name: str, daemon: DaemonDep, engine: Engine
 
 @forecasts_router.get("/alerts/active", response_model=AlertsResponse, dependencies=READ, responses=MODEL_ERRORS)
 async def alerts_active(daemon: DaemonDep, _: EngineDep) -> AlertsResponse:
-    """Warning and critical alerts across the fleet, critical and soonest first."""
+    """Open alerts across the fleet (risk and model_degraded), critical and soonest first; each with its
+    identity and start. Alerts about servers in maintenance are listed apart, as suppressed."""
     cycle = daemon.published.result
-    alerts = [a for r in (cycle.servers.values() if cycle else []) for a in r.prediction.alerts]
-    if daemon.accuracy is not None:  # the model's own health goes the same way as risk alerts
-        alerts.extend(daemon.accuracy.active_degraded())
-    alerts.sort(key=lambda a: (a.level != "critical", RISK_HORIZONS.index(a.horizon), a.minutes_to_breach or 0,
-                               a.server_name))
-    return AlertsResponse.model_construct(prediction_time=cycle.prediction_time if cycle else None, alerts=alerts)
+    firing, suppressed = daemon.alerts.active()
+    for alerts in (firing, suppressed):
+        alerts.sort(key=lambda a: (a.level != "critical", RISK_HORIZONS.index(a.horizon), a.minutes_to_breach or 0,
+                                   a.server_name, a.metric))
+    return AlertsResponse.model_construct(prediction_time=cycle.prediction_time if cycle else None, alerts=firing,
+                                          suppressed=suppressed)
+
+
+@forecasts_router.get("/alerts/history", response_model=AlertHistoryResponse, dependencies=READ, responses=ERRORS)
+def alerts_history(daemon: DaemonDep, hours: float = 24.0, server: str | None = None,
+                   kind: Literal["risk", "model_degraded"] | None = None) -> AlertHistoryResponse:
+    """Alerts open at any time in the last ``hours`` of data time (resolved ones carry ends_at), newest
+    first, at most ALERT_HISTORY_MAX_ROWS; kept ALERT_HISTORY_DAYS after they end."""
+    if not 0 < hours <= ALERT_HISTORY_DAYS * 24:
+        raise HTTPException(422, {"error": "invalid_request",
+                                  "detail": f"hours must be in (0, {ALERT_HISTORY_DAYS * 24}]."})
+    newest = daemon.last_origin if daemon.last_origin is not None else daemon.fleet.newest_bucket
+    if newest is None:
+        return AlertHistoryResponse(since=None, alerts=[])
+    first = newest - int(hours * STEPS_PER_HOUR) + 1
+    return AlertHistoryResponse(since=bucket_iso(first), alerts=daemon.alerts.history(first, server, kind))
 
 
 @forecasts_router.get("/accuracy", response_model=AccuracyResponse, dependencies=READ,

@@ -13,7 +13,7 @@ import time
 import httpx
 import pytest
 
-from api_models import AlertsResponse, FleetPredictions, ServerFan
+from api_models import AlertHistoryResponse, AlertsResponse, FleetPredictions, ServerFan
 from config import CONTRACT_VERSION, LINBORG_METRICS, MAX_BODY_BYTES, WS_UNAUTHORIZED_CODE
 from metrics_generator import FleetSimulator
 from tests.conftest import API_KEY, ROOT, TINY_FLEET, DaemonProcess, feed_buckets, free_port, wait_for
@@ -91,6 +91,11 @@ def test_fan_alerts_history_and_metrics(live):
         AlertsResponse.model_validate(alerts)
         for alert in alerts["alerts"]:
             assert {"server_name", "level", "metric", "horizon", "predicted_value", "threshold", "reason"} <= set(alert)
+            assert alert["id"] == f"{alert['kind']}:{alert['server_name']}:{alert['metric']}" and alert["starts_at"]
+        history_of_alerts = client.get("/alerts/history", params={"hours": 24}).json()
+        AlertHistoryResponse.model_validate(history_of_alerts)
+        assert {a["id"] for a in alerts["alerts"]} <= {a["id"] for a in history_of_alerts["alerts"]}
+        assert client.get("/alerts/history", params={"hours": 0}).status_code == 422
         history = client.get(f"/history/{name}", params={"hours": 2}).json()
         assert len(history["timestamps"]) == 24 and len(history["actuals"]["cpu_used_pct"]) == 24
         assert set(history["forecasts"]) == {"30min", "1hr", "8hr"}
