@@ -90,8 +90,8 @@ class AlertTracker:
                     self.open[key] = tracked
                     self.opened_total += 1
                     changed = True
-                    logger.log(logging.DEBUG if reason else logging.INFO, "alert opened: %s %s (%s)%s", key,
-                               raw.level, raw.horizon, " [suppressed: maintenance]" if reason else "")
+                    logger.debug("alert opened: %s %s (%s)%s", key, raw.level, raw.horizon,
+                                 " [suppressed: maintenance]" if reason else "")
                 else:
                     old = tracked.alert
                     changed = (old.level, old.horizon, old.suppressed_reason) != (raw.level, raw.horizon, reason)
@@ -110,9 +110,8 @@ class AlertTracker:
                     self.resolved_total += 1
                     tracked.alert = tracked.alert.model_copy(update={"ends_at": bucket_iso(tracked.absent_since)})
                     rows.append(self._row(key, tracked, tracked.absent_since))
-                    logger.log(logging.DEBUG if tracked.alert.suppressed_reason else logging.INFO,
-                               "alert resolved: %s (from %s to %s)", key, tracked.alert.starts_at,
-                               tracked.alert.ends_at)
+                    logger.debug("alert resolved: %s (from %s to %s)", key, tracked.alert.starts_at,
+                                 tracked.alert.ends_at)
         if rows:
             self.store.execute_many("INSERT OR REPLACE INTO alerts (id, starts_at, ends_at, kind, server, metric, "
                                     "level, suppressed, payload) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
@@ -129,6 +128,12 @@ class AlertTracker:
                                        [(newest_bucket - ALERT_HISTORY_DAYS * STEPS_PER_DAY,)])
 
     # ------------------------------------------------------------------ reads
+    def counts(self) -> tuple[int, int, int]:
+        """(open now, opened since start, resolved since start): the daemon's periodic summary reports them;
+        each opening and resolution is a DEBUG line."""
+        with self.lock:
+            return len(self.open), self.opened_total, self.resolved_total
+
     def active(self) -> tuple[list[Alert], list[Alert]]:
         """(firing, suppressed) open alerts, including those inside their hold-down."""
         with self.lock:

@@ -457,9 +457,13 @@ class CycleLog:
         self._ms: list[float] = []
         self._forecast = self._tracked = 0
         self._last_time = ""
+        self.alerts: tuple[int, int, int] | None = None  # (open, opened total, resolved total) after the cycle
+        self._alerts_at_flush: tuple[int, int, int] | None = None
 
-    def add(self, result: CycleResult) -> None:
-        """Count one cycle; log the summary when the interval is over."""
+    def add(self, result: CycleResult, alerts: tuple[int, int, int] | None = None) -> None:
+        """Count one cycle (``alerts``: the lifecycle's open / opened / resolved counts after it); log the
+        summary when the interval is over."""
+        self.alerts = alerts if alerts is not None else self.alerts
         self._ms.append(result.seconds * 1000.0)
         self._forecast, self._tracked = result.forecast_count, len(result.servers)
         self._last_time = result.prediction_time
@@ -469,9 +473,15 @@ class CycleLog:
     def flush(self) -> None:
         """Log the summary now (nothing when no cycle ran)."""
         if self._ms:
+            alerts = ""
+            if self.alerts is not None:
+                before = self._alerts_at_flush or (0, 0, 0)
+                alerts = (f"; alerts: {self.alerts[0]} open, {self.alerts[1] - before[1]} opened, "
+                          f"{self.alerts[2] - before[2]} resolved")
+                self._alerts_at_flush = self.alerts
             logger.info("%d forecast cycles in the last %.0f s, up to %s: %d of %d servers forecast; cycle median "
-                        "%.1f ms, max %.1f ms", len(self._ms), self.clock() - self._since, self._last_time,
-                        self._forecast, self._tracked, float(np.median(self._ms)), max(self._ms))
+                        "%.1f ms, max %.1f ms%s", len(self._ms), self.clock() - self._since, self._last_time,
+                        self._forecast, self._tracked, float(np.median(self._ms)), max(self._ms), alerts)
         self._since, self._ms = self.clock(), []
 
 
@@ -641,7 +651,7 @@ class Daemon:
         self.counters.last_cycle_total_ms = round((time.perf_counter() - began) * 1000.0, 2)
         logger.debug("forecast cycle %s: %d servers forecast, %d tracked, %.1f ms", result.prediction_time,
                      result.forecast_count, len(result.servers), result.seconds * 1000.0)
-        self.cycle_log.add(result)
+        self.cycle_log.add(result, self.alerts.counts())
         return result
 
     def _track_alerts(self, result: CycleResult, origin: int) -> None:
