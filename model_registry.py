@@ -4,7 +4,9 @@
 ``--model-dir <models-dir>/latest`` follows it). Every change of it goes through here and is
 recorded in ``<models-dir>/promotions.json``:
 
-* :func:`promote` points ``latest`` at a new model (one atomic symlink swap), records where it
+* :func:`point_latest` is the one way ``latest`` moves (one atomic symlink swap, recorded; ``main.py
+  train`` uses it, action "trained");
+* :func:`promote` points ``latest`` at a gated model, records where it
   came from, and prunes old model folders beyond ``MODELS_KEEP`` (never the one serving nor the
   one a rollback would return to);
 * :func:`rollback` (``python main.py rollback``) points ``latest`` back at the model the current
@@ -70,7 +72,7 @@ def previous_model(models_dir: Path) -> Path | None:
     if current is None:
         return None
     for event in reversed(history(models_dir)):
-        if event.get("action") in ("promoted", "rolled_back") and event.get("model") == current.name:
+        if event.get("action") in ("promoted", "trained", "rolled_back") and event.get("model") == current.name:
             previous = event.get("previous")
             if previous and (models_dir / previous).is_dir():
                 return models_dir / previous
@@ -78,14 +80,24 @@ def previous_model(models_dir: Path) -> Path | None:
     return None
 
 
+def point_latest(model_dir: Path, action: str = "trained", summary: str | None = None) -> Path | None:
+    """Point ``latest`` (beside ``model_dir``) at it and record the move; the model it replaced, if any.
+
+    ``main.py train`` moves it this way too ("trained", no gate), so a rollback also undoes a manual
+    training.
+    """
+    models_dir = model_dir.parent
+    previous = current_model(models_dir)
+    _point_latest(models_dir, model_dir)
+    _record(models_dir, {"action": action, "model": model_dir.name,
+                         "previous": previous.name if previous else None, "summary": summary})
+    return previous
+
+
 def promote(models_dir: Path, model_dir: Path, report: dict[str, Any] | None = None,
             keep: int = MODELS_KEEP) -> Path | None:
     """Make ``model_dir`` the serving model, prune beyond ``keep``; the one it replaced (None: none)."""
-    previous = current_model(models_dir)
-    _point_latest(models_dir, model_dir)
-    _record(models_dir, {"action": "promoted", "model": model_dir.name,
-                         "previous": previous.name if previous else None,
-                         "summary": (report or {}).get("decision")})
+    previous = point_latest(models_dir / model_dir.name, "promoted", (report or {}).get("decision"))
     logger.info("promoted %s (was %s)", model_dir.name, previous.name if previous else "none")
     prune(models_dir, keep)
     return previous

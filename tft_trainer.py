@@ -555,14 +555,11 @@ def write_model_dir(final_dir: Path, model: FleetTFT, spec: FeatureSpec, encoder
 
 
 def update_latest_link(model_dir: Path) -> Path:
-    """Point ``models/latest`` at ``model_dir`` (atomic symlink swap)."""
-    link = model_dir.parent / LATEST_MODEL_LINK
-    tmp = model_dir.parent / f".{LATEST_MODEL_LINK}.tmp"
-    if tmp.is_symlink() or tmp.exists():
-        tmp.unlink()
-    tmp.symlink_to(model_dir.name, target_is_directory=True)
-    os.replace(tmp, link)
-    return link
+    """Point ``models/latest`` at ``model_dir`` (atomic symlink swap, recorded in promotions.json)."""
+    from model_registry import point_latest
+
+    point_latest(model_dir, "trained", "python main.py train (no promotion gate)")
+    return model_dir.parent / LATEST_MODEL_LINK
 
 
 def package_versions() -> dict[str, str]:

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import httpx
 
-from common_utils import quiet_library_noise, setup_logging
+from common_utils import free_loopback_port, quiet_library_noise, setup_logging
 from config import (
     DEMO_MAX_FUTURE_SECONDS,
     DEMO_SERVERS,
@@ -81,7 +81,7 @@ def cost_at_scale(model: Path, servers: int, targets: int, seed: int = 3) -> dic
 def demo_stream(model: Path, hours: float, servers: int, timeout: float) -> dict:
     """Run a daemon and the demo stream until ``hours`` of targets are scored; the /accuracy document."""
     key = secrets.token_urlsafe(18)
-    port = _free_port()
+    port = free_loopback_port()
     url = f"http://127.0.0.1:{port}"
     env = {**os.environ, "TFT_API_KEY": key}
     with tempfile.TemporaryDirectory() as tmp:
@@ -121,14 +121,6 @@ def _ns(iso: str) -> int:
     import pandas as pd
 
     return int(pd.Timestamp(iso).value)
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _wait(predicate, timeout: float) -> None:  # noqa: ANN001

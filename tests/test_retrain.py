@@ -124,7 +124,7 @@ def test_feed_score_export_retrain_promote_reject_rollback_and_survive_a_killed_
             assert "decision: kept the champion" in result.stdout, result.stdout
             assert (models / LATEST_MODEL_LINK).resolve().name == promoted
             events = json.loads((models / PROMOTIONS_FILE).read_text())
-            assert [e["action"] for e in events] == ["promoted", "rejected"]
+            assert [e["action"] for e in events] == ["trained", "promoted", "rejected"]  # main.py train is recorded
             assert not (models / events[-1]["model"]).exists()  # the rejected challenger is not kept
 
             # Rollback: the model the promoted one replaced serves again, and the daemon follows.
@@ -192,7 +192,7 @@ def test_retrain_every_is_refused_with_the_reason_when_it_cannot_work(tiny_train
 
 def test_the_registry_keeps_k_models_never_the_serving_one_or_its_predecessor(tmp_path):
     """Promotions on plain folders: pruning keeps the newest K plus the serving one and the way back."""
-    from model_registry import RegistryError, current_model, history, previous_model, promote, rollback
+    from model_registry import RegistryError, current_model, history, point_latest, previous_model, promote, rollback
 
     models = tmp_path / "models"
     models.mkdir()
@@ -210,5 +210,7 @@ def test_the_registry_keeps_k_models_never_the_serving_one_or_its_predecessor(tm
     restored, replaced = rollback(models)
     assert (restored, replaced) == (folders[0], folders[5]) and current_model(models) == folders[0]
     assert [e["action"] for e in history(models)] == ["promoted", "promoted", "rolled_back"]
+    point_latest(folders[4], "trained")  # what main.py train does: recorded, so it can be rolled back too
+    assert rollback(models) == (folders[0], folders[4])
     assert (models / LATEST_MODEL_LINK).is_symlink()  # a relative link: the folder can move as a whole
     assert not (models / LATEST_MODEL_LINK).readlink().is_absolute()
