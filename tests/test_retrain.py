@@ -86,8 +86,9 @@ def test_feed_score_export_retrain_promote_reject_rollback_and_survive_a_killed_
                 stamp = feed(client, 1)
                 wait_for(lambda s=stamp: (client.get("/status").json()["last_forecast_time"] or "")[:16] == s)
             scored = [r for r in client.get("/accuracy", params={"window": "24h"}).json()["rows"] if r["n"]]
-            assert "30min" in {r["horizon"] for r in scored}  # 30 min has matured; 8 h cannot have yet
-            assert "8hr" not in {r["horizon"] for r in scored}
+            # 30 min has matured (the last buckets were forecast one by one); 1 h and 8 h only where a cycle
+            # during the bulk feed happened to land 12 or 96 buckets before one of them.
+            assert "30min" in {r["horizon"] for r in scored}
 
             # The store's history exports as contract Parquet that the validator accepts.
             exported = tmp_path / "export" / "server_metrics.parquet"
