@@ -18,7 +18,8 @@ req_files=(requirements.txt)
 [ "${1:-}" = "--dev" ] && req_files+=(requirements-dev.txt)
 
 # Test tools from Debian: the browser test drives Chromium (a test tool's own browser download
-# cannot work here); the collector tests run a real Prometheus scraping a real node_exporter.
+# cannot work here); the collector tests run a real Prometheus scraping a real node_exporter; the
+# Alertmanager tests push to a real Alertmanager; promtool (in prometheus) checks the shipped rules.
 apt_install() {  # apt_install [apt options] packages...: as root only; otherwise say what to install
   if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null; then
     echo "bootstrap: installing Debian packages for the tests: $*" >&2
@@ -30,8 +31,9 @@ apt_install() {  # apt_install [apt options] packages...: as root only; otherwis
 }
 if [ "${1:-}" = "--dev" ]; then
   { command -v chromium >/dev/null && command -v chromedriver >/dev/null; } || apt_install chromium chromium-driver
-  { command -v prometheus >/dev/null && command -v prometheus-node-exporter >/dev/null; } \
-    || apt_install --no-install-recommends prometheus prometheus-node-exporter
+  { command -v prometheus >/dev/null && command -v prometheus-node-exporter >/dev/null \
+      && command -v prometheus-alertmanager >/dev/null; } \
+    || apt_install --no-install-recommends prometheus prometheus-node-exporter prometheus-alertmanager
 fi
 
 [ -x .venv/bin/python ] || "$python_bin" -m venv .venv
