@@ -40,7 +40,6 @@ from common_utils import (
     isoformat_utc,
     isoformat_utc_ms,
     profile_for_host,
-    resolve_api_key,
     setup_logging,
 )
 from config import (
@@ -60,7 +59,7 @@ from config import (
     VALID_PROFILES,
 )
 from contract import bucket_of_times, bucket_start
-from feed_client import DaemonFeed
+from feed_client import DaemonFeed, open_feed
 from state_rules import StreamStateLabeler
 
 logger = logging.getLogger("prometheus_adapter")
@@ -173,14 +172,23 @@ class PrometheusClient:
 class Identities:
     """Instance label -> (server name, profile), resolved once per instance and remembered."""
 
-    def __init__(self, client: PrometheusClient, mapping: PromMapping, profile: str | None) -> None:
+    def __init__(self, client: PrometheusClient | None, mapping: PromMapping, profile: str | None) -> None:
+        """``client`` None: nothing is queried; host names come from :meth:`note_nodename` (remote-write
+        receives node_uname_info's series itself)."""
         self.client, self.mapping, self.profile = client, mapping, profile
         self.known: dict[str, tuple[str, str]] = {}
-        self._nodenames: dict[str, str] | None = None
+        self._nodenames: dict[str, str] | None = None if client is not None else {}
+
+    def note_nodename(self, instance: str, nodename: str) -> None:
+        """Remember the host name ``instance`` reports (used until the instance is first resolved)."""
+        if self._nodenames is None:
+            self._nodenames = {}
+        self._nodenames[instance] = nodename
 
     def _nodename(self, instance: str) -> str | None:
         """The host name the exporter reports (node_uname_info's nodename), short form."""
-        if self.mapping.name_query and (self._nodenames is None or instance not in self._nodenames):
+        if self.client is not None and self.mapping.name_query and (
+                self._nodenames is None or instance not in self._nodenames):
             self._nodenames = {}
             for item in self.client.query(self.mapping.name_query):
                 labels = item["metric"]
@@ -292,6 +300,27 @@ def export_parquet(client: PrometheusClient, mapping: PromMapping, out: str | Pa
     return metadata
 
 
+def contract_record(name: str, profile: str, stamp: float, values: dict[str, Any],
+                    labeler: StreamStateLabeler) -> dict[str, Any]:
+    """One contract record of mapped values at ``stamp`` (epoch seconds), state labelled by ``labeler``.
+
+    A metric without a value (None or NaN: unmeasured by the mapping, or no data) gets the
+    contract's unmeasured fill (``UNMEASURED_FILL``); counts are whole; CPU idle is what makes
+    the four CPU parts add to 100 after rounding. Shared by the live feeder and remote-write.
+    """
+    metrics: dict[str, Any] = {}
+    for metric in LINBORG_METRICS:
+        value = values.get(metric)
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            value = UNMEASURED_FILL.get(metric, 0.0)
+        metrics[metric] = int(np.rint(value)) if metric in INTEGER_METRICS else round(float(value), 4)
+    # idle is what rounding left; never below 0 (a saturated host's rounded parts can add to 100.0001)
+    metrics["cpu_idle_pct"] = max(0.0, round(100.0 - sum(metrics[m] for m in CPU_COMPONENTS[:3]), 4))
+    ts = pd.Timestamp(stamp, unit="s", tz="UTC")
+    return {"timestamp": isoformat_utc_ms(ts), "server_name": name, "profile": profile,
+            "state": labeler.label(ts, metrics), **metrics}
+
+
 class LiveFeeder:
     """Back-fills the daemon from ``query_range`` and then feeds it from instant queries."""
 
@@ -316,17 +345,9 @@ class LiveFeeder:
             if stamp <= self.last_time.get(name, -math.inf):
                 continue
             self.last_time[name] = stamp
-            metrics: dict[str, Any] = {}
-            for metric in LINBORG_METRICS:
-                value = values.get(metric)
-                if value is None or (isinstance(value, float) and math.isnan(value)):
-                    value = UNMEASURED_FILL.get(metric, 0.0)
-                metrics[metric] = int(np.rint(value)) if metric in INTEGER_METRICS else round(float(value), 4)
-            metrics["cpu_idle_pct"] = round(100.0 - sum(metrics[m] for m in CPU_COMPONENTS[:3]), 4)
-            ts = pd.Timestamp(stamp, unit="s", tz="UTC")
+            self.feed.instances[name] = instance  # its label on the daemon's /metrics and alerts
             labeler = self.labelers.setdefault(name, StreamStateLabeler(profile))
-            records.append({"timestamp": isoformat_utc_ms(ts), "server_name": name,
-                            "profile": profile, "state": labeler.label(ts, metrics), **metrics})
+            records.append(contract_record(name, profile, stamp, values, labeler))
         return records
 
     def backfill(self, hours: float, step: float) -> int:
@@ -423,7 +444,9 @@ def run_from_args(args: argparse.Namespace) -> int:
                   f"measured: {', '.join(meta['measured_metrics'])}\n"
                   f"unmeasured (filled, not trained on or scored): {', '.join(meta['unmeasured_metrics'])}")
             return 0
-        feed = DaemonFeed(args.daemon_url, resolve_api_key(args.api_key))
+        feed = open_feed(args.daemon_url, args.api_key)
+        if feed is None:
+            return 2
         feeder = LiveFeeder(client, mapping, feed, args.profile, args.window)
         stop = threading.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
