@@ -10,9 +10,18 @@ notebook and the benchmarks can use the models without the web stack.
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, create_model, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    TypeAdapter,
+    create_model,
+    field_validator,
+    model_validator,
+)
 from typing_extensions import TypedDict
 
 from common_utils import name_matches_profile, profile_from_name
@@ -22,9 +31,12 @@ from config import (
     DATA_CONTRACT_DOC,
     DEMO_SCENARIOS,
     FEED_TIMESTAMP_YEARS,
+    INSTANCE_MAX_LENGTH,
+    INSTANCE_PATTERN,
     INTEGER_METRIC_MAX,
     INTEGER_METRICS,
     LINBORG_METRICS,
+    MAX_RECORDS_PER_REQUEST,
     METRIC_RANGES,
     RISK_HORIZONS,
     SERVER_NAME_MAX_LENGTH,
@@ -96,10 +108,18 @@ class LinborgRecord(_RecordBase):  # type: ignore[misc, valid-type]
         return self
 
 
+InstanceLabel = Annotated[str, StringConstraints(min_length=1, max_length=INSTANCE_MAX_LENGTH,
+                                                 pattern=INSTANCE_PATTERN)]
+
+
 class FeedRequest(BaseModel):
     """A batch of records (up to MAX_RECORDS_PER_REQUEST)."""
 
     records: list[LinborgRecord]
+    instances: dict[str, InstanceLabel] | None = Field(
+        default=None, max_length=MAX_RECORDS_PER_REQUEST,
+        description="optional: server_name -> the Prometheus 'instance' (host:port) its records came from; kept for "
+                    "servers of this batch and put on their /metrics series and Alertmanager alerts")
 
 
 class RejectedRecord(BaseModel):
@@ -228,6 +248,23 @@ class HealthResponse(BaseModel):
     reason: str | None = Field(default=None, description="degraded: what is wrong (e.g. cycles failing, and why)")
 
 
+class AlertmanagerTarget(BaseModel):
+    """Delivery of alerts to one Alertmanager (--alertmanager-url); the URL without credentials."""
+
+    url: str
+    state: Literal["idle", "ok", "failing"] = Field(description="idle: nothing sent yet; failing: the last POST "
+                                                                "failed and is being retried with back-off")
+    firing: int = Field(description="alerts firing as of the last successful send")
+    resolving: int = Field(description="resolved alerts still re-sent with the next sends")
+    notifications_sent: int = Field(description="successful POSTs")
+    alerts_sent: int
+    failures: int = Field(description="failed POSTs since start")
+    consecutive_failures: int
+    last_error: str | None
+    last_attempt_at: str | None
+    last_success_at: str | None
+
+
 class StatusResponse(BaseModel):
     """Operational status of the daemon."""
 
@@ -268,6 +305,8 @@ class StatusResponse(BaseModel):
     model_reload_failures: int = 0
     retrain: dict[str, Any] | None = Field(
         default=None, description="scheduled retraining (--retrain-every): runs, failures, the running one, the next")
+    alertmanager: list[AlertmanagerTarget] | None = Field(
+        default=None, description="alerts pushed to Alertmanager (--alertmanager-url): per URL, delivery state")
 
 
 class AccuracyRow(BaseModel):
@@ -339,3 +378,4 @@ class ErrorResponse(BaseModel):
 RECORD_ADAPTER = TypeAdapter(LinborgRecord)
 BATCH_ADAPTER = TypeAdapter(list[LinborgRecord])
 FEED_ADAPTER = TypeAdapter(FeedRequest)
+INSTANCES_ADAPTER = TypeAdapter(dict[str, InstanceLabel] | None)

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from api_keys import client_key
 from config import (
     API_KEY_ENV,
     API_KEY_FILE_ENV,
@@ -256,16 +257,18 @@ def check_version_compatibility(required_version: str, current_version: str = PR
 
 
 # --------------------------------------------------------------------------- API key
-def resolve_api_key(explicit: str | None = None, key_file: Path | None = None) -> str | None:
-    """API key from the argument, a key file, or the environment (TFT_API_KEY_FILE, then TFT_API_KEY).
+def resolve_api_key(explicit: str | None = None, key_file: Path | None = None, scope: str = "ingest") -> str | None:
+    """A client's API key: the argument, else the first key with ``scope`` in a key file (``key_file``,
+    else $TFT_API_KEY_FILE), else $TFT_API_KEY.
 
-    One rule for the daemon and every client of it (stream, collector, Prometheus adapter).
+    One rule for every client of the daemon (stream, collector, Prometheus adapter); a key file may be
+    the daemon's own scoped file (api_keys.py) or hold a single bare key.
     """
     if explicit:
         return explicit
     path = key_file or (Path(os.environ[API_KEY_FILE_ENV]) if os.environ.get(API_KEY_FILE_ENV) else None)
     if path is not None:
-        return path.read_text(encoding="utf-8").strip() or None
+        return client_key(path, scope)
     return os.environ.get(API_KEY_ENV) or None
 
 

@@ -127,6 +127,10 @@ VALID_PROFILES = [
 # Any server name (contract 1.2): 1-64 characters, lower-case letters, digits, ".", "_", "-".
 SERVER_NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,63}$"
 SERVER_NAME_MAX_LENGTH = 64
+# The Prometheus 'instance' (host:port) a server's records came from, when a feeder knows it: printable
+# ASCII without spaces or quotes, so it can be a label value and an Alertmanager label as given.
+INSTANCE_MAX_LENGTH = 256
+INSTANCE_PATTERN = r"^[!#-&(-~]+$"
 # Host-name prefix and minimum digit count per profile (ppml0001, ppdb001, ppcon01...).
 # A name that is a prefix followed only by digits is a "convention name": its prefix is its profile.
 PROFILE_PREFIXES = {
@@ -616,6 +620,7 @@ BAND_CALIBRATION_MAX_WINDOWS = 20_000  # validation windows used (a deterministi
 BAND_CALIBRATION_MAX_SHIFT = 5.0  # window spreads: a p10/p90 never moves further than this
 QUANTILES = [0.1, 0.5, 0.9]
 QUANTILE_LABELS = ["p10", "p50", "p90"]
+QUANTILE_LEVELS = {"p10": 0.1, "p50": 0.5, "p90": 0.9}  # the numeric quantile of each label (Prometheus' label)
 # Calendar inputs known for the future: time of day, day of week, minute of the hour
 # (hourly ETL bursts and cron spikes), each as a sine/cosine pair.
 KNOWN_REALS = ["tod_sin", "tod_cos", "dow_sin", "dow_cos", "moh_sin", "moh_cos"]
@@ -780,8 +785,26 @@ ALERT_HISTORY_MAX_ROWS = 1000
 # 9. Inference daemon and its clients (tft_inference.py, daemon_client.py; Docs/API_REFERENCE.md)
 # ---------------------------------------------------------------------------
 STORE_PATH = PROJECT_ROOT / "data" / "metrics_store.sqlite3"
+# /metrics: each forecast metric is its own series name in base units, as node_exporter names its own
+# (ratios 0-1, bytes per second); labels server, profile, instance, horizon_seconds, quantile ("0.1", "0.5",
+# "0.9"). Metric -> (series name, factor from the API's unit). Docs/API_REFERENCE.md (Prometheus).
+PROM_FORECAST_SERIES = {
+    "cpu_used_pct": ("tft_forecast_cpu_used_ratio", 0.01),
+    "cpu_iowait_pct": ("tft_forecast_cpu_iowait_ratio", 0.01),
+    "mem_used_pct": ("tft_forecast_memory_used_ratio", 0.01),
+    "swap_used_pct": ("tft_forecast_swap_used_ratio", 0.01),
+    "disk_usage_pct": ("tft_forecast_disk_used_ratio", 0.01),
+    "load_average": ("tft_forecast_load_average", 1.0),
+    "net_in_mb_s": ("tft_forecast_network_receive_bytes_per_second", 1e6),
+    "net_out_mb_s": ("tft_forecast_network_transmit_bytes_per_second", 1e6),
+    "back_close_wait": ("tft_forecast_backend_close_wait_connections", 1.0),
+    "front_close_wait": ("tft_forecast_frontend_close_wait_connections", 1.0),
+}
 API_KEY_ENV = "TFT_API_KEY"
 API_KEY_FILE_ENV = "TFT_API_KEY_FILE"
+API_KEY_MIN_LENGTH = 16  # characters of a key in a key file (a generated key has 32)
+KEY_FILE_CHECK_SECONDS = 2.0  # how often the daemon looks whether its key file changed (rotation without restart)
+WS_AUTH_TIMEOUT_SECONDS = 5.0  # a WebSocket without a key header must send {"api_key": ...} first, within this
 MAX_BODY_BYTES = 8 * 1024 * 1024  # one POST body; ~40k records
 MAX_RECORDS_PER_REQUEST = 50_000
 # Years a fed timestamp may carry: the store keeps int64 nanoseconds, which end in 2262.
@@ -863,6 +886,30 @@ INFERENCE_CHUNK_SERVERS = 125
 MEMORY_BUCKETS = 512  # per-server ring of recent buckets kept in memory (>= encoder length)
 SQLITE_SYNCHRONOUS = "FULL"  # every acknowledged batch survives a crash or power loss
 API_REFERENCE_DOC = "Docs/API_REFERENCE.md"
+# Prometheus remote-write in (POST /api/v1/write; remote_write.py; Docs/COLLECTING.md, Prometheus remote-write).
+# Samples become one LINBORG record per instance and scrape, mapped by the mapping's "remote_write" section.
+REMOTE_WRITE_MAPPING_FILE = PROJECT_ROOT / "mappings" / "prometheus_node_exporter.json"  # --remote-write-mapping
+REMOTE_WRITE_VERSION = "0.1.0"  # X-Prometheus-Remote-Write-Version of remote-write 1.0 (prometheus.WriteRequest)
+# A snappy body states its decoded size up front; more than this is refused before decoding (a small
+# body must not expand into gigabytes). Prometheus sends ~2,000 samples (~100 KB decoded) per request.
+REMOTE_WRITE_MAX_DECODED_BYTES = 64 * 1024 * 1024
+# A scrape of an instance is complete (its record is made) once the instance sent samples stamped more
+# than this much later. Prometheus's shards deliver one scrape's series in parallel batches, each within
+# its queue_config.batch_send_deadline (5 s by default), so a scrape's last series arrive up to that late.
+REMOTE_WRITE_COMPLETE_GRACE_SECONDS = 10.0
+# Memory bounds: instances and mapped series tracked (a series costs ~0.9 KB, measured: its labels and
+# last sample; node_cpu_seconds_total has 8 series per core, a host ~40 mapped series in all), scrapes of
+# one instance waiting for completion. Past a bound, new instances / series are refused (their samples
+# dropped and counted, a warning logged) and the oldest waiting scrape is completed early.
+REMOTE_WRITE_MAX_INSTANCES = 10_000
+REMOTE_WRITE_MAX_SERIES = 500_000  # ~0.45 GB at most
+REMOTE_WRITE_MAX_SERIES_PER_INSTANCE = 20_000
+REMOTE_WRITE_MAX_PENDING_SCRAPES = 64
+REMOTE_WRITE_IDLE_SECONDS = 3600  # an instance without samples this long (data time) is forgotten
+# Records made but not stored (the store's disk is full: 507, Prometheus retries) are sent first on the
+# next write; beyond this many the oldest are dropped (counted, logged).
+REMOTE_WRITE_MAX_UNSENT_RECORDS = 50_000
+REMOTE_WRITE_LOG_EVERY_SECONDS = 60.0  # dropped samples and refused records are summarised this often
 
 # Clients of the daemon (daemon_client.py: the feed, the demo stream, the dashboard, main.py demo).
 DAEMON_TIMEOUT_SECONDS = 30.0  # one request; a pre-fill batch on a busy 2-core daemon stays well inside
@@ -874,6 +921,31 @@ DAEMON_RETRY_MAX_SECONDS = 30.0  # ... up to this (a 429's Retry-After is honour
 DAEMON_RETRY_STATUSES = (429, 500, 502, 504)
 DAEMON_ERROR_DETAIL_CHARS = 300  # how much of an unexpected answer an error message quotes
 DAEMON_WAIT_POLL_SECONDS = 0.5  # waiting for a daemon to come up: ask /health this often
+
+# Alertmanager push (alertmanager_push.py, --alertmanager-url; Docs/RISK_SCORING.md, Alertmanager). The
+# daemon is an Alertmanager client the way Prometheus is: every firing alert is re-sent each resend
+# interval (Prometheus' --rules.alert.resend-delay, 1 min) with endsAt = now + ENDS_AT_RESENDS x that
+# interval (Prometheus' ValidUntil), so Alertmanager resolves them by itself if the daemon dies; a
+# resolved alert is sent with endsAt = when it resolved, and re-sent with the next few sends in case one
+# was lost (Prometheus re-sends resolved alerts for 15 min).
+ALERTMANAGER_DOC = "Docs/RISK_SCORING.md (Alertmanager)"
+ALERTMANAGER_API_PATH = "/api/v2/alerts"
+ALERTMANAGER_RESEND_SECONDS = 60.0
+ALERTMANAGER_ENDS_AT_RESENDS = 4
+ALERTMANAGER_RESOLVED_SENDS = 3  # successful sends that carry a resolved alert
+ALERTMANAGER_TIMEOUT_SECONDS = 10.0  # one POST (Prometheus' default Alertmanager timeout)
+ALERTMANAGER_MAX_BATCH = 256  # alerts per POST (Prometheus' batch size); a larger set goes in several
+# A failed POST (unreachable, timeout, 5xx, 429) is retried after a back-off that doubles from the base
+# up to the max; each retry sends the alerts as they are then, never a stale batch.
+ALERTMANAGER_RETRY_BASE_SECONDS = 1.0
+ALERTMANAGER_RETRY_MAX_SECONDS = 60.0
+ALERTMANAGER_ERROR_CHARS = 300  # how much of a refusal's body /status and the log quote
+ALERTMANAGER_CLOSE_SECONDS = 2.0  # on shutdown, wait this long for a POST in flight
+# The alertname label of each alert kind (documented in Docs/RISK_SCORING.md; routes match on them).
+ALERTMANAGER_ALERTNAMES = {"risk": "FleetForecastRisk", "model_degraded": "FleetModelDegraded"}
+# Where the alerts' "dashboard" annotation and generatorURL point (--dashboard-url); the dashboard
+# takes no per-server query parameter, so the link is its root.
+DASHBOARD_URL = f"http://{DEFAULT_HOST}:{DASHBOARD_PORT}"
 
 # How metrics are named and shown to people (API, alerts, dashboard).
 METRIC_LABELS = {

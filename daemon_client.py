@@ -198,9 +198,18 @@ class DaemonClient:
         """``GET /status``: model, fleet and daemon counters."""
         return self.get_json("/status", retry=retry)
 
-    def feed(self, records: list[dict[str, Any]], *, retry: RetryPolicy | None = None) -> FeedResult:
-        """``POST /feed``: store LINBORG records. A partial rejection (HTTP 422) is an answer, not an error."""
-        response = self.request("POST", "/feed", json={"records": records}, expect=(200, 422), retry=retry)
+    def feed(self, records: list[dict[str, Any]], *, retry: RetryPolicy | None = None,
+             instances: dict[str, str] | None = None) -> FeedResult:
+        """``POST /feed``: store LINBORG records. A partial rejection (HTTP 422) is an answer, not an error.
+
+        ``instances`` (server -> Prometheus instance, e.g. "db1:9100") labels their series on /metrics and
+        their alerts; only the servers of this batch are sent.
+        """
+        body: dict[str, Any] = {"records": records}
+        if instances:
+            names = {r.get("server_name") for r in records}
+            body["instances"] = {s: i for s, i in instances.items() if s in names}
+        response = self.request("POST", "/feed", json=body, expect=(200, 422), retry=retry)
         body = self._json(response, "/feed")
         try:
             return FeedResult(received=int(body.get("received", len(records))), stored=list(body["stored"]),

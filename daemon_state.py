@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import sqlite3
@@ -32,11 +33,15 @@ import numpy as np
 from pydantic import ValidationError
 
 from alert_lifecycle import AlertTracker
+from alertmanager_push import AlertmanagerNotifier
+from api_keys import KeyStore
 from api_models import (
     BATCH_ADAPTER,
     FEED_ADAPTER,
+    INSTANCES_ADAPTER,
     RECORD_ADAPTER,
     AccuracyResponse,
+    Alert,
     DemoScenario,
     FeedResponse,
     HistoryResponse,
@@ -48,12 +53,14 @@ from common_utils import isoformat_utc
 from config import (
     ACCURACY_SERVER_WINDOW,
     ACCURACY_WINDOWS_HOURS,
+    ALERTMANAGER_RESEND_SECONDS,
     ANONYMOUS_RATE_BURST,
     ANONYMOUS_RATE_PER_MINUTE,
     API_REFERENCE_DOC,
     BAND_ADAPT_ENABLED,
     BUCKET_GRACE_SECONDS,
     CONTRACT_VERSION,
+    DASHBOARD_URL,
     DATA_CONTRACT_DOC,
     FEED_MAX_FUTURE_SECONDS,
     FORECAST_POLL_SECONDS,
@@ -61,6 +68,7 @@ from config import (
     FORECAST_RETRY_MAX_SECONDS,
     HEALTH_DEGRADED_AFTER_FAILED_CYCLES,
     HORIZONS,
+    INSTANCE_MAX_LENGTH,
     LATEST_MODEL_LINK,
     LINBORG_METRICS,
     LOG_SUMMARY_SECONDS,
@@ -68,7 +76,9 @@ from config import (
     MAX_RECORDS_PER_REQUEST,
     MODEL_WATCH_SECONDS,
     PROJECT_VERSION,
+    PROM_FORECAST_SERIES,
     QUANTILE_LABELS,
+    QUANTILE_LEVELS,
     RATE_LIMIT_BURST,
     RATE_LIMIT_MAX_CLIENTS,
     RATE_LIMIT_PRUNE_ABOVE,
@@ -101,7 +111,8 @@ class DaemonSettings:
 
     model_dir: Path | None
     store_path: Path = STORE_PATH
-    api_key: str | None = None
+    api_key: str | None = None  # one key with every scope ($TFT_API_KEY or generated)
+    api_key_file: Path | None = None  # scoped keys, re-read when the file changes (wins over api_key)
     open_reads: bool = False
     allow_no_model: bool = False
     rate_per_minute: float = RATE_LIMIT_REQUESTS_PER_MINUTE
@@ -110,6 +121,10 @@ class DaemonSettings:
     band_adaptation: bool = BAND_ADAPT_ENABLED  # live calibration of p10/p90 from matured forecasts
     retrain_every_seconds: float | None = None  # scheduled retraining (needs model_dir = <models>/latest)
     retrain_args: list[str] = field(default_factory=list)  # extra flags for main.py retrain
+    alertmanager_urls: list[str] = field(default_factory=list)  # push alerts there (--alertmanager-url)
+    dashboard_url: str = DASHBOARD_URL  # what alerts pushed to Alertmanager link to (--dashboard-url)
+    alertmanager_resend_seconds: float = ALERTMANAGER_RESEND_SECONDS  # firing alerts are re-sent this often
+    remote_write_mapping: Path | None = None  # POST /api/v1/write's mapping (None: REMOTE_WRITE_MAPPING_FILE)
 
     @property
     def models_dir(self) -> Path | None:
@@ -183,8 +198,16 @@ class RateLimiter:
             del self._buckets[client]
 
 
+SERVER_LABELS = ["server", "profile", "instance"]  # instance: the Prometheus instance, "" (absent) when unknown
+ALERT_LABELS = ["kind", "severity", "server", "profile", "instance", "metric", "horizon_seconds", "state"]
+HORIZON_SECONDS = {"now": 0, **{label: steps * SAMPLING_INTERVAL_SECONDS for label, steps in HORIZONS.items()}}
+QUANTILE_NUMBERS = {label: f"{level:g}" for label, level in QUANTILE_LEVELS.items()}  # "p90" -> "0.9"
+
+
 class PrometheusMetrics:
-    """The daemon's own counters and latencies, plus forecast gauges per server/metric/horizon/quantile."""
+    """Prometheus exposition: the daemon's own counters and latencies, one forecast series per metric in base
+    units (labels server, profile, instance, horizon_seconds, quantile), risk, one series per open alert, and the
+    live accuracy. Names and labels: Docs/API_REFERENCE.md (Prometheus)."""
 
     def __init__(self) -> None:
         from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -196,11 +219,16 @@ class PrometheusMetrics:
                                        buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5), registry=self.registry)
         self.servers = Gauge("tft_servers", "Tracked servers by status", ["status"], registry=self.registry)
         self.model_loaded = Gauge("tft_model_loaded", "1 when a model is loaded", registry=self.registry)
-        self.forecast = Gauge("tft_forecast", "Forecast value", ["server", "profile", "metric", "horizon", "quantile"],
-                              registry=self.registry)
-        self.risk = Gauge("tft_risk_score", "Risk score 0..1", ["server", "profile"], registry=self.registry)
-        self.alerts = Gauge("tft_active_alerts", "Active alerts by level", ["level"], registry=self.registry)
-        labels = ["metric", "horizon", "window"]
+        self._gauge = functools.partial(Gauge, registry=self.registry)
+        self.forecast: dict[str, Any] = {}  # series name -> Gauge (PROM_FORECAST_SERIES; created when first seen)
+        self.risk = Gauge("tft_risk_score", "Risk score 0..1 of the last cycle", SERVER_LABELS, registry=self.registry)
+        self.alerts = Gauge("tft_active_alerts", "Open alerts (firing, not suppressed) by level", ["level"],
+                            registry=self.registry)
+        self.alert = Gauge("tft_alert", "1 per open alert (its identity in the labels); gone once it resolves",
+                           ALERT_LABELS, registry=self.registry)
+        self.alert_breach = Gauge("tft_alert_time_to_breach_seconds", "Seconds until an open alert's threshold may "
+                                  "be crossed (0: crossed now)", ALERT_LABELS, registry=self.registry)
+        labels = ["metric", "horizon_seconds", "window"]
         self.coverage = Gauge("tft_forecast_coverage_ratio", "Share of matured forecasts inside p10-p90",
                               labels, registry=self.registry)
         self.skill = Gauge("tft_forecast_skill_ratio", "1 - qrisk(model) / qrisk(persistence), matured forecasts",
@@ -208,9 +236,9 @@ class PrometheusMetrics:
         self.qrisk = Gauge("tft_forecast_qrisk_ratio", "q-risk of matured forecasts", [*labels, "quantile"],
                            registry=self.registry)
         self.band_scale = Gauge("tft_forecast_band_scale_ratio", "Live calibration multiplier of a band half-width",
-                                ["metric", "horizon", "side"], registry=self.registry)
+                                ["metric", "horizon_seconds", "side"], registry=self.registry)
         self.degraded = Gauge("tft_model_degraded", "1 while a model_degraded warning is active",
-                              ["metric", "horizon"], registry=self.registry)
+                              ["metric", "horizon_seconds"], registry=self.registry)
         self.scored = Counter("tft_forecasts_scored_total", "Matured forecasts scored against actuals",
                               registry=self.registry)
 
@@ -220,30 +248,54 @@ class PrometheusMetrics:
         self.records.labels("rejected").inc(rejected)
         self.records.labels("duplicate").inc(duplicates)
 
-    def cycle(self, result: CycleResult, model_loaded: bool) -> None:
-        """Refresh gauges after a forecast cycle."""
+    def forecast_gauge(self, metric: str) -> tuple[Any, float]:
+        """The gauge of one forecast metric and the factor from the API's unit to its base unit."""
+        name, factor = PROM_FORECAST_SERIES.get(metric, (f"tft_forecast_{metric}", 1.0))
+        if name not in self.forecast:
+            self.forecast[name] = self._gauge(name, f"Forecast of {metric} (base unit), per horizon and quantile",
+                                              [*SERVER_LABELS, "horizon_seconds", "quantile"])
+        return self.forecast[name], factor
+
+    def cycle(self, result: CycleResult, model_loaded: bool, instances: ServerInstances | None = None) -> None:
+        """Refresh gauges after a forecast cycle (``instances`` adds the source instance label where known)."""
         self.cycle_seconds.observe(result.seconds)
         counts = {"ok": 0, "warming_up": 0, "offline": 0}
-        levels = {"warning": 0, "critical": 0}
-        self.forecast.clear()
+        for gauge in self.forecast.values():
+            gauge.clear()
         self.risk.clear()
         for name, r in result.servers.items():
             p = r.prediction
             counts[p.status] += 1
             if p.status != "ok":
                 continue
-            self.risk.labels(name, p.profile).set(p.risk_score or 0.0)
+            server = (name, p.profile, (instances.get(name) if instances else None) or "")
+            self.risk.labels(*server).set(p.risk_score or 0.0)
             for label, metrics in p.predictions.items():
+                horizon = str(HORIZON_SECONDS[label])
                 for metric, band in metrics.items():
+                    gauge, factor = self.forecast_gauge(metric)
                     for q in QUANTILE_LABELS:
-                        self.forecast.labels(name, p.profile, metric, label, q).set(band[q])
-            for alert in p.alerts:
-                levels[alert.level] += 1
+                        gauge.labels(*server, horizon, QUANTILE_NUMBERS[q]).set(band[q] * factor)
         for status, n in counts.items():
             self.servers.labels(status).set(n)
+        self.model_loaded.set(1 if model_loaded else 0)
+
+    def open_alerts(self, firing: list[Alert], suppressed: list[Alert], instances: ServerInstances) -> None:
+        """One ``tft_alert`` series per open alert (state firing or suppressed), and counts by level."""
+        self.alert.clear()
+        self.alert_breach.clear()
+        levels = {"warning": 0, "critical": 0}
+        for state, alerts in (("firing", firing), ("suppressed", suppressed)):
+            for a in alerts:
+                labels = (a.kind, a.level, a.server_name, a.profile, instances.get(a.server_name) or "", a.metric,
+                          str(HORIZON_SECONDS[a.horizon]), state)
+                self.alert.labels(*labels).set(1)
+                if a.minutes_to_breach is not None:
+                    self.alert_breach.labels(*labels).set(a.minutes_to_breach * 60)
+                if state == "firing":
+                    levels[a.level] += 1
         for level, n in levels.items():
             self.alerts.labels(level).set(n)
-        self.model_loaded.set(1 if model_loaded else 0)
 
     def accuracy(self, live: LiveAccuracy, scored: int) -> None:
         """Refresh the live-accuracy gauges (fleet-wide rows of every window)."""
@@ -254,7 +306,7 @@ class PrometheusMetrics:
             gauge.clear()
         for window in ACCURACY_WINDOWS_HOURS:
             for row in live.rows(window):
-                labels = (row["metric"], row["horizon"], window)
+                labels = (row["metric"], str(HORIZON_SECONDS[row["horizon"]]), window)
                 if row["coverage_p10_p90"] is not None:
                     self.coverage.labels(*labels).set(row["coverage_p10_p90"])
                 if row["skill_vs_persistence"] is not None:
@@ -266,9 +318,10 @@ class PrometheusMetrics:
         for metric, horizons in live.band_summary().items():
             for label in HORIZON_LABELS:
                 low, high = horizons[label]
-                self.band_scale.labels(metric, label, "low").set(low)
-                self.band_scale.labels(metric, label, "high").set(high)
-                self.degraded.labels(metric, label).set(1 if f"{metric}|{label}" in degraded else 0)
+                seconds = str(HORIZON_SECONDS[label])
+                self.band_scale.labels(metric, seconds, "low").set(low)
+                self.band_scale.labels(metric, seconds, "high").set(high)
+                self.degraded.labels(metric, seconds).set(1 if f"{metric}|{label}" in degraded else 0)
 
     def render(self) -> bytes:
         """Prometheus text exposition."""
@@ -286,6 +339,34 @@ class FeedRequestError(ValueError):
         self.status, self.error, self.detail = status, error, detail
 
 
+class ServerInstances:
+    """Which Prometheus ``instance`` (host:port) each server's records came from, when a feeder said so.
+
+    Set by remote-write and by feeders that know it (the Prometheus adapter, the collector); kept in
+    the store (table ``server_instances``) so a restart keeps the labels on /metrics and alerts.
+    """
+
+    _SCHEMA = ("CREATE TABLE IF NOT EXISTS server_instances (server TEXT PRIMARY KEY, instance TEXT NOT NULL) "
+               "WITHOUT ROWID;")
+
+    def __init__(self, store: MetricsStore) -> None:
+        self.store = store
+        store.execute_script(self._SCHEMA)
+        self._known: dict[str, str] = dict(store.query("SELECT server, instance FROM server_instances"))
+
+    def get(self, server: str) -> str | None:
+        """The instance of ``server``, or None when no feeder named one."""
+        return self._known.get(server)
+
+    def note(self, pairs: dict[str, str]) -> None:
+        """Remember new or changed pairs (only servers whose records were just stored should be passed)."""
+        changed = [(server, instance) for server, instance in pairs.items() if self._known.get(server) != instance]
+        if changed:
+            self.store.execute_many("INSERT OR REPLACE INTO server_instances (server, instance) VALUES (?, ?)",
+                                    changed)
+            self._known.update(changed)
+
+
 class FeedIngest:
     """Validate a batch, store the valid records durably, merge them into the windows.
 
@@ -299,14 +380,18 @@ class FeedIngest:
         self.store, self.fleet, self.lock, self.counters, self.metrics = store, fleet, lock, counters, metrics
         self.clock = clock
         self.max_future_seconds = max_future_seconds
+        self.instances = ServerInstances(store)
 
     def body(self, body: bytes) -> FeedResponse:
         """A raw ``POST /feed`` body -> what happened to each record (runs off the event loop).
 
         Raises FeedRequestError when the body as a whole is not a batch.
         """
+        instances: dict[str, str] | None = None
         try:  # fast path: parse and validate the whole body in pydantic's Rust core
-            records: list[Any] = FEED_ADAPTER.validate_json(body).records
+            request = FEED_ADAPTER.validate_json(body)
+            records: list[Any] = request.records
+            instances = request.instances
         except ValidationError:
             try:
                 payload = json.loads(body)
@@ -319,13 +404,23 @@ class FeedIngest:
             if not isinstance(records, list):
                 raise FeedRequestError(422, "invalid_request", 'Expected {"records": [ ... ]}. See '
                                        + API_REFERENCE_DOC) from None
+            try:  # the batch's own shape is fine; only its records are judged one by one below
+                instances = INSTANCES_ADAPTER.validate_python(payload.get("instances"))
+            except ValidationError as exc:
+                raise FeedRequestError(422, "invalid_request", f"'instances' must map server names to Prometheus "
+                                       f"instance labels (printable, no spaces or quotes, at most "
+                                       f"{INSTANCE_MAX_LENGTH} characters): {exc.errors()[0]['msg']}. See "
+                                       f"{API_REFERENCE_DOC}.") from None
         if len(records) > MAX_RECORDS_PER_REQUEST:
             raise FeedRequestError(413, "too_many_records", f"At most {MAX_RECORDS_PER_REQUEST} records per "
                                                             f"request; split the batch.")
-        return self(records)
+        return self(records, instances)
 
-    def __call__(self, raw_records: list[Any]) -> FeedResponse:
-        """Exactly what happened to each record: stored, duplicate, or rejected and why."""
+    def __call__(self, raw_records: list[Any], instances: dict[str, str] | None = None) -> FeedResponse:
+        """Exactly what happened to each record: stored, duplicate, or rejected and why.
+
+        ``instances`` (server -> Prometheus instance) is remembered for servers with a record stored here.
+        """
         parsed, rejected = self._parse(raw_records)
         valid, valid_index = self._admit(parsed, rejected)
         rejected.sort(key=lambda r: r.index)
@@ -335,6 +430,9 @@ class FeedIngest:
             self.fleet.merge(aggregates, {r["server_name"]: r["profile"] for r in valid})
         stored = [valid_index[i] for i in stored_local]
         duplicates = [valid_index[i] for i in duplicate_local]
+        accepted = {valid[i]["server_name"] for i in (*stored_local, *duplicate_local)}
+        if instances:
+            self.instances.note({s: i for s, i in instances.items() if s in accepted})
         new_servers = sorted({valid[i]["server_name"] for i in stored_local} - known_before)
         self.counters.stored += len(stored)
         self.counters.rejected += len(rejected)
@@ -491,6 +589,7 @@ class Daemon:
     def __init__(self, settings: DaemonSettings, clock: Callable[[], float] = time.time) -> None:
         self.settings = settings
         self.clock = clock
+        self.keys = KeyStore(settings.api_key, settings.api_key_file)  # KeyFileError: refuse to start
         self.store = MetricsStore(settings.store_path)  # StoreError: refuse to start, with the reason
         self.fleet = self._open_windows()
         self.engine: ForecastEngine | None = None
@@ -513,6 +612,7 @@ class Daemon:
         self.cycle_log = CycleLog()
         self.ingest = FeedIngest(self.store, self.fleet, self.lock, self.counters, self.metrics, clock,
                                  settings.max_future_seconds)
+        self.instances = self.ingest.instances  # server -> Prometheus instance, where a feeder said
         self.demo = DemoScenario(scenario="healthy")
         self.model_reloads = 0  # promotions / rollbacks picked up from the latest link
         self.model_reload_failures = 0
@@ -529,6 +629,15 @@ class Daemon:
                                               every_seconds=settings.retrain_every_seconds,
                                               extra_args=list(settings.retrain_args))
         self.load_model()
+        self.notifier: AlertmanagerNotifier | None = None  # pushes firing alerts to Alertmanager (own threads)
+        if settings.alertmanager_urls:
+            try:
+                self.notifier = AlertmanagerNotifier(settings.alertmanager_urls, settings.dashboard_url,
+                                                     instance_of=self.instances.get, registry=self.metrics.registry,
+                                                     resend_seconds=settings.alertmanager_resend_seconds)
+            except ValueError:  # a URL that is not one (the CLI checks first; this is for in-process use)
+                self.store.close()
+                raise
         if self.fleet.servers:
             logger.info("rebuilt windows of %d servers from %s (newest bucket %s)", len(self.fleet.servers),
                         settings.store_path, bucket_iso(self.fleet.newest_bucket or 0))
@@ -641,7 +750,7 @@ class Daemon:
         self._track_alerts(result, origin)
         self.last_origin = origin
         self._count_cycle(result)
-        self.metrics.cycle(result, model_loaded=True)
+        self.metrics.cycle(result, model_loaded=True, instances=self.instances)
         if self.counters.cycles % TRIM_EVERY_CYCLES == 0:
             removed = self.store.trim(origin - self.settings.retention_days * STEPS_PER_DAY,
                                       origin - FORECAST_RETENTION_HOURS * STEPS_PER_HOUR, origin)
@@ -665,6 +774,9 @@ class Daemon:
                 maintenance = {name for name in servers if name in self.fleet.servers
                                and self.fleet.servers[name].window(origin, 1)[1][0] == MAINTENANCE_RANK}
             self.alerts.update(origin, raised, maintenance)
+            if self.notifier is not None:  # a hand-over only (never blocks, never raises); sent by its threads
+                self.notifier.notify(self.alerts.active()[0])
+            self.metrics.open_alerts(*self.alerts.active(), self.instances)
         except Exception:  # noqa: BLE001 - the forecast stands; the lifecycle catches up next cycle
             self.alert_errors += 1
             (logger.exception if self.alert_errors == 1 else logger.error)(
@@ -701,20 +813,24 @@ class Daemon:
         """Load the model the ``latest`` link points at now, if it moved (a promotion or a rollback).
 
         Called between cycles, so no cycle is skipped: the next one runs with the new model. A
-        damaged new model is logged and counted; the loaded one keeps serving.
+        damaged new model is logged and counted; the loaded one keeps serving. A daemon started
+        without a model (``--allow-no-model``) loads the first one that appears there.
         """
         directory = self.settings.model_dir
         engine = self.engine
-        if directory is None or engine is None or not directory.exists():
+        if directory is None or not directory.exists():
             return False
         target = directory.resolve()
-        if target == engine.loaded.model_dir.resolve() or target == self._failed_model:
+        if target == self._failed_model or (engine is not None and target == engine.loaded.model_dir.resolve()):
             return False
-        logger.info("%s now points at %s (was %s): loading it", directory, target.name, engine.model_version)
+        logger.info("%s now points at %s (was %s): loading it", directory, target.name, self.model_version)
         try:
             self.load_model()
         except (ModelLoadError, FileNotFoundError):
             self.model_reload_failures += 1
+            self._failed_model = target
+            return False
+        if self.engine is None:  # no model yet, and this one did not load either (logged by load_model)
             self._failed_model = target
             return False
         self._failed_model = None
@@ -746,10 +862,12 @@ class Daemon:
             await asyncio.sleep(FORECAST_POLL_SECONDS)
 
     def close(self) -> None:
-        """Log the last cycle summary, stop a running retrain, release the store."""
+        """Log the last cycle summary, stop a running retrain and the Alertmanager push, release the store."""
         self.cycle_log.flush()
         if self.retrainer is not None:
             self.retrainer.stop()
+        if self.notifier is not None:
+            self.notifier.close()  # sends nothing more; firing alerts time out in Alertmanager by their endsAt
         self.store.close()
 
 
@@ -784,7 +902,8 @@ def status_document(daemon: Daemon) -> StatusResponse:
         error_rate=round(c.request_errors / c.requests, 4) if c.requests else 0.0,
         accuracy_summary=daemon.accuracy.summary() if daemon.accuracy and engine else None,
         model_reloads=daemon.model_reloads, model_reload_failures=daemon.model_reload_failures,
-        retrain=daemon.retrainer.status() if daemon.retrainer else None)
+        retrain=daemon.retrainer.status() if daemon.retrainer else None,
+        alertmanager=daemon.notifier.status() if daemon.notifier else None)
 
 
 def accuracy_document(daemon: Daemon, window: str | None, metric: str | None, horizon: str | None,

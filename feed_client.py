@@ -36,6 +36,8 @@ from typing import Any
 
 import httpx
 
+from api_keys import KeyFileError
+from common_utils import resolve_api_key
 from config import (
     FEED_BATCH_RECORDS,
     FEED_BUFFER_MAX_RECORDS,
@@ -90,6 +92,7 @@ class DaemonFeed:
             self._owns_client = True
         self.url = self.client.base_url + "/feed"
         self.buffer: deque[dict[str, Any]] = deque()
+        self.instances: dict[str, str] = {}  # server -> Prometheus instance, sent with its records when known
         self.max_buffer = max_buffer
         self.batch_records = batch_records
         self.stats = FeedStats()
@@ -167,7 +170,7 @@ class DaemonFeed:
         and "failed" when the batch should be tried again later.
         """
         try:
-            result = self.client.feed(batch, retry=NO_RETRY)
+            result = self.client.feed(batch, retry=NO_RETRY, instances=self.instances)
         except DaemonError as exc:
             self.stats.last_error = exc.summary
             if exc.status in (401, 403):
@@ -215,3 +218,14 @@ class DaemonFeed:
         if self._owns_client:
             self.client.close()
         return len(self.buffer)
+
+
+def open_feed(daemon_url: str, api_key: str | None = None) -> DaemonFeed | None:
+    """A feed to ``daemon_url`` with the client's ingest key (``common_utils.resolve_api_key``), or None
+    after logging why the key file cannot be used (a client's start-up error, never a traceback)."""
+    try:
+        key = resolve_api_key(api_key, scope="ingest")
+    except KeyFileError as exc:
+        logger.error("%s", exc)
+        return None
+    return DaemonFeed(daemon_url, key)

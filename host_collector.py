@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import signal
 import socket
 import sys
@@ -31,7 +32,6 @@ from common_utils import (
     host_name_to_server_name,
     isoformat_utc_ms,
     profile_for_host,
-    resolve_api_key,
     setup_logging,
 )
 from config import (
@@ -44,12 +44,14 @@ from config import (
     DATA_CONTRACT_DOC,
     DEFAULT_DAEMON_URL,
     FEED_FLUSH_ON_EXIT_SECONDS,
+    INSTANCE_MAX_LENGTH,
+    INSTANCE_PATTERN,
     JAVA_PROCESS_NAMES,
     NIC_EXCLUDE_PREFIXES,
     UPTIME_MAX_DAYS,
     VALID_PROFILES,
 )
-from feed_client import DaemonFeed
+from feed_client import DaemonFeed, open_feed
 from state_rules import StreamStateLabeler
 
 logger = logging.getLogger("host_collector")
@@ -199,9 +201,10 @@ class HostSampler:
             metrics[key] = round(min(100.0, max(0.0, float(metrics[key]))), 3)
         for key in ("net_in_mb_s", "net_out_mb_s", "load_average"):
             metrics[key] = round(float(metrics[key]), 4)
-        # Rounding must not break the contract's CPU sum.
-        metrics["cpu_idle_pct"] = round(100.0 - sum(float(metrics[k]) for k in CPU_COMPONENTS
-                                                    if k != "cpu_idle_pct"), 3)
+        # Rounding must not break the contract's CPU sum: idle is what rounding left, never below 0 (a
+        # saturated host's rounded parts can add to 100.001, inside the contract's sum tolerance).
+        metrics["cpu_idle_pct"] = max(0.0, round(100.0 - sum(float(metrics[k]) for k in CPU_COMPONENTS
+                                                             if k != "cpu_idle_pct"), 3))
         self._time, self._cpu, self._net, self._java = now, cpu, (rx, tx), java
         return metrics
 
@@ -272,7 +275,11 @@ def build_arg_parser(parser: argparse.ArgumentParser | None = None) -> argparse.
     parser.add_argument("--data-path", default=COLLECT_DATA_PATH,
                         help="mount point of the data volume for disk_usage_pct (default %(default)s)")
     parser.add_argument("--api-key",
-                        help=f"daemon API key (default: the file in ${API_KEY_FILE_ENV}, else ${API_KEY_ENV})")
+                        help=f"daemon API key with the ingest scope (default: the first ingest key in the file "
+                             f"${API_KEY_FILE_ENV}, else ${API_KEY_ENV})")
+    parser.add_argument("--instance", default=None,
+                        help="the 'instance' label this host has in Prometheus (e.g. db1.example:9100), put on its "
+                             "forecast series and alerts (default: this host's fully qualified name)")
     parser.add_argument("--duration", type=float, help="stop after this many seconds (default: run until stopped)")
     parser.add_argument("--samples", type=int, help="stop after this many samples")
     parser.add_argument("--time-scale", type=float, default=1.0,
@@ -300,7 +307,16 @@ def run_from_args(args: argparse.Namespace) -> int:
         collector = HostCollector(None, name, profile, sampler, args.interval)
         print(json.dumps(collector.record(), indent=2))
         return 0
-    feed = DaemonFeed(args.daemon_url, resolve_api_key(args.api_key))
+    feed = open_feed(args.daemon_url, args.api_key)
+    if feed is None:
+        return 2
+    instance = args.instance or socket.getfqdn()
+    if not re.fullmatch(INSTANCE_PATTERN, instance) or len(instance) > INSTANCE_MAX_LENGTH:
+        logger.error("--instance '%s' cannot be a Prometheus label value here: printable characters without spaces "
+                     "or quotes, at most %d. Fix: pass --instance host:port as Prometheus shows it.", instance,
+                     INSTANCE_MAX_LENGTH)
+        return 1
+    feed.instances[name] = instance
     collector = HostCollector(feed, name, profile, sampler, args.interval, args.time_scale)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -801,9 +801,15 @@ class DemoStream:
 
 def stream_from_args(args: argparse.Namespace) -> int:
     """Run the live demo stream."""
+    from api_keys import KeyFileError
     from common_utils import resolve_api_key
 
-    client = DaemonClient(args.daemon_url, resolve_api_key(args.api_key), retry=STREAM_RETRY)
+    try:  # the stream feeds records and polls the demo scenario: a key with ingest (and read) scopes
+        api_key = resolve_api_key(args.api_key)
+    except KeyFileError as exc:
+        logger.error("%s", exc)
+        return 2
+    client = DaemonClient(args.daemon_url, api_key, retry=STREAM_RETRY)
     fleet = fleet_from_total(args.servers) if args.servers else parse_fleet(args.fleet) if args.fleet \
         else fleet_from_total(DEMO_SERVERS)
     prefill = args.prefill

@@ -29,7 +29,8 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from common_utils import parse_utc, utc_now
+from api_keys import KeyFileError
+from common_utils import parse_utc, resolve_api_key, utc_now
 from config import (
     ACCURACY_SERVER_WINDOW,
     BAND_ADAPT_MAX_SCALE,
@@ -402,6 +403,15 @@ def _default_refresh() -> int:
 st.set_page_config(page_title="Fleet trouble forecaster", layout="wide")
 
 
+def _default_key() -> str:
+    """$TFT_API_KEY, else the first read key of the key file in $TFT_API_KEY_FILE, else empty."""
+    try:
+        return resolve_api_key(scope="read") or ""
+    except KeyFileError as exc:
+        logger.error("%s", exc)
+        return ""
+
+
 def _switch_demo(client: DaemonClient, scenario: str) -> None:
     """A demo button's callback: switch the stream through the daemon, before the sidebar is redrawn."""
     try:
@@ -415,7 +425,8 @@ def _switch_demo(client: DaemonClient, scenario: str) -> None:
 with st.sidebar:
     st.header("Daemon")
     base_url = st.text_input("Daemon URL", os.environ.get("TFT_DAEMON_URL", f"http://{DEFAULT_HOST}:{DAEMON_PORT}"))
-    api_key = st.text_input("API key", os.environ.get("TFT_API_KEY", ""), type="password")
+    api_key = st.text_input("API key", _default_key(), type="password",
+                            help="a key with the read scope (and admin for the demo buttons)")
     client = connect(base_url, api_key)
     refresh = st.slider("Refresh every (s, 0 = off)", 0, 60, _default_refresh())
 

@@ -31,9 +31,9 @@ import argparse
 import asyncio
 import functools
 import hashlib
-import hmac
 import json
 import logging
+import os
 import secrets
 import shlex
 import sys
@@ -50,6 +50,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.requests import HTTPConnection
 
+from alertmanager_push import validate_url
 from api_models import (
     AccuracyResponse,
     AlertHistoryResponse,
@@ -65,14 +66,17 @@ from api_models import (
     ServerFan,
     StatusResponse,
 )
-from common_utils import quiet_library_noise, resolve_api_key, setup_logging
+from common_utils import quiet_library_noise, setup_logging
 from config import (
     ACCURACY_WINDOWS_HOURS,
     ALERT_HISTORY_DAYS,
+    ALERTMANAGER_DOC,
+    ALERTMANAGER_RESEND_SECONDS,
     API_KEY_ENV,
     API_KEY_FILE_ENV,
     API_REFERENCE_DOC,
     DAEMON_PORT,
+    DASHBOARD_URL,
     DEFAULT_HOST,
     DISK_FULL_RETRY_AFTER_SECONDS,
     FEED_MAX_FUTURE_SECONDS,
@@ -84,12 +88,14 @@ from config import (
     PROJECT_VERSION,
     RATE_LIMIT_BURST,
     RATE_LIMIT_REQUESTS_PER_MINUTE,
+    REMOTE_WRITE_MAPPING_FILE,
     RETENTION_DAYS,
     RETENTION_MIN_DAYS,
     RETRAIN_DOC,
     RISK_HORIZONS,
     STEPS_PER_HOUR,
     STORE_PATH,
+    WS_AUTH_TIMEOUT_SECONDS,
     WS_RATE_LIMITED_CODE,
     WS_UNAUTHORIZED_CODE,
     WS_UNSUPPORTED_DATA_CODE,
@@ -105,6 +111,7 @@ from daemon_state import (
 )
 from forecast_engine import ForecastEngine, fleet_document, forecast_file, round_fan
 from metrics_store import StoreError, StoreFullError
+from remote_write import RemoteWriteError, RemoteWriteReceiver, check_headers
 from retrain_scheduler import parse_interval
 from tft_model import ModelLoadError
 
@@ -116,6 +123,12 @@ ACCESS_LOGGED_PREFIXES = ("/predictions", "/alerts", "/history")  # codex: log e
 def _error(status: int, error: str, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
     """The daemon's one error body (:class:`api_models.ErrorResponse`)."""
     return JSONResponse(status_code=status, content={"error": error, "detail": detail}, headers=headers)
+
+
+def _disk_full(route: str, exc: StoreFullError) -> JSONResponse:
+    """507 with Retry-After: nothing of the batch was stored (the store's disk is full)."""
+    logger.error("%s refused: %s", route, exc)
+    return _error(507, "insufficient_storage", str(exc), headers={"Retry-After": str(DISK_FULL_RETRY_AFTER_SECONDS)})
 
 
 # ============================================================================ dependencies
@@ -130,39 +143,45 @@ DaemonDep = Annotated[Daemon, Depends(get_daemon)]
 
 
 def presented_key(connection: HTTPConnection) -> str | None:
-    """The key a client sent: ``X-API-Key``, ``Authorization: Bearer``, or (WebSocket only) ``?api_key=``."""
+    """The key a client sent in a header: ``X-API-Key`` or ``Authorization: Bearer``.
+
+    Never from the URL: query strings end up in proxy and access logs. A browser's WebSocket,
+    which cannot set headers, sends the key as its first message instead.
+    """
     key = connection.headers.get("x-api-key")
     if key:
         return key
     auth = connection.headers.get("authorization", "")
     if auth.lower().startswith("bearer "):
         return auth[7:].strip()
-    if connection.scope["type"] == "websocket":  # browsers cannot set headers on a WebSocket
-        return connection.query_params.get("api_key")
     return None
 
 
-def key_accepted(connection: HTTPConnection, daemon: Daemon) -> bool:
-    """True when no key is configured or the presented one matches (constant-time)."""
-    expected = daemon.settings.api_key
-    if expected is None:
-        return True
-    presented = presented_key(connection)
-    return bool(presented) and hmac.compare_digest(presented.encode(), expected.encode())
+def key_scopes(connection: HTTPConnection, daemon: Daemon, key: str | None = None) -> frozenset[str]:
+    """Scopes of the presented (or given) key; every scope when the daemon runs without keys."""
+    return daemon.keys.scopes_of(key if key is not None else presented_key(connection))
 
 
-async def require_key(request: Request, daemon: DaemonDep) -> None:
-    """Writes and admin: the API key, always."""
-    if not key_accepted(request, daemon):
-        raise HTTPException(401, {"error": "unauthorized",
-                                  "detail": f"Send the API key in the X-API-Key header (or Authorization: "
-                                            f"Bearer). See {API_REFERENCE_DOC} (Security)."})
+def require_scope(scope: str) -> Callable[[Request, Daemon], Awaitable[None]]:
+    """A dependency: 401 without a known key, 403 when the key lacks ``scope`` (saying which it has)."""
 
+    async def check(request: Request, daemon: DaemonDep) -> None:
+        if scope == "read" and daemon.settings.open_reads:
+            return
+        scopes = key_scopes(request, daemon)
+        if scope in scopes:
+            return
+        if not scopes:
+            raise HTTPException(401, {"error": "unauthorized",
+                                      "detail": f"Send an API key with the '{scope}' scope in the X-API-Key header "
+                                                f"(or Authorization: Bearer). See {API_REFERENCE_DOC} (Security)."})
+        raise HTTPException(403, {"error": "forbidden",
+                                  "detail": f"This key holds the scopes {sorted(scopes)}; {request.url.path} needs "
+                                            f"'{scope}'. Use a key with that scope (key file line '{scope}=KEY'). "
+                                            f"See {API_REFERENCE_DOC} (Security)."})
 
-async def require_read(request: Request, daemon: DaemonDep) -> None:
-    """Reads: the API key unless the daemon runs with ``--open-reads``."""
-    if not daemon.settings.open_reads:
-        await require_key(request, daemon)
+    check.__name__ = f"require_{scope}"
+    return check
 
 
 async def require_model(daemon: DaemonDep) -> ForecastEngine:
@@ -176,8 +195,9 @@ async def require_model(daemon: DaemonDep) -> ForecastEngine:
 
 
 EngineDep = Annotated[ForecastEngine, Depends(require_model)]
-READ = [Depends(require_read)]
-WRITE = [Depends(require_key)]
+READ = [Depends(require_scope("read"))]  # forecasts, status, metrics (open with --open-reads)
+INGEST = [Depends(require_scope("ingest"))]  # feeding records (/feed, remote-write)
+ADMIN = [Depends(require_scope("admin"))]  # /admin/*
 
 
 # ============================================================================ middleware
@@ -198,7 +218,7 @@ def rate_allow(connection: HTTPConnection) -> tuple[bool, float]:
     A wrong key is counted against the address, so trying many keys never buys many buckets.
     """
     daemon: Daemon = connection.app.state.daemon
-    if presented_key(connection) and key_accepted(connection, daemon):
+    if presented_key(connection) and key_scopes(connection, daemon):
         return daemon.limiter.allow(client_of(connection))
     return daemon.anonymous_limiter.allow("addr:" + (connection.client.host if connection.client else "unknown"))
 
@@ -290,6 +310,7 @@ async def read_body(request: Request) -> bytes:
 # ============================================================================ routers
 status_router = APIRouter(tags=["status"])
 feed_router = APIRouter(tags=["feed"])
+remote_write_router = APIRouter(tags=["feed"])  # Prometheus remote-write in (remote_write.py)
 forecasts_router = APIRouter(tags=["forecasts"])
 admin_router = APIRouter(tags=["admin"])
 demo_router = APIRouter(tags=["demo"])
@@ -319,7 +340,7 @@ def metrics(daemon: DaemonDep) -> PlainTextResponse:
     return PlainTextResponse(daemon.metrics.render(), media_type="text/plain; version=0.0.4")
 
 
-@feed_router.post("/feed", response_model=FeedResponse, dependencies=WRITE,
+@feed_router.post("/feed", response_model=FeedResponse, dependencies=INGEST,
                   responses={**ERRORS,
                              400: {"model": ErrorResponse, "description": "the body is not JSON"},
                              413: {"model": ErrorResponse, "description": "body or batch too large"},
@@ -344,10 +365,36 @@ async def feed(request: Request, daemon: DaemonDep) -> JSONResponse:
     except FeedRequestError as exc:
         return _error(exc.status, exc.error, exc.detail)
     except StoreFullError as exc:
-        logger.error("feed refused: %s", exc)
-        return _error(507, "insufficient_storage", str(exc),
-                      headers={"Retry-After": str(DISK_FULL_RETRY_AFTER_SECONDS)})
+        return _disk_full("feed", exc)
     return JSONResponse(status_code=422 if result.rejected else 200, content=result.model_dump())
+
+
+@remote_write_router.post("/api/v1/write", status_code=204, dependencies=INGEST, response_class=Response,
+                          responses={**ERRORS,
+                                     400: {"model": ErrorResponse, "description": "not snappy, or not a WriteRequest"},
+                                     413: {"model": ErrorResponse, "description": "body too large"},
+                                     415: {"model": ErrorResponse, "description": "not remote-write 1.0 (Content-Type, "
+                                                                                  "Content-Encoding or version)"},
+                                     503: {"model": ErrorResponse, "description": "the remote-write mapping is broken"},
+                                     507: {"model": ErrorResponse, "description": "the store's disk is full; retry"}})
+async def remote_write(request: Request) -> Response:
+    """Prometheus remote-write 1.0: the body is a snappy block-compressed ``prometheus.WriteRequest``
+    (Content-Type application/x-protobuf, Content-Encoding snappy). node_exporter samples become LINBORG
+    records, one per instance and scrape, stored like ``POST /feed``. 204 when taken; 4xx for a batch that can
+    never be taken (Prometheus drops it), 5xx when a retry can help. See Docs/COLLECTING.md.
+
+    (The body is not declared in the OpenAPI spec: no OpenAPI tool can build a protobuf body.)"""
+    receiver: RemoteWriteReceiver = request.app.state.remote_write
+    try:
+        check_headers(request.headers.get("content-type"), request.headers.get("content-encoding"),
+                      request.headers.get("x-prometheus-remote-write-version"))
+        body = await read_body(request)
+        await asyncio.to_thread(receiver.write, body)  # snappy, protobuf and the records: off the event loop
+    except RemoteWriteError as exc:
+        return _error(exc.status, exc.error, exc.detail)
+    except StoreFullError as exc:
+        return _disk_full("remote-write", exc)
+    return Response(status_code=204)
 
 
 @forecasts_router.get("/predictions/current", response_model=FleetPredictions, dependencies=READ,
@@ -428,7 +475,7 @@ def history(server_name: str, daemon: DaemonDep, hours: float = 24.0) -> History
     return history_document(daemon, server_name, window.profile, hours)
 
 
-@admin_router.post("/admin/retrain", status_code=202, dependencies=WRITE,
+@admin_router.post("/admin/retrain", status_code=202, dependencies=ADMIN,
                    responses={**ERRORS, 409: {"model": ErrorResponse, "description": "a retrain is running, or the "
                                                                                    "daemon does not follow a models "
                                                                                    "directory's latest link"}})
@@ -445,7 +492,7 @@ async def retrain_now(daemon: DaemonDep) -> dict[str, Any]:
     return scheduler.status()
 
 
-@admin_router.post("/admin/reload-model", response_model=StatusResponse, dependencies=WRITE,
+@admin_router.post("/admin/reload-model", response_model=StatusResponse, dependencies=ADMIN,
                    responses={**MODEL_ERRORS,
                               409: {"model": ErrorResponse, "description": "the new model is damaged; the loaded "
                                                                            "one keeps serving"}})
@@ -470,7 +517,7 @@ def get_demo_scenario(daemon: DaemonDep) -> DemoScenario:
     return daemon.demo
 
 
-@demo_router.post("/admin/demo-scenario", response_model=DemoScenario, dependencies=WRITE, responses=ERRORS)
+@demo_router.post("/admin/demo-scenario", response_model=DemoScenario, dependencies=ADMIN, responses=ERRORS)
 def set_demo_scenario(request: DemoScenarioRequest, daemon: DaemonDep) -> DemoScenario:
     """Switch the live demo stream (dashboard buttons Healthy / Degrading / Critical)."""
     daemon.demo = DemoScenario(scenario=request.scenario,
@@ -479,21 +526,50 @@ def set_demo_scenario(request: DemoScenarioRequest, daemon: DaemonDep) -> DemoSc
     return daemon.demo
 
 
+async def websocket_key(websocket: WebSocket) -> str | None:
+    """The WebSocket's key: from a header, else from its first message ``{"api_key": "..."}``.
+
+    A browser cannot set headers on a WebSocket, so it sends the key as its first text frame
+    (within ``WS_AUTH_TIMEOUT_SECONDS``). None when neither came.
+    """
+    key = presented_key(websocket)
+    if key:
+        return key
+    try:
+        first = await asyncio.wait_for(websocket.receive(), timeout=WS_AUTH_TIMEOUT_SECONDS)
+    except TimeoutError:
+        return None
+    try:
+        message = json.loads(first.get("text") or "null")
+    except json.JSONDecodeError:
+        return None
+    key = message.get("api_key") if isinstance(message, dict) else None
+    return key if isinstance(key, str) else None
+
+
 @stream_router.websocket("/ws/predictions")
 async def ws_predictions(websocket: WebSocket, daemon: DaemonDep) -> None:
     """Pushes every new forecast cycle (the /predictions/current document).
 
-    The same key check as HTTP reads; a refused client is accepted and closed at once with
-    code 4401 and the reason, so it can tell "wrong key" from "daemon down".
+    A read key, in a header or as the first message ``{"api_key": "..."}`` (never in the URL). A
+    refused client is accepted and closed at once with code 4401 and the reason, so it can tell
+    "wrong key" from "daemon down".
     """
     await websocket.accept()
     allowed, wait = rate_allow(websocket)  # handshakes are rate-limited like requests
     if not allowed:
         await websocket.close(code=WS_RATE_LIMITED_CODE, reason=f"rate limited: retry in {wait:.1f}s")
         return
-    if not daemon.settings.open_reads and not key_accepted(websocket, daemon):
-        await websocket.close(code=WS_UNAUTHORIZED_CODE, reason="unauthorized: send X-API-Key or ?api_key=")
-        return
+    if not daemon.settings.open_reads and daemon.keys.enabled:
+        if "api_key" in websocket.query_params:
+            await websocket.close(code=WS_UNAUTHORIZED_CODE, reason="keys in URLs are not accepted (they end up in "
+                                                                    "logs): send X-API-Key or a first message "
+                                                                    '{"api_key": ...}')
+            return
+        if "read" not in key_scopes(websocket, daemon, await websocket_key(websocket) or ""):
+            await websocket.close(code=WS_UNAUTHORIZED_CODE, reason="unauthorized: send a read key as X-API-Key or "
+                                                                    'as the first message {"api_key": ...}')
+            return
     daemon.subscribers.add(websocket)
     try:
         if daemon.published.result is not None:
@@ -532,7 +608,11 @@ def create_app(settings: DaemonSettings) -> FastAPI:
     app.middleware("http")(request_concerns)
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(HTTPException, http_error)
-    for router in (status_router, feed_router, forecasts_router, admin_router, demo_router, stream_router):
+    app.state.remote_write = RemoteWriteReceiver(daemon.ingest, daemon.metrics.registry,
+                                                 settings.remote_write_mapping or REMOTE_WRITE_MAPPING_FILE,
+                                                 clock=daemon.clock, max_future_seconds=settings.max_future_seconds)
+    for router in (status_router, feed_router, remote_write_router, forecasts_router, admin_router, demo_router,
+                   stream_router):
         app.include_router(router)
 
     def openapi() -> dict[str, Any]:
@@ -562,7 +642,10 @@ def build_arg_parser(parser: argparse.ArgumentParser | None = None) -> argparse.
     parser.add_argument("--port", type=int, default=DAEMON_PORT)
     parser.add_argument("--store", type=Path, default=STORE_PATH, help="SQLite file for the live metrics")
     parser.add_argument("--api-key-file", type=Path, default=None,
-                        help=f"file holding the API key (else ${API_KEY_FILE_ENV} or ${API_KEY_ENV})")
+                        help=f"key file: one key per line, 'ingest=KEY', 'read=KEY', 'admin=KEY' (or 'read,admin=KEY'; "
+                             f"a bare KEY holds every scope); re-read when it changes, so keys rotate without a "
+                             f"restart (else ${API_KEY_FILE_ENV}, or one key in ${API_KEY_ENV}). See "
+                             f"{API_REFERENCE_DOC} (Security)")
     parser.add_argument("--open-reads", action="store_true", help="GET endpoints without an API key")
     parser.add_argument("--allow-no-model", action="store_true",
                         help="start even if the model cannot be loaded (forecast endpoints answer 503)")
@@ -585,6 +668,19 @@ def build_arg_parser(parser: argparse.ArgumentParser | None = None) -> argparse.
     parser.add_argument("--access-log", type=Path, default=None,
                         help="write the access log (one JSON line per prediction request) to this file instead of "
                              "the daemon's log")
+    parser.add_argument("--alertmanager-url", action="append", default=[], metavar="URL",
+                        help=f"push firing alerts to this Prometheus Alertmanager (API v2, e.g. http://127.0.0.1:9093; "
+                             f"user:password@ in the URL is sent as basic auth); repeat for several (each gets every "
+                             f"alert, on its own thread). Firing alerts are re-sent every "
+                             f"{ALERTMANAGER_RESEND_SECONDS:g} s, resolved "
+                             f"ones sent resolved; labels alertname (FleetForecastRisk / FleetModelDegraded), "
+                             f"severity, server, instance, profile, metric, horizon. See {ALERTMANAGER_DOC}")
+    parser.add_argument("--dashboard-url", default=DASHBOARD_URL, metavar="URL",
+                        help="the dashboard's address, linked from every alert pushed to Alertmanager (annotation "
+                             "'dashboard' and generatorURL; default %(default)s)")
+    parser.add_argument("--remote-write-mapping", type=Path, default=REMOTE_WRITE_MAPPING_FILE, metavar="JSON",
+                        help="mapping of POST /api/v1/write (Prometheus remote-write): its 'remote_write' section, "
+                             "names and profiles (default %(default)s; Docs/COLLECTING.md)")
     parser.add_argument("--data", type=Path, default=None, help="offline: forecast this Parquet file once")
     parser.add_argument("--out", type=Path, default=Path("predictions.json"), help="offline: where to write")
     return parser
@@ -620,19 +716,28 @@ def run_from_args(args: argparse.Namespace) -> int:
         except ValueError as exc:
             logger.error("%s", exc)
             return 2
-    api_key = resolve_api_key(key_file=args.api_key_file)
-    if api_key is None:
+    try:
+        alertmanager_urls = [validate_url(url) for url in args.alertmanager_url]
+        dashboard_url = validate_url(args.dashboard_url, "--dashboard-url")
+    except ValueError as exc:
+        logger.error("%s", exc)
+        return 2
+    key_file = args.api_key_file or (Path(os.environ[API_KEY_FILE_ENV]) if os.environ.get(API_KEY_FILE_ENV) else None)
+    api_key = None if key_file is not None else os.environ.get(API_KEY_ENV) or None
+    if key_file is None and api_key is None:
         api_key = secrets.token_urlsafe(24)
-        print(f"No API key configured (${API_KEY_ENV} / ${API_KEY_FILE_ENV} / --api-key-file); generated one for "
-              f"this run: {api_key}", file=sys.stderr)
-    settings = DaemonSettings(model_dir=args.model_dir, store_path=args.store, api_key=api_key,
+        print(f"No API key configured (--api-key-file, ${API_KEY_FILE_ENV} or ${API_KEY_ENV}); generated one with "
+              f"every scope for this run: {api_key}", file=sys.stderr)
+    settings = DaemonSettings(model_dir=args.model_dir, store_path=args.store, api_key=api_key, api_key_file=key_file,
                               open_reads=args.open_reads, allow_no_model=args.allow_no_model,
                               rate_per_minute=args.rate_per_minute, rate_burst=args.rate_burst,
                               max_future_seconds=args.max_future_seconds, retention_days=args.retention_days,
-                              retrain_every_seconds=retrain_every, retrain_args=shlex.split(args.retrain_args))
+                              retrain_every_seconds=retrain_every, retrain_args=shlex.split(args.retrain_args),
+                              alertmanager_urls=alertmanager_urls, dashboard_url=dashboard_url,
+                              remote_write_mapping=args.remote_write_mapping)
     try:
         app = create_app(settings)
-    except (ModelLoadError, FileNotFoundError, StoreError, ValueError) as exc:
+    except (ModelLoadError, FileNotFoundError, StoreError, ValueError) as exc:  # KeyFileError is a ValueError
         logger.error("Refusing to start: %s", exc)
         return 1
     import uvicorn

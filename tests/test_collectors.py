@@ -97,7 +97,8 @@ def test_collect_survives_a_daemon_restart_and_loses_nothing(tmp_path):
     daemon.wait_ready()
     log = tmp_path / "collector.log"
     name = "restart-probe"
-    collector = _collector(daemon.url, log, "--interval", "0.25", "--name", name, "--profile", "web_api")
+    collector = _collector(daemon.url, log, "--interval", "0.25", "--name", name, "--profile", "web_api",
+                           "--instance", "probe.example:9100")
     restarted = None
     try:
         wait_for(lambda: _stored_samples(store, name) >= 4, timeout=30)
@@ -121,6 +122,9 @@ def test_collect_survives_a_daemon_restart_and_loses_nothing(tmp_path):
     assert "0 rejected, 0 dropped (buffer full), 0 undelivered" in summary
     assert samples >= 12 and stored + duplicates == samples  # every sample acknowledged by the daemon
     assert _stored_samples(store, name) == samples
+    with sqlite3.connect(f"file:{store}?mode=ro", uri=True) as db:  # its instance label, for /metrics and alerts
+        assert db.execute("SELECT instance FROM server_instances WHERE server = ?", (name,)).fetchall() == \
+            [("probe.example:9100",)]
 
 
 @pytest.mark.slow
@@ -235,6 +239,9 @@ def test_prometheus_live_feed_reaches_the_daemon(prometheus, tiny_training, tmp_
     finally:
         daemon.stop()
     assert _stored_samples(store, HOST) >= 5
+    with sqlite3.connect(f"file:{store}?mode=ro", uri=True) as db:  # the series' instance label came along
+        [(instance,)] = db.execute("SELECT instance FROM server_instances WHERE server = ?", (HOST,)).fetchall()
+    assert instance.startswith("127.0.0.1:")  # node_exporter's address as Prometheus labels it
 
 
 def test_prometheus_errors_say_what_and_how_to_fix(prometheus, tmp_path):

@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from api_models import AlertHistoryResponse, AlertsResponse, FleetPredictions, ServerFan
-from config import CONTRACT_VERSION, LINBORG_METRICS, MAX_BODY_BYTES, WS_UNAUTHORIZED_CODE
+from config import CONTRACT_VERSION, LINBORG_METRICS, MAX_BODY_BYTES, WS_AUTH_TIMEOUT_SECONDS, WS_UNAUTHORIZED_CODE
 from metrics_generator import FleetSimulator
 from tests.conftest import API_KEY, ROOT, TINY_FLEET, DaemonProcess, feed_buckets, free_port, wait_for
 
@@ -100,15 +100,49 @@ def test_fan_alerts_history_and_metrics(live):
         assert len(history["timestamps"]) == 24 and len(history["actuals"]["cpu_used_pct"]) == 24
         assert set(history["forecasts"]) == {"30min", "1hr", "8hr"}
         metrics = client.get("/metrics").text
-    assert "tft_forecast{" in metrics and 'horizon="8hr"' in metrics and 'quantile="p90"' in metrics
+        current = {s["server_name"]: s for s in client.get("/predictions/current").json()["servers"]}
     assert "tft_feed_records_total" in metrics and "tft_forecast_cycle_seconds" in metrics
+    # Prometheus-native: one series name per metric in base units, numeric quantile, horizon in seconds.
+    from prometheus_client.parser import text_string_to_metric_families
+
+    samples = {(s.name, s.labels.get("server"), s.labels.get("horizon_seconds"), s.labels.get("quantile")): s
+               for family in text_string_to_metric_families(metrics) for s in family.samples}
+    served = current[name]["predictions"]["1hr"]
+    memory = samples[("tft_forecast_memory_used_ratio", name, "3600", "0.9")]
+    assert memory.value == pytest.approx(served["mem_used_pct"]["p90"] / 100, abs=1e-3)
+    assert memory.labels["profile"] == current[name]["profile"] and memory.labels.get("instance", "") == ""  # unknown
+    network = samples[("tft_forecast_network_receive_bytes_per_second", name, "28800", "0.5")]
+    assert network.value == pytest.approx(current[name]["predictions"]["8hr"]["net_in_mb_s"]["p50"] * 1e6, rel=1e-2,
+                                          abs=10)
+    assert not any(key[0] == "tft_forecast" for key in samples)  # the old mixed-unit name is gone
+    open_alerts = [s for family in text_string_to_metric_families(metrics) for s in family.samples
+                   if s.name == "tft_alert"]
+    assert len(open_alerts) == len(alerts["alerts"]) + len(alerts["suppressed"])
+    for series in open_alerts:
+        assert series.labels["state"] in {"firing", "suppressed"} and series.labels["horizon_seconds"].isdigit()
+
+
+def test_shipped_rules_use_series_the_daemon_exposes(live):
+    """Every tft_* series deploy/prometheus/tft_rules.yml reads exists on a real daemon's /metrics."""
+    import re
+
+    import yaml
+    from prometheus_client.parser import text_string_to_metric_families
+
+    daemon, _ = live
+    rules = yaml.safe_load((ROOT / "deploy" / "prometheus" / "tft_rules.yml").read_text())
+    used = {name for group in rules["groups"] for rule in group["rules"]
+            for name in re.findall(r"(?<![:\w])tft_[a-z0-9_]+", rule["expr"])}
+    with daemon.client() as client:
+        exposed = {s.name for f in text_string_to_metric_families(client.get("/metrics").text) for s in f.samples}
+    assert len(used) >= 7 and used <= exposed, sorted(used - exposed)
 
 
 def test_websocket_pushes_each_new_cycle(live):
     from websockets.sync.client import connect
 
     daemon, sim = live
-    with connect(f"ws://127.0.0.1:{daemon.port}/ws/predictions?api_key={API_KEY}") as ws:
+    with connect(f"ws://127.0.0.1:{daemon.port}/ws/predictions", additional_headers={"X-API-Key": API_KEY}) as ws:
         first = json.loads(ws.recv(timeout=10))  # the current cycle on connect
         with daemon.client() as client:
             feed_buckets(client, sim, 1)
@@ -116,14 +150,21 @@ def test_websocket_pushes_each_new_cycle(live):
     assert second["prediction_time"] > first["prediction_time"]
     from websockets.exceptions import ConnectionClosedError
 
-    for url, headers in ((f"ws://127.0.0.1:{daemon.port}/ws/predictions?api_key=wrong", None),
-                         (f"ws://127.0.0.1:{daemon.port}/ws/predictions", {"X-API-Key": "wrong"}),
-                         (f"ws://127.0.0.1:{daemon.port}/ws/predictions", None)):
-        with connect(url, additional_headers=headers) as ws, pytest.raises(ConnectionClosedError) as closed:
-            ws.recv(timeout=5)
-        assert closed.value.rcvd.code == WS_UNAUTHORIZED_CODE and "unauthorized" in closed.value.rcvd.reason
-    # The header works as well as the query parameter (the same key check as HTTP).
-    with connect(f"ws://127.0.0.1:{daemon.port}/ws/predictions", additional_headers={"X-API-Key": API_KEY}) as ws:
+    url = f"ws://127.0.0.1:{daemon.port}/ws/predictions"
+    for target, headers, first_message, reason in (
+            (url, {"X-API-Key": "wrong"}, None, "unauthorized"),
+            (url, None, json.dumps({"api_key": "wrong"}), "unauthorized"),
+            (url, None, "not json", "unauthorized"),
+            (f"{url}?api_key={API_KEY}", None, None, "URLs"),  # even the right key: URLs end up in logs
+            (url, None, None, "unauthorized")):  # nothing sent: closed after WS_AUTH_TIMEOUT_SECONDS
+        with connect(target, additional_headers=headers) as ws, pytest.raises(ConnectionClosedError) as closed:
+            if first_message is not None:
+                ws.send(first_message)
+            ws.recv(timeout=WS_AUTH_TIMEOUT_SECONDS + 5)
+        assert closed.value.rcvd.code == WS_UNAUTHORIZED_CODE and reason in closed.value.rcvd.reason
+    # A browser, which cannot set headers, sends the key as its first message.
+    with connect(url) as ws:
+        ws.send(json.dumps({"api_key": API_KEY}))
         assert json.loads(ws.recv(timeout=10))["prediction_time"] is not None
 
 

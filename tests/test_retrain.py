@@ -215,3 +215,29 @@ def test_the_registry_keeps_k_models_never_the_serving_one_or_its_predecessor(tm
     assert rollback(models) == (folders[0], folders[4])
     assert (models / LATEST_MODEL_LINK).is_symlink()  # a relative link: the folder can move as a whole
     assert not (models / LATEST_MODEL_LINK).readlink().is_absolute()
+
+
+def test_a_daemon_without_a_model_loads_the_first_one_that_appears_in_latest(tiny_training, tmp_path):
+    """--allow-no-model, then a first training: served without a restart; a damaged one is tried once."""
+    import shutil
+
+    from daemon_state import Daemon, DaemonSettings
+    from model_registry import point_latest
+
+    models = tmp_path / "models"
+    models.mkdir()
+    daemon = Daemon(DaemonSettings(model_dir=models / LATEST_MODEL_LINK, store_path=tmp_path / "s.sqlite3",
+                                   allow_no_model=True))
+    try:
+        assert daemon.engine is None and daemon.watch_model() is False  # nothing there yet
+        damaged = models / "tft_model_20260101_000000"
+        damaged.mkdir()
+        point_latest(damaged)
+        assert daemon.watch_model() is False and daemon.engine is None and daemon.model_error
+        assert daemon.watch_model() is False and daemon.model_reload_failures == 0  # not retried until it moves
+        good = models / "tft_model_20260101_000001"
+        shutil.copytree(tiny_training.model_dir, good)
+        point_latest(good)
+        assert daemon.watch_model() is True and daemon.engine is not None and daemon.model_version == good.name
+    finally:
+        daemon.close()
