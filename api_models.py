@@ -185,7 +185,8 @@ class ServerPrediction(BaseModel):
     prediction_time: str | None = Field(description="start of the last complete bucket (data time, UTC)")
     buckets_needed: int = Field(default=0, description="warming up: buckets still needed before a first forecast")
     history_buckets: int | None = Field(default=None, description="history the forecast read (fewer than the "
-                                                                   "model's encoder length = a new server)")
+                                                                   "model's encoder length = a new server, or the "
+                                                                   "buckets since a level shift)")
     last_sample_time: str | None = None
     reason: str | None = Field(default=None, description="not_ready: why this server has no forecast this cycle")
     current: dict[str, float] = {}

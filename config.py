@@ -637,6 +637,19 @@ ENCODER_LENGTH = 48
 # server is "warming up". Training shows the model this many short-history batches.
 MIN_ENCODER_LENGTH = 12
 SHORT_HISTORY_FRACTION = 0.2
+# A level shift in the history (memory 98 % -> 28 % when a leaking process restarts, a disk cleaned
+# up): the model reads only the buckets after it (at least MIN_ENCODER_LENGTH), in the daemon, the
+# offline forecast and the backtest alike. Otherwise the window's spread, which normalises the
+# forecast, is the size of the jump and the band covers the whole range for the 4 hours the jump
+# stays in the window. A shift: a change of at least LEVEL_SHIFT_MIN_POINTS between consecutive
+# observed buckets (offline filler skipped, so a reboot's gap counts) in one of these bounded metrics,
+# after which the level stays at least LEVEL_SHIFT_PERSIST_POINTS away from the LEVEL_SHIFT_CONTEXT
+# buckets before it (a one-bucket spike is not a shift). Docs/TRAINING_GUIDE.md (Level shifts).
+LEVEL_SHIFT_METRICS = ("mem_used_pct", "swap_used_pct", "disk_usage_pct")
+LEVEL_SHIFT_MIN_POINTS = 20.0
+LEVEL_SHIFT_PERSIST_POINTS = 10.0
+LEVEL_SHIFT_CONTEXT = 6
+WIDE_BAND_POINTS = 50.0  # bench_level_shift: a p10-p90 band wider than half a percentage's range says nothing
 
 MODEL_HIDDEN_SIZE = 32
 MODEL_ATTENTION_HEADS = 2

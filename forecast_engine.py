@@ -37,7 +37,7 @@ from live_accuracy import BandAdjuster
 from metrics_store import FleetWindows
 from risk_scoring import score_fleet
 from state_rules import STATE_PRECEDENCE
-from tft_features import NAN_CODE, BatchAssembler, decode_quantiles, encode_rows
+from tft_features import NAN_CODE, BatchAssembler, decode_quantiles, encode_rows, settled_lengths
 from tft_model import LoadedModel, load_model
 
 HORIZON_STEPS = [steps - 1 for steps in HORIZONS.values()]  # decoder rows of 30 min, 1 h, 8 h
@@ -137,6 +137,7 @@ class ForecastEngine:
         loaded.model.return_attention = False  # forecasts only: the fused attention path
         # Bucket states are kept as precedence ranks; the model wants its own category codes.
         self._state_code_of_rank = self.spec.encode("state", STATE_PRECEDENCE)
+        self._target_columns = [LINBORG_METRICS.index(t) for t in self.spec.targets]
 
     def forecast(self, fleet: FleetWindows, origin: int) -> CycleResult:
         """Forecast every ready server for the buckets after ``origin`` (the last complete one).
@@ -184,11 +185,18 @@ class ForecastEngine:
                 profiles.append(window.profile)
                 lengths.append(min(history, enc))
         if ready:
+            lengths = self.settled(windows, states, lengths)
             quantiles = self.predict_fleet(ready, windows, states, profiles, lengths, origin)
             results.update(self._ready_results(fleet, origin, prediction_time, ready, windows, profiles, lengths,
                                                quantiles))
         return CycleResult(origin=origin, prediction_time=prediction_time, servers=results,
                            seconds=time.perf_counter() - began, forecast_count=len(ready))
+
+    def settled(self, windows: list[np.ndarray], states: list[np.ndarray], lengths: list[int]) -> list[int]:
+        """Each server's history, cut after a level shift in it (``tft_features.settled_lengths``)."""
+        targets = np.stack(windows)[:, :, self._target_columns]
+        codes = self._state_code_of_rank[np.stack(states)]
+        return np.minimum(lengths, settled_lengths(self.spec, targets, codes)).tolist()
 
     def _base(self, name: str, profile: str, prediction_time: str, last: int | None) -> dict[str, Any]:
         """The fields every server's entry has, whatever its status."""

@@ -84,7 +84,8 @@ def predict_windows(model: FleetTFT, store: SeriesStore, servers: np.ndarray, st
                     encoder_length: int | None = None) -> np.ndarray:
     """Quantile forecasts for windows: (W, targets, D, Q) in metric units.
 
-    ``encoder_length`` restricts every window to its last L history buckets (cold start).
+    ``encoder_length`` restricts every window to its last L history buckets (cold start); a window
+    with a level shift reads only the buckets after it, as in the daemon (``SeriesStore.settled``).
     """
     device = next(model.parameters()).device
     outputs = []
@@ -94,7 +95,9 @@ def predict_windows(model: FleetTFT, store: SeriesStore, servers: np.ndarray, st
             sl = slice(begin, begin + batch_size)
             n = len(servers[sl])
             hide = np.full(n, hide_profile) if hide_profile else None
-            lengths = np.full(n, encoder_length) if encoder_length else None
+            lengths = store.settled(servers[sl], starts[sl])
+            if encoder_length:
+                lengths = np.minimum(lengths, encoder_length)
             x, _ = store.batch(servers[sl], starts[sl], hide_profile=hide, encoder_lengths=lengths)
             x = {k: ([t.to(device) for t in v] if isinstance(v, list) else v.to(device)) for k, v in x.items()}
             outputs.append(decode_quantiles(model(x)["prediction"], store.spec))

@@ -41,6 +41,10 @@ from config import (
     GROUP_ID,
     INTEGER_METRICS,
     KNOWN_REALS,
+    LEVEL_SHIFT_CONTEXT,
+    LEVEL_SHIFT_METRICS,
+    LEVEL_SHIFT_MIN_POINTS,
+    LEVEL_SHIFT_PERSIST_POINTS,
     LINBORG_METRICS,
     LOG1P_INVERSE,
     MAX_PREDICTION_LENGTH,
@@ -253,6 +257,42 @@ def encoder_center_scale(encoder_values: np.ndarray, floor: np.ndarray | float,
     center = values[:, -1] if anchor == "last" else values.mean(axis=1)
     scale = values.std(axis=1, ddof=1) + np.finfo(np.float32).eps
     return center, np.maximum(scale, floor)
+
+
+def settled_lengths(spec: FeatureSpec, targets: np.ndarray, state_codes: np.ndarray) -> np.ndarray:
+    """Buckets of each window's history after its latest level shift: (B,) lengths, E when none.
+
+    ``targets`` is (B, E, len(spec.targets)) in metric units, ``state_codes`` (B, E) the windows'
+    state codes. Offline buckets hold filler, not observations, so the rule reads the observed
+    buckets only and a shift can span an offline gap (a reboot that brings memory back low). A
+    shift is a step of at least ``LEVEL_SHIFT_MIN_POINTS`` between consecutive observed buckets in
+    one of ``LEVEL_SHIFT_METRICS`` (those among the targets) whose new level holds: the median
+    after it is at least ``LEVEL_SHIFT_PERSIST_POINTS`` from the median of the
+    ``LEVEL_SHIFT_CONTEXT`` observed buckets before it (a one-bucket spike is not a shift). Lengths
+    never go below the model's minimum history. One rule for the daemon, the offline forecast and
+    the backtest.
+    """
+    batch, enc = targets.shape[0], spec.encoder_length
+    lengths = np.full(batch, enc, dtype=np.int64)
+    columns = [spec.targets.index(m) for m in LEVEL_SHIFT_METRICS if m in spec.targets]
+    if not columns or batch == 0:
+        return lengths
+    levels = targets[:, :, columns].astype(np.float64)  # (B, E, K)
+    observed = state_codes != spec.categories["state"].get("offline", NAN_CODE)
+    masked = np.where(observed[:, :, None], levels, np.nan)
+    with np.errstate(all="ignore"):  # all-offline windows: NaN spans, never candidates
+        spans = np.nanmax(masked, axis=1) - np.nanmin(masked, axis=1)  # (B, K)
+    for b in np.flatnonzero((spans >= LEVEL_SHIFT_MIN_POINTS).any(axis=1)):  # few windows can hold a shift
+        where = np.flatnonzero(observed[b])
+        values = levels[b, where]  # (n, K): the observed buckets, in order
+        steps = np.abs(np.diff(values, axis=0)) >= LEVEL_SHIFT_MIN_POINTS  # (n-1, K): into observed i + 1
+        for i in np.flatnonzero(steps.any(axis=1))[::-1] + 1:  # latest first
+            after = np.median(values[i:], axis=0)
+            before = np.median(values[max(0, i - LEVEL_SHIFT_CONTEXT):i], axis=0)
+            if (np.abs(after - before)[steps[i - 1]] >= LEVEL_SHIFT_PERSIST_POINTS).any():
+                lengths[b] = max(spec.min_encoder_length, enc - int(where[i]))
+                break
+    return lengths
 
 
 def fit_feature_spec(train_frame: pd.DataFrame, encoder_length: int,
@@ -563,6 +603,13 @@ class SeriesStore:
         if not servers:
             return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
         return np.concatenate(servers).astype(np.int64), np.concatenate(starts).astype(np.int64)
+
+    def settled(self, servers: np.ndarray, starts: np.ndarray) -> np.ndarray:
+        """Each window's history after its latest level shift (:func:`settled_lengths`), (W,)."""
+        enc = self.spec.encoder_length
+        rows = (self.offsets[servers] + starts)[:, None] + np.arange(enc)[None, :]  # (W, E)
+        states = self.rows.cats[rows][:, :, self.spec.x_categoricals.index("state")]
+        return settled_lengths(self.spec, self.targets[rows], states)
 
     def batch(self, servers: np.ndarray, starts: np.ndarray, hide_profile: np.ndarray | None = None,
               encoder_lengths: np.ndarray | None = None) -> tuple[dict[str, Any], tuple[list[torch.Tensor], None]]:
