@@ -223,9 +223,9 @@ def test_accuracy_over_http(tiny_training, tmp_path):
             assert status.accuracy_summary["per_horizon"]["30min"]["matured"] > 0
             AlertsResponse.model_validate(client.get("/alerts/active").json())
             metrics = client.get("/metrics").text
-        assert 'tft_forecast_coverage_ratio{horizon="30min",metric="mem_used_pct",window="24h"}' in metrics
+        assert 'tft_forecast_coverage_ratio{horizon_seconds="1800",metric="mem_used_pct",window="24h"}' in metrics
         assert "tft_forecast_skill_ratio{" in metrics and "tft_forecasts_scored_total" in metrics
-        assert 'tft_forecast_band_scale_ratio{horizon="8hr",metric="mem_used_pct",side="high"} 1.0' in metrics
+        assert 'tft_forecast_band_scale_ratio{horizon_seconds="28800",metric="mem_used_pct",side="high"} 1.0' in metrics
         assert "Traceback" not in daemon.log.read_text()
     finally:
         daemon.stop()
