@@ -26,9 +26,9 @@ import pytest
 
 from api_models import FeedResponse, LinborgRecord
 from common_utils import make_server_name
-from config import LINBORG_METRICS, PROJECT_ROOT, SAMPLING_INTERVAL_SECONDS, UNMEASURED_FILL
+from config import LINBORG_METRICS, MIN_ENCODER_LENGTH, PROJECT_ROOT, SAMPLING_INTERVAL_SECONDS, UNMEASURED_FILL
 from daemon_state import Daemon, DaemonSettings
-from prometheus_adapter import PrometheusClient, PrometheusError, fetch_samples, load_prom_mapping
+from prometheus_adapter import PrometheusClient, PrometheusError, contract_record, fetch_samples, load_prom_mapping
 from remote_write import RemoteWriteReceiver as Receiver
 from remote_write import (
     WriteRequest,
@@ -39,6 +39,7 @@ from remote_write import (
     series_regex,
     write_request,
 )
+from state_rules import StreamStateLabeler
 from tests.conftest import API_KEY, DaemonProcess, free_port, wait_for
 from tests.test_collectors import HOST
 
@@ -485,9 +486,11 @@ def _prometheus_yaml(exporter_port: int, daemon_port: int, key_file: Path) -> st
 def test_prometheus_remote_writes_to_the_daemon(node_exporter, tiny_training, tmp_path):
     """Real Prometheus 2.42 -> real daemon: its payloads are taken (204), stored, and match the adapter's PromQL.
 
-    The host shows in /predictions/current as warming_up once its bucket is forecast. The daemon forecasts a
+    The host shows in /predictions/current as warming_up from its first bucket on. The daemon forecasts a
     bucket when a later bucket's data arrives; rather than wait up to five minutes of wall clock, a second feeder
-    (POST /feed, another server) sends a record of the next bucket, as any mixed fleet does.
+    (POST /feed, another server) sends a record of the next bucket, as any mixed fleet does. Given the hour of
+    history a new host needs (fed as another feeder could have, with the values remote-write stored), the bucket
+    Prometheus wrote is then forecast ("ok"), its series labelled with the instance Prometheus scraped.
     """
     assert shutil.which("prometheus"), "Debian package prometheus is needed"
     store = tmp_path / "store.sqlite3"
@@ -531,16 +534,31 @@ def test_prometheus_remote_writes_to_the_daemon(node_exporter, tiny_training, tm
                                       ("net_out_mb_s", 0.01)):
                 assert ours[metric] == pytest.approx(theirs[metric], abs=tolerance), (metric, ours, theirs)
             assert ours["uptime_days"] == min(30, evaluated[evaluated["metric"] == "uptime_days"]["value"].iloc[-1])
-            # a second feeder's record in the next bucket completes this one: the host is forecast (warming up)
+            # Its first bucket made the daemon forecast the bucket before it: the host is listed, warming up.
+            entry = wait_for(lambda: next((s for s in client.get("/predictions/current").json()["servers"]
+                                           if s["server_name"] == HOST), None), timeout=20)
+            assert entry["status"] == "warming_up" and entry["buckets_needed"] > 0 and not entry["known_to_model"]
+            # Then forecast: give it the hour of history a new host needs (as another feeder could have sent it
+            # earlier; the values remote-write stored), and let a second feeder's record in the next bucket
+            # complete the current one, as any mixed fleet does (rather than wait for the 5-minute boundary).
+            with sqlite3.connect(f"file:{store}?mode=ro", uri=True) as db:
+                [(profile,)] = db.execute("SELECT profile FROM servers WHERE server = ?", (HOST,)).fetchall()
+            labeler = StreamStateLabeler(profile)
+            history = [contract_record(HOST, profile, (bucket - k) * SAMPLING_INTERVAL_SECONDS, ours, labeler)
+                       for k in range(MIN_ENCODER_LENGTH + 1, 0, -1)]
+            assert client.post("/feed", json={"records": history}).status_code == 200
             newest = int(time.time() // SAMPLING_INTERVAL_SECONDS) + 1
             other = {"timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(newest * SAMPLING_INTERVAL_SECONDS)),
                      "server_name": make_server_name("web_api", 1), "profile": "web_api", "state": "healthy",
                      **{m: 0.0 for m in LINBORG_METRICS}, "cpu_idle_pct": 100.0, "back_close_wait": 0,
                      "front_close_wait": 0, "uptime_days": 1}
             assert client.post("/feed", json={"records": [other]}).status_code == 200
-            entry = wait_for(lambda: next((s for s in client.get("/predictions/current").json()["servers"]
-                                           if s["server_name"] == HOST), None), timeout=20)
-            assert entry["status"] == "warming_up" and entry["buckets_needed"] > 0 and not entry["known_to_model"]
+            forecast = wait_for(lambda: next((s for s in client.get("/predictions/current").json()["servers"]
+                                              if s["server_name"] == HOST and s["status"] == "ok"), None), timeout=30)
+            assert forecast["history_buckets"] >= MIN_ENCODER_LENGTH and forecast["predictions"]["1hr"]["mem_used_pct"]
+            metrics = client.get("/metrics").text  # its series carry the instance Prometheus scraped
+            assert re.search(rf'tft_forecast_memory_used_ratio{{[^}}]*instance="127\.0\.0\.1:{node_exporter}"'
+                             rf'[^}}]*server="{re.escape(HOST)}"', metrics), metrics[-3000:]
     finally:
         prometheus.terminate()
         prometheus.wait(10)
