@@ -84,6 +84,7 @@ from config import (
     RATE_LIMIT_PRUNE_ABOVE,
     RATE_LIMIT_PRUNE_EVERY_SECONDS,
     RATE_LIMIT_REQUESTS_PER_MINUTE,
+    REMOTE_WRITE_MAPPING_FILE,
     RETENTION_DAYS,
     RETRAIN_DOC,
     SAMPLING_INTERVAL_SECONDS,
@@ -96,6 +97,7 @@ from contract import DISPLAY_CPU, bucket_iso, bucket_of_ns, cpu_used
 from forecast_engine import CycleResult, ForecastEngine, fleet_document
 from live_accuracy import LiveAccuracy, bands_of, scales_blob
 from metrics_store import COUNTS, GAUGES, FleetWindows, MetricsStore, StoreError
+from remote_write import RemoteWriteReceiver
 from retrain_scheduler import RetrainScheduler
 from state_rules import STATE_PRECEDENCE
 from tft_model import ModelLoadError, load_model
@@ -613,6 +615,9 @@ class Daemon:
         self.ingest = FeedIngest(self.store, self.fleet, self.lock, self.counters, self.metrics, clock,
                                  settings.max_future_seconds)
         self.instances = self.ingest.instances  # server -> Prometheus instance, where a feeder said
+        self.remote_write = RemoteWriteReceiver(self.ingest, self.metrics.registry,  # POST /api/v1/write
+                                                settings.remote_write_mapping or REMOTE_WRITE_MAPPING_FILE,
+                                                clock=clock, max_future_seconds=settings.max_future_seconds)
         self.demo = DemoScenario(scenario="healthy")
         self.model_reloads = 0  # promotions / rollbacks picked up from the latest link
         self.model_reload_failures = 0

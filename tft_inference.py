@@ -111,7 +111,7 @@ from daemon_state import (
 )
 from forecast_engine import ForecastEngine, fleet_document, forecast_file, round_fan
 from metrics_store import StoreError, StoreFullError
-from remote_write import RemoteWriteError, RemoteWriteReceiver, check_headers
+from remote_write import RemoteWriteError, check_headers
 from retrain_scheduler import parse_interval
 from tft_model import ModelLoadError
 
@@ -384,7 +384,7 @@ async def remote_write(request: Request) -> Response:
     never be taken (Prometheus drops it), 5xx when a retry can help. See Docs/COLLECTING.md.
 
     (The body is not declared in the OpenAPI spec: no OpenAPI tool can build a protobuf body.)"""
-    receiver: RemoteWriteReceiver = request.app.state.remote_write
+    receiver = request.app.state.daemon.remote_write
     try:
         check_headers(request.headers.get("content-type"), request.headers.get("content-encoding"),
                       request.headers.get("x-prometheus-remote-write-version"))
@@ -608,9 +608,6 @@ def create_app(settings: DaemonSettings) -> FastAPI:
     app.middleware("http")(request_concerns)
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(HTTPException, http_error)
-    app.state.remote_write = RemoteWriteReceiver(daemon.ingest, daemon.metrics.registry,
-                                                 settings.remote_write_mapping or REMOTE_WRITE_MAPPING_FILE,
-                                                 clock=daemon.clock, max_future_seconds=settings.max_future_seconds)
     for router in (status_router, feed_router, remote_write_router, forecasts_router, admin_router, demo_router,
                    stream_router):
         app.include_router(router)

@@ -385,7 +385,7 @@ def test_a_full_store_is_507_and_the_records_wait_for_the_retry(app_client, monk
     monkeypatch.setattr(daemon.store, "add_records", add_records)  # space freed
     assert client.post("/api/v1/write", content=posts[12], headers=HEADERS).status_code == 204
     assert daemon.store.count_samples() == 11  # 15 .. 165 s: nothing made while the disk was full was lost
-    assert app.state.remote_write.stats()["unsent"] == 0
+    assert app.state.daemon.remote_write.stats()["unsent"] == 0
 
 
 def test_a_broken_mapping_is_503_with_the_reason(tmp_path):
