@@ -337,7 +337,11 @@ def test_prometheus_config_scrapes_and_writes_to_the_daemon():
     (write,) = prom["remote_write"]
     assert write["url"] == f"http://daemon:{DAEMON_PORT}/api/v1/write"
     assert write["authorization"]["credentials_file"] != jobs["tft"]["authorization"]["credentials_file"]
-    assert write["write_relabel_configs"] == [{"source_labels": ["job"], "regex": "node", "action": "keep"}]
+    from remote_write import load_remote_write_mapping, series_regex
+
+    assert write["write_relabel_configs"] == [  # node_exporter's series only, and only those the mapping reads
+        {"source_labels": ["job"], "regex": "node", "action": "keep"},
+        {"source_labels": ["__name__"], "regex": series_regex(load_remote_write_mapping()), "action": "keep"}]
 
 
 @pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool is not installed (Debian package prometheus)")
