@@ -1051,14 +1051,19 @@ ACCURACY_SERVER_WINDOW = "24h"  # per-server figures (worst servers) are kept fo
 ACCURACY_WORST_SERVERS = 5  # /accuracy lists this many worst servers per metric and horizon
 # Live band calibration: adaptive conformal inference (Gibbs & Candes 2021) on the log of a
 # multiplier m of each band half-width (p50-p10 below, p90-p50 above), per metric x horizon.
-# Each matured forecast is checked against its model band widened by the *current* m (the
-# quantile tracker of Angelopoulos et al. 2023, so feedback that arrives 8 h late does not
-# overshoot); per cycle, log m += gain x n x (share outside that side - target), the step capped.
+# Each matured forecast is judged by the band it was served with (ACI's own rule, whose long-run
+# miss rate is the target), or, once today's m has moved more than BAND_ADAPT_SERVED_TOLERANCE from
+# the one it was served with, by its model band widened by *today's* m (the quantile tracker of
+# Angelopoulos et al. 2023, so feedback that arrives 8 h late does not overshoot); per cycle,
+# log m += gain x n x (share outside that side - target), the step capped.
 # The multiplier stays within the bounds; it is kept in the store and reset for a new model.
 BAND_ADAPT_ENABLED = True
 BAND_ADAPT_TARGET_MISS = 0.10  # per side: p10 and p90 are 10 % tails
 BAND_ADAPT_GAIN = 0.005  # per matured forecast (ACI's usual gamma), so a cycle moves by gain x n x error ...
 BAND_ADAPT_MAX_STEP = 0.1  # ... at most this much in log units (about 10 %) per cycle
+# A matured forecast is judged by the band it was served with while today's multiplier is within this
+# (log units, ~10 %) of the one it was served with; beyond, by the model's band widened by today's.
+BAND_ADAPT_SERVED_TOLERANCE = 0.1
 BAND_ADAPT_MIN_SCALE = 0.25  # the band is never narrowed below a quarter ...
 BAND_ADAPT_MAX_SCALE = 4.0  # ... nor widened beyond four times the model's
 # Drift: a "model_degraded" warning when the rolling coverage of a metric x horizon leaves the

@@ -42,6 +42,7 @@ from config import (
     BAND_ADAPT_MAX_SCALE,
     BAND_ADAPT_MAX_STEP,
     BAND_ADAPT_MIN_SCALE,
+    BAND_ADAPT_SERVED_TOLERANCE,
     BAND_ADAPT_TARGET_MISS,
     DRIFT_COVERAGE_BAND,
     DRIFT_MIN_MATURED,
@@ -69,7 +70,7 @@ ALL = "all"  # the fleet-wide group
 STATE_KEY = "live_accuracy"
 # Live bins hold the scoring terms plus: coverage of the model's own (unadjusted) band, and each
 # side's misses of the model band widened by the multiplier current when it matured (the update).
-LIVE_TERMS = (*TERMS, "covered_unadjusted", "below_tracked", "above_tracked")
+LIVE_TERMS = (*TERMS, "covered_unadjusted", "below_judged", "above_judged")
 LIVE = {name: i for i, name in enumerate(LIVE_TERMS)}
 
 
@@ -101,11 +102,21 @@ def display_values(values: np.ndarray, metrics: list[str]) -> np.ndarray:
 
 
 def live_terms(actual: np.ndarray, persistence: np.ndarray, bands: np.ndarray, issued: np.ndarray,
-               now: np.ndarray) -> np.ndarray:
+               now: np.ndarray, metrics: list[str] | None = None) -> np.ndarray:
     """Matured forecasts of one horizon -> live terms (N, metrics, LIVE_TERMS).
 
     ``actual``/``persistence`` (N, metrics); ``bands`` (N, metrics, 3) as served; ``issued``
     (N, metrics, 2) the multipliers they were served with; ``now`` (metrics, 2) today's.
+    The update's misses are judged against the band as served, unless today's multiplier has
+    moved more than ``BAND_ADAPT_SERVED_TOLERANCE`` (log units) from the issued one: then against
+    the model's band widened by today's (so feedback arriving 8 h late does not push the band
+    past where it already went). Judged against today's band alone, the served band's misses
+    drift from the target: an actual sitting exactly at the bottom of its range (an idle VM's
+    0 MB/s) under a p10 a hair above it counts as covered whenever today's multiplier is a
+    fraction higher than the issued one, and as missed when served.
+    ``metrics`` (display names) give each metric's range: a served p10 (p90) at the bottom (top)
+    of its range was clipped there, so the model's width on that side cannot be read back from
+    it; such a side is counted as not missed (nothing lies beyond the range).
     """
     q = bands.astype(np.float64)
     base = score_terms(actual, q[..., 0], q[..., 1], q[..., 2], persistence)
@@ -114,10 +125,19 @@ def live_terms(actual: np.ndarray, persistence: np.ndarray, bands: np.ndarray, i
     high_width = (q[..., 2] - q[..., 1]) / np.maximum(issued[..., 1], 1e-9)
     kept = base[..., TERM["n"]] > 0
     y = np.where(kept, actual, 0.0)
-    extra = np.stack([  # ... as the model made them, and widened by today's multiplier (the update)
-        (y >= q[..., 1] - low_width) & (y <= q[..., 1] + high_width),
-        y < q[..., 1] - now[:, 0] * low_width,
-        y > q[..., 1] + now[:, 1] * high_width,
+    moved = np.abs(np.log(np.maximum(now, 1e-9)) - np.log(np.maximum(issued, 1e-9))) > BAND_ADAPT_SERVED_TOLERANCE
+    judged = np.where(moved, now, issued)  # (N, metrics, 2)
+    below = (y < q[..., 1] - judged[..., 0] * low_width)
+    above = (y > q[..., 1] + judged[..., 1] * high_width)
+    if metrics is not None:
+        edges = np.array([display_range(m) for m in metrics])  # (metrics, 2)
+        below &= q[..., 0] > edges[:, 0]  # a side clipped at its range's edge was not missed
+        above &= q[..., 2] < edges[:, 1]
+        # An actual at the edge itself (0 MB/s) under a p10 a hair above it: the served verdict.
+        below = np.where(y <= edges[:, 0], y < q[..., 0], below)
+        above = np.where(y >= edges[:, 1], y > q[..., 2], above)
+    extra = np.stack([  # ... as the model made them, and as judged for the update
+        (y >= q[..., 1] - low_width) & (y <= q[..., 1] + high_width), below, above,
     ], axis=-1) & kept[..., None]
     return np.concatenate([base, extra.astype(np.float64)], axis=-1)
 
@@ -150,7 +170,7 @@ class BandAdjuster:
         n = sums[..., LIVE["n"]]
         if not (n > 0).any():
             return
-        misses = np.stack([sums[..., LIVE["below_tracked"]], sums[..., LIVE["above_tracked"]]], axis=-1)
+        misses = np.stack([sums[..., LIVE["below_judged"]], sums[..., LIVE["above_judged"]]], axis=-1)
         step = self.gain * (misses - BAND_ADAPT_TARGET_MISS * n[..., None])
         step = np.clip(step, -BAND_ADAPT_MAX_STEP, BAND_ADAPT_MAX_STEP)
         self.log_scale = np.clip(self.log_scale + step, *self._bounds)
@@ -309,7 +329,8 @@ class LiveAccuracy:
             np.frombuffer(stored, dtype=np.float32).reshape(len(self.metrics), len(HORIZONS), 2)[:, k, :]
         terms = live_terms(display_values(np.stack(actual), self.metrics),
                            display_values(np.stack(persistence), self.metrics), bands[:, :, k, :],
-                           np.broadcast_to(issued, (len(names), len(self.metrics), 2)), self.adjuster.scales[:, k, :])
+                           np.broadcast_to(issued, (len(names), len(self.metrics), 2)), self.adjuster.scales[:, k, :],
+                           self.metrics)
         return Matured(target=target, horizon=k, servers=names, profiles=profiles, terms=terms)
 
     def record(self, matured: list[Matured]) -> int:
