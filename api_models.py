@@ -196,12 +196,26 @@ class ServerPrediction(BaseModel):
     alerts: list[Alert] = []
 
 
+class ForecastSource(TypedDict):
+    """Where a metric's forecast at one horizon comes from (the model's persistence blend, fitted on validation)."""
+
+    source: Literal["model", "model+last_value", "last_value"]
+    model_share: float  # p50 = last value + model_share x (model's p50 - last value), in the modelled units
+
+
+SOURCES_DESCRIPTION = ("per metric and horizon: 'model', 'model+last_value' (the model's forecast change "
+                       "shrunk toward the last value, model_share of it kept) or 'last_value' (p50 is the last "
+                       "value, the band the model's) -- fitted on the model's validation windows where the last "
+                       "value was better there")
+
+
 class FleetPredictions(BaseModel):
     """Every tracked server in one cycle."""
 
     prediction_time: str | None
     model_version: str
     horizons: dict[str, int]
+    sources: dict[str, dict[str, ForecastSource]] = Field(default={}, description=SOURCES_DESCRIPTION)
     summary: dict[str, int]
     servers: list[ServerPrediction]
 
@@ -211,6 +225,7 @@ class ServerFan(BaseModel):
 
     server: ServerPrediction
     steps: list[str]
+    sources: dict[str, dict[str, ForecastSource]] = Field(default={}, description=SOURCES_DESCRIPTION)
     fan: dict[str, dict[str, list[float]]]
 
 

@@ -616,6 +616,16 @@ LOG1P_INVERSE = "expm1"
 # data like the validation days. Stored in the model's config.json (FeatureSpec.band_offsets) and
 # applied by the model itself, so the backtest, the offline forecast and the daemon agree.
 BAND_CALIBRATION = True
+# Before the bands: a persistence blend, per target and decoder step, fitted on the same validation
+# windows. p50 = last value + w x (model p50 - last value) in the modelled units, the band moved
+# with it; w from this grid, the one with the smallest absolute p50 error there, kept below 1 only
+# where it lowers that error by at least PERSISTENCE_BLEND_MIN_GAIN. On real servers the last value
+# is the strongest short-horizon forecast (an idle VM stays idle, a pinned one pinned); the blend
+# lets a model fall back on it where it has not learned to beat it, and the API names the source
+# ("model", "model+last_value", "last_value") per metric and horizon. Docs/TRAINING_GUIDE.md (Bands).
+PERSISTENCE_BLEND = True
+PERSISTENCE_BLEND_GRID = tuple(round(0.05 * i, 2) for i in range(21))
+PERSISTENCE_BLEND_MIN_GAIN = 0.005
 BAND_CALIBRATION_MAX_WINDOWS = 20_000  # validation windows used (a deterministic sample beyond)
 BAND_CALIBRATION_MAX_SHIFT = 5.0  # window spreads: a p10/p90 never moves further than this
 QUANTILES = [0.1, 0.5, 0.9]

@@ -510,9 +510,9 @@ class PublishedCycle:
         self.result: CycleResult | None = None  # None until the first cycle
         self.json = b""  # the result's /predictions/current document
 
-    def publish(self, result: CycleResult, model_version: str) -> None:
+    def publish(self, result: CycleResult, engine: ForecastEngine) -> None:
         """Make ``result`` the one every reader sees (its document serialised here, once)."""
-        encoded = fleet_document(result, model_version).model_dump_json().encode()
+        encoded = fleet_document(result, engine.model_version, engine.sources).model_dump_json().encode()
         self.json = encoded  # bytes first: a reader that sees the new result also sees its document
         self.result = result
 
@@ -751,7 +751,7 @@ class Daemon:
         if blobs:
             scales = engine.band_adjuster.scales if engine.band_adjuster is not None else None
             self.store.save_forecasts(origin, blobs, scales_blob(scales) if scales is not None else None)
-        self.published.publish(result, engine.model_version)
+        self.published.publish(result, engine)
         self._track_alerts(result, origin)
         self.last_origin = origin
         self._count_cycle(result)

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from api_models import FleetPredictions, ServerPrediction
+from api_models import FleetPredictions, ForecastSource, ServerPrediction
 from config import (
     GROUP_ID,
     HORIZONS,
@@ -37,7 +37,7 @@ from live_accuracy import BandAdjuster
 from metrics_store import FleetWindows
 from risk_scoring import score_fleet
 from state_rules import STATE_PRECEDENCE
-from tft_features import NAN_CODE, BatchAssembler, decode_quantiles, encode_rows, settled_lengths
+from tft_features import NAN_CODE, BatchAssembler, FeatureSpec, decode_quantiles, encode_rows, settled_lengths
 from tft_model import LoadedModel, load_model
 
 HORIZON_STEPS = [steps - 1 for steps in HORIZONS.values()]  # decoder rows of 30 min, 1 h, 8 h
@@ -103,7 +103,21 @@ class CycleResult:
     forecast_count: int
 
 
-def fleet_document(result: CycleResult | None, model_version: str) -> FleetPredictions:
+def forecast_sources(spec: FeatureSpec) -> dict[str, dict[str, ForecastSource]]:
+    """Display metric -> horizon -> where its forecast comes from (``spec.center_weights``; none: the model)."""
+    sources: dict[str, dict[str, ForecastSource]] = {}
+    for target, metric in zip(spec.targets, display_metrics(spec.targets), strict=True):
+        weights = (spec.center_weights or {}).get(target)
+        sources[metric] = {}
+        for label, steps in HORIZONS.items():
+            share = float(weights[steps - 1]) if weights else 1.0
+            source = "model" if share >= 1.0 else "last_value" if share <= 0.0 else "model+last_value"
+            sources[metric][label] = ForecastSource(source=source, model_share=round(share, 4))
+    return sources
+
+
+def fleet_document(result: CycleResult | None, model_version: str,
+                   sources: dict[str, dict[str, ForecastSource]] | None = None) -> FleetPredictions:
     """The /predictions/current document (also pushed on the WebSocket); ``result`` None: no cycle yet."""
     servers: list[ServerPrediction] = []
     if result is not None:
@@ -114,7 +128,7 @@ def fleet_document(result: CycleResult | None, model_version: str) -> FleetPredi
         summary[p.risk_level if p.status == "ok" else p.status] += 1
     return FleetPredictions.model_construct(
         prediction_time=result.prediction_time if result else None, model_version=model_version,
-        horizons=dict(HORIZONS), summary=summary, servers=servers)
+        horizons=dict(HORIZONS), sources=sources or {}, summary=summary, servers=servers)
 
 
 def _prediction(base: dict[str, Any], status: str, **fields: Any) -> ServerPrediction:
@@ -133,6 +147,7 @@ class ForecastEngine:
         self.known = set(loaded.encoder.name_to_id)
         self.model_version = loaded.model_dir.resolve().name
         self.metrics = display_metrics(self.spec.targets)
+        self.sources = forecast_sources(self.spec)  # per metric and horizon: model, blend or last value
         self.band_adjuster: BandAdjuster | None = None  # the daemon's live band calibration, if any
         loaded.model.return_attention = False  # forecasts only: the fused attention path
         # Bucket states are kept as precedence ranks; the model wants its own category codes.
@@ -309,7 +324,7 @@ def forecast_file(model_dir: Path, data_path: Path) -> dict[str, Any]:
     fleet = FleetWindows.from_records(records)
     origin = fleet.newest_bucket
     result = engine.forecast(fleet, origin)
-    document = fleet_document(result, engine.model_version).model_dump(mode="json")
+    document = fleet_document(result, engine.model_version, engine.sources).model_dump(mode="json")
     document["fans"] = {name: round_fan(r.fan) for name, r in result.servers.items() if r.fan is not None}
     document["steps"] = [bucket_iso(origin + k) for k in range(1, engine.spec.prediction_length + 1)]
     return document

@@ -44,16 +44,23 @@ import torch
 from common_utils import atomic_write_json, parse_utc, quiet_library_noise, read_json, setup_logging
 from config import (
     BACKTEST_ORIGIN_STRIDE,
+    BAND_CALIBRATION,
     BAND_CALIBRATION_MAX_SHIFT,
     BAND_CALIBRATION_MAX_WINDOWS,
     DISPLAY_CPU,
     HOLDOUT_HOURS,
     HORIZONS,
     IMPORTING_DOC,
+    LINBORG_METRICS,
+    METRIC_RANGES,
+    PERSISTENCE_BLEND,
+    PERSISTENCE_BLEND_GRID,
+    PERSISTENCE_BLEND_MIN_GAIN,
     PROFILE_PREFIXES,
     PROFILE_VALUE_BOOTSTRAP_RESAMPLES,
     PROFILE_VALUE_ORIGIN_STRIDE,
     QRISK_DENOMINATOR_FLOOR,
+    QUANTILE_LABELS,
     QUANTILES,
     SEASONAL_LAG_STEPS,
     STATISTICAL_METHODS,
@@ -69,7 +76,16 @@ from config import (
 from contract import bucket_of_times, bucket_start, cpu_used
 from data_validator import DataValidator, format_report
 from scoring import score_from_sums, score_terms
-from tft_features import FeatureSpec, SeriesStore, build_features, decode_quantiles, load_training_frame
+from tft_features import (
+    FeatureSpec,
+    SeriesStore,
+    build_features,
+    decode_quantiles,
+    encoder_center_scale,
+    inverse_transform_target,
+    load_training_frame,
+    transform_target,
+)
 from tft_model import FleetTFT, LoadedModel, load_model
 from trace_importer import measured_metrics_for
 
@@ -215,46 +231,113 @@ def evaluate_windows(spec: FeatureSpec, forecasts: np.ndarray, actual: np.ndarra
     return {"per_target": per_target, "per_horizon": per_horizon, "methods": methods}
 
 
-def fit_band_calibration(model: FleetTFT, spec: FeatureSpec, store: SeriesStore, first_decoder_tidx: int,
-                         last_decoder_tidx: int, seed: int = 0) -> dict[str, dict[str, list[float]]]:
-    """Conformal band offsets from the windows whose decoder lies in [first, last] (``BAND_CALIBRATION``).
+def fit_calibration(model: FleetTFT, spec: FeatureSpec, store: SeriesStore, first_decoder_tidx: int,
+                    last_decoder_tidx: int, seed: int = 0, blend: bool = PERSISTENCE_BLEND,
+                    bands: bool = BAND_CALIBRATION) -> None:
+    """Calibrate ``model`` on the windows whose decoder lies in [first, last] (its validation days).
 
-    The model forecasts those windows uncalibrated; in each window's normalised units (the
-    transformed value minus the window's anchor, over its spread) the distances
-    ``p10 - actual`` and ``actual - p90`` are collected per target and decoder step, and each
-    offset is their finite-sample 90 % quantile (split conformal, each side on its own), bounded
-    by ``BAND_CALIBRATION_MAX_SHIFT``. The result goes into ``spec.band_offsets``; the caller
-    applies it with ``model.set_band_offsets(spec)``.
+    The model forecasts those windows uncalibrated, once. Then, in this order: the persistence
+    blend (:func:`fit_persistence_blend`, models anchored on the last value) and the conformal
+    band offsets of the blended forecasts (:func:`fit_band_offsets`). Both go into ``spec``
+    (``center_weights``, ``band_offsets``) and are applied with ``model.set_calibration(spec)``,
+    so the backtest, the offline forecast and the daemon serve the same calibrated forecast.
     """
-    from tft_features import encoder_center_scale, transform_target
-
     servers, starts = store.window_starts(first_decoder_tidx, last_decoder_tidx)
     if len(servers) == 0:
         raise ValueError(f"No window to calibrate the bands on. See {TRAINING_GUIDE_DOC} (Bands).")
     if len(servers) > BAND_CALIBRATION_MAX_WINDOWS:
         pick = np.sort(np.random.default_rng(seed).choice(len(servers), BAND_CALIBRATION_MAX_WINDOWS, replace=False))
         servers, starts = servers[pick], starts[pick]
-    saved, model.band_offsets = model.band_offsets, None
-    try:
-        forecasts = predict_windows(model, store, servers, starts)  # (W, T, D, Q), uncalibrated
-    finally:
-        model.band_offsets = saved
+    spec.center_weights, spec.band_offsets = None, None
+    model.set_calibration(spec)
+    forecasts = predict_windows(model, store, servers, starts)  # (W, T, D, Q), uncalibrated
+    actual = actuals_and_baselines(store, servers, starts)[0]  # (W, T, D)
     enc = spec.encoder_length
     first = store.offsets[servers] + starts
     floors = np.array([spec.target_normalizers[t]["scale_floor"] for t in spec.targets])
     center, scale = encoder_center_scale(store.rows.targets_tf[first[:, None] + np.arange(enc)[None, :]], floors,
-                                         spec.center)  # (W, T)
-    actual = actuals_and_baselines(store, servers, starts)[0]  # (W, T, D)
-    n = len(servers)
+                                         spec.center)  # (W, T): each window's anchor and spread
+    if blend and spec.center == "last":
+        spec.center_weights = fit_persistence_blend(spec, forecasts, actual, center, scale)
+        forecasts = apply_persistence_blend(spec, forecasts, center)
+    if bands:
+        spec.band_offsets = fit_band_offsets(spec, forecasts, actual, center, scale)
+    model.set_calibration(spec)
+
+
+def _decode(spec: FeatureSpec, target: str, transformed: np.ndarray) -> np.ndarray:
+    """Transformed values -> metric units, clipped to the metric's range (as the model decodes)."""
+    low, high = METRIC_RANGES[target]
+    return np.clip(inverse_transform_target(target, transformed, spec), low, high if high is not None else np.inf)
+
+
+def _transformed(spec: FeatureSpec, target: str, values: np.ndarray) -> np.ndarray:
+    log_scale = bool(spec.target_normalizers[target]["transformation"])
+    v = np.maximum(values.astype(np.float64), 0.0) if log_scale else values.astype(np.float64)
+    return transform_target(target, v, spec)
+
+
+def fit_persistence_blend(spec: FeatureSpec, forecasts: np.ndarray, actual: np.ndarray, anchor: np.ndarray,
+                          scale: np.ndarray) -> dict[str, list[float]]:
+    """Per target and decoder step, the share ``w`` of the model's forecast change from the last value to keep.
+
+    ``p50 = last + w * (model p50 - last)`` in the target's modelled units (log1p for heavy-tailed
+    metrics); ``w`` is the value of ``PERSISTENCE_BLEND_GRID`` with the smallest absolute error of
+    p50 over these windows in each window's normalised units (over its spread ``scale``, as the
+    training loss: every window counts alike, so a few bursty servers do not decide the fleet's
+    blend). A ``w`` below 1 is kept only where it lowers that error by at least
+    ``PERSISTENCE_BLEND_MIN_GAIN`` (the model alone otherwise): the last value is mixed in only
+    where it was better on held-out windows. ``anchor`` and ``scale`` are (W, T), transformed units.
+    """
+    grid = np.asarray(PERSISTENCE_BLEND_GRID, dtype=np.float64)
+    median = spec.quantiles.index(0.5)
+    weights: dict[str, list[float]] = {}
+    for j, target in enumerate(spec.targets):
+        valid = np.isfinite(actual[:, j])
+        truth = (_transformed(spec, target, np.where(valid, actual[:, j], 0.0)) - anchor[:, j, None])  # (W, D)
+        change = _transformed(spec, target, forecasts[:, j, :, median]) - anchor[:, j, None]
+        errors = np.stack([(np.where(valid, np.abs(truth - w * change), 0.0) / scale[:, j, None]).sum(axis=0)
+                           for w in grid])  # (grid, D)
+        best = errors.argmin(axis=0)
+        gain = 1.0 - errors[best, np.arange(errors.shape[1])] / np.maximum(errors[-1], 1e-12)
+        chosen = np.where(gain >= PERSISTENCE_BLEND_MIN_GAIN, grid[best], 1.0)
+        weights[target] = chosen.round(4).tolist()
+    logger.info("persistence blend on %d windows: model share at 30 min / 1 h / 8 h %s", len(actual),
+                ", ".join(f"{t} " + "/".join(f"{w[s - 1]:.2f}" for s in HORIZONS.values() if s <= len(w))
+                          for t, w in weights.items()))
+    return weights
+
+
+def apply_persistence_blend(spec: FeatureSpec, forecasts: np.ndarray, anchor: np.ndarray) -> np.ndarray:
+    """The blend of ``spec.center_weights`` applied to decoded forecasts (W, T, D, Q), as the model applies it."""
+    if not spec.center_weights:
+        return forecasts
+    out = forecasts.astype(np.float64).copy()
+    median = spec.quantiles.index(0.5)
+    for j, target in enumerate(spec.targets):
+        w = np.asarray(spec.center_weights[target], dtype=np.float64)[: forecasts.shape[2]]  # (D,)
+        transformed = _transformed(spec, target, forecasts[:, j])  # (W, D, Q)
+        shift = (w - 1.0) * (transformed[..., median] - anchor[:, j, None])
+        out[:, j] = _decode(spec, target, transformed + shift[..., None])
+    return out
+
+
+def fit_band_offsets(spec: FeatureSpec, forecasts: np.ndarray, actual: np.ndarray, center: np.ndarray,
+                     scale: np.ndarray) -> dict[str, dict[str, list[float]]]:
+    """Conformal band offsets (``BAND_CALIBRATION``) from forecasts of windows and their actuals.
+
+    In each window's normalised units (the transformed value minus the window's anchor ``center``,
+    over its spread ``scale``; both (W, T)) the distances ``p10 - actual`` and ``actual - p90``
+    are collected per target and decoder step, and each offset is their finite-sample 90 %
+    quantile (split conformal, each side on its own), bounded by ``BAND_CALIBRATION_MAX_SHIFT``.
+    """
+    n = len(forecasts)
     level = min(1.0, np.ceil((n + 1) * (1.0 - QUANTILES[0])) / n)
     offsets: dict[str, dict[str, list[float]]] = {}
     for j, target in enumerate(spec.targets):
-        log_scale = bool(spec.target_normalizers[target]["transformation"])
 
-        def normalised(values: np.ndarray, j: int = j, target: str = target, log_scale: bool = log_scale
-                       ) -> np.ndarray:
-            v = np.maximum(values.astype(np.float64), 0.0) if log_scale else values.astype(np.float64)
-            return (transform_target(target, v, spec) - center[:, j, None]) / scale[:, j, None]
+        def normalised(values: np.ndarray, j: int = j, target: str = target) -> np.ndarray:
+            return (_transformed(spec, target, values) - center[:, j, None]) / scale[:, j, None]
 
         y = normalised(actual[:, j])
         below = normalised(forecasts[:, j, :, 0]) - y  # > 0: the actual fell under p10
@@ -267,11 +350,12 @@ def fit_band_calibration(model: FleetTFT, spec: FeatureSpec, store: SeriesStore,
     return offsets
 
 
-def calibrate_model_dir(model_dir: Path, data: Path, hours: int) -> dict[str, dict[str, list[float]]]:
-    """Fit conformal band offsets for a saved model on the last ``hours`` of ``data`` and save them.
+def calibrate_model_dir(model_dir: Path, data: Path, hours: int) -> FeatureSpec:
+    """Fit the persistence blend and conformal band offsets of a saved model on the last ``hours`` of ``data``.
 
-    For a model trained without calibration (or before 0.9.0); ``data`` must be data the model
-    may see (its own training file: the trainer uses its validation hours).
+    For a model trained without calibration (or before 0.9.0 / 0.12.0); ``data`` must be data the
+    model may see (its own training file: the trainer uses its validation hours). Saves them into
+    the model's config.json and returns the spec.
     """
     import json
 
@@ -280,23 +364,95 @@ def calibrate_model_dir(model_dir: Path, data: Path, hours: int) -> dict[str, di
     loaded = load_model(model_dir)
     store = build_features(data, encoder=loaded.encoder, spec=loaded.spec, dataset_servers=0).store
     last = int(store.time_idx.max())
-    offsets = fit_band_calibration(loaded.model, loaded.spec, store, last - hours * STEPS_PER_HOUR + 1, last)
+    fit_calibration(loaded.model, loaded.spec, store, last - hours * STEPS_PER_HOUR + 1, last)
     path = Path(model_dir) / MODEL_CONFIG_FILE
     config = json.loads(path.read_text(encoding="utf-8"))
-    config["feature_spec"]["band_offsets"] = offsets
+    config["feature_spec"]["band_offsets"] = loaded.spec.band_offsets
+    config["feature_spec"]["center_weights"] = loaded.spec.center_weights
     atomic_write_json(path, config)
-    return offsets
+    return loaded.spec
+
+
+def served_forecasts(spec: FeatureSpec, store: SeriesStore, servers: np.ndarray, starts: np.ndarray,
+                     forecasts: np.ndarray) -> np.ndarray:
+    """The forecasts of consecutive origins as a fed daemon serves them: with its live band calibration.
+
+    ``forecasts`` (W, targets, D, Q) are the model's for windows at every origin of a range (stride
+    1: the daemon forecasts every bucket). Origin by origin, in time order, the daemon's own code
+    (:class:`live_accuracy.BandAdjuster`, :func:`live_accuracy.live_terms`) first learns from the
+    forecasts whose target bucket has just arrived (both ends observed, as in the daemon), then
+    widens or narrows the bands made at that origin with today's multipliers. The multipliers start
+    at 1, as for a newly deployed model. Returns the served forecasts (same shape, metric units).
+    """
+    from forecast_engine import display_forecast, display_metrics
+    from live_accuracy import LIVE_TERMS, BandAdjuster, display_values, live_terms
+
+    targets = spec.targets
+    metrics = display_metrics(targets)
+    adjuster = BandAdjuster(metrics)
+    enc = spec.encoder_length
+    first = store.offsets[servers] + starts
+    origin = store.time_idx[first + enc - 1]  # each window's last complete bucket
+    offline = spec.categories["state"].get("offline", -1)
+    state_col = spec.x_categoricals.index("state")
+    observed = store.rows.cats[:, state_col] != offline  # per row
+    fan = display_forecast(forecasts.astype(np.float64), targets)  # metric -> {p10, p50, p90} (W, D)
+    served = {m: {q: band[q].copy() for q in QUANTILE_LABELS} for m, band in fan.items()}
+    issued = np.ones((len(servers), len(metrics), len(HORIZONS), 2))
+
+    def display_rows(rows: np.ndarray) -> np.ndarray:
+        values = np.zeros((len(rows), len(LINBORG_METRICS)))
+        for j, target in enumerate(targets):
+            values[:, LINBORG_METRICS.index(target)] = store.targets[rows, j]
+        return display_values(values, metrics)
+
+    by_origin = {int(t): np.flatnonzero(origin == t) for t in np.unique(origin)}
+    for t in sorted(by_origin):
+        cycle = np.zeros((len(metrics), len(HORIZONS), len(LIVE_TERMS)))
+        for k, steps in enumerate(HORIZONS.values()):
+            made = by_origin.get(t - steps)
+            if made is None:
+                continue
+            target_rows = first[made] + enc - 1 + steps
+            origin_rows = first[made] + enc - 1
+            keep = observed[target_rows] & observed[origin_rows]
+            if not keep.any():
+                continue
+            made, target_rows, origin_rows = made[keep], target_rows[keep], origin_rows[keep]
+            bands = np.stack([np.stack([served[m][q][made, steps - 1] for q in QUANTILE_LABELS], axis=-1)
+                              for m in metrics], axis=1)  # (N, metrics, 3)
+            terms = live_terms(display_rows(target_rows), display_rows(origin_rows), bands, issued[made, :, k, :],
+                               adjuster.scales[:, k, :], metrics)
+            cycle[:, k] += terms.sum(axis=0)
+        adjuster.update(cycle)
+        now = by_origin[t]
+        part = {m: {q: served[m][q][now] for q in QUANTILE_LABELS} for m in metrics}
+        adjuster.apply(part)
+        for m in metrics:
+            for q in QUANTILE_LABELS:
+                served[m][q][now] = part[m][q]
+        issued[now] = adjuster.scales
+    out = np.empty(forecasts.shape, dtype=np.float64)
+    for j, (target, metric) in enumerate(zip(targets, metrics, strict=True)):
+        bands = np.stack([served[metric][q] for q in QUANTILE_LABELS], axis=-1)  # (W, D, 3) display units
+        out[:, j] = cpu_used(bands[..., ::-1]) if target == "cpu_idle_pct" else bands  # back to idle, flipped
+    logger.info("live band calibration replayed over %d origins: multipliers low/high at 30 min / 1 h / 8 h %s",
+                len(by_origin), ", ".join(f"{m} " + " ".join(f"{lo:.2f}/{hi:.2f}" for lo, hi in adjuster.scales[i])
+                                          for i, m in enumerate(metrics)))
+    return out
 
 
 def backtest_store(model: FleetTFT, spec: FeatureSpec, store: SeriesStore, first_decoder_tidx: int,
                    last_decoder_tidx: int, unseen_servers: list[str] | None = None,
                    stride: int = BACKTEST_ORIGIN_STRIDE, scored: list[str] | None = None,
-                   statistical: tuple[str, ...] | list[str] = ()) -> dict[str, Any]:
+                   statistical: tuple[str, ...] | list[str] = (), live_calibration: bool = False) -> dict[str, Any]:
     """Backtest every window whose 8-hour decoder lies inside [first, last].
 
     ``statistical`` names statsforecast models (``baselines.py``) scored beside the naive
     baselines on the same windows of the servers seen in training; their cost is in
-    ``statistical_seconds``.
+    ``statistical_seconds``. ``live_calibration``: also score the bands as a fed daemon would
+    serve them over the range (:func:`served_forecasts`; forecasts at every origin, ``stride``
+    of them scored) under ``"served"``.
     """
     began = time.perf_counter()
     servers, starts = store.window_starts(first_decoder_tidx, last_decoder_tidx, stride=stride)
@@ -308,7 +464,17 @@ def backtest_store(model: FleetTFT, spec: FeatureSpec, store: SeriesStore, first
     unseen = set(unseen_servers or [])
     names = np.array(store.server_names)
     is_unseen = np.isin(names[servers], list(unseen))
-    forecasts = predict_windows(model, store, servers, starts)
+    served = None
+    if live_calibration:
+        every_servers, every_starts = store.window_starts(first_decoder_tidx, last_decoder_tidx, stride=1)
+        every = predict_windows(model, store, every_servers, every_starts)
+        key = every_servers * (int(every_starts.max()) + 1) + every_starts
+        pick = np.searchsorted(key, servers * (int(every_starts.max()) + 1) + starts)  # keys are sorted
+        forecasts = every[pick]
+        served = served_forecasts(spec, store, every_servers, every_starts, every)[pick]
+        del every
+    else:
+        forecasts = predict_windows(model, store, servers, starts)
     actual, persistence, seasonal = actuals_and_baselines(store, servers, starts)
     seen = ~is_unseen
     stats: dict[str, np.ndarray] = {}
@@ -320,6 +486,9 @@ def backtest_store(model: FleetTFT, spec: FeatureSpec, store: SeriesStore, first
                                                     targets=[t for t in spec.targets if scored is None or t in scored])
     result = evaluate_windows(spec, forecasts[seen], actual[seen], persistence[seen], seasonal[seen], scored,
                               statistical=stats)
+    if served is not None:  # the same windows, bands as a daemon serving this model would have served them
+        result["served"] = evaluate_windows(spec, served[seen], actual[seen], persistence[seen], seasonal[seen],
+                                            scored)
     if statistical:
         result["statistical_seconds"] = {m: round(v, 2) for m, v in stat_seconds.items()}
     result["range"] = {"first_decoder_bucket": bucket_start(first_decoder_tidx).isoformat(),

@@ -207,6 +207,10 @@ class FeatureSpec:
     # Conformal band offsets per target: {"lower": [D], "upper": [D]} in normalised units (None:
     # uncalibrated); see tft_evaluate.fit_band_calibration.
     band_offsets: dict[str, dict[str, list[float]]] | None = None
+    # Per target, per decoder step: the share of the model's forecast change from the anchor that is
+    # kept (1 = the model alone, 0 = the last value with the model's band); fitted on the validation
+    # windows where it is better there (tft_evaluate.fit_persistence_blend). None: the model alone.
+    center_weights: dict[str, list[float]] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dictionary."""
@@ -243,6 +247,16 @@ def transform_target(name: str, values: np.ndarray, spec_or_transform: FeatureSp
         return values
     if transformation == "log1p":
         return np.log1p(values)
+    raise ValueError(f"unsupported target transformation {transformation!r}")
+
+
+def inverse_transform_target(name: str, values: np.ndarray, spec: FeatureSpec) -> np.ndarray:
+    """Undo :func:`transform_target` as the model decodes (``spec.log1p_inverse``: expm1, or exp before 0.9.0)."""
+    transformation = spec.target_normalizers[name]["transformation"]
+    if transformation is None:
+        return values
+    if transformation == "log1p":
+        return np.expm1(values) if spec.log1p_inverse == "expm1" else np.exp(values)
     raise ValueError(f"unsupported target transformation {transformation!r}")
 
 

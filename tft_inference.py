@@ -402,7 +402,8 @@ async def remote_write(request: Request) -> Response:
 async def predictions_current(daemon: DaemonDep, engine: EngineDep) -> Response:
     """The latest cycle: every tracked server, most at risk first."""
     if daemon.published.result is None:  # a model, but no cycle yet
-        return Response(fleet_document(None, engine.model_version).model_dump_json(), media_type="application/json")
+        return Response(fleet_document(None, engine.model_version, engine.sources).model_dump_json(),
+                        media_type="application/json")
     return Response(daemon.published.json, media_type="application/json")
 
 
@@ -419,7 +420,7 @@ async def predictions_server(server_name: str, daemon: DaemonDep, engine: Engine
     if result.fan is not None:
         steps = [bucket_iso(cycle.origin + k) for k in range(1, engine.spec.prediction_length + 1)]
         fan = round_fan(result.fan)
-    return ServerFan.model_construct(server=result.prediction, steps=steps, fan=fan)
+    return ServerFan.model_construct(server=result.prediction, steps=steps, sources=engine.sources, fan=fan)
 
 
 @forecasts_router.get("/alerts/active", response_model=AlertsResponse, dependencies=READ, responses=MODEL_ERRORS)

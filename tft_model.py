@@ -88,9 +88,11 @@ class FleetTFT(TemporalFusionTransformer):
         self.return_attention = True
         # Where the loss is computed (FeatureSpec.loss_space; set by build_model / model_from_config).
         self.loss_space = "metric"
-        # Conformal band offsets (targets, D, 2) in normalised units, applied outside training
-        # (FeatureSpec.band_offsets; set_band_offsets).
+        # Conformal band offsets (targets, D, 2) in normalised units and the kept share of the forecast
+        # change (targets, D), applied outside training (FeatureSpec.band_offsets / center_weights;
+        # set_calibration).
         self.band_offsets: torch.Tensor | None = None
+        self.center_weights: torch.Tensor | None = None
         # Optimiser steps of the whole run (set by the trainer, so a resumed run keeps its schedule).
         self.planned_total_steps: int | None = None
 
@@ -107,24 +109,38 @@ class FleetTFT(TemporalFusionTransformer):
         self.fast_path.compile_training = bool(value)
 
     # ------------------------------------------------------------------ calibrated bands
-    def set_band_offsets(self, spec: FeatureSpec) -> None:
-        """Use the spec's conformal band offsets (None: uncalibrated bands)."""
-        if not spec.band_offsets:
-            self.band_offsets = None
-            return
-        self.band_offsets = torch.tensor([[spec.band_offsets[t]["lower"], spec.band_offsets[t]["upper"]]
-                                          for t in spec.targets], dtype=torch.float32).transpose(1, 2)
+    def set_calibration(self, spec: FeatureSpec) -> None:
+        """Use the spec's persistence blend and conformal band offsets (None: the model's raw output)."""
+        self.center_weights = None if not spec.center_weights else torch.tensor(
+            [spec.center_weights[t] for t in spec.targets], dtype=torch.float32)
+        self.band_offsets = None if not spec.band_offsets else torch.tensor(
+            [[spec.band_offsets[t]["lower"], spec.band_offsets[t]["upper"]] for t in spec.targets],
+            dtype=torch.float32).transpose(1, 2)
 
     def transform_output(self, prediction: Any, target_scale: Any, loss: Any = None) -> Any:
-        """Decode normalised outputs; outside training, p10/p90 are first moved by the band offsets."""
-        if self.band_offsets is not None and not self.training and isinstance(prediction, list):
-            widened = []
-            for j, part in enumerate(prediction):
-                offsets = self.band_offsets[j, : part.size(1)].to(part)  # (D, 2)
-                widened.append(torch.cat([(part[..., 0] - offsets[:, 0])[..., None], part[..., 1:-1],
-                                          (part[..., -1] + offsets[:, 1])[..., None]], dim=-1))
-            prediction = widened
-        return super().transform_output(prediction, target_scale, loss)
+        """Decode normalised outputs; outside training, calibrate them first.
+
+        The persistence blend keeps a share ``w`` of the forecast change from the window's anchor
+        (the last value): every quantile moves by ``(w - 1) * p50`` (normalised), so the band keeps
+        its width around the blended median; then p10/p90 move by the conformal band offsets.
+        """
+        if self.training or not isinstance(prediction, list) or (
+                self.band_offsets is None and self.center_weights is None):
+            return super().transform_output(prediction, target_scale, loss)
+        calibrated = []
+        for j, part in enumerate(prediction):
+            steps = part.size(1)
+            if self.center_weights is not None:
+                # The middle quantile after sorting (what decode_quantiles serves as p50, and what the blend
+                # was fitted on), so a barely trained model's crossed quantiles blend the same way.
+                weights = self.center_weights[j, :steps].to(part)  # (D,)
+                part = part + ((weights - 1.0) * part.median(dim=-1).values)[..., None]
+            if self.band_offsets is not None:
+                offsets = self.band_offsets[j, :steps].to(part)  # (D, 2)
+                part = torch.cat([(part[..., 0] - offsets[:, 0])[..., None], part[..., 1:-1],
+                                  (part[..., -1] + offsets[:, 1])[..., None]], dim=-1)
+            calibrated.append(part)
+        return super().transform_output(calibrated, target_scale, loss)
 
     # ------------------------------------------------------------------ loss
     def step(self, x: dict[str, Any], y: tuple[Any, Any], batch_idx: int, **kwargs: Any) -> tuple[dict, Any]:
@@ -364,7 +380,7 @@ def model_from_config(config: dict[str, Any]) -> tuple[FleetTFT, FeatureSpec]:
     model = FleetTFT(**hparams, loss=make_loss(spec), logging_metrics=nn.ModuleList([]),
                      output_transformer=MultiNormalizer(target_normalizer_objects(spec)))
     model.loss_space = spec.loss_space
-    model.set_band_offsets(spec)
+    model.set_calibration(spec)
     return model, spec
 
 

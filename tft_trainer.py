@@ -603,7 +603,8 @@ class TrainSettings:
     keep_checkpoints: bool = False
     checkpoint_every: int = CHECKPOINT_EVERY_N_EPOCHS
     backtest: bool = True
-    # conformal p10/p90 offsets fitted on the validation windows after training (config BAND_CALIBRATION)
+    # persistence blend and conformal p10/p90 offsets fitted on the validation windows after training
+    # (config PERSISTENCE_BLEND, BAND_CALIBRATION)
     calibrate_bands: bool = BAND_CALIBRATION
     # statsforecast models scored beside the naive baselines in that backtest (empty: none)
     statistical: tuple[str, ...] = STATISTICAL_METHODS
@@ -872,11 +873,9 @@ def train(settings: TrainSettings) -> TrainResult | None:
     model.load_state_dict(run.best_state)
     model.to("cpu").eval()
     if settings.calibrate_bands:
-        from tft_evaluate import fit_band_calibration
+        from tft_evaluate import fit_calibration
 
-        data.spec.band_offsets = fit_band_calibration(model, data.spec, data.store, data.train_end_tidx + 1,
-                                                      data.val_end_tidx, seed=settings.seed)
-        model.set_band_offsets(data.spec)
+        fit_calibration(model, data.spec, data.store, data.train_end_tidx + 1, data.val_end_tidx, seed=settings.seed)
     backtest = backtest_held_out(model, data, settings.statistical) if settings.backtest else None
     info = training_info(settings, data, run, model, hardware, trainer.num_devices, fit_seconds,
                          time.perf_counter() - began, backtest)
@@ -924,7 +923,8 @@ def build_arg_parser(parser: argparse.ArgumentParser | None = None) -> argparse.
                         help="train on a subset of servers if the data would need more memory than this")
     parser.add_argument("--no-backtest", action="store_true", help="skip the post-training backtest")
     parser.add_argument("--no-calibration", action="store_true",
-                        help="keep the model's raw p10/p90 (no conformal calibration on the validation windows)")
+                        help="keep the model's raw output (no persistence blend or conformal bands fitted on the "
+                             "validation windows)")
     from tft_evaluate import add_statistical_arguments
 
     add_statistical_arguments(parser)

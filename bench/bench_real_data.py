@@ -103,8 +103,13 @@ def train_model(train_data: Path, models_dir: Path, trainer_args: list[str]) -> 
 
 
 def score_model(model_dir: Path, score_data: Path, first_scored: int, stride: int,
-                statistical: tuple[str, ...]) -> dict[str, Any]:
-    """Backtest ``model_dir`` on every origin whose decoder lies at or after ``first_scored``."""
+                statistical: tuple[str, ...], live_calibration: bool = True) -> dict[str, Any]:
+    """Backtest ``model_dir`` on every origin whose decoder lies at or after ``first_scored``.
+
+    ``live_calibration``: also score the bands as a daemon serving the model from the first scored
+    bucket would have served them (its online calibration, learning only from forecasts whose
+    target had arrived; ``tft_evaluate.served_forecasts``), under ``"served"``.
+    """
     loaded = load_model(model_dir)
     known = set(loaded.encoder.name_to_id)  # before build_features, which adds the new names
     features = build_features(score_data, encoder=loaded.encoder, spec=loaded.spec, dataset_servers=0)
@@ -113,22 +118,28 @@ def score_model(model_dir: Path, score_data: Path, first_scored: int, stride: in
     unseen = sorted(set(features.store.server_names) - known)
     # Every server is scored in the main table: servers the model never saw are its cold start.
     result = backtest_store(loaded.model, loaded.spec, features.store, first_scored, last, stride=stride,
-                            scored=scored, statistical=statistical)
+                            scored=scored, statistical=statistical, live_calibration=live_calibration)
     result["model_dir"] = str(model_dir)
     result["servers_never_seen_by_the_model"] = len(unseen)
     return result
 
 
 def judge(result: dict[str, Any]) -> list[dict[str, Any]]:
-    """The quality bar, clause by clause: what was required, what was measured, pass or fail."""
+    """The quality bar, clause by clause: what was required, what was measured, pass or fail.
+
+    Coverage is judged on the served bands when the result has them (what a user of the daemon
+    gets), else on the model's own; both are in the JSON.
+    """
     checks = []
+    served = result.get("served")
+    which = "served" if served else "model"
     for metric, horizons in result["per_target"].items():
         for label, row in horizons.items():
             naive = min(row[m]["qrisk_50"] for m in NAIVE_METHODS)
             checks.append({"clause": f"{metric} {label}: q-risk <= best naive", "measured": row["tft"]["qrisk_50"],
                            "required": naive, "ok": row["tft"]["qrisk_50"] <= naive})
-            cover = row["tft"]["coverage_p10_p90"]
-            checks.append({"clause": f"{metric} {label}: coverage in {BAR_COVERAGE}", "measured": cover,
+            cover = (served["per_target"][metric][label] if served else row)["tft"]["coverage_p10_p90"]
+            checks.append({"clause": f"{metric} {label}: {which} coverage in {BAR_COVERAGE}", "measured": cover,
                            "required": BAR_COVERAGE, "ok": BAR_COVERAGE[0] <= cover <= BAR_COVERAGE[1]})
     for label in BAR_HORIZONS:
         row = result["per_horizon"][label]
@@ -150,6 +161,21 @@ def format_checks(checks: list[dict[str, Any]]) -> str:
         shown = f"{required:.3f}" if isinstance(required, float) else str(required)
         lines.append(f"  {'PASS' if c['ok'] else 'FAIL'}  {c['clause']:<58} measured {c['measured']:+.3f} "
                      f"(bar {shown})")
+    return "\n".join(lines)
+
+
+def format_served(result: dict[str, Any]) -> str:
+    """p10-p90 coverage of the model's bands and of the served ones (live calibration), per metric and horizon."""
+    served = result.get("served")
+    if not served:
+        return ""
+    lines = ["p10-p90 coverage: model's bands (conformal offsets from its validation days) -> served "
+             "(the daemon's live calibration replayed from the first scored bucket)"]
+    for metric, horizons in result["per_target"].items():
+        cells = [f"{label} {row['tft']['coverage_p10_p90']:.3f} -> "
+                 f"{served['per_target'][metric][label]['tft']['coverage_p10_p90']:.3f}"
+                 for label, row in horizons.items()]
+        lines.append(f"  {metric:<14} " + "   ".join(cells))
     return "\n".join(lines)
 
 
@@ -187,14 +213,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--score-days", type=int, default=None, help="default: the rest (4 with --dev)")
     parser.add_argument("--model", type=Path, default=None, help="score this model instead of training one")
     parser.add_argument("--recalibrate", action="store_true",
-                        help="with --model: fit its conformal bands on the last 48 h of the training days first "
-                             "(for a model trained without them)")
+                        help="with --model: fit its persistence blend and conformal bands on the last 48 h of the "
+                             "training days first (for a model trained without them)")
     parser.add_argument("--cold-start-model", type=Path, default=None,
                         help="also score this model (e.g. trained on the simulator only) on the VMs as never-seen "
                              "servers")
     parser.add_argument("--stride", type=int, default=SCORE_STRIDE, help="buckets between forecast origins")
     parser.add_argument("--statistical", default=",".join(STATISTICAL_METHODS))
     parser.add_argument("--no-statistical", action="store_true")
+    parser.add_argument("--no-live-calibration", action="store_true",
+                        help="skip replaying the daemon's live band calibration (forecasts at every origin)")
     parser.add_argument("--out", type=Path, default=None, help="write the result as JSON here")
     parser.add_argument("trainer_args", nargs="*", help="after --: extra arguments for the trainer (e.g. --epochs 8)")
     args = parser.parse_args(argv)
@@ -219,25 +247,31 @@ def main(argv: list[str] | None = None) -> int:
         calibrate_model_dir(args.model, train_data, VALIDATION_HOURS)
     statistical = statistical_from_args(args)
     t0 = time.perf_counter()
-    result = score_model(model_dir, score_data, first_scored, args.stride, statistical)
+    result = score_model(model_dir, score_data, first_scored, args.stride, statistical,
+                         live_calibration=not args.no_live_calibration)
     timings["score"] = time.perf_counter() - t0
     result["wins"] = wins_per_server(model_dir, score_data, first_scored, args.stride)
     result["bar"] = judge(result)
     report: dict[str, Any] = {"traces": str(args.traces), "train_days": train_days, "score_days": score_days,
                               "dev": args.dev, "trained": result}
     print(format_table(result))
+    if result.get("served"):
+        print("\n" + format_served(result))
     wins = result["wins"]
     print("\nmodel beats persistence (metric-averaged q-risk 0.5) on "
           + ", ".join(f"{n}/{wins['servers']} servers at {h}" for h, n in wins["beats_persistence"].items()))
     print("\n" + format_checks(result["bar"]))
     if args.cold_start_model:
         t0 = time.perf_counter()
-        cold = score_model(args.cold_start_model, score_data, first_scored, args.stride, ())
+        cold = score_model(args.cold_start_model, score_data, first_scored, args.stride, (),
+                           live_calibration=not args.no_live_calibration)
         timings["cold_start"] = time.perf_counter() - t0
         report["cold_start"] = cold
         print(f"\nCold start: {args.cold_start_model} (never saw these {cold['servers_never_seen_by_the_model']} "
               "servers) on the same windows")
         print(format_table(cold))
+        if cold.get("served"):
+            print("\n" + format_served(cold))
     report["seconds"] = {k: round(v, 1) for k, v in timings.items()}
     report["seconds"]["total"] = round(time.perf_counter() - began, 1)
     print(f"\ntook {report['seconds']['total']:.0f} s ({', '.join(f'{k} {v:.0f} s' for k, v in timings.items())})")

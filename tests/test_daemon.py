@@ -15,8 +15,10 @@ import pytest
 
 from api_models import AlertHistoryResponse, AlertsResponse, FleetPredictions, ServerFan
 from config import CONTRACT_VERSION, LINBORG_METRICS, MAX_BODY_BYTES, WS_AUTH_TIMEOUT_SECONDS, WS_UNAUTHORIZED_CODE
+from forecast_engine import forecast_sources
 from metrics_generator import FleetSimulator
 from tests.conftest import API_KEY, ROOT, TINY_FLEET, DaemonProcess, feed_buckets, free_port, wait_for
+from tft_model import load_model
 
 
 @pytest.fixture(scope="module")
@@ -57,11 +59,14 @@ def test_health_and_status(live):
     assert status["feed_records_stored"] > 0 and status["error_rate"] == 0.0
 
 
-def test_current_predictions_in_codex_format(live):
+def test_current_predictions_in_codex_format(live, tiny_training):
     daemon, sim = live
     with daemon.client() as client:
         body = client.get("/predictions/current").json()
     FleetPredictions.model_validate(body)  # the documented response model (OpenAPI) holds
+    # Where each metric's forecast comes from (the model's persistence blend), as the model's spec says.
+    assert body["sources"] == forecast_sources(load_model(tiny_training.model_dir).spec)
+    assert set(body["sources"]["cpu_used_pct"]) == {"30min", "1hr", "8hr"}
     servers = {s["server_name"]: s for s in body["servers"]}
     assert set(sim.server_names) <= set(servers)  # decoded names, never ids
     ready = servers[sim.server_names[0]]

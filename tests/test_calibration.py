@@ -1,0 +1,129 @@
+"""Post-training calibration: the persistence blend, its `source` in the API, and the daemon's live bands replayed.
+
+The blend and the conformal offsets are fitted on the trainer's validation windows and applied by
+the model itself (so backtest, offline forecast and daemon agree); the replay scores the bands a
+fed daemon would have served over a backtest range. ~20 s on two cores (reuses the session's tiny
+model).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from config import HORIZONS, PERSISTENCE_BLEND_GRID
+from forecast_engine import forecast_sources
+from tft_evaluate import (
+    actuals_and_baselines,
+    apply_persistence_blend,
+    backtest_store,
+    fit_persistence_blend,
+    predict_windows,
+)
+from tft_features import FeatureSpec, transform_target
+
+
+def _spec(targets: list[str], steps: int) -> FeatureSpec:
+    transforms = {"mem_used_pct": None, "net_in_mb_s": "log1p"}
+    return FeatureSpec(encoder_length=4, prediction_length=steps, targets=targets, center="last",
+                       log1p_inverse="expm1",
+                       target_normalizers={t: {"transformation": transforms[t], "scale_floor": 0.1} for t in targets})
+
+
+def test_blend_keeps_a_useful_model_and_drops_a_noisy_one():
+    """Where the model's forecast change is right, w = 1; where it is noise around a persistent series, w -> 0."""
+    rng = np.random.default_rng(0)
+    windows, steps = 4000, 12
+    targets = ["mem_used_pct", "net_in_mb_s"]
+    spec = _spec(targets, steps)
+    last = np.stack([rng.uniform(20, 80, windows), rng.uniform(0.0, 2.0, windows)], axis=1)  # (W, T)
+    # Memory follows a trend the model knows exactly; network stays at its last value, the model adds noise.
+    trend = np.linspace(1, 6, steps)
+    actual = np.stack([last[:, 0, None] + trend, np.repeat(last[:, 1, None], steps, axis=1)], axis=1)  # (W, T, D)
+    p50 = np.stack([actual[:, 0], np.expm1(np.log1p(actual[:, 1]) + rng.normal(0, 0.3, (windows, steps)))], axis=1)
+    forecasts = np.stack([p50 - 1.0, p50, p50 + 1.0], axis=-1).clip(0)  # (W, T, D, Q)
+    anchor = np.stack([transform_target(t, last[:, j], spec) for j, t in enumerate(targets)], axis=1)
+    weights = fit_persistence_blend(spec, forecasts, actual, anchor, np.ones_like(anchor))
+    assert weights["mem_used_pct"] == [1.0] * steps
+    assert max(weights["net_in_mb_s"]) <= 0.1 and set(weights["net_in_mb_s"]) <= set(PERSISTENCE_BLEND_GRID)
+    spec.center_weights = weights
+    blended = apply_persistence_blend(spec, forecasts, anchor)
+    np.testing.assert_allclose(blended[:, 0], forecasts[:, 0])  # the model alone: unchanged
+    error = {name: np.abs(f[:, 1, :, 1] - actual[:, 1]).sum() for name, f in (("model", forecasts),
+                                                                            ("blend", blended))}
+    assert error["blend"] < 0.2 * error["model"], error
+    # The band keeps its width around the moved median (in the modelled units).
+    width = np.log1p(blended[:, 1, :, 2]) - np.log1p(blended[:, 1, :, 1])
+    np.testing.assert_allclose(width, np.log1p(forecasts[:, 1, :, 2]) - np.log1p(forecasts[:, 1, :, 1]), atol=1e-9)
+
+
+def test_a_full_fallback_forecasts_the_last_value_and_says_so(tiny_training):
+    """center_weights 0 in the model: p50 is the last value at every step; the API's sources say "last_value"."""
+    from tft_model import load_model
+
+    loaded = load_model(tiny_training.model_dir)
+    spec, store = loaded.spec, tiny_training.data.store
+    servers, starts = store.window_starts(tiny_training.data.train_end_tidx + 1, None, stride=48)
+    # (without the conformal offsets: a negative one can move p10 over p50, and the sorted quantiles then
+    # take the p10 as their median; served so, but not what this test is about)
+    spec.center_weights, spec.band_offsets = {t: [0.0] * spec.prediction_length for t in spec.targets}, None
+    loaded.model.set_calibration(spec)
+    forecasts = predict_windows(loaded.model, store, servers, starts)
+    _, persistence, _ = actuals_and_baselines(store, servers, starts)
+    np.testing.assert_allclose(forecasts[..., 1], persistence, rtol=1e-3, atol=1e-3)
+    assert (forecasts[..., 0] <= forecasts[..., 1]).all() and (forecasts[..., 1] <= forecasts[..., 2]).all()
+    sources = forecast_sources(spec)
+    assert set(sources) >= {"cpu_used_pct", "mem_used_pct"} and "cpu_idle_pct" not in sources
+    assert all(s == {"source": "last_value", "model_share": 0.0} for by in sources.values() for s in by.values())
+    spec.center_weights = None
+    assert {s["source"] for by in forecast_sources(spec).values() for s in by.values()} == {"model"}
+
+
+def test_the_trainer_fits_a_blend_that_is_no_worse_on_its_validation_windows(tiny_training):
+    """On the windows it was fitted on, the blended p50 errs less (normalised units, as fitted) than the model's."""
+    from tft_evaluate import _transformed
+    from tft_features import encoder_center_scale
+    from tft_model import load_model
+
+    loaded = load_model(tiny_training.model_dir)
+    spec, data = loaded.spec, tiny_training.data
+    assert set(spec.center_weights) == set(spec.targets)
+    assert all(len(w) == spec.prediction_length and 0.0 <= min(w) and max(w) <= 1.0
+               for w in spec.center_weights.values())
+    servers, starts = data.store.window_starts(data.train_end_tidx + 1, data.val_end_tidx)
+    actual = actuals_and_baselines(data.store, servers, starts)[0]
+    first = data.store.offsets[servers] + starts
+    floors = np.array([spec.target_normalizers[t]["scale_floor"] for t in spec.targets])
+    rows = first[:, None] + np.arange(spec.encoder_length)[None, :]
+    center, scale = encoder_center_scale(data.store.rows.targets_tf[rows], floors, spec.center)
+    spec.band_offsets = None  # the p50 alone (see above)
+    loaded.model.set_calibration(spec)
+    blended = predict_windows(loaded.model, data.store, servers, starts)[..., 1]
+    spec.center_weights = None
+    loaded.model.set_calibration(spec)
+    alone = predict_windows(loaded.model, data.store, servers, starts)[..., 1]
+    for j, target in enumerate(spec.targets):
+        y = _transformed(spec, target, actual[:, j])
+        errors = [(np.abs(_transformed(spec, target, p[:, j]) - y) / scale[:, j, None]).sum() for p in (blended, alone)]
+        assert errors[0] <= errors[1] * 1.01 + 1e-6, (target, errors)
+
+
+def test_served_bands_replay_the_daemons_live_calibration(tiny_training):
+    """Bands that are far too narrow (no conformal offsets) are widened by the replayed live calibration."""
+    from tft_model import load_model
+
+    loaded = load_model(tiny_training.model_dir)
+    spec, data = loaded.spec, tiny_training.data
+    spec.band_offsets = None
+    loaded.model.set_calibration(spec)
+    last = int(data.store.time_idx.max())
+    result = backtest_store(loaded.model, spec, data.store, data.val_end_tidx + 1, last, stride=6,
+                            live_calibration=True)
+    served = result["served"]
+    model_cover, served_cover = ([row["30min"]["tft"]["coverage_p10_p90"] for row in r["per_target"].values()]
+                                 for r in (result, served))
+    assert np.mean(served_cover) > np.mean(model_cover) + 0.1, (model_cover, served_cover)
+    for metric, horizons in result["per_target"].items():  # p50 untouched: the same q-risk at 0.5
+        for label in HORIZONS:
+            assert served["per_target"][metric][label]["tft"]["qrisk_50"] == pytest.approx(
+                horizons[label]["tft"]["qrisk_50"], rel=1e-6)
