@@ -34,6 +34,9 @@ TINY_SHAPE = ["--batch-size", "64", "--encoder-length", "24", "--hidden-size", "
 # band is widened for them; the q-risk half of the gate is the default one.
 BAND = ["--coverage-band", "0.3,0.99"]
 GOOD = ["--epochs", "2", "--windows-per-epoch", "512"]
+# The challenger that must win: a champion trained on noise sits near the mean level, which at 8 h is
+# hard to beat; 2 tiny epochs did not always beat it at every horizon.
+BETTER = ["--epochs", "4", "--windows-per-epoch", "1024"]
 FEED_HOURS = 60  # encoder + 8 h horizon + 12 h validation + 24 h hold-out + training windows
 
 
@@ -57,12 +60,13 @@ def _shuffle_training_part(source: Path, out: Path, holdout_hours: int = 24) -> 
 
 def test_feed_score_export_retrain_promote_reject_rollback_and_survive_a_killed_retrain(tiny_data, tmp_path):
     models = tmp_path / "models"
-    # A deliberately bad champion: trained on the tiny fleet's history with its targets shuffled.
+    # A deliberately bad champion: trained on the tiny fleet's history with its targets shuffled, and left
+    # uncalibrated (its persistence blend would otherwise fall back on the last value and rescue it).
     noise = tmp_path / "noise" / "server_metrics.parquet"
     noise.parent.mkdir()
     _shuffle_training_part(tiny_data, noise, holdout_hours=0)
     trained = run_cli("main.py", "train", "--data", str(noise), "--models-dir", str(models), *GOOD, *TINY_SHAPE,
-                      timeout=300)
+                      "--no-calibration", timeout=300)
     assert trained.returncode == 0, trained.stderr[-3000:]
     champion = (models / LATEST_MODEL_LINK).resolve().name
     store = tmp_path / "store.sqlite3"
@@ -97,7 +101,7 @@ def test_feed_score_export_retrain_promote_reject_rollback_and_survive_a_killed_
             assert run_cli("main.py", "validate", str(exported)).returncode == 0
 
             # A challenger trained on the store: better than the weak champion -> promoted and picked up.
-            result = run_cli("main.py", "retrain", "--store", str(store), "--models-dir", str(models), *GOOD,
+            result = run_cli("main.py", "retrain", "--store", str(store), "--models-dir", str(models), *BETTER,
                              *TINY_SHAPE, *BAND, timeout=600)
             assert result.returncode == 0, result.stderr[-3000:]
             assert "decision: promoted" in result.stdout, result.stdout
