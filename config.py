@@ -618,11 +618,13 @@ LOG1P_INVERSE = "expm1"
 BAND_CALIBRATION = True
 # Before the bands: a persistence blend, per target and decoder step, fitted on the same validation
 # windows. p50 = last value + w x (model p50 - last value) in the modelled units, the band moved
-# with it; w from this grid, the one with the smallest absolute p50 error there, kept below 1 only
-# where it lowers that error by at least PERSISTENCE_BLEND_MIN_GAIN. On real servers the last value
+# with it; w from this grid, the one with the smallest absolute p50 error there in each window's
+# normalised units (every window counts alike, as in the loss), kept below 1 only where it lowers that
+# error by at least PERSISTENCE_BLEND_MIN_GAIN. On real servers the last value
 # is the strongest short-horizon forecast (an idle VM stays idle, a pinned one pinned); the blend
 # lets a model fall back on it where it has not learned to beat it, and the API names the source
-# ("model", "model+last_value", "last_value") per metric and horizon. Docs/TRAINING_GUIDE.md (Bands).
+# ("model", "model+last_value", "last_value") per metric and horizon. Docs/TRAINING_GUIDE.md
+# ("A persistence blend").
 PERSISTENCE_BLEND = True
 PERSISTENCE_BLEND_GRID = tuple(round(0.05 * i, 2) for i in range(21))
 PERSISTENCE_BLEND_MIN_GAIN = 0.005

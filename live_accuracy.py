@@ -69,7 +69,7 @@ HORIZON_STEP_COUNTS = np.array(list(HORIZONS.values()), dtype=np.float64)
 ALL = "all"  # the fleet-wide group
 STATE_KEY = "live_accuracy"
 # Live bins hold the scoring terms plus: coverage of the model's own (unadjusted) band, and each
-# side's misses of the model band widened by the multiplier current when it matured (the update).
+# side's misses as the band calibration judges them (live_terms; the update).
 LIVE_TERMS = (*TERMS, "covered_unadjusted", "below_judged", "above_judged")
 LIVE = {name: i for i, name in enumerate(LIVE_TERMS)}
 
@@ -102,7 +102,7 @@ def display_values(values: np.ndarray, metrics: list[str]) -> np.ndarray:
 
 
 def live_terms(actual: np.ndarray, persistence: np.ndarray, bands: np.ndarray, issued: np.ndarray,
-               now: np.ndarray, metrics: list[str] | None = None) -> np.ndarray:
+               now: np.ndarray, metrics: list[str]) -> np.ndarray:
     """Matured forecasts of one horizon -> live terms (N, metrics, LIVE_TERMS).
 
     ``actual``/``persistence`` (N, metrics); ``bands`` (N, metrics, 3) as served; ``issued``
@@ -127,15 +127,13 @@ def live_terms(actual: np.ndarray, persistence: np.ndarray, bands: np.ndarray, i
     y = np.where(kept, actual, 0.0)
     moved = np.abs(np.log(np.maximum(now, 1e-9)) - np.log(np.maximum(issued, 1e-9))) > BAND_ADAPT_SERVED_TOLERANCE
     judged = np.where(moved, now, issued)  # (N, metrics, 2)
-    below = (y < q[..., 1] - judged[..., 0] * low_width)
-    above = (y > q[..., 1] + judged[..., 1] * high_width)
-    if metrics is not None:
-        edges = np.array([display_range(m) for m in metrics])  # (metrics, 2)
-        below &= q[..., 0] > edges[:, 0]  # a side clipped at its range's edge was not missed
-        above &= q[..., 2] < edges[:, 1]
-        # An actual at the edge itself (0 MB/s) under a p10 a hair above it: the served verdict.
-        below = np.where(y <= edges[:, 0], y < q[..., 0], below)
-        above = np.where(y >= edges[:, 1], y > q[..., 2], above)
+    edges = np.array([display_range(m) for m in metrics])  # (metrics, 2)
+    # A side clipped at its range's edge was not missed; an actual at the edge itself (0 MB/s) under a
+    # p10 a hair above it gets the served verdict.
+    below = (y < q[..., 1] - judged[..., 0] * low_width) & (q[..., 0] > edges[:, 0])
+    above = (y > q[..., 1] + judged[..., 1] * high_width) & (q[..., 2] < edges[:, 1])
+    below = np.where(y <= edges[:, 0], y < q[..., 0], below)
+    above = np.where(y >= edges[:, 1], y > q[..., 2], above)
     extra = np.stack([  # ... as the model made them, and as judged for the update
         (y >= q[..., 1] - low_width) & (y <= q[..., 1] + high_width), below, above,
     ], axis=-1) & kept[..., None]

@@ -104,7 +104,8 @@ def test_model_degraded_raises_and_clears(tmp_path):
     ones = np.ones((servers, 1, 2))
 
     def cycle(t: int, actual: np.ndarray, persistence: np.ndarray) -> list:
-        terms = live_terms(actual, persistence, np.broadcast_to(band, (servers, 1, 3)), ones, np.ones((1, 2)))
+        terms = live_terms(actual, persistence, np.broadcast_to(band, (servers, 1, 3)), ones, np.ones((1, 2)),
+                           ["mem_used_pct"])
         live.record([Matured(target=t, horizon=0, servers=names, profiles=profiles, terms=terms)])
         return live.drift()
 
