@@ -230,6 +230,7 @@ class _EmptyCycleEngine:
     """Stands in for a model: a forecast cycle with no forecasts, so only the cycle's retention step matters."""
 
     model_version = "stub"
+    sources: dict = {}  # no targets, so no per-metric source to name
 
     def forecast(self, fleet, origin: int):  # noqa: ANN001, ANN201
         from forecast_engine import CycleResult
