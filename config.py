@@ -588,6 +588,13 @@ TARGET_SCALE_FLOOR_MIN = {
     "disk_usage_pct": 0.1, "load_average": 0.01, "net_in_mb_s": 0.02, "net_out_mb_s": 0.02,
     "back_close_wait": 0.01, "front_close_wait": 0.01,
 }
+# ... and a log-modelled target's spread is capped at this quantile of the training windows'
+# spreads. A window that holds a burst (CLOSE_WAIT ramping from 5 to 1,300 sockets, network from
+# idle to a backup) has a log spread of ~2: an error of one spread there is a factor of 7 in the
+# metric's units, yet the normalised loss charges it like one spread of a quiet window, and the
+# decode multiplies any forecast noise by exp(2 z). Capped, such windows are learned in units of an
+# ordinary window's spread. Linear targets (percentages) are left uncapped.
+TARGET_SCALE_CEILING_QUANTILE = 0.99
 # Windows sampled to fit the scalers of those level/spread inputs.
 TARGET_SCALE_FIT_WINDOWS = 20_000
 # Where each window is anchored: "last" = its last observed value (the model forecasts the change
@@ -628,6 +635,14 @@ BAND_CALIBRATION = True
 PERSISTENCE_BLEND = True
 PERSISTENCE_BLEND_GRID = tuple(round(0.05 * i, 2) for i in range(21))
 PERSISTENCE_BLEND_MIN_GAIN = 0.005
+# A guard on the heavy-tailed (log-modelled) targets: no quantile is served above
+# LEVEL_CEILING_FACTOR x the larger of the highest value the training fleet showed and the window's
+# last value. A log target is decoded with exp, so a forecast a few window spreads too high is a
+# factor of hundreds in the metric's units: a simulated conductor whose CLOSE_WAIT had ramped to
+# 1,324 sockets got an 8 h p50 of 180,000 (the fleet never exceeded 1,400). The training maxima
+# are stored per target in the model (FeatureSpec.level_ceilings) and applied by the model itself.
+LEVEL_CEILING = True
+LEVEL_CEILING_FACTOR = 2.0
 BAND_CALIBRATION_MAX_WINDOWS = 20_000  # validation windows used (a deterministic sample beyond)
 BAND_CALIBRATION_MAX_SHIFT = 5.0  # window spreads: a p10/p90 never moves further than this
 QUANTILES = [0.1, 0.5, 0.9]

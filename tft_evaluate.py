@@ -51,6 +51,7 @@ from config import (
     HOLDOUT_HOURS,
     HORIZONS,
     IMPORTING_DOC,
+    LEVEL_CEILING,
     LINBORG_METRICS,
     METRIC_RANGES,
     PERSISTENCE_BLEND,
@@ -254,9 +255,9 @@ def fit_calibration(model: FleetTFT, spec: FeatureSpec, store: SeriesStore, firs
     actual = actuals_and_baselines(store, servers, starts)[0]  # (W, T, D)
     enc = spec.encoder_length
     first = store.offsets[servers] + starts
-    floors = np.array([spec.target_normalizers[t]["scale_floor"] for t in spec.targets])
+    floors, ceilings = spec.scale_limits()
     center, scale = encoder_center_scale(store.rows.targets_tf[first[:, None] + np.arange(enc)[None, :]], floors,
-                                         spec.center)  # (W, T): each window's anchor and spread
+                                         spec.center, ceilings)  # (W, T): each window's anchor and spread
     if blend and spec.center == "last":
         spec.center_weights = fit_persistence_blend(spec, forecasts, actual, center, scale)
         forecasts = apply_persistence_blend(spec, forecasts, center)
@@ -351,9 +352,9 @@ def fit_band_offsets(spec: FeatureSpec, forecasts: np.ndarray, actual: np.ndarra
 
 
 def calibrate_model_dir(model_dir: Path, data: Path, hours: int) -> FeatureSpec:
-    """Fit the persistence blend and conformal band offsets of a saved model on the last ``hours`` of ``data``.
+    """Fit the level ceilings, persistence blend and band offsets of a saved model on ``data`` (its last ``hours``).
 
-    For a model trained without calibration (or before 0.9.0 / 0.12.0); ``data`` must be data the
+    For a model trained without calibration (or before 0.9.0 / 0.12.0 / 0.13.0); ``data`` must be data the
     model may see (its own training file: the trainer uses its validation hours). Saves them into
     the model's config.json and returns the spec.
     """
@@ -362,13 +363,17 @@ def calibrate_model_dir(model_dir: Path, data: Path, hours: int) -> FeatureSpec:
     from config import MODEL_CONFIG_FILE
 
     loaded = load_model(model_dir)
-    store = build_features(data, encoder=loaded.encoder, spec=loaded.spec, dataset_servers=0).store
+    spec = loaded.spec
+    store = build_features(data, encoder=loaded.encoder, spec=spec, dataset_servers=0).store
+    if LEVEL_CEILING:  # the highest level of each log-modelled target in the model's own data
+        spec.level_ceilings = {t: float(np.nanmax(store.rows.targets_tf[:, j])) for j, t in enumerate(spec.targets)
+                               if spec.target_normalizers[t]["transformation"] == "log1p"} or None
     last = int(store.time_idx.max())
-    fit_calibration(loaded.model, loaded.spec, store, last - hours * STEPS_PER_HOUR + 1, last)
+    fit_calibration(loaded.model, spec, store, last - hours * STEPS_PER_HOUR + 1, last)
     path = Path(model_dir) / MODEL_CONFIG_FILE
     config = json.loads(path.read_text(encoding="utf-8"))
-    config["feature_spec"]["band_offsets"] = loaded.spec.band_offsets
-    config["feature_spec"]["center_weights"] = loaded.spec.center_weights
+    for key in ("band_offsets", "center_weights", "level_ceilings"):
+        config["feature_spec"][key] = getattr(spec, key)
     atomic_write_json(path, config)
     return loaded.spec
 

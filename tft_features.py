@@ -41,6 +41,7 @@ from config import (
     GROUP_ID,
     INTEGER_METRICS,
     KNOWN_REALS,
+    LEVEL_CEILING,
     LEVEL_SHIFT_CONTEXT,
     LEVEL_SHIFT_METRICS,
     LEVEL_SHIFT_MIN_POINTS,
@@ -55,6 +56,7 @@ from config import (
     STATIC_CATEGORICALS,
     TARGET_CENTER,
     TARGET_METRICS,
+    TARGET_SCALE_CEILING_QUANTILE,
     TARGET_SCALE_FIT_WINDOWS,
     TARGET_SCALE_FLOOR_FRACTION,
     TARGET_SCALE_FLOOR_MIN,
@@ -151,14 +153,15 @@ def add_model_columns(df: pd.DataFrame, encoder: ServerEncoder) -> pd.DataFrame:
 
 # ---------------------------------------------------------------------------- normaliser
 class FlooredEncoderNormalizer(EncoderNormalizer):
-    """pytorch-forecasting's EncoderNormalizer whose per-window scale never drops below a floor."""
+    """pytorch-forecasting's EncoderNormalizer whose per-window scale stays between a floor and a ceiling."""
 
     def __init__(self, method: str = "standard", center: bool = True, transformation: str | None = None,
                  method_kwargs: dict | None = None, max_length: int | None = None, scale_floor: float = 0.0,
-                 anchor: str = "mean", log1p_inverse: str = "exp") -> None:
+                 anchor: str = "mean", log1p_inverse: str = "exp", scale_ceiling: float = math.inf) -> None:
         super().__init__(method=method, center=center, transformation=transformation, method_kwargs=method_kwargs,
                          max_length=max_length)
         self.scale_floor = scale_floor
+        self.scale_ceiling = scale_ceiling
         self.anchor = anchor
         self.log1p_inverse = log1p_inverse
 
@@ -169,12 +172,12 @@ class FlooredEncoderNormalizer(EncoderNormalizer):
         return super().inverse_preprocess(y)
 
     def fit(self, y: Any) -> FlooredEncoderNormalizer:
-        """Fit on one encoder window, apply the floor, and anchor on the last value if configured."""
+        """Fit on one encoder window, apply the floor and ceiling, and anchor on the last value if configured."""
         super().fit(y)
         if torch.is_tensor(self.scale_):
-            self.scale_ = torch.clamp(self.scale_, min=self.scale_floor)
+            self.scale_ = torch.clamp(self.scale_, min=self.scale_floor, max=self.scale_ceiling)
         else:
-            self.scale_ = np.maximum(self.scale_, self.scale_floor)
+            self.scale_ = np.minimum(np.maximum(self.scale_, self.scale_floor), self.scale_ceiling)
         if self.anchor == "last":
             transformed = self.preprocess(y)
             last = transformed[..., -1] if torch.is_tensor(transformed) else np.asarray(transformed)[..., -1]
@@ -211,6 +214,10 @@ class FeatureSpec:
     # kept (1 = the model alone, 0 = the last value with the model's band); fitted on the validation
     # windows where it is better there (tft_evaluate.fit_persistence_blend). None: the model alone.
     center_weights: dict[str, list[float]] | None = None
+    # Per log-modelled target: the highest value the training rows showed, in the modelled units
+    # (LEVEL_CEILING: no quantile is served above LEVEL_CEILING_FACTOR x it, or x the window's last
+    # value when that is higher). None: no ceiling (models before 0.13.0).
+    level_ceilings: dict[str, float] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dictionary."""
@@ -220,6 +227,12 @@ class FeatureSpec:
     def from_dict(cls, data: dict[str, Any]) -> FeatureSpec:
         """Inverse of :meth:`to_dict`."""
         return cls(**data)
+
+    def scale_limits(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per target, the floor and the ceiling of a window's spread (inf: none; models before 0.13.0)."""
+        limits = [(n["scale_floor"], n.get("scale_ceiling", math.inf))
+                  for n in (self.target_normalizers[t] for t in self.targets)]
+        return np.array([f for f, _ in limits], dtype=np.float64), np.array([c for _, c in limits], dtype=np.float64)
 
     @property
     def group_codes(self) -> dict[str, int]:
@@ -260,9 +273,9 @@ def inverse_transform_target(name: str, values: np.ndarray, spec: FeatureSpec) -
     raise ValueError(f"unsupported target transformation {transformation!r}")
 
 
-def encoder_center_scale(encoder_values: np.ndarray, floor: np.ndarray | float,
-                         anchor: str = "mean") -> tuple[np.ndarray, np.ndarray]:
-    """Per-window center and scale (unbiased std + float32 eps, floored) over axis 1.
+def encoder_center_scale(encoder_values: np.ndarray, floor: np.ndarray | float, anchor: str = "mean",
+                         ceiling: np.ndarray | float = math.inf) -> tuple[np.ndarray, np.ndarray]:
+    """Per-window center and scale (unbiased std + float32 eps, floored, then capped) over axis 1.
 
     ``encoder_values`` is (B, E, ...) in transformed units; the center is the mean, or the last
     value with ``anchor="last"``. The formula is :class:`FlooredEncoderNormalizer`'s (torch path).
@@ -270,7 +283,7 @@ def encoder_center_scale(encoder_values: np.ndarray, floor: np.ndarray | float,
     values = encoder_values.astype(np.float64)
     center = values[:, -1] if anchor == "last" else values.mean(axis=1)
     scale = values.std(axis=1, ddof=1) + np.finfo(np.float32).eps
-    return center, np.maximum(scale, floor)
+    return center, np.minimum(np.maximum(scale, floor), ceiling)
 
 
 def settled_lengths(spec: FeatureSpec, targets: np.ndarray, state_codes: np.ndarray) -> np.ndarray:
@@ -351,7 +364,13 @@ def fit_feature_spec(train_frame: pd.DataFrame, encoder_length: int,
         floor = max(TARGET_SCALE_FLOOR_FRACTION * max(float(transformed.std()), 1e-6),
                     TARGET_SCALE_FLOOR_MIN.get(name, 0.0))
         spec.target_normalizers[name] = {"method": "standard", "transformation": transformation, "scale_floor": floor}
+        if LEVEL_CEILING and transformation == "log1p" and np.isfinite(transformed).any():
+            spec.level_ceilings = {**(spec.level_ceilings or {}), name: float(np.nanmax(transformed))}
         center, scale = encoder_center_scale(transformed[rows], floor, spec.center)
+        if transformation == "log1p" and TARGET_SCALE_CEILING_QUANTILE is not None:
+            ceiling = float(np.quantile(scale, TARGET_SCALE_CEILING_QUANTILE))
+            spec.target_normalizers[name]["scale_ceiling"] = ceiling
+            scale = np.minimum(scale, ceiling)
         for suffix, values in (("center", center), ("scale", scale)):
             spec.scalers[f"{name}_{suffix}"] = {"mean": float(values.mean()), "scale": float(max(values.std(), 1e-8))}
         # With loss_space "metric" (models before 0.9.0) the loss is in metric units; weighting each
@@ -365,6 +384,7 @@ def target_normalizer_objects(spec: FeatureSpec) -> list[Any]:
     """The per-window target normalisers, rebuilt from the spec's JSON."""
     return [FlooredEncoderNormalizer(method="standard", transformation=spec.target_normalizers[name]["transformation"],
                                      scale_floor=spec.target_normalizers[name]["scale_floor"], anchor=spec.center,
+                                     scale_ceiling=spec.target_normalizers[name].get("scale_ceiling", math.inf),
                                      log1p_inverse=spec.log1p_inverse)
             for name in spec.targets]
 
@@ -482,7 +502,7 @@ class BatchAssembler:
         self._target_cols = [spec.x_reals.index(t) for t in spec.targets]
         self._center_cols = [spec.x_reals.index(f"{t}_center") for t in spec.targets]
         self._scale_cols = [spec.x_reals.index(f"{t}_scale") for t in spec.targets]
-        self._floors = np.array([spec.target_normalizers[t]["scale_floor"] for t in spec.targets])
+        self._floors, self._ceilings = spec.scale_limits()
         self._level_scalers = {suffix: (np.array([spec.scalers[f"{t}_{suffix}"]["mean"] for t in spec.targets]),
                                         np.array([spec.scalers[f"{t}_{suffix}"]["scale"] for t in spec.targets]))
                                for suffix in ("center", "scale")}
@@ -518,7 +538,8 @@ class BatchAssembler:
             cont, cat, raw, target_tf, time_idx = take(cont), take(cat), take(raw), take(target_tf), take(time_idx)
         # Per-window normalisation of the targets over the real encoder steps (EncoderNormalizer, floored).
         if valid is None:
-            center, scale = encoder_center_scale(target_tf[:, :enc], self._floors, self.spec.center)  # (B, targets)
+            center, scale = encoder_center_scale(target_tf[:, :enc], self._floors, self.spec.center,
+                                                 self._ceilings)  # (B, targets)
             cont[:, :, self._rel_col] = self._relative_time
         else:
             encoder_tf = np.where(valid[:, :, None], target_tf[:, :longest], np.nan)
@@ -526,7 +547,7 @@ class BatchAssembler:
                 else np.nanmean(encoder_tf, axis=1)
             with np.errstate(invalid="ignore"):
                 spread = np.nan_to_num(np.nanstd(encoder_tf, axis=1, ddof=1), nan=0.0)
-            scale = np.maximum(spread + np.finfo(np.float32).eps, self._floors)
+            scale = np.minimum(np.maximum(spread + np.finfo(np.float32).eps, self._floors), self._ceilings)
             relative = np.concatenate([np.arange(longest)[None, :] - lengths[:, None],
                                        np.arange(dec)[None, :].repeat(batch_size, 0)], axis=1) / enc
             cont[:, :, self._rel_col] = relative

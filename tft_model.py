@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +45,7 @@ from common_utils import _umask, check_version_compatibility
 from config import (
     CONTRACT_VERSION,
     LEARNING_RATE,
+    LEVEL_CEILING_FACTOR,
     LOSS_NORMALISED_CLIP,
     LR_WARMUP_FRACTION,
     MODEL_CONFIG_FILE,
@@ -93,6 +95,9 @@ class FleetTFT(TemporalFusionTransformer):
         # set_calibration).
         self.band_offsets: torch.Tensor | None = None
         self.center_weights: torch.Tensor | None = None
+        # Per target, the guard's ceiling in the modelled units (NaN: none), applied outside training
+        # (FeatureSpec.level_ceilings; set_calibration).
+        self.level_ceilings: torch.Tensor | None = None
         # Optimiser steps of the whole run (set by the trainer, so a resumed run keeps its schedule).
         self.planned_total_steps: int | None = None
 
@@ -110,22 +115,27 @@ class FleetTFT(TemporalFusionTransformer):
 
     # ------------------------------------------------------------------ calibrated bands
     def set_calibration(self, spec: FeatureSpec) -> None:
-        """Use the spec's persistence blend and conformal band offsets (None: the model's raw output)."""
+        """Use the spec's persistence blend, conformal band offsets and level ceilings (None: not applied)."""
         self.center_weights = None if not spec.center_weights else torch.tensor(
             [spec.center_weights[t] for t in spec.targets], dtype=torch.float32)
         self.band_offsets = None if not spec.band_offsets else torch.tensor(
             [[spec.band_offsets[t]["lower"], spec.band_offsets[t]["upper"]] for t in spec.targets],
             dtype=torch.float32).transpose(1, 2)
+        ceilings = spec.level_ceilings or {}
+        self.level_ceilings = None if not ceilings else torch.tensor(
+            [ceilings.get(t, float("nan")) for t in spec.targets], dtype=torch.float32)
 
     def transform_output(self, prediction: Any, target_scale: Any, loss: Any = None) -> Any:
         """Decode normalised outputs; outside training, calibrate them first.
 
         The persistence blend keeps a share ``w`` of the forecast change from the window's anchor
         (the last value): every quantile moves by ``(w - 1) * p50`` (normalised), so the band keeps
-        its width around the blended median; then p10/p90 move by the conformal band offsets.
+        its width around the blended median; then p10/p90 move by the conformal band offsets. Last,
+        a log-modelled target's quantiles are capped at ``LEVEL_CEILING_FACTOR`` x the larger of the
+        training fleet's highest value and the window's last value (``level_ceilings``).
         """
         if self.training or not isinstance(prediction, list) or (
-                self.band_offsets is None and self.center_weights is None):
+                self.band_offsets is None and self.center_weights is None and self.level_ceilings is None):
             return super().transform_output(prediction, target_scale, loss)
         calibrated = []
         for j, part in enumerate(prediction):
@@ -139,6 +149,14 @@ class FleetTFT(TemporalFusionTransformer):
                 offsets = self.band_offsets[j, :steps].to(part)  # (D, 2)
                 part = torch.cat([(part[..., 0] - offsets[:, 0])[..., None], part[..., 1:-1],
                                   (part[..., -1] + offsets[:, 1])[..., None]], dim=-1)
+            if self.level_ceilings is not None and torch.isfinite(self.level_ceilings[j]):
+                # In normalised units: (max(ceiling, anchor) + log(factor) - anchor) / spread; expm1 of the
+                # capped value is factor x (1 + the larger level) - 1 in the metric's units.
+                scale = target_scale[j] if isinstance(target_scale, (list, tuple)) else target_scale
+                center, spread = scale[:, 0].to(part), scale[:, 1].to(part)
+                limit = ((self.level_ceilings[j].to(part) - center).clamp_min(0.0)
+                         + math.log(LEVEL_CEILING_FACTOR)) / spread
+                part = torch.minimum(part, limit[:, None, None])
             calibrated.append(part)
         return super().transform_output(calibrated, target_scale, loss)
 

@@ -93,9 +93,9 @@ def test_the_trainer_fits_a_blend_that_is_no_worse_on_its_validation_windows(tin
     servers, starts = data.store.window_starts(data.train_end_tidx + 1, data.val_end_tidx)
     actual = actuals_and_baselines(data.store, servers, starts)[0]
     first = data.store.offsets[servers] + starts
-    floors = np.array([spec.target_normalizers[t]["scale_floor"] for t in spec.targets])
+    floors, ceilings = spec.scale_limits()
     rows = first[:, None] + np.arange(spec.encoder_length)[None, :]
-    center, scale = encoder_center_scale(data.store.rows.targets_tf[rows], floors, spec.center)
+    center, scale = encoder_center_scale(data.store.rows.targets_tf[rows], floors, spec.center, ceilings)
     spec.band_offsets = None  # the p50 alone (see above)
     loaded.model.set_calibration(spec)
     blended = predict_windows(loaded.model, data.store, servers, starts)[..., 1]
@@ -127,3 +127,40 @@ def test_served_bands_replay_the_daemons_live_calibration(tiny_training):
         for label in HORIZONS:
             assert served["per_target"][metric][label]["tft"]["qrisk_50"] == pytest.approx(
                 horizons[label]["tft"]["qrisk_50"], rel=1e-6)
+
+
+def test_log_targets_get_a_level_ceiling_and_a_capped_window_spread(tiny_training):
+    """Heavy-tailed targets: the spread is capped at the training windows' quantile; no quantile above the ceiling."""
+    from config import LEVEL_CEILING_FACTOR, TARGET_SCALE_CEILING_QUANTILE, TARGET_TRANSFORMS
+    from tft_model import load_model
+
+    loaded = load_model(tiny_training.model_dir)
+    spec, store = loaded.spec, tiny_training.data.store
+    logged = [t for t in spec.targets if TARGET_TRANSFORMS.get(t) == "log1p"]
+    assert logged and set(spec.level_ceilings) == set(logged)
+    floors, ceilings = spec.scale_limits()
+    for j, target in enumerate(spec.targets):
+        assert np.isfinite(ceilings[j]) == (target in logged) and ceilings[j] >= floors[j]
+        if target in logged:  # the training rows' highest level (the store also holds later days)
+            assert np.nanmin(store.rows.targets_tf[:, j]) < spec.level_ceilings[target] \
+                <= np.nanmax(store.rows.targets_tf[:, j]) + 1e-9
+    servers, starts = store.window_starts(None, None, stride=3)
+    x, _ = store.batch(servers, starts)
+    spreads = np.stack([s[:, 1].numpy() for s in x["target_scale"]], axis=1)  # (W, T)
+    assert (spreads <= ceilings[None, :] * (1 + 1e-6)).all()
+    capped = np.isclose(spreads, ceilings[None, :], rtol=1e-5)[:, [spec.targets.index(t) for t in logged]]
+    assert 0 < capped.mean() < 3 * (1 - TARGET_SCALE_CEILING_QUANTILE) + 0.01, capped.mean()
+
+    # A ceiling below every level: each window's quantiles stop at factor x (1 + its last value) - 1.
+    j = spec.targets.index("net_in_mb_s")
+    sample = slice(0, 64)
+    plain = predict_windows(loaded.model, store, servers[sample], starts[sample])
+    spec.level_ceilings = {**spec.level_ceilings, "net_in_mb_s": -1.0}
+    loaded.model.set_calibration(spec)
+    capped_forecast = predict_windows(loaded.model, store, servers[sample], starts[sample])
+    last = actuals_and_baselines(store, servers[sample], starts[sample])[1][:, j, 0]
+    limit = LEVEL_CEILING_FACTOR * (1.0 + last) - 1.0
+    assert (capped_forecast[:, j] <= limit[:, None, None] * (1 + 1e-4) + 1e-6).all()
+    assert (capped_forecast[:, j] < plain[:, j] - 1e-6).any()  # the cap bound somewhere
+    others = [k for k in range(len(spec.targets)) if k != j]
+    np.testing.assert_allclose(capped_forecast[:, others], plain[:, others])
