@@ -151,6 +151,19 @@ def fan_chart(metric: str, steps: list[str], band: dict[str, list[float]], histo
     return fig
 
 
+def source_text(by_horizon: dict[str, dict[str, Any]] | None) -> str:
+    """Where a metric's p50 comes from at each horizon (the API's ``sources``), as one caption line."""
+    if not by_horizon:
+        return "p50: the model"
+    if all(s["source"] == "model" for s in by_horizon.values()):
+        return "p50: the model at every horizon"
+    words = {"model": "the model", "last_value": "the last value"}
+    return "p50: " + " · ".join(
+        f"{HORIZON_TEXT.get(label, label)} " + words.get(
+            s["source"], f"{round(100 * s['model_share'])} % of the model's change from the last value")
+        for label, s in by_horizon.items())
+
+
 # ============================================================================ model health in words
 def when(iso: str | None) -> str:
     """'2026-03-02 02:30 UTC' for an ISO 8601 time from the daemon; '-' when there is none."""
@@ -638,6 +651,7 @@ def top_servers(client: DaemonClient, servers: list[dict[str, Any]]) -> None:
                 column.plotly_chart(fan_chart(metric, fan.data["steps"], band, history.data, server["profile"]),
                                     width="stretch", config=PLAIN_CHART,
                                     key=f"fan_{server['server_name']}_{metric}")
+                column.caption(source_text(fan.data.get("sources", {}).get(metric)))
 
 
 def historical(client: DaemonClient, servers: list[dict[str, Any]]) -> None:

@@ -103,6 +103,7 @@ def test_every_panel_renders_with_data(fed_daemon, dashboard):
     names = FleetSimulator(fleet=TINY_FLEET).server_names
     assert "· risk" in top_text and any(f"### {name}" in top_text for name in names)
     assert len(top.get("plotly_chart")) >= 2  # forecast fans
+    assert top_text.count("p50: ") == len(top.get("plotly_chart"))  # each fan says where its p50 comes from
     assert history.selectbox[0].value.startswith("pp") and history.selectbox[1].value == "cpu_used_pct"
     assert len(history.get("plotly_chart")) == 1
     assert "Backtest on held-out data" in _text(advanced) and len(advanced.get("table")) == 3
@@ -447,3 +448,15 @@ def test_one_command_demo_starts_everything_and_stops_cleanly(tiny_training, tmp
     assert "rejected" not in logs["daemon"] + logs["stream"]  # the accelerated stream's records are all taken
     assert "Inotify" not in logs["dashboard"]  # .streamlit/config.toml: the checkout is not watched
     assert (tmp_path / "demo" / "demo_store.sqlite3").exists()  # the demo wrote where it was told
+
+
+def test_fan_captions_name_a_blend_or_a_fallback():
+    """The p50 source line: the model alone says so once; a blend or the last value is named per horizon."""
+    from tft_dashboard_web import source_text
+
+    model = {"source": "model", "model_share": 1.0}
+    assert source_text({"30min": model, "1hr": model, "8hr": model}) == "p50: the model at every horizon"
+    mixed = source_text({"30min": {"source": "last_value", "model_share": 0.0},
+                         "1hr": {"source": "model+last_value", "model_share": 0.4}, "8hr": model})
+    assert mixed == ("p50: 30 min the last value · 1 h 40 % of the model's change from the last value · "
+                     "8 h the model")
