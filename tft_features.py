@@ -536,7 +536,7 @@ class BatchAssembler:
                 return np.take_along_axis(a, full.reshape(batch_size, -1, *([1] * (a.ndim - 2))), axis=1)
 
             cont, cat, raw, target_tf, time_idx = take(cont), take(cat), take(raw), take(target_tf), take(time_idx)
-        # Per-window normalisation of the targets over the real encoder steps (EncoderNormalizer, floored).
+        # Per-window normalisation of the targets over the real encoder steps (EncoderNormalizer, floored, capped).
         if valid is None:
             center, scale = encoder_center_scale(target_tf[:, :enc], self._floors, self.spec.center,
                                                  self._ceilings)  # (B, targets)
