@@ -51,7 +51,6 @@ from config import (
     HOLDOUT_HOURS,
     HORIZONS,
     IMPORTING_DOC,
-    LEVEL_CEILING,
     LINBORG_METRICS,
     METRIC_RANGES,
     PERSISTENCE_BLEND,
@@ -84,6 +83,7 @@ from tft_features import (
     decode_quantiles,
     encoder_center_scale,
     inverse_transform_target,
+    level_ceiling,
     load_training_frame,
     transform_target,
 )
@@ -365,9 +365,9 @@ def calibrate_model_dir(model_dir: Path, data: Path, hours: int) -> FeatureSpec:
     loaded = load_model(model_dir)
     spec = loaded.spec
     store = build_features(data, encoder=loaded.encoder, spec=spec, dataset_servers=0).store
-    if LEVEL_CEILING:  # the highest level of each log-modelled target in the model's own data
-        spec.level_ceilings = {t: float(np.nanmax(store.rows.targets_tf[:, j])) for j, t in enumerate(spec.targets)
-                               if spec.target_normalizers[t]["transformation"] == "log1p"} or None
+    ceilings = {t: level_ceiling(spec.target_normalizers[t]["transformation"], store.rows.targets_tf[:, j])
+                for j, t in enumerate(spec.targets)}  # the highest levels in the model's own data
+    spec.level_ceilings = {t: c for t, c in ceilings.items() if c is not None} or None
     last = int(store.time_idx.max())
     fit_calibration(loaded.model, spec, store, last - hours * STEPS_PER_HOUR + 1, last)
     path = Path(model_dir) / MODEL_CONFIG_FILE

@@ -273,6 +273,13 @@ def inverse_transform_target(name: str, values: np.ndarray, spec: FeatureSpec) -
     raise ValueError(f"unsupported target transformation {transformation!r}")
 
 
+def level_ceiling(transformation: str | None, transformed: np.ndarray) -> float | None:
+    """The guard's ceiling of one target (``LEVEL_CEILING``): its highest transformed value, log1p targets only."""
+    if not LEVEL_CEILING or transformation != "log1p" or not np.isfinite(transformed).any():
+        return None
+    return float(np.nanmax(transformed))
+
+
 def encoder_center_scale(encoder_values: np.ndarray, floor: np.ndarray | float, anchor: str = "mean",
                          ceiling: np.ndarray | float = math.inf) -> tuple[np.ndarray, np.ndarray]:
     """Per-window center and scale (unbiased std + float32 eps, floored, then capped) over axis 1.
@@ -364,8 +371,9 @@ def fit_feature_spec(train_frame: pd.DataFrame, encoder_length: int,
         floor = max(TARGET_SCALE_FLOOR_FRACTION * max(float(transformed.std()), 1e-6),
                     TARGET_SCALE_FLOOR_MIN.get(name, 0.0))
         spec.target_normalizers[name] = {"method": "standard", "transformation": transformation, "scale_floor": floor}
-        if LEVEL_CEILING and transformation == "log1p" and np.isfinite(transformed).any():
-            spec.level_ceilings = {**(spec.level_ceilings or {}), name: float(np.nanmax(transformed))}
+        ceiling = level_ceiling(transformation, transformed)
+        if ceiling is not None:
+            spec.level_ceilings = {**(spec.level_ceilings or {}), name: ceiling}
         center, scale = encoder_center_scale(transformed[rows], floor, spec.center)
         if transformation == "log1p" and TARGET_SCALE_CEILING_QUANTILE is not None:
             ceiling = float(np.quantile(scale, TARGET_SCALE_CEILING_QUANTILE))
