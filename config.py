@@ -651,6 +651,22 @@ QUANTILE_LEVELS = {"p10": 0.1, "p50": 0.5, "p90": 0.9}  # the numeric quantile o
 # Calendar inputs known for the future: time of day, day of week, minute of the hour
 # (hourly ETL bursts and cron spikes), each as a sine/cosine pair.
 KNOWN_REALS = ["tod_sin", "tod_cos", "dow_sin", "dow_cos", "moh_sin", "moh_cos"]
+# Yesterday as a known input: for every target, its value SEASONAL_INPUT_LAG buckets (24 h) before
+# each encoder and decoder step. Every horizon up to 8 h lies less than a day ahead, so the value is
+# already measured at forecast time; the 4-hour encoder cannot see a daily cycle otherwise. It is
+# normalised like the target (the window's anchor and spread, clipped at SEASONAL_INPUT_CLIP
+# spreads) and comes with a flag that is 0 where the server has no history that far back (its first
+# day): the value is then 0, i.e. "no information". The value is yesterday's mean over the
+# SEASONAL_INPUT_HALF_WINDOW buckets either side (an hour centred on the same time yesterday): a
+# daily cycle is smooth, a single 5-minute bucket of yesterday's network is mostly noise. A forecast
+# therefore reads encoder length + lag + half window buckets (~28 h). Models saved before 0.14.0 have
+# no such input (FeatureSpec.seasonal_lag None). Docs/TRAINING_GUIDE.md ("Yesterday as an input").
+SEASONAL_INPUT = True
+SEASONAL_INPUT_LAG = STEPS_PER_DAY
+SEASONAL_INPUT_HALF_WINDOW = 6
+SEASONAL_INPUT_CLIP = 20.0
+SEASONAL_INPUT_SUFFIX = "_yesterday"
+SEASONAL_INPUT_FLAG = "yesterday_known"
 STATIC_CATEGORICALS = ["profile"]
 UNKNOWN_CATEGORICALS = ["state"]
 GROUP_ID = "server_id"
@@ -923,7 +939,7 @@ MAX_RECORD_AGE_HOURS = RETENTION_MIN_DAYS * 24
 # A forecast cycle runs the model over at most this many servers at a time, so the working set
 # of one slice stays in the CPU caches (the slice sizes measured are in Docs/RAG/CURRENT_STATE.md).
 INFERENCE_CHUNK_SERVERS = 125
-MEMORY_BUCKETS = 512  # per-server ring of recent buckets kept in memory (>= encoder length)
+MEMORY_BUCKETS = 512  # per-server ring of recent buckets kept in memory (>= encoder length + SEASONAL_INPUT_LAG)
 SQLITE_SYNCHRONOUS = "FULL"  # every acknowledged batch survives a crash or power loss
 API_REFERENCE_DOC = "Docs/API_REFERENCE.md"
 # Prometheus remote-write in (POST /api/v1/write; remote_write.py; Docs/COLLECTING.md, Prometheus remote-write).

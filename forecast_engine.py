@@ -37,7 +37,16 @@ from live_accuracy import BandAdjuster
 from metrics_store import FleetWindows
 from risk_scoring import score_fleet
 from state_rules import STATE_PRECEDENCE
-from tft_features import NAN_CODE, BatchAssembler, FeatureSpec, decode_quantiles, encode_rows, settled_lengths
+from tft_features import (
+    NAN_CODE,
+    BatchAssembler,
+    FeatureSpec,
+    decode_quantiles,
+    encode_rows,
+    settled_lengths,
+    transform_target,
+    yesterday_values,
+)
 from tft_model import LoadedModel, load_model
 
 HORIZON_STEPS = [steps - 1 for steps in HORIZONS.values()]  # decoder rows of 30 min, 1 h, 8 h
@@ -176,7 +185,7 @@ class ForecastEngine:
         prediction_time = bucket_iso(origin)
         results: dict[str, ServerResult] = {}
         ready: list[str] = []
-        windows, states, profiles, lengths = [], [], [], []
+        windows, states, profiles, lengths, yesterdays = [], [], [], [], []
         for name, window in fleet.servers.items():
             last = window.last_sample_bucket()
             base = self._base(name, window.profile, prediction_time, last)
@@ -187,13 +196,17 @@ class ForecastEngine:
                 results[name] = ServerResult(_prediction(
                     base, "warming_up", buckets_needed=self.spec.min_encoder_length - history))
             else:
-                values, state, _ = window.window(origin, enc)
+                # the encoder's buckets, and yesterday's before them (models with yesterday's inputs)
+                recent, recent_states, _ = window.window(origin, min(self.spec.history_buckets, window.capacity))
+                values, state = recent[-enc:], recent_states[-enc:]
                 if not np.isfinite(values).all():  # defence in depth: the feed rejects non-finite values
                     bad = int((~np.isfinite(values)).any(axis=1).sum())
                     results[name] = ServerResult(_prediction(
                         base, "not_ready", reason=f"{bad} of the last {enc} buckets hold non-finite values "
                                                   f"(NaN or Infinity); no forecast until they leave the window"))
                     continue
+                if self.spec.seasonal_lag:
+                    yesterdays.append(self.yesterday(recent, origin, window.first_bucket))
                 ready.append(name)
                 windows.append(values)
                 states.append(state)
@@ -201,11 +214,27 @@ class ForecastEngine:
                 lengths.append(min(history, enc))
         if ready:
             lengths = self.settled(windows, states, lengths)
-            quantiles = self.predict_fleet(ready, windows, states, profiles, lengths, origin)
+            quantiles = self.predict_fleet(ready, windows, states, profiles, lengths, origin,
+                                           yesterdays if self.spec.seasonal_lag else None)
             results.update(self._ready_results(fleet, origin, prediction_time, ready, windows, profiles, lengths,
                                                quantiles))
         return CycleResult(origin=origin, prediction_time=prediction_time, servers=results,
                            seconds=time.perf_counter() - began, forecast_count=len(ready))
+
+    def yesterday(self, history: np.ndarray, origin: int, first_bucket: int | None) -> np.ndarray:
+        """(E+D, targets): each window step's yesterday (``tft_features.yesterday_values``), NaN where unknown.
+
+        ``history`` holds the buckets up to ``origin`` (the last of them); buckets before the
+        server's first one, or older than ``history`` reaches, do not exist (as before a server's
+        first row in ``SeriesStore``), nor do the decoder's.
+        """
+        enc, dec = self.spec.encoder_length, self.spec.prediction_length
+        buckets = origin - len(history) + 1 + np.arange(len(history))
+        values = np.full((len(history) + dec, len(self.spec.targets)), np.nan)
+        exists = buckets >= (first_bucket if first_bucket is not None else origin + 1)
+        for j, (target, column) in enumerate(zip(self.spec.targets, self._target_columns, strict=True)):
+            values[:len(history)][exists, j] = transform_target(target, history[exists, column], self.spec)
+        return yesterday_values(values, int(self.spec.seasonal_lag or 0), self.spec.seasonal_half_window)[-(enc + dec):]
 
     def settled(self, windows: list[np.ndarray], states: list[np.ndarray], lengths: list[int]) -> list[int]:
         """Each server's history, cut after a level shift in it (``tft_features.settled_lengths``)."""
@@ -220,8 +249,12 @@ class ForecastEngine:
                 "last_sample_time": bucket_iso(last) if last is not None else None}
 
     def predict_fleet(self, names: list[str], windows: list[np.ndarray], states: list[np.ndarray],
-                      profiles: list[str], lengths: list[int], origin: int) -> np.ndarray:
-        """(S, targets, D, Q) quantiles: one forward pass per history length (long-lived servers share one)."""
+                      profiles: list[str], lengths: list[int], origin: int,
+                      yesterdays: list[np.ndarray] | None = None) -> np.ndarray:
+        """(S, targets, D, Q) quantiles: one forward pass per history length (long-lived servers share one).
+
+        ``yesterdays``: per server, :meth:`yesterday`'s array (models with yesterday's inputs).
+        """
         quantiles = np.empty((len(names), len(self.spec.targets), self.spec.prediction_length,
                               len(self.spec.quantiles)))
         lengths_arr = np.array(lengths)
@@ -229,7 +262,8 @@ class ForecastEngine:
             rows = np.flatnonzero(lengths_arr == length)
             quantiles[rows] = self._predict([names[i] for i in rows], np.stack([windows[i] for i in rows]),
                                             [states[i] for i in rows], [profiles[i] for i in rows], origin,
-                                            int(length))
+                                            int(length),
+                                            None if yesterdays is None else np.stack([yesterdays[i] for i in rows]))
         return quantiles
 
     def _ready_results(self, fleet: FleetWindows, origin: int, prediction_time: str, ready: list[str],
@@ -264,21 +298,22 @@ class ForecastEngine:
         return results
 
     def _predict(self, names: list[str], values: np.ndarray, states: list[np.ndarray], profiles: list[str],
-                 origin: int, history: int) -> np.ndarray:
+                 origin: int, history: int, yesterday: np.ndarray | None = None) -> np.ndarray:
         """(S, E, 14) raw windows -> (S, targets, D, Q) quantiles, reading the last ``history`` buckets.
 
         Runs in slices of ``INFERENCE_CHUNK_SERVERS`` so each slice's tensors stay in cache.
         """
         slices = -(-len(names) // max(1, INFERENCE_CHUNK_SERVERS))  # ceil; slices of near-equal size
         if slices <= 1:
-            return self._predict_slice(names, values, states, profiles, origin, history)
+            return self._predict_slice(names, values, states, profiles, origin, history, yesterday)
         bounds = np.linspace(0, len(names), slices + 1).round().astype(int)
         return np.concatenate([
-            self._predict_slice(names[a:b], values[a:b], states[a:b], profiles[a:b], origin, history)
+            self._predict_slice(names[a:b], values[a:b], states[a:b], profiles[a:b], origin, history,
+                                None if yesterday is None else yesterday[a:b])
             for a, b in zip(bounds[:-1], bounds[1:], strict=True)])
 
     def _predict_slice(self, names: list[str], values: np.ndarray, states: list[np.ndarray], profiles: list[str],
-                       origin: int, history: int) -> np.ndarray:
+                       origin: int, history: int, yesterday: np.ndarray | None = None) -> np.ndarray:
         """One slice of ``_predict``."""
         enc, dec = self.spec.encoder_length, self.spec.prediction_length
         n_servers, steps = len(names), enc + dec
@@ -295,7 +330,7 @@ class ForecastEngine:
         lengths = None if history == enc else np.full(n_servers, history)
         x, _ = self.assemble(rows.reals.reshape(*shape, -1), rows.cats.reshape(*shape, -1),
                              rows.targets.reshape(*shape, -1), rows.targets_tf.reshape(*shape, -1), groups,
-                             rows.time_idx.reshape(shape), encoder_lengths=lengths)
+                             rows.time_idx.reshape(shape), encoder_lengths=lengths, yesterday_tf=yesterday)
         with torch.inference_mode():
             output = self.loaded.model(x)
         return decode_quantiles(output["prediction"], self.spec)
@@ -316,9 +351,9 @@ def forecast_file(model_dir: Path, data_path: Path) -> dict[str, Any]:
     if not is_valid:
         raise ValueError(format_report(data_path, len(frame), False, errors, warnings, 0.0))
     engine = ForecastEngine(load_model(model_dir))
-    # Only the last window of every server matters (plus the hour that decides "offline").
+    # Only the last window of every server and yesterday's values matter (plus the hour that decides "offline").
     buckets = bucket_of_times(frame["timestamp"])
-    frame = frame[buckets > buckets.max() - (engine.spec.encoder_length + OFFLINE_AFTER_BUCKETS + 1)]
+    frame = frame[buckets > buckets.max() - (engine.spec.history_buckets + OFFLINE_AFTER_BUCKETS + 1)]
     records = frame.assign(server_name=frame["server_name"].astype(str), profile=frame["profile"].astype(str),
                            state=frame["state"].astype(str)).to_dict(orient="records")
     fleet = FleetWindows.from_records(records)

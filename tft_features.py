@@ -53,6 +53,12 @@ from config import (
     MIN_ENCODER_LENGTH,
     QUANTILES,
     SAMPLING_INTERVAL_SECONDS,
+    SEASONAL_INPUT,
+    SEASONAL_INPUT_CLIP,
+    SEASONAL_INPUT_FLAG,
+    SEASONAL_INPUT_HALF_WINDOW,
+    SEASONAL_INPUT_LAG,
+    SEASONAL_INPUT_SUFFIX,
     STATIC_CATEGORICALS,
     TARGET_CENTER,
     TARGET_METRICS,
@@ -218,6 +224,23 @@ class FeatureSpec:
     # (LEVEL_CEILING: no quantile is served above LEVEL_CEILING_FACTOR x it, or x the window's last
     # value when that is higher). None: no ceiling (models before 0.13.0).
     level_ceilings: dict[str, float] | None = None
+    # Yesterday as a known input: the lag in buckets of each target's ``<target>_yesterday`` input
+    # and its ``yesterday_known`` flag (SEASONAL_INPUT), averaged over ``seasonal_half_window`` buckets
+    # either side of the lagged one. None: no such input (models before 0.14.0).
+    seasonal_lag: int | None = None
+    seasonal_half_window: int = 0
+
+    @property
+    def seasonal_inputs(self) -> list[str]:
+        """The known-future inputs that carry yesterday: one per target, then the flag ([] when off)."""
+        if not self.seasonal_lag:
+            return []
+        return [f"{t}{SEASONAL_INPUT_SUFFIX}" for t in self.targets] + [SEASONAL_INPUT_FLAG]
+
+    @property
+    def history_buckets(self) -> int:
+        """Buckets before the forecast origin (included) that one forecast reads: the encoder and yesterday's."""
+        return self.encoder_length + (self.seasonal_lag + self.seasonal_half_window if self.seasonal_lag else 0)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dictionary."""
@@ -280,6 +303,22 @@ def level_ceiling(transformation: str | None, transformed: np.ndarray) -> float 
     return float(np.nanmax(transformed))
 
 
+def yesterday_values(values_tf: np.ndarray, lag: int, half_window: int) -> np.ndarray:
+    """Per row of one server's consecutive buckets, the mean of its rows ``lag`` +- ``half_window`` earlier.
+
+    ``values_tf`` (n, targets) holds transformed targets, NaN where a bucket does not exist (before
+    the server's first one, or a decoder's future); a row whose lagged window reaches such a bucket,
+    or before the first row, is NaN ("not known"). One definition for the series store and the daemon.
+    """
+    width = 2 * half_window + 1
+    out = np.full(values_tf.shape, np.nan)
+    first = lag + half_window  # the first row whose whole lagged window lies in the array
+    if len(values_tf) > first:
+        windows = np.lib.stride_tricks.sliding_window_view(values_tf, width, axis=0)  # (n - width + 1, T, width)
+        out[first:] = windows[:len(values_tf) - first].mean(axis=-1)
+    return out
+
+
 def encoder_center_scale(encoder_values: np.ndarray, floor: np.ndarray | float, anchor: str = "mean",
                          ceiling: np.ndarray | float = math.inf) -> tuple[np.ndarray, np.ndarray]:
     """Per-window center and scale (unbiased std + float32 eps, floored, then capped) over axis 1.
@@ -337,7 +376,14 @@ def fit_feature_spec(train_frame: pd.DataFrame, encoder_length: int,
     targets = list(targets or TARGET_METRICS)
     spec = FeatureSpec(encoder_length=encoder_length, targets=targets,
                        min_encoder_length=min(MIN_ENCODER_LENGTH, encoder_length), center=TARGET_CENTER,
-                       loss_space=TRAIN_LOSS_SPACE, log1p_inverse=LOG1P_INVERSE)
+                       loss_space=TRAIN_LOSS_SPACE, log1p_inverse=LOG1P_INVERSE,
+                       seasonal_lag=SEASONAL_INPUT_LAG if SEASONAL_INPUT else None,
+                       seasonal_half_window=SEASONAL_INPUT_HALF_WINDOW if SEASONAL_INPUT else 0)
+    if spec.seasonal_lag and spec.seasonal_lag - spec.seasonal_half_window < spec.prediction_length:
+        raise ValueError(f"SEASONAL_INPUT_LAG - SEASONAL_INPUT_HALF_WINDOW ({spec.seasonal_lag} - "
+                         f"{spec.seasonal_half_window} buckets) must be at least the forecast length "
+                         f"({spec.prediction_length}): every value a decoder step reads from yesterday must be "
+                         f"measured at the origin. See {TRAINING_GUIDE_DOC}.")
     spec.categories = {
         GROUP_ID: _categories(train_frame[GROUP_ID].unique().tolist()),
         "profile": _categories(VALID_PROFILES),
@@ -348,8 +394,8 @@ def fit_feature_spec(train_frame: pd.DataFrame, encoder_length: int,
             continue
         scaler = StandardScaler().fit(train_frame[[name]].to_numpy(np.float64))
         spec.scalers[name] = {"mean": float(scaler.mean_[0]), "scale": float(scaler.scale_[0])}
-    for name in [*KNOWN_REALS, RELATIVE_TIME_IDX]:
-        spec.scalers[name] = None  # already in [-1, 1]
+    for name in [*KNOWN_REALS, RELATIVE_TIME_IDX, *spec.seasonal_inputs]:
+        spec.scalers[name] = None  # already in [-1, 1], or normalised per window (yesterday)
 
     # Sample encoder windows to fit the scalers of the per-window level/spread inputs.
     ordered = train_frame.sort_values([GROUP_ID, TIME_IDX], kind="stable")
@@ -428,6 +474,11 @@ def make_timeseries_dataset(frame: pd.DataFrame, spec: FeatureSpec, predict: boo
         scaler.n_samples_seen_ = 1
         scalers[name] = scaler
     unknown_reals = [m for m in LINBORG_METRICS]
+    # Yesterday's inputs are normalised per window by BatchAssembler; this dataset only defines the
+    # model's inputs, so it holds them as zeros (the flag: 0, "not known").
+    missing = {name: np.float32(0.0) for name in spec.seasonal_inputs if name not in frame.columns}
+    if missing:
+        frame = frame.assign(**missing)
     return TimeSeriesDataSet(
         frame,
         time_idx=TIME_IDX,
@@ -438,7 +489,7 @@ def make_timeseries_dataset(frame: pd.DataFrame, spec: FeatureSpec, predict: boo
         min_prediction_length=spec.prediction_length,
         max_prediction_length=spec.prediction_length,
         static_categoricals=list(STATIC_CATEGORICALS),
-        time_varying_known_reals=list(KNOWN_REALS),
+        time_varying_known_reals=[*KNOWN_REALS, *spec.seasonal_inputs],
         time_varying_unknown_reals=unknown_reals,
         time_varying_unknown_categoricals=list(UNKNOWN_CATEGORICALS),
         categorical_encoders=encoders,
@@ -510,6 +561,9 @@ class BatchAssembler:
         self._target_cols = [spec.x_reals.index(t) for t in spec.targets]
         self._center_cols = [spec.x_reals.index(f"{t}_center") for t in spec.targets]
         self._scale_cols = [spec.x_reals.index(f"{t}_scale") for t in spec.targets]
+        seasonal = spec.seasonal_inputs
+        self._yesterday_cols = [spec.x_reals.index(name) for name in seasonal[:-1]]
+        self._yesterday_flag_col = spec.x_reals.index(seasonal[-1]) if seasonal else None
         self._floors, self._ceilings = spec.scale_limits()
         self._level_scalers = {suffix: (np.array([spec.scalers[f"{t}_{suffix}"]["mean"] for t in spec.targets]),
                                         np.array([spec.scalers[f"{t}_{suffix}"]["scale"] for t in spec.targets]))
@@ -519,16 +573,21 @@ class BatchAssembler:
 
     def __call__(self, cont: np.ndarray, cat: np.ndarray, raw: np.ndarray, target_tf: np.ndarray,
                  groups: np.ndarray, time_idx: np.ndarray, hide_profile: np.ndarray | None = None,
-                 encoder_lengths: np.ndarray | None = None) -> tuple[dict[str, Any], tuple[list[torch.Tensor], None]]:
+                 encoder_lengths: np.ndarray | None = None, yesterday_tf: np.ndarray | None = None,
+                 ) -> tuple[dict[str, Any], tuple[list[torch.Tensor], None]]:
         """Windows of E+D rows ending at the decoder's end -> model inputs.
 
         Arrays are shaped (B, E+D, ...) (``cont`` and ``cat`` may be modified in place).
         ``encoder_lengths`` (B,) lets a window read only its last L <= E encoder rows (a new
         server with short history); as in ``TimeSeriesDataSet``'s collate, shorter encoders
-        are right-padded with zeros to the longest one in the batch.
+        are right-padded with zeros to the longest one in the batch. ``yesterday_tf`` (B, E+D,
+        targets): each row's transformed targets ``spec.seasonal_lag`` buckets earlier, NaN where
+        the server has no such row; required when the spec has yesterday's inputs.
         """
         enc, dec = self.spec.encoder_length, self.spec.prediction_length
         batch_size, n_targets = len(cont), raw.shape[2]
+        if self._yesterday_flag_col is not None and yesterday_tf is None:
+            raise ValueError("this model reads yesterday's values (FeatureSpec.seasonal_lag): pass yesterday_tf")
         lengths = np.full(batch_size, enc, dtype=np.int64) if encoder_lengths is None \
             else np.asarray(encoder_lengths, dtype=np.int64)
         longest = int(lengths.max())
@@ -544,6 +603,8 @@ class BatchAssembler:
                 return np.take_along_axis(a, full.reshape(batch_size, -1, *([1] * (a.ndim - 2))), axis=1)
 
             cont, cat, raw, target_tf, time_idx = take(cont), take(cat), take(raw), take(target_tf), take(time_idx)
+            if yesterday_tf is not None:
+                yesterday_tf = take(yesterday_tf)
         # Per-window normalisation of the targets over the real encoder steps (EncoderNormalizer, floored, capped).
         if valid is None:
             center, scale = encoder_center_scale(target_tf[:, :enc], self._floors, self.spec.center,
@@ -560,6 +621,13 @@ class BatchAssembler:
                                        np.arange(dec)[None, :].repeat(batch_size, 0)], axis=1) / enc
             cont[:, :, self._rel_col] = relative
         cont[:, :, self._target_cols] = (target_tf - center[:, None, :]) / scale[:, None, :]
+        if self._yesterday_flag_col is not None:
+            known = np.isfinite(yesterday_tf)
+            with np.errstate(invalid="ignore"):
+                normalised = np.clip((yesterday_tf - center[:, None, :]) / scale[:, None, :],
+                                     -SEASONAL_INPUT_CLIP, SEASONAL_INPUT_CLIP)
+            cont[:, :, self._yesterday_cols] = np.where(known, normalised, 0.0)
+            cont[:, :, self._yesterday_flag_col] = known.all(axis=2)
         for cols, suffix, values in ((self._center_cols, "center", center), (self._scale_cols, "scale", scale)):
             mean, std = self._level_scalers[suffix]
             cont[:, :, cols] = ((values - mean) / std)[:, None, :]
@@ -615,6 +683,12 @@ class SeriesStore:
                                 frame["profile"].astype(str).to_numpy(), frame["state"].astype(str).to_numpy())
         self.time_idx = self.rows.time_idx
         self.targets = self.rows.targets
+        # each row's yesterday (FeatureSpec.seasonal_lag), per server so no window reaches another server
+        self.yesterday_tf = None
+        if spec.seasonal_lag:
+            self.yesterday_tf = np.concatenate([
+                yesterday_values(self.rows.targets_tf[o:o + n], spec.seasonal_lag, spec.seasonal_half_window)
+                for o, n in zip(self.offsets, self.lengths, strict=True)]).astype(np.float32)
         self._assemble = BatchAssembler(spec)
         self.hide_profiles = False  # True: every batch has the profile hidden (a profile-agnostic model)
 
@@ -669,7 +743,8 @@ class SeriesStore:
         rows = np.maximum(rows, 0)  # a short-history window's unused leading rows may precede its server
         r = self.rows
         return self._assemble(r.reals[rows], r.cats[rows], r.targets[rows], r.targets_tf[rows],
-                              self.group_codes[servers], r.time_idx[rows], hide_profile, encoder_lengths)
+                              self.group_codes[servers], r.time_idx[rows], hide_profile, encoder_lengths,
+                              None if self.yesterday_tf is None else self.yesterday_tf[rows].astype(np.float64))
 
 
 # ---------------------------------------------------------------------------- outputs

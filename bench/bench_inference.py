@@ -155,7 +155,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
     engine = ForecastEngine(load_model(args.model_dir))
-    hours = max(2, (engine.spec.encoder_length + 12) // 12 + 1)
+    hours = max(2, (engine.spec.history_buckets + 12) // 12 + 1)  # the encoder and yesterday, when it reads it
     rows = []
     fleet, origin, _ = fleet_windows(90, hours, seed=1)
     cycle_90, fastest_90 = time_cycles(engine, fleet, origin, args.repeat)

@@ -7,7 +7,16 @@ import pandas as pd
 import pytest
 import torch
 
-from config import GROUP_ID, LINBORG_METRICS, TRAINING_DATA_FILE
+from config import (
+    GROUP_ID,
+    LINBORG_METRICS,
+    SEASONAL_INPUT_CLIP,
+    SEASONAL_INPUT_FLAG,
+    SEASONAL_INPUT_HALF_WINDOW,
+    SEASONAL_INPUT_LAG,
+    SEASONAL_INPUT_SUFFIX,
+    TRAINING_DATA_FILE,
+)
 from contract import bucket_of_times
 from metrics_generator import generate_dataset
 from server_encoder import ServerEncoder
@@ -80,9 +89,13 @@ def test_batches_equal_timeseriesdataset_batches(prepared):
     assert (lengths < spec.encoder_length).any(), "the stock batch should include short-history windows"
     starts = first_tidx - store.time_idx[store.offsets[servers]]
     x, y = store.batch(servers, starts, encoder_lengths=lengths)
-    # Stock normalises each window in float32, we in float64: equal to float32 rounding.
+    # Stock normalises each window in float32, we in float64: equal to float32 rounding. Yesterday's
+    # inputs have no stock counterpart (the stock dataset holds zeros; checked on their own below).
+    stock_cols = [j for j, name in enumerate(spec.x_reals) if name not in spec.seasonal_inputs]
+    assert len(stock_cols) == len(spec.x_reals) - len(spec.targets) - 1
     for key in ("encoder_cont", "decoder_cont"):
-        torch.testing.assert_close(x[key], x_ref[key].float(), rtol=1e-4, atol=1e-4, msg=key)
+        torch.testing.assert_close(x[key][..., stock_cols], x_ref[key][..., stock_cols].float(), rtol=1e-4,
+                                   atol=1e-4, msg=key)
     for key in ("encoder_cat", "decoder_cat", "encoder_lengths", "decoder_lengths", "groups", "decoder_time_idx"):
         torch.testing.assert_close(x[key], x_ref[key], msg=key)
     for key in ("encoder_target", "decoder_target", "target_scale"):
@@ -91,6 +104,41 @@ def test_batches_equal_timeseriesdataset_batches(prepared):
     for ours, theirs in zip(y[0], y_ref[0], strict=True):
         torch.testing.assert_close(ours, theirs.float())
     assert y[1] is None and y_ref[1] is None
+
+
+def test_yesterday_is_the_hour_around_the_same_time_a_day_earlier_normalised_like_the_target(prepared):
+    """``<target>_yesterday`` = (mean of the transformed values in the hour around the step's time a day
+    earlier - anchor) / spread; 0 with the flag off where that hour starts before the server's first bucket."""
+    from tft_features import transform_target
+
+    frame, spec, _ = prepared
+    assert spec.seasonal_lag == SEASONAL_INPUT_LAG and spec.seasonal_half_window == SEASONAL_INPUT_HALF_WINDOW
+    store = SeriesStore(frame, spec)
+    enc, dec, lag, half = spec.encoder_length, spec.prediction_length, spec.seasonal_lag, spec.seasonal_half_window
+    server = 1
+    rows = frame[frame[GROUP_ID] == store.server_ids[server]].sort_values("time_idx")
+    # a window whose yesterday starts before the server's first bucket, and one that is fully known
+    starts = np.array([lag - enc - 10, lag + half + 3])
+    x, _ = store.batch(np.array([server, server]), starts)
+    cont = torch.cat([x["encoder_cont"], x["decoder_cont"]], dim=1).numpy()
+    flag = cont[:, :, spec.x_reals.index(SEASONAL_INPUT_FLAG)]
+    for b, start in enumerate(starts):
+        steps = start + np.arange(enc + dec)
+        known = steps - lag - half >= 0
+        np.testing.assert_array_equal(flag[b], known.astype(np.float32))
+        for j, target in enumerate(spec.targets):
+            values = transform_target(target, rows[target].to_numpy(np.float64), spec)
+            center, scale = x["target_scale"][j][b].numpy().astype(np.float64)
+            assert center == pytest.approx(values[start + enc - 1], abs=1e-5)  # anchored on the last value
+            expected = np.zeros(len(steps))
+            for k, step in enumerate(steps):
+                if known[k]:
+                    hour = values[step - lag - half:step - lag + half + 1]
+                    assert len(hour) == 2 * half + 1
+                    expected[k] = np.clip((hour.mean() - center) / scale, -SEASONAL_INPUT_CLIP, SEASONAL_INPUT_CLIP)
+            got = cont[b, :, spec.x_reals.index(f"{target}{SEASONAL_INPUT_SUFFIX}")]
+            np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4, err_msg=f"{target} window {b}")
+    assert (flag[0] == 0).any() and (flag[0] == 1).any() and (flag[1] == 1).all()
 
 
 def test_unknown_servers_and_profiles_get_the_nan_code(prepared):

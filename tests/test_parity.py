@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from config import QUANTILE_LABELS
+from config import QUANTILE_LABELS, SEASONAL_INPUT_SUFFIX
 from contract import bucket_of_times
 from daemon_state import Daemon, DaemonSettings
 from forecast_engine import ForecastEngine, display_forecast
@@ -31,15 +31,25 @@ GAP_BUCKETS = 4  # an outage inside the last encoder window (the server is back 
 
 @pytest.fixture(scope="module")
 def history(tiny_training) -> tuple[list[dict], int, str]:
-    """Records of the tiny fleet plus a stranger, a gap cut out of one server; the forecast origin."""
+    """Records of the tiny fleet plus a stranger, a gap cut out of one server; the forecast origin.
+
+    The tiny fleet has a day more than the encoder reads (yesterday's inputs fully known); the
+    stranger starts a little less than a day before the origin (known for the window's later steps only).
+    """
     spec = load_model(tiny_training.model_dir).spec
-    enc, dec = spec.encoder_length, spec.prediction_length
+    enc, dec, lag = spec.encoder_length, spec.prediction_length, spec.seasonal_lag
+    assert lag, "the default recipe gives the model yesterday's values"
     sim = FleetSimulator(fleet=TINY_FLEET, seed=31, start="2026-03-09T00:00:00Z")
-    records = sim.records(sim.advance(enc + 6 + dec))  # history, origin, then the decoder's actuals
+    records = sim.records(sim.advance(lag + enc + 6 + dec))  # yesterday, history, origin, the decoder's actuals
     stranger = FleetSimulator(fleet={"database": 1}, seed=32, start="2026-03-09T00:00:00Z")
-    records += [dict(r, server_name=UNKNOWN) for r in stranger.records(stranger.advance(enc + 6 + dec))]
+    def bucket(record: dict) -> int:
+        return int(bucket_of_times(pd.DatetimeIndex([pd.Timestamp(record["timestamp"])]))[0])
+
+    first = bucket(records[0])
+    records += [dict(r, server_name=UNKNOWN) for r in stranger.records(stranger.advance(lag + enc + 6 + dec))
+                if bucket(r) >= first + 6 + (enc + dec) // 2]  # a day before the origin, less ~3 h
     buckets = bucket_of_times(pd.DatetimeIndex(pd.to_datetime([r["timestamp"] for r in records], utc=True)))
-    origin = int(buckets.min()) + enc + 5
+    origin = first + lag + enc + 5
     gappy = sorted({r["server_name"] for r in records if r["server_name"] != UNKNOWN})[0]
     gap = range(origin - 10, origin - 10 + GAP_BUCKETS)
     kept = [r for r, b in zip(records, buckets, strict=True) if not (r["server_name"] == gappy and b in gap)]
@@ -88,9 +98,14 @@ def test_daemon_and_backtest_paths_agree(tiny_training, history, tmp_path):
                 np.testing.assert_allclose(served[name][metric][q], backtested[name][metric][q], rtol=0, atol=1e-4,
                                            err_msg=f"{name} {metric} {q}")
     # The gap is really in the daemon's window (offline buckets), and nowhere else.
-    enc = load_model(tiny_training.model_dir).spec.encoder_length
+    spec = load_model(tiny_training.model_dir).spec
+    enc, dec = spec.encoder_length, spec.prediction_length
     present = {name: fleet.servers[name].window(origin, enc)[2] for name in (known, UNKNOWN, gappy)}
     assert (~present[gappy]).sum() == GAP_BUCKETS and present[known].all() and present[UNKNOWN].all()
+    # Yesterday is fully known for the fleet, partly for the stranger (its inputs were compared above).
+    lag = spec.seasonal_lag
+    assert fleet.servers[known].first_bucket <= origin - enc + 1 - lag
+    assert origin - enc + 1 - lag < fleet.servers[UNKNOWN].first_bucket < origin - lag + dec
 
 
 def test_offline_forecast_and_backtest_agree_on_imported_traces(tmp_path):
@@ -140,4 +155,31 @@ def test_offline_forecast_and_backtest_agree_on_imported_traces(tmp_path):
         for metric, band in fan.items():
             for q in QUANTILE_LABELS:
                 np.testing.assert_allclose(served[name][metric][q], band[q][i], rtol=0, atol=1.5e-3,
+                                           err_msg=f"{name} {metric} {q}")
+
+
+def test_a_model_without_yesterday_is_served_as_before(tiny_data, history, tmp_path, monkeypatch):
+    """A model trained without yesterday's inputs (as every model before 0.14.0) still serves, and both paths agree.
+
+    Costs a second tiny training (~20 s).
+    """
+    import tft_features
+    from tests.conftest import TINY_TRAIN_ARGS
+    from tft_trainer import build_arg_parser, settings_from_args, train
+
+    monkeypatch.setattr(tft_features, "SEASONAL_INPUT", False)
+    args = build_arg_parser().parse_args(["--data", str(tiny_data), "--models-dir", str(tmp_path / "models"),
+                                          *TINY_TRAIN_ARGS, "--unseen-per-profile", "0", "--no-backtest"])
+    model_dir = train(settings_from_args(args)).model_dir
+    spec = load_model(model_dir).spec
+    assert spec.seasonal_lag is None and spec.seasonal_inputs == [] and spec.history_buckets == spec.encoder_length
+    assert not any(name.endswith(SEASONAL_INPUT_SUFFIX) for name in spec.x_reals)
+    records, origin, _ = history
+    served, _ = _daemon_fans(model_dir, records, origin, tmp_path / "store.sqlite3")
+    backtested = _backtest_fans(model_dir, records, origin, tmp_path / "history.parquet")
+    assert set(served) == set(backtested) and len(served) > 2
+    for name in served:
+        for metric in served[name]:
+            for q in QUANTILE_LABELS:
+                np.testing.assert_allclose(served[name][metric][q], backtested[name][metric][q], rtol=0, atol=1e-4,
                                            err_msg=f"{name} {metric} {q}")
