@@ -51,6 +51,7 @@ from config import (
     HOLDOUT_HOURS,
     HORIZONS,
     IMPORTING_DOC,
+    INTEGER_METRICS,
     LINBORG_METRICS,
     METRIC_RANGES,
     PERSISTENCE_BLEND,
@@ -331,6 +332,9 @@ def fit_band_offsets(spec: FeatureSpec, forecasts: np.ndarray, actual: np.ndarra
     over its spread ``scale``; both (W, T)) the distances ``p10 - actual`` and ``actual - p90``
     are collected per target and decoder step, and each offset is their finite-sample 90 %
     quantile (split conformal, each side on its own), bounded by ``BAND_CALIBRATION_MAX_SHIFT``.
+    An actual on its metric's floor counts as inside the band's top, one on its ceiling as inside
+    its bottom: the served quantiles are clipped to the metric's range (``METRIC_RANGES``); counts
+    (``INTEGER_METRICS``, served rounded) are compared from half a unit beyond the actual.
     """
     n = len(forecasts)
     level = min(1.0, np.ceil((n + 1) * (1.0 - QUANTILES[0])) / n)
@@ -340,10 +344,19 @@ def fit_band_offsets(spec: FeatureSpec, forecasts: np.ndarray, actual: np.ndarra
         def normalised(values: np.ndarray, j: int = j, target: str = target) -> np.ndarray:
             return (_transformed(spec, target, values) - center[:, j, None]) / scale[:, j, None]
 
-        y = normalised(actual[:, j])
-        below = normalised(forecasts[:, j, :, 0]) - y  # > 0: the actual fell under p10
-        above = y - normalised(forecasts[:, j, :, -1])  # > 0: the actual rose over p90
+        # Counts are served as whole numbers: an actual count is under the rounded p10 only when p10 is
+        # above it by more than half a unit (a tie is inside the band), so it is compared from there.
+        half = 0.5 if target in INTEGER_METRICS else 0.0
+        below = normalised(forecasts[:, j, :, 0]) - normalised(actual[:, j] + half)  # > 0: the actual fell under p10
+        above = normalised(actual[:, j] - half) - normalised(forecasts[:, j, :, -1])  # > 0: it rose over p90
         bound = BAND_CALIBRATION_MAX_SHIFT
+        # Served quantiles are clipped to the metric's range, so an actual on its floor (0 sockets, 0 %
+        # swap) is never above the band, and one on its ceiling (100 % idle) never below it, whatever
+        # the offset; counted as misses they would widen every other window's band.
+        low, high = METRIC_RANGES[target]
+        above[actual[:, j] <= low] = -bound
+        if high is not None:
+            below[actual[:, j] >= high] = -bound
         offsets[target] = {side: np.clip(np.quantile(d, level, axis=0), -bound, bound).round(4).tolist()
                            for side, d in (("lower", below), ("upper", above))}
     logger.info("bands calibrated on %d windows: mean shift p10 / p90 (spreads) %s", n,

@@ -17,6 +17,7 @@ from tft_evaluate import (
     actuals_and_baselines,
     apply_persistence_blend,
     backtest_store,
+    fit_band_offsets,
     fit_persistence_blend,
     predict_windows,
 )
@@ -28,6 +29,43 @@ def _spec(targets: list[str], steps: int) -> FeatureSpec:
     return FeatureSpec(encoder_length=4, prediction_length=steps, targets=targets, center="last",
                        log1p_inverse="expm1",
                        target_normalizers={t: {"transformation": transforms[t], "scale_floor": 0.1} for t in targets})
+
+
+def test_band_offsets_count_misses_as_the_served_band_does():
+    """A count on the rounded p90 is inside the band; an actual on the metric's floor cannot be above it.
+
+    Counted as misses (before 0.14.0), both made the offsets widen every band of the target:
+    CLOSE_WAIT bands covered 0.92 of the very windows they were fitted on for 0.80.
+    """
+    from config import BAND_CALIBRATION_MAX_SHIFT
+
+    rng = np.random.default_rng(1)
+    windows, steps = 2000, 6
+    targets = ["front_close_wait", "mem_used_pct"]
+    spec = FeatureSpec(encoder_length=4, prediction_length=steps, targets=targets, center="last",
+                       log1p_inverse="expm1",
+                       target_normalizers={"front_close_wait": {"transformation": "log1p", "scale_floor": 0.1},
+                                           "mem_used_pct": {"transformation": None, "scale_floor": 0.1}})
+    counts = rng.integers(1, 30, (windows, steps)).astype(float)
+    memory = rng.uniform(20, 80, (windows, steps))
+    actual = np.stack([counts, memory], axis=1)  # (W, T, D)
+    # p10 well below, p90 exactly on the actual (whole numbers for the count, as served)
+    forecasts = np.stack([actual * 0.5, actual, actual], axis=-1)
+    center = np.stack([np.log1p(counts[:, 0]), memory[:, 0]], axis=1)
+    scale = np.ones((windows, 2))
+    offsets = fit_band_offsets(spec, forecasts, actual, center, scale)
+    assert all(o < 0 for o in offsets["front_close_wait"]["upper"])  # ties are inside: the band may shrink
+    assert offsets["mem_used_pct"]["upper"] == pytest.approx([0.0] * steps, abs=1e-9)  # a real number on p90: the edge
+    # one in ten counts a whole socket above p90: those are misses, and the offset widens the band to take them
+    forecasts[::10, 0, :, 2] -= 1.0
+    widened = fit_band_offsets(spec, forecasts, actual, center, scale)["front_close_wait"]["upper"]
+    assert all(w > o for w, o in zip(widened, offsets["front_close_wait"]["upper"], strict=True))
+    # silent sockets: the actual on the floor (0) and the served p90 there too cannot be a miss
+    zeros = np.zeros_like(actual)
+    zeros[:, 1] = memory
+    floor = fit_band_offsets(spec, np.stack([zeros, zeros, zeros], axis=-1), zeros,
+                             np.stack([np.zeros(windows), memory[:, 0]], axis=1), scale)
+    assert floor["front_close_wait"]["upper"] == pytest.approx([-BAND_CALIBRATION_MAX_SHIFT] * steps)
 
 
 def test_blend_keeps_a_useful_model_and_drops_a_noisy_one():
