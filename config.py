@@ -729,8 +729,9 @@ TRAIN_SEED = 1234
 # Memory: the training data is held as compact arrays (about this many bytes per row, frame
 # and model inputs together, measured on the 90-server fleet). If a file would need more than
 # the budget, training uses a deterministic subset of servers that fits (logged), so a 10 GB+
-# dataset is never loaded whole. Override with --max-memory-gb.
-TRAINING_BYTES_PER_ROW = 400
+# dataset is never loaded whole. Override with --max-memory-gb. (0.14.0: +40 for each row's
+# yesterday, SEASONAL_INPUT, kept as float32 per target.)
+TRAINING_BYTES_PER_ROW = 440
 TRAINING_MEMORY_BUDGET_GB = 8.0
 
 # Backtest: forecast origins every this many buckets inside the held-out range.

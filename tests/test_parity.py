@@ -180,6 +180,6 @@ def test_a_model_without_yesterday_is_served_as_before(tiny_data, history, tmp_p
     assert set(served) == set(backtested) and len(served) > 2
     for name in served:
         for metric in served[name]:
-            for q in QUANTILE_LABELS:
-                np.testing.assert_allclose(served[name][metric][q], backtested[name][metric][q], rtol=0, atol=1e-4,
-                                           err_msg=f"{name} {metric} {q}")
+            for q in QUANTILE_LABELS:  # float32 rounding: busy network (250 MB/s) differs in the 7th digit
+                np.testing.assert_allclose(served[name][metric][q], backtested[name][metric][q], rtol=1e-6,
+                                           atol=1e-4, err_msg=f"{name} {metric} {q}")
