@@ -185,7 +185,7 @@ class ForecastEngine:
         prediction_time = bucket_iso(origin)
         results: dict[str, ServerResult] = {}
         ready: list[str] = []
-        windows, states, profiles, lengths, yesterdays = [], [], [], [], []
+        windows, states, profiles, lengths, recents, firsts = [], [], [], [], [], []
         for name, window in fleet.servers.items():
             last = window.last_sample_bucket()
             base = self._base(name, window.profile, prediction_time, last)
@@ -206,7 +206,8 @@ class ForecastEngine:
                                                   f"(NaN or Infinity); no forecast until they leave the window"))
                     continue
                 if self.spec.seasonal_lag:
-                    yesterdays.append(self.yesterday(recent, origin, window.first_bucket))
+                    recents.append(recent)
+                    firsts.append(window.first_bucket)
                 ready.append(name)
                 windows.append(values)
                 states.append(state)
@@ -214,27 +215,30 @@ class ForecastEngine:
                 lengths.append(min(history, enc))
         if ready:
             lengths = self.settled(windows, states, lengths)
-            quantiles = self.predict_fleet(ready, windows, states, profiles, lengths, origin,
-                                           yesterdays if self.spec.seasonal_lag else None)
+            yesterdays = self.yesterdays(recents, origin, firsts) if self.spec.seasonal_lag else None
+            quantiles = self.predict_fleet(ready, windows, states, profiles, lengths, origin, yesterdays)
             results.update(self._ready_results(fleet, origin, prediction_time, ready, windows, profiles, lengths,
                                                quantiles))
         return CycleResult(origin=origin, prediction_time=prediction_time, servers=results,
                            seconds=time.perf_counter() - began, forecast_count=len(ready))
 
-    def yesterday(self, history: np.ndarray, origin: int, first_bucket: int | None) -> np.ndarray:
-        """(E+D, targets): each window step's yesterday (``tft_features.yesterday_values``), NaN where unknown.
+    def yesterdays(self, recents: list[np.ndarray], origin: int, first_buckets: list[int | None]) -> np.ndarray:
+        """(S, E+D, targets): each server's yesterday at every window step (``tft_features.yesterday_values``).
 
-        ``history`` holds the buckets up to ``origin`` (the last of them); buckets before the
-        server's first one, or older than ``history`` reaches, do not exist (as before a server's
-        first row in ``SeriesStore``), nor do the decoder's.
+        ``recents`` hold each server's buckets up to ``origin`` (the last of them), all of one length;
+        buckets before a server's first one, or older than that reaches, do not exist (as before a
+        server's first row in ``SeriesStore``), nor do the decoder's: NaN, "not known".
         """
         enc, dec = self.spec.encoder_length, self.spec.prediction_length
-        buckets = origin - len(history) + 1 + np.arange(len(history))
-        values = np.full((len(history) + dec, len(self.spec.targets)), np.nan)
-        exists = buckets >= (first_bucket if first_bucket is not None else origin + 1)
-        for j, (target, column) in enumerate(zip(self.spec.targets, self._target_columns, strict=True)):
-            values[:len(history)][exists, j] = transform_target(target, history[exists, column], self.spec)
-        return yesterday_values(values, int(self.spec.seasonal_lag or 0), self.spec.seasonal_half_window)[-(enc + dec):]
+        history = np.stack(recents)[:, :, self._target_columns]  # (S, span, targets)
+        span = history.shape[1]
+        buckets = origin - span + 1 + np.arange(span)
+        firsts = np.array([origin + 1 if b is None else b for b in first_buckets], dtype=np.int64)
+        exists = buckets[None, :] >= firsts[:, None]  # (S, span)
+        values = np.full((len(recents), span + dec, len(self.spec.targets)), np.nan)
+        for j, target in enumerate(self.spec.targets):
+            values[:, :span, j] = np.where(exists, transform_target(target, history[:, :, j], self.spec), np.nan)
+        return yesterday_values(values, int(self.spec.seasonal_lag or 0), self.spec.seasonal_half_window, enc + dec)
 
     def settled(self, windows: list[np.ndarray], states: list[np.ndarray], lengths: list[int]) -> list[int]:
         """Each server's history, cut after a level shift in it (``tft_features.settled_lengths``)."""
@@ -250,10 +254,10 @@ class ForecastEngine:
 
     def predict_fleet(self, names: list[str], windows: list[np.ndarray], states: list[np.ndarray],
                       profiles: list[str], lengths: list[int], origin: int,
-                      yesterdays: list[np.ndarray] | None = None) -> np.ndarray:
+                      yesterdays: np.ndarray | None = None) -> np.ndarray:
         """(S, targets, D, Q) quantiles: one forward pass per history length (long-lived servers share one).
 
-        ``yesterdays``: per server, :meth:`yesterday`'s array (models with yesterday's inputs).
+        ``yesterdays``: :meth:`yesterdays`' (S, E+D, targets) array (models with yesterday's inputs).
         """
         quantiles = np.empty((len(names), len(self.spec.targets), self.spec.prediction_length,
                               len(self.spec.quantiles)))
@@ -263,7 +267,7 @@ class ForecastEngine:
             quantiles[rows] = self._predict([names[i] for i in rows], np.stack([windows[i] for i in rows]),
                                             [states[i] for i in rows], [profiles[i] for i in rows], origin,
                                             int(length),
-                                            None if yesterdays is None else np.stack([yesterdays[i] for i in rows]))
+                                            None if yesterdays is None else yesterdays[rows])
         return quantiles
 
     def _ready_results(self, fleet: FleetWindows, origin: int, prediction_time: str, ready: list[str],

@@ -303,19 +303,23 @@ def level_ceiling(transformation: str | None, transformed: np.ndarray) -> float 
     return float(np.nanmax(transformed))
 
 
-def yesterday_values(values_tf: np.ndarray, lag: int, half_window: int) -> np.ndarray:
-    """Per row of one server's consecutive buckets, the mean of its rows ``lag`` +- ``half_window`` earlier.
+def yesterday_values(values_tf: np.ndarray, lag: int, half_window: int, last: int | None = None) -> np.ndarray:
+    """Per row of a server's consecutive buckets, the mean of its rows ``lag`` +- ``half_window`` earlier.
 
-    ``values_tf`` (n, targets) holds transformed targets, NaN where a bucket does not exist (before
-    the server's first one, or a decoder's future); a row whose lagged window reaches such a bucket,
-    or before the first row, is NaN ("not known"). One definition for the series store and the daemon.
+    ``values_tf`` (..., n, targets) holds transformed targets, rows along the second-to-last axis (one
+    server, or a stack of servers), NaN where a bucket does not exist (before the server's first
+    one, or a decoder's future); a row whose lagged window reaches such a bucket, or before the
+    first row, is NaN ("not known"). ``last``: only the last rows are wanted (the rest are not
+    computed; the result has ``last`` rows). One definition for the series store and the daemon.
     """
-    width = 2 * half_window + 1
-    out = np.full(values_tf.shape, np.nan)
-    first = lag + half_window  # the first row whose whole lagged window lies in the array
-    if len(values_tf) > first:
-        windows = np.lib.stride_tricks.sliding_window_view(values_tf, width, axis=0)  # (n - width + 1, T, width)
-        out[first:] = windows[:len(values_tf) - first].mean(axis=-1)
+    width, rows = 2 * half_window + 1, values_tf.shape[-2]
+    start = 0 if last is None else rows - last
+    out = np.full((*values_tf.shape[:-2], rows - start, values_tf.shape[-1]), np.nan)
+    first = max(lag + half_window, start)  # the first wanted row whose lagged window lies in the array
+    if rows > first:
+        windows = np.lib.stride_tricks.sliding_window_view(values_tf, width, axis=-2)  # (..., rows-width+1, T, width)
+        back = lag + half_window  # row i's window starts at row i - back
+        out[..., first - start:, :] = windows[..., first - back:rows - back, :, :].mean(axis=-1)
     return out
 
 
@@ -581,13 +585,16 @@ class BatchAssembler:
         ``encoder_lengths`` (B,) lets a window read only its last L <= E encoder rows (a new
         server with short history); as in ``TimeSeriesDataSet``'s collate, shorter encoders
         are right-padded with zeros to the longest one in the batch. ``yesterday_tf`` (B, E+D,
-        targets): each row's transformed targets ``spec.seasonal_lag`` buckets earlier, NaN where
-        the server has no such row; required when the spec has yesterday's inputs.
+        targets): each row's yesterday (:func:`yesterday_values`: the mean of the transformed targets
+        around ``spec.seasonal_lag`` buckets earlier), NaN where unknown; required when the spec has
+        yesterday's inputs.
         """
         enc, dec = self.spec.encoder_length, self.spec.prediction_length
         batch_size, n_targets = len(cont), raw.shape[2]
         if self._yesterday_flag_col is not None and yesterday_tf is None:
-            raise ValueError("this model reads yesterday's values (FeatureSpec.seasonal_lag): pass yesterday_tf")
+            raise ValueError("BatchAssembler: this model reads yesterday's values (FeatureSpec.seasonal_lag) and "
+                             "none were passed. Fix: pass yesterday_tf, as SeriesStore.batch and ForecastEngine "
+                             f"do. See {TRAINING_GUIDE_DOC} (Yesterday as an input).")
         lengths = np.full(batch_size, enc, dtype=np.int64) if encoder_lengths is None \
             else np.asarray(encoder_lengths, dtype=np.int64)
         longest = int(lengths.max())
