@@ -383,6 +383,14 @@ def fit_feature_spec(train_frame: pd.DataFrame, encoder_length: int,
                        loss_space=TRAIN_LOSS_SPACE, log1p_inverse=LOG1P_INVERSE,
                        seasonal_lag=SEASONAL_INPUT_LAG if SEASONAL_INPUT else None,
                        seasonal_half_window=SEASONAL_INPUT_HALF_WINDOW if SEASONAL_INPUT else 0)
+    longest = int(train_frame.groupby(GROUP_ID, observed=True).size().max()) if len(train_frame) else 0
+    if spec.seasonal_lag and longest < spec.history_buckets + spec.prediction_length:
+        # No training window would see a known yesterday: the model could not learn what one means,
+        # and would be served one as soon as its servers are a day old.
+        logger.warning("training history is %d buckets at most (< %d): the model does not read yesterday's values "
+                       "(SEASONAL_INPUT needs a day more than a window). See %s.", longest,
+                       spec.history_buckets + spec.prediction_length, TRAINING_GUIDE_DOC)
+        spec.seasonal_lag, spec.seasonal_half_window = None, 0
     if spec.seasonal_lag and spec.seasonal_lag - spec.seasonal_half_window < spec.prediction_length:
         raise ValueError(f"SEASONAL_INPUT_LAG - SEASONAL_INPUT_HALF_WINDOW ({spec.seasonal_lag} - "
                          f"{spec.seasonal_half_window} buckets) must be at least the forecast length "

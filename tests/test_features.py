@@ -200,3 +200,14 @@ def test_build_features_runs_the_recipe_step_by_step(sparse_frame):
     np.testing.assert_array_equal(again.store.rows.reals, features.store.rows.reals)
     with pytest.raises(ValueError, match="needs encoder_length"):
         build_features(sparse_frame)
+
+
+def test_a_training_history_too_short_for_a_known_yesterday_gets_no_yesterday_inputs(sparse_frame):
+    """A model whose training windows never saw a known yesterday does not read one when served."""
+    frame = add_model_columns(densify(sparse_frame), ServerEncoder())
+    spec = fit_feature_spec(frame, encoder_length=24)
+    assert spec.seasonal_lag == SEASONAL_INPUT_LAG
+    short = frame.groupby(GROUP_ID, observed=True, group_keys=False).head(spec.history_buckets + 95)
+    clipped = fit_feature_spec(short, encoder_length=24)
+    assert clipped.seasonal_lag is None and clipped.seasonal_inputs == []
+    assert clipped.history_buckets == 24

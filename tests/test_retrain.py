@@ -37,7 +37,7 @@ GOOD = ["--epochs", "2", "--windows-per-epoch", "512"]
 # The challenger that must win: a champion trained on noise sits near the mean level, which at 8 h is
 # hard to beat; 2 tiny epochs did not always beat it at every horizon.
 BETTER = ["--epochs", "4", "--windows-per-epoch", "1024"]
-FEED_HOURS = 60  # encoder + 8 h horizon + 12 h validation + 24 h hold-out + training windows
+FEED_HOURS = 84  # encoder + yesterday + 8 h horizon + 12 h validation + 24 h hold-out + training windows
 
 
 def _version(client) -> str:  # noqa: ANN001

@@ -190,19 +190,20 @@ def test_ddp_with_two_cpu_processes(tiny_data, tmp_path):
 
 
 def test_data_over_the_memory_budget_trains_on_a_subset(tiny_data, caplog):
+    from config import TRAINING_BYTES_PER_ROW as per_row  # what prepare_data budgets with
     from tft_features import servers_within_budget
     from tft_trainer import prepare_data
 
-    everyone, rows = servers_within_budget(tiny_data, 1e12, 400)
+    everyone, rows = servers_within_budget(tiny_data, 1e12, per_row)
     assert everyone is None and rows == 12 * 96 * 12
-    half, _ = servers_within_budget(tiny_data, rows * 400 / 2, 400)
+    half, _ = servers_within_budget(tiny_data, rows * per_row / 2, per_row)
     assert 0 < len(half) < 12
-    assert half == servers_within_budget(tiny_data, rows * 400 / 2, 400)[0]  # deterministic
+    assert half == servers_within_budget(tiny_data, rows * per_row / 2, per_row)[0]  # deterministic
     with caplog.at_level("WARNING"):
-        data = prepare_data(tiny_data, 24, 12, 24, 0, memory_budget_gb=rows * 400 / 2 / 1e9)
+        data = prepare_data(tiny_data, 24, 12, 24, 0, memory_budget_gb=rows * per_row / 2 / 1e9)
     assert set(data.store.server_names) == half and "training on" in caplog.text
     with pytest.raises(ValueError, match="raise --max-memory-gb"):
-        servers_within_budget(tiny_data, 100, 400)
+        servers_within_budget(tiny_data, 100, per_row)
 
 
 def test_compile_is_used_for_long_cpu_runs_only():
