@@ -6,7 +6,13 @@ A key file holds one key per line::
     ingest=Zp3v...           # a collector's or Prometheus' key: it may feed records, nothing else
     read=Qk81...             # the dashboard's, Prometheus scraping /metrics, a Grafana data source
     read,admin=Wm0c...       # an operator: read everything and use /admin/*
+    ingest=Tq9d... servers=ppdb*,ppweb01?   # a collector bound to the servers it feeds (glob patterns)
     Hy7e...                  # a bare key holds every scope (the one-key files of earlier versions)
+
+A line that is neither (``INGEST=...``, ``ingest:...``, an unknown option) makes the whole file
+refused: at start the daemon does not start; on a change the previous keys stay in force.
+An ingest key with ``servers=`` may feed only servers whose names match one of its patterns, and a
+server first fed by such a bound key is from then on refused to unbound keys (no squatting).
 
 Several keys per scope are normal: add the new key, move the clients over, delete the old line.
 The daemon notices the file changed (checked at most every ``KEY_FILE_CHECK_SECONDS``) and
@@ -21,6 +27,7 @@ position in the file shows in the response time.
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import hmac
 import logging
@@ -39,6 +46,27 @@ SCOPES = ("ingest", "read", "admin")
 ALL_SCOPES = frozenset(SCOPES)
 _KEY_PATTERN = re.compile(r"^[!-~]+$")  # printable ASCII, no spaces: what fits an HTTP header
 _SCOPED_LINE = re.compile(r"[a-z]+(\s*,\s*[a-z]+)*")  # "read" or "read, admin" before the '='
+_SCOPE_PREFIX = re.compile(r"^([a-z]+(?:\s*,\s*[a-z]+)*)\s*=\s*")
+_LOOKS_SCOPED = re.compile(r"^[A-Za-z][A-Za-z ,]*[=:]")  # "INGEST=..", "ingest:..": a scoped line gone wrong
+_SERVER_GLOB = re.compile(r"^[A-Za-z0-9._*?\[\]-]+$")  # a pattern over server names
+
+
+@dataclass(frozen=True)
+class KeyGrant:
+    """What one presented key may do: its scopes, the server-name patterns it is bound to (None: any
+    server) and its id (a short hash, never the key) that the store records beside what it wrote."""
+
+    scopes: frozenset[str]
+    servers: tuple[str, ...] | None = None
+    key_id: str = ""
+
+    def may_feed(self, server: str) -> bool:
+        """True when this key may write records of ``server`` (bound keys: a pattern matches)."""
+        return self.servers is None or any(fnmatch.fnmatchcase(server, p) for p in self.servers)
+
+
+NO_GRANT = KeyGrant(frozenset())
+OPEN_GRANT = KeyGrant(frozenset({"ingest", "read", "admin"}))  # a daemon without any key
 
 
 
@@ -50,59 +78,88 @@ class KeyFileError(ValueError):
 class KeyRing:
     """The keys in force: (SHA-256 of the key, its scopes)."""
 
-    entries: tuple[tuple[bytes, frozenset[str]], ...]
+    entries: tuple[tuple[bytes, frozenset[str], tuple[str, ...] | None], ...]
 
     @classmethod
     def single(cls, key: str) -> KeyRing:
         """One key with every scope ($TFT_API_KEY, or a key generated at start)."""
-        return cls(((_digest(key), ALL_SCOPES),))
+        return cls(((_digest(key), ALL_SCOPES, None),))
+
+    def grant(self, presented: str | None) -> KeyGrant:
+        """What the presented key may do (no scopes when it matches none), in constant time."""
+        if not presented:
+            return NO_GRANT
+        digest = _digest(presented)
+        found: frozenset[str] = frozenset()
+        patterns: list[str] = []
+        unbound = False
+        for expected, scopes, servers in self.entries:  # no early exit
+            if hmac.compare_digest(digest, expected):
+                found = found | scopes
+                unbound = unbound or servers is None
+                patterns += servers or ()
+        if not found:
+            return NO_GRANT
+        return KeyGrant(found, None if unbound else tuple(patterns), digest.hex()[:12])
 
     def scopes_of(self, presented: str | None) -> frozenset[str]:
         """The scopes of the presented key (empty when it matches none), in constant time."""
-        if not presented:
-            return frozenset()
-        digest = _digest(presented)
-        found: frozenset[str] = frozenset()
-        for expected, scopes in self.entries:  # no early exit
-            if hmac.compare_digest(digest, expected):
-                found = found | scopes
-        return found
+        return self.grant(presented).scopes
 
     def count(self, scope: str) -> int:
         """How many keys hold ``scope``."""
-        return sum(scope in scopes for _, scopes in self.entries)
+        return sum(scope in scopes for _, scopes, _ in self.entries)
 
 
 def _digest(key: str) -> bytes:
     return hashlib.sha256(key.encode("utf-8")).digest()
 
 
-def parse_key_lines(text: str, source: str = "key file") -> list[tuple[str, frozenset[str]]]:
-    """``scope[,scope]=key`` or bare ``key`` per line -> (key, scopes); KeyFileError naming the line."""
-    entries: list[tuple[str, frozenset[str]]] = []
+def parse_key_lines(text: str, source: str = "key file") -> list[tuple[str, frozenset[str], tuple[str, ...] | None]]:
+    """``scope[,scope]=key [servers=PATTERNS]`` or a bare ``key`` per line -> (key, scopes, server patterns);
+    KeyFileError naming the line."""
+    entries: list[tuple[str, frozenset[str], tuple[str, ...] | None]] = []
+    fix = f"See {API_REFERENCE_DOC} (Security)."
     for number, raw in enumerate(text.splitlines(), start=1):
         line = raw.strip()
         if not line or line.startswith("#"):
             continue
         line = re.split(r"\s+#", line, maxsplit=1)[0].strip()  # an inline comment
-        scopes_text, _, key = line.partition("=")
-        if _SCOPED_LINE.fullmatch(scopes_text.strip()) and key and not key.startswith("="):
+        line = _SCOPE_PREFIX.sub(lambda m: re.sub(r"\s", "", m.group(1)) + "=", line)  # "read, admin = K"
+        first, *options = line.split()
+        scopes_text, _, key = first.partition("=")
+        if _SCOPED_LINE.fullmatch(scopes_text) and key and not key.startswith("="):
             scopes = frozenset(s.strip() for s in scopes_text.split(","))
             if not scopes <= ALL_SCOPES:
-                raise KeyFileError(f"{source} line {number}: unknown scope in '{scopes_text.strip()}'; the scopes "
-                                   f"are {', '.join(SCOPES)} (comma-separated before '='). See {API_REFERENCE_DOC} "
-                                   f"(Security).")
+                raise KeyFileError(f"{source} line {number}: unknown scope in '{scopes_text}'; the scopes are "
+                                   f"{', '.join(SCOPES)} (lower case, comma-separated before '='). {fix}")
+        elif _LOOKS_SCOPED.match(line) and not (re.fullmatch(r"[A-Za-z0-9_\-]+=*", first)
+                                                and not (options and options[0].startswith("="))):
+            raise KeyFileError(f"{source} line {number}: '{first.partition('=')[0].partition(':')[0]}...' is "
+                               f"neither 'scope=KEY' (scopes {', '.join(SCOPES)}, lower case, then '=') nor a bare "
+                               f"key; refusing the file rather than giving this line every scope. {fix}")
         else:  # a bare key (base64 keys may end in '=')
-            scopes, key = ALL_SCOPES, line
-        key = key.strip()
+            scopes, key = ALL_SCOPES, first
+        servers: tuple[str, ...] | None = None
+        for option in options:
+            name, _, value = option.partition("=")
+            patterns = tuple(p for p in value.split(",") if p)
+            if name != "servers" or not patterns or not all(_SERVER_GLOB.fullmatch(p) for p in patterns):
+                raise KeyFileError(f"{source} line {number}: unknown option '{option}'; after the key only "
+                                   f"'servers=PATTERN[,PATTERN]' may follow (glob patterns over server names, "
+                                   f"e.g. servers=ppdb*,ppweb01?). {fix}")
+            if scopes != frozenset({"ingest"}):
+                raise KeyFileError(f"{source} line {number}: 'servers=' binds an ingest key to the servers it "
+                                   f"feeds; give it to an 'ingest=KEY' line only. {fix}")
+            servers = patterns
         if not _KEY_PATTERN.fullmatch(key) or len(key) < API_KEY_MIN_LENGTH:
             raise KeyFileError(f"{source} line {number}: a key must be at least {API_KEY_MIN_LENGTH} printable "
                                f"characters without spaces (e.g. python -c 'import secrets; "
-                               f"print(secrets.token_urlsafe(24))'). See {API_REFERENCE_DOC} (Security).")
-        entries.append((key, scopes))
+                               f"print(secrets.token_urlsafe(24))'). {fix}")
+        entries.append((key, scopes, servers))
     if not entries:
         raise KeyFileError(f"{source} holds no key. Put one key per line ('read=KEY', 'ingest=KEY', "
-                           f"'admin=KEY', or a bare KEY for every scope). See {API_REFERENCE_DOC} (Security).")
+                           f"'admin=KEY', or a bare KEY for every scope). {fix}")
     return entries
 
 
@@ -112,7 +169,7 @@ def read_key_file(path: Path) -> KeyRing:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise KeyFileError(f"cannot read the key file {path}: {exc}. See {API_REFERENCE_DOC} (Security).") from None
-    return KeyRing(tuple((_digest(key), scopes) for key, scopes in parse_key_lines(text, str(path))))
+    return KeyRing(tuple((_digest(key), scopes, servers) for key, scopes, servers in parse_key_lines(text, str(path))))
 
 
 def client_key(path: Path, scope: str) -> str:
@@ -121,7 +178,7 @@ def client_key(path: Path, scope: str) -> str:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise KeyFileError(f"cannot read the key file {path}: {exc}. See {API_REFERENCE_DOC} (Security).") from None
-    for key, scopes in parse_key_lines(text, str(path)):
+    for key, scopes, _ in parse_key_lines(text, str(path)):
         if scope in scopes:
             return key
     raise KeyFileError(f"{path} holds no key with the '{scope}' scope; add a line '{scope}=KEY'. "
@@ -154,9 +211,13 @@ class KeyStore:
 
     def scopes_of(self, presented: str | None) -> frozenset[str]:
         """The presented key's scopes (every scope when no key is configured at all)."""
+        return self.grant(presented).scopes
+
+    def grant(self, presented: str | None) -> KeyGrant:
+        """What the presented key may do (everything when no key is configured at all)."""
         self._maybe_reload()
         ring = self.ring
-        return ALL_SCOPES if ring is None else ring.scopes_of(presented)
+        return OPEN_GRANT if ring is None else ring.grant(presented)
 
     def _stat(self) -> tuple[int, int, int] | None:
         try:

@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     StringConstraints,
@@ -30,12 +31,15 @@ from config import (
     CPU_SUM_TOLERANCE,
     DATA_CONTRACT_DOC,
     DEMO_SCENARIOS,
+    FEED_PLAUSIBLE_MAX,
     FEED_TIMESTAMP_YEARS,
     INSTANCE_MAX_LENGTH,
     INSTANCE_PATTERN,
     INTEGER_METRIC_MAX,
     INTEGER_METRICS,
     LINBORG_METRICS,
+    MAINTENANCE_MAX_HOURS,
+    MAINTENANCE_REASON_MAX_LENGTH,
     MAX_RECORDS_PER_REQUEST,
     METRIC_RANGES,
     RISK_HORIZONS,
@@ -52,15 +56,27 @@ RiskLevel = Literal["green", "yellow", "red"]
 
 
 # ============================================================================ feed (in)
-def _metric_field(name: str) -> tuple[type, Any]:
+def _integral(value: Any) -> Any:
+    """A count sent as an integral float (``2.0``: what a Python collector or a Prometheus sample carries) is
+    that integer; a fractional one, a string or a boolean is left for the strict check to refuse."""
+    if isinstance(value, float) and value.is_integer() and abs(value) <= INTEGER_METRIC_MAX:
+        return int(value)
+    return value
+
+
+def _metric_field(name: str) -> tuple[Any, Any]:
     """A metric as the contract types it: strict (no strings, no booleans), finite, in range.
 
-    Float metrics take any JSON number; integer metrics only JSON integers that fit 32 bits.
+    Float metrics take any JSON number up to the contract's bound or, where the contract sets none, the
+    feed's plausible maximum (``FEED_PLAUSIBLE_MAX``). Integer metrics take JSON integers and integral
+    floats that fit 32 bits.
     """
     low, high = METRIC_RANGES[name]
+    high = high if high is not None else FEED_PLAUSIBLE_MAX.get(name)
     if name in INTEGER_METRICS:
-        return int, Field(strict=True, ge=low, le=min(high, INTEGER_METRIC_MAX) if high is not None
-                          else INTEGER_METRIC_MAX)
+        return (Annotated[int, BeforeValidator(_integral)],
+                Field(strict=True, ge=low, le=min(high, INTEGER_METRIC_MAX) if high is not None
+                      else INTEGER_METRIC_MAX))
     return float, Field(strict=True, allow_inf_nan=False, ge=low, **({"le": high} if high is not None else {}))
 
 
@@ -323,6 +339,13 @@ class StatusResponse(BaseModel):
         default=None, description="scheduled retraining (--retrain-every): runs, failures, the running one, the next")
     alertmanager: list[AlertmanagerTarget] | None = Field(
         default=None, description="alerts pushed to Alertmanager (--alertmanager-url): per URL, delivery state")
+    last_cycle_error: str | None = Field(default=None, description="why the last forecast cycle failed, if it did")
+    max_servers: int = Field(default=0, description="servers the daemon tracks at most (--max-servers)")
+    server_windows_bytes: int = Field(default=0, description="memory held by the tracked servers' rings")
+    websocket_subscribers: int = 0
+    maintenance_windows: int = Field(default=0, description="open operator maintenance windows (GET /maintenance)")
+    refused: dict[str, int] = Field(default_factory=dict, description="trust-boundary refusals by reason since "
+                                                                      "start (caps, rates, key bindings)")
 
 
 class AccuracyRow(BaseModel):
@@ -369,6 +392,31 @@ class AccuracyResponse(BaseModel):
     rows: list[AccuracyRow]
     worst_servers: list[WorstServer]
     model_degraded: list[Alert]
+
+
+class MaintenanceRequest(BaseModel):
+    """An operator's maintenance window for one server: alerts about it are suppressed while it lasts."""
+
+    model_config = ConfigDict(extra="forbid")
+    hours: float = Field(gt=0, le=MAINTENANCE_MAX_HOURS, description="how long from now")
+    reason: str = Field(default="", max_length=MAINTENANCE_REASON_MAX_LENGTH, pattern=r"^[^\x00-\x1f\x7f]*$",
+                        description="shown beside suppressed alerts and in the log (no control characters)")
+
+
+class MaintenanceWindow(BaseModel):
+    """An open maintenance window."""
+
+    server_name: str
+    starts_at: str
+    ends_at: str
+    reason: str
+    set_by: str = Field(description="the id (a hash) of the admin key that set it")
+
+
+class MaintenanceResponse(BaseModel):
+    """GET /maintenance: the open windows."""
+
+    windows: list[MaintenanceWindow]
 
 
 class DemoScenarioRequest(BaseModel):

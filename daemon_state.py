@@ -5,10 +5,11 @@
 * ``FeedIngest``: validate a batch against the contract, store it durably, merge it into the
   in-memory windows, and say what happened to every record;
 * ``Daemon.run_cycle`` / ``forecast_loop``: forecast each newly completed bucket once, off the
-  event loop, then trim old history every ``TRIM_EVERY_CYCLES`` cycles;
+  event loop; ``Daemon.housekeeping`` trims old history on its own clock, model or not;
 * ``PublishedCycle``: the latest cycle and its /predictions/current document, serialised once
   per cycle (every GET and WebSocket push reuses the same bytes);
-* ``Subscribers``: the WebSocket fan-out;
+* ``Subscribers``: the WebSocket fan-out (the cycle hands documents over; it never awaits a socket);
+* ``ServerOwners``, ``MaintenanceCalendar``: which key fed a server, and the operator's maintenance;
 * ``Counters``, ``RateLimiter``, ``PrometheusMetrics``: what /status and /metrics report and
   how clients are throttled; ``status_document`` and ``history_document`` build those replies.
 """
@@ -34,7 +35,7 @@ from pydantic import ValidationError
 
 from alert_lifecycle import AlertTracker
 from alertmanager_push import AlertmanagerNotifier
-from api_keys import KeyStore
+from api_keys import OPEN_GRANT, KeyGrant, KeyStore
 from api_models import (
     BATCH_ADAPTER,
     FEED_ADAPTER,
@@ -46,6 +47,7 @@ from api_models import (
     FeedResponse,
     HistoryResponse,
     LinborgRecord,
+    MaintenanceWindow,
     RejectedRecord,
     StatusResponse,
 )
@@ -62,19 +64,28 @@ from config import (
     CONTRACT_VERSION,
     DASHBOARD_URL,
     DATA_CONTRACT_DOC,
+    ESTABLISHED_HISTORY_HOURS,
+    FEED_MAX_AGE_DAYS,
     FEED_MAX_FUTURE_SECONDS,
     FORECAST_POLL_SECONDS,
     FORECAST_RETENTION_HOURS,
     FORECAST_RETRY_MAX_SECONDS,
     HEALTH_DEGRADED_AFTER_FAILED_CYCLES,
+    HEALTH_STALL_SECONDS,
     HORIZONS,
+    HOUSEKEEPING_SECONDS,
     INSTANCE_MAX_LENGTH,
     LATEST_MODEL_LINK,
     LINBORG_METRICS,
     LOG_SUMMARY_SECONDS,
+    MAINTENANCE_MAX_HOURS,
+    MAINTENANCE_MAX_WINDOWS,
     MAX_RECORD_AGE_HOURS,
     MAX_RECORDS_PER_REQUEST,
+    MAX_TRACKED_SERVERS,
     MODEL_WATCH_SECONDS,
+    NEW_SERVERS_BURST,
+    NEW_SERVERS_PER_MINUTE,
     PROJECT_VERSION,
     PROM_FORECAST_SERIES,
     QUANTILE_LABELS,
@@ -91,7 +102,9 @@ from config import (
     STEPS_PER_DAY,
     STEPS_PER_HOUR,
     STORE_PATH,
-    TRIM_EVERY_CYCLES,
+    WS_MAX_SUBSCRIBERS,
+    WS_MAX_SUBSCRIBERS_PER_KEY,
+    WS_SEND_TIMEOUT_SECONDS,
 )
 from contract import DISPLAY_CPU, bucket_iso, bucket_of_ns, cpu_used
 from forecast_engine import CycleResult, ForecastEngine, fleet_document
@@ -103,7 +116,6 @@ from state_rules import STATE_PRECEDENCE
 from tft_model import ModelLoadError, load_model
 
 logger = logging.getLogger("tft_inference")
-MAINTENANCE_RANK = STATE_PRECEDENCE.index("maintenance")
 
 
 # ============================================================================ settings and counters
@@ -127,6 +139,10 @@ class DaemonSettings:
     dashboard_url: str = DASHBOARD_URL  # what alerts pushed to Alertmanager link to (--dashboard-url)
     alertmanager_resend_seconds: float = ALERTMANAGER_RESEND_SECONDS  # firing alerts are re-sent this often
     remote_write_mapping: Path | None = None  # POST /api/v1/write's mapping (None: REMOTE_WRITE_MAPPING_FILE)
+    max_servers: int = MAX_TRACKED_SERVERS  # servers tracked at most (--max-servers)
+    health_stall_seconds: float = HEALTH_STALL_SECONDS  # /health degraded: data arrives, no cycle completes
+    housekeeping_seconds: float = HOUSEKEEPING_SECONDS  # retention and memory release run this often
+    established_hours: float = ESTABLISHED_HISTORY_HOURS  # history before a server calibrates shared bands
 
     @property
     def models_dir(self) -> Path | None:
@@ -154,6 +170,8 @@ class Counters:
     duplicates: int = 0
     requests: int = 0
     request_errors: int = 0
+    last_stored_at: float = float("-inf")  # monotonic time of the last stored record
+    refused: dict[str, int] = field(default_factory=dict)  # trust-boundary refusals by reason
 
 
 class RateLimiter:
@@ -243,6 +261,20 @@ class PrometheusMetrics:
                               ["metric", "horizon_seconds"], registry=self.registry)
         self.scored = Counter("tft_forecasts_scored_total", "Matured forecasts scored against actuals",
                               registry=self.registry)
+        self.refused = Counter("tft_refused_total", "Requests, records and subscriptions refused at a trust "
+                               "boundary (caps, rates, key bindings), by reason", ["reason"], registry=self.registry)
+        self._refused: dict[str, int] = {}
+        self.window_bytes = Gauge("tft_server_windows_bytes", "Bytes held by the tracked servers' in-memory rings",
+                                  registry=self.registry)
+
+    def refuse(self, reason: str, count: int = 1) -> None:
+        """Count refusals at a trust boundary."""
+        self.refused.labels(reason).inc(count)
+        self._refused[reason] = self._refused.get(reason, 0) + count
+
+    def refused_counts(self) -> dict[str, int]:
+        """Refusals by reason since start (for /status)."""
+        return dict(self._refused)
 
     def feed(self, stored: int, rejected: int, duplicates: int) -> None:
         """Count feed results."""
@@ -369,22 +401,145 @@ class ServerInstances:
             self._known.update(changed)
 
 
+class ServerOwners:
+    """Which key first fed each server (its id, never the key) and whether that key is bound to servers.
+
+    Kept in the store (table ``server_keys``). A server first fed by a bound key (``servers=`` on its
+    key-file line) is from then on refused to unbound keys: a shared collector key cannot squat it.
+    """
+
+    _SCHEMA = ("CREATE TABLE IF NOT EXISTS server_keys (server TEXT PRIMARY KEY, key_id TEXT NOT NULL, "
+               "bound INTEGER NOT NULL, first_seen TEXT NOT NULL DEFAULT (datetime('now'))) WITHOUT ROWID;")
+
+    def __init__(self, store: MetricsStore) -> None:
+        self.store = store
+        store.execute_script(self._SCHEMA)
+        self._owners: dict[str, tuple[str, bool]] = {
+            server: (key_id, bool(bound)) for server, key_id, bound in store.query(
+                "SELECT server, key_id, bound FROM server_keys")}
+
+    def refusal(self, server: str, grant: KeyGrant) -> str | None:
+        """Why ``grant`` may not feed ``server`` (None: it may)."""
+        if not grant.may_feed(server):
+            return (f"this key may feed only servers matching {', '.join(grant.servers or ())} (its 'servers=' in "
+                    f"the key file); '{server}' does not match. Use that host's own key ({API_REFERENCE_DOC}, "
+                    f"Security)")
+        owner = self._owners.get(server)
+        if owner is not None and owner[1] and grant.servers is None:
+            return (f"'{server}' is fed by a key bound to it (key {owner[0]}); keys without 'servers=' may not "
+                    f"feed it ({API_REFERENCE_DOC}, Security)")
+        return None
+
+    def note(self, servers: set[str], grant: KeyGrant) -> None:
+        """Record the first key of servers just fed."""
+        new = [(s, grant.key_id, int(grant.servers is not None)) for s in servers if s not in self._owners]
+        if new:
+            self.store.execute_many("INSERT OR IGNORE INTO server_keys (server, key_id, bound) VALUES (?, ?, ?)", new)
+            self._owners.update({s: (k, bool(b)) for s, k, b in new})
+
+    def forget(self, servers: list[str]) -> None:
+        """Drop the servers the store no longer holds (retention)."""
+        for server in servers:
+            self._owners.pop(server, None)
+        if servers:
+            self.store.execute_many("DELETE FROM server_keys WHERE server = ?", [(s,) for s in servers])
+
+
+class MaintenanceCalendar:
+    """Maintenance windows set by an operator (``PUT /admin/maintenance/{server}``), kept in the store.
+
+    Alerts about a server in an open window are suppressed. A record's ``state: maintenance`` is data (the
+    model reads it) but never suppresses alerts: an ingest key, held by many collectors, does not decide
+    operator matters.
+    """
+
+    _SCHEMA = ("CREATE TABLE IF NOT EXISTS maintenance_windows (server TEXT PRIMARY KEY, starts REAL NOT NULL, "
+               "ends REAL NOT NULL, reason TEXT NOT NULL, set_by TEXT NOT NULL) WITHOUT ROWID;")
+
+    def __init__(self, store: MetricsStore, clock: Callable[[], float]) -> None:
+        self.store, self.clock = store, clock
+        store.execute_script(self._SCHEMA)
+        self._windows: dict[str, tuple[float, float, str, str]] = {
+            server: (starts, ends, reason, set_by) for server, starts, ends, reason, set_by in store.query(
+                "SELECT server, starts, ends, reason, set_by FROM maintenance_windows")}
+
+    def set(self, server: str, hours: float, reason: str, set_by: str) -> MaintenanceWindow:
+        """Open (or replace) ``server``'s window from now for ``hours``; ValueError past the caps."""
+        if not 0 < hours <= MAINTENANCE_MAX_HOURS:
+            raise ValueError(f"hours must be in (0, {MAINTENANCE_MAX_HOURS}]")
+        self.expire()
+        if server not in self._windows and len(self._windows) >= MAINTENANCE_MAX_WINDOWS:
+            raise ValueError(f"{MAINTENANCE_MAX_WINDOWS} maintenance windows are open (MAINTENANCE_MAX_WINDOWS); "
+                             f"end one first")
+        now = self.clock()
+        row = (now, now + hours * 3600.0, reason, set_by)
+        self.store.execute_many("INSERT OR REPLACE INTO maintenance_windows (server, starts, ends, reason, set_by) "
+                                "VALUES (?, ?, ?, ?, ?)", [(server, *row)])
+        self._windows[server] = row
+        logger.info("maintenance: %s until %s (%s), set by key %s", server, _iso(row[1]), reason or "no reason",
+                    set_by or "-")
+        return self._document(server, row)
+
+    def end(self, server: str) -> bool:
+        """Close ``server``'s window now; False when it had none."""
+        if self._windows.pop(server, None) is None:
+            return False
+        self.store.execute_many("DELETE FROM maintenance_windows WHERE server = ?", [(server,)])
+        logger.info("maintenance: %s ended by an operator", server)
+        return True
+
+    def active(self) -> set[str]:
+        """Servers in maintenance now."""
+        now = self.clock()
+        return {server for server, (starts, ends, _, _) in self._windows.items() if starts <= now < ends}
+
+    def windows(self) -> list[MaintenanceWindow]:
+        """Open windows, soonest ending first."""
+        self.expire()
+        return [self._document(s, row) for s, row in sorted(self._windows.items(), key=lambda kv: kv[1][1])]
+
+    def expire(self) -> None:
+        """Forget windows that have ended."""
+        now = self.clock()
+        gone = [s for s, (_, ends, _, _) in self._windows.items() if ends <= now]
+        for server in gone:
+            del self._windows[server]
+        if gone:
+            self.store.execute_many("DELETE FROM maintenance_windows WHERE server = ?", [(s,) for s in gone])
+
+    @staticmethod
+    def _document(server: str, row: tuple[float, float, str, str]) -> MaintenanceWindow:
+        return MaintenanceWindow(server_name=server, starts_at=_iso(row[0]), ends_at=_iso(row[1]), reason=row[2],
+                                 set_by=row[3])
+
+
+def _iso(epoch_seconds: float) -> str:
+    return isoformat_utc(datetime.fromtimestamp(epoch_seconds, UTC))
+
+
 class FeedIngest:
     """Validate a batch, store the valid records durably, merge them into the windows.
 
     ``clock`` is the daemon's own time (epoch seconds): no record may be stamped more than
-    ``max_future_seconds`` after it, so no client can move the fleet's clock.
+    ``max_future_seconds`` after it, nor older than the store keeps, so no client can move the fleet's
+    clock. What a key may introduce is bounded: servers it is bound to, ``max_servers`` in all, and
+    new names at ``NEW_SERVERS_PER_MINUTE`` per key.
     """
 
     def __init__(self, store: MetricsStore, fleet: FleetWindows, lock: threading.Lock, counters: Counters,
                  metrics: PrometheusMetrics, clock: Callable[[], float] = time.time,
-                 max_future_seconds: float = FEED_MAX_FUTURE_SECONDS) -> None:
+                 max_future_seconds: float = FEED_MAX_FUTURE_SECONDS, max_servers: int = MAX_TRACKED_SERVERS,
+                 retention_days: int = RETENTION_DAYS) -> None:
         self.store, self.fleet, self.lock, self.counters, self.metrics = store, fleet, lock, counters, metrics
         self.clock = clock
         self.max_future_seconds = max_future_seconds
+        self.max_servers = max_servers
+        self.retention_days = retention_days
         self.instances = ServerInstances(store)
+        self.owners = ServerOwners(store)
+        self.new_servers = RateLimiter(NEW_SERVERS_PER_MINUTE, NEW_SERVERS_BURST)  # per key id
 
-    def body(self, body: bytes) -> FeedResponse:
+    def body(self, body: bytes, grant: KeyGrant = OPEN_GRANT) -> FeedResponse:
         """A raw ``POST /feed`` body -> what happened to each record (runs off the event loop).
 
         Raises FeedRequestError when the body as a whole is not a batch.
@@ -416,15 +571,16 @@ class FeedIngest:
         if len(records) > MAX_RECORDS_PER_REQUEST:
             raise FeedRequestError(413, "too_many_records", f"At most {MAX_RECORDS_PER_REQUEST} records per "
                                                             f"request; split the batch.")
-        return self(records, instances)
+        return self(records, instances, grant)
 
-    def __call__(self, raw_records: list[Any], instances: dict[str, str] | None = None) -> FeedResponse:
+    def __call__(self, raw_records: list[Any], instances: dict[str, str] | None = None,
+                 grant: KeyGrant = OPEN_GRANT) -> FeedResponse:
         """Exactly what happened to each record: stored, duplicate, or rejected and why.
 
         ``instances`` (server -> Prometheus instance) is remembered for servers with a record stored here.
         """
         parsed, rejected = self._parse(raw_records)
-        valid, valid_index = self._admit(parsed, rejected)
+        valid, valid_index = self._admit(parsed, rejected, grant)
         rejected.sort(key=lambda r: r.index)
         known_before = set(self.fleet.servers)
         stored_local, duplicate_local, aggregates = self.store.add_records(valid) if valid else ([], [], [])
@@ -433,12 +589,15 @@ class FeedIngest:
         stored = [valid_index[i] for i in stored_local]
         duplicates = [valid_index[i] for i in duplicate_local]
         accepted = {valid[i]["server_name"] for i in (*stored_local, *duplicate_local)}
+        self.owners.note(accepted, grant)
         if instances:
             self.instances.note({s: i for s, i in instances.items() if s in accepted})
         new_servers = sorted({valid[i]["server_name"] for i in stored_local} - known_before)
         self.counters.stored += len(stored)
         self.counters.rejected += len(rejected)
         self.counters.duplicates += len(duplicates)
+        if stored:
+            self.counters.last_stored_at = time.monotonic()
         self.metrics.feed(len(stored), len(rejected), len(duplicates))
         return FeedResponse(received=len(raw_records), stored=stored, duplicates=duplicates, rejected=rejected,
                             new_servers=new_servers)
@@ -464,42 +623,81 @@ class FeedIngest:
                                                reason=first["msg"]))
         return parsed, rejected
 
-    def _admit(self, parsed: list[tuple[int, LinborgRecord]],
-               rejected: list[RejectedRecord]) -> tuple[list[dict[str, Any]], list[int]]:
+    def _admit(self, parsed: list[tuple[int, LinborgRecord]], rejected: list[RejectedRecord],
+               grant: KeyGrant = OPEN_GRANT) -> tuple[list[dict[str, Any]], list[int]]:
         """Records the daemon can take, as the store's dicts (with ``ts_ns``); the rest rejected with why.
 
         A record is refused when it is stamped too far ahead of the daemon's clock, older than the
-        late-record window (``MAX_RECORD_AGE_HOURS``), or names a different profile than its server already has.
+        late-record window (``MAX_RECORD_AGE_HOURS``) or than the store keeps, names a different profile
+        than its server already has, names a server its key may not feed, or would add a server past
+        the cap or faster than the key's new-server rate.
         """
         now = self.clock()
         latest_ns = int((now + self.max_future_seconds) * 1e9)
-        newest = self.fleet.newest_bucket
-        oldest_ok = None if newest is None else (newest - MAX_RECORD_AGE_HOURS * STEPS_PER_HOUR)
+        stamps = [int(r.timestamp.timestamp()) * 1_000_000_000 + r.timestamp.microsecond * 1000 for _, r in parsed]
+        # Late records are taken up to MAX_RECORD_AGE_HOURS behind the newest bucket, the newest of this very
+        # batch included (an empty store no longer takes a batch spanning 1970 to today), and nothing older
+        # than FEED_MAX_AGE_DAYS (or the retention, when longer) before the daemon's own clock.
+        newest = max([self.fleet.newest_bucket or -1, *(int(bucket_of_ns(t)) for t in stamps if t <= latest_ns)])
+        floor_days = max(FEED_MAX_AGE_DAYS, self.retention_days)
+        oldest_ok = max(int(bucket_of_ns(int(now * 1e9))) - floor_days * STEPS_PER_DAY,
+                        newest - MAX_RECORD_AGE_HOURS * STEPS_PER_HOUR)
         profiles = {name: window.profile for name, window in self.fleet.servers.items()}
+        tracked = len(profiles)
+        verdicts: dict[str, str | None] = {}  # per server of this batch: why it is refused (None: taken)
         valid, valid_index = [], []
-        for i, record in parsed:
-            ts_ns = int(record.timestamp.timestamp()) * 1_000_000_000 + record.timestamp.microsecond * 1000
+        for (i, record), ts_ns in zip(parsed, stamps, strict=True):
+            name = record.server_name
             reason, field_name = None, "timestamp"
             if ts_ns > latest_ns:
                 reason = (f"{isoformat_utc(record.timestamp)} is {(ts_ns / 1e9 - now):.0f} s ahead of the daemon's "
                           f"clock ({isoformat_utc(datetime.fromtimestamp(now, UTC))}); records may be at "
                           f"most {self.max_future_seconds:g} s ahead. Fix the sender's clock (NTP)")
-            elif oldest_ok is not None and bucket_of_ns(ts_ns) < oldest_ok:
-                reason = f"older than the {MAX_RECORD_AGE_HOURS} h the feed accepts late records for"
-            elif profiles.setdefault(record.server_name, record.profile) != record.profile:
-                field_name = "profile"
-                reason = (f"'{record.server_name}' is tracked as '{profiles[record.server_name]}'; a server's "
-                          f"profile does not change. Send '{profiles[record.server_name]}', or give a "
-                          f"re-purposed host a new name ({DATA_CONTRACT_DOC}, Server names)")
+            elif bucket_of_ns(ts_ns) < oldest_ok:
+                reason = (f"older than the feed accepts: late records up to {MAX_RECORD_AGE_HOURS} h behind the "
+                          f"newest bucket ({bucket_iso(newest)}, this batch included), and nothing more than "
+                          f"{floor_days} days before the daemon's clock")
+            else:
+                if name not in verdicts:
+                    verdicts[name] = self._server_verdict(name, name in profiles, tracked, grant)
+                    if verdicts[name] is None and name not in profiles:
+                        tracked += 1
+                if verdicts[name] is not None:
+                    field_name, reason = "server_name", verdicts[name]
+                elif profiles.setdefault(name, record.profile) != record.profile:
+                    field_name = "profile"
+                    reason = (f"'{name}' is tracked as '{profiles[name]}'; a server's "
+                              f"profile does not change. Send '{profiles[name]}', or give a "
+                              f"re-purposed host a new name ({DATA_CONTRACT_DOC}, Server names)")
             if reason is not None:
-                rejected.append(RejectedRecord(index=i, server_name=record.server_name, field=field_name,
-                                               reason=reason))
+                rejected.append(RejectedRecord(index=i, server_name=name, field=field_name, reason=reason))
                 continue
             data = dict(record.__dict__)  # the validated fields, without model_dump's copying machinery
             data["ts_ns"] = ts_ns
             valid.append(data)
             valid_index.append(i)
         return valid, valid_index
+
+    def _server_verdict(self, name: str, known: bool, tracked: int, grant: KeyGrant) -> str | None:
+        """Why records of server ``name`` are refused from this key (None: taken); counted once per batch."""
+        refusal = self.owners.refusal(name, grant)
+        if refusal is not None:
+            self.metrics.refuse("key_not_bound_to_server")
+            return refusal
+        if known:
+            return None
+        if tracked >= self.max_servers:
+            self.metrics.refuse("max_servers")
+            return (f"the daemon tracks {tracked} servers, its cap (--max-servers, MAX_TRACKED_SERVERS = "
+                    f"{self.max_servers}); a new server is taken once one is released (idle past retention), or "
+                    f"run another daemon for part of the fleet ({API_REFERENCE_DOC}, Limits)")
+        allowed, wait = self.new_servers.allow(grant.key_id)
+        if not allowed:
+            self.metrics.refuse("new_server_rate")
+            return (f"this key introduced new servers faster than {NEW_SERVERS_PER_MINUTE} a minute (burst "
+                    f"{NEW_SERVERS_BURST}); retry this server's records in {wait:.0f} s ({API_REFERENCE_DOC}, "
+                    f"Limits)")
+        return None
 
 
 # ============================================================================ publishing and fan-out
@@ -520,28 +718,96 @@ class PublishedCycle:
 class _Socket(Protocol):
     async def send_text(self, data: str) -> None: ...
 
+    async def close(self, code: int = 1000, reason: str | None = None) -> None: ...
+
+
+class SubscriberLimit(Exception):
+    """A WebSocket subscription refused because a cap is reached (the reason is the message)."""
+
+
+class Subscriber:
+    """One WebSocket: a single slot holding the newest document not yet sent (an older one is dropped)."""
+
+    def __init__(self, socket: _Socket, owner: str) -> None:
+        self.socket, self.owner = socket, owner
+        self.pending: str | None = None
+        self.ready = asyncio.Event()
+        self.sent = self.dropped = 0
+
+    def offer(self, message: str) -> None:
+        """Hand the newest document over; never waits (called from the forecast loop)."""
+        if self.pending is not None:
+            self.dropped += 1  # the socket did not take the previous one yet: only the newest matters
+        self.pending = message
+        self.ready.set()
+
 
 class Subscribers:
-    """WebSocket fan-out: every new cycle goes to every subscriber; dead sockets are dropped."""
+    """WebSocket fan-out that never lets a reader stall the daemon.
 
-    def __init__(self) -> None:
-        self.sockets: set[_Socket] = set()
+    The forecast loop only *offers* each new document (:meth:`publish`, no await); each socket's own task
+    (:meth:`pump`) sends it, with a timeout: a socket that does not drain within ``send_timeout`` seconds
+    is closed and dropped. Subscriptions are capped in all and per key (``owner``).
+    """
 
-    def add(self, socket: _Socket) -> None:
-        """Subscribe a connected socket."""
-        self.sockets.add(socket)
+    def __init__(self, max_total: int = WS_MAX_SUBSCRIBERS, max_per_owner: int = WS_MAX_SUBSCRIBERS_PER_KEY,
+                 send_timeout: float = WS_SEND_TIMEOUT_SECONDS,
+                 on_refused: Callable[[str], None] | None = None) -> None:
+        self.max_total, self.max_per_owner, self.send_timeout = max_total, max_per_owner, send_timeout
+        self.on_refused = on_refused or (lambda reason: None)
+        self.members: dict[_Socket, Subscriber] = {}
+        self.timed_out = 0
+
+    @property
+    def sockets(self) -> set[_Socket]:
+        """The subscribed sockets."""
+        return set(self.members)
+
+    def add(self, socket: _Socket, owner: str = "") -> Subscriber:
+        """Subscribe a connected socket; SubscriberLimit (with the reason) past a cap."""
+        if len(self.members) >= self.max_total:
+            self.on_refused("ws_subscribers_total")
+            raise SubscriberLimit(f"the daemon serves at most {self.max_total} WebSocket subscribers "
+                                  f"(WS_MAX_SUBSCRIBERS); retry later or poll GET /predictions/current")
+        if sum(1 for m in self.members.values() if m.owner == owner) >= self.max_per_owner:
+            self.on_refused("ws_subscribers_per_key")
+            raise SubscriberLimit(f"this key already holds {self.max_per_owner} WebSocket subscriptions "
+                                  f"(WS_MAX_SUBSCRIBERS_PER_KEY); close one first")
+        member = self.members[socket] = Subscriber(socket, owner)
+        return member
 
     def discard(self, socket: _Socket) -> None:
         """Unsubscribe (idempotent)."""
-        self.sockets.discard(socket)
+        member = self.members.pop(socket, None)
+        if member is not None:
+            member.ready.set()  # its pump ends
 
-    async def broadcast(self, message: str) -> None:
-        """Send ``message`` to every subscriber."""
-        for socket in list(self.sockets):
+    def publish(self, message: str) -> None:
+        """Offer ``message`` to every subscriber: no network I/O, returns at once."""
+        for member in list(self.members.values()):
+            member.offer(message)
+
+    async def pump(self, member: Subscriber) -> None:
+        """Send ``member`` each newest document until it is unsubscribed or a send times out or fails."""
+        while member.socket in self.members:
+            await member.ready.wait()
+            member.ready.clear()
+            message, member.pending = member.pending, None
+            if message is None or member.socket not in self.members:
+                continue
             try:
-                await socket.send_text(message)
-            except Exception:  # noqa: BLE001 - a dead socket of any kind is dropped, the rest still get it
-                self.sockets.discard(socket)
+                await asyncio.wait_for(member.socket.send_text(message), self.send_timeout)
+                member.sent += 1
+            except TimeoutError:
+                self.timed_out += 1
+                self.on_refused("ws_send_timeout")
+                logger.warning("a WebSocket subscriber (%s) did not take a document within %.0f s; closed it",
+                               member.owner or "anonymous", self.send_timeout)
+                self.discard(member.socket)
+                return
+            except Exception:  # noqa: BLE001 - a dead socket of any kind is dropped, the rest still get theirs
+                self.discard(member.socket)
+                return
 
 
 # ============================================================================ the daemon
@@ -607,13 +873,16 @@ class Daemon:
         self.last_cycle_error: str | None = None
         self._retry_at = 0.0  # a failed cycle is retried from this monotonic time on
         self.lock = threading.Lock()  # guards fleet windows between feed and forecast threads
-        self.subscribers = Subscribers()
         self.limiter = RateLimiter(settings.rate_per_minute, settings.rate_burst)  # per valid key
         self.anonymous_limiter = RateLimiter(ANONYMOUS_RATE_PER_MINUTE, ANONYMOUS_RATE_BURST)  # per address
         self.metrics = PrometheusMetrics()
+        self.subscribers = Subscribers(on_refused=self.metrics.refuse)
         self.cycle_log = CycleLog()
         self.ingest = FeedIngest(self.store, self.fleet, self.lock, self.counters, self.metrics, clock,
-                                 settings.max_future_seconds)
+                                 settings.max_future_seconds, settings.max_servers, settings.retention_days)
+        self.maintenance = MaintenanceCalendar(self.store, clock)  # operator-set windows that suppress alerts
+        self._progress_at = time.monotonic()  # the last completed cycle (or start, or a model load)
+        self._housekept_at = float("-inf")
         self.instances = self.ingest.instances  # server -> Prometheus instance, where a feeder said
         self.remote_write = RemoteWriteReceiver(self.ingest, self.metrics.registry,  # POST /api/v1/write
                                                 settings.remote_write_mapping or REMOTE_WRITE_MAPPING_FILE,
@@ -696,7 +965,9 @@ class Daemon:
             self.accuracy = LiveAccuracy(self.store, engine.metrics, engine.model_version,
                                          band_adaptation=self.settings.band_adaptation)
         engine.band_adjuster = self.accuracy.adjuster
+        self.accuracy.established_buckets = int(self.settings.established_hours * STEPS_PER_HOUR)
         self.engine = engine
+        self._progress_at = time.monotonic()
         self.model_error = None
         self.last_origin = None  # forecast again with the new model
         logger.info("model loaded: %s (%d servers in its mapping)", loaded.model_dir, len(loaded.encoder))
@@ -712,9 +983,22 @@ class Daemon:
 
     @property
     def health_problem(self) -> str | None:
-        """Why /health says "degraded" (cycles failing in a row), or None."""
+        """Why /health says "degraded", or None: forecast cycles failing in a row, or records arriving while
+        no cycle completed for ``health_stall_seconds`` although a complete bucket waits (a stalled loop).
+
+        The sentence is for an unauthenticated probe: it names the condition, never an exception's text
+        (that is in /status and the log)."""
         if self.failed_cycles >= HEALTH_DEGRADED_AFTER_FAILED_CYCLES:
-            return f"the last {self.failed_cycles} forecast cycles failed: {self.last_cycle_error}"
+            return (f"the last {self.failed_cycles} forecast cycles failed; the reason is in /status "
+                    f"(last_cycle_error) and the daemon's log")
+        if self.engine is not None:
+            quiet = time.monotonic() - self._progress_at
+            pending = self.complete_through()
+            if (quiet > self.settings.health_stall_seconds and pending is not None and pending != self.last_origin
+                    and self.counters.last_stored_at > self._progress_at):
+                return (f"records keep arriving but no forecast cycle completed for {quiet:.0f} s (more than "
+                        f"{self.settings.health_stall_seconds:g} s) although bucket {bucket_iso(pending)} is "
+                        f"complete: the forecast loop is stalled")
         return None
 
     def run_cycle(self, origin: int) -> CycleResult | None:
@@ -756,17 +1040,35 @@ class Daemon:
         self.last_origin = origin
         self._count_cycle(result)
         self.metrics.cycle(result, model_loaded=True, instances=self.instances)
-        if self.counters.cycles % TRIM_EVERY_CYCLES == 0:
-            removed = self.store.trim(origin - self.settings.retention_days * STEPS_PER_DAY,
-                                      origin - FORECAST_RETENTION_HOURS * STEPS_PER_HOUR, origin)
-            removed["alerts"] = self.alerts.trim(origin)
-            (logger.info if any(removed.values()) else logger.debug)("retention: removed %s", removed)
         self.store.write_ledger()  # what a restart must find again (a shorter store is reported as a loss)
         self.counters.last_cycle_total_ms = round((time.perf_counter() - began) * 1000.0, 2)
         logger.debug("forecast cycle %s: %d servers forecast, %d tracked, %.1f ms", result.prediction_time,
                      result.forecast_count, len(result.servers), result.seconds * 1000.0)
         self.cycle_log.add(result, self.alerts.counts())
+        self._progress_at = time.monotonic()
         return result
+
+    def housekeeping(self) -> dict[str, int] | None:
+        """Retention, duplicate-check keys, expired maintenance and idle servers released from memory.
+
+        Runs on a clock (``housekeeping_seconds``), with or without a model, so a daemon that only fills
+        its store (the bootstrap before the first training) keeps bounded memory and disk.
+        """
+        newest = self.fleet.newest_bucket
+        if newest is None:
+            return None
+        cutoff = newest - self.settings.retention_days * STEPS_PER_DAY
+        removed = self.store.trim(cutoff, newest - FORECAST_RETENTION_HOURS * STEPS_PER_HOUR, newest)
+        removed["alerts"] = self.alerts.trim(self.last_origin if self.last_origin is not None else newest)
+        with self.lock:
+            released = self.fleet.release(cutoff)
+        removed["servers_released"] = len(released)
+        self.ingest.owners.forget(released)
+        self.maintenance.expire()
+        self.store.write_ledger()
+        self.metrics.window_bytes.set(self.fleet.memory_bytes())
+        (logger.info if any(removed.values()) else logger.debug)("housekeeping: removed %s", removed)
+        return removed
 
     def _track_alerts(self, result: CycleResult, origin: int) -> None:
         """Feed this cycle's alerts (risk and model_degraded) to the lifecycle; never stops the cycle."""
@@ -774,11 +1076,7 @@ class Daemon:
             raised = [a for r in result.servers.values() for a in r.prediction.alerts]
             if self.accuracy is not None:
                 raised += self.accuracy.active_degraded()
-            servers = {a.server_name for a in raised}
-            with self.lock:
-                maintenance = {name for name in servers if name in self.fleet.servers
-                               and self.fleet.servers[name].window(origin, 1)[1][0] == MAINTENANCE_RANK}
-            self.alerts.update(origin, raised, maintenance)
+            self.alerts.update(origin, raised, self.maintenance.active())
             if self.notifier is not None:  # a hand-over only (never blocks, never raises); sent by its threads
                 self.notifier.notify(self.alerts.active()[0])
             self.metrics.open_alerts(*self.alerts.active(), self.instances)
@@ -854,12 +1152,15 @@ class Daemon:
                     await asyncio.to_thread(self.watch_model)
                 if self.retrainer is not None:
                     self.retrainer.poll()
+                if time.monotonic() - self._housekept_at >= self.settings.housekeeping_seconds:
+                    self._housekept_at = time.monotonic()
+                    await asyncio.to_thread(self.housekeeping)
                 origin = self.complete_through()
                 if (self.engine is not None and origin is not None and origin != self.last_origin
                         and time.monotonic() >= self._retry_at):
                     result = await asyncio.to_thread(self.run_cycle, origin)
-                    if result is not None and self.subscribers.sockets:
-                        await self.subscribers.broadcast(self.published.json.decode())
+                    if result is not None and self.subscribers.members:
+                        self.subscribers.publish(self.published.json.decode())  # a hand-over, never awaited
             except asyncio.CancelledError:
                 raise
             except Exception:  # noqa: BLE001 - the loop must survive anything
@@ -908,7 +1209,10 @@ def status_document(daemon: Daemon) -> StatusResponse:
         accuracy_summary=daemon.accuracy.summary() if daemon.accuracy and engine else None,
         model_reloads=daemon.model_reloads, model_reload_failures=daemon.model_reload_failures,
         retrain=daemon.retrainer.status() if daemon.retrainer else None,
-        alertmanager=daemon.notifier.status() if daemon.notifier else None)
+        alertmanager=daemon.notifier.status() if daemon.notifier else None,
+        last_cycle_error=daemon.last_cycle_error, max_servers=daemon.settings.max_servers,
+        server_windows_bytes=daemon.fleet.memory_bytes(), websocket_subscribers=len(daemon.subscribers.members),
+        maintenance_windows=len(daemon.maintenance.windows()), refused=daemon.metrics.refused_counts())
 
 
 def accuracy_document(daemon: Daemon, window: str | None, metric: str | None, horizon: str | None,

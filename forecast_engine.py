@@ -197,7 +197,7 @@ class ForecastEngine:
                     base, "warming_up", buckets_needed=self.spec.min_encoder_length - history))
             else:
                 # the encoder's buckets, and yesterday's before them (models with yesterday's inputs)
-                recent, recent_states, _ = window.window(origin, min(self.spec.history_buckets, window.capacity))
+                recent, recent_states, _ = window.window(origin, min(self.spec.history_buckets, fleet.capacity))
                 values, state = recent[-enc:], recent_states[-enc:]
                 if not np.isfinite(values).all():  # defence in depth: the feed rejects non-finite values
                     bad = int((~np.isfinite(values)).any(axis=1).sum())

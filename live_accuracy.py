@@ -243,6 +243,10 @@ class LiveAccuracy:
         self.degraded: dict[str, Alert] = {}
         self.scored_total = 0
         self.skipped_total = 0  # matured targets not scored (a gap longer than the catch-up)
+        # Only servers whose history the daemon has held this long are scored and calibrate the shared bands
+        # (the daemon sets it from --established-hours): freshly invented names cannot steer the bands.
+        self.established_buckets = 0
+        self.unestablished_total = 0  # matured forecasts left out for that reason
         self._fresh = True  # a new model: the stored bins are someone else's
         # The cycle thread writes the bins while request threads read them (/accuracy, /status, /alerts).
         self.lock = threading.RLock()
@@ -310,6 +314,9 @@ class LiveAccuracy:
                 continue
             now, then = window.current(target), window.current(made)
             if now is None or then is None:  # no sample in the target bucket (offline) or at the origin
+                continue
+            if made - (window.first_bucket if window.first_bucket is not None else made) < self.established_buckets:
+                self.unestablished_total += 1
                 continue
             names.append(server)
             profiles.append(window.profile)

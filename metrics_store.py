@@ -39,6 +39,7 @@ from config import (
     INTEGER_METRICS,
     LINBORG_METRICS,
     MEMORY_BUCKETS,
+    SQLITE_JOURNAL_SIZE_LIMIT_BYTES,
     SQLITE_SYNCHRONOUS,
     STEPS_PER_HOUR,
     STORE_DOC,
@@ -47,6 +48,7 @@ from config import (
     WAL_FRAME_HEADER_BYTES,
     WAL_HEADER_BYTES,
     WAL_MAGIC,
+    WARMUP_RING_BUCKETS,
 )
 from contract import NS_PER_BUCKET, bucket_of_ns, fill_offline
 from state_rules import STATE_PRECEDENCE
@@ -105,6 +107,8 @@ ON CONFLICT (server, bucket) DO UPDATE SET
     state_rank = MIN(state_rank, excluded.state_rank)
 """
 
+_KEYS_PER_STATEMENT = 16_000  # (server, ts) pairs per INSERT ... RETURNING: 32,000 of SQLite's 32,766 variables
+
 _UPSERT_SERVER = """
 INSERT INTO servers (server, profile, first_bucket, last_bucket) VALUES (?, ?, ?, ?)
 ON CONFLICT (server) DO UPDATE SET
@@ -146,23 +150,47 @@ def aggregate(records: list[dict[str, Any]]) -> list[Aggregate]:
 
 
 class ServerWindow:
-    """A ring of the most recent buckets of one server, holding the same aggregates as SQLite."""
+    """A ring of the most recent buckets of one server, holding the same aggregates as SQLite.
 
-    def __init__(self, profile: str, capacity: int = MEMORY_BUCKETS) -> None:
+    The ring starts small (``WARMUP_RING_BUCKETS``) and doubles whenever a bucket would overwrite one
+    still within reach, up to ``capacity`` (``MEMORY_BUCKETS``): a server that has sent one sample costs
+    a few KiB, not a full ring, so a flood of new names cannot buy memory by the name.
+    """
+
+    def __init__(self, profile: str, capacity: int = MEMORY_BUCKETS, initial: int = WARMUP_RING_BUCKETS) -> None:
         self.profile = profile
-        self.capacity = capacity
-        self.slot_bucket = np.full(capacity, -1, dtype=np.int64)
-        self.n = np.zeros(capacity, dtype=np.int64)
-        self.sums = np.zeros((capacity, len(GAUGES)))
-        self.last_ts = np.zeros(capacity, dtype=np.int64)
-        self.last_counts = np.zeros((capacity, len(COUNTS)), dtype=np.int64)
-        self.state_rank = np.zeros(capacity, dtype=np.int64)
+        self.max_capacity = capacity
         self.first_bucket: int | None = None
         self.last_bucket: int | None = None
+        self._allocate(min(capacity, max(1, initial)))
+
+    def _allocate(self, size: int) -> None:
+        self.capacity = size
+        self.slot_bucket = np.full(size, -1, dtype=np.int64)
+        self.n = np.zeros(size, dtype=np.int64)
+        self.sums = np.zeros((size, len(GAUGES)))
+        self.last_ts = np.zeros(size, dtype=np.int64)
+        self.last_counts = np.zeros((size, len(COUNTS)), dtype=np.int64)
+        self.state_rank = np.zeros(size, dtype=np.int64)
+
+    def _grow(self) -> None:
+        """Double the ring (up to the cap), each held bucket moved to its slot in the larger one."""
+        held = np.flatnonzero(self.slot_bucket >= 0)
+        old = (self.slot_bucket[held], self.n[held], self.sums[held], self.last_ts[held], self.last_counts[held],
+               self.state_rank[held])
+        self._allocate(min(self.max_capacity, self.capacity * 2))
+        slots = old[0] % self.capacity
+        (self.slot_bucket[slots], self.n[slots], self.sums[slots], self.last_ts[slots], self.last_counts[slots],
+         self.state_rank[slots]) = old
 
     def merge(self, agg: Aggregate) -> None:
         """Merge an aggregate exactly as the SQL upsert does."""
         slot = agg.bucket % self.capacity
+        while (self.capacity < self.max_capacity and self.slot_bucket[slot] >= 0
+               and self.slot_bucket[slot] != agg.bucket
+               and abs(int(self.slot_bucket[slot]) - agg.bucket) < self.max_capacity):
+            self._grow()  # the slot holds another bucket the full ring would still keep
+            slot = agg.bucket % self.capacity
         if self.slot_bucket[slot] != agg.bucket:
             if self.slot_bucket[slot] > agg.bucket:
                 return  # older than the ring holds (still stored in SQLite)
@@ -221,6 +249,7 @@ class FleetWindows:
     def __init__(self, capacity: int = MEMORY_BUCKETS) -> None:
         self.capacity = capacity
         self.servers: dict[str, ServerWindow] = {}
+        self._newest: int | None = None
 
     @classmethod
     def from_records(cls, records: list[dict[str, Any]], capacity: int = MEMORY_BUCKETS) -> FleetWindows:
@@ -237,12 +266,28 @@ class FleetWindows:
             if window is None:
                 window = self.servers[agg.server] = ServerWindow(profiles[agg.server], self.capacity)
             window.merge(agg)
+            if self._newest is None or agg.bucket > self._newest:
+                self._newest = agg.bucket
+
+    def release(self, before_bucket: int) -> list[str]:
+        """Forget the servers whose newest sample is older than ``before_bucket``; their names."""
+        gone = [name for name, w in self.servers.items() if w.last_bucket is None or w.last_bucket < before_bucket]
+        for name in gone:
+            del self.servers[name]
+        if gone:
+            buckets = [w.last_bucket for w in self.servers.values() if w.last_bucket is not None]
+            self._newest = max(buckets) if buckets else None
+        return gone
+
+    def memory_bytes(self) -> int:
+        """Bytes held by the rings' arrays (for /status and the memory tests)."""
+        return sum(w.slot_bucket.nbytes + w.n.nbytes + w.sums.nbytes + w.last_ts.nbytes + w.last_counts.nbytes
+                   + w.state_rank.nbytes for w in self.servers.values())
 
     @property
     def newest_bucket(self) -> int | None:
         """Newest bucket any server has reported."""
-        buckets = [w.last_bucket for w in self.servers.values() if w.last_bucket is not None]
-        return max(buckets) if buckets else None
+        return self._newest
 
 
 class StoreError(RuntimeError):
@@ -307,7 +352,6 @@ class MetricsStore:
         self._lock = threading.Lock()
         self._local = threading.local()
         self._synchronous = synchronous
-        self._recent_keys: set[tuple[str, int]] = set()
         self._readers: list[sqlite3.Connection] = []  # one per reading thread, all closed by close()
         try:
             self._writer = self._connect()
@@ -362,6 +406,7 @@ class MetricsStore:
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute(f"PRAGMA synchronous={self._synchronous}")
         conn.execute("PRAGMA busy_timeout=30000")
+        conn.execute(f"PRAGMA journal_size_limit={SQLITE_JOURNAL_SIZE_LIMIT_BYTES}")  # the WAL shrinks back
         return conn
 
     def _reader(self) -> sqlite3.Connection:
@@ -388,50 +433,53 @@ class MetricsStore:
         The transaction is committed before this returns.
         """
         with self._lock:
-            stored, duplicates, fresh = [], [], []
-            seen_in_batch: set[tuple[str, int]] = set()
-            for i, record in enumerate(records):
-                key = (record["server_name"], record["ts_ns"])
-                if key in seen_in_batch or key in self._recent_keys:
-                    duplicates.append(i)
-                    continue
-                seen_in_batch.add(key)
-                stored.append(i)
-                fresh.append(record)
-            aggregates = aggregate(fresh)
-            if fresh:
-                first_bucket: dict[str, int] = {}
-                last_bucket: dict[str, int] = {}
-                profiles: dict[str, str] = {}
-                for agg in aggregates:
-                    first_bucket[agg.server] = min(first_bucket.get(agg.server, agg.bucket), agg.bucket)
-                    last_bucket[agg.server] = max(last_bucket.get(agg.server, agg.bucket), agg.bucket)
-                for record in fresh:
-                    profiles.setdefault(record["server_name"], record["profile"])
-                conn = self._writer
+            conn = self._writer
+            try:
+                conn.execute("BEGIN IMMEDIATE")
                 try:
-                    conn.execute("BEGIN IMMEDIATE")
-                    try:
-                        conn.executemany("INSERT OR IGNORE INTO sample_keys (server, ts) VALUES (?, ?)",
-                                         [(r["server_name"], r["ts_ns"]) for r in fresh])
+                    # Duplicate detection in SQLite (not in memory): a key is fresh when this insert made it.
+                    keys = [(r["server_name"], r["ts_ns"]) for r in records]
+                    fresh_keys: set[tuple[str, int]] = set()
+                    for a in range(0, len(keys), _KEYS_PER_STATEMENT):
+                        chunk = keys[a:a + _KEYS_PER_STATEMENT]
+                        sql = ("INSERT INTO sample_keys (server, ts) VALUES " + ",".join(["(?, ?)"] * len(chunk))
+                               + " ON CONFLICT DO NOTHING RETURNING server, ts")
+                        fresh_keys.update(conn.execute(sql, [v for key in chunk for v in key]).fetchall())
+                    stored, duplicates, fresh = [], [], []
+                    for i, (record, key) in enumerate(zip(records, keys, strict=True)):
+                        if key in fresh_keys:
+                            fresh_keys.discard(key)  # a second copy within the batch is a duplicate
+                            stored.append(i)
+                            fresh.append(record)
+                        else:
+                            duplicates.append(i)
+                    aggregates = aggregate(fresh)
+                    if fresh:
+                        first_bucket: dict[str, int] = {}
+                        last_bucket: dict[str, int] = {}
+                        profiles: dict[str, str] = {}
+                        for agg in aggregates:
+                            first_bucket[agg.server] = min(first_bucket.get(agg.server, agg.bucket), agg.bucket)
+                            last_bucket[agg.server] = max(last_bucket.get(agg.server, agg.bucket), agg.bucket)
+                        for record in fresh:
+                            profiles.setdefault(record["server_name"], record["profile"])
                         conn.executemany(_UPSERT_BUCKET, [agg.row() for agg in aggregates])
                         conn.executemany(_UPSERT_SERVER, [(s, profiles[s], first_bucket[s], last_bucket[s])
                                                           for s in first_bucket])
                         self._add_samples(conn, len(fresh))
-                        conn.execute("COMMIT")
-                    except BaseException:
-                        if conn.in_transaction:
-                            conn.execute("ROLLBACK")
-                        raise
-                except sqlite3.OperationalError as exc:
-                    if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL or "full" in str(exc):
-                        raise StoreFullError(
-                            f"the disk holding {self.path} is full ({exc}); nothing of this batch was stored. "
-                            f"Fix: free space on that disk (the feed resumes by itself) or move the store. "
-                            f"See {STORE_DOC}.") from None
+                    conn.execute("COMMIT")
+                except BaseException:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
                     raise
-                self._recent_keys.update(seen_in_batch)
-                self.samples += len(fresh)
+            except sqlite3.OperationalError as exc:
+                if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL or "full" in str(exc):
+                    raise StoreFullError(
+                        f"the disk holding {self.path} is full ({exc}); nothing of this batch was stored. "
+                        f"Fix: free space on that disk (the feed resumes by itself) or move the store. "
+                        f"See {STORE_DOC}.") from None
+                raise
+            self.samples += len(fresh)
             return stored, duplicates, aggregates
 
     def save_forecasts(self, origin: int, payloads: dict[str, bytes], scales: bytes | None = None) -> None:
@@ -464,7 +512,6 @@ class MetricsStore:
             conn.execute("DELETE FROM servers WHERE last_bucket < ?", (bucket_cutoff,))
             self._add_samples(conn, -int(trimmed))
             conn.execute("COMMIT")
-            self._recent_keys = {k for k in self._recent_keys if k[1] >= key_cutoff_ns}
             self.samples -= int(trimmed)
         return removed
 
@@ -501,7 +548,7 @@ class MetricsStore:
 
     # ------------------------------------------------------------------ reads
     def load_windows(self, capacity: int = MEMORY_BUCKETS) -> FleetWindows:
-        """Rebuild the in-memory windows (and the duplicate-check keys) from disk."""
+        """Rebuild the in-memory windows from disk (duplicate-check keys stay in SQLite)."""
         fleet = FleetWindows(capacity)
         conn = self._reader()
         profiles = dict(conn.execute("SELECT server, profile FROM servers"))
@@ -521,8 +568,6 @@ class MetricsStore:
         for server, first in conn.execute("SELECT server, first_bucket FROM servers"):
             if server in fleet.servers:
                 fleet.servers[server].first_bucket = first  # history may be longer than the ring
-        floor = (newest - DEDUPE_HOURS * STEPS_PER_HOUR) * NS_PER_BUCKET
-        self._recent_keys = set(conn.execute("SELECT server, ts FROM sample_keys WHERE ts >= ?", (floor,)))
         return fleet
 
     def bucket_history(self, server: str, first_bucket: int) -> list[tuple[Any, ...]]:

@@ -29,6 +29,7 @@ libraries and assembles the samples into contract records; the daemon's HTTP lay
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -52,6 +53,8 @@ from api_models import INSTANCES_ADAPTER, FeedResponse
 from config import (
     CPU_COMPONENTS,
     FEED_MAX_FUTURE_SECONDS,
+    INSTANCE_MAX_LENGTH,
+    INSTANCE_PATTERN,
     LINBORG_METRICS,
     REMOTE_WRITE_COMPLETE_GRACE_SECONDS,
     REMOTE_WRITE_IDLE_SECONDS,
@@ -59,6 +62,9 @@ from config import (
     REMOTE_WRITE_MAPPING_FILE,
     REMOTE_WRITE_MAX_DECODED_BYTES,
     REMOTE_WRITE_MAX_INSTANCES,
+    REMOTE_WRITE_MAX_LABEL_NAME_BYTES,
+    REMOTE_WRITE_MAX_LABEL_VALUE_BYTES,
+    REMOTE_WRITE_MAX_LABELS_PER_SERIES,
     REMOTE_WRITE_MAX_PENDING_SCRAPES,
     REMOTE_WRITE_MAX_SERIES,
     REMOTE_WRITE_MAX_SERIES_PER_INSTANCE,
@@ -123,6 +129,26 @@ WriteRequest = _write_request_class()
 
 
 # ============================================================================ errors and decoding
+_INSTANCE = re.compile(INSTANCE_PATTERN)
+
+
+def check_label_limits(request: Message) -> None:
+    """RemoteWriteError 400 naming the first series over the label limits (count, name bytes, value bytes)."""
+    for series in request.timeseries:
+        labels = series.labels
+        too_long = next((lb for lb in labels if len(lb.name) > REMOTE_WRITE_MAX_LABEL_NAME_BYTES
+                         or len(lb.value) > REMOTE_WRITE_MAX_LABEL_VALUE_BYTES), None)
+        if len(labels) > REMOTE_WRITE_MAX_LABELS_PER_SERIES or too_long is not None:
+            name = next((lb.value for lb in labels if lb.name == "__name__"), "?")[:80]
+            raise RemoteWriteError(400, "label_limit", f"A series ({name}) carries {len(labels)} labels"
+                                   + (f", one of them '{too_long.name[:40]}' with a name or value over the limit"
+                                      if too_long is not None else "")
+                                   + f"; the limits are {REMOTE_WRITE_MAX_LABELS_PER_SERIES} labels, names of "
+                                     f"{REMOTE_WRITE_MAX_LABEL_NAME_BYTES} and values of "
+                                     f"{REMOTE_WRITE_MAX_LABEL_VALUE_BYTES} characters. Drop extra labels with "
+                                     f"write_relabel_configs ({COLLECTING_SECTION}).")
+
+
 class RemoteWriteError(ValueError):
     """A write refused as a whole: HTTP status, error code, one short sentence (Prometheus logs it).
 
@@ -342,7 +368,7 @@ class _Instance:
     __slots__ = ("series", "pending", "completed_ms", "newest_ms", "server", "refused", "reported")
 
     def __init__(self) -> None:
-        self.series: dict[tuple[tuple[str, str], ...], _Series] = {}
+        self.series: dict[bytes, _Series] = {}  # a 16-byte digest of the series' labels -> its state
         self.pending: dict[int, _Scrape] = {}
         self.completed_ms = -1  # samples at or before this are late
         self.newest_ms = -1
@@ -446,20 +472,25 @@ class RemoteWriteReceiver:
         }
 
     # ------------------------------------------------------------------ entry points
-    def write(self, body: bytes) -> WriteResult:
+    def write(self, body: bytes, grant: Any = None) -> WriteResult:
         """One ``POST /api/v1/write`` body (runs off the event loop); RemoteWriteError when refused as a whole.
 
-        Other errors of the store (disk full) propagate after the records were kept for the next write.
+        ``grant``: the sender's key (``api_keys.KeyGrant``), handed to ``ingest`` with the records. Other
+        errors of the store (disk full) propagate after the records were kept for the next write.
         """
         if self.mapping is None:
             raise RemoteWriteError(503, "remote_write_unavailable", f"The daemon's remote-write mapping is broken: "
                                                                     f"{self.error}")
-        return self.accept(decode(body))
+        return self.accept(decode(body), grant)
 
-    def accept(self, request: Message) -> WriteResult:
-        """A decoded ``WriteRequest``: track its samples, feed the records of the scrapes it completed."""
+    def accept(self, request: Message, grant: Any = None) -> WriteResult:
+        """A decoded ``WriteRequest``: track its samples, feed the records of the scrapes it completed.
+
+        RemoteWriteError 400 (nothing of it is taken) when a series carries more labels, or longer label
+        names or values, than the limits (``REMOTE_WRITE_MAX_LABEL*``; Mimir's defaults)."""
         if self.mapping is None:
             raise RemoteWriteError(503, "remote_write_unavailable", f"remote-write is unavailable: {self.error}")
+        check_label_limits(request)
         with self._lock:
             result = WriteResult()
             touched: dict[str, _Instance] = {}
@@ -474,7 +505,7 @@ class RemoteWriteReceiver:
             result.records = len(records)
             self.samples.update(result.samples)
             try:
-                result.feed = self._deliver(records, instances)
+                result.feed = self._deliver(records, instances, grant)
             finally:
                 self._account(result)
             return result
@@ -499,6 +530,12 @@ class RemoteWriteReceiver:
             self._warn("no_instance", "remote-write series %s carry no '%s' label and are dropped; Prometheus sets "
                        "it per target (relabelling may have removed it)", name, mapping.base.instance_label)
             return
+        if len(instance) > INSTANCE_MAX_LENGTH or not _INSTANCE.fullmatch(instance):
+            tally["invalid"] += len(samples)
+            self._warn("bad_instance", "remote-write series carry an '%s' label the contract does not take "
+                       "(printable, no spaces or quotes, at most %d characters): %r; dropped",
+                       mapping.base.instance_label, INSTANCE_MAX_LENGTH, instance[:80])
+            return
         state = self.instances.get(instance) or self._new_instance(instance)
         if state is None or state.refused:
             tally["refused"] += len(samples)
@@ -511,10 +548,12 @@ class RemoteWriteReceiver:
             tally["stale"] += stale
             tally["accepted"] += len(samples) - stale
             return
-        key = tuple(sorted(labels.items()))
+        # The series is keyed by a digest of its labels: 16 bytes whatever the labels' size (they are read
+        # once, here, for the matchers), so a sender cannot pin memory with long label values.
+        key = hashlib.blake2b("\xff".join(f"{k}\xfe{v}" for k, v in sorted(labels.items())).encode(),
+                              digest_size=16).digest()
         tracked = state.series.get(key)
         if tracked is None:
-            key = tuple((sys.intern(k), sys.intern(v)) for k, v in key)  # label strings shared across instances
             slots = tuple((slot, term.sign, term.kind) for slot, term in terms if term.matches(labels))
             if not slots:
                 tally["ignored"] += len(samples)
@@ -610,6 +649,11 @@ class RemoteWriteReceiver:
         self._swept_ms = self._newest_ms
         cutoff = self._newest_ms - REMOTE_WRITE_IDLE_SECONDS * 1000
         rows: list[_Row] = []
+        for state in self.instances.values():  # series an instance no longer sends (a NIC or disk gone)
+            stale = [key for key, series in state.series.items() if series.last_t < cutoff]
+            for key in stale:
+                del state.series[key]
+            self.series_count -= len(stale)
         for instance in [i for i, s in self.instances.items() if s.newest_ms < cutoff]:
             state = self.instances.pop(instance)
             rows += self._complete(instance, state, sys.maxsize)
@@ -677,7 +721,8 @@ class RemoteWriteReceiver:
                            "write_relabel_configs dropping them? (%s)", instance, server, ", ".join(missing),
                            COLLECTING_SECTION)
 
-    def _deliver(self, records: list[dict[str, Any]], instances: dict[str, str]) -> FeedResponse | None:
+    def _deliver(self, records: list[dict[str, Any]], instances: dict[str, str],
+                 grant: Any = None) -> FeedResponse | None:
         """Records (after any a failed write left) -> ``ingest``; on an error they wait for the next write."""
         batch = self._unsent + records
         if not batch:
@@ -690,7 +735,7 @@ class RemoteWriteReceiver:
         except ValidationError:
             labels = {s: i for s, i in labels.items() if self._valid_instance(s, i)}
         try:
-            response = self.ingest(batch, labels or None)
+            response = self.ingest(batch, labels or None, **({"grant": grant} if grant is not None else {}))
         except Exception:
             overflow = max(0, len(batch) - REMOTE_WRITE_MAX_UNSENT_RECORDS)
             if overflow:

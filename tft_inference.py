@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import functools
 import hashlib
 import json
@@ -43,14 +44,16 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 import numpy as np
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request, WebSocket, WebSocketDisconnect
+from fastapi import Path as FastAPIPath
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.requests import HTTPConnection
 
-from alertmanager_push import validate_url
+from alertmanager_push import redact_url, validate_url
 from api_models import (
     AccuracyResponse,
     AlertHistoryResponse,
@@ -63,6 +66,9 @@ from api_models import (
     FleetPredictions,
     HealthResponse,
     HistoryResponse,
+    MaintenanceRequest,
+    MaintenanceResponse,
+    MaintenanceWindow,
     ServerFan,
     StatusResponse,
 )
@@ -79,24 +85,38 @@ from config import (
     DASHBOARD_URL,
     DEFAULT_HOST,
     DISK_FULL_RETRY_AFTER_SECONDS,
+    ESTABLISHED_HISTORY_HOURS,
     FEED_MAX_FUTURE_SECONDS,
     FORECAST_RETENTION_HOURS,
+    GENERATED_KEY_SUFFIX,
+    HEALTH_STALL_SECONDS,
     HISTORY_MAX_HOURS,
     HORIZONS,
+    HOUSEKEEPING_SECONDS,
     LOG_FORMAT,
     MAX_BODY_BYTES,
+    MAX_CONCURRENT_REQUESTS,
+    MAX_TRACKED_SERVERS,
+    OVERLOAD_RETRY_AFTER_SECONDS,
     PROJECT_VERSION,
     RATE_LIMIT_BURST,
     RATE_LIMIT_REQUESTS_PER_MINUTE,
     REMOTE_WRITE_MAPPING_FILE,
+    REQUEST_BODY_TIMEOUT_SECONDS,
     RETENTION_DAYS,
     RETENTION_MIN_DAYS,
     RETRAIN_DOC,
     RISK_HORIZONS,
+    SERVER_NAME_MAX_LENGTH,
+    SERVER_NAME_PATTERN,
     STEPS_PER_HOUR,
     STORE_PATH,
+    TRUSTED_PROXIES,
     WS_AUTH_TIMEOUT_SECONDS,
+    WS_CLOSE_TIMEOUT_SECONDS,
+    WS_POLICY_CODE,
     WS_RATE_LIMITED_CODE,
+    WS_TRY_AGAIN_CODE,
     WS_UNAUTHORIZED_CODE,
     WS_UNSUPPORTED_DATA_CODE,
 )
@@ -105,6 +125,7 @@ from daemon_state import (
     Daemon,
     DaemonSettings,
     FeedRequestError,
+    SubscriberLimit,
     accuracy_document,
     history_document,
     status_document,
@@ -181,6 +202,7 @@ def require_scope(scope: str) -> Callable[[Request, Daemon], Awaitable[None]]:
                                             f"See {API_REFERENCE_DOC} (Security)."})
 
     check.__name__ = f"require_{scope}"
+    check.required_scope = scope  # type: ignore[attr-defined]  # read by RequestGuard before any body
     return check
 
 
@@ -204,9 +226,9 @@ ADMIN = [Depends(require_scope("admin"))]  # /admin/*
 Handler = Callable[[Request], Awaitable[Response]]
 
 
-def client_of(connection: HTTPConnection) -> str:
-    """Who a request is from, for the access log: a key's hash, else the address."""
-    key = presented_key(connection)
+def client_of(connection: HTTPConnection, key: str | None = None) -> str:
+    """Who a request is from (the access log, per-key limits): a key's hash, else the address."""
+    key = key or presented_key(connection)
     if key:
         return "key:" + hashlib.sha256(key.encode()).hexdigest()[:12]
     return "addr:" + (connection.client.host if connection.client else "unknown")
@@ -223,17 +245,11 @@ def rate_allow(connection: HTTPConnection) -> tuple[bool, float]:
     return daemon.anonymous_limiter.allow("addr:" + (connection.client.host if connection.client else "unknown"))
 
 
-async def limit_body(request: Request, call_next: Handler) -> Response:
-    """413 before reading a body whose declared length is over MAX_BODY_BYTES (streams are cut in the route)."""
-    length = request.headers.get("content-length")
-    if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
-        return _error(413, "payload_too_large", f"Request bodies are limited to {MAX_BODY_BYTES} bytes; "
-                                                f"split the batch. See {API_REFERENCE_DOC}.")
-    return await call_next(request)
-
-
 async def limit_rate(request: Request, call_next: Handler) -> Response:
-    """429 with Retry-After when a client is over its token bucket."""
+    """429 with Retry-After when a client is over its token bucket (``/health`` is never limited: a probe
+    must not be locked out by a flood from its address, and it costs no more than the refusal would)."""
+    if request.url.path == "/health":
+        return await call_next(request)
     allowed, wait = rate_allow(request)
     if not allowed:
         return _error(429, "rate_limited", f"Too many requests; retry in {wait:.1f}s.",
@@ -267,8 +283,9 @@ async def log_access(request: Request, call_next: Handler) -> Response:
     return response
 
 
-# Outermost first: every request is counted and logged, even one refused for size or rate.
-MIDDLEWARE = (log_access, shield_errors, limit_body, limit_rate)
+# Outermost first: every request is counted and logged, even one refused for rate. (Size, key and
+# concurrency are checked before any of these, by RequestGuard, at the ASGI level.)
+MIDDLEWARE = (log_access, shield_errors, limit_rate)
 
 
 async def request_concerns(request: Request, call_next: Handler) -> Response:
@@ -281,6 +298,149 @@ async def request_concerns(request: Request, call_next: Handler) -> Response:
     for concern in reversed(MIDDLEWARE):
         handler = functools.partial(concern, call_next=handler)
     return await handler(request)
+
+
+# ============================================================================ the ASGI guard
+_BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+
+class RequestGuard:
+    """Pure ASGI, outside everything else: what a client controls is bounded before FastAPI sees it.
+
+    * at most ``MAX_CONCURRENT_REQUESTS`` HTTP requests at once (503 with Retry-After past it, nothing read);
+    * a request with a body is checked against its route's scope *before* a byte of the body is read (401 /
+      403 at once: a keyless client cannot make the daemon buffer or parse anything);
+    * the body is read here, whatever the framing (Content-Length or chunked), and refused with 413 the
+      moment it passes ``MAX_BODY_BYTES`` (408 when it trickles past ``REQUEST_BODY_TIMEOUT_SECONDS``); the
+      route then reads it from memory.
+    Refusals are counted (``tft_refused_total{reason}``) and answered in the daemon's one error shape.
+    """
+
+    def __init__(self, app: Any, max_concurrent: int = MAX_CONCURRENT_REQUESTS, max_body: int = MAX_BODY_BYTES,
+                 body_timeout: float = REQUEST_BODY_TIMEOUT_SECONDS) -> None:
+        self.app, self.max_concurrent, self.max_body, self.body_timeout = app, max_concurrent, max_body, body_timeout
+        self.in_flight = 0
+        self._scopes: list[tuple[Any, str]] | None = None  # (route, scope it needs), built on first use
+
+    async def __call__(self, scope: dict[str, Any], receive: Callable[[], Awaitable[dict[str, Any]]],
+                       send: Callable[[dict[str, Any]], Awaitable[None]]) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        daemon: Daemon = scope["app"].state.daemon if "app" in scope else self.app.state.daemon
+        if self.in_flight >= self.max_concurrent:
+            await self._refuse(daemon, scope, receive, send, 503, "overloaded", "concurrent_requests",
+                               f"The daemon is handling {self.max_concurrent} requests (MAX_CONCURRENT_REQUESTS); "
+                               f"retry shortly.", {"Retry-After": str(OVERLOAD_RETRY_AFTER_SECONDS)})
+            return
+        self.in_flight += 1
+        try:
+            if scope["method"] in _BODY_METHODS:
+                refusal = self._auth_refusal(daemon, scope)
+                if refusal is not None:
+                    await self._refuse(daemon, scope, receive, send, *refusal)
+                    return
+                length = dict(scope["headers"]).get(b"content-length")
+                if length is not None and (not length.isdigit() or int(length) > self.max_body):
+                    await self._refuse(daemon, scope, receive, send, 413, "payload_too_large", "body_bytes",
+                                       self._too_large())
+                    return
+                try:
+                    body = await asyncio.wait_for(self._read(receive), self.body_timeout)
+                except _BodyTooLarge:
+                    await self._refuse(daemon, scope, receive, send, 413, "payload_too_large", "body_bytes",
+                                       self._too_large())
+                    return
+                except TimeoutError:
+                    await self._refuse(daemon, scope, receive, send, 408, "request_timeout", "body_timeout",
+                                       f"The body did not arrive within {self.body_timeout:g} s.")
+                    return
+                receive = _replay(body, receive)
+            await self.app(scope, receive, send)
+        finally:
+            self.in_flight -= 1
+
+    async def _read(self, receive: Callable[[], Awaitable[dict[str, Any]]]) -> bytes:
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise TimeoutError  # the client left; nothing is answered to it anyway
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_body:
+                raise _BodyTooLarge
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(chunks)
+
+    def _too_large(self) -> str:
+        return f"Request bodies are limited to {self.max_body} bytes (MAX_BODY_BYTES); split the batch. " \
+               f"See {API_REFERENCE_DOC} (Limits)."
+
+    def _auth_refusal(self, daemon: Daemon, scope: dict[str, Any]) -> tuple[int, str, str, str] | None:
+        """(status, error, reason, detail) when the key may not use this route; None when it may (or the
+        route is unknown: the router answers that)."""
+        needed = self._scope_of(scope)
+        if needed is None or (needed == "read" and daemon.settings.open_reads):
+            return None
+        connection = HTTPConnection(scope)
+        scopes = key_scopes(connection, daemon)
+        if needed in scopes:
+            return None
+        if not scopes:
+            return (401, "unauthorized", "no_key", f"Send an API key with the '{needed}' scope in the X-API-Key "
+                                                   f"header (or Authorization: Bearer). See {API_REFERENCE_DOC} "
+                                                   f"(Security).")
+        return (403, "forbidden", "wrong_scope", f"This key holds the scopes {sorted(scopes)}; {scope['path']} needs "
+                                                 f"'{needed}'. See {API_REFERENCE_DOC} (Security).")
+
+    def _scope_of(self, scope: dict[str, Any]) -> str | None:
+        from starlette.routing import Match
+
+        if self._scopes is None:  # the routers' own routes (an app lists included routers, not their routes)
+            self._scopes = [(route, route_scope(route)) for router in ROUTERS for route in router.routes]
+        for route, needed in self._scopes:
+            if route.matches(scope)[0] == Match.FULL:
+                return needed
+        return None
+
+    @staticmethod
+    async def _refuse(daemon: Daemon, scope: dict[str, Any], receive: Any, send: Any, status: int, error: str,
+                      reason: str, detail: str, headers: dict[str, str] | None = None) -> None:
+        daemon.counters.requests += 1
+        daemon.metrics.refuse(reason)
+        daemon.metrics.requests.labels("guard", str(status)).inc()
+        headers = {**(headers or {}), "Connection": "close"} if status in (408, 413) else headers
+        await _error(status, error, detail, headers)(scope, receive, send)
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+def _replay(body: bytes, receive: Callable[[], Awaitable[dict[str, Any]]]) -> Callable[[], Awaitable[dict[str, Any]]]:
+    """A receive that yields the already-read body once, then waits for the client's disconnect."""
+    sent = False
+
+    async def replay() -> dict[str, Any]:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
+
+
+def route_scope(route: Any) -> str | None:
+    """The scope a route's dependencies require (``require_scope``), or None for an open route."""
+    for dependency in getattr(route, "dependencies", []) or []:
+        needed = getattr(dependency.dependency, "required_scope", None)
+        if needed is not None:
+            return needed
+    return None
+
 
 
 async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -360,8 +520,9 @@ async def feed(request: Request, daemon: DaemonDep) -> JSONResponse:
         return _error(415, "unsupported_media_type", f"Send the batch as application/json (got "
                                                      f"'{media_type or 'no Content-Type'}'). See {API_REFERENCE_DOC}.")
     body = await read_body(request)
+    grant = daemon.keys.grant(presented_key(request))
     try:
-        result = await asyncio.to_thread(daemon.ingest.body, body)
+        result = await asyncio.to_thread(daemon.ingest.body, body, grant)
     except FeedRequestError as exc:
         return _error(exc.status, exc.error, exc.detail)
     except StoreFullError as exc:
@@ -384,12 +545,14 @@ async def remote_write(request: Request) -> Response:
     never be taken (Prometheus drops it), 5xx when a retry can help. See Docs/COLLECTING.md.
 
     (The body is not declared in the OpenAPI spec: no OpenAPI tool can build a protobuf body.)"""
-    receiver = request.app.state.daemon.remote_write
+    daemon: Daemon = request.app.state.daemon
+    receiver = daemon.remote_write
     try:
         check_headers(request.headers.get("content-type"), request.headers.get("content-encoding"),
                       request.headers.get("x-prometheus-remote-write-version"))
         body = await read_body(request)
-        await asyncio.to_thread(receiver.write, body)  # snappy, protobuf and the records: off the event loop
+        grant = daemon.keys.grant(presented_key(request))
+        await asyncio.to_thread(receiver.write, body, grant)  # snappy, protobuf and the records: off the event loop
     except RemoteWriteError as exc:
         return _error(exc.status, exc.error, exc.detail)
     except StoreFullError as exc:
@@ -512,6 +675,39 @@ async def reload_model(daemon: DaemonDep) -> StatusResponse:
     return status_document(daemon)
 
 
+@admin_router.put("/admin/maintenance/{server_name}", response_model=MaintenanceWindow, dependencies=ADMIN,
+                  responses={**ERRORS, 409: {"model": ErrorResponse, "description": "too many open windows"}})
+def set_maintenance(server_name: Annotated[str, FastAPIPath(max_length=SERVER_NAME_MAX_LENGTH,
+                                                             pattern=SERVER_NAME_PATTERN)],
+                    body: MaintenanceRequest, request: Request, daemon: DaemonDep) -> MaintenanceWindow:
+    """Open (or replace) a maintenance window for one server, from now for ``hours``: its alerts are kept
+    but suppressed (listed apart in /alerts/active, not pushed as firing) while it lasts. An operator's act:
+    a record's ``state: maintenance`` no longer suppresses anything."""
+    try:
+        return daemon.maintenance.set(server_name, body.hours, body.reason, daemon.keys.grant(
+            presented_key(request)).key_id)
+    except ValueError as exc:
+        raise HTTPException(409, {"error": "maintenance_refused", "detail": f"{exc}. See {API_REFERENCE_DOC} "
+                                                                            f"(Maintenance)."}) from None
+
+
+@admin_router.delete("/admin/maintenance/{server_name}", status_code=204, dependencies=ADMIN,
+                     response_class=Response,
+                     responses={**ERRORS, 404: {"model": ErrorResponse, "description": "no open window"}})
+def end_maintenance(server_name: str, daemon: DaemonDep) -> Response:
+    """End a server's maintenance window now."""
+    if not daemon.maintenance.end(server_name):
+        raise HTTPException(404, {"error": "no_maintenance", "detail": f"'{server_name}' has no open maintenance "
+                                                                       f"window."})
+    return Response(status_code=204)
+
+
+@status_router.get("/maintenance", response_model=MaintenanceResponse, dependencies=READ, responses=ERRORS)
+def maintenance_windows(daemon: DaemonDep) -> MaintenanceResponse:
+    """Open maintenance windows (set by an operator), soonest ending first."""
+    return MaintenanceResponse(windows=daemon.maintenance.windows())
+
+
 @demo_router.get("/demo-scenario", response_model=DemoScenario, dependencies=READ, responses=ERRORS)
 def get_demo_scenario(daemon: DaemonDep) -> DemoScenario:
     """Scenario the live demo stream should play (the stream polls this)."""
@@ -558,6 +754,7 @@ async def ws_predictions(websocket: WebSocket, daemon: DaemonDep) -> None:
     """
     await websocket.accept()
     allowed, wait = rate_allow(websocket)  # handshakes are rate-limited like requests
+    key = presented_key(websocket)
     if not allowed:
         await websocket.close(code=WS_RATE_LIMITED_CODE, reason=f"rate limited: retry in {wait:.1f}s")
         return
@@ -567,28 +764,52 @@ async def ws_predictions(websocket: WebSocket, daemon: DaemonDep) -> None:
                                                                     "logs): send X-API-Key or a first message "
                                                                     '{"api_key": ...}')
             return
-        if "read" not in key_scopes(websocket, daemon, await websocket_key(websocket) or ""):
+        key = await websocket_key(websocket)
+        if "read" not in key_scopes(websocket, daemon, key or ""):
             await websocket.close(code=WS_UNAUTHORIZED_CODE, reason="unauthorized: send a read key as X-API-Key or "
                                                                     'as the first message {"api_key": ...}')
             return
-    daemon.subscribers.add(websocket)
+    owner = client_of(websocket, key)
     try:
-        if daemon.published.result is not None:
-            await websocket.send_text(daemon.published.json.decode())
-        while True:  # clients need not send anything; text frames are keep-alives
-            message = await websocket.receive()
-            if message["type"] == "websocket.disconnect":
-                break
-            if message.get("bytes") is not None:
-                await websocket.close(code=WS_UNSUPPORTED_DATA_CODE, reason="binary frames are not accepted")
-                break
-    except WebSocketDisconnect:
-        pass
+        member = daemon.subscribers.add(websocket, owner)
+    except SubscriberLimit as exc:
+        await websocket.close(code=WS_TRY_AGAIN_CODE, reason=str(exc)[:120])  # a close reason fits 123 bytes
+        return
+    if daemon.published.result is not None:
+        member.offer(daemon.published.json.decode())  # sent by the pump, with its timeout, like every later one
+    pump = asyncio.create_task(daemon.subscribers.pump(member))
+    listen = asyncio.create_task(_listen(websocket))
+    try:
+        done, _ = await asyncio.wait({pump, listen}, return_when=asyncio.FIRST_COMPLETED)
     finally:
         daemon.subscribers.discard(websocket)
+        for task in (pump, listen):
+            task.cancel()
+        await asyncio.gather(pump, listen, return_exceptions=True)
+    if pump in done:  # the socket did not drain (or failed): close it without waiting on a client that never reads
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(websocket.close(code=WS_POLICY_CODE, reason="too slow: documents not taken"),
+                                   WS_CLOSE_TIMEOUT_SECONDS)
+
+
+async def _listen(websocket: WebSocket) -> None:
+    """Read what the client sends until it leaves: text frames are keep-alives, a binary frame closes it."""
+    try:
+        while True:
+            message = await websocket.receive()
+            if message["type"] == "websocket.disconnect":
+                return
+            if message.get("bytes") is not None:
+                await websocket.close(code=WS_UNSUPPORTED_DATA_CODE, reason="binary frames are not accepted")
+                return
+    except WebSocketDisconnect:
+        return
 
 
 # ============================================================================ the app
+ROUTERS = (status_router, feed_router, remote_write_router, forecasts_router, admin_router, demo_router, stream_router)
+
+
 def create_app(settings: DaemonSettings) -> FastAPI:
     """Build the FastAPI application around a :class:`Daemon` (raises ModelLoadError as the daemon does)."""
     daemon = Daemon(settings)
@@ -604,13 +825,14 @@ def create_app(settings: DaemonSettings) -> FastAPI:
 
     app = FastAPI(title="Fleet trouble forecaster", version=PROJECT_VERSION, lifespan=lifespan,
                   description=f"Live LINBORG feed in; decoded p10/p50/p90 forecasts, risk scores and alerts out. "
-                              f"See {API_REFERENCE_DOC}.")
+                              f"See {API_REFERENCE_DOC}.",
+                  docs_url=None, redoc_url=None, openapi_url=None)  # served below, behind a read key
     app.state.daemon = daemon
     app.middleware("http")(request_concerns)
+    app.add_middleware(RequestGuard)  # added last: outermost, before any body is read
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(HTTPException, http_error)
-    for router in (status_router, feed_router, remote_write_router, forecasts_router, admin_router, demo_router,
-                   stream_router):
+    for router in ROUTERS:
         app.include_router(router)
 
     def openapi() -> dict[str, Any]:
@@ -627,6 +849,17 @@ def create_app(settings: DaemonSettings) -> FastAPI:
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+    @app.get("/openapi.json", include_in_schema=False, dependencies=READ)
+    async def openapi_document() -> JSONResponse:
+        return JSONResponse(app.openapi())
+
+    @app.get("/docs", include_in_schema=False, dependencies=READ)
+    async def swagger_ui() -> Response:
+        from fastapi.openapi.docs import get_swagger_ui_html
+
+        return get_swagger_ui_html(openapi_url="/openapi.json", title=f"{app.title} - API")
+
     return app
 
 
@@ -673,12 +906,32 @@ def build_arg_parser(parser: argparse.ArgumentParser | None = None) -> argparse.
                              f"{ALERTMANAGER_RESEND_SECONDS:g} s, resolved "
                              f"ones sent resolved; labels alertname (FleetForecastRisk / FleetModelDegraded), "
                              f"severity, server, instance, profile, metric, horizon. See {ALERTMANAGER_DOC}")
+    parser.add_argument("--alertmanager-url-file", type=Path, default=None, metavar="FILE",
+                        help="Alertmanager URLs, one per line, for URLs that carry credentials (user:password@): a "
+                             "file readable by the daemon's user only (mode 0600), so the password never shows in "
+                             "the process list; a password in --alertmanager-url itself is refused")
     parser.add_argument("--dashboard-url", default=DASHBOARD_URL, metavar="URL",
                         help="the dashboard's address, linked from every alert pushed to Alertmanager (annotation "
                              "'dashboard' and generatorURL; default %(default)s)")
     parser.add_argument("--remote-write-mapping", type=Path, default=REMOTE_WRITE_MAPPING_FILE, metavar="JSON",
                         help="mapping of POST /api/v1/write (Prometheus remote-write): its 'remote_write' section, "
                              "names and profiles (default %(default)s; Docs/COLLECTING.md)")
+    parser.add_argument("--max-servers", type=int, default=MAX_TRACKED_SERVERS,
+                        help="servers tracked at most; a record for one more is rejected naming the cap "
+                             "(default %(default)s; Docs/API_REFERENCE.md, Limits)")
+    parser.add_argument("--health-stall-seconds", type=float, default=HEALTH_STALL_SECONDS,
+                        help="/health says degraded when records arrive but no forecast cycle completed for this "
+                             "long (default %(default)s)")
+    parser.add_argument("--housekeeping-seconds", type=float, default=HOUSEKEEPING_SECONDS,
+                        help="retention, duplicate-check keys and idle servers run this often, with or without a "
+                             "model (default %(default)s)")
+    parser.add_argument("--established-hours", type=float, default=ESTABLISHED_HISTORY_HOURS,
+                        help="history a server needs before its forecasts are scored live and calibrate the shared "
+                             "bands (default %(default)s)")
+    parser.add_argument("--trusted-proxy", action="append", default=list(TRUSTED_PROXIES), metavar="ADDRESS",
+                        help="believe X-Forwarded-For / X-Forwarded-Proto only from this peer address (repeat for "
+                             "several); by default no proxy is trusted and clients are told apart by their own "
+                             "address")
     parser.add_argument("--data", type=Path, default=None, help="offline: forecast this Parquet file once")
     parser.add_argument("--out", type=Path, default=Path("predictions.json"), help="offline: where to write")
     return parser
@@ -715,7 +968,14 @@ def run_from_args(args: argparse.Namespace) -> int:
             logger.error("%s", exc)
             return 2
     try:
-        alertmanager_urls = [validate_url(url) for url in args.alertmanager_url]
+        alertmanager_urls = [validate_url(url) for url in args.alertmanager_url + alertmanager_url_file(
+            args.alertmanager_url_file)]
+        for url in args.alertmanager_url:
+            if urlsplit(url).password:
+                raise ValueError(f"--alertmanager-url {redact_url(url)!r} carries a password. Why it matters: a "
+                                 f"command line shows in every user's process list. Fix: put the URL in a file "
+                                 f"only the daemon's user can read (chmod 600) and pass --alertmanager-url-file. "
+                                 f"See {ALERTMANAGER_DOC}.")
         dashboard_url = validate_url(args.dashboard_url, "--dashboard-url")
     except ValueError as exc:
         logger.error("%s", exc)
@@ -724,15 +984,21 @@ def run_from_args(args: argparse.Namespace) -> int:
     api_key = None if key_file is not None else os.environ.get(API_KEY_ENV) or None
     if key_file is None and api_key is None:
         api_key = secrets.token_urlsafe(24)
-        print(f"No API key configured (--api-key-file, ${API_KEY_FILE_ENV} or ${API_KEY_ENV}); generated one with "
-              f"every scope for this run: {api_key}", file=sys.stderr)
+        generated = Path(f"{args.store}{GENERATED_KEY_SUFFIX}")
+        write_private(generated, api_key + "\n")
+        logger.warning("No API key configured (--api-key-file, $%s or $%s): generated one with every scope for this "
+                       "run and wrote it to %s (mode 0600); the key itself is never logged", API_KEY_FILE_ENV,
+                       API_KEY_ENV, generated)
     settings = DaemonSettings(model_dir=args.model_dir, store_path=args.store, api_key=api_key, api_key_file=key_file,
                               open_reads=args.open_reads, allow_no_model=args.allow_no_model,
                               rate_per_minute=args.rate_per_minute, rate_burst=args.rate_burst,
                               max_future_seconds=args.max_future_seconds, retention_days=args.retention_days,
                               retrain_every_seconds=retrain_every, retrain_args=shlex.split(args.retrain_args),
                               alertmanager_urls=alertmanager_urls, dashboard_url=dashboard_url,
-                              remote_write_mapping=args.remote_write_mapping)
+                              remote_write_mapping=args.remote_write_mapping, max_servers=args.max_servers,
+                              health_stall_seconds=args.health_stall_seconds,
+                              housekeeping_seconds=args.housekeeping_seconds,
+                              established_hours=args.established_hours)
     try:
         app = create_app(settings)
     except (ModelLoadError, FileNotFoundError, StoreError, ValueError) as exc:  # KeyFileError is a ValueError
@@ -743,8 +1009,39 @@ def run_from_args(args: argparse.Namespace) -> int:
     if args.access_log is not None:
         route_access_log(args.access_log)
     logger.info("serving on http://%s:%d (docs at /docs)", args.host, args.port)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    # Proxy headers only from configured proxies: otherwise a client could pick its own address for the
+    # per-address limits by sending X-Forwarded-For (uvicorn trusts 127.0.0.1 by default).
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", proxy_headers=bool(args.trusted_proxy),
+                forwarded_allow_ips=",".join(args.trusted_proxy) or None)
     return 0
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` readable by this user only (0600 from the start, never wider)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.unlink(missing_ok=True)
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+        handle.write(text)
+
+
+def alertmanager_url_file(path: Path | None) -> list[str]:
+    """The URLs of ``--alertmanager-url-file`` (one per line, # comments); ValueError when it is unreadable or
+    readable by others than its owner (it holds passwords)."""
+    if path is None:
+        return []
+    try:
+        mode = path.stat().st_mode
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ValueError(f"--alertmanager-url-file {path}: {exc}. See {ALERTMANAGER_DOC}.") from None
+    if mode & 0o077:
+        raise ValueError(f"--alertmanager-url-file {path} is readable by others (mode {mode & 0o777:o}). Why it "
+                         f"matters: it holds Alertmanager passwords. Fix: chmod 600 {path}. See {ALERTMANAGER_DOC}.")
+    urls = [line.strip() for line in text.splitlines() if line.strip() and not line.strip().startswith("#")]
+    if not urls:
+        raise ValueError(f"--alertmanager-url-file {path} holds no URL. See {ALERTMANAGER_DOC}.")
+    return urls
 
 
 def route_access_log(path: Path) -> None:

@@ -64,7 +64,8 @@ def test_maintenance_suppresses_and_says_so_and_a_restart_does_not_reopen(tmp_pa
 
 
 def test_the_daemon_suppresses_alerts_of_a_server_in_maintenance(tiny_training, tmp_path):
-    """A database at 45 % I/O wait now raises a critical alert; in maintenance it is listed as suppressed."""
+    """A database at 45 % I/O wait now raises a critical alert; in an operator's maintenance window it is listed
+    as suppressed. A record that merely claims ``state: maintenance`` (any ingest key could) suppresses nothing."""
     from daemon_state import Daemon, DaemonSettings
 
     daemon = Daemon(DaemonSettings(model_dir=tiny_training.model_dir, store_path=tmp_path / "s.sqlite3"))
@@ -75,8 +76,9 @@ def test_the_daemon_suppresses_alerts_of_a_server_in_maintenance(tiny_training, 
     for r in records:
         if r["timestamp"] == newest and r["server_name"] in ("ppdb001", "ppdb002"):
             r.update(hot)
-            if r["server_name"] == "ppdb001":
-                r["state"] = "maintenance"
+            if r["server_name"] == "ppdb002":
+                r["state"] = "maintenance"  # a sample's claim: data for the model, not an operator's decision
+    daemon.maintenance.set("ppdb001", 2.0, "disk swap", "operator")
     daemon.ingest(records)
     assert daemon.run_cycle(daemon.fleet.newest_bucket) is not None
     firing, suppressed = daemon.alerts.active()

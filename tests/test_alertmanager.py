@@ -204,7 +204,7 @@ def test_a_bad_url_is_refused_with_exit_code_2(caplog):
 # ============================================================================ the daemon, in process
 def test_the_cycle_hands_over_without_waiting_and_maintenance_resolves(tiny_training, tmp_path, recorder):
     """One Alertmanager answers, one accepts connections and never answers: cycles do not wait, the answering
-    one gets the alert; when the server goes into maintenance the pushed alert is sent resolved."""
+    one gets the alert; when an operator puts the server into maintenance the pushed alert is sent resolved."""
     from daemon_state import Daemon, DaemonSettings, status_document
 
     hanging = socket.create_server(("127.0.0.1", 0))  # listens, never accepts: a POST hangs until its timeout
@@ -229,7 +229,8 @@ def test_the_cycle_hands_over_without_waiting_and_maintenance_resolves(tiny_trai
         assert time.time() < _epoch(firing["endsAt"])
         assert firing["labels"]["horizon"] == "now" and firing["labels"]["severity"] == "critical"
         posts = len(recorder.posts)
-        cycle(1, state="maintenance")  # still hot, but in maintenance: suppressed
+        daemon.maintenance.set("ppdb001", 1.0, "reboot", "operator")
+        cycle(1)  # still hot, but in an operator's maintenance window: suppressed
         wait_for(lambda: len(recorder.posts) > posts, timeout=5)
         resolved = recorder.alerts(server="ppdb001", metric="cpu_iowait_pct", horizon="now")[-1]
         assert _epoch(resolved["endsAt"]) <= time.time()  # sent resolved

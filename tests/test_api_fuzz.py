@@ -30,7 +30,7 @@ def fuzz_daemon(tiny_training, tmp_path_factory):
 
 @pytest.mark.slow
 def test_no_input_causes_a_server_error(fuzz_daemon):
-    schema = schemathesis.openapi.from_url(f"{fuzz_daemon.url}/openapi.json")
+    schema = schemathesis.openapi.from_url(f"{fuzz_daemon.url}/openapi.json", headers={"X-API-Key": API_KEY})
     operations = [result.ok() for result in schema.get_all_operations()]
     assert {f"{op.method.upper()} {op.path}" for op in operations} >= {
         "POST /feed", "GET /predictions/current", "GET /predictions/{server_name}", "GET /alerts/active",

@@ -20,7 +20,7 @@ EVERYTHING = "bare-key-000000000001"
 
 
 def test_key_lines_parse_scopes_comments_and_bare_keys():
-    entries = dict(parse_key_lines(f"""# keys of the staging daemon
+    entries = dict((key, scopes) for key, scopes, _ in parse_key_lines(f"""# keys of the staging daemon
 ingest={INGEST}
   read = {READ}   # the dashboard
 read, admin={OPERATOR}
@@ -31,9 +31,26 @@ dGhpcyBpcyBhIGJhc2U2NCBrZXk=
     assert entries[EVERYTHING] == ALL_SCOPES
     assert entries["dGhpcyBpcyBhIGJhc2U2NCBrZXk="] == ALL_SCOPES  # a base64 key's '=' is not a scope separator
     for text, message in ((f"reed={READ}", "unknown scope"), ("read=short", "at least"), ("# nothing\n\n", "no key"),
-                          (f"read={READ} extra", "without spaces")):
+                          (f"read={READ} extra", "unknown option"), (f"INGEST={INGEST}", "neither"),
+                          (f"ingest:{INGEST}", "neither"), (f"Read = {READ}", "neither"),
+                          (f"read={READ} servers=ppdb*", "binds an ingest key"),
+                          (f"ingest={INGEST} servers=", "unknown")):
         with pytest.raises(KeyFileError, match=message):
             parse_key_lines(text)
+
+
+def test_ingest_keys_bound_to_server_patterns():
+    ring_text = f"ingest={INGEST} servers=ppdb*,ppweb01?\n{EVERYTHING}\n"
+    store = KeyStore(key_file=None)
+    from api_keys import KeyRing, _digest
+
+    store.ring = KeyRing(tuple((_digest(k), s, p) for k, s, p in parse_key_lines(ring_text)))
+    bound, free = store.grant(INGEST), store.grant(EVERYTHING)
+    assert bound.scopes == {"ingest"} and bound.servers == ("ppdb*", "ppweb01?") and len(bound.key_id) == 12
+    assert bound.may_feed("ppdb007") and bound.may_feed("ppweb013") and not bound.may_feed("ppweb1000")
+    assert not bound.may_feed("ppml001") and free.may_feed("ppml001") and free.servers is None
+    assert INGEST not in bound.key_id and bound.key_id != free.key_id
+    assert store.grant("nope-not-a-key-000").scopes == frozenset()
 
 
 def test_key_store_scopes_and_reload(tmp_path):

@@ -137,7 +137,9 @@ def test_only_finite_numbers_are_stored(fed, field, token):
     ("cpu_iowait_pct", True, "valid number"),
     ("mem_used_pct", "12.5", "valid number"),
     ("back_close_wait", "7", "valid integer"),
-    ("back_close_wait", 3.0, "valid integer"),
+    ("back_close_wait", 3.5, "valid integer"),
+    ("load_average", 1e308, "less than or equal"),  # finite, but beyond float32 and any real host
+    ("net_in_mb_s", 2e5, "less than or equal"),
 ])
 def test_types_are_strict(fed, field, value, reason):
     daemon, records = fed

@@ -68,8 +68,7 @@ def test_instance_labels_and_alert_series(tiny_training, tmp_path):
     for r in records:  # a database at 45 % I/O wait: a critical alert now; ppdb001 is in maintenance
         if r["timestamp"] == newest and r["server_name"] in ("ppdb001", "ppdb002"):
             r.update({"cpu_user_pct": 10.0, "cpu_sys_pct": 5.0, "cpu_iowait_pct": 45.0, "cpu_idle_pct": 40.0})
-            if r["server_name"] == "ppdb001":
-                r["state"] = "maintenance"
+    daemon.maintenance.set("ppdb001", 1.0, "", "operator")
     daemon.ingest(records, instances={"ppdb001": "db1.example:9100", "ppdb002": "db2.example:9100",
                                       "ppnot001": "never-fed:9100"})
     assert daemon.run_cycle(daemon.fleet.newest_bucket) is not None
