@@ -12,21 +12,37 @@ recorded in ``<models-dir>/promotions.json``:
 * :func:`rollback` (``python main.py rollback``) points ``latest`` back at the model the current
   one replaced.
 
+Every change (the move of ``latest`` and its entry in ``promotions.json``) is made while holding an
+exclusive ``flock`` on ``<models-dir>/.promotions.lock`` and written by atomic replace, so two writers
+(a retrain's promotion and an operator's rollback) never lose an entry nor leave half a file.
+
     python main.py rollback --models-dir models
 """
 
 from __future__ import annotations
 
 import argparse
+import fcntl
 import logging
 import os
 import shutil
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from common_utils import atomic_write_json, read_json
-from config import LATEST_MODEL_LINK, MODEL_DIR_PREFIX, MODELS_DIR, MODELS_KEEP, PROMOTIONS_FILE, RETRAIN_DOC
+from config import (
+    LATEST_MODEL_LINK,
+    MODEL_DIR_PREFIX,
+    MODELS_DIR,
+    MODELS_KEEP,
+    PROMOTIONS_FILE,
+    PROMOTIONS_LOCK_FILE,
+    RETRAIN_DOC,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +66,41 @@ def history(models_dir: Path) -> list[dict[str, Any]]:
     return list(read_json(path)) if path.is_file() else []
 
 
+_held = threading.local()  # the lock files this thread holds (the lock nests: promote -> point_latest -> record)
+
+
+@contextmanager
+def registry_lock(models_dir: Path) -> Iterator[None]:
+    """Hold the registry's exclusive lock (``flock`` on ``<models-dir>/.promotions.lock``); blocks until free.
+
+    Every read-modify-write of ``promotions.json`` and every move of ``latest`` happens inside it, in
+    any process, so two writers never lose an entry. Re-entrant within one thread (a second ``flock``
+    through a new descriptor would wait for the first forever).
+    """
+    path = os.path.join(os.path.realpath(models_dir), PROMOTIONS_LOCK_FILE)  # one key per folder, however named
+    held: set[str] = _held.__dict__.setdefault("paths", set())
+    if path in held:
+        yield
+        return
+    models_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        held.add(path)
+        try:
+            yield
+        finally:
+            held.discard(path)
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
+
+
 def _record(models_dir: Path, event: dict[str, Any]) -> None:
+    with registry_lock(models_dir):
+        _append(models_dir, event)
+
+
+def _append(models_dir: Path, event: dict[str, Any]) -> None:
     events = history(models_dir)
     events.append({"at": datetime.now(UTC).isoformat(timespec="seconds"), **event})
     atomic_write_json(models_dir / PROMOTIONS_FILE, events)
@@ -87,31 +137,47 @@ def point_latest(model_dir: Path, action: str = "trained", summary: str | None =
     training.
     """
     models_dir = model_dir.parent
-    previous = current_model(models_dir)
-    _point_latest(models_dir, model_dir)
-    _record(models_dir, {"action": action, "model": model_dir.name,
-                         "previous": previous.name if previous else None, "summary": summary})
+    with registry_lock(models_dir):
+        previous = current_model(models_dir)
+        _point_latest(models_dir, model_dir)
+        _record(models_dir, {"action": action, "model": model_dir.name,
+                             "previous": previous.name if previous else None, "summary": summary})
     return previous
 
 
 def promote(models_dir: Path, model_dir: Path, report: dict[str, Any] | None = None,
             keep: int = MODELS_KEEP) -> Path | None:
     """Make ``model_dir`` the serving model, prune beyond ``keep``; the one it replaced (None: none)."""
-    previous = point_latest(models_dir / model_dir.name, "promoted", (report or {}).get("decision"))
-    logger.info("promoted %s (was %s)", model_dir.name, previous.name if previous else "none")
-    prune(models_dir, keep)
+    with registry_lock(models_dir):
+        previous = point_latest(models_dir / model_dir.name, "promoted", (report or {}).get("decision"))
+        logger.info("promoted %s (was %s)", model_dir.name, previous.name if previous else "none")
+        prune(models_dir, keep)
     return previous
 
 
 def record_rejection(models_dir: Path, challenger: str, report: dict[str, Any]) -> None:
     """Note a challenger the gate kept out (its folder is removed by the caller)."""
-    _record(models_dir, {"action": "rejected", "model": challenger,
-                         "previous": (current_model(models_dir) or Path("none")).name,
-                         "summary": report.get("decision")})
+    with registry_lock(models_dir):
+        _record(models_dir, {"action": "rejected", "model": challenger,
+                             "previous": (current_model(models_dir) or Path("none")).name,
+                             "summary": report.get("decision")})
+
+
+def record_refusal(models_dir: Path, report: dict[str, Any]) -> None:
+    """Note a retrain the gate refused before training (no challenger was made: the fleet changed too much)."""
+    with registry_lock(models_dir):
+        _record(models_dir, {"action": "refused", "model": None,
+                             "previous": (current_model(models_dir) or Path("none")).name,
+                             "summary": report.get("decision")})
 
 
 def rollback(models_dir: Path) -> tuple[Path, Path]:
     """Point ``latest`` back at the model the serving one replaced; (restored, replaced)."""
+    with registry_lock(models_dir):
+        return _rollback(models_dir)
+
+
+def _rollback(models_dir: Path) -> tuple[Path, Path]:
     current = current_model(models_dir)
     if current is None:
         raise RegistryError(f"{models_dir / LATEST_MODEL_LINK} does not point at a model, so there is nothing to "

@@ -19,14 +19,31 @@ One retrain:
    otherwise the champion keeps serving and the report says why. The report (JSON + a table)
    goes to ``<models-dir>/reports/``; promotion is an atomic symlink swap (``model_registry``),
    which a daemon started with ``--model-dir <models-dir>/latest`` picks up by itself.
+
+Bounds (Docs/RETRAINING.md, "Bounds"): one retrain at a time per models directory (an exclusive,
+non-blocking ``flock`` on ``<models-dir>/.retrain.lock``, shared by the daemon's ``--retrain-every``
+and ``tft-retrain.timer``; a second one exits ``RETRAIN_EXIT_LOCKED`` at once, "skipping"), an
+address-space limit (``--memory-limit-mb``), an end when the daemon that started it is gone
+(``--parent-pid``), SIGTERM as a clean stop (its export and challenger removed), and at most
+``--keep-reports`` reports and logs kept. Only servers with ``--min-history-days`` of stored history
+are trained and judged on, and the gate refuses outright when the population changed by more than
+``--max-population-change`` since the champion was trained.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
+import fcntl
 import logging
+import os
+import resource
 import shutil
+import signal
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -41,17 +58,213 @@ from config import (
     PROMOTION_QRISK_TOLERANCE,
     RETRAIN_DOC,
     RETRAIN_EPOCHS,
+    RETRAIN_EXIT_LOCKED,
+    RETRAIN_KEEP_REPORTS,
+    RETRAIN_KILL_GRACE_SECONDS,
+    RETRAIN_LOCK_FILE,
+    RETRAIN_MAX_POPULATION_CHANGE,
+    RETRAIN_MEMORY_LIMIT_MB,
+    RETRAIN_MIN_HISTORY_DAYS,
+    RETRAIN_PARENT_CHECK_SECONDS,
     RETRAIN_REPORTS_SUBDIR,
     RETRAIN_WORK_SUBDIR,
+    SERVER_MAPPING_FILE,
     TRAINING_DATA_FILE,
 )
-from model_registry import current_model, promote, record_rejection
+from model_registry import current_model, promote, record_refusal, record_rejection
 
 logger = logging.getLogger(__name__)
 
 
 class RetrainError(RuntimeError):
     """A retrain that could not be run (the message says why and what to do)."""
+
+
+class RetrainLocked(RetrainError):
+    """Another retrain holds the models directory's retrain lock; this one must not run."""
+
+    def __init__(self, path: Path, holder: int | None) -> None:
+        self.path = path
+        self.holder = holder
+        super().__init__(f"another retrain holds {path} (pid {holder if holder else 'unknown'}); skipping: one retrain "
+                         f"at a time per models directory (the daemon's --retrain-every and tft-retrain.timer share "
+                         f"this lock). See {RETRAIN_DOC}.")
+
+
+# ---------------------------------------------------------------------------- bounds
+@contextmanager
+def retrain_lock(models_dir: Path) -> Iterator[Path]:
+    """Hold ``<models-dir>/.retrain.lock`` (exclusive ``flock``, non-blocking) for one retrain.
+
+    Raises :class:`RetrainLocked` at once when another process holds it. The holder writes its pid
+    into the file (for that message); the file itself is never removed (removing a lock file lets two
+    processes lock two different files). The lock ends with the descriptor: on exit, or when the
+    process dies, however it dies.
+    """
+    models_dir.mkdir(parents=True, exist_ok=True)
+    path = models_dir / RETRAIN_LOCK_FILE
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise
+            text = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+            raise RetrainLocked(path, int(text) if text.isdigit() else None) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
+        yield path
+    finally:
+        os.close(fd)
+
+
+def apply_memory_limit(limit_mb: int, accelerator: str = "auto") -> int | None:
+    """Limit this process's address space (``RLIMIT_AS``) to ``limit_mb``; the bytes set, or None when not set.
+
+    Applied by the retrain to itself, first thing in :func:`run_from_args` (``--memory-limit-mb``),
+    rather than by the daemon: a pre-exec hook is unsafe in a threaded daemon, and ``prlimit`` from the
+    parent after the spawn races the child's start; this way the daemon's ``--retrain-args`` can
+    override it and a cron or timer run gets it too. Processes it starts afterwards inherit it. Not
+    applied for GPU training (``--accelerator gpu``, or ``auto`` with CUDA present): CUDA reserves host
+    address space far beyond what it uses, so an address-space limit fails it at start; the cgroup's
+    ``MemoryMax=`` bounds a timer run there. 0 or less: no limit.
+    """
+    if limit_mb <= 0:
+        return None
+    if accelerator in ("gpu", "cuda") or (accelerator == "auto" and _cuda_available()):
+        logger.warning("retrain: --memory-limit-mb %d not applied: it trains on a GPU, and CUDA reserves more "
+                       "address space than it uses (bound it with the unit's MemoryMax= instead). See %s.",
+                       limit_mb, RETRAIN_DOC)
+        return None
+    _, hard = resource.getrlimit(resource.RLIMIT_AS)
+    limit = limit_mb * 1024 * 1024
+    if hard != resource.RLIM_INFINITY:
+        limit = min(limit, hard)
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    logger.info("retrain: address space limited to %d MB (RLIMIT_AS, --memory-limit-mb)", limit // (1024 * 1024))
+    return limit
+
+
+def _cuda_available() -> bool:
+    try:
+        import torch
+    except ImportError:  # pragma: no cover - torch is a dependency
+        return False
+    return bool(torch.cuda.is_available())
+
+
+def watch_parent(parent_pid: int, interval: float = RETRAIN_PARENT_CHECK_SECONDS,
+                 grace: float = RETRAIN_KILL_GRACE_SECONDS) -> threading.Thread:
+    """End this retrain when ``parent_pid`` (the daemon that started it) is no longer its parent.
+
+    A daemon thread checks ``os.getppid()`` every ``interval`` seconds (when the parent dies the child
+    is re-parented, so the check cannot be fooled by a reused pid). Then it logs one line and sends
+    SIGTERM to its own process group when it leads one (the daemon starts it in a new session, so its
+    workers go too), else to itself; :func:`run_from_args` turns SIGTERM into a clean exit (export and
+    challenger removed, nothing promoted). If that has not ended it after ``grace`` seconds: SIGKILL.
+    Chosen over ``PR_SET_PDEATHSIG``, which fires when the *thread* that forked the child ends (any
+    thread of a threaded daemon), not the process, and is Linux-only.
+    """
+    def run() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(interval)
+        own_group = os.getpgrp() == os.getpid()
+        logger.error("retrain: the daemon that started it (pid %d) is gone; ending this retrain so it does not run "
+                     "on unsupervised (the serving model is unchanged). See %s.", parent_pid, RETRAIN_DOC)
+        for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 0.0)):
+            if own_group:
+                os.killpg(os.getpid(), sig)
+            else:
+                os.kill(os.getpid(), sig)
+            time.sleep(wait)
+
+    thread = threading.Thread(target=run, name="retrain-parent-watch", daemon=True)
+    thread.start()
+    return thread
+
+
+def _exit_on_sigterm(signum: int, _frame: object) -> None:
+    """SIGTERM (a timeout, a stop, a gone daemon) -> SystemExit, so the ``finally`` cleanups run."""
+    logger.warning("retrain: stopped by signal %d; its export and any unpromoted challenger are removed", signum)
+    raise SystemExit(128 + signum)
+
+
+def rotate_reports(reports_dir: Path, keep: int = RETRAIN_KEEP_REPORTS) -> list[str]:
+    """Keep the ``keep`` newest retrain reports (``retrain_*.json`` + ``.txt``, one per run) and, apart,
+    the ``keep`` newest retrain logs (``retrain_*.log``) in ``reports_dir``; the names removed.
+
+    Other files (a cron job's ``cron.log``) are left alone. Newest by modification time.
+    """
+    if keep < 1 or not reports_dir.is_dir():
+        return []
+    groups: dict[str, dict[str, list[Path]]] = {"log": {}, "report": {}}
+    for path in reports_dir.glob("retrain_*"):
+        if path.is_file() and path.suffix in (".log", ".json", ".txt"):
+            kind = "log" if path.suffix == ".log" else "report"
+            groups[kind].setdefault(path.stem, []).append(path)
+    removed: list[str] = []
+    for members in groups.values():
+        def newest(stem: str, members: dict[str, list[Path]] = members) -> float:
+            return max(_mtime(p) for p in members[stem])
+
+        for stem in sorted(members, key=lambda stem: (newest(stem), stem), reverse=True)[keep:]:
+            for path in members[stem]:
+                path.unlink(missing_ok=True)
+                removed.append(path.name)
+    if removed:
+        logger.info("retrain: removed %d old report/log file(s) beyond the %d kept of each: %s", len(removed), keep,
+                    ", ".join(sorted(removed)[:6]) + (" ..." if len(removed) > 6 else ""))
+    return removed
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except FileNotFoundError:
+        return 0.0
+
+
+# ---------------------------------------------------------------------------- the population
+def population_change(champion: set[str], challenger: set[str]) -> dict[str, Any]:
+    """How the challenger's server population differs from the champion's.
+
+    ``change`` is the share of the servers in either population that are in only one of them (new or
+    gone): 0 the same servers, 1 none in common; a fleet that doubles is 0.5, one half replaced 0.67.
+    """
+    new, gone = sorted(challenger - champion), sorted(champion - challenger)
+    union = len(champion | challenger)
+    return {"champion_servers": len(champion), "challenger_servers": len(challenger), "new": len(new),
+            "gone": len(gone), "change": round((len(new) + len(gone)) / union, 4) if union else 0.0,
+            "new_examples": new[:10], "gone_examples": gone[:10]}
+
+
+def champion_servers(champion_dir: Path) -> set[str]:
+    """The servers the champion was trained with (its ``server_mapping.json``)."""
+    from server_encoder import ServerEncoder
+
+    return set(ServerEncoder.load(champion_dir / SERVER_MAPPING_FILE).name_to_id)
+
+
+def data_servers(data_path: Path) -> set[str]:
+    """The server names in a contract Parquet file (that column only is read)."""
+    import pyarrow.parquet as pq
+
+    column = pq.read_table(data_path, columns=["server_name"]).column("server_name")
+    return {str(name) for name in column.unique().to_pylist() if name is not None}
+
+
+def refusal_reason(population: dict[str, Any], max_change: float) -> str | None:
+    """The gate's refusal when the population changed by more than ``max_change``; None otherwise."""
+    if population["change"] <= max_change:
+        return None
+    return (f"refused: population changed: {population['new']} of the {population['challenger_servers']} "
+            f"established servers are new and {population['gone']} of the champion's "
+            f"{population['champion_servers']} are gone ({population['change']:.2f} of the servers in either, more "
+            f"than --max-population-change {max_change:.2f}); the champion never saw this fleet, so the backtest "
+            f"cannot compare the two fairly. Fix: train a model for this fleet (main.py train --data <export>), check "
+            f"it (main.py evaluate) and point latest at it, or rerun with --max-population-change 1. See "
+            f"{RETRAIN_DOC}.")
 
 
 # ---------------------------------------------------------------------------- the gate
@@ -111,9 +324,20 @@ def compare(champion: dict[str, Any] | None, challenger: dict[str, Any],
 
 
 def format_report(report: dict[str, Any]) -> str:
-    """The promotion report as a readable table."""
+    """The promotion report as a readable table (a refused retrain: the population and the reason)."""
+    population = report.get("population") or {}
+    servers = (f"servers: {population.get('challenger_servers', '?')} established"
+               + (f" ({population['left_out']} left out with less than {population['min_history_days']:g} days of "
+                  f"history)" if population.get("left_out") else "")
+               + (f"; vs the champion's {population['champion_servers']}: {population['new']} new, "
+                  f"{population['gone']} gone (change {population['change']:.2f})"
+                  if "champion_servers" in population else ""))
+    if report.get("gate") is None:
+        return "\n".join([f"retrain {report['started_at']}: no challenger trained, champion "
+                          f"{report['champion'] or 'none'}", servers, f"decision: {report['decision']}",
+                          f"took {report['seconds']:.0f} s"])
     lines = [f"retrain {report['started_at']}: challenger {report['challenger']} vs champion "
-             f"{report['champion'] or 'none'}",
+             f"{report['champion'] or 'none'}", servers,
              f"held-out window {report['holdout']['first']} .. {report['holdout']['last']} "
              f"(never seen by the challenger); metrics: {', '.join(report['gate']['metrics'])}",
              f"{'horizon':<8}{'champion q50':>14}{'challenger q50':>16}{'persistence':>13}"
@@ -130,17 +354,43 @@ def format_report(report: dict[str, Any]) -> str:
 
 
 # ---------------------------------------------------------------------------- the run
-def export_for_retrain(store: Path, work: Path, since: str | None) -> Path:
-    """The store's history as contract Parquet in ``work`` (beside a running daemon)."""
+def export_for_retrain(store: Path, work: Path, since: str | None,
+                       min_history_days: float = RETRAIN_MIN_HISTORY_DAYS) -> tuple[Path, dict[str, Any]]:
+    """The store's history as contract Parquet in ``work`` (beside a running daemon), established servers only;
+    the file and the export's metadata."""
     from store_export import export_store
 
     out = work / TRAINING_DATA_FILE
-    export_store(store, out, since=since)
-    return out
+    metadata = export_store(store, out, since=since, min_history_days=min_history_days)
+    return out, metadata
+
+
+def _write_report(models_dir: Path, stem: str, report: dict[str, Any]) -> None:
+    reports = models_dir / RETRAIN_REPORTS_SUBDIR
+    atomic_write_json(reports / f"{stem}.json", report)
+    atomic_write_text(reports / f"{stem}.txt", format_report(report) + "\n")
+    report["report_path"] = str(reports / f"{stem}.json")
+
+
+def _remove_stale_work(models_dir: Path) -> None:
+    """Exports left by a retrain that was killed (SIGKILL leaves its ``finally`` unrun); called under the lock."""
+    root = models_dir / RETRAIN_WORK_SUBDIR
+    stale = sorted(root.iterdir()) if root.is_dir() else []
+    for folder in stale:
+        shutil.rmtree(folder, ignore_errors=True)
+    if stale:
+        logger.info("retrain: removed %d unfinished export(s) of an earlier retrain that was killed: %s", len(stale),
+                    ", ".join(f.name for f in stale[:5]))
 
 
 def retrain(args: argparse.Namespace) -> dict[str, Any]:
-    """Train, compare, promote or reject; the report (also written under the models directory)."""
+    """Train, compare, promote or reject; the report (also written under the models directory).
+
+    Call it holding :func:`retrain_lock` (``run_from_args`` does). With ``--store`` only servers
+    holding ``--min-history-days`` of buckets are exported, so trained and judged on; when the
+    champion was trained on a population that differs from them by more than
+    ``--max-population-change``, nothing is trained and the report says "refused: population changed".
+    """
     from tft_trainer import settings_from_args, train
 
     began = time.perf_counter()
@@ -151,13 +401,39 @@ def retrain(args: argparse.Namespace) -> dict[str, Any]:
         raise RetrainError("--holdout-hours must be > 0: the gate compares the models on the most recent hours, "
                            f"which the challenger must not train on. See {RETRAIN_DOC}.")
     champion = current_model(models_dir)
+    _remove_stale_work(models_dir)
     work = models_dir / RETRAIN_WORK_SUBDIR / datetime.now(UTC).strftime("%Y%m%d_%H%M%S_%f")
     work.mkdir(parents=True, exist_ok=True)
     challenger_dir: Path | None = None
     try:
+        population: dict[str, Any] = {"min_history_days": args.min_history_days, "left_out": 0}
         if args.store is not None:
-            logger.info("retrain: exporting %s", args.store)
-            args.data = export_for_retrain(args.store, work, args.since)
+            logger.info("retrain: exporting %s (servers with at least %g days of stored history)", args.store,
+                        args.min_history_days)
+            args.data, metadata = export_for_retrain(args.store, work, args.since, args.min_history_days)
+            servers = set(metadata["servers"])
+            population["left_out"] = len(metadata.get("servers_short_history") or {})
+            logger.info("retrain: training and judging on %d established servers; %d left out with less than %g "
+                        "days of history", len(servers), population["left_out"], args.min_history_days)
+        else:
+            servers = data_servers(args.data)  # a file is taken as given: its servers are the population
+        population.update(challenger_servers=len(servers))
+        if champion is not None:
+            try:
+                population.update(population_change(champion_servers(champion), servers))
+            except (FileNotFoundError, ValueError) as exc:
+                logger.warning("retrain: the champion's server population is unknown (%s); the population check "
+                               "is skipped", exc)
+        refused = refusal_reason(population, args.max_population_change) if "change" in population else None
+        if refused is not None:
+            report = {"started_at": started_at, "champion": champion.name if champion else None,
+                      "challenger": None, "data": str(args.data), "population": population, "gate": None,
+                      "max_population_change": args.max_population_change, "train_seconds": 0.0,
+                      "seconds": round(time.perf_counter() - began, 1), "decision": refused}
+            _write_report(models_dir, f"retrain_refused_{datetime.now(UTC).strftime('%Y%m%d_%H%M%S')}", report)
+            record_refusal(models_dir, report)
+            logger.warning("retrain: %s", refused)
+            return report
         settings = settings_from_args(args)
         settings.update_latest = False
         settings.backtest = True
@@ -179,14 +455,10 @@ def retrain(args: argparse.Namespace) -> dict[str, Any]:
                   "challenger": challenger_dir.name, "data": str(settings.data),
                   "holdout": {"first": challenger_backtest["range"]["first_decoder_bucket"],
                               "last": challenger_backtest["range"]["last_decoder_bucket"]},
-                  "warm_start": bool(settings.warm_start), "gate": gate,
+                  "warm_start": bool(settings.warm_start), "population": population, "gate": gate,
                   "train_seconds": round(train_seconds, 1), "seconds": round(time.perf_counter() - began, 1),
                   "decision": gate["decision"]}
-        reports = models_dir / RETRAIN_REPORTS_SUBDIR
-        stem = f"retrain_{challenger_dir.name}"
-        atomic_write_json(reports / f"{stem}.json", report)
-        atomic_write_text(reports / f"{stem}.txt", format_report(report) + "\n")
-        report["report_path"] = str(reports / f"{stem}.json")
+        _write_report(models_dir, f"retrain_{challenger_dir.name}", report)
         if gate["promote"]:
             atomic_write_json(challenger_dir / "promotion_report.json", report)
             promote(models_dir, challenger_dir, report, keep=args.keep)
@@ -207,7 +479,7 @@ def retrain(args: argparse.Namespace) -> dict[str, Any]:
 
 # ---------------------------------------------------------------------------- CLI
 def build_arg_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
-    """``main.py retrain``: the trainer's flags plus where the data comes from and the gate."""
+    """``main.py retrain``: the trainer's flags plus where the data comes from, the gate and the bounds."""
     from tft_trainer import build_arg_parser as trainer_arguments
 
     parser = parser or argparse.ArgumentParser(description="Retrain from the store and promote only a better model.")
@@ -221,6 +493,21 @@ def build_arg_parser(parser: argparse.ArgumentParser | None = None) -> argparse.
                              "(default %(default)s)")
     parser.add_argument("--no-warm-start", action="store_true", help="train the challenger from scratch")
     parser.add_argument("--keep", type=int, default=MODELS_KEEP, help="model folders kept (default %(default)s)")
+    parser.add_argument("--min-history-days", type=_non_negative, default=RETRAIN_MIN_HISTORY_DAYS, metavar="DAYS",
+                        help="with --store: train and judge only on servers holding at least this many days of "
+                             "buckets (default %(default)s; 0: every server)")
+    parser.add_argument("--max-population-change", type=_share, default=RETRAIN_MAX_POPULATION_CHANGE,
+                        metavar="SHARE", help="refuse (train nothing) when more than this share of the servers in "
+                                              "the champion's or the new population is new or gone (default "
+                                              "%(default)s; 1: never refuse)")
+    parser.add_argument("--memory-limit-mb", type=int, default=RETRAIN_MEMORY_LIMIT_MB, metavar="MB",
+                        help="address space this retrain may map (RLIMIT_AS; not applied for GPU training; "
+                             "default %(default)s; 0: none)")
+    parser.add_argument("--parent-pid", type=int, default=None, metavar="PID",
+                        help="end this retrain when process PID is no longer its parent (the daemon passes its own)")
+    parser.add_argument("--keep-reports", type=_positive_int, default=RETRAIN_KEEP_REPORTS, metavar="N",
+                        help="retrain reports and retrain logs kept in <models-dir>/reports, each (default "
+                             "%(default)s)")
     return parser
 
 
@@ -234,8 +521,36 @@ def _band(text: str) -> tuple[float, float]:
     return low, high
 
 
+def _non_negative(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a number of days such as 3") from None
+    if not value >= 0.0:
+        raise argparse.ArgumentTypeError(f"{text!r}: need 0 or more")
+    return value
+
+
+def _share(text: str) -> float:
+    value = _non_negative(text)
+    if value > 1.0:
+        raise argparse.ArgumentTypeError(f"{text!r}: a share, need 0 <= SHARE <= 1")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a whole number such as 30") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: need 1 or more")
+    return value
+
+
 def run_from_args(args: argparse.Namespace) -> int:
-    """Retrain; 0 when a decision was made (promoted or kept), 1 when the retrain could not run."""
+    """Retrain; 0 when a decision was made (promoted, kept or refused), 1 when the retrain could not run,
+    ``RETRAIN_EXIT_LOCKED`` when another retrain holds the lock (skipped), 128 + n when stopped by signal n."""
     from metrics_store import StoreError
     from store_export import StoreExportError
     from tft_trainer import TrainingError
@@ -244,10 +559,29 @@ def run_from_args(args: argparse.Namespace) -> int:
         logger.error("give exactly one of --store (the daemon's metrics store) or --data (a contract Parquet "
                      "file). See %s.", RETRAIN_DOC)
         return 1
+    # First the bounds, before any work: the memory limit, the daemon watch, SIGTERM as a clean stop.
+    apply_memory_limit(args.memory_limit_mb, args.accelerator)
+    if args.parent_pid is not None:
+        watch_parent(args.parent_pid)
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
-        report = retrain(args)
+        with retrain_lock(args.models_dir):
+            try:
+                report = retrain(args)
+            finally:
+                rotate_reports(args.models_dir / RETRAIN_REPORTS_SUBDIR, args.keep_reports)
+    except RetrainLocked as exc:
+        logger.warning("%s", exc)
+        return RETRAIN_EXIT_LOCKED
     except (RetrainError, TrainingError, StoreExportError, StoreError, FileNotFoundError, ValueError) as exc:
         logger.error("retrain failed, nothing changed: %s", exc)
+        return 1
+    except (MemoryError, RuntimeError) as exc:
+        if not isinstance(exc, MemoryError) and "allocate memory" not in str(exc):  # torch's CPU allocator says so
+            raise
+        logger.error("retrain failed, nothing changed: it ran out of memory (its address-space limit is "
+                     "--memory-limit-mb %d). Fix: raise --memory-limit-mb (0: none), or lower --max-memory-gb so "
+                     "the trainer uses a subset of servers. See %s.", args.memory_limit_mb, RETRAIN_DOC)
         return 1
     print(format_report(report))  # the CLI's result, for a person
     return 0

@@ -5,6 +5,15 @@ at the lowest CPU priority, so a forecast cycle never waits for it; the daemon o
 polls it between cycles, and logs and counts how it ended. A crash or a kill of the retrain
 leaves ``models/latest`` (and so the serving model) untouched: promotion is the retrain's last,
 atomic step. A promoted model reaches the daemon through the ``latest`` link it follows.
+
+Bounds (Docs/RETRAINING.md, "Bounds"): the retrain starts in a session (process group) of its own;
+past ``RETRAIN_TIMEOUT_SECONDS`` the whole group gets SIGTERM, then SIGKILL after
+``RETRAIN_KILL_GRACE_SECONDS`` (so does a retrain running at shutdown), counted as a failure, and the
+next one can start. It is told the daemon's pid (``--parent-pid``: it ends itself when the daemon is
+gone) and its address-space limit (``--memory-limit-mb``, which it applies to itself first thing; the
+daemon's ``--retrain-args`` can override it). It takes the models directory's retrain lock itself, the
+one ``tft-retrain.timer``'s run takes too: when that one holds it, the run exits ``RETRAIN_EXIT_LOCKED``
+and counts as "skipped", not as a failure. After each run old retrain logs and reports are rotated.
 """
 
 from __future__ import annotations
@@ -13,6 +22,7 @@ import logging
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -21,7 +31,21 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from config import PROJECT_ROOT, RETRAIN_DOC, RETRAIN_MIN_INTERVAL_SECONDS, RETRAIN_NICE, RETRAIN_WORK_SUBDIR
+from config import (
+    PROJECT_ROOT,
+    RETRAIN_DOC,
+    RETRAIN_EXIT_LOCKED,
+    RETRAIN_KEEP_REPORTS,
+    RETRAIN_KILL_GRACE_SECONDS,
+    RETRAIN_LOCK_FILE,
+    RETRAIN_MEMORY_LIMIT_MB,
+    RETRAIN_MIN_INTERVAL_SECONDS,
+    RETRAIN_NICE,
+    RETRAIN_REPORTS_SUBDIR,
+    RETRAIN_TIMEOUT_SECONDS,
+    RETRAIN_WORK_SUBDIR,
+)
+from model_retrain import RetrainLocked, retrain_lock, rotate_reports
 
 logger = logging.getLogger("tft_inference")
 
@@ -43,21 +67,36 @@ def parse_interval(text: str, minimum: float = RETRAIN_MIN_INTERVAL_SECONDS) -> 
 
 @dataclass
 class RetrainScheduler:
-    """Starts a retrain every ``every_seconds`` (or on request) and watches it; never blocks."""
+    """Starts a retrain every ``every_seconds`` (or on request) and watches it; never blocks (but in :meth:`stop`).
+
+    ``command`` replaces the ``main.py retrain ...`` command line (tests point it at a stand-in); the
+    bounds (own process group, timeout, the kill of the whole group) apply to it all the same.
+    """
 
     store: Path
     models_dir: Path
     every_seconds: float | None
     extra_args: list[str] = field(default_factory=list)
     clock: Any = time.monotonic
+    timeout_seconds: float = RETRAIN_TIMEOUT_SECONDS
+    kill_grace_seconds: float = RETRAIN_KILL_GRACE_SECONDS
+    memory_limit_mb: int = RETRAIN_MEMORY_LIMIT_MB
+    keep_reports: int = RETRAIN_KEEP_REPORTS
+    command: list[str] | None = None
     runs: int = 0
     failures: int = 0
+    timeouts: int = 0
+    skipped: int = 0
     last_exit: int | None = None
+    last_outcome: str | None = None  # finished, failed, timed_out, skipped, stopped
     last_started_at: str | None = None
     last_finished_at: str | None = None
     last_log: str | None = None
     _process: subprocess.Popen | None = None
     _next_at: float | None = None
+    _started_clock: float = 0.0
+    _terminated_at: float | None = None  # when the timeout's SIGTERM went to the group
+    _killed: bool = False  # ... and the SIGKILL after the grace
 
     def __post_init__(self) -> None:
         if self.every_seconds:
@@ -70,68 +109,150 @@ class RetrainScheduler:
 
     @property
     def pid(self) -> int | None:
-        """The running retrain's process id."""
+        """The running retrain's process id (also its process group's id)."""
         return self._process.pid if self._process is not None else None
+
+    def retrain_command(self) -> list[str]:
+        """The child's command line: ``main.py retrain`` on the store, told the daemon's pid and the memory limit.
+
+        The limit comes before ``extra_args``, so ``--retrain-args '--memory-limit-mb N'`` overrides it.
+        """
+        if self.command is not None:
+            return list(self.command)
+        return [sys.executable, str(PROJECT_ROOT / "main.py"), "retrain", "--store", str(self.store),
+                "--models-dir", str(self.models_dir), "--parent-pid", str(os.getpid()),
+                "--memory-limit-mb", str(self.memory_limit_mb), *self.extra_args]
 
     def start(self) -> bool:
         """Start a retrain now; False if one is already running."""
         if self._process is not None:
             return False
         stamp = datetime.now(UTC).strftime("%Y%m%d_%H%M%S")
-        log_dir = self.models_dir / "reports"
+        log_dir = self.models_dir / RETRAIN_REPORTS_SUBDIR
         log_dir.mkdir(parents=True, exist_ok=True)
         log_path = log_dir / f"retrain_{stamp}.log"
-        command = [sys.executable, str(PROJECT_ROOT / "main.py"), "retrain", "--store", str(self.store),
-                   "--models-dir", str(self.models_dir), *self.extra_args]
         with open(log_path, "ab") as log:
-            self._process = subprocess.Popen(command, cwd=PROJECT_ROOT, stdout=log, stderr=subprocess.STDOUT,
-                                             stdin=subprocess.DEVNULL)
+            # A session of its own: the timeout and stop() end the whole group (its workers and anything they
+            # started), and a signal to the daemon's group (a terminal's Ctrl-C) does not reach it.
+            self._process = subprocess.Popen(self.retrain_command(), cwd=PROJECT_ROOT, stdout=log,
+                                             stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                             start_new_session=True)
         try:  # set from here (not in the child: a pre-exec hook is unsafe in a threaded daemon)
             os.setpriority(os.PRIO_PROCESS, self._process.pid, RETRAIN_NICE)
         except OSError as exc:
             logger.warning("could not lower the retrain's CPU priority: %s", exc)
         self.runs += 1
+        self._started_clock = self.clock()
+        self._terminated_at, self._killed = None, False
         self.last_started_at = datetime.now(UTC).isoformat(timespec="seconds")
         self.last_log = str(log_path)
         if self.every_seconds:
             self._next_at = self.clock() + self.every_seconds
-        logger.info("retrain started (pid %d, nice %d), log %s", self._process.pid, RETRAIN_NICE, log_path)
+        logger.info("retrain started (pid %d, nice %d, at most %.0f s), log %s", self._process.pid, RETRAIN_NICE,
+                    self.timeout_seconds, log_path)
         return True
 
+    def _signal_group(self, sig: int) -> None:
+        """Send ``sig`` to the retrain's whole process group (gone already: nothing to do)."""
+        assert self._process is not None
+        try:
+            os.killpg(self._process.pid, sig)
+        except ProcessLookupError:
+            pass
+        except PermissionError as exc:  # a member changed its uid: nothing the daemon may do about it
+            logger.warning("could not signal the retrain's process group %d: %s", self._process.pid, exc)
+
     def poll(self) -> None:
-        """Between cycles: note a finished retrain, start a due one."""
+        """Between cycles: end an overdue retrain, note a finished one, start a due one."""
         if self._process is not None:
             code = self._process.poll()
             if code is None:
+                now = self.clock()
+                if self._terminated_at is None and now - self._started_clock >= self.timeout_seconds:
+                    self._terminated_at = now
+                    self._signal_group(signal.SIGTERM)
+                elif (self._terminated_at is not None and not self._killed
+                      and now - self._terminated_at >= self.kill_grace_seconds):
+                    self._killed = True
+                    self._signal_group(signal.SIGKILL)
                 return
-            self._process = None
-            self.last_exit = code
-            self.last_finished_at = datetime.now(UTC).isoformat(timespec="seconds")
-            if code == 0:
-                logger.info("retrain finished: a decision was made (see %s); the serving model changes only if the "
-                            "challenger was promoted", self.last_log)
-            else:
-                self.failures += 1
-                how = f"was killed by signal {-code}" if code < 0 else f"failed with exit code {code}"
-                logger.error("retrain %s (%d failed so far); the serving model is unchanged. Its log: %s", how,
-                             self.failures, self.last_log)
-                # Its unfinished export; the daemon starts one retrain at a time, so none is in use.
-                shutil.rmtree(self.models_dir / RETRAIN_WORK_SUBDIR, ignore_errors=True)
+            self._finished(code)
         if self._next_at is not None and self.clock() >= self._next_at:
             self.start()
 
+    def _finished(self, code: int) -> None:
+        """Count and log how the reaped retrain ended; sweep its group, its unfinished export, old logs."""
+        assert self._process is not None
+        self._signal_group(signal.SIGKILL)  # anything of the group still running outlives its leader no more
+        timed_out = self._terminated_at is not None
+        elapsed = self.clock() - self._started_clock
+        self._process = None
+        self.last_exit = code
+        self.last_finished_at = datetime.now(UTC).isoformat(timespec="seconds")
+        if timed_out:
+            self.failures += 1
+            self.timeouts += 1
+            self.last_outcome = "timed_out"
+            how = (f"SIGTERM, then SIGKILL after the {self.kill_grace_seconds:g} s grace" if self._killed
+                   else "SIGTERM")
+            logger.error("retrain timed out after %.0f s (limit %.0f s, RETRAIN_TIMEOUT_SECONDS) and its process group "
+                         "was ended (%s); %d failed so far; the serving model is unchanged. Its log: %s", elapsed,
+                         self.timeout_seconds, how, self.failures, self.last_log)
+        elif code == 0:
+            self.last_outcome = "finished"
+            logger.info("retrain finished: a decision was made (see %s); the serving model changes only if the "
+                        "challenger was promoted", self.last_log)
+        elif code == RETRAIN_EXIT_LOCKED:
+            self.skipped += 1
+            self.last_outcome = "skipped"
+            logger.warning("retrain skipped: another retrain (tft-retrain.timer's, or one started by hand) holds "
+                           "%s, so this one did nothing (not a failure). Its log: %s",
+                           self.models_dir / RETRAIN_LOCK_FILE, self.last_log)
+        else:
+            self.failures += 1
+            self.last_outcome = "failed"
+            how = f"was killed by signal {-code}" if code < 0 else f"failed with exit code {code}"
+            logger.error("retrain %s (%d failed so far); the serving model is unchanged. Its log: %s", how,
+                         self.failures, self.last_log)
+        if self.last_outcome in ("timed_out", "failed"):
+            self._remove_unfinished_export()
+        rotate_reports(self.models_dir / RETRAIN_REPORTS_SUBDIR, self.keep_reports)
+
+    def _remove_unfinished_export(self) -> None:
+        """A killed retrain's export (it can be large); only while no other retrain (the timer's) uses the folder."""
+        try:
+            with retrain_lock(self.models_dir):
+                shutil.rmtree(self.models_dir / RETRAIN_WORK_SUBDIR, ignore_errors=True)
+        except (RetrainLocked, OSError):
+            pass  # the retrain holding the lock removes stale exports when it starts
+
     def stop(self) -> None:
-        """On shutdown: end a running retrain (it leaves the serving model unchanged)."""
-        if self._process is not None and self._process.poll() is None:
-            self._process.terminate()
-            try:
-                self._process.wait(10)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
+        """On shutdown: end a running retrain's whole process group (it leaves the serving model unchanged)."""
+        if self._process is None:
+            return
+        code = self._process.poll()
+        if code is not None:  # it ended by itself before the daemon did
+            self._finished(code)
+            return
+        self._signal_group(signal.SIGTERM)
+        try:
+            self._process.wait(self.kill_grace_seconds)
+        except subprocess.TimeoutExpired:
+            self._signal_group(signal.SIGKILL)
+            self._process.wait()
+        self._signal_group(signal.SIGKILL)  # what its leader left behind
+        self.last_exit = self._process.returncode
+        self.last_outcome = "stopped"
+        self.last_finished_at = datetime.now(UTC).isoformat(timespec="seconds")
+        self._process = None
+        logger.info("retrain stopped with the daemon (exit %s); the serving model is unchanged", self.last_exit)
 
     def status(self) -> dict[str, Any]:
         """What /status shows."""
         next_in = None if self._next_at is None else max(0.0, round(self._next_at - self.clock(), 1))
         return {"every_seconds": self.every_seconds, "running": self.running, "pid": self.pid, "runs": self.runs,
-                "failures": self.failures, "last_exit": self.last_exit, "last_started_at": self.last_started_at,
-                "last_finished_at": self.last_finished_at, "next_in_seconds": next_in, "log": self.last_log}
+                "failures": self.failures, "timeouts": self.timeouts, "skipped": self.skipped,
+                "last_exit": self.last_exit, "last_outcome": self.last_outcome,
+                "last_started_at": self.last_started_at, "last_finished_at": self.last_finished_at,
+                "next_in_seconds": next_in, "timeout_seconds": self.timeout_seconds,
+                "memory_limit_mb": self.memory_limit_mb, "log": self.last_log}

@@ -15,7 +15,10 @@ The store (``metrics_store.py``) keeps one aggregate per server and 5-minute buc
 * the contract's columns and types (timestamps ns UTC, names / profiles / states dictionary-encoded,
   counts int32, the rest float32), checked strictly by the validator chunk by chunk before the file
   is moved into place, so ``main.py validate`` accepts it and nothing invalid is left behind;
-* ``metrics_metadata.json`` and ``server_mapping.json`` beside the file, as the importer writes them.
+* ``metrics_metadata.json`` and ``server_mapping.json`` beside the file, as the importer writes them;
+* with ``--min-history-days D`` only servers with at least D days of stored buckets in the range (the
+  established ones; ``main.py retrain`` passes ``RETRAIN_MIN_HISTORY_DAYS``); the others are named in
+  the log and in the metadata (``servers_short_history``).
 
 Measured or not: the store keeps values, not which metrics a feeder really measured. Feeders fill a
 metric they cannot measure with ``UNMEASURED_FILL`` (node_exporter via ``main.py prometheus`` has no
@@ -57,6 +60,7 @@ from config import (
     PARQUET_COMPRESSION,
     PARQUET_ROW_GROUP_ROWS,
     PROJECT_VERSION,
+    STEPS_PER_DAY,
     STORE_DOC,
     STORE_PATH,
     UNMEASURED_FILL,
@@ -226,12 +230,16 @@ def _check(table: pa.Table, stats: ExportStats) -> None:
 
 def export_store(store: str | Path, out: str | Path, since: str | None = None, until: str | None = None,
                  servers: list[str] | None = None, chunk_rows: int = EXPORT_CHUNK_ROWS,
-                 progress_fraction: float = EXPORT_PROGRESS_FRACTION) -> dict[str, Any]:
+                 progress_fraction: float = EXPORT_PROGRESS_FRACTION,
+                 min_history_days: float | None = None) -> dict[str, Any]:
     """Write the store's buckets as contract Parquet at ``out`` (+ metadata and server mapping); the metadata.
 
     ``since`` / ``until``: ISO 8601 bounds (the buckets holding them, inclusive; None = open);
-    ``servers``: names to export (None = every stored server). Raises :class:`StoreExportError` or
-    :class:`metrics_store.StoreError` with what, why and how to fix it; an unfinished file is removed.
+    ``servers``: names to export (None = every stored server); ``min_history_days``: only servers
+    holding at least this many days of buckets (``STEPS_PER_DAY`` each) inside the range, the
+    others left out and listed in ``servers_short_history`` (None or 0: no such filter). Raises
+    :class:`StoreExportError` or :class:`metrics_store.StoreError` with what, why and how to fix it; an
+    unfinished file is removed.
     """
     began = time.perf_counter()
     out = Path(out)
@@ -239,6 +247,10 @@ def export_store(store: str | Path, out: str | Path, since: str | None = None, u
         raise _fail(f"--out {out} does not end in .parquet", "the export writes Parquet, and the validator and "
                     "trainer read a file by its suffix", f"name the file like {out.with_suffix('.parquet')}")
     first_bucket, last_bucket = parse_bound(since, "--since"), parse_bound(until, "--until")
+    if min_history_days is not None and not min_history_days >= 0:
+        raise _fail(f"--min-history-days {min_history_days} is negative", "it is the days of stored buckets a "
+                    "server needs to be exported", "pass 0 or more (0: every server)")
+    need = int(round((min_history_days or 0.0) * STEPS_PER_DAY))  # stored buckets a server needs
     if first_bucket is not None and last_bucket is not None and first_bucket > last_bucket:
         raise _fail(f"--since {since} is after --until {until}", "the range holds no bucket",
                     "swap the two times")
@@ -256,10 +268,24 @@ def export_store(store: str | Path, out: str | Path, since: str | None = None, u
             low = whole[0] if first_bucket is None else first_bucket
             high = whole[1] if last_bucket is None else last_bucket
             spans: dict[str, tuple[int, int]] = {}
+            short: dict[str, float] = {}  # server -> days of stored buckets, below min_history_days
             for name in sorted(profiles):
                 span = reader.span_between(name, low, high)
-                if span is not None:
+                if span is not None and span[2] < need:
+                    short[name] = round(span[2] / STEPS_PER_DAY, 2)
+                elif span is not None:
                     spans[name] = (span[0], span[1])
+            if short:
+                logger.info("%d of the servers with buckets in the range hold less than %g days of them and are "
+                            "left out (established history only): %s%s", len(short), min_history_days,
+                            ", ".join(f"{name} ({days:g} d)" for name, days in list(short.items())[:10]),
+                            " ..." if len(short) > 10 else "")
+            if not spans and short:
+                longest = max(short.values())
+                raise _fail(f"none of the {len(short)} servers with buckets in the range holds {min_history_days:g} "
+                            f"days of them (the longest: {longest:g} d) in {reader.path}",
+                            "only servers with established history are exported, so nothing is left",
+                            "let the store fill for longer, or pass a smaller --min-history-days (0: every server)")
             if not spans:
                 asked = (f"between {bucket_iso(low)} and {bucket_iso(high)}" if since and until else
                          f"from {bucket_iso(low)} on" if since else f"up to {bucket_iso(high)}" if until else "")
@@ -317,6 +343,8 @@ def export_store(store: str | Path, out: str | Path, since: str | None = None, u
         "requested": {"since": since, "until": until, "servers": servers},
         "servers": {name: profiles[name] for name in names},
         "servers_without_buckets_in_range": idle,
+        "min_history_days": min_history_days,
+        "servers_short_history": short,
         "rows": stats.rows,
         "sampled_rows": stats.sampled_rows,
         "samples": stats.samples,
@@ -356,13 +384,16 @@ def build_arg_parser(parser: argparse.ArgumentParser | None = None) -> argparse.
                                         "the oldest stored)")
     parser.add_argument("--until", help="last bucket: the one holding this time, inclusive (default: the newest)")
     parser.add_argument("--servers", help="comma-separated server names (default: every stored server)")
+    parser.add_argument("--min-history-days", type=float, default=None,
+                        help="only servers holding at least this many days of buckets in the range (default: all)")
     return parser
 
 
 def run_from_args(args: argparse.Namespace) -> int:
     """Run the export; 0 on success, 1 with what/why/fix otherwise (no traceback)."""
     try:
-        meta = export_store(args.store, args.out, args.since, args.until, parse_servers(args.servers))
+        meta = export_store(args.store, args.out, args.since, args.until, parse_servers(args.servers),
+                            min_history_days=args.min_history_days)
     except (StoreExportError, StoreError) as exc:
         logger.error("export failed: %s", exc)
         return 1

@@ -27,7 +27,6 @@ from config import (
     RETENTION_MIN_DAYS,
     SERVER_MAPPING_FILE,
     STEPS_PER_DAY,
-    TRIM_EVERY_CYCLES,
     UNMEASURED_FILL,
 )
 from contract import NS_PER_BUCKET, bucket_iso
@@ -226,6 +225,39 @@ def test_errors_say_what_why_and_how_to_fix_without_a_traceback(store, tmp_path,
     assert not out.parent.exists() or not any(out.parent.iterdir())  # nothing half-written left behind
 
 
+def test_min_history_days_exports_only_servers_with_established_history(store, tmp_path, caplog):
+    """--min-history-days 1: ppdb001 (a day less its gap of 11 buckets) is left out, named in the log and the
+    metadata; the three full-day servers are exported with their mapping. Nobody long enough: an error, no file.
+    Cost: ~1 s (one CLI run)."""
+    from server_encoder import ServerEncoder
+    from store_export import StoreExportError, export_store
+
+    path, records = store
+    held = {name: len({r["ts_ns"] // NS_PER_BUCKET for r in records if r["server_name"] == name})
+            for name in {r["server_name"] for r in records}}
+    assert held["ppdb001"] == BUCKETS - (GAP[1] - GAP[0])
+    assert all(count == BUCKETS for name, count in held.items() if name != "ppdb001")
+    out = tmp_path / "established" / "server_metrics.parquet"
+    with caplog.at_level(logging.INFO, logger="store_export"):
+        meta = export_store(path, out, min_history_days=1.0)
+    kept = sorted(name for name in held if name != "ppdb001")
+    assert sorted(meta["servers"]) == kept and meta["min_history_days"] == 1.0
+    assert meta["servers_short_history"] == {"ppdb001": round(held["ppdb001"] / STEPS_PER_DAY, 2)}
+    assert sorted(pd.read_parquet(out)["server_name"].astype(str).unique()) == kept
+    assert sorted(ServerEncoder.load(out.parent / SERVER_MAPPING_FILE).name_to_id) == kept
+    assert any("1 of the servers with buckets in the range hold less than 1 days" in r.getMessage()
+               and "ppdb001 (0.96 d)" in r.getMessage() for r in caplog.records), caplog.text
+    assert export_store(path, tmp_path / "all.parquet", min_history_days=0)["servers_short_history"] == {}
+
+    none = tmp_path / "none" / "server_metrics.parquet"
+    with pytest.raises(StoreExportError, match="none of the 4 servers with buckets in the range holds 2 days") as exc:
+        export_store(path, none, min_history_days=2.0)
+    assert "Fix:" in str(exc.value) and not none.exists()
+    cli = tmp_path / "cli" / "server_metrics.parquet"
+    result = run_cli("main.py", "export", "--store", str(path), "--out", str(cli), "--min-history-days", "1")
+    assert result.returncode == 0 and "Exported 3 servers" in result.stdout, result.stderr[-2000:]
+
+
 class _EmptyCycleEngine:
     """Stands in for a model: a forecast cycle with no forecasts, so only the cycle's retention step matters."""
 
@@ -259,8 +291,8 @@ def test_retention_days_trims_buckets_at_the_configured_age(tmp_path, caplog):
                     clock=lambda: (origin + 1) * NS_PER_BUCKET / 1e9 + 60)
     daemon.engine = _EmptyCycleEngine()
     try:
-        for _ in range(TRIM_EVERY_CYCLES):
-            assert daemon.run_cycle(origin) is not None, daemon.last_cycle_error
+        assert daemon.run_cycle(origin) is not None, daemon.last_cycle_error
+        daemon.housekeeping()  # retention runs on its own clock, not inside a cycle
         stored = [row[0] for row in daemon.store._reader().execute("SELECT bucket FROM buckets ORDER BY bucket")]
     finally:
         daemon.close()
