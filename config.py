@@ -98,6 +98,16 @@ METRIC_RANGES: dict[str, tuple[float, float | None]] = {
     "load_average": (0.0, None),
     "uptime_days": (0, UPTIME_MAX_DAYS),
 }
+# What a live feed may claim where the contract sets no upper bound: far above any real host (a 400 Gbit/s
+# link moves 50,000 MB/s; a 1,024-core host at 100x overload has a load of ~100,000), far below float32's
+# limit (the model runs in float32). Beyond it a record is rejected (422), never stored.
+FEED_PLAUSIBLE_MAX: dict[str, float] = {
+    "net_in_mb_s": 100_000.0,
+    "net_out_mb_s": 100_000.0,
+    "load_average": 100_000.0,
+    "back_close_wait": 10_000_000,
+    "front_close_wait": 10_000_000,
+}
 
 # Columns from the pre-LINBORG system. Data carrying them was produced by the old
 # pipeline and must be regenerated.
@@ -552,11 +562,36 @@ UNMEASURED_FILL = {
 # Gaps in a source up to this many 5-minute buckets are interpolated (clock drift, a missed
 # poll); longer gaps become offline buckets.
 IMPORT_MAX_INTERPOLATE_BUCKETS = 3
+# Bounds on one import (Docs/IMPORTING.md, Limits), each checked before the memory it guards is taken.
+# Rows read from all sources together, and rows written (every server's 5-minute grid, first to last
+# sample): a Parquet source's row count comes from its footer, before anything is decoded; a CSV stops at
+# the limit. An import peaks at ~1.1 KB a row (measured: 1 M rows 1.2 GB, 2 M rows 2.3 GB), so 10 M rows
+# is ~11 GB: a 1,000-server 31-day month at 5-minute samples (8.9 M) fits; --max-rows.
+IMPORT_MAX_ROWS = 10_000_000
+# Bytes decoded from all sources together: the uncompressed size of the Parquet columns the mapping reads
+# (footer; ~30 B a row for five mapped metrics, 240 B at 30 columns), the text of CSV sources after
+# decompression (Bitbrains: 123 B a row); 10 M rows of either fit; --max-bytes.
+IMPORT_MAX_BYTES = 4 * 1024**3
+# Timestamps a recorded trace may carry: none before this year (public traces start in 2011; epoch 0 is a
+# missing time, seconds read as milliseconds land in 1970), none later than the importing host's clock plus
+# a day (a source written in local time east of UTC).
+IMPORT_EARLIEST_YEAR = 2000
+IMPORT_MAX_FUTURE_SECONDS = 86_400
+# One server's grid spans at most this long, first to last sample (the history a live feed may replay,
+# FEED_MAX_AGE_DAYS); --max-span-days.
+IMPORT_MAX_SPAN_DAYS = 3 * 366
 
 # ---------------------------------------------------------------------------
 # 6. Validator
 # ---------------------------------------------------------------------------
 VALIDATOR_MAX_EXAMPLES = 5  # offending values / rows quoted per error
+# What `main.py validate` decodes at most (Docs/DATA_CONTRACT.md, Validating): a Parquet file over it is
+# refused from its footer before anything is decoded, a CSV stops at it; --max-rows / --max-bytes raise it.
+# 20 M rows is a 1,000-server month (8.6 M) twice over, or 1,000 servers' 35-day store export (10.1 M);
+# the checks peak at ~0.3 KB a row (measured: 2 M rows, 0.63 GB), so ~6 GB. Bytes: contract Parquet is
+# ~20 B a row uncompressed (0.4 GB for 20 M rows), contract CSV ~200 B a row.
+VALIDATE_MAX_ROWS = 20_000_000
+VALIDATE_MAX_BYTES = 4 * 1024**3
 
 # ---------------------------------------------------------------------------
 # 7. Model and training (Docs/TRAINING_GUIDE.md explains each choice)
@@ -870,6 +905,9 @@ FEED_TIMESTAMP_YEARS = (1970, 2200)
 # drift; NTP keeps them within seconds). Further ahead is rejected: a client must never move
 # the fleet's clock, which decides "offline", bucket completion and the retention cut.
 FEED_MAX_FUTURE_SECONDS = 300
+# ... and at most this far behind it (or the retention, when longer): a replay of recorded history is taken,
+# a record stamped 1970 is not.
+FEED_MAX_AGE_DAYS = 3 * 366
 # Integer metrics (socket counts, uptime) must fit a signed 32-bit integer; floats must be finite.
 INTEGER_METRIC_MAX = 2**31 - 1
 # Rate limits, token buckets. A valid API key gets its own bucket, sized so one key shared by
@@ -892,6 +930,50 @@ WS_RATE_LIMITED_CODE = 4429
 WS_UNSUPPORTED_DATA_CODE = 1003
 # /health says "degraded" after this many forecast cycles in a row failed.
 HEALTH_DEGRADED_AFTER_FAILED_CYCLES = 3
+# ... and when records keep arriving but no forecast cycle completed for this long while a complete bucket
+# waits (a cycle runs once per 5-minute bucket, so three buckets without one is a stall, not a slow cycle).
+HEALTH_STALL_SECONDS = 3 * 300.0  # --health-stall-seconds
+
+# Trust boundaries (Docs/DEPLOYMENT.md, Threat model). Every quantity a client controls is bounded here;
+# each refusal is counted (tft_refused_total{reason}) and said in one line.
+# WebSocket subscribers: the cycle never awaits a socket. Each subscriber holds only the newest document
+# (an older one not yet sent is dropped); a send that does not finish within the timeout closes the socket.
+WS_SEND_TIMEOUT_SECONDS = 10.0
+WS_MAX_SUBSCRIBERS = 200  # in all
+WS_MAX_SUBSCRIBERS_PER_KEY = 20  # per API key (per address without keys)
+WS_TRY_AGAIN_CODE = 1013  # RFC 6455 "try again later": the subscriber caps are reached
+WS_POLICY_CODE = 1008  # RFC 6455 "policy violation": a subscriber that does not take its documents
+WS_CLOSE_TIMEOUT_SECONDS = 1.0  # closing such a socket waits no longer for it
+# HTTP: requests handled at once (past it: 503 with Retry-After at once, nothing read), and how long a
+# client may take to send its body (a slow sender holds a slot: 408 past this).
+MAX_CONCURRENT_REQUESTS = 64
+REQUEST_BODY_TIMEOUT_SECONDS = 30.0
+OVERLOAD_RETRY_AFTER_SECONDS = 1
+# Servers: the daemon tracks at most this many (a record for one more is rejected naming the cap). Each costs
+# a few KiB while it warms up (a small ring that grows) and ~46 KiB at full history (MEMORY_BUCKETS), so
+# 10,000 servers fit in ~0.5 GiB of windows; --max-servers.
+MAX_TRACKED_SERVERS = 10_000
+WARMUP_RING_BUCKETS = 16  # a new server's first ring; doubled as its history grows, up to MEMORY_BUCKETS
+# New server names a key may introduce: a token bucket per key (a fleet's first backfill fits the burst).
+NEW_SERVERS_PER_MINUTE = 100
+NEW_SERVERS_BURST = 2_000
+# Housekeeping (retention, duplicate-check keys, idle servers released from memory) runs on this clock,
+# whether or not a model is loaded; --housekeeping-seconds.
+HOUSEKEEPING_SECONDS = 60.0
+# A server counts as established (its matured forecasts calibrate the shared bands) once the daemon has
+# held its history this long: a burst of freshly invented names cannot steer the fleet's bands.
+ESTABLISHED_HISTORY_HOURS = 24.0  # --established-hours
+# SQLite's write-ahead log is truncated back to this size after each checkpoint.
+SQLITE_JOURNAL_SIZE_LIMIT_BYTES = 64 * 1024 * 1024
+# Maintenance is an operator's act (PUT /admin/maintenance/{server}), never a sample's claim: a window lasts
+# at most this long, and at most this many are open at once.
+MAINTENANCE_MAX_HOURS = 7 * 24
+MAINTENANCE_MAX_WINDOWS = 10_000
+MAINTENANCE_REASON_MAX_LENGTH = 200
+# Proxy headers (X-Forwarded-For) are believed only from these peers (--trusted-proxy); none by default.
+TRUSTED_PROXIES: tuple[str, ...] = ()
+# A generated key (no key configured) is written to this file beside the store, mode 0600, not to the log.
+GENERATED_KEY_SUFFIX = ".generated-key"
 # Disk full: the client is asked to retry after this long (the feed resumes once space frees).
 DISK_FULL_RETRY_AFTER_SECONDS = 30
 # History kept in the store. Buckets: five weeks by default (--retention-days), enough to export a
@@ -922,7 +1004,6 @@ STORE_LEDGER_SUFFIX = ".ledger.json"
 WAL_HEADER_BYTES = 32
 WAL_FRAME_HEADER_BYTES = 24
 WAL_MAGIC = (0x377F0682, 0x377F0683)
-TRIM_EVERY_CYCLES = 12
 # A bucket is complete when data for a later bucket arrives, or when the wall clock is this
 # far past its end (a feed that stalled).
 BUCKET_GRACE_SECONDS = 30
@@ -954,13 +1035,17 @@ REMOTE_WRITE_MAX_DECODED_BYTES = 64 * 1024 * 1024
 # than this much later. Prometheus's shards deliver one scrape's series in parallel batches, each within
 # its queue_config.batch_send_deadline (5 s by default), so a scrape's last series arrive up to that late.
 REMOTE_WRITE_COMPLETE_GRACE_SECONDS = 10.0
-# Memory bounds: instances and mapped series tracked (a series costs ~0.9 KB, measured: its labels and
-# last sample; node_cpu_seconds_total has 8 series per core, a host ~40 mapped series in all), scrapes of
+# Memory bounds: instances and mapped series tracked (a series costs ~0.6 KB, measured: a digest of its labels,
+# its slots and last sample; node_cpu_seconds_total has 8 series per core, a host ~40 mapped series in all), scrapes of
 # one instance waiting for completion. Past a bound, new instances / series are refused (their samples
 # dropped and counted, a warning logged) and the oldest waiting scrape is completed early.
 REMOTE_WRITE_MAX_INSTANCES = 10_000
-REMOTE_WRITE_MAX_SERIES = 500_000  # ~0.45 GB at most
-REMOTE_WRITE_MAX_SERIES_PER_INSTANCE = 20_000
+REMOTE_WRITE_MAX_SERIES = 500_000  # ~600 B each, measured with 1.5 KB label values (digested): ~0.3 GB at most
+REMOTE_WRITE_MAX_SERIES_PER_INSTANCE = 5_000  # a 256-core host sends 2,048 node_cpu series
+# Label limits per written series (Grafana Mimir's defaults); a request over them is refused whole (400).
+REMOTE_WRITE_MAX_LABELS_PER_SERIES = 30
+REMOTE_WRITE_MAX_LABEL_NAME_BYTES = 1024
+REMOTE_WRITE_MAX_LABEL_VALUE_BYTES = 2048
 REMOTE_WRITE_MAX_PENDING_SCRAPES = 64
 REMOTE_WRITE_IDLE_SECONDS = 3600  # an instance without samples this long (data time) is forgotten
 # Records made but not stored (the store's disk is full: 507, Prometheus retries) are sent first on the
@@ -1053,6 +1138,16 @@ DASHBOARD_COVERAGE_TARGET = (0.75, 0.85)
 DASHBOARD_SKILL_COLOR_LIMIT = 1.0  # skill vs persistence is coloured from -this (red) to +this (green)
 DASHBOARD_WORST_SERVERS = 10  # rows of the worst-servers table (lowest skill first)
 DASHBOARD_MODEL_AGE_DAYS_AFTER_HOURS = 48  # a model's age is said in hours up to this, in days beyond
+DASHBOARD_MAX_REFRESH_SECONDS = 60  # the refresh slider's top (0 = off)
+# The dashboard's settings come from its process's environment, never from a visitor, and its keys stay
+# server-side (Docs/DASHBOARD.md, "Keys, daemons and exposure"). Its read key: API_KEY_ENV / API_KEY_FILE_ENV.
+DASHBOARD_DAEMON_URL_ENV = "TFT_DAEMON_URL"  # the daemon it reads (default DEFAULT_DAEMON_URL)
+DASHBOARD_DAEMON_URLS_ENV = "TFT_DAEMON_URLS"  # optional comma-separated allowlist: a sidebar selectbox
+DASHBOARD_REFRESH_ENV = "TFT_DASHBOARD_REFRESH"  # the refresh slider's start value (s)
+DASHBOARD_DEMO_ENV = "TFT_DASHBOARD_DEMO"  # "1": demo mode, its buttons (main.py demo sets it)
+DASHBOARD_DEMO_ON = ("1", "true", "yes", "on")  # values of DASHBOARD_DEMO_ENV that turn demo mode on
+# Demo mode's admin key (POST /admin/demo-scenario): this variable, else $TFT_API_KEY; nowhere else is one used.
+DASHBOARD_DEMO_ADMIN_KEY_ENV = "TFT_DEMO_ADMIN_KEY"
 
 # ---------------------------------------------------------------------------
 # 11. Real metrics in: host collector and Prometheus adapter (Docs/COLLECTING.md)
@@ -1133,5 +1228,25 @@ PROMOTION_COVERAGE_BAND = DRIFT_COVERAGE_BAND
 PROMOTION_QRISK_TOLERANCE = 0.0  # relative slack on "no worse" (0: strictly no worse)
 RETRAIN_NICE = 19  # scheduled retrains run at the lowest CPU priority
 RETRAIN_MIN_INTERVAL_SECONDS = 3600  # --retrain-every below this is refused
+# Bounds of one retrain (Docs/RETRAINING.md, "Bounds"). A daemon-started retrain runs in its own process
+# group: past the timeout the whole group gets SIGTERM, then SIGKILL after the grace (also on shutdown).
+RETRAIN_TIMEOUT_SECONDS = 6 * 3600  # as tft-retrain.service's TimeoutStartSec=6h
+RETRAIN_KILL_GRACE_SECONDS = 10.0
+# Address space (RLIMIT_AS, not resident memory) a CPU retrain may map: 4x the training data budget, room
+# for torch, its thread arenas and the backtests; --memory-limit-mb (0: none). Not applied when it trains
+# on a GPU: CUDA reserves host address space far beyond what it uses (cgroup MemoryMax= bounds it there).
+RETRAIN_MEMORY_LIMIT_MB = int(4 * TRAINING_MEMORY_BUDGET_GB * 1024)
+RETRAIN_PARENT_CHECK_SECONDS = 2.0  # a daemon-started retrain checks this often that the daemon lives
+RETRAIN_LOCK_FILE = ".retrain.lock"  # in the models directory: one retrain at a time (daemon and timer)
+PROMOTIONS_LOCK_FILE = ".promotions.lock"  # beside promotions.json: one writer at a time
+RETRAIN_EXIT_LOCKED = 75  # sysexits EX_TEMPFAIL: another retrain holds the lock, this one skipped
+RETRAIN_KEEP_REPORTS = 30  # retrain reports (JSON + table) and retrain logs kept in reports/, each
+# Established history: a retrain trains and is judged only on servers the store holds at least this
+# many days of buckets for (the 24 h hold-out, 12 h validation, a day of "yesterday" and training windows of
+# their own); --min-history-days.
+RETRAIN_MIN_HISTORY_DAYS = 3.0
+# The gate refuses when more than this share of the servers in the champion's or the challenger's
+# population is in only one of them (new or gone); --max-population-change (1: never refuse).
+RETRAIN_MAX_POPULATION_CHANGE = 0.5
 MODEL_WATCH_SECONDS = 5.0  # the daemon checks this often whether models/latest points elsewhere
 RETRAIN_DOC = "Docs/RETRAINING.md"
