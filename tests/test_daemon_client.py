@@ -147,7 +147,8 @@ def test_retries_through_start_up_wait_out_429_and_stop_at_503(tmp_path):
         assert no_model.value.error == "model_not_loaded" and "Fix:" in str(no_model.value) and sleeps == []
         # Empty the key's bucket (2 tokens, 1 more per second): the next read gets a 429 with
         # Retry-After: 1, which the client waits out instead of its own shorter back-off (0.1 s).
-        while client.request("GET", "/health", expect=(200, 429), retry=NO_RETRY).status_code == 200:
+        # (/status: /health is never rate limited)
+        while client.request("GET", "/status", expect=(200, 429), retry=NO_RETRY).status_code == 200:
             pass
         assert client.status()["model_loaded"] is False
         assert sleeps == [1.0]

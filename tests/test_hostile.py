@@ -273,7 +273,8 @@ def test_failing_cycles_make_health_degraded(tiny_training, tmp_path):
         for _ in range(3):
             assert daemon.run_cycle(origin) is None
         health = client.get("/health").json()
-        assert health["status"] == "degraded" and "malformed" in health["reason"]
+        assert health["status"] == "degraded" and "malformed" not in health["reason"]  # no exception text to probes
+        assert "malformed" in client.get("/status", headers={"X-API-Key": API_KEY}).json()["last_cycle_error"]
         daemon.store.save_forecasts = real_save
         assert daemon.run_cycle(origin) is not None
         assert client.get("/health").json() == {"status": "ok", "model_loaded": True}

@@ -142,7 +142,8 @@ def test_a_fed_daemon_scores_its_matured_forecasts_with_the_backtest_code(tiny_t
     from live_accuracy import display_values
     from tft_evaluate import score
 
-    settings = DaemonSettings(model_dir=tiny_training.model_dir, store_path=tmp_path / "s.sqlite3")
+    settings = DaemonSettings(model_dir=tiny_training.model_dir, store_path=tmp_path / "s.sqlite3",
+                              established_hours=0.0)  # a few hours of tiny fleet: score every server
     daemon = Daemon(settings)
     sim = FleetSimulator(fleet=TINY_FLEET, seed=31, start="2026-03-02T00:00:00Z")
     daemon.ingest(sim.records(sim.advance(60)))
@@ -192,7 +193,8 @@ def test_a_fed_daemon_scores_its_matured_forecasts_with_the_backtest_code(tiny_t
 
 def test_accuracy_over_http(tiny_training, tmp_path):
     """A daemon process fed bucket by bucket: /accuracy, its filters, /status, /metrics and /alerts."""
-    daemon = DaemonProcess(tiny_training.model_dir, tmp_path / "store.sqlite3", "--rate-per-minute", "100000")
+    daemon = DaemonProcess(tiny_training.model_dir, tmp_path / "store.sqlite3", "--rate-per-minute", "100000",
+                           "--established-hours", "0")
     daemon.wait_ready()
     sim = FleetSimulator(fleet=TINY_FLEET, seed=41, start="2026-03-02T00:00:00Z")
     try:
