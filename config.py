@@ -588,7 +588,7 @@ VALIDATOR_MAX_EXAMPLES = 5  # offending values / rows quoted per error
 # What `main.py validate` decodes at most (Docs/DATA_CONTRACT.md, Validating): a Parquet file over it is
 # refused from its footer before anything is decoded, a CSV stops at it; --max-rows / --max-bytes raise it.
 # 20 M rows is a 1,000-server month (8.6 M) twice over, or 1,000 servers' 35-day store export (10.1 M);
-# the checks peak at ~0.3 KB a row (measured: 2 M rows, 0.63 GB), so ~6 GB. Bytes: contract Parquet is
+# the checks peak at ~0.25 KB a row (measured: 2 M rows, 0.63 GB), so ~5 GB. Bytes: contract Parquet is
 # ~20 B a row uncompressed (0.4 GB for 20 M rows), contract CSV ~200 B a row.
 VALIDATE_MAX_ROWS = 20_000_000
 VALIDATE_MAX_BYTES = 4 * 1024**3

@@ -11,20 +11,30 @@ strict=True (the training gate) treats every contract violation as an error. str
 information - whole numbers stored as floats, timestamps off the 5-minute grid, CPU parts
 that do not add up - to warnings. Gaps in a server's series are always warnings: real
 fleets lose samples.
+
+A file is read within ``ReadLimits`` (``VALIDATE_MAX_ROWS`` / ``VALIDATE_MAX_BYTES``, ``--max-rows`` /
+``--max-bytes``): a Parquet file over them is refused from its footer, before it is decoded; a CSV stops
+at the limit. The same bounded readers serve the trace importer.
 """
 
 from __future__ import annotations
 
 import argparse
+import bz2
+import gzip
 import logging
+import lzma
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from common_utils import is_valid_server_name, name_matches_profile, setup_logging
 from config import (
@@ -42,6 +52,8 @@ from config import (
     SERVER_PROFILES_DOC,
     VALID_PROFILES,
     VALID_STATES,
+    VALIDATE_MAX_BYTES,
+    VALIDATE_MAX_ROWS,
     VALIDATOR_MAX_EXAMPLES,
 )
 from contract import NS_PER_BUCKET
@@ -103,9 +115,13 @@ class DataValidator:
             self._check_series(df, timestamps, errors, warnings)
         return not errors, errors, warnings
 
-    def validate_file(self, path: str | Path) -> tuple[bool, list[ValidationIssue], list[ValidationIssue]]:
-        """Read a Parquet (or small CSV) file and validate it."""
-        return self.validate_schema(load_frame(path))
+    def validate_file(self, path: str | Path, limits: ReadLimits | None = None
+                      ) -> tuple[bool, list[ValidationIssue], list[ValidationIssue]]:
+        """Read a Parquet (or small CSV) file within ``limits`` (default ``VALIDATE_LIMITS``) and validate it.
+
+        Raises :class:`InputLimitError` for a file over the limits, before it is decoded.
+        """
+        return self.validate_schema(load_frame(path, limits=limits or VALIDATE_LIMITS))
 
     # ------------------------------------------------------------------ helpers
     def _soft(self, issue: ValidationIssue, errors: list[ValidationIssue], warnings: list[ValidationIssue]) -> None:
@@ -353,13 +369,164 @@ class DataValidator:
                 "samples between buckets are aggregated away", "bucket samples to 5-minute boundaries"))
 
 
-def load_frame(path: str | Path, columns: list[str] | None = None) -> pd.DataFrame:
-    """Read a LINBORG Parquet file (or CSV) into a DataFrame."""
+# ---------------------------------------------------------------------------- bounded reading
+class InputLimitError(ValueError):
+    """An input over a configured read limit, refused before it is decoded; the message says what, why,
+    how to raise the limit and which doc."""
+
+
+@dataclass(frozen=True)
+class ReadLimits:
+    """At most how much a command decodes from the files it is given, and how an operator raises it.
+
+    ``max_rows`` bounds rows: a Parquet file's footer says how many it holds before any data page is
+    read; a CSV is read one row past the limit, no further. ``max_bytes`` bounds the uncompressed bytes
+    of the Parquet columns read (also from the footer) and the bytes of CSV text read (after
+    decompression). Text columns of a Parquet file are decoded as dictionaries, so a long value
+    repeated on every row is held once, not once per row.
+    """
+
+    max_rows: int
+    max_bytes: int
+    command: str = "main.py validate"
+    rows_setting: str = "--max-rows (VALIDATE_MAX_ROWS in config.py)"
+    bytes_setting: str = "--max-bytes (VALIDATE_MAX_BYTES in config.py)"
+    doc: str = f"{DATA_CONTRACT_DOC} (Validating)"
+
+    def too_many_rows(self, what: str) -> InputLimitError:
+        """The refusal for ``what`` (e.g. "x.parquet holds 10,000,000 rows") over ``max_rows``."""
+        return InputLimitError(
+            f"{what}, more than the {self.max_rows:,} rows {self.command} reads at most. Why it matters: every row "
+            f"costs memory once decoded, and compressed data can hold far more rows than its size suggests "
+            f"(a 46 KB Parquet file can decode into 10 M rows); the input is refused before it is decoded. "
+            f"Fix: if the data is genuine, raise the limit with {self.rows_setting} on a machine with the "
+            f"memory, or split the input. See {self.doc}.")
+
+    def too_many_bytes(self, what: str) -> InputLimitError:
+        """The refusal for ``what`` (e.g. "x.csv is longer than ...") over ``max_bytes``."""
+        return InputLimitError(
+            f"{what}, more than the {self.max_bytes:,} bytes {self.command} decodes at most. Why it matters: decoded "
+            f"data is held in memory, and a compressed file can expand to far more than its size on disk; "
+            f"the input is refused before (Parquet) or while (CSV) it is decoded, at the limit. Fix: if the "
+            f"data is genuine, raise the limit with {self.bytes_setting}, drop the columns nobody reads, or "
+            f"split the input. See {self.doc}.")
+
+
+VALIDATE_LIMITS = ReadLimits(max_rows=VALIDATE_MAX_ROWS, max_bytes=VALIDATE_MAX_BYTES)
+# Compressed CSV the bounded reader opens itself (so it can count the decompressed bytes); archives it
+# refuses rather than read as text.
+_CSV_DECOMPRESSORS = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
+_CSV_ARCHIVES = (".zip", ".zst", ".zstd", ".tar", ".tgz", ".7z")
+
+
+def parquet_footer(path: str | Path) -> tuple[int, dict[str, int]]:
+    """Rows and uncompressed bytes per top-level column, from ``path``'s footer alone (no data is read)."""
+    meta = pq.read_metadata(path)
+    names = set(meta.schema.to_arrow_schema().names)
+    sizes: dict[str, int] = {}
+    for g in range(meta.num_row_groups):
+        group = meta.row_group(g)
+        for c in range(group.num_columns):
+            chunk = group.column(c)
+            name = chunk.path_in_schema  # "a" for a flat column, "a.list.element" inside a nested one
+            while name not in names and "." in name:
+                name = name.rsplit(".", 1)[0]
+            sizes[name] = sizes.get(name, 0) + int(chunk.total_uncompressed_size)
+    return int(meta.num_rows), sizes
+
+
+def read_parquet_bounded(path: str | Path, limits: ReadLimits, columns: list[str] | None = None,
+                         rows_before: int = 0, bytes_before: int = 0) -> tuple[pd.DataFrame, int]:
+    """Read ``columns`` (all when None) of a Parquet file within ``limits``; returns the frame and the
+    uncompressed bytes read.
+
+    The footer is checked first: more rows than ``limits.max_rows - rows_before`` or more uncompressed
+    bytes than ``limits.max_bytes - bytes_before`` raises :class:`InputLimitError` before anything is
+    decoded (``rows_before``/``bytes_before``: what earlier files of the same command already took).
+    """
+    path = Path(path)
+    rows, sizes = parquet_footer(path)
+    nbytes = sum(sizes.values()) if columns is None else sum(sizes.get(c, 0) for c in columns)
+    if rows_before + rows > limits.max_rows:
+        earlier = f" (after {rows_before:,} rows of earlier files)" if rows_before else ""
+        raise limits.too_many_rows(f"{path.name} holds {rows:,} rows{earlier}")
+    if bytes_before + nbytes > limits.max_bytes:
+        earlier = f" (after {bytes_before:,} bytes of earlier files)" if bytes_before else ""
+        raise limits.too_many_bytes(f"{path.name}'s columns read hold {nbytes:,} bytes uncompressed{earlier}")
+    schema = pq.read_schema(path)
+    wanted = set(schema.names if columns is None else columns)
+    text = [f.name for f in schema if f.name in wanted and any(
+        is_kind(f.type) for is_kind in (pa.types.is_string, pa.types.is_large_string, pa.types.is_binary,
+                                        pa.types.is_large_binary))]
+    table = pq.read_table(path, columns=columns, read_dictionary=text or None, use_pandas_metadata=True)
+    logger.debug("%s: %d rows, %d bytes uncompressed", path.name, rows, nbytes)
+    return table.to_pandas(), nbytes
+
+
+class _ByteBudget:
+    """A binary reader that hands out at most ``budget`` bytes of ``raw``, then raises ``refusal()``."""
+
+    def __init__(self, raw: IO[bytes], budget: int, refusal: Callable[[], Exception]) -> None:
+        self.raw, self.budget, self.refusal, self.used = raw, budget, refusal, 0
+
+    def read(self, size: int | None = -1) -> bytes:
+        """Up to ``size`` bytes (never more than the budget plus one, which is how an overrun is seen)."""
+        room = self.budget - self.used + 1
+        data = self.raw.read(room if size is None or size < 0 else min(size, room))
+        self.used += len(data)
+        if self.used > self.budget:
+            raise self.refusal()
+        return data
+
+
+def read_csv_bounded(path: str | Path, limits: ReadLimits, rows_before: int = 0, bytes_before: int = 0,
+                     **read_csv_args: Any) -> tuple[pd.DataFrame, int]:
+    """``pandas.read_csv`` within ``limits``; returns the frame and the bytes of text read.
+
+    Reads at most one row past ``limits.max_rows - rows_before`` (fewer with a caller's ``nrows``) and at most
+    ``limits.max_bytes - bytes_before`` bytes of text (``.gz``, ``.bz2`` and ``.xz`` files counted after
+    decompression); either overrun raises :class:`InputLimitError`.
+    """
+    path = Path(path)
+    if path.suffix.lower() in _CSV_ARCHIVES:
+        raise ValueError(
+            f"{path.name}: {path.suffix} files are not read. Why it matters: the reader counts the bytes it "
+            f"decompresses, to bound memory, and does so for gzip, bzip2 and xz only. Fix: decompress it, or "
+            f"recompress it with gzip (.csv.gz). See {limits.doc}.")
+    room = limits.max_rows - rows_before
+    if room < 0:
+        raise limits.too_many_rows(f"{path.name} comes after {rows_before:,} rows of earlier files")
+    opener = _CSV_DECOMPRESSORS.get(path.suffix.lower(), open)
+    budget = limits.max_bytes - bytes_before
+    earlier = f" (after {bytes_before:,} bytes of earlier files)" if bytes_before else ""
+    with opener(path, "rb") as raw:
+        reader = _ByteBudget(raw, budget, lambda: limits.too_many_bytes(
+            f"{path.name} holds more than {budget:,} bytes of text{earlier}"))
+        wanted = read_csv_args.pop("nrows", None)  # a caller's own nrows (e.g. 0: the header only)
+        frame = pd.read_csv(reader, nrows=room + 1 if wanted is None else min(wanted, room + 1), **read_csv_args)
+    if len(frame) > room:
+        earlier = f" (after {rows_before:,} rows of earlier files)" if rows_before else ""
+        raise limits.too_many_rows(f"{path.name} holds more than {room:,} rows{earlier}")
+    return frame, reader.used
+
+
+def load_frame(path: str | Path, columns: list[str] | None = None,
+               limits: ReadLimits | None = None) -> pd.DataFrame:
+    """Read a LINBORG Parquet file (or CSV) into a DataFrame.
+
+    ``limits``: refuse a file over them before decoding it (:class:`InputLimitError`); pass them for
+    any file this process did not write itself (``validate_file`` and ``main.py validate`` use
+    ``VALIDATE_LIMITS``). None reads the whole file.
+    """
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(
             f"Data file {path} not found. Fix: generate one with `python main.py generate` or pass the right "
             f"path. See {DATA_CONTRACT_DOC} (Files).")
+    if limits is not None:
+        if path.suffix == ".csv":
+            return read_csv_bounded(path, limits, usecols=columns)[0]
+        return read_parquet_bounded(path, limits, columns)[0]
     if path.suffix == ".csv":
         return pd.read_csv(path, usecols=columns)
     return pd.read_parquet(path, columns=columns)
@@ -385,16 +552,23 @@ def build_arg_parser(parser: argparse.ArgumentParser | None = None) -> argparse.
     parser.add_argument("--lenient", action="store_true",
                         help="downgrade repairable violations to warnings (default: strict)")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    parser.add_argument("--max-rows", type=int, default=VALIDATE_MAX_ROWS, metavar="N",
+                        help=f"refuse, before decoding it, a file of more rows (default {VALIDATE_MAX_ROWS:,})")
+    parser.add_argument("--max-bytes", type=int, default=VALIDATE_MAX_BYTES, metavar="N",
+                        help="refuse a file whose data is larger once decompressed (Parquet: from its footer; "
+                             f"default {VALIDATE_MAX_BYTES:,})")
     return parser
 
 
 def run_from_args(args: argparse.Namespace) -> int:
-    """Validate the file named in ``args``; 0 when valid, 1 when not, 2 when unreadable."""
+    """Validate the file named in ``args``; 0 when valid, 1 when not, 2 when unreadable or over the limits."""
     import json
 
     began = time.perf_counter()
+    limits = ReadLimits(max_rows=getattr(args, "max_rows", VALIDATE_MAX_ROWS),
+                        max_bytes=getattr(args, "max_bytes", VALIDATE_MAX_BYTES))
     try:
-        frame = load_frame(args.path)
+        frame = load_frame(args.path, limits=limits)
     except (FileNotFoundError, OSError, ValueError) as exc:
         logger.error("%s", exc)
         return 2

@@ -8,9 +8,13 @@ timestamp and the server are, and how each LINBORG metric is computed from the s
 columns (column, optional ratio to another column, scale, complement to 100). The importer:
 
 1. reads every source (CSV with the mapping's separator, or Parquet), one file per server or
-   a server column;
+   a server column, within ``IMPORT_MAX_ROWS`` / ``IMPORT_MAX_BYTES`` (a Parquet source over them is
+   refused from its footer, before it is decoded; a CSV stops at them), and refuses timestamps outside
+   ``IMPORT_EARLIEST_YEAR`` .. the host's clock;
 2. computes the mapped metrics, clipped to the contract's ranges (clipped values are counted);
-3. resamples each server to the 5-minute grid (mean of the samples in a bucket); gaps of up to
+3. resamples each server to its own 5-minute grid, first to last sample (at most
+   ``IMPORT_MAX_SPAN_DAYS`` long, all grids together at most ``IMPORT_MAX_ROWS`` rows, checked before
+   any grid is allocated; mean of the samples in a bucket); gaps of up to
    ``IMPORT_MAX_INTERPOLATE_BUCKETS`` buckets are interpolated, longer gaps become ``offline``
    buckets (dense grid, as the contract's dense mode);
 4. fills the metrics the source does not have by the contract's rule (``UNMEASURED_FILL``) and
@@ -34,12 +38,18 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from common_utils import atomic_write_json, atomic_write_parquet, make_server_name, read_json, setup_logging
 from config import (
     CONTRACT_VERSION,
     DATA_CONTRACT_DOC,
+    IMPORT_EARLIEST_YEAR,
+    IMPORT_MAX_BYTES,
+    IMPORT_MAX_FUTURE_SECONDS,
     IMPORT_MAX_INTERPOLATE_BUCKETS,
+    IMPORT_MAX_ROWS,
+    IMPORT_MAX_SPAN_DAYS,
     IMPORTING_DOC,
     INTEGER_METRICS,
     LINBORG_METRICS,
@@ -51,8 +61,10 @@ from config import (
     UPTIME_MAX_DAYS,
     VALID_PROFILES,
     VALID_STATES,
+    VALIDATOR_MAX_EXAMPLES,
 )
 from contract import fill_offline
+from data_validator import InputLimitError, ReadLimits, parquet_footer, read_csv_bounded, read_parquet_bounded
 from server_encoder import ServerEncoder
 from state_rules import derive_states
 
@@ -139,27 +151,93 @@ def load_mapping(path: str | Path) -> Mapping:
                    server_column=server.get("column"), profile=profile, metrics=metrics)
 
 
-def _read_source(path: Path, mapping: Mapping) -> pd.DataFrame:
-    if path.suffix.lower() == ".parquet":
-        frame = pd.read_parquet(path)
-    else:
-        frame = pd.read_csv(path, sep=mapping.csv_sep, skipinitialspace=True)
-    frame.columns = [str(c).strip() for c in frame.columns]
+def _needed_columns(mapping: Mapping) -> set[str]:
+    """The source columns the mapping reads (names as stripped of surrounding spaces)."""
     needed = {mapping.timestamp_column, *(r.column for r in mapping.metrics.values()),
               *(r.divide_by for r in mapping.metrics.values() if r.divide_by)}
     if mapping.server_column:
         needed.add(mapping.server_column)
-    missing = sorted(needed - set(frame.columns))
+    return needed
+
+
+def _check_columns(path: Path, names: list[str], mapping: Mapping) -> None:
+    missing = sorted(_needed_columns(mapping) - set(names))
     if missing:
-        raise _fail(f"{path.name} lacks column(s) {missing} (it has {list(frame.columns)[:12]})",
+        raise _fail(f"{path.name} lacks column(s) {missing} (it has {names[:12]})",
                     "the mapping computes metrics from them", "fix the column names in the mapping")
-    return frame
 
 
-def _timestamps(values: pd.Series, unit: str) -> pd.DatetimeIndex:
+def _is_parquet(path: Path) -> bool:
+    return path.suffix.lower() == ".parquet"
+
+
+def _parquet_columns(path: Path, mapping: Mapping) -> list[str]:
+    """The file's own names of the columns the mapping reads (checked against its schema, nothing decoded)."""
+    names = pq.read_schema(path).names
+    _check_columns(path, [str(n).strip() for n in names], mapping)
+    needed = _needed_columns(mapping)
+    return [n for n in names if str(n).strip() in needed]
+
+
+def _read_source(path: Path, mapping: Mapping, limits: ReadLimits, rows_before: int,
+                 bytes_before: int) -> tuple[pd.DataFrame, int]:
+    """One source's needed columns within what ``limits`` leaves after earlier files; (frame, bytes read)."""
+    if _is_parquet(path):
+        frame, nbytes = read_parquet_bounded(path, limits, _parquet_columns(path, mapping), rows_before,
+                                             bytes_before)
+    else:
+        header, _ = read_csv_bounded(path, limits, rows_before, bytes_before, nrows=0, sep=mapping.csv_sep,
+                                        skipinitialspace=True)
+        _check_columns(path, [str(c).strip() for c in header.columns], mapping)
+        needed = _needed_columns(mapping)
+        frame, nbytes = read_csv_bounded(path, limits, rows_before, bytes_before, sep=mapping.csv_sep,
+                                         skipinitialspace=True, usecols=lambda c: str(c).strip() in needed)
+    frame.columns = [str(c).strip() for c in frame.columns]
+    return frame.reset_index(drop=True), nbytes  # a source's own index (pandas metadata) means nothing here
+
+
+def _earliest() -> pd.Timestamp:
+    return pd.Timestamp(year=IMPORT_EARLIEST_YEAR, month=1, day=1, tz="UTC")
+
+
+def _latest() -> pd.Timestamp:
+    return pd.Timestamp.now(tz="UTC") + pd.Timedelta(seconds=IMPORT_MAX_FUTURE_SECONDS)
+
+
+def _timestamps(values: pd.Series, unit: str, path: Path) -> pd.DatetimeIndex:
+    """Parse a source's timestamps; a file with any row unparsable or outside the plausible range
+    (``IMPORT_EARLIEST_YEAR`` .. the host's clock + ``IMPORT_MAX_FUTURE_SECONDS``) is refused, naming
+    how many rows and a few of them, before any grid is built."""
+    earliest, latest = _earliest(), _latest()
     if unit == "iso":
-        return pd.DatetimeIndex(pd.to_datetime(values, utc=True))
-    return pd.DatetimeIndex(pd.to_datetime(values.astype("int64"), unit=unit, utc=True))
+        stamps = pd.to_datetime(values, utc=True, errors="coerce", format="ISO8601")
+        other = (stamps.isna() & values.notna()).to_numpy()
+        if other.any():  # text in another layout (e.g. "08/01/2013 12:00"): parsed one by one
+            stamps[other] = pd.to_datetime(values[other].astype(str), utc=True, errors="coerce", format="mixed")
+        bad = (stamps.isna() | (stamps < earliest) | (stamps > latest)).to_numpy()
+    else:
+        per_second = {"s": 1, "ms": 10**3, "us": 10**6, "ns": 10**9}[unit]
+        numbers = pd.to_numeric(values, errors="coerce").to_numpy(dtype=np.float64)
+        low, high = earliest.value // 10**9 * per_second, latest.value // 10**9 * per_second
+        with np.errstate(invalid="ignore"):
+            bad = ~np.isfinite(numbers) | (numbers < low) | (numbers > high)
+        whole = values.to_numpy() if pd.api.types.is_integer_dtype(values.dtype) else np.rint(numbers)
+        stamps = pd.Series(pd.NaT, index=values.index, dtype="datetime64[ns, UTC]")
+        if (~bad).any():
+            stamps[~bad] = pd.to_datetime(np.asarray(whole)[~bad].astype(np.int64), unit=unit, utc=True)
+    if bad.any():
+        rows = np.flatnonzero(bad)
+        shown = {int(i): values.iloc[i] for i in rows[:VALIDATOR_MAX_EXAMPLES]}
+        examples = ", ".join(f"row {i}: {v!r}" if isinstance(v, str) else f"row {i}: {v}" for i, v in shown.items())
+        raise _fail(f"{path.name}: {len(rows):,} of {len(values):,} rows have a timestamp that is missing or "
+                    f"outside {earliest:%Y-%m-%d} .. {latest:%Y-%m-%d %H:%M} UTC ({examples}), read with unit "
+                    f"'{unit}'", "each server is put on a 5-minute grid from its first to its last sample, so "
+                    "one row decades away from the rest would stretch that grid over decades (a 1970 row "
+                    "among 2026 rows: 56 years, 5.9 M buckets); an epoch-0 or empty time, or a wrong unit, is "
+                    "the usual cause", "drop or correct those rows in the source, or fix the mapping's "
+                    "timestamp unit (seconds read as milliseconds land in 1970); the range is "
+                    "IMPORT_EARLIEST_YEAR and IMPORT_MAX_FUTURE_SECONDS in config.py")
+    return pd.DatetimeIndex(stamps)
 
 
 def _names_for(ids: list[str], profile: str) -> dict[str, str]:
@@ -192,11 +270,51 @@ def _to_grid(frame: pd.DataFrame, stamps: pd.DatetimeIndex, grid: pd.DatetimeInd
     return {name: filled[name].to_numpy() for name in buckets}, has_sample
 
 
-def import_traces(sources: list[str | Path], mapping_path: str | Path, out: str | Path) -> dict[str, Any]:
-    """Import ``sources`` with the mapping into contract Parquet at ``out``; returns the metadata."""
+def _server_grids(per_server: dict[str, tuple[pd.DataFrame, pd.DatetimeIndex]], files: dict[str, list[str]],
+                  max_rows: int, max_span_days: float) -> dict[str, pd.DatetimeIndex]:
+    """Each server's 5-minute grid, first to last sample, after checking the sizes before allocating any:
+    no span over ``max_span_days``, no more than ``max_rows`` buckets over all servers."""
+    step = pd.Timedelta(seconds=SAMPLING_INTERVAL_SECONDS)
+    bounds = {name: (stamps.min().floor(step), stamps.max().floor(step)) for name, (_, stamps) in per_server.items()}
+    too_long = {name: (first, last) for name, (first, last) in bounds.items()
+                if last - first > pd.Timedelta(days=max_span_days)}
+    if too_long:
+        name, (first, last) = max(too_long.items(), key=lambda item: item[1][1] - item[1][0])
+        raise _fail(f"{len(too_long)} server(s) span more than {max_span_days:g} days from first to last sample, "
+                    f"e.g. {name} (from {', '.join(files[name][:3])}): {first:%Y-%m-%d %H:%M} .. "
+                    f"{last:%Y-%m-%d %H:%M} UTC, {(last - first).days:,} days",
+                    "each server gets a row in every 5-minute bucket of its span, so a span of years is "
+                    "hundreds of thousands of rows per server, and a stray timestamp is the usual cause",
+                    "drop the stray rows, split the import by time, or raise the limit with --max-span-days "
+                    "(IMPORT_MAX_SPAN_DAYS in config.py)")
+    total = sum(int((last - first) // step) + 1 for first, last in bounds.values())
+    if total > max_rows:
+        raise _fail(f"the {len(bounds):,} servers' 5-minute grids would hold {total:,} rows, more than the "
+                    f"{max_rows:,} main.py import writes", "every row is held in memory until the file is "
+                    "written (sparse samples, e.g. hourly, become 12 rows an hour)",
+                    "import fewer servers or a shorter time range at a time, or raise the limit with "
+                    "--max-rows (IMPORT_MAX_ROWS in config.py) on a machine with the memory")
+    return {name: pd.date_range(first, last, freq=step, tz="UTC") for name, (first, last) in bounds.items()}
+
+
+def import_traces(sources: list[str | Path], mapping_path: str | Path, out: str | Path, *,
+                  max_rows: int = IMPORT_MAX_ROWS, max_bytes: int = IMPORT_MAX_BYTES,
+                  max_span_days: float = IMPORT_MAX_SPAN_DAYS) -> dict[str, Any]:
+    """Import ``sources`` with the mapping into contract Parquet at ``out``; returns the metadata.
+
+    Bounded before the memory is taken: at most ``max_rows`` rows and ``max_bytes`` bytes read from all
+    sources together (a Parquet source is refused from its footer, before it is decoded), timestamps in
+    the plausible range, each server's grid at most ``max_span_days`` long and all grids together at most
+    ``max_rows`` rows. Any overrun raises :class:`TraceImportError` (or ``InputLimitError``) naming the
+    file or server and the flag that raises the limit.
+    """
 
     began = time.perf_counter()
     mapping = load_mapping(mapping_path)
+    limits = ReadLimits(max_rows=max_rows, max_bytes=max_bytes, command="main.py import",
+                        rows_setting="--max-rows (IMPORT_MAX_ROWS in config.py)",
+                        bytes_setting="--max-bytes (IMPORT_MAX_BYTES in config.py)",
+                        doc=f"{IMPORTING_DOC} (Limits)")
     paths = sorted(Path(s) for s in sources)
     if not paths:
         raise _fail("no source files given", "there is nothing to import", "pass one or more CSV/Parquet files")
@@ -205,29 +323,53 @@ def import_traces(sources: list[str | Path], mapping_path: str | Path, out: str 
         twice = sorted({s for s in stems if stems.count(s) > 1})
         raise _fail(f"source ids {twice} appear in more than one file", "one file is one server, named by its stem",
                     "rename the files, or add a server column to the mapping")
-    parts: dict[str, list[tuple[pd.DataFrame, pd.DatetimeIndex]]] = {}
+    # Every Parquet footer first: a file over the limits is refused before any source is decoded.
+    footer_rows = footer_bytes = 0
     for path in paths:
-        frame = _read_source(path, mapping)
-        stamps = _timestamps(frame[mapping.timestamp_column], mapping.timestamp_unit)
+        if _is_parquet(path):
+            rows, sizes = parquet_footer(path)
+            nbytes = sum(sizes.get(c, 0) for c in _parquet_columns(path, mapping))
+            if footer_rows + rows > max_rows:
+                earlier = f" (after {footer_rows:,} rows of other Parquet sources)" if footer_rows else ""
+                raise limits.too_many_rows(f"{path.name} holds {rows:,} rows{earlier}")
+            if footer_bytes + nbytes > max_bytes:
+                earlier = f" (after {footer_bytes:,} bytes of other Parquet sources)" if footer_bytes else ""
+                raise limits.too_many_bytes(f"{path.name}'s mapped columns hold {nbytes:,} bytes uncompressed{earlier}")
+            footer_rows += rows
+            footer_bytes += nbytes
+    parts: dict[str, list[tuple[pd.DataFrame, pd.DatetimeIndex]]] = {}
+    files_of: dict[str, list[str]] = {}
+    rows_read = bytes_read = 0
+    for path in paths:
+        frame, nbytes = _read_source(path, mapping, limits, rows_read, bytes_read)
+        rows_read += len(frame)
+        bytes_read += nbytes
+        stamps = _timestamps(frame[mapping.timestamp_column], mapping.timestamp_unit, path)
         if mapping.server_column:  # a server may appear in several files (e.g. monthly exports)
             for source_id, part in frame.groupby(frame[mapping.server_column].astype(str), sort=True):
                 parts.setdefault(str(source_id), []).append((part, stamps[frame.index.get_indexer(part.index)]))
+                files_of.setdefault(str(source_id), []).append(path.name)
         else:
             parts[path.stem] = [(frame, stamps)]
+            files_of[path.stem] = [path.name]
     names = _names_for(sorted(parts), mapping.profile)
     per_server: dict[str, tuple[pd.DataFrame, pd.DatetimeIndex]] = {}
     for source_id, pieces in parts.items():
+        if not any(len(f) for f, _ in pieces):
+            logger.warning("%s: no rows (a header only); no server written for it", ", ".join(files_of[source_id]))
+            continue
         frame = pd.concat([f for f, _ in pieces], ignore_index=True)
         stamps = pieces[0][1].append([s for _, s in pieces[1:]]) if len(pieces) > 1 else pieces[0][1]
         per_server[names[source_id]] = (frame, stamps)
-    start = min(s.min() for _, s in per_server.values()).floor(f"{SAMPLING_INTERVAL_SECONDS}s")
-    end = max(s.max() for _, s in per_server.values()).floor(f"{SAMPLING_INTERVAL_SECONDS}s")
-    grid = pd.date_range(start, end, freq=f"{SAMPLING_INTERVAL_SECONDS}s", tz="UTC")
+    if not per_server:
+        raise _fail("the sources hold no rows", "there is nothing to import", "pass files that hold samples")
+    grids = _server_grids(per_server, {names[i]: files_of[i] for i in parts}, max_rows, max_span_days)
 
     clipped: dict[str, int] = {}
     blocks = []
     for name in sorted(per_server):
         frame, stamps = per_server[name]
+        grid = grids[name]
         measured, has_sample = _to_grid(frame, stamps, grid, mapping, clipped)
         block = pd.DataFrame({"timestamp": grid, "server_name": name, "profile": mapping.profile})
         for metric in LINBORG_METRICS:
@@ -246,7 +388,8 @@ def import_traces(sources: list[str | Path], mapping_path: str | Path, out: str 
         "clipped_values": clipped,
     })
     logger.info("imported %d servers, %s rows (%s .. %s) from %d file(s) in %.1fs; measured: %s; clipped: %s",
-                len(per_server), f"{metadata['rows']:,}", grid[0], grid[-1], len(paths),
+                len(per_server), f"{metadata['rows']:,}", metadata["time_span"]["start"],
+                metadata["time_span"]["end"], len(paths),
                 time.perf_counter() - began, ", ".join(metadata["measured_metrics"]), clipped or "none")
     return metadata
 
@@ -255,8 +398,9 @@ def write_contract_data(blocks: list[pd.DataFrame], out: str | Path, measured: l
                         extra: dict[str, Any]) -> dict[str, Any]:
     """Finish per-server blocks into contract Parquet at ``out`` (+ metadata and server mapping).
 
-    Each block is one server on the same 5-minute grid with ``timestamp``, ``server_name``,
-    ``profile``, ``has_sample`` and the LINBORG metrics it measured (NaN where unknown; any it
+    Each block is one server on its 5-minute grid (the importer's: first to last sample) with
+    ``timestamp``, ``server_name``, ``profile``, ``has_sample`` and the LINBORG metrics it measured (NaN
+    where unknown; any it
     lacks are filled by ``UNMEASURED_FILL``). Buckets without samples get the contract's offline
     vector (``contract.fill_offline``), states are derived by ``state_rules``, the result is
     validated strictly (an invalid result is not left behind) and ``metrics_metadata.json``
@@ -344,14 +488,23 @@ def build_arg_parser(parser: argparse.ArgumentParser | None = None) -> argparse.
     parser.add_argument("--mapping", type=Path, required=True, help="mapping JSON (see Docs/IMPORTING.md)")
     parser.add_argument("--out", type=Path, required=True, help="contract Parquet to write")
     parser.add_argument("sources", nargs="+", type=Path, help="CSV or Parquet files")
+    parser.add_argument("--max-rows", type=int, default=IMPORT_MAX_ROWS, metavar="N",
+                        help=f"rows read from all sources together, and rows written (default {IMPORT_MAX_ROWS:,}); "
+                             "a Parquet source over it is refused before it is decoded")
+    parser.add_argument("--max-bytes", type=int, default=IMPORT_MAX_BYTES, metavar="N",
+                        help="bytes decoded from all sources together: Parquet columns read, uncompressed; CSV text "
+                             f"(default {IMPORT_MAX_BYTES:,})")
+    parser.add_argument("--max-span-days", type=float, default=IMPORT_MAX_SPAN_DAYS, metavar="DAYS",
+                        help=f"one server's first to last sample at most (default {IMPORT_MAX_SPAN_DAYS})")
     return parser
 
 
 def run_from_args(args: argparse.Namespace) -> int:
     """Run the importer from parsed arguments; 0 on success, 1 with the reason otherwise."""
     try:
-        meta = import_traces(args.sources, args.mapping, args.out)
-    except (TraceImportError, OSError, ValueError, KeyError) as exc:
+        meta = import_traces(args.sources, args.mapping, args.out, max_rows=args.max_rows,
+                             max_bytes=args.max_bytes, max_span_days=args.max_span_days)
+    except (TraceImportError, InputLimitError, OSError, ValueError, KeyError) as exc:
         logger.error("import failed: %s", exc)
         return 1
     print(f"Imported {len(meta['servers'])} servers, {meta['rows']:,} rows -> {args.out}\n"

@@ -23,6 +23,7 @@ import httpx
 import pytest
 import yaml
 
+import config
 from config import DAEMON_PORT, DASHBOARD_PORT
 from tests.conftest import ROOT
 
@@ -36,6 +37,11 @@ VERIFY_NAMES = ("tft-daemon.service", "tft-collector@database.service", "tft-ret
 SYSTEMD_ANALYZE = shutil.which("systemd-analyze")
 # systemd-analyze security's exposure scale is 0-100 (printed as 0.0-10.0); 2.5 is "OK" with margin.
 MAX_EXPOSURE = 25
+# What the resource limits are sized for: the daemon's tracked-server cap (10,000 where config.py does not
+# name it yet), ~75 KiB of windows and state and ~90 /metrics series per tracked server.
+TRACKED_SERVERS = getattr(config, "MAX_TRACKED_SERVERS", 10_000)
+BYTES_PER_SERVER = 75 * 1024
+SERIES_PER_SERVER = 90
 
 
 # ============================================================================ helpers
@@ -109,6 +115,13 @@ def main_py_args(path: Path, environment: dict[str, str] | None = None) -> list[
 
 def compose() -> dict:
     return yaml.safe_load((DEPLOY / "compose.yaml").read_text(encoding="utf-8"))
+
+
+def size_bytes(size: str | int) -> int:
+    """A systemd or compose size ("4G", "384M", "20g", "256MB", 1024) in bytes (powers of 1024)."""
+    match = re.fullmatch(r"(\d+)\s*([kmgt]?)i?b?", str(size).strip(), re.IGNORECASE)
+    assert match, f"not a size: {size!r}"
+    return int(match.group(1)) * 1024 ** " kmgt".index(match.group(2).lower() or " ")
 
 
 def flag_value(argv: list[str], flag: str) -> str:
@@ -242,6 +255,32 @@ def test_collector_template_takes_the_profile_from_the_instance_name():
     assert parse_main_command(argv + ["--data-path", "/data"]).data_path
 
 
+def test_daemon_and_collector_bound_their_memory_and_tasks(tmp_path):
+    """MemoryHigh < MemoryMax and TasksMax on both long-running services, sized for what they hold; systemd
+    parses the values (the verify test above passes on them, and a copy with bad ones is caught)."""
+    for name in ("tft-daemon.service", "tft-collector@.service"):
+        unit = UNITS / name
+        high, top = size_bytes(one(unit, "MemoryHigh")), size_bytes(one(unit, "MemoryMax"))
+        assert 0 < high < top, f"{name}: MemoryHigh={high} must be below MemoryMax={top}"
+        assert 0 < int(one(unit, "TasksMax")) <= 4096, name
+    daemon, collector = UNITS / "tft-daemon.service", UNITS / "tft-collector@.service"
+    # Every tracked server's windows, plus the runtime, the model and a cycle (~2 GiB), before throttling.
+    assert size_bytes(one(daemon, "MemoryHigh")) >= TRACKED_SERVERS * BYTES_PER_SERVER + 2 * 1024**3
+    # The collector shares its host with the real work: a full buffer fits, and it stays small.
+    assert 128 * 1024**2 < size_bytes(one(collector, "MemoryHigh")) and size_bytes(
+        one(collector, "MemoryMax")) <= 512 * 1024**2
+    if SYSTEMD_ANALYZE is None:
+        pytest.skip("systemd-analyze is not installed (Debian package systemd): the values were not parsed")
+    canary = (UNITS / "tft-daemon.service").read_text(encoding="utf-8")
+    canary = re.sub(r"^MemoryMax=.*$", "MemoryMax=4 gigs", canary, flags=re.M)
+    canary = re.sub(r"^TasksMax=.*$", "TasksMax=lots", canary, flags=re.M)
+    root = _verify_root(tmp_path, {"tft-canary.service": canary})
+    caught = _verify(root, "tft-canary.service")
+    assert "Invalid memory limit" in caught.stderr and "Invalid maximum tasks" in caught.stderr, caught.stderr
+    clean = _verify(root, "tft-daemon.service", "tft-collector@database.service")
+    assert clean.returncode == 0 and not (clean.stdout + clean.stderr).strip(), clean.stdout + clean.stderr
+
+
 # ============================================================================ container image
 def containerfile_instructions() -> list[tuple[str, str]]:
     text = re.sub(r"\\\n", " ", (DEPLOY / "Containerfile").read_text(encoding="utf-8"))
@@ -273,6 +312,52 @@ def test_containerfile_copies_what_exists_and_runs_the_daemon_unprivileged():
     assert entry == ["/opt/tft/.venv/bin/python", "/opt/tft/main.py"]
     args = parse_main_command(cmd)
     assert args.daemon and args.host == "0.0.0.0" and str(args.store).startswith("/var/lib/tft/")
+
+
+def _lock_entries(path: Path) -> dict[str, tuple[str, list[str]]]:
+    """A pip lock's requirements: normalised name -> (version, hashes); continuation lines joined."""
+    text = re.sub(r"\\\n", " ", path.read_text(encoding="utf-8"))
+    entries = {}
+    for line in text.splitlines():
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        match = re.fullmatch(r"([A-Za-z0-9._-]+)==(\S+)((?:\s+--hash=sha256:[0-9a-f]{64})+)", line)
+        assert match, f"{path.name}: not a pinned, hashed requirement: {line[:120]}"
+        entries[re.sub(r"[-_.]+", "-", match.group(1).lower())] = (match.group(2), match.group(3).split())
+    return entries
+
+
+def test_image_installs_hashed_locks_each_from_one_index():
+    """No index mixing, every file pinned by its hash, torch's CPU build taken by name, and the locks in step
+    with requirements.txt (deploy/lock-requirements.sh regenerates them)."""
+    instructions = containerfile_instructions()
+    assert not any("--extra-index-url" in rest for _, rest in instructions), "an index is mixed in"
+    args = dict(rest.split("=", 1) for op, rest in instructions if op == "ARG" and "=" in rest)
+    torch_args = shlex.split(shlex.split(args["TORCH_PIP_ARGS"])[0])  # the ARG's quoted default, then its words
+    assert torch_args == ["--index-url", "https://download.pytorch.org/whl/cpu"], torch_args
+    installs = [rest for op, rest in instructions if op == "RUN" and "pip install" in rest]
+    commands = [c for rest in installs for c in rest.split("&&") if "pip install" in c]
+    assert len(commands) == 2, commands
+    for command in commands:
+        words = shlex.split(command.replace("$TORCH_PIP_ARGS", "--index-url TORCH"))
+        assert {"--require-hashes", "--no-deps", "--only-binary=:all:"} <= set(words), command
+        assert words.count("--index-url") == 1 and "--extra-index-url" not in words, command
+        assert words[words.index("-r") + 1] in ("requirements-torch.lock", "requirements.lock"), command
+    assert any("pip check" in rest for _, rest in instructions if _ == "RUN")
+    torch_lock = _lock_entries(DEPLOY / "requirements-torch.lock")
+    rest_lock = _lock_entries(DEPLOY / "requirements.lock")
+    assert list(torch_lock) == ["torch"] and torch_lock["torch"][0].endswith("+cpu"), torch_lock
+    assert not any(name.startswith(("nvidia-", "triton", "cuda")) for name in rest_lock), "a CUDA build crept in"
+    pinned = {}
+    for line in (ROOT / "requirements.txt").read_text(encoding="utf-8").splitlines():
+        match = re.match(r"^([A-Za-z0-9._-]+)(?:\[[^]]*\])?==(\S+)", line)
+        if match:
+            pinned[re.sub(r"[-_.]+", "-", match.group(1).lower())] = match.group(2)
+    locked = {**{n: v for n, (v, _) in rest_lock.items()}, "torch": torch_lock["torch"][0].removesuffix("+cpu")}
+    stale = {n: (v, locked.get(n)) for n, v in pinned.items() if locked.get(n) != v}
+    assert not stale, f"requirements.txt and the locks differ {stale}: run deploy/lock-requirements.sh"
+    assert all(hashes for _, hashes in rest_lock.values())
 
 
 # ============================================================================ compose stack
@@ -364,6 +449,53 @@ def test_promtool_accepts_the_prometheus_config(tmp_path):
     broken = subprocess.run(["promtool", "check", "config", str(config)], capture_output=True, text=True,
                             timeout=60, check=False)
     assert broken.returncode != 0, broken.stdout
+
+
+def test_compose_services_have_memory_and_process_limits():
+    services = compose()["services"]
+    for name, service in services.items():
+        assert size_bytes(service.get("mem_limit", "0")) > 0, f"{name}: no mem_limit"
+        assert int(service.get("pids_limit", 0)) > 0, f"{name}: no pids_limit"
+    # The daemon's container also holds its --retrain-every child: room for both units' memory.
+    daemon = services["daemon"]
+    both = size_bytes(one(UNITS / "tft-daemon.service", "MemoryMax")) + size_bytes(
+        one(UNITS / "tft-retrain.service", "MemoryMax"))
+    assert parse_main_command(daemon["command"]).retrain_every and size_bytes(daemon["mem_limit"]) >= both
+
+
+def test_prometheus_scrape_jobs_are_bounded(tmp_path):
+    """Every scrape job refuses a target that sends too much (the whole scrape fails), sized for real targets;
+    promtool reads the keys (a copy with a bad value fails)."""
+    prom = yaml.safe_load((DEPLOY / "prometheus.yml").read_text(encoding="utf-8"))
+    jobs = {job["job_name"]: job for job in prom["scrape_configs"]}
+    for name, job in jobs.items():
+        for key in ("sample_limit", "label_limit", "label_name_length_limit", "label_value_length_limit",
+                    "body_size_limit"):
+            assert job.get(key), f"job {name}: no {key}"
+        # No stricter than what a real series carries: our labels, node_uname_info's, mount points.
+        assert job["label_limit"] >= 16 and job["label_value_length_limit"] >= 1024, name
+    # The daemon at the tracked-server cap, and a 256-core host's node_exporter (8 CPU modes per core).
+    assert jobs["tft"]["sample_limit"] >= TRACKED_SERVERS * SERIES_PER_SERVER
+    assert jobs["node"]["sample_limit"] >= 256 * 8 + 2_000
+    # ... but bounded: not the unlimited 0, and a body cap that holds the samples (~120 bytes each).
+    for name, job in jobs.items():
+        assert size_bytes(job["body_size_limit"]) >= job["sample_limit"] * 120 * 0.8, name
+    if shutil.which("promtool") is None:
+        pytest.skip("promtool is not installed (Debian package prometheus): the keys were not parsed")
+    (tmp_path / "secrets").mkdir()
+    for name in ("read.key", "ingest.key"):
+        (tmp_path / "secrets" / name).write_text("k" * 32 + "\n", encoding="utf-8")
+    shutil.copy(DEPLOY / "prometheus" / "tft_rules.yml", tmp_path / "tft_rules.yml")
+    text = (DEPLOY / "prometheus.yml").read_text(encoding="utf-8").replace("/etc/prometheus/", f"{tmp_path}/")
+    config_file = tmp_path / "prometheus.yml"
+    # promtool knows the keys by name (a misspelt one fails, so the real ones were read) and checks values.
+    for bad, said in (("label_value_length_limit:", "field label_valeu_length_limit not found"),
+                      ("sample_limit: 1000000", "`lots` into uint")):
+        config_file.write_text(text.replace(bad, bad.replace("value", "valeu").replace("1000000", "lots"), 1),
+                               encoding="utf-8")
+        broken = subprocess.run(["promtool", "check", "config", str(config_file)], capture_output=True, text=True,
+                                timeout=60, check=False)
+        assert broken.returncode != 0 and said in broken.stdout + broken.stderr, broken.stdout + broken.stderr
 
 
 @pytest.mark.skipif(shutil.which("amtool") is None, reason="amtool is not installed (Debian package "

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import json
+import re
 
+import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from config import (
@@ -15,7 +19,7 @@ from config import (
     TARGET_SCALE_FLOOR_MIN,
     UNMEASURED_FILL,
 )
-from data_validator import DataValidator, load_frame
+from data_validator import DataValidator, InputLimitError, load_frame
 from tests.conftest import ROOT, TINY_TRAIN_ARGS, run_cli, write_bitbrains_trace
 from tft_features import build_features
 from tft_trainer import TrainingError, measured_targets
@@ -39,10 +43,13 @@ def test_import_maps_units_resamples_and_records_what_was_measured(traces, tmp_p
     frame = load_frame(out)
     is_valid, errors, _ = DataValidator(strict=True).validate_schema(frame)
     assert is_valid, errors
-    # Names follow the contract, numbered by the source ids; both servers on one 5-minute grid.
+    # Names follow the contract, numbered by the source ids; each server on its own 5-minute grid, first to
+    # last sample, every bucket present (these two traces span the same buckets).
     assert sorted(frame["server_name"].unique()) == ["ppgen007", "ppgen019"]
     assert (frame["timestamp"].dt.minute % 5 == 0).all() and (frame["timestamp"].dt.second == 0).all()
-    assert frame.groupby("server_name").size().nunique() == 1
+    assert frame.groupby("server_name", observed=True).size().nunique() == 1
+    steps = frame.groupby("server_name", observed=True)["timestamp"].diff().dropna()
+    assert (steps == pd.Timedelta(minutes=5)).all()
     one = frame[frame["server_name"] == "ppgen019"].set_index("timestamp")
     # Units: memory is a per-row ratio (capacity changes), network KB/s -> MB/s, CPU idle = 100 - used.
     assert one["mem_used_pct"].between(49.9, 50.1).all()
@@ -140,6 +147,9 @@ def test_server_column_across_files_with_non_numeric_hosts(tmp_path):
     db_a = frame[frame["server_name"] == "ppgen001"]
     assert (db_a["state"] != "offline").sum() == 600  # both months, one server
     assert db_a["mem_used_pct"].iloc[:600].eq(25.0).all()
+    # Grids are per server: a host seen only in July is not padded with offline rows for August.
+    per_server = frame.groupby("server_name", observed=True).size().to_dict()
+    assert per_server == {"ppgen001": 600, "ppgen002": 300, "ppgen003": 300}
 
 
 def test_cli_import_exit_codes(traces, tmp_path):
@@ -181,3 +191,166 @@ def test_backtest_never_scores_unmeasured_metrics(tiny_training, tiny_data, tmp_
     # The statistical model is scored beside the naive ones, by the same code, with its cost reported.
     assert "q50 ets" in result.stdout and "statistical models' cost: autoets" in result.stdout
     assert all(0.0 <= scored[m]["1hr"]["autoets"]["coverage_p10_p90"] <= 1.0 for m in scored)
+
+
+# ---------------------------------------------------------------------------- limits (Docs/IMPORTING.md, Limits)
+# A CLI run that reports its own peak resident memory on stderr (peak_rss_kib=...), so a test can tell whether
+# a refused file was decoded. VmHWM, not getrusage's ru_maxrss: Linux carries ru_maxrss over from the forking
+# parent (here the test process) across exec.
+MEASURED_MAIN = (
+    "import re, sys\n"
+    "import main\n"
+    "try:\n"
+    "    code = main.main(sys.argv[1:])\n"
+    "except SystemExit as exc:\n"
+    "    code = exc.code or 0\n"
+    "hwm = re.search(r'VmHWM:\\s+(\\d+) kB', open('/proc/self/status').read()).group(1)\n"
+    "print(f'peak_rss_kib={hwm}', file=sys.stderr)\n"
+    "sys.exit(code)\n")
+BITBRAINS_COLUMNS = ("CPU usage [%]", "Memory usage [KB]", "Memory capacity provisioned [KB]",
+                     "Network received throughput [KB/s]", "Network transmitted throughput [KB/s]")
+
+
+def _peak_kib(result) -> int:  # noqa: ANN001 - CompletedProcess
+    return int(re.search(r"peak_rss_kib=(\d+)", result.stderr).group(1))
+
+
+def compressible_parquet(path, rows: int, start: int = 1_780_000_000) -> int:  # noqa: ANN001
+    """A Bitbrains-shaped Parquet file of ``rows`` identical rows: it compresses to almost nothing and decodes
+    to 48 bytes a row. Returns its size on disk."""
+    columns = {"Timestamp [ms]": pa.array(np.full(rows, start, dtype=np.int64))}
+    columns.update({name: pa.array(np.ones(rows)) for name in BITBRAINS_COLUMNS})
+    pq.write_table(pa.table(columns), path, compression="zstd")
+    return path.stat().st_size
+
+
+def bitbrains_frame(n: int, start: int = 1_780_000_000) -> pd.DataFrame:
+    """``n`` 5-minute samples of one VM in the Bitbrains mapping's columns."""
+    return pd.DataFrame({"Timestamp [ms]": start + np.arange(n, dtype=np.int64) * 300,
+                         **{name: 1.0 for name in BITBRAINS_COLUMNS}})
+
+
+def test_a_compressible_parquet_over_the_row_limit_is_refused_from_its_footer(tmp_path):
+    rows = 4_000_000
+    source = tmp_path / "bomb.parquet"
+    assert compressible_parquet(source, rows) < 500_000  # 4 M rows in a few hundred KB
+    out = tmp_path / "out" / "server_metrics.parquet"
+    baseline = run_cli("-c", MEASURED_MAIN, "import", "--help")  # the same modules loaded, no source read
+    refused = run_cli("-c", MEASURED_MAIN, "import", "--mapping", str(MAPPING), "--out", str(out),
+                      "--max-rows", "1000000", str(source))
+    assert refused.returncode == 1, refused.stderr[-2000:]
+    assert ("bomb.parquet holds 4,000,000 rows, more than the 1,000,000 rows main.py import reads at most"
+            in refused.stderr), refused.stderr[-2000:]
+    assert "Why it matters:" in refused.stderr and "--max-rows" in refused.stderr
+    assert "See Docs/IMPORTING.md (Limits)" in refused.stderr
+    # Decoding would have taken 4 M x 6 columns x 8 bytes (192 MB) twice (Arrow, then pandas).
+    grown_kib = _peak_kib(refused) - _peak_kib(baseline)
+    assert grown_kib * 1024 < rows * 6 * 8 / 4, f"the refused run grew by {grown_kib} KiB: it decoded the file"
+    assert not out.exists()
+
+
+def test_limits_are_checked_on_every_footer_before_any_source_is_read(tmp_path, monkeypatch):
+    import trace_importer
+
+    source = tmp_path / "b.parquet"
+    compressible_parquet(source, 200_000)
+    bitbrains_frame(50).to_csv(tmp_path / "a.csv", sep=";", index=False)  # sorted first: must not be read either
+    out = tmp_path / "out" / "server_metrics.parquet"
+    read = []
+
+    def decoder(name):  # noqa: ANN001, ANN202
+        def decode(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+            read.append(name)
+            raise AssertionError(f"{name} was called: the refusal came after decoding")
+        return decode
+
+    for module, name in ((pq, "read_table"), (pd, "read_parquet"), (pd, "read_csv")):
+        monkeypatch.setattr(module, name, decoder(name))
+    with pytest.raises(InputLimitError, match=r"b\.parquet holds 200,000 rows, more than the 100,000 rows"):
+        import_traces([tmp_path / "a.csv", source], MAPPING, out, max_rows=100_000)
+    with pytest.raises(InputLimitError, match=r"b\.parquet's mapped columns hold [\d,]+ bytes uncompressed.*"
+                                              r"--max-bytes"):
+        import_traces([tmp_path / "a.csv", source], MAPPING, out, max_bytes=1_000)
+    assert read == []
+    monkeypatch.undo()
+    # Within the limits the same file imports (it was the limit that refused it): one server, one bucket.
+    meta = trace_importer.import_traces([source], MAPPING, out, max_rows=300_000)
+    assert meta["rows"] == 1 and meta["servers"] == {"ppgen001": "generic"}
+
+
+def test_csv_sources_stop_at_the_row_and_byte_limits(traces, tmp_path):
+    import gzip
+    import tracemalloc
+
+    out = tmp_path / "out" / "server_metrics.parquet"
+    sources = sorted(str(p) for p in traces.glob("*.csv"))  # 19.csv (600 rows), then 7.csv (580)
+    few = run_cli("main.py", "import", "--mapping", str(MAPPING), "--out", str(out), "--max-rows", "700", *sources)
+    assert few.returncode == 1
+    assert "7.csv holds more than 100 rows (after 600 rows of earlier files)" in few.stderr, few.stderr[-2000:]
+    assert "--max-rows" in few.stderr and not out.exists()
+    # A gzip'd CSV of 300,000 rows (~9 MB of text, ~100 KB on disk) read with a 1 MB budget: refused at the
+    # budget, without parsing the rest (the parsed columns alone would be ~15 MB).
+    bomb = tmp_path / "1.csv.gz"
+    with gzip.open(bomb, "wt") as handle:
+        handle.write(";".join(["Timestamp [ms]", *BITBRAINS_COLUMNS]) + "\n")
+        handle.writelines("1780000000;1.0;1.0;4.0;0.0;0.0\n" for _ in range(300_000))
+    assert bomb.stat().st_size < 1_000_000
+    tracemalloc.start()
+    try:
+        with pytest.raises(InputLimitError, match=r"1\.csv\.gz holds more than 1,000,000 bytes of text.*--max-bytes"):
+            import_traces([bomb], MAPPING, out, max_bytes=1_000_000)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 * 1024**2, f"peak {peak} bytes: the CSV was read past its budget"
+    assert import_traces([bomb], MAPPING, out)["rows"] == 1  # within the default budget it imports
+
+
+def test_a_1970_row_among_current_rows_is_refused_before_any_grid(tmp_path):
+    import tracemalloc
+
+    frame = bitbrains_frame(300)
+    frame.loc[5, "Timestamp [ms]"] = 0  # epoch 0: a collector that wrote no time
+    source = tmp_path / "vm.parquet"
+    frame.to_parquet(source)
+    out = tmp_path / "out" / "server_metrics.parquet"
+    refused = run_cli("main.py", "import", "--mapping", str(MAPPING), "--out", str(out), str(source))
+    assert refused.returncode == 1
+    message = refused.stderr
+    assert "vm.parquet: 1 of 300 rows have a timestamp that is missing or outside 2000-01-01" in message, message
+    assert "row 5: 0" in message and "56 years" in message and "unit" in message and "Docs/IMPORTING.md" in message
+    # In process: refused with a few MB at most; the 56-year grid alone would be 5.9 M timestamps (47 MB).
+    tracemalloc.start()
+    try:
+        with pytest.raises(TraceImportError, match="1 of 300 rows"):
+            import_traces([source], MAPPING, out)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 16 * 1024**2, f"peak {peak} bytes"
+    assert not out.exists()
+
+
+def test_each_servers_span_and_all_grids_are_bounded_before_they_are_allocated(tmp_path):
+    import tracemalloc
+
+    frame = bitbrains_frame(300)
+    frame.loc[0, "Timestamp [ms]"] = 1_560_000_000  # June 2019: plausible alone, 7 years before the rest
+    source = tmp_path / "vm.parquet"
+    frame.to_parquet(source)
+    out = tmp_path / "out" / "server_metrics.parquet"
+    tracemalloc.start()
+    try:
+        with pytest.raises(TraceImportError, match=r"1 server\(s\) span more than 1098 days.*ppgen001 \(from "
+                                                   r"vm\.parquet\): 2019-06-08.*--max-span-days"):
+            import_traces([source], MAPPING, out)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 16 * 1024**2, f"peak {peak} bytes: a grid was allocated"  # 7 years: 736,000 buckets
+    # Allowed a longer span, the grids' total is still bounded (sparse samples make many rows).
+    capped = run_cli("main.py", "import", "--mapping", str(MAPPING), "--out", str(out), "--max-span-days", "3000",
+                     "--max-rows", "100000", str(source))
+    assert capped.returncode == 1
+    assert "5-minute grids would hold 73" in capped.stderr and "more than the 100,000" in capped.stderr, capped.stderr
+    assert not out.exists()

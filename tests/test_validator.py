@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from config import DATA_CONTRACT_DOC, TRAINING_DATA_FILE
-from data_validator import DataValidator
+from data_validator import DataValidator, InputLimitError, ReadLimits
 from tests.conftest import run_cli
 
 
@@ -187,3 +191,66 @@ def test_cli_exit_codes(fleet_dir, good, tmp_path):
 
     missing = run_cli("main.py", "validate", str(tmp_path / "nope.parquet"))
     assert missing.returncode == 2 and "not found" in missing.stderr
+
+
+# ---------------------------------------------------------------------------- read limits (Validating)
+def _compressible_parquet(path, rows: int) -> None:  # noqa: ANN001
+    """``rows`` identical rows of three contract columns: a few KB on disk, ~20 bytes a row decoded."""
+    pq.write_table(pa.table({"timestamp": pa.array(np.full(rows, 1_780_000_000 * 10**9), pa.timestamp("ns", "UTC")),
+                             "server_name": pa.array(["ppdb001"] * rows).dictionary_encode(),
+                             "cpu_user_pct": pa.array(np.zeros(rows))}), path, compression="zstd")
+
+
+def test_cli_refuses_a_parquet_over_the_row_limit_from_its_footer(tmp_path, monkeypatch):
+    path = tmp_path / "bomb.parquet"
+    _compressible_parquet(path, 2_000_000)
+    assert path.stat().st_size < 200_000
+    refused = run_cli("main.py", "validate", "--max-rows", "100000", str(path))
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert ("bomb.parquet holds 2,000,000 rows, more than the 100,000 rows main.py validate reads at most"
+            in refused.stderr), refused.stderr
+    assert "Why it matters:" in refused.stderr and "--max-rows" in refused.stderr
+    assert f"See {DATA_CONTRACT_DOC} (Validating)" in refused.stderr
+    # In process, the decoders are never reached (the footer alone refused it).
+    def decode(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        raise AssertionError("decoded before the limit was checked")
+
+    monkeypatch.setattr(pq, "read_table", decode)
+    monkeypatch.setattr(pd, "read_parquet", decode)
+    with pytest.raises(InputLimitError, match="holds 2,000,000 rows"):
+        DataValidator().validate_file(path, ReadLimits(max_rows=100_000, max_bytes=10**9))
+    with pytest.raises(InputLimitError, match=r"hold [\d,]+ bytes uncompressed.*--max-bytes"):
+        DataValidator().validate_file(path, ReadLimits(max_rows=10**9, max_bytes=1_000))
+    monkeypatch.undo()
+    # Within the limit it is read and judged (three columns: invalid, not refused).
+    judged = run_cli("main.py", "validate", str(path))
+    assert judged.returncode == 1 and "missing_column" in judged.stdout, judged.stdout[-2000:]
+
+
+def test_cli_reads_a_csv_only_up_to_the_limits(good, tmp_path):
+    path = tmp_path / "extract.csv"
+    good.to_csv(path, index=False)
+    assert run_cli("main.py", "validate", str(path)).returncode == 0
+    rows = run_cli("main.py", "validate", "--max-rows", "100", str(path))
+    assert rows.returncode == 2 and "extract.csv holds more than 100 rows" in rows.stderr, rows.stderr
+    text = run_cli("main.py", "validate", "--max-bytes", "10000", str(path))
+    assert text.returncode == 2 and "extract.csv holds more than 10,000 bytes of text" in text.stderr, text.stderr
+
+
+def test_a_1970_row_among_current_rows_needs_no_time_grid(good):
+    """The validator never builds a grid (it sorts and differences the timestamps), so a row 56 years away is
+    a gap warning, checked in a few MB; a grid would be 5.9 M buckets (47 MB) for that one server."""
+    import tracemalloc
+
+    bad = good.copy()
+    first = bad.index[bad["server_name"] == "ppdb001"][0]
+    bad.loc[first, "timestamp"] = pd.Timestamp("1970-01-01", tz=bad["timestamp"].dt.tz)
+    tracemalloc.start()
+    try:
+        is_valid, _, warnings = DataValidator().validate_schema(bad)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    gaps = [w for w in warnings if w.check == "gaps"]
+    assert is_valid and gaps and int(re.search(r"longest (\d+) buckets", gaps[0].what).group(1)) > 5_800_000
+    assert peak < 16 * 1024**2, f"peak {peak} bytes"
