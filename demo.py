@@ -8,7 +8,9 @@ it starts, each as its own process: the inference daemon (fresh store, a random 
 demo stream (``metrics_generator.py --stream``, one 5-minute bucket per second) and the
 Streamlit dashboard (started in the repository root, so it reads ``.streamlit/config.toml``).
 Their output goes to ``<work dir>/<name>.log``, so the dashboard URL stays the last line of the
-start-up output. The dashboard's Healthy / Degrading / Critical buttons switch the stream.
+start-up output. The dashboard runs in demo mode (``TFT_DASHBOARD_DEMO=1``): its Healthy / Degrading /
+Critical buttons switch the stream, with the daemon's one random key, which holds every scope (admin
+included); a dashboard started any other way shows no button and uses no admin key (Docs/DASHBOARD.md).
 The daemon is awaited through :class:`daemon_client.DaemonClient`, like every other client of it.
 """
 
@@ -27,8 +29,12 @@ from pathlib import Path
 import httpx
 
 from config import (
+    API_KEY_ENV,
     DAEMON_PORT,
     DAEMON_WAIT_POLL_SECONDS,
+    DASHBOARD_DAEMON_URL_ENV,
+    DASHBOARD_DEMO_ADMIN_KEY_ENV,
+    DASHBOARD_DEMO_ENV,
     DASHBOARD_PORT,
     DASHBOARD_TIMEOUT_SECONDS,
     DEFAULT_HOST,
@@ -116,7 +122,7 @@ def run_demo(models_dir: Path, host: str, daemon_port: int, dashboard_port: int,
     store = work_dir / "demo_store.sqlite3"
     for suffix in ("", "-wal", "-shm"):
         Path(f"{store}{suffix}").unlink(missing_ok=True)
-    env = {**os.environ, "TFT_API_KEY": api_key}
+    env = {**os.environ, API_KEY_ENV: api_key}
     daemon_url = f"http://{host}:{daemon_port}"
     children: list[tuple[str, subprocess.Popen[bytes]]] = []
     logs = {name: work_dir / f"{name}.log" for name in ("daemon", "stream", "dashboard")}
@@ -160,7 +166,9 @@ def run_demo(models_dir: Path, host: str, daemon_port: int, dashboard_port: int,
         dashboard = start("dashboard", [sys.executable, "-m", "streamlit", "run", "tft_dashboard_web.py",
                                         "--server.port", str(dashboard_port), "--server.address", host,
                                         "--server.headless", "true", "--browser.gatherUsageStats", "false"],
-                          {"TFT_DAEMON_URL": daemon_url})
+                          # Demo mode: its buttons, with the daemon's one key as the admin key.
+                          {DASHBOARD_DAEMON_URL_ENV: daemon_url, DASHBOARD_DEMO_ENV: "1",
+                           DASHBOARD_DEMO_ADMIN_KEY_ENV: api_key})
         try:
             _wait_http(f"http://{host}:{dashboard_port}/_stcore/health", DEMO_START_TIMEOUT_SECONDS, dashboard)
         except RuntimeError as exc:

@@ -1,15 +1,18 @@
 """Fleet dashboard: what will go wrong, where, and when - from the daemon's forecasts.
 
-    streamlit run tft_dashboard_web.py
-    TFT_DAEMON_URL=http://127.0.0.1:8000 TFT_API_KEY=... streamlit run tft_dashboard_web.py
+    TFT_DAEMON_URL=http://127.0.0.1:8000 TFT_API_KEY=<a read key> streamlit run tft_dashboard_web.py
 
-(``TFT_DASHBOARD_REFRESH=<seconds>`` sets the refresh slider's start value.)
+Everything it needs comes from its process's environment, never from a visitor, and its key never
+leaves the server (no widget, no page text; Docs/DASHBOARD.md, "Keys, daemons and exposure"):
+``TFT_DAEMON_URL`` (or an allowlist in ``TFT_DAEMON_URLS``, a selectbox), ``TFT_API_KEY`` or the read
+key of ``TFT_API_KEY_FILE``, ``TFT_DASHBOARD_REFRESH`` (the refresh slider's start value), and
+``TFT_DASHBOARD_DEMO=1`` for demo mode (``main.py demo``), the only place an admin key is used.
 
 The page talks to the inference daemon over REST only and shows nothing it did not get from
 it: when the daemon is unreachable or has no model, the page says so and stops. CPU is
 always shown as "% CPU used" (100 - idle); servers by name, with their profile.
 
-Top to bottom: sidebar (daemon, key, refresh, demo mode) -> status bar -> six panels:
+Top to bottom: sidebar (daemon, whether a key is set, refresh, demo mode) -> status bar -> six panels:
 Overview, Heatmap, Top Servers, Historical, Model health, Advanced. One :class:`daemon_client.DaemonClient`
 per daemon URL and key (``st.cache_resource``) does every request; the panels get it as an
 argument, and what it fetched is cached for a moment (``st.cache_data``) so the panels of one
@@ -33,22 +36,30 @@ from api_keys import KeyFileError
 from common_utils import parse_utc, resolve_api_key, utc_now
 from config import (
     ACCURACY_SERVER_WINDOW,
+    API_KEY_ENV,
+    API_KEY_FILE_ENV,
     BAND_ADAPT_MAX_SCALE,
     BAND_ADAPT_MIN_SCALE,
     BAND_ADAPT_TARGET_MISS,
-    DAEMON_PORT,
     DASHBOARD_CACHE_SECONDS,
     DASHBOARD_COVERAGE_TARGET,
+    DASHBOARD_DAEMON_URL_ENV,
+    DASHBOARD_DAEMON_URLS_ENV,
     DASHBOARD_DEFAULT_REFRESH_SECONDS,
+    DASHBOARD_DEMO_ADMIN_KEY_ENV,
+    DASHBOARD_DEMO_ENV,
+    DASHBOARD_DEMO_ON,
     DASHBOARD_FAN_HISTORY_HOURS,
     DASHBOARD_HISTORY_HOURS,
+    DASHBOARD_MAX_REFRESH_SECONDS,
     DASHBOARD_MODEL_AGE_DAYS_AFTER_HOURS,
+    DASHBOARD_REFRESH_ENV,
     DASHBOARD_REQUEST_ATTEMPTS,
     DASHBOARD_SKILL_COLOR_LIMIT,
     DASHBOARD_TIMEOUT_SECONDS,
     DASHBOARD_TOP_SERVERS,
     DASHBOARD_WORST_SERVERS,
-    DEFAULT_HOST,
+    DEFAULT_DAEMON_URL,
     DEMO_SCENARIOS,
     DISPLAY_CPU,
     DRIFT_COVERAGE_BAND,
@@ -401,80 +412,140 @@ def _hover(server: dict[str, Any]) -> str:
     return "<br>".join(lines)
 
 
+# ============================================================================ settings: the environment
 def _default_refresh() -> int:
     """The refresh slider's start value: ``TFT_DASHBOARD_REFRESH`` (seconds, 0-60) or the config default."""
-    raw = os.environ.get("TFT_DASHBOARD_REFRESH", "")
+    raw = os.environ.get(DASHBOARD_REFRESH_ENV, "")
     try:
-        return min(60, max(0, int(raw))) if raw else DASHBOARD_DEFAULT_REFRESH_SECONDS
+        return min(DASHBOARD_MAX_REFRESH_SECONDS, max(0, int(raw))) if raw else DASHBOARD_DEFAULT_REFRESH_SECONDS
     except ValueError:
-        logger.warning("TFT_DASHBOARD_REFRESH=%r is not a whole number of seconds; using %d",
-                       raw, DASHBOARD_DEFAULT_REFRESH_SECONDS)
+        logger.warning("%s=%r is not a whole number of seconds; using %d", DASHBOARD_REFRESH_ENV, raw,
+                       DASHBOARD_DEFAULT_REFRESH_SECONDS)
         return DASHBOARD_DEFAULT_REFRESH_SECONDS
+
+
+def daemon_urls() -> list[str]:
+    """The daemons this dashboard may read, its default first: ``$TFT_DAEMON_URL``, then the comma-separated
+    allowlist ``$TFT_DAEMON_URLS``; DEFAULT_DAEMON_URL when neither is set.
+
+    Configuration only: the dashboard sends its key to these URLs and to no URL a visitor types.
+    """
+    listed = [url.strip().rstrip("/") for url in os.environ.get(DASHBOARD_DAEMON_URLS_ENV, "").split(",")]
+    default = os.environ.get(DASHBOARD_DAEMON_URL_ENV, "").strip().rstrip("/")
+    urls = list(dict.fromkeys(url for url in (default, *listed) if url))
+    return urls or [DEFAULT_DAEMON_URL]
+
+
+def read_key() -> tuple[str | None, str]:
+    """The key the dashboard reads with, and where it came from in words (for the sidebar; never the key).
+
+    The read key of the key file in ``$TFT_API_KEY_FILE``, else ``$TFT_API_KEY``
+    (:func:`common_utils.resolve_api_key`). Why a key file cannot be used goes to the dashboard's log,
+    not to the page: the error may quote a line of the file.
+    """
+    try:
+        key = resolve_api_key(scope="read")
+    except KeyFileError as exc:
+        logger.error("%s", exc)
+        return None, f"not set: the key file in {API_KEY_FILE_ENV} cannot be used (the dashboard's log says why)"
+    if not key:
+        return None, f"not set ({API_KEY_ENV} or {API_KEY_FILE_ENV}; a daemon without keys needs none)"
+    return key, (f"set (read key from {API_KEY_FILE_ENV})" if os.environ.get(API_KEY_FILE_ENV)
+                 else f"set (from {API_KEY_ENV})")
+
+
+def demo_mode_on() -> bool:
+    """Whether ``$TFT_DASHBOARD_DEMO`` opts in to demo mode (its buttons and its admin key): off unless set."""
+    raw = os.environ.get(DASHBOARD_DEMO_ENV, "").strip().lower()
+    if raw and raw not in DASHBOARD_DEMO_ON and raw not in ("0", "false", "no", "off"):
+        logger.warning("%s=%r is not one of %s: demo mode stays off (Docs/DASHBOARD.md, Demo mode)",
+                       DASHBOARD_DEMO_ENV, raw, "/".join(DASHBOARD_DEMO_ON))
+    return raw in DASHBOARD_DEMO_ON
+
+
+def demo_admin_key() -> tuple[str | None, str]:
+    """Demo mode's admin key and the variable it came from: ``$TFT_DEMO_ADMIN_KEY``, else ``$TFT_API_KEY``
+    (``main.py demo``'s one key, which holds every scope).
+
+    Never a key file's admin line: an admin key reaches the dashboard only when it is put in its
+    environment for a demo.
+    """
+    for name in (DASHBOARD_DEMO_ADMIN_KEY_ENV, API_KEY_ENV):
+        if os.environ.get(name):
+            return os.environ[name], name
+    return None, ""
 
 
 # ============================================================================ the page
 st.set_page_config(page_title="Fleet trouble forecaster", layout="wide")
 
 
-def _default_key() -> str:
-    """$TFT_API_KEY, else the first read key of the key file in $TFT_API_KEY_FILE, else empty."""
+def _switch_demo(admin: DaemonClient, scenario: str) -> None:
+    """A demo button's callback: switch the stream through the daemon (admin key), before the sidebar is redrawn."""
     try:
-        return resolve_api_key(scope="read") or ""
-    except KeyFileError as exc:
-        logger.error("%s", exc)
-        return ""
-
-
-def _switch_demo(client: DaemonClient, scenario: str) -> None:
-    """A demo button's callback: switch the stream through the daemon, before the sidebar is redrawn."""
-    try:
-        client.set_demo_scenario(scenario)
+        admin.set_demo_scenario(scenario)
         st.session_state.pop("demo_error", None)
     except DaemonError as exc:
         st.session_state["demo_error"] = f"Could not switch the demo: {exc.summary}"
     _call.clear()
 
 
+api_key, key_text = read_key()  # server-side only: the page shows key_text, never the key
 with st.sidebar:
     st.header("Daemon")
-    base_url = st.text_input("Daemon URL", os.environ.get("TFT_DAEMON_URL", f"http://{DEFAULT_HOST}:{DAEMON_PORT}"))
-    api_key = st.text_input("API key", _default_key(), type="password",
-                            help="a key with the read scope (and admin for the demo buttons)")
-    client = connect(base_url, api_key)
-    refresh = st.slider("Refresh every (s, 0 = off)", 0, 60, _default_refresh())
+    urls = daemon_urls()
+    if len(urls) > 1:
+        picked = st.selectbox("Daemon URL", urls, key="daemon_url", help=f"the daemons in {DASHBOARD_DAEMON_URLS_ENV}")
+        # Streamlit returns whatever string a browser sends for a selectbox: only a listed URL gets the key.
+        base_url = picked if picked in urls else urls[0]
+    else:
+        base_url = urls[0]
+        st.markdown(f"`{base_url}`")
+    st.caption(f"API key: {key_text}")
+    client = connect(base_url, api_key or "")
+    refresh = st.slider("Refresh every (s, 0 = off)", 0, DASHBOARD_MAX_REFRESH_SECONDS, _default_refresh())
 
 
 # Its own fragment on the page's refresh timer: what the stream plays is re-read from the daemon on
 # every refresh, so a switch made elsewhere (another browser, a script) shows within one refresh.
 @st.fragment(run_every=refresh if refresh else None)
-def demo_mode(client: DaemonClient) -> None:
-    """The Healthy / Degrading / Critical buttons (the playing one highlighted) and what the stream plays."""
+def demo_mode(client: DaemonClient, admin: DaemonClient | None) -> None:
+    """Demo mode: the Healthy / Degrading / Critical buttons (the playing one highlighted) and what the stream plays.
+
+    ``client`` reads; ``admin`` (the admin key's client) switches, or is None when demo mode has no admin
+    key: then the buttons are disabled and the sidebar says which variable to set.
+    """
     st.header("Demo mode")
     demo = fetch(client, "demo_scenario")
     playing = demo.data["scenario"] if demo.data else None
     for scenario in DEMO_SCENARIOS:  # stacked: each label whole at the default sidebar width
         st.button(scenario.capitalize(), key=f"demo_{scenario}", width="stretch",
-                  type="primary" if scenario == playing else "secondary",
-                  on_click=_switch_demo, args=(client, scenario))
+                  type="primary" if scenario == playing else "secondary", disabled=admin is None,
+                  on_click=_switch_demo, args=(admin, scenario))
+    if admin is None:
+        st.caption(f"No admin key: set {DASHBOARD_DEMO_ADMIN_KEY_ENV} (Docs/DASHBOARD.md, Demo mode).")
     if st.session_state.get("demo_error"):
         st.error(st.session_state["demo_error"])
     if playing:
         st.caption(f"Demo stream plays: **{playing}**")
 
 
-with st.sidebar:
-    demo_mode(client)
+if demo_mode_on():  # an explicit opt-in: outside a demo the page holds no admin key and shows no button
+    admin_key, _ = demo_admin_key()
+    with st.sidebar:
+        demo_mode(client, connect(base_url, admin_key) if admin_key else None)
 
 st.title("Fleet trouble forecaster")
 
 
 @st.fragment(run_every=refresh if refresh else None)
-def page(client: DaemonClient, refresh: int) -> None:
-    """Everything that refreshes: status bar and the six panels."""
+def page(client: DaemonClient, refresh: int, key_text: str) -> None:
+    """Everything that refreshes: status bar and the six panels (``key_text``: whether a key is set, in words)."""
     status = fetch(client, "status")
     if status.error:
-        st.error(f"Not connected. {status.error}. Start the daemon (python main.py infer --daemon) or fix the URL "
-                 f"and API key in the sidebar. Nothing is shown without it.")
+        st.error(f"Not connected. {status.error}. Start the daemon (python main.py infer --daemon), or restart the "
+                 f"dashboard with the right {DASHBOARD_DAEMON_URL_ENV} and a read key in {API_KEY_ENV} or "
+                 f"{API_KEY_FILE_ENV} (Docs/DASHBOARD.md). Nothing is shown without it.")
         return
     info = status.data
     bar = st.columns(4)
@@ -501,7 +572,7 @@ def page(client: DaemonClient, refresh: int) -> None:
     with tabs[4]:
         model_health(client, info)
     with tabs[5]:
-        advanced(client, info, fleet, alerts, refresh)
+        advanced(client, info, fleet, alerts, refresh, key_text)
 
 
 def overview(fleet: dict[str, Any], servers: list[dict[str, Any]], alerts: list[dict[str, Any]],
@@ -804,8 +875,8 @@ def model_health(client: DaemonClient, info: dict[str, Any]) -> None:
 
 
 def advanced(client: DaemonClient, info: dict[str, Any], fleet: dict[str, Any], alerts: dict[str, Any],
-             refresh: int) -> None:
-    """Model info, daemon counters, raw responses."""
+             refresh: int, key_text: str) -> None:
+    """Model info, daemon counters, raw responses (``key_text``: whether a key is set, in words)."""
     left, right = st.columns(2)
     with left:
         st.subheader("Model")
@@ -825,10 +896,11 @@ def advanced(client: DaemonClient, info: dict[str, Any], fleet: dict[str, Any], 
                 "p10-p90 coverage": row["coverage_p10_p90_mean"]} for horizon, row in backtest.items()]),
                 hide_index=True)
         st.subheader("Connection")
-        st.table(pd.DataFrame({"": ["daemon URL", "refresh", "API key"],
-                               "value": [client.base_url, f"every {refresh} s" if refresh else "off",
-                                         "set" if client.has_api_key else "not set (read-only GETs only)"]}))
-        st.caption("Change these in the sidebar.")
+        st.table(pd.DataFrame({"": ["daemon URL", "refresh", "API key", "demo mode"],
+                               "value": [client.base_url, f"every {refresh} s" if refresh else "off", key_text,
+                                         "on" if demo_mode_on() else "off"]}))
+        st.caption(f"The daemon and the key come from the dashboard's environment ({DASHBOARD_DAEMON_URL_ENV}, "
+                   f"{API_KEY_ENV}, {API_KEY_FILE_ENV}; Docs/DASHBOARD.md), never from the page.")
     with right:
         st.subheader("Daemon")
         keys = ["uptime_seconds", "servers_tracked", "servers_ready", "servers_warming_up", "servers_offline",
@@ -844,4 +916,4 @@ def advanced(client: DaemonClient, info: dict[str, Any], fleet: dict[str, Any], 
         st.json(alerts)
 
 
-page(client, refresh)
+page(client, refresh, key_text)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -16,10 +17,19 @@ import httpx
 import pytest
 import streamlit
 from streamlit.testing.v1 import AppTest
+from streamlit.testing.v1.element_tree import Selectbox
 
 from api_models import Alert
 from config import (
+    API_KEY_ENV,
+    API_KEY_FILE_ENV,
     DASHBOARD_CACHE_SECONDS,
+    DASHBOARD_DAEMON_URL_ENV,
+    DASHBOARD_DAEMON_URLS_ENV,
+    DASHBOARD_DEMO_ADMIN_KEY_ENV,
+    DASHBOARD_DEMO_ENV,
+    DASHBOARD_REFRESH_ENV,
+    DEFAULT_HOST,
     DEMO_MAX_FUTURE_SECONDS,
     DEMO_SCENARIOS,
     DRIFT_COVERAGE_BAND,
@@ -35,6 +45,9 @@ from tests.conftest import API_KEY, ROOT, TINY_FLEET, DaemonProcess, feed_bucket
 ARTIFACTS = ROOT / "test-artifacts"
 PANELS = ["Overview", "Heatmap", "Top Servers", "Historical", "Model health", "Advanced"]
 HEALTH = PANELS.index("Model health")
+# A key the dashboard must never hand to a browser (beside the daemon's read key API_KEY): a key file's
+# admin line, or a demo's admin key. Distinctive, so that finding it anywhere is a leak.
+ADMIN_SECRET = "admin-secret-never-in-a-browser-4d1c"
 ONE_BY_ONE = HORIZONS["30min"] + 2  # buckets fed one at a time, each forecast: +30 min forecasts mature
 
 
@@ -49,10 +62,11 @@ def _feed_one_at_a_time(client: httpx.Client, sim: FleetSimulator, n_buckets: in
 def fed_daemon(tiny_training, tmp_path_factory):
     """A daemon with the tiny model and 40 buckets of the tiny fleet, one server in trouble.
 
-    The last buckets come one at a time, each forecast, so +30 min forecasts have matured and been scored.
+    The last buckets come one at a time, each forecast, so +30 min forecasts have matured and been scored
+    (``--established-hours 0``: the fleet's few hours of history count, as a day would in production).
     """
     daemon = DaemonProcess(tiny_training.model_dir, tmp_path_factory.mktemp("dash") / "store.sqlite3",
-                           "--rate-per-minute", "100000")
+                           "--rate-per-minute", "100000", "--established-hours", "0")
     daemon.wait_ready()
     sim = FleetSimulator(fleet=TINY_FLEET, seed=3, start="2026-03-02T06:00:00Z")
     sim.incident_rate_scale = 0.0
@@ -68,11 +82,20 @@ def fed_daemon(tiny_training, tmp_path_factory):
 
 @pytest.fixture
 def dashboard(monkeypatch: pytest.MonkeyPatch):  # noqa: ANN201 - a factory of AppTests
-    """Run the dashboard script (AppTest) against a daemon URL and key, set through the environment."""
+    """Run the dashboard script (AppTest) against a daemon URL and key, set through the environment.
 
-    def run(url: str, key: str = API_KEY) -> AppTest:
-        monkeypatch.setenv("TFT_DAEMON_URL", url)
-        monkeypatch.setenv("TFT_API_KEY", key)
+    ``key`` None: no $TFT_API_KEY; ``demo``: $TFT_DASHBOARD_DEMO=1; ``env``: more variables. Nothing else of
+    the dashboard's configuration leaks in from the environment pytest runs in.
+    """
+
+    def run(url: str, key: str | None = API_KEY, demo: bool = False, **env: str) -> AppTest:
+        for name in (API_KEY_ENV, API_KEY_FILE_ENV, DASHBOARD_DAEMON_URLS_ENV, DASHBOARD_DEMO_ADMIN_KEY_ENV,
+                     DASHBOARD_DEMO_ENV):
+            monkeypatch.delenv(name, raising=False)
+        monkeypatch.setenv(DASHBOARD_DAEMON_URL_ENV, url)
+        for name, value in {API_KEY_ENV: key, DASHBOARD_DEMO_ENV: "1" if demo else None, **env}.items():
+            if value is not None:
+                monkeypatch.setenv(name, value)
         at = AppTest.from_file(str(ROOT / "tft_dashboard_web.py"), default_timeout=120)
         at.run()
         assert not at.exception, [e.value for e in at.exception]
@@ -278,7 +301,7 @@ def _demo_state(at: AppTest) -> tuple[str, list[str]]:
 
 
 def test_demo_buttons_switch_the_stream_scenario(fed_daemon, dashboard):
-    at = dashboard(fed_daemon.url)
+    at = dashboard(fed_daemon.url, demo=True)  # main.py demo's set-up: one key, every scope
     assert [at.sidebar.button(key=f"demo_{s}").label for s in DEMO_SCENARIOS] == ["Healthy", "Degrading",
                                                                                    "Critical"]
     at.sidebar.button(key="demo_degrading").click().run()
@@ -296,7 +319,7 @@ def test_demo_caption_follows_a_switch_made_by_another_client(fed_daemon, dashbo
 
     AppTest cannot fire the refresh timer; the browser test checks the timer itself.
     """
-    at = dashboard(fed_daemon.url)
+    at = dashboard(fed_daemon.url, demo=True)
     with fed_daemon.client() as client:
         client.post("/admin/demo-scenario", json={"scenario": "healthy"}).raise_for_status()
         time.sleep(DASHBOARD_CACHE_SECONDS + 0.5)  # past the cached read
@@ -308,13 +331,86 @@ def test_demo_caption_follows_a_switch_made_by_another_client(fed_daemon, dashbo
     assert _demo_state(at) == ("Demo stream plays: **critical**", ["critical"])
 
 
-def test_streamlit_started_in_the_checkout_watches_nothing_and_hides_deploy():
+# ---------------------------------------------------------------------------- what the page keeps to itself
+
+
+def _sent(node) -> str:  # noqa: ANN001 - an AppTest block or element
+    """Every element under ``node`` as protobuf text: what Streamlit sends a browser for it."""
+    return "\n".join([str(getattr(node, "proto", "")),
+                      *(_sent(child) for child in getattr(node, "children", {}).values())])
+
+
+def test_outside_demo_mode_no_button_no_key_widget_and_no_key_sent(fed_daemon, dashboard):
+    """The default: no demo button, no widget holding a key, no key in anything sent; the sidebar only says
+    that a key is set and where from. A demo admin key in the environment stays unused."""
+    at = dashboard(fed_daemon.url, **{DASHBOARD_DEMO_ADMIN_KEY_ENV: ADMIN_SECRET})
+    assert at.tabs and not at.button and not at.text_input
+    assert "Demo mode" not in [h.value for h in at.sidebar.header]
+    assert "API key: set (from TFT_API_KEY)" in [c.value for c in at.sidebar.caption]
+    sent = _sent(at.main) + _sent(at.sidebar)
+    assert fed_daemon.url in sent and "Backtest on held-out data" in sent  # the page's own text is in it
+    assert API_KEY not in sent and ADMIN_SECRET not in sent
+
+
+def test_demo_mode_switches_with_its_admin_key_and_never_sends_it(fed_daemon, dashboard):
+    """In demo mode a button switches the stream with $TFT_DEMO_ADMIN_KEY, not the read key: here one the
+    daemon refuses, so the switch fails and says so. The admin key is in nothing the page sends."""
+    with fed_daemon.client() as client:
+        client.post("/admin/demo-scenario", json={"scenario": "healthy"}).raise_for_status()
+    at = dashboard(fed_daemon.url, demo=True, **{DASHBOARD_DEMO_ADMIN_KEY_ENV: ADMIN_SECRET})
+    at.sidebar.button(key="demo_critical").click().run()
+    assert "Could not switch the demo: 401" in at.sidebar.error[0].value, at.sidebar.error[0].value
+    with fed_daemon.client() as client:
+        assert client.get("/demo-scenario").json()["scenario"] == "healthy"
+    sent = _sent(at.main) + _sent(at.sidebar)
+    assert "Demo stream plays" in sent and ADMIN_SECRET not in sent and API_KEY not in sent
+
+
+def test_demo_mode_never_takes_a_key_files_admin_line(fed_daemon, dashboard, tmp_path):
+    """The read key comes from the key file; an admin key only from the demo's variables, so with neither the
+    buttons are disabled and the sidebar says which variable to set."""
+    keys = tmp_path / "keys"
+    keys.write_text(f"read={API_KEY}\nadmin={ADMIN_SECRET}\n")
+    at = dashboard(fed_daemon.url, key=None, demo=True, **{API_KEY_FILE_ENV: str(keys)})
+    captions = [c.value for c in at.sidebar.caption]
+    assert at.tabs and "API key: set (read key from TFT_API_KEY_FILE)" in captions
+    assert all(at.sidebar.button(key=f"demo_{s}").proto.disabled for s in DEMO_SCENARIOS)
+    assert any(f"No admin key: set {DASHBOARD_DEMO_ADMIN_KEY_ENV}" in c for c in captions), captions
+
+
+def test_the_daemon_is_one_of_the_configured_urls_whatever_a_browser_sends(fed_daemon, dashboard, monkeypatch):
+    """$TFT_DAEMON_URLS makes a selectbox of daemons. A browser may send any string as a selectbox's value
+    and Streamlit hands it back as is: the dashboard then reads (and sends its key to) the default one."""
+    other = f"http://127.0.0.1:{free_port()}"
+    at = dashboard(fed_daemon.url, **{DASHBOARD_DAEMON_URLS_ENV: f" {other} , {fed_daemon.url}/,"})
+    picker = at.sidebar.selectbox(key="daemon_url")
+    assert picker.options == [fed_daemon.url, other] and picker.value == fed_daemon.url and at.tabs
+    picker.select(other).run()
+    assert "daemon unreachable" in at.error[0].value and not at.tabs
+    crafted = "http://attacker.example"
+    honest = Selectbox._widget_state
+
+    def forged(self: Selectbox) -> object:  # what a hand-made websocket message can say
+        state = honest.fget(self)
+        if self.key == "daemon_url":
+            state.string_value = crafted
+        return state
+
+    monkeypatch.setattr(Selectbox, "_widget_state", property(forged))
+    at.run()
+    assert not at.exception and at.tabs, [e.value for e in at.error]
+    connection = at.tabs[PANELS.index("Advanced")].get("table")[1].value.to_string()
+    assert fed_daemon.url in connection and crafted not in connection
+
+
+def test_streamlit_started_in_the_checkout_watches_nothing_hides_deploy_and_binds_loopback():
     """.streamlit/config.toml is read by a Streamlit started in the repository root (as main.py demo does)."""
     probe = ("from streamlit import config; config.get_config_options(force_reparse=True); "
-             "print(config.get_option('server.fileWatcherType'), config.get_option('client.toolbarMode'))")
+             "print(config.get_option('server.fileWatcherType'), config.get_option('client.toolbarMode'), "
+             "config.get_option('server.address'))")
     result = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=60,
                             check=True)
-    assert result.stdout.split() == ["none", "minimal"], result.stdout + result.stderr
+    assert result.stdout.split() == ["none", "minimal", DEFAULT_HOST], result.stdout + result.stderr
 
 
 # ---------------------------------------------------------------------------- real browser
@@ -346,38 +442,141 @@ def _mode_bar_titles(driver, panel: str) -> list[str]:  # noqa: ANN001 - a selen
     return wait_for(shown, timeout=60)[0]
 
 
+def _dashboard_env(**settings: str) -> dict[str, str]:
+    """This environment without any of the dashboard's own variables, plus ``settings``."""
+    ours = (API_KEY_ENV, API_KEY_FILE_ENV, DASHBOARD_DAEMON_URL_ENV, DASHBOARD_DAEMON_URLS_ENV,
+            DASHBOARD_DEMO_ADMIN_KEY_ENV, DASHBOARD_DEMO_ENV, DASHBOARD_REFRESH_ENV)
+    return {**{k: v for k, v in os.environ.items() if k not in ours}, **settings}
+
+
+def _start_streamlit(env: dict[str, str], log: Path, script: str = "tft_dashboard_web.py",
+                     ) -> tuple[subprocess.Popen, str]:
+    """``streamlit run <script>`` from the checkout (its .streamlit/config.toml: loopback), up.
+
+    Returns the process and the page's URL.
+    """
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", script, "--server.port",
+                             str(port), "--server.headless", "true", "--browser.gatherUsageStats", "false"],
+                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=open(log, "w"))
+    url = f"http://{DEFAULT_HOST}:{port}"
+
+    def up() -> bool:
+        assert proc.poll() is None, log.read_text()[-3000:]
+        try:
+            return httpx.get(f"{url}/_stcore/health", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    wait_for(up, timeout=60)
+    return proc, url
+
+
+def _network_log(driver) -> tuple[list[bytes], str]:  # noqa: ANN001 - a selenium webdriver
+    """Chrome's performance log since the last read (reading empties it): the payload of every websocket
+    frame sent or received (Streamlit's are binary protobuf, which Chrome gives base64-encoded), and the
+    whole log as text (HTTP requests and their headers included)."""
+    frames, raw = [], []
+    for entry in driver.get_log("performance"):
+        raw.append(entry["message"])
+        message = json.loads(entry["message"])["message"]
+        if message["method"] in ("Network.webSocketFrameReceived", "Network.webSocketFrameSent"):
+            frame = message["params"]["response"]
+            payload = frame["payloadData"]
+            frames.append(base64.b64decode(payload) if frame["opcode"] == 2 else payload.encode())
+    return frames, "\n".join(raw)
+
+
+def _leaks(driver, frames: list[bytes], log: str, secrets: tuple[str, ...]) -> list[str]:  # noqa: ANN001
+    """Where in a browser any of ``secrets`` shows up: websocket frames, the network log, the DOM, the
+    values of inputs, local and session storage."""
+    values = driver.execute_script(
+        "return [...document.querySelectorAll('input, textarea')].map(e => e.value)"
+        ".concat(Object.values(localStorage), Object.values(sessionStorage))")
+    places = {"page source": driver.page_source, "inputs and storage": "\n".join(map(str, values)),
+              "network log": log}
+    found = [f"{secret[:6]}... in {where}" for secret in secrets for where, text in places.items() if secret in text]
+    return found + [f"{secret[:6]}... in websocket frame {i}" for secret in secrets for i, frame in enumerate(frames)
+                    if secret.encode() in frame]
+
+
+@pytest.mark.slow
+def test_a_browser_never_gets_the_key_and_sees_no_demo_button_outside_demo_mode(fed_daemon, tmp_path):
+    """The page in headless Chromium, read key and a key file's admin line both distinctive: neither is in the
+    DOM or in any websocket frame Chrome recorded, while the page's own text is in those frames (so the
+    capture would see a key put in a widget, as the old "API key" text input did). No demo button."""
+    from selenium.webdriver.common.by import By
+
+    from tools.dashboard_screenshots import _wait_until_idle, open_browser
+
+    keys = tmp_path / "keys"
+    keys.write_text(f"read={API_KEY}\nadmin={ADMIN_SECRET}\n")
+    env = _dashboard_env(**{DASHBOARD_DAEMON_URL_ENV: fed_daemon.url, API_KEY_FILE_ENV: str(keys),
+                            DASHBOARD_DEMO_ADMIN_KEY_ENV: ADMIN_SECRET})  # set, but demo mode is off
+    proc, url = _start_streamlit(env, tmp_path / "dashboard.log")
+    driver = None
+    try:
+        driver = open_browser(tmp_path / "chrome", network_log=True)
+        driver.get(url)
+        frames, log = [], []
+
+        def page_sent() -> bool:  # the last panel's text came, and the tabs are drawn
+            more, text = _network_log(driver)
+            frames.extend(more)
+            log.append(text)
+            return (any(b"Backtest on held-out data" in f for f in frames)
+                    and bool(driver.find_elements(By.CSS_SELECTOR, "[role='tab']")))
+
+        wait_for(page_sent, timeout=90)
+        _wait_until_idle(driver, 20.0)
+        page_sent()
+        sidebar = driver.find_element(By.CSS_SELECTOR, "[data-testid=stSidebar]")
+        ARTIFACTS.mkdir(exist_ok=True)
+        sidebar.screenshot(str(ARTIFACTS / "dashboard_sidebar.png"))
+        # The capture holds what the page shows: the daemon's URL, a server's name, the key's sidebar line.
+        for shown in (fed_daemon.url, "ppdb001", "API key: set (read key from TFT_API_KEY_FILE)"):
+            assert any(shown.encode() in f for f in frames), shown
+        assert "API key: set (read key from TFT_API_KEY_FILE)" in sidebar.text
+        assert _leaks(driver, frames, "\n".join(log), (API_KEY, ADMIN_SECRET)) == []
+        assert not driver.find_elements(By.CSS_SELECTOR, "[data-testid=stTextInput], input[type=password]")
+        assert "Demo mode" not in sidebar.text
+        assert not [b.text for b in driver.find_elements(By.TAG_NAME, "button")
+                    if b.text in ("Healthy", "Degrading", "Critical")]
+    finally:
+        if driver is not None:
+            driver.quit()
+        proc.terminate()
+        proc.wait(15)
+
+
 @pytest.mark.slow
 def test_dashboard_in_a_real_browser_fed_by_the_stream(tiny_training, tmp_path):
     from tools.dashboard_screenshots import CHROMEDRIVER, CHROMIUM, capture_panels, open_browser
 
     assert Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists(), \
         "Debian chromium + chromium-driver are needed (bootstrap.sh --dev installs them)"
-    # The stream's clock runs ahead of the wall clock (2 buckets a second), as in the demo.
+    # The stream's clock runs ahead of the wall clock (2 buckets a second), as in the demo; its servers are
+    # scored from their first forecasts on (--established-hours 0), so Model health has charts within the test.
     daemon = DaemonProcess(tiny_training.model_dir, tmp_path / "store.sqlite3", "--rate-per-minute", "100000",
-                           "--max-future-seconds", str(DEMO_MAX_FUTURE_SECONDS))
+                           "--max-future-seconds", str(DEMO_MAX_FUTURE_SECONDS), "--established-hours", "0")
     processes = []
     driver = None
     try:
         daemon.wait_ready()
         # A slow refresh keeps each panel still long enough to be checked and photographed on 2 busy cores.
-        env = {**os.environ, "TFT_API_KEY": API_KEY, "TFT_DAEMON_URL": daemon.url, "TFT_DASHBOARD_REFRESH": "30"}
+        env = _dashboard_env(**{API_KEY_ENV: API_KEY, DASHBOARD_DAEMON_URL_ENV: daemon.url, DASHBOARD_REFRESH_ENV: "30",
+                                DASHBOARD_DEMO_ENV: "1"})  # as main.py demo starts it: demo mode, one key
         stream = subprocess.Popen([sys.executable, "metrics_generator.py", "--stream", "--daemon-url", daemon.url,
                                    "--servers", "12", "--speed", "2", "--scenario", "degrading"], cwd=ROOT, env=env,
                                   stdout=subprocess.DEVNULL, stderr=open(tmp_path / "stream.log", "w"))
         processes.append(stream)
-        port = free_port()
-        dashboard = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "tft_dashboard_web.py",
-                                      "--server.port", str(port), "--server.address", "127.0.0.1",
-                                      "--server.headless", "true", "--browser.gatherUsageStats", "false"],
-                                     cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
-                                     stderr=open(tmp_path / "dashboard.log", "w"))
+        dashboard, url = _start_streamlit(env, tmp_path / "dashboard.log")
         processes.append(dashboard)
         with daemon.client() as client:
             wait_for(lambda: client.get("/status").json()["servers_ready"] >= 12, timeout=120)
-        wait_for(lambda: httpx.get(f"http://127.0.0.1:{port}/_stcore/health").status_code == 200, timeout=60)
 
-        driver = open_browser(tmp_path / "chrome")
-        texts, header = capture_panels(driver, f"http://127.0.0.1:{port}", ARTIFACTS)
+        driver = open_browser(tmp_path / "chrome", network_log=True)
+        texts, header = capture_panels(driver, url, ARTIFACTS)
         (ARTIFACTS / "dashboard_texts.txt").write_text("\n\n".join(f"== {k}\n{v}" for k, v in texts.items()))
         assert set(texts) == set(PANELS)
         assert "Connected" in header and "tft_model_" in header and "Last forecast" in header, header
@@ -411,7 +610,11 @@ def test_dashboard_in_a_real_browser_fed_by_the_stream(tiny_training, tmp_path):
         def sidebar() -> str:
             return driver.find_element("css selector", "[data-testid=stSidebar]").text
 
-        wait_for(lambda: "Demo stream plays: critical" in sidebar(), timeout=int(env["TFT_DASHBOARD_REFRESH"]) + 30)
+        wait_for(lambda: "Demo stream plays: critical" in sidebar(), timeout=int(env[DASHBOARD_REFRESH_ENV]) + 30)
+        # Demo mode holds the daemon's every-scope key: it never reached the browser, in any frame of the run.
+        frames, log = _network_log(driver)
+        assert any(b"Demo stream plays" in f for f in frames) and any(b"Backtest on held-out" in f for f in frames)
+        assert _leaks(driver, frames, log, (API_KEY,)) == []
         with daemon.client() as client:
             assert client.get("/status").json()["feed_records_rejected"] == 0  # every streamed record taken
     finally:

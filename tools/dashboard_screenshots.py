@@ -18,8 +18,12 @@ CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
 PANELS = ["Overview", "Heatmap", "Top Servers", "Historical", "Model health", "Advanced"]  # as the page
 
 
-def open_browser(user_data_dir: Path, width: int = 1500, height: int = 1900):
-    """Start headless Chromium through chromedriver and return the webdriver."""
+def open_browser(user_data_dir: Path, width: int = 1500, height: int = 1900, network_log: bool = False):
+    """Start headless Chromium through chromedriver and return the webdriver.
+
+    ``network_log``: keep Chrome's performance log (DevTools Network events, websocket frames included),
+    read with ``driver.get_log("performance")``; the browser test looks for secrets in it.
+    """
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
@@ -29,6 +33,8 @@ def open_browser(user_data_dir: Path, width: int = 1500, height: int = 1900):
                  "--disable-component-update", "--no-first-run", "--disable-sync", "--disable-dev-shm-usage",
                  f"--user-data-dir={user_data_dir}", f"--window-size={width},{height}"):
         options.add_argument(flag)
+    if network_log:
+        options.set_capability("goog:loggingPrefs", {"performance": "ALL"})
     return webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
 
 
