@@ -732,13 +732,10 @@ class Subscriber:
         self.socket, self.owner = socket, owner
         self.pending: str | None = None
         self.ready = asyncio.Event()
-        self.sent = self.dropped = 0
 
     def offer(self, message: str) -> None:
         """Hand the newest document over; never waits (called from the forecast loop)."""
-        if self.pending is not None:
-            self.dropped += 1  # the socket did not take the previous one yet: only the newest matters
-        self.pending = message
+        self.pending = message  # a previous one not taken yet is dropped: only the newest matters
         self.ready.set()
 
 
@@ -756,12 +753,6 @@ class Subscribers:
         self.max_total, self.max_per_owner, self.send_timeout = max_total, max_per_owner, send_timeout
         self.on_refused = on_refused or (lambda reason: None)
         self.members: dict[_Socket, Subscriber] = {}
-        self.timed_out = 0
-
-    @property
-    def sockets(self) -> set[_Socket]:
-        """The subscribed sockets."""
-        return set(self.members)
 
     def add(self, socket: _Socket, owner: str = "") -> Subscriber:
         """Subscribe a connected socket; SubscriberLimit (with the reason) past a cap."""
@@ -797,9 +788,7 @@ class Subscribers:
                 continue
             try:
                 await asyncio.wait_for(member.socket.send_text(message), self.send_timeout)
-                member.sent += 1
             except TimeoutError:
-                self.timed_out += 1
                 self.on_refused("ws_send_timeout")
                 logger.warning("a WebSocket subscriber (%s) did not take a document within %.0f s; closed it",
                                member.owner or "anonymous", self.send_timeout)
