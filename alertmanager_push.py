@@ -132,7 +132,8 @@ def alert_annotations(alert: Alert, dashboard_url: str = DASHBOARD_URL) -> dict[
         summary = f"{alert.server_name}: {name} at {alert.level} level now"
         value_key = "current_value"
     else:
-        summary = f"{alert.server_name}: {name} may reach {alert.level} level within {when}"
+        chance = f" ({alert.probability:.0%} chance)" if alert.probability is not None else ""
+        summary = f"{alert.server_name}: {name} may reach {alert.level} level within {when}{chance}"
         value_key = "p90"
     notes = {"summary": summary, "description": alert.reason, value_key: _number(alert.predicted_value),
              "threshold": _number(alert.threshold), "dashboard": dashboard_url}
@@ -140,6 +141,8 @@ def alert_annotations(alert: Alert, dashboard_url: str = DASHBOARD_URL) -> dict[
         notes["p50"] = _number(alert.p50)
     if alert.minutes_to_breach is not None:
         notes["minutes_to_breach"] = str(alert.minutes_to_breach)
+    if alert.probability is not None:
+        notes["probability"] = f"{alert.probability:.2f}"
     if alert.id:
         notes["alert_id"] = alert.id
     if alert.starts_at:

@@ -182,6 +182,9 @@ class Alert(BaseModel):
     p50: float | None
     minutes_to_breach: int | None
     reason: str
+    probability: float | None = Field(default=None, description="the chance (0..1) of reaching the threshold "
+                                                               "within 8 h, from the calibrated band; 1 for a "
+                                                               "breach in progress (alert_policy.py)")
     id: str | None = Field(default=None, description='identity "kind:server:metric" (lifecycle; /alerts/*)')
     starts_at: str | None = Field(default=None, description="forecast origin (data time) of the cycle that "
                                                            "raised it")
@@ -236,6 +239,39 @@ class FleetPredictions(BaseModel):
     servers: list[ServerPrediction]
 
 
+class AnomalyRow(BaseModel):
+    """How far one server's metric lies outside the band forecast for now, made ``horizon`` earlier."""
+
+    server_name: str
+    profile: str
+    metric: str
+    horizon: str = Field(description='"30min" or "1hr": the forecast was made this long before `at`')
+    score: float = Field(description="|actual - p50| / half-width of the served band on the actual's side (p90 - "
+                                     "p50 at or above p50, p50 - p10 below; at least min_half_width): 1 = on the "
+                                     "band's edge, above 1 outside it")
+    side: Literal["above", "below"] = Field(description="where the actual lies against p50")
+    actual: float = Field(description="the metric in the bucket `at` (display units; CPU as used)")
+    p10: float
+    p50: float
+    p90: float
+    forecast_made_at: str = Field(description="origin (data time) of the forecast the band comes from")
+
+
+class AnomaliesResponse(BaseModel):
+    """GET /anomalies: the present against the calibrated bands the model drew for it 30 min and 1 h ago."""
+
+    model_version: str | None
+    at: str | None = Field(description="the bucket scored: the last forecast cycle's origin (data time); null before "
+                                       "the model's first cycle")
+    horizons: list[str] = Field(description="the horizons scored")
+    min_half_width: dict[str, float] = Field(description="per metric, the narrowest half-width a score divides by "
+                                                         "(display units): a needle-thin band is read as this wide")
+    servers_scored: int = Field(description="servers with a score at `at` (live accuracy's: established, with a "
+                                            "sample now and at the forecast's origin)")
+    matching: int = Field(description="scores matching the filters; at most ANOMALY_MAX_ROWS are listed")
+    anomalies: list[AnomalyRow] = Field(description="highest score first")
+
+
 class ServerFan(BaseModel):
     """Full 96-step forecast fan of one server."""
 
@@ -243,6 +279,8 @@ class ServerFan(BaseModel):
     steps: list[str]
     sources: dict[str, dict[str, ForecastSource]] = Field(default={}, description=SOURCES_DESCRIPTION)
     fan: dict[str, dict[str, list[float]]]
+    anomalies: list[AnomalyRow] = Field(default=[], description="this server's anomaly scores now, highest first "
+                                                                "(as GET /anomalies?server=...&min_score=0)")
 
 
 class AlertsResponse(BaseModel):
@@ -381,6 +419,21 @@ class WorstServer(BaseModel):
     skill_vs_persistence: float | None
 
 
+class AlertQualityRow(BaseModel):
+    """The daemon's own risk alerts of one metric, judged against the breaches that followed (live_alerts.py)."""
+
+    metric: str
+    window: str = Field(description='rolling window of data time, e.g. "7d"')
+    breaches: int = Field(description="breaches confirmed: the warning tier held 10 min after an hour below elevated")
+    warned: int = Field(description="breaches an unsuppressed risk alert was open for at their start")
+    timely: int = Field(description="warned breaches with a lead of 30 min to 8 h")
+    median_lead_minutes: float | None = Field(description="median lead of the warned breaches")
+    episodes: int = Field(description="closed alert episodes judged")
+    false_episodes: int = Field(description="judged episodes no breach started in (nor the bucket after)")
+    precision: float | None = Field(description="(episodes - false_episodes) / episodes")
+    recall: float | None = Field(description="warned / breaches (a breach nobody warned of counts too)")
+
+
 class AccuracyResponse(BaseModel):
     """How the served forecasts fared once their target time arrived."""
 
@@ -392,6 +445,8 @@ class AccuracyResponse(BaseModel):
     rows: list[AccuracyRow]
     worst_servers: list[WorstServer]
     model_degraded: list[Alert]
+    alert_quality: list[AlertQualityRow] = Field(default_factory=list, description="the daemon's risk alerts "
+                                                 "judged per metric (precision, recall, lead; rolling 7 days)")
 
 
 class MaintenanceRequest(BaseModel):

@@ -873,6 +873,52 @@ ALERT_HOLD_DOWN_BUCKETS = 3
 ALERT_HISTORY_DAYS = 7
 ALERT_HISTORY_MAX_ROWS = 1000
 
+
+@dataclass(frozen=True)
+class AlertPolicy:
+    """When a forecast becomes an alert (alert_policy.py; Docs/RISK_SCORING.md, "Alert policy").
+
+    A metric alerts when the chance of reaching its tier within 8 h (estimated from the calibrated
+    p10/p50/p90) is at least the metric's probability threshold, chosen by the trainer on its
+    validation days as the lowest of ``grid`` that keeps false alert episodes within
+    ``false_episodes_per_server_week``; or when a breach is in progress (``alert_quality.breach_in_progress``:
+    from the tier held 10 min until an hour below the elevated tier, ``AlertQuality``'s breach definition).
+    """
+
+    false_episodes_per_server_week: float = 1.0  # the false-alarm budget the thresholds are fitted to
+    grid: tuple[float, ...] = (0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
+    default_threshold: float = 0.5  # a metric the validation days could not fit (or a model before 0.16)
+    fit_on_validation: bool = True  # the trainer fits the thresholds (train --no-alert-fit: the default for all)
+    fit_max_servers: int = 300  # servers whose validation days are replayed to fit the thresholds
+    # p90's distance from p50 in standard deviations of a normal (the band's upper half sets the tail)
+    z90: float = 1.2815515655446004
+
+
+ALERT_POLICY = AlertPolicy()
+
+
+@dataclass(frozen=True)
+class AlertQuality:
+    """What a breach, a warning and a false alarm are (alert_quality.py; GUIDE section 9, RISK_SCORING.md).
+
+    A breach starts when a metric reaches its warning tier and holds it ``breach_hold_buckets``, after at
+    least ``quiet_buckets`` below its elevated tier. An alert episode is true when a breach starts while it
+    is open (or the bucket after it closes). A warning is timely when it came ``timely_lead_minutes`` ahead.
+    """
+
+    breach_hold_buckets: int = CRITICAL_ENTER_BUCKETS  # the contract's enter time (10 min)
+    quiet_buckets: int = 12  # an hour below the elevated tier before a new breach can start
+    timely_lead_minutes: tuple[int, int] = (30, 480)
+    live_window_days: int = 7  # the daemon's own alert scoring (GET /accuracy) looks back this far
+    # The rules an SRE already runs, scored the same way (bench/bench_early_warning.py)
+    rule_for_buckets: int = 2  # every rule's `for: 10m`
+    static_pct: float = 80.0  # "CPU / memory >= 80 % for 10 min" next to the elevated tier
+    predict_linear: tuple[tuple[int, int], ...] = ((12, 12), (72, 96))  # (range, ahead) buckets: 1h->1h, 6h->8h
+    seasonal_window_buckets: int = 96  # "it reached the tier in the same 8 h yesterday"
+
+
+ALERT_QUALITY = AlertQuality()
+
 # ---------------------------------------------------------------------------
 # 9. Inference daemon and its clients (tft_inference.py, daemon_client.py; Docs/API_REFERENCE.md)
 # ---------------------------------------------------------------------------
@@ -1052,6 +1098,27 @@ REMOTE_WRITE_IDLE_SECONDS = 3600  # an instance without samples this long (data 
 # next write; beyond this many the oldest are dropped (counted, logged).
 REMOTE_WRITE_MAX_UNSENT_RECORDS = 50_000
 REMOTE_WRITE_LOG_EVERY_SECONDS = 60.0  # dropped samples and refused records are summarised this often
+# Samples of one instance stamped within a mapping's "scrape_window_seconds" of each other form one scrape
+# (one record). Prometheus stamps a scrape's samples alike (0: exact); the OpenTelemetry collector's hostmetrics
+# scrapers stamp each their own (milliseconds apart), so mappings/otel_hostmetrics.json sets a window.
+REMOTE_WRITE_SCRAPE_WINDOW_SECONDS = 0.0
+
+# OpenTelemetry metrics in (POST /v1/metrics, OTLP/HTTP protobuf; otlp_receiver.py; Docs/COLLECTING.md,
+# OpenTelemetry). Data points are named as the collector's prometheusremotewrite exporter names them and go
+# through remote-write's assembly and bounds (REMOTE_WRITE_MAX_*) with this mapping (--otlp-mapping).
+OTLP_MAPPING_FILE = PROJECT_ROOT / "mappings" / "otel_hostmetrics.json"
+OTLP_MAX_DECODED_BYTES = REMOTE_WRITE_MAX_DECODED_BYTES  # a gzip body is inflated at most this far (413 past it)
+OTLP_COMPLETE_GRACE_SECONDS = REMOTE_WRITE_COMPLETE_GRACE_SECONDS  # a collection's record is made this much later
+OTLP_ERROR_MESSAGE_CHARS = 500  # partial_success.error_message and Status.message are cut to this
+
+# Grafana dashboards (tools/build_grafana.py writes deploy/grafana/dashboards/; Docs/DEPLOYMENT.md, Grafana).
+GRAFANA_DASHBOARD_DIR = PROJECT_ROOT / "deploy" / "grafana" / "dashboards"
+GRAFANA_REFRESH = "1m"  # dashboards refresh this often (the daemon publishes a cycle every 5 minutes)
+GRAFANA_TIME_FROM = "now-12h"  # default time range: long enough for the 8 h forecasts made for it
+GRAFANA_GRID_COLUMNS = 24  # Grafana's grid width
+GRAFANA_PANEL_HEIGHT = 8  # grid rows of a time-series panel
+GRAFANA_STAT_HEIGHT = 4  # grid rows of a stat panel
+GRAFANA_TABLE_HEIGHT = 10  # grid rows of a table panel
 
 # Clients of the daemon (daemon_client.py: the feed, the demo stream, the dashboard, main.py demo).
 DAEMON_TIMEOUT_SECONDS = 30.0  # one request; a pre-fill batch on a busy 2-core daemon stays well inside
@@ -1137,6 +1204,7 @@ DASHBOARD_FAN_HISTORY_HOURS = 6  # actuals drawn before the forecast on the Top 
 DASHBOARD_COVERAGE_TARGET = (0.75, 0.85)
 DASHBOARD_SKILL_COLOR_LIMIT = 1.0  # skill vs persistence is coloured from -this (red) to +this (green)
 DASHBOARD_WORST_SERVERS = 10  # rows of the worst-servers table (lowest skill first)
+DASHBOARD_ANOMALY_ROWS = 20  # rows of the Overview's "Anomalous now" table (highest score first)
 DASHBOARD_MODEL_AGE_DAYS_AFTER_HOURS = 48  # a model's age is said in hours up to this, in days beyond
 DASHBOARD_MAX_REFRESH_SECONDS = 60  # the refresh slider's top (0 = off)
 # The dashboard's settings come from its process's environment, never from a visitor, and its keys stay
@@ -1188,6 +1256,19 @@ ACCURACY_WINDOWS_HOURS = {"24h": 24, "7d": 7 * 24}  # rolling windows /accuracy 
 ACCURACY_CATCH_UP_BUCKETS = 12  # after a gap, matured targets older than this are not scored (counted)
 ACCURACY_SERVER_WINDOW = "24h"  # per-server figures (worst servers) are kept for this window, in memory
 ACCURACY_WORST_SERVERS = 5  # /accuracy lists this many worst servers per metric and horizon
+# "Anomalous now" (live_anomaly.py; GET /anomalies, tft_anomaly_score; Docs/API_REFERENCE.md): per server and
+# metric, |actual - p50| / half-width of the served band of the forecast made this long before the bucket that
+# just completed (half-width p90 - p50 at or above p50, p50 - p10 below); 1 = on the band's edge.
+ANOMALY_HORIZONS = ("30min", "1hr")
+ANOMALY_OUTSIDE_ABOVE = 1.0  # a score above this lies outside the band (the dashboard's "Anomalous now")
+# A half-width narrower than this (display units) is read as this wide, so a needle-thin band (an idle VM's
+# 0 MB/s, swap at exactly 0) gives a finite score: a move of one floor from p50 scores 1.
+ANOMALY_MIN_HALF_WIDTH = {
+    "cpu_used_pct": 1.0, "cpu_iowait_pct": 1.0, "mem_used_pct": 1.0, "swap_used_pct": 1.0, "disk_usage_pct": 1.0,
+    "load_average": 0.1, "net_in_mb_s": 0.01, "net_out_mb_s": 0.01, "back_close_wait": 1.0, "front_close_wait": 1.0,
+}
+ANOMALY_MIN_HALF_WIDTH_DEFAULT = 1.0  # a metric missing above
+ANOMALY_MAX_ROWS = 1000  # GET /anomalies answers at most this many rows, highest score first ("matching": all)
 # Live band calibration: adaptive conformal inference (Gibbs & Candes 2021) on the log of a
 # multiplier m of each band half-width (p50-p10 below, p90-p50 above), per metric x horizon.
 # Each matured forecast is judged by the band it was served with (ACI's own rule, whose long-run

@@ -10,6 +10,7 @@ retry policy live in one place::
     client.predictions_current()       # every tracked server, most at risk first
     client.server_fan("ppdb007")       # one server's 96-step p10/p50/p90 fan
     client.accuracy(window="24h")      # how past forecasts fared: coverage, skill, worst servers
+    client.anomalies(min_score=1.0)    # what lies outside the band forecast for now 30 min / 1 h ago
 
 A request that fails for a passing reason (the daemon is restarting, the network dropped, it is
 rate limited or failed unexpectedly) is retried with a doubling back-off (:class:`RetryPolicy`,
@@ -252,6 +253,17 @@ class DaemonClient:
         """
         params = {"window": window, "metric": metric, "horizon": horizon, "profile": profile, "server": server}
         return self.get_json("/accuracy", {k: v for k, v in params.items() if v is not None} or None, retry=retry)
+
+    def anomalies(self, min_score: float | None = None, server: str | None = None, metric: str | None = None,
+                  horizon: str | None = None, *, retry: RetryPolicy | None = None) -> dict[str, Any]:
+        """``GET /anomalies``: how far each server's metrics lie now outside the bands forecast 30 min / 1 h ago.
+
+        Rows of ``score`` = |actual - p50| / half-width (1 = on the band's edge), highest first, with the
+        actual and the band; ``min_score`` (e.g. 1.0: on the edge or outside), ``server``, ``metric`` and
+        ``horizon`` ("30min", "1hr") filter, each left ``None`` does not.
+        """
+        params = {"min_score": min_score, "server": server, "metric": metric, "horizon": horizon}
+        return self.get_json("/anomalies", {k: v for k, v in params.items() if v is not None} or None, retry=retry)
 
     def demo_scenario(self, *, retry: RetryPolicy | None = None) -> dict[str, Any]:
         """``GET /demo-scenario``: what the live demo stream should play."""

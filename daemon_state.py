@@ -43,6 +43,7 @@ from api_models import (
     RECORD_ADAPTER,
     AccuracyResponse,
     Alert,
+    AlertQualityRow,
     DemoScenario,
     FeedResponse,
     HistoryResponse,
@@ -86,6 +87,7 @@ from config import (
     MODEL_WATCH_SECONDS,
     NEW_SERVERS_BURST,
     NEW_SERVERS_PER_MINUTE,
+    OTLP_MAPPING_FILE,
     PROJECT_VERSION,
     PROM_FORECAST_SERIES,
     QUANTILE_LABELS,
@@ -98,6 +100,7 @@ from config import (
     REMOTE_WRITE_MAPPING_FILE,
     RETENTION_DAYS,
     RETRAIN_DOC,
+    RISK_METRICS,
     SAMPLING_INTERVAL_SECONDS,
     STEPS_PER_DAY,
     STEPS_PER_HOUR,
@@ -109,7 +112,11 @@ from config import (
 from contract import DISPLAY_CPU, bucket_iso, bucket_of_ns, cpu_used
 from forecast_engine import CycleResult, ForecastEngine, fleet_document
 from live_accuracy import LiveAccuracy, bands_of, scales_blob
+from live_alerts import AlertOutcomes
+from live_anomaly import AnomalyBoard
 from metrics_store import COUNTS, GAUGES, FleetWindows, MetricsStore, StoreError
+from observed_series import ObservedSeries
+from otlp_receiver import OtlpReceiver
 from remote_write import RemoteWriteReceiver
 from retrain_scheduler import RetrainScheduler
 from state_rules import STATE_PRECEDENCE
@@ -139,6 +146,7 @@ class DaemonSettings:
     dashboard_url: str = DASHBOARD_URL  # what alerts pushed to Alertmanager link to (--dashboard-url)
     alertmanager_resend_seconds: float = ALERTMANAGER_RESEND_SECONDS  # firing alerts are re-sent this often
     remote_write_mapping: Path | None = None  # POST /api/v1/write's mapping (None: REMOTE_WRITE_MAPPING_FILE)
+    otlp_mapping: Path | None = None  # POST /v1/metrics' mapping (None: OTLP_MAPPING_FILE)
     max_servers: int = MAX_TRACKED_SERVERS  # servers tracked at most (--max-servers)
     health_stall_seconds: float = HEALTH_STALL_SECONDS  # /health degraded: data arrives, no cycle completes
     housekeeping_seconds: float = HOUSEKEEPING_SECONDS  # retention and memory release run this often
@@ -259,6 +267,9 @@ class PrometheusMetrics:
                                 ["metric", "horizon_seconds", "side"], registry=self.registry)
         self.degraded = Gauge("tft_model_degraded", "1 while a model_degraded warning is active",
                               ["metric", "horizon_seconds"], registry=self.registry)
+        self.anomaly = Gauge("tft_anomaly_score", "|actual - p50| / half-width of the band forecast horizon_seconds "
+                             "before the last complete bucket (1 = on the band's edge); live_anomaly.py",
+                             [*SERVER_LABELS, "metric", "horizon_seconds"], registry=self.registry)
         self.scored = Counter("tft_forecasts_scored_total", "Matured forecasts scored against actuals",
                               registry=self.registry)
         self.refused = Counter("tft_refused_total", "Requests, records and subscriptions refused at a trust "
@@ -266,6 +277,21 @@ class PrometheusMetrics:
         self._refused: dict[str, int] = {}
         self.window_bytes = Gauge("tft_server_windows_bytes", "Bytes held by the tracked servers' in-memory rings",
                                   registry=self.registry)
+        # The daemon's own alerts, judged (live_alerts.py): rolling 7 days per metric, and counters since start
+        self.alert_precision = Gauge("tft_alert_precision_ratio", "Share of judged risk-alert episodes a breach "
+                                     "followed (rolling window)", ["metric", "window"], registry=self.registry)
+        self.alert_recall = Gauge("tft_alert_recall_ratio", "Share of breaches a risk alert warned of (rolling "
+                                  "window)", ["metric", "window"], registry=self.registry)
+        self.alert_lead = Gauge("tft_alert_lead_seconds", "Median lead of the warned breaches (rolling window)",
+                                ["metric", "window"], registry=self.registry)
+        self.breaches = Counter("tft_breaches_total", "Breaches confirmed (warning tier held), by whether an alert "
+                                "warned of them", ["metric", "warned"], registry=self.registry)
+        self.judged = Counter("tft_alert_episodes_judged_total", "Closed risk-alert episodes judged, by outcome",
+                              ["metric", "outcome"], registry=self.registry)
+        for metric in RISK_METRICS:  # at 0 from the start, so increase() sees a metric's first breach too
+            for flag in ("true", "false"):
+                self.breaches.labels(metric, flag)
+                self.judged.labels(metric, flag)
 
     def refuse(self, reason: str, count: int = 1) -> None:
         """Count refusals at a trust boundary."""
@@ -356,6 +382,31 @@ class PrometheusMetrics:
                 self.band_scale.labels(metric, seconds, "low").set(low)
                 self.band_scale.labels(metric, seconds, "high").set(high)
                 self.degraded.labels(metric, seconds).set(1 if f"{metric}|{label}" in degraded else 0)
+
+    def anomalies(self, board: AnomalyBoard | None, instances: ServerInstances) -> None:
+        """One ``tft_anomaly_score`` series per scored server x metric x horizon; a server without one loses it."""
+        self.anomaly.clear()
+        for server, profile, metric, horizon, score in board.samples() if board is not None else ():
+            self.anomaly.labels(server, profile, instances.get(server) or "", metric,
+                                str(HORIZON_SECONDS[horizon])).set(score)
+
+    def alert_quality(self, rows: list[dict[str, Any]], new_breaches: dict[tuple[str, bool], int],
+                      new_judged: dict[tuple[str, bool], int]) -> None:
+        """Refresh the alert-quality gauges (``live_alerts.AlertOutcomes.summary`` rows) and counters."""
+        for gauge in (self.alert_precision, self.alert_recall, self.alert_lead):
+            gauge.clear()
+        for row in rows:
+            labels = (row["metric"], row["window"])
+            if row["precision"] is not None:
+                self.alert_precision.labels(*labels).set(row["precision"])
+            if row["recall"] is not None:
+                self.alert_recall.labels(*labels).set(row["recall"])
+            if row["median_lead_minutes"] is not None:
+                self.alert_lead.labels(*labels).set(row["median_lead_minutes"] * 60.0)
+        for (metric, warned), n in new_breaches.items():
+            self.breaches.labels(metric, "true" if warned else "false").inc(n)
+        for (metric, true_alarm), n in new_judged.items():
+            self.judged.labels(metric, "true" if true_alarm else "false").inc(n)
 
     def render(self) -> bytes:
         """Prometheus text exposition."""
@@ -853,6 +904,7 @@ class Daemon:
         self.accuracy: LiveAccuracy | None = None  # the loaded model's live accuracy and band calibration
         self.accuracy_errors = 0
         self.alerts = AlertTracker(self.store)  # identity, start, end, hold-down, maintenance, history
+        self.outcomes = AlertOutcomes(self.store)  # breaches confirmed and alert episodes judged (live_alerts.py)
         self.alert_errors = 0
         self.model_error: str | None = None
         self.counters = Counters()
@@ -876,6 +928,10 @@ class Daemon:
         self.remote_write = RemoteWriteReceiver(self.ingest, self.metrics.registry,  # POST /api/v1/write
                                                 settings.remote_write_mapping or REMOTE_WRITE_MAPPING_FILE,
                                                 clock=clock, max_future_seconds=settings.max_future_seconds)
+        self.otlp = OtlpReceiver(self.ingest, self.metrics.registry,  # POST /v1/metrics (OpenTelemetry)
+                                 settings.otlp_mapping or OTLP_MAPPING_FILE, clock=clock,
+                                 max_future_seconds=settings.max_future_seconds, on_refused=self.metrics.refuse)
+        self.metrics.registry.register(ObservedSeries(self))  # actuals, tiers and ages beside the forecasts
         self.demo = DemoScenario(scenario="healthy")
         self.model_reloads = 0  # promotions / rollbacks picked up from the latest link
         self.model_reload_failures = 0
@@ -1049,10 +1105,14 @@ class Daemon:
         cutoff = newest - self.settings.retention_days * STEPS_PER_DAY
         removed = self.store.trim(cutoff, newest - FORECAST_RETENTION_HOURS * STEPS_PER_HOUR, newest)
         removed["alerts"] = self.alerts.trim(self.last_origin if self.last_origin is not None else newest)
+        removed["alert_outcomes"] = self.outcomes.trim(self.last_origin if self.last_origin is not None else newest)
         with self.lock:
             released = self.fleet.release(cutoff)
         removed["servers_released"] = len(released)
         self.ingest.owners.forget(released)
+        if released and self.accuracy is not None:  # their anomaly scores (and series) go with them
+            self.accuracy.anomalies.forget(released)
+            self.metrics.anomalies(self.accuracy.anomalies, self.instances)
         self.maintenance.expire()
         self.store.write_ledger()
         self.metrics.window_bytes.set(self.fleet.memory_bytes())
@@ -1069,10 +1129,21 @@ class Daemon:
             if self.notifier is not None:  # a hand-over only (never blocks, never raises); sent by its threads
                 self.notifier.notify(self.alerts.active()[0])
             self.metrics.open_alerts(*self.alerts.active(), self.instances)
+            self._judge_alerts(result, origin)
         except Exception:  # noqa: BLE001 - the forecast stands; the lifecycle catches up next cycle
             self.alert_errors += 1
             (logger.exception if self.alert_errors == 1 else logger.error)(
                 "alert lifecycle update at %s failed (%d so far)", bucket_iso(origin), self.alert_errors)
+
+    def _judge_alerts(self, result: CycleResult, origin: int) -> None:
+        """Confirm breaches and judge closed alert episodes (live_alerts.py), refresh their figures."""
+        current = {name: r.prediction.current for name, r in result.servers.items() if r.prediction.current}
+        before = (dict(self.outcomes.breaches_total), dict(self.outcomes.judged_total))
+        with self.lock:
+            self.outcomes.observe(self.fleet, origin, current)
+        new = [{k: v - old.get(k, 0) for k, v in now.items() if v != old.get(k, 0)}
+               for old, now in zip(before, (self.outcomes.breaches_total, self.outcomes.judged_total), strict=True)]
+        self.metrics.alert_quality(self.outcomes.summary(origin), *new)
 
     def _score_matured(self, origin: int) -> None:
         """Score the forecasts whose target is ``origin``, step the band calibration, re-check drift.
@@ -1085,6 +1156,7 @@ class Daemon:
         try:
             with self.lock:
                 matured = live.collect(self.fleet, origin)
+            self.metrics.anomalies(live.anomalies, self.instances)  # collect published this origin's scores
             scored = live.record(matured)
             live.drift()
             self.metrics.accuracy(live, scored)
@@ -1208,10 +1280,12 @@ def accuracy_document(daemon: Daemon, window: str | None, metric: str | None, ho
                       profile: str | None, server: str | None) -> AccuracyResponse:
     """/accuracy: live figures filtered by window, metric, horizon and group (profile or server)."""
     live = daemon.accuracy
+    quality = [AlertQualityRow(**row) for row in daemon.outcomes.summary(daemon.last_origin)
+               if metric is None or row["metric"] == metric]
     if live is None:
         return AccuracyResponse(model_version=None, scored_since=None, last_scored_target=None,
                                 windows=dict(ACCURACY_WINDOWS_HOURS), band_adaptation=daemon.settings.band_adaptation,
-                                rows=[], worst_servers=[], model_degraded=[])
+                                rows=[], worst_servers=[], model_degraded=[], alert_quality=quality)
     if server is not None:
         windows, groups = [ACCURACY_SERVER_WINDOW], [server]
     else:
@@ -1229,7 +1303,7 @@ def accuracy_document(daemon: Daemon, window: str | None, metric: str | None, ho
         scored_since=bucket_iso(live.since_origin) if live.since_origin is not None else None,
         last_scored_target=bucket_iso(live.last_target) if live.last_target is not None else None,
         windows=dict(ACCURACY_WINDOWS_HOURS), band_adaptation=live.adjuster.enabled,
-        rows=rows, worst_servers=worst, model_degraded=degraded)
+        rows=rows, worst_servers=worst, model_degraded=degraded, alert_quality=quality)
 
 
 def history_document(daemon: Daemon, server_name: str, profile: str, hours: float) -> HistoryResponse:

@@ -83,6 +83,15 @@ def round_fan(fan: dict[str, dict[str, np.ndarray]]) -> dict[str, dict[str, list
     return {m: {q: np.round(band[q].astype(float), 3).tolist() for q in QUANTILE_LABELS} for m, band in fan.items()}
 
 
+def recent_display(windows: list[np.ndarray]) -> dict[str, np.ndarray]:
+    """Display metric -> (S, L): each server's last buckets (its window), CPU as used: what the alert policy
+    reads to tell a breach in progress (``alert_quality.breach_in_progress``)."""
+    span = min(len(w) for w in windows)
+    recent = np.stack([w[-span:] for w in windows])  # (S, span, 14)
+    flat = display_current(recent.reshape(-1, recent.shape[-1]))
+    return {metric: values.reshape(len(windows), span) for metric, values in flat.items()}
+
+
 # ============================================================================ results
 @dataclass
 class ServerResult:
@@ -280,7 +289,8 @@ class ForecastEngine:
         latest = [fleet.servers[n].current(origin) for n in ready]  # None: no sample in the origin bucket
         values = np.stack([v if v is not None else windows[i][-1] for i, v in enumerate(latest)])
         current = display_current(values)
-        risks = score_fleet(ready, profiles, current, fan)
+        risks = score_fleet(ready, profiles, current, fan, recent=recent_display(windows),
+                            alert_thresholds=self.spec.alert_thresholds)
         metrics = list(fan)
         # (S, metrics, horizons, quantiles): the summary every endpoint shows, and the stored history.
         summary = np.stack([np.stack([fan[m][q][:, HORIZON_STEPS] for q in QUANTILE_LABELS], axis=-1)

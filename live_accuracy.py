@@ -14,7 +14,9 @@ terms to hourly bins, fleet-wide and per profile (kept in the store) and per ser
   for a new model;
 * :meth:`LiveAccuracy.drift` raises a ``model_degraded`` warning per metric x horizon when the
   rolling coverage leaves ``DRIFT_COVERAGE_BAND`` or the skill against persistence stays below
-  ``DRIFT_SKILL_FLOOR`` for ``DRIFT_SKILL_HOURS``; it clears when the figures recover.
+  ``DRIFT_SKILL_FLOOR`` for ``DRIFT_SKILL_HOURS``; it clears when the figures recover;
+* :class:`live_anomaly.AnomalyBoard` ("anomalous now") keeps, from the forecasts that came due at
+  the cycle's own origin (30 min and 1 h), how far each actual lies outside its served band.
 
 Only forecasts made by the current model count (the first origin it forecast is remembered),
 so a new model starts with fresh figures and an unadjusted band.
@@ -59,6 +61,7 @@ from config import (
     STEPS_PER_HOUR,
 )
 from contract import DISPLAY_CPU, bucket_iso, cpu_used
+from live_anomaly import AnomalyBoard
 from metrics_store import FleetWindows, MetricsStore
 from scoring import TERM, TERMS, score_from_sums, score_terms
 
@@ -223,6 +226,8 @@ class Matured:
     servers: list[str]
     profiles: list[str]
     terms: np.ndarray  # (N, metrics, LIVE_TERMS)
+    actual: np.ndarray | None = None  # (N, metrics) the target bucket's values, display units
+    bands: np.ndarray | None = None  # (N, metrics, 3) the bands as served (for the anomaly score)
 
 
 class LiveAccuracy:
@@ -248,6 +253,7 @@ class LiveAccuracy:
         self.established_buckets = 0
         self.unestablished_total = 0  # matured forecasts left out for that reason
         self._fresh = True  # a new model: the stored bins are someone else's
+        self.anomalies = AnomalyBoard(self.metrics)  # "anomalous now": the latest origin's scores (live_anomaly.py)
         # The cycle thread writes the bins while request threads read them (/accuracy, /status, /alerts).
         self.lock = threading.RLock()
         self._restore()
@@ -303,6 +309,8 @@ class LiveAccuracy:
                 matured = self._matured(fleet, target, made, k)
                 if matured is not None:
                     out.append(matured)
+        if first <= origin:  # this origin's forecasts came due now (not on an earlier try of this cycle)
+            self.anomalies.publish(origin, out)
         self.last_target = max(origin, self.last_target or origin)
         return out
 
@@ -332,11 +340,12 @@ class LiveAccuracy:
         stored = self.store.scales_at(made)  # None: made before 0.10.0 or without calibration (multiplier 1)
         issued = np.ones((len(self.metrics), 2)) if stored is None else \
             np.frombuffer(stored, dtype=np.float32).reshape(len(self.metrics), len(HORIZONS), 2)[:, k, :]
-        terms = live_terms(display_values(np.stack(actual), self.metrics),
-                           display_values(np.stack(persistence), self.metrics), bands[:, :, k, :],
+        actual_now = display_values(np.stack(actual), self.metrics)
+        terms = live_terms(actual_now, display_values(np.stack(persistence), self.metrics), bands[:, :, k, :],
                            np.broadcast_to(issued, (len(names), len(self.metrics), 2)), self.adjuster.scales[:, k, :],
                            self.metrics)
-        return Matured(target=target, horizon=k, servers=names, profiles=profiles, terms=terms)
+        return Matured(target=target, horizon=k, servers=names, profiles=profiles, terms=terms, actual=actual_now,
+                       bands=bands[:, :, k, :])
 
     def record(self, matured: list[Matured]) -> int:
         """Add a cycle's matured forecasts to the bins, step the band calibration, persist; the count."""

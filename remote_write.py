@@ -69,6 +69,7 @@ from config import (
     REMOTE_WRITE_MAX_SERIES,
     REMOTE_WRITE_MAX_SERIES_PER_INSTANCE,
     REMOTE_WRITE_MAX_UNSENT_RECORDS,
+    REMOTE_WRITE_SCRAPE_WINDOW_SECONDS,
     REMOTE_WRITE_VERSION,
 )
 from prometheus_adapter import (
@@ -253,6 +254,7 @@ class RemoteWriteMapping:
     base: PromMapping
     metrics: dict[str, MetricSpec]
     name_series: str | None  # node_uname_info: its ``name_label`` names the host
+    scrape_window_ms: int = 0  # samples this close in time form one scrape (0: one timestamp, as Prometheus)
 
     @property
     def measured(self) -> list[str]:
@@ -332,7 +334,12 @@ def load_remote_write_mapping(path: str | Path = REMOTE_WRITE_MAPPING_FILE) -> R
     if base.name_query and name_series is None:
         logger.warning("mapping %s: name_query %r is PromQL, not a series name; remote-write names instances by "
                        "the mapping's names, else the instance label without its port", path, base.name_query)
-    return RemoteWriteMapping(base=base, metrics=metrics, name_series=name_series)
+    window = raw.get("scrape_window_seconds", REMOTE_WRITE_SCRAPE_WINDOW_SECONDS)
+    if not isinstance(window, int | float) or not 0 <= window < 5:
+        raise PrometheusError(f"mapping {path}: remote_write.scrape_window_seconds must be a number of seconds in "
+                              f"[0, 5) (samples of one instance this close in time form one scrape), got {window!r}")
+    return RemoteWriteMapping(base=base, metrics=metrics, name_series=name_series,
+                              scrape_window_ms=int(round(window * 1000)))
 
 
 def series_regex(mapping: RemoteWriteMapping) -> str:
@@ -397,6 +404,8 @@ class RemoteWriteReceiver:
     cannot be loaded leaves the receiver unavailable (every write: 503 with the reason, logged once).
     """
 
+    ROUTE = "remote-write (POST /api/v1/write)"  # what the log calls this input (otlp_receiver: POST /v1/metrics)
+
     def __init__(self, ingest: Callable[[list[dict[str, Any]], dict[str, str] | None], FeedResponse],
                  registry: Any = None, mapping_path: str | Path = REMOTE_WRITE_MAPPING_FILE,
                  clock: Callable[[], float] = time.time,
@@ -414,8 +423,7 @@ class RemoteWriteReceiver:
             self.mapping: RemoteWriteMapping | None = load_remote_write_mapping(mapping_path)
         except (PrometheusError, OSError, ValueError) as exc:
             self.mapping, self.error = None, str(exc)
-            logger.error("remote-write (POST /api/v1/write) is unavailable until the mapping is fixed and the daemon "
-                         "restarted: %s", exc)
+            logger.error("%s is unavailable until the mapping is fixed and the daemon restarted: %s", self.ROUTE, exc)
         self.identities = Identities(None, self.mapping.base if self.mapping else PromMapping(queries={}), None)
         self._plan()
         self.instances: dict[str, _Instance] = {}
@@ -579,7 +587,7 @@ class RemoteWriteReceiver:
             if not math.isfinite(v) or t > now_ms + self.max_future_ms:
                 tally["invalid"] += 1
                 continue
-            scrape = state.pending.get(t)
+            scrape = state.pending.get(t) or self._nearby(state, t)
             if scrape is None:
                 scrape = state.pending[t] = _Scrape(self.slot_count)
             for slot, sign, kind in tracked.slots:
@@ -598,6 +606,15 @@ class RemoteWriteReceiver:
             state.newest_ms = max(state.newest_ms, t)
             self._newest_ms = max(self._newest_ms, t)
             tally["accepted"] += 1
+
+    def _nearby(self, state: _Instance, t: int) -> _Scrape | None:
+        """The pending scrape stamped within the mapping's scrape window of ``t`` (a source whose collectors stamp
+        their series apart, as the OpenTelemetry collector's hostmetrics scrapers do); None for a window of 0."""
+        window = self.mapping.scrape_window_ms if self.mapping else 0
+        if window <= 0:
+            return None
+        near = [k for k in state.pending if abs(k - t) <= window]
+        return state.pending[min(near, key=lambda k: abs(k - t))] if near else None
 
     def _new_instance(self, instance: str) -> _Instance | None:
         if len(self.instances) >= self.max_instances:

@@ -12,8 +12,11 @@ and Docs/RISK_SCORING.md walks through examples. In short:
 3. Per horizon, metrics combine like independent chances, ``1 - prod(1 - weight)``, with
    I/O wait weighted extra, and the horizon discounted (the further ahead, the less sure).
 4. The server's risk is the worst horizon: 0..1, green < 0.3 <= yellow <= 0.7 < red.
-5. Alerts: one per metric at warning level or worse, at its most severe and earliest
-   horizon, with the predicted value, the threshold, the p50, and when the p90 first crosses.
+5. Alerts (alert_policy.py): one per metric at warning level or worse, when the chance of
+   reaching the tier within 8 h (from the calibrated band) is at least the metric's fitted
+   threshold, or when a breach is in progress (the tier held for 10 min). The alert says the
+   chance and when ("~35 % chance of >= 90 % within 2 h"). The risk score above is unchanged
+   by the policy: it ranks servers, the alerts page people.
 """
 
 from __future__ import annotations
@@ -23,10 +26,11 @@ from typing import Any
 
 import numpy as np
 
+from alert_policy import reach_profile, thresholds_for
+from alert_quality import breach_in_progress
 from api_models import Alert
 from config import (
     ALERT_MIN_LEVEL,
-    HORIZON_TEXT,
     HORIZON_WEIGHT,
     HORIZONS,
     LEVEL_WEIGHT,
@@ -90,9 +94,17 @@ def _value_text(metric: str, value: float) -> str:
     return f"{value:.1f}{' ' + unit if unit else ''}"
 
 
+def _chance_text(probability: float) -> str:
+    """'~35 %', '<5 %', '>95 %': rounded to 5 points (a band's chance is an estimate, not a measurement)."""
+    rounded = int(round(probability * 20)) * 5
+    return "<5 %" if rounded < 5 else ">95 %" if rounded > 95 else f"~{rounded} %"
+
+
 def _duration_text(minutes: int) -> str:
     hours, mins = divmod(minutes, 60)
-    return f"{hours} h {mins:02d} min" if hours else f"{mins} min"
+    if not hours:
+        return f"{mins} min"
+    return f"{hours} h" if not mins else f"{hours} h {mins:02d} min"
 
 
 def _profile_note(metric: str, profile: str) -> str:
@@ -118,11 +130,15 @@ def _threshold_columns(metric: str, profiles: list[str]) -> np.ndarray:
 
 
 def score_fleet(names: list[str], profiles: list[str], current: dict[str, np.ndarray],
-                forecast: dict[str, dict[str, np.ndarray]] | None) -> list[RiskResult]:
+                forecast: dict[str, dict[str, np.ndarray]] | None, recent: dict[str, np.ndarray] | None = None,
+                alert_thresholds: dict[str, float] | None = None) -> list[RiskResult]:
     """Risk for many servers at once (the forecast cycle scores the whole fleet in one pass).
 
     ``current``: display metric -> (S,) values now (NaN = not reported). ``forecast``: display
-    metric -> {"p50": (S, D), "p90": (S, D)} (None when nothing is forecast).
+    metric -> {"p10", "p50", "p90": (S, D)} (None when nothing is forecast). ``recent``: display metric -> (S, L)
+    the last buckets up to now (``forecast_engine.recent_display``), from which a breach in progress is read
+    (``alert_quality.breach_in_progress``; None: from ``current`` alone). ``alert_thresholds``: per metric,
+    the chance within 8 h it alerts from (``FeatureSpec.alert_thresholds``; None: the policy's default).
     """
     n = len(names)
     survive = {h: np.ones(n) for h in RISK_HORIZONS}
@@ -161,6 +177,10 @@ def score_fleet(names: list[str], profiles: list[str], current: dict[str, np.nda
                                     "value": float(value[i]), "threshold": threshold,
                                     "p50": None if p50 is None else float(p50[i]), "eta": eta,
                                     "weight": float(weight[i])})
+    if recent is None:
+        recent = {m: np.asarray(v, dtype=float)[:, None] for m, v in current.items()}
+    alerts = _policy_findings(n, profiles, current, recent, forecast,
+                              thresholds_for(list(forecast or {}), alert_thresholds))
     results = []
     for i in range(n):
         per_horizon = {h: round(HORIZON_WEIGHT[h] * (1.0 - float(survive[h][i])), 4) for h in horizons}
@@ -169,8 +189,52 @@ def score_fleet(names: list[str], profiles: list[str], current: dict[str, np.nda
                                                      RISK_HORIZONS.index(f["horizon"])))
         results.append(RiskResult(risk_score=round(float(score), 4), risk_level=risk_level(score),
                                   per_horizon=per_horizon, drivers=drivers[:5],
-                                  alerts=_alerts(names[i], profiles[i], findings[i])))
+                                  alerts=_alerts(names[i], profiles[i], alerts[i])))
     return results
+
+
+_ALERT_LEVELS = [lv for lv in reversed(_LEVELS) if LEVEL_ORDER[lv] >= LEVEL_ORDER[ALERT_MIN_LEVEL]]  # worst first
+
+
+def _horizon_of(step: int) -> str:
+    """The shortest forecast horizon that contains decoder step ``step`` (0-based)."""
+    return next((h for h, steps in HORIZONS.items() if step < steps), list(HORIZONS)[-1])
+
+
+def _policy_findings(n: int, profiles: list[str], current: dict[str, np.ndarray], recent: dict[str, np.ndarray],
+                     forecast: dict[str, dict[str, np.ndarray]] | None,
+                     thresholds: dict[str, float]) -> list[list[dict[str, Any]]]:
+    """Per server, the alert findings of the policy (alert_policy.py): a breach in progress, or a chance
+    of reaching a tier within 8 h at least the metric's threshold; the worst level of each, per metric."""
+    out: list[list[dict[str, Any]]] = [[] for _ in range(n)]
+    for metric in RISK_METRICS:
+        tiers = _threshold_columns(metric, profiles)  # (S, 3) elevated, warning, critical
+        series = recent.get(metric)
+        band = (forecast or {}).get(metric)
+        elevated = np.minimum(tiers[:, 0], tiers[:, 1])
+        for level in _ALERT_LEVELS:
+            column = tiers[:, _LEVELS.index(level)]
+            if series is not None and np.isfinite(column).any():
+                now = np.asarray(current.get(metric, series[:, -1]), dtype=float)
+                going = breach_in_progress(series, column, np.minimum(elevated, column))[:, -1]
+                for i in np.flatnonzero(going):
+                    out[i].append({"metric": metric, "horizon": "now", "level": level, "value": float(now[i]),
+                                   "held": float(np.nanmax(series[i])), "threshold": float(column[i]), "p50": None,
+                                   "eta": None, "probability": 1.0})
+            if band is None or not np.isfinite(column).any():
+                continue
+            chance = reach_profile(band, column)  # (S, D)
+            peak = np.argmax(chance, axis=1)
+            best = chance[np.arange(n), peak]
+            theta = thresholds.get(metric, 1.0)
+            for i in np.flatnonzero(best >= theta):
+                first = int(np.flatnonzero(chance[i] >= theta)[0])
+                out[i].append({"metric": metric, "horizon": _horizon_of(first), "level": level,
+                               "value": float(band["p90"][i, peak[i]]), "threshold": float(column[i]),
+                               "p50": float(band["p50"][i, peak[i]]), "probability": float(best[i]),
+                               "eta": int((first + 1) * SAMPLING_INTERVAL_MINUTES),
+                               "within": int((peak[i] + 1) * SAMPLING_INTERVAL_MINUTES)})
+    return out
 
 
 def score_server(server_name: str, profile: str, current: dict[str, float],
@@ -182,7 +246,8 @@ def score_server(server_name: str, profile: str, current: dict[str, float],
     """
     one_current = {m: np.array([float(v)]) for m, v in current.items()}
     one_forecast = None if forecast is None else {
-        m: {q: np.asarray(band[q], dtype=float)[None, :] for q in ("p50", "p90")} for m, band in forecast.items()}
+        m: {q: np.asarray(band[q], dtype=float)[None, :] for q in ("p10", "p50", "p90")}
+        for m, band in forecast.items()}
     return score_fleet([server_name], [profile], one_current, one_forecast)[0]
 
 
@@ -199,16 +264,19 @@ def _alerts(server_name: str, profile: str, findings: list[dict[str, Any]]) -> l
     for metric, f in best.items():
         name = METRIC_LABELS.get(metric, (metric, ""))[0]
         limit = f"{f['level']} at {_value_text(metric, f['threshold'])}{_profile_note(metric, profile)}"
-        if f["horizon"] == "now":
+        if f["horizon"] == "now" and f["value"] >= f["threshold"]:
             reason = f"{name} is {_value_text(metric, f['value'])} now ({limit})"
+        elif f["horizon"] == "now":  # below the tier this bucket, but not yet an hour below the elevated one
+            reason = (f"{name} breach in progress: up to {_value_text(metric, f['held'])} recently, "
+                      f"{_value_text(metric, f['value'])} now ({limit}; it ends after an hour below the "
+                      f"elevated tier)")
         else:
-            when = (f"in ~{_duration_text(f['eta'])}" if f["eta"] is not None
-                    else f"within {HORIZON_TEXT[f['horizon']]}")
-            reason = (f"{name} may reach {_value_text(metric, f['value'])} {when} "
-                      f"(p90; p50 {_value_text(metric, f['p50'])}) - {limit}")
+            reason = (f"{name}: {_chance_text(f['probability'])} chance of >= {_value_text(metric, f['threshold'])} "
+                      f"within {_duration_text(f['within'])} (then p50 {_value_text(metric, f['p50'])}, "
+                      f"p90 {_value_text(metric, f['value'])}) - {limit}")
         alerts.append(Alert(server_name=server_name, profile=profile, level=f["level"], metric=metric,
                             horizon=f["horizon"], predicted_value=round(f["value"], 3),
                             threshold=float(f["threshold"]), p50=None if f["p50"] is None else round(f["p50"], 3),
-                            minutes_to_breach=f["eta"], reason=reason))
+                            minutes_to_breach=f["eta"], reason=reason, probability=round(f["probability"], 3)))
     alerts.sort(key=lambda a: (-LEVEL_ORDER[a.level], RISK_HORIZONS.index(a.horizon), a.metric))
     return alerts

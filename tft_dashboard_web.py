@@ -36,11 +36,14 @@ from api_keys import KeyFileError
 from common_utils import parse_utc, resolve_api_key, utc_now
 from config import (
     ACCURACY_SERVER_WINDOW,
+    ALERT_QUALITY,
+    ANOMALY_OUTSIDE_ABOVE,
     API_KEY_ENV,
     API_KEY_FILE_ENV,
     BAND_ADAPT_MAX_SCALE,
     BAND_ADAPT_MIN_SCALE,
     BAND_ADAPT_TARGET_MISS,
+    DASHBOARD_ANOMALY_ROWS,
     DASHBOARD_CACHE_SECONDS,
     DASHBOARD_COVERAGE_TARGET,
     DASHBOARD_DAEMON_URL_ENV,
@@ -70,6 +73,7 @@ from config import (
     HORIZON_TEXT,
     HORIZONS,
     METRIC_LABELS,
+    QUANTILE_LEVELS,
     QUANTILES,
     RISK_RED_ABOVE,
     RISK_YELLOW_AT,
@@ -560,9 +564,10 @@ def page(client: DaemonClient, refresh: int, key_text: str) -> None:
     fleet = current.data
     servers = fleet["servers"]
     alerts = fetch(client, "alerts").data or {"alerts": []}
+    anomalies = fetch(client, "anomalies", ANOMALY_OUTSIDE_ABOVE)  # on the band's edge or outside it
     tabs = st.tabs(PANELS)
     with tabs[0]:
-        overview(fleet, servers, alerts["alerts"], alerts.get("suppressed", []))
+        overview(fleet, servers, alerts["alerts"], alerts.get("suppressed", []), anomalies)
     with tabs[1]:
         heatmap(servers)
     with tabs[2]:
@@ -576,8 +581,9 @@ def page(client: DaemonClient, refresh: int, key_text: str) -> None:
 
 
 def overview(fleet: dict[str, Any], servers: list[dict[str, Any]], alerts: list[dict[str, Any]],
-             suppressed: list[dict[str, Any]] | None = None) -> None:
-    """Fleet health at a glance; ``suppressed``: open alerts held back (servers in maintenance)."""
+             suppressed: list[dict[str, Any]] | None = None, anomalies: Reply | None = None) -> None:
+    """Fleet health at a glance; ``suppressed``: open alerts held back (servers in maintenance);
+    ``anomalies``: the daemon's GET /anomalies answer (what already left its band)."""
     summary = fleet["summary"]
     # The model's own warnings (server "fleet") are about every forecast, not one server: counted and shown apart.
     model_alerts = [a for a in alerts if a.get("kind") == MODEL_DEGRADED]
@@ -643,7 +649,9 @@ def overview(fleet: dict[str, Any], servers: list[dict[str, Any]], alerts: list[
         st.dataframe(pd.DataFrame([{
             "server": a["server_name"], "profile": a["profile"], "level": a["level"], "metric": label(a["metric"]),
             "when": HORIZON_SHOWN.get(a["horizon"], a["horizon"]),
-            "in (min)": a["minutes_to_breach"], "value": round(a["predicted_value"], 1), "threshold": a["threshold"],
+            "in (min)": a["minutes_to_breach"],
+            "chance": None if a.get("probability") is None else f"{a['probability']:.0%}",
+            "value": round(a["predicted_value"], 1), "threshold": a["threshold"],
             "since": a.get("starts_at"), "why": a["reason"]} for a in server_alerts[:50]]),
             hide_index=True, width="stretch")
     else:
@@ -652,6 +660,42 @@ def overview(fleet: dict[str, Any], servers: list[dict[str, Any]], alerts: list[
         held = sorted({a["server_name"] for a in suppressed})
         st.caption(f"{len(suppressed)} alert{'s' if len(suppressed) != 1 else ''} suppressed while in maintenance: "
                    f"{', '.join(held)}.")
+    anomalous_now(anomalies)
+
+
+def anomalous_now(reply: Reply | None) -> None:
+    """The metrics that already left the p10-p90 band the model drew for now 30 min / 1 h ago, highest score first.
+
+    A model surprise, not a tier breach: the alerts look ahead at the thresholds, this looks at the present.
+    """
+    st.subheader("Anomalous now")
+    if reply is None or reply.error:
+        st.caption(f"No anomaly scores from the daemon: {reply.error if reply else 'not asked'}.")
+        return
+    data = reply.data
+    ago = " and ".join(HORIZON_TEXT.get(h, h) for h in data["horizons"])
+    if not data["servers_scored"]:
+        st.caption(f"No anomaly scores yet: a server gets one once the forecasts made {ago} before the latest bucket "
+                   f"have come due (for servers the daemon has held long enough, --established-hours).")
+        return
+    outside = [r for r in data["anomalies"] if r["score"] > ANOMALY_OUTSIDE_ABOVE]
+    if not outside:
+        st.caption(f"Nothing anomalous now: at {when(data['at'])} every scored metric of the "
+                   f"{data['servers_scored']} servers scored lies inside the p10-p90 band forecast for it {ago} "
+                   f"earlier.")
+        return
+    st.dataframe(pd.DataFrame([{
+        "server": r["server_name"], "profile": r["profile"], "metric": label(r["metric"]),
+        "band made": f"{HORIZON_TEXT.get(r['horizon'], r['horizon'])} ago", "score": round(r["score"], 1),
+        "now": round(r["actual"], 2), "p50": round(r["p50"], 2), "p10-p90": f"{r['p10']:.2f}-{r['p90']:.2f}"}
+        for r in outside[:DASHBOARD_ANOMALY_ROWS]]), hide_index=True, width="stretch")
+    outside_share = 1 - (QUANTILE_LEVELS["p90"] - QUANTILE_LEVELS["p10"])  # what a calibrated band leaves out
+    st.caption(f"At {when(data['at'])}: {len(outside)} metric{'s' if len(outside) != 1 else ''} outside the band "
+               f"forecast for now {ago} earlier (score = distance from p50 in half-widths of the band; 1 = on its "
+               f"edge). A calibrated band leaves about {outside_share:.0%} of actuals outside "
+               f"it, so a score just above 1 is common; a large one, or one that lasts, is the surprise. A model "
+               f"surprise, not a threshold: the alerts above look ahead at the tiers, this says the present already "
+               f"left what the model expected.")
 
 
 def heatmap(servers: list[dict[str, Any]]) -> None:
@@ -799,6 +843,7 @@ def model_health(client: DaemonClient, info: dict[str, Any]) -> None:
     rows = accuracy["rows"]
     if not any(r["n"] for r in rows):
         st.info(not_matured_text(accuracy["scored_since"]))
+        alert_quality(accuracy)
         return
     low, high = DRIFT_COVERAGE_BAND
     windows = accuracy["windows"]
@@ -872,6 +917,34 @@ def model_health(client: DaemonClient, info: dict[str, Any]) -> None:
             "q-risk 0.5": _rounded(r["qrisk_50"], 3), "q-risk 0.9": _rounded(r["qrisk_90"], 3)}
             for r in rows if r["group"] == group and r["n"]]), hide_index=True, width="stretch")
         st.caption("Metric x horizon pairs with matured forecasts only.")
+    alert_quality(accuracy)
+
+
+def alert_quality(accuracy: dict[str, Any]) -> None:
+    """How the daemon's own risk alerts fared, per metric (GET /accuracy ``alert_quality``, fleet-wide).
+
+    Precision, recall (breaches warned of), the breaches warned in time and the median lead; a daemon
+    that has not judged an alert yet (or predates the field) says when it will.
+    """
+    hold = ALERT_QUALITY.breach_hold_buckets * SAMPLING_INTERVAL_MINUTES
+    quality = accuracy.get("alert_quality") or []
+    window = quality[0]["window"] if quality else f"{ALERT_QUALITY.live_window_days}d"
+    hours = accuracy.get("windows", {}).get(window)
+    st.subheader(f"Alert quality, last {window_text(hours) if hours else window}")
+    if not quality:
+        st.caption(f"No alert judged yet: an alert is judged once it has closed; a breach once it has held {hold} "
+                   f"min.")
+        return
+    st.dataframe(pd.DataFrame([{
+        "metric": label(q["metric"]), "precision": _rounded(q["precision"]), "recall": _rounded(q["recall"]),
+        "median lead (min)": None if q["median_lead_minutes"] is None else round(q["median_lead_minutes"]),
+        "breaches": q["breaches"], "warned": q["warned"], "in time": q["timely"], "alert episodes": q["episodes"],
+        "false": q["false_episodes"]} for q in quality if q["window"] == window]), hide_index=True, width="stretch")
+    early, late = ALERT_QUALITY.timely_lead_minutes
+    st.caption(f"Precision: the share of closed alert episodes a breach started in (or right after). Recall: the "
+               f"share of breaches an alert was open for (a breach nobody warned of counts too). In time: warned "
+               f"{early} min to {late // 60} h ahead. Lead: from the alert's start to the breach's. The daemon "
+               f"judges an alert once it has closed, a breach once it has held {hold} min (Docs/RISK_SCORING.md).")
 
 
 def advanced(client: DaemonClient, info: dict[str, Any], fleet: dict[str, Any], alerts: dict[str, Any],

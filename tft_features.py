@@ -214,7 +214,7 @@ class FeatureSpec:
     loss_space: str = "metric"  # "metric" or "normalised" (tft_model.FleetTFT.step)
     log1p_inverse: str = "exp"  # how log1p targets are decoded: "exp" (stock, +1) or "expm1"
     # Conformal band offsets per target: {"lower": [D], "upper": [D]} in normalised units (None:
-    # uncalibrated); see tft_evaluate.fit_band_calibration.
+    # uncalibrated); see tft_evaluate.fit_band_offsets.
     band_offsets: dict[str, dict[str, list[float]]] | None = None
     # Per target, per decoder step: the share of the model's forecast change from the anchor that is
     # kept (1 = the model alone, 0 = the last value with the model's band); fitted on the validation
@@ -229,6 +229,10 @@ class FeatureSpec:
     # either side of the lagged one. None: no such input (models before 0.14.0).
     seasonal_lag: int | None = None
     seasonal_half_window: int = 0
+    # Per display metric: the chance of reaching its tier within 8 h from which it alerts, fitted on the
+    # validation days to the false-alarm budget (alert_fitting.fit_alert_thresholds). None: the policy's
+    # default for every metric (models before 0.16.0).
+    alert_thresholds: dict[str, float] | None = None
 
     @property
     def seasonal_inputs(self) -> list[str]:

@@ -58,6 +58,7 @@ from api_models import (
     AccuracyResponse,
     AlertHistoryResponse,
     AlertsResponse,
+    AnomaliesResponse,
     DemoScenario,
     DemoScenarioRequest,
     ErrorResponse,
@@ -78,6 +79,7 @@ from config import (
     ALERT_HISTORY_DAYS,
     ALERTMANAGER_DOC,
     ALERTMANAGER_RESEND_SECONDS,
+    ANOMALY_HORIZONS,
     API_KEY_ENV,
     API_KEY_FILE_ENV,
     API_REFERENCE_DOC,
@@ -97,6 +99,7 @@ from config import (
     MAX_BODY_BYTES,
     MAX_CONCURRENT_REQUESTS,
     MAX_TRACKED_SERVERS,
+    OTLP_MAPPING_FILE,
     OVERLOAD_RETRY_AFTER_SECONDS,
     PROJECT_VERSION,
     RATE_LIMIT_BURST,
@@ -131,7 +134,11 @@ from daemon_state import (
     status_document,
 )
 from forecast_engine import ForecastEngine, fleet_document, forecast_file, round_fan
+from live_anomaly import empty_document as no_anomalies
 from metrics_store import StoreError, StoreFullError
+from otlp_receiver import CONTENT_TYPE as OTLP_CONTENT_TYPE
+from otlp_receiver import OtlpError, response_body, status_body
+from otlp_receiver import check_headers as otlp_headers
 from remote_write import RemoteWriteError, check_headers
 from retrain_scheduler import parse_interval
 from tft_model import ModelLoadError
@@ -471,6 +478,7 @@ async def read_body(request: Request) -> bytes:
 status_router = APIRouter(tags=["status"])
 feed_router = APIRouter(tags=["feed"])
 remote_write_router = APIRouter(tags=["feed"])  # Prometheus remote-write in (remote_write.py)
+otlp_router = APIRouter(tags=["feed"])  # OpenTelemetry OTLP/HTTP metrics in (otlp_receiver.py)
 forecasts_router = APIRouter(tags=["forecasts"])
 admin_router = APIRouter(tags=["admin"])
 demo_router = APIRouter(tags=["demo"])
@@ -560,6 +568,44 @@ async def remote_write(request: Request) -> Response:
     return Response(status_code=204)
 
 
+def _otlp_error(status: int, detail: str, headers: dict[str, str] | None = None) -> Response:
+    """An OTLP failure answer: a protobuf ``google.rpc.Status`` saying what, why and how to fix it."""
+    return Response(status_body(status, detail), status_code=status, media_type=OTLP_CONTENT_TYPE, headers=headers)
+
+
+@otlp_router.post("/v1/metrics", dependencies=INGEST, response_class=Response,
+                  responses={**ERRORS,
+                             200: {"description": "taken: an ExportMetricsServiceResponse (protobuf); its "
+                                                  "partial_success says what was refused and why"},
+                             400: {"description": "not gzip/deflate as declared, or not an "
+                                                  "ExportMetricsServiceRequest (a google.rpc.Status protobuf)"},
+                             413: {"model": ErrorResponse, "description": "body too large, or inflating past the cap"},
+                             415: {"description": "not OTLP/HTTP protobuf (Content-Type or Content-Encoding)"},
+                             503: {"description": "the OTLP mapping is broken, or the store's disk is full: "
+                                                  "retry (Retry-After)"}})
+async def otlp_metrics(request: Request) -> Response:
+    """OpenTelemetry OTLP/HTTP metrics: the body is an ``ExportMetricsServiceRequest`` protobuf (Content-Type
+    application/x-protobuf; Content-Encoding gzip, deflate or none), from a collector's otlphttp exporter or an
+    SDK's OTLP/HTTP exporter. Host metrics (the collector's hostmetrics names, host.name naming the host) become
+    LINBORG records, one per host and collection, stored like ``POST /feed``. See Docs/COLLECTING.md.
+
+    (The body is not declared in the OpenAPI spec: no OpenAPI tool can build a protobuf body.)"""
+    daemon: Daemon = request.app.state.daemon
+    try:
+        encoding = otlp_headers(request.headers.get("content-type"), request.headers.get("content-encoding"))
+        body = await read_body(request)
+        grant = daemon.keys.grant(presented_key(request))
+        result = await asyncio.to_thread(daemon.otlp.export, body, encoding, grant)  # inflate, decode, records
+    except OtlpError as exc:
+        if exc.reason:
+            daemon.metrics.refuse(exc.reason)
+        return _otlp_error(exc.status, exc.detail)
+    except StoreFullError as exc:  # 503, not 507: OTLP clients retry only 429, 502, 503 and 504
+        logger.error("OTLP refused: %s", exc)
+        return _otlp_error(503, str(exc), headers={"Retry-After": str(DISK_FULL_RETRY_AFTER_SECONDS)})
+    return Response(response_body(result.rejected, result.message), media_type=OTLP_CONTENT_TYPE)
+
+
 @forecasts_router.get("/predictions/current", response_model=FleetPredictions, dependencies=READ,
                       responses=MODEL_ERRORS)
 async def predictions_current(daemon: DaemonDep, engine: EngineDep) -> Response:
@@ -583,7 +629,9 @@ async def predictions_server(server_name: str, daemon: DaemonDep, engine: Engine
     if result.fan is not None:
         steps = [bucket_iso(cycle.origin + k) for k in range(1, engine.spec.prediction_length + 1)]
         fan = round_fan(result.fan)
-    return ServerFan.model_construct(server=result.prediction, steps=steps, sources=engine.sources, fan=fan)
+    anomalies = daemon.accuracy.anomalies.rows(server=server_name)[0] if daemon.accuracy is not None else []
+    return ServerFan.model_construct(server=result.prediction, steps=steps, sources=engine.sources, fan=fan,
+                                     anomalies=anomalies)
 
 
 @forecasts_router.get("/alerts/active", response_model=AlertsResponse, dependencies=READ, responses=MODEL_ERRORS)
@@ -625,6 +673,29 @@ def accuracy(daemon: DaemonDep, window: Literal[tuple(ACCURACY_WINDOWS_HOURS)] |
     if server is not None and server not in daemon.fleet.servers:
         raise HTTPException(404, {"error": "unknown_server", "detail": f"No server '{server}' is tracked."})
     return accuracy_document(daemon, window, metric, horizon, profile, server)
+
+
+@forecasts_router.get("/anomalies", response_model=AnomaliesResponse, dependencies=READ,
+                      responses={**ERRORS, 404: {"model": ErrorResponse, "description": "no such server"}})
+def anomalies(daemon: DaemonDep, server: str | None = None, metric: str | None = None,
+              horizon: Literal[ANOMALY_HORIZONS] | None = None,  # type: ignore[valid-type]
+              min_score: float = 0.0) -> AnomaliesResponse:
+    """Anomalous now: per server x metric, how far the actual of the last complete bucket lies outside the
+    calibrated band of the forecast made 30 min / 1 h before it (|actual - p50| / half-width; 1 = on the
+    band's edge), highest first, at most ANOMALY_MAX_ROWS. A model surprise, not a tier breach: risk
+    alerts look ahead at the tiers."""
+    if not np.isfinite(min_score) or min_score < 0:
+        raise HTTPException(422, {"error": "invalid_request", "detail": "min_score must be a finite number >= 0 "
+                                  "(1 = on the band's edge). See Docs/API_REFERENCE.md (Anomalous now)."})
+    if server is not None and server not in daemon.fleet.servers:
+        raise HTTPException(404, {"error": "unknown_server", "detail": f"No server '{server}' is tracked."})
+    live = daemon.accuracy
+    if live is None:  # no model: nothing was forecast, so nothing is scored
+        return no_anomalies()
+    if metric is not None and metric not in live.metrics:
+        raise HTTPException(422, {"error": "invalid_request", "detail": f"metric must be one of {live.metrics} (the "
+                                  f"model's forecast metrics, as the API names them; CPU as cpu_used_pct)."})
+    return live.anomalies.document(live.model_version, server, metric, horizon, min_score)
 
 
 @forecasts_router.get("/history/{server_name}", response_model=HistoryResponse, dependencies=READ,
@@ -807,7 +878,8 @@ async def _listen(websocket: WebSocket) -> None:
 
 
 # ============================================================================ the app
-ROUTERS = (status_router, feed_router, remote_write_router, forecasts_router, admin_router, demo_router, stream_router)
+ROUTERS = (status_router, feed_router, remote_write_router, otlp_router, forecasts_router, admin_router, demo_router,
+           stream_router)
 
 
 def create_app(settings: DaemonSettings) -> FastAPI:
@@ -916,6 +988,10 @@ def build_arg_parser(parser: argparse.ArgumentParser | None = None) -> argparse.
     parser.add_argument("--remote-write-mapping", type=Path, default=REMOTE_WRITE_MAPPING_FILE, metavar="JSON",
                         help="mapping of POST /api/v1/write (Prometheus remote-write): its 'remote_write' section, "
                              "names and profiles (default %(default)s; Docs/COLLECTING.md)")
+    parser.add_argument("--otlp-mapping", type=Path, default=OTLP_MAPPING_FILE, metavar="JSON",
+                        help="mapping of POST /v1/metrics (OpenTelemetry OTLP/HTTP): its 'remote_write' section in the "
+                             "names the collector's prometheusremotewrite exporter writes, names and profiles "
+                             "(default %(default)s; Docs/COLLECTING.md, OpenTelemetry)")
     parser.add_argument("--max-servers", type=int, default=MAX_TRACKED_SERVERS,
                         help="servers tracked at most; a record for one more is rejected naming the cap "
                              "(default %(default)s; Docs/API_REFERENCE.md, Limits)")
@@ -995,7 +1071,8 @@ def run_from_args(args: argparse.Namespace) -> int:
                               max_future_seconds=args.max_future_seconds, retention_days=args.retention_days,
                               retrain_every_seconds=retrain_every, retrain_args=shlex.split(args.retrain_args),
                               alertmanager_urls=alertmanager_urls, dashboard_url=dashboard_url,
-                              remote_write_mapping=args.remote_write_mapping, max_servers=args.max_servers,
+                              remote_write_mapping=args.remote_write_mapping, otlp_mapping=args.otlp_mapping,
+                              max_servers=args.max_servers,
                               health_stall_seconds=args.health_stall_seconds,
                               housekeeping_seconds=args.housekeeping_seconds,
                               established_hours=args.established_hours)

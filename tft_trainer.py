@@ -45,6 +45,7 @@ import torch
 
 from common_utils import atomic_write_json, quiet_library_noise, setup_logging
 from config import (
+    ALERT_POLICY,
     BAND_CALIBRATION,
     BATCH_SIZE,
     CHECKPOINT_EVERY_N_EPOCHS,
@@ -606,6 +607,8 @@ class TrainSettings:
     # persistence blend and conformal p10/p90 offsets fitted on the validation windows after training
     # (config PERSISTENCE_BLEND, BAND_CALIBRATION)
     calibrate_bands: bool = BAND_CALIBRATION
+    # the alert policy's probability thresholds fitted on the validation days (alert_fitting.py)
+    fit_alert_thresholds: bool = ALERT_POLICY.fit_on_validation
     # statsforecast models scored beside the naive baselines in that backtest (empty: none)
     statistical: tuple[str, ...] = STATISTICAL_METHODS
     max_time_minutes: float | None = None
@@ -876,9 +879,17 @@ def train(settings: TrainSettings) -> TrainResult | None:
         from tft_evaluate import fit_calibration
 
         fit_calibration(model, data.spec, data.store, data.train_end_tidx + 1, data.val_end_tidx, seed=settings.seed)
+    alert_report = None
+    if settings.fit_alert_thresholds:
+        from alert_fitting import fit_alert_thresholds
+
+        thresholds, alert_report = fit_alert_thresholds(model, data.spec, data.store, data.train_end_tidx + 1,
+                                                        data.val_end_tidx, seed=settings.seed)
+        data.spec.alert_thresholds = thresholds or None
     backtest = backtest_held_out(model, data, settings.statistical) if settings.backtest else None
     info = training_info(settings, data, run, model, hardware, trainer.num_devices, fit_seconds,
                          time.perf_counter() - began, backtest)
+    info["alert_policy"] = alert_report
     model_dir = write_model_dir(new_model_dir(settings.models_dir), model, data.spec, data.encoder, info,
                                 update_latest=settings.update_latest)
     if not settings.keep_checkpoints:
@@ -925,6 +936,9 @@ def build_arg_parser(parser: argparse.ArgumentParser | None = None) -> argparse.
     parser.add_argument("--no-calibration", action="store_true",
                         help="keep the model's raw output (no persistence blend or conformal bands fitted on the "
                              "validation windows)")
+    parser.add_argument("--no-alert-fit", action="store_true",
+                        help="keep the alert policy's default probability threshold for every metric (no fit to "
+                             "the false-alarm budget on the validation days)")
     from tft_evaluate import add_statistical_arguments
 
     add_statistical_arguments(parser)
@@ -952,7 +966,8 @@ def settings_from_args(args: argparse.Namespace) -> TrainSettings:
         checkpoint_every=args.checkpoint_every,
         backtest=not args.no_backtest, max_time_minutes=args.max_minutes, max_memory_gb=args.max_memory_gb,
         compile=args.compile, statistical=statistical_from_args(args),
-        calibrate_bands=BAND_CALIBRATION and not args.no_calibration)
+        calibrate_bands=BAND_CALIBRATION and not args.no_calibration,
+        fit_alert_thresholds=ALERT_POLICY.fit_on_validation and not args.no_alert_fit)
 
 
 def run_from_args(args: argparse.Namespace) -> int:

@@ -92,6 +92,20 @@ def test_accuracy_is_the_daemons_document_with_its_filters(served):
         client.accuracy(window="3d")
 
 
+def test_anomalies_are_the_daemons_document_with_its_filters(served):
+    daemon, client, _ = served
+    params = {"min_score": 1.0, "metric": "mem_used_pct", "horizon": "30min"}
+    with daemon.client() as raw:  # the client returns exactly what the daemon sent, filters passed as sent
+        assert client.anomalies() == raw.get("/anomalies").json()
+        assert client.anomalies(**params) == raw.get("/anomalies", params=params).json()
+    assert client.anomalies()["horizons"] == ["30min", "1hr"]
+    with pytest.raises(DaemonError) as unknown:
+        client.anomalies(server="ppweb999")
+    assert unknown.value.status == 404 and unknown.value.error == "unknown_server"
+    with pytest.raises(DaemonError, match="^422: "):
+        client.anomalies(min_score=-1.0)
+
+
 def test_demo_scenario_round_trip(served):
     _, client, _ = served
     assert client.set_demo_scenario("degrading")["scenario"] == "degrading"

@@ -21,8 +21,10 @@ from streamlit.testing.v1.element_tree import Selectbox
 
 from api_models import Alert
 from config import (
+    ANOMALY_OUTSIDE_ABOVE,
     API_KEY_ENV,
     API_KEY_FILE_ENV,
+    DASHBOARD_ANOMALY_ROWS,
     DASHBOARD_CACHE_SECONDS,
     DASHBOARD_DAEMON_URL_ENV,
     DASHBOARD_DAEMON_URLS_ENV,
@@ -133,6 +135,16 @@ def test_every_panel_renders_with_data(fed_daemon, dashboard):
     connection = advanced.get("table")[1].value
     assert fed_daemon.url in connection.to_string() and "every" in connection.to_string()
     assert "cpu_idle" not in _text(at)  # CPU is only ever shown as used
+    # "Anomalous now": the daemon's scores above the band's edge, or a sentence saying there are none.
+    with fed_daemon.client() as client:
+        anomalies = client.get("/anomalies", params={"min_score": ANOMALY_OUTSIDE_ABOVE}).json()
+    outside = [r for r in anomalies["anomalies"] if r["score"] > ANOMALY_OUTSIDE_ABOVE]
+    assert anomalies["at"] and "Anomalous now" in _text(overview)  # +30 min forecasts came due at the last cycle
+    if outside:
+        assert list(overview.dataframe[-1].value["server"]) == [r["server_name"] for r in
+                                                                outside[:DASHBOARD_ANOMALY_ROWS]]
+    else:
+        assert "Nothing anomalous now" in _text(overview)
 
 
 def _figure(element) -> dict:  # noqa: ANN001 - an AppTest plotly_chart element
@@ -145,6 +157,12 @@ def _grid(figure: dict) -> dict[tuple[str, str], float | None]:
     trace = figure["data"][0]
     return {(metric, horizon): value for metric, row in zip(trace["y"], trace["z"], strict=True)
             for horizon, value in zip(trace["x"], row, strict=True)}
+
+
+def _label(metric: str) -> str:
+    """How the page names a metric: 'Memory (%)'."""
+    name, unit = METRIC_LABELS[metric]
+    return f"{name} ({unit})" if unit else name
 
 
 def _cell(row: dict) -> tuple[str, str]:
@@ -186,7 +204,11 @@ def test_model_health_shows_the_daemons_live_accuracy(fed_daemon, dashboard):
     for row in fleet_24h:
         if not row["n"]:
             assert shown_coverage[_cell(row)] is None
-    bands, worst, every = (d.value for d in health.dataframe)
+    bands, worst, every, *quality = (d.value for d in health.dataframe)
+    if accuracy.get("alert_quality"):
+        assert list(quality[0]["metric"]) == [_label(q["metric"]) for q in accuracy["alert_quality"]]
+    else:
+        assert not quality and "No alert judged yet: an alert is judged once it has closed" in text
     assert list(bands.columns) == ["metric", "+30 min", "+1 h", "+8 h"] and len(bands) == len(fleet_24h) // 3
     first = fleet_24h[0]
     assert bands.iloc[0]["+30 min"] == f"x{first['band_scale_low']:.2f} / x{first['band_scale_high']:.2f}"
@@ -238,6 +260,39 @@ def test_model_degraded_warnings_read_as_the_models_not_a_servers(fed_daemon, da
     assert "No model_degraded warning" not in _text(health)
 
 
+def test_anomalies_and_alert_quality_are_the_daemons_figures(fed_daemon, dashboard, monkeypatch):
+    """The Overview lists what lies outside its band (score above 1) and nothing inside it; Model health's alert
+    quality table is /accuracy's alert_quality. The tiny daemon has neither to show for sure, so its real answers
+    get made-up rows, shaped as the daemon builds them."""
+    def row(server: str, metric: str, score: float) -> dict:
+        return {"server_name": server, "profile": "database", "metric": metric, "horizon": "30min", "score": score,
+                "side": "above", "actual": 31.5, "p10": 8.0, "p50": 12.0, "p90": 17.5,
+                "forecast_made_at": "2026-03-02T08:55:00Z"}
+
+    quality = [{"metric": "cpu_iowait_pct", "window": "7d", "breaches": 4, "warned": 3, "timely": 2,
+                "median_lead_minutes": 42.0, "episodes": 5, "false_episodes": 1, "precision": 0.8, "recall": 0.75},
+               {"metric": "mem_used_pct", "window": "7d", "breaches": 0, "warned": 0, "timely": 0,
+                "median_lead_minutes": None, "episodes": 2, "false_episodes": 2, "precision": 0.0, "recall": None}]
+    real_anomalies, real_accuracy = DaemonClient.anomalies, DaemonClient.accuracy
+    monkeypatch.setattr(DaemonClient, "anomalies", lambda self, *a, **kw: {
+        **real_anomalies(self, *a, **kw), "anomalies": [row("ppdb001", "cpu_iowait_pct", 3.4),
+                                                        row("ppdb002", "mem_used_pct", 0.5)]})
+    monkeypatch.setattr(DaemonClient, "accuracy", lambda self, *a, **kw: {
+        **real_accuracy(self, *a, **kw), "alert_quality": quality})
+    streamlit.cache_data.clear()
+    at = dashboard(fed_daemon.url)
+    overview, health = at.tabs[0], at.tabs[HEALTH]
+    table = overview.dataframe[-1].value
+    assert list(table["server"]) == ["ppdb001"] and list(table["score"]) == [3.4]
+    assert table.iloc[0]["metric"] == "I/O wait (%)" and table.iloc[0]["band made"] == "30 min ago"
+    assert table.iloc[0]["p10-p90"] == "8.00-17.50" and "1 metric outside the band" in _text(overview)
+    assert "Alert quality, last 7 d" in _text(health) and "No alert judged yet" not in _text(health)
+    shown = health.dataframe[-1].value
+    assert list(shown["metric"]) == ["I/O wait (%)", "Memory (%)"]
+    assert list(shown["precision"]) == [0.8, 0.0] and shown.iloc[0]["recall"] == 0.75
+    assert shown.iloc[0]["median lead (min)"] == 42 and shown.iloc[1].isna()["median lead (min)"]
+
+
 def test_model_health_says_when_nothing_has_matured(tiny_training, tmp_path, dashboard):
     """Before any forecast's target time has come: a plain sentence of when figures come, no chart."""
     daemon = DaemonProcess(tiny_training.model_dir, tmp_path / "young.sqlite3", "--rate-per-minute", "100000")
@@ -266,6 +321,8 @@ def test_model_health_says_when_nothing_has_matured(tiny_training, tmp_path, das
         assert f"+30 min at {(first + timedelta(minutes=30)):%Y-%m-%d %H:%M} UTC" in info
         assert f"+8 h at {(first + timedelta(hours=8)):%Y-%m-%d %H:%M} UTC" in info
         assert not health.get("plotly_chart") and not health.dataframe and not health.error
+        assert "No alert judged yet" in _text(health)
+        assert "No anomaly scores yet" in _text(at.tabs[0])  # nothing has come due (and none is established)
     finally:
         daemon.stop()
 
@@ -581,6 +638,7 @@ def test_dashboard_in_a_real_browser_fed_by_the_stream(tiny_training, tmp_path):
         assert set(texts) == set(PANELS)
         assert "Connected" in header and "tft_model_" in header and "Last forecast" in header, header
         assert "Servers" in texts["Overview"] and "Active alerts" in texts["Overview"]
+        assert "Anomalous now" in texts["Overview"] and "Alert quality, last 7 d" in texts["Model health"]
         # Server names (never hash ids) on the panels that list servers, each with its profile.
         for name in ("Heatmap", "Top Servers", "Historical"):
             assert re.search(r"pp[a-z]+\d{2,4}", texts[name]), name
