@@ -16,27 +16,47 @@ else ``ALERT_POLICY.default_threshold``. A 10 % chance 7 h away is then not a pa
 from __future__ import annotations
 
 import numpy as np
-from scipy.special import ndtr
+from scipy.special import ndtr, ndtri
 
 from config import ALERT_POLICY
+
+
+def exceedance_z(p10: np.ndarray, p50: np.ndarray, p90: np.ndarray, threshold: np.ndarray | float) -> np.ndarray:
+    """The threshold's distance above p50 in the band's spread on its side (the chance is ``ndtr(-z)``,
+    decreasing in z); +inf where the threshold or p50 is not finite, or a zero-width band lies below it."""
+    p10, p50, p90 = (np.asarray(a, dtype=float) for a in (p10, p50, p90))
+    threshold = np.asarray(threshold, dtype=float)
+    width = np.where(threshold >= p50, p90 - p50, p50 - p10) / ALERT_POLICY.z90
+    distance = threshold - p50
+    with np.errstate(divide="ignore", invalid="ignore"):
+        z = np.where(width > 0, distance / np.where(width > 0, width, 1.0), np.where(distance > 0, np.inf, -np.inf))
+    return np.where(np.isfinite(threshold) & np.isfinite(p50), z, np.inf)
 
 
 def exceedance(p10: np.ndarray, p50: np.ndarray, p90: np.ndarray, threshold: np.ndarray | float) -> np.ndarray:
     """P(value >= threshold) per element (arrays broadcast; a (S,) threshold against (S, D) bands: pass
     ``threshold[:, None]``). A band of zero width is a certainty either way; NaN thresholds give 0."""
-    p10, p50, p90 = (np.asarray(a, dtype=float) for a in (p10, p50, p90))
-    threshold = np.asarray(threshold, dtype=float)
-    above = threshold >= p50
-    width = np.where(above, p90 - p50, p50 - p10) / ALERT_POLICY.z90
-    distance = threshold - p50
-    with np.errstate(divide="ignore", invalid="ignore"):
-        z = np.where(width > 0, distance / np.where(width > 0, width, 1.0), np.where(distance > 0, np.inf, -np.inf))
-    return np.where(np.isfinite(threshold) & np.isfinite(p50), ndtr(-z), 0.0)
+    return ndtr(-exceedance_z(p10, p50, p90, threshold))
+
+
+def chance_of(z: np.ndarray) -> np.ndarray:
+    """The chance a distance ``z`` (:func:`exceedance_z`) stands for."""
+    return ndtr(-np.asarray(z, dtype=float))
+
+
+def z_for(chance: float) -> float:
+    """The distance at which the chance is exactly ``chance`` (chance >= c  <=>  z <= z_for(c))."""
+    return float(-ndtri(chance))
 
 
 def reach_profile(band: dict[str, np.ndarray], threshold: np.ndarray) -> np.ndarray:
     """(S, D): the chance each server's metric is at or above its ``threshold`` (S,) at each forecast step."""
-    return exceedance(band["p10"], band["p50"], band["p90"], np.asarray(threshold, dtype=float)[:, None])
+    return chance_of(reach_z(band, threshold))
+
+
+def reach_z(band: dict[str, np.ndarray], threshold: np.ndarray) -> np.ndarray:
+    """(S, D): :func:`exceedance_z` of each step (the daemon compares these, one chance per server)."""
+    return exceedance_z(band["p10"], band["p50"], band["p90"], np.asarray(threshold, dtype=float)[:, None])
 
 
 def within(profile: np.ndarray, steps: int) -> np.ndarray:

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from alert_policy import reach_profile, thresholds_for
+from alert_policy import chance_of, reach_z, thresholds_for, z_for
 from alert_quality import breach_in_progress
 from api_models import Alert
 from config import (
@@ -223,12 +223,13 @@ def _policy_findings(n: int, profiles: list[str], current: dict[str, np.ndarray]
                                    "eta": None, "probability": 1.0})
             if band is None or not np.isfinite(column).any():
                 continue
-            chance = reach_profile(band, column)  # (S, D)
-            peak = np.argmax(chance, axis=1)
-            best = chance[np.arange(n), peak]
+            z = reach_z(band, column)  # (S, D): the chance falls as z grows, so compare distances
+            peak = np.argmin(z, axis=1)
+            best = chance_of(z[np.arange(n), peak])
             theta = thresholds.get(metric, 1.0)
+            limit = z_for(theta)
             for i in np.flatnonzero(best >= theta):
-                first = int(np.flatnonzero(chance[i] >= theta)[0])
+                first = int(np.flatnonzero(z[i] <= limit)[0]) if (z[i] <= limit).any() else int(peak[i])
                 out[i].append({"metric": metric, "horizon": _horizon_of(first), "level": level,
                                "value": float(band["p90"][i, peak[i]]), "threshold": float(column[i]),
                                "p50": float(band["p50"][i, peak[i]]), "probability": float(best[i]),
