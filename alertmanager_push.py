@@ -129,11 +129,14 @@ def alert_annotations(alert: Alert, dashboard_url: str = DASHBOARD_URL) -> dict[
         summary = f"Forecasts of {name} at {when} no longer hold (model degraded)"
         value_key = "observed_value"
     elif alert.horizon == "now":
-        summary = f"{alert.server_name}: {name} at {alert.level} level now"
+        summary = f"{alert.server_name}: {name} breach in progress ({alert.level} level)"
         value_key = "current_value"
+    elif alert.probability is not None:  # the chance is of the tier within 8 h (alert_policy.py)
+        summary = (f"{alert.server_name}: {name} may reach {alert.level} level: {alert.probability:.0%} chance "
+                   f"within 8 h, likely from {when} on")
+        value_key = "p90"
     else:
-        chance = f" ({alert.probability:.0%} chance)" if alert.probability is not None else ""
-        summary = f"{alert.server_name}: {name} may reach {alert.level} level within {when}{chance}"
+        summary = f"{alert.server_name}: {name} may reach {alert.level} level within {when}"
         value_key = "p90"
     notes = {"summary": summary, "description": alert.reason, value_key: _number(alert.predicted_value),
              "threshold": _number(alert.threshold), "dashboard": dashboard_url}

@@ -1139,8 +1139,9 @@ class Daemon:
         """Confirm breaches and judge closed alert episodes (live_alerts.py), refresh their figures."""
         current = {name: r.prediction.current for name, r in result.servers.items() if r.prediction.current}
         before = (dict(self.outcomes.breaches_total), dict(self.outcomes.judged_total))
-        with self.lock:
-            self.outcomes.observe(self.fleet, origin, current)
+        with self.lock:  # the windows only; the store is written after
+            confirmed = self.outcomes.confirm(self.fleet, origin, current)
+        self.outcomes.record(confirmed, origin)
         new = [{k: v - old.get(k, 0) for k, v in now.items() if v != old.get(k, 0)}
                for old, now in zip(before, (self.outcomes.breaches_total, self.outcomes.judged_total), strict=True)]
         self.metrics.alert_quality(self.outcomes.summary(origin), *new)

@@ -7,10 +7,12 @@ benchmark scores with:
   ``breach_hold_buckets`` up to the cycle's bucket after an hour below the elevated tier; it is recorded
   (table ``alert_breaches``) with the lead of the risk alert that was open at its first bucket (none: an
   unwarned breach, which counts against recall);
-* a risk alert's **episode** is judged once it has closed and the bucket after it could still have started
-  a breach (``hold`` buckets later): true when a breach of that server and metric started while it was open,
-  at the bucket after, or was confirmed while it was open (table ``alert_outcomes``). An alert still open is
-  not judged yet.
+* a risk alert's **episode** runs from its ``starts_at`` through its hold-down (the tracker's ``ends_at`` is the
+  first cycle without it; it stays listed open ``ALERT_HOLD_DOWN_BUCKETS - 1`` cycles more, as
+  ``alert_quality.hold_open`` counts it); it is judged once it has closed and the bucket after it could still
+  have started a breach (``hold`` buckets later): true when a breach of that server and metric started
+  while it was open, at the bucket after, or was confirmed while it was open (table ``alert_outcomes``). An
+  alert still open is not judged yet.
 
 Figures are over the last ``live_window_days`` (7) of data time, per metric: precision (true / judged
 episodes), recall (warned / breaches), timely share (lead 30 min - 8 h), median lead. Suppressed alerts
@@ -25,7 +27,14 @@ from typing import Any
 import numpy as np
 
 from alert_quality import confirmed_onsets
-from config import ALERT_QUALITY, LINBORG_METRICS, RISK_METRICS, SAMPLING_INTERVAL_MINUTES, STEPS_PER_DAY
+from config import (
+    ALERT_HOLD_DOWN_BUCKETS,
+    ALERT_QUALITY,
+    LINBORG_METRICS,
+    RISK_METRICS,
+    SAMPLING_INTERVAL_MINUTES,
+    STEPS_PER_DAY,
+)
 from contract import DISPLAY_CPU, cpu_used
 from metrics_store import FleetWindows, MetricsStore
 from risk_scoring import tiers_for
@@ -65,16 +74,22 @@ class AlertOutcomes:
         self.store = store
         store.execute_script(_SCHEMA)
         self.hold, self.quiet = Q.breach_hold_buckets, Q.quiet_buckets
+        self.tail = ALERT_HOLD_DOWN_BUCKETS - 1  # cycles an alert stays open after its ends_at (the hold-down)
         self.window_buckets = Q.live_window_days * STEPS_PER_DAY
         self.breaches_total: dict[tuple[str, bool], int] = {}  # (metric, warned) -> since start
         self.judged_total: dict[tuple[str, bool], int] = {}  # (metric, true alarm) -> since start
 
     def observe(self, fleet: FleetWindows, origin: int, current: dict[str, dict[str, float]]) -> int:
-        """One cycle: confirm breaches whose hold completes at ``origin``, judge closed episodes; the breaches.
+        """:meth:`confirm` then :meth:`record` (tests and tools; the daemon holds its windows' lock for the first)."""
+        return self.record(self.confirm(fleet, origin, current), origin)
+
+    def confirm(self, fleet: FleetWindows, origin: int,
+                current: dict[str, dict[str, float]]) -> list[tuple[str, str, int]]:
+        """The breaches whose hold completes at ``origin``: (server, metric, first bucket).
 
         ``current``: server -> display metric -> its value at ``origin`` (the cycle's current values): a
         breach needs the tier held up to now, so only servers at a warning tier are read further (call
-        under the windows' lock).
+        under the windows' lock; no store access).
         """
         rows = []
         need = self.quiet + self.hold
@@ -92,10 +107,15 @@ class AlertOutcomes:
                 elevated = np.minimum(np.array([_tier(metric, window.profile, "elevated")]), warning)
                 if confirmed_onsets(series, warning, elevated, self.hold, self.quiet)[0]:
                     rows.append((server, metric, origin - self.hold + 1))
-        for server, metric, at in rows:
-            lead = self._lead(server, metric, at)
+        return rows
+
+    def record(self, rows: list[tuple[str, str, int]], origin: int) -> int:
+        """Store confirmed breaches with their leads (one transaction), judge closed episodes; the breaches."""
+        leads = [self._lead(server, metric, at) for server, metric, at in rows]
+        if rows:
             self.store.execute_many("INSERT OR IGNORE INTO alert_breaches (server, metric, at, lead) VALUES "
-                                    "(?, ?, ?, ?)", [(server, metric, at, lead)])
+                                    "(?, ?, ?, ?)", [(*row, lead) for row, lead in zip(rows, leads, strict=True)])
+        for (server, metric, at), lead in zip(rows, leads, strict=True):
             key = (metric, lead is not None)
             self.breaches_total[key] = self.breaches_total.get(key, 0) + 1
             logger.info("breach: %s %s from %s, %s", server, metric, at,
@@ -106,19 +126,20 @@ class AlertOutcomes:
     def _lead(self, server: str, metric: str, at: int) -> int | None:
         """Buckets between the start of the unsuppressed risk alert open at ``at`` and ``at`` (None: none open)."""
         row = self.store.query("SELECT starts_at FROM alerts WHERE id = ? AND starts_at <= ? AND suppressed = 0 "
-                               "AND (ends_at IS NULL OR ends_at > ?) ORDER BY starts_at DESC LIMIT 1",
-                               (f"risk:{server}:{metric}", at, at))
+                               "AND (ends_at IS NULL OR ends_at + ? > ?) ORDER BY starts_at DESC LIMIT 1",
+                               (f"risk:{server}:{metric}", at, self.tail, at))
         return int(at - row[0][0]) if row else None
 
     def _judge(self, origin: int) -> None:
-        """Judge risk episodes that closed at least ``hold`` buckets ago (a breach at their end is known now)."""
-        ripe = origin - self.hold + 1
+        """Judge risk episodes whose hold-down ended long enough ago that a breach at the bucket after is known."""
+        ripe = origin - self.hold + 1 - self.tail  # ends_at + tail = the first bucket closed
         pending = self.store.query(
             "SELECT a.id, a.starts_at, a.ends_at, a.metric, EXISTS (SELECT 1 FROM alert_breaches b WHERE "
-            "b.server = a.server AND b.metric = a.metric AND b.at BETWEEN a.starts_at - ? AND a.ends_at) FROM alerts a "
+            "b.server = a.server AND b.metric = a.metric AND b.at BETWEEN a.starts_at - ? AND a.ends_at + ?) "
+            "FROM alerts a "
             "WHERE a.kind = 'risk' AND a.suppressed = 0 AND a.ends_at IS NOT NULL AND a.ends_at <= ? "
             "AND a.ends_at >= ? AND NOT EXISTS (SELECT 1 FROM alert_outcomes o WHERE o.id = a.id "
-            "AND o.starts_at = a.starts_at)", (self.hold - 1, ripe, origin - self.window_buckets))
+            "AND o.starts_at = a.starts_at)", (self.hold - 1, self.tail, ripe, origin - self.window_buckets))
         if not pending:
             return
         self.store.execute_many("INSERT OR IGNORE INTO alert_outcomes (id, starts_at, ends_at, metric, true_alarm) "

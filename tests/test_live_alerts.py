@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 
 from alert_quality import breach_onsets, score_rule
+from config import ALERT_HOLD_DOWN_BUCKETS
 from metrics_generator import FleetSimulator
 from risk_scoring import tiers_for
 from tests.conftest import TINY_FLEET
@@ -58,7 +59,9 @@ def test_a_fed_daemon_confirms_breaches_and_judges_its_alerts_like_the_offline_s
         values[i] = np.where(present, raw[:, list(window_metrics()).index(metric)], np.nan)
         for starts_at, ends_at in daemon.store.query(
                 "SELECT starts_at, ends_at FROM alerts WHERE id = ? AND suppressed = 0", (f"risk:{name}:{metric}",)):
-            opened[i, starts_at - lo:(ends_at if ends_at is not None else last + 1) - lo] = True
+            # the episode as listed open: through the hold-down (ends_at is the first cycle without it)
+            end = ends_at + ALERT_HOLD_DOWN_BUCKETS - 1 if ends_at is not None else last + 1
+            opened[i, starts_at - lo:end - lo] = True
     profiles = [daemon.fleet.servers[n].profile for n in servers]
     warning = np.array([_tier(metric, p, "warning") for p in profiles])
     elevated = np.minimum(np.array([_tier(metric, p, "elevated") for p in profiles]), warning)
@@ -75,7 +78,7 @@ def test_a_fed_daemon_confirms_breaches_and_judges_its_alerts_like_the_offline_s
                                 (f"risk:{victim}:{metric}",))
     assert judged and any(t for _, _, t in judged)
     for starts_at, ends_at, true_alarm in judged:
-        assert true_alarm == int(starts_at - 1 <= onset <= ends_at)
+        assert true_alarm == int(starts_at - 1 <= onset <= ends_at + ALERT_HOLD_DOWN_BUCKETS - 1)
 
     document = accuracy_document(daemon, None, metric, None, None, None)
     [quality] = document.alert_quality
