@@ -876,7 +876,7 @@ ALERT_HISTORY_MAX_ROWS = 1000
 
 @dataclass(frozen=True)
 class AlertPolicy:
-    """When a forecast becomes an alert (alert_policy.py; Docs/RISK_SCORING.md, "Alert policy").
+    """When a forecast becomes an alert (alert_policy.py; Docs/RISK_SCORING.md, "Alerts: the policy").
 
     A metric alerts when the chance of reaching its tier within 8 h (estimated from the calibrated
     p10/p50/p90) is at least the metric's probability threshold, chosen by the trainer on its
@@ -903,7 +903,8 @@ class AlertQuality:
 
     A breach starts when a metric reaches its warning tier and holds it ``breach_hold_buckets``, after at
     least ``quiet_buckets`` below its elevated tier. An alert episode is true when a breach starts while it
-    is open (or the bucket after it closes). A warning is timely when it came ``timely_lead_minutes`` ahead.
+    is open (or the bucket after it closes, or is confirmed while it is open). A warning is timely when it came
+    ``timely_lead_minutes`` ahead.
     """
 
     breach_hold_buckets: int = CRITICAL_ENTER_BUCKETS  # the contract's enter time (10 min)
