@@ -27,16 +27,12 @@ from common_utils import atomic_write_json
 from config import ALERT_POLICY, MODEL_CONFIG_FILE, STEPS_PER_HOUR
 from contract import cpu_used
 from forecast_engine import display_forecast, display_metrics
-from risk_scoring import tiers_for
+from risk_scoring import breach_tiers
 from tft_evaluate import predict_windows
 from tft_features import FeatureSpec, SeriesStore, build_features
 from tft_model import FleetTFT, load_model
 
 logger = logging.getLogger(__name__)
-
-
-def _tier(metric: str, profile: str, level: str) -> float:
-    return next((t for t, lv in tiers_for(metric, profile) if lv == level), np.inf)
 
 
 def _display_series(store: SeriesStore, target_index: int, target: str, server: int) -> np.ndarray:
@@ -71,7 +67,7 @@ def fit_alert_thresholds(model: FleetTFT, spec: FeatureSpec, store: SeriesStore,
     thresholds: dict[str, float] = {}
     for j, (target, metric) in enumerate(zip(spec.targets, display_metrics(spec.targets), strict=True)):
         profiles = [store.profiles[s] for s in servers]
-        warning = np.array([_tier(metric, p, "warning") for p in profiles])
+        warning = breach_tiers(metric, profiles)[0]
         if not np.isfinite(warning).any():
             continue
         chance = within(reach_profile(fan[metric], warning), spec.prediction_length)  # (W,)
@@ -119,9 +115,8 @@ def _timelines(store: SeriesStore, j: int, target: str, metric: str, servers: np
     length = max(b - a for a, b in spans.values()) + 1 + lead_in
     shape = (len(unique), length)
     chances = np.zeros(shape)
-    now_raised = np.zeros(shape, dtype=bool)
     values = np.full(shape, np.nan)
-    warning, elevated = np.full(len(unique), np.inf), np.full(len(unique), np.inf)
+    warning, elevated = breach_tiers(metric, [store.profiles[s] for s in unique])
     for k, s in enumerate(unique):
         a, b = spans[s]
         series = _display_series(store, j, target, s)
@@ -130,11 +125,9 @@ def _timelines(store: SeriesStore, j: int, target: str, metric: str, servers: np
         values[k, lead_in - (a - lo):lead_in - (a - lo) + len(part)] = part
         mine = servers == s
         chances[k, lead_in + (starts[mine] + enc - 1 - a)] = chance[mine]
-        warning[k] = _tier(metric, store.profiles[s], "warning")
-        elevated[k] = _tier(metric, store.profiles[s], "elevated")
-    now_raised = breach_in_progress(values, warning, np.minimum(elevated, warning))  # as the engine's "now"
+    now_raised = breach_in_progress(values, warning, elevated)  # as the engine's "now"
     now_raised[:, :lead_in] = False
-    onsets = breach_onsets(values, warning, np.minimum(elevated, warning))
+    onsets = breach_onsets(values, warning, elevated)
     return chances, now_raised, onsets, lead_in
 
 

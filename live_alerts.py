@@ -37,7 +37,7 @@ from config import (
 )
 from contract import DISPLAY_CPU, cpu_used
 from metrics_store import FleetWindows, MetricsStore
-from risk_scoring import tiers_for
+from risk_scoring import breach_tiers, tier_threshold
 
 logger = logging.getLogger(__name__)
 Q = ALERT_QUALITY
@@ -54,10 +54,6 @@ CREATE TABLE IF NOT EXISTS alert_outcomes (
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS alert_outcomes_by_end ON alert_outcomes(ends_at);
 """
-
-
-def _tier(metric: str, profile: str, level: str) -> float:
-    return next((t for t, lv in tiers_for(metric, profile) if lv == level), np.inf)
 
 
 def _display(values: np.ndarray, metric: str) -> np.ndarray:
@@ -97,14 +93,13 @@ class AlertOutcomes:
             window = fleet.servers.get(server)
             if window is None:
                 continue
-            hot = [m for m in RISK_METRICS if m in values and values[m] >= _tier(m, window.profile, "warning")]
+            hot = [m for m in RISK_METRICS if m in values and values[m] >= tier_threshold(m, window.profile, "warning")]
             if not hot:
                 continue
             raw, _, present = window.window(origin, need)
             for metric in hot:
                 series = np.where(present, _display(raw, metric), np.nan)[None, :]
-                warning = np.array([_tier(metric, window.profile, "warning")])
-                elevated = np.minimum(np.array([_tier(metric, window.profile, "elevated")]), warning)
+                warning, elevated = breach_tiers(metric, [window.profile])
                 if confirmed_onsets(series, warning, elevated, self.hold, self.quiet)[0]:
                     rows.append((server, metric, origin - self.hold + 1))
         return rows

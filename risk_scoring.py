@@ -119,6 +119,19 @@ def _profile_note(metric: str, profile: str) -> str:
 _LEVELS = ["elevated", "warning", "critical"]  # codes 1, 2, 3 (0 = no tier reached)
 
 
+def tier_threshold(metric: str, profile: str, level: str) -> float:
+    """The threshold of one tier of ``metric`` for ``profile`` (inf: it has no such tier)."""
+    return next((t for t, lv in tiers_for(metric, profile) if lv == level), np.inf)
+
+
+def breach_tiers(metric: str, profiles: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """(S,) warning tiers and (S,) the level a metric must stay below for an hour before a new breach
+    (the elevated tier, or the warning one where a profile has no elevated tier): alert_quality's inputs."""
+    warning = np.array([tier_threshold(metric, p, "warning") for p in profiles], dtype=float)
+    elevated = np.array([tier_threshold(metric, p, "elevated") for p in profiles], dtype=float)
+    return warning, np.minimum(elevated, warning)
+
+
 def _threshold_columns(metric: str, profiles: list[str]) -> np.ndarray:
     """(S, 3) thresholds of the elevated, warning, critical tiers per server (inf = no such tier)."""
     columns = np.full((len(profiles), len(_LEVELS)), np.inf)

@@ -65,7 +65,7 @@ from config import (
 from contract import DISPLAY_CPU, bucket_of_times, cpu_used
 from daemon_state import Daemon, DaemonSettings
 from metrics_generator import fleet_from_total, generate_dataset
-from risk_scoring import tiers_for
+from risk_scoring import breach_tiers, tier_threshold
 from tft_model import load_model
 from trace_importer import import_traces, measured_metrics_for
 
@@ -77,10 +77,6 @@ FORECAST_PART = "  its forecast alerts only"
 NOW_PART = "  its breach-in-progress alerts only"
 OLD_RULES = ("0.15 rule: any p90 within 8h >= warning", "0.15 rule: any p90 within 1h >= warning")
 FEED_BATCH_BUCKETS = 12  # history is fed an hour of buckets per call
-
-
-def _tier(metric: str, profile: str, level: str) -> float:
-    return next((t for t, lv in tiers_for(metric, profile) if lv == level), np.inf)
 
 
 def display_frame(frame: pd.DataFrame, metric: str) -> pd.DataFrame:
@@ -146,7 +142,7 @@ def replay(model_dir: Path, frame: pd.DataFrame, first_scored: int, last: int, w
                     if alert.horizon == "now" and alert.metric in masks["now"]:
                         masks["now"][alert.metric][index[name], k] = True
                 for m in metrics:
-                    warning = _tier(m, server.prediction.profile, "warning")
+                    warning = tier_threshold(m, server.prediction.profile, "warning")
                     p90 = fan[m]["p90"]
                     masks["old_8h"][m][index[name], k] = p90[: steps["8hr"]].max() >= warning
                     masks["old_1h"][m][index[name], k] = p90[: steps["1hr"]].max() >= warning
@@ -172,8 +168,7 @@ def score_all(frame: pd.DataFrame, replayed: dict[str, Any], first_scored: int, 
     for m in metrics:
         wide = display_frame(frame, m).reindex(index=servers, columns=range(lo, last + 1))
         values = wide.to_numpy(dtype=float)
-        warning = np.array([_tier(m, p, "warning") for p in profiles])
-        elevated = np.minimum(np.array([_tier(m, p, "elevated") for p in profiles]), warning)
+        warning, elevated = breach_tiers(m, profiles)
         onsets = breach_onsets(values, warning, elevated)
         offset = first_cycle - lo  # column of the first cycle
         first, stop = first_scored - lo, last - lo + 1
@@ -285,7 +280,7 @@ def tiered_metrics(frame: pd.DataFrame, data_path: Path, targets: list[str]) -> 
         if measured is not None and target not in measured:
             continue
         m = DISPLAY_CPU if target == "cpu_idle_pct" else target
-        if any(np.isfinite(_tier(m, p, "warning")) for p in frame["profile"].unique()):
+        if any(np.isfinite(tier_threshold(m, p, "warning")) for p in frame["profile"].unique()):
             out.append(m)
     return out
 

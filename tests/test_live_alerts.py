@@ -6,14 +6,10 @@ import numpy as np
 import pandas as pd
 
 from alert_quality import breach_onsets, score_rule
-from config import ALERT_HOLD_DOWN_BUCKETS
+from config import ALERT_HOLD_DOWN_BUCKETS, LINBORG_METRICS
 from metrics_generator import FleetSimulator
-from risk_scoring import tiers_for
+from risk_scoring import breach_tiers
 from tests.conftest import TINY_FLEET
-
-
-def _tier(metric: str, profile: str, level: str) -> float:
-    return next((t for t, lv in tiers_for(metric, profile) if lv == level), np.inf)
 
 
 def test_a_fed_daemon_confirms_breaches_and_judges_its_alerts_like_the_offline_scorer(tiny_training, tmp_path):
@@ -56,15 +52,14 @@ def test_a_fed_daemon_confirms_breaches_and_judges_its_alerts_like_the_offline_s
     for i, name in enumerate(servers):
         window = daemon.fleet.servers[name]
         raw, _, present = window.window(last, last - lo + 1)
-        values[i] = np.where(present, raw[:, list(window_metrics()).index(metric)], np.nan)
+        values[i] = np.where(present, raw[:, LINBORG_METRICS.index(metric)], np.nan)
         for starts_at, ends_at in daemon.store.query(
                 "SELECT starts_at, ends_at FROM alerts WHERE id = ? AND suppressed = 0", (f"risk:{name}:{metric}",)):
             # the episode as listed open: through the hold-down (ends_at is the first cycle without it)
             end = ends_at + ALERT_HOLD_DOWN_BUCKETS - 1 if ends_at is not None else last + 1
             opened[i, starts_at - lo:end - lo] = True
     profiles = [daemon.fleet.servers[n].profile for n in servers]
-    warning = np.array([_tier(metric, p, "warning") for p in profiles])
-    elevated = np.minimum(np.array([_tier(metric, p, "elevated") for p in profiles]), warning)
+    warning, elevated = breach_tiers(metric, profiles)
     onsets = breach_onsets(values, warning, elevated)
     offline = score_rule(opened, onsets, first=first_cycle - lo + 1)
     assert offline.breaches == rows[metric]["breaches"]
@@ -91,8 +86,3 @@ def test_a_fed_daemon_confirms_breaches_and_judges_its_alerts_like_the_offline_s
     assert f'tft_alert_recall_ratio{{metric="{metric}",window="7d"}}' in text
     daemon.close()
 
-
-def window_metrics() -> list[str]:
-    from config import LINBORG_METRICS
-
-    return list(LINBORG_METRICS)
