@@ -799,19 +799,33 @@ def servers_within_budget(path: str | Path, budget_bytes: float, bytes_per_row: 
     return kept, rows
 
 
+def ordered_quantiles(part: torch.Tensor, keep_median: bool = False) -> torch.Tensor:
+    """Quantiles (..., Q) put in order: the one place where p10 <= p50 <= p90 is enforced.
+
+    Without ``keep_median`` the quantiles are sorted (a monotone rearrangement, Chernozhukov,
+    Fernandez-Val & Galichon 2010: never worse in quantile loss than the crossed ones). With it the
+    middle quantile stays where it is and the others are clamped to it from their side: after the
+    band offsets move p10 and p90, a negative offset may narrow a band to its median but never
+    swap p10 with p50 (a sort would then serve the shifted p10 as the median).
+    """
+    if not keep_median:
+        return torch.sort(part, dim=-1).values
+    middle = part.size(-1) // 2
+    median = part[..., middle:middle + 1]
+    below = torch.sort(torch.minimum(part[..., :middle], median), dim=-1).values
+    above = torch.sort(torch.maximum(part[..., middle + 1:], median), dim=-1).values
+    return torch.cat([below, median, above], dim=-1)
+
+
 def decode_quantiles(prediction: list[torch.Tensor], spec: FeatureSpec) -> np.ndarray:
     """Model output (per target: B x D x Q, metric units) -> array (B, targets, D, Q).
 
-    Quantiles are sorted per step (a monotone rearrangement: p10 <= p50 <= p90 always)
-    and clipped to the contract's range of each metric.
+    Every served and backtested forecast passes here. The quantiles are put in order by
+    :func:`ordered_quantiles` (a no-op for a calibrated model, whose decode ordered them before its
+    blend and after its band offsets, ``FleetTFT.transform_output``); clipping each metric to the
+    contract's range and rounding counts are monotone, so p10 <= p50 <= p90 holds for what leaves.
     """
-    stacked = torch.stack([p.detach().float() for p in prediction], dim=1).cpu().numpy()
-    if stacked.shape[-1] == 3:  # three quantiles: elementwise min / middle / max (np.sort is slow here)
-        a, b, c = stacked[..., 0], stacked[..., 1], stacked[..., 2]
-        low, high = np.minimum(np.minimum(a, b), c), np.maximum(np.maximum(a, b), c)
-        stacked = np.stack([low, a + b + c - low - high, high], axis=-1)
-    else:
-        stacked = np.sort(stacked, axis=-1)
+    stacked = ordered_quantiles(torch.stack([p.detach().float() for p in prediction], dim=1)).cpu().numpy()
     for j, name in enumerate(spec.targets):
         low, high = METRIC_RANGES[name]
         stacked[:, j] = np.clip(stacked[:, j], low, high if high is not None else np.inf)

@@ -59,7 +59,7 @@ from config import (
 )
 from server_encoder import ServerEncoder
 from tft_fastops import FastPath, install_fast_dropout
-from tft_features import FeatureSpec, target_normalizer_objects
+from tft_features import FeatureSpec, ordered_quantiles, target_normalizer_objects
 
 logger = logging.getLogger(__name__)
 
@@ -128,27 +128,30 @@ class FleetTFT(TemporalFusionTransformer):
     def transform_output(self, prediction: Any, target_scale: Any, loss: Any = None) -> Any:
         """Decode normalised outputs; outside training, calibrate them first.
 
-        The persistence blend keeps a share ``w`` of the forecast change from the window's anchor
-        (the last value): every quantile moves by ``(w - 1) * p50`` (normalised), so the band keeps
-        its width around the blended median; then p10/p90 move by the conformal band offsets. Last,
-        a log-modelled target's quantiles are capped at ``LEVEL_CEILING_FACTOR`` x the larger of the
-        training fleet's highest value and the window's last value (``level_ceilings``).
+        First the quantiles are put in order (:func:`tft_features.ordered_quantiles`). The persistence blend keeps
+        a share ``w`` of the forecast change from the window's anchor (the last value): every quantile
+        moves by ``(w - 1) * p50`` (normalised), so the band keeps its width around the blended median;
+        then p10/p90 move by the conformal band offsets, never past the median (a negative offset
+        narrows a band at most to its median). Last, a log-modelled target's quantiles are capped at
+        ``LEVEL_CEILING_FACTOR`` x the larger of the training fleet's highest value and the window's
+        last value (``level_ceilings``). Every step keeps p10 <= p50 <= p90, and the decode after
+        it (monotone transforms, clipping to the metric's range, rounding counts) keeps the order too.
         """
         if self.training or not isinstance(prediction, list) or (
                 self.band_offsets is None and self.center_weights is None and self.level_ceilings is None):
-            return super().transform_output(prediction, target_scale, loss)
+            return super().transform_output(prediction, target_scale, loss)  # as stock (decode_quantiles orders)
         calibrated = []
         for j, part in enumerate(prediction):
             steps = part.size(1)
+            part = ordered_quantiles(part)  # a barely trained network's quantiles may cross
             if self.center_weights is not None:
-                # The middle quantile after sorting (what decode_quantiles serves as p50, and what the blend
-                # was fitted on), so a barely trained model's crossed quantiles blend the same way.
                 weights = self.center_weights[j, :steps].to(part)  # (D,)
-                part = part + ((weights - 1.0) * part.median(dim=-1).values)[..., None]
+                part = part + ((weights - 1.0) * part[..., part.size(-1) // 2])[..., None]
             if self.band_offsets is not None:
                 offsets = self.band_offsets[j, :steps].to(part)  # (D, 2)
-                part = torch.cat([(part[..., 0] - offsets[:, 0])[..., None], part[..., 1:-1],
-                                  (part[..., -1] + offsets[:, 1])[..., None]], dim=-1)
+                part = ordered_quantiles(torch.cat([(part[..., 0] - offsets[:, 0])[..., None], part[..., 1:-1],
+                                                    (part[..., -1] + offsets[:, 1])[..., None]], dim=-1),
+                                         keep_median=True)
             if self.level_ceilings is not None and torch.isfinite(self.level_ceilings[j]):
                 # In normalised units: (max(ceiling, anchor) + log(factor) - anchor) / spread; expm1 of the
                 # capped value is factor x (1 + the larger level) - 1 in the metric's units.
