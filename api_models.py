@@ -213,6 +213,11 @@ class ServerPrediction(BaseModel):
     risk_score: float | None = None
     risk_level: RiskLevel | None = None
     alerts: list[Alert] = []
+    last_value_served: dict[str, list[str]] = Field(
+        default={}, description="live selection: metric -> the horizons where this server is served the last value "
+                                "(the model's band moved to it) because the model's matured forecasts on this server "
+                                "lose to it significantly, or the model never saw the server and has not yet shown "
+                                "it does better; empty: the model everywhere")
 
 
 class ForecastSource(TypedDict):
@@ -434,6 +439,35 @@ class AlertQualityRow(BaseModel):
     recall: float | None = Field(description="warned / breaches (a breach nobody warned of counts too)")
 
 
+class LastValueRow(BaseModel):
+    """Live selection at one metric x horizon: how many forecast servers are served the last value."""
+
+    metric: str
+    horizon: str
+    servers: int = Field(description="servers served the last value in the last cycle")
+    of: int = Field(description="servers forecast in the last cycle")
+
+
+class LastValueServer(BaseModel):
+    """One server served the last value somewhere (live selection)."""
+
+    server_name: str
+    profile: str
+    known_to_model: bool
+    last_value_served: dict[str, list[str]]
+
+
+class LiveSelectionSummary(BaseModel):
+    """Live selection: where the last value is served instead of the model (Docs/API_REFERENCE.md, Live selection)."""
+
+    enabled: bool
+    rows: list[LastValueRow]
+    servers: list[LastValueServer] = Field(description="servers served the last value anywhere, the most such "
+                                                       "metric x horizons first (at most 50)")
+    switches: dict[str, int] = Field(description="flips since the model was loaded, by what is served after them "
+                                                 "('last_value', 'model')")
+
+
 class AccuracyResponse(BaseModel):
     """How the served forecasts fared once their target time arrived."""
 
@@ -447,6 +481,8 @@ class AccuracyResponse(BaseModel):
     model_degraded: list[Alert]
     alert_quality: list[AlertQualityRow] = Field(default_factory=list, description="the daemon's risk alerts "
                                                  "judged per metric (precision, recall, lead; rolling 7 days)")
+    live_selection: LiveSelectionSummary | None = Field(default=None, description="where the last value is served "
+                                                        "instead of the model (None: no model loaded)")
 
 
 class MaintenanceRequest(BaseModel):

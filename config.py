@@ -670,6 +670,11 @@ BAND_CALIBRATION = True
 PERSISTENCE_BLEND = True
 PERSISTENCE_BLEND_GRID = tuple(round(0.05 * i, 2) for i in range(21))
 PERSISTENCE_BLEND_MIN_GAIN = 0.005
+# ... and the model's forecast is served at a step only where its gain over the last value there is
+# significant (Diebold-Mariano over hourly blocks of the validation windows, small-sample corrected,
+# scoring.diebold_mariano; one-sided, this level): elsewhere w = 0, the last value (its band the model's).
+# A gain the validation days cannot tell from noise is what a later training run or the next week loses.
+PERSISTENCE_BLEND_SIGNIFICANCE = 0.05
 # A guard on the heavy-tailed (log-modelled) targets: no quantile is served above
 # LEVEL_CEILING_FACTOR x the larger of the highest value the training fleet showed and the window's
 # last value. A log target is decoded with exp, so a forecast a few window spreads too high is a
@@ -1297,6 +1302,28 @@ DRIFT_SKILL_HOURS = 6.0
 # "degraded" because the last value of a near-constant metric (disk usage) is closer still.
 DRIFT_SKILL_MIN_QRISK = 0.02
 DRIFT_MIN_MATURED = 100  # no verdict on fewer matured forecasts in the window
+
+
+@dataclass(frozen=True)
+class LiveSelectionSettings:
+    """Live selection (live_selection.py): per server x metric x horizon, the model or the last value.
+
+    A server the model was trained on is served the last value while the model's matured forecasts
+    on it lose to persistence significantly and materially (Diebold-Mariano over hourly blocks,
+    small-sample corrected, one-sided); a server it never saw is served the last value until the
+    model wins there the same way. Docs/API_REFERENCE.md ("Live selection").
+    """
+
+    enabled: bool = True  # --no-live-selection: always the model
+    level: float = 0.01  # one-sided significance level (strict: the test is repeated every cycle)
+    min_hours: int = 6  # hours with matured forecasts before a verdict
+    # ... and the mean absolute error per forecast must differ by this share of QRISK_DENOMINATOR_FLOOR
+    material_share: float = 0.5
+    window_hours: int = ACCURACY_WINDOWS_HOURS[ACCURACY_SERVER_WINDOW]  # judged over the per-server bins' span
+
+
+LIVE_SELECTION = LiveSelectionSettings()
+LIVE_SELECTION_LISTED = 50  # /accuracy lists at most this many servers served the last value
 # Retraining and the models registry (model_retrain.py, model_registry.py).
 MODELS_KEEP = 5  # model folders kept in the models directory (the serving one and its predecessor always)
 PROMOTIONS_FILE = "promotions.json"  # every promotion, rejection and rollback, in the models directory

@@ -47,7 +47,10 @@ from api_models import (
     DemoScenario,
     FeedResponse,
     HistoryResponse,
+    LastValueRow,
+    LastValueServer,
     LinborgRecord,
+    LiveSelectionSummary,
     MaintenanceWindow,
     RejectedRecord,
     StatusResponse,
@@ -78,6 +81,8 @@ from config import (
     INSTANCE_MAX_LENGTH,
     LATEST_MODEL_LINK,
     LINBORG_METRICS,
+    LIVE_SELECTION,
+    LIVE_SELECTION_LISTED,
     LOG_SUMMARY_SECONDS,
     MAINTENANCE_MAX_HOURS,
     MAINTENANCE_MAX_WINDOWS,
@@ -140,6 +145,7 @@ class DaemonSettings:
     rate_burst: int = RATE_LIMIT_BURST
     max_future_seconds: float = FEED_MAX_FUTURE_SECONDS  # how far ahead of the daemon's clock a record may be
     band_adaptation: bool = BAND_ADAPT_ENABLED  # live calibration of p10/p90 from matured forecasts
+    live_selection: bool = LIVE_SELECTION.enabled  # the last value where the model loses to it (live_selection.py)
     retrain_every_seconds: float | None = None  # scheduled retraining (needs model_dir = <models>/latest)
     retrain_args: list[str] = field(default_factory=list)  # extra flags for main.py retrain
     alertmanager_urls: list[str] = field(default_factory=list)  # push alerts there (--alertmanager-url)
@@ -267,6 +273,9 @@ class PrometheusMetrics:
                                 ["metric", "horizon_seconds", "side"], registry=self.registry)
         self.degraded = Gauge("tft_model_degraded", "1 while a model_degraded warning is active",
                               ["metric", "horizon_seconds"], registry=self.registry)
+        self.last_value_served = Gauge("tft_forecast_last_value_servers", "Servers forecast this cycle that are "
+                                       "served the last value instead of the model (live selection)",
+                                       ["metric", "horizon_seconds"], registry=self.registry)
         self.anomaly = Gauge("tft_anomaly_score", "|actual - p50| / half-width of the band forecast horizon_seconds "
                              "before the last complete bucket (1 = on the band's edge); live_anomaly.py",
                              [*SERVER_LABELS, "metric", "horizon_seconds"], registry=self.registry)
@@ -323,6 +332,7 @@ class PrometheusMetrics:
         for gauge in self.forecast.values():
             gauge.clear()
         self.risk.clear()
+        last_value: dict[tuple[str, str], int] = {}
         for name, r in result.servers.items():
             p = r.prediction
             counts[p.status] += 1
@@ -336,8 +346,14 @@ class PrometheusMetrics:
                     gauge, factor = self.forecast_gauge(metric)
                     for q in QUANTILE_LABELS:
                         gauge.labels(*server, horizon, QUANTILE_NUMBERS[q]).set(band[q] * factor)
+                    key = (metric, horizon)
+                    last_value[key] = last_value.get(key, 0) + (label in p.last_value_served.get(metric, ()))
         for status, n in counts.items():
             self.servers.labels(status).set(n)
+        if last_value or counts["ok"] == 0:
+            self.last_value_served.clear()
+        for (metric, horizon), n in last_value.items():
+            self.last_value_served.labels(metric, horizon).set(n)
         self.model_loaded.set(1 if model_loaded else 0)
 
     def open_alerts(self, firing: list[Alert], suppressed: list[Alert], instances: ServerInstances) -> None:
@@ -1008,8 +1024,10 @@ class Daemon:
         engine = ForecastEngine(loaded)
         if self.accuracy is None or self.accuracy.model_version != engine.model_version:
             self.accuracy = LiveAccuracy(self.store, engine.metrics, engine.model_version,
-                                         band_adaptation=self.settings.band_adaptation)
+                                         band_adaptation=self.settings.band_adaptation, known=engine.known,
+                                         live_selection=self.settings.live_selection)
         engine.band_adjuster = self.accuracy.adjuster
+        engine.selection = self.accuracy.selection
         self.accuracy.established_buckets = int(self.settings.established_hours * STEPS_PER_HOUR)
         self.engine = engine
         self._progress_at = time.monotonic()
@@ -1112,6 +1130,7 @@ class Daemon:
         self.ingest.owners.forget(released)
         if released and self.accuracy is not None:  # their anomaly scores (and series) go with them
             self.accuracy.anomalies.forget(released)
+            self.accuracy.selection.forget(released)
             self.metrics.anomalies(self.accuracy.anomalies, self.instances)
         self.maintenance.expire()
         self.store.write_ledger()
@@ -1300,11 +1319,33 @@ def accuracy_document(daemon: Daemon, window: str | None, metric: str | None, ho
     degraded = [a for a in live.active_degraded()
                 if (metric is None or a.metric == metric) and (horizon is None or a.horizon == horizon)]
     return AccuracyResponse(
+        live_selection=selection_summary(daemon, live, metric, horizon, profile, server),
         model_version=live.model_version,
         scored_since=bucket_iso(live.since_origin) if live.since_origin is not None else None,
         last_scored_target=bucket_iso(live.last_target) if live.last_target is not None else None,
         windows=dict(ACCURACY_WINDOWS_HOURS), band_adaptation=live.adjuster.enabled,
         rows=rows, worst_servers=worst, model_degraded=degraded, alert_quality=quality)
+
+
+def selection_summary(daemon: Daemon, live: LiveAccuracy, metric: str | None, horizon: str | None,
+                      profile: str | None, server: str | None) -> LiveSelectionSummary:
+    """/accuracy ``live_selection``: from the last published cycle, what each forecast server was served."""
+    result = daemon.published.result
+    predictions = [r.prediction for r in result.servers.values() if r.prediction.status == "ok"] if result else []
+    predictions = [p for p in predictions if (profile is None or p.profile == profile)
+                   and (server is None or p.server_name == server)]
+    rows = []
+    for name in live.metrics:
+        for label in HORIZONS:
+            if (metric is None or name == metric) and (horizon is None or label == horizon):
+                count = sum(label in p.last_value_served.get(name, ()) for p in predictions)
+                rows.append(LastValueRow(metric=name, horizon=label, servers=count, of=len(predictions)))
+    listed = sorted((p for p in predictions if p.last_value_served),
+                    key=lambda p: (-sum(map(len, p.last_value_served.values())), p.server_name))
+    servers = [LastValueServer(server_name=p.server_name, profile=p.profile, known_to_model=p.known_to_model,
+                               last_value_served=p.last_value_served) for p in listed[:LIVE_SELECTION_LISTED]]
+    return LiveSelectionSummary(enabled=live.selection.enabled, rows=rows, servers=servers,
+                                switches=dict(live.selection.switches))
 
 
 def history_document(daemon: Daemon, server_name: str, profile: str, hours: float) -> HistoryResponse:

@@ -28,12 +28,14 @@ from config import (
     GROUP_ID,
     HORIZONS,
     INFERENCE_CHUNK_SERVERS,
+    INTEGER_METRICS,
     LINBORG_METRICS,
     OFFLINE_AFTER_BUCKETS,
     QUANTILE_LABELS,
 )
 from contract import DISPLAY_CPU, bucket_iso, bucket_of_times, cpu_used
-from live_accuracy import BandAdjuster
+from live_accuracy import BandAdjuster, display_range
+from live_selection import LiveSelection, serve_last_value, step_horizons
 from metrics_store import FleetWindows
 from risk_scoring import score_fleet
 from state_rules import STATE_PRECEDENCE
@@ -149,6 +151,24 @@ def fleet_document(result: CycleResult | None, model_version: str,
         horizons=dict(HORIZONS), sources=sources or {}, summary=summary, servers=servers)
 
 
+def serve_selected(fan: dict[str, dict[str, np.ndarray]], naive: np.ndarray,
+                   current: dict[str, np.ndarray]) -> dict[str, dict[str, np.ndarray]]:
+    """The fan as served under live selection: a new dict, the model's arrays left as they were.
+
+    ``naive`` (S, metrics in ``fan``'s order, horizons): where the last value is served, the band of
+    each step that horizon covers (``live_selection.step_horizons``) is moved to p50 = the server's
+    current value, its width kept (``live_selection.serve_last_value``).
+    """
+    served = {m: dict(band) for m, band in fan.items()}
+    steps = step_horizons(next(iter(fan.values()))["p50"].shape[1])
+    for k, metric in enumerate(fan):
+        if naive[:, k].any():
+            low, high = display_range(metric)
+            serve_last_value(served[metric], current[metric], naive[:, k][:, steps], low, high,
+                             metric in INTEGER_METRICS)
+    return served
+
+
 def _prediction(base: dict[str, Any], status: str, **fields: Any) -> ServerPrediction:
     """A ServerPrediction from the engine's own (already valid) values, without re-validating them."""
     return ServerPrediction.model_construct(**base, status=status, **fields)
@@ -167,6 +187,7 @@ class ForecastEngine:
         self.metrics = display_metrics(self.spec.targets)
         self.sources = forecast_sources(self.spec)  # per metric and horizon: model, blend or last value
         self.band_adjuster: BandAdjuster | None = None  # the daemon's live band calibration, if any
+        self.selection: LiveSelection | None = None  # the daemon's live selection (model or last value), if any
         loaded.model.return_attention = False  # forecasts only: the fused attention path
         # Bucket states are kept as precedence ranks; the model wants its own category codes.
         self._state_code_of_rank = self.spec.encode("state", STATE_PRECEDENCE)
@@ -284,18 +305,23 @@ class ForecastEngine:
                        quantiles: np.ndarray) -> dict[str, ServerResult]:
         """Decode, score and summarise the forecast servers, fleet-wide arrays first."""
         fan = display_forecast(quantiles, self.spec.targets)
-        if self.band_adjuster is not None:  # what is served, scored and stored is the calibrated band
+        if self.band_adjuster is not None:  # what is served and stored is the calibrated band
             self.band_adjuster.apply(fan)
         latest = [fleet.servers[n].current(origin) for n in ready]  # None: no sample in the origin bucket
         values = np.stack([v if v is not None else windows[i][-1] for i, v in enumerate(latest)])
         current = display_current(values)
+        metrics = list(fan)
+        # (S, metrics, horizons, quantiles): the model's summary, stored and scored when its targets arrive
+        summary = self._summary(fan, metrics)
+        stored = summary
+        naive = self.selection.mask(ready) if self.selection is not None else None  # (S, metrics, horizons)
+        if naive is not None and naive.any():  # the last value where the model keeps losing to it (live_selection)
+            fan = serve_selected(fan, naive, current)
+            summary = self._summary(fan, metrics)
         risks = score_fleet(ready, profiles, current, fan, recent=recent_display(windows),
                             alert_thresholds=self.spec.alert_thresholds)
-        metrics = list(fan)
-        # (S, metrics, horizons, quantiles): the summary every endpoint shows, and the stored history.
-        summary = np.stack([np.stack([fan[m][q][:, HORIZON_STEPS] for q in QUANTILE_LABELS], axis=-1)
-                            for m in metrics], axis=1).astype(np.float32)
         rounded = np.round(summary.astype(float), 3).tolist()
+        horizon_labels = list(HORIZONS)
         current_rows = {m: np.round(v, 3).tolist() for m, v in current.items()}
         results = {}
         for i, name in enumerate(ready):
@@ -304,12 +330,21 @@ class ForecastEngine:
                                 for k, m in enumerate(metrics)}
                         for h, label in enumerate(HORIZONS)}
             base = self._base(name, window.profile, prediction_time, window.last_sample_bucket())
+            served_last = {} if naive is None or not naive[i].any() else {
+                m: [horizon_labels[h] for h in np.flatnonzero(naive[i, k])] for k, m in enumerate(metrics)
+                if naive[i, k].any()}
             prediction = _prediction(base, "ok", history_buckets=lengths[i],
                                      current={m: v[i] for m, v in current_rows.items()}, predictions=horizons,
                                      risk_score=risks[i].risk_score, risk_level=risks[i].risk_level,
-                                     alerts=risks[i].alerts)
-            results[name] = ServerResult(prediction, fleet_fan=fan, row=i, horizon_blob=summary[i].tobytes())
+                                     alerts=risks[i].alerts, last_value_served=served_last)
+            results[name] = ServerResult(prediction, fleet_fan=fan, row=i, horizon_blob=stored[i].tobytes())
         return results
+
+    @staticmethod
+    def _summary(fan: dict[str, dict[str, np.ndarray]], metrics: list[str]) -> np.ndarray:
+        """(S, metrics, horizons, quantiles) float32 at the served horizons."""
+        return np.stack([np.stack([fan[m][q][:, HORIZON_STEPS] for q in QUANTILE_LABELS], axis=-1)
+                         for m in metrics], axis=1).astype(np.float32)
 
     def _predict(self, names: list[str], values: np.ndarray, states: list[np.ndarray], profiles: list[str],
                  origin: int, history: int, yesterday: np.ndarray | None = None) -> np.ndarray:

@@ -15,6 +15,8 @@ terms to hourly bins, fleet-wide and per profile (kept in the store) and per ser
 * :meth:`LiveAccuracy.drift` raises a ``model_degraded`` warning per metric x horizon when the
   rolling coverage leaves ``DRIFT_COVERAGE_BAND`` or the skill against persistence stays below
   ``DRIFT_SKILL_FLOOR`` for ``DRIFT_SKILL_HOURS``; it clears when the figures recover;
+* :class:`live_selection.LiveSelection` flips a server x metric x horizon to serving the last value
+  while the model's matured forecasts there lose to it significantly, and back when they win;
 * :class:`live_anomaly.AnomalyBoard` ("anomalous now") keeps, from the forecasts that came due at
   the cycle's own origin (30 min and 1 h), how far each actual lies outside its served band.
 
@@ -55,6 +57,7 @@ from config import (
     HORIZONS,
     INTEGER_METRICS,
     LINBORG_METRICS,
+    LIVE_SELECTION,
     METRIC_RANGES,
     QRISK_DENOMINATOR_FLOOR,
     RETRAIN_DOC,
@@ -62,6 +65,7 @@ from config import (
 )
 from contract import DISPLAY_CPU, bucket_iso, cpu_used
 from live_anomaly import AnomalyBoard
+from live_selection import LiveSelection
 from metrics_store import FleetWindows, MetricsStore
 from scoring import TERM, TERMS, score_from_sums, score_terms
 
@@ -234,11 +238,15 @@ class LiveAccuracy:
     """Scores matured forecasts, keeps rolling figures, calibrates bands and watches for drift."""
 
     def __init__(self, store: MetricsStore, metrics: list[str], model_version: str,
-                 band_adaptation: bool = True) -> None:
+                 band_adaptation: bool = True, known: Iterable[str] = (),
+                 live_selection: bool = LIVE_SELECTION.enabled) -> None:
         self.store = store
         self.metrics = list(metrics)
         self.model_version = model_version
         self.adjuster = BandAdjuster(self.metrics, enabled=band_adaptation)
+        # per server x metric x horizon: the model or the last value (live_selection.py); ``known``: the
+        # servers the model was trained on (they start on the model, any other on the last value)
+        self.selection = LiveSelection(self.metrics, known, enabled=live_selection)
         self.since_origin: int | None = None  # first origin the current model forecast
         self.last_target: int | None = None  # newest target bucket scored
         self.bins: dict[tuple[int, str], np.ndarray] = {}  # (hour, group) -> (metrics, horizons, TERMS)
@@ -384,6 +392,8 @@ class LiveAccuracy:
         self.last_target = newest if self.last_target is None else max(self.last_target, newest)
         newest_hour = newest // STEPS_PER_HOUR
         self._prune(newest_hour)
+        fleet = {hour: sums for (hour, group), sums in self.bins.items() if group == ALL}
+        self.selection.update(self.server_bins, newest_hour, {s for m in matured for s in m.servers}, fleet)
         self._save(touched, newest_hour)
         return count
 

@@ -80,3 +80,42 @@ def score_from_sums(sums: np.ndarray, denominator_floor: float = 0.0) -> dict[st
         "skill_vs_persistence": 1.0 - float(s[TERM["pinball_50"]]) / persistence if persistence > 0 else nan,
         "denominator_floored": bool(n * denominator_floor > abs_sum),
     }
+
+
+def diebold_mariano(blocks: np.ndarray, horizon: int) -> tuple[np.ndarray, np.ndarray]:
+    """Diebold-Mariano statistic of block-mean loss differences, small-sample corrected; and its degrees of freedom.
+
+    ``blocks`` (..., B): the mean loss difference (model minus baseline) of each time block, NaN
+    where a block holds no forecast; ``horizon``: the forecast's horizon in blocks (its errors
+    overlap the next ``horizon - 1`` blocks'), so the variance of the mean takes the
+    autocovariances up to that lag (Bartlett weights, never negative). The statistic carries
+    Harvey, Leybourne & Newbold's (1997) correction and is read against Student's t with
+    ``B - 1`` degrees of freedom (``scipy.stats.t``): with a day of hourly blocks and an 8-hour
+    horizon the uncorrected statistic passes a 5 % test about twice as often as it should.
+    Negative: the model's loss is lower. 0 where the differences are all zero; +-inf where they
+    are all the same non-zero value (no spread to judge by, every block agreeing).
+    """
+    present = np.isfinite(blocks)
+    count = present.sum(axis=-1)
+    n = np.maximum(count, 1)
+    mean = np.where(count > 0, np.nansum(blocks, axis=-1) / n, 0.0)
+    deviation = np.where(present, blocks - mean[..., None], 0.0)
+    variance = (deviation * deviation).sum(axis=-1) / n
+    lag = max(0, int(horizon) - 1)
+    for k in range(1, min(lag, blocks.shape[-1] - 1) + 1):
+        covariance = (deviation[..., k:] * deviation[..., :-k]).sum(axis=-1) / n
+        variance = variance + 2.0 * (1.0 - k / (lag + 1.0)) * covariance
+    error = np.sqrt(np.maximum(variance, 0.0) / n)
+    h = float(horizon)
+    correction = np.sqrt(np.maximum(n + 1.0 - 2.0 * h + h * (h - 1.0) / n, 1.0) / n)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t = np.where(error > 0, mean / np.where(error > 0, error, 1.0), np.sign(mean) * np.inf) * correction
+    return np.where(mean == 0, 0.0, t), np.maximum(count - 1, 1)
+
+
+def significantly(statistic: np.ndarray, degrees: np.ndarray, level: float, lower: bool) -> np.ndarray:
+    """Where a :func:`diebold_mariano` statistic passes a one-sided test at ``level``: below (``lower``) or above."""
+    from scipy.stats import t as student
+
+    critical = student.ppf(1.0 - level, degrees)
+    return statistic < -critical if lower else statistic > critical

@@ -53,10 +53,12 @@ from config import (
     IMPORTING_DOC,
     INTEGER_METRICS,
     LINBORG_METRICS,
+    LIVE_SELECTION,
     METRIC_RANGES,
     PERSISTENCE_BLEND,
     PERSISTENCE_BLEND_GRID,
     PERSISTENCE_BLEND_MIN_GAIN,
+    PERSISTENCE_BLEND_SIGNIFICANCE,
     PROFILE_PREFIXES,
     PROFILE_VALUE_BOOTSTRAP_RESAMPLES,
     PROFILE_VALUE_ORIGIN_STRIDE,
@@ -76,7 +78,7 @@ from config import (
 )
 from contract import bucket_of_times, bucket_start, cpu_used
 from data_validator import DataValidator, format_report
-from scoring import score_from_sums, score_terms
+from scoring import diebold_mariano, score_from_sums, score_terms, significantly
 from tft_features import (
     FeatureSpec,
     SeriesStore,
@@ -260,7 +262,8 @@ def fit_calibration(model: FleetTFT, spec: FeatureSpec, store: SeriesStore, firs
     center, scale = encoder_center_scale(store.rows.targets_tf[first[:, None] + np.arange(enc)[None, :]], floors,
                                          spec.center, ceilings)  # (W, T): each window's anchor and spread
     if blend and spec.center == "last":
-        spec.center_weights = fit_persistence_blend(spec, forecasts, actual, center, scale)
+        hours = store.time_idx[first + enc - 1] // STEPS_PER_HOUR  # each window's origin hour
+        spec.center_weights = fit_persistence_blend(spec, forecasts, actual, center, scale, hours)
         forecasts = apply_persistence_blend(spec, forecasts, center)
     if bands:
         spec.band_offsets = fit_band_offsets(spec, forecasts, actual, center, scale)
@@ -280,7 +283,7 @@ def _transformed(spec: FeatureSpec, target: str, values: np.ndarray) -> np.ndarr
 
 
 def fit_persistence_blend(spec: FeatureSpec, forecasts: np.ndarray, actual: np.ndarray, anchor: np.ndarray,
-                          scale: np.ndarray) -> dict[str, list[float]]:
+                          scale: np.ndarray, origin_hours: np.ndarray | None = None) -> dict[str, list[float]]:
     """Per target and decoder step, the share ``w`` of the model's forecast change from the last value to keep.
 
     ``p50 = last + w * (model p50 - last)`` in the target's modelled units (log1p for heavy-tailed
@@ -288,12 +291,20 @@ def fit_persistence_blend(spec: FeatureSpec, forecasts: np.ndarray, actual: np.n
     p50 over these windows in each window's normalised units (over its spread ``scale``, as the
     training loss: every window counts alike, so a few bursty servers do not decide the fleet's
     blend). A ``w`` below 1 is kept only where it lowers that error by at least
-    ``PERSISTENCE_BLEND_MIN_GAIN`` (the model alone otherwise): the last value is mixed in only
-    where it was better on held-out windows. ``anchor`` and ``scale`` are (W, T), transformed units.
+    ``PERSISTENCE_BLEND_MIN_GAIN`` (the model alone otherwise). Then the forecast is shrunk to the
+    last value (``w = 0``) unless its gain over the last value is significant: the Diebold-Mariano
+    statistic of the hourly mean loss differences (windows pooled by the hour of their origin,
+    ``origin_hours``; :func:`scoring.diebold_mariano` over the step's horizon in hours) must pass a
+    one-sided test at ``PERSISTENCE_BLEND_SIGNIFICANCE``. A model that only ties the last value on
+    its validation days is not served as if it beat it. ``anchor`` and ``scale`` are (W, T), transformed units;
+    without ``origin_hours`` every window is its own block.
     """
     grid = np.asarray(PERSISTENCE_BLEND_GRID, dtype=np.float64)
     median = spec.quantiles.index(0.5)
+    hours = np.arange(len(actual)) if origin_hours is None else np.asarray(origin_hours, dtype=np.int64)
+    block, n_blocks = np.unique(hours, return_inverse=True)[1], len(np.unique(hours))
     weights: dict[str, list[float]] = {}
+    shrunk: dict[str, int] = {}
     for j, target in enumerate(spec.targets):
         valid = np.isfinite(actual[:, j])
         truth = (_transformed(spec, target, np.where(valid, actual[:, j], 0.0)) - anchor[:, j, None])  # (W, D)
@@ -303,10 +314,24 @@ def fit_persistence_blend(spec: FeatureSpec, forecasts: np.ndarray, actual: np.n
         best = errors.argmin(axis=0)
         gain = 1.0 - errors[best, np.arange(errors.shape[1])] / np.maximum(errors[-1], 1e-12)
         chosen = np.where(gain >= PERSISTENCE_BLEND_MIN_GAIN, grid[best], 1.0)
+        # the chosen blend against the last value, window by window, then hour by hour
+        difference = np.where(valid, np.abs(truth - chosen * change) - np.abs(truth), 0.0) / scale[:, j, None]
+        counts = np.stack([np.bincount(block, weights=valid[:, d].astype(np.float64), minlength=n_blocks)
+                           for d in range(truth.shape[1])])  # (D, B)
+        sums = np.stack([np.bincount(block, weights=difference[:, d], minlength=n_blocks)
+                         for d in range(truth.shape[1])])
+        means = np.where(counts > 0, sums / np.maximum(counts, 1.0), np.nan)
+        tests = [diebold_mariano(means[d], -(-(d + 1) // STEPS_PER_HOUR)) for d in range(len(means))]
+        significant = np.array([bool(significantly(t, df, PERSISTENCE_BLEND_SIGNIFICANCE, lower=True))
+                                for t, df in tests])
+        chosen = np.where(significant, chosen, 0.0)
+        shrunk[target] = int((~significant).sum())
         weights[target] = chosen.round(4).tolist()
-    logger.info("persistence blend on %d windows: model share at 30 min / 1 h / 8 h %s", len(actual),
+    logger.info("persistence blend on %d windows (%d hours): model share at 30 min / 1 h / 8 h %s; steps shrunk to "
+                "the last value (gain not significant): %s", len(actual), n_blocks,
                 ", ".join(f"{t} " + "/".join(f"{w[s - 1]:.2f}" for s in HORIZONS.values() if s <= len(w))
-                          for t, w in weights.items()))
+                          for t, w in weights.items()),
+                ", ".join(f"{t} {n}" for t, n in shrunk.items() if n) or "none")
     return weights
 
 
@@ -392,22 +417,31 @@ def calibrate_model_dir(model_dir: Path, data: Path, hours: int) -> FeatureSpec:
 
 
 def served_forecasts(spec: FeatureSpec, store: SeriesStore, servers: np.ndarray, starts: np.ndarray,
-                     forecasts: np.ndarray) -> np.ndarray:
-    """The forecasts of consecutive origins as a fed daemon serves them: with its live band calibration.
+                     forecasts: np.ndarray, known: set[str] | None = None,
+                     selection: bool = LIVE_SELECTION.enabled, report: dict[str, Any] | None = None) -> np.ndarray:
+    """The forecasts of consecutive origins as a fed daemon serves them: live band calibration and selection.
 
     ``forecasts`` (W, targets, D, Q) are the model's for windows at every origin of a range (stride
     1: the daemon forecasts every bucket). Origin by origin, in time order, the daemon's own code
-    (:class:`live_accuracy.BandAdjuster`, :func:`live_accuracy.live_terms`) first learns from the
-    forecasts whose target bucket has just arrived (both ends observed, as in the daemon), then
-    widens or narrows the bands made at that origin with today's multipliers. The multipliers start
-    at 1, as for a newly deployed model. Returns the served forecasts (same shape, metric units).
+    (:class:`live_accuracy.BandAdjuster`, :func:`live_accuracy.live_terms`,
+    :class:`live_selection.LiveSelection`) first learns from the forecasts whose target bucket has
+    just arrived (both ends observed, as in the daemon), then widens or narrows the bands made at
+    that origin with today's multipliers, and, with ``selection``, serves the last value for each
+    server x metric x horizon where the model's matured forecasts there lose to it significantly
+    (``known``: the servers the model was trained on, which start on the model; None: all of them).
+    The multipliers start at 1, as for a newly deployed model. Returns the served forecasts (same
+    shape, metric units); ``report`` (if given) gets the share of served forecasts that were the
+    last value, per metric and horizon.
     """
-    from forecast_engine import display_forecast, display_metrics
+    from forecast_engine import display_forecast, display_metrics, serve_selected
     from live_accuracy import LIVE_TERMS, BandAdjuster, display_values, live_terms
+    from live_selection import LiveSelection
 
     targets = spec.targets
     metrics = display_metrics(targets)
+    names = np.asarray(store.server_names)[servers]
     adjuster = BandAdjuster(metrics)
+    chooser = LiveSelection(metrics, set(store.server_names) if known is None else known, enabled=selection)
     enc = spec.encoder_length
     first = store.offsets[servers] + starts
     origin = store.time_idx[first + enc - 1]  # each window's last complete bucket
@@ -417,6 +451,9 @@ def served_forecasts(spec: FeatureSpec, store: SeriesStore, servers: np.ndarray,
     fan = display_forecast(forecasts.astype(np.float64), targets)  # metric -> {p10, p50, p90} (W, D)
     served = {m: {q: band[q].copy() for q in QUANTILE_LABELS} for m, band in fan.items()}
     issued = np.ones((len(servers), len(metrics), len(HORIZONS), 2))
+    naive = np.zeros((len(servers), len(metrics), len(HORIZONS)), dtype=bool)
+    server_bins: dict[int, dict[str, np.ndarray]] = {}
+    fleet_bins: dict[int, np.ndarray] = {}
 
     def display_rows(rows: np.ndarray) -> np.ndarray:
         values = np.zeros((len(rows), len(LINBORG_METRICS)))
@@ -427,6 +464,8 @@ def served_forecasts(spec: FeatureSpec, store: SeriesStore, servers: np.ndarray,
     by_origin = {int(t): np.flatnonzero(origin == t) for t in np.unique(origin)}
     for t in sorted(by_origin):
         cycle = np.zeros((len(metrics), len(HORIZONS), len(LIVE_TERMS)))
+        hour = t // STEPS_PER_HOUR
+        matured: set[str] = set()
         for k, steps in enumerate(HORIZONS.values()):
             made = by_origin.get(t - steps)
             if made is None:
@@ -442,7 +481,20 @@ def served_forecasts(spec: FeatureSpec, store: SeriesStore, servers: np.ndarray,
             terms = live_terms(display_rows(target_rows), display_rows(origin_rows), bands, issued[made, :, k, :],
                                adjuster.scales[:, k, :], metrics)
             cycle[:, k] += terms.sum(axis=0)
+            per_server = server_bins.setdefault(hour, {})
+            for position, name in enumerate(names[made]):
+                sums = per_server.get(name)
+                if sums is None:
+                    sums = per_server[name] = np.zeros((len(metrics), len(HORIZONS), len(LIVE_TERMS)))
+                sums[:, k] += terms[position]
+                matured.add(name)
         adjuster.update(cycle)
+        fleet_bins[hour] = fleet_bins.get(hour, 0.0) + cycle
+        for old in [h for h in server_bins if h <= hour - LIVE_SELECTION.window_hours]:
+            del server_bins[old]
+        for old in [h for h in fleet_bins if h <= hour - LIVE_SELECTION.window_hours]:
+            del fleet_bins[old]
+        chooser.update(server_bins, hour, matured, fleet_bins)
         now = by_origin[t]
         part = {m: {q: served[m][q][now] for q in QUANTILE_LABELS} for m in metrics}
         adjuster.apply(part)
@@ -450,6 +502,9 @@ def served_forecasts(spec: FeatureSpec, store: SeriesStore, servers: np.ndarray,
             for q in QUANTILE_LABELS:
                 served[m][q][now] = part[m][q]
         issued[now] = adjuster.scales
+        naive[now] = chooser.mask(list(names[now]))
+    current = dict(zip(metrics, display_rows(first + enc - 1).T, strict=True))
+    served = serve_selected(served, naive, current) if naive.any() else served
     out = np.empty(forecasts.shape, dtype=np.float64)
     for j, (target, metric) in enumerate(zip(targets, metrics, strict=True)):
         bands = np.stack([served[metric][q] for q in QUANTILE_LABELS], axis=-1)  # (W, D, 3) display units
@@ -457,20 +512,32 @@ def served_forecasts(spec: FeatureSpec, store: SeriesStore, servers: np.ndarray,
     logger.info("live band calibration replayed over %d origins: multipliers low/high at 30 min / 1 h / 8 h %s",
                 len(by_origin), ", ".join(f"{m} " + " ".join(f"{lo:.2f}/{hi:.2f}" for lo, hi in adjuster.scales[i])
                                           for i, m in enumerate(metrics)))
+    shares = naive.mean(axis=0) if len(naive) else np.zeros((len(metrics), len(HORIZONS)))
+    logger.info("live selection replayed: share of forecasts served the last value at 30 min / 1 h / 8 h %s",
+                ", ".join(f"{m} " + "/".join(f"{v:.2f}" for v in shares[i]) for i, m in enumerate(metrics)))
+    if report is not None:
+        report["last_value_share"] = {m: {label: round(float(shares[i, k]), 4) for k, label in enumerate(HORIZONS)}
+                                      for i, m in enumerate(metrics)}
+        report["switches"] = dict(chooser.switches)
     return out
 
 
 def backtest_store(model: FleetTFT, spec: FeatureSpec, store: SeriesStore, first_decoder_tidx: int,
                    last_decoder_tidx: int, unseen_servers: list[str] | None = None,
                    stride: int = BACKTEST_ORIGIN_STRIDE, scored: list[str] | None = None,
-                   statistical: tuple[str, ...] | list[str] = (), live_calibration: bool = False) -> dict[str, Any]:
+                   statistical: tuple[str, ...] | list[str] = (), live_calibration: bool = False,
+                   known_servers: set[str] | None = None, live_selection: bool = LIVE_SELECTION.enabled,
+                   statistical_cache: dict[str, Any] | None = None) -> dict[str, Any]:
     """Backtest every window whose 8-hour decoder lies inside [first, last].
 
     ``statistical`` names statsforecast models (``baselines.py``) scored beside the naive
     baselines on the same windows of the servers seen in training; their cost is in
     ``statistical_seconds``. ``live_calibration``: also score the bands as a fed daemon would
     serve them over the range (:func:`served_forecasts`; forecasts at every origin, ``stride``
-    of them scored) under ``"served"``.
+    of them scored) under ``"served"``, with the daemon's live selection unless ``live_selection``
+    is False (``known_servers``: the servers the model was trained on; None: all). A
+    ``statistical_cache`` dict keeps the statistical forecasts for the next call on the same
+    store and windows (several models scored on one range fit them once).
     """
     began = time.perf_counter()
     servers, starts = store.window_starts(first_decoder_tidx, last_decoder_tidx, stride=stride)
@@ -489,7 +556,9 @@ def backtest_store(model: FleetTFT, spec: FeatureSpec, store: SeriesStore, first
         key = every_servers * (int(every_starts.max()) + 1) + every_starts
         pick = np.searchsorted(key, servers * (int(every_starts.max()) + 1) + starts)  # keys are sorted
         forecasts = every[pick]
-        served = served_forecasts(spec, store, every_servers, every_starts, every)[pick]
+        selection_report: dict[str, Any] = {}
+        served = served_forecasts(spec, store, every_servers, every_starts, every, known=known_servers,
+                                  selection=live_selection, report=selection_report)[pick]
         del every
     else:
         forecasts = predict_windows(model, store, servers, starts)
@@ -500,13 +569,21 @@ def backtest_store(model: FleetTFT, spec: FeatureSpec, store: SeriesStore, first
     if statistical:
         from baselines import statistical_forecasts
 
-        stats, stat_seconds = statistical_forecasts(store, servers[seen], starts[seen], methods=tuple(statistical),
-                                                    targets=[t for t in spec.targets if scored is None or t in scored])
+        key = (tuple(statistical), servers[seen].tobytes(), starts[seen].tobytes(), tuple(scored or ()))
+        if statistical_cache is not None and statistical_cache.get("key") == key:
+            stats, stat_seconds = statistical_cache["forecasts"], statistical_cache["seconds"]
+        else:
+            stats, stat_seconds = statistical_forecasts(
+                store, servers[seen], starts[seen], methods=tuple(statistical),
+                targets=[t for t in spec.targets if scored is None or t in scored])
+            if statistical_cache is not None:
+                statistical_cache.update(key=key, forecasts=stats, seconds=stat_seconds)
     result = evaluate_windows(spec, forecasts[seen], actual[seen], persistence[seen], seasonal[seen], scored,
                               statistical=stats)
     if served is not None:  # the same windows, bands as a daemon serving this model would have served them
         result["served"] = evaluate_windows(spec, served[seen], actual[seen], persistence[seen], seasonal[seen],
-                                            scored)
+                                            scored, statistical=stats)
+        result["served"]["live_selection"] = {"enabled": live_selection, **selection_report}
     if statistical:
         result["statistical_seconds"] = {m: round(v, 2) for m, v in stat_seconds.items()}
     result["range"] = {"first_decoder_bucket": bucket_start(first_decoder_tidx).isoformat(),

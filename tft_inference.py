@@ -1004,6 +1004,9 @@ def build_arg_parser(parser: argparse.ArgumentParser | None = None) -> argparse.
     parser.add_argument("--established-hours", type=float, default=ESTABLISHED_HISTORY_HOURS,
                         help="history a server needs before its forecasts are scored live and calibrate the shared "
                              "bands (default %(default)s)")
+    parser.add_argument("--no-live-selection", dest="live_selection", action="store_false",
+                        help="always serve the model's forecast, even where its matured forecasts on a server keep "
+                             "losing to the last value (Docs/API_REFERENCE.md, Live selection)")
     parser.add_argument("--trusted-proxy", action="append", default=list(TRUSTED_PROXIES), metavar="ADDRESS",
                         help="believe X-Forwarded-For / X-Forwarded-Proto only from this peer address (repeat for "
                              "several); by default no proxy is trusted and clients are told apart by their own "
@@ -1075,7 +1078,7 @@ def run_from_args(args: argparse.Namespace) -> int:
                               max_servers=args.max_servers,
                               health_stall_seconds=args.health_stall_seconds,
                               housekeeping_seconds=args.housekeeping_seconds,
-                              established_hours=args.established_hours)
+                              established_hours=args.established_hours, live_selection=args.live_selection)
     try:
         app = create_app(settings)
     except (ModelLoadError, FileNotFoundError, StoreError, ValueError) as exc:  # KeyFileError is a ValueError
