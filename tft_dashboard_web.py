@@ -72,6 +72,7 @@ from config import (
     DRIFT_WINDOW,
     HORIZON_TEXT,
     HORIZONS,
+    LIVE_SELECTION,
     METRIC_LABELS,
     QUANTILE_LEVELS,
     QUANTILES,
@@ -917,7 +918,40 @@ def model_health(client: DaemonClient, info: dict[str, Any]) -> None:
             "q-risk 0.5": _rounded(r["qrisk_50"], 3), "q-risk 0.9": _rounded(r["qrisk_90"], 3)}
             for r in rows if r["group"] == group and r["n"]]), hide_index=True, width="stretch")
         st.caption("Metric x horizon pairs with matured forecasts only.")
+    live_selection(accuracy)
     alert_quality(accuracy)
+
+
+def live_selection(accuracy: dict[str, Any]) -> None:
+    """Where the daemon serves the last value instead of the model (GET /accuracy ``live_selection``)."""
+    selection = accuracy.get("live_selection")
+    st.subheader("Served the last value")
+    if not selection:
+        st.caption("This daemon does not report live selection (no model loaded, or a daemon before 0.17.0).")
+        return
+    if not selection["enabled"]:
+        st.info("Live selection is off (--no-live-selection): the model's forecast is served everywhere.")
+        return
+    rows = selection["rows"]
+    metrics = list(dict.fromkeys(r["metric"] for r in rows))
+    by_key = {(r["metric"], r["horizon"]): r for r in rows}
+    st.dataframe(pd.DataFrame([{"metric": label(m), **{
+        HORIZON_SHOWN.get(h, h): f"{by_key[(m, h)]['servers']} of {by_key[(m, h)]['of']}"
+        for h in HORIZONS if (m, h) in by_key}} for m in metrics]), hide_index=True, width="stretch")
+    servers = selection["servers"]
+    if servers:
+        st.dataframe(pd.DataFrame([{
+            "server": s["server_name"], "profile": s["profile"],
+            "model trained on it": "yes" if s["known_to_model"] else "no",
+            "last value served for": "; ".join(f"{label(m)} at " + ", ".join(HORIZON_SHOWN.get(h, h) for h in hs)
+                                               for m, hs in s["last_value_served"].items())} for s in servers]),
+            hide_index=True, width="stretch")
+    switches = selection["switches"]
+    st.caption(f"Per server, metric and horizon the daemon serves the last value (the model's band moved onto it) "
+               f"while the model's matured forecasts there lose to it significantly over the last "
+               f"{LIVE_SELECTION.window_hours} h, and the model again once they beat it; a server the model was not "
+               f"trained on starts on the last value. Flips since this model was loaded: "
+               f"{switches.get('last_value', 0)} to the last value, {switches.get('model', 0)} back to the model.")
 
 
 def alert_quality(accuracy: dict[str, Any]) -> None:

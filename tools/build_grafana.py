@@ -369,6 +369,13 @@ def live_accuracy() -> model.Dashboard:
                            "and high side) from matured forecasts; 1 = the model's own band.", "none")
               .with_target(query(f'tft_forecast_band_scale_ratio{{{SHARD}, metric=~"$metric"}}',
                                  "{{metric}} {{horizon_seconds}}s {{side}}")))
+    last_value = (series_panel("Servers served the last value", "Per metric and horizon (seconds), how many of the "
+                               "servers forecast in the last cycle are served the last value instead of the model: "
+                               "the model's matured forecasts on them lose to it significantly, or the model was "
+                               "never trained on them and has not yet shown it does better (live selection; "
+                               "Docs/API_REFERENCE.md).", "short")
+                  .with_target(query(f'tft_forecast_last_value_servers{{{SHARD}, metric=~"$metric"}}',
+                                     "{{metric}} {{horizon_seconds}}s")))
     degraded = stat_panel("Degraded metric x horizon", "How many metric x horizon pairs have model_degraded active "
                           "(coverage or skill out of bounds): consider a retrain.",
                           f"sum(tft_model_degraded{{{SHARD}}})", width=HALF,
@@ -419,7 +426,7 @@ def live_accuracy() -> model.Dashboard:
                  "The daemon's own check of its served forecasts, once their target time arrived, and of its alerts, "
                  "once the breach they warned of came or did not.",
                  [*variables(profile=False, instance=False), window, metric],
-                 [(None, [degraded, scored]), ("Forecast quality", [coverage, skill, qrisk, scales]),
+                 [(None, [degraded, scored]), ("Forecast quality", [coverage, skill, qrisk, scales, last_value]),
                   ("Alerts", [precision, recall, lead, breaches, outcomes])])
 
 
