@@ -45,12 +45,19 @@ logger = logging.getLogger("bench.bench_live_accuracy")
 STEPS = list(HORIZONS.values())
 
 
-def cost_at_scale(model: Path, servers: int, targets: int, seed: int = 3) -> dict[str, float]:
-    """Median milliseconds per cycle of scoring and forecasting at ``servers`` servers."""
+def cost_at_scale(model: Path, servers: int, targets: int, seed: int = 3,
+                  live_selection: bool = True) -> dict[str, float]:
+    """Median milliseconds per cycle of scoring and forecasting at ``servers`` servers.
+
+    The simulated servers are not in the model's mapping, so with ``live_selection`` every one of
+    them is served the last value: the selection's whole cost (judging every server, moving every
+    band) is in both steps.
+    """
     from daemon_state import Daemon, DaemonSettings
 
     with tempfile.TemporaryDirectory() as tmp:
-        daemon = Daemon(DaemonSettings(model_dir=model, store_path=Path(tmp) / "store.sqlite3"))
+        daemon = Daemon(DaemonSettings(model_dir=model, store_path=Path(tmp) / "store.sqlite3",
+                                       established_hours=0.0, live_selection=live_selection))
         history = daemon.engine.spec.encoder_length + max(STEPS) + targets + 2
         sim = FleetSimulator(fleet=fleet_from_total(servers), seed=seed, start="2026-03-02T00:00:00Z")
         began = time.perf_counter()
@@ -148,11 +155,18 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging()
     quiet_library_noise()
     if args.servers:
-        cost = cost_at_scale(args.model, args.servers, args.targets)
-        print(f"\nscoring cost at {cost['servers']} servers ({cost['cycles']} cycles, "
-              f"{cost['matured_per_metric_and_horizon']} matured forecasts per metric x horizon):")
-        print(f"  scoring  {cost['scoring_ms']:8.1f} ms/cycle (median)\n  forecast {cost['forecast_ms']:8.1f} ms/cycle "
-              f"(median, same cycles)\n  ratio    {cost['scoring_ms'] / cost['forecast_ms']:8.3f}")
+        costs = {flag: cost_at_scale(args.model, args.servers, args.targets, live_selection=flag)
+                 for flag in (False, True)}
+        for flag, cost in costs.items():
+            print(f"\nscoring cost at {cost['servers']} servers ({cost['cycles']} cycles, "
+                  f"{cost['matured_per_metric_and_horizon']} matured forecasts per metric x horizon), live selection "
+                  f"{'on (every server served the last value)' if flag else 'off'}:")
+            print(f"  scoring  {cost['scoring_ms']:8.1f} ms/cycle (median)\n  forecast {cost['forecast_ms']:8.1f} "
+                  f"ms/cycle (median, same cycles)\n  ratio    {cost['scoring_ms'] / cost['forecast_ms']:8.3f}")
+        on, off = costs[True], costs[False]
+        print(f"\nlive selection on / off, same run: scoring x{on['scoring_ms'] / off['scoring_ms']:.2f}, forecast "
+              f"x{on['forecast_ms'] / off['forecast_ms']:.2f}, both x"
+              f"{(on['scoring_ms'] + on['forecast_ms']) / (off['scoring_ms'] + off['forecast_ms']):.2f}")
     if args.demo_hours:
         body = demo_stream(args.model, args.demo_hours, args.demo_servers, args.timeout)
         print(f"\ndemo stream ({args.demo_servers} servers, healthy), model {body['model_version']}, scored "
