@@ -1316,6 +1316,7 @@ class LiveSelectionSettings:
 
     enabled: bool = True  # --no-live-selection: always the model
     level: float = 0.01  # one-sided significance level (strict: the test is repeated every cycle)
+    fleet_release_level: float = 0.10  # fleet-wide, the last value is left once the loss is not significant at this
     min_hours: int = 6  # hours with matured forecasts before a verdict
     # ... and the mean absolute error per forecast must differ by this share of QRISK_DENOMINATOR_FLOOR
     material_share: float = 0.5

@@ -137,6 +137,7 @@ class LiveSelection:
         degrees = np.stack([df for _, df in tests], axis=-1)
         worse = enough & significantly(t, degrees, LIVE_SELECTION.level, lower=False)
         better = enough & significantly(t, degrees, LIVE_SELECTION.level, lower=True)
+        flipped = {"last_value": 0, "model": 0}
         with self.lock:
             for i, name in enumerate(names):
                 before = self.naive.get(name)
@@ -145,14 +146,21 @@ class LiveSelection:
                 after = np.where(self.start(name), ~better[i], worse[i])  # off its starting side only on evidence
                 flips = after != before
                 if flips.any():
-                    self.switches["last_value"] += int((flips & after).sum())
-                    self.switches["model"] += int((flips & ~after).sum())
+                    flipped["last_value"] += int((flips & after).sum())
+                    flipped["model"] += int((flips & ~after).sum())
                     for m, k in zip(*np.nonzero(flips), strict=True):
-                        logger.info("%s %s at %s: serving %s (model minus last value over %d h: t = %+.1f)", name,
-                                    self.metrics[m], list(HORIZONS)[k],
-                                    "the last value" if after[m, k] else "the model again",
-                                    int((n[i, m, k] > 0).sum()), float(t[i, m, k]))
+                        logger.debug("%s %s at %s: serving %s (model minus last value over %d h: t = %+.1f)", name,
+                                     self.metrics[m], list(HORIZONS)[k],
+                                     "the last value" if after[m, k] else "the model",
+                                     int((n[i, m, k] > 0).sum()), float(t[i, m, k]))
                 self.naive[name] = after
+            for side, count in flipped.items():
+                self.switches[side] += count
+            on_last = sum(int(bits.sum()) for bits in self.naive.values())
+        if flipped["last_value"] or flipped["model"]:  # one line per cycle with flips; each one at DEBUG
+            logger.info("live selection: %d server x metric x horizon series to the last value, %d to the model; "
+                        "%d of %d served the last value", flipped["last_value"], flipped["model"], on_last,
+                        len(self.naive) * len(self.metrics) * len(HORIZONS))
 
     def _judge_fleet(self, fleet_bins: dict[int, np.ndarray], hours: range) -> None:
         """Where the model loses to the last value fleet-wide, every server starts on the last value.
@@ -174,6 +182,11 @@ class LiveSelection:
         tests = [diebold_mariano(blocks[:, k], int(HORIZON_BLOCKS[k])) for k in range(len(HORIZONS))]
         worse = enough & np.stack([significantly(t, df, LIVE_SELECTION.level, lower=False) for t, df in tests],
                                   axis=-1)
+        # once on the last value, the fleet leaves it only when the evidence has clearly weakened (a statistic
+        # hovering at the level would flip every cycle)
+        still = enough & np.stack([significantly(t, df, LIVE_SELECTION.fleet_release_level, lower=False)
+                                   for t, df in tests], axis=-1)
+        worse = worse | (self.fleet_naive & still)
         with self.lock:
             for m, k in zip(*np.nonzero(worse != self.fleet_naive), strict=True):
                 logger.info("fleet-wide %s at %s: the model %s the last value; servers start on %s", self.metrics[m],

@@ -75,6 +75,25 @@ def test_the_rule_flips_on_evidence_only_and_starts_new_servers_on_the_last_valu
     assert not off.mask(list(servers)).any()
 
 
+def test_a_small_loss_on_every_server_sends_the_fleet_to_the_last_value_until_it_clearly_ends():
+    """Fleet-wide evidence: each server's loss is immaterial, pooled it is significant; released only well past it."""
+    rng = np.random.default_rng(8)
+    servers = {f"vm-{i}": 1.04 for i in range(26)}
+    chooser = LiveSelection(METRICS, known=set(servers) - {"vm-0"})
+    bins = _bins(range(0, 24), servers, rng, scale=0.05)
+    fleet = {hour: sum(by.values()) for hour, by in bins.items()}
+    chooser.update(bins, 23, servers, fleet)
+    assert chooser.fleet_naive.all()
+    assert chooser.mask(list(servers)).all()  # trained-on servers start on the last value now; none earned more
+    # the loss turns into a small gain: back to the model only once the evidence has clearly weakened
+    tie = _bins(range(24, 48), {name: 0.97 for name in servers}, rng, scale=0.05)
+    tie_fleet = {hour: sum(by.values()) for hour, by in tie.items()}
+    chooser.update(tie, 47, servers, tie_fleet)
+    assert not chooser.fleet_naive.any()
+    masks = dict(zip(servers, chooser.mask(list(servers)), strict=True))
+    assert not masks["vm-1"].any() and masks["vm-0"].all()  # never trained on vm-0: it must win there itself
+
+
 def test_the_last_value_is_served_with_the_models_band_width_in_range_and_order():
     rng = np.random.default_rng(0)
     p50 = rng.uniform(0, 100, (50, 96))
