@@ -204,7 +204,16 @@ def test_model_health_shows_the_daemons_live_accuracy(fed_daemon, dashboard):
     for row in fleet_24h:
         if not row["n"]:
             assert shown_coverage[_cell(row)] is None
-    bands, worst, every, *quality = (d.value for d in health.dataframe)
+    bands, worst, every, selected, *quality = (d.value for d in health.dataframe)
+    # live selection: "n of m" per metric x horizon as /accuracy says, then the servers concerned if any
+    selection = accuracy["live_selection"]
+    first_row = selection["rows"][0]
+    assert selected.iloc[0]["+30 min"] == f"{first_row['servers']} of {first_row['of']}" and \
+        len(selected) == len(selection["rows"]) // 3
+    if selection["servers"]:
+        servers_table, *quality = quality
+        assert list(servers_table["server"]) == [s["server_name"] for s in selection["servers"]]
+    assert "Served the last value" in text and "Flips since this model was loaded" in text
     if accuracy.get("alert_quality"):
         assert list(quality[0]["metric"]) == [_label(q["metric"]) for q in accuracy["alert_quality"]]
     else:

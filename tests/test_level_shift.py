@@ -75,6 +75,10 @@ def test_a_memory_reset_keeps_a_band_that_says_something(tiny_training, tmp_path
             monkeypatch.setattr(ForecastEngine, "settled", lambda self, windows, states, lengths: lengths)
         store = tmp_path / f"s{int(settle)}.sqlite3"
         daemon = Daemon(DaemonSettings(model_dir=tiny_training.model_dir, store_path=store, band_adaptation=False))
+        # the model's own p50: the tiny model's persistence blend (w = 0 where its gain was not significant on
+        # 12 validation hours) serves the last value with or without the cut
+        daemon.engine.spec.center_weights = None
+        daemon.engine.loaded.model.set_calibration(daemon.engine.spec)
         try:
             daemon.ingest(records)
             result = daemon.run_cycle(daemon.fleet.newest_bucket)
