@@ -392,9 +392,12 @@ class LiveAccuracy:
         self.last_target = newest if self.last_target is None else max(self.last_target, newest)
         newest_hour = newest // STEPS_PER_HOUR
         self._prune(newest_hour)
-        fleet = {hour: sums for (hour, group), sums in self.bins.items() if group == ALL}
-        self.selection.update(self.server_bins, newest_hour, {s for m in matured for s in m.servers}, fleet)
         self._save(touched, newest_hour)
+        fleet = {hour: sums for (hour, group), sums in self.bins.items() if group == ALL}
+        try:  # advisory: a failure here must not lose the cycle's scores or the drift check
+            self.selection.update(self.server_bins, newest_hour, {s for m in matured for s in m.servers}, fleet)
+        except Exception:  # noqa: BLE001 - logged with its traceback; the series keep their last choice
+            logger.exception("live selection could not judge the servers at %s", bucket_iso(newest))
         return count
 
     def score(self, fleet: FleetWindows, origin: int) -> int:

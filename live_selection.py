@@ -12,12 +12,15 @@ from the server's last ``LIVE_SELECTION.window_hours`` of matured forecasts:
   corrected) passes a one-sided test at ``LIVE_SELECTION.level``; once that evidence is gone (the
   model's own forecasts keep being stored and scored), the model is served again;
 * a server the model never saw (a fleet on its first day, a new host) starts on the last value and
-  is served the model while the model is significantly *better* there.
+  is served the model while the model is significantly *better* there;
+* and where the model loses to the last value *fleet-wide* (all servers' scores pooled), every server
+  starts on the last value; the fleet leaves it once the loss is no longer significant at
+  ``LIVE_SELECTION.fleet_release_level`` (a small band against flapping, not a memory).
 
 The level is strict (1 %) because the test is repeated every cycle. On the development days of the
 Bitbrains VMs a model trained on them lost nothing measurable to this (Docs/API_REFERENCE.md, "Live
-selection"); remembering a flip until the opposite was significant (hysteresis) kept series on the
-last value for a day after the model had recovered, and cost up to 2 % of q-risk there.
+selection"); remembering a per-server flip until the opposite was significant (hysteresis) kept
+series on the last value for a day after the model had recovered, and cost up to 2 % of q-risk there.
 
 At least ``LIVE_SELECTION.min_hours`` hours with matured forecasts are needed either way, and the
 difference must matter: the mean absolute error per forecast must differ by at least
@@ -109,9 +112,11 @@ class LiveSelection:
         if not self.enabled:
             return
         hours = range(newest_hour - LIVE_SELECTION.window_hours + 1, newest_hour + 1)
-        if fleet_bins is not None:
-            self._judge_fleet(fleet_bins, hours)
         names = sorted(set(servers))
+        if fleet_bins is not None and self._judge_fleet(fleet_bins, hours):
+            with self.lock:  # judged under the old fleet verdict: back to the new starting side until re-judged
+                for name in set(self.naive) - set(names):
+                    del self.naive[name]
         if not names:
             return
         shape = (len(self.metrics), len(HORIZONS))
@@ -162,8 +167,8 @@ class LiveSelection:
                         "%d of %d served the last value", flipped["last_value"], flipped["model"], on_last,
                         len(self.naive) * len(self.metrics) * len(HORIZONS))
 
-    def _judge_fleet(self, fleet_bins: dict[int, np.ndarray], hours: range) -> None:
-        """Where the model loses to the last value fleet-wide, every server starts on the last value.
+    def _judge_fleet(self, fleet_bins: dict[int, np.ndarray], hours: range) -> bool:
+        """Where the model loses to the last value fleet-wide, every server starts on the last value; changed?
 
         Pooled over all servers the test has the power a single server's day lacks, and it judges
         the quantity the quality bar does (q-risk of the fleet): a model that loses by a little on
@@ -192,7 +197,9 @@ class LiveSelection:
                 logger.info("fleet-wide %s at %s: the model %s the last value; servers start on %s", self.metrics[m],
                             list(HORIZONS)[k], "loses to" if worse[m, k] else "no longer loses to",
                             "the last value" if worse[m, k] else "the model where it was trained on them")
+            changed = bool((worse != self.fleet_naive).any())
             self.fleet_naive = worse
+        return changed
 
     def mask(self, names: list[str]) -> np.ndarray:
         """(S, metrics, horizons) bool for ``names``: True where the last value is served."""

@@ -535,7 +535,7 @@ def backtest_store(model: FleetTFT, spec: FeatureSpec, store: SeriesStore, first
     ``statistical_seconds``. ``live_calibration``: also score the bands as a fed daemon would
     serve them over the range (:func:`served_forecasts`; forecasts at every origin, ``stride``
     of them scored) under ``"served"``, with the daemon's live selection unless ``live_selection``
-    is False (``known_servers``: the servers the model was trained on; None: all). A
+    is False (``known_servers``: the servers the model was trained on; None: all but ``unseen_servers``). A
     ``statistical_cache`` dict keeps the statistical forecasts for the next call on the same
     store and windows (several models scored on one range fit them once).
     """
@@ -557,6 +557,8 @@ def backtest_store(model: FleetTFT, spec: FeatureSpec, store: SeriesStore, first
         pick = np.searchsorted(key, servers * (int(every_starts.max()) + 1) + starts)  # keys are sorted
         forecasts = every[pick]
         selection_report: dict[str, Any] = {}
+        if known_servers is None and unseen:  # held-out servers start on the last value, as in a daemon
+            known_servers = set(store.server_names) - unseen
         served = served_forecasts(spec, store, every_servers, every_starts, every, known=known_servers,
                                   selection=live_selection, report=selection_report)[pick]
         del every

@@ -75,7 +75,7 @@ def test_the_rule_flips_on_evidence_only_and_starts_new_servers_on_the_last_valu
     assert not off.mask(list(servers)).any()
 
 
-def test_a_small_loss_on_every_server_sends_the_fleet_to_the_last_value_until_it_clearly_ends():
+def test_a_small_loss_on_every_server_sends_the_fleet_to_the_last_value_until_it_clearly_ends(monkeypatch):
     """Fleet-wide evidence: each server's loss is immaterial, pooled it is significant; released only well past it."""
     rng = np.random.default_rng(8)
     servers = {f"vm-{i}": 1.04 for i in range(26)}
@@ -85,6 +85,15 @@ def test_a_small_loss_on_every_server_sends_the_fleet_to_the_last_value_until_it
     chooser.update(bins, 23, servers, fleet)
     assert chooser.fleet_naive.all()
     assert chooser.mask(list(servers)).all()  # trained-on servers start on the last value now; none earned more
+    # evidence no longer enough to enter (a far stricter level) but still past the release level: it stays
+    monkeypatch.setattr(live_selection, "LIVE_SELECTION",
+                        dataclasses.replace(live_selection.LIVE_SELECTION, level=1e-300))
+    chooser.update(bins, 23, servers, fleet)
+    assert chooser.fleet_naive.all()
+    fresh = LiveSelection(METRICS, known=set(servers))
+    fresh.update(bins, 23, servers, fleet)
+    assert not fresh.fleet_naive.any()  # the same evidence does not send a fleet there at that level
+    monkeypatch.undo()
     # the loss turns into a small gain: back to the model only once the evidence has clearly weakened
     tie = _bins(range(24, 48), {name: 0.97 for name in servers}, rng, scale=0.05)
     tie_fleet = {hour: sum(by.values()) for hour, by in tie.items()}
@@ -215,6 +224,9 @@ def test_the_backtest_replays_the_selection_a_daemon_would_make(tiny_training, m
     np.testing.assert_allclose(served[victim & moved, j, 0, 1], last[victim & moved, j], atol=1e-6)
     others = np.ones(len(spec.targets), dtype=bool)
     others[j] = False
+    # the tiny model's other servers kept the model, and so did the victim's other metrics (float32 rounding aside)
+    np.testing.assert_allclose(served[~victim], alone[~victim], rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(served[victim][:, others], alone[victim][:, others], rtol=1e-5, atol=1e-4)
     assert report["last_value_share"]["mem_used_pct"]["30min"] > 0
     assert report["switches"]["last_value"] >= 1
     assert (served[..., 0] <= served[..., 1]).all() and (served[..., 1] <= served[..., 2]).all()
