@@ -92,9 +92,8 @@ def diebold_mariano(blocks: np.ndarray, horizon: int) -> tuple[np.ndarray, np.nd
     Harvey, Leybourne & Newbold's (1997) correction and is read against Student's t with
     ``B - 1`` degrees of freedom (``scipy.stats.t``): with a day of hourly blocks and an 8-hour
     horizon the uncorrected statistic passes a 5 % test about twice as often as it should.
-    Negative: the model's loss is lower. 0 where the differences are all zero, and where no more
-    blocks hold forecasts than the horizon spans (too few to judge an overlap that long); +-inf where
-    they are all the same non-zero value (no spread to judge by, every block agreeing). Hourly
+    Negative: the model's loss is lower. 0 where the differences are all zero or a single block holds
+    forecasts; +-inf where they are all the same non-zero value (no spread to judge by, every block agreeing). Hourly
     blocks of forecasts made every 5 minutes also overlap their neighbours' errors at horizons under
     an hour, which lag 0 ignores: the nominal level is somewhat looser than stated there.
     """
@@ -113,7 +112,7 @@ def diebold_mariano(blocks: np.ndarray, horizon: int) -> tuple[np.ndarray, np.nd
     correction = np.sqrt(np.maximum(n + 1.0 - 2.0 * h + h * (h - 1.0) / n, 1.0) / n)
     with np.errstate(divide="ignore", invalid="ignore"):
         t = np.where(error > 0, mean / np.where(error > 0, error, 1.0), np.sign(mean) * np.inf) * correction
-    return np.where((mean == 0) | (count <= max(1, int(horizon))), 0.0, t), np.maximum(count - 1, 1)
+    return np.where((mean == 0) | (count < 2), 0.0, t), np.maximum(count - 1, 1)
 
 
 def significantly(statistic: np.ndarray, degrees: np.ndarray, level: float, lower: bool) -> np.ndarray:
