@@ -350,8 +350,7 @@ class PrometheusMetrics:
                     last_value[key] = last_value.get(key, 0) + (label in p.last_value_served.get(metric, ()))
         for status, n in counts.items():
             self.servers.labels(status).set(n)
-        if last_value or counts["ok"] == 0:
-            self.last_value_served.clear()
+        self.last_value_served.clear()
         for (metric, horizon), n in last_value.items():
             self.last_value_served.labels(metric, horizon).set(n)
         self.model_loaded.set(1 if model_loaded else 0)

@@ -212,8 +212,3 @@ class LiveSelection:
         with self.lock:
             for name in servers:
                 self.naive.pop(name, None)
-
-    def counts(self, names: Iterable[str]) -> np.ndarray:
-        """(metrics, horizons): how many of ``names`` are served the last value."""
-        mask = self.mask(list(names))
-        return mask.sum(axis=0) if len(mask) else np.zeros((len(self.metrics), len(HORIZONS)), dtype=np.int64)

@@ -117,7 +117,7 @@ def diebold_mariano(blocks: np.ndarray, horizon: int) -> tuple[np.ndarray, np.nd
 
 def significantly(statistic: np.ndarray, degrees: np.ndarray, level: float, lower: bool) -> np.ndarray:
     """Where a :func:`diebold_mariano` statistic passes a one-sided test at ``level``: below (``lower``) or above."""
-    from scipy.stats import t as student
+    from scipy.stats import t as student  # here, not at the top: the backtest and daemon import scoring without it
 
     critical = student.ppf(1.0 - level, degrees)
     return statistic < -critical if lower else statistic > critical

@@ -302,7 +302,8 @@ def fit_persistence_blend(spec: FeatureSpec, forecasts: np.ndarray, actual: np.n
     grid = np.asarray(PERSISTENCE_BLEND_GRID, dtype=np.float64)
     median = spec.quantiles.index(0.5)
     hours = np.arange(len(actual)) if origin_hours is None else np.asarray(origin_hours, dtype=np.int64)
-    block, n_blocks = np.unique(hours, return_inverse=True)[1], len(np.unique(hours))
+    unique_hours, block = np.unique(hours, return_inverse=True)
+    n_blocks = len(unique_hours)
     weights: dict[str, list[float]] = {}
     shrunk: dict[str, int] = {}
     for j, target in enumerate(spec.targets):
