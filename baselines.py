@@ -43,6 +43,7 @@ counts), NaN for targets not asked for, the layout ``tft_evaluate`` scores.
 
 from __future__ import annotations
 
+import argparse
 import logging
 import time
 import warnings
@@ -52,6 +53,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
+from cli_options import option
 from config import (
     INTEGER_METRICS,
     METRIC_RANGES,
@@ -63,6 +65,7 @@ from config import (
     STAT_SEASON_LENGTH,
     STATISTICAL_METHODS,
     STATISTICAL_METHODS_ALL,
+    TRAINING_GUIDE_DOC,
 )
 
 if TYPE_CHECKING:
@@ -306,3 +309,29 @@ def statistical_forecasts(store: SeriesStore, servers: np.ndarray, starts: np.nd
         logger.info("statistical baseline %s: %d windows x %d targets in %.1f s", method, len(servers),
                     len(columns), seconds[method])
     return forecasts, seconds
+
+
+def parse_methods(text: str) -> tuple[str, ...]:
+    """``--statistical a,b``: the named statsforecast models, each one of ``STATISTICAL_METHODS_ALL``."""
+    methods = tuple(m.strip() for m in text.split(",") if m.strip())
+    unknown = [m for m in methods if m not in STATISTICAL_METHODS_ALL]
+    if unknown:
+        raise argparse.ArgumentTypeError(
+            f"{','.join(unknown)}: unknown model(s). Fix: use any of {', '.join(STATISTICAL_METHODS_ALL)}, or "
+            f"--no-statistical. See {TRAINING_GUIDE_DOC} (Backtest).")
+    return methods
+
+
+def statistical_option() -> Any:
+    """The ``--statistical`` / ``--no-statistical`` setting (the trainer's and the backtest's)."""
+    return option(STATISTICAL_METHODS, f"statsforecast models scored beside the naive baselines, comma-separated, "
+                  f"from {', '.join(STATISTICAL_METHODS_ALL)}", parse=parse_methods, metavar="MODELS",
+                  off=("--no-statistical", (), "skip the statistical models (quick runs: they cost seconds to "
+                       "minutes)"))
+
+
+@dataclass
+class StatisticalSettings:
+    """Only the statistical models' flag, for a command that has no other settings of ours (the benchmarks)."""
+
+    statistical: tuple[str, ...] = statistical_option()

@@ -48,6 +48,7 @@ IMPORTING_DOC = "Docs/IMPORTING.md"
 
 # Network defaults. Services bind to loopback unless told otherwise.
 DEFAULT_HOST = "127.0.0.1"
+OFFLINE_PREDICTIONS_FILE = Path("predictions.json")  # `main.py infer --data FILE` writes here (--out)
 DAEMON_PORT = 8000
 DEFAULT_DAEMON_URL = f"http://{DEFAULT_HOST}:{DAEMON_PORT}"
 DASHBOARD_PORT = 8501
@@ -766,6 +767,16 @@ HOLDOUT_HOURS = 24  # kept out of training and validation entirely; the backtest
 # fleet-wide fallback for servers whose role it cannot tell.
 PROFILE_DROPOUT = 0.1
 TRAIN_SEED = 1234
+# Whole servers per profile kept out of training, to measure forecasts on never-seen servers.
+TRAIN_UNSEEN_PER_PROFILE = 1
+# Where Lightning trains (--accelerator / --devices / --num-nodes / --strategy): "auto" picks a
+# GPU when present, all its devices, one node, and Lightning's own strategy choice.
+TRAIN_ACCELERATOR = "auto"  # auto | cpu | gpu
+TRAIN_DEVICES = "auto"  # devices per node, or auto
+TRAIN_NUM_NODES = 1
+TRAIN_STRATEGY = "auto"  # auto | ddp | ddp_spawn | ...
+# The training file `main.py train` reads when --data is not given.
+TRAINING_DATA_PATH = TRAINING_DIR / TRAINING_DATA_FILE
 # Memory: the training data is held as compact arrays (about this many bytes per row, frame
 # and model inputs together, measured on the 90-server fleet). If a file would need more than
 # the budget, training uses a deterministic subset of servers that fits (logged), so a 10 GB+
@@ -776,7 +787,7 @@ TRAINING_MEMORY_BUDGET_GB = 8.0
 
 # Backtest: forecast origins every this many buckets inside the held-out range.
 BACKTEST_ORIGIN_STRIDE = 6
-# What a profile is worth on never-seen servers (tft_evaluate.measure_profile_value): forecast
+# What a profile is worth on never-seen servers (profile_study.measure_profile_value): forecast
 # origins every this many buckets, and bootstrap resamples (whole servers) of the gain's interval.
 PROFILE_VALUE_ORIGIN_STRIDE = 6
 PROFILE_VALUE_BOOTSTRAP_RESAMPLES = 1000
@@ -810,6 +821,7 @@ QRISK_DENOMINATOR_FLOOR = {
 MODEL_DIR_PREFIX = "tft_model_"
 MODEL_DIR_TIME_FORMAT = "%Y%m%d_%H%M%S"
 LATEST_MODEL_LINK = "latest"
+LATEST_MODEL_DIR = MODELS_DIR / LATEST_MODEL_LINK  # the model `infer` and `evaluate` read by default
 MODEL_WEIGHTS_FILE = "model.safetensors"
 MODEL_CONFIG_FILE = "config.json"
 TRAINING_INFO_FILE = "training_info.json"

@@ -16,10 +16,12 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import functools
 import json
 import logging
+import shlex
 import sqlite3
 import threading
 import time
@@ -55,19 +57,25 @@ from api_models import (
     RejectedRecord,
     StatusResponse,
 )
+from cli_options import option
 from common_utils import isoformat_utc
 from config import (
     ACCURACY_SERVER_WINDOW,
     ACCURACY_WINDOWS_HOURS,
+    ALERTMANAGER_DOC,
     ALERTMANAGER_RESEND_SECONDS,
     ANONYMOUS_RATE_BURST,
     ANONYMOUS_RATE_PER_MINUTE,
+    API_KEY_ENV,
+    API_KEY_FILE_ENV,
     API_REFERENCE_DOC,
     BAND_ADAPT_ENABLED,
     BUCKET_GRACE_SECONDS,
     CONTRACT_VERSION,
+    DAEMON_PORT,
     DASHBOARD_URL,
     DATA_CONTRACT_DOC,
+    DEFAULT_HOST,
     ESTABLISHED_HISTORY_HOURS,
     FEED_MAX_AGE_DAYS,
     FEED_MAX_FUTURE_SECONDS,
@@ -79,6 +87,7 @@ from config import (
     HORIZONS,
     HOUSEKEEPING_SECONDS,
     INSTANCE_MAX_LENGTH,
+    LATEST_MODEL_DIR,
     LATEST_MODEL_LINK,
     LINBORG_METRICS,
     LIVE_SELECTION,
@@ -104,12 +113,14 @@ from config import (
     RATE_LIMIT_REQUESTS_PER_MINUTE,
     REMOTE_WRITE_MAPPING_FILE,
     RETENTION_DAYS,
+    RETENTION_MIN_DAYS,
     RETRAIN_DOC,
     RISK_METRICS,
     SAMPLING_INTERVAL_SECONDS,
     STEPS_PER_DAY,
     STEPS_PER_HOUR,
     STORE_PATH,
+    TRUSTED_PROXIES,
     WS_MAX_SUBSCRIBERS,
     WS_MAX_SUBSCRIBERS_PER_KEY,
     WS_SEND_TIMEOUT_SECONDS,
@@ -123,7 +134,7 @@ from metrics_store import COUNTS, GAUGES, FleetWindows, MetricsStore, StoreError
 from observed_series import ObservedSeries
 from otlp_receiver import OtlpReceiver
 from remote_write import RemoteWriteReceiver
-from retrain_scheduler import RetrainScheduler
+from retrain_scheduler import RetrainScheduler, parse_interval
 from state_rules import STATE_PRECEDENCE
 from tft_model import ModelLoadError, load_model
 
@@ -131,32 +142,83 @@ logger = logging.getLogger("tft_inference")
 
 
 # ============================================================================ settings and counters
+def _interval(text: str) -> float:
+    """``--retrain-every``: an interval such as ``24h`` (retrain_scheduler.parse_interval), in seconds."""
+    try:
+        return parse_interval(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 @dataclass
 class DaemonSettings:
-    """How the daemon runs."""
+    """How the daemon runs: each flagged field is also its ``main.py infer`` flag (cli_options.py)."""
 
-    model_dir: Path | None
-    store_path: Path = STORE_PATH
+    model_dir: Path | None = option(LATEST_MODEL_DIR, "model directory (<models>/latest follows promotions)",
+                                    parse=Path)
+    host: str = option(DEFAULT_HOST, "bind address (loopback unless told otherwise)")
+    port: int = option(DAEMON_PORT, "TCP port", parse=int)
+    store_path: Path = option(STORE_PATH, "SQLite file for the live metrics", flag="--store", parse=Path)
     api_key: str | None = None  # one key with every scope ($TFT_API_KEY or generated)
-    api_key_file: Path | None = None  # scoped keys, re-read when the file changes (wins over api_key)
-    open_reads: bool = False
-    allow_no_model: bool = False
-    rate_per_minute: float = RATE_LIMIT_REQUESTS_PER_MINUTE
-    rate_burst: int = RATE_LIMIT_BURST
-    max_future_seconds: float = FEED_MAX_FUTURE_SECONDS  # how far ahead of the daemon's clock a record may be
+    # scoped keys, re-read when the file changes (wins over api_key)
+    api_key_file: Path | None = option(
+        None, f"key file: one key per line, 'ingest=KEY', 'read=KEY', 'admin=KEY' (or 'read,admin=KEY'; a bare KEY "
+              f"holds every scope); re-read when it changes, so keys rotate without a restart (else "
+              f"${API_KEY_FILE_ENV}, or one key in ${API_KEY_ENV}). See {API_REFERENCE_DOC} (Security)", parse=Path)
+    open_reads: bool = option(False, "GET endpoints without an API key")
+    allow_no_model: bool = option(False, "start even if the model cannot be loaded (forecast endpoints answer 503)")
+    rate_per_minute: float = option(RATE_LIMIT_REQUESTS_PER_MINUTE, "requests per minute per client", parse=float)
+    rate_burst: int = option(RATE_LIMIT_BURST, "burst size of the rate limit", parse=int)
+    max_future_seconds: float = option(FEED_MAX_FUTURE_SECONDS, "how far ahead of this daemon's clock a record may "
+                                       "be stamped (raise it only to replay a time-scaled feed)", parse=float)
     band_adaptation: bool = BAND_ADAPT_ENABLED  # live calibration of p10/p90 from matured forecasts
-    live_selection: bool = LIVE_SELECTION.enabled  # the last value where the model loses to it (live_selection.py)
-    retrain_every_seconds: float | None = None  # scheduled retraining (needs model_dir = <models>/latest)
-    retrain_args: list[str] = field(default_factory=list)  # extra flags for main.py retrain
-    alertmanager_urls: list[str] = field(default_factory=list)  # push alerts there (--alertmanager-url)
-    dashboard_url: str = DASHBOARD_URL  # what alerts pushed to Alertmanager link to (--dashboard-url)
+    live_selection: bool = option(LIVE_SELECTION.enabled, "always serve the model's forecast, even where its matured "
+                                  "forecasts on a server keep losing to the last value (Docs/API_REFERENCE.md, Live "
+                                  "selection)")
+    retrain_every_seconds: float | None = option(
+        None, f"retrain from the store this often (e.g. 24h) in a separate low-priority process, and serve a "
+              f"challenger only when it backtests better; needs --model-dir <models>/latest. See {RETRAIN_DOC}",
+        flag="--retrain-every", parse=_interval, metavar="INTERVAL")
+    retrain_args: list[str] = option(help="extra flags for each scheduled 'main.py retrain' (e.g. '--epochs 4')",
+                                     factory=list, parse=shlex.split, metavar="'FLAGS'")
+    alertmanager_urls: list[str] = option(
+        help=f"push firing alerts to this Prometheus Alertmanager (API v2, e.g. http://127.0.0.1:9093; "
+             f"user:password@ in the URL is sent as basic auth); repeat for several (each gets every alert, on its "
+             f"own thread). Firing alerts are re-sent every {ALERTMANAGER_RESEND_SECONDS:g} s, resolved ones sent "
+             f"resolved; labels alertname (FleetForecastRisk / FleetModelDegraded), severity, server, instance, "
+             f"profile, metric, horizon. See {ALERTMANAGER_DOC}", factory=list, flag="--alertmanager-url",
+        repeat=True, metavar="URL")
+    alertmanager_url_file: Path | None = option(
+        None, "Alertmanager URLs, one per line, for URLs that carry credentials (user:password@): a file readable by "
+              "the daemon's user only (mode 0600), so the password never shows in the process list; a password in "
+              "--alertmanager-url itself is refused", parse=Path, metavar="FILE")
+    dashboard_url: str = option(DASHBOARD_URL, "the dashboard's address, linked from every alert pushed to "
+                                "Alertmanager (annotation 'dashboard' and generatorURL)", metavar="URL")
     alertmanager_resend_seconds: float = ALERTMANAGER_RESEND_SECONDS  # firing alerts are re-sent this often
-    remote_write_mapping: Path | None = None  # POST /api/v1/write's mapping (None: REMOTE_WRITE_MAPPING_FILE)
-    otlp_mapping: Path | None = None  # POST /v1/metrics' mapping (None: OTLP_MAPPING_FILE)
-    max_servers: int = MAX_TRACKED_SERVERS  # servers tracked at most (--max-servers)
-    health_stall_seconds: float = HEALTH_STALL_SECONDS  # /health degraded: data arrives, no cycle completes
-    housekeeping_seconds: float = HOUSEKEEPING_SECONDS  # retention and memory release run this often
-    established_hours: float = ESTABLISHED_HISTORY_HOURS  # history before a server calibrates shared bands
+    remote_write_mapping: Path | None = option(
+        REMOTE_WRITE_MAPPING_FILE, "mapping of POST /api/v1/write (Prometheus remote-write): its 'remote_write' "
+        "section, names and profiles (Docs/COLLECTING.md)", parse=Path, metavar="JSON")
+    otlp_mapping: Path | None = option(
+        OTLP_MAPPING_FILE, "mapping of POST /v1/metrics (OpenTelemetry OTLP/HTTP): its 'remote_write' section in the "
+        "names the collector's prometheusremotewrite exporter writes, names and profiles (Docs/COLLECTING.md, "
+        "OpenTelemetry)", parse=Path, metavar="JSON")
+    max_servers: int = option(MAX_TRACKED_SERVERS, "servers tracked at most; a record for one more is rejected "
+                              "naming the cap (Docs/API_REFERENCE.md, Limits)", parse=int)
+    health_stall_seconds: float = option(HEALTH_STALL_SECONDS, "/health says degraded when records arrive but no "
+                                         "forecast cycle completed for this long", parse=float)
+    housekeeping_seconds: float = option(HOUSEKEEPING_SECONDS, "retention, duplicate-check keys and idle servers run "
+                                         "this often, with or without a model", parse=float)
+    established_hours: float = option(ESTABLISHED_HISTORY_HOURS, "history a server needs before its forecasts are "
+                                      "scored live and calibrate the shared bands", parse=float)
+    retention_days: int = option(RETENTION_DAYS, f"days of 5-minute buckets the store keeps, >= {RETENTION_MIN_DAYS} "
+                                 f"(forecasts are kept {FORECAST_RETENTION_HOURS // 24} days); 'main.py export' "
+                                 f"writes the buckets as training data", parse=int)
+    access_log: Path | None = option(None, "write the access log (one JSON line per prediction request) to this "
+                                     "file instead of the daemon's log", parse=Path)
+    trusted_proxies: list[str] = option(
+        help="believe X-Forwarded-For / X-Forwarded-Proto only from this peer address (repeat for several); by "
+             "default no proxy is trusted and clients are told apart by their own address",
+        factory=lambda: list(TRUSTED_PROXIES), flag="--trusted-proxy", repeat=True, metavar="ADDRESS")
 
     @property
     def models_dir(self) -> Path | None:
@@ -164,7 +226,6 @@ class DaemonSettings:
         if self.model_dir is not None and self.model_dir.name == LATEST_MODEL_LINK:
             return self.model_dir.parent
         return None
-    retention_days: int = RETENTION_DAYS  # buckets older than this are deleted (--retention-days)
 
 
 @dataclass

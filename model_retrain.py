@@ -33,6 +33,7 @@ are trained and judged on, and the gate refuses outright when the population cha
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import errno
 import fcntl
 import logging
@@ -44,12 +45,15 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow.parquet as pq
 
+from cli_options import add_options, option, settings_from
 from common_utils import atomic_write_json, atomic_write_text
 from config import (
     HORIZONS,
@@ -71,7 +75,13 @@ from config import (
     SERVER_MAPPING_FILE,
     TRAINING_DATA_FILE,
 )
+from metrics_store import StoreError
 from model_registry import current_model, promote, record_refusal, record_rejection
+from server_encoder import ServerEncoder
+from store_export import StoreExportError, export_store
+from tft_evaluate import backtest_store
+from tft_model import load_model
+from tft_trainer import TrainingError, TrainSettings, prepare_data, train
 
 logger = logging.getLogger(__name__)
 
@@ -241,15 +251,11 @@ def population_change(champion: set[str], challenger: set[str]) -> dict[str, Any
 
 def champion_servers(champion_dir: Path) -> set[str]:
     """The servers the champion was trained with (its ``server_mapping.json``)."""
-    from server_encoder import ServerEncoder
-
     return set(ServerEncoder.load(champion_dir / SERVER_MAPPING_FILE).name_to_id)
 
 
 def data_servers(data_path: Path) -> set[str]:
     """The server names in a contract Parquet file (that column only is read)."""
-    import pyarrow.parquet as pq
-
     column = pq.read_table(data_path, columns=["server_name"]).column("server_name")
     return {str(name) for name in column.unique().to_pylist() if name is not None}
 
@@ -271,10 +277,6 @@ def refusal_reason(population: dict[str, Any], max_change: float) -> str | None:
 def backtest_champion(champion_dir: Path, data_path: Path, val_hours: int, holdout_hours: int,
                       unseen_per_profile: int, unseen_servers: list[str]) -> dict[str, Any]:
     """The serving model's backtest on the challenger's held-out window (its own feature spec)."""
-    from tft_evaluate import backtest_store
-    from tft_model import load_model
-    from tft_trainer import prepare_data
-
     loaded = load_model(champion_dir)
     data = prepare_data(data_path, loaded.spec.encoder_length, val_hours, holdout_hours, unseen_per_profile,
                         spec=loaded.spec)
@@ -358,8 +360,6 @@ def export_for_retrain(store: Path, work: Path, since: str | None,
                        min_history_days: float = RETRAIN_MIN_HISTORY_DAYS) -> tuple[Path, dict[str, Any]]:
     """The store's history as contract Parquet in ``work`` (beside a running daemon), established servers only;
     the file and the export's metadata."""
-    from store_export import export_store
-
     out = work / TRAINING_DATA_FILE
     metadata = export_store(store, out, since=since, min_history_days=min_history_days)
     return out, metadata
@@ -383,21 +383,20 @@ def _remove_stale_work(models_dir: Path) -> None:
                     ", ".join(f.name for f in stale[:5]))
 
 
-def retrain(args: argparse.Namespace) -> dict[str, Any]:
+def retrain(job: RetrainSettings, training: TrainSettings) -> dict[str, Any]:
     """Train, compare, promote or reject; the report (also written under the models directory).
 
-    Call it holding :func:`retrain_lock` (``run_from_args`` does). With ``--store`` only servers
+    ``training`` trains the challenger (its ``data`` is the export with ``job.store``). Call it holding
+    :func:`retrain_lock` (``run_from_args`` does). With ``--store`` only servers
     holding ``--min-history-days`` of buckets are exported, so trained and judged on; when the
     champion was trained on a population that differs from them by more than
     ``--max-population-change``, nothing is trained and the report says "refused: population changed".
     """
-    from tft_trainer import settings_from_args, train
-
     began = time.perf_counter()
     started_at = datetime.now(UTC).isoformat(timespec="seconds")
-    models_dir: Path = args.models_dir
+    models_dir: Path = training.models_dir
     models_dir.mkdir(parents=True, exist_ok=True)
-    if args.holdout_hours <= 0:
+    if training.holdout_hours <= 0:
         raise RetrainError("--holdout-hours must be > 0: the gate compares the models on the most recent hours, "
                            f"which the challenger must not train on. See {RETRAIN_DOC}.")
     champion = current_model(models_dir)
@@ -406,17 +405,18 @@ def retrain(args: argparse.Namespace) -> dict[str, Any]:
     work.mkdir(parents=True, exist_ok=True)
     challenger_dir: Path | None = None
     try:
-        population: dict[str, Any] = {"min_history_days": args.min_history_days, "left_out": 0}
-        if args.store is not None:
-            logger.info("retrain: exporting %s (servers with at least %g days of stored history)", args.store,
-                        args.min_history_days)
-            args.data, metadata = export_for_retrain(args.store, work, args.since, args.min_history_days)
+        population: dict[str, Any] = {"min_history_days": job.min_history_days, "left_out": 0}
+        if job.store is not None:
+            logger.info("retrain: exporting %s (servers with at least %g days of stored history)", job.store,
+                        job.min_history_days)
+            data, metadata = export_for_retrain(job.store, work, job.since, job.min_history_days)
             servers = set(metadata["servers"])
             population["left_out"] = len(metadata.get("servers_short_history") or {})
             logger.info("retrain: training and judging on %d established servers; %d left out with less than %g "
-                        "days of history", len(servers), population["left_out"], args.min_history_days)
+                        "days of history", len(servers), population["left_out"], job.min_history_days)
         else:
-            servers = data_servers(args.data)  # a file is taken as given: its servers are the population
+            data = training.data
+            servers = data_servers(data)  # a file is taken as given: its servers are the population
         population.update(challenger_servers=len(servers))
         if champion is not None:
             try:
@@ -424,20 +424,18 @@ def retrain(args: argparse.Namespace) -> dict[str, Any]:
             except (FileNotFoundError, ValueError) as exc:
                 logger.warning("retrain: the champion's server population is unknown (%s); the population check "
                                "is skipped", exc)
-        refused = refusal_reason(population, args.max_population_change) if "change" in population else None
+        refused = refusal_reason(population, job.max_population_change) if "change" in population else None
         if refused is not None:
             report = {"started_at": started_at, "champion": champion.name if champion else None,
-                      "challenger": None, "data": str(args.data), "population": population, "gate": None,
-                      "max_population_change": args.max_population_change, "train_seconds": 0.0,
+                      "challenger": None, "data": str(data), "population": population, "gate": None,
+                      "max_population_change": job.max_population_change, "train_seconds": 0.0,
                       "seconds": round(time.perf_counter() - began, 1), "decision": refused}
             _write_report(models_dir, f"retrain_refused_{datetime.now(UTC).strftime('%Y%m%d_%H%M%S')}", report)
             record_refusal(models_dir, report)
             logger.warning("retrain: %s", refused)
             return report
-        settings = settings_from_args(args)
-        settings.update_latest = False
-        settings.backtest = True
-        settings.warm_start = champion if champion is not None and not args.no_warm_start else None
+        settings = dataclasses.replace(training, data=data, update_latest=False, backtest=True,
+                                       warm_start=champion if champion is not None and job.warm_start else None)
         logger.info("retrain: training a challenger on %s (the last %d h held out for the gate)%s", settings.data,
                     settings.holdout_hours, f", warm-started from {champion.name}" if settings.warm_start else "")
         train_began = time.perf_counter()
@@ -450,7 +448,7 @@ def retrain(args: argparse.Namespace) -> dict[str, Any]:
             logger.info("retrain: backtesting the champion %s on the same held-out window", champion.name)
             champion_backtest = backtest_champion(champion, settings.data, settings.val_hours, settings.holdout_hours,
                                                   settings.unseen_per_profile, result.data.unseen_servers)
-        gate = compare(champion_backtest, challenger_backtest, tuple(args.coverage_band))
+        gate = compare(champion_backtest, challenger_backtest, tuple(job.coverage_band))
         report = {"started_at": started_at, "champion": champion.name if champion else None,
                   "challenger": challenger_dir.name, "data": str(settings.data),
                   "holdout": {"first": challenger_backtest["range"]["first_decoder_bucket"],
@@ -461,7 +459,7 @@ def retrain(args: argparse.Namespace) -> dict[str, Any]:
         _write_report(models_dir, f"retrain_{challenger_dir.name}", report)
         if gate["promote"]:
             atomic_write_json(challenger_dir / "promotion_report.json", report)
-            promote(models_dir, challenger_dir, report, keep=args.keep)
+            promote(models_dir, challenger_dir, report, keep=job.keep)
         else:
             record_rejection(models_dir, challenger_dir.name, report)
             shutil.rmtree(challenger_dir, ignore_errors=True)
@@ -478,39 +476,6 @@ def retrain(args: argparse.Namespace) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------- CLI
-def build_arg_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
-    """``main.py retrain``: the trainer's flags plus where the data comes from, the gate and the bounds."""
-    from tft_trainer import build_arg_parser as trainer_arguments
-
-    parser = parser or argparse.ArgumentParser(description="Retrain from the store and promote only a better model.")
-    trainer_arguments(parser)
-    parser.set_defaults(data=None, epochs=RETRAIN_EPOCHS, no_statistical=True)
-    parser.add_argument("--store", type=Path, default=None,
-                        help="the daemon's metrics store to train on (exported first; may run beside the daemon)")
-    parser.add_argument("--since", default=None, help="with --store: export buckets from this ISO 8601 time on")
-    parser.add_argument("--coverage-band", type=_band, default=PROMOTION_COVERAGE_BAND, metavar="LOW,HIGH",
-                        help="the challenger's mean p10-p90 coverage must lie inside this band at every horizon "
-                             "(default %(default)s)")
-    parser.add_argument("--no-warm-start", action="store_true", help="train the challenger from scratch")
-    parser.add_argument("--keep", type=int, default=MODELS_KEEP, help="model folders kept (default %(default)s)")
-    parser.add_argument("--min-history-days", type=_non_negative, default=RETRAIN_MIN_HISTORY_DAYS, metavar="DAYS",
-                        help="with --store: train and judge only on servers holding at least this many days of "
-                             "buckets (default %(default)s; 0: every server)")
-    parser.add_argument("--max-population-change", type=_share, default=RETRAIN_MAX_POPULATION_CHANGE,
-                        metavar="SHARE", help="refuse (train nothing) when more than this share of the servers in "
-                                              "the champion's or the new population is new or gone (default "
-                                              "%(default)s; 1: never refuse)")
-    parser.add_argument("--memory-limit-mb", type=int, default=RETRAIN_MEMORY_LIMIT_MB, metavar="MB",
-                        help="address space this retrain may map (RLIMIT_AS; not applied for GPU training; "
-                             "default %(default)s; 0: none)")
-    parser.add_argument("--parent-pid", type=int, default=None, metavar="PID",
-                        help="end this retrain when process PID is no longer its parent (the daemon passes its own)")
-    parser.add_argument("--keep-reports", type=_positive_int, default=RETRAIN_KEEP_REPORTS, metavar="N",
-                        help="retrain reports and retrain logs kept in <models-dir>/reports, each (default "
-                             "%(default)s)")
-    return parser
-
-
 def _band(text: str) -> tuple[float, float]:
     try:
         low, high = (float(x) for x in text.split(","))
@@ -548,28 +513,66 @@ def _positive_int(text: str) -> int:
     return value
 
 
+
+@dataclass
+class RetrainSettings:
+    """Where a retrain's data comes from, the gate and the bounds: each field is a ``main.py retrain`` flag
+    beside the trainer's own (:class:`tft_trainer.TrainSettings`; cli_options.py)."""
+
+    store: Path | None = option(None, "the daemon's metrics store to train on (exported first; may run beside the "
+                                "daemon)", parse=Path)
+    since: str | None = option(None, "with --store: export buckets from this ISO 8601 time on")
+    coverage_band: tuple[float, float] = option(PROMOTION_COVERAGE_BAND, "the challenger's mean p10-p90 coverage "
+                                                "must lie inside this band at every horizon", parse=_band,
+                                                metavar="LOW,HIGH")
+    warm_start: bool = option(True, "train the challenger from scratch")
+    keep: int = option(MODELS_KEEP, "model folders kept", parse=int)
+    min_history_days: float = option(RETRAIN_MIN_HISTORY_DAYS, "with --store: train and judge only on servers "
+                                     "holding at least this many days of buckets (0: every server)",
+                                     parse=_non_negative, metavar="DAYS")
+    max_population_change: float = option(RETRAIN_MAX_POPULATION_CHANGE, "refuse (train nothing) when more than "
+                                          "this share of the servers in the champion's or the new population is new "
+                                          "or gone (1: never refuse)", parse=_share, metavar="SHARE")
+    memory_limit_mb: int = option(RETRAIN_MEMORY_LIMIT_MB, "address space this retrain may map (RLIMIT_AS; not "
+                                  "applied for GPU training; 0: none)", parse=int, metavar="MB")
+    parent_pid: int | None = option(None, "end this retrain when process PID is no longer its parent (the daemon "
+                                    "passes its own)", parse=int, metavar="PID")
+    keep_reports: int = option(RETRAIN_KEEP_REPORTS, "retrain reports and retrain logs kept in "
+                               "<models-dir>/reports, each", parse=_positive_int, metavar="N")
+
+
+def build_arg_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
+    """``main.py retrain``: the trainer's flags (its data optional, fewer epochs, no statistical models) plus
+    :class:`RetrainSettings`."""
+    parser = parser or argparse.ArgumentParser(description="Retrain from the store and promote only a better model.")
+    add_options(parser, TrainSettings, defaults={"data": None, "epochs": RETRAIN_EPOCHS, "statistical": ()})
+    return add_options(parser, RetrainSettings)
+
+
+def settings_from_args(args: argparse.Namespace) -> tuple[RetrainSettings, TrainSettings]:
+    """The retrain's own settings and the challenger's training settings from parsed arguments."""
+    return settings_from(RetrainSettings, args), settings_from(TrainSettings, args)
+
+
 def run_from_args(args: argparse.Namespace) -> int:
     """Retrain; 0 when a decision was made (promoted, kept or refused), 1 when the retrain could not run,
     ``RETRAIN_EXIT_LOCKED`` when another retrain holds the lock (skipped), 128 + n when stopped by signal n."""
-    from metrics_store import StoreError
-    from store_export import StoreExportError
-    from tft_trainer import TrainingError
-
-    if (args.store is None) == (args.data is None):
+    job, training = settings_from_args(args)
+    if (job.store is None) == (training.data is None):
         logger.error("give exactly one of --store (the daemon's metrics store) or --data (a contract Parquet "
                      "file). See %s.", RETRAIN_DOC)
         return 1
     # First the bounds, before any work: the memory limit, the daemon watch, SIGTERM as a clean stop.
-    apply_memory_limit(args.memory_limit_mb, args.accelerator)
-    if args.parent_pid is not None:
-        watch_parent(args.parent_pid)
+    apply_memory_limit(job.memory_limit_mb, training.accelerator)
+    if job.parent_pid is not None:
+        watch_parent(job.parent_pid)
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
-        with retrain_lock(args.models_dir):
+        with retrain_lock(training.models_dir):
             try:
-                report = retrain(args)
+                report = retrain(job, training)
             finally:
-                rotate_reports(args.models_dir / RETRAIN_REPORTS_SUBDIR, args.keep_reports)
+                rotate_reports(training.models_dir / RETRAIN_REPORTS_SUBDIR, job.keep_reports)
     except RetrainLocked as exc:
         logger.warning("%s", exc)
         return RETRAIN_EXIT_LOCKED
@@ -581,7 +584,7 @@ def run_from_args(args: argparse.Namespace) -> int:
             raise
         logger.error("retrain failed, nothing changed: it ran out of memory (its address-space limit is "
                      "--memory-limit-mb %d). Fix: raise --memory-limit-mb (0: none), or lower --max-memory-gb so "
-                     "the trainer uses a subset of servers. See %s.", args.memory_limit_mb, RETRAIN_DOC)
+                     "the trainer uses a subset of servers. See %s.", job.memory_limit_mb, RETRAIN_DOC)
         return 1
     print(format_report(report))  # the CLI's result, for a person
     return 0

@@ -21,19 +21,18 @@ scored as *used* % (what users see), and q-risk's denominator has a floor per me
 out of training are scored separately, with their real profile and with the profile hidden, to
 show what profile conditioning is worth on a new server.
 
-:func:`measure_profile_value` asks the same on a freshly generated fleet of servers the model
-has never seen, against a profile-agnostic model (:func:`train_agnostic_model`) too; the
-benchmark ``bench/bench_profile_value.py`` prints it.
+``profile_study.py`` asks the same on a freshly generated fleet of servers the model has never
+seen, against a profile-agnostic model too. Calibration fitting, a training step that uses this
+module's window forecasts, is ``calibration_fit.py``; this module never imports the trainer.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 import sys
-import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,56 +40,42 @@ import numpy as np
 import pandas as pd
 import torch
 
+from baselines import statistical_forecasts, statistical_option
+from cli_options import add_options, option, settings_from
 from common_utils import atomic_write_json, parse_utc, quiet_library_noise, read_json, setup_logging
 from config import (
     BACKTEST_ORIGIN_STRIDE,
-    BAND_CALIBRATION,
-    BAND_CALIBRATION_MAX_SHIFT,
-    BAND_CALIBRATION_MAX_WINDOWS,
     DISPLAY_CPU,
     HOLDOUT_HOURS,
     HORIZONS,
     IMPORTING_DOC,
-    INTEGER_METRICS,
+    LATEST_MODEL_DIR,
     LINBORG_METRICS,
     LIVE_SELECTION,
-    METRIC_RANGES,
-    PERSISTENCE_BLEND,
-    PERSISTENCE_BLEND_GRID,
-    PERSISTENCE_BLEND_MIN_GAIN,
-    PERSISTENCE_BLEND_SIGNIFICANCE,
-    PROFILE_PREFIXES,
-    PROFILE_VALUE_BOOTSTRAP_RESAMPLES,
-    PROFILE_VALUE_ORIGIN_STRIDE,
     QRISK_DENOMINATOR_FLOOR,
     QUANTILE_LABELS,
     QUANTILES,
     SEASONAL_LAG_STEPS,
-    STATISTICAL_METHODS,
-    STATISTICAL_METHODS_ALL,
-    STEPS_PER_DAY,
     STEPS_PER_HOUR,
     TIME_IDX,
-    TRAINING_DATA_FILE,
+    TRAINING_DATA_PATH,
     TRAINING_GUIDE_DOC,
     TRAINING_INFO_FILE,
-    VALID_PROFILES,
 )
 from contract import bucket_of_times, bucket_start, cpu_used
 from data_validator import DataValidator, format_report
-from scoring import diebold_mariano, score_from_sums, score_terms, significantly
+from forecast_engine import display_forecast, display_metrics, serve_selected
+from live_accuracy import LIVE_TERMS, BandAdjuster, display_values, live_terms
+from live_selection import LiveSelection
+from scoring import score_from_sums, score_terms
 from tft_features import (
     FeatureSpec,
     SeriesStore,
     build_features,
     decode_quantiles,
-    encoder_center_scale,
-    inverse_transform_target,
-    level_ceiling,
     load_training_frame,
-    transform_target,
 )
-from tft_model import FleetTFT, LoadedModel, load_model
+from tft_model import FleetTFT, load_model
 from trace_importer import measured_metrics_for
 
 logger = logging.getLogger(__name__)
@@ -235,188 +220,6 @@ def evaluate_windows(spec: FeatureSpec, forecasts: np.ndarray, actual: np.ndarra
     return {"per_target": per_target, "per_horizon": per_horizon, "methods": methods}
 
 
-def fit_calibration(model: FleetTFT, spec: FeatureSpec, store: SeriesStore, first_decoder_tidx: int,
-                    last_decoder_tidx: int, seed: int = 0, blend: bool = PERSISTENCE_BLEND,
-                    bands: bool = BAND_CALIBRATION) -> None:
-    """Calibrate ``model`` on the windows whose decoder lies in [first, last] (its validation days).
-
-    The model forecasts those windows uncalibrated, once. Then, in this order: the persistence
-    blend (:func:`fit_persistence_blend`, models anchored on the last value) and the conformal
-    band offsets of the blended forecasts (:func:`fit_band_offsets`). Both go into ``spec``
-    (``center_weights``, ``band_offsets``) and are applied with ``model.set_calibration(spec)``,
-    so the backtest, the offline forecast and the daemon serve the same calibrated forecast.
-    """
-    servers, starts = store.window_starts(first_decoder_tidx, last_decoder_tidx)
-    if len(servers) == 0:
-        raise ValueError(f"No window to calibrate the bands on. See {TRAINING_GUIDE_DOC} (Bands).")
-    if len(servers) > BAND_CALIBRATION_MAX_WINDOWS:
-        pick = np.sort(np.random.default_rng(seed).choice(len(servers), BAND_CALIBRATION_MAX_WINDOWS, replace=False))
-        servers, starts = servers[pick], starts[pick]
-    spec.center_weights, spec.band_offsets = None, None
-    model.set_calibration(spec)
-    forecasts = predict_windows(model, store, servers, starts)  # (W, T, D, Q), uncalibrated
-    actual = actuals_and_baselines(store, servers, starts)[0]  # (W, T, D)
-    enc = spec.encoder_length
-    first = store.offsets[servers] + starts
-    floors, ceilings = spec.scale_limits()
-    center, scale = encoder_center_scale(store.rows.targets_tf[first[:, None] + np.arange(enc)[None, :]], floors,
-                                         spec.center, ceilings)  # (W, T): each window's anchor and spread
-    if blend and spec.center == "last":
-        hours = store.time_idx[first + enc - 1] // STEPS_PER_HOUR  # each window's origin hour
-        spec.center_weights = fit_persistence_blend(spec, forecasts, actual, center, scale, hours)
-        forecasts = apply_persistence_blend(spec, forecasts, center)
-    if bands:
-        spec.band_offsets = fit_band_offsets(spec, forecasts, actual, center, scale)
-    model.set_calibration(spec)
-
-
-def _decode(spec: FeatureSpec, target: str, transformed: np.ndarray) -> np.ndarray:
-    """Transformed values -> metric units, clipped to the metric's range (as the model decodes)."""
-    low, high = METRIC_RANGES[target]
-    return np.clip(inverse_transform_target(target, transformed, spec), low, high if high is not None else np.inf)
-
-
-def _transformed(spec: FeatureSpec, target: str, values: np.ndarray) -> np.ndarray:
-    log_scale = bool(spec.target_normalizers[target]["transformation"])
-    v = np.maximum(values.astype(np.float64), 0.0) if log_scale else values.astype(np.float64)
-    return transform_target(target, v, spec)
-
-
-def fit_persistence_blend(spec: FeatureSpec, forecasts: np.ndarray, actual: np.ndarray, anchor: np.ndarray,
-                          scale: np.ndarray, origin_hours: np.ndarray | None = None) -> dict[str, list[float]]:
-    """Per target and decoder step, the share ``w`` of the model's forecast change from the last value to keep.
-
-    ``p50 = last + w * (model p50 - last)`` in the target's modelled units (log1p for heavy-tailed
-    metrics); ``w`` is the value of ``PERSISTENCE_BLEND_GRID`` with the smallest absolute error of
-    p50 over these windows in each window's normalised units (over its spread ``scale``, as the
-    training loss: every window counts alike, so a few bursty servers do not decide the fleet's
-    blend). A ``w`` below 1 is kept only where it lowers that error by at least
-    ``PERSISTENCE_BLEND_MIN_GAIN`` (the model alone otherwise). Then the forecast is shrunk to the
-    last value (``w = 0``) unless its gain over the last value is significant: the Diebold-Mariano
-    statistic of the hourly mean loss differences (windows pooled by the hour of their origin,
-    ``origin_hours``; :func:`scoring.diebold_mariano` over the step's horizon in hours) must pass a
-    one-sided test at ``PERSISTENCE_BLEND_SIGNIFICANCE``. A model that only ties the last value on
-    its validation days is not served as if it beat it. ``anchor`` and ``scale`` are (W, T), transformed units;
-    without ``origin_hours`` every window is its own block.
-    """
-    grid = np.asarray(PERSISTENCE_BLEND_GRID, dtype=np.float64)
-    median = spec.quantiles.index(0.5)
-    hours = np.arange(len(actual)) if origin_hours is None else np.asarray(origin_hours, dtype=np.int64)
-    unique_hours, block = np.unique(hours, return_inverse=True)
-    n_blocks = len(unique_hours)
-    weights: dict[str, list[float]] = {}
-    shrunk: dict[str, int] = {}
-    for j, target in enumerate(spec.targets):
-        valid = np.isfinite(actual[:, j])
-        truth = (_transformed(spec, target, np.where(valid, actual[:, j], 0.0)) - anchor[:, j, None])  # (W, D)
-        change = _transformed(spec, target, forecasts[:, j, :, median]) - anchor[:, j, None]
-        errors = np.stack([(np.where(valid, np.abs(truth - w * change), 0.0) / scale[:, j, None]).sum(axis=0)
-                           for w in grid])  # (grid, D)
-        best = errors.argmin(axis=0)
-        gain = 1.0 - errors[best, np.arange(errors.shape[1])] / np.maximum(errors[-1], 1e-12)
-        chosen = np.where(gain >= PERSISTENCE_BLEND_MIN_GAIN, grid[best], 1.0)
-        # the chosen blend against the last value, window by window, then hour by hour
-        difference = np.where(valid, np.abs(truth - chosen * change) - np.abs(truth), 0.0) / scale[:, j, None]
-        counts = np.stack([np.bincount(block, weights=valid[:, d].astype(np.float64), minlength=n_blocks)
-                           for d in range(truth.shape[1])])  # (D, B)
-        sums = np.stack([np.bincount(block, weights=difference[:, d], minlength=n_blocks)
-                         for d in range(truth.shape[1])])
-        means = np.where(counts > 0, sums / np.maximum(counts, 1.0), np.nan)
-        tests = [diebold_mariano(means[d], -(-(d + 1) // STEPS_PER_HOUR)) for d in range(len(means))]
-        significant = np.array([bool(significantly(t, df, PERSISTENCE_BLEND_SIGNIFICANCE, lower=True))
-                                for t, df in tests])
-        chosen = np.where(significant, chosen, 0.0)
-        shrunk[target] = int((~significant).sum())
-        weights[target] = chosen.round(4).tolist()
-    logger.info("persistence blend on %d windows (%d hours): model share at 30 min / 1 h / 8 h %s; steps shrunk to "
-                "the last value (gain not significant): %s", len(actual), n_blocks,
-                ", ".join(f"{t} " + "/".join(f"{w[s - 1]:.2f}" for s in HORIZONS.values() if s <= len(w))
-                          for t, w in weights.items()),
-                ", ".join(f"{t} {n}" for t, n in shrunk.items() if n) or "none")
-    return weights
-
-
-def apply_persistence_blend(spec: FeatureSpec, forecasts: np.ndarray, anchor: np.ndarray) -> np.ndarray:
-    """The blend of ``spec.center_weights`` applied to decoded forecasts (W, T, D, Q), as the model applies it."""
-    if not spec.center_weights:
-        return forecasts
-    out = forecasts.astype(np.float64).copy()
-    median = spec.quantiles.index(0.5)
-    for j, target in enumerate(spec.targets):
-        w = np.asarray(spec.center_weights[target], dtype=np.float64)[: forecasts.shape[2]]  # (D,)
-        transformed = _transformed(spec, target, forecasts[:, j])  # (W, D, Q)
-        shift = (w - 1.0) * (transformed[..., median] - anchor[:, j, None])
-        out[:, j] = _decode(spec, target, transformed + shift[..., None])
-    return out
-
-
-def fit_band_offsets(spec: FeatureSpec, forecasts: np.ndarray, actual: np.ndarray, center: np.ndarray,
-                     scale: np.ndarray) -> dict[str, dict[str, list[float]]]:
-    """Conformal band offsets (``BAND_CALIBRATION``) from forecasts of windows and their actuals.
-
-    In each window's normalised units (the transformed value minus the window's anchor ``center``,
-    over its spread ``scale``; both (W, T)) the distances ``p10 - actual`` and ``actual - p90``
-    are collected per target and decoder step, and each offset is their finite-sample 90 %
-    quantile (split conformal, each side on its own), bounded by ``BAND_CALIBRATION_MAX_SHIFT``.
-    An actual on its metric's floor counts as inside the band's top, one on its ceiling as inside
-    its bottom: the served quantiles are clipped to the metric's range (``METRIC_RANGES``); counts
-    (``INTEGER_METRICS``, served rounded) are compared from half a unit beyond the actual.
-    """
-    n = len(forecasts)
-    level = min(1.0, np.ceil((n + 1) * (1.0 - QUANTILES[0])) / n)
-    offsets: dict[str, dict[str, list[float]]] = {}
-    for j, target in enumerate(spec.targets):
-
-        def normalised(values: np.ndarray, j: int = j, target: str = target) -> np.ndarray:
-            return (_transformed(spec, target, values) - center[:, j, None]) / scale[:, j, None]
-
-        # Counts are served as whole numbers: an actual count is under the rounded p10 only when p10 is
-        # above it by more than half a unit (a tie is inside the band), so it is compared from there.
-        half = 0.5 if target in INTEGER_METRICS else 0.0
-        below = normalised(forecasts[:, j, :, 0]) - normalised(actual[:, j] + half)  # > 0: the actual fell under p10
-        above = normalised(actual[:, j] - half) - normalised(forecasts[:, j, :, -1])  # > 0: it rose over p90
-        bound = BAND_CALIBRATION_MAX_SHIFT
-        # Served quantiles are clipped to the metric's range, so an actual on its floor (0 sockets, 0 %
-        # swap) is never above the band, and one on its ceiling (100 % idle) never below it, whatever
-        # the offset; counted as misses they would widen every other window's band.
-        low, high = METRIC_RANGES[target]
-        above[actual[:, j] <= low] = -bound
-        if high is not None:
-            below[actual[:, j] >= high] = -bound
-        offsets[target] = {side: np.clip(np.quantile(d, level, axis=0), -bound, bound).round(4).tolist()
-                           for side, d in (("lower", below), ("upper", above))}
-    logger.info("bands calibrated on %d windows: mean shift p10 / p90 (spreads) %s", n,
-                ", ".join(f"{t} {np.mean(o['lower']):+.2f}/{np.mean(o['upper']):+.2f}" for t, o in offsets.items()))
-    return offsets
-
-
-def calibrate_model_dir(model_dir: Path, data: Path, hours: int) -> FeatureSpec:
-    """Fit the level ceilings, persistence blend and band offsets of a saved model on ``data`` (its last ``hours``).
-
-    For a model trained without calibration (or before 0.9.0 / 0.12.0 / 0.13.0); ``data`` must be data the
-    model may see (its own training file: the trainer uses its validation hours). Saves them into
-    the model's config.json and returns the spec.
-    """
-    import json
-
-    from config import MODEL_CONFIG_FILE
-
-    loaded = load_model(model_dir)
-    spec = loaded.spec
-    store = build_features(data, encoder=loaded.encoder, spec=spec, dataset_servers=0).store
-    ceilings = {t: level_ceiling(spec.target_normalizers[t]["transformation"], store.rows.targets_tf[:, j])
-                for j, t in enumerate(spec.targets)}  # the highest levels in the model's own data
-    spec.level_ceilings = {t: c for t, c in ceilings.items() if c is not None} or None
-    last = int(store.time_idx.max())
-    fit_calibration(loaded.model, spec, store, last - hours * STEPS_PER_HOUR + 1, last)
-    path = Path(model_dir) / MODEL_CONFIG_FILE
-    config = json.loads(path.read_text(encoding="utf-8"))
-    for key in ("band_offsets", "center_weights", "level_ceilings"):
-        config["feature_spec"][key] = getattr(spec, key)
-    atomic_write_json(path, config)
-    return loaded.spec
-
-
 def served_forecasts(spec: FeatureSpec, store: SeriesStore, servers: np.ndarray, starts: np.ndarray,
                      forecasts: np.ndarray, known: set[str] | None = None,
                      selection: bool = LIVE_SELECTION.enabled, report: dict[str, Any] | None = None) -> np.ndarray:
@@ -434,10 +237,6 @@ def served_forecasts(spec: FeatureSpec, store: SeriesStore, servers: np.ndarray,
     shape, metric units); ``report`` (if given) gets the share of served forecasts that were the
     last value, per metric and horizon.
     """
-    from forecast_engine import display_forecast, display_metrics, serve_selected
-    from live_accuracy import LIVE_TERMS, BandAdjuster, display_values, live_terms
-    from live_selection import LiveSelection
-
     targets = spec.targets
     metrics = display_metrics(targets)
     names = np.asarray(store.server_names)[servers]
@@ -570,8 +369,6 @@ def backtest_store(model: FleetTFT, spec: FeatureSpec, store: SeriesStore, first
     stats: dict[str, np.ndarray] = {}
     stat_seconds: dict[str, float] = {}
     if statistical:
-        from baselines import statistical_forecasts
-
         key = (tuple(statistical), servers[seen].tobytes(), starts[seen].tobytes(), tuple(scored or ()))
         if statistical_cache is not None and statistical_cache.get("key") == key:
             stats, stat_seconds = statistical_cache["forecasts"], statistical_cache["seconds"]
@@ -622,6 +419,11 @@ def backtest_store(model: FleetTFT, spec: FeatureSpec, store: SeriesStore, first
     return result
 
 
+def relative_gain(ours: float, theirs: float) -> float:
+    """How much lower ``ours`` is than ``theirs`` (q-risk), as a share of ``theirs``: 0.1 = 10 % better."""
+    return 1.0 - ours / max(theirs, 1e-12)
+
+
 def _profile_gain_per_server(spec: FeatureSpec, store: SeriesStore, servers: np.ndarray, known: np.ndarray,
                              hidden: np.ndarray, args: tuple[np.ndarray, ...], scored: list[str] | None
                              ) -> dict[str, dict[str, Any]]:
@@ -633,7 +435,7 @@ def _profile_gain_per_server(spec: FeatureSpec, store: SeriesStore, servers: np.
         with_profile = evaluate_windows(spec, known[rows], *subset, scored=scored)["per_horizon"]
         without = evaluate_windows(spec, hidden[rows], *subset, scored=scored)["per_horizon"]
         out[store.server_names[code]] = {"profile": store.profiles[code], "improvement_from_profile": {
-            label: _gain(with_profile[label]["qrisk_50_mean"]["tft"], without[label]["qrisk_50_mean"]["tft"])
+            label: relative_gain(with_profile[label]["qrisk_50_mean"]["tft"], without[label]["qrisk_50_mean"]["tft"])
             for label in HORIZONS}}
     return out
 
@@ -695,223 +497,42 @@ def format_table(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-# ---------------------------------------------------------------------------- what a profile is worth
-def unseen_fleet(model: LoadedModel, per_profile: int, days: int, seed: int, out_dir: Path) -> Path:
-    """Generate a fleet holding ``per_profile`` servers of each profile the model never saw; the Parquet path.
-
-    The simulator numbers servers per profile, so each profile gets as many more servers as
-    the model knows of it: the extra ones have names the model has never seen.
-    """
-    from metrics_generator import generate_dataset
-
-    known = set(model.encoder.name_to_id)
-    counts = {p: per_profile + sum(1 for n in known if n.startswith(PROFILE_PREFIXES[p])) for p in VALID_PROFILES}
-    generate_dataset(out_dir=out_dir, hours=24 * (days + 1), fleet=counts, seed=seed, progress=False)
-    return out_dir / TRAINING_DATA_FILE
-
-
-def _qrisk(spec: FeatureSpec, forecasts: np.ndarray, truth: tuple[np.ndarray, ...]) -> dict[str, dict[str, float]]:
-    """Per horizon: mean q-risk 0.5 of the forecast and of the better baseline."""
-    result = evaluate_windows(spec, forecasts, *truth)["per_horizon"]
-    return {label: {"tft": row["qrisk_50_mean"]["tft"],
-                    "baseline": row["qrisk_50_mean"][row["best_baseline"]]} for label, row in result.items()}
-
-
-def _gain(with_profile: float, without: float) -> float:
-    return 1.0 - with_profile / max(without, 1e-12)
-
-
-def measure_profile_value(model: LoadedModel, agnostic: LoadedModel | None, per_profile: int, days: int,
-                          seed: int) -> dict[str, Any]:
-    """Score forecasts of never-seen servers: with their profile, profile hidden, and by ``agnostic``.
-
-    On a fresh fleet (:func:`unseen_fleet`) whose kept servers neither model knows, forecast
-    origins every ``PROFILE_VALUE_ORIGIN_STRIDE`` buckets over the last ``days`` days, with the
-    full history window and at cold start (the model's minimum history). Returns q-risk 0.5
-    per horizon, overall and per profile, next to the better baseline on the same windows, and
-    95 % bootstrap intervals of the gain from the profile.
-    """
-    with tempfile.TemporaryDirectory() as tmp:
-        path = unseen_fleet(model, per_profile, days, seed, Path(tmp))
-        everyone = pd.read_parquet(path, columns=["server_name"])["server_name"].astype(str).unique()
-        names = set(everyone) - set(model.encoder.name_to_id)
-        if agnostic is not None:
-            names -= set(agnostic.encoder.name_to_id)
-        store = build_features(path, servers=names, encoder=model.encoder, spec=model.spec, dataset_servers=0).store
-        other = build_features(path, servers=names, encoder=agnostic.encoder, spec=agnostic.spec,
-                               dataset_servers=0).store if agnostic is not None else None
-    last = int(store.time_idx.max())
-    first = last - days * STEPS_PER_DAY + 1
-    servers, starts = store.window_starts(first, last, stride=PROFILE_VALUE_ORIGIN_STRIDE)
-    truth = actuals_and_baselines(store, servers, starts)
-    profiles = np.array(store.profiles)[servers]
-    out: dict[str, Any] = {"servers": len(names), "windows": len(servers), "days": days}
-    for history, length in (("full_history", None), ("cold_start", model.spec.min_encoder_length)):
-        forecasts = {
-            "with_profile": predict_windows(model.model, store, servers, starts, encoder_length=length),
-            "profile_hidden": predict_windows(model.model, store, servers, starts, hide_profile=True,
-                                              encoder_length=length),
-        }
-        if other is not None:
-            o_servers, o_starts = other.window_starts(first, last, stride=PROFILE_VALUE_ORIGIN_STRIDE)
-            if not (np.array(other.server_names)[o_servers] == np.array(store.server_names)[servers]).all() \
-                    or not (o_starts == starts).all():
-                raise RuntimeError("the agnostic model's windows differ from the model's; are the specs compatible?")
-            forecasts["agnostic_model"] = predict_windows(agnostic.model, other, o_servers, o_starts,
-                                                          hide_profile=True, encoder_length=length)
-        block: dict[str, Any] = {"history_buckets": length or model.spec.encoder_length, "overall": {},
-                                 "per_profile": {}}
-        for name, values in forecasts.items():
-            block["overall"][name] = _qrisk(model.spec, values, truth)
-        block["gain_interval_95"] = {name: bootstrap_gain(model.spec, servers, truth[0], forecasts["with_profile"],
-                                                          values)
-                                     for name, values in forecasts.items() if name != "with_profile"}
-        for profile in VALID_PROFILES:
-            rows = profiles == profile
-            if rows.any():
-                subset = tuple(t[rows] for t in truth)
-                block["per_profile"][profile] = {name: _qrisk(model.spec, values[rows], subset)
-                                                 for name, values in forecasts.items()}
-        out[history] = block
-    return out
-
-
-def bootstrap_gain(spec: FeatureSpec, servers: np.ndarray, actual: np.ndarray, with_profile: np.ndarray,
-                   without: np.ndarray, resamples: int = PROFILE_VALUE_BOOTSTRAP_RESAMPLES, seed: int = 0
-                   ) -> dict[str, tuple[float, float]]:
-    """95 % interval of the gain per horizon, resampling whole servers (windows of one server are not independent).
-
-    q-risk 0.5 of a target is ``sum|y - p50| / sum|y|`` over windows; the gain compares the
-    target-averaged q-risk of the two forecasts on the same resampled servers.
-    """
-    p50 = spec.quantiles.index(0.5)
-    codes, inverse = np.unique(servers, return_inverse=True)
-    rng = np.random.default_rng(seed)
-    out = {}
-    for label, steps in HORIZONS.items():
-        y = actual[:, :, steps - 1].astype(np.float64)  # (W, targets); CPU as used % (the errors do not change)
-        for j, target in enumerate(spec.targets):
-            y[:, j] = scoring_view(target, y[:, j], y[:, j])[0]
-        sums = []
-        for forecast in (with_profile, without):
-            point = forecast[:, :, steps - 1, p50].astype(np.float64)
-            for j, target in enumerate(spec.targets):
-                point[:, j] = scoring_view(target, point[:, j], point[:, j])[0]
-            error = np.abs(y - point)
-            keep = np.isfinite(error)
-            per_server = np.zeros((len(codes), y.shape[1], 2))
-            np.add.at(per_server[:, :, 0], inverse, np.where(keep, error, 0.0))
-            np.add.at(per_server[:, :, 1], inverse, np.where(keep, np.abs(y), 0.0))
-            sums.append(per_server)
-        gains = np.empty(resamples)
-        for i in range(resamples):
-            pick = rng.integers(0, len(codes), len(codes))
-            risks = [(part[pick, :, 0].sum(0) / np.maximum(part[pick, :, 1].sum(0), 1e-9)).mean() for part in sums]
-            gains[i] = _gain(risks[0], risks[1])
-        out[label] = (float(np.percentile(gains, 2.5)), float(np.percentile(gains, 97.5)))
-    return out
-
-
-_SHORT = {"profile_hidden": "hidden", "agnostic_model": "agnostic"}
-
-
-def format_profile_value(result: dict[str, Any]) -> str:
-    """Tables of :func:`measure_profile_value`: overall per horizon, then the gain per profile."""
-    lines = [f"{result['servers']} never-seen servers, {result['windows']} windows over {result['days']} day(s)"]
-    for history in ("full_history", "cold_start"):
-        block = result[history]
-        others = [k for k in block["overall"] if k != "with_profile"]
-        lines.append("")
-        lines.append(f"{history.replace('_', ' ')} ({block['history_buckets']} buckets of history), q-risk 0.5:")
-        header = f"  {'horizon':<8}{'profile':>9}" + "".join(f"{k.replace('_', ' '):>16}" for k in others)
-        header += f"{'baseline':>10}" + "".join(f"{'gain vs ' + _SHORT[k] + ' [95 %]':>30}" for k in others)
-        lines.append(header)
-        for label in HORIZONS:
-            row = {k: v[label] for k, v in block["overall"].items()}
-            text = f"  {label:<8}{row['with_profile']['tft']:>9.3f}"
-            text += "".join(f"{row[k]['tft']:>16.3f}" for k in others)
-            text += f"{row['with_profile']['baseline']:>10.3f}"
-            for k in others:
-                low, high = block["gain_interval_95"][k][label]
-                gain = _gain(row["with_profile"]["tft"], row[k]["tft"])
-                text += f"{gain:>+12.1%} [{low:+.1%}, {high:+.1%}]".rjust(30)
-            lines.append(text)
-        lines.append("  per profile, gain from the profile (30 min / 1 h / 8 h):")
-        for profile, methods in block["per_profile"].items():
-            parts = []
-            for k in others:
-                gains = " / ".join(f"{_gain(methods['with_profile'][h]['tft'], methods[k][h]['tft']):+.1%}"
-                                   for h in HORIZONS)
-                parts.append(f"vs {_SHORT[k]} {gains}")
-            lines.append(f"    {profile:<16}" + "   ".join(parts))
-    return "\n".join(lines)
-
-
-def train_agnostic_model(data: Path, models_dir: Path, trainer_args: list[str] | None = None) -> Path:
-    """Train a model that never sees a profile; ``trainer_args`` as for ``main.py train``. Returns its directory.
-
-    Every window of its training, validation and backtest has the profile hidden
-    (``TrainSettings.hide_profiles``; ``profile_dropout`` 1.0 records it in ``training_info.json``).
-    """
-    from tft_trainer import build_arg_parser, settings_from_args, train
-
-    args = build_arg_parser().parse_args(["--data", str(data), "--models-dir", str(models_dir), *(trainer_args or [])])
-    settings = dataclasses.replace(settings_from_args(args), profile_dropout=1.0, hide_profiles=True)
-    return train(settings).model_dir
-
-
 # ---------------------------------------------------------------------------- CLI
+@dataclass
+class BacktestSettings:
+    """What ``main.py evaluate`` backtests, and how (each field is its flag, cli_options.py)."""
+
+    model: Path = option(LATEST_MODEL_DIR, "model directory", parse=Path)
+    data: Path = option(TRAINING_DATA_PATH, "LINBORG Parquet holding the backtest range", parse=Path)
+    since: str | None = option(None, "first forecast bucket (ISO 8601). Default: the model's hold-out start if the "
+                               f"data covers it, else the last {HOLDOUT_HOURS} h of the data")
+    stride: int = option(BACKTEST_ORIGIN_STRIDE, "buckets between forecast origins", parse=int)
+    out: Path | None = option(None, "write the full result as JSON here", parse=Path)
+    statistical: tuple[str, ...] = statistical_option()
+    store_summary: bool = option(True, f"do not record the summary in {TRAINING_INFO_FILE}", flag="--no-store")
+
+
 def build_arg_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
-    """Arguments of the backtest (shared with ``main.py evaluate``)."""
+    """Arguments of the backtest (shared with ``main.py evaluate``): the fields of :class:`BacktestSettings`."""
     parser = parser or argparse.ArgumentParser(description="Backtest a model against persistence and seasonal naive.")
-    parser.add_argument("--model", type=Path, default=Path("models/latest"), help="model directory")
-    parser.add_argument("--data", type=Path, default=Path("training/server_metrics.parquet"))
-    parser.add_argument("--since", default=None,
-                        help="first forecast bucket (ISO 8601). Default: the model's hold-out start if the data "
-                             f"covers it, else the last {HOLDOUT_HOURS} h of the data")
-    parser.add_argument("--stride", type=int, default=BACKTEST_ORIGIN_STRIDE, help="buckets between forecast origins")
-    parser.add_argument("--out", type=Path, default=None, help="write the full result as JSON here")
-    add_statistical_arguments(parser)
-    parser.add_argument("--no-store", action="store_true", help=f"do not record the summary in {TRAINING_INFO_FILE}")
-    return parser
-
-
-def add_statistical_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--statistical`` / ``--no-statistical`` (shared by evaluate and train)."""
-    parser.add_argument("--statistical", default=",".join(STATISTICAL_METHODS),
-                        help="statsforecast models scored beside the naive baselines, comma-separated, from "
-                             f"{', '.join(STATISTICAL_METHODS_ALL)} (default: %(default)s)")
-    parser.add_argument("--no-statistical", action="store_true",
-                        help="skip the statistical models (quick runs: they cost seconds to minutes)")
-
-
-def statistical_from_args(args: argparse.Namespace) -> tuple[str, ...]:
-    """The statistical models the arguments ask for (empty with ``--no-statistical``)."""
-    if getattr(args, "no_statistical", False):
-        return ()
-    methods = tuple(m.strip() for m in str(args.statistical).split(",") if m.strip())
-    unknown = [m for m in methods if m not in STATISTICAL_METHODS_ALL]
-    if unknown:
-        raise ValueError(f"--statistical {','.join(unknown)}: unknown model(s). Fix: use any of "
-                         f"{', '.join(STATISTICAL_METHODS_ALL)}, or --no-statistical. "
-                         f"See {TRAINING_GUIDE_DOC} (Backtest).")
-    return methods
+    return add_options(parser, BacktestSettings)
 
 
 def run_from_args(args: argparse.Namespace) -> int:
     """Backtest from parsed arguments; 0 on success, 1 on a data or model problem."""
+    settings = settings_from(BacktestSettings, args)
     try:
-        loaded = load_model(args.model)
-        frame = load_training_frame(args.data)
+        loaded = load_model(settings.model)
+        frame = load_training_frame(settings.data)
         is_valid, errors, warnings = DataValidator(strict=True).validate_schema(frame)
         if not is_valid:
-            logger.error("%s", format_report(args.data, len(frame), False, errors, warnings, 0.0))
+            logger.error("%s", format_report(settings.data, len(frame), False, errors, warnings, 0.0))
             return 1
         features = build_features(frame, encoder=loaded.encoder, spec=loaded.spec, dataset_servers=0)
         frame, store = features.frame, features.store
         data_end = int(frame[TIME_IDX].max())
-        if args.since:
-            first = int(bucket_of_times(pd.DatetimeIndex([parse_utc(args.since)]))[0])
+        if settings.since:
+            first = int(bucket_of_times(pd.DatetimeIndex([parse_utc(settings.since)]))[0])
         else:
             holdout = (loaded.training_info.get("data") or {}).get("holdout_start")
             first = int(bucket_of_times(pd.DatetimeIndex([parse_utc(holdout)]))[0]) if holdout else -1
@@ -919,23 +540,23 @@ def run_from_args(args: argparse.Namespace) -> int:
                 first = data_end - HOLDOUT_HOURS * STEPS_PER_HOUR + 1
         unseen = sorted(set(store.server_names) - set(loaded.encoder.name_to_id))
         unseen += list((loaded.training_info.get("data") or {}).get("unseen_servers", []))
-        scored = measured_metrics_for(args.data)
+        scored = measured_metrics_for(settings.data)
         if scored is not None and not set(loaded.spec.targets) <= set(scored):
             logger.warning("not scoring %s: not measured in %s (Docs/IMPORTING.md)",
-                           ", ".join(t for t in loaded.spec.targets if t not in scored), args.data)
+                           ", ".join(t for t in loaded.spec.targets if t not in scored), settings.data)
         summary = backtest_store(loaded.model, loaded.spec, store, first, data_end, unseen_servers=unseen,
-                                 stride=args.stride, scored=scored, statistical=statistical_from_args(args))
+                                 stride=settings.stride, scored=scored, statistical=settings.statistical)
     except (FileNotFoundError, ValueError, RuntimeError) as exc:
         logger.error("%s", exc)
         return 1
-    summary["model_dir"] = str(args.model)
-    summary["data"] = str(args.data)
+    summary["model_dir"] = str(settings.model)
+    summary["data"] = str(settings.data)
     print(format_table(summary))
-    if args.out:
-        atomic_write_json(args.out, summary)
-        print(f"\nFull result: {args.out}")
-    if not args.no_store:
-        info_path = Path(args.model) / TRAINING_INFO_FILE
+    if settings.out:
+        atomic_write_json(settings.out, summary)
+        print(f"\nFull result: {settings.out}")
+    if settings.store_summary:
+        info_path = Path(settings.model) / TRAINING_INFO_FILE
         info = read_json(info_path)
         info["backtest"] = summary
         atomic_write_json(info_path, info)

@@ -214,11 +214,11 @@ class FeatureSpec:
     loss_space: str = "metric"  # "metric" or "normalised" (tft_model.FleetTFT.step)
     log1p_inverse: str = "exp"  # how log1p targets are decoded: "exp" (stock, +1) or "expm1"
     # Conformal band offsets per target: {"lower": [D], "upper": [D]} in normalised units (None:
-    # uncalibrated); see tft_evaluate.fit_band_offsets.
+    # uncalibrated); see calibration_fit.fit_band_offsets.
     band_offsets: dict[str, dict[str, list[float]]] | None = None
     # Per target, per decoder step: the share of the model's forecast change from the anchor that is
     # kept (1 = the model alone, 0 = the last value with the model's band); fitted on the validation
-    # windows where it is better there (tft_evaluate.fit_persistence_blend). None: the model alone.
+    # windows where it is better there (calibration_fit.fit_persistence_blend). None: the model alone.
     center_weights: dict[str, list[float]] | None = None
     # Per log-modelled target: the highest value the training rows showed, in the modelled units
     # (LEVEL_CEILING: no quantile is served above LEVEL_CEILING_FACTOR x it, or x the window's last

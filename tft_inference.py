@@ -36,11 +36,11 @@ import json
 import logging
 import os
 import secrets
-import shlex
 import sys
 import time
 from collections.abc import Awaitable, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -73,48 +73,33 @@ from api_models import (
     ServerFan,
     StatusResponse,
 )
+from cli_options import add_options, option, settings_from
 from common_utils import quiet_library_noise, setup_logging
 from config import (
     ACCURACY_WINDOWS_HOURS,
     ALERT_HISTORY_DAYS,
     ALERTMANAGER_DOC,
-    ALERTMANAGER_RESEND_SECONDS,
     ANOMALY_HORIZONS,
     API_KEY_ENV,
     API_KEY_FILE_ENV,
     API_REFERENCE_DOC,
-    DAEMON_PORT,
-    DASHBOARD_URL,
-    DEFAULT_HOST,
     DISK_FULL_RETRY_AFTER_SECONDS,
-    ESTABLISHED_HISTORY_HOURS,
-    FEED_MAX_FUTURE_SECONDS,
-    FORECAST_RETENTION_HOURS,
     GENERATED_KEY_SUFFIX,
-    HEALTH_STALL_SECONDS,
     HISTORY_MAX_HOURS,
     HORIZONS,
-    HOUSEKEEPING_SECONDS,
     LOG_FORMAT,
     MAX_BODY_BYTES,
     MAX_CONCURRENT_REQUESTS,
-    MAX_TRACKED_SERVERS,
-    OTLP_MAPPING_FILE,
+    OFFLINE_PREDICTIONS_FILE,
     OVERLOAD_RETRY_AFTER_SECONDS,
     PROJECT_VERSION,
-    RATE_LIMIT_BURST,
-    RATE_LIMIT_REQUESTS_PER_MINUTE,
-    REMOTE_WRITE_MAPPING_FILE,
     REQUEST_BODY_TIMEOUT_SECONDS,
-    RETENTION_DAYS,
     RETENTION_MIN_DAYS,
     RETRAIN_DOC,
     RISK_HORIZONS,
     SERVER_NAME_MAX_LENGTH,
     SERVER_NAME_PATTERN,
     STEPS_PER_HOUR,
-    STORE_PATH,
-    TRUSTED_PROXIES,
     WS_AUTH_TIMEOUT_SECONDS,
     WS_CLOSE_TIMEOUT_SECONDS,
     WS_POLICY_CODE,
@@ -140,7 +125,6 @@ from otlp_receiver import CONTENT_TYPE as OTLP_CONTENT_TYPE
 from otlp_receiver import OtlpError, response_body, status_body
 from otlp_receiver import check_headers as otlp_headers
 from remote_write import RemoteWriteError, check_headers
-from retrain_scheduler import parse_interval
 from tft_model import ModelLoadError
 
 logger = logging.getLogger("tft_inference")
@@ -936,84 +920,20 @@ def create_app(settings: DaemonSettings) -> FastAPI:
 
 
 # ============================================================================ CLI
+@dataclass
+class InferMode:
+    """``main.py infer``: serve (``--daemon``, :class:`daemon_state.DaemonSettings`) or forecast a file once."""
+
+    daemon: bool = option(False, "run the HTTP daemon")
+    data: Path | None = option(None, "offline: forecast this Parquet file once", parse=Path)
+    out: Path = option(OFFLINE_PREDICTIONS_FILE, "offline: where to write", parse=Path)
+
+
 def build_arg_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
     """Arguments of the daemon / offline forecaster (shared with ``main.py infer``)."""
     parser = parser or argparse.ArgumentParser(description="Serve fleet forecasts (daemon) or forecast a file once.")
-    parser.add_argument("--daemon", action="store_true", help="run the HTTP daemon")
-    parser.add_argument("--model-dir", type=Path, default=Path("models/latest"))
-    parser.add_argument("--host", default=DEFAULT_HOST, help="bind address (default loopback only)")
-    parser.add_argument("--port", type=int, default=DAEMON_PORT)
-    parser.add_argument("--store", type=Path, default=STORE_PATH, help="SQLite file for the live metrics")
-    parser.add_argument("--api-key-file", type=Path, default=None,
-                        help=f"key file: one key per line, 'ingest=KEY', 'read=KEY', 'admin=KEY' (or 'read,admin=KEY'; "
-                             f"a bare KEY holds every scope); re-read when it changes, so keys rotate without a "
-                             f"restart (else ${API_KEY_FILE_ENV}, or one key in ${API_KEY_ENV}). See "
-                             f"{API_REFERENCE_DOC} (Security)")
-    parser.add_argument("--open-reads", action="store_true", help="GET endpoints without an API key")
-    parser.add_argument("--allow-no-model", action="store_true",
-                        help="start even if the model cannot be loaded (forecast endpoints answer 503)")
-    parser.add_argument("--rate-per-minute", type=float, default=RATE_LIMIT_REQUESTS_PER_MINUTE,
-                        help="requests per minute per client")
-    parser.add_argument("--rate-burst", type=int, default=RATE_LIMIT_BURST, help="burst size of the rate limit")
-    parser.add_argument("--max-future-seconds", type=float, default=FEED_MAX_FUTURE_SECONDS,
-                        help="how far ahead of this daemon's clock a record may be stamped (raise it only to replay "
-                             "a time-scaled feed)")
-    parser.add_argument("--retention-days", type=int, default=RETENTION_DAYS,
-                        help=f"days of 5-minute buckets the store keeps, >= {RETENTION_MIN_DAYS} (default %(default)s; "
-                             f"forecasts are kept {FORECAST_RETENTION_HOURS // 24} days); 'main.py export' writes the "
-                             f"buckets as training data")
-    parser.add_argument("--retrain-every", default=None, metavar="INTERVAL",
-                        help="retrain from the store this often (e.g. 24h) in a separate low-priority process, and "
-                             "serve a challenger only when it backtests better; needs --model-dir <models>/latest. "
-                             f"See {RETRAIN_DOC}")
-    parser.add_argument("--retrain-args", default="", metavar="'FLAGS'",
-                        help="extra flags for each scheduled 'main.py retrain' (e.g. '--epochs 4')")
-    parser.add_argument("--access-log", type=Path, default=None,
-                        help="write the access log (one JSON line per prediction request) to this file instead of "
-                             "the daemon's log")
-    parser.add_argument("--alertmanager-url", action="append", default=[], metavar="URL",
-                        help=f"push firing alerts to this Prometheus Alertmanager (API v2, e.g. http://127.0.0.1:9093; "
-                             f"user:password@ in the URL is sent as basic auth); repeat for several (each gets every "
-                             f"alert, on its own thread). Firing alerts are re-sent every "
-                             f"{ALERTMANAGER_RESEND_SECONDS:g} s, resolved "
-                             f"ones sent resolved; labels alertname (FleetForecastRisk / FleetModelDegraded), "
-                             f"severity, server, instance, profile, metric, horizon. See {ALERTMANAGER_DOC}")
-    parser.add_argument("--alertmanager-url-file", type=Path, default=None, metavar="FILE",
-                        help="Alertmanager URLs, one per line, for URLs that carry credentials (user:password@): a "
-                             "file readable by the daemon's user only (mode 0600), so the password never shows in "
-                             "the process list; a password in --alertmanager-url itself is refused")
-    parser.add_argument("--dashboard-url", default=DASHBOARD_URL, metavar="URL",
-                        help="the dashboard's address, linked from every alert pushed to Alertmanager (annotation "
-                             "'dashboard' and generatorURL; default %(default)s)")
-    parser.add_argument("--remote-write-mapping", type=Path, default=REMOTE_WRITE_MAPPING_FILE, metavar="JSON",
-                        help="mapping of POST /api/v1/write (Prometheus remote-write): its 'remote_write' section, "
-                             "names and profiles (default %(default)s; Docs/COLLECTING.md)")
-    parser.add_argument("--otlp-mapping", type=Path, default=OTLP_MAPPING_FILE, metavar="JSON",
-                        help="mapping of POST /v1/metrics (OpenTelemetry OTLP/HTTP): its 'remote_write' section in the "
-                             "names the collector's prometheusremotewrite exporter writes, names and profiles "
-                             "(default %(default)s; Docs/COLLECTING.md, OpenTelemetry)")
-    parser.add_argument("--max-servers", type=int, default=MAX_TRACKED_SERVERS,
-                        help="servers tracked at most; a record for one more is rejected naming the cap "
-                             "(default %(default)s; Docs/API_REFERENCE.md, Limits)")
-    parser.add_argument("--health-stall-seconds", type=float, default=HEALTH_STALL_SECONDS,
-                        help="/health says degraded when records arrive but no forecast cycle completed for this "
-                             "long (default %(default)s)")
-    parser.add_argument("--housekeeping-seconds", type=float, default=HOUSEKEEPING_SECONDS,
-                        help="retention, duplicate-check keys and idle servers run this often, with or without a "
-                             "model (default %(default)s)")
-    parser.add_argument("--established-hours", type=float, default=ESTABLISHED_HISTORY_HOURS,
-                        help="history a server needs before its forecasts are scored live and calibrate the shared "
-                             "bands (default %(default)s)")
-    parser.add_argument("--no-live-selection", dest="live_selection", action="store_false",
-                        help="always serve the model's forecast, even where its matured forecasts on a server keep "
-                             "losing to the last value (Docs/API_REFERENCE.md, Live selection)")
-    parser.add_argument("--trusted-proxy", action="append", default=list(TRUSTED_PROXIES), metavar="ADDRESS",
-                        help="believe X-Forwarded-For / X-Forwarded-Proto only from this peer address (repeat for "
-                             "several); by default no proxy is trusted and clients are told apart by their own "
-                             "address")
-    parser.add_argument("--data", type=Path, default=None, help="offline: forecast this Parquet file once")
-    parser.add_argument("--out", type=Path, default=Path("predictions.json"), help="offline: where to write")
-    return parser
+    add_options(parser, InferMode)
+    return add_options(parser, DaemonSettings)
 
 
 def run_from_args(args: argparse.Namespace) -> int:
@@ -1039,17 +959,10 @@ def run_from_args(args: argparse.Namespace) -> int:
                      "--retention-days %d or more. See %s (Storage and retention).", args.retention_days,
                      RETENTION_MIN_DAYS, RETENTION_MIN_DAYS, RETENTION_MIN_DAYS, API_REFERENCE_DOC)
         return 2
-    retrain_every = None
-    if args.retrain_every:
-        try:
-            retrain_every = parse_interval(args.retrain_every)
-        except ValueError as exc:
-            logger.error("%s", exc)
-            return 2
     try:
-        alertmanager_urls = [validate_url(url) for url in args.alertmanager_url + alertmanager_url_file(
+        alertmanager_urls = [validate_url(url) for url in args.alertmanager_urls + alertmanager_url_file(
             args.alertmanager_url_file)]
-        for url in args.alertmanager_url:
+        for url in args.alertmanager_urls:
             if urlsplit(url).password:
                 raise ValueError(f"--alertmanager-url {redact_url(url)!r} carries a password. Why it matters: a "
                                  f"command line shows in every user's process list. Fix: put the URL in a file "
@@ -1063,22 +976,13 @@ def run_from_args(args: argparse.Namespace) -> int:
     api_key = None if key_file is not None else os.environ.get(API_KEY_ENV) or None
     if key_file is None and api_key is None:
         api_key = secrets.token_urlsafe(24)
-        generated = Path(f"{args.store}{GENERATED_KEY_SUFFIX}")
+        generated = Path(f"{args.store_path}{GENERATED_KEY_SUFFIX}")
         write_private(generated, api_key + "\n")
         logger.warning("No API key configured (--api-key-file, $%s or $%s): generated one with every scope for this "
                        "run and wrote it to %s (mode 0600); the key itself is never logged", API_KEY_FILE_ENV,
                        API_KEY_ENV, generated)
-    settings = DaemonSettings(model_dir=args.model_dir, store_path=args.store, api_key=api_key, api_key_file=key_file,
-                              open_reads=args.open_reads, allow_no_model=args.allow_no_model,
-                              rate_per_minute=args.rate_per_minute, rate_burst=args.rate_burst,
-                              max_future_seconds=args.max_future_seconds, retention_days=args.retention_days,
-                              retrain_every_seconds=retrain_every, retrain_args=shlex.split(args.retrain_args),
-                              alertmanager_urls=alertmanager_urls, dashboard_url=dashboard_url,
-                              remote_write_mapping=args.remote_write_mapping, otlp_mapping=args.otlp_mapping,
-                              max_servers=args.max_servers,
-                              health_stall_seconds=args.health_stall_seconds,
-                              housekeeping_seconds=args.housekeeping_seconds,
-                              established_hours=args.established_hours, live_selection=args.live_selection)
+    settings = settings_from(DaemonSettings, args, api_key=api_key, api_key_file=key_file,
+                             alertmanager_urls=alertmanager_urls, dashboard_url=dashboard_url)
     try:
         app = create_app(settings)
     except (ModelLoadError, FileNotFoundError, StoreError, ValueError) as exc:  # KeyFileError is a ValueError
@@ -1086,13 +990,14 @@ def run_from_args(args: argparse.Namespace) -> int:
         return 1
     import uvicorn
 
-    if args.access_log is not None:
-        route_access_log(args.access_log)
-    logger.info("serving on http://%s:%d (docs at /docs)", args.host, args.port)
+    if settings.access_log is not None:
+        route_access_log(settings.access_log)
+    logger.info("serving on http://%s:%d (docs at /docs)", settings.host, settings.port)
     # Proxy headers only from configured proxies: otherwise a client could pick its own address for the
     # per-address limits by sending X-Forwarded-For (uvicorn trusts 127.0.0.1 by default).
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", proxy_headers=bool(args.trusted_proxy),
-                forwarded_allow_ips=",".join(args.trusted_proxy) or None)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning",
+                proxy_headers=bool(settings.trusted_proxies),
+                forwarded_allow_ips=",".join(settings.trusted_proxies) or None)
     return 0
 
 

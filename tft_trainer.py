@@ -42,7 +42,12 @@ import lightning.pytorch as pl  # lightning.pytorch only, never pytorch_lightnin
 import numpy as np
 import pandas as pd
 import torch
+from safetensors.torch import load_file, save_file
 
+from alert_fitting import fit_alert_thresholds
+from baselines import statistical_option
+from calibration_fit import fit_calibration
+from cli_options import add_options, option, settings_from
 from common_utils import atomic_write_json, quiet_library_noise, setup_logging
 from config import (
     ALERT_POLICY,
@@ -76,14 +81,19 @@ from config import (
     PROJECT_VERSION,
     SERVER_MAPPING_FILE,
     SHORT_HISTORY_FRACTION,
-    STATISTICAL_METHODS,
     STEPS_PER_HOUR,
     TARGET_METRICS,
     TIME_IDX,
+    TRAIN_ACCELERATOR,
     TRAIN_COMPILE,
     TRAIN_COMPILE_MIN_STEPS,
+    TRAIN_DEVICES,
+    TRAIN_NUM_NODES,
     TRAIN_SEED,
+    TRAIN_STRATEGY,
+    TRAIN_UNSEEN_PER_PROFILE,
     TRAINING_BYTES_PER_ROW,
+    TRAINING_DATA_PATH,
     TRAINING_GUIDE_DOC,
     TRAINING_INFO_FILE,
     TRAINING_MEMORY_BUDGET_GB,
@@ -93,9 +103,12 @@ from config import (
 )
 from contract import bucket_of_times, bucket_start
 from data_validator import DataValidator, format_report
+from model_registry import point_latest
 from server_encoder import ServerEncoder
+from tft_evaluate import backtest_store, format_table
 from tft_features import FeatureSpec, SeriesStore, build_features, load_training_frame, servers_within_budget
 from tft_model import FleetTFT, build_model, count_parameters, model_config, model_from_config, save_weights
+from trace_importer import measured_metrics_for
 
 logger = logging.getLogger(__name__)
 
@@ -149,8 +162,6 @@ def measured_targets(data_path: Path) -> list[str]:
     Imported traces list their measured metrics in ``metrics_metadata.json``; the others were
     filled by a rule and must not be learned or scored (Docs/IMPORTING.md).
     """
-    from trace_importer import measured_metrics_for
-
     measured = measured_metrics_for(data_path)
     if measured is None:
         return list(TARGET_METRICS)
@@ -457,8 +468,6 @@ def make_callbacks(run: RunState) -> list[pl.Callback]:
 # ---------------------------------------------------------------------------- checkpoints
 def save_checkpoint(directory: Path, module: FleetTFT, trainer: Any, run: RunState) -> None:
     """Weights, optimiser and scheduler state as safetensors + JSON (no pickles)."""
-    from safetensors.torch import save_file
-
     tmp = directory.with_name(directory.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -490,8 +499,6 @@ def save_checkpoint(directory: Path, module: FleetTFT, trainer: Any, run: RunSta
 
 def restore_optimizer(directory: Path, trainer: Any) -> None:
     """Load optimiser and scheduler state saved by :func:`save_checkpoint`."""
-    from safetensors.torch import load_file
-
     state = json.loads((directory / "trainer_state.json").read_text(encoding="utf-8"))
     tensors = load_file(str(directory / "optimizer.safetensors"))
     device = next(trainer.lightning_module.parameters()).device
@@ -557,8 +564,6 @@ def write_model_dir(final_dir: Path, model: FleetTFT, spec: FeatureSpec, encoder
 
 def update_latest_link(model_dir: Path) -> Path:
     """Point ``models/latest`` at ``model_dir`` (atomic symlink swap, recorded in promotions.json)."""
-    from model_registry import point_latest
-
     point_latest(model_dir, "trained", "python main.py train (no promotion gate)")
     return model_dir.parent / LATEST_MODEL_LINK
 
@@ -573,48 +578,64 @@ def package_versions() -> dict[str, str]:
 
 
 # ---------------------------------------------------------------------------- the run
+def _devices(text: str) -> int | str:
+    """``--devices``: a count per node (an int for Lightning) or ``auto``."""
+    return int(text) if text.isdigit() else text
+
+
 @dataclass
 class TrainSettings:
-    """Knobs of one training run (defaults from config.py)."""
+    """Knobs of one training run: each flagged field is also its ``main.py train`` flag (cli_options.py)."""
 
-    data: Path
-    models_dir: Path = MODELS_DIR
-    epochs: int = MAX_EPOCHS
-    batch_size: int = BATCH_SIZE
-    encoder_length: int = ENCODER_LENGTH
-    hidden_size: int = MODEL_HIDDEN_SIZE
-    attention_heads: int = MODEL_ATTENTION_HEADS
-    hidden_continuous_size: int = MODEL_HIDDEN_CONTINUOUS_SIZE
-    dropout: float = MODEL_DROPOUT
+    data: Path = option(TRAINING_DATA_PATH, "LINBORG Parquet to train on", parse=Path)
+    models_dir: Path = option(MODELS_DIR, "where model directories go", parse=Path)
+    epochs: int = option(MAX_EPOCHS, "maximum epochs (early stopping may end sooner)", parse=int)
+    batch_size: int = option(BATCH_SIZE, "training windows per optimiser step", parse=int)
+    encoder_length: int = option(ENCODER_LENGTH, "history buckets the model reads", parse=int)
+    hidden_size: int = option(MODEL_HIDDEN_SIZE, "the TFT's hidden size", parse=int)
+    attention_heads: int = option(MODEL_ATTENTION_HEADS, "attention heads", parse=int)
+    hidden_continuous_size: int = option(MODEL_HIDDEN_CONTINUOUS_SIZE, "hidden size of the continuous inputs",
+                                         parse=int)
+    dropout: float = option(MODEL_DROPOUT, "dropout rate", parse=float)
     lstm_layers: int = MODEL_LSTM_LAYERS
-    learning_rate: float = LEARNING_RATE
-    windows_per_epoch: int = WINDOWS_PER_EPOCH
-    val_windows: int = VAL_WINDOWS
-    val_hours: int = VALIDATION_HOURS
-    holdout_hours: int = HOLDOUT_HOURS
-    unseen_per_profile: int = 1
+    learning_rate: float = option(LEARNING_RATE, "peak learning rate of the one-cycle schedule", parse=float)
+    windows_per_epoch: int = option(WINDOWS_PER_EPOCH, "sampled training windows per epoch (bounds epoch time on "
+                                    "any fleet)", parse=int)
+    val_windows: int = option(VAL_WINDOWS, "fixed validation windows", parse=int)
+    val_hours: int = option(VALIDATION_HOURS, "the last hours of each server's training history used for "
+                            "validation", parse=int)
+    holdout_hours: int = option(HOLDOUT_HOURS, "the last hours kept out of training entirely (the backtest's range)",
+                                parse=int)
+    unseen_per_profile: int = option(TRAIN_UNSEEN_PER_PROFILE, "whole servers per profile kept out of training to "
+                                     "test unseen-server forecasts", parse=int)
     profile_dropout: float = PROFILE_DROPOUT
-    seed: int = TRAIN_SEED
-    accelerator: str = "auto"
-    devices: str = "auto"
-    num_nodes: int = 1
-    strategy: str = "auto"
-    precision: str | None = None
-    resume: Path | None = None
-    keep_checkpoints: bool = False
-    checkpoint_every: int = CHECKPOINT_EVERY_N_EPOCHS
-    backtest: bool = True
+    seed: int = option(TRAIN_SEED, "random seed (same seed and data: the same weights)", parse=int)
+    accelerator: str = option(TRAIN_ACCELERATOR, "auto, cpu or gpu")
+    devices: int | str = option(TRAIN_DEVICES, "devices per node (e.g. 2), or auto", parse=_devices)
+    num_nodes: int = option(TRAIN_NUM_NODES, "nodes of a multi-node run", parse=int)
+    strategy: str = option(TRAIN_STRATEGY, "auto, ddp, ddp_spawn, ...")
+    precision: str | None = option(None, "default: bf16-mixed on GPU, 32-true on CPU")
+    resume: Path | None = option(None, "checkpoint directory to continue from", parse=Path)
+    keep_checkpoints: bool = option(False, "keep checkpoints after a successful run")
+    checkpoint_every: int = option(CHECKPOINT_EVERY_N_EPOCHS, "epochs between checkpoints", parse=int)
+    backtest: bool = option(True, "skip the post-training backtest")
     # persistence blend and conformal p10/p90 offsets fitted on the validation windows after training
-    # (config PERSISTENCE_BLEND, BAND_CALIBRATION)
-    calibrate_bands: bool = BAND_CALIBRATION
+    # (calibration_fit.py; config PERSISTENCE_BLEND, BAND_CALIBRATION)
+    calibrate_bands: bool = option(BAND_CALIBRATION, "keep the model's raw output (no persistence blend or "
+                                   "conformal bands fitted on the validation windows)", flag="--no-calibration")
     # the alert policy's probability thresholds fitted on the validation days (alert_fitting.py)
-    fit_alert_thresholds: bool = ALERT_POLICY.fit_on_validation
+    fit_alert_thresholds: bool = option(ALERT_POLICY.fit_on_validation, "keep the alert policy's default "
+                                        "probability threshold for every metric (no fit to the false-alarm budget "
+                                        "on the validation days)", flag="--no-alert-fit")
     # statsforecast models scored beside the naive baselines in that backtest (empty: none)
-    statistical: tuple[str, ...] = STATISTICAL_METHODS
-    max_time_minutes: float | None = None
-    max_memory_gb: float = TRAINING_MEMORY_BUDGET_GB
-    compile: str = TRAIN_COMPILE
-    # A profile-agnostic model (tft_evaluate.train_agnostic_model): every window of training,
+    statistical: tuple[str, ...] = statistical_option()
+    max_time_minutes: float | None = option(None, "stop after this much training time", flag="--max-minutes",
+                                            parse=float)
+    max_memory_gb: float = option(TRAINING_MEMORY_BUDGET_GB, "train on a subset of servers if the data would need "
+                                  "more memory than this", parse=float)
+    compile: str = option(TRAIN_COMPILE, f"torch.compile the variable-selection networks (auto: CPU runs of at "
+                          f"least {TRAIN_COMPILE_MIN_STEPS} steps)", choices=("auto", "on", "off"))
+    # A profile-agnostic model (profile_study.train_agnostic_model): every window of training,
     # validation and backtest has its profile hidden.
     hide_profiles: bool = False
     # Retraining (model_retrain.py): start from this model's weights where the shapes match, and
@@ -702,8 +723,6 @@ def read_resume_point(directory: Path | None) -> ResumePoint | None:
 
 def create_model(settings: TrainSettings, data: PreparedData, resume: ResumePoint | None) -> FleetTFT:
     """A new model from the data's dataset, or the checkpoint's model with its weights."""
-    from safetensors.torch import load_file
-
     if resume is None:
         model = build_model(data.dataset_for_model, data.spec, settings.hidden_size, settings.attention_heads,
                             settings.hidden_continuous_size, settings.dropout, settings.lstm_layers,
@@ -723,8 +742,6 @@ def warm_start(model: FleetTFT, weights: Path) -> int:
     Tensors that differ (a new server count in the id embedding, a new target or category)
     keep their fresh initialisation.
     """
-    from safetensors.torch import load_file
-
     own = model.state_dict()
     taken = {name: tensor for name, tensor in load_file(str(weights)).items()
              if name in own and own[name].shape == tensor.shape}
@@ -785,8 +802,6 @@ def build_lightning_trainer(settings: TrainSettings, run: RunState, hardware: Ha
 
 def backtest_held_out(model: FleetTFT, data: PreparedData, statistical: tuple[str, ...] = ()) -> dict[str, Any]:
     """Backtest on the held-out range (after validation), the whole held-out servers scored apart."""
-    from tft_evaluate import backtest_store
-
     return backtest_store(model, data.spec, data.store, first_decoder_tidx=data.val_end_tidx + 1,
                           last_decoder_tidx=data.data_end_tidx, unseen_servers=data.unseen_servers,
                           statistical=statistical)
@@ -876,13 +891,9 @@ def train(settings: TrainSettings) -> TrainResult | None:
     model.load_state_dict(run.best_state)
     model.to("cpu").eval()
     if settings.calibrate_bands:
-        from tft_evaluate import fit_calibration
-
         fit_calibration(model, data.spec, data.store, data.train_end_tidx + 1, data.val_end_tidx, seed=settings.seed)
     alert_report = None
     if settings.fit_alert_thresholds:
-        from alert_fitting import fit_alert_thresholds
-
         thresholds, alert_report = fit_alert_thresholds(model, data.spec, data.store, data.train_end_tidx + 1,
                                                         data.val_end_tidx, seed=settings.seed)
         data.spec.alert_thresholds = thresholds or None
@@ -900,74 +911,14 @@ def train(settings: TrainSettings) -> TrainResult | None:
 
 # ---------------------------------------------------------------------------- CLI
 def build_arg_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
-    """Arguments of the trainer (shared with ``main.py train``)."""
+    """Arguments of the trainer (shared with ``main.py train``): the flagged fields of :class:`TrainSettings`."""
     parser = parser or argparse.ArgumentParser(description="Train the fleet TFT (see Docs/TRAINING_GUIDE.md).")
-    d = TrainSettings(data=Path("."))
-    parser.add_argument("--data", type=Path, default=Path("training/server_metrics.parquet"), help="LINBORG Parquet")
-    parser.add_argument("--models-dir", type=Path, default=d.models_dir, help="where model directories go")
-    parser.add_argument("--epochs", type=int, default=d.epochs, help="maximum epochs (early stopping may end sooner)")
-    parser.add_argument("--batch-size", type=int, default=d.batch_size)
-    parser.add_argument("--encoder-length", type=int, default=d.encoder_length, help="history buckets the model reads")
-    parser.add_argument("--hidden-size", type=int, default=d.hidden_size)
-    parser.add_argument("--attention-heads", type=int, default=d.attention_heads)
-    parser.add_argument("--hidden-continuous-size", type=int, default=d.hidden_continuous_size)
-    parser.add_argument("--dropout", type=float, default=d.dropout)
-    parser.add_argument("--learning-rate", type=float, default=d.learning_rate)
-    parser.add_argument("--windows-per-epoch", type=int, default=d.windows_per_epoch,
-                        help="sampled training windows per epoch (bounds epoch time on any fleet)")
-    parser.add_argument("--val-windows", type=int, default=d.val_windows)
-    parser.add_argument("--val-hours", type=int, default=d.val_hours)
-    parser.add_argument("--holdout-hours", type=int, default=d.holdout_hours)
-    parser.add_argument("--unseen-per-profile", type=int, default=d.unseen_per_profile,
-                        help="whole servers per profile kept out of training to test unseen-server forecasts")
-    parser.add_argument("--seed", type=int, default=d.seed)
-    parser.add_argument("--accelerator", default=d.accelerator, help="auto, cpu or gpu")
-    parser.add_argument("--devices", default=d.devices, help="devices per node (e.g. 2), or auto")
-    parser.add_argument("--num-nodes", type=int, default=d.num_nodes)
-    parser.add_argument("--strategy", default=d.strategy, help="auto, ddp, ddp_spawn, ...")
-    parser.add_argument("--precision", default=None, help="default: bf16-mixed on GPU, 32-true on CPU")
-    parser.add_argument("--resume", type=Path, default=None, help="checkpoint directory to continue from")
-    parser.add_argument("--keep-checkpoints", action="store_true", help="keep checkpoints after a successful run")
-    parser.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every, help="epochs between checkpoints")
-    parser.add_argument("--max-minutes", type=float, default=None, help="stop after this much training time")
-    parser.add_argument("--max-memory-gb", type=float, default=d.max_memory_gb,
-                        help="train on a subset of servers if the data would need more memory than this")
-    parser.add_argument("--no-backtest", action="store_true", help="skip the post-training backtest")
-    parser.add_argument("--no-calibration", action="store_true",
-                        help="keep the model's raw output (no persistence blend or conformal bands fitted on the "
-                             "validation windows)")
-    parser.add_argument("--no-alert-fit", action="store_true",
-                        help="keep the alert policy's default probability threshold for every metric (no fit to "
-                             "the false-alarm budget on the validation days)")
-    from tft_evaluate import add_statistical_arguments
-
-    add_statistical_arguments(parser)
-    parser.add_argument("--compile", choices=["auto", "on", "off"], default=d.compile,
-                        help=f"torch.compile the variable-selection networks (auto: CPU runs of at least "
-                             f"{TRAIN_COMPILE_MIN_STEPS} steps)")
-    return parser
+    return add_options(parser, TrainSettings)
 
 
 def settings_from_args(args: argparse.Namespace) -> TrainSettings:
     """TrainSettings from parsed arguments."""
-    from tft_evaluate import statistical_from_args
-
-    devices: Any = args.devices
-    if isinstance(devices, str) and devices.isdigit():
-        devices = int(devices)
-    return TrainSettings(
-        data=args.data, models_dir=args.models_dir, epochs=args.epochs, batch_size=args.batch_size,
-        encoder_length=args.encoder_length, hidden_size=args.hidden_size, attention_heads=args.attention_heads,
-        hidden_continuous_size=args.hidden_continuous_size, dropout=args.dropout, learning_rate=args.learning_rate,
-        windows_per_epoch=args.windows_per_epoch, val_windows=args.val_windows, val_hours=args.val_hours,
-        holdout_hours=args.holdout_hours, unseen_per_profile=args.unseen_per_profile, seed=args.seed,
-        accelerator=args.accelerator, devices=devices, num_nodes=args.num_nodes, strategy=args.strategy,
-        precision=args.precision, resume=args.resume, keep_checkpoints=args.keep_checkpoints,
-        checkpoint_every=args.checkpoint_every,
-        backtest=not args.no_backtest, max_time_minutes=args.max_minutes, max_memory_gb=args.max_memory_gb,
-        compile=args.compile, statistical=statistical_from_args(args),
-        calibrate_bands=BAND_CALIBRATION and not args.no_calibration,
-        fit_alert_thresholds=ALERT_POLICY.fit_on_validation and not args.no_alert_fit)
+    return settings_from(TrainSettings, args)
 
 
 def run_from_args(args: argparse.Namespace) -> int:
@@ -980,8 +931,6 @@ def run_from_args(args: argparse.Namespace) -> int:
     if result is not None:
         print(f"Model saved: {result.model_dir}  (latest -> {result.model_dir.name})")
         if result.training_info.get("backtest"):
-            from tft_evaluate import format_table
-
             print(format_table(result.training_info["backtest"]))
     return 0
 

@@ -16,7 +16,7 @@ days of it, with the full history window and at cold start (the daemon's minimum
 q-risk at 0.5 is averaged over the targets, next to the better of persistence and seasonal
 naive measured on the same windows, overall and per profile. The gains are
 ``1 - q-risk(with profile) / q-risk(profile-agnostic forecast)``. The measurement itself is
-library code (``tft_evaluate.measure_profile_value``); this script is its command line.
+library code (``profile_study.measure_profile_value``); this script is its command line.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from pathlib import Path
 
 from common_utils import quiet_library_noise, setup_logging
 from config import DEFAULT_FLEET
-from tft_evaluate import format_profile_value, measure_profile_value, train_agnostic_model
+from profile_study import format_profile_value, measure_profile_value, train_agnostic_model
 from tft_model import load_model
 
 BENCH_SEED = 4242  # any seed but the training fleet's

@@ -34,12 +34,14 @@ from typing import Any
 
 import pandas as pd
 
+from baselines import StatisticalSettings
+from calibration_fit import calibrate_model_dir
+from cli_options import add_options
 from common_utils import atomic_write_json, quiet_library_noise, setup_logging
 from config import (
     HORIZONS,
     METADATA_FILE,
     RETRAIN_EPOCHS,
-    STATISTICAL_METHODS,
     STEPS_PER_DAY,
     STEPS_PER_HOUR,
     TIME_IDX,
@@ -47,7 +49,14 @@ from config import (
     VALIDATION_HOURS,
 )
 from contract import bucket_of_times
-from tft_evaluate import NAIVE_METHODS, backtest_store, calibrate_model_dir, format_table, statistical_from_args
+from tft_evaluate import (
+    NAIVE_METHODS,
+    actuals_and_baselines,
+    backtest_store,
+    evaluate_windows,
+    format_table,
+    predict_windows,
+)
 from tft_features import build_features
 from tft_model import load_model
 from trace_importer import import_traces, measured_metrics_for
@@ -237,8 +246,6 @@ def wins_per_server(model_dir: Path, score_data: Path, first_scored: int, stride
     """How many servers the model beats persistence on, per horizon (metric-averaged q-risk per server)."""
     import numpy as np
 
-    from tft_evaluate import actuals_and_baselines, evaluate_windows, predict_windows
-
     loaded = load_model(model_dir)
     store = build_features(score_data, encoder=loaded.encoder, spec=loaded.spec, dataset_servers=0).store
     last = int(store.time_idx.max())
@@ -283,8 +290,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="also score this model (e.g. trained on the simulator only) on the VMs as never-seen "
                              "servers")
     parser.add_argument("--stride", type=int, default=SCORE_STRIDE, help="buckets between forecast origins")
-    parser.add_argument("--statistical", default=",".join(STATISTICAL_METHODS))
-    parser.add_argument("--no-statistical", action="store_true")
+    add_options(parser, StatisticalSettings)
     parser.add_argument("--no-live-calibration", action="store_true",
                         help="skip replaying the daemon's live band calibration and selection (forecasts at every "
                              "origin)")
@@ -320,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
                                   warm_start=args.warm_start)
                       for seed in seeds]
     timings["train"] = time.perf_counter() - t0
-    statistical = statistical_from_args(args)
+    statistical = args.statistical
     live = not args.no_live_calibration
     cache: dict[str, Any] = {}
     runs = []

@@ -14,16 +14,10 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from calibration_fit import apply_persistence_blend, fit_band_offsets, fit_persistence_blend
 from config import HORIZONS, PERSISTENCE_BLEND_GRID
 from forecast_engine import forecast_sources
-from tft_evaluate import (
-    actuals_and_baselines,
-    apply_persistence_blend,
-    backtest_store,
-    fit_band_offsets,
-    fit_persistence_blend,
-    predict_windows,
-)
+from tft_evaluate import actuals_and_baselines, backtest_store, predict_windows
 from tft_features import FeatureSpec, transform_target
 
 
@@ -153,7 +147,7 @@ def test_a_full_fallback_forecasts_the_last_value_and_says_so(tiny_training):
 def test_the_trainer_fits_a_blend_that_is_no_worse_on_its_validation_windows(tiny_training):
     """On the windows it was fitted on: where the blend keeps some of the model, its p50 errs no more (normalised
     units, as fitted) than the model's; where it keeps none (the gain was not significant), p50 is the last value."""
-    from tft_evaluate import _transformed
+    from calibration_fit import _transformed
     from tft_features import encoder_center_scale
     from tft_model import load_model
 

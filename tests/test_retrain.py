@@ -501,7 +501,7 @@ def test_a_retrain_on_a_sharply_changed_fleet_is_refused_before_training(tmp_pat
 
     from metrics_store import MetricsStore
     from model_registry import history, point_latest
-    from model_retrain import build_arg_parser, retrain, retrain_lock
+    from model_retrain import build_arg_parser, retrain, retrain_lock, settings_from_args
     from server_encoder import ServerEncoder
 
     caplog.set_level(logging.INFO)
@@ -523,7 +523,7 @@ def test_a_retrain_on_a_sharply_changed_fleet_is_refused_before_training(tmp_pat
     args = build_arg_parser().parse_args(["--store", str(store), "--models-dir", str(models),
                                           "--min-history-days", "0.5", "--memory-limit-mb", "0"])
     with retrain_lock(models):
-        report = retrain(args)
+        report = retrain(*settings_from_args(args))
     assert report["decision"].startswith("refused: population changed"), report["decision"]
     assert report["challenger"] is None and report["gate"] is None
     population = report["population"]

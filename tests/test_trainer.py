@@ -221,7 +221,7 @@ def test_compile_is_used_for_long_cpu_runs_only():
 
 
 def test_profile_value_bench_scores_only_never_seen_servers(tiny_training, tiny_data, tmp_path):
-    from tft_evaluate import format_profile_value, measure_profile_value, train_agnostic_model
+    from profile_study import format_profile_value, measure_profile_value, train_agnostic_model
 
     model = load_model(tiny_training.model_dir)
     agnostic = load_model(train_agnostic_model(tiny_data, tmp_path / "agnostic", TINY_TRAIN_ARGS))
