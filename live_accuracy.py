@@ -31,7 +31,6 @@ import logging
 import threading
 from collections import defaultdict
 from collections.abc import Iterable
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -67,7 +66,7 @@ from contract import DISPLAY_CPU, bucket_iso, cpu_used
 from live_anomaly import AnomalyBoard
 from live_selection import LiveSelection
 from metrics_store import FleetWindows, MetricsStore
-from scoring import TERM, TERMS, score_from_sums, score_terms
+from scoring import TERM, TERMS, Matured, score_from_sums, score_terms
 
 logger = logging.getLogger("tft_inference")
 
@@ -221,19 +220,6 @@ class BandAdjuster:
 
 
 # ============================================================================ live accuracy
-@dataclass
-class Matured:
-    """One cycle's matured forecasts, gathered under the windows' lock."""
-
-    target: int
-    horizon: int  # index into HORIZONS
-    servers: list[str]
-    profiles: list[str]
-    terms: np.ndarray  # (N, metrics, LIVE_TERMS)
-    actual: np.ndarray | None = None  # (N, metrics) the target bucket's values, display units
-    bands: np.ndarray | None = None  # (N, metrics, 3) the bands as served (for the anomaly score)
-
-
 class LiveAccuracy:
     """Scores matured forecasts, keeps rolling figures, calibrates bands and watches for drift."""
 

@@ -28,16 +28,13 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from api_models import AnomaliesResponse, AnomalyRow
 from config import ANOMALY_HORIZONS, ANOMALY_MAX_ROWS, ANOMALY_MIN_HALF_WIDTH, ANOMALY_MIN_HALF_WIDTH_DEFAULT, HORIZONS
 from contract import bucket_iso
-
-if TYPE_CHECKING:
-    from live_accuracy import Matured
+from scoring import Matured
 
 HORIZON_LABELS = list(HORIZONS)
 DIGITS = 3  # scores, actuals and bands are rounded to this many decimals for the API

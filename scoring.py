@@ -14,12 +14,28 @@ the same forecasts (the denominators cancel).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 # The additive terms, in the order of the last axis of ``score_terms``.
 TERMS = ("n", "abs_actual", "pinball_50", "pinball_90", "abs_error_50", "covered", "below_p10", "above_p90",
          "persistence_pinball_50")
 TERM = {name: i for i, name in enumerate(TERMS)}
+
+
+@dataclass
+class Matured:
+    """One cycle's matured forecasts and their score terms (``live_accuracy`` gathers them under the windows'
+    lock; the live accuracy and the anomaly board read them)."""
+
+    target: int
+    horizon: int  # index into HORIZONS
+    servers: list[str]
+    profiles: list[str]
+    terms: np.ndarray  # (N, metrics, LIVE_TERMS)
+    actual: np.ndarray | None = None  # (N, metrics) the target bucket's values, display units
+    bands: np.ndarray | None = None  # (N, metrics, 3) the bands as served (for the anomaly score)
 
 
 def pinball(y: np.ndarray, yhat: np.ndarray, q: float) -> np.ndarray:

@@ -11,9 +11,10 @@ import pytest
 
 from api_models import AccuracyResponse, AlertsResponse, StatusResponse
 from config import DRIFT_MIN_MATURED, DRIFT_SKILL_HOURS, HORIZONS, STEPS_PER_HOUR
-from live_accuracy import LIVE, LiveAccuracy, Matured, bands_of, live_terms
+from live_accuracy import LIVE, LiveAccuracy, bands_of, live_terms
 from metrics_generator import FleetSimulator
 from metrics_store import MetricsStore
+from scoring import Matured
 from tests.conftest import TINY_FLEET, DaemonProcess, feed_buckets, wait_for
 
 Z90 = 1.2815515594  # the standard normal's 0.9 quantile
