@@ -30,7 +30,9 @@ from config import PROJECT_ROOT, TRAINING_DATA_FILE
 from forecast_engine import ForecastEngine
 from metrics_generator import FleetSimulator, fleet_from_total, generate_dataset
 from metrics_store import FleetWindows
-from tft_model import load_model
+from server_encoder import ServerEncoder
+from tft_features import add_model_columns, load_training_frame, make_timeseries_dataset
+from tft_model import load_model, make_loss
 
 CYCLE_BUDGET_90_S = 0.100
 CYCLE_BUDGET_1000_S = 1.0
@@ -60,10 +62,6 @@ def time_stock_predict(model_dir: Path, hours: int, n_servers: int, repeat: int)
     """The library's own path: TimeSeriesDataSet(predict=True) + TemporalFusionTransformer.predict."""
     from pytorch_forecasting import TemporalFusionTransformer
     from torch import nn
-
-    from server_encoder import ServerEncoder
-    from tft_features import add_model_columns, load_training_frame, make_timeseries_dataset
-    from tft_model import make_loss
 
     loaded = load_model(model_dir)
     with tempfile.TemporaryDirectory() as tmp:

@@ -21,7 +21,14 @@ import numpy as np
 import pandas as pd
 
 from common_utils import quiet_library_noise
-from config import DEMO_RAMP_HOURS, INCIDENT_TYPES, SAMPLING_INTERVAL_MINUTES, STEPS_PER_HOUR, VALID_STATES
+from config import (
+    DEMO_RAMP_HOURS,
+    INCIDENT_TYPES,
+    PROFILE_BEHAVIOUR,
+    SAMPLING_INTERVAL_MINUTES,
+    STEPS_PER_HOUR,
+    VALID_STATES,
+)
 from forecast_engine import ForecastEngine
 from metrics_generator import FleetSimulator, fleet_from_total
 from metrics_store import FleetWindows, aggregate
@@ -57,8 +64,6 @@ def main() -> None:
     rng = np.random.default_rng(args.seed)
     victims: dict[str, str] = {}
     candidates = list(rng.permutation(sim.server_names))
-    from config import PROFILE_BEHAVIOUR
-
     for kind in INCIDENT_TYPES:
         chosen = [n for n in candidates if PROFILE_BEHAVIOUR[sim.profiles[sim.server_names.index(n)]]
                   .incident_rate_per_day[kind] > 0 and n not in victims][: args.incidents_per_kind]

@@ -39,6 +39,7 @@ from config import (
     STEPS_PER_HOUR,
 )
 from contract import bucket_of_ns
+from daemon_state import Daemon, DaemonSettings
 from metrics_generator import FleetSimulator, fleet_from_total
 
 logger = logging.getLogger("bench.bench_live_accuracy")
@@ -53,8 +54,6 @@ def cost_at_scale(model: Path, servers: int, targets: int, seed: int = 3,
     them is served the last value: the selection's whole cost (judging every server, moving every
     band) is in both steps.
     """
-    from daemon_state import Daemon, DaemonSettings
-
     with tempfile.TemporaryDirectory() as tmp:
         daemon = Daemon(DaemonSettings(model_dir=model, store_path=Path(tmp) / "store.sqlite3",
                                        established_hours=0.0, live_selection=live_selection))

@@ -59,6 +59,7 @@ from tft_evaluate import (
 )
 from tft_features import build_features
 from tft_model import load_model
+from tft_trainer import build_arg_parser, settings_from_args, train
 from trace_importer import import_traces, measured_metrics_for
 
 logger = logging.getLogger(__name__)
@@ -113,8 +114,6 @@ def train_model(train_data: Path, models_dir: Path, trainer_args: list[str], war
     ``warm_start``: start from that model's weights with the retrain's epochs (``RETRAIN_EPOCHS``),
     as the learning loop's retrain does.
     """
-    from tft_trainer import build_arg_parser, settings_from_args, train
-
     epochs = ["--epochs", str(RETRAIN_EPOCHS)] if warm_start is not None else []
     args = build_arg_parser().parse_args(["--data", str(train_data), "--models-dir", str(models_dir),
                                           "--holdout-hours", "0", "--unseen-per-profile", "0", "--no-backtest",
