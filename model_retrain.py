@@ -71,17 +71,22 @@ from config import (
     SERVER_MAPPING_FILE,
     TRAINING_DATA_FILE,
 )
+from errors import EXIT_RUNTIME, ToolkitError
 from model_registry import current_model, promote, record_refusal, record_rejection
 
 logger = logging.getLogger(__name__)
 
 
-class RetrainError(RuntimeError):
-    """A retrain that could not be run (the message says why and what to do)."""
+class RetrainError(ToolkitError, RuntimeError):
+    """A retrain that could not be run (the message says why and what to do); exit 2 unless told."""
 
 
 class RetrainLocked(RetrainError):
-    """Another retrain holds the models directory's retrain lock; this one must not run."""
+    """Another retrain holds the models directory's retrain lock; this one must not run (exit
+    ``RETRAIN_EXIT_LOCKED``, logged as a warning: a skip, not a failure)."""
+
+    exit_code = RETRAIN_EXIT_LOCKED
+    log_level = logging.WARNING
 
     def __init__(self, path: Path, holder: int | None) -> None:
         self.path = path
@@ -548,17 +553,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def run_from_args(args: argparse.Namespace) -> int:
-    """Retrain; 0 when a decision was made (promoted, kept or refused), 1 when the retrain could not run,
-    ``RETRAIN_EXIT_LOCKED`` when another retrain holds the lock (skipped), 128 + n when stopped by signal n."""
-    from metrics_store import StoreError
-    from store_export import StoreExportError
-    from tft_trainer import TrainingError
+CLI_FAILED = "retrain failed, nothing changed"  # how errors.run_cli (main.py) prefixes a failure
 
+
+def run_from_args(args: argparse.Namespace) -> int:
+    """Retrain; 0 when a decision was made (promoted, kept or refused), 128 + n when stopped by signal n. It
+    raises (``errors.run_cli``) when the retrain could not run: exit 2 for its input (store, data, flags), 3 out
+    of memory, ``RETRAIN_EXIT_LOCKED`` when another retrain holds the lock (skipped)."""
     if (args.store is None) == (args.data is None):
-        logger.error("give exactly one of --store (the daemon's metrics store) or --data (a contract Parquet "
-                     "file). See %s.", RETRAIN_DOC)
-        return 1
+        raise RetrainError("give exactly one of --store (the daemon's metrics store) or --data (a contract Parquet "
+                           f"file). See {RETRAIN_DOC}.")
     # First the bounds, before any work: the memory limit, the daemon watch, SIGTERM as a clean stop.
     apply_memory_limit(args.memory_limit_mb, args.accelerator)
     if args.parent_pid is not None:
@@ -570,18 +574,12 @@ def run_from_args(args: argparse.Namespace) -> int:
                 report = retrain(args)
             finally:
                 rotate_reports(args.models_dir / RETRAIN_REPORTS_SUBDIR, args.keep_reports)
-    except RetrainLocked as exc:
-        logger.warning("%s", exc)
-        return RETRAIN_EXIT_LOCKED
-    except (RetrainError, TrainingError, StoreExportError, StoreError, FileNotFoundError, ValueError) as exc:
-        logger.error("retrain failed, nothing changed: %s", exc)
-        return 1
     except (MemoryError, RuntimeError) as exc:
-        if not isinstance(exc, MemoryError) and "allocate memory" not in str(exc):  # torch's CPU allocator says so
-            raise
-        logger.error("retrain failed, nothing changed: it ran out of memory (its address-space limit is "
-                     "--memory-limit-mb %d). Fix: raise --memory-limit-mb (0: none), or lower --max-memory-gb so "
-                     "the trainer uses a subset of servers. See %s.", args.memory_limit_mb, RETRAIN_DOC)
-        return 1
+        if isinstance(exc, ToolkitError) or (not isinstance(exc, MemoryError) and "allocate memory" not in str(exc)):
+            raise  # torch's CPU allocator says "allocate memory"; any other RuntimeError is not an OOM
+        raise RetrainError(f"it ran out of memory (its address-space limit is --memory-limit-mb "
+                           f"{args.memory_limit_mb})", None, "raise --memory-limit-mb (0: none), or lower "
+                           "--max-memory-gb so the trainer uses a subset of servers", RETRAIN_DOC,
+                           exit_code=EXIT_RUNTIME) from exc
     print(format_report(report))  # the CLI's result, for a person
     return 0
