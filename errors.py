@@ -11,7 +11,7 @@ the process exit code of the command it ends, by the convention below. Every pro
 derives from it; those that callers also catch as ``ValueError``, ``RuntimeError`` or ``KeyError``
 keep that builtin as a second base.
 
-Exit codes (Docs/API_REFERENCE.md, Exit codes), the same for every ``main.py`` command:
+Exit codes (README.md, Exit codes), the same for every ``main.py`` command:
 
 * 0 ``EXIT_OK``: done as asked (``retrain``: a decision was made, promoted or not).
 * 1 ``EXIT_NEGATIVE``: the command ran and its verdict is negative (``validate``: the data breaks

@@ -16,7 +16,7 @@
 Each subcommand is a thin wrapper over the module that owns the job; the module's own
 ``python <module>.py`` entry point takes the same flags. Modules are imported only when
 their subcommand runs, so ``--help`` stays instant. Exit codes follow one convention for every
-command (``errors.py``; Docs/API_REFERENCE.md, Exit codes): 0 done, 1 a negative verdict, 2 usage or
+command (``errors.py``; README.md, Exit codes): 0 done, 1 a negative verdict, 2 usage or
 input, 3 the environment failed, 70 a bug (traceback), 75 retrain skipped (lock held), 128+n a signal.
 """
 
