@@ -59,6 +59,7 @@ from config import (
     METRIC_LABELS,
     PROJECT_VERSION,
 )
+from errors import UsageError
 
 logger = logging.getLogger("tft_inference")
 
@@ -80,8 +81,8 @@ def validate_url(url: str, flag: str = "--alertmanager-url") -> str:
         use = (f"the daemon POSTs its alerts to <URL>{ALERTMANAGER_API_PATH}" if alertmanager
                else "every alert sent to Alertmanager links to it")
         example = "http://alertmanager.example:9093" if alertmanager else DASHBOARD_URL
-        raise ValueError(f"{flag} {redact_url(text)!r} is not a valid http(s) URL with a host. Why it matters: {use}. "
-                         f"Fix: give e.g. {example} (no query or fragment). See {ALERTMANAGER_DOC}.")
+        raise UsageError(f"{flag} {redact_url(text)!r} is not a valid http(s) URL with a host", use,
+                         f"give e.g. {example} (no query or fragment)", ALERTMANAGER_DOC)
     return text.rstrip("/")
 
 

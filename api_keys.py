@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from config import API_KEY_MIN_LENGTH, API_REFERENCE_DOC, KEY_FILE_CHECK_SECONDS
+from errors import ToolkitError
 
 logger = logging.getLogger("tft_inference")
 
@@ -70,7 +71,7 @@ OPEN_GRANT = KeyGrant(frozenset({"ingest", "read", "admin"}))  # a daemon withou
 
 
 
-class KeyFileError(ValueError):
+class KeyFileError(ToolkitError, ValueError):
     """A key file that cannot be used, with the line and the fix."""
 
 

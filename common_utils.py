@@ -31,6 +31,7 @@ from config import (
     SERVER_NAME_MAX_LENGTH,
     SERVER_NAME_PATTERN,
 )
+from errors import UsageError
 
 # Longest prefix first, so "pprisk" is not mistaken for a shorter prefix.
 _PREFIXES_LONGEST_FIRST = sorted(PROFILE_PREFIXES.items(), key=lambda kv: -len(kv[1]))
@@ -248,12 +249,11 @@ def check_version_compatibility(required_version: str, current_version: str = PR
     """
     current, required = parse_version(current_version), parse_version(required_version)
     if current[0] != required[0]:
-        raise ValueError(
-            f"{what} version mismatch: this install is {current_version}, the artefact needs "
-            f"{required_version}. Why it matters: a different MAJOR version means a breaking change "
-            f"(schema, API or model format). Fix: regenerate or retrain with this version, or install "
-            f"a {required[0]}.x release. See CHANGELOG.md and Docs/DATA_CONTRACT.md (Versioning)."
-        )
+        raise UsageError(
+            f"{what} version mismatch: this install is {current_version}, the artefact needs {required_version}",
+            "a different MAJOR version means a breaking change (schema, API or model format)",
+            f"regenerate or retrain with this version, or install a {required[0]}.x release",
+            "CHANGELOG.md and Docs/DATA_CONTRACT.md (Versioning)")
 
 
 # --------------------------------------------------------------------------- API key

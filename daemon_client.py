@@ -42,6 +42,7 @@ from config import (
     DAEMON_WAIT_POLL_SECONDS,
     DEFAULT_DAEMON_URL,
 )
+from errors import EXIT_RUNTIME, ToolkitError
 
 __all__ = ["API_KEY_HEADER", "NO_RETRY", "DaemonClient", "DaemonError", "FeedResult", "RetryPolicy"]
 
@@ -77,7 +78,7 @@ class RetryPolicy:
 NO_RETRY = RetryPolicy(attempts=1)
 
 
-class DaemonError(RuntimeError):
+class DaemonError(ToolkitError, RuntimeError):
     """The daemon did not answer as asked.
 
     ``summary`` is the one-line what (``"daemon unreachable at ..."``, ``"401: <daemon's detail>"``);
@@ -86,9 +87,11 @@ class DaemonError(RuntimeError):
     ...), ``detail`` the daemon's own explanation.
     """
 
+    exit_code = EXIT_RUNTIME  # the daemon unreachable or refusing: the environment, not the command line
+
     def __init__(self, summary: str, *, why: str, fix: str, doc: str = API_REFERENCE_DOC, status: int | None = None,
                  error: str | None = None, detail: str | None = None, retry_after: float | None = None) -> None:
-        super().__init__(f"{summary}. Why it matters: {why}. Fix: {fix}. See {doc}.")
+        super().__init__(summary, why, fix, doc)
         self.summary = summary
         self.status = status
         self.error = error

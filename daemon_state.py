@@ -126,6 +126,7 @@ from config import (
     WS_SEND_TIMEOUT_SECONDS,
 )
 from contract import DISPLAY_CPU, bucket_iso, bucket_of_ns, cpu_used
+from errors import ToolkitError
 from forecast_engine import CycleResult, ForecastEngine, fleet_document
 from live_accuracy import LiveAccuracy, bands_of, scales_blob
 from live_alerts import AlertOutcomes
@@ -492,7 +493,7 @@ class PrometheusMetrics:
 
 
 # ============================================================================ ingest
-class FeedRequestError(ValueError):
+class FeedRequestError(ToolkitError, ValueError):
     """A feed body that is refused as a whole: an HTTP status, an error code and a sentence."""
 
     def __init__(self, status: int, error: str, detail: str) -> None:
@@ -849,7 +850,10 @@ class _Socket(Protocol):
 
 
 class SubscriberLimit(Exception):
-    """A WebSocket subscription refused because a cap is reached (the reason is the message)."""
+    """A WebSocket subscription refused because a cap is reached (the reason is the message).
+
+    Plain, not a ToolkitError: control flow inside the WebSocket handler, which closes the socket with the
+    reason; it never reaches a command line or an exit code."""
 
 
 class Subscriber:

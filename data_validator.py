@@ -57,6 +57,7 @@ from config import (
     VALIDATOR_MAX_EXAMPLES,
 )
 from contract import NS_PER_BUCKET
+from errors import EXIT_NEGATIVE, EXIT_OK, ToolkitError, UsageError, render_message, run_cli
 
 logger = logging.getLogger(__name__)
 _STRING_COLUMNS = ["server_name", "profile", "state"]
@@ -78,9 +79,8 @@ class ValidationIssue:
     def __str__(self) -> str:
         where = f"column '{self.column}': " if self.column else ""
         rows = f" ({self.count:,} rows)" if self.count else ""
-        examples = f" Examples: {self.examples}." if self.examples else ""
-        return f"[{self.check}] {where}{self.what}{rows}.{examples} Why it matters: {self.why}. " \
-               f"Fix: {self.fix}. See {self.doc}."
+        examples = f". Examples: {self.examples}" if self.examples else ""
+        return render_message(f"[{self.check}] {where}{self.what}{rows}{examples}", self.why, self.fix, self.doc)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
@@ -370,7 +370,7 @@ class DataValidator:
 
 
 # ---------------------------------------------------------------------------- bounded reading
-class InputLimitError(ValueError):
+class InputLimitError(ToolkitError, ValueError):
     """An input over a configured read limit, refused before it is decoded; the message says what, why,
     how to raise the limit and which doc."""
 
@@ -396,20 +396,20 @@ class ReadLimits:
     def too_many_rows(self, what: str) -> InputLimitError:
         """The refusal for ``what`` (e.g. "x.parquet holds 10,000,000 rows") over ``max_rows``."""
         return InputLimitError(
-            f"{what}, more than the {self.max_rows:,} rows {self.command} reads at most. Why it matters: every row "
-            f"costs memory once decoded, and compressed data can hold far more rows than its size suggests "
-            f"(a 46 KB Parquet file can decode into 10 M rows); the input is refused before it is decoded. "
-            f"Fix: if the data is genuine, raise the limit with {self.rows_setting} on a machine with the "
-            f"memory, or split the input. See {self.doc}.")
+            f"{what}, more than the {self.max_rows:,} rows {self.command} reads at most",
+            "every row costs memory once decoded, and compressed data can hold far more rows than its size "
+            "suggests (a 46 KB Parquet file can decode into 10 M rows); the input is refused before it is decoded",
+            f"if the data is genuine, raise the limit with {self.rows_setting} on a machine with the memory, or "
+            f"split the input", self.doc)
 
     def too_many_bytes(self, what: str) -> InputLimitError:
         """The refusal for ``what`` (e.g. "x.csv is longer than ...") over ``max_bytes``."""
         return InputLimitError(
-            f"{what}, more than the {self.max_bytes:,} bytes {self.command} decodes at most. Why it matters: decoded "
-            f"data is held in memory, and a compressed file can expand to far more than its size on disk; "
-            f"the input is refused before (Parquet) or while (CSV) it is decoded, at the limit. Fix: if the "
-            f"data is genuine, raise the limit with {self.bytes_setting}, drop the columns nobody reads, or "
-            f"split the input. See {self.doc}.")
+            f"{what}, more than the {self.max_bytes:,} bytes {self.command} decodes at most",
+            "decoded data is held in memory, and a compressed file can expand to far more than its size on disk; "
+            "the input is refused before (Parquet) or while (CSV) it is decoded, at the limit",
+            f"if the data is genuine, raise the limit with {self.bytes_setting}, drop the columns nobody reads, or "
+            f"split the input", self.doc)
 
 
 VALIDATE_LIMITS = ReadLimits(max_rows=VALIDATE_MAX_ROWS, max_bytes=VALIDATE_MAX_BYTES)
@@ -489,10 +489,10 @@ def read_csv_bounded(path: str | Path, limits: ReadLimits, rows_before: int = 0,
     """
     path = Path(path)
     if path.suffix.lower() in _CSV_ARCHIVES:
-        raise ValueError(
-            f"{path.name}: {path.suffix} files are not read. Why it matters: the reader counts the bytes it "
-            f"decompresses, to bound memory, and does so for gzip, bzip2 and xz only. Fix: decompress it, or "
-            f"recompress it with gzip (.csv.gz). See {limits.doc}.")
+        raise UsageError(
+            f"{path.name}: {path.suffix} files are not read",
+            "the reader counts the bytes it decompresses, to bound memory, and does so for gzip, bzip2 and xz only",
+            "decompress it, or recompress it with gzip (.csv.gz)", limits.doc)
     room = limits.max_rows - rows_before
     if room < 0:
         raise limits.too_many_rows(f"{path.name} comes after {rows_before:,} rows of earlier files")
@@ -561,17 +561,14 @@ def build_arg_parser(parser: argparse.ArgumentParser | None = None) -> argparse.
 
 
 def run_from_args(args: argparse.Namespace) -> int:
-    """Validate the file named in ``args``; 0 when valid, 1 when not, 2 when unreadable or over the limits."""
+    """Validate the file named in ``args``; 0 when valid, 1 when not; an unreadable file or one over the limits
+    raises (exit 2, ``errors.run_cli``)."""
     import json
 
     began = time.perf_counter()
     limits = ReadLimits(max_rows=getattr(args, "max_rows", VALIDATE_MAX_ROWS),
                         max_bytes=getattr(args, "max_bytes", VALIDATE_MAX_BYTES))
-    try:
-        frame = load_frame(args.path, limits=limits)
-    except (FileNotFoundError, OSError, ValueError) as exc:
-        logger.error("%s", exc)
-        return 2
+    frame = load_frame(args.path, limits=limits)
     is_valid, errors, warnings = DataValidator(strict=not args.lenient).validate_schema(frame)
     seconds = time.perf_counter() - began
     if args.json:
@@ -580,13 +577,13 @@ def run_from_args(args: argparse.Namespace) -> int:
                           "seconds": round(seconds, 3)}, indent=2))
     else:
         print(format_report(args.path, len(frame), is_valid, errors, warnings, seconds))
-    return 0 if is_valid else 1
+    return EXIT_OK if is_valid else EXIT_NEGATIVE
 
 
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point."""
     setup_logging()
-    return run_from_args(build_arg_parser().parse_args(argv))
+    return run_cli(run_from_args, build_arg_parser().parse_args(argv), "validate failed")
 
 
 if __name__ == "__main__":

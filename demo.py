@@ -51,6 +51,7 @@ from config import (
     TRAINING_DATA_FILE,
 )
 from daemon_client import DaemonClient, DaemonError
+from errors import RuntimeFailure, run_cli
 
 logger = logging.getLogger(__name__)
 DEMO_TRAIN_ARGS = ["--epochs", "4", "--windows-per-epoch", "8192", "--val-windows", "2048", "--holdout-hours", "24",
@@ -81,7 +82,7 @@ def ensure_model(models_dir: Path, work_dir: Path = DEMO_DIR) -> Path:
 def _run(args: list[str]) -> None:
     result = subprocess.run(args, cwd=PROJECT_ROOT, check=False)
     if result.returncode != 0:
-        raise RuntimeError(f"{' '.join(args[1:3])} failed with exit code {result.returncode}")
+        raise RuntimeFailure(f"{' '.join(args[1:3])} failed with exit code {result.returncode}")
 
 
 def _wait_http(url: str, timeout: float, proc: subprocess.Popen[bytes]) -> None:
@@ -89,13 +90,13 @@ def _wait_http(url: str, timeout: float, proc: subprocess.Popen[bytes]) -> None:
     deadline = time.time() + timeout
     while time.time() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"{url} did not come up: its process exited with {proc.returncode}")
+            raise RuntimeFailure(f"{url} did not come up: its process exited with {proc.returncode}")
         try:
             if httpx.get(url, timeout=DASHBOARD_TIMEOUT_SECONDS).status_code < 500:
                 return
         except httpx.HTTPError:
             time.sleep(DAEMON_WAIT_POLL_SECONDS)
-    raise RuntimeError(f"{url} did not answer within {timeout:.0f}s")
+    raise RuntimeFailure(f"{url} did not answer within {timeout:.0f}s")
 
 
 def _log_tail(path: Path, lines: int = DEMO_LOG_TAIL_LINES) -> str:
@@ -136,9 +137,9 @@ def run_demo(models_dir: Path, host: str, daemon_port: int, dashboard_port: int,
         children.append((name, proc))
         return proc
 
-    def failure(name: str, what: str) -> RuntimeError:
+    def failure(name: str, what: str) -> RuntimeFailure:
         # What went wrong with a child, with the end of its log (which is not on this terminal).
-        return RuntimeError(f"{what}; the end of {logs[name]}:\n{_log_tail(logs[name])}")
+        return RuntimeFailure(f"{what}; the end of {logs[name]}:\n{_log_tail(logs[name])}")
 
     def stop_all(*_: object) -> None:
         for _, proc in reversed(children):
@@ -186,10 +187,9 @@ def run_demo(models_dir: Path, host: str, daemon_port: int, dashboard_port: int,
             time.sleep(1)
     except KeyboardInterrupt:
         print("\nstopping ...", flush=True)
-    except RuntimeError as exc:
-        logger.error("%s", exc)
+    except RuntimeError:  # a child or the daemon failed (exit 3 by errors.run_cli): stop the others first
         stop_all()
-        return 1
+        raise
     stop_all()
     return 0
 
@@ -209,17 +209,13 @@ def build_arg_parser(parser: argparse.ArgumentParser | None = None) -> argparse.
 
 
 def run_from_args(args: argparse.Namespace) -> int:
-    """Run the demo from parsed arguments."""
-    try:
-        return run_demo(args.models_dir, args.host, args.port, args.dashboard_port, args.duration, args.servers,
-                        args.work_dir)
-    except RuntimeError as exc:
-        logger.error("%s", exc)
-        return 1
+    """Run the demo from parsed arguments (a failure raises: exit 3, ``errors.run_cli``)."""
+    return run_demo(args.models_dir, args.host, args.port, args.dashboard_port, args.duration, args.servers,
+                    args.work_dir)
 
 
 if __name__ == "__main__":
     from common_utils import setup_logging
 
     setup_logging()
-    sys.exit(run_from_args(build_arg_parser().parse_args()))
+    sys.exit(run_cli(run_from_args, build_arg_parser().parse_args(), "demo failed"))

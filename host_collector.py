@@ -51,6 +51,7 @@ from config import (
     UPTIME_MAX_DAYS,
     VALID_PROFILES,
 )
+from errors import EXIT_RUNTIME, EXIT_USAGE, ToolkitError, UsageError, run_cli
 from feed_client import DaemonFeed, open_feed
 from state_rules import StreamStateLabeler
 
@@ -58,7 +59,7 @@ logger = logging.getLogger("host_collector")
 COLLECTING_DOC = "Docs/COLLECTING.md"
 
 
-class CollectorError(RuntimeError):
+class CollectorError(ToolkitError, RuntimeError):
     """A collector cannot start; the message says what, why and how to fix it."""
 
 
@@ -290,18 +291,14 @@ def build_arg_parser(parser: argparse.ArgumentParser | None = None) -> argparse.
 
 
 def run_from_args(args: argparse.Namespace) -> int:
-    """Run the collector; 0 on a clean stop, 1 when it cannot start, 3 when records stayed undelivered."""
+    """Run the collector; 0 on a clean stop, 3 when records stayed undelivered; raises when it cannot start
+    (exit 2, ``errors.run_cli``)."""
     import json
 
     if args.interval <= 0 or args.time_scale <= 0:
-        logger.error("--interval and --time-scale must be positive")
-        return 1
-    try:
-        name, profile = resolve_identity(args.name, args.profile)
-        sampler = HostSampler(args.data_path)
-    except CollectorError as exc:
-        logger.error("%s", exc)
-        return 1
+        raise UsageError("--interval and --time-scale must be positive")
+    name, profile = resolve_identity(args.name, args.profile)
+    sampler = HostSampler(args.data_path)
     if args.print_only:
         time.sleep(min(args.interval, 1.0))  # rates need two readings
         collector = HostCollector(None, name, profile, sampler, args.interval)
@@ -309,13 +306,12 @@ def run_from_args(args: argparse.Namespace) -> int:
         return 0
     feed = open_feed(args.daemon_url, args.api_key)
     if feed is None:
-        return 2
+        return EXIT_USAGE  # open_feed logged why the key file cannot be used
     instance = args.instance or socket.getfqdn()
     if not re.fullmatch(INSTANCE_PATTERN, instance) or len(instance) > INSTANCE_MAX_LENGTH:
-        logger.error("--instance '%s' cannot be a Prometheus label value here: printable characters without spaces "
-                     "or quotes, at most %d. Fix: pass --instance host:port as Prometheus shows it.", instance,
-                     INSTANCE_MAX_LENGTH)
-        return 1
+        raise UsageError(f"--instance '{instance}' cannot be a Prometheus label value here: printable characters "
+                         f"without spaces or quotes, at most {INSTANCE_MAX_LENGTH}", None,
+                         "pass --instance host:port as Prometheus shows it")
     feed.instances[name] = instance
     collector = HostCollector(feed, name, profile, sampler, args.interval, args.time_scale)
     stop = threading.Event()
@@ -328,9 +324,9 @@ def run_from_args(args: argparse.Namespace) -> int:
     s = feed.stats
     logger.info("stopped after %d samples: %d stored, %d duplicates, %d rejected, %d dropped (buffer full), "
                 "%d undelivered", collector.samples, s.stored, s.duplicates, s.rejected, s.dropped_buffer_full, left)
-    return 3 if left else 0
+    return EXIT_RUNTIME if left else 0
 
 
 if __name__ == "__main__":
     setup_logging()
-    sys.exit(run_from_args(build_arg_parser().parse_args()))
+    sys.exit(run_cli(run_from_args, build_arg_parser().parse_args(), "collect failed"))

@@ -15,7 +15,9 @@
 
 Each subcommand is a thin wrapper over the module that owns the job; the module's own
 ``python <module>.py`` entry point takes the same flags. Modules are imported only when
-their subcommand runs, so ``--help`` stays instant.
+their subcommand runs, so ``--help`` stays instant. Exit codes follow one convention for every
+command (``errors.py``; README.md, Exit codes): 0 done, 1 a negative verdict, 2 usage or
+input, 3 the environment failed, 70 a bug (traceback), 75 retrain skipped (lock held), 128+n a signal.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import sys
 
 from common_utils import quiet_library_noise, setup_logging
 from config import PROJECT_VERSION
+from errors import run_cli
 
 # subcommand -> (module, one-line help)
 SUBCOMMANDS = {
@@ -74,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     args = module.build_arg_parser(sub_parser).parse_args(rest)
     setup_logging()
     quiet_library_noise()
-    return int(module.run_from_args(args))
+    return run_cli(module.run_from_args, args, getattr(module, "CLI_FAILED", f"{command} failed"))
 
 
 if __name__ == "__main__":

@@ -127,6 +127,7 @@ from config import (
 )
 from contract import bucket_iso, bucket_of_ns, bucket_start, cpu_used, fill_offline
 from daemon_client import NO_RETRY, DaemonClient, DaemonError, RetryPolicy
+from errors import UsageError, run_cli
 from server_encoder import ServerEncoder
 from state_rules import StateTracker, morning_spike_window
 
@@ -155,7 +156,7 @@ def fleet_from_total(total: int) -> dict[str, int]:
     Largest-remainder rounding; every profile gets at least one server when total >= 7.
     """
     if total < 1:
-        raise ValueError(f"--servers must be at least 1 (got {total}).")
+        raise UsageError(f"--servers must be at least 1 (got {total}).")
     weights = np.array([DEFAULT_FLEET[p] for p in DEFAULT_FLEET], dtype=float)
     exact = weights / weights.sum() * total
     counts = np.floor(exact).astype(int)
@@ -175,13 +176,13 @@ def parse_fleet(spec: str) -> dict[str, int]:
     for part in filter(None, (p.strip() for p in spec.split(","))):
         name, _, count = part.partition("=")
         if name not in VALID_PROFILES or not count.isdigit():
-            raise ValueError(
+            raise UsageError(
                 f"Bad fleet entry '{part}'. Expected profile=count with a profile from {VALID_PROFILES}. "
                 f"See {SERVER_PROFILES_DOC}."
             )
         fleet[name] = int(count)
     if not fleet or sum(fleet.values()) == 0:
-        raise ValueError("The fleet is empty: give at least one profile=count with count > 0.")
+        raise UsageError("The fleet is empty: give at least one profile=count with count > 0.")
     return fleet
 
 
@@ -224,15 +225,14 @@ class FleetSimulator:
         fleet = dict(DEFAULT_FLEET if fleet is None else fleet)
         unknown = set(fleet) - set(VALID_PROFILES)
         if unknown:
-            raise ValueError(f"Unknown profiles {sorted(unknown)}; valid: {VALID_PROFILES}. See {SERVER_PROFILES_DOC}.")
+            raise UsageError(f"Unknown profiles {sorted(unknown)}; valid: {VALID_PROFILES}. See {SERVER_PROFILES_DOC}.")
         start_ts = parse_utc(start)
         start_bucket = int(bucket_of_ns(start_ts.value))
         if bucket_start(start_bucket) != start_ts:
-            raise ValueError(
-                f"--start {start} is not on a {SAMPLING_INTERVAL_MINUTES}-minute boundary. Why it matters: "
-                f"every row sits on the 5-minute grid. Fix: use e.g. {bucket_iso(start_bucket)}. "
-                f"See {DATA_CONTRACT_DOC} (Time grid)."
-            )
+            raise UsageError(
+                f"--start {start} is not on a {SAMPLING_INTERVAL_MINUTES}-minute boundary",
+                "every row sits on the 5-minute grid", f"use e.g. {bucket_iso(start_bucket)}",
+                f"{DATA_CONTRACT_DOC} (Time grid)")
         self.seed = seed
         self.start = start_ts
         self.start_bucket = start_bucket
@@ -716,7 +716,7 @@ class DemoStream:
     def __init__(self, client: DaemonClient, fleet: dict[str, int], seed: int, scenario: str = "healthy",
                  speed: float = DEMO_BUCKETS_PER_SECOND, prefill_buckets: int = 0) -> None:
         if scenario not in DEMO_SCENARIOS:
-            raise ValueError(f"--scenario must be one of {DEMO_SCENARIOS} (got '{scenario}').")
+            raise UsageError(f"--scenario must be one of {DEMO_SCENARIOS} (got '{scenario}').")
         # Simulated time starts far enough back that the pre-fill ends at the current bucket.
         now_bucket = int(bucket_of_ns(pd.Timestamp.now(tz="UTC").value))
         self.prefill_buckets = prefill_buckets
@@ -801,14 +801,9 @@ class DemoStream:
 
 def stream_from_args(args: argparse.Namespace) -> int:
     """Run the live demo stream."""
-    from api_keys import KeyFileError
     from common_utils import resolve_api_key
 
-    try:  # the stream feeds records and polls the demo scenario: a key with ingest (and read) scopes
-        api_key = resolve_api_key(args.api_key)
-    except KeyFileError as exc:
-        logger.error("%s", exc)
-        return 2
+    api_key = resolve_api_key(args.api_key)  # the stream feeds records and polls the demo scenario: ingest, read
     client = DaemonClient(args.daemon_url, api_key, retry=STREAM_RETRY)
     fleet = fleet_from_total(args.servers) if args.servers else parse_fleet(args.fleet) if args.fleet \
         else fleet_from_total(DEMO_SERVERS)
@@ -838,18 +833,16 @@ def generate_dataset(out_dir: str | Path = TRAINING_DIR, hours: int = RECOMMENDE
     Returns the metadata dictionary (also written as ``metrics_metadata.json``).
     """
     if hours < MIN_GENERATE_HOURS:
-        raise ValueError(
-            f"--hours {hours} is below the minimum of {MIN_GENERATE_HOURS}. Why it matters: with less than a "
-            f"day of history no daily rhythm can be learned and the 8-hour horizon has nothing to stand on. "
-            f"Fix: use --hours {MIN_GENERATE_HOURS} or more ({RECOMMENDED_GENERATE_HOURS} = "
-            f"{RECOMMENDED_GENERATE_HOURS // 24} days is recommended). "
-            f"See {DATA_CONTRACT_DOC} (Time grid)."
-        )
+        raise UsageError(
+            f"--hours {hours} is below the minimum of {MIN_GENERATE_HOURS}",
+            "with less than a day of history no daily rhythm can be learned and the 8-hour horizon has nothing to "
+            "stand on", f"use --hours {MIN_GENERATE_HOURS} or more ({RECOMMENDED_GENERATE_HOURS} = "
+            f"{RECOMMENDED_GENERATE_HOURS // 24} days is recommended)", f"{DATA_CONTRACT_DOC} (Time grid)")
     if offline_mode not in OFFLINE_MODES:
-        raise ValueError(f"--offline_mode must be one of {OFFLINE_MODES} (got '{offline_mode}'). "
+        raise UsageError(f"--offline_mode must be one of {OFFLINE_MODES} (got '{offline_mode}'). "
                          f"See {DATA_CONTRACT_DOC}.")
     if file_format not in ("parquet", "csv"):
-        raise ValueError(f"--format must be parquet or csv (got '{file_format}').")
+        raise UsageError(f"--format must be parquet or csv (got '{file_format}').")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     began = time.perf_counter()
@@ -857,11 +850,9 @@ def generate_dataset(out_dir: str | Path = TRAINING_DIR, hours: int = RECOMMENDE
     total_steps = int(hours * STEPS_PER_HOUR)
     expected_rows = total_steps * sim.n_servers
     if file_format == "csv" and expected_rows > CSV_MAX_ROWS:
-        raise ValueError(
-            f"CSV is only for small exports (<= {CSV_MAX_ROWS:,} rows); this run makes {expected_rows:,}. "
-            f"Why it matters: Parquet is 10-100x faster and keeps types. Fix: drop --format csv. "
-            f"See {DATA_CONTRACT_DOC} (Files)."
-        )
+        raise UsageError(
+            f"CSV is only for small exports (<= {CSV_MAX_ROWS:,} rows); this run makes {expected_rows:,}",
+            "Parquet is 10-100x faster and keeps types", "drop --format csv", f"{DATA_CONTRACT_DOC} (Files)")
     chunk_steps = max(1, chunk_days * STEPS_PER_DAY)
     state_counts = np.zeros(len(VALID_STATES), dtype=np.int64)
     tables: list[pa.Table] = []
@@ -982,21 +973,14 @@ def build_arg_parser(parser: argparse.ArgumentParser | None = None) -> argparse.
 
 
 def run_from_args(args: argparse.Namespace) -> int:
-    """Run generation (or the live stream) for parsed arguments; returns a process exit code."""
+    """Run generation (or the live stream) for parsed arguments; 0 when done; raises otherwise (exit 2 for a bad
+    value, 3 for a daemon the stream cannot reach, ``errors.run_cli``)."""
     if args.stream:
-        try:
-            return stream_from_args(args)
-        except (ValueError, RuntimeError) as exc:
-            logger.error("%s", exc)
-            return 2
-    try:
-        fleet = fleet_from_total(args.servers) if args.servers else parse_fleet(args.fleet) if args.fleet else None
-        metadata = generate_dataset(out_dir=args.out_dir, hours=args.hours, fleet=fleet, seed=args.seed,
-                                    start=args.start, offline_mode=args.offline_mode, file_format=args.file_format,
-                                    progress=not args.no_progress)
-    except ValueError as exc:
-        logger.error("%s", exc)
-        return 2
+        return stream_from_args(args)
+    fleet = fleet_from_total(args.servers) if args.servers else parse_fleet(args.fleet) if args.fleet else None
+    metadata = generate_dataset(out_dir=args.out_dir, hours=args.hours, fleet=fleet, seed=args.seed,
+                                start=args.start, offline_mode=args.offline_mode, file_format=args.file_format,
+                                progress=not args.no_progress)
     print(f"Generated {metadata['rows']:,} rows for {metadata['n_servers']} servers "
           f"({metadata['start']} .. {metadata['end']}) in {metadata['generation_seconds']}s -> "
           f"{Path(args.out_dir) / str(metadata['file'])}")
@@ -1009,7 +993,7 @@ def main(argv: list[str] | None = None) -> int:
 
     setup_logging()
     quiet_library_noise()
-    return run_from_args(build_arg_parser().parse_args(argv))
+    return run_cli(run_from_args, build_arg_parser().parse_args(argv), "generate failed")
 
 
 if __name__ == "__main__":

@@ -51,6 +51,7 @@ from config import (
     WARMUP_RING_BUCKETS,
 )
 from contract import NS_PER_BUCKET, bucket_of_ns, fill_offline
+from errors import EXIT_RUNTIME, EXIT_USAGE, ToolkitError
 from state_rules import STATE_PRECEDENCE
 
 logger = logging.getLogger(__name__)
@@ -290,8 +291,12 @@ class FleetWindows:
         return self._newest
 
 
-class StoreError(RuntimeError):
-    """The store cannot be used as it is; the message says what, why, how to fix it, and where to read."""
+class StoreError(ToolkitError, RuntimeError):
+    """The store cannot be used as it is; the message says what, why, how to fix it, and where to read.
+
+    Exit 3 (damaged, disk full: the environment); a store path that is wrong exits 2 (``exit_code=``)."""
+
+    exit_code = EXIT_RUNTIME
 
 
 class StoreFullError(StoreError):
@@ -328,10 +333,11 @@ def inspect_wal(path: Path) -> str | None:
 
 def _unusable(path: Path, problem: str) -> StoreError:
     return StoreError(
-        f"the metrics store {path} {problem}. Why it matters: the daemon keeps every acknowledged record "
-        f"there and rebuilds its windows from it; serving from a damaged store would lose or invent history. "
-        f"Fix: move the file (and its -wal/-shm files) aside and start again with an empty store, or "
-        f"restore it from a backup; --store PATH chooses another file. See {STORE_DOC}.")
+        f"the metrics store {path} {problem}",
+        "the daemon keeps every acknowledged record there and rebuilds its windows from it; serving from a "
+        "damaged store would lose or invent history",
+        "move the file (and its -wal/-shm files) aside and start again with an empty store, or restore it from "
+        "a backup; --store PATH chooses another file", STORE_DOC)
 
 
 class MetricsStore:
@@ -661,9 +667,9 @@ class StoreReader:
         self.path = Path(path)
         if not self.path.exists():
             raise StoreError(
-                f"the metrics store {self.path} does not exist. Why it matters: the export reads the buckets a "
-                f"daemon stored there. Fix: pass --store with the file the daemon runs with (its --store; "
-                f"default data/metrics_store.sqlite3). See {STORE_DOC}.")
+                f"the metrics store {self.path} does not exist", "the export reads the buckets a daemon stored there",
+                "pass --store with the file the daemon runs with (its --store; default data/metrics_store.sqlite3)",
+                STORE_DOC, exit_code=EXIT_USAGE)
         if self.path.is_dir():
             raise self._not_a_store("is a directory, not a file")
         try:
@@ -679,9 +685,9 @@ class StoreReader:
 
     def _not_a_store(self, problem: str) -> StoreError:
         return StoreError(
-            f"{self.path} {problem}. Why it matters: only a daemon's metrics store holds the 5-minute buckets "
-            f"to read. Fix: pass --store with the file the daemon runs with (its --store; default "
-            f"data/metrics_store.sqlite3). See {STORE_DOC}.")
+            f"{self.path} {problem}", "only a daemon's metrics store holds the 5-minute buckets to read",
+            "pass --store with the file the daemon runs with (its --store; default data/metrics_store.sqlite3)",
+            STORE_DOC, exit_code=EXIT_USAGE)
 
     def close(self) -> None:
         """Close the connection."""

@@ -43,11 +43,12 @@ from config import (
     PROMOTIONS_LOCK_FILE,
     RETRAIN_DOC,
 )
+from errors import ToolkitError
 
 logger = logging.getLogger(__name__)
 
 
-class RegistryError(RuntimeError):
+class RegistryError(ToolkitError, RuntimeError):
     """A registry operation that cannot be done (the message says why and what to do)."""
 
 
@@ -219,12 +220,9 @@ def build_arg_parser(parser: argparse.ArgumentParser | None = None) -> argparse.
 
 
 def run_from_args(args: argparse.Namespace) -> int:
-    """Roll back; 0 on success, 1 with the reason otherwise."""
-    try:
-        restored, _ = rollback(args.models_dir)
-    except RegistryError as exc:
-        logger.error("%s", exc)
-        return 1
+    """Roll back; 0 on success; raises :class:`RegistryError` with the reason otherwise (exit 2: nothing to roll
+    back to in that models directory, ``errors.run_cli``)."""
+    restored, _ = rollback(args.models_dir)
     logger.info("%s now points at %s; a daemon following it picks it up within seconds",
                 args.models_dir / LATEST_MODEL_LINK, restored.name)
     return 0

@@ -75,23 +75,27 @@ from config import (
     SERVER_MAPPING_FILE,
     TRAINING_DATA_FILE,
 )
-from metrics_store import StoreError
+from errors import EXIT_RUNTIME, ToolkitError
 from model_registry import current_model, promote, record_refusal, record_rejection
 from server_encoder import ServerEncoder
-from store_export import StoreExportError, export_store
+from store_export import export_store
 from tft_evaluate import backtest_store
 from tft_model import load_model
-from tft_trainer import TrainingError, TrainSettings, prepare_data, train
+from tft_trainer import TrainSettings, prepare_data, train
 
 logger = logging.getLogger(__name__)
 
 
-class RetrainError(RuntimeError):
-    """A retrain that could not be run (the message says why and what to do)."""
+class RetrainError(ToolkitError, RuntimeError):
+    """A retrain that could not be run (the message says why and what to do); exit 2 unless told."""
 
 
 class RetrainLocked(RetrainError):
-    """Another retrain holds the models directory's retrain lock; this one must not run."""
+    """Another retrain holds the models directory's retrain lock; this one must not run (exit
+    ``RETRAIN_EXIT_LOCKED``, logged as a warning: a skip, not a failure)."""
+
+    exit_code = RETRAIN_EXIT_LOCKED
+    log_level = logging.WARNING
 
     def __init__(self, path: Path, holder: int | None) -> None:
         self.path = path
@@ -554,14 +558,17 @@ def settings_from_args(args: argparse.Namespace) -> tuple[RetrainSettings, Train
     return settings_from(RetrainSettings, args), settings_from(TrainSettings, args)
 
 
+CLI_FAILED = "retrain failed, nothing changed"  # how errors.run_cli (main.py) prefixes a failure
+
+
 def run_from_args(args: argparse.Namespace) -> int:
-    """Retrain; 0 when a decision was made (promoted, kept or refused), 1 when the retrain could not run,
-    ``RETRAIN_EXIT_LOCKED`` when another retrain holds the lock (skipped), 128 + n when stopped by signal n."""
+    """Retrain; 0 when a decision was made (promoted, kept or refused), 128 + n when stopped by signal n. It
+    raises (``errors.run_cli``) when the retrain could not run: exit 2 for its input (store, data, flags), 3 out
+    of memory, ``RETRAIN_EXIT_LOCKED`` when another retrain holds the lock (skipped)."""
     job, training = settings_from_args(args)
     if (job.store is None) == (training.data is None):
-        logger.error("give exactly one of --store (the daemon's metrics store) or --data (a contract Parquet "
-                     "file). See %s.", RETRAIN_DOC)
-        return 1
+        raise RetrainError("give exactly one of --store (the daemon's metrics store) or --data (a contract Parquet "
+                           f"file). See {RETRAIN_DOC}.")
     # First the bounds, before any work: the memory limit, the daemon watch, SIGTERM as a clean stop.
     apply_memory_limit(job.memory_limit_mb, training.accelerator)
     if job.parent_pid is not None:
@@ -573,18 +580,12 @@ def run_from_args(args: argparse.Namespace) -> int:
                 report = retrain(job, training)
             finally:
                 rotate_reports(training.models_dir / RETRAIN_REPORTS_SUBDIR, job.keep_reports)
-    except RetrainLocked as exc:
-        logger.warning("%s", exc)
-        return RETRAIN_EXIT_LOCKED
-    except (RetrainError, TrainingError, StoreExportError, StoreError, FileNotFoundError, ValueError) as exc:
-        logger.error("retrain failed, nothing changed: %s", exc)
-        return 1
     except (MemoryError, RuntimeError) as exc:
-        if not isinstance(exc, MemoryError) and "allocate memory" not in str(exc):  # torch's CPU allocator says so
-            raise
-        logger.error("retrain failed, nothing changed: it ran out of memory (its address-space limit is "
-                     "--memory-limit-mb %d). Fix: raise --memory-limit-mb (0: none), or lower --max-memory-gb so "
-                     "the trainer uses a subset of servers. See %s.", job.memory_limit_mb, RETRAIN_DOC)
-        return 1
+        if isinstance(exc, ToolkitError) or (not isinstance(exc, MemoryError) and "allocate memory" not in str(exc)):
+            raise  # torch's CPU allocator says "allocate memory"; any other RuntimeError is not an OOM
+        raise RetrainError(f"it ran out of memory (its address-space limit is --memory-limit-mb "
+                           f"{job.memory_limit_mb})", None, "raise --memory-limit-mb (0: none), or lower "
+                           "--max-memory-gb so the trainer uses a subset of servers", RETRAIN_DOC,
+                           exit_code=EXIT_RUNTIME) from exc
     print(format_report(report))  # the CLI's result, for a person
     return 0

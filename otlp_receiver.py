@@ -62,6 +62,7 @@ from config import (
     REMOTE_WRITE_MAX_LABEL_VALUE_BYTES,
     REMOTE_WRITE_MAX_LABELS_PER_SERIES,
 )
+from errors import ToolkitError
 from remote_write import RemoteWriteError, RemoteWriteReceiver, WriteRequest
 
 logger = logging.getLogger("otlp_receiver")
@@ -167,7 +168,7 @@ def _plain(value: AnyValue) -> Any:
 
 
 # ============================================================================ requests and answers
-class OtlpError(Exception):
+class OtlpError(ToolkitError):
     """A request refused as a whole: HTTP status, error code, one short sentence (the client logs it), and the
     ``tft_refused_total`` reason when the refusal is a trust bound."""
 

@@ -59,6 +59,7 @@ from config import (
     VALID_PROFILES,
 )
 from contract import bucket_of_times, bucket_start
+from errors import EXIT_RUNTIME, EXIT_USAGE, ToolkitError, UsageError, run_cli
 from feed_client import DaemonFeed, open_feed
 from state_rules import StreamStateLabeler
 
@@ -67,8 +68,9 @@ COLLECTING_DOC = "Docs/COLLECTING.md"
 _LAST_VALUE_METRICS = set(INTEGER_METRICS)  # counts and uptime: the bucket's latest value
 
 
-class PrometheusError(RuntimeError):
-    """Prometheus could not answer; the message says what, why and how to fix it."""
+class PrometheusError(ToolkitError, RuntimeError):
+    """A mapping, a query or a range Prometheus cannot serve (exit 2), or Prometheus could not answer (exit 3,
+    ``exit_code=``); the message says what, why and how to fix it."""
 
 
 @dataclass
@@ -133,7 +135,8 @@ class PrometheusClient:
             response = self._client.get(f"{self.url}{path}", params=params)
         except httpx.HTTPError as exc:
             raise PrometheusError(f"Prometheus at {self.url} is unreachable ({type(exc).__name__}: {exc}); "
-                                  f"check --url and that Prometheus runs ({COLLECTING_DOC})") from exc
+                                  f"check --url and that Prometheus runs ({COLLECTING_DOC})",
+                                  exit_code=EXIT_RUNTIME) from exc
         try:
             body = response.json()
         except ValueError as exc:
@@ -426,18 +429,14 @@ def build_arg_parser(parser: argparse.ArgumentParser | None = None) -> argparse.
 
 
 def run_from_args(args: argparse.Namespace) -> int:
-    """Run the adapter; 0 on success, 1 with the reason otherwise, 3 when records stayed undelivered."""
-    try:
-        mapping = load_prom_mapping(args.mapping)
-    except PrometheusError as exc:
-        logger.error("%s", exc)
-        return 1
+    """Run the adapter; 0 on success, 3 when records stayed undelivered; raises with the reason otherwise
+    (``errors.run_cli``: exit 2 for a mapping, query or flag, 3 for Prometheus unreachable)."""
+    mapping = load_prom_mapping(args.mapping)
     client = PrometheusClient(args.url)
     try:
         if args.out:
             if not args.hours:
-                logger.error("--out needs --hours: how much history to export")
-                return 1
+                raise UsageError("--out needs --hours: how much history to export")
             end = pd.Timestamp(args.end).timestamp() if args.end else None
             meta = export_parquet(client, mapping, args.out, args.hours, end, args.step, args.window, args.profile)
             print(f"Exported {len(meta['servers'])} servers, {meta['rows']:,} rows -> {args.out}\n"
@@ -446,7 +445,7 @@ def run_from_args(args: argparse.Namespace) -> int:
             return 0
         feed = open_feed(args.daemon_url, args.api_key)
         if feed is None:
-            return 2
+            return EXIT_USAGE  # open_feed logged why the key file cannot be used
         feeder = LiveFeeder(client, mapping, feed, args.profile, args.window)
         stop = threading.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -458,14 +457,11 @@ def run_from_args(args: argparse.Namespace) -> int:
         s = feed.stats
         logger.info("stopped: %d stored, %d duplicates, %d rejected, %d dropped, %d undelivered", s.stored,
                     s.duplicates, s.rejected, s.dropped_buffer_full, left)
-        return 3 if left else 0
-    except (PrometheusError, ValueError, OSError) as exc:
-        logger.error("%s", exc)
-        return 1
+        return EXIT_RUNTIME if left else 0
     finally:
         client.close()
 
 
 if __name__ == "__main__":
     setup_logging()
-    sys.exit(run_from_args(build_arg_parser().parse_args()))
+    sys.exit(run_cli(run_from_args, build_arg_parser().parse_args(), "prometheus failed"))

@@ -72,6 +72,7 @@ from config import (
     REMOTE_WRITE_SCRAPE_WINDOW_SECONDS,
     REMOTE_WRITE_VERSION,
 )
+from errors import ToolkitError
 from prometheus_adapter import (
     Identities,
     PrometheusError,
@@ -150,7 +151,7 @@ def check_label_limits(request: Message) -> None:
                                      f"write_relabel_configs ({COLLECTING_SECTION}).")
 
 
-class RemoteWriteError(ValueError):
+class RemoteWriteError(ToolkitError, ValueError):
     """A write refused as a whole: HTTP status, error code, one short sentence (Prometheus logs it).
 
     4xx: the batch can never be taken (Prometheus drops it, no retry); 5xx: retrying can help.

@@ -27,15 +27,13 @@ from config import (
     SERVER_ID_MAX_SALT,
     SERVER_MAPPING_FILE,
 )
+from errors import MissingFileError, RuntimeFailure, ToolkitError, UsageError
 
 logger = logging.getLogger(__name__)
 
 
-class UnknownServerIdError(KeyError):
-    """Raised when an id is not in the mapping."""
-
-    def __str__(self) -> str:  # KeyError would quote the whole message
-        return str(self.args[0])
+class UnknownServerIdError(ToolkitError, KeyError):
+    """Raised when an id is not in the mapping (a ``KeyError`` too; ToolkitError's ``str`` does not quote it)."""
 
 
 def hash_server_name(name: str, salt: int = 0, length: int = SERVER_ID_HEX_CHARS) -> str:
@@ -79,11 +77,10 @@ class ServerEncoder:
                 logger.warning("server id collision: %s and %s both hash to %s; re-hashing %s with a salt",
                                owner, name, candidate, name)
         else:  # pragma: no cover - needs > SERVER_ID_MAX_SALT consecutive collisions
-            raise RuntimeError(
-                f"Could not find a free id for server '{name}' after {SERVER_ID_MAX_SALT} salts. "
-                f"Why it matters: ids must be unique to keep forecasts apart. Fix: raise "
-                f"SERVER_ID_HEX_CHARS in config.py. See {DATA_CONTRACT_DOC} (Server ids)."
-            )
+            raise RuntimeFailure(
+                f"Could not find a free id for server '{name}' after {SERVER_ID_MAX_SALT} salts",
+                "ids must be unique to keep forecasts apart", "raise SERVER_ID_HEX_CHARS in config.py",
+                f"{DATA_CONTRACT_DOC} (Server ids)")
         if salt:
             self.collisions.append({"name": name, "salt": salt, "id": candidate,
                                     "collided_with": self._id_to_name.get(hash_server_name(name, 0, self.id_length))})
@@ -102,11 +99,10 @@ class ServerEncoder:
             return self._id_to_name[server_id]
         except KeyError:
             raise UnknownServerIdError(
-                f"Unknown server id '{server_id}'. Why it matters: forecasts must be reported by "
-                f"server name, and this id is not in the mapping ({len(self)} servers known). "
-                f"Fix: use the {SERVER_MAPPING_FILE} saved with the model or data that produced the id. "
-                f"See {DATA_CONTRACT_DOC} (Server ids)."
-            ) from None
+                f"Unknown server id '{server_id}'",
+                f"forecasts must be reported by server name, and this id is not in the mapping ({len(self)} servers "
+                f"known)", f"use the {SERVER_MAPPING_FILE} saved with the model or data that produced the id",
+                f"{DATA_CONTRACT_DOC} (Server ids)") from None
 
     def decode_many(self, server_ids: Iterable[str]) -> list[str]:
         """Decode several ids (raises on the first unknown one)."""
@@ -141,20 +137,17 @@ class ServerEncoder:
         encoder = cls(id_length=int(data.get("id_hex_chars", SERVER_ID_HEX_CHARS)))
         servers = data.get("servers")
         if not isinstance(servers, dict):
-            raise ValueError(
-                f"{source} has no 'servers' object. Why it matters: without it forecasts cannot be "
-                f"decoded to server names. Fix: regenerate it with metrics_generator.py or retrain. "
-                f"See {DATA_CONTRACT_DOC} (Server ids)."
-            )
+            raise UsageError(
+                f"{source} has no 'servers' object", "without it forecasts cannot be decoded to server names",
+                "regenerate it with metrics_generator.py or retrain", f"{DATA_CONTRACT_DOC} (Server ids)")
         for name, server_id in servers.items():
             valid = {hash_server_name(name, salt, encoder.id_length) for salt in range(SERVER_ID_MAX_SALT + 1)} \
                 if hash_server_name(name, 0, encoder.id_length) != server_id else {server_id}
             if server_id not in valid:
-                raise ValueError(
-                    f"{source}: id '{server_id}' for '{name}' is not a {SERVER_ID_HASH} id of that name. "
-                    f"Why it matters: the mapping was edited or corrupted, so decoded names could be wrong. "
-                    f"Fix: regenerate the mapping. See {DATA_CONTRACT_DOC} (Server ids)."
-                )
+                raise UsageError(
+                    f"{source}: id '{server_id}' for '{name}' is not a {SERVER_ID_HASH} id of that name",
+                    "the mapping was edited or corrupted, so decoded names could be wrong", "regenerate the mapping",
+                    f"{DATA_CONTRACT_DOC} (Server ids)")
             if server_id in encoder._id_to_name:
                 raise ValueError(f"{source}: id '{server_id}' is assigned twice. Fix: regenerate the mapping.")
             encoder._name_to_id[name] = server_id
@@ -169,9 +162,7 @@ class ServerEncoder:
         if path.is_dir():
             path = path / SERVER_MAPPING_FILE
         if not path.exists():
-            raise FileNotFoundError(
-                f"{SERVER_MAPPING_FILE} not found at {path}. Why it matters: it is required to decode "
-                f"server ids back to names. Fix: regenerate the data or retrain the model (both write it). "
-                f"See {DATA_CONTRACT_DOC} (Server ids)."
-            )
+            raise MissingFileError(
+                f"{SERVER_MAPPING_FILE} not found at {path}", "it is required to decode server ids back to names",
+                "regenerate the data or retrain the model (both write it)", f"{DATA_CONTRACT_DOC} (Server ids)")
         return cls.from_dict(read_json(path), source=str(path))

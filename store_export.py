@@ -69,7 +69,8 @@ from config import (
 )
 from contract import NS_PER_BUCKET, bucket_iso, bucket_of_ns, fill_offline
 from data_validator import DataValidator
-from metrics_store import StoreError, StoreReader
+from errors import EXIT_RUNTIME, ToolkitError, run_cli
+from metrics_store import StoreReader
 from server_encoder import ServerEncoder
 from state_rules import STATE_PRECEDENCE
 
@@ -86,12 +87,12 @@ _MEASURED_RULE = (
     "all of them: servers_constant_at_fill names those servers; export them apart with --servers if it matters.")
 
 
-class StoreExportError(ValueError):
+class StoreExportError(ToolkitError, ValueError):
     """An export that cannot be done as asked; the message says what, why, and how to fix it."""
 
 
 def _fail(what: str, why: str, fix: str) -> StoreExportError:
-    return StoreExportError(f"{what}. Why it matters: {why}. Fix: {fix}. See {STORE_DOC}.")
+    return StoreExportError(what, why, fix, STORE_DOC)
 
 
 @dataclass
@@ -390,21 +391,17 @@ def build_arg_parser(parser: argparse.ArgumentParser | None = None) -> argparse.
 
 
 def run_from_args(args: argparse.Namespace) -> int:
-    """Run the export; 0 on success, 1 with what/why/fix otherwise (no traceback)."""
+    """Run the export; 0 on success; raises with what/why/fix otherwise (``errors.run_cli``: exit 2 for a store,
+    range or server list that cannot be exported, 3 for a store that cannot be read or a write that fails)."""
     try:
         meta = export_store(args.store, args.out, args.since, args.until, parse_servers(args.servers),
                             min_history_days=args.min_history_days)
-    except (StoreExportError, StoreError) as exc:
-        logger.error("export failed: %s", exc)
-        return 1
     except sqlite3.DatabaseError as exc:
-        logger.error("export failed: the store %s cannot be read (%s). Fix: check the file, or export from a "
-                     "backup. See %s.", args.store, exc, STORE_DOC)
-        return 1
+        raise StoreExportError(f"the store {args.store} cannot be read ({exc})", None,
+                               "check the file, or export from a backup", STORE_DOC, exit_code=EXIT_RUNTIME) from exc
     except OSError as exc:
-        logger.error("export failed: cannot write %s (%s). Fix: check the folder's permissions and free space.",
-                     args.out, exc)
-        return 1
+        raise StoreExportError(f"cannot write {args.out} ({exc})", None,
+                               "check the folder's permissions and free space", exit_code=EXIT_RUNTIME) from exc
     print(f"Exported {len(meta['servers'])} servers, {meta['rows']:,} rows ({meta['time_span']['start']} .. "
           f"{meta['time_span']['end']}) -> {args.out}\n"
           f"measured (inferred from the values): {', '.join(meta['measured_metrics']) or 'none'}\n"
@@ -416,4 +413,4 @@ def run_from_args(args: argparse.Namespace) -> int:
 
 if __name__ == "__main__":
     setup_logging()
-    sys.exit(run_from_args(build_arg_parser().parse_args()))
+    sys.exit(run_cli(run_from_args, build_arg_parser().parse_args(), "export failed"))

@@ -64,6 +64,7 @@ from config import (
 )
 from contract import bucket_of_times, bucket_start, cpu_used
 from data_validator import DataValidator, format_report
+from errors import UsageError, run_cli
 from forecast_engine import display_forecast, display_metrics, serve_selected
 from live_accuracy import LIVE_TERMS, BandAdjuster, display_values, live_terms
 from live_selection import LiveSelection
@@ -519,36 +520,31 @@ def build_arg_parser(parser: argparse.ArgumentParser | None = None) -> argparse.
 
 
 def run_from_args(args: argparse.Namespace) -> int:
-    """Backtest from parsed arguments; 0 on success, 1 on a data or model problem."""
+    """Backtest from parsed arguments; 0 on success; 2 (raised, ``errors.run_cli``) on a data or model problem."""
     settings = settings_from(BacktestSettings, args)
-    try:
-        loaded = load_model(settings.model)
-        frame = load_training_frame(settings.data)
-        is_valid, errors, warnings = DataValidator(strict=True).validate_schema(frame)
-        if not is_valid:
-            logger.error("%s", format_report(settings.data, len(frame), False, errors, warnings, 0.0))
-            return 1
-        features = build_features(frame, encoder=loaded.encoder, spec=loaded.spec, dataset_servers=0)
-        frame, store = features.frame, features.store
-        data_end = int(frame[TIME_IDX].max())
-        if settings.since:
-            first = int(bucket_of_times(pd.DatetimeIndex([parse_utc(settings.since)]))[0])
-        else:
-            holdout = (loaded.training_info.get("data") or {}).get("holdout_start")
-            first = int(bucket_of_times(pd.DatetimeIndex([parse_utc(holdout)]))[0]) if holdout else -1
-            if first < int(frame[TIME_IDX].min()) + loaded.spec.encoder_length or first > data_end:
-                first = data_end - HOLDOUT_HOURS * STEPS_PER_HOUR + 1
-        unseen = sorted(set(store.server_names) - set(loaded.encoder.name_to_id))
-        unseen += list((loaded.training_info.get("data") or {}).get("unseen_servers", []))
-        scored = measured_metrics_for(settings.data)
-        if scored is not None and not set(loaded.spec.targets) <= set(scored):
-            logger.warning("not scoring %s: not measured in %s (Docs/IMPORTING.md)",
-                           ", ".join(t for t in loaded.spec.targets if t not in scored), settings.data)
-        summary = backtest_store(loaded.model, loaded.spec, store, first, data_end, unseen_servers=unseen,
-                                 stride=settings.stride, scored=scored, statistical=settings.statistical)
-    except (FileNotFoundError, ValueError, RuntimeError) as exc:
-        logger.error("%s", exc)
-        return 1
+    loaded = load_model(settings.model)
+    frame = load_training_frame(settings.data)
+    is_valid, errors, warnings = DataValidator(strict=True).validate_schema(frame)
+    if not is_valid:
+        raise UsageError(format_report(settings.data, len(frame), False, errors, warnings, 0.0))
+    features = build_features(frame, encoder=loaded.encoder, spec=loaded.spec, dataset_servers=0)
+    frame, store = features.frame, features.store
+    data_end = int(frame[TIME_IDX].max())
+    if settings.since:
+        first = int(bucket_of_times(pd.DatetimeIndex([parse_utc(settings.since)]))[0])
+    else:
+        holdout = (loaded.training_info.get("data") or {}).get("holdout_start")
+        first = int(bucket_of_times(pd.DatetimeIndex([parse_utc(holdout)]))[0]) if holdout else -1
+        if first < int(frame[TIME_IDX].min()) + loaded.spec.encoder_length or first > data_end:
+            first = data_end - HOLDOUT_HOURS * STEPS_PER_HOUR + 1
+    unseen = sorted(set(store.server_names) - set(loaded.encoder.name_to_id))
+    unseen += list((loaded.training_info.get("data") or {}).get("unseen_servers", []))
+    scored = measured_metrics_for(settings.data)
+    if scored is not None and not set(loaded.spec.targets) <= set(scored):
+        logger.warning("not scoring %s: not measured in %s (Docs/IMPORTING.md)",
+                       ", ".join(t for t in loaded.spec.targets if t not in scored), settings.data)
+    summary = backtest_store(loaded.model, loaded.spec, store, first, data_end, unseen_servers=unseen,
+                             stride=settings.stride, scored=scored, statistical=settings.statistical)
     summary["model_dir"] = str(settings.model)
     summary["data"] = str(settings.data)
     print(format_table(summary))
@@ -567,7 +563,7 @@ def main(argv: list[str] | None = None) -> int:
     """Command-line entry point."""
     setup_logging()
     quiet_library_noise()
-    return run_from_args(build_arg_parser().parse_args(argv))
+    return run_cli(run_from_args, build_arg_parser().parse_args(argv), "evaluate failed")
 
 
 if __name__ == "__main__":

@@ -118,9 +118,10 @@ from daemon_state import (
     history_document,
     status_document,
 )
+from errors import ToolkitError, UsageError, exit_code_of, run_cli
 from forecast_engine import ForecastEngine, fleet_document, forecast_file, round_fan
 from live_anomaly import empty_document as no_anomalies
-from metrics_store import StoreError, StoreFullError
+from metrics_store import StoreFullError
 from otlp_receiver import CONTENT_TYPE as OTLP_CONTENT_TYPE
 from otlp_receiver import OtlpError, response_body, status_body
 from otlp_receiver import check_headers as otlp_headers
@@ -407,7 +408,8 @@ class RequestGuard:
 
 
 class _BodyTooLarge(Exception):
-    pass
+    """Control flow inside the body-size guard (answered 413 there); plain, not a ToolkitError: it never reaches
+    a person or an exit code."""
 
 
 def _replay(body: bytes, receive: Callable[[], Awaitable[dict[str, Any]]]) -> Callable[[], Awaitable[dict[str, Any]]]:
@@ -937,41 +939,32 @@ def build_arg_parser(parser: argparse.ArgumentParser | None = None) -> argparse.
 
 
 def run_from_args(args: argparse.Namespace) -> int:
-    """Run the daemon or the offline forecast."""
+    """Run the daemon or the offline forecast; 0 when done; raises otherwise (``errors.run_cli``: exit 2 for a
+    flag, model or data that cannot be used, 3 for a store that cannot be)."""
     quiet_library_noise()
     if not args.daemon:
         if args.data is None:
-            logger.error("Give --daemon to serve, or --data FILE [--out predictions.json] to forecast once.")
-            return 2
-        try:
-            document = forecast_file(args.model_dir, args.data)
-        except (ModelLoadError, FileNotFoundError, ValueError) as exc:
-            logger.error("%s", exc)
-            return 1
+            raise UsageError("Give --daemon to serve, or --data FILE [--out predictions.json] to forecast once.")
+        document = forecast_file(args.model_dir, args.data)
         from common_utils import atomic_write_json
 
         atomic_write_json(args.out, document)
         print(f"Forecast {len(document['servers'])} servers from {document['prediction_time']} -> {args.out}")
         return 0
     if args.retention_days < RETENTION_MIN_DAYS:
-        logger.error("--retention-days %d is below the minimum of %d. Why it matters: the feed takes records up to "
-                     "%d days late, and a shorter retention would delete them on the next trim. Fix: use "
-                     "--retention-days %d or more. See %s (Storage and retention).", args.retention_days,
-                     RETENTION_MIN_DAYS, RETENTION_MIN_DAYS, RETENTION_MIN_DAYS, API_REFERENCE_DOC)
-        return 2
-    try:
-        alertmanager_urls = [validate_url(url) for url in args.alertmanager_urls + alertmanager_url_file(
-            args.alertmanager_url_file)]
-        for url in args.alertmanager_urls:
-            if urlsplit(url).password:
-                raise ValueError(f"--alertmanager-url {redact_url(url)!r} carries a password. Why it matters: a "
-                                 f"command line shows in every user's process list. Fix: put the URL in a file "
-                                 f"only the daemon's user can read (chmod 600) and pass --alertmanager-url-file. "
-                                 f"See {ALERTMANAGER_DOC}.")
-        dashboard_url = validate_url(args.dashboard_url, "--dashboard-url")
-    except ValueError as exc:
-        logger.error("%s", exc)
-        return 2
+        raise UsageError(f"--retention-days {args.retention_days} is below the minimum of {RETENTION_MIN_DAYS}",
+                         f"the feed takes records up to {RETENTION_MIN_DAYS} days late, and a shorter retention would "
+                         f"delete them on the next trim", f"use --retention-days {RETENTION_MIN_DAYS} or more",
+                         f"{API_REFERENCE_DOC} (Storage and retention)")
+    alertmanager_urls = [validate_url(url) for url in args.alertmanager_urls + alertmanager_url_file(
+        args.alertmanager_url_file)]
+    for url in args.alertmanager_urls:
+        if urlsplit(url).password:
+            raise UsageError(f"--alertmanager-url {redact_url(url)!r} carries a password",
+                             "a command line shows in every user's process list",
+                             "put the URL in a file only the daemon's user can read (chmod 600) and pass "
+                             "--alertmanager-url-file", ALERTMANAGER_DOC)
+    dashboard_url = validate_url(args.dashboard_url, "--dashboard-url")
     key_file = args.api_key_file or (Path(os.environ[API_KEY_FILE_ENV]) if os.environ.get(API_KEY_FILE_ENV) else None)
     api_key = None if key_file is not None else os.environ.get(API_KEY_ENV) or None
     if key_file is None and api_key is None:
@@ -985,9 +978,8 @@ def run_from_args(args: argparse.Namespace) -> int:
                              alertmanager_urls=alertmanager_urls, dashboard_url=dashboard_url)
     try:
         app = create_app(settings)
-    except (ModelLoadError, FileNotFoundError, StoreError, ValueError) as exc:  # KeyFileError is a ValueError
-        logger.error("Refusing to start: %s", exc)
-        return 1
+    except (ToolkitError, OSError, ValueError) as exc:  # the model, the store, the key file: said, with the fix
+        raise ToolkitError(f"Refusing to start: {exc}", exit_code=exit_code_of(exc)) from exc
     import uvicorn
 
     if settings.access_log is not None:
@@ -1041,7 +1033,7 @@ def route_access_log(path: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point."""
     setup_logging()
-    return run_from_args(build_arg_parser().parse_args(argv))
+    return run_cli(run_from_args, build_arg_parser().parse_args(argv), "infer failed")
 
 
 if __name__ == "__main__":

@@ -57,6 +57,7 @@ from config import (
     TRAINING_INFO_FILE,
     WEIGHT_DECAY,
 )
+from errors import ToolkitError
 from server_encoder import ServerEncoder
 from tft_fastops import FastPath, install_fast_dropout
 from tft_features import FeatureSpec, ordered_quantiles, target_normalizer_objects
@@ -406,7 +407,7 @@ def model_from_config(config: dict[str, Any]) -> tuple[FleetTFT, FeatureSpec]:
 
 
 # ---------------------------------------------------------------------------- save / load
-class ModelLoadError(RuntimeError):
+class ModelLoadError(ToolkitError, RuntimeError):
     """A model directory that cannot be loaded; the message says why and how to fix it."""
 
 
@@ -449,9 +450,8 @@ def load_model(model_dir: str | Path, device: str | torch.device = "cpu") -> Loa
 
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
-        raise ModelLoadError(
-            f"Model directory {model_dir} does not exist. Why it matters: there is nothing to forecast with. "
-            f"Fix: train one with `python main.py train` or pass --model-dir. See {TRAINING_GUIDE_DOC}.")
+        raise ModelLoadError(f"Model directory {model_dir} does not exist", "there is nothing to forecast with",
+                             "train one with `python main.py train` or pass --model-dir", TRAINING_GUIDE_DOC)
     if not (model_dir / SERVER_MAPPING_FILE).is_file():
         raise FileNotFoundError(
             f"{SERVER_MAPPING_FILE} not found in {model_dir}. This file is required for decoding predictions "
@@ -460,9 +460,9 @@ def load_model(model_dir: str | Path, device: str | torch.device = "cpu") -> Loa
     missing = missing_model_files(model_dir)
     if missing:
         raise ModelLoadError(
-            f"Model directory {model_dir} is incomplete: missing {missing}. Why it matters: the model cannot be "
-            f"rebuilt without all of {MODEL_REQUIRED_FILES}. Fix: retrain, or point to a complete model "
-            f"directory (models/latest). See {TRAINING_GUIDE_DOC} (Artefacts).")
+            f"Model directory {model_dir} is incomplete: missing {missing}",
+            f"the model cannot be rebuilt without all of {MODEL_REQUIRED_FILES}",
+            "retrain, or point to a complete model directory (models/latest)", f"{TRAINING_GUIDE_DOC} (Artefacts)")
     try:
         config = json.loads((model_dir / MODEL_CONFIG_FILE).read_text(encoding="utf-8"))
         training_info = json.loads((model_dir / TRAINING_INFO_FILE).read_text(encoding="utf-8"))
@@ -474,18 +474,18 @@ def load_model(model_dir: str | Path, device: str | torch.device = "cpu") -> Loa
     for name, document in ((MODEL_CONFIG_FILE, config), (TRAINING_INFO_FILE, training_info)):
         if not isinstance(document, dict):
             raise ModelLoadError(
-                f"{name} in {model_dir} is a JSON {type(document).__name__}, not an object. Why it matters: it "
-                f"describes the model to rebuild. Fix: retrain, or copy the model directory again from the "
-                f"training run. See {TRAINING_GUIDE_DOC} (Artefacts).")
+                f"{name} in {model_dir} is a JSON {type(document).__name__}, not an object",
+                "it describes the model to rebuild", "retrain, or copy the model directory again from the training run",
+                f"{TRAINING_GUIDE_DOC} (Artefacts)")
     model_contract = str(config.get("contract_version", "0.0.0"))
     try:
         check_version_compatibility(model_contract, current_version=CONTRACT_VERSION, what="data contract")
     except ValueError as exc:
         raise ModelLoadError(
             f"Model in {model_dir} was trained under data contract {model_contract}; this install speaks "
-            f"{CONTRACT_VERSION}. Why it matters: a different MAJOR contract means different columns, states "
-            f"or profiles, so its inputs would be misread. Fix: retrain with current data "
-            f"(python main.py train). See Docs/DATA_CONTRACT.md (Versioning).") from exc
+            f"{CONTRACT_VERSION}", "a different MAJOR contract means different columns, states or profiles, so its "
+            "inputs would be misread", "retrain with current data (python main.py train)",
+            "Docs/DATA_CONTRACT.md (Versioning)") from exc
     if config.get("model_format_version") != MODEL_FORMAT_VERSION:
         raise ModelLoadError(
             f"Model format {config.get('model_format_version')} in {model_dir} is not {MODEL_FORMAT_VERSION}. "
@@ -495,35 +495,35 @@ def load_model(model_dir: str | Path, device: str | torch.device = "cpu") -> Loa
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise ModelLoadError(
             f"{MODEL_CONFIG_FILE} in {model_dir} does not describe a model (missing or malformed "
-            f"{exc.__class__.__name__}: {exc}; it needs 'feature_spec' and 'hparams'). Why it matters: the model "
-            f"cannot be rebuilt from it. Fix: keep the files of one training run together, or retrain. "
-            f"See {TRAINING_GUIDE_DOC} (Artefacts).") from None
+            f"{exc.__class__.__name__}: {exc}; it needs 'feature_spec' and 'hparams')",
+            "the model cannot be rebuilt from it", "keep the files of one training run together, or retrain",
+            f"{TRAINING_GUIDE_DOC} (Artefacts)") from None
     try:
         state = load_file(str(model_dir / MODEL_WEIGHTS_FILE), device="cpu")
     except (SafetensorError, OSError) as exc:
         raise ModelLoadError(
-            f"{model_dir / MODEL_WEIGHTS_FILE} is not a readable safetensors file ({exc}). Why it matters: "
-            f"without the weights there is no model. It may be cut short (a copy that did not finish), empty, "
-            f"or another format such as a PyTorch pickle, which is never loaded (pickles can run code). Fix: "
-            f"copy the model directory again from the training run, or retrain. See {TRAINING_GUIDE_DOC} "
-            f"(Artefacts).") from None
+            f"{model_dir / MODEL_WEIGHTS_FILE} is not a readable safetensors file ({exc})",
+            "without the weights there is no model. It may be cut short (a copy that did not finish), empty, or "
+            "another format such as a PyTorch pickle, which is never loaded (pickles can run code)",
+            "copy the model directory again from the training run, or retrain",
+            f"{TRAINING_GUIDE_DOC} (Artefacts)") from None
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
         raise ModelLoadError(
             f"The weights in {model_dir / MODEL_WEIGHTS_FILE} do not fit the architecture in "
-            f"{MODEL_CONFIG_FILE}: {str(exc).splitlines()[0]}. Why it matters: a partly loaded model would "
-            f"forecast garbage. Fix: keep the files of one training run together, or retrain. "
-            f"See {TRAINING_GUIDE_DOC} (Artefacts).") from exc
+            f"{MODEL_CONFIG_FILE}: {str(exc).splitlines()[0]}", "a partly loaded model would forecast garbage",
+            "keep the files of one training run together, or retrain", f"{TRAINING_GUIDE_DOC} (Artefacts)") from exc
     model.to(device)
     model.eval()
     try:
         encoder = ServerEncoder.load(model_dir / SERVER_MAPPING_FILE)
     except (ValueError, TypeError, AttributeError, OSError) as exc:
         raise ModelLoadError(
-            f"{SERVER_MAPPING_FILE} in {model_dir} cannot be used: {exc} Why it matters: forecasts are decoded "
-            f"to server names with it. Fix: copy the model directory again from the training run, or retrain. "
-            f"See {TRAINING_GUIDE_DOC} (Artefacts).") from None
+            f"{SERVER_MAPPING_FILE} in {model_dir} cannot be used: {str(exc).rstrip('.')}",
+            "forecasts are decoded to server names with it",
+            "copy the model directory again from the training run, or retrain", f"{TRAINING_GUIDE_DOC} (Artefacts)"
+        ) from None
     return LoadedModel(model=model, spec=spec, encoder=encoder, config=config, training_info=training_info,
                        model_dir=model_dir)
 

@@ -103,6 +103,7 @@ from config import (
 )
 from contract import bucket_of_times, bucket_start
 from data_validator import DataValidator, format_report
+from errors import ToolkitError, run_cli
 from model_registry import point_latest
 from server_encoder import ServerEncoder
 from tft_evaluate import backtest_store, format_table
@@ -113,7 +114,7 @@ from trace_importer import measured_metrics_for
 logger = logging.getLogger(__name__)
 
 
-class TrainingError(RuntimeError):
+class TrainingError(ToolkitError, RuntimeError):
     """Training cannot start or finish; the message says why and how to fix it."""
 
 
@@ -922,12 +923,9 @@ def settings_from_args(args: argparse.Namespace) -> TrainSettings:
 
 
 def run_from_args(args: argparse.Namespace) -> int:
-    """Train from parsed arguments; 0 on success, 1 on a data/training error."""
-    try:
-        result = train(settings_from_args(args))
-    except (TrainingError, FileNotFoundError, ValueError) as exc:
-        logger.error("%s", exc)
-        return 1
+    """Train from parsed arguments; 0 on success; raises on a data or training error (exit 2: data, flags or a
+    checkpoint that cannot be used, ``errors.run_cli``)."""
+    result = train(settings_from_args(args))
     if result is not None:
         print(f"Model saved: {result.model_dir}  (latest -> {result.model_dir.name})")
         if result.training_info.get("backtest"):
@@ -938,7 +936,7 @@ def run_from_args(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point."""
     setup_logging()
-    return run_from_args(build_arg_parser().parse_args(argv))
+    return run_cli(run_from_args, build_arg_parser().parse_args(argv), "train failed")
 
 
 if __name__ == "__main__":

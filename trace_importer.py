@@ -64,7 +64,8 @@ from config import (
     VALIDATOR_MAX_EXAMPLES,
 )
 from contract import fill_offline
-from data_validator import InputLimitError, ReadLimits, parquet_footer, read_csv_bounded, read_parquet_bounded
+from data_validator import ReadLimits, parquet_footer, read_csv_bounded, read_parquet_bounded
+from errors import ToolkitError, run_cli
 from server_encoder import ServerEncoder
 from state_rules import derive_states
 
@@ -73,7 +74,7 @@ logger = logging.getLogger(__name__)
 TIME_UNITS = ("s", "ms", "us", "ns", "iso")
 
 
-class TraceImportError(ValueError):
+class TraceImportError(ToolkitError, ValueError):
     """A mapping or a source that cannot be imported; the message says what, why, how to fix, which doc."""
 
 
@@ -116,7 +117,7 @@ class Mapping:
 
 
 def _fail(what: str, why: str, fix: str) -> TraceImportError:
-    return TraceImportError(f"{what}. Why it matters: {why}. Fix: {fix}. See {IMPORTING_DOC}.")
+    return TraceImportError(what, why, fix, IMPORTING_DOC)
 
 
 def load_mapping(path: str | Path) -> Mapping:
@@ -500,13 +501,10 @@ def build_arg_parser(parser: argparse.ArgumentParser | None = None) -> argparse.
 
 
 def run_from_args(args: argparse.Namespace) -> int:
-    """Run the importer from parsed arguments; 0 on success, 1 with the reason otherwise."""
-    try:
-        meta = import_traces(args.sources, args.mapping, args.out, max_rows=args.max_rows,
-                             max_bytes=args.max_bytes, max_span_days=args.max_span_days)
-    except (TraceImportError, InputLimitError, OSError, ValueError, KeyError) as exc:
-        logger.error("import failed: %s", exc)
-        return 1
+    """Run the importer from parsed arguments; 0 on success; raises with the reason otherwise (exit 2: a mapping
+    or source that cannot be imported, ``errors.run_cli``)."""
+    meta = import_traces(args.sources, args.mapping, args.out, max_rows=args.max_rows,
+                         max_bytes=args.max_bytes, max_span_days=args.max_span_days)
     print(f"Imported {len(meta['servers'])} servers, {meta['rows']:,} rows -> {args.out}\n"
           f"measured: {', '.join(meta['measured_metrics'])}\n"
           f"unmeasured (filled, not trained on or scored): {', '.join(meta['unmeasured_metrics'])}\n"
@@ -516,4 +514,4 @@ def run_from_args(args: argparse.Namespace) -> int:
 
 if __name__ == "__main__":
     setup_logging()
-    sys.exit(run_from_args(build_arg_parser().parse_args()))
+    sys.exit(run_cli(run_from_args, build_arg_parser().parse_args(), "import failed"))

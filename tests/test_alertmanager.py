@@ -192,11 +192,12 @@ def test_failures_back_off_are_counted_and_logged_once_per_state_change(caplog):
 
 
 def test_a_bad_url_is_refused_with_exit_code_2(caplog):
+    from errors import run_cli
     from tft_inference import build_arg_parser, run_from_args
 
     for flags in (["--alertmanager-url", "localhost:9093"], ["--dashboard-url", "ftp://dash"]):
         caplog.clear()
-        assert run_from_args(build_arg_parser().parse_args(["--daemon", *flags])) == 2
+        assert run_cli(run_from_args, build_arg_parser().parse_args(["--daemon", *flags])) == 2
         assert "is not a valid http(s) URL" in caplog.text and "Fix:" in caplog.text
         assert "Docs/RISK_SCORING.md (Alertmanager)" in caplog.text
 

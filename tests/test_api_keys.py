@@ -129,6 +129,6 @@ def test_a_bad_key_file_refuses_start_without_a_traceback(tiny_training, tmp_pat
     keys = tmp_path / "keys"
     keys.write_text("writer=abcdefghijklmnopqrstu\n")
     daemon = DaemonProcess(tiny_training.model_dir, tmp_path / "store.sqlite3", "--api-key-file", str(keys))
-    assert daemon.proc.wait(60) == 1
+    assert daemon.proc.wait(60) == 2
     log = daemon.log.read_text()
     assert "unknown scope in 'writer'" in log and "Traceback" not in log

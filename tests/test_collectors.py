@@ -77,7 +77,7 @@ def test_collect_print_shows_one_record_and_bad_flags_fail_clearly():
     record = LinborgRecord.model_validate(json.loads(shown.stdout))
     assert record.server_name == HOST and record.profile == "database"
     missing = run_cli("main.py", "collect", "--data-path", "/no/such/volume", "--samples", "1")
-    assert missing.returncode == 1 and "/no/such/volume does not exist" in missing.stderr
+    assert missing.returncode == 2 and "/no/such/volume does not exist" in missing.stderr
 
 
 def test_identity_from_flags_prefix_or_generic(caplog):
@@ -247,14 +247,14 @@ def test_prometheus_live_feed_reaches_the_daemon(prometheus, tiny_training, tmp_
 def test_prometheus_errors_say_what_and_how_to_fix(prometheus, tmp_path):
     down = run_cli("main.py", "prometheus", "--url", f"http://127.0.0.1:{free_port()}", "--out",
                    str(tmp_path / "x.parquet"), "--hours", "1")
-    assert down.returncode == 1 and "unreachable" in down.stderr and "--url" in down.stderr
+    assert down.returncode == 3 and "unreachable" in down.stderr and "--url" in down.stderr
     mapping = json.loads((ROOT / "mappings" / "prometheus_node_exporter.json").read_text())
     mapping["queries"]["load_average"] = "node_load1{"  # broken PromQL
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps(mapping))
     refused = run_cli("main.py", "prometheus", "--url", prometheus, "--mapping", str(bad), "--out",
                       str(tmp_path / "x.parquet"), "--hours", "0.05", "--step", "2", "--window", "6s")
-    assert refused.returncode == 1 and "refused the query" in refused.stderr and "node_load1{" in refused.stderr
+    assert refused.returncode == 2 and "refused the query" in refused.stderr and "node_load1{" in refused.stderr
     assert not (tmp_path / "x.parquet").exists()
 
 

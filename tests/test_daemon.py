@@ -254,7 +254,7 @@ def test_refuses_to_start_with_an_incomplete_model(tiny_training, tmp_path):
     result = subprocess.run([sys.executable, "main.py", "infer", "--daemon", "--model-dir", str(broken),
                              "--port", str(free_port()), "--store", str(tmp_path / "s.sqlite3")],
                             cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert "Refusing to start" in result.stderr and "incomplete" in result.stderr and "Fix:" in result.stderr
 
 

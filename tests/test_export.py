@@ -19,6 +19,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
+import errors
 from config import (
     FLOAT_METRICS,
     INTEGER_METRICS,
@@ -100,8 +101,8 @@ def exported(path: Path) -> pd.DataFrame:
 
 
 def assert_clean_failure(code: int, log: str, *phrases: str) -> None:
-    """Exit 1, the reason and the fix in the log, and no traceback."""
-    assert code == 1, (code, log[-2000:])
+    """Exit 2 (errors.py: an input that cannot be exported), the reason and the fix in the log, no traceback."""
+    assert code == 2, (code, log[-2000:])
     assert "Traceback" not in log and "export failed" in log and "Fix:" in log, log[-2000:]
     for phrase in phrases:
         assert phrase in log, (phrase, log[-2000:])
@@ -219,7 +220,8 @@ def test_errors_say_what_why_and_how_to_fix_without_a_traceback(store, tmp_path,
     ]:
         caplog.clear()
         with caplog.at_level(logging.ERROR, logger="store_export"):
-            code = store_export.run_from_args(parser.parse_args(["--store", str(path), "--out", str(out), *extra]))
+            code = errors.run_cli(store_export.run_from_args,
+                                  parser.parse_args(["--store", str(path), "--out", str(out), *extra]), "export failed")
         assert_clean_failure(code, caplog.text, *phrases)
         assert all(record.exc_info is None for record in caplog.records)
     assert not out.parent.exists() or not any(out.parent.iterdir())  # nothing half-written left behind
@@ -302,6 +304,6 @@ def test_retention_days_trims_buckets_at_the_configured_age(tmp_path, caplog):
                                           "--retention-days", str(RETENTION_MIN_DAYS - 1)])
     assert args.retention_days == RETENTION_MIN_DAYS - 1
     with caplog.at_level(logging.ERROR, logger="tft_inference"):
-        assert run_from_args(args) == 2
+        assert errors.run_cli(run_from_args, args) == 2
     assert f"below the minimum of {RETENTION_MIN_DAYS}" in caplog.text and "Fix:" in caplog.text
     assert not (tmp_path / "other.sqlite3").exists()  # refused before anything was opened

@@ -245,7 +245,7 @@ def test_a_damaged_store_is_refused_with_the_fix(tiny_training, tmp_path, damage
         store_path.unlink()
         store_path.mkdir()
     result = _start(tiny_training.model_dir, store_path)
-    assert result.returncode == 1, result.stderr[-2000:]
+    assert result.returncode == 3, result.stderr[-2000:]  # a damaged store: the environment (errors.py)
     assert "Refusing to start" in result.stderr and "Fix:" in result.stderr and "Docs/" in result.stderr
     assert "Traceback" not in result.stderr
 
@@ -424,7 +424,7 @@ def test_the_daemon_refuses_a_damaged_model_or_runs_without_it(tiny_training, tm
     shutil.copytree(tiny_training.model_dir, model_dir)
     _damage_model(model_dir, damage)
     result = _start(model_dir, tmp_path / "store.sqlite3")
-    assert result.returncode == 1 and "Refusing to start" in result.stderr and "Fix:" in result.stderr
+    assert result.returncode == 2 and "Refusing to start" in result.stderr and "Fix:" in result.stderr
     assert "Traceback" not in result.stderr
     from fastapi.testclient import TestClient
 

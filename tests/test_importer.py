@@ -160,7 +160,7 @@ def test_cli_import_exit_codes(traces, tmp_path):
     assert run_cli("main.py", "validate", str(out)).returncode == 0
     bad = run_cli("main.py", "import", "--mapping", str(tmp_path / "missing.json"), "--out", str(out),
                   str(next(traces.glob("*.csv"))))
-    assert bad.returncode == 1 and "import failed" in bad.stderr
+    assert bad.returncode == 2 and "import failed" in bad.stderr
 
 
 @pytest.mark.skipif(not REAL_TRACES.exists(), reason="the real Bitbrains traces are not on this machine")
@@ -238,7 +238,7 @@ def test_a_compressible_parquet_over_the_row_limit_is_refused_from_its_footer(tm
     baseline = run_cli("-c", MEASURED_MAIN, "import", "--help")  # the same modules loaded, no source read
     refused = run_cli("-c", MEASURED_MAIN, "import", "--mapping", str(MAPPING), "--out", str(out),
                       "--max-rows", "1000000", str(source))
-    assert refused.returncode == 1, refused.stderr[-2000:]
+    assert refused.returncode == 2, refused.stderr[-2000:]
     assert ("bomb.parquet holds 4,000,000 rows, more than the 1,000,000 rows main.py import reads at most"
             in refused.stderr), refused.stderr[-2000:]
     assert "Why it matters:" in refused.stderr and "--max-rows" in refused.stderr
@@ -285,7 +285,7 @@ def test_csv_sources_stop_at_the_row_and_byte_limits(traces, tmp_path):
     out = tmp_path / "out" / "server_metrics.parquet"
     sources = sorted(str(p) for p in traces.glob("*.csv"))  # 19.csv (600 rows), then 7.csv (580)
     few = run_cli("main.py", "import", "--mapping", str(MAPPING), "--out", str(out), "--max-rows", "700", *sources)
-    assert few.returncode == 1
+    assert few.returncode == 2
     assert "7.csv holds more than 100 rows (after 600 rows of earlier files)" in few.stderr, few.stderr[-2000:]
     assert "--max-rows" in few.stderr and not out.exists()
     # A gzip'd CSV of 300,000 rows (~9 MB of text, ~100 KB on disk) read with a 1 MB budget: refused at the
@@ -315,7 +315,7 @@ def test_a_1970_row_among_current_rows_is_refused_before_any_grid(tmp_path):
     frame.to_parquet(source)
     out = tmp_path / "out" / "server_metrics.parquet"
     refused = run_cli("main.py", "import", "--mapping", str(MAPPING), "--out", str(out), str(source))
-    assert refused.returncode == 1
+    assert refused.returncode == 2
     message = refused.stderr
     assert "vm.parquet: 1 of 300 rows have a timestamp that is missing or outside 2000-01-01" in message, message
     assert "row 5: 0" in message and "56 years" in message and "unit" in message and "Docs/IMPORTING.md" in message
@@ -351,6 +351,6 @@ def test_each_servers_span_and_all_grids_are_bounded_before_they_are_allocated(t
     # Allowed a longer span, the grids' total is still bounded (sparse samples make many rows).
     capped = run_cli("main.py", "import", "--mapping", str(MAPPING), "--out", str(out), "--max-span-days", "3000",
                      "--max-rows", "100000", str(source))
-    assert capped.returncode == 1
+    assert capped.returncode == 2
     assert "5-minute grids would hold 73" in capped.stderr and "more than the 100,000" in capped.stderr, capped.stderr
     assert not out.exists()

@@ -181,7 +181,7 @@ def test_a_scheduled_retrain_that_fails_is_counted_and_the_next_one_is_scheduled
     assert scheduler.running and scheduler.runs == 1
     assert os.getpriority(os.PRIO_PROCESS, scheduler.pid) == 19
     wait_for(lambda: scheduler.poll() or not scheduler.running, timeout=300)
-    assert scheduler.failures == 1 and scheduler.last_exit == 1  # the store does not exist: exit 1, counted
+    assert scheduler.failures == 1 and scheduler.last_exit == 2  # the store does not exist: exit 2, counted
     log = Path(scheduler.status()["log"]).read_text()
     assert "retrain failed, nothing changed" in log and "Traceback" not in log
     assert scheduler.status()["next_in_seconds"] == 3600.0  # the next run counts from this one's start
@@ -194,7 +194,7 @@ def test_retrain_every_is_refused_with_the_reason_when_it_cannot_work(tiny_train
     assert short.returncode == 2 and "shorter than 1 h" in short.stderr and "Traceback" not in short.stderr
     concrete = run_cli("main.py", "infer", "--daemon", "--store", store, "--model-dir",
                        str(tiny_training.model_dir), "--retrain-every", "24h", timeout=120)
-    assert concrete.returncode == 1 and "needs --model-dir <models-dir>/latest" in concrete.stderr
+    assert concrete.returncode == 2 and "needs --model-dir <models-dir>/latest" in concrete.stderr
     assert "Traceback" not in concrete.stderr
 
 

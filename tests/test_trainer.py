@@ -150,7 +150,7 @@ def test_cli_refuses_invalid_data(tiny_data, tmp_path):
     bad.to_parquet(bad_path)
     result = run_cli("main.py", "train", "--data", str(bad_path), "--models-dir", str(tmp_path / "models"),
                      *TINY_TRAIN_ARGS)
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert "out_of_range" in result.stderr and "cpu_iowait_pct" in result.stderr and "Training stopped" in result.stderr
     assert not (tmp_path / "models").exists() or not list((tmp_path / "models").glob("tft_model_*"))
 
