@@ -29,7 +29,7 @@ from alertmanager_push import AlertmanagerNotifier, alert_annotations, alert_lab
 from api_models import Alert
 from common_utils import free_loopback_port
 from metrics_generator import FleetSimulator
-from tests.conftest import TINY_FLEET, DaemonProcess, feed_buckets, wait_for
+from tests.helpers import TINY_FLEET, DaemonProcess, feed_buckets, wait_for
 
 AM_BINARY = shutil.which("prometheus-alertmanager") or shutil.which("alertmanager")
 HOT = {"cpu_user_pct": 10.0, "cpu_sys_pct": 5.0, "cpu_iowait_pct": 45.0, "cpu_idle_pct": 40.0}  # critical now

@@ -11,7 +11,7 @@ import pytest
 from api_keys import ALL_SCOPES, KeyFileError, KeyStore, client_key, parse_key_lines
 from config import KEY_FILE_CHECK_SECONDS, WS_UNAUTHORIZED_CODE
 from metrics_generator import FleetSimulator
-from tests.conftest import DaemonProcess, wait_for
+from tests.helpers import DaemonProcess, wait_for
 
 INGEST = "ingest-key-0000000001"
 READ = "read-key-00000000001"

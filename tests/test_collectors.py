@@ -27,7 +27,7 @@ from api_models import LinborgRecord
 from common_utils import host_name_to_server_name
 from config import CPU_COMPONENTS, LINBORG_METRICS, METADATA_FILE
 from host_collector import HostCollector, HostSampler, _cpu_parts, resolve_identity
-from tests.conftest import API_KEY, ROOT, DaemonProcess, free_port, run_cli, wait_for
+from tests.helpers import API_KEY, ROOT, DaemonProcess, free_port, run_cli, wait_for
 
 HOST = host_name_to_server_name(socket.gethostname().split(".")[0])
 

@@ -17,7 +17,7 @@ from api_models import AlertHistoryResponse, AlertsResponse, FleetPredictions, S
 from config import CONTRACT_VERSION, LINBORG_METRICS, MAX_BODY_BYTES, WS_AUTH_TIMEOUT_SECONDS, WS_UNAUTHORIZED_CODE
 from forecast_engine import forecast_sources
 from metrics_generator import FleetSimulator
-from tests.conftest import API_KEY, ROOT, TINY_FLEET, DaemonProcess, feed_buckets, free_port, wait_for
+from tests.helpers import API_KEY, ROOT, TINY_FLEET, DaemonProcess, feed_buckets, free_port, wait_for
 from tft_model import load_model
 
 

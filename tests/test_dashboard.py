@@ -42,7 +42,7 @@ from config import (
 )
 from daemon_client import DaemonClient
 from metrics_generator import FleetSimulator
-from tests.conftest import API_KEY, ROOT, TINY_FLEET, DaemonProcess, feed_buckets, free_port, wait_for
+from tests.helpers import API_KEY, ROOT, TINY_FLEET, DaemonProcess, feed_buckets, free_port, wait_for
 
 ARTIFACTS = ROOT / "test-artifacts"
 PANELS = ["Overview", "Heatmap", "Top Servers", "Historical", "Model health", "Advanced"]

@@ -27,7 +27,7 @@ from config import (
 from daemon_state import RateLimiter
 from metrics_generator import FleetSimulator
 from metrics_store import MetricsStore
-from tests.conftest import API_KEY, ROOT, TINY_FLEET, DaemonProcess, free_port, wait_for
+from tests.helpers import API_KEY, ROOT, TINY_FLEET, DaemonProcess, free_port, wait_for
 
 FED_BUCKETS = 30
 

@@ -14,7 +14,7 @@ from config import DRIFT_MIN_MATURED, DRIFT_SKILL_HOURS, HORIZONS, STEPS_PER_HOU
 from live_accuracy import LIVE, LiveAccuracy, Matured, bands_of, live_terms
 from metrics_generator import FleetSimulator
 from metrics_store import MetricsStore
-from tests.conftest import TINY_FLEET, DaemonProcess, feed_buckets, wait_for
+from tests.helpers import TINY_FLEET, DaemonProcess, feed_buckets, wait_for
 
 Z90 = 1.2815515594  # the standard normal's 0.9 quantile
 STEPS = list(HORIZONS.values())

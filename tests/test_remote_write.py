@@ -40,7 +40,7 @@ from remote_write import (
     write_request,
 )
 from state_rules import StreamStateLabeler
-from tests.conftest import API_KEY, DaemonProcess, free_port, wait_for
+from tests.helpers import API_KEY, DaemonProcess, free_port, wait_for
 from tests.test_collectors import HOST
 
 MAPPING = PROJECT_ROOT / "mappings" / "prometheus_node_exporter.json"

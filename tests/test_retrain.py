@@ -27,7 +27,7 @@ import pytest
 
 from config import HORIZONS, LATEST_MODEL_LINK, LINBORG_METRICS, PROMOTIONS_FILE, RETRAIN_REPORTS_SUBDIR
 from metrics_generator import FleetSimulator
-from tests.conftest import ROOT, TINY_FLEET, DaemonProcess, feed_buckets, run_cli, wait_for
+from tests.helpers import ROOT, TINY_FLEET, DaemonProcess, feed_buckets, run_cli, wait_for
 
 # The tiny trainer flags without --epochs / --windows-per-epoch (each run sets its own).
 TINY_SHAPE = ["--batch-size", "64", "--encoder-length", "24", "--hidden-size", "8", "--attention-heads", "2",

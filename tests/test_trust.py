@@ -26,7 +26,7 @@ from config import (
     WS_SEND_TIMEOUT_SECONDS,
     WS_TRY_AGAIN_CODE,
 )
-from tests.conftest import API_KEY, DaemonProcess, feed_buckets, wait_for
+from tests.helpers import API_KEY, DaemonProcess, feed_buckets, wait_for
 from tests.test_hostile import recent_sim
 
 INGEST_BOUND = "ingest-bound-db-000001"
@@ -343,7 +343,7 @@ def test_ingest_keys_are_bound_to_their_servers_and_maintenance_is_an_operators_
 
 # ============================================================================ 8. the smaller holes
 def test_generated_keys_go_to_a_private_file_and_alertmanager_passwords_stay_off_the_command_line(tmp_path):
-    from tests.conftest import run_cli
+    from tests.helpers import run_cli
 
     store = tmp_path / "store.sqlite3"
     daemon = DaemonProcess(None, store, "--allow-no-model", env_key=None)
