@@ -25,7 +25,7 @@ class Sleeps(list):
 
     def __call__(self, seconds: float) -> None:
         self.append(seconds)
-        time.sleep(seconds)
+        time.sleep(seconds)  # the client's own back-off: it must really wait
 
 
 @pytest.fixture(scope="module")
