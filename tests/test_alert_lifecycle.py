@@ -10,7 +10,7 @@ from config import ALERT_HOLD_DOWN_BUCKETS
 from contract import bucket_iso
 from metrics_generator import FleetSimulator
 from metrics_store import MetricsStore
-from tests.conftest import TINY_FLEET
+from tests.helpers import TINY_FLEET
 
 
 def _alert(server: str = "ppdb001", metric: str = "cpu_iowait_pct", level: str = "warning") -> Alert:

@@ -29,7 +29,7 @@ from alertmanager_push import AlertmanagerNotifier, alert_annotations, alert_lab
 from api_models import Alert
 from common_utils import free_loopback_port
 from metrics_generator import FleetSimulator
-from tests.conftest import TINY_FLEET, DaemonProcess, feed_buckets, wait_for
+from tests.helpers import TINY_FLEET, DaemonProcess, feed_buckets, wait_for
 
 AM_BINARY = shutil.which("prometheus-alertmanager") or shutil.which("alertmanager")
 HOT = {"cpu_user_pct": 10.0, "cpu_sys_pct": 5.0, "cpu_iowait_pct": 45.0, "cpu_idle_pct": 40.0}  # critical now
@@ -146,7 +146,7 @@ def test_sends_resends_and_resolves_like_prometheus(recorder):
         for post in recorder.posts[n:n + 2]:
             [gone] = [a for a in post["body"] if a["labels"]["horizon"] == "now"]
             assert _epoch(gone["endsAt"]) == pytest.approx(resolved_at, abs=0.5)
-        time.sleep(1.0)
+        time.sleep(1.0)  # wall-clock: nothing may be sent; only time passing can show that
         assert len(recorder.posts) == n + 2  # nothing firing, nothing left to resolve: quiet
         [status] = notifier.status()
         assert status["url"] == recorder.url and "s3cret" not in json.dumps(status)
@@ -171,7 +171,7 @@ def test_failures_back_off_are_counted_and_logged_once_per_state_change(caplog):
         wait_for(lambda: len(flaky.posts) >= 4, timeout=5, interval=0.01)
         gaps = [b["at"] - a["at"] for a, b in zip(flaky.posts, flaky.posts[1:], strict=False)]
         assert gaps[0] >= 0.04 and gaps[1] >= 0.09 and gaps[2] >= 0.19, gaps  # doubling back-off
-        time.sleep(0.3)
+        time.sleep(0.3)  # wall-clock: no further send may come; only time passing can show that
         assert len(flaky.posts) == 4  # delivered: the next send is a resend interval away
         dead, ok = notifier.status()
         assert ok["state"] == "ok" and ok["failures"] == 3 and ok["notifications_sent"] == 1
@@ -249,7 +249,7 @@ def test_the_cycle_hands_over_without_waiting_and_maintenance_resolves(tiny_trai
         hanging.close()
     assert time.perf_counter() - began < 5.0  # the hanging POST is abandoned, not waited out
     n = len(recorder.posts)
-    time.sleep(0.3)
+    time.sleep(0.3)  # wall-clock: no send may come after close; only time passing can show that
     assert len(recorder.posts) == n  # closed: nothing more is sent
 
 

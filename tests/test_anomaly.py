@@ -19,7 +19,7 @@ from live_accuracy import LiveAccuracy, bands_of, display_values
 from live_anomaly import anomaly_scores
 from metrics_generator import FleetSimulator
 from metrics_store import FleetWindows, MetricsStore
-from tests.conftest import API_KEY, TINY_FLEET
+from tests.helpers import API_KEY, TINY_FLEET
 
 METRICS = ["cpu_used_pct", "mem_used_pct", "net_in_mb_s"]
 K = {label: k for k, label in enumerate(HORIZONS)}  # horizon label -> index in a stored blob

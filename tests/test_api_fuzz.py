@@ -11,7 +11,7 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 
 from metrics_generator import FleetSimulator
-from tests.conftest import API_KEY, TINY_FLEET, DaemonProcess, feed_buckets, wait_for
+from tests.helpers import API_KEY, TINY_FLEET, DaemonProcess, feed_buckets, wait_for
 
 EXAMPLES_PER_OPERATION = 30
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 
 import httpx
 import pytest
@@ -11,7 +10,7 @@ import pytest
 from api_keys import ALL_SCOPES, KeyFileError, KeyStore, client_key, parse_key_lines
 from config import KEY_FILE_CHECK_SECONDS, WS_UNAUTHORIZED_CODE
 from metrics_generator import FleetSimulator
-from tests.conftest import DaemonProcess, wait_for
+from tests.helpers import DaemonProcess, wait_for, wait_until
 
 INGEST = "ingest-key-0000000001"
 READ = "read-key-00000000001"
@@ -117,7 +116,8 @@ def test_scoped_keys_over_http_and_rotation(tiny_training, tmp_path):
         wait_for(lambda: status(READ, "GET", "/status") == 401, timeout=KEY_FILE_CHECK_SECONDS * 5)
         assert status(new_read, "GET", "/status") == 200
         keys.write_text("read=oops\n")  # a broken edit: the keys in force stay, the log says why
-        time.sleep(KEY_FILE_CHECK_SECONDS * 2)
+        wait_until(lambda: "previous keys stay in force" in daemon.log.read_text(),
+                   timeout=KEY_FILE_CHECK_SECONDS * 5, what="the broken key file to be read and refused")
         assert status(new_read, "GET", "/status") == 200
         assert "previous keys stay in force" in daemon.log.read_text()
         assert new_read not in daemon.log.read_text() and OPERATOR not in daemon.log.read_text()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from config import METADATA_FILE, SERVER_MAPPING_FILE, TRAINING_DATA_FILE
-from tests.conftest import run_cli
+from tests.helpers import run_cli
 
 
 def test_help_lists_the_commands():

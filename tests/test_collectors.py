@@ -27,8 +27,9 @@ from api_models import LinborgRecord
 from common_utils import host_name_to_server_name
 from config import CPU_COMPONENTS, LINBORG_METRICS, METADATA_FILE
 from host_collector import HostCollector, HostSampler, _cpu_parts, resolve_identity
-from tests.conftest import API_KEY, ROOT, DaemonProcess, free_port, run_cli, wait_for
+from tests.helpers import API_KEY, ROOT, DaemonProcess, free_port, run_cli, wait_for, wait_until
 
+QUERY_RANGE_POINTS = 3  # points of rate() at a 2 s step before the fixture hands Prometheus over
 HOST = host_name_to_server_name(socket.gethostname().split(".")[0])
 
 
@@ -58,7 +59,7 @@ def test_cpu_parts_always_add_to_100():
 
 def test_a_sample_of_this_host_is_a_valid_record_with_real_values():
     sampler = HostSampler("/")
-    time.sleep(0.5)
+    time.sleep(0.5)  # wall-clock: CPU shares are tick differences over an interval
     collector = HostCollector(feed=None, server_name=HOST, profile="generic", sampler=sampler)
     record = collector.record()
     LinborgRecord.model_validate(record)  # the daemon's own contract check
@@ -103,12 +104,13 @@ def test_collect_survives_a_daemon_restart_and_loses_nothing(tmp_path):
     try:
         wait_for(lambda: _stored_samples(store, name) >= 4, timeout=30)
         daemon.stop()  # the daemon goes away; the collector keeps sampling
-        time.sleep(3)
+        wait_until(lambda: "could not deliver" in log.read_text(), what="the collector to miss the daemon")
         assert "could not deliver" in log.read_text()
         restarted = DaemonProcess(None, store, "--allow-no-model", port=daemon.port)  # same port and store
         restarted.wait_ready()
         wait_for(lambda: "reachable again" in log.read_text(), timeout=60)
-        time.sleep(1)
+        delivered = _stored_samples(store, name)
+        wait_until(lambda: _stored_samples(store, name) > delivered, what="live samples stored after the backlog")
     finally:
         collector.send_signal(signal.SIGTERM)
         code = collector.wait(30)
@@ -188,9 +190,19 @@ def prometheus(tmp_path_factory):
         except (httpx.HTTPError, KeyError, ValueError):
             return False
 
+    def points_of_rates() -> bool:
+        end = time.time()
+        try:
+            result = httpx.get(f"{url}/api/v1/query_range", params={
+                "query": "rate(node_cpu_seconds_total[6s])", "start": end - 60, "end": end, "step": 2},
+                timeout=2).json()
+            return min(len(series["values"]) for series in result["data"]["result"]) >= QUERY_RANGE_POINTS
+        except (httpx.HTTPError, KeyError, ValueError):
+            return False
+
     try:
         wait_for(has_rates, timeout=60, interval=0.5)
-        time.sleep(6)  # a few points for query_range
+        wait_until(points_of_rates, interval=0.5, what="a few points of rate() for query_range")
         yield url
     finally:
         for proc in (server, exporter):

@@ -1,4 +1,7 @@
-"""The inference daemon as a real uvicorn process on loopback, driven over HTTP and WebSocket."""
+"""The inference daemon as a real uvicorn process on loopback, driven over HTTP and WebSocket.
+
+Checks of routing and error shapes alone run the same app in process (those that say so).
+"""
 
 from __future__ import annotations
 
@@ -8,17 +11,28 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 
 import httpx
 import pytest
+from fastapi.testclient import TestClient
 
 from api_models import AlertHistoryResponse, AlertsResponse, FleetPredictions, ServerFan
 from config import CONTRACT_VERSION, LINBORG_METRICS, MAX_BODY_BYTES, WS_AUTH_TIMEOUT_SECONDS, WS_UNAUTHORIZED_CODE
 from forecast_engine import forecast_sources
 from metrics_generator import FleetSimulator
-from tests.conftest import API_KEY, ROOT, TINY_FLEET, DaemonProcess, feed_buckets, free_port, wait_for
+from tests.helpers import (
+    API_KEY,
+    ROOT,
+    TINY_FLEET,
+    DaemonProcess,
+    feed_buckets,
+    free_port,
+    wait_for,
+    wait_until,
+)
 from tft_model import load_model
+
+HAMMER_BATCHES = 20  # batches acknowledged under load before the SIGKILL
 
 
 @pytest.fixture(scope="module")
@@ -231,18 +245,23 @@ def test_contract_rules_and_security(live):
         assert wrong.get("/status").status_code == 401
 
 
+def _in_process(**settings: object) -> TestClient:
+    """The app the daemon serves, in process with the test's key (routing and validation need no uvicorn)."""
+    from daemon_state import DaemonSettings
+    from tft_inference import create_app
+
+    return TestClient(create_app(DaemonSettings(api_key=API_KEY, **settings)), headers={"X-API-Key": API_KEY})
+
+
 def test_no_model_means_503_not_a_guess(tmp_path):
-    daemon = DaemonProcess(tmp_path / "missing_model", tmp_path / "store.sqlite3", "--allow-no-model")
-    try:
-        daemon.wait_ready()
-        with daemon.client() as client:
-            assert client.get("/health").json() == {"status": "ok", "model_loaded": False}
-            response = client.get("/predictions/current")
-            assert response.status_code == 503
-            assert response.json()["error"] == "model_not_loaded" and "Fix:" in response.json()["detail"]
-            assert client.get("/alerts/active").status_code == 503
-    finally:
-        daemon.stop()
+    """In process: the error shape of a model-less daemon."""
+    with _in_process(model_dir=tmp_path / "missing_model", store_path=tmp_path / "store.sqlite3",
+                     allow_no_model=True) as client:
+        assert client.get("/health").json() == {"status": "ok", "model_loaded": False}
+        response = client.get("/predictions/current")
+        assert response.status_code == 503
+        assert response.json()["error"] == "model_not_loaded" and "Fix:" in response.json()["detail"]
+        assert client.get("/alerts/active").status_code == 503
 
 
 def test_refuses_to_start_with_an_incomplete_model(tiny_training, tmp_path):
@@ -259,19 +278,15 @@ def test_refuses_to_start_with_an_incomplete_model(tiny_training, tmp_path):
 
 
 def test_rate_limit(tiny_training, tmp_path):
-    daemon = DaemonProcess(tiny_training.model_dir, tmp_path / "store.sqlite3", "--rate-per-minute", "60",
-                           "--rate-burst", "5")
-    try:
-        daemon.wait_ready()
-        with daemon.client() as client:
-            responses = [client.get("/status") for _ in range(8)]
-        codes = [r.status_code for r in responses]
-        assert codes[:5] == [200] * 5 and 429 in codes[5:]
-        limited = next(r for r in responses if r.status_code == 429)
-        assert int(limited.headers["Retry-After"]) >= 1  # one token a second at 60/min
-        assert limited.json()["error"] == "rate_limited" and "retry in" in limited.json()["detail"]
-    finally:
-        daemon.stop()
+    """In process: the token bucket is the app's middleware."""
+    with _in_process(model_dir=tiny_training.model_dir, store_path=tmp_path / "store.sqlite3", rate_per_minute=60,
+                     rate_burst=5) as client:
+        responses = [client.get("/status") for _ in range(8)]
+    codes = [r.status_code for r in responses]
+    assert codes[:5] == [200] * 5 and 429 in codes[5:]
+    limited = next(r for r in responses if r.status_code == 429)
+    assert int(limited.headers["Retry-After"]) >= 1  # one token a second at 60/min
+    assert limited.json()["error"] == "rate_limited" and "retry in" in limited.json()["detail"]
 
 
 def test_sigkill_mid_feed_loses_no_acknowledged_record(tiny_training, tmp_path):
@@ -299,7 +314,8 @@ def test_sigkill_mid_feed_loses_no_acknowledged_record(tiny_training, tmp_path):
     total_before = 26 * len(sim.server_names)
     thread = threading.Thread(target=hammer)
     thread.start()
-    time.sleep(2.0)
+    wait_until(lambda: acked[0] >= HAMMER_BATCHES * len(sim.server_names), timeout=60,
+               what="the hammer's batches to be acknowledged")
     os.kill(daemon.proc.pid, signal.SIGKILL)
     stop.set()
     thread.join(10)

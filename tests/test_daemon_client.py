@@ -17,7 +17,7 @@ from config import API_REFERENCE_DOC
 from daemon_client import NO_RETRY, DaemonClient, DaemonError, FeedResult, RetryPolicy
 from feed_client import DaemonFeed
 from metrics_generator import FleetSimulator
-from tests.conftest import API_KEY, TINY_FLEET, DaemonProcess, free_port, wait_for
+from tests.helpers import API_KEY, TINY_FLEET, DaemonProcess, free_port, wait_for
 
 
 class Sleeps(list):
@@ -25,7 +25,7 @@ class Sleeps(list):
 
     def __call__(self, seconds: float) -> None:
         self.append(seconds)
-        time.sleep(seconds)
+        time.sleep(seconds)  # the client's own back-off: it must really wait
 
 
 @pytest.fixture(scope="module")

@@ -42,7 +42,7 @@ from config import (
 )
 from daemon_client import DaemonClient
 from metrics_generator import FleetSimulator
-from tests.conftest import API_KEY, ROOT, TINY_FLEET, DaemonProcess, feed_buckets, free_port, wait_for
+from tests.helpers import API_KEY, ROOT, TINY_FLEET, DaemonProcess, feed_buckets, free_port, wait_for
 
 ARTIFACTS = ROOT / "test-artifacts"
 PANELS = ["Overview", "Heatmap", "Top Servers", "Historical", "Model health", "Advanced"]
@@ -388,11 +388,11 @@ def test_demo_caption_follows_a_switch_made_by_another_client(fed_daemon, dashbo
     at = dashboard(fed_daemon.url, demo=True)
     with fed_daemon.client() as client:
         client.post("/admin/demo-scenario", json={"scenario": "healthy"}).raise_for_status()
-        time.sleep(DASHBOARD_CACHE_SECONDS + 0.5)  # past the cached read
+        time.sleep(DASHBOARD_CACHE_SECONDS + 0.5)  # wall-clock: past the cached read's TTL (nothing to poll)
         at.run()
         assert _demo_state(at) == ("Demo stream plays: **healthy**", ["healthy"])
         client.post("/admin/demo-scenario", json={"scenario": "critical"}).raise_for_status()
-    time.sleep(DASHBOARD_CACHE_SECONDS + 0.5)
+    time.sleep(DASHBOARD_CACHE_SECONDS + 0.5)  # wall-clock: the cache TTL again
     at.run()
     assert _demo_state(at) == ("Demo stream plays: **critical**", ["critical"])
 

@@ -25,7 +25,7 @@ import yaml
 
 import config
 from config import DAEMON_PORT, DASHBOARD_PORT
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 DEPLOY = ROOT / "deploy"
 UNITS = DEPLOY / "systemd"

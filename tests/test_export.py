@@ -34,7 +34,7 @@ from contract import NS_PER_BUCKET, bucket_iso
 from metrics_generator import FleetSimulator
 from metrics_store import MetricsStore
 from state_rules import STATE_PRECEDENCE
-from tests.conftest import run_cli
+from tests.helpers import run_cli
 
 START = "2026-01-05T00:00:00Z"
 FLEET = {"web_api": 2, "database": 1, "generic": 1}

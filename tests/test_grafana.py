@@ -28,7 +28,7 @@ import yaml
 
 from config import ANOMALY_OUTSIDE_ABOVE, GRAFANA_DASHBOARD_DIR, HORIZONS, PROJECT_ROOT, SAMPLING_INTERVAL_SECONDS
 from metrics_generator import FleetSimulator
-from tests.conftest import API_KEY, TINY_FLEET, DaemonProcess, feed_buckets, free_port, wait_for
+from tests.helpers import API_KEY, TINY_FLEET, DaemonProcess, feed_buckets, free_port, wait_for
 
 GRAFANA_DIR = PROJECT_ROOT / "deploy" / "grafana"
 RULES = PROJECT_ROOT / "deploy" / "prometheus" / "tft_rules.yml"

@@ -27,7 +27,7 @@ from config import (
 from daemon_state import RateLimiter
 from metrics_generator import FleetSimulator
 from metrics_store import MetricsStore
-from tests.conftest import API_KEY, ROOT, TINY_FLEET, DaemonProcess, free_port, wait_for
+from tests.helpers import API_KEY, ROOT, TINY_FLEET, DaemonProcess, free_port, wait_for
 
 FED_BUCKETS = 30
 
@@ -79,7 +79,7 @@ def test_a_record_from_the_future_is_refused_and_moves_no_clock(fed):
             [rejected] = response.json()["rejected"]
             assert rejected["field"] == "timestamp" and "ahead of the daemon's clock" in rejected["reason"]
             assert f"at most {FEED_MAX_FUTURE_SECONDS} s ahead" in rejected["reason"]
-        time.sleep(1.5)  # a few forecast polls
+        time.sleep(1.5)  # wall-clock: a few forecast polls, which must change nothing (nothing to poll for)
         after = client.get("/predictions/current").json()
         assert after["prediction_time"] == before["prediction_time"]
         assert after["summary"]["offline"] == 0 and after["summary"] == before["summary"]

@@ -20,7 +20,7 @@ from config import (
     UNMEASURED_FILL,
 )
 from data_validator import DataValidator, InputLimitError, load_frame
-from tests.conftest import ROOT, TINY_TRAIN_ARGS, run_cli, write_bitbrains_trace
+from tests.helpers import ROOT, TINY_TRAIN_ARGS, run_cli, write_bitbrains_trace
 from tft_features import build_features
 from tft_trainer import TrainingError, measured_targets
 from trace_importer import TraceImportError, import_traces, load_mapping

@@ -10,7 +10,7 @@ import pytest
 
 from config import LEVEL_SHIFT_CONTEXT, LEVEL_SHIFT_MIN_POINTS
 from metrics_generator import FleetSimulator
-from tests.conftest import TINY_FLEET
+from tests.helpers import TINY_FLEET
 
 
 @pytest.fixture(scope="module")

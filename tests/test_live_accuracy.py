@@ -15,7 +15,7 @@ from live_accuracy import LIVE, LiveAccuracy, bands_of, live_terms
 from metrics_generator import FleetSimulator
 from metrics_store import MetricsStore
 from scoring import Matured
-from tests.conftest import TINY_FLEET, DaemonProcess, feed_buckets, wait_for
+from tests.helpers import TINY_FLEET, DaemonProcess, feed_buckets, wait_for
 
 Z90 = 1.2815515594  # the standard normal's 0.9 quantile
 STEPS = list(HORIZONS.values())

@@ -9,7 +9,7 @@ from alert_quality import breach_onsets, score_rule
 from config import ALERT_HOLD_DOWN_BUCKETS, LINBORG_METRICS
 from metrics_generator import FleetSimulator
 from risk_scoring import breach_tiers
-from tests.conftest import TINY_FLEET
+from tests.helpers import TINY_FLEET
 
 
 def test_a_fed_daemon_confirms_breaches_and_judges_its_alerts_like_the_offline_scorer(tiny_training, tmp_path):

@@ -18,7 +18,7 @@ from config import HORIZONS, STEPS_PER_HOUR
 from live_accuracy import LIVE, LIVE_TERMS, bands_of
 from live_selection import LiveSelection, serve_last_value, step_horizons
 from metrics_generator import FleetSimulator
-from tests.conftest import TINY_FLEET
+from tests.helpers import TINY_FLEET
 
 METRICS = ["cpu_used_pct", "mem_used_pct"]
 

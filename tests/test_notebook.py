@@ -8,7 +8,7 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-from tests.conftest import ROOT, free_port
+from tests.helpers import ROOT, free_port
 
 
 @pytest.mark.slow

@@ -34,7 +34,7 @@ from daemon_state import Daemon, DaemonSettings
 from otlp_receiver import COUNTER, GAUGE, UPDOWN, OtlpError, OtlpReceiver, label_name, metric_name
 from prometheus_adapter import load_prom_mapping
 from remote_write import load_remote_write_mapping, series_regex
-from tests.conftest import API_KEY, DaemonProcess, wait_for
+from tests.helpers import API_KEY, DaemonProcess, wait_for
 from tests.test_remote_write import Capture, recent_bucket
 
 CUMULATIVE = AggregationTemporality.AGGREGATION_TEMPORALITY_CUMULATIVE

@@ -20,7 +20,7 @@ from daemon_state import Daemon, DaemonSettings
 from forecast_engine import ForecastEngine, display_forecast
 from metrics_generator import FleetSimulator
 from metrics_store import FleetWindows
-from tests.conftest import TINY_FLEET
+from tests.helpers import TINY_FLEET
 from tft_evaluate import predict_windows
 from tft_features import build_features
 from tft_model import load_model
@@ -119,7 +119,7 @@ def test_offline_forecast_and_backtest_agree_on_imported_traces(tmp_path):
     import json
 
     from config import PROJECT_ROOT
-    from tests.conftest import TINY_TRAIN_ARGS, run_cli, write_bitbrains_trace
+    from tests.helpers import TINY_TRAIN_ARGS, run_cli, write_bitbrains_trace
     from tft_trainer import build_arg_parser, settings_from_args, train
     from trace_importer import import_traces
 
@@ -164,7 +164,7 @@ def test_a_model_without_yesterday_is_served_as_before(tiny_data, history, tmp_p
     Costs a second tiny training (~20 s).
     """
     import tft_features
-    from tests.conftest import TINY_TRAIN_ARGS
+    from tests.helpers import TINY_TRAIN_ARGS
     from tft_trainer import build_arg_parser, settings_from_args, train
 
     monkeypatch.setattr(tft_features, "SEASONAL_INPUT", False)

@@ -15,7 +15,7 @@ import pytest
 
 from config import PROJECT_ROOT
 from metrics_generator import FleetSimulator
-from tests.conftest import TINY_FLEET
+from tests.helpers import TINY_FLEET
 
 RULES_DIR = PROJECT_ROOT / "deploy" / "prometheus"
 PROMTOOL = shutil.which("promtool")

@@ -40,7 +40,7 @@ from remote_write import (
     write_request,
 )
 from state_rules import StreamStateLabeler
-from tests.conftest import API_KEY, DaemonProcess, free_port, wait_for
+from tests.helpers import API_KEY, DaemonProcess, free_port, wait_for
 from tests.test_collectors import HOST
 
 MAPPING = PROJECT_ROOT / "mappings" / "prometheus_node_exporter.json"
@@ -451,10 +451,10 @@ def test_real_node_exporter_scrapes_agree_with_the_host_collector(node_exporter)
 
     scrape()
     sampler = HostSampler("/")
-    time.sleep(2)
+    time.sleep(2)  # wall-clock: both sides measure CPU over the same 2 s
     scrape()
     collected = sampler.sample()
-    time.sleep(0.1)
+    time.sleep(0.1)  # wall-clock: the third scrape's timestamp must differ
     scrape()  # completes the second scrape
     assert len(capture.records) == 1, receiver.stats()
     record = capture.records[0]

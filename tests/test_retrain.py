@@ -27,7 +27,7 @@ import pytest
 
 from config import HORIZONS, LATEST_MODEL_LINK, LINBORG_METRICS, PROMOTIONS_FILE, RETRAIN_REPORTS_SUBDIR
 from metrics_generator import FleetSimulator
-from tests.conftest import ROOT, TINY_FLEET, DaemonProcess, feed_buckets, run_cli, wait_for
+from tests.helpers import ROOT, TINY_FLEET, DaemonProcess, feed_buckets, run_cli, wait_for, wait_until
 
 # The tiny trainer flags without --epochs / --windows-per-epoch (each run sets its own).
 TINY_SHAPE = ["--batch-size", "64", "--encoder-length", "24", "--hidden-size", "8", "--attention-heads", "2",
@@ -45,6 +45,12 @@ FEED_HOURS = 84  # encoder + yesterday + 8 h horizon + 12 h validation + 24 h ho
 
 def _version(client) -> str:  # noqa: ANN001
     return client.get("/status").json()["model_version"]
+
+
+def _retrain_log_written(client) -> bool:  # noqa: ANN001
+    """The running retrain has written to its log: it is under way, past its start."""
+    log = client.get("/status").json()["retrain"].get("log")
+    return bool(log) and Path(log).is_file() and Path(log).stat().st_size > 0
 
 
 def _shuffle_training_part(source: Path, out: Path, holdout_hours: int = 24) -> None:
@@ -146,7 +152,7 @@ def test_feed_score_export_retrain_promote_reject_rollback_and_survive_a_killed_
             assert started.status_code == 202, started.text
             pid = started.json()["pid"]
             assert client.post("/admin/retrain").status_code == 409  # one at a time
-            time.sleep(2)
+            wait_until(lambda: _retrain_log_written(client), what="the retrain to be under way (its log written)")
             os.kill(pid, signal.SIGKILL)
             status = wait_for(lambda: (lambda s: s if s["retrain"]["failures"] == 1 else None)(
                 client.get("/status").json()), timeout=30)
@@ -404,7 +410,7 @@ def test_a_retrain_whose_daemon_dies_ends_itself_and_its_group(tmp_path):
         while len(pids) < 2:
             what, pid = daemon.stdout.readline().split()
             pids[what] = int(pid)
-        time.sleep(0.5)
+        time.sleep(0.5)  # wall-clock: the watcher must not misfire; only time passing can show that
         assert not _dead(pids["child"]) and not _dead(pids["grandchild"])  # it runs while the daemon lives
         os.kill(daemon.pid, signal.SIGKILL)
         daemon.wait()

@@ -20,7 +20,7 @@ from config import (
     SERVER_MAPPING_FILE,
     TRAINING_INFO_FILE,
 )
-from tests.conftest import TINY_TRAIN_ARGS, run_cli
+from tests.helpers import TINY_TRAIN_ARGS, run_cli
 from tft_evaluate import predict_windows
 from tft_model import ModelLoadError, load_model
 from tft_trainer import split_windows, write_model_dir

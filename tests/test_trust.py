@@ -17,6 +17,7 @@ import httpx
 import pandas as pd
 import psutil
 import pytest
+from fastapi.testclient import TestClient
 
 from config import (
     MAX_BODY_BYTES,
@@ -26,7 +27,7 @@ from config import (
     WS_SEND_TIMEOUT_SECONDS,
     WS_TRY_AGAIN_CODE,
 )
-from tests.conftest import API_KEY, DaemonProcess, feed_buckets, wait_for
+from tests.helpers import API_KEY, DaemonProcess, feed_buckets, wait_for
 from tests.test_hostile import recent_sim
 
 INGEST_BOUND = "ingest-bound-db-000001"
@@ -252,24 +253,28 @@ def test_new_server_names_are_capped_cheap_and_rate_limited(tiny_training, tmp_p
         daemon.stop()
 
 
+def in_process(**settings: object) -> TestClient:
+    """The daemon's app in process with the test's key: for checks of validation alone."""
+    from daemon_state import DaemonSettings
+    from tft_inference import create_app
+
+    return TestClient(create_app(DaemonSettings(api_key=API_KEY, **settings)), headers={"X-API-Key": API_KEY})
+
+
 def test_the_server_cap_is_named_and_counted(tiny_training, tmp_path):
-    daemon = DaemonProcess(tiny_training.model_dir, tmp_path / "store.sqlite3", "--max-servers", "10")
-    try:
-        daemon.wait_ready()
-        now = pd.Timestamp.now(tz="UTC").floor("5min")
-        with daemon.client() as client:
-            answer = client.post("/feed", json={"records": [record(f"capped{i:03d}", now) for i in range(15)]})
-            assert answer.status_code == 422
-            body = answer.json()
-            assert len(body["stored"]) == 10 and len(body["rejected"]) == 5
-            assert all("--max-servers" in r["reason"] and r["field"] == "server_name" for r in body["rejected"])
-            assert client.get("/status").json()["servers_tracked"] == 10
-            assert 'tft_refused_total{reason="max_servers"} 5.0' in client.get("/metrics").text
-            # The servers already tracked keep being fed.
-            again = client.post("/feed", json={"records": [record("capped000", now + pd.Timedelta(minutes=1))]})
-            assert again.status_code == 200
-    finally:
-        daemon.stop()
+    """In process (the feed's validation)."""
+    now = pd.Timestamp.now(tz="UTC").floor("5min")
+    with in_process(model_dir=tiny_training.model_dir, store_path=tmp_path / "store.sqlite3", max_servers=10) as client:
+        answer = client.post("/feed", json={"records": [record(f"capped{i:03d}", now) for i in range(15)]})
+        assert answer.status_code == 422
+        body = answer.json()
+        assert len(body["stored"]) == 10 and len(body["rejected"]) == 5
+        assert all("--max-servers" in r["reason"] and r["field"] == "server_name" for r in body["rejected"])
+        assert client.get("/status").json()["servers_tracked"] == 10
+        assert 'tft_refused_total{reason="max_servers"} 5.0' in client.get("/metrics").text
+        # The servers already tracked keep being fed.
+        again = client.post("/feed", json={"records": [record("capped000", now + pd.Timedelta(minutes=1))]})
+        assert again.status_code == 200
 
 
 # ============================================================================ 4. housekeeping without a model
@@ -293,7 +298,9 @@ def test_a_model_less_daemon_fed_for_days_keeps_memory_and_disk_bounded(tmp_path
                 for a in range(0, len(batch), 5000):
                     answer = client.post("/feed", json={"records": batch[a:a + 5000]})
                     assert answer.status_code == 200, answer.text[:300]
-                time.sleep(1.2)  # a housekeeping pass
+                # wall-clock: a housekeeping pass (every 0.5 s); a pass shows nothing to poll (it logs only
+                # when it removed something)
+                time.sleep(1.2)
                 sizes.append(rss(daemon))
         assert minutes * len(servers) == 57_600
         # Memory: nothing grows by the sample (0.7 KB per sample before: +40 MiB over these 57,600 samples).
@@ -343,7 +350,7 @@ def test_ingest_keys_are_bound_to_their_servers_and_maintenance_is_an_operators_
 
 # ============================================================================ 8. the smaller holes
 def test_generated_keys_go_to_a_private_file_and_alertmanager_passwords_stay_off_the_command_line(tmp_path):
-    from tests.conftest import run_cli
+    from tests.helpers import run_cli
 
     store = tmp_path / "store.sqlite3"
     daemon = DaemonProcess(None, store, "--allow-no-model", env_key=None)
@@ -369,23 +376,19 @@ def test_generated_keys_go_to_a_private_file_and_alertmanager_passwords_stay_off
 
 
 def test_records_far_behind_the_batch_and_integral_counts(tiny_training, tmp_path):
-    daemon = DaemonProcess(tiny_training.model_dir, tmp_path / "store.sqlite3")
+    """In process (the feed's validation)."""
     now = pd.Timestamp.now(tz="UTC").floor("5min")
-    try:
-        daemon.wait_ready()
-        with daemon.client() as client:
-            answer = client.post("/feed", json={"records": [
-                record("ppdb001", pd.Timestamp("1970-01-02T00:00:00Z")), record("ppdb001", now),
-                record("ppdb002", now, back_close_wait=2.0)]})  # an empty store: 1970 is refused all the same
-            assert answer.status_code == 422
-            [old] = answer.json()["rejected"]
-            assert old["index"] == 0 and "older than the feed accepts" in old["reason"]
-            assert answer.json()["stored"] == [1, 2]  # the integral float count is taken
-            body = json.dumps({"records": [record("ppdb003", now, load_average=1e308)]})
-            refused = client.post("/feed", content=body, headers={"content-type": "application/json"})
-            assert refused.status_code == 422 and refused.json()["rejected"][0]["field"] == "load_average"
-    finally:
-        daemon.stop()
+    with in_process(model_dir=tiny_training.model_dir, store_path=tmp_path / "store.sqlite3") as client:
+        answer = client.post("/feed", json={"records": [
+            record("ppdb001", pd.Timestamp("1970-01-02T00:00:00Z")), record("ppdb001", now),
+            record("ppdb002", now, back_close_wait=2.0)]})  # an empty store: 1970 is refused all the same
+        assert answer.status_code == 422
+        [old] = answer.json()["rejected"]
+        assert old["index"] == 0 and "older than the feed accepts" in old["reason"]
+        assert answer.json()["stored"] == [1, 2]  # the integral float count is taken
+        body = json.dumps({"records": [record("ppdb003", now, load_average=1e308)]})
+        refused = client.post("/feed", content=body, headers={"content-type": "application/json"})
+        assert refused.status_code == 422 and refused.json()["rejected"][0]["field"] == "load_average"
 
 
 

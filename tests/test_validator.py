@@ -12,7 +12,7 @@ import pytest
 
 from config import DATA_CONTRACT_DOC, TRAINING_DATA_FILE
 from data_validator import DataValidator, InputLimitError, ReadLimits
-from tests.conftest import run_cli
+from tests.helpers import run_cli
 
 
 @pytest.fixture()
