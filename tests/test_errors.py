@@ -22,7 +22,7 @@ from errors import (
     exit_code_of,
     run_cli,
 )
-from tests.conftest import ROOT, free_port
+from tests.helpers import ROOT, free_port
 
 # Control flow that never reaches a person or an exit code (each says so in its docstring).
 PLAIN_ON_PURPOSE = {"SubscriberLimit", "_BodyTooLarge"}
