@@ -1003,21 +1003,21 @@ def write_private(path: Path, text: str) -> None:
 
 
 def alertmanager_url_file(path: Path | None) -> list[str]:
-    """The URLs of ``--alertmanager-url-file`` (one per line, # comments); ValueError when it is unreadable or
-    readable by others than its owner (it holds passwords)."""
+    """The URLs of ``--alertmanager-url-file`` (one per line, # comments); a UsageError (a ValueError) when it is
+    unreadable or readable by others than its owner (it holds passwords)."""
     if path is None:
         return []
     try:
         mode = path.stat().st_mode
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
-        raise ValueError(f"--alertmanager-url-file {path}: {exc}. See {ALERTMANAGER_DOC}.") from None
+        raise UsageError(f"--alertmanager-url-file {path}: {exc}", None, None, ALERTMANAGER_DOC) from None
     if mode & 0o077:
-        raise ValueError(f"--alertmanager-url-file {path} is readable by others (mode {mode & 0o777:o}). Why it "
-                         f"matters: it holds Alertmanager passwords. Fix: chmod 600 {path}. See {ALERTMANAGER_DOC}.")
+        raise UsageError(f"--alertmanager-url-file {path} is readable by others (mode {mode & 0o777:o})",
+                         "it holds Alertmanager passwords", f"chmod 600 {path}", ALERTMANAGER_DOC)
     urls = [line.strip() for line in text.splitlines() if line.strip() and not line.strip().startswith("#")]
     if not urls:
-        raise ValueError(f"--alertmanager-url-file {path} holds no URL. See {ALERTMANAGER_DOC}.")
+        raise UsageError(f"--alertmanager-url-file {path} holds no URL", None, None, ALERTMANAGER_DOC)
     return urls
 
 

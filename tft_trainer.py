@@ -103,7 +103,7 @@ from config import (
 )
 from contract import bucket_of_times, bucket_start
 from data_validator import DataValidator, format_report
-from errors import ToolkitError, run_cli
+from errors import EXIT_RUNTIME, ToolkitError, run_cli
 from model_registry import point_latest
 from server_encoder import ServerEncoder
 from tft_evaluate import backtest_store, format_table
@@ -169,8 +169,8 @@ def measured_targets(data_path: Path) -> list[str]:
     targets = [t for t in TARGET_METRICS if t in measured]
     if not targets:
         raise TrainingError(f"{data_path}: none of the target metrics {TARGET_METRICS} was measured "
-                            f"(metrics_metadata.json lists {measured}). Why it matters: there is nothing real to "
-                            f"learn. Fix: map at least CPU or memory in the import mapping. See {TRAINING_GUIDE_DOC}.")
+                            f"(metrics_metadata.json lists {measured})", "there is nothing real to learn",
+                            "map at least CPU or memory in the import mapping", TRAINING_GUIDE_DOC)
     skipped = [t for t in TARGET_METRICS if t not in targets]
     if skipped:
         logger.warning("training on measured targets only: %s (not measured, not trained: %s)",
@@ -552,8 +552,9 @@ def write_model_dir(final_dir: Path, model: FleetTFT, spec: FeatureSpec, encoder
         encoder.save(staging / SERVER_MAPPING_FILE)
         missing = [name for name in MODEL_REQUIRED_FILES if not (staging / name).is_file()]
         if missing:
-            raise TrainingError(f"Model files not written: {missing}. Training output discarded; "
-                                f"see {TRAINING_GUIDE_DOC}.")
+            raise TrainingError(f"Model files not written: {missing}", "the training output is discarded",
+                                "check the models directory's disk space and permissions, then train again",
+                                TRAINING_GUIDE_DOC, exit_code=EXIT_RUNTIME)
         staging.rename(final_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -888,7 +889,8 @@ def train(settings: TrainSettings) -> TrainResult | None:
         return None
 
     if run.best_state is None:
-        raise TrainingError(f"Training produced no validated epoch (interrupted?). See {TRAINING_GUIDE_DOC}.")
+        raise TrainingError("Training produced no validated epoch (interrupted?)", None, None, TRAINING_GUIDE_DOC,
+                            exit_code=EXIT_RUNTIME)
     model.load_state_dict(run.best_state)
     model.to("cpu").eval()
     if settings.calibrate_bands:
