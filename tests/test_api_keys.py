@@ -116,7 +116,9 @@ def test_scoped_keys_over_http_and_rotation(tiny_training, tmp_path):
         wait_for(lambda: status(READ, "GET", "/status") == 401, timeout=KEY_FILE_CHECK_SECONDS * 5)
         assert status(new_read, "GET", "/status") == 200
         keys.write_text("read=oops\n")  # a broken edit: the keys in force stay, the log says why
-        wait_until(lambda: "previous keys stay in force" in daemon.log.read_text(),
+        # The file is looked at on a key lookup (at most every KEY_FILE_CHECK_SECONDS): each poll is a request.
+        wait_until(lambda: status(new_read, "GET", "/status") == 200
+                   and "previous keys stay in force" in daemon.log.read_text(),
                    timeout=KEY_FILE_CHECK_SECONDS * 5, what="the broken key file to be read and refused")
         assert status(new_read, "GET", "/status") == 200
         assert "previous keys stay in force" in daemon.log.read_text()
