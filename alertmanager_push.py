@@ -60,7 +60,7 @@ from config import (
     PROJECT_VERSION,
 )
 
-logger = logging.getLogger("tft_inference")
+logger = logging.getLogger(__name__)
 
 Fingerprint = tuple[tuple[str, str], ...]  # an alert's label set, sorted: Alertmanager's identity of it
 

@@ -127,7 +127,7 @@ from retrain_scheduler import RetrainScheduler
 from state_rules import STATE_PRECEDENCE
 from tft_model import ModelLoadError, load_model
 
-logger = logging.getLogger("tft_inference")
+logger = logging.getLogger(__name__)
 
 
 # ============================================================================ settings and counters

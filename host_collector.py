@@ -54,7 +54,7 @@ from config import (
 from feed_client import DaemonFeed, open_feed
 from state_rules import StreamStateLabeler
 
-logger = logging.getLogger("host_collector")
+logger = logging.getLogger(__name__)
 COLLECTING_DOC = "Docs/COLLECTING.md"
 
 

@@ -62,7 +62,7 @@ from contract import bucket_of_times, bucket_start
 from feed_client import DaemonFeed, open_feed
 from state_rules import StreamStateLabeler
 
-logger = logging.getLogger("prometheus_adapter")
+logger = logging.getLogger(__name__)
 COLLECTING_DOC = "Docs/COLLECTING.md"
 _LAST_VALUE_METRICS = set(INTEGER_METRICS)  # counts and uptime: the bucket's latest value
 

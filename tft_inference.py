@@ -143,8 +143,8 @@ from remote_write import RemoteWriteError, check_headers
 from retrain_scheduler import parse_interval
 from tft_model import ModelLoadError
 
-logger = logging.getLogger("tft_inference")
-access_log = logging.getLogger("tft_inference.access")
+logger = logging.getLogger(__name__)
+access_log = logging.getLogger(f"{__name__}.access")
 ACCESS_LOGGED_PREFIXES = ("/predictions", "/alerts", "/history")  # codex: log every prediction request
 
 

@@ -403,7 +403,7 @@ def test_cycles_are_summarised_not_logged_one_by_one(tiny_training, tmp_path, ca
     sim = FleetSimulator(fleet=TINY_FLEET, seed=12, start="2026-03-02T00:00:00Z")
     daemon.ingest(sim.records(sim.advance(40)))
     newest = daemon.fleet.newest_bucket
-    with caplog.at_level(logging.DEBUG, logger="tft_inference"):
+    with caplog.at_level(logging.DEBUG, logger="daemon_state"):
         for origin in range(newest - 10, newest):
             assert daemon.run_cycle(origin) is not None
         info = [r.getMessage() for r in caplog.records if r.levelno >= logging.INFO]
