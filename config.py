@@ -1360,3 +1360,14 @@ RETRAIN_MIN_HISTORY_DAYS = 3.0
 RETRAIN_MAX_POPULATION_CHANGE = 0.5
 MODEL_WATCH_SECONDS = 5.0  # the daemon checks this often whether models/latest points elsewhere
 RETRAIN_DOC = "Docs/RETRAINING.md"
+
+# ---------------------------------------------------------------------------- operator-readable logs
+# The daemon's access log (tft_inference.access): without --access-log FILE only prediction requests
+# answered with an error (this status or above) or slower than this are logged, so a dashboard polling
+# every few seconds does not fill the daemon's own log; with it, every prediction request goes to FILE.
+ACCESS_LOG_MIN_STATUS = 400
+ACCESS_LOG_SLOW_SECONDS = 1.0
+# Housekeeping (retention, duplicate-check keys, idle servers) logs one INFO summary of what it removed
+# this often; a run removing at least HOUSEKEEPING_LOUD_ROWS rows of one kind, or failing, logs at once.
+HOUSEKEEPING_SUMMARY_SECONDS = 15 * 60.0
+HOUSEKEEPING_LOUD_ROWS = 100_000
