@@ -118,7 +118,7 @@ from config import (
 )
 from contract import DISPLAY_CPU, bucket_iso, bucket_of_ns, cpu_used
 from forecast_engine import CycleResult, ForecastEngine, fleet_document
-from live_accuracy import LiveAccuracy, bands_of, scales_blob
+from live_accuracy import HORIZON_LABELS, LiveAccuracy, bands_of, scales_blob
 from live_alerts import AlertOutcomes
 from live_anomaly import AnomalyBoard
 from metrics_store import COUNTS, GAUGES, FleetWindows, MetricsStore, StoreError
@@ -376,8 +376,6 @@ class PrometheusMetrics:
 
     def accuracy(self, live: LiveAccuracy, scored: int) -> None:
         """Refresh the live-accuracy gauges (fleet-wide rows of every window)."""
-        from live_accuracy import HORIZON_LABELS
-
         self.scored.inc(scored)
         for gauge in (self.coverage, self.skill, self.qrisk, self.band_scale, self.degraded):
             gauge.clear()

@@ -35,12 +35,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from scipy.signal import lfilter
 
+from api_keys import KeyFileError
 from common_utils import (
     atomic_write_json,
     atomic_write_text,
     isoformat_utc,
     make_server_name,
     parse_utc,
+    quiet_library_noise,
+    resolve_api_key,
     setup_logging,
 )
 from config import (
@@ -801,9 +804,6 @@ class DemoStream:
 
 def stream_from_args(args: argparse.Namespace) -> int:
     """Run the live demo stream."""
-    from api_keys import KeyFileError
-    from common_utils import resolve_api_key
-
     try:  # the stream feeds records and polls the demo scenario: a key with ingest (and read) scopes
         api_key = resolve_api_key(args.api_key)
     except KeyFileError as exc:
@@ -1005,8 +1005,6 @@ def run_from_args(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point."""
-    from common_utils import quiet_library_noise
-
     setup_logging()
     quiet_library_noise()
     return run_from_args(build_arg_parser().parse_args(argv))

@@ -75,7 +75,7 @@ from config import (
     VALID_STATES,
 )
 from contract import bucket_of_times, bucket_start, fill_offline
-from server_encoder import ServerEncoder
+from server_encoder import ServerEncoder, hash_server_name
 
 logger = logging.getLogger(__name__)
 
@@ -805,8 +805,6 @@ def servers_within_budget(path: str | Path, budget_bytes: float, bytes_per_row: 
     subset and the file's row count.
     """
     import pyarrow.parquet as pq
-
-    from server_encoder import hash_server_name
 
     path = Path(path)
     if path.suffix == ".csv":

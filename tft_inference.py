@@ -73,7 +73,7 @@ from api_models import (
     ServerFan,
     StatusResponse,
 )
-from common_utils import quiet_library_noise, setup_logging
+from common_utils import atomic_write_json, quiet_library_noise, setup_logging
 from config import (
     ACCESS_LOG_MIN_STATUS,
     ACCESS_LOG_SLOW_SECONDS,
@@ -1040,8 +1040,6 @@ def run_from_args(args: argparse.Namespace) -> int:
         except (ModelLoadError, FileNotFoundError, ValueError) as exc:
             logger.error("%s", exc)
             return 1
-        from common_utils import atomic_write_json
-
         atomic_write_json(args.out, document)
         print(f"Forecast {len(document['servers'])} servers from {document['prediction_time']} -> {args.out}")
         return 0
