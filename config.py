@@ -1035,7 +1035,6 @@ DISK_FULL_RETRY_AFTER_SECONDS = 30
 # Forecasts (the history panel's bands) stay a week, all GET /history shows. Older rows are deleted.
 RETENTION_DAYS = 35
 RETENTION_MIN_DAYS = 7
-RETENTION_HOURS = RETENTION_DAYS * 24  # the default bucket retention in hours
 FORECAST_RETENTION_HOURS = 7 * 24
 # GET /history serves at most this much: actuals beside the forecasts made for them (kept a week).
 HISTORY_MAX_HOURS = FORECAST_RETENTION_HOURS
