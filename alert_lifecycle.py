@@ -30,7 +30,7 @@ from config import ALERT_HISTORY_DAYS, ALERT_HISTORY_MAX_ROWS, ALERT_HOLD_DOWN_B
 from contract import bucket_iso
 from metrics_store import MetricsStore
 
-logger = logging.getLogger("tft_inference")
+logger = logging.getLogger(__name__)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS alerts (

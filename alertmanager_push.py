@@ -61,7 +61,7 @@ from config import (
 )
 from errors import UsageError
 
-logger = logging.getLogger("tft_inference")
+logger = logging.getLogger(__name__)
 
 Fingerprint = tuple[tuple[str, str], ...]  # an alert's label set, sorted: Alertmanager's identity of it
 

@@ -41,7 +41,7 @@ from pathlib import Path
 from config import API_KEY_MIN_LENGTH, API_REFERENCE_DOC, KEY_FILE_CHECK_SECONDS
 from errors import ToolkitError
 
-logger = logging.getLogger("tft_inference")
+logger = logging.getLogger(__name__)
 
 SCOPES = ("ingest", "read", "admin")
 ALL_SCOPES = frozenset(SCOPES)

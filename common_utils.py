@@ -27,7 +27,6 @@ from config import (
     PROFILE_NAME_DIGITS,
     PROFILE_PREFIXES,
     PROJECT_VERSION,
-    SAMPLING_INTERVAL_SECONDS,
     SERVER_NAME_MAX_LENGTH,
     SERVER_NAME_PATTERN,
 )
@@ -139,17 +138,6 @@ def isoformat_utc(value: datetime | pd.Timestamp) -> str:
 def isoformat_utc_ms(value: datetime | pd.Timestamp) -> str:
     """ISO 8601 with a ``Z`` suffix, millisecond precision (samples taken less than a second apart)."""
     return parse_utc(value).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
-
-
-def floor_to_bucket(value: pd.Timestamp | datetime) -> pd.Timestamp:
-    """Start of the 5-minute bucket that contains ``value`` (UTC)."""
-    return parse_utc(value).floor(f"{SAMPLING_INTERVAL_SECONDS}s")
-
-
-def is_bucket_aligned(value: pd.Timestamp | datetime) -> bool:
-    """True when ``value`` sits exactly on a bucket boundary."""
-    ts = parse_utc(value)
-    return ts == floor_to_bucket(ts)
 
 
 # --------------------------------------------------------------------------- atomic writes

@@ -1047,7 +1047,6 @@ DISK_FULL_RETRY_AFTER_SECONDS = 30
 # Forecasts (the history panel's bands) stay a week, all GET /history shows. Older rows are deleted.
 RETENTION_DAYS = 35
 RETENTION_MIN_DAYS = 7
-RETENTION_HOURS = RETENTION_DAYS * 24  # the default bucket retention in hours
 FORECAST_RETENTION_HOURS = 7 * 24
 # GET /history serves at most this much: actuals beside the forecasts made for them (kept a week).
 HISTORY_MAX_HOURS = FORECAST_RETENTION_HOURS
@@ -1372,3 +1371,14 @@ RETRAIN_MIN_HISTORY_DAYS = 3.0
 RETRAIN_MAX_POPULATION_CHANGE = 0.5
 MODEL_WATCH_SECONDS = 5.0  # the daemon checks this often whether models/latest points elsewhere
 RETRAIN_DOC = "Docs/RETRAINING.md"
+
+# ---------------------------------------------------------------------------- operator-readable logs
+# The daemon's access log (tft_inference.access): without --access-log FILE only prediction requests
+# answered with an error (this status or above) or slower than this are logged, so a dashboard polling
+# every few seconds does not fill the daemon's own log; with it, every prediction request goes to FILE.
+ACCESS_LOG_MIN_STATUS = 400
+ACCESS_LOG_SLOW_SECONDS = 1.0
+# Housekeeping (retention, duplicate-check keys, idle servers) logs one INFO summary of what it removed
+# this often; a run removing at least HOUSEKEEPING_LOUD_ROWS rows of one kind, or failing, logs at once.
+HOUSEKEEPING_SUMMARY_SECONDS = 15 * 60.0
+HOUSEKEEPING_LOUD_ROWS = 100_000

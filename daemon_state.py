@@ -85,7 +85,9 @@ from config import (
     HEALTH_DEGRADED_AFTER_FAILED_CYCLES,
     HEALTH_STALL_SECONDS,
     HORIZONS,
+    HOUSEKEEPING_LOUD_ROWS,
     HOUSEKEEPING_SECONDS,
+    HOUSEKEEPING_SUMMARY_SECONDS,
     INSTANCE_MAX_LENGTH,
     LATEST_MODEL_DIR,
     LATEST_MODEL_LINK,
@@ -128,7 +130,7 @@ from config import (
 from contract import DISPLAY_CPU, bucket_iso, bucket_of_ns, cpu_used
 from errors import ToolkitError
 from forecast_engine import CycleResult, ForecastEngine, fleet_document
-from live_accuracy import LiveAccuracy, bands_of, scales_blob
+from live_accuracy import HORIZON_LABELS, LiveAccuracy, bands_of, scales_blob
 from live_alerts import AlertOutcomes
 from live_anomaly import AnomalyBoard
 from metrics_store import COUNTS, GAUGES, FleetWindows, MetricsStore, StoreError
@@ -139,7 +141,7 @@ from retrain_scheduler import RetrainScheduler, parse_interval
 from state_rules import STATE_PRECEDENCE
 from tft_model import ModelLoadError, load_model
 
-logger = logging.getLogger("tft_inference")
+logger = logging.getLogger(__name__)
 
 
 # ============================================================================ settings and counters
@@ -436,8 +438,6 @@ class PrometheusMetrics:
 
     def accuracy(self, live: LiveAccuracy, scored: int) -> None:
         """Refresh the live-accuracy gauges (fleet-wide rows of every window)."""
-        from live_accuracy import HORIZON_LABELS
-
         self.scored.inc(scored)
         for gauge in (self.coverage, self.skill, self.qrisk, self.band_scale, self.degraded):
             gauge.clear()
@@ -971,6 +971,39 @@ class CycleLog:
         self._since, self._ms = self.clock(), []
 
 
+class HousekeepingLog:
+    """One INFO line per ``HOUSEKEEPING_SUMMARY_SECONDS`` with what housekeeping removed since the last one.
+
+    Each run is a DEBUG line; a run that releases a server or removes ``HOUSEKEEPING_LOUD_ROWS`` rows of one
+    kind is logged at INFO when it happens (a failing one is logged by the forecast loop).
+    """
+
+    def __init__(self, every_seconds: float = HOUSEKEEPING_SUMMARY_SECONDS,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.every_seconds, self.clock = every_seconds, clock
+        self._since = clock()
+        self._runs = 0
+        self._totals: dict[str, int] = {}
+
+    def add(self, removed: dict[str, int]) -> None:
+        """Count one run's removals; log it at once if it matters, the summary when the interval is over."""
+        self._runs += 1
+        for kind, count in removed.items():
+            self._totals[kind] = self._totals.get(kind, 0) + count
+        loud = removed.get("servers_released", 0) or max(removed.values(), default=0) >= HOUSEKEEPING_LOUD_ROWS
+        (logger.info if loud else logger.debug)("housekeeping: removed %s", removed)
+        if self.clock() - self._since >= self.every_seconds:
+            self.flush()
+
+    def flush(self) -> None:
+        """Log the summary now (nothing when no run removed anything)."""
+        removed = {kind: count for kind, count in self._totals.items() if count}
+        if removed:
+            logger.info("housekeeping: %d runs in the last %.0f s removed %s", self._runs, self.clock() - self._since,
+                        ", ".join(f"{count} {kind}" for kind, count in removed.items()))
+        self._since, self._runs, self._totals = self.clock(), 0, {}
+
+
 class Daemon:
     """Everything the endpoints share: store, windows, model, the published cycle, counters."""
 
@@ -999,6 +1032,7 @@ class Daemon:
         self.metrics = PrometheusMetrics()
         self.subscribers = Subscribers(on_refused=self.metrics.refuse)
         self.cycle_log = CycleLog()
+        self.housekeeping_log = HousekeepingLog()
         self.ingest = FeedIngest(self.store, self.fleet, self.lock, self.counters, self.metrics, clock,
                                  settings.max_future_seconds, settings.max_servers, settings.retention_days)
         self.maintenance = MaintenanceCalendar(self.store, clock)  # operator-set windows that suppress alerts
@@ -1199,7 +1233,7 @@ class Daemon:
         self.maintenance.expire()
         self.store.write_ledger()
         self.metrics.window_bytes.set(self.fleet.memory_bytes())
-        (logger.info if any(removed.values()) else logger.debug)("housekeeping: removed %s", removed)
+        self.housekeeping_log.add(removed)
         return removed
 
     def _track_alerts(self, result: CycleResult, origin: int) -> None:
@@ -1313,8 +1347,10 @@ class Daemon:
             await asyncio.sleep(FORECAST_POLL_SECONDS)
 
     def close(self) -> None:
-        """Log the last cycle summary, stop a running retrain and the Alertmanager push, release the store."""
+        """Log the last cycle and housekeeping summaries, stop a running retrain and the Alertmanager push,
+        release the store."""
         self.cycle_log.flush()
+        self.housekeeping_log.flush()
         if self.retrainer is not None:
             self.retrainer.stop()
         if self.notifier is not None:

@@ -60,7 +60,7 @@ DEMO_TRAIN_ARGS = ["--epochs", "4", "--windows-per-epoch", "8192", "--val-window
 
 def ensure_model(models_dir: Path, work_dir: Path = DEMO_DIR) -> Path:
     """models/latest, training a small one first (on a fleet generated in ``work_dir``) if there is none."""
-    from tft_model import missing_model_files
+    from tft_model import missing_model_files  # deferred: tft_model imports torch; `main.py demo --help` needs none
 
     latest = models_dir / LATEST_MODEL_LINK
     if latest.exists() and not missing_model_files(latest):

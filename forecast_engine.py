@@ -34,6 +34,7 @@ from config import (
     QUANTILE_LABELS,
 )
 from contract import DISPLAY_CPU, bucket_iso, bucket_of_times, cpu_used
+from data_validator import DataValidator, format_report
 from live_accuracy import BandAdjuster, display_range
 from live_selection import LiveSelection, serve_last_value, step_horizons
 from metrics_store import FleetWindows
@@ -45,6 +46,7 @@ from tft_features import (
     FeatureSpec,
     decode_quantiles,
     encode_rows,
+    load_training_frame,
     settled_lengths,
     transform_target,
     yesterday_values,
@@ -392,9 +394,6 @@ def forecast_file(model_dir: Path, data_path: Path) -> dict[str, Any]:
     The file goes through the same windows as a fed daemon (``FleetWindows``), so the offline
     forecast and the daemon's agree for the same history.
     """
-    from data_validator import DataValidator, format_report
-    from tft_features import load_training_frame
-
     frame = load_training_frame(data_path)
     is_valid, errors, warnings = DataValidator(strict=True).validate_schema(frame)
     if not is_valid:

@@ -55,7 +55,7 @@ from errors import EXIT_RUNTIME, EXIT_USAGE, ToolkitError, UsageError, run_cli
 from feed_client import DaemonFeed, open_feed
 from state_rules import StreamStateLabeler
 
-logger = logging.getLogger("host_collector")
+logger = logging.getLogger(__name__)
 COLLECTING_DOC = "Docs/COLLECTING.md"
 
 

@@ -68,7 +68,7 @@ from live_selection import LiveSelection
 from metrics_store import FleetWindows, MetricsStore
 from scoring import TERM, TERMS, Matured, score_from_sums, score_terms
 
-logger = logging.getLogger("tft_inference")
+logger = logging.getLogger(__name__)
 
 HORIZON_LABELS = list(HORIZONS)
 HORIZON_STEP_COUNTS = np.array(list(HORIZONS.values()), dtype=np.float64)

@@ -41,6 +41,8 @@ from common_utils import (
     isoformat_utc,
     make_server_name,
     parse_utc,
+    quiet_library_noise,
+    resolve_api_key,
     setup_logging,
 )
 from config import (
@@ -801,8 +803,6 @@ class DemoStream:
 
 def stream_from_args(args: argparse.Namespace) -> int:
     """Run the live demo stream."""
-    from common_utils import resolve_api_key
-
     api_key = resolve_api_key(args.api_key)  # the stream feeds records and polls the demo scenario: ingest, read
     client = DaemonClient(args.daemon_url, api_key, retry=STREAM_RETRY)
     fleet = fleet_from_total(args.servers) if args.servers else parse_fleet(args.fleet) if args.fleet \
@@ -989,8 +989,6 @@ def run_from_args(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point."""
-    from common_utils import quiet_library_noise
-
     setup_logging()
     quiet_library_noise()
     return run_cli(run_from_args, build_arg_parser().parse_args(argv), "generate failed")

@@ -28,7 +28,7 @@ from typing import Any
 from config import PROM_FORECAST_SERIES, SAMPLING_INTERVAL_SECONDS, VALID_PROFILES
 from risk_scoring import tiers_for
 
-logger = logging.getLogger("tft_inference")
+logger = logging.getLogger(__name__)
 FORECAST_PREFIX = "tft_forecast_"
 OBSERVED_PREFIX = "tft_observed_"
 THRESHOLD_PREFIX = "tft_risk_threshold_"

@@ -65,7 +65,7 @@ from config import (
 from errors import ToolkitError
 from remote_write import RemoteWriteError, RemoteWriteReceiver, WriteRequest
 
-logger = logging.getLogger("otlp_receiver")
+logger = logging.getLogger(__name__)
 COLLECTING_SECTION = "Docs/COLLECTING.md (OpenTelemetry)"
 CONTENT_TYPE = "application/x-protobuf"
 ENCODINGS = ("identity", "gzip", "deflate")  # Content-Encoding taken ("" = identity)

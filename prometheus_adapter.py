@@ -62,8 +62,9 @@ from contract import bucket_of_times, bucket_start
 from errors import EXIT_RUNTIME, EXIT_USAGE, ToolkitError, UsageError, run_cli
 from feed_client import DaemonFeed, open_feed
 from state_rules import StreamStateLabeler
+from trace_importer import write_contract_data
 
-logger = logging.getLogger("prometheus_adapter")
+logger = logging.getLogger(__name__)
 COLLECTING_DOC = "Docs/COLLECTING.md"
 _LAST_VALUE_METRICS = set(INTEGER_METRICS)  # counts and uptime: the bucket's latest value
 
@@ -263,8 +264,6 @@ def export_parquet(client: PrometheusClient, mapping: PromMapping, out: str | Pa
                    end: float | None = None, step: float = PROMETHEUS_STEP_SECONDS,
                    window: str = PROMETHEUS_RATE_WINDOW, profile: str | None = None) -> dict[str, Any]:
     """Write ``hours`` of history up to ``end`` (default now) as contract Parquet for training."""
-    from trace_importer import write_contract_data
-
     end = time.time() if end is None else end
     start = end - hours * 3600
     samples = fetch_samples(client, mapping, start, end, step, window)

@@ -83,7 +83,7 @@ from prometheus_adapter import (
 )
 from state_rules import StreamStateLabeler
 
-logger = logging.getLogger("remote_write")
+logger = logging.getLogger(__name__)
 COLLECTING_SECTION = "Docs/COLLECTING.md (Prometheus remote-write)"
 CONTENT_TYPE = "application/x-protobuf"
 CONTENT_ENCODING = "snappy"

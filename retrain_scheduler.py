@@ -47,7 +47,7 @@ from config import (
 )
 from model_retrain import RetrainLocked, retrain_lock, rotate_reports
 
-logger = logging.getLogger("tft_inference")
+logger = logging.getLogger(__name__)
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 

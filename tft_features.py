@@ -75,7 +75,7 @@ from config import (
     VALID_STATES,
 )
 from contract import bucket_of_times, bucket_start, fill_offline
-from server_encoder import ServerEncoder
+from server_encoder import ServerEncoder, hash_server_name
 
 logger = logging.getLogger(__name__)
 
@@ -208,8 +208,8 @@ class FeatureSpec:
     target_normalizers: dict[str, dict[str, Any]] = field(default_factory=dict)  # transformation, scale floor
     categories: dict[str, dict[str, int]] = field(default_factory=dict)  # label -> code per categorical
     loss_weights: list[float] = field(default_factory=list)
-    # The defaults are what models saved before 0.9.0 did; new specs take config's TARGET_CENTER
-    # and TRAIN_LOSS_SPACE (fit_feature_spec).
+    # fit_feature_spec sets these from config (TARGET_CENTER, TRAIN_LOSS_SPACE, LOG1P_INVERSE); a saved
+    # spec from before they existed is read through upgrade_feature_spec.
     center: str = "mean"  # each window's anchor: "mean" or "last" (its last observed value)
     loss_space: str = "metric"  # "metric" or "normalised" (tft_model.FleetTFT.step)
     log1p_inverse: str = "exp"  # how log1p targets are decoded: "exp" (stock, +1) or "expm1"
@@ -222,16 +222,16 @@ class FeatureSpec:
     center_weights: dict[str, list[float]] | None = None
     # Per log-modelled target: the highest value the training rows showed, in the modelled units
     # (LEVEL_CEILING: no quantile is served above LEVEL_CEILING_FACTOR x it, or x the window's last
-    # value when that is higher). None: no ceiling (models before 0.13.0).
+    # value when that is higher). None: no ceiling.
     level_ceilings: dict[str, float] | None = None
     # Yesterday as a known input: the lag in buckets of each target's ``<target>_yesterday`` input
     # and its ``yesterday_known`` flag (SEASONAL_INPUT), averaged over ``seasonal_half_window`` buckets
-    # either side of the lagged one. None: no such input (models before 0.14.0).
+    # either side of the lagged one. None: no such input.
     seasonal_lag: int | None = None
     seasonal_half_window: int = 0
     # Per display metric: the chance of reaching its tier within 8 h from which it alerts, fitted on the
     # validation days to the false-alarm budget (alert_fitting.fit_alert_thresholds). None: the policy's
-    # default for every metric (models before 0.16.0).
+    # default for every metric.
     alert_thresholds: dict[str, float] | None = None
 
     @property
@@ -252,11 +252,12 @@ class FeatureSpec:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> FeatureSpec:
-        """Inverse of :meth:`to_dict`."""
-        return cls(**data)
+        """Inverse of :meth:`to_dict`; a spec saved by an older version is read as :func:`upgrade_feature_spec`
+        says."""
+        return cls(**upgrade_feature_spec(data))
 
     def scale_limits(self) -> tuple[np.ndarray, np.ndarray]:
-        """Per target, the floor and the ceiling of a window's spread (inf: none; models before 0.13.0)."""
+        """Per target, the floor and the ceiling of a window's spread (inf: none)."""
         limits = [(n["scale_floor"], n.get("scale_ceiling", math.inf))
                   for n in (self.target_normalizers[t] for t in self.targets)]
         return np.array([f for f, _ in limits], dtype=np.float64), np.array([c for _, c in limits], dtype=np.float64)
@@ -272,6 +273,35 @@ class FeatureSpec:
         codes, uniques = pd.factorize(np.asarray(values, dtype=object))
         lookup = np.array([mapping.get(u, NAN_CODE) for u in uniques] + [NAN_CODE], dtype=np.int64)
         return lookup[codes]  # factorize marks missing values -1: the appended NaN code
+
+
+# What a feature spec saved by an older version lacks, with the version that added it and the value such a
+# model was trained and calibrated with (its own behaviour, not today's config).
+SPEC_UPGRADES: tuple[tuple[str, str, Any], ...] = (
+    ("0.9.0", "center", "mean"),  # each window anchored on its mean
+    ("0.9.0", "loss_space", "metric"),  # the loss in metric units, each target weighted by 1/its spread
+    ("0.9.0", "log1p_inverse", "exp"),  # pytorch-forecasting's stock log1p decode (+1 in the target's units)
+    ("0.9.0", "band_offsets", None),  # uncalibrated bands
+    ("0.12.0", "center_weights", None),  # no persistence blend: the model alone
+    ("0.13.0", "level_ceilings", None),  # no level ceiling
+    ("0.14.0", "seasonal_lag", None),  # no "yesterday" input ...
+    ("0.14.0", "seasonal_half_window", 0),  # ... nor its window
+    ("0.16.0", "alert_thresholds", None),  # the alert policy's default chance for every metric
+)
+
+
+def upgrade_feature_spec(data: dict[str, Any]) -> dict[str, Any]:
+    """A saved spec (``config.json``'s ``feature_spec``) in the current shape: each key a spec saved before
+    its version (``SPEC_UPGRADES``) lacks is filled with what that model was trained with.
+
+    The one place that knows older specs: everything else reads :class:`FeatureSpec` as it is now.
+    (A target's ``scale_ceiling`` may be absent in a current spec too: an uncapped target, spread
+    ceiling inf.)
+    """
+    upgraded = dict(data)
+    for _, key, value in SPEC_UPGRADES:
+        upgraded.setdefault(key, value)
+    return upgraded
 
 
 def _categories(values: list[str]) -> dict[str, int]:
@@ -291,7 +321,7 @@ def transform_target(name: str, values: np.ndarray, spec_or_transform: FeatureSp
 
 
 def inverse_transform_target(name: str, values: np.ndarray, spec: FeatureSpec) -> np.ndarray:
-    """Undo :func:`transform_target` as the model decodes (``spec.log1p_inverse``: expm1, or exp before 0.9.0)."""
+    """Undo :func:`transform_target` as the model decodes (``spec.log1p_inverse``: expm1, or the stock exp)."""
     transformation = spec.target_normalizers[name]["transformation"]
     if transformation is None:
         return values
@@ -775,8 +805,6 @@ def servers_within_budget(path: str | Path, budget_bytes: float, bytes_per_row: 
     subset and the file's row count.
     """
     import pyarrow.parquet as pq
-
-    from server_encoder import hash_server_name
 
     path = Path(path)
     if path.suffix == ".csv":

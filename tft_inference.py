@@ -74,8 +74,10 @@ from api_models import (
     StatusResponse,
 )
 from cli_options import add_options, option, settings_from
-from common_utils import quiet_library_noise, setup_logging
+from common_utils import atomic_write_json, quiet_library_noise, setup_logging
 from config import (
+    ACCESS_LOG_MIN_STATUS,
+    ACCESS_LOG_SLOW_SECONDS,
     ACCURACY_WINDOWS_HOURS,
     ALERT_HISTORY_DAYS,
     ALERTMANAGER_DOC,
@@ -128,9 +130,10 @@ from otlp_receiver import check_headers as otlp_headers
 from remote_write import RemoteWriteError, check_headers
 from tft_model import ModelLoadError
 
-logger = logging.getLogger("tft_inference")
-access_log = logging.getLogger("tft_inference.access")
+logger = logging.getLogger(__name__)
+access_log = logging.getLogger(f"{__name__}.access")
 ACCESS_LOGGED_PREFIXES = ("/predictions", "/alerts", "/history")  # codex: log every prediction request
+_access_log_every = False  # --access-log FILE: every prediction request; else only errors and slow ones
 
 
 def _error(status: int, error: str, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -258,8 +261,16 @@ async def shield_errors(request: Request, call_next: Handler) -> Response:
         return _error(500, "internal_error", "The daemon hit an unexpected error; it was logged.")
 
 
+def access_logged(status: int, seconds: float) -> bool:
+    """Whether a prediction request gets an access line: every one with ``--access-log FILE``, else only an
+    error (``ACCESS_LOG_MIN_STATUS``) or a slow one (``ACCESS_LOG_SLOW_SECONDS``), so a dashboard's polling
+    does not fill the daemon's own log."""
+    return _access_log_every or status >= ACCESS_LOG_MIN_STATUS or seconds >= ACCESS_LOG_SLOW_SECONDS
+
+
 async def log_access(request: Request, call_next: Handler) -> Response:
-    """Count every request (and 5xx), by route and status; one access line per prediction request."""
+    """Count every request (and 5xx), by route and status; an access line per prediction request as
+    :func:`access_logged` says."""
     began = time.perf_counter()
     response = await call_next(request)
     daemon: Daemon = request.app.state.daemon
@@ -268,10 +279,11 @@ async def log_access(request: Request, call_next: Handler) -> Response:
         daemon.counters.request_errors += 1
     route = request.scope.get("route")
     daemon.metrics.requests.labels(getattr(route, "path", "unmatched"), str(response.status_code)).inc()
-    if request.url.path.startswith(ACCESS_LOGGED_PREFIXES):
+    seconds = time.perf_counter() - began
+    if request.url.path.startswith(ACCESS_LOGGED_PREFIXES) and access_logged(response.status_code, seconds):
         access_log.info(json.dumps({"event": "prediction_request", "path": request.url.path,
                                     "client": client_of(request), "status": response.status_code,
-                                    "ms": round((time.perf_counter() - began) * 1000, 2)}))
+                                    "ms": round(seconds * 1000, 2)}))
     return response
 
 
@@ -946,8 +958,6 @@ def run_from_args(args: argparse.Namespace) -> int:
         if args.data is None:
             raise UsageError("Give --daemon to serve, or --data FILE [--out predictions.json] to forecast once.")
         document = forecast_file(args.model_dir, args.data)
-        from common_utils import atomic_write_json
-
         atomic_write_json(args.out, document)
         print(f"Forecast {len(document['servers'])} servers from {document['prediction_time']} -> {args.out}")
         return 0
@@ -1022,7 +1032,10 @@ def alertmanager_url_file(path: Path | None) -> list[str]:
 
 
 def route_access_log(path: Path) -> None:
-    """Send the access log (``tft_inference.access``) to ``path`` only, so the daemon's own log stays readable."""
+    """Send the access log (``tft_inference.access``) to ``path`` only, so the daemon's own log stays readable,
+    with a line for every prediction request (without it only errors and slow requests are logged)."""
+    global _access_log_every
+    _access_log_every = True
     path.parent.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(path, encoding="utf-8")
     handler.setFormatter(logging.Formatter(LOG_FORMAT))

@@ -540,10 +540,3 @@ def save_weights(model: nn.Module, path: Path) -> None:
 def count_parameters(model: nn.Module) -> int:
     """Number of trainable parameters."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
-
-
-def param_bytes(model: nn.Module) -> int:
-    """Bytes held by parameters (fp32)."""
-    return sum(p.numel() * p.element_size() for p in model.parameters())
-
-

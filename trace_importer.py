@@ -64,7 +64,7 @@ from config import (
     VALIDATOR_MAX_EXAMPLES,
 )
 from contract import fill_offline
-from data_validator import ReadLimits, parquet_footer, read_csv_bounded, read_parquet_bounded
+from data_validator import DataValidator, ReadLimits, load_frame, parquet_footer, read_csv_bounded, read_parquet_bounded
 from errors import ToolkitError, run_cli
 from server_encoder import ServerEncoder
 from state_rules import derive_states
@@ -408,8 +408,6 @@ def write_contract_data(blocks: list[pd.DataFrame], out: str | Path, measured: l
     records what was measured.
     Shared by the trace importer and the Prometheus adapter.
     """
-    from data_validator import DataValidator, load_frame
-
     filled_blocks = []
     for block in blocks:
         block = block.copy()

@@ -163,7 +163,7 @@ def test_failures_back_off_are_counted_and_logged_once_per_state_change(caplog):
     flaky = Recorder(statuses=[503, 503, 503])
     registry = CollectorRegistry()
     closed = f"http://127.0.0.1:{free_loopback_port()}"
-    caplog.set_level(logging.INFO, logger="tft_inference")
+    caplog.set_level(logging.INFO, logger="alertmanager_push")
     notifier = AlertmanagerNotifier([closed, flaky.url], registry=registry, resend_seconds=30,
                                     retry_base_seconds=0.05, retry_max_seconds=0.2)
     try:

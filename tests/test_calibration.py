@@ -28,6 +28,21 @@ def _spec(targets: list[str], steps: int) -> FeatureSpec:
                        target_normalizers={t: {"transformation": transforms[t], "scale_floor": 0.1} for t in targets})
 
 
+def test_a_spec_saved_before_the_calibration_keys_reads_as_that_model_was_trained():
+    """upgrade_feature_spec is the one reader of old specs: missing keys get the old model's behaviour, and a
+    current spec passes unchanged."""
+    from tft_features import SPEC_UPGRADES, upgrade_feature_spec
+
+    current = _spec(["mem_used_pct", "net_in_mb_s"], 6).to_dict()
+    assert upgrade_feature_spec(current) == current
+    old = {k: v for k, v in current.items() if k not in {key for _, key, _ in SPEC_UPGRADES}}
+    spec = FeatureSpec.from_dict(old)
+    assert (spec.center, spec.loss_space, spec.log1p_inverse) == ("mean", "metric", "exp")
+    assert spec.band_offsets is spec.center_weights is spec.level_ceilings is spec.alert_thresholds is None
+    assert not spec.seasonal_lag and spec.seasonal_inputs == [] and spec.history_buckets == spec.encoder_length
+    assert "center" not in old  # the caller's dict is left as it was
+
+
 def test_band_offsets_count_misses_as_the_served_band_does():
     """A count on the rounded p90 is inside the band; an actual on the metric's floor cannot be above it.
 

@@ -6,6 +6,7 @@ Checks of routing and error shapes alone run the same app in process (those that
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -411,15 +412,13 @@ def test_an_unknown_host_is_forecast_from_its_profile(tiny_training):
 
 def test_cycles_are_summarised_not_logged_one_by_one(tiny_training, tmp_path, caplog):
     """One INFO line per LOG_SUMMARY_SECONDS about the cycles since the last; each cycle is DEBUG."""
-    import logging
-
     from daemon_state import Daemon, DaemonSettings
 
     daemon = Daemon(DaemonSettings(model_dir=tiny_training.model_dir, store_path=tmp_path / "s.sqlite3"))
     sim = FleetSimulator(fleet=TINY_FLEET, seed=12, start="2026-03-02T00:00:00Z")
     daemon.ingest(sim.records(sim.advance(40)))
     newest = daemon.fleet.newest_bucket
-    with caplog.at_level(logging.DEBUG, logger="tft_inference"):
+    with caplog.at_level(logging.DEBUG, logger="daemon_state"):
         for origin in range(newest - 10, newest):
             assert daemon.run_cycle(origin) is not None
         info = [r.getMessage() for r in caplog.records if r.levelno >= logging.INFO]
@@ -445,3 +444,38 @@ def test_every_prediction_request_is_in_the_access_log(live):
     assert ("/predictions/current", 200) in keyed and ("/predictions/no-such-server", 404) in keyed
     assert all(entry["ms"] >= 0 and entry["client"].startswith(("key:", "addr:")) for entry in lines)
     assert "prediction_request" not in daemon.log.read_text()
+
+
+def test_without_an_access_log_file_only_errors_and_slow_requests_are_logged(monkeypatch):
+    """The daemon's own log gets an access line for an error or a slow request, not for a dashboard's polling."""
+    import tft_inference
+    from config import ACCESS_LOG_MIN_STATUS, ACCESS_LOG_SLOW_SECONDS
+
+    monkeypatch.setattr(tft_inference, "_access_log_every", False)
+    assert not tft_inference.access_logged(200, 0.01)
+    assert tft_inference.access_logged(ACCESS_LOG_MIN_STATUS, 0.01) and tft_inference.access_logged(503, 0.01)
+    assert tft_inference.access_logged(200, ACCESS_LOG_SLOW_SECONDS)
+    monkeypatch.setattr(tft_inference, "_access_log_every", True)  # --access-log FILE
+    assert tft_inference.access_logged(200, 0.01)
+
+
+def test_housekeeping_logs_a_summary_and_only_what_matters_at_once(caplog):
+    """Routine removals are DEBUG and summed into one INFO line per interval; a released server is INFO at once."""
+    from config import HOUSEKEEPING_LOUD_ROWS
+    from daemon_state import HousekeepingLog
+
+    now = [0.0]
+    log = HousekeepingLog(every_seconds=600, clock=lambda: now[0])
+    with caplog.at_level(logging.DEBUG, logger="daemon_state"):
+        for _ in range(9):
+            now[0] += 60
+            log.add({"buckets": 30, "sample_keys": 1800, "servers_released": 0})
+        assert [r for r in caplog.records if r.levelno >= logging.INFO] == []
+        log.add({"buckets": 0, "sample_keys": 0, "servers_released": 2})
+        log.add({"buckets": HOUSEKEEPING_LOUD_ROWS, "sample_keys": 0, "servers_released": 0})
+        now[0] += 60
+        log.add({"buckets": 30, "sample_keys": 1800, "servers_released": 0})
+        info = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
+    assert len(info) == 3 and "'servers_released': 2" in info[0] and str(HOUSEKEEPING_LOUD_ROWS) in info[1]
+    assert info[2].startswith("housekeeping: 12 runs in the last 600 s removed ")
+    assert f"{30 * 10 + HOUSEKEEPING_LOUD_ROWS} buckets, 18000 sample_keys, 2 servers_released" in info[2]

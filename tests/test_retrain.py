@@ -295,7 +295,7 @@ def test_a_hung_retrain_is_timed_out_with_its_whole_process_group_and_the_next_o
     Cost: ~2 s."""
     from retrain_scheduler import RetrainScheduler
 
-    caplog.set_level(logging.INFO, logger="tft_inference")
+    caplog.set_level(logging.INFO, logger="retrain_scheduler")
     models = tmp_path / "models"
     old_log = models / RETRAIN_REPORTS_SUBDIR / "retrain_20000101_000000.log"
     old_log.parent.mkdir(parents=True)
