@@ -217,8 +217,8 @@ def test_daemon_and_retrain_share_user_state_and_paths():
     d_args = parse_main_command(main_py_args(daemon))
     r_args = parse_main_command(main_py_args(retrain))
     assert d_args.daemon and d_args.host == "127.0.0.1" and d_args.port == DAEMON_PORT
-    assert d_args.allow_no_model and d_args.retrain_every is None  # the timer retrains, not the daemon
-    assert d_args.store == r_args.store and d_args.store.parent == state
+    assert d_args.allow_no_model and d_args.retrain_every_seconds is None  # the timer retrains, not the daemon
+    assert d_args.store_path == r_args.store and d_args.store_path.parent == state
     assert d_args.model_dir == r_args.models_dir / "latest" and r_args.models_dir.parent == state
     assert d_args.api_key_file == Path("/etc/tft/api-keys")
     assert "tft-keys" in values(daemon, "SupplementaryGroups")
@@ -229,7 +229,7 @@ def test_daemon_and_retrain_share_user_state_and_paths():
     assert one(retrain, "TimeoutStartSec") != "infinity"
     # Extra flags from the option files still parse.
     extra = parse_main_command(main_py_args(daemon, {"TFT_DAEMON_ARGS": "--alertmanager-url http://127.0.0.1:9093"}))
-    assert extra.alertmanager_url == ["http://127.0.0.1:9093"]
+    assert extra.alertmanager_urls == ["http://127.0.0.1:9093"]
     assert parse_main_command(main_py_args(retrain, {"TFT_RETRAIN_ARGS": "--epochs 4"})).epochs == 4
 
 
@@ -311,7 +311,7 @@ def test_containerfile_copies_what_exists_and_runs_the_daemon_unprivileged():
     cmd = json.loads(dict(instructions)["CMD"])
     assert entry == ["/opt/tft/.venv/bin/python", "/opt/tft/main.py"]
     args = parse_main_command(cmd)
-    assert args.daemon and args.host == "0.0.0.0" and str(args.store).startswith("/var/lib/tft/")
+    assert args.daemon and args.host == "0.0.0.0" and str(args.store_path).startswith("/var/lib/tft/")
 
 
 def _lock_entries(path: Path) -> dict[str, tuple[str, list[str]]]:
@@ -370,8 +370,8 @@ def test_compose_services_ports_and_files_are_wired():
     assert (DEPLOY / build["context"]).resolve() == ROOT and (ROOT / build["dockerfile"]).is_file()
     args = parse_main_command(daemon["command"])
     assert args.daemon and args.host == "0.0.0.0" and args.port == DAEMON_PORT
-    assert args.alertmanager_url == ["http://alertmanager:9093"]
-    assert args.retrain_every  # no timer in a container: the daemon's own schedule
+    assert args.alertmanager_urls == ["http://alertmanager:9093"]
+    assert args.retrain_every_seconds  # no timer in a container: the daemon's own schedule
     mounts = {}
     declared_volumes = set(spec.get("volumes") or {})
     for name, service in services.items():
@@ -387,7 +387,7 @@ def test_compose_services_ports_and_files_are_wired():
             elif not source.startswith("/"):
                 assert source in declared_volumes, f"{name}: volume {source} not declared"
     assert mounts[("daemon", str(args.api_key_file))] == "./secrets/api-keys"
-    assert mounts[("daemon", str(args.store.parent))] in declared_volumes
+    assert mounts[("daemon", str(args.store_path.parent))] in declared_volumes
     # Published on the host's loopback only, on the project's ports.
     want = {"daemon": DAEMON_PORT, "prometheus": 9090, "alertmanager": 9093, "dashboard": DASHBOARD_PORT}
     for name, port in want.items():
@@ -460,7 +460,7 @@ def test_compose_services_have_memory_and_process_limits():
     daemon = services["daemon"]
     both = size_bytes(one(UNITS / "tft-daemon.service", "MemoryMax")) + size_bytes(
         one(UNITS / "tft-retrain.service", "MemoryMax"))
-    assert parse_main_command(daemon["command"]).retrain_every and size_bytes(daemon["mem_limit"]) >= both
+    assert parse_main_command(daemon["command"]).retrain_every_seconds and size_bytes(daemon["mem_limit"]) >= both
 
 
 def test_prometheus_scrape_jobs_are_bounded(tmp_path):
