@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from api_models import Alert
-from config import ALERT_HISTORY_DAYS, ALERT_HISTORY_MAX_ROWS, ALERT_HOLD_DOWN_BUCKETS, STEPS_PER_DAY
+from config import ALERT_HISTORY_DAYS, ALERT_HOLD_DOWN_BUCKETS, ALERT_LIFECYCLE, STEPS_PER_DAY
 from contract import bucket_iso
 from metrics_store import MetricsStore
 
@@ -142,7 +142,7 @@ class AlertTracker:
                 [a for a in alerts if a.suppressed_reason is not None])
 
     def history(self, first_bucket: int, server: str | None = None, kind: str | None = None,
-                limit: int = ALERT_HISTORY_MAX_ROWS) -> list[Alert]:
+                limit: int = ALERT_LIFECYCLE.history_max_rows) -> list[Alert]:
         """Alerts open at any time since ``first_bucket`` (resolved and still open), newest start first."""
         where, params = ["(ends_at IS NULL OR ends_at >= ?)"], [first_bucket]
         if server is not None:

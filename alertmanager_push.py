@@ -7,10 +7,10 @@ raises). One background thread per Alertmanager URL then does what Prometheus' n
 * ``POST {url}/api/v2/alerts`` with a JSON list of ``{labels, annotations, startsAt, endsAt,
   generatorURL}``, at once when the set of firing alerts changed, else every resend interval
   (``ALERTMANAGER_RESEND_SECONDS``, Prometheus' ``--rules.alert.resend-delay``);
-* a firing alert's ``endsAt`` is now + ``ALERTMANAGER_ENDS_AT_RESENDS`` x the resend interval, so
+* a firing alert's ``endsAt`` is now + ``ALERTMANAGER.ends_at_resends`` x the resend interval, so
   Alertmanager resolves it by itself if the daemon dies;
 * an alert that was pushed and no longer fires (resolved, or its server went into maintenance) is sent
-  with ``endsAt`` = when that was seen, with the next ``ALERTMANAGER_RESOLVED_SENDS`` successful sends;
+  with ``endsAt`` = when that was seen, with the next ``ALERTMANAGER.resolved_sends`` successful sends;
 * ``startsAt`` is the alert's ``starts_at`` (data time) but never after now: a time-scaled demo's data
   time runs ahead of the wall clock, and Alertmanager refuses an alert that ends before it starts.
 
@@ -42,18 +42,9 @@ import httpx
 
 from api_models import Alert
 from config import (
-    ALERTMANAGER_ALERTNAMES,
-    ALERTMANAGER_API_PATH,
-    ALERTMANAGER_CLOSE_SECONDS,
+    ALERTMANAGER,
     ALERTMANAGER_DOC,
-    ALERTMANAGER_ENDS_AT_RESENDS,
-    ALERTMANAGER_ERROR_CHARS,
-    ALERTMANAGER_MAX_BATCH,
     ALERTMANAGER_RESEND_SECONDS,
-    ALERTMANAGER_RESOLVED_SENDS,
-    ALERTMANAGER_RETRY_BASE_SECONDS,
-    ALERTMANAGER_RETRY_MAX_SECONDS,
-    ALERTMANAGER_TIMEOUT_SECONDS,
     DASHBOARD_URL,
     HORIZON_TEXT,
     METRIC_LABELS,
@@ -78,7 +69,7 @@ def validate_url(url: str, flag: str = "--alertmanager-url") -> str:
         valid = False
     if not valid:
         alertmanager = flag == "--alertmanager-url"
-        use = (f"the daemon POSTs its alerts to <URL>{ALERTMANAGER_API_PATH}" if alertmanager
+        use = (f"the daemon POSTs its alerts to <URL>{ALERTMANAGER.api_path}" if alertmanager
                else "every alert sent to Alertmanager links to it")
         example = "http://alertmanager.example:9093" if alertmanager else DASHBOARD_URL
         raise UsageError(f"{flag} {redact_url(text)!r} is not a valid http(s) URL with a host", use,
@@ -105,7 +96,7 @@ def redact_url(url: str) -> str:
 def alert_labels(alert: Alert, instance: str | None = None) -> dict[str, str]:
     """Alertmanager labels of an alert: alertname, severity, server, instance (when known), profile,
     metric, horizon."""
-    labels = {"alertname": ALERTMANAGER_ALERTNAMES[alert.kind], "severity": alert.level,
+    labels = {"alertname": ALERTMANAGER.alertnames[alert.kind], "severity": alert.level,
               "server": alert.server_name, "profile": alert.profile, "metric": alert.metric,
               "horizon": alert.horizon}
     if instance:
@@ -199,7 +190,7 @@ class _Target:
     def __init__(self, notifier: AlertmanagerNotifier, url: str) -> None:
         self.notifier = notifier
         self.name = redact_url(url)
-        self.endpoint = url + ALERTMANAGER_API_PATH
+        self.endpoint = url + ALERTMANAGER.api_path
         self._secret = urlsplit(url).password
         self.wake = threading.Event()
         self.client = httpx.Client(timeout=notifier.timeout_seconds,
@@ -312,7 +303,7 @@ class _Target:
             return self._clean(f"{type(exc).__name__}: {exc}")
         if 200 <= response.status_code < 300:
             return None
-        body = " ".join(response.text.split())[:ALERTMANAGER_ERROR_CHARS]
+        body = " ".join(response.text.split())[:ALERTMANAGER.error_chars]
         return self._clean(f"HTTP {response.status_code}: {body}")
 
     def _clean(self, text: str) -> str:
@@ -370,12 +361,12 @@ class AlertmanagerNotifier:
     def __init__(self, urls: Sequence[str], dashboard_url: str = DASHBOARD_URL,
                  instance_of: Callable[[str], str | None] | None = None, registry: Any = None,
                  resend_seconds: float = ALERTMANAGER_RESEND_SECONDS,
-                 ends_at_resends: int = ALERTMANAGER_ENDS_AT_RESENDS,
-                 resolved_sends: int = ALERTMANAGER_RESOLVED_SENDS,
-                 timeout_seconds: float = ALERTMANAGER_TIMEOUT_SECONDS,
-                 retry_base_seconds: float = ALERTMANAGER_RETRY_BASE_SECONDS,
-                 retry_max_seconds: float = ALERTMANAGER_RETRY_MAX_SECONDS,
-                 max_batch: int = ALERTMANAGER_MAX_BATCH, clock: Callable[[], float] = time.time) -> None:
+                 ends_at_resends: int = ALERTMANAGER.ends_at_resends,
+                 resolved_sends: int = ALERTMANAGER.resolved_sends,
+                 timeout_seconds: float = ALERTMANAGER.timeout_seconds,
+                 retry_base_seconds: float = ALERTMANAGER.retry_base_seconds,
+                 retry_max_seconds: float = ALERTMANAGER.retry_max_seconds,
+                 max_batch: int = ALERTMANAGER.max_batch, clock: Callable[[], float] = time.time) -> None:
         clean = list(dict.fromkeys(validate_url(u) for u in urls))  # ValueError for a bad one; each URL once
         self.dashboard_url = validate_url(dashboard_url, "--dashboard-url")
         self.instance_of = instance_of or (lambda _server: None)
@@ -431,7 +422,7 @@ class AlertmanagerNotifier:
         """Delivery state per Alertmanager (for /status)."""
         return [target.status() for target in self.targets]
 
-    def close(self, wait_seconds: float = ALERTMANAGER_CLOSE_SECONDS) -> None:
+    def close(self, wait_seconds: float = ALERTMANAGER.close_seconds) -> None:
         """Stop the senders: nothing more is sent (alerts still firing time out by their endsAt)."""
         self.closed.set()
         for target in self.targets:

@@ -15,7 +15,7 @@ An ingest key with ``servers=`` may feed only servers whose names match one of i
 server first fed by such a bound key is from then on refused to unbound keys (no squatting).
 
 Several keys per scope are normal: add the new key, move the clients over, delete the old line.
-The daemon notices the file changed (checked at most every ``KEY_FILE_CHECK_SECONDS``) and
+The daemon notices the file changed (checked at most every ``API_KEYS.key_file_check_seconds``) and
 uses the new keys without a restart; a file that no longer parses keeps the previous keys in
 force and says why in the log. A key given by ``$TFT_API_KEY`` (or generated at start) holds
 every scope.
@@ -38,7 +38,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from config import API_KEY_MIN_LENGTH, API_REFERENCE_DOC, KEY_FILE_CHECK_SECONDS
+from config import API_KEYS, API_REFERENCE_DOC
 from errors import ToolkitError
 
 logger = logging.getLogger(__name__)
@@ -153,8 +153,8 @@ def parse_key_lines(text: str, source: str = "key file") -> list[tuple[str, froz
                 raise KeyFileError(f"{source} line {number}: 'servers=' binds an ingest key to the servers it "
                                    f"feeds; give it to an 'ingest=KEY' line only. {fix}")
             servers = patterns
-        if not _KEY_PATTERN.fullmatch(key) or len(key) < API_KEY_MIN_LENGTH:
-            raise KeyFileError(f"{source} line {number}: a key must be at least {API_KEY_MIN_LENGTH} printable "
+        if not _KEY_PATTERN.fullmatch(key) or len(key) < API_KEYS.min_length:
+            raise KeyFileError(f"{source} line {number}: a key must be at least {API_KEYS.min_length} printable "
                                f"characters without spaces (e.g. python -c 'import secrets; "
                                f"print(secrets.token_urlsafe(24))'). {fix}")
         entries.append((key, scopes, servers))
@@ -190,7 +190,7 @@ class KeyStore:
     """The daemon's keys: one fixed key, or a key file followed as it changes (thread-safe)."""
 
     def __init__(self, key: str | None = None, key_file: Path | None = None,
-                 check_seconds: float = KEY_FILE_CHECK_SECONDS) -> None:
+                 check_seconds: float = API_KEYS.key_file_check_seconds) -> None:
         self.key_file = key_file
         self.check_seconds = check_seconds
         self.reloads = 0

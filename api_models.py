@@ -27,19 +27,17 @@ from typing_extensions import TypedDict
 
 from common_utils import name_matches_profile, profile_from_name
 from config import (
+    API,
     CPU_COMPONENTS,
     CPU_SUM_TOLERANCE,
     DATA_CONTRACT_DOC,
     DEMO_SCENARIOS,
     FEED_PLAUSIBLE_MAX,
-    FEED_TIMESTAMP_YEARS,
     INSTANCE_MAX_LENGTH,
     INSTANCE_PATTERN,
-    INTEGER_METRIC_MAX,
     INTEGER_METRICS,
     LINBORG_METRICS,
     MAINTENANCE_MAX_HOURS,
-    MAINTENANCE_REASON_MAX_LENGTH,
     MAX_RECORDS_PER_REQUEST,
     METRIC_RANGES,
     RISK_HORIZONS,
@@ -59,7 +57,7 @@ RiskLevel = Literal["green", "yellow", "red"]
 def _integral(value: Any) -> Any:
     """A count sent as an integral float (``2.0``: what a Python collector or a Prometheus sample carries) is
     that integer; a fractional one, a string or a boolean is left for the strict check to refuse."""
-    if isinstance(value, float) and value.is_integer() and abs(value) <= INTEGER_METRIC_MAX:
+    if isinstance(value, float) and value.is_integer() and abs(value) <= API.integer_metric_max:
         return int(value)
     return value
 
@@ -75,8 +73,8 @@ def _metric_field(name: str) -> tuple[Any, Any]:
     high = high if high is not None else FEED_PLAUSIBLE_MAX.get(name)
     if name in INTEGER_METRICS:
         return (Annotated[int, BeforeValidator(_integral)],
-                Field(strict=True, ge=low, le=min(high, INTEGER_METRIC_MAX) if high is not None
-                      else INTEGER_METRIC_MAX))
+                Field(strict=True, ge=low, le=min(high, API.integer_metric_max) if high is not None
+                      else API.integer_metric_max))
     return float, Field(strict=True, allow_inf_nan=False, ge=low, **({"le": high} if high is not None else {}))
 
 
@@ -100,7 +98,7 @@ class LinborgRecord(_RecordBase):  # type: ignore[misc, valid-type]
     @classmethod
     def _utc(cls, value: datetime) -> datetime:
         value = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-        first, last = FEED_TIMESTAMP_YEARS
+        first, last = API.feed_timestamp_years
         if not first <= value.year <= last:
             raise ValueError(f"timestamp must lie between {first} and {last} (UTC); the store keeps int64 "
                              f"nanoseconds, which end in 2262")
@@ -273,7 +271,7 @@ class AnomaliesResponse(BaseModel):
                                                          "(display units): a needle-thin band is read as this wide")
     servers_scored: int = Field(description="servers with a score at `at` (live accuracy's: established, with a "
                                             "sample now and at the forecast's origin)")
-    matching: int = Field(description="scores matching the filters; at most ANOMALY_MAX_ROWS are listed")
+    matching: int = Field(description="scores matching the filters; at most ANOMALY.max_rows are listed")
     anomalies: list[AnomalyRow] = Field(description="highest score first")
 
 
@@ -490,7 +488,7 @@ class MaintenanceRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     hours: float = Field(gt=0, le=MAINTENANCE_MAX_HOURS, description="how long from now")
-    reason: str = Field(default="", max_length=MAINTENANCE_REASON_MAX_LENGTH, pattern=r"^[^\x00-\x1f\x7f]*$",
+    reason: str = Field(default="", max_length=API.maintenance_reason_max_length, pattern=r"^[^\x00-\x1f\x7f]*$",
                         description="shown beside suppressed alerts and in the log (no control characters)")
 
 

@@ -4,31 +4,31 @@ The backtest scores the TFT against the models a practitioner tries first, on th
 windows: the same servers, the same forecast origins, the same decoder steps. For each method,
 server and target metric:
 
-1. **fit once**: the model is fitted on the last ``STAT_FIT_BUCKETS`` rows of the server that
+1. **fit once**: the model is fitted on the last ``BASELINES.fit_buckets`` rows of the server that
    lie before its *earliest* forecast origin among the windows (all of them when there are
    fewer), so no fit ever reads a row at or after any window's origin;
 2. **run forward at each origin**: the fitted model (its parameters kept) is applied to the
-   last ``STAT_FORWARD_BUCKETS`` rows before that window's origin and forecasts ``D`` steps
-   (the store's prediction length) with its ``STAT_INTERVAL_LEVEL`` % interval. That is
+   last ``BASELINES.forward_buckets`` rows before that window's origin and forecasts ``D`` steps
+   (the store's prediction length) with its ``BASELINES.interval_level`` % interval. That is
    statsforecast's ``forward``: fresh data, no refit, a few milliseconds per call.
 
-The methods (``config.STATISTICAL_METHODS_ALL``):
+The methods (``config.BASELINES.statistical_methods_all``):
 
 * ``autoets``: ``AutoETS(model="ZZN")``, exponential smoothing with error and trend chosen by
   AICc and no season (ETS cannot hold a 288-step season);
-* ``autotheta``: ``AutoTheta(season_length=STAT_SEASON_LENGTH)`` (on request: ~10x slower);
-* ``mstl``: ``MSTL(season_length=STAT_SEASON_LENGTH, trend_forecaster=AutoETS(model="ZZN"))``.
+* ``autotheta``: ``AutoTheta(season_length=BASELINES.season_length)`` (on request: ~10x slower);
+* ``mstl``: ``MSTL(season_length=BASELINES.season_length, trend_forecaster=AutoETS(model="ZZN"))``.
   MSTL's own ``forward`` decomposes the new history again (STL, ~0.5 s per call: hours for a
   fleet backtest), so the forward step here applies MSTL's forecast rule with the objects the
   library fitted instead: MSTL forecasts ``trend forecaster's forecast + the last fitted season
-  repeated``. The fitted daily profile is the last ``STAT_SEASON_LENGTH`` values of the fitted
+  repeated``. The fitted daily profile is the last ``BASELINES.season_length`` values of the fitted
   seasonal component (``MSTL.model_``), indexed by time of day: a row ``r`` of the server gets
   ``profile[(r - fit_end) % season]``, ``fit_end`` being the first row after the fit. At each
   origin the forward history is deseasonalised with that profile, the fitted trend forecaster
   (``MSTL.trend_forecaster``, an AutoETS fitted by MSTL on trend + remainder) runs ``forward``
   on it, and the profile of the forecast steps is added back to the mean and to both interval
   bounds, exactly as ``MSTL.predict`` does. At the fit's end this is ``MSTL.predict`` itself.
-  STL needs two full seasons: a series with less than ``2 * STAT_SEASON_LENGTH`` rows before
+  STL needs two full seasons: a series with less than ``2 * BASELINES.season_length`` rows before
   its first origin is fitted with ``AutoETS(model="ZZN")`` alone (no season), logged once.
 
 Robustness: a series whose fit history is constant or holds missing values, or whose fit
@@ -54,26 +54,14 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from cli_options import option
-from config import (
-    INTEGER_METRICS,
-    METRIC_RANGES,
-    STAT_FIT_BUCKETS,
-    STAT_FORWARD_BUCKETS,
-    STAT_INTERVAL_LEVEL,
-    STAT_PROGRESS_FRACTION,
-    STAT_PROGRESS_SECONDS,
-    STAT_SEASON_LENGTH,
-    STATISTICAL_METHODS,
-    STATISTICAL_METHODS_ALL,
-    TRAINING_GUIDE_DOC,
-)
+from config import BASELINES, INTEGER_METRICS, METRIC_RANGES, TRAINING_GUIDE_DOC
 
 if TYPE_CHECKING:
     from tft_features import SeriesStore
 
 logger = logging.getLogger(__name__)
 
-_LO, _HI = f"lo-{STAT_INTERVAL_LEVEL}", f"hi-{STAT_INTERVAL_LEVEL}"
+_LO, _HI = f"lo-{BASELINES.interval_level}", f"hi-{BASELINES.interval_level}"
 
 
 class _Forecaster(Protocol):
@@ -92,7 +80,7 @@ class _LibraryForward:
 
     def forward(self, history: np.ndarray, first_row: int, horizon: int) -> tuple[np.ndarray, ...]:
         """The library's forward step: fitted parameters, fresh data."""
-        res = self.model.forward(y=history, h=horizon, level=[STAT_INTERVAL_LEVEL])
+        res = self.model.forward(y=history, h=horizon, level=[BASELINES.interval_level])
         return res["mean"], res[_LO], res[_HI]
 
 
@@ -111,7 +99,7 @@ class _MSTLForward:
     def forward(self, history: np.ndarray, first_row: int, horizon: int) -> tuple[np.ndarray, ...]:
         """Deseasonalise, run the trend forecaster forward, add the season of the forecast steps."""
         rows = first_row + np.arange(len(history))
-        res = self.trend.forward(y=history - self.season_of(rows), h=horizon, level=[STAT_INTERVAL_LEVEL])
+        res = self.trend.forward(y=history - self.season_of(rows), h=horizon, level=[BASELINES.interval_level])
         ahead = self.season_of(first_row + len(history) + np.arange(horizon))
         return res["mean"] + ahead, res[_LO] + ahead, res[_HI] + ahead
 
@@ -148,13 +136,13 @@ def _fit(method: str, y: np.ndarray, fit_end: int, tally: _Tally) -> _Forecaster
     if method == "autoets":
         return _LibraryForward(_autoets().fit(y))
     if method == "autotheta":
-        return _LibraryForward(AutoTheta(season_length=STAT_SEASON_LENGTH).fit(y))
-    if len(y) < 2 * STAT_SEASON_LENGTH:  # STL needs two full seasons
+        return _LibraryForward(AutoTheta(season_length=BASELINES.season_length).fit(y))
+    if len(y) < 2 * BASELINES.season_length:  # STL needs two full seasons
         tally.no_season += 1
         return _LibraryForward(_autoets().fit(y))
-    model = MSTL(season_length=STAT_SEASON_LENGTH, trend_forecaster=_autoets()).fit(y)
+    model = MSTL(season_length=BASELINES.season_length, trend_forecaster=_autoets()).fit(y)
     seasonal = model.model_.filter(regex="^seasonal").sum(axis=1).to_numpy(dtype=np.float64)
-    return _MSTLForward(trend=model.trend_forecaster, profile=seasonal[-STAT_SEASON_LENGTH:].copy(),
+    return _MSTLForward(trend=model.trend_forecaster, profile=seasonal[-BASELINES.season_length:].copy(),
                         fit_end=fit_end)
 
 
@@ -187,7 +175,7 @@ def _one_method(store: SeriesStore, method: str, servers: np.ndarray, origins: n
     tally = _Tally()
     began = last_line = time.perf_counter()
     total = n_windows * len(columns)
-    done, next_mark = 0, STAT_PROGRESS_FRACTION
+    done, next_mark = 0, BASELINES.progress_fraction
     order = np.argsort(servers, kind="stable")
     bounds = np.r_[0, np.flatnonzero(np.diff(servers[order])) + 1, n_windows] if n_windows else np.zeros(1, int)
     for group_begin, group_end in zip(bounds[:-1], bounds[1:], strict=True):
@@ -201,7 +189,7 @@ def _one_method(store: SeriesStore, method: str, servers: np.ndarray, origins: n
         block = store.targets[offset:offset + length]
         for j in columns:
             y = block[:, j].astype(np.float64)
-            fit_y = y[max(0, fit_end - STAT_FIT_BUCKETS):fit_end]
+            fit_y = y[max(0, fit_end - BASELINES.fit_buckets):fit_end]
             tally.series += 1
             forecaster: _Forecaster | None = None
             if not np.isfinite(fit_y).all():
@@ -217,7 +205,7 @@ def _one_method(store: SeriesStore, method: str, servers: np.ndarray, origins: n
                         tally.errors.append(f"{type(exc).__name__}: {exc}")
             for w in windows:
                 origin = int(origins[w])
-                first_row = max(0, origin - STAT_FORWARD_BUCKETS)
+                first_row = max(0, origin - BASELINES.forward_buckets)
                 history = y[first_row:origin]
                 result = None
                 if forecaster is not None:
@@ -233,17 +221,17 @@ def _one_method(store: SeriesStore, method: str, servers: np.ndarray, origins: n
                 out[w, j] = result[:, [1, 0, 2]]  # (mean, low, high) -> (p10, p50, p90)
             done += len(windows)
             now = time.perf_counter()
-            if progress and total and done / total >= next_mark and now - last_line >= STAT_PROGRESS_SECONDS:
+            if progress and total and done / total >= next_mark and now - last_line >= BASELINES.progress_seconds:
                 eta = (now - began) * (total - done) / done
                 logger.info("statistical baseline %s: %d%% (%d of %d window forecasts), %.0f s, about %.0f s left",
                             method, 100 * done // total, done, total, now - began, eta)
                 last_line = now
             while total and done / total >= next_mark:
-                next_mark += STAT_PROGRESS_FRACTION
+                next_mark += BASELINES.progress_fraction
     if tally.no_season:
         logger.info("statistical baseline %s: %d of %d series have under %d rows (two seasons) before their first "
                     "origin: fitted AutoETS without a season instead", method, tally.no_season, tally.series,
-                    2 * STAT_SEASON_LENGTH)
+                    2 * BASELINES.season_length)
     logger.info("statistical baseline %s: persistence fallback for %d of %d series (constant %d, missing values %d, "
                 "failed fit %d%s) and for %d window forecasts", method, tally.fallback_series, tally.series,
                 tally.constant, tally.missing, tally.failed_fit,
@@ -252,23 +240,23 @@ def _one_method(store: SeriesStore, method: str, servers: np.ndarray, origins: n
 
 
 def statistical_forecasts(store: SeriesStore, servers: np.ndarray, starts: np.ndarray,
-                          methods: Sequence[str] = STATISTICAL_METHODS, targets: Sequence[str] | None = None,
+                          methods: Sequence[str] = BASELINES.statistical_methods, targets: Sequence[str] | None = None,
                           progress: bool = True) -> tuple[dict[str, np.ndarray], dict[str, float]]:
     """Statistical baseline forecasts for the windows ``(servers[w], starts[w])`` of ``store``.
 
     A window is named as in ``tft_evaluate.actuals_and_baselines``: server index and the
     within-server row of its full-length start; its forecast origin (first decoder row) is
     ``starts[w] + encoder_length``, and only the server's rows before it are read. Each method
-    is fitted once per server and target on the last ``STAT_FIT_BUCKETS`` rows before the
+    is fitted once per server and target on the last ``BASELINES.fit_buckets`` rows before the
     server's earliest origin, then run forward at every origin over the last
-    ``STAT_FORWARD_BUCKETS`` rows (see the module docstring).
+    ``BASELINES.forward_buckets`` rows (see the module docstring).
 
     Args:
         store: the fleet's rows (``tft_features.SeriesStore``; only ``offsets``, ``lengths``,
             ``targets`` and ``spec`` are read).
         servers: (W,) server index of each window.
         starts: (W,) full-length window start, a row within the server.
-        methods: names from ``config.STATISTICAL_METHODS_ALL``.
+        methods: names from ``config.BASELINES.statistical_methods_all``.
         targets: the target metrics to forecast (None: all of ``store.spec.targets``); the
             others are NaN.
         progress: log progress lines during long runs.
@@ -282,9 +270,10 @@ def statistical_forecasts(store: SeriesStore, servers: np.ndarray, starts: np.nd
         ValueError: an unknown method or target name, or windows that do not fit the store.
     """
     methods = list(methods)
-    unknown = [m for m in methods if m not in STATISTICAL_METHODS_ALL]
+    unknown = [m for m in methods if m not in BASELINES.statistical_methods_all]
     if unknown:
-        raise ValueError(f"Unknown statistical method(s) {unknown}: choose from {list(STATISTICAL_METHODS_ALL)}")
+        raise ValueError(f"Unknown statistical method(s) {unknown}: choose from "
+                         f"{list(BASELINES.statistical_methods_all)}")
     spec = store.spec
     names = list(spec.targets)
     wanted = names if targets is None else list(targets)
@@ -312,20 +301,22 @@ def statistical_forecasts(store: SeriesStore, servers: np.ndarray, starts: np.nd
 
 
 def parse_methods(text: str) -> tuple[str, ...]:
-    """``--statistical a,b``: the named statsforecast models, each one of ``STATISTICAL_METHODS_ALL``."""
+    """``--statistical a,b``: the named statsforecast models, each one of ``BASELINES.statistical_methods_all``."""
     methods = tuple(m.strip() for m in text.split(",") if m.strip())
-    unknown = [m for m in methods if m not in STATISTICAL_METHODS_ALL]
+    unknown = [m for m in methods if m not in BASELINES.statistical_methods_all]
     if unknown:
         raise argparse.ArgumentTypeError(
-            f"{','.join(unknown)}: unknown model(s). Fix: use any of {', '.join(STATISTICAL_METHODS_ALL)}, or "
+            f"{','.join(unknown)}: unknown model(s). Fix: use any of {', '.join(BASELINES.statistical_methods_all)}, "
+            f"or "
             f"--no-statistical. See {TRAINING_GUIDE_DOC} (Backtest).")
     return methods
 
 
 def statistical_option() -> Any:
     """The ``--statistical`` / ``--no-statistical`` setting (the trainer's and the backtest's)."""
-    return option(STATISTICAL_METHODS, f"statsforecast models scored beside the naive baselines, comma-separated, "
-                  f"from {', '.join(STATISTICAL_METHODS_ALL)}", parse=parse_methods, metavar="MODELS",
+    return option(BASELINES.statistical_methods,
+                  f"statsforecast models scored beside the naive baselines, comma-separated, "
+                  f"from {', '.join(BASELINES.statistical_methods_all)}", parse=parse_methods, metavar="MODELS",
                   off=("--no-statistical", (), "skip the statistical models (quick runs: they cost seconds to "
                        "minutes)"))
 

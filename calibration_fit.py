@@ -24,16 +24,11 @@ import numpy as np
 from common_utils import atomic_write_json
 from config import (
     BAND_CALIBRATION,
-    BAND_CALIBRATION_MAX_SHIFT,
-    BAND_CALIBRATION_MAX_WINDOWS,
+    CALIBRATION,
     HORIZONS,
     INTEGER_METRICS,
     METRIC_RANGES,
     MODEL_CONFIG_FILE,
-    PERSISTENCE_BLEND,
-    PERSISTENCE_BLEND_GRID,
-    PERSISTENCE_BLEND_MIN_GAIN,
-    PERSISTENCE_BLEND_SIGNIFICANCE,
     QUANTILES,
     STEPS_PER_HOUR,
     TRAINING_GUIDE_DOC,
@@ -55,7 +50,7 @@ logger = logging.getLogger(__name__)
 
 
 def fit_calibration(model: FleetTFT, spec: FeatureSpec, store: SeriesStore, first_decoder_tidx: int,
-                    last_decoder_tidx: int, seed: int = 0, blend: bool = PERSISTENCE_BLEND,
+                    last_decoder_tidx: int, seed: int = 0, blend: bool = CALIBRATION.persistence_blend,
                     bands: bool = BAND_CALIBRATION) -> None:
     """Calibrate ``model`` on the windows whose decoder lies in [first, last] (its validation days).
 
@@ -68,8 +63,8 @@ def fit_calibration(model: FleetTFT, spec: FeatureSpec, store: SeriesStore, firs
     servers, starts = store.window_starts(first_decoder_tidx, last_decoder_tidx)
     if len(servers) == 0:
         raise ValueError(f"No window to calibrate the bands on. See {TRAINING_GUIDE_DOC} (Bands).")
-    if len(servers) > BAND_CALIBRATION_MAX_WINDOWS:
-        pick = np.sort(np.random.default_rng(seed).choice(len(servers), BAND_CALIBRATION_MAX_WINDOWS, replace=False))
+    if len(servers) > CALIBRATION.band_max_windows:
+        pick = np.sort(np.random.default_rng(seed).choice(len(servers), CALIBRATION.band_max_windows, replace=False))
         servers, starts = servers[pick], starts[pick]
     spec.center_weights, spec.band_offsets = None, None
     model.set_calibration(spec)
@@ -106,19 +101,19 @@ def fit_persistence_blend(spec: FeatureSpec, forecasts: np.ndarray, actual: np.n
     """Per target and decoder step, the share ``w`` of the model's forecast change from the last value to keep.
 
     ``p50 = last + w * (model p50 - last)`` in the target's modelled units (log1p for heavy-tailed
-    metrics); ``w`` is the value of ``PERSISTENCE_BLEND_GRID`` with the smallest absolute error of
+    metrics); ``w`` is the value of ``CALIBRATION.persistence_blend_grid`` with the smallest absolute error of
     p50 over these windows in each window's normalised units (over its spread ``scale``, as the
     training loss: every window counts alike, so a few bursty servers do not decide the fleet's
     blend). A ``w`` below 1 is kept only where it lowers that error by at least
-    ``PERSISTENCE_BLEND_MIN_GAIN`` (the model alone otherwise). Then the forecast is shrunk to the
+    ``CALIBRATION.persistence_blend_min_gain`` (the model alone otherwise). Then the forecast is shrunk to the
     last value (``w = 0``) unless its gain over the last value is significant: the Diebold-Mariano
     statistic of the hourly mean loss differences (windows pooled by the hour of their origin,
     ``origin_hours``; :func:`scoring.diebold_mariano` over the step's horizon in hours) must pass a
-    one-sided test at ``PERSISTENCE_BLEND_SIGNIFICANCE``. A model that only ties the last value on
+    one-sided test at ``CALIBRATION.persistence_blend_significance``. A model that only ties the last value on
     its validation days is not served as if it beat it. ``anchor`` and ``scale`` are (W, T), transformed units;
     without ``origin_hours`` every window is its own block.
     """
-    grid = np.asarray(PERSISTENCE_BLEND_GRID, dtype=np.float64)
+    grid = np.asarray(CALIBRATION.persistence_blend_grid, dtype=np.float64)
     median = spec.quantiles.index(0.5)
     hours = np.arange(len(actual)) if origin_hours is None else np.asarray(origin_hours, dtype=np.int64)
     unique_hours, block = np.unique(hours, return_inverse=True)
@@ -133,7 +128,7 @@ def fit_persistence_blend(spec: FeatureSpec, forecasts: np.ndarray, actual: np.n
                            for w in grid])  # (grid, D)
         best = errors.argmin(axis=0)
         gain = 1.0 - errors[best, np.arange(errors.shape[1])] / np.maximum(errors[-1], 1e-12)
-        chosen = np.where(gain >= PERSISTENCE_BLEND_MIN_GAIN, grid[best], 1.0)
+        chosen = np.where(gain >= CALIBRATION.persistence_blend_min_gain, grid[best], 1.0)
         # the chosen blend against the last value, window by window, then hour by hour
         difference = np.where(valid, np.abs(truth - chosen * change) - np.abs(truth), 0.0) / scale[:, j, None]
         counts = np.stack([np.bincount(block, weights=valid[:, d].astype(np.float64), minlength=n_blocks)
@@ -142,7 +137,7 @@ def fit_persistence_blend(spec: FeatureSpec, forecasts: np.ndarray, actual: np.n
                          for d in range(truth.shape[1])])
         means = np.where(counts > 0, sums / np.maximum(counts, 1.0), np.nan)
         tests = [diebold_mariano(means[d], -(-(d + 1) // STEPS_PER_HOUR)) for d in range(len(means))]
-        significant = np.array([bool(significantly(t, df, PERSISTENCE_BLEND_SIGNIFICANCE, lower=True))
+        significant = np.array([bool(significantly(t, df, CALIBRATION.persistence_blend_significance, lower=True))
                                 for t, df in tests])
         chosen = np.where(significant, chosen, 0.0)
         shrunk[target] = int((~significant).sum())
@@ -176,7 +171,7 @@ def fit_band_offsets(spec: FeatureSpec, forecasts: np.ndarray, actual: np.ndarra
     In each window's normalised units (the transformed value minus the window's anchor ``center``,
     over its spread ``scale``; both (W, T)) the distances ``p10 - actual`` and ``actual - p90``
     are collected per target and decoder step, and each offset is their finite-sample 90 %
-    quantile (split conformal, each side on its own), bounded by ``BAND_CALIBRATION_MAX_SHIFT``.
+    quantile (split conformal, each side on its own), bounded by ``CALIBRATION.band_max_shift``.
     An actual on its metric's floor counts as inside the band's top, one on its ceiling as inside
     its bottom: the served quantiles are clipped to the metric's range (``METRIC_RANGES``); counts
     (``INTEGER_METRICS``, served rounded) are compared from half a unit beyond the actual.
@@ -194,7 +189,7 @@ def fit_band_offsets(spec: FeatureSpec, forecasts: np.ndarray, actual: np.ndarra
         half = 0.5 if target in INTEGER_METRICS else 0.0
         below = normalised(forecasts[:, j, :, 0]) - normalised(actual[:, j] + half)  # > 0: the actual fell under p10
         above = normalised(actual[:, j] - half) - normalised(forecasts[:, j, :, -1])  # > 0: it rose over p90
-        bound = BAND_CALIBRATION_MAX_SHIFT
+        bound = CALIBRATION.band_max_shift
         # Served quantiles are clipped to the metric's range, so an actual on its floor (0 sockets, 0 %
         # swap) is never above the band, and one on its ceiling (100 % idle) never below it, whatever
         # the offset; counted as misses they would widen every other window's band.

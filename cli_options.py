@@ -8,7 +8,7 @@ namespace, so a knob is written in exactly one place besides its ``config.py`` d
 
     @dataclass
     class TrainSettings:
-        epochs: int = option(MAX_EPOCHS, "maximum epochs (early stopping may end sooner)")
+        epochs: int = option(TRAINER.max_epochs, "maximum epochs (early stopping may end sooner)")
         backtest: bool = option(True, "skip the post-training backtest", flag="--no-backtest")
 
 A field declared with plain ``field()`` (or a bare default) has no flag: it is set by code

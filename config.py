@@ -16,6 +16,7 @@ Sections, top to bottom:
   9. the inference daemon (API limits, store, retention, cycle), its clients, metric names for people
  10. the live demo
  11. real metrics in: host collector and Prometheus adapter
+ 12. settings owned by one module each: one frozen dataclass and one instance per module
 
 Measured figures (speeds, budgets met) live in the Docs, not here.
 """
@@ -23,8 +24,10 @@ Measured figures (speeds, budgets met) live in the Docs, not here.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import NamedTuple
 
 # ---------------------------------------------------------------------------
@@ -198,31 +201,12 @@ MAX_PREDICTION_LENGTH = max(HORIZONS.values())  # 96 steps = 8 hours
 # ---------------------------------------------------------------------------
 # 4. Fleet simulator
 # ---------------------------------------------------------------------------
-MIN_GENERATE_HOURS = 24
-RECOMMENDED_GENERATE_HOURS = 720  # 30 days
-GENERATE_CHUNK_DAYS = 7  # generate_dataset simulates and writes this much at a time (bounds memory)
-DEFAULT_SEED = 42
-# A fixed Monday, so the same seed gives the same file on any day.
-DEFAULT_START = "2026-01-05T00:00:00Z"
-OFFLINE_MODES = ["dense", "sparse"]
-DEFAULT_OFFLINE_MODE = "dense"
 # CSV is only offered for small exports (codex: Parquet-first).
-CSV_MAX_ROWS = 10_000
 PARQUET_COMPRESSION = "zstd"
 PARQUET_ROW_GROUP_ROWS = 131_072
 
-# Workload regimes: a per-server semi-Markov chain of "quiet", "normal", "busy".
-# Mean dwell times (hours) and where the chain goes when it leaves a regime.
-REGIMES = ["quiet", "normal", "busy"]
-REGIME_MEAN_DWELL_HOURS = {"quiet": 3.0, "normal": 6.0, "busy": 2.0}
-REGIME_TRANSITIONS = {  # row: from-regime, values: probability of each to-regime
-    "quiet": {"normal": 0.85, "busy": 0.15},
-    "normal": {"quiet": 0.45, "busy": 0.55},
-    "busy": {"quiet": 0.2, "normal": 0.8},
-}
 
 # Incidents: slow build-up (the ramp), a critical plateau, then a fix.
-INCIDENT_TYPES = ["memory_leak", "disk_fill", "io_saturation", "connection_pileup"]
 
 
 @dataclass(frozen=True)
@@ -249,29 +233,6 @@ INCIDENTS = {
     "connection_pileup": IncidentSpec(ramp_hours=(1.0, 4.0), critical_hours=(0.25, 0.75), peak=1400.0,
                                       reboot_probability=0.1),
 }
-# After the fix, io_saturation decays with this time constant (hours); swap drains slowly.
-IO_RECOVERY_HOURS = 0.5
-SWAP_DRAIN_HOURS = 2.0
-# Memory pressure spills into swap once used memory passes this level and the leak is
-# past this fraction of its ramp; swap then climbs towards SWAP_PEAK_PCT.
-SWAP_ONSET_MEM_PCT = 78.0
-SWAP_ONSET_LEAK_LEVEL = 0.55
-SWAP_PEAK_PCT = 65.0
-SWAP_CURVE_EXPONENT = 1.2
-# Shape of each incident's build-up: metric = normal + (peak - normal) * level**exponent,
-# level running 0 -> 1 over the ramp. Above 1 the curve accelerates late (a pile-up).
-INCIDENT_CURVE_EXPONENT = {"memory_leak": 1.5, "disk_fill": 1.0, "io_saturation": 1.2, "connection_pileup": 2.0}
-IO_SATURATION_CPU_DROP = 0.3  # share of useful CPU lost while threads wait on I/O
-PILEUP_SYS_CPU_PCT = 8.0  # extra kernel CPU at the peak of a CLOSE_WAIT pile-up
-PILEUP_FRONT_SHARE = 0.5  # front-end CLOSE_WAIT peak relative to the back-end peak
-# Unplanned outages (crash, network partition): duration range in hours; a reboot follows.
-CRASH_DURATION_HOURS = (0.08, 1.0)
-# Patch cycle: every server reboots in its maintenance window at least this often.
-PATCH_CYCLE_DAYS = 28
-MAINTENANCE_WINDOW_HOURS = (1.0, 2.0)  # length of one window
-MAINTENANCE_HOURS_UTC = (1, 5)  # windows start between 01:00 and 05:00
-MAINTENANCE_REBOOT_OFFSET_HOURS = 0.5  # reboot happens this long into the window
-MAINTENANCE_REBOOT_STEPS = 2  # buckets without samples while the box boots
 
 
 @dataclass(frozen=True)
@@ -432,39 +393,6 @@ PROFILE_BEHAVIOUR: dict[str, ProfileBehaviour] = {
     ),
 }
 
-# Activity bounds, how much a maintenance window drains it, and memory's lag behind it.
-ACTIVITY_MAX = 1.4
-MEM_ACTIVITY_MAX = 1.2
-MAINTENANCE_ACTIVITY_DRAIN = 0.7
-MEMORY_LAG_PHI = 0.9  # per-step weight of the previous memory level
-REGIME_INITIAL_SHARES = {"quiet": 0.25, "normal": 0.55, "busy": 0.2}
-CPU_BUSY_MIN_PCT = 0.3  # a running kernel is never fully idle
-IOWAIT_MAX_PCT = 95.0
-JAVA_SHARE_JITTER = 0.05  # relative bucket-to-bucket wobble of the Java share
-
-# Per-server heterogeneity. Two servers of one role differ as much as real ones do: a
-# lightly and a heavily loaded database, a gateway and a batch API, 64 GB and 512 GB boxes.
-# Without it a single 5-minute sample would name a server's role (an earlier generator
-# let a classifier tell 5 of 7 profiles apart from one sample with 99 % accuracy), and the
-# profile would carry no information a server's own metrics do not (TRAINING_GUIDE.md).
-# Log-normal sigma of the per-server scale factors:
-SERVER_SCALE_SIGMA = {"cpu": 0.3, "net_in": 0.8, "net_out": 0.8, "back_close_wait": 0.5, "front_close_wait": 0.5,
-                      "iowait": 0.4}
-# ... capped so a healthy server at activity 1 stays below this CPU busy share (fleets are
-# sized with headroom; busy regimes may still pass it, into heavy_load).
-SERVER_CPU_PEAK_MAX_PCT = 85.0
-# Memory: a per-server offset in percent points (normal sigma), kept so a healthy server's
-# peak stays below heavy_load's memory level and its floor above this minimum.
-SERVER_MEM_OFFSET_SD = 8.0
-SERVER_MEM_PEAK_MAX_PCT = 86.0
-SERVER_MEM_FLOOR_PCT = 12.0
-# Kernel and Java shares of busy CPU: log-normal sigma of a per-server factor (different
-# stacks and versions within one role), capped at SERVER_SHARE_MAX.
-SERVER_SHARE_SIGMA = 0.35
-SERVER_SHARE_MAX = 0.95
-# Disk: log rotation trims usage back to the server's base once a week.
-DISK_ROTATION_DAYS = 7
-
 
 @dataclass(frozen=True)
 class NoiseSpec:
@@ -491,12 +419,6 @@ NOISE: dict[str, NoiseSpec] = {
     "load": NoiseSpec(slow_phi=0.8, slow_sigma=0.05, fast_phi=0.3, fast_sigma=0.06, relative=True),
     "swap": NoiseSpec(slow_phi=0.99, slow_sigma=0.4, fast_phi=0.3, fast_sigma=0.1, relative=False),
 }
-# Baseline swap use of a healthy server (% of swap), before memory pressure.
-SWAP_BASE_PCT = (0.0, 3.0)
-# Linux counts tasks in uninterruptible I/O sleep in the load average.
-LOAD_IOWAIT_WEIGHT = 0.6
-# Decimal places written for float metrics.
-FLOAT_DECIMALS = 2
 
 # ---------------------------------------------------------------------------
 # 5. State labelling: how ``state`` is derived from observable signals
@@ -560,39 +482,11 @@ UNMEASURED_FILL = {
     "mem_used_pct": 0.0, "swap_used_pct": 0.0, "disk_usage_pct": 0.0, "net_in_mb_s": 0.0, "net_out_mb_s": 0.0,
     "back_close_wait": 0, "front_close_wait": 0, "load_average": 0.0,
 }
-# Gaps in a source up to this many 5-minute buckets are interpolated (clock drift, a missed
-# poll); longer gaps become offline buckets.
-IMPORT_MAX_INTERPOLATE_BUCKETS = 3
-# Bounds on one import (Docs/IMPORTING.md, Limits), each checked before the memory it guards is taken.
-# Rows read from all sources together, and rows written (every server's 5-minute grid, first to last
-# sample): a Parquet source's row count comes from its footer, before anything is decoded; a CSV stops at
-# the limit. An import peaks at ~1.1 KB a row (measured: 1 M rows 1.2 GB, 2 M rows 2.3 GB), so 10 M rows
-# is ~11 GB: a 1,000-server 31-day month at 5-minute samples (8.9 M) fits; --max-rows.
-IMPORT_MAX_ROWS = 10_000_000
-# Bytes decoded from all sources together: the uncompressed size of the Parquet columns the mapping reads
-# (footer; ~30 B a row for five mapped metrics, 240 B at 30 columns), the text of CSV sources after
-# decompression (Bitbrains: 123 B a row); 10 M rows of either fit; --max-bytes.
-IMPORT_MAX_BYTES = 4 * 1024**3
-# Timestamps a recorded trace may carry: none before this year (public traces start in 2011; epoch 0 is a
-# missing time, seconds read as milliseconds land in 1970), none later than the importing host's clock plus
-# a day (a source written in local time east of UTC).
-IMPORT_EARLIEST_YEAR = 2000
-IMPORT_MAX_FUTURE_SECONDS = 86_400
-# One server's grid spans at most this long, first to last sample (the history a live feed may replay,
-# FEED_MAX_AGE_DAYS); --max-span-days.
-IMPORT_MAX_SPAN_DAYS = 3 * 366
 
 # ---------------------------------------------------------------------------
 # 6. Validator
 # ---------------------------------------------------------------------------
 VALIDATOR_MAX_EXAMPLES = 5  # offending values / rows quoted per error
-# What `main.py validate` decodes at most (Docs/DATA_CONTRACT.md, Validating): a Parquet file over it is
-# refused from its footer before anything is decoded, a CSV stops at it; --max-rows / --max-bytes raise it.
-# 20 M rows is a 1,000-server month (8.6 M) twice over, or 1,000 servers' 35-day store export (10.1 M);
-# the checks peak at ~0.25 KB a row (measured: 2 M rows, 0.63 GB), so ~5 GB. Bytes: contract Parquet is
-# ~20 B a row uncompressed (0.4 GB for 20 M rows), contract CSV ~200 B a row.
-VALIDATE_MAX_ROWS = 20_000_000
-VALIDATE_MAX_BYTES = 4 * 1024**3
 
 # ---------------------------------------------------------------------------
 # 7. Model and training (Docs/TRAINING_GUIDE.md explains each choice)
@@ -603,55 +497,6 @@ TARGET_METRICS = [
     "cpu_idle_pct", "cpu_iowait_pct", "mem_used_pct", "swap_used_pct", "disk_usage_pct",
     "load_average", "net_in_mb_s", "net_out_mb_s", "back_close_wait", "front_close_wait",
 ]
-# Heavy-tailed targets are modelled on a log scale (log1p), the rest as they are.
-TARGET_TRANSFORMS = {
-    "load_average": "log1p", "net_in_mb_s": "log1p", "net_out_mb_s": "log1p",
-    "back_close_wait": "log1p", "front_close_wait": "log1p",
-}
-# Each window's targets are normalised by their own encoder mean and standard deviation
-# (pytorch-forecasting's EncoderNormalizer), so the model forecasts relative to the recent
-# level; the window's level and spread are also fed to the model as static inputs. The
-# spread is floored at this share of the target's fleet-wide spread so a flat history (swap
-# at exactly 0) can still forecast a change.
-TARGET_SCALE_FLOOR_FRACTION = 0.02
-# ... and never below these absolute values (in the target's modelled units: percent points,
-# or log1p of MB/s, sockets, load). On a fleet whose network mostly idles at a few KB/s the
-# relative floor alone is ~0.004: a 0.5 MB/s burst after a silent window becomes a normalised
-# target of ~100 and the model learns nothing sane for those series (Docs/IMPORTING.md). The
-# minima sit below the floors the simulated fleet gets, so they change nothing there.
-TARGET_SCALE_FLOOR_MIN = {
-    "cpu_idle_pct": 0.25, "cpu_iowait_pct": 0.05, "mem_used_pct": 0.2, "swap_used_pct": 0.05,
-    "disk_usage_pct": 0.1, "load_average": 0.01, "net_in_mb_s": 0.02, "net_out_mb_s": 0.02,
-    "back_close_wait": 0.01, "front_close_wait": 0.01,
-}
-# ... and a log-modelled target's spread is capped at this quantile of the training windows'
-# spreads. A window that holds a burst (CLOSE_WAIT ramping from 5 to 1,300 sockets, network from
-# idle to a backup) has a log spread of ~2: an error of one spread there is a factor of 7 in the
-# metric's units, yet the normalised loss charges it like one spread of a quiet window, and the
-# decode multiplies any forecast noise by exp(2 z). Capped, such windows are learned in units of an
-# ordinary window's spread. Linear targets (percentages) are left uncapped.
-TARGET_SCALE_CEILING_QUANTILE = 0.99
-# Windows sampled to fit the scalers of those level/spread inputs.
-TARGET_SCALE_FIT_WINDOWS = 20_000
-# Where each window is anchored: "last" = its last observed value (the model forecasts the change
-# from now, so at short horizons it starts from persistence, the strongest baseline on real
-# servers), "mean" = the window's mean (models saved before 0.9.0 read "mean" from their spec).
-TARGET_CENTER = "last"
-# Where the quantile loss is computed: "normalised" = on each window's normalised values (the
-# transformed target minus the anchor, divided by the window's spread), so every window and every
-# metric counts alike and a silent VM's network is learned as well as a busy one's; "metric" = in
-# metric units weighted by 1/each target's spread (models before 0.9.0), where a handful of bursty
-# servers decide the quantiles of all. The quantile of a monotone transform is the transform of the
-# quantile, so the optimum per window is the same; only the weighting differs.
-TRAIN_LOSS_SPACE = "normalised"
-# In normalised space a jump after a flat window (memory reset from 98 % after hours at 98 %) is
-# hundreds of spreads; targets are clipped at this many spreads in the loss so one such window
-# cannot dominate a batch.
-LOSS_NORMALISED_CLIP = 20.0
-# log1p-modelled targets are decoded with expm1. pytorch-forecasting's "log1p" transformation
-# decodes with exp, i.e. +1 in the target's units (1 MB/s of network, a load of 1): models saved
-# before 0.9.0 learned to compensate for it and keep "exp" in their spec.
-LOG1P_INVERSE = "expm1"
 # Bands calibrated after training (split conformal quantile regression, Romano et al. 2019, each
 # side on its own): on the validation windows, per target and decoder step, how far outside the
 # p10 (below) and the p90 (above) the actuals fall, in the window's normalised units; p10 and p90
@@ -659,154 +504,58 @@ LOG1P_INVERSE = "expm1"
 # data like the validation days. Stored in the model's config.json (FeatureSpec.band_offsets) and
 # applied by the model itself, so the backtest, the offline forecast and the daemon agree.
 BAND_CALIBRATION = True
-# Before the bands: a persistence blend, per target and decoder step, fitted on the same validation
-# windows. p50 = last value + w x (model p50 - last value) in the modelled units, the band moved
-# with it; w from this grid, the one with the smallest absolute p50 error there in each window's
-# normalised units (every window counts alike, as in the loss), kept below 1 only where it lowers that
-# error by at least PERSISTENCE_BLEND_MIN_GAIN. On real servers the last value
-# is the strongest short-horizon forecast (an idle VM stays idle, a pinned one pinned); the blend
-# lets a model fall back on it where it has not learned to beat it, and the API names the source
-# ("model", "model+last_value", "last_value") per metric and horizon. Docs/TRAINING_GUIDE.md
-# ("A persistence blend").
-PERSISTENCE_BLEND = True
-PERSISTENCE_BLEND_GRID = tuple(round(0.05 * i, 2) for i in range(21))
-PERSISTENCE_BLEND_MIN_GAIN = 0.005
-# ... and the model's forecast is served at a step only where its gain over the last value there is
-# significant (Diebold-Mariano over hourly blocks of the validation windows, small-sample corrected,
-# scoring.diebold_mariano; one-sided, this level): elsewhere w = 0, the last value (its band the model's).
-# A gain the validation days cannot tell from noise is what a later training run or the next week loses.
-PERSISTENCE_BLEND_SIGNIFICANCE = 0.05
 # A guard on the heavy-tailed (log-modelled) targets: no quantile is served above
-# LEVEL_CEILING_FACTOR x the larger of the highest value the training fleet showed and the window's
+# MODEL.level_ceiling_factor x the larger of the highest value the training fleet showed and the window's
 # last value. A log target is decoded with exp, so a forecast a few window spreads too high is a
 # factor of hundreds in the metric's units: a simulated conductor whose CLOSE_WAIT had ramped to
 # 1,324 sockets got an 8 h p50 of 180,000 (the fleet never exceeded 1,400). The training maxima
 # are stored per target in the model (FeatureSpec.level_ceilings) and applied by the model itself.
-LEVEL_CEILING = True
-LEVEL_CEILING_FACTOR = 2.0
-BAND_CALIBRATION_MAX_WINDOWS = 20_000  # validation windows used (a deterministic sample beyond)
-BAND_CALIBRATION_MAX_SHIFT = 5.0  # window spreads: a p10/p90 never moves further than this
 QUANTILES = [0.1, 0.5, 0.9]
 QUANTILE_LABELS = ["p10", "p50", "p90"]
 QUANTILE_LEVELS = {"p10": 0.1, "p50": 0.5, "p90": 0.9}  # the numeric quantile of each label (Prometheus' label)
-# Calendar inputs known for the future: time of day, day of week, minute of the hour
-# (hourly ETL bursts and cron spikes), each as a sine/cosine pair.
-KNOWN_REALS = ["tod_sin", "tod_cos", "dow_sin", "dow_cos", "moh_sin", "moh_cos"]
-# Yesterday as a known input: for every target, its value SEASONAL_INPUT_LAG buckets (24 h) before
+# Yesterday as a known input: for every target, its value FEATURES.seasonal_input_lag buckets (24 h) before
 # each encoder and decoder step. Every horizon up to 8 h lies less than a day ahead, so the value is
 # already measured at forecast time; the 4-hour encoder cannot see a daily cycle otherwise. It is
-# normalised like the target (the window's anchor and spread, clipped at SEASONAL_INPUT_CLIP
+# normalised like the target (the window's anchor and spread, clipped at FEATURES.seasonal_input_clip
 # spreads) and comes with a flag that is 0 where the server has no history that far back (its first
 # day): the value is then 0, i.e. "no information". The value is yesterday's mean over the
-# SEASONAL_INPUT_HALF_WINDOW buckets either side (an hour centred on the same time yesterday): a
+# FEATURES.seasonal_input_half_window buckets either side (an hour centred on the same time yesterday): a
 # daily cycle is smooth, a single 5-minute bucket of yesterday's network is mostly noise. A forecast
 # therefore reads encoder length + lag + half window buckets (~28 h). Models saved before 0.14.0 have
 # no such input (FeatureSpec.seasonal_lag None). Docs/TRAINING_GUIDE.md ("Yesterday as an input").
-SEASONAL_INPUT = True
-SEASONAL_INPUT_LAG = STEPS_PER_DAY
-SEASONAL_INPUT_HALF_WINDOW = 6
-SEASONAL_INPUT_CLIP = 20.0
-SEASONAL_INPUT_SUFFIX = "_yesterday"
-SEASONAL_INPUT_FLAG = "yesterday_known"
-STATIC_CATEGORICALS = ["profile"]
-UNKNOWN_CATEGORICALS = ["state"]
 GROUP_ID = "server_id"
 TIME_IDX = "time_idx"
 
 # Encoder length (history the model reads: 48 buckets = 4 hours) and model size, chosen by a
 # backtest sweep under the daemon's latency budget: see TRAINING_GUIDE.md ("Choosing").
 ENCODER_LENGTH = 48
-# A server with less history is still forecast once it has this many buckets (1 hour): the
-# model reads what there is, and its profile fills in the rest (cold start). Below it the
-# server is "warming up". Training shows the model this many short-history batches.
-MIN_ENCODER_LENGTH = 12
-SHORT_HISTORY_FRACTION = 0.2
 # A level shift in the history (memory 98 % -> 28 % when a leaking process restarts, a disk cleaned
-# up): the model reads only the buckets after it (at least MIN_ENCODER_LENGTH), in the daemon, the
+# up): the model reads only the buckets after it (at least FEATURES.min_encoder_length), in the daemon, the
 # offline forecast and the backtest alike. Otherwise the window's spread, which normalises the
 # forecast, is the size of the jump and the band covers the whole range for the 4 hours the jump
-# stays in the window. A shift: a change of at least LEVEL_SHIFT_MIN_POINTS between consecutive
+# stays in the window. A shift: a change of at least FEATURES.level_shift_min_points between consecutive
 # observed buckets (offline filler skipped, so a reboot's gap counts) in one of these bounded metrics,
-# after which the level stays at least LEVEL_SHIFT_PERSIST_POINTS away from the LEVEL_SHIFT_CONTEXT
+# after which the level stays at least FEATURES.level_shift_persist_points away from the FEATURES.level_shift_context
 # buckets before it (a one-bucket spike is not a shift). Docs/TRAINING_GUIDE.md (Level shifts).
-LEVEL_SHIFT_METRICS = ("mem_used_pct", "swap_used_pct", "disk_usage_pct")
-LEVEL_SHIFT_MIN_POINTS = 20.0
-LEVEL_SHIFT_PERSIST_POINTS = 10.0
-LEVEL_SHIFT_CONTEXT = 6
 WIDE_BAND_POINTS = 50.0  # bench_level_shift: a p10-p90 band wider than half a percentage's range says nothing
 
-MODEL_HIDDEN_SIZE = 32
-MODEL_ATTENTION_HEADS = 2
-MODEL_HIDDEN_CONTINUOUS_SIZE = 16
-MODEL_DROPOUT = 0.1
-MODEL_LSTM_LAYERS = 1
-# The model is created from a tiny TimeSeriesDataSet of this many servers' training rows
-# (tft_features.build_features): it only defines the inputs, not the weights.
-MODEL_DATASET_SERVERS = 2
 
-BATCH_SIZE = 128
 LEARNING_RATE = 3e-3
-WEIGHT_DECAY = 1e-4
-LR_WARMUP_FRACTION = 0.05  # one-cycle schedule: warm up, then cosine decay
-GRADIENT_CLIP_VAL = 1.0
-MAX_EPOCHS = 20
-WINDOWS_PER_EPOCH = 16_384  # sampled training windows per epoch: epochs stay minutes on any fleet
 # CPU training can run the variable-selection GRNs through torch.compile (their elementwise work
 # fused, forward and backward; the one-off compile and the per-step gain are measured in
 # Docs/TRAINING_GUIDE.md, "Speed"). "auto" compiles CPU runs of at least this many optimiser
 # steps (the default 20 x 128 = 2,560), where it pays for itself; short runs (the demo, tests)
 # stay eager.
-TRAIN_COMPILE = "auto"  # auto | on | off (--compile)
-TRAIN_COMPILE_MIN_STEPS = 1000
-VAL_WINDOWS = 4_096  # fixed validation windows
-EARLY_STOPPING_PATIENCE = 3
-CHECKPOINT_EVERY_N_EPOCHS = 5
-VALIDATION_HOURS = 48  # the last part of every server's training history
 HOLDOUT_HOURS = 24  # kept out of training and validation entirely; the backtest's range
-# Share of training windows whose profile is hidden (set to "unknown"): the model learns a
-# fleet-wide fallback for servers whose role it cannot tell.
-PROFILE_DROPOUT = 0.1
-TRAIN_SEED = 1234
-# Whole servers per profile kept out of training, to measure forecasts on never-seen servers.
-TRAIN_UNSEEN_PER_PROFILE = 1
-# Where Lightning trains (--accelerator / --devices / --num-nodes / --strategy): "auto" picks a
-# GPU when present, all its devices, one node, and Lightning's own strategy choice.
-TRAIN_ACCELERATOR = "auto"  # auto | cpu | gpu
-TRAIN_DEVICES = "auto"  # devices per node, or auto
-TRAIN_NUM_NODES = 1
-TRAIN_STRATEGY = "auto"  # auto | ddp | ddp_spawn | ...
 # The training file `main.py train` reads when --data is not given.
 TRAINING_DATA_PATH = TRAINING_DIR / TRAINING_DATA_FILE
 # Memory: the training data is held as compact arrays (about this many bytes per row, frame
 # and model inputs together, measured on the 90-server fleet). If a file would need more than
 # the budget, training uses a deterministic subset of servers that fits (logged), so a 10 GB+
 # dataset is never loaded whole. Override with --max-memory-gb. (0.14.0: +40 for each row's
-# yesterday, SEASONAL_INPUT, kept as float32 per target.)
-TRAINING_BYTES_PER_ROW = 440
+# yesterday, FEATURES.seasonal_input, kept as float32 per target.)
 TRAINING_MEMORY_BUDGET_GB = 8.0
 
-# Backtest: forecast origins every this many buckets inside the held-out range.
-BACKTEST_ORIGIN_STRIDE = 6
-# What a profile is worth on never-seen servers (profile_study.measure_profile_value): forecast
-# origins every this many buckets, and bootstrap resamples (whole servers) of the gain's interval.
-PROFILE_VALUE_ORIGIN_STRIDE = 6
-PROFILE_VALUE_BOOTSTRAP_RESAMPLES = 1000
-# Baselines measured in the same run: last value, and same time yesterday.
-SEASONAL_LAG_STEPS = STEPS_PER_DAY
-# ... and the statistical models a practitioner tries first (Nixtla statsforecast, baselines.py):
-# AutoETS (no season: ETS cannot hold a 288-step one), MSTL with a daily season (trend by AutoETS)
-# and, on request, AutoTheta with a daily season. Each is fitted once per server and metric on
-# the last STAT_FIT_BUCKETS before the first forecast origin, then run forward over the last
-# STAT_FORWARD_BUCKETS before each origin (the fitted parameters, fresh data). Their 80 %
-# interval is the p10-p90 band. `main.py evaluate --no-statistical` skips them.
-STATISTICAL_METHODS = ("autoets", "mstl")
-STATISTICAL_METHODS_ALL = ("autoets", "mstl", "autotheta")
-STAT_SEASON_LENGTH = STEPS_PER_DAY
-STAT_FIT_BUCKETS = 7 * STEPS_PER_DAY
-STAT_FORWARD_BUCKETS = 7 * STEPS_PER_DAY
-STAT_INTERVAL_LEVEL = 80  # percent: lo-80 / hi-80 = p10 / p90
-STAT_PROGRESS_FRACTION = 0.1  # a progress line at every 10 % of the work ...
-STAT_PROGRESS_SECONDS = 15.0  # ... at most one per 15 s (shorter runs log only their summary)
 # q-risk divides by the sum of |actual|; for a near-silent series (a VM moving bytes per second)
 # that sum vanishes and q-risk explodes (billions) on errors nobody would notice. The denominator
 # is therefore at least n x this floor, in the metric's own units (one percent point, 10 KB/s,
@@ -819,15 +568,12 @@ QRISK_DENOMINATOR_FLOOR = {
 
 # Saved model layout.
 MODEL_DIR_PREFIX = "tft_model_"
-MODEL_DIR_TIME_FORMAT = "%Y%m%d_%H%M%S"
 LATEST_MODEL_LINK = "latest"
 LATEST_MODEL_DIR = MODELS_DIR / LATEST_MODEL_LINK  # the model `infer` and `evaluate` read by default
 MODEL_WEIGHTS_FILE = "model.safetensors"
 MODEL_CONFIG_FILE = "config.json"
 TRAINING_INFO_FILE = "training_info.json"
 MODEL_REQUIRED_FILES = [MODEL_WEIGHTS_FILE, MODEL_CONFIG_FILE, TRAINING_INFO_FILE, SERVER_MAPPING_FILE]
-CHECKPOINTS_SUBDIR = "checkpoints"
-MODEL_FORMAT_VERSION = 1
 TRAINING_GUIDE_DOC = "Docs/TRAINING_GUIDE.md"
 
 # ---------------------------------------------------------------------------
@@ -888,7 +634,6 @@ ALERT_MIN_LEVEL = "warning"
 # kept this long for GET /alerts/history, which answers at most this many.
 ALERT_HOLD_DOWN_BUCKETS = 3
 ALERT_HISTORY_DAYS = 7
-ALERT_HISTORY_MAX_ROWS = 1000
 
 
 @dataclass(frozen=True)
@@ -958,139 +703,31 @@ PROM_FORECAST_SERIES = {
 }
 API_KEY_ENV = "TFT_API_KEY"
 API_KEY_FILE_ENV = "TFT_API_KEY_FILE"
-API_KEY_MIN_LENGTH = 16  # characters of a key in a key file (a generated key has 32)
-KEY_FILE_CHECK_SECONDS = 2.0  # how often the daemon looks whether its key file changed (rotation without restart)
-WS_AUTH_TIMEOUT_SECONDS = 5.0  # a WebSocket without a key header must send {"api_key": ...} first, within this
-MAX_BODY_BYTES = 8 * 1024 * 1024  # one POST body; ~40k records
 MAX_RECORDS_PER_REQUEST = 50_000
-# Years a fed timestamp may carry: the store keeps int64 nanoseconds, which end in 2262.
-FEED_TIMESTAMP_YEARS = (1970, 2200)
 # A record may be stamped at most this far ahead of the daemon's own clock (collector clocks
 # drift; NTP keeps them within seconds). Further ahead is rejected: a client must never move
 # the fleet's clock, which decides "offline", bucket completion and the retention cut.
 FEED_MAX_FUTURE_SECONDS = 300
-# ... and at most this far behind it (or the retention, when longer): a replay of recorded history is taken,
-# a record stamped 1970 is not.
-FEED_MAX_AGE_DAYS = 3 * 366
-# Integer metrics (socket counts, uptime) must fit a signed 32-bit integer; floats must be finite.
-INTEGER_METRIC_MAX = 2**31 - 1
-# Rate limits, token buckets. A valid API key gets its own bucket, sized so one key shared by
-# 1,000 collectors posting every 5 s (200 requests/s) stays under it with room for the dashboard
-# and adapters. Requests without a valid key (wrong key, none, open reads) are limited per client
-# address, far lower: a guessing client is slowed, and a new wrong key never buys a new bucket.
-RATE_LIMIT_REQUESTS_PER_MINUTE = 15_000
-RATE_LIMIT_BURST = 2_000
-ANONYMOUS_RATE_PER_MINUTE = 600
-ANONYMOUS_RATE_BURST = 100
-# The limiter forgets idle clients (a full bucket is the same as no bucket) once it tracks more
-# than this many, and never holds more than the hard cap (oldest first out).
-RATE_LIMIT_PRUNE_ABOVE = 10_000
-RATE_LIMIT_MAX_CLIENTS = 50_000
-RATE_LIMIT_PRUNE_EVERY_SECONDS = 1.0  # the forgetting scan runs at most this often
-# WebSocket close codes: a refused key (4000-4999 are the application's; 4401 mirrors HTTP 401),
-# too many handshakes (4429 mirrors 429), and a binary frame (1003, "unsupported data", RFC 6455).
-WS_UNAUTHORIZED_CODE = 4401
-WS_RATE_LIMITED_CODE = 4429
-WS_UNSUPPORTED_DATA_CODE = 1003
-# /health says "degraded" after this many forecast cycles in a row failed.
-HEALTH_DEGRADED_AFTER_FAILED_CYCLES = 3
-# ... and when records keep arriving but no forecast cycle completed for this long while a complete bucket
-# waits (a cycle runs once per 5-minute bucket, so three buckets without one is a stall, not a slow cycle).
-HEALTH_STALL_SECONDS = 3 * 300.0  # --health-stall-seconds
 
-# Trust boundaries (Docs/DEPLOYMENT.md, Threat model). Every quantity a client controls is bounded here;
-# each refusal is counted (tft_refused_total{reason}) and said in one line.
-# WebSocket subscribers: the cycle never awaits a socket. Each subscriber holds only the newest document
-# (an older one not yet sent is dropped); a send that does not finish within the timeout closes the socket.
-WS_SEND_TIMEOUT_SECONDS = 10.0
-WS_MAX_SUBSCRIBERS = 200  # in all
-WS_MAX_SUBSCRIBERS_PER_KEY = 20  # per API key (per address without keys)
-WS_TRY_AGAIN_CODE = 1013  # RFC 6455 "try again later": the subscriber caps are reached
-WS_POLICY_CODE = 1008  # RFC 6455 "policy violation": a subscriber that does not take its documents
-WS_CLOSE_TIMEOUT_SECONDS = 1.0  # closing such a socket waits no longer for it
-# HTTP: requests handled at once (past it: 503 with Retry-After at once, nothing read), and how long a
-# client may take to send its body (a slow sender holds a slot: 408 past this).
-MAX_CONCURRENT_REQUESTS = 64
-REQUEST_BODY_TIMEOUT_SECONDS = 30.0
-OVERLOAD_RETRY_AFTER_SECONDS = 1
-# Servers: the daemon tracks at most this many (a record for one more is rejected naming the cap). Each costs
-# a few KiB while it warms up (a small ring that grows) and ~46 KiB at full history (MEMORY_BUCKETS), so
-# 10,000 servers fit in ~0.5 GiB of windows; --max-servers.
-MAX_TRACKED_SERVERS = 10_000
-WARMUP_RING_BUCKETS = 16  # a new server's first ring; doubled as its history grows, up to MEMORY_BUCKETS
-# New server names a key may introduce: a token bucket per key (a fleet's first backfill fits the burst).
-NEW_SERVERS_PER_MINUTE = 100
-NEW_SERVERS_BURST = 2_000
-# Housekeeping (retention, duplicate-check keys, idle servers released from memory) runs on this clock,
-# whether or not a model is loaded; --housekeeping-seconds.
-HOUSEKEEPING_SECONDS = 60.0
-# A server counts as established (its matured forecasts calibrate the shared bands) once the daemon has
-# held its history this long: a burst of freshly invented names cannot steer the fleet's bands.
-ESTABLISHED_HISTORY_HOURS = 24.0  # --established-hours
-# SQLite's write-ahead log is truncated back to this size after each checkpoint.
-SQLITE_JOURNAL_SIZE_LIMIT_BYTES = 64 * 1024 * 1024
 # Maintenance is an operator's act (PUT /admin/maintenance/{server}), never a sample's claim: a window lasts
 # at most this long, and at most this many are open at once.
 MAINTENANCE_MAX_HOURS = 7 * 24
-MAINTENANCE_MAX_WINDOWS = 10_000
-MAINTENANCE_REASON_MAX_LENGTH = 200
-# Proxy headers (X-Forwarded-For) are believed only from these peers (--trusted-proxy); none by default.
-TRUSTED_PROXIES: tuple[str, ...] = ()
-# A generated key (no key configured) is written to this file beside the store, mode 0600, not to the log.
-GENERATED_KEY_SUFFIX = ".generated-key"
-# Disk full: the client is asked to retry after this long (the feed resumes once space frees).
-DISK_FULL_RETRY_AFTER_SECONDS = 30
 # History kept in the store. Buckets: five weeks by default (--retention-days), enough to export a
 # month of training data from the store (main.py export) plus a week of margin; the disk cost per
 # 1,000 servers is measured in Docs/API_REFERENCE.md (Storage and retention). At least a week, so a
-# record the feed still accepts (MAX_RECORD_AGE_HOURS) is never older than what the store keeps.
+# record the feed still accepts (DAEMON_STATE.max_record_age_hours) is never older than what the store keeps.
 # Forecasts (the history panel's bands) stay a week, all GET /history shows. Older rows are deleted.
-RETENTION_DAYS = 35
 RETENTION_MIN_DAYS = 7
 FORECAST_RETENTION_HOURS = 7 * 24
-# GET /history serves at most this much: actuals beside the forecasts made for them (kept a week).
-HISTORY_MAX_HOURS = FORECAST_RETENTION_HOURS
-# main.py export (store_export.py): whole servers are read, checked and written in chunks of about this
-# many rows (20 servers x 35 days), which bounds its memory (0.36 GB peak measured, 0.16 GB of it imports);
-# a progress line every this share of the rows.
-EXPORT_CHUNK_ROWS = 200_000
-EXPORT_PROGRESS_FRACTION = 0.1
-DEDUPE_HOURS = 2  # exact duplicate samples (same server and timestamp) are ignored this long
 # On start the store is checked with SQLite's integrity check: "quick" (O(N), skips index/table
 # cross-checks; the figures at fleet scale are in Docs/RAG/CURRENT_STATE.md), "full", or "off".
-STORE_INTEGRITY_CHECK = "quick"
 STORE_DOC = "Docs/API_REFERENCE.md (Storage and retention)"
-# Beside the store, the daemon writes each cycle how many samples it holds; on start a store
-# holding fewer (a truncated write-ahead log, a lost disk cache) is reported with the count lost.
-STORE_LEDGER_SUFFIX = ".ledger.json"
-# SQLite's write-ahead log layout (sqlite.org/fileformat.html, "WAL file format").
-WAL_HEADER_BYTES = 32
-WAL_FRAME_HEADER_BYTES = 24
-WAL_MAGIC = (0x377F0682, 0x377F0683)
-# A bucket is complete when data for a later bucket arrives, or when the wall clock is this
-# far past its end (a feed that stalled).
-BUCKET_GRACE_SECONDS = 30
-# A server with no samples for this many buckets is reported offline, not forecast.
-OFFLINE_AFTER_BUCKETS = 12
-FORECAST_POLL_SECONDS = 0.5
-# The daemon logs one INFO summary of its forecast cycles this often (each cycle is a DEBUG line).
-LOG_SUMMARY_SECONDS = 60.0
-# A failed cycle is retried after a back-off that doubles from FORECAST_POLL_SECONDS up to this.
-FORECAST_RETRY_MAX_SECONDS = 60.0
-# Records older than this (relative to the newest bucket the daemon has seen) are rejected: late
-# deliveries (a collector's buffer holds ~3 days) are taken, a replay of old history is not. A week
-# (as before retention became 35 days): the shortest retention allowed, so no taken record is trimmed.
-MAX_RECORD_AGE_HOURS = RETENTION_MIN_DAYS * 24
 # A forecast cycle runs the model over at most this many servers at a time, so the working set
 # of one slice stays in the CPU caches (the slice sizes measured are in Docs/RAG/CURRENT_STATE.md).
-INFERENCE_CHUNK_SERVERS = 125
-MEMORY_BUCKETS = 512  # per-server ring of recent buckets kept in memory (>= encoder length + SEASONAL_INPUT_LAG)
-SQLITE_SYNCHRONOUS = "FULL"  # every acknowledged batch survives a crash or power loss
 API_REFERENCE_DOC = "Docs/API_REFERENCE.md"
 # Prometheus remote-write in (POST /api/v1/write; remote_write.py; Docs/COLLECTING.md, Prometheus remote-write).
 # Samples become one LINBORG record per instance and scrape, mapped by the mapping's "remote_write" section.
 REMOTE_WRITE_MAPPING_FILE = PROJECT_ROOT / "mappings" / "prometheus_node_exporter.json"  # --remote-write-mapping
-REMOTE_WRITE_VERSION = "0.1.0"  # X-Prometheus-Remote-Write-Version of remote-write 1.0 (prometheus.WriteRequest)
 # A snappy body states its decoded size up front; more than this is refused before decoding (a small
 # body must not expand into gigabytes). Prometheus sends ~2,000 samples (~100 KB decoded) per request.
 REMOTE_WRITE_MAX_DECODED_BYTES = 64 * 1024 * 1024
@@ -1098,35 +735,15 @@ REMOTE_WRITE_MAX_DECODED_BYTES = 64 * 1024 * 1024
 # than this much later. Prometheus's shards deliver one scrape's series in parallel batches, each within
 # its queue_config.batch_send_deadline (5 s by default), so a scrape's last series arrive up to that late.
 REMOTE_WRITE_COMPLETE_GRACE_SECONDS = 10.0
-# Memory bounds: instances and mapped series tracked (a series costs ~0.6 KB, measured: a digest of its labels,
-# its slots and last sample; node_cpu_seconds_total has 8 series per core, a host ~40 mapped series in all), scrapes of
-# one instance waiting for completion. Past a bound, new instances / series are refused (their samples
-# dropped and counted, a warning logged) and the oldest waiting scrape is completed early.
-REMOTE_WRITE_MAX_INSTANCES = 10_000
-REMOTE_WRITE_MAX_SERIES = 500_000  # ~600 B each, measured with 1.5 KB label values (digested): ~0.3 GB at most
-REMOTE_WRITE_MAX_SERIES_PER_INSTANCE = 5_000  # a 256-core host sends 2,048 node_cpu series
 # Label limits per written series (Grafana Mimir's defaults); a request over them is refused whole (400).
 REMOTE_WRITE_MAX_LABELS_PER_SERIES = 30
 REMOTE_WRITE_MAX_LABEL_NAME_BYTES = 1024
 REMOTE_WRITE_MAX_LABEL_VALUE_BYTES = 2048
-REMOTE_WRITE_MAX_PENDING_SCRAPES = 64
-REMOTE_WRITE_IDLE_SECONDS = 3600  # an instance without samples this long (data time) is forgotten
-# Records made but not stored (the store's disk is full: 507, Prometheus retries) are sent first on the
-# next write; beyond this many the oldest are dropped (counted, logged).
-REMOTE_WRITE_MAX_UNSENT_RECORDS = 50_000
-REMOTE_WRITE_LOG_EVERY_SECONDS = 60.0  # dropped samples and refused records are summarised this often
-# Samples of one instance stamped within a mapping's "scrape_window_seconds" of each other form one scrape
-# (one record). Prometheus stamps a scrape's samples alike (0: exact); the OpenTelemetry collector's hostmetrics
-# scrapers stamp each their own (milliseconds apart), so mappings/otel_hostmetrics.json sets a window.
-REMOTE_WRITE_SCRAPE_WINDOW_SECONDS = 0.0
 
 # OpenTelemetry metrics in (POST /v1/metrics, OTLP/HTTP protobuf; otlp_receiver.py; Docs/COLLECTING.md,
 # OpenTelemetry). Data points are named as the collector's prometheusremotewrite exporter names them and go
 # through remote-write's assembly and bounds (REMOTE_WRITE_MAX_*) with this mapping (--otlp-mapping).
 OTLP_MAPPING_FILE = PROJECT_ROOT / "mappings" / "otel_hostmetrics.json"
-OTLP_MAX_DECODED_BYTES = REMOTE_WRITE_MAX_DECODED_BYTES  # a gzip body is inflated at most this far (413 past it)
-OTLP_COMPLETE_GRACE_SECONDS = REMOTE_WRITE_COMPLETE_GRACE_SECONDS  # a collection's record is made this much later
-OTLP_ERROR_MESSAGE_CHARS = 500  # partial_success.error_message and Status.message are cut to this
 
 # Grafana dashboards (tools/build_grafana.py writes deploy/grafana/dashboards/; Docs/DEPLOYMENT.md, Grafana).
 GRAFANA_DASHBOARD_DIR = PROJECT_ROOT / "deploy" / "grafana" / "dashboards"
@@ -1137,15 +754,8 @@ GRAFANA_PANEL_HEIGHT = 8  # grid rows of a time-series panel
 GRAFANA_STAT_HEIGHT = 4  # grid rows of a stat panel
 GRAFANA_TABLE_HEIGHT = 10  # grid rows of a table panel
 
-# Clients of the daemon (daemon_client.py: the feed, the demo stream, the dashboard, main.py demo).
-DAEMON_TIMEOUT_SECONDS = 30.0  # one request; a pre-fill batch on a busy 2-core daemon stays well inside
-DAEMON_RETRY_ATTEMPTS = 3  # tries in all for a request that failed for a passing reason ...
-DAEMON_RETRY_BASE_SECONDS = 0.5  # ... with a back-off that doubles from here ...
-DAEMON_RETRY_MAX_SECONDS = 30.0  # ... up to this (a 429's Retry-After is honoured up to this too)
 # Answers worth another try: rate limited, or the daemon failed unexpectedly. Not 503: the daemon
 # answers it for "no model loaded", which waiting does not fix.
-DAEMON_RETRY_STATUSES = (429, 500, 502, 504)
-DAEMON_ERROR_DETAIL_CHARS = 300  # how much of an unexpected answer an error message quotes
 DAEMON_WAIT_POLL_SECONDS = 0.5  # waiting for a daemon to come up: ask /health this often
 
 # Alertmanager push (alertmanager_push.py, --alertmanager-url; Docs/RISK_SCORING.md, Alertmanager). The
@@ -1155,20 +765,7 @@ DAEMON_WAIT_POLL_SECONDS = 0.5  # waiting for a daemon to come up: ask /health t
 # resolved alert is sent with endsAt = when it resolved, and re-sent with the next few sends in case one
 # was lost (Prometheus re-sends resolved alerts for 15 min).
 ALERTMANAGER_DOC = "Docs/RISK_SCORING.md (Alertmanager)"
-ALERTMANAGER_API_PATH = "/api/v2/alerts"
 ALERTMANAGER_RESEND_SECONDS = 60.0
-ALERTMANAGER_ENDS_AT_RESENDS = 4
-ALERTMANAGER_RESOLVED_SENDS = 3  # successful sends that carry a resolved alert
-ALERTMANAGER_TIMEOUT_SECONDS = 10.0  # one POST (Prometheus' default Alertmanager timeout)
-ALERTMANAGER_MAX_BATCH = 256  # alerts per POST (Prometheus' batch size); a larger set goes in several
-# A failed POST (unreachable, timeout, 5xx, 429) is retried after a back-off that doubles from the base
-# up to the max; each retry sends the alerts as they are then, never a stale batch.
-ALERTMANAGER_RETRY_BASE_SECONDS = 1.0
-ALERTMANAGER_RETRY_MAX_SECONDS = 60.0
-ALERTMANAGER_ERROR_CHARS = 300  # how much of a refusal's body /status and the log quote
-ALERTMANAGER_CLOSE_SECONDS = 2.0  # on shutdown, wait this long for a POST in flight
-# The alertname label of each alert kind (documented in Docs/RISK_SCORING.md; routes match on them).
-ALERTMANAGER_ALERTNAMES = {"risk": "FleetForecastRisk", "model_degraded": "FleetModelDegraded"}
 # Where the alerts' "dashboard" annotation and generatorURL point (--dashboard-url); the dashboard
 # takes no per-server query parameter, so the link is its root.
 DASHBOARD_URL = f"http://{DEFAULT_HOST}:{DASHBOARD_PORT}"
@@ -1187,120 +784,47 @@ METRIC_LABELS = {
 # 10. Live demo (metrics_generator.py --stream, main.py demo)
 # ---------------------------------------------------------------------------
 DEMO_SCENARIOS = ["healthy", "degrading", "critical"]
-DEMO_BUCKETS_PER_SECOND = 1.0  # time acceleration: one 5-minute bucket per second
 # The demo's simulated clock runs 300x ahead of the wall clock, so its daemon accepts records up to
 # a year ahead of its own clock (--max-future-seconds); a production daemon keeps FEED_MAX_FUTURE_SECONDS.
-DEMO_MAX_FUTURE_SECONDS = 366 * 24 * 3600
-DEMO_PREFILL_MARGIN_BUCKETS = 6  # history sent at start beyond the model's encoder length
 DEMO_SERVERS = 30
-DEMO_TRAIN_HOURS = 14 * 24
-DEMO_DIR = PROJECT_ROOT / "demo_data"
-# Share of the fleet kept in trouble per scenario, and how fast their trouble builds (hours).
-DEMO_TROUBLED_SHARE = {"healthy": 0.0, "degrading": 0.12, "critical": 0.25}
-DEMO_RAMP_HOURS = {
-    "degrading": {"memory_leak": 4.0, "disk_fill": 5.0, "io_saturation": 2.5, "connection_pileup": 3.0},
-    "critical": {"memory_leak": 1.5, "disk_fill": 2.0, "io_saturation": 1.0, "connection_pileup": 1.0},
-}
-STREAM_RETRY_SECONDS = 2.0  # the stream retries a failed POST /feed this often, until it is delivered
-DEMO_PREFILL_CHUNK_BUCKETS = 24  # buckets per POST /feed while the stream pre-fills history
-DEMO_START_TIMEOUT_SECONDS = 120.0  # main.py demo: how long the daemon and the dashboard may take to answer
 # main.py demo without a model: generating its fleet and training its model, then starting everything;
 # measured 3 min 0 s from the command to the dashboard URL on the idle 2-core machine (2026-12-02,
 # README "Run it"). Re-measure with a fresh --models-dir and --work-dir when demo.DEMO_TRAIN_ARGS change.
-DEMO_FIRST_MODEL_MINUTES = 3
-DEMO_LOG_TAIL_LINES = 20  # main.py demo: lines of a child's log shown when it fails
 DASHBOARD_TIMEOUT_SECONDS = 10.0
-DASHBOARD_REQUEST_ATTEMPTS = 1  # a failed read is not retried: the next refresh is the retry
-DASHBOARD_CACHE_SECONDS = 2  # the panels of one refresh share one round of requests
-DASHBOARD_DEFAULT_REFRESH_SECONDS = 5
-DASHBOARD_TOP_SERVERS = 5
-DASHBOARD_HISTORY_HOURS = 12
-DASHBOARD_FAN_HISTORY_HOURS = 6  # actuals drawn before the forecast on the Top Servers fans
-# Model health panel (live accuracy from GET /accuracy). p10-p90 is an 80 % band: coverage in the
-# target band is shown green; outside DRIFT_COVERAGE_BAND red (where model_degraded warnings start).
-DASHBOARD_COVERAGE_TARGET = (0.75, 0.85)
-DASHBOARD_SKILL_COLOR_LIMIT = 1.0  # skill vs persistence is coloured from -this (red) to +this (green)
-DASHBOARD_WORST_SERVERS = 10  # rows of the worst-servers table (lowest skill first)
-DASHBOARD_ANOMALY_ROWS = 20  # rows of the Overview's "Anomalous now" table (highest score first)
-DASHBOARD_MODEL_AGE_DAYS_AFTER_HOURS = 48  # a model's age is said in hours up to this, in days beyond
-DASHBOARD_MAX_REFRESH_SECONDS = 60  # the refresh slider's top (0 = off)
 # The dashboard's settings come from its process's environment, never from a visitor, and its keys stay
 # server-side (Docs/DASHBOARD.md, "Keys, daemons and exposure"). Its read key: API_KEY_ENV / API_KEY_FILE_ENV.
 DASHBOARD_DAEMON_URL_ENV = "TFT_DAEMON_URL"  # the daemon it reads (default DEFAULT_DAEMON_URL)
-DASHBOARD_DAEMON_URLS_ENV = "TFT_DAEMON_URLS"  # optional comma-separated allowlist: a sidebar selectbox
-DASHBOARD_REFRESH_ENV = "TFT_DASHBOARD_REFRESH"  # the refresh slider's start value (s)
 DASHBOARD_DEMO_ENV = "TFT_DASHBOARD_DEMO"  # "1": demo mode, its buttons (main.py demo sets it)
-DASHBOARD_DEMO_ON = ("1", "true", "yes", "on")  # values of DASHBOARD_DEMO_ENV that turn demo mode on
 # Demo mode's admin key (POST /admin/demo-scenario): this variable, else $TFT_API_KEY; nowhere else is one used.
 DASHBOARD_DEMO_ADMIN_KEY_ENV = "TFT_DEMO_ADMIN_KEY"
 
 # ---------------------------------------------------------------------------
 # 11. Real metrics in: host collector and Prometheus adapter (Docs/COLLECTING.md)
 # ---------------------------------------------------------------------------
-COLLECT_INTERVAL_SECONDS = 5.0  # host collector: one sample every 5 s (the daemon buckets them)
-COLLECT_DATA_PATH = "/"  # filesystem whose fill level is disk_usage_pct
-# Network interfaces that only mirror or bridge traffic another interface already counts.
-NIC_EXCLUDE_PREFIXES = ("lo", "ifb", "veth", "docker", "br-", "virbr", "cni", "flannel", "cali", "vxlan", "tunl")
-JAVA_PROCESS_NAMES = ("java",)  # processes whose CPU is java_cpu_pct (Spark, Kafka, JVM services)
-BYTES_PER_MB = 1_000_000  # MB/s in the contract are decimal megabytes
 # Records waiting for the daemon (it restarts, the network drops). When full, the oldest are
 # dropped and counted, with a warning (about 2.9 days of one host sampled every 5 s): a loss
 # is always logged, never silent.
-FEED_BUFFER_MAX_RECORDS = 50_000
-FEED_BATCH_RECORDS = 5_000  # records per POST /feed
-FEED_TIMEOUT_SECONDS = 10.0
-FEED_RETRY_BASE_SECONDS = 1.0  # back-off after a failed POST doubles from here ...
-FEED_RETRY_MAX_SECONDS = 60.0  # ... up to this
 FEED_FLUSH_ON_EXIT_SECONDS = 10.0  # on stop, keep trying to deliver the buffer this long
-# 4xx answers to a feed batch that are worth retrying (a key being rotated, a timeout, rate limited);
-# any other 4xx refuses the batch for good and its records are dropped (counted, logged).
-FEED_RETRY_CLIENT_STATUSES = (401, 403, 408, 429)
-# A silent stretch longer than this between two samples is not replayed bucket by bucket into
-# the state rules (a laptop that slept for a week); the rules restart from the next sample.
-STATE_MAX_GAP_BUCKETS = 288
-# Prometheus adapter
-PROMETHEUS_MAPPING_FILE = PROJECT_ROOT / "mappings" / "prometheus_node_exporter.json"
-PROMETHEUS_STEP_SECONDS = 60  # query_range resolution; values are averaged into 5-minute buckets
-PROMETHEUS_RATE_WINDOW = "2m"  # {window} in the mapping's PromQL: the rate() look-back
-PROMETHEUS_POLL_SECONDS = 30.0  # live mode: one instant query per metric this often
-PROMETHEUS_TIMEOUT_SECONDS = 30.0
-PROMETHEUS_MAX_POINTS_PER_QUERY = 10_000  # Prometheus refuses > 11,000 points per series; longer spans are chunked
-PROMETHEUS_BACKFILL_HOURS = 2.0  # live mode: history sent before the first live poll (the encoder's window)
 
 # Live accuracy (live_accuracy.py): the daemon scores each forecast when its target bucket
 # arrives, with the backtest's scoring code, in hourly bins summed into rolling windows.
 ACCURACY_WINDOWS_HOURS = {"24h": 24, "7d": 7 * 24}  # rolling windows /accuracy reports
-ACCURACY_CATCH_UP_BUCKETS = 12  # after a gap, matured targets older than this are not scored (counted)
 ACCURACY_SERVER_WINDOW = "24h"  # per-server figures (worst servers) are kept for this window, in memory
-ACCURACY_WORST_SERVERS = 5  # /accuracy lists this many worst servers per metric and horizon
 # "Anomalous now" (live_anomaly.py; GET /anomalies, tft_anomaly_score; Docs/API_REFERENCE.md): per server and
 # metric, |actual - p50| / half-width of the served band of the forecast made this long before the bucket that
 # just completed (half-width p90 - p50 at or above p50, p50 - p10 below); 1 = on the band's edge.
 ANOMALY_HORIZONS = ("30min", "1hr")
-ANOMALY_OUTSIDE_ABOVE = 1.0  # a score above this lies outside the band (the dashboard's "Anomalous now")
-# A half-width narrower than this (display units) is read as this wide, so a needle-thin band (an idle VM's
-# 0 MB/s, swap at exactly 0) gives a finite score: a move of one floor from p50 scores 1.
-ANOMALY_MIN_HALF_WIDTH = {
-    "cpu_used_pct": 1.0, "cpu_iowait_pct": 1.0, "mem_used_pct": 1.0, "swap_used_pct": 1.0, "disk_usage_pct": 1.0,
-    "load_average": 0.1, "net_in_mb_s": 0.01, "net_out_mb_s": 0.01, "back_close_wait": 1.0, "front_close_wait": 1.0,
-}
-ANOMALY_MIN_HALF_WIDTH_DEFAULT = 1.0  # a metric missing above
-ANOMALY_MAX_ROWS = 1000  # GET /anomalies answers at most this many rows, highest score first ("matching": all)
 # Live band calibration: adaptive conformal inference (Gibbs & Candes 2021) on the log of a
 # multiplier m of each band half-width (p50-p10 below, p90-p50 above), per metric x horizon.
 # Each matured forecast is judged by the band it was served with (ACI's own rule, whose long-run
-# miss rate is the target), or, once today's m has moved more than BAND_ADAPT_SERVED_TOLERANCE from
+# miss rate is the target), or, once today's m has moved more than ACCURACY.band_adapt_served_tolerance from
 # the one it was served with, by its model band widened by *today's* m (the quantile tracker of
 # Angelopoulos et al. 2023, so feedback that arrives 8 h late does not overshoot); per cycle,
 # log m += gain x n x (share outside that side - target), the step capped.
 # The multiplier stays within the bounds; it is kept in the store and reset for a new model.
-BAND_ADAPT_ENABLED = True
 BAND_ADAPT_TARGET_MISS = 0.10  # per side: p10 and p90 are 10 % tails
-BAND_ADAPT_GAIN = 0.005  # per matured forecast (ACI's usual gamma), so a cycle moves by gain x n x error ...
-BAND_ADAPT_MAX_STEP = 0.1  # ... at most this much in log units (about 10 %) per cycle
 # A matured forecast is judged by the band it was served with while today's multiplier is within this
 # (log units, ~10 %) of the one it was served with; beyond, by the model's band widened by today's.
-BAND_ADAPT_SERVED_TOLERANCE = 0.1
 BAND_ADAPT_MIN_SCALE = 0.25  # the band is never narrowed below a quarter ...
 BAND_ADAPT_MAX_SCALE = 4.0  # ... nor widened beyond four times the model's
 # Drift: a "model_degraded" warning when the rolling coverage of a metric x horizon leaves the
@@ -1311,7 +835,6 @@ DRIFT_SKILL_FLOOR = 0.0
 DRIFT_SKILL_HOURS = 6.0
 # ... unless the model's q-risk there is below this: a forecast within ~2 % of the level is not
 # "degraded" because the last value of a near-constant metric (disk usage) is closer still.
-DRIFT_SKILL_MIN_QRISK = 0.02
 DRIFT_MIN_MATURED = 100  # no verdict on fewer matured forecasts in the window
 
 
@@ -1335,50 +858,888 @@ class LiveSelectionSettings:
 
 
 LIVE_SELECTION = LiveSelectionSettings()
-LIVE_SELECTION_LISTED = 50  # /accuracy lists at most this many servers served the last value
 # Retraining and the models registry (model_retrain.py, model_registry.py).
 MODELS_KEEP = 5  # model folders kept in the models directory (the serving one and its predecessor always)
-PROMOTIONS_FILE = "promotions.json"  # every promotion, rejection and rollback, in the models directory
 RETRAIN_REPORTS_SUBDIR = "reports"  # promotion reports (JSON + table) under the models directory
 RETRAIN_WORK_SUBDIR = ".retrain"  # the store's export for one retrain (removed afterwards)
-RETRAIN_EPOCHS = 8  # a warm-started challenger needs fewer epochs than a model from scratch
-# The gate: a challenger replaces the champion only if its mean q-risk at 0.5 over the metrics is
-# no worse at every horizon on the same held-out window, and its mean p10-p90 coverage at every
-# horizon lies inside this band.
-PROMOTION_COVERAGE_BAND = DRIFT_COVERAGE_BAND
-PROMOTION_QRISK_TOLERANCE = 0.0  # relative slack on "no worse" (0: strictly no worse)
-RETRAIN_NICE = 19  # scheduled retrains run at the lowest CPU priority
-RETRAIN_MIN_INTERVAL_SECONDS = 3600  # --retrain-every below this is refused
 # Bounds of one retrain (Docs/RETRAINING.md, "Bounds"). A daemon-started retrain runs in its own process
 # group: past the timeout the whole group gets SIGTERM, then SIGKILL after the grace (also on shutdown).
-RETRAIN_TIMEOUT_SECONDS = 6 * 3600  # as tft-retrain.service's TimeoutStartSec=6h
 RETRAIN_KILL_GRACE_SECONDS = 10.0
 # Address space (RLIMIT_AS, not resident memory) a CPU retrain may map: 4x the training data budget, room
 # for torch, its thread arenas and the backtests; --memory-limit-mb (0: none). Not applied when it trains
 # on a GPU: CUDA reserves host address space far beyond what it uses (cgroup MemoryMax= bounds it there).
 RETRAIN_MEMORY_LIMIT_MB = int(4 * TRAINING_MEMORY_BUDGET_GB * 1024)
-RETRAIN_PARENT_CHECK_SECONDS = 2.0  # a daemon-started retrain checks this often that the daemon lives
 RETRAIN_LOCK_FILE = ".retrain.lock"  # in the models directory: one retrain at a time (daemon and timer)
-PROMOTIONS_LOCK_FILE = ".promotions.lock"  # beside promotions.json: one writer at a time
 RETRAIN_EXIT_LOCKED = 75  # sysexits EX_TEMPFAIL: another retrain holds the lock, this one skipped
 RETRAIN_KEEP_REPORTS = 30  # retrain reports (JSON + table) and retrain logs kept in reports/, each
-# Established history: a retrain trains and is judged only on servers the store holds at least this
-# many days of buckets for (the 24 h hold-out, 12 h validation, a day of "yesterday" and training windows of
-# their own); --min-history-days.
-RETRAIN_MIN_HISTORY_DAYS = 3.0
-# The gate refuses when more than this share of the servers in the champion's or the challenger's
-# population is in only one of them (new or gone); --max-population-change (1: never refuse).
-RETRAIN_MAX_POPULATION_CHANGE = 0.5
-MODEL_WATCH_SECONDS = 5.0  # the daemon checks this often whether models/latest points elsewhere
 RETRAIN_DOC = "Docs/RETRAINING.md"
 
-# ---------------------------------------------------------------------------- operator-readable logs
-# The daemon's access log (tft_inference.access): without --access-log FILE only prediction requests
-# answered with an error (this status or above) or slower than this are logged, so a dashboard polling
-# every few seconds does not fill the daemon's own log; with it, every prediction request goes to FILE.
-ACCESS_LOG_MIN_STATUS = 400
-ACCESS_LOG_SLOW_SECONDS = 1.0
-# Housekeeping (retention, duplicate-check keys, idle servers) logs one INFO summary of what it removed
-# this often; a run removing at least HOUSEKEEPING_LOUD_ROWS rows of one kind, or failing, logs at once.
-HOUSEKEEPING_SUMMARY_SECONDS = 15 * 60.0
-HOUSEKEEPING_LOUD_ROWS = 100_000
+# ---------------------------------------------------------------------------
+# 12. Settings owned by one module each: a use site names its owner (GENERATOR.default_seed, DASHBOARD.top_servers).
+#     Each class holds the knobs only its module reads; the shared vocabulary above stays plain.
+#     A test changes one with dataclasses.replace on the module's instance (monkeypatch.setattr).
+# ---------------------------------------------------------------------------
+
+
+def _read_only(mapping):
+    """A settings field whose default is a mapping: a read-only view of it (MappingProxyType)."""
+    return field(default_factory=lambda: MappingProxyType(mapping))
+
+
+def _fresh(value):
+    """A settings field whose users need a real list / dict / set (pandas column lists): a copy per instance."""
+    return field(default_factory=lambda: type(value)(value))
+
+
+@dataclass(frozen=True)
+class GeneratorSettings:
+    """What only metrics_generator.py reads (``GENERATOR.<field>``)."""
+    min_generate_hours: int = 24
+    recommended_generate_hours: int = 720  # 30 days
+    chunk_days: int = 7  # generate_dataset simulates and writes this much at a time (bounds memory)
+    default_seed: int = 42
+    # A fixed Monday, so the same seed gives the same file on any day.
+    default_start: str = "2026-01-05T00:00:00Z"
+    offline_modes: list[str] = _fresh(["dense", "sparse"])
+    default_offline_mode: str = "dense"
+    # CSV is only offered for small exports (codex: Parquet-first).
+    csv_max_rows: int = 10_000
+    # Workload regimes: a per-server semi-Markov chain of "quiet", "normal", "busy".
+    # Mean dwell times (hours) and where the chain goes when it leaves a regime.
+    regimes: list[str] = _fresh(["quiet", "normal", "busy"])
+    regime_mean_dwell_hours: Mapping[str, float] = _read_only({"quiet": 3.0, "normal": 6.0, "busy": 2.0})
+    # row: from-regime, values: probability of each to-regime
+    regime_transitions: Mapping[str, dict[str, float]] = _read_only({
+        "quiet": {"normal": 0.85, "busy": 0.15},
+        "normal": {"quiet": 0.45, "busy": 0.55},
+        "busy": {"quiet": 0.2, "normal": 0.8},
+    })
+    # Incidents: slow build-up (the ramp), a critical plateau, then a fix.
+    incident_types: tuple[str, ...] = ("memory_leak", "disk_fill", "io_saturation", "connection_pileup")
+    # After the fix, io_saturation decays with this time constant (hours); swap drains slowly.
+    io_recovery_hours: float = 0.5
+    swap_drain_hours: float = 2.0
+    # Memory pressure spills into swap once used memory passes this level and the leak is
+    # past this fraction of its ramp; swap then climbs towards GENERATOR.swap_peak_pct.
+    swap_onset_mem_pct: float = 78.0
+    swap_onset_leak_level: float = 0.55
+    swap_peak_pct: float = 65.0
+    swap_curve_exponent: float = 1.2
+    # Shape of each incident's build-up: metric = normal + (peak - normal) * level**exponent,
+    # level running 0 -> 1 over the ramp. Above 1 the curve accelerates late (a pile-up).
+    incident_curve_exponent: Mapping[str, float] = _read_only({"memory_leak": 1.5, "disk_fill": 1.0,
+                                                               "io_saturation": 1.2, "connection_pileup": 2.0})
+    io_saturation_cpu_drop: float = 0.3  # share of useful CPU lost while threads wait on I/O
+    pileup_sys_cpu_pct: float = 8.0  # extra kernel CPU at the peak of a CLOSE_WAIT pile-up
+    pileup_front_share: float = 0.5  # front-end CLOSE_WAIT peak relative to the back-end peak
+    # Unplanned outages (crash, network partition): duration range in hours; a reboot follows.
+    crash_duration_hours: tuple[float, ...] = (0.08, 1.0)
+    # Patch cycle: every server reboots in its maintenance window at least this often.
+    patch_cycle_days: int = 28
+    maintenance_window_hours: tuple[float, ...] = (1.0, 2.0)  # length of one window
+    maintenance_hours_utc: tuple[int, ...] = (1, 5)  # windows start between 01:00 and 05:00
+    maintenance_reboot_offset_hours: float = 0.5  # reboot happens this long into the window
+    maintenance_reboot_steps: int = 2  # buckets without samples while the box boots
+    # Activity bounds, how much a maintenance window drains it, and memory's lag behind it.
+    activity_max: float = 1.4
+    mem_activity_max: float = 1.2
+    maintenance_activity_drain: float = 0.7
+    memory_lag_phi: float = 0.9  # per-step weight of the previous memory level
+    regime_initial_shares: Mapping[str, float] = _read_only({"quiet": 0.25, "normal": 0.55, "busy": 0.2})
+    cpu_busy_min_pct: float = 0.3  # a running kernel is never fully idle
+    iowait_max_pct: float = 95.0
+    java_share_jitter: float = 0.05  # relative bucket-to-bucket wobble of the Java share
+    # Per-server heterogeneity. Two servers of one role differ as much as real ones do: a
+    # lightly and a heavily loaded database, a gateway and a batch API, 64 GB and 512 GB boxes.
+    # Without it a single 5-minute sample would name a server's role (an earlier generator
+    # let a classifier tell 5 of 7 profiles apart from one sample with 99 % accuracy), and the
+    # profile would carry no information a server's own metrics do not (TRAINING_GUIDE.md).
+    # Log-normal sigma of the per-server scale factors:
+    server_scale_sigma: Mapping[str, float] = _read_only({"cpu": 0.3, "net_in": 0.8, "net_out": 0.8,
+                                                          "back_close_wait": 0.5, "front_close_wait": 0.5,
+                                                          "iowait": 0.4})
+    # ... capped so a healthy server at activity 1 stays below this CPU busy share (fleets are
+    # sized with headroom; busy regimes may still pass it, into heavy_load).
+    server_cpu_peak_max_pct: float = 85.0
+    # Memory: a per-server offset in percent points (normal sigma), kept so a healthy server's
+    # peak stays below heavy_load's memory level and its floor above this minimum.
+    server_mem_offset_sd: float = 8.0
+    server_mem_peak_max_pct: float = 86.0
+    server_mem_floor_pct: float = 12.0
+    # Kernel and Java shares of busy CPU: log-normal sigma of a per-server factor (different
+    # stacks and versions within one role), capped at GENERATOR.server_share_max.
+    server_share_sigma: float = 0.35
+    server_share_max: float = 0.95
+    # Disk: log rotation trims usage back to the server's base once a week.
+    disk_rotation_days: int = 7
+    # Baseline swap use of a healthy server (% of swap), before memory pressure.
+    swap_base_pct: tuple[float, ...] = (0.0, 3.0)
+    # Linux counts tasks in uninterruptible I/O sleep in the load average.
+    load_iowait_weight: float = 0.6
+    # Decimal places written for float metrics.
+    float_decimals: int = 2
+    demo_buckets_per_second: float = 1.0  # time acceleration: one 5-minute bucket per second
+    demo_prefill_margin_buckets: int = 6  # history sent at start beyond the model's encoder length
+    # Share of the fleet kept in trouble per scenario, and how fast their trouble builds (hours).
+    demo_troubled_share: Mapping[str, float] = _read_only({"healthy": 0.0, "degrading": 0.12, "critical": 0.25})
+    demo_ramp_hours: Mapping[str, dict[str, float]] = _read_only({
+        "degrading": {"memory_leak": 4.0, "disk_fill": 5.0, "io_saturation": 2.5, "connection_pileup": 3.0},
+        "critical": {"memory_leak": 1.5, "disk_fill": 2.0, "io_saturation": 1.0, "connection_pileup": 1.0},
+    })
+    stream_retry_seconds: float = 2.0  # the stream retries a failed POST /feed this often, until it is delivered
+    demo_prefill_chunk_buckets: int = 24  # buckets per POST /feed while the stream pre-fills history
+
+
+GENERATOR = GeneratorSettings()
+
+
+@dataclass(frozen=True)
+class ImportSettings:
+    """What only trace_importer.py reads (``IMPORTER.<field>``)."""
+    # Gaps in a source up to this many 5-minute buckets are interpolated (clock drift, a missed
+    # poll); longer gaps become offline buckets.
+    max_interpolate_buckets: int = 3
+    # Bounds on one import (Docs/IMPORTING.md, Limits), each checked before the memory it guards is taken.
+    # Rows read from all sources together, and rows written (every server's 5-minute grid, first to last
+    # sample): a Parquet source's row count comes from its footer, before anything is decoded; a CSV stops at
+    # the limit. An import peaks at ~1.1 KB a row (measured: 1 M rows 1.2 GB, 2 M rows 2.3 GB), so 10 M rows
+    # is ~11 GB: a 1,000-server 31-day month at 5-minute samples (8.9 M) fits; --max-rows.
+    max_rows: int = 10_000_000
+    # Bytes decoded from all sources together: the uncompressed size of the Parquet columns the mapping reads
+    # (footer; ~30 B a row for five mapped metrics, 240 B at 30 columns), the text of CSV sources after
+    # decompression (Bitbrains: 123 B a row); 10 M rows of either fit; --max-bytes.
+    max_bytes: int = 4 * 1024**3
+    # Timestamps a recorded trace may carry: none before this year (public traces start in 2011; epoch 0 is a
+    # missing time, seconds read as milliseconds land in 1970), none later than the importing host's clock plus
+    # a day (a source written in local time east of UTC).
+    earliest_year: int = 2000
+    max_future_seconds: int = 86_400
+    # One server's grid spans at most this long, first to last sample (the history a live feed may replay,
+    # DAEMON_STATE.feed_max_age_days); --max-span-days.
+    max_span_days: int = 3 * 366
+
+
+IMPORTER = ImportSettings()
+
+
+@dataclass(frozen=True)
+class ValidatorSettings:
+    """What only data_validator.py reads (``VALIDATOR.<field>``)."""
+    # What `main.py validate` decodes at most (Docs/DATA_CONTRACT.md, Validating): a Parquet file over it is
+    # refused from its footer before anything is decoded, a CSV stops at it; --max-rows / --max-bytes raise it.
+    # 20 M rows is a 1,000-server month (8.6 M) twice over, or 1,000 servers' 35-day store export (10.1 M);
+    # the checks peak at ~0.25 KB a row (measured: 2 M rows, 0.63 GB), so ~5 GB. Bytes: contract Parquet is
+    # ~20 B a row uncompressed (0.4 GB for 20 M rows), contract CSV ~200 B a row.
+    max_rows: int = 20_000_000
+    max_bytes: int = 4 * 1024**3
+
+
+VALIDATOR = ValidatorSettings()
+
+
+@dataclass(frozen=True)
+class FeatureSettings:
+    """What only tft_features.py reads (``FEATURES.<field>``)."""
+    # Heavy-tailed targets are modelled on a log scale (log1p), the rest as they are.
+    target_transforms: Mapping[str, str] = _read_only({
+        "load_average": "log1p", "net_in_mb_s": "log1p", "net_out_mb_s": "log1p",
+        "back_close_wait": "log1p", "front_close_wait": "log1p",
+    })
+    # Each window's targets are normalised by their own encoder mean and standard deviation
+    # (pytorch-forecasting's EncoderNormalizer), so the model forecasts relative to the recent
+    # level; the window's level and spread are also fed to the model as static inputs. The
+    # spread is floored at this share of the target's fleet-wide spread so a flat history (swap
+    # at exactly 0) can still forecast a change.
+    target_scale_floor_fraction: float = 0.02
+    # ... and never below these absolute values (in the target's modelled units: percent points,
+    # or log1p of MB/s, sockets, load). On a fleet whose network mostly idles at a few KB/s the
+    # relative floor alone is ~0.004: a 0.5 MB/s burst after a silent window becomes a normalised
+    # target of ~100 and the model learns nothing sane for those series (Docs/IMPORTING.md). The
+    # minima sit below the floors the simulated fleet gets, so they change nothing there.
+    target_scale_floor_min: Mapping[str, float] = _read_only({
+        "cpu_idle_pct": 0.25, "cpu_iowait_pct": 0.05, "mem_used_pct": 0.2, "swap_used_pct": 0.05,
+        "disk_usage_pct": 0.1, "load_average": 0.01, "net_in_mb_s": 0.02, "net_out_mb_s": 0.02,
+        "back_close_wait": 0.01, "front_close_wait": 0.01,
+    })
+    # ... and a log-modelled target's spread is capped at this quantile of the training windows'
+    # spreads. A window that holds a burst (CLOSE_WAIT ramping from 5 to 1,300 sockets, network from
+    # idle to a backup) has a log spread of ~2: an error of one spread there is a factor of 7 in the
+    # metric's units, yet the normalised loss charges it like one spread of a quiet window, and the
+    # decode multiplies any forecast noise by exp(2 z). Capped, such windows are learned in units of an
+    # ordinary window's spread. Linear targets (percentages) are left uncapped.
+    target_scale_ceiling_quantile: float = 0.99
+    # Windows sampled to fit the scalers of those level/spread inputs.
+    target_scale_fit_windows: int = 20_000
+    # Where each window is anchored: "last" = its last observed value (the model forecasts the change
+    # from now, so at short horizons it starts from persistence, the strongest baseline on real
+    # servers), "mean" = the window's mean (models saved before 0.9.0 read "mean" from their spec).
+    target_center: str = "last"
+    # Where the quantile loss is computed: "normalised" = on each window's normalised values (the
+    # transformed target minus the anchor, divided by the window's spread), so every window and every
+    # metric counts alike and a silent VM's network is learned as well as a busy one's; "metric" = in
+    # metric units weighted by 1/each target's spread (models before 0.9.0), where a handful of bursty
+    # servers decide the quantiles of all. The quantile of a monotone transform is the transform of the
+    # quantile, so the optimum per window is the same; only the weighting differs.
+    train_loss_space: str = "normalised"
+    # log1p-modelled targets are decoded with expm1. pytorch-forecasting's "log1p" transformation
+    # decodes with exp, i.e. +1 in the target's units (1 MB/s of network, a load of 1): models saved
+    # before 0.9.0 learned to compensate for it and keep "exp" in their spec.
+    log1p_inverse: str = "expm1"
+    # A guard on the heavy-tailed (log-modelled) targets: no quantile is served above
+    # MODEL.level_ceiling_factor x the larger of the highest value the training fleet showed and the window's
+    # last value. A log target is decoded with exp, so a forecast a few window spreads too high is a
+    # factor of hundreds in the metric's units: a simulated conductor whose CLOSE_WAIT had ramped to
+    # 1,324 sockets got an 8 h p50 of 180,000 (the fleet never exceeded 1,400). The training maxima
+    # are stored per target in the model (FeatureSpec.level_ceilings) and applied by the model itself.
+    level_ceiling: bool = True
+    # Calendar inputs known for the future: time of day, day of week, minute of the hour
+    # (hourly ETL bursts and cron spikes), each as a sine/cosine pair.
+    known_reals: tuple[str, ...] = ("tod_sin", "tod_cos", "dow_sin", "dow_cos", "moh_sin", "moh_cos")
+    # Yesterday as a known input: for every target, its value FEATURES.seasonal_input_lag buckets (24 h) before
+    # each encoder and decoder step. Every horizon up to 8 h lies less than a day ahead, so the value is
+    # already measured at forecast time; the 4-hour encoder cannot see a daily cycle otherwise. It is
+    # normalised like the target (the window's anchor and spread, clipped at FEATURES.seasonal_input_clip
+    # spreads) and comes with a flag that is 0 where the server has no history that far back (its first
+    # day): the value is then 0, i.e. "no information". The value is yesterday's mean over the
+    # FEATURES.seasonal_input_half_window buckets either side (an hour centred on the same time yesterday): a
+    # daily cycle is smooth, a single 5-minute bucket of yesterday's network is mostly noise. A forecast
+    # therefore reads encoder length + lag + half window buckets (~28 h). Models saved before 0.14.0 have
+    # no such input (FeatureSpec.seasonal_lag None). Docs/TRAINING_GUIDE.md ("Yesterday as an input").
+    seasonal_input: bool = True
+    seasonal_input_lag: int = STEPS_PER_DAY
+    seasonal_input_half_window: int = 6
+    seasonal_input_clip: float = 20.0
+    seasonal_input_suffix: str = "_yesterday"
+    seasonal_input_flag: str = "yesterday_known"
+    static_categoricals: tuple[str, ...] = ("profile",)
+    unknown_categoricals: tuple[str, ...] = ("state",)
+    # A server with less history is still forecast once it has this many buckets (1 hour): the
+    # model reads what there is, and its profile fills in the rest (cold start). Below it the
+    # server is "warming up". Training shows the model this many short-history batches.
+    min_encoder_length: int = 12
+    # A level shift in the history (memory 98 % -> 28 % when a leaking process restarts, a disk cleaned
+    # up): the model reads only the buckets after it (at least FEATURES.min_encoder_length), in the daemon, the
+    # offline forecast and the backtest alike. Otherwise the window's spread, which normalises the
+    # forecast, is the size of the jump and the band covers the whole range for the 4 hours the jump
+    # stays in the window. A shift: a change of at least FEATURES.level_shift_min_points between consecutive
+    # observed buckets (offline filler skipped, so a reboot's gap counts) in one of these bounded metrics,
+    # after which the level stays at least FEATURES.level_shift_persist_points away from the
+    # FEATURES.level_shift_context
+    # buckets before it (a one-bucket spike is not a shift). Docs/TRAINING_GUIDE.md (Level shifts).
+    level_shift_metrics: tuple[str, ...] = ("mem_used_pct", "swap_used_pct", "disk_usage_pct")
+    level_shift_min_points: float = 20.0
+    level_shift_persist_points: float = 10.0
+    level_shift_context: int = 6
+
+
+FEATURES = FeatureSettings()
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    """What only tft_model.py reads (``MODEL.<field>``)."""
+    # In normalised space a jump after a flat window (memory reset from 98 % after hours at 98 %) is
+    # hundreds of spreads; targets are clipped at this many spreads in the loss so one such window
+    # cannot dominate a batch.
+    loss_normalised_clip: float = 20.0
+    level_ceiling_factor: float = 2.0
+    weight_decay: float = 1e-4
+    lr_warmup_fraction: float = 0.05  # one-cycle schedule: warm up, then cosine decay
+    format_version: int = 1
+
+
+MODEL = ModelSettings()
+
+
+@dataclass(frozen=True)
+class CalibrationSettings:
+    """What only calibration_fit.py reads (``CALIBRATION.<field>``)."""
+    # Before the bands: a persistence blend, per target and decoder step, fitted on the same validation
+    # windows. p50 = last value + w x (model p50 - last value) in the modelled units, the band moved
+    # with it; w from this grid, the one with the smallest absolute p50 error there in each window's
+    # normalised units (every window counts alike, as in the loss), kept below 1 only where it lowers that
+    # error by at least CALIBRATION.persistence_blend_min_gain. On real servers the last value
+    # is the strongest short-horizon forecast (an idle VM stays idle, a pinned one pinned); the blend
+    # lets a model fall back on it where it has not learned to beat it, and the API names the source
+    # ("model", "model+last_value", "last_value") per metric and horizon. Docs/TRAINING_GUIDE.md
+    # ("A persistence blend").
+    persistence_blend: bool = True
+    persistence_blend_grid: tuple[float, ...] = tuple(round(0.05 * i, 2) for i in range(21))
+    persistence_blend_min_gain: float = 0.005
+    # ... and the model's forecast is served at a step only where its gain over the last value there is
+    # significant (Diebold-Mariano over hourly blocks of the validation windows, small-sample corrected,
+    # scoring.diebold_mariano; one-sided, this level): elsewhere w = 0, the last value (its band the model's).
+    # A gain the validation days cannot tell from noise is what a later training run or the next week loses.
+    persistence_blend_significance: float = 0.05
+    band_max_windows: int = 20_000  # validation windows used (a deterministic sample beyond)
+    band_max_shift: float = 5.0  # window spreads: a p10/p90 never moves further than this
+
+
+CALIBRATION = CalibrationSettings()
+
+
+@dataclass(frozen=True)
+class TrainerSettings:
+    """What only tft_trainer.py reads (``TRAINER.<field>``)."""
+    # Share of training windows cut to a short history (FEATURES.min_encoder_length buckets), so the model
+    # learns to forecast a server it has just met (cold start).
+    short_history_fraction: float = 0.2
+    model_hidden_size: int = 32
+    model_attention_heads: int = 2
+    model_hidden_continuous_size: int = 16
+    model_dropout: float = 0.1
+    model_lstm_layers: int = 1
+    # The model is created from a tiny TimeSeriesDataSet of this many servers' training rows
+    # (tft_features.build_features): it only defines the inputs, not the weights.
+    model_dataset_servers: int = 2
+    batch_size: int = 128
+    gradient_clip_val: float = 1.0
+    max_epochs: int = 20
+    windows_per_epoch: int = 16_384  # sampled training windows per epoch: epochs stay minutes on any fleet
+    # CPU training can run the variable-selection GRNs through torch.compile (their elementwise work
+    # fused, forward and backward; the one-off compile and the per-step gain are measured in
+    # Docs/TRAINING_GUIDE.md, "Speed"). "auto" compiles CPU runs of at least this many optimiser
+    # steps (the default 20 x 128 = 2,560), where it pays for itself; short runs (the demo, tests)
+    # stay eager.
+    torch_compile: str = "auto"  # auto | on | off (--compile)
+    torch_compile_min_steps: int = 1000
+    val_windows: int = 4_096  # fixed validation windows
+    early_stopping_patience: int = 3
+    checkpoint_every_n_epochs: int = 5
+    validation_hours: int = 48  # the last part of every server's training history
+    # Share of training windows whose profile is hidden (set to "unknown"): the model learns a
+    # fleet-wide fallback for servers whose role it cannot tell.
+    profile_dropout: float = 0.1
+    seed: int = 1234
+    # Whole servers per profile kept out of training, to measure forecasts on never-seen servers.
+    unseen_per_profile: int = 1
+    # Where Lightning trains (--accelerator / --devices / --num-nodes / --strategy): "auto" picks a
+    # GPU when present, all its devices, one node, and Lightning's own strategy choice.
+    accelerator: str = "auto"  # auto | cpu | gpu
+    devices: str = "auto"  # devices per node, or auto
+    num_nodes: int = 1
+    strategy: str = "auto"  # auto | ddp | ddp_spawn | ...
+    # Memory: the training data is held as compact arrays (about this many bytes per row, frame
+    # and model inputs together, measured on the 90-server fleet). If a file would need more than
+    # the budget, training uses a deterministic subset of servers that fits (logged), so a 10 GB+
+    # dataset is never loaded whole. Override with --max-memory-gb. (0.14.0: +40 for each row's
+    # yesterday, FEATURES.seasonal_input, kept as float32 per target.)
+    training_bytes_per_row: int = 440
+    model_dir_time_format: str = "%Y%m%d_%H%M%S"
+    checkpoints_subdir: str = "checkpoints"
+
+
+TRAINER = TrainerSettings()
+
+
+@dataclass(frozen=True)
+class EvaluationSettings:
+    """What only tft_evaluate.py reads (``EVALUATION.<field>``)."""
+    # Backtest: forecast origins every this many buckets inside the held-out range.
+    backtest_origin_stride: int = 6
+    # Baselines measured in the same run: last value, and same time yesterday.
+    seasonal_lag_steps: int = STEPS_PER_DAY
+
+
+EVALUATION = EvaluationSettings()
+
+
+@dataclass(frozen=True)
+class ProfileStudySettings:
+    """What only profile_study.py reads (``PROFILE_STUDY.<field>``)."""
+    # What a profile is worth on never-seen servers (profile_study.measure_profile_value): forecast
+    # origins every this many buckets, and bootstrap resamples (whole servers) of the gain's interval.
+    origin_stride: int = 6
+    bootstrap_resamples: int = 1000
+
+
+PROFILE_STUDY = ProfileStudySettings()
+
+
+@dataclass(frozen=True)
+class BaselineSettings:
+    """What only baselines.py reads (``BASELINES.<field>``)."""
+    # The statistical models a practitioner tries first (Nixtla statsforecast, baselines.py):
+    # AutoETS (no season: ETS cannot hold a 288-step one), MSTL with a daily season (trend by AutoETS)
+    # and, on request, AutoTheta with a daily season. Each is fitted once per server and metric on
+    # the last BASELINES.fit_buckets before the first forecast origin, then run forward over the last
+    # BASELINES.forward_buckets before each origin (the fitted parameters, fresh data). Their 80 %
+    # interval is the p10-p90 band. `main.py evaluate --no-statistical` skips them.
+    statistical_methods: tuple[str, ...] = ("autoets", "mstl")
+    statistical_methods_all: tuple[str, ...] = ("autoets", "mstl", "autotheta")
+    season_length: int = STEPS_PER_DAY
+    fit_buckets: int = 7 * STEPS_PER_DAY
+    forward_buckets: int = 7 * STEPS_PER_DAY
+    interval_level: int = 80  # percent: lo-80 / hi-80 = p10 / p90
+    progress_fraction: float = 0.1  # a progress line at every 10 % of the work ...
+    progress_seconds: float = 15.0  # ... at most one per 15 s (shorter runs log only their summary)
+
+
+BASELINES = BaselineSettings()
+
+
+@dataclass(frozen=True)
+class AlertLifecycleSettings:
+    """What only alert_lifecycle.py reads (``ALERT_LIFECYCLE.<field>``)."""
+    history_max_rows: int = 1000
+
+
+ALERT_LIFECYCLE = AlertLifecycleSettings()
+
+
+@dataclass(frozen=True)
+class ApiKeySettings:
+    """What only api_keys.py reads (``API_KEYS.<field>``)."""
+    min_length: int = 16  # characters of a key in a key file (a generated key has 32)
+    # how often the daemon looks whether its key file changed (rotation without restart)
+    key_file_check_seconds: float = 2.0
+
+
+API_KEYS = ApiKeySettings()
+
+
+@dataclass(frozen=True)
+class DaemonSettings:
+    """What only tft_inference.py reads (``DAEMON.<field>``)."""
+    # a WebSocket without a key header must send {"api_key": ...} first, within this
+    ws_auth_timeout_seconds: float = 5.0
+    max_body_bytes: int = 8 * 1024 * 1024  # one POST body; ~40k records
+    # WebSocket close codes: a refused key (4000-4999 are the application's; 4401 mirrors HTTP 401),
+    # too many handshakes (4429 mirrors 429), and a binary frame (1003, "unsupported data", RFC 6455).
+    ws_unauthorized_code: int = 4401
+    ws_rate_limited_code: int = 4429
+    ws_unsupported_data_code: int = 1003
+    # Close codes of a refused subscriber (the caps and the send timeout: DAEMON_STATE.ws_*).
+    ws_try_again_code: int = 1013  # RFC 6455 "try again later": the subscriber caps are reached
+    ws_policy_code: int = 1008  # RFC 6455 "policy violation": a subscriber that does not take its documents
+    ws_close_timeout_seconds: float = 1.0  # closing such a socket waits no longer for it
+    # HTTP: requests handled at once (past it: 503 with Retry-After at once, nothing read), and how long a
+    # client may take to send its body (a slow sender holds a slot: 408 past this).
+    max_concurrent_requests: int = 64
+    request_body_timeout_seconds: float = 30.0
+    overload_retry_after_seconds: int = 1
+    # A generated key (no key configured) is written to this file beside the store, mode 0600, not to the log.
+    generated_key_suffix: str = ".generated-key"
+    # Disk full: the client is asked to retry after this long (the feed resumes once space frees).
+    disk_full_retry_after_seconds: int = 30
+    # GET /history serves at most this much: actuals beside the forecasts made for them (kept a week).
+    history_max_hours: int = FORECAST_RETENTION_HOURS
+    # The access log (tft_inference.access): without --access-log FILE only prediction requests
+    # answered with an error (this status or above) or slower than this are logged, so a dashboard polling
+    # every few seconds does not fill the daemon's own log; with it, every prediction request goes to FILE.
+    access_log_min_status: int = 400
+    access_log_slow_seconds: float = 1.0
+
+
+DAEMON = DaemonSettings()
+
+
+@dataclass(frozen=True)
+class ApiSettings:
+    """What only api_models.py reads (``API.<field>``)."""
+    # Years a fed timestamp may carry: the store keeps int64 nanoseconds, which end in 2262.
+    feed_timestamp_years: tuple[int, ...] = (1970, 2200)
+    # Integer metrics (socket counts, uptime) must fit a signed 32-bit integer; floats must be finite.
+    integer_metric_max: int = 2**31 - 1
+    maintenance_reason_max_length: int = 200
+
+
+API = ApiSettings()
+
+
+@dataclass(frozen=True)
+class DaemonStateSettings:
+    """What only daemon_state.py reads (``DAEMON_STATE.<field>``)."""
+    # A fed record may be at most FEED_MAX_FUTURE_SECONDS ahead of the fleet's clock and at most this far
+    # behind it (or the retention, when longer): a replay of recorded history is taken, a record stamped 1970 is not.
+    feed_max_age_days: int = 3 * 366
+    # Rate limits, token buckets. A valid API key gets its own bucket, sized so one key shared by
+    # 1,000 collectors posting every 5 s (200 requests/s) stays under it with room for the dashboard
+    # and adapters. Requests without a valid key (wrong key, none, open reads) are limited per client
+    # address, far lower: a guessing client is slowed, and a new wrong key never buys a new bucket.
+    rate_limit_requests_per_minute: int = 15_000
+    rate_limit_burst: int = 2_000
+    anonymous_rate_per_minute: int = 600
+    anonymous_rate_burst: int = 100
+    # The limiter forgets idle clients (a full bucket is the same as no bucket) once it tracks more
+    # than this many, and never holds more than the hard cap (oldest first out).
+    rate_limit_prune_above: int = 10_000
+    rate_limit_max_clients: int = 50_000
+    rate_limit_prune_every_seconds: float = 1.0  # the forgetting scan runs at most this often
+    # /health says "degraded" after this many forecast cycles in a row failed.
+    health_degraded_after_failed_cycles: int = 3
+    # ... and when records keep arriving but no forecast cycle completed for this long while a complete bucket
+    # waits (a cycle runs once per 5-minute bucket, so three buckets without one is a stall, not a slow cycle).
+    health_stall_seconds: float = 3 * 300.0  # --health-stall-seconds
+    # Trust boundaries (Docs/DEPLOYMENT.md, Threat model). Every quantity a client controls is bounded here;
+    # each refusal is counted (tft_refused_total{reason}) and said in one line.
+    # WebSocket subscribers: the cycle never awaits a socket. Each subscriber holds only the newest document
+    # (an older one not yet sent is dropped); a send that does not finish within the timeout closes the socket.
+    ws_send_timeout_seconds: float = 10.0
+    ws_max_subscribers: int = 200  # in all
+    ws_max_subscribers_per_key: int = 20  # per API key (per address without keys)
+    # Servers: the daemon tracks at most this many (a record for one more is rejected naming the cap). Each costs
+    # a few KiB while it warms up (a small ring that grows) and ~46 KiB at full history (STORE.memory_buckets), so
+    # 10,000 servers fit in ~0.5 GiB of windows; --max-servers.
+    max_tracked_servers: int = 10_000
+    # New server names a key may introduce: a token bucket per key (a fleet's first backfill fits the burst).
+    new_servers_per_minute: int = 100
+    new_servers_burst: int = 2_000
+    # Housekeeping (retention, duplicate-check keys, idle servers released from memory) runs on this clock,
+    # whether or not a model is loaded; --housekeeping-seconds.
+    housekeeping_seconds: float = 60.0
+    # A server counts as established (its matured forecasts calibrate the shared bands) once the daemon has
+    # held its history this long: a burst of freshly invented names cannot steer the fleet's bands.
+    established_history_hours: float = 24.0  # --established-hours
+    maintenance_max_windows: int = 10_000
+    # Proxy headers (X-Forwarded-For) are believed only from these peers (--trusted-proxy); none by default.
+    trusted_proxies: tuple[str, ...] = ()
+    # History kept in the store. Buckets: five weeks by default (--retention-days), enough to export a
+    # month of training data from the store (main.py export) plus a week of margin; the disk cost per
+    # 1,000 servers is measured in Docs/API_REFERENCE.md (Storage and retention). At least a week, so a
+    # record the feed still accepts (DAEMON_STATE.max_record_age_hours) is never older than what the store keeps.
+    # Forecasts (the history panel's bands) stay a week, all GET /history shows. Older rows are deleted.
+    retention_days: int = 35
+    # A bucket is complete when data for a later bucket arrives, or when the wall clock is this
+    # far past its end (a feed that stalled).
+    bucket_grace_seconds: int = 30
+    # The forecast loop looks this often for a completed bucket to forecast.
+    forecast_poll_seconds: float = 0.5
+    # The daemon logs one INFO summary of its forecast cycles this often (each cycle is a DEBUG line).
+    log_summary_seconds: float = 60.0
+    # A failed cycle is retried after a back-off that doubles from DAEMON_STATE.forecast_poll_seconds up to this.
+    forecast_retry_max_seconds: float = 60.0
+    # Records older than this (relative to the newest bucket the daemon has seen) are rejected: late
+    # deliveries (a collector's buffer holds ~3 days) are taken, a replay of old history is not. A week
+    # (as before retention became 35 days): the shortest retention allowed, so no taken record is trimmed.
+    max_record_age_hours: int = RETENTION_MIN_DAYS * 24
+    # Live band calibration: adaptive conformal inference (Gibbs & Candes 2021) on the log of a
+    # multiplier m of each band half-width (p50-p10 below, p90-p50 above), per metric x horizon.
+    # Each matured forecast is judged by the band it was served with (ACI's own rule, whose long-run
+    # miss rate is the target), or, once today's m has moved more than ACCURACY.band_adapt_served_tolerance from
+    # the one it was served with, by its model band widened by *today's* m (the quantile tracker of
+    # Angelopoulos et al. 2023, so feedback that arrives 8 h late does not overshoot); per cycle,
+    # log m += gain x n x (share outside that side - target), the step capped.
+    # The multiplier stays within the bounds; it is kept in the store and reset for a new model.
+    band_adapt_enabled: bool = True
+    live_selection_listed: int = 50  # /accuracy lists at most this many servers served the last value
+    model_watch_seconds: float = 5.0  # the daemon checks this often whether models/latest points elsewhere
+    # Housekeeping (retention, duplicate-check keys, idle servers) logs one INFO summary of what it removed
+    # this often; a run removing at least DAEMON_STATE.housekeeping_loud_rows rows of one kind, or failing, logs
+    # at once.
+    housekeeping_summary_seconds: float = 15 * 60.0
+    housekeeping_loud_rows: int = 100_000
+
+
+DAEMON_STATE = DaemonStateSettings()
+
+
+@dataclass(frozen=True)
+class StoreSettings:
+    """What only metrics_store.py reads (``STORE.<field>``)."""
+    # A new server's window (DAEMON_STATE.max_tracked_servers bounds how many) starts small and grows.
+    warmup_ring_buckets: int = 16  # a new server's first ring; doubled as its history grows, up to STORE.memory_buckets
+    # SQLite's write-ahead log is truncated back to this size after each checkpoint.
+    sqlite_journal_size_limit_bytes: int = 64 * 1024 * 1024
+    dedupe_hours: int = 2  # exact duplicate samples (same server and timestamp) are ignored this long
+    # On start the store is checked with SQLite's integrity check: "quick" (O(N), skips index/table
+    # cross-checks; the figures at fleet scale are in Docs/RAG/CURRENT_STATE.md), "full", or "off".
+    integrity_check: str = "quick"
+    # Beside the store, the daemon writes each cycle how many samples it holds; on start a store
+    # holding fewer (a truncated write-ahead log, a lost disk cache) is reported with the count lost.
+    ledger_suffix: str = ".ledger.json"
+    # SQLite's write-ahead log layout (sqlite.org/fileformat.html, "WAL file format").
+    wal_header_bytes: int = 32
+    wal_frame_header_bytes: int = 24
+    wal_magic: tuple[int, ...] = (0x377F0682, 0x377F0683)
+    # per-server ring of recent buckets kept in memory (>= encoder length + FEATURES.seasonal_input_lag)
+    memory_buckets: int = 512
+    sqlite_synchronous: str = "FULL"  # every acknowledged batch survives a crash or power loss
+
+
+STORE = StoreSettings()
+
+
+@dataclass(frozen=True)
+class ExportSettings:
+    """What only store_export.py reads (``EXPORT.<field>``)."""
+    # main.py export (store_export.py): whole servers are read, checked and written in chunks of about this
+    # many rows (20 servers x 35 days), which bounds its memory (0.36 GB peak measured, 0.16 GB of it imports);
+    # a progress line every this share of the rows.
+    chunk_rows: int = 200_000
+    progress_fraction: float = 0.1
+
+
+EXPORT = ExportSettings()
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    """What only forecast_engine.py reads (``ENGINE.<field>``)."""
+    # A server with no samples for this many buckets is reported offline, not forecast.
+    offline_after_buckets: int = 12
+    # A forecast cycle runs the model over at most this many servers at a time, so the working set
+    # of one slice stays in the CPU caches (the slice sizes measured are in Docs/RAG/CURRENT_STATE.md).
+    inference_chunk_servers: int = 125
+
+
+ENGINE = EngineSettings()
+
+
+@dataclass(frozen=True)
+class RemoteWriteSettings:
+    """What only remote_write.py reads (``REMOTE_WRITE.<field>``)."""
+    version: str = "0.1.0"  # X-Prometheus-Remote-Write-Version of remote-write 1.0 (prometheus.WriteRequest)
+    # Memory bounds: instances and mapped series tracked (a series costs ~0.6 KB, measured: a digest of its labels,
+    # its slots and last sample; node_cpu_seconds_total has 8 series per core, a host ~40 mapped series in all),
+    # scrapes of one instance waiting for completion. Past a bound, new instances / series are refused (their samples
+    # dropped and counted, a warning logged) and the oldest waiting scrape is completed early.
+    max_instances: int = 10_000
+    max_series: int = 500_000  # ~600 B each, measured with 1.5 KB label values (digested): ~0.3 GB at most
+    max_series_per_instance: int = 5_000  # a 256-core host sends 2,048 node_cpu series
+    max_pending_scrapes: int = 64
+    idle_seconds: int = 3600  # an instance without samples this long (data time) is forgotten
+    # Records made but not stored (the store's disk is full: 507, Prometheus retries) are sent first on the
+    # next write; beyond this many the oldest are dropped (counted, logged).
+    max_unsent_records: int = 50_000
+    log_every_seconds: float = 60.0  # dropped samples and refused records are summarised this often
+    # Samples of one instance stamped within a mapping's "scrape_window_seconds" of each other form one scrape
+    # (one record). Prometheus stamps a scrape's samples alike (0: exact); the OpenTelemetry collector's hostmetrics
+    # scrapers stamp each their own (milliseconds apart), so mappings/otel_hostmetrics.json sets a window.
+    scrape_window_seconds: float = 0.0
+
+
+REMOTE_WRITE = RemoteWriteSettings()
+
+
+@dataclass(frozen=True)
+class OtlpSettings:
+    """What only otlp_receiver.py reads (``OTLP.<field>``)."""
+    max_decoded_bytes: int = REMOTE_WRITE_MAX_DECODED_BYTES  # a gzip body is inflated at most this far (413 past it)
+    complete_grace_seconds: float = REMOTE_WRITE_COMPLETE_GRACE_SECONDS  # a collection's record is made this much later
+    error_message_chars: int = 500  # partial_success.error_message and Status.message are cut to this
+
+
+OTLP = OtlpSettings()
+
+
+@dataclass(frozen=True)
+class ClientSettings:
+    """What only daemon_client.py reads (``CLIENT.<field>``)."""
+    # Clients of the daemon (daemon_client.py: the feed, the demo stream, the dashboard, main.py demo).
+    timeout_seconds: float = 30.0  # one request; a pre-fill batch on a busy 2-core daemon stays well inside
+    retry_attempts: int = 3  # tries in all for a request that failed for a passing reason ...
+    retry_base_seconds: float = 0.5  # ... with a back-off that doubles from here ...
+    retry_max_seconds: float = 30.0  # ... up to this (a 429's Retry-After is honoured up to this too)
+    # Answers worth another try: rate limited, or the daemon failed unexpectedly. Not 503: the daemon
+    # answers it for "no model loaded", which waiting does not fix.
+    retry_statuses: tuple[int, ...] = (429, 500, 502, 504)
+    error_detail_chars: int = 300  # how much of an unexpected answer an error message quotes
+
+
+CLIENT = ClientSettings()
+
+
+@dataclass(frozen=True)
+class AlertmanagerSettings:
+    """What only alertmanager_push.py reads (``ALERTMANAGER.<field>``)."""
+    api_path: str = "/api/v2/alerts"
+    ends_at_resends: int = 4
+    resolved_sends: int = 3  # successful sends that carry a resolved alert
+    timeout_seconds: float = 10.0  # one POST (Prometheus' default Alertmanager timeout)
+    max_batch: int = 256  # alerts per POST (Prometheus' batch size); a larger set goes in several
+    # A failed POST (unreachable, timeout, 5xx, 429) is retried after a back-off that doubles from the base
+    # up to the max; each retry sends the alerts as they are then, never a stale batch.
+    retry_base_seconds: float = 1.0
+    retry_max_seconds: float = 60.0
+    error_chars: int = 300  # how much of a refusal's body /status and the log quote
+    close_seconds: float = 2.0  # on shutdown, wait this long for a POST in flight
+    # The alertname label of each alert kind (documented in Docs/RISK_SCORING.md; routes match on them).
+    alertnames: Mapping[str, str] = _read_only({"risk": "FleetForecastRisk", "model_degraded": "FleetModelDegraded"})
+
+
+ALERTMANAGER = AlertmanagerSettings()
+
+
+@dataclass(frozen=True)
+class DemoSettings:
+    """What only demo.py reads (``DEMO.<field>``)."""
+    # The demo's simulated clock runs 300x ahead of the wall clock, so its daemon accepts records up to
+    # a year ahead of its own clock (--max-future-seconds); a production daemon keeps FEED_MAX_FUTURE_SECONDS.
+    max_future_seconds: int = 366 * 24 * 3600
+    train_hours: int = 14 * 24
+    work_dir: Path = PROJECT_ROOT / "demo_data"
+    start_timeout_seconds: float = 120.0  # main.py demo: how long the daemon and the dashboard may take to answer
+    # main.py demo without a model: generating its fleet and training its model, then starting everything;
+    # measured 3 min 0 s from the command to the dashboard URL on the idle 2-core machine (2026-12-02,
+    # README "Run it"). Re-measure with a fresh --models-dir and --work-dir when demo.DEMO_TRAIN_ARGS change.
+    first_model_minutes: int = 3
+    log_tail_lines: int = 20  # main.py demo: lines of a child's log shown when it fails
+
+
+DEMO = DemoSettings()
+
+
+@dataclass(frozen=True)
+class DashboardSettings:
+    """What only tft_dashboard_web.py reads (``DASHBOARD.<field>``)."""
+    request_attempts: int = 1  # a failed read is not retried: the next refresh is the retry
+    cache_seconds: int = 2  # the panels of one refresh share one round of requests
+    default_refresh_seconds: int = 5
+    top_servers: int = 5
+    history_hours: int = 12
+    fan_history_hours: int = 6  # actuals drawn before the forecast on the Top Servers fans
+    # Model health panel (live accuracy from GET /accuracy). p10-p90 is an 80 % band: coverage in the
+    # target band is shown green; outside DRIFT_COVERAGE_BAND red (where model_degraded warnings start).
+    coverage_target: tuple[float, ...] = (0.75, 0.85)
+    skill_color_limit: float = 1.0  # skill vs persistence is coloured from -this (red) to +this (green)
+    worst_servers: int = 10  # rows of the worst-servers table (lowest skill first)
+    anomaly_rows: int = 20  # rows of the Overview's "Anomalous now" table (highest score first)
+    model_age_days_after_hours: int = 48  # a model's age is said in hours up to this, in days beyond
+    max_refresh_seconds: int = 60  # the refresh slider's top (0 = off)
+    daemon_urls_env: str = "TFT_DAEMON_URLS"  # optional comma-separated allowlist: a sidebar selectbox
+    refresh_env: str = "TFT_DASHBOARD_REFRESH"  # the refresh slider's start value (s)
+    demo_on: tuple[str, ...] = ("1", "true", "yes", "on")  # values of DASHBOARD_DEMO_ENV that turn demo mode on
+    anomaly_outside_above: float = 1.0  # a score above this lies outside the band (the dashboard's "Anomalous now")
+
+
+DASHBOARD = DashboardSettings()
+
+
+@dataclass(frozen=True)
+class CollectorSettings:
+    """What only host_collector.py reads (``COLLECTOR.<field>``)."""
+    interval_seconds: float = 5.0  # host collector: one sample every 5 s (the daemon buckets them)
+    data_path: str = "/"  # filesystem whose fill level is disk_usage_pct
+    # Network interfaces that only mirror or bridge traffic another interface already counts.
+    nic_exclude_prefixes: tuple[str, ...] = ("lo", "ifb", "veth", "docker", "br-", "virbr", "cni", "flannel", "cali",
+                                             "vxlan", "tunl")
+    java_process_names: tuple[str, ...] = ("java",)  # processes whose CPU is java_cpu_pct (Spark, Kafka, JVM services)
+    bytes_per_mb: int = 1_000_000  # MB/s in the contract are decimal megabytes
+
+
+COLLECTOR = CollectorSettings()
+
+
+@dataclass(frozen=True)
+class FeedSettings:
+    """What only feed_client.py reads (``FEED.<field>``)."""
+    # Records waiting for the daemon (it restarts, the network drops). When full, the oldest are
+    # dropped and counted, with a warning (about 2.9 days of one host sampled every 5 s): a loss
+    # is always logged, never silent.
+    buffer_max_records: int = 50_000
+    batch_records: int = 5_000  # records per POST /feed
+    timeout_seconds: float = 10.0
+    retry_base_seconds: float = 1.0  # back-off after a failed POST doubles from here ...
+    retry_max_seconds: float = 60.0  # ... up to this
+    # 4xx answers to a feed batch that are worth retrying (a key being rotated, a timeout, rate limited);
+    # any other 4xx refuses the batch for good and its records are dropped (counted, logged).
+    retry_client_statuses: tuple[int, ...] = (401, 403, 408, 429)
+
+
+FEED = FeedSettings()
+
+
+@dataclass(frozen=True)
+class StateRulesSettings:
+    """What only state_rules.py reads (``STATE_RULES.<field>``)."""
+    # A silent stretch longer than this between two samples is not replayed bucket by bucket into
+    # the state rules (a laptop that slept for a week); the rules restart from the next sample.
+    max_gap_buckets: int = 288
+
+
+STATE_RULES = StateRulesSettings()
+
+
+@dataclass(frozen=True)
+class PrometheusSettings:
+    """What only prometheus_adapter.py reads (``PROMETHEUS.<field>``)."""
+    mapping_file: Path = PROJECT_ROOT / "mappings" / "prometheus_node_exporter.json"
+    step_seconds: int = 60  # query_range resolution; values are averaged into 5-minute buckets
+    rate_window: str = "2m"  # {window} in the mapping's PromQL: the rate() look-back
+    poll_seconds: float = 30.0  # live mode: one instant query per metric this often
+    timeout_seconds: float = 30.0
+    max_points_per_query: int = 10_000  # Prometheus refuses > 11,000 points per series; longer spans are chunked
+    backfill_hours: float = 2.0  # live mode: history sent before the first live poll (the encoder's window)
+
+
+PROMETHEUS = PrometheusSettings()
+
+
+@dataclass(frozen=True)
+class AccuracySettings:
+    """What only live_accuracy.py reads (``ACCURACY.<field>``)."""
+    catch_up_buckets: int = 12  # after a gap, matured targets older than this are not scored (counted)
+    worst_servers: int = 5  # /accuracy lists this many worst servers per metric and horizon
+    band_adapt_gain: float = 0.005  # per matured forecast (ACI's usual gamma), so a cycle moves by gain x n x error ...
+    band_adapt_max_step: float = 0.1  # ... at most this much in log units (about 10 %) per cycle
+    # A matured forecast is judged by the band it was served with while today's multiplier is within this
+    # (log units, ~10 %) of the one it was served with; beyond, by the model's band widened by today's.
+    band_adapt_served_tolerance: float = 0.1
+    # A metric x horizon whose model q-risk is below this is never called degraded: a forecast within ~2 % of
+    # the level is not "degraded" because the last value of a near-constant metric (disk usage) is closer still.
+    drift_skill_min_qrisk: float = 0.02
+
+
+ACCURACY = AccuracySettings()
+
+
+@dataclass(frozen=True)
+class AnomalySettings:
+    """What only live_anomaly.py reads (``ANOMALY.<field>``)."""
+    # A half-width narrower than this (display units) is read as this wide, so a needle-thin band (an idle VM's
+    # 0 MB/s, swap at exactly 0) gives a finite score: a move of one floor from p50 scores 1.
+    min_half_width: Mapping[str, float] = _read_only({
+        "cpu_used_pct": 1.0, "cpu_iowait_pct": 1.0, "mem_used_pct": 1.0, "swap_used_pct": 1.0, "disk_usage_pct": 1.0,
+        "load_average": 0.1, "net_in_mb_s": 0.01, "net_out_mb_s": 0.01, "back_close_wait": 1.0, "front_close_wait": 1.0,
+    })
+    min_half_width_default: float = 1.0  # a metric missing above
+    max_rows: int = 1000  # GET /anomalies answers at most this many rows, highest score first ("matching": all)
+
+
+ANOMALY = AnomalySettings()
+
+
+@dataclass(frozen=True)
+class RegistrySettings:
+    """What only model_registry.py reads (``REGISTRY.<field>``)."""
+    promotions_file: str = "promotions.json"  # every promotion, rejection and rollback, in the models directory
+    promotions_lock_file: str = ".promotions.lock"  # beside promotions.json: one writer at a time
+
+
+REGISTRY = RegistrySettings()
+
+
+@dataclass(frozen=True)
+class RetrainSettings:
+    """What only model_retrain.py reads (``RETRAIN.<field>``)."""
+    epochs: int = 8  # a warm-started challenger needs fewer epochs than a model from scratch
+    # The gate: a challenger replaces the champion only if its mean q-risk at 0.5 over the metrics is
+    # no worse at every horizon on the same held-out window, and its mean p10-p90 coverage at every
+    # horizon lies inside this band.
+    promotion_coverage_band: tuple[float, ...] = DRIFT_COVERAGE_BAND
+    promotion_qrisk_tolerance: float = 0.0  # relative slack on "no worse" (0: strictly no worse)
+    parent_check_seconds: float = 2.0  # a daemon-started retrain checks this often that the daemon lives
+    # Established history: a retrain trains and is judged only on servers the store holds at least this
+    # many days of buckets for (the 24 h hold-out, 12 h validation, a day of "yesterday" and training windows of
+    # their own); --min-history-days.
+    min_history_days: float = 3.0
+    # The gate refuses when more than this share of the servers in the champion's or the challenger's
+    # population is in only one of them (new or gone); --max-population-change (1: never refuse).
+    max_population_change: float = 0.5
+
+
+RETRAIN = RetrainSettings()
+
+
+@dataclass(frozen=True)
+class SchedulerSettings:
+    """What only retrain_scheduler.py reads (``SCHEDULER.<field>``)."""
+    retrain_nice: int = 19  # scheduled retrains run at the lowest CPU priority
+    retrain_min_interval_seconds: int = 3600  # --retrain-every below this is refused
+    # Bounds of one retrain (Docs/RETRAINING.md, "Bounds"). A daemon-started retrain runs in its own process
+    # group: past the timeout the whole group gets SIGTERM, then SIGKILL after the grace (also on shutdown).
+    retrain_timeout_seconds: int = 6 * 3600  # as tft-retrain.service's TimeoutStartSec=6h
+
+
+SCHEDULER = SchedulerSettings()

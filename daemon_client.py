@@ -33,12 +33,7 @@ from config import (
     API_KEY_ENV,
     API_KEY_FILE_ENV,
     API_REFERENCE_DOC,
-    DAEMON_ERROR_DETAIL_CHARS,
-    DAEMON_RETRY_ATTEMPTS,
-    DAEMON_RETRY_BASE_SECONDS,
-    DAEMON_RETRY_MAX_SECONDS,
-    DAEMON_RETRY_STATUSES,
-    DAEMON_TIMEOUT_SECONDS,
+    CLIENT,
     DAEMON_WAIT_POLL_SECONDS,
     DEFAULT_DAEMON_URL,
 )
@@ -62,9 +57,9 @@ class RetryPolicy:
     ``base_seconds * 2**(k-1)``, at most ``max_seconds``.
     """
 
-    attempts: int | None = DAEMON_RETRY_ATTEMPTS
-    base_seconds: float = DAEMON_RETRY_BASE_SECONDS
-    max_seconds: float = DAEMON_RETRY_MAX_SECONDS
+    attempts: int | None = CLIENT.retry_attempts
+    base_seconds: float = CLIENT.retry_base_seconds
+    max_seconds: float = CLIENT.retry_max_seconds
 
     def delay(self, failures: int) -> float:
         """Seconds to wait after ``failures`` (>= 1) failures in a row."""
@@ -100,8 +95,8 @@ class DaemonError(ToolkitError, RuntimeError):
 
     @property
     def transient(self) -> bool:
-        """True when trying again later may succeed: no answer at all, or a status in DAEMON_RETRY_STATUSES."""
-        return self.status is None or self.status in DAEMON_RETRY_STATUSES
+        """True when trying again later may succeed: no answer at all, or a status in CLIENT.retry_statuses."""
+        return self.status is None or self.status in CLIENT.retry_statuses
 
 
 @dataclass
@@ -125,7 +120,7 @@ class DaemonClient:
     """
 
     def __init__(self, base_url: str = DEFAULT_DAEMON_URL, api_key: str | None = None, *,
-                 timeout: float = DAEMON_TIMEOUT_SECONDS, retry: RetryPolicy | None = None,
+                 timeout: float = CLIENT.timeout_seconds, retry: RetryPolicy | None = None,
                  http: httpx.Client | None = None, sleep: Callable[[float], None] = time.sleep) -> None:
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
@@ -159,7 +154,7 @@ class DaemonClient:
                 expect: tuple[int, ...] = (200,), retry: RetryPolicy | None = None) -> httpx.Response:
         """Send one request; the response when its status is in ``expect``, else :class:`DaemonError`.
 
-        Transient failures (no answer, DAEMON_RETRY_STATUSES) are retried by ``retry`` (default:
+        Transient failures (no answer, CLIENT.retry_statuses) are retried by ``retry`` (default:
         the client's policy), each with a WARNING; a 429's ``Retry-After`` is waited out.
         """
         policy = retry or self.retry
@@ -356,4 +351,4 @@ def _error_fields(body: Any) -> tuple[str | None, str | None]:
 
 
 def _clip(text: str) -> str:
-    return text[:DAEMON_ERROR_DETAIL_CHARS]
+    return text[:CLIENT.error_detail_chars]

@@ -64,57 +64,31 @@ from config import (
     ACCURACY_WINDOWS_HOURS,
     ALERTMANAGER_DOC,
     ALERTMANAGER_RESEND_SECONDS,
-    ANONYMOUS_RATE_BURST,
-    ANONYMOUS_RATE_PER_MINUTE,
     API_KEY_ENV,
     API_KEY_FILE_ENV,
     API_REFERENCE_DOC,
-    BAND_ADAPT_ENABLED,
-    BUCKET_GRACE_SECONDS,
     CONTRACT_VERSION,
     DAEMON_PORT,
+    DAEMON_STATE,
     DASHBOARD_URL,
     DATA_CONTRACT_DOC,
     DEFAULT_HOST,
-    ESTABLISHED_HISTORY_HOURS,
-    FEED_MAX_AGE_DAYS,
     FEED_MAX_FUTURE_SECONDS,
-    FORECAST_POLL_SECONDS,
     FORECAST_RETENTION_HOURS,
-    FORECAST_RETRY_MAX_SECONDS,
-    HEALTH_DEGRADED_AFTER_FAILED_CYCLES,
-    HEALTH_STALL_SECONDS,
     HORIZONS,
-    HOUSEKEEPING_LOUD_ROWS,
-    HOUSEKEEPING_SECONDS,
-    HOUSEKEEPING_SUMMARY_SECONDS,
     INSTANCE_MAX_LENGTH,
     LATEST_MODEL_DIR,
     LATEST_MODEL_LINK,
     LINBORG_METRICS,
     LIVE_SELECTION,
-    LIVE_SELECTION_LISTED,
-    LOG_SUMMARY_SECONDS,
     MAINTENANCE_MAX_HOURS,
-    MAINTENANCE_MAX_WINDOWS,
-    MAX_RECORD_AGE_HOURS,
     MAX_RECORDS_PER_REQUEST,
-    MAX_TRACKED_SERVERS,
-    MODEL_WATCH_SECONDS,
-    NEW_SERVERS_BURST,
-    NEW_SERVERS_PER_MINUTE,
     OTLP_MAPPING_FILE,
     PROJECT_VERSION,
     PROM_FORECAST_SERIES,
     QUANTILE_LABELS,
     QUANTILE_LEVELS,
-    RATE_LIMIT_BURST,
-    RATE_LIMIT_MAX_CLIENTS,
-    RATE_LIMIT_PRUNE_ABOVE,
-    RATE_LIMIT_PRUNE_EVERY_SECONDS,
-    RATE_LIMIT_REQUESTS_PER_MINUTE,
     REMOTE_WRITE_MAPPING_FILE,
-    RETENTION_DAYS,
     RETENTION_MIN_DAYS,
     RETRAIN_DOC,
     RISK_METRICS,
@@ -122,10 +96,6 @@ from config import (
     STEPS_PER_DAY,
     STEPS_PER_HOUR,
     STORE_PATH,
-    TRUSTED_PROXIES,
-    WS_MAX_SUBSCRIBERS,
-    WS_MAX_SUBSCRIBERS_PER_KEY,
-    WS_SEND_TIMEOUT_SECONDS,
 )
 from contract import DISPLAY_CPU, bucket_iso, bucket_of_ns, cpu_used
 from errors import ToolkitError
@@ -170,11 +140,12 @@ class DaemonSettings:
               f"${API_KEY_FILE_ENV}, or one key in ${API_KEY_ENV}). See {API_REFERENCE_DOC} (Security)", parse=Path)
     open_reads: bool = option(False, "GET endpoints without an API key")
     allow_no_model: bool = option(False, "start even if the model cannot be loaded (forecast endpoints answer 503)")
-    rate_per_minute: float = option(RATE_LIMIT_REQUESTS_PER_MINUTE, "requests per minute per client", parse=float)
-    rate_burst: int = option(RATE_LIMIT_BURST, "burst size of the rate limit", parse=int)
+    rate_per_minute: float = option(DAEMON_STATE.rate_limit_requests_per_minute, "requests per minute per client",
+                                    parse=float)
+    rate_burst: int = option(DAEMON_STATE.rate_limit_burst, "burst size of the rate limit", parse=int)
     max_future_seconds: float = option(FEED_MAX_FUTURE_SECONDS, "how far ahead of this daemon's clock a record may "
                                        "be stamped (raise it only to replay a time-scaled feed)", parse=float)
-    band_adaptation: bool = BAND_ADAPT_ENABLED  # live calibration of p10/p90 from matured forecasts
+    band_adaptation: bool = DAEMON_STATE.band_adapt_enabled  # live calibration of p10/p90 from matured forecasts
     live_selection: bool = option(LIVE_SELECTION.enabled, "always serve the model's forecast, even where its matured "
                                   "forecasts on a server keep losing to the last value (Docs/API_REFERENCE.md, Live "
                                   "selection)")
@@ -205,15 +176,20 @@ class DaemonSettings:
         OTLP_MAPPING_FILE, "mapping of POST /v1/metrics (OpenTelemetry OTLP/HTTP): its 'remote_write' section in the "
         "names the collector's prometheusremotewrite exporter writes, names and profiles (Docs/COLLECTING.md, "
         "OpenTelemetry)", parse=Path, metavar="JSON")
-    max_servers: int = option(MAX_TRACKED_SERVERS, "servers tracked at most; a record for one more is rejected "
+    max_servers: int = option(DAEMON_STATE.max_tracked_servers,
+                              "servers tracked at most; a record for one more is rejected "
                               "naming the cap (Docs/API_REFERENCE.md, Limits)", parse=int)
-    health_stall_seconds: float = option(HEALTH_STALL_SECONDS, "/health says degraded when records arrive but no "
+    health_stall_seconds: float = option(DAEMON_STATE.health_stall_seconds,
+                                         "/health says degraded when records arrive but no "
                                          "forecast cycle completed for this long", parse=float)
-    housekeeping_seconds: float = option(HOUSEKEEPING_SECONDS, "retention, duplicate-check keys and idle servers run "
+    housekeeping_seconds: float = option(DAEMON_STATE.housekeeping_seconds,
+                                         "retention, duplicate-check keys and idle servers run "
                                          "this often, with or without a model", parse=float)
-    established_hours: float = option(ESTABLISHED_HISTORY_HOURS, "history a server needs before its forecasts are "
+    established_hours: float = option(DAEMON_STATE.established_history_hours,
+                                      "history a server needs before its forecasts are "
                                       "scored live and calibrate the shared bands", parse=float)
-    retention_days: int = option(RETENTION_DAYS, f"days of 5-minute buckets the store keeps, >= {RETENTION_MIN_DAYS} "
+    retention_days: int = option(DAEMON_STATE.retention_days,
+                                 f"days of 5-minute buckets the store keeps, >= {RETENTION_MIN_DAYS} "
                                  f"(forecasts are kept {FORECAST_RETENTION_HOURS // 24} days); 'main.py export' "
                                  f"writes the buckets as training data", parse=int)
     access_log: Path | None = option(None, "write the access log (one JSON line per prediction request) to this "
@@ -221,7 +197,7 @@ class DaemonSettings:
     trusted_proxies: list[str] = option(
         help="believe X-Forwarded-For / X-Forwarded-Proto only from this peer address (repeat for several); by "
              "default no proxy is trusted and clients are told apart by their own address",
-        factory=lambda: list(TRUSTED_PROXIES), flag="--trusted-proxy", repeat=True, metavar="ADDRESS")
+        factory=lambda: list(DAEMON_STATE.trusted_proxies), flag="--trusted-proxy", repeat=True, metavar="ADDRESS")
 
     @property
     def models_dir(self) -> Path | None:
@@ -261,8 +237,10 @@ class RateLimiter:
     memory that grows without end.
     """
 
-    def __init__(self, per_minute: float = RATE_LIMIT_REQUESTS_PER_MINUTE, burst: int = RATE_LIMIT_BURST,
-                 prune_above: int = RATE_LIMIT_PRUNE_ABOVE, max_clients: int = RATE_LIMIT_MAX_CLIENTS) -> None:
+    def __init__(self, per_minute: float = DAEMON_STATE.rate_limit_requests_per_minute,
+                 burst: int = DAEMON_STATE.rate_limit_burst,
+                 prune_above: int = DAEMON_STATE.rate_limit_prune_above,
+                 max_clients: int = DAEMON_STATE.rate_limit_max_clients) -> None:
         self.rate = per_minute / 60.0
         self.burst = burst
         self.prune_above = prune_above
@@ -282,7 +260,8 @@ class RateLimiter:
             tokens = min(float(self.burst), tokens + (now - stamp) * self.rate)
             allowed = tokens >= 1.0
             self._buckets[client] = (tokens - 1.0 if allowed else tokens, now)
-            if len(self._buckets) > self.prune_above and now - self._pruned_at >= RATE_LIMIT_PRUNE_EVERY_SECONDS:
+            if (len(self._buckets) > self.prune_above
+                and now - self._pruned_at >= DAEMON_STATE.rate_limit_prune_every_seconds):
                 self._prune(now)
             while len(self._buckets) > self.max_clients:  # the hard cap: least recently seen out, O(1) each
                 self._buckets.popitem(last=False)
@@ -596,8 +575,9 @@ class MaintenanceCalendar:
         if not 0 < hours <= MAINTENANCE_MAX_HOURS:
             raise ValueError(f"hours must be in (0, {MAINTENANCE_MAX_HOURS}]")
         self.expire()
-        if server not in self._windows and len(self._windows) >= MAINTENANCE_MAX_WINDOWS:
-            raise ValueError(f"{MAINTENANCE_MAX_WINDOWS} maintenance windows are open (MAINTENANCE_MAX_WINDOWS); "
+        if server not in self._windows and len(self._windows) >= DAEMON_STATE.maintenance_max_windows:
+            raise ValueError(f"{DAEMON_STATE.maintenance_max_windows} maintenance windows are open "
+                             f"(DAEMON_STATE.maintenance_max_windows); "
                              f"end one first")
         now = self.clock()
         row = (now, now + hours * 3600.0, reason, set_by)
@@ -651,13 +631,14 @@ class FeedIngest:
     ``clock`` is the daemon's own time (epoch seconds): no record may be stamped more than
     ``max_future_seconds`` after it, nor older than the store keeps, so no client can move the fleet's
     clock. What a key may introduce is bounded: servers it is bound to, ``max_servers`` in all, and
-    new names at ``NEW_SERVERS_PER_MINUTE`` per key.
+    new names at ``DAEMON_STATE.new_servers_per_minute`` per key.
     """
 
     def __init__(self, store: MetricsStore, fleet: FleetWindows, lock: threading.Lock, counters: Counters,
                  metrics: PrometheusMetrics, clock: Callable[[], float] = time.time,
-                 max_future_seconds: float = FEED_MAX_FUTURE_SECONDS, max_servers: int = MAX_TRACKED_SERVERS,
-                 retention_days: int = RETENTION_DAYS) -> None:
+                 max_future_seconds: float = FEED_MAX_FUTURE_SECONDS,
+                 max_servers: int = DAEMON_STATE.max_tracked_servers,
+                 retention_days: int = DAEMON_STATE.retention_days) -> None:
         self.store, self.fleet, self.lock, self.counters, self.metrics = store, fleet, lock, counters, metrics
         self.clock = clock
         self.max_future_seconds = max_future_seconds
@@ -665,7 +646,8 @@ class FeedIngest:
         self.retention_days = retention_days
         self.instances = ServerInstances(store)
         self.owners = ServerOwners(store)
-        self.new_servers = RateLimiter(NEW_SERVERS_PER_MINUTE, NEW_SERVERS_BURST)  # per key id
+        # per key id
+        self.new_servers = RateLimiter(DAEMON_STATE.new_servers_per_minute, DAEMON_STATE.new_servers_burst)
 
     def body(self, body: bytes, grant: KeyGrant = OPEN_GRANT) -> FeedResponse:
         """A raw ``POST /feed`` body -> what happened to each record (runs off the event loop).
@@ -756,20 +738,21 @@ class FeedIngest:
         """Records the daemon can take, as the store's dicts (with ``ts_ns``); the rest rejected with why.
 
         A record is refused when it is stamped too far ahead of the daemon's clock, older than the
-        late-record window (``MAX_RECORD_AGE_HOURS``) or than the store keeps, names a different profile
+        late-record window (``DAEMON_STATE.max_record_age_hours``) or than the store keeps, names a different profile
         than its server already has, names a server its key may not feed, or would add a server past
         the cap or faster than the key's new-server rate.
         """
         now = self.clock()
         latest_ns = int((now + self.max_future_seconds) * 1e9)
         stamps = [int(r.timestamp.timestamp()) * 1_000_000_000 + r.timestamp.microsecond * 1000 for _, r in parsed]
-        # Late records are taken up to MAX_RECORD_AGE_HOURS behind the newest bucket, the newest of this very
+        # Late records are taken up to DAEMON_STATE.max_record_age_hours behind the newest bucket, the newest
+        # of this very
         # batch included (an empty store no longer takes a batch spanning 1970 to today), and nothing older
-        # than FEED_MAX_AGE_DAYS (or the retention, when longer) before the daemon's own clock.
+        # than DAEMON_STATE.feed_max_age_days (or the retention, when longer) before the daemon's own clock.
         newest = max([self.fleet.newest_bucket or -1, *(int(bucket_of_ns(t)) for t in stamps if t <= latest_ns)])
-        floor_days = max(FEED_MAX_AGE_DAYS, self.retention_days)
+        floor_days = max(DAEMON_STATE.feed_max_age_days, self.retention_days)
         oldest_ok = max(int(bucket_of_ns(int(now * 1e9))) - floor_days * STEPS_PER_DAY,
-                        newest - MAX_RECORD_AGE_HOURS * STEPS_PER_HOUR)
+                        newest - DAEMON_STATE.max_record_age_hours * STEPS_PER_HOUR)
         profiles = {name: window.profile for name, window in self.fleet.servers.items()}
         tracked = len(profiles)
         verdicts: dict[str, str | None] = {}  # per server of this batch: why it is refused (None: taken)
@@ -782,7 +765,8 @@ class FeedIngest:
                           f"clock ({isoformat_utc(datetime.fromtimestamp(now, UTC))}); records may be at "
                           f"most {self.max_future_seconds:g} s ahead. Fix the sender's clock (NTP)")
             elif bucket_of_ns(ts_ns) < oldest_ok:
-                reason = (f"older than the feed accepts: late records up to {MAX_RECORD_AGE_HOURS} h behind the "
+                reason = (f"older than the feed accepts: late records up to {DAEMON_STATE.max_record_age_hours} h "
+                          f"behind the "
                           f"newest bucket ({bucket_iso(newest)}, this batch included), and nothing more than "
                           f"{floor_days} days before the daemon's clock")
             else:
@@ -816,14 +800,16 @@ class FeedIngest:
             return None
         if tracked >= self.max_servers:
             self.metrics.refuse("max_servers")
-            return (f"the daemon tracks {tracked} servers, its cap (--max-servers, MAX_TRACKED_SERVERS = "
+            return (f"the daemon tracks {tracked} servers, its cap (--max-servers, DAEMON_STATE.max_tracked_servers = "
                     f"{self.max_servers}); a new server is taken once one is released (idle past retention), or "
                     f"run another daemon for part of the fleet ({API_REFERENCE_DOC}, Limits)")
         allowed, wait = self.new_servers.allow(grant.key_id)
         if not allowed:
             self.metrics.refuse("new_server_rate")
-            return (f"this key introduced new servers faster than {NEW_SERVERS_PER_MINUTE} a minute (burst "
-                    f"{NEW_SERVERS_BURST}); retry this server's records in {wait:.0f} s ({API_REFERENCE_DOC}, "
+            return (f"this key introduced new servers faster than {DAEMON_STATE.new_servers_per_minute} a minute "
+                    f"(burst "
+                    f"{DAEMON_STATE.new_servers_burst}); retry this server's records in {wait:.0f} s "
+                    f"({API_REFERENCE_DOC}, "
                     f"Limits)")
         return None
 
@@ -878,8 +864,9 @@ class Subscribers:
     is closed and dropped. Subscriptions are capped in all and per key (``owner``).
     """
 
-    def __init__(self, max_total: int = WS_MAX_SUBSCRIBERS, max_per_owner: int = WS_MAX_SUBSCRIBERS_PER_KEY,
-                 send_timeout: float = WS_SEND_TIMEOUT_SECONDS,
+    def __init__(self, max_total: int = DAEMON_STATE.ws_max_subscribers,
+                 max_per_owner: int = DAEMON_STATE.ws_max_subscribers_per_key,
+                 send_timeout: float = DAEMON_STATE.ws_send_timeout_seconds,
                  on_refused: Callable[[str], None] | None = None) -> None:
         self.max_total, self.max_per_owner, self.send_timeout = max_total, max_per_owner, send_timeout
         self.on_refused = on_refused or (lambda reason: None)
@@ -890,11 +877,11 @@ class Subscribers:
         if len(self.members) >= self.max_total:
             self.on_refused("ws_subscribers_total")
             raise SubscriberLimit(f"the daemon serves at most {self.max_total} WebSocket subscribers "
-                                  f"(WS_MAX_SUBSCRIBERS); retry later or poll GET /predictions/current")
+                                  f"(DAEMON_STATE.ws_max_subscribers); retry later or poll GET /predictions/current")
         if sum(1 for m in self.members.values() if m.owner == owner) >= self.max_per_owner:
             self.on_refused("ws_subscribers_per_key")
             raise SubscriberLimit(f"this key already holds {self.max_per_owner} WebSocket subscriptions "
-                                  f"(WS_MAX_SUBSCRIBERS_PER_KEY); close one first")
+                                  f"(DAEMON_STATE.ws_max_subscribers_per_key); close one first")
         member = self.members[socket] = Subscriber(socket, owner)
         return member
 
@@ -932,12 +919,13 @@ class Subscribers:
 
 # ============================================================================ the daemon
 class CycleLog:
-    """One INFO line per ``LOG_SUMMARY_SECONDS`` about the cycles since the last one (each cycle is DEBUG).
+    """One INFO line per ``DAEMON_STATE.log_summary_seconds`` about the cycles since the last one (each cycle is DEBUG).
 
     A demo completes a bucket every second; a line per cycle would bury every warning.
     """
 
-    def __init__(self, every_seconds: float = LOG_SUMMARY_SECONDS, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, every_seconds: float = DAEMON_STATE.log_summary_seconds,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.every_seconds, self.clock = every_seconds, clock
         self._since = clock()
         self._ms: list[float] = []
@@ -972,13 +960,15 @@ class CycleLog:
 
 
 class HousekeepingLog:
-    """One INFO line per ``HOUSEKEEPING_SUMMARY_SECONDS`` with what housekeeping removed since the last one.
+    """One INFO line per ``DAEMON_STATE.housekeeping_summary_seconds`` with what housekeeping removed since the last
+    one.
 
-    Each run is a DEBUG line; a run that releases a server or removes ``HOUSEKEEPING_LOUD_ROWS`` rows of one
+    Each run is a DEBUG line; a run that releases a server or removes ``DAEMON_STATE.housekeeping_loud_rows`` rows of
+    one
     kind is logged at INFO when it happens (a failing one is logged by the forecast loop).
     """
 
-    def __init__(self, every_seconds: float = HOUSEKEEPING_SUMMARY_SECONDS,
+    def __init__(self, every_seconds: float = DAEMON_STATE.housekeeping_summary_seconds,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.every_seconds, self.clock = every_seconds, clock
         self._since = clock()
@@ -990,7 +980,8 @@ class HousekeepingLog:
         self._runs += 1
         for kind, count in removed.items():
             self._totals[kind] = self._totals.get(kind, 0) + count
-        loud = removed.get("servers_released", 0) or max(removed.values(), default=0) >= HOUSEKEEPING_LOUD_ROWS
+        loud = (removed.get("servers_released", 0)
+                or max(removed.values(), default=0) >= DAEMON_STATE.housekeeping_loud_rows)
         (logger.info if loud else logger.debug)("housekeeping: removed %s", removed)
         if self.clock() - self._since >= self.every_seconds:
             self.flush()
@@ -1023,12 +1014,13 @@ class Daemon:
         self.counters = Counters()
         self.published = PublishedCycle()
         self.last_origin: int | None = None
-        self.failed_cycles = 0  # in a row; /health is degraded from HEALTH_DEGRADED_AFTER_FAILED_CYCLES on
+        self.failed_cycles = 0  # in a row; /health is degraded from DAEMON_STATE.health_degraded_after_failed_cycles on
         self.last_cycle_error: str | None = None
         self._retry_at = 0.0  # a failed cycle is retried from this monotonic time on
         self.lock = threading.Lock()  # guards fleet windows between feed and forecast threads
         self.limiter = RateLimiter(settings.rate_per_minute, settings.rate_burst)  # per valid key
-        self.anonymous_limiter = RateLimiter(ANONYMOUS_RATE_PER_MINUTE, ANONYMOUS_RATE_BURST)  # per address
+        # per address
+        self.anonymous_limiter = RateLimiter(DAEMON_STATE.anonymous_rate_per_minute, DAEMON_STATE.anonymous_rate_burst)
         self.metrics = PrometheusMetrics()
         self.subscribers = Subscribers(on_refused=self.metrics.refuse)
         self.cycle_log = CycleLog()
@@ -1139,7 +1131,7 @@ class Daemon:
         newest = self.fleet.newest_bucket
         if newest is None:
             return None
-        clock = int((self.clock() - BUCKET_GRACE_SECONDS) // SAMPLING_INTERVAL_SECONDS) - 1
+        clock = int((self.clock() - DAEMON_STATE.bucket_grace_seconds) // SAMPLING_INTERVAL_SECONDS) - 1
         return min(newest, max(newest - 1, clock))
 
     @property
@@ -1149,7 +1141,7 @@ class Daemon:
 
         The sentence is for an unauthenticated probe: it names the condition, never an exception's text
         (that is in /status and the log)."""
-        if self.failed_cycles >= HEALTH_DEGRADED_AFTER_FAILED_CYCLES:
+        if self.failed_cycles >= DAEMON_STATE.health_degraded_after_failed_cycles:
             return (f"the last {self.failed_cycles} forecast cycles failed; the reason is in /status "
                     f"(last_cycle_error) and the daemon's log")
         if self.engine is not None:
@@ -1173,7 +1165,8 @@ class Daemon:
             self.counters.cycle_errors += 1
             self.failed_cycles += 1
             self.last_cycle_error = f"{type(exc).__name__}: {exc}"
-            backoff = min(FORECAST_RETRY_MAX_SECONDS, FORECAST_POLL_SECONDS * 2 ** self.failed_cycles)
+            backoff = min(DAEMON_STATE.forecast_retry_max_seconds,
+                          DAEMON_STATE.forecast_poll_seconds * 2 ** self.failed_cycles)
             self._retry_at = time.monotonic() + backoff
             if self.failed_cycles == 1:  # the traceback once; then one line per retry, backing off
                 logger.exception("forecast cycle for %s failed", bucket_iso(origin))
@@ -1322,11 +1315,11 @@ class Daemon:
     async def forecast_loop(self) -> None:
         """Wait for completed buckets; forecast each once, off the event loop; push it to subscribers.
 
-        Between cycles: follow the model link (``MODEL_WATCH_SECONDS``) and tend a scheduled retrain.
+        Between cycles: follow the model link (``DAEMON_STATE.model_watch_seconds``) and tend a scheduled retrain.
         """
         while True:
             try:
-                if time.monotonic() - self._watched_at >= MODEL_WATCH_SECONDS:
+                if time.monotonic() - self._watched_at >= DAEMON_STATE.model_watch_seconds:
                     self._watched_at = time.monotonic()
                     await asyncio.to_thread(self.watch_model)
                 if self.retrainer is not None:
@@ -1344,7 +1337,7 @@ class Daemon:
                 raise
             except Exception:  # noqa: BLE001 - the loop must survive anything
                 logger.exception("forecast loop error")
-            await asyncio.sleep(FORECAST_POLL_SECONDS)
+            await asyncio.sleep(DAEMON_STATE.forecast_poll_seconds)
 
     def close(self) -> None:
         """Log the last cycle and housekeeping summaries, stop a running retrain and the Alertmanager push,
@@ -1443,7 +1436,8 @@ def selection_summary(daemon: Daemon, live: LiveAccuracy, metric: str | None, ho
     listed = sorted((p for p in predictions if p.last_value_served),
                     key=lambda p: (-sum(map(len, p.last_value_served.values())), p.server_name))
     servers = [LastValueServer(server_name=p.server_name, profile=p.profile, known_to_model=p.known_to_model,
-                               last_value_served=p.last_value_served) for p in listed[:LIVE_SELECTION_LISTED]]
+                               last_value_served=p.last_value_served)
+                               for p in listed[:DAEMON_STATE.live_selection_listed]]
     return LiveSelectionSummary(enabled=live.selection.enabled, rows=rows, servers=servers,
                                 switches=dict(live.selection.switches))
 

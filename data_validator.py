@@ -12,7 +12,7 @@ information - whole numbers stored as floats, timestamps off the 5-minute grid, 
 that do not add up - to warnings. Gaps in a server's series are always warnings: real
 fleets lose samples.
 
-A file is read within ``ReadLimits`` (``VALIDATE_MAX_ROWS`` / ``VALIDATE_MAX_BYTES``, ``--max-rows`` /
+A file is read within ``ReadLimits`` (``VALIDATOR.max_rows`` / ``VALIDATOR.max_bytes``, ``--max-rows`` /
 ``--max-bytes``): a Parquet file over them is refused from its footer, before it is decoded; a CSV stops
 at the limit. The same bounded readers serve the trace importer.
 """
@@ -52,8 +52,7 @@ from config import (
     SERVER_PROFILES_DOC,
     VALID_PROFILES,
     VALID_STATES,
-    VALIDATE_MAX_BYTES,
-    VALIDATE_MAX_ROWS,
+    VALIDATOR,
     VALIDATOR_MAX_EXAMPLES,
 )
 from contract import NS_PER_BUCKET
@@ -389,8 +388,8 @@ class ReadLimits:
     max_rows: int
     max_bytes: int
     command: str = "main.py validate"
-    rows_setting: str = "--max-rows (VALIDATE_MAX_ROWS in config.py)"
-    bytes_setting: str = "--max-bytes (VALIDATE_MAX_BYTES in config.py)"
+    rows_setting: str = "--max-rows (VALIDATOR.max_rows in config.py)"
+    bytes_setting: str = "--max-bytes (VALIDATOR.max_bytes in config.py)"
     doc: str = f"{DATA_CONTRACT_DOC} (Validating)"
 
     def too_many_rows(self, what: str) -> InputLimitError:
@@ -412,7 +411,7 @@ class ReadLimits:
             f"split the input", self.doc)
 
 
-VALIDATE_LIMITS = ReadLimits(max_rows=VALIDATE_MAX_ROWS, max_bytes=VALIDATE_MAX_BYTES)
+VALIDATE_LIMITS = ReadLimits(max_rows=VALIDATOR.max_rows, max_bytes=VALIDATOR.max_bytes)
 # Compressed CSV the bounded reader opens itself (so it can count the decompressed bytes); archives it
 # refuses rather than read as text.
 _CSV_DECOMPRESSORS = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
@@ -552,11 +551,11 @@ def build_arg_parser(parser: argparse.ArgumentParser | None = None) -> argparse.
     parser.add_argument("--lenient", action="store_true",
                         help="downgrade repairable violations to warnings (default: strict)")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
-    parser.add_argument("--max-rows", type=int, default=VALIDATE_MAX_ROWS, metavar="N",
-                        help=f"refuse, before decoding it, a file of more rows (default {VALIDATE_MAX_ROWS:,})")
-    parser.add_argument("--max-bytes", type=int, default=VALIDATE_MAX_BYTES, metavar="N",
+    parser.add_argument("--max-rows", type=int, default=VALIDATOR.max_rows, metavar="N",
+                        help=f"refuse, before decoding it, a file of more rows (default {VALIDATOR.max_rows:,})")
+    parser.add_argument("--max-bytes", type=int, default=VALIDATOR.max_bytes, metavar="N",
                         help="refuse a file whose data is larger once decompressed (Parquet: from its footer; "
-                             f"default {VALIDATE_MAX_BYTES:,})")
+                             f"default {VALIDATOR.max_bytes:,})")
     return parser
 
 
@@ -566,8 +565,8 @@ def run_from_args(args: argparse.Namespace) -> int:
     import json
 
     began = time.perf_counter()
-    limits = ReadLimits(max_rows=getattr(args, "max_rows", VALIDATE_MAX_ROWS),
-                        max_bytes=getattr(args, "max_bytes", VALIDATE_MAX_BYTES))
+    limits = ReadLimits(max_rows=getattr(args, "max_rows", VALIDATOR.max_rows),
+                        max_bytes=getattr(args, "max_bytes", VALIDATOR.max_bytes))
     frame = load_frame(args.path, limits=limits)
     is_valid, errors, warnings = DataValidator(strict=not args.lenient).validate_schema(frame)
     seconds = time.perf_counter() - began

@@ -3,7 +3,7 @@
     python main.py demo            # then open the printed dashboard URL; Ctrl-C stops everything
 
 On a fresh checkout it first generates a small fleet and trains a small model (measured:
-about DEMO_FIRST_MODEL_MINUTES on an idle 2-core CPU), unless ``models/latest`` already holds one. Then
+about DEMO.first_model_minutes on an idle 2-core CPU), unless ``models/latest`` already holds one. Then
 it starts, each as its own process: the inference daemon (fresh store, a random API key), the
 demo stream (``metrics_generator.py --stream``, one 5-minute bucket per second) and the
 Streamlit dashboard (started in the repository root, so it reads ``.streamlit/config.toml``).
@@ -38,13 +38,8 @@ from config import (
     DASHBOARD_PORT,
     DASHBOARD_TIMEOUT_SECONDS,
     DEFAULT_HOST,
-    DEMO_DIR,
-    DEMO_FIRST_MODEL_MINUTES,
-    DEMO_LOG_TAIL_LINES,
-    DEMO_MAX_FUTURE_SECONDS,
+    DEMO,
     DEMO_SERVERS,
-    DEMO_START_TIMEOUT_SECONDS,
-    DEMO_TRAIN_HOURS,
     LATEST_MODEL_LINK,
     MODELS_DIR,
     PROJECT_ROOT,
@@ -58,7 +53,7 @@ DEMO_TRAIN_ARGS = ["--epochs", "4", "--windows-per-epoch", "8192", "--val-window
                    "--no-statistical"]
 
 
-def ensure_model(models_dir: Path, work_dir: Path = DEMO_DIR) -> Path:
+def ensure_model(models_dir: Path, work_dir: Path = DEMO.work_dir) -> Path:
     """models/latest, training a small one first (on a fleet generated in ``work_dir``) if there is none."""
     from tft_model import missing_model_files  # deferred: tft_model imports torch; `main.py demo --help` needs none
 
@@ -69,10 +64,10 @@ def ensure_model(models_dir: Path, work_dir: Path = DEMO_DIR) -> Path:
     data_dir = work_dir / "training"
     logger.info("no model in %s yet: generating a %d-server, %d-day fleet and training a small model on it "
                 "(about %d minutes on an idle 2-core CPU; later runs reuse it)", models_dir, DEMO_SERVERS,
-                DEMO_TRAIN_HOURS // 24, DEMO_FIRST_MODEL_MINUTES)
+                DEMO.train_hours // 24, DEMO.first_model_minutes)
     if not (data_dir / TRAINING_DATA_FILE).exists():
         _run([sys.executable, "metrics_generator.py", "--servers", str(DEMO_SERVERS), "--hours",
-              str(DEMO_TRAIN_HOURS), "--out_dir", str(data_dir)])
+              str(DEMO.train_hours), "--out_dir", str(data_dir)])
     logger.info("training the demo model")
     _run([sys.executable, "tft_trainer.py", "--data", str(data_dir / TRAINING_DATA_FILE), "--models-dir",
           str(models_dir), *DEMO_TRAIN_ARGS])
@@ -99,7 +94,7 @@ def _wait_http(url: str, timeout: float, proc: subprocess.Popen[bytes]) -> None:
     raise RuntimeFailure(f"{url} did not answer within {timeout:.0f}s")
 
 
-def _log_tail(path: Path, lines: int = DEMO_LOG_TAIL_LINES) -> str:
+def _log_tail(path: Path, lines: int = DEMO.log_tail_lines) -> str:
     """The last ``lines`` lines of a child's log, to say why it stopped."""
     try:
         tail = path.read_text(errors="replace").splitlines()[-lines:]
@@ -113,7 +108,7 @@ def _interrupt(signum: int, frame: object) -> None:
 
 
 def run_demo(models_dir: Path, host: str, daemon_port: int, dashboard_port: int, duration: float | None,
-             servers: int, work_dir: Path = DEMO_DIR) -> int:
+             servers: int, work_dir: Path = DEMO.work_dir) -> int:
     """Start everything, print the URLs, stop cleanly on Ctrl-C (or after ``duration`` seconds)."""
     model_dir = ensure_model(models_dir, work_dir)
     api_key = secrets.token_urlsafe(18)
@@ -156,10 +151,10 @@ def run_demo(models_dir: Path, host: str, daemon_port: int, dashboard_port: int,
     try:
         daemon = start("daemon", [sys.executable, "tft_inference.py", "--daemon", "--host", host, "--port",
                                   str(daemon_port), "--model-dir", str(model_dir), "--store", str(store),
-                                  "--max-future-seconds", str(DEMO_MAX_FUTURE_SECONDS)])
+                                  "--max-future-seconds", str(DEMO.max_future_seconds)])
         with DaemonClient(daemon_url, api_key) as client:
             try:
-                client.wait_until_healthy(DEMO_START_TIMEOUT_SECONDS, still_starting=lambda: daemon.poll() is None)
+                client.wait_until_healthy(DEMO.start_timeout_seconds, still_starting=lambda: daemon.poll() is None)
             except DaemonError as exc:
                 raise failure("daemon", exc.summary) from exc
         start("stream", [sys.executable, "metrics_generator.py", "--stream", "--daemon-url", daemon_url, "--servers",
@@ -171,7 +166,7 @@ def run_demo(models_dir: Path, host: str, daemon_port: int, dashboard_port: int,
                           {DASHBOARD_DAEMON_URL_ENV: daemon_url, DASHBOARD_DEMO_ENV: "1",
                            DASHBOARD_DEMO_ADMIN_KEY_ENV: api_key})
         try:
-            _wait_http(f"http://{host}:{dashboard_port}/_stcore/health", DEMO_START_TIMEOUT_SECONDS, dashboard)
+            _wait_http(f"http://{host}:{dashboard_port}/_stcore/health", DEMO.start_timeout_seconds, dashboard)
         except RuntimeError as exc:
             raise failure("dashboard", str(exc)) from exc
         # The URL is the last line: it is what to open.
@@ -198,7 +193,7 @@ def build_arg_parser(parser: argparse.ArgumentParser | None = None) -> argparse.
     """Arguments of the demo (``main.py demo``)."""
     parser = parser or argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models-dir", type=Path, default=MODELS_DIR)
-    parser.add_argument("--work-dir", type=Path, default=DEMO_DIR,
+    parser.add_argument("--work-dir", type=Path, default=DEMO.work_dir,
                         help="where the demo keeps its training fleet and its store")
     parser.add_argument("--host", default=DEFAULT_HOST)
     parser.add_argument("--port", type=int, default=DAEMON_PORT, help="daemon port")

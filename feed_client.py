@@ -38,14 +38,7 @@ import httpx
 
 from api_keys import KeyFileError
 from common_utils import resolve_api_key
-from config import (
-    FEED_BATCH_RECORDS,
-    FEED_BUFFER_MAX_RECORDS,
-    FEED_RETRY_BASE_SECONDS,
-    FEED_RETRY_CLIENT_STATUSES,
-    FEED_RETRY_MAX_SECONDS,
-    FEED_TIMEOUT_SECONDS,
-)
+from config import FEED
 from daemon_client import NO_RETRY, DaemonClient, DaemonError, FeedResult, RetryPolicy
 
 logger = logging.getLogger(__name__)
@@ -80,10 +73,10 @@ class DaemonFeed:
     """
 
     # Until delivered: the wait after the k-th failed flush in a row doubles up to the maximum.
-    backoff = RetryPolicy(attempts=None, base_seconds=FEED_RETRY_BASE_SECONDS, max_seconds=FEED_RETRY_MAX_SECONDS)
+    backoff = RetryPolicy(attempts=None, base_seconds=FEED.retry_base_seconds, max_seconds=FEED.retry_max_seconds)
 
-    def __init__(self, daemon_url: str, api_key: str | None = None, *, max_buffer: int = FEED_BUFFER_MAX_RECORDS,
-                 batch_records: int = FEED_BATCH_RECORDS, timeout: float = FEED_TIMEOUT_SECONDS,
+    def __init__(self, daemon_url: str, api_key: str | None = None, *, max_buffer: int = FEED.buffer_max_records,
+                 batch_records: int = FEED.batch_records, timeout: float = FEED.timeout_seconds,
                  client: DaemonClient | httpx.Client | None = None) -> None:
         if isinstance(client, DaemonClient):
             self.client, self._owns_client = client, False
@@ -180,7 +173,7 @@ class DaemonFeed:
                 logger.warning("the daemon refused %d records at once as too large; sending batches of %d",
                                len(batch), self.batch_records)
                 return "smaller"
-            if exc.status is not None and 400 <= exc.status < 500 and exc.status not in FEED_RETRY_CLIENT_STATUSES:
+            if exc.status is not None and 400 <= exc.status < 500 and exc.status not in FEED.retry_client_statuses:
                 self.stats.refused += len(batch)
                 reason = f"HTTP {exc.status} {exc.error or ''}".strip()
                 self.stats.rejected_reasons[reason] = self.stats.rejected_reasons.get(reason, 0) + len(batch)

@@ -24,15 +24,7 @@ import numpy as np
 import torch
 
 from api_models import FleetPredictions, ForecastSource, ServerPrediction
-from config import (
-    GROUP_ID,
-    HORIZONS,
-    INFERENCE_CHUNK_SERVERS,
-    INTEGER_METRICS,
-    LINBORG_METRICS,
-    OFFLINE_AFTER_BUCKETS,
-    QUANTILE_LABELS,
-)
+from config import ENGINE, GROUP_ID, HORIZONS, INTEGER_METRICS, LINBORG_METRICS, QUANTILE_LABELS
 from contract import DISPLAY_CPU, bucket_iso, bucket_of_times, cpu_used
 from data_validator import DataValidator, format_report
 from live_accuracy import BandAdjuster, display_range
@@ -222,7 +214,7 @@ class ForecastEngine:
             last = window.last_sample_bucket()
             base = self._base(name, window.profile, prediction_time, last)
             history = origin - (window.first_bucket or origin) + 1
-            if last is None or last < origin - OFFLINE_AFTER_BUCKETS:
+            if last is None or last < origin - ENGINE.offline_after_buckets:
                 results[name] = ServerResult(_prediction(base, "offline"))
             elif history < self.spec.min_encoder_length:
                 results[name] = ServerResult(_prediction(
@@ -352,9 +344,9 @@ class ForecastEngine:
                  origin: int, history: int, yesterday: np.ndarray | None = None) -> np.ndarray:
         """(S, E, 14) raw windows -> (S, targets, D, Q) quantiles, reading the last ``history`` buckets.
 
-        Runs in slices of ``INFERENCE_CHUNK_SERVERS`` so each slice's tensors stay in cache.
+        Runs in slices of ``ENGINE.inference_chunk_servers`` so each slice's tensors stay in cache.
         """
-        slices = -(-len(names) // max(1, INFERENCE_CHUNK_SERVERS))  # ceil; slices of near-equal size
+        slices = -(-len(names) // max(1, ENGINE.inference_chunk_servers))  # ceil; slices of near-equal size
         if slices <= 1:
             return self._predict_slice(names, values, states, profiles, origin, history, yesterday)
         bounds = np.linspace(0, len(names), slices + 1).round().astype(int)
@@ -401,7 +393,7 @@ def forecast_file(model_dir: Path, data_path: Path) -> dict[str, Any]:
     engine = ForecastEngine(load_model(model_dir))
     # Only the last window of every server and yesterday's values matter (plus the hour that decides "offline").
     buckets = bucket_of_times(frame["timestamp"])
-    frame = frame[buckets > buckets.max() - (engine.spec.history_buckets + OFFLINE_AFTER_BUCKETS + 1)]
+    frame = frame[buckets > buckets.max() - (engine.spec.history_buckets + ENGINE.offline_after_buckets + 1)]
     records = frame.assign(server_name=frame["server_name"].astype(str), profile=frame["profile"].astype(str),
                            state=frame["state"].astype(str)).to_dict(orient="records")
     fleet = FleetWindows.from_records(records)

@@ -37,17 +37,13 @@ from common_utils import (
 from config import (
     API_KEY_ENV,
     API_KEY_FILE_ENV,
-    BYTES_PER_MB,
-    COLLECT_DATA_PATH,
-    COLLECT_INTERVAL_SECONDS,
+    COLLECTOR,
     CPU_COMPONENTS,
     DATA_CONTRACT_DOC,
     DEFAULT_DAEMON_URL,
     FEED_FLUSH_ON_EXIT_SECONDS,
     INSTANCE_MAX_LENGTH,
     INSTANCE_PATTERN,
-    JAVA_PROCESS_NAMES,
-    NIC_EXCLUDE_PREFIXES,
     UPTIME_MAX_DAYS,
     VALID_PROFILES,
 )
@@ -104,8 +100,9 @@ class HostSampler:
     the constructor takes the first reading.
     """
 
-    def __init__(self, data_path: str = COLLECT_DATA_PATH, nic_exclude: tuple[str, ...] = NIC_EXCLUDE_PREFIXES,
-                 java_names: tuple[str, ...] = JAVA_PROCESS_NAMES) -> None:
+    def __init__(self, data_path: str = COLLECTOR.data_path,
+                 nic_exclude: tuple[str, ...] = COLLECTOR.nic_exclude_prefixes,
+                 java_names: tuple[str, ...] = COLLECTOR.java_process_names) -> None:
         if not Path(data_path).exists():
             raise CollectorError(f"--data-path {data_path} does not exist: name the mount point of the data "
                                  f"volume whose fill level is disk_usage_pct ({COLLECTING_DOC})")
@@ -186,8 +183,8 @@ class HostSampler:
         metrics["disk_usage_pct"] = float(psutil.disk_usage(self.data_path).percent)
 
         rx, tx = self._net_bytes()
-        metrics["net_in_mb_s"] = max(0, rx - self._net[0]) / BYTES_PER_MB / elapsed
-        metrics["net_out_mb_s"] = max(0, tx - self._net[1]) / BYTES_PER_MB / elapsed
+        metrics["net_in_mb_s"] = max(0, rx - self._net[0]) / COLLECTOR.bytes_per_mb / elapsed
+        metrics["net_out_mb_s"] = max(0, tx - self._net[1]) / COLLECTOR.bytes_per_mb / elapsed
 
         metrics["back_close_wait"], metrics["front_close_wait"] = self._close_wait()
         metrics["load_average"] = float(os.getloadavg()[0])
@@ -214,7 +211,7 @@ class HostCollector:
     """Samples this host on a fixed interval and feeds the records to the daemon."""
 
     def __init__(self, feed: DaemonFeed | None, server_name: str, profile: str, sampler: HostSampler,
-                 interval: float = COLLECT_INTERVAL_SECONDS, time_scale: float = 1.0) -> None:
+                 interval: float = COLLECTOR.interval_seconds, time_scale: float = 1.0) -> None:
         self.feed = feed
         self.server_name = server_name
         self.profile = profile
@@ -268,12 +265,12 @@ def build_arg_parser(parser: argparse.ArgumentParser | None = None) -> argparse.
     """Arguments of the host collector (``main.py collect``)."""
     parser = parser or argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--daemon-url", default=DEFAULT_DAEMON_URL, help="inference daemon (default %(default)s)")
-    parser.add_argument("--interval", type=float, default=COLLECT_INTERVAL_SECONDS,
+    parser.add_argument("--interval", type=float, default=COLLECTOR.interval_seconds,
                         help="seconds between samples (default %(default)s)")
     parser.add_argument("--name", help="server name to report (default: this host's name, lower-cased)")
     parser.add_argument("--profile", choices=VALID_PROFILES,
                         help="this host's role (default: from a convention name, else generic)")
-    parser.add_argument("--data-path", default=COLLECT_DATA_PATH,
+    parser.add_argument("--data-path", default=COLLECTOR.data_path,
                         help="mount point of the data volume for disk_usage_pct (default %(default)s)")
     parser.add_argument("--api-key",
                         help=f"daemon API key with the ingest scope (default: the first ingest key in the file "

@@ -37,21 +37,16 @@ import numpy as np
 
 from api_models import Alert
 from config import (
-    ACCURACY_CATCH_UP_BUCKETS,
+    ACCURACY,
     ACCURACY_SERVER_WINDOW,
     ACCURACY_WINDOWS_HOURS,
-    ACCURACY_WORST_SERVERS,
-    BAND_ADAPT_GAIN,
     BAND_ADAPT_MAX_SCALE,
-    BAND_ADAPT_MAX_STEP,
     BAND_ADAPT_MIN_SCALE,
-    BAND_ADAPT_SERVED_TOLERANCE,
     BAND_ADAPT_TARGET_MISS,
     DRIFT_COVERAGE_BAND,
     DRIFT_MIN_MATURED,
     DRIFT_SKILL_FLOOR,
     DRIFT_SKILL_HOURS,
-    DRIFT_SKILL_MIN_QRISK,
     DRIFT_WINDOW,
     HORIZONS,
     INTEGER_METRICS,
@@ -114,7 +109,7 @@ def live_terms(actual: np.ndarray, persistence: np.ndarray, bands: np.ndarray, i
     ``actual``/``persistence`` (N, metrics); ``bands`` (N, metrics, 3) as served; ``issued``
     (N, metrics, 2) the multipliers they were served with; ``now`` (metrics, 2) today's.
     The update's misses are judged against the band as served, unless today's multiplier has
-    moved more than ``BAND_ADAPT_SERVED_TOLERANCE`` (log units) from the issued one: then against
+    moved more than ``ACCURACY.band_adapt_served_tolerance`` (log units) from the issued one: then against
     the model's band widened by today's (so feedback arriving 8 h late does not push the band
     past where it already went). Judged against today's band alone, the served band's misses
     drift from the target: an actual sitting exactly at the bottom of its range (an idle VM's
@@ -131,7 +126,8 @@ def live_terms(actual: np.ndarray, persistence: np.ndarray, bands: np.ndarray, i
     high_width = (q[..., 2] - q[..., 1]) / np.maximum(issued[..., 1], 1e-9)
     kept = base[..., TERM["n"]] > 0
     y = np.where(kept, actual, 0.0)
-    moved = np.abs(np.log(np.maximum(now, 1e-9)) - np.log(np.maximum(issued, 1e-9))) > BAND_ADAPT_SERVED_TOLERANCE
+    moved = (np.abs(np.log(np.maximum(now, 1e-9)) - np.log(np.maximum(issued, 1e-9)))
+             > ACCURACY.band_adapt_served_tolerance)
     judged = np.where(moved, now, issued)  # (N, metrics, 2)
     edges = np.array([display_range(m) for m in metrics])  # (metrics, 2)
     # A side clipped at its range's edge was not missed; an actual at the edge itself (0 MB/s) under a
@@ -150,7 +146,7 @@ def live_terms(actual: np.ndarray, persistence: np.ndarray, bands: np.ndarray, i
 class BandAdjuster:
     """Online band calibration: one bounded multiplier per metric x horizon x side (low, high)."""
 
-    def __init__(self, metrics: list[str], gain: float = BAND_ADAPT_GAIN, enabled: bool = True) -> None:
+    def __init__(self, metrics: list[str], gain: float = ACCURACY.band_adapt_gain, enabled: bool = True) -> None:
         self.metrics = list(metrics)
         self.gain = gain
         self.enabled = enabled
@@ -167,7 +163,7 @@ class BandAdjuster:
         """One step from a cycle's matured forecasts: summed live terms (metrics, horizons, LIVE_TERMS).
 
         Per side: ``log m += gain * n * (miss share - target)``, i.e. one ACI step per matured
-        forecast, the cycle's total capped at ``BAND_ADAPT_MAX_STEP``.
+        forecast, the cycle's total capped at ``ACCURACY.band_adapt_max_step``.
         """
         if not self.enabled:
             return
@@ -176,7 +172,7 @@ class BandAdjuster:
             return
         misses = np.stack([sums[..., LIVE["below_judged"]], sums[..., LIVE["above_judged"]]], axis=-1)
         step = self.gain * (misses - BAND_ADAPT_TARGET_MISS * n[..., None])
-        step = np.clip(step, -BAND_ADAPT_MAX_STEP, BAND_ADAPT_MAX_STEP)
+        step = np.clip(step, -ACCURACY.band_adapt_max_step, ACCURACY.band_adapt_max_step)
         self.log_scale = np.clip(self.log_scale + step, *self._bounds)
         self.updates += 1
 
@@ -291,9 +287,9 @@ class LiveAccuracy:
         if self.since_origin is None:
             self.since_origin = origin  # this model's first forecast is made now
         first = origin if self.last_target is None else self.last_target + 1
-        if origin - first >= ACCURACY_CATCH_UP_BUCKETS:
-            self.skipped_total += origin - ACCURACY_CATCH_UP_BUCKETS + 1 - first
-            first = origin - ACCURACY_CATCH_UP_BUCKETS + 1
+        if origin - first >= ACCURACY.catch_up_buckets:
+            self.skipped_total += origin - ACCURACY.catch_up_buckets + 1 - first
+            first = origin - ACCURACY.catch_up_buckets + 1
         out = []
         for target in range(first, origin + 1):
             for k, steps in enumerate(HORIZONS.values()):
@@ -452,7 +448,7 @@ class LiveAccuracy:
                 out.append(row)
         return out
 
-    def worst_servers(self, count: int = ACCURACY_WORST_SERVERS) -> list[dict[str, Any]]:
+    def worst_servers(self, count: int = ACCURACY.worst_servers) -> list[dict[str, Any]]:
         """Per metric x horizon, the servers with the lowest skill against persistence over 24 h."""
         out = []
         candidates = []
@@ -528,7 +524,7 @@ class LiveAccuracy:
                           f"{DRIFT_WINDOW} ({n} matured forecasts), outside {low:.2f}-{high:.2f} ({side}), with the "
                           f"band already scaled x{row['band_scale_low']:.2f} / x{row['band_scale_high']:.2f}")
                 value, threshold = coverage, low if coverage < low else high
-            elif below_for >= DRIFT_SKILL_HOURS and (row["qrisk_50"] or 0.0) >= DRIFT_SKILL_MIN_QRISK:
+            elif below_for >= DRIFT_SKILL_HOURS and (row["qrisk_50"] or 0.0) >= ACCURACY.drift_skill_min_qrisk:
                 reason = (f"{row['metric']} at {row['horizon']} has been worse than 'the last value' (skill "
                           f"{skill:+.2f} against persistence over the last {DRIFT_WINDOW}) for {below_for:.1f} h")
                 value, threshold = skill, DRIFT_SKILL_FLOOR

@@ -5,7 +5,7 @@ just completed, with the bands as they were served (calibrated) and the actuals 
 For the target that is the cycle's own origin, and the horizons in ``ANOMALY_HORIZONS``, it hands
 them to :meth:`AnomalyBoard.publish`, which scores every server x metric x horizon::
 
-    score      = |actual - p50| / max(half_width, ANOMALY_MIN_HALF_WIDTH[metric])
+    score      = |actual - p50| / max(half_width, ANOMALY.min_half_width[metric])
     half_width = p90 - p50 when actual >= p50, else p50 - p10
 
 1 is the band's edge, 3 is three half-widths beyond p50. The floor keeps a needle-thin band (an idle
@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from api_models import AnomaliesResponse, AnomalyRow
-from config import ANOMALY_HORIZONS, ANOMALY_MAX_ROWS, ANOMALY_MIN_HALF_WIDTH, ANOMALY_MIN_HALF_WIDTH_DEFAULT, HORIZONS
+from config import ANOMALY, ANOMALY_HORIZONS, HORIZONS
 from contract import bucket_iso
 from scoring import Matured
 
@@ -42,7 +42,7 @@ DIGITS = 3  # scores, actuals and bands are rounded to this many decimals for th
 
 def half_width_floor(metrics: list[str]) -> np.ndarray:
     """(metrics,) the smallest half-width a score divides by, in each metric's display units."""
-    return np.array([ANOMALY_MIN_HALF_WIDTH.get(m, ANOMALY_MIN_HALF_WIDTH_DEFAULT) for m in metrics])
+    return np.array([ANOMALY.min_half_width.get(m, ANOMALY.min_half_width_default) for m in metrics])
 
 
 def anomaly_scores(actual: np.ndarray, bands: np.ndarray, metrics: list[str]) -> np.ndarray:
@@ -135,7 +135,7 @@ class AnomalyBoard:
             yield snap.servers[i], snap.profiles[i], self.metrics[j], self.horizons[h], float(snap.scores[i, j, h])
 
     def rows(self, server: str | None = None, metric: str | None = None, horizon: str | None = None,
-             min_score: float = 0.0, limit: int = ANOMALY_MAX_ROWS,
+             min_score: float = 0.0, limit: int = ANOMALY.max_rows,
              snapshot: AnomalySnapshot | None = None) -> tuple[list[AnomalyRow], int]:
         """The scores matching the filters, highest first (ties by server, metric, horizon), at most ``limit``;
         and how many matched in all. ``snapshot``: the one to read (default: the latest)."""

@@ -46,82 +46,30 @@ from common_utils import (
     setup_logging,
 )
 from config import (
-    ACTIVITY_MAX,
     CONTRACT_VERSION,
-    CPU_BUSY_MIN_PCT,
-    CRASH_DURATION_HOURS,
-    CSV_MAX_ROWS,
     DAEMON_PORT,
     DATA_CONTRACT_DOC,
     DEFAULT_FLEET,
     DEFAULT_HOST,
-    DEFAULT_OFFLINE_MODE,
-    DEFAULT_SEED,
-    DEFAULT_START,
-    DEMO_BUCKETS_PER_SECOND,
-    DEMO_PREFILL_CHUNK_BUCKETS,
-    DEMO_PREFILL_MARGIN_BUCKETS,
-    DEMO_RAMP_HOURS,
     DEMO_SCENARIOS,
     DEMO_SERVERS,
-    DEMO_TROUBLED_SHARE,
-    DISK_ROTATION_DAYS,
     ENCODER_LENGTH,
-    FLOAT_DECIMALS,
     FLOAT_METRICS,
-    GENERATE_CHUNK_DAYS,
-    INCIDENT_CURVE_EXPONENT,
-    INCIDENT_TYPES,
+    GENERATOR,
     INCIDENTS,
     INTEGER_METRICS,
-    IO_RECOVERY_HOURS,
-    IO_SATURATION_CPU_DROP,
-    IOWAIT_MAX_PCT,
-    JAVA_SHARE_JITTER,
     LINBORG_METRICS,
-    LOAD_IOWAIT_WEIGHT,
-    MAINTENANCE_ACTIVITY_DRAIN,
-    MAINTENANCE_HOURS_UTC,
-    MAINTENANCE_REBOOT_OFFSET_HOURS,
-    MAINTENANCE_REBOOT_STEPS,
-    MAINTENANCE_WINDOW_HOURS,
-    MEM_ACTIVITY_MAX,
-    MEMORY_LAG_PHI,
     METADATA_FILE,
     METRIC_RANGES,
-    MIN_GENERATE_HOURS,
     NOISE,
-    OFFLINE_MODES,
     PARQUET_COMPRESSION,
     PARQUET_ROW_GROUP_ROWS,
-    PATCH_CYCLE_DAYS,
-    PILEUP_FRONT_SHARE,
-    PILEUP_SYS_CPU_PCT,
     PROFILE_BEHAVIOUR,
     PROJECT_VERSION,
-    RECOMMENDED_GENERATE_HOURS,
-    REGIME_INITIAL_SHARES,
-    REGIME_MEAN_DWELL_HOURS,
-    REGIME_TRANSITIONS,
-    REGIMES,
     SAMPLING_INTERVAL_MINUTES,
-    SERVER_CPU_PEAK_MAX_PCT,
-    SERVER_MEM_FLOOR_PCT,
-    SERVER_MEM_OFFSET_SD,
-    SERVER_MEM_PEAK_MAX_PCT,
     SERVER_PROFILES_DOC,
-    SERVER_SCALE_SIGMA,
-    SERVER_SHARE_MAX,
-    SERVER_SHARE_SIGMA,
     STEPS_PER_DAY,
     STEPS_PER_HOUR,
-    STREAM_RETRY_SECONDS,
-    SWAP_BASE_PCT,
-    SWAP_CURVE_EXPONENT,
-    SWAP_DRAIN_HOURS,
-    SWAP_ONSET_LEAK_LEVEL,
-    SWAP_ONSET_MEM_PCT,
-    SWAP_PEAK_PCT,
     TRAINING_DATA_FILE,
     TRAINING_DIR,
     VALID_PROFILES,
@@ -144,7 +92,7 @@ _NOISE_FAMILIES = ["activity", "cpu", "iowait", "mem", "net_in", "net_out", "bac
 _NOISE_SPEC_OF = {"net_in": "net", "net_out": "net", "back_cw": "connections", "front_cw": "connections"}
 _N_NOISE = 2 * len(_NOISE_FAMILIES) + 1
 _INC_NONE = -1
-_INC_CODE = {name: i for i, name in enumerate(INCIDENT_TYPES)}
+_INC_CODE = {name: i for i, name in enumerate(GENERATOR.incident_types)}
 _PHASE_NONE, _PHASE_RAMP, _PHASE_CRITICAL = 0, 1, 2
 
 
@@ -222,8 +170,8 @@ class _Clock:
 class FleetSimulator:
     """A fleet of servers that can be advanced bucket by bucket or many buckets at once."""
 
-    def __init__(self, fleet: dict[str, int] | None = None, seed: int = DEFAULT_SEED,
-                 start: str | pd.Timestamp = DEFAULT_START) -> None:
+    def __init__(self, fleet: dict[str, int] | None = None, seed: int = GENERATOR.default_seed,
+                 start: str | pd.Timestamp = GENERATOR.default_start) -> None:
         fleet = dict(DEFAULT_FLEET if fleet is None else fleet)
         unknown = set(fleet) - set(VALID_PROFILES)
         if unknown:
@@ -270,29 +218,30 @@ class FleetSimulator:
         self._init_heterogeneity(rng)
         self._disk_base = np.array([rng.uniform(*b.disk_base) for b in behaviours])
         self._disk_growth = np.array([rng.uniform(*b.disk_growth_pct_per_day) for b in behaviours])
-        self._disk_rotation_phase = rng.integers(0, DISK_ROTATION_DAYS * STEPS_PER_DAY, n)
-        self._swap_base = rng.uniform(*SWAP_BASE_PCT, n)
-        self._regime_activity = np.array([[b.regime_activity[r] for r in REGIMES] for b in behaviours])
+        self._disk_rotation_phase = rng.integers(0, GENERATOR.disk_rotation_days * STEPS_PER_DAY, n)
+        self._swap_base = rng.uniform(*GENERATOR.swap_base_pct, n)
+        self._regime_activity = np.array([[b.regime_activity[r] for r in GENERATOR.regimes] for b in behaviours])
         self._burst = np.array([b.hourly_burst for b in behaviours], dtype=float)
         self._backup = np.array([b.backup_window for b in behaviours], dtype=float)
-        rates = np.array([[b.incident_rate_per_day[t] for t in INCIDENT_TYPES] for b in behaviours])
+        rates = np.array([[b.incident_rate_per_day[t] for t in GENERATOR.incident_types] for b in behaviours])
         self._incident_hazard = rates.sum(axis=1) / STEPS_PER_DAY
         self._incident_type_cdf = np.cumsum(rates / np.maximum(rates.sum(axis=1, keepdims=True), 1e-12), axis=1)
         # Diurnal curves are per profile; servers index into them.
         self._profile_index = np.array([VALID_PROFILES.index(p) for p in self.profiles])
 
-        # Maintenance: one window every PATCH_CYCLE_DAYS at a server-specific slot.
-        cycle = PATCH_CYCLE_DAYS * STEPS_PER_DAY
-        day = rng.integers(0, PATCH_CYCLE_DAYS, n)
-        hour = rng.uniform(*MAINTENANCE_HOURS_UTC, n)
+        # Maintenance: one window every GENERATOR.patch_cycle_days at a server-specific slot.
+        cycle = GENERATOR.patch_cycle_days * STEPS_PER_DAY
+        day = rng.integers(0, GENERATOR.patch_cycle_days, n)
+        hour = rng.uniform(*GENERATOR.maintenance_hours_utc, n)
         start_of_day = self.start_bucket % STEPS_PER_DAY  # buckets since midnight UTC
         self._maint_first = day * STEPS_PER_DAY + np.round(hour * STEPS_PER_HOUR).astype(int) - start_of_day
-        self._maint_len = _hours_to_steps(rng.uniform(*MAINTENANCE_WINDOW_HOURS, n))
+        self._maint_len = _hours_to_steps(rng.uniform(*GENERATOR.maintenance_window_hours, n))
         self._maint_cycle = cycle
-        self._reboot_offset = int(_hours_to_steps(MAINTENANCE_REBOOT_OFFSET_HOURS))
+        self._reboot_offset = int(_hours_to_steps(GENERATOR.maintenance_reboot_offset_hours))
 
         # Dynamic state.
-        self._regime = rng.choice(len(REGIMES), n, p=[REGIME_INITIAL_SHARES[r] for r in REGIMES]).astype(np.int8)
+        self._regime = rng.choice(len(GENERATOR.regimes), n,
+                                  p=[GENERATOR.regime_initial_shares[r] for r in GENERATOR.regimes]).astype(np.int8)
         self._inc_type = np.full(n, _INC_NONE, dtype=np.int8)
         self._inc_phase = np.zeros(n, dtype=np.int8)
         self._inc_elapsed = np.zeros(n, dtype=np.int64)
@@ -302,7 +251,7 @@ class FleetSimulator:
         self._swap_residual = np.zeros(n)
         self._io_residual = np.zeros(n)
         # The last boot was the previous maintenance reboot, so uptime starts below the cycle.
-        self._boot_step = self._maint_first - cycle + self._reboot_offset + MAINTENANCE_REBOOT_STEPS
+        self._boot_step = self._maint_first - cycle + self._reboot_offset + GENERATOR.maintenance_reboot_steps
         self._noise_state = {f: rng.standard_normal((2, n)) for f in _NOISE_FAMILIES}
         self._mem_smooth = np.zeros(n)  # memory follows activity with a lag
         self._last_disk = self._disk_base.copy()
@@ -312,41 +261,43 @@ class FleetSimulator:
     def _init_heterogeneity(self, rng: np.random.Generator) -> None:
         """Per-server scale factors: servers of one role differ in load, memory and software stack."""
         n = self.n_servers
-        scale = {k: np.exp(rng.normal(0.0, s, n)) for k, s in SERVER_SCALE_SIGMA.items()}
-        cpu_cap = SERVER_CPU_PEAK_MAX_PCT / (self._cpu_base + self._cpu_amplitude)
+        scale = {k: np.exp(rng.normal(0.0, s, n)) for k, s in GENERATOR.server_scale_sigma.items()}
+        cpu_cap = GENERATOR.server_cpu_peak_max_pct / (self._cpu_base + self._cpu_amplitude)
         self._cpu_scale = np.minimum(scale["cpu"], cpu_cap)
         self._io_scale = scale["iowait"]
         self._net_in_scale, self._net_out_scale = scale["net_in"], scale["net_out"]
         self._back_cw_scale, self._front_cw_scale = scale["back_close_wait"], scale["front_close_wait"]
-        mem_peak = self._mem_base + self._mem_amplitude * MEM_ACTIVITY_MAX
-        self._mem_offset = np.clip(rng.normal(0.0, SERVER_MEM_OFFSET_SD, n),
-                                   SERVER_MEM_FLOOR_PCT - self._mem_base, SERVER_MEM_PEAK_MAX_PCT - mem_peak)
+        mem_peak = self._mem_base + self._mem_amplitude * GENERATOR.mem_activity_max
+        self._mem_offset = np.clip(rng.normal(0.0, GENERATOR.server_mem_offset_sd, n),
+                                   GENERATOR.server_mem_floor_pct - self._mem_base,
+                                   GENERATOR.server_mem_peak_max_pct - mem_peak)
         for attr in ("_sys_share", "_java_share"):
-            factor = np.exp(rng.normal(0.0, SERVER_SHARE_SIGMA, n))
-            setattr(self, attr, np.minimum(getattr(self, attr) * factor, SERVER_SHARE_MAX))
+            factor = np.exp(rng.normal(0.0, GENERATOR.server_share_sigma, n))
+            setattr(self, attr, np.minimum(getattr(self, attr) * factor, GENERATOR.server_share_max))
 
     def _init_constants(self) -> None:
         """Arrays that never change after set-up, built once instead of on every ``advance``."""
         # Regime chain: per-step probability of leaving each regime, and the CDF of where it goes.
-        self._leave_p = np.array([1.0 / (REGIME_MEAN_DWELL_HOURS[r] * STEPS_PER_HOUR) for r in REGIMES])
-        self._dest_cdf = np.array([[sum(REGIME_TRANSITIONS[r].get(d, 0.0) for d in REGIMES[: j + 1])
-                                    for j in range(len(REGIMES))] for r in REGIMES])
+        self._leave_p = np.array([1.0 / (GENERATOR.regime_mean_dwell_hours[r] * STEPS_PER_HOUR)
+                                  for r in GENERATOR.regimes])
+        self._dest_cdf = np.array([[sum(GENERATOR.regime_transitions[r].get(d, 0.0) for d in GENERATOR.regimes[: j + 1])
+                                    for j in range(len(GENERATOR.regimes))] for r in GENERATOR.regimes])
         self._crash_hazard = self._crash_rate_per_day / STEPS_PER_DAY  # (N,) per step
-        self._crash_lo, self._crash_hi = (_hours_to_steps(hours) for hours in CRASH_DURATION_HOURS)
+        self._crash_lo, self._crash_hi = (_hours_to_steps(hours) for hours in GENERATOR.crash_duration_hours)
         # Per incident code: ramp and plateau ranges (hours) and the odds of a reboot after the fix.
-        self._ramp_lo = np.array([INCIDENTS[t].ramp_hours[0] for t in INCIDENT_TYPES])
-        self._ramp_hi = np.array([INCIDENTS[t].ramp_hours[1] for t in INCIDENT_TYPES])
-        self._crit_lo = np.array([INCIDENTS[t].critical_hours[0] for t in INCIDENT_TYPES])
-        self._crit_hi = np.array([INCIDENTS[t].critical_hours[1] for t in INCIDENT_TYPES])
-        self._reboot_p = np.array([INCIDENTS[t].reboot_probability for t in INCIDENT_TYPES])
+        self._ramp_lo = np.array([INCIDENTS[t].ramp_hours[0] for t in GENERATOR.incident_types])
+        self._ramp_hi = np.array([INCIDENTS[t].ramp_hours[1] for t in GENERATOR.incident_types])
+        self._crit_lo = np.array([INCIDENTS[t].critical_hours[0] for t in GENERATOR.incident_types])
+        self._crit_hi = np.array([INCIDENTS[t].critical_hours[1] for t in GENERATOR.incident_types])
+        self._reboot_p = np.array([INCIDENTS[t].reboot_probability for t in GENERATOR.incident_types])
         # Per-step decay of the after-effects: I/O wait after saturation, swap after a leak.
-        self._io_decay = np.exp(-1.0 / (IO_RECOVERY_HOURS * STEPS_PER_HOUR))
-        self._swap_decay = np.exp(-1.0 / (SWAP_DRAIN_HOURS * STEPS_PER_HOUR))
+        self._io_decay = np.exp(-1.0 / (GENERATOR.io_recovery_hours * STEPS_PER_HOUR))
+        self._swap_decay = np.exp(-1.0 / (GENERATOR.swap_drain_hours * STEPS_PER_HOUR))
         # Daily activity curve points per profile (in VALID_PROFILES order): (weekday, weekend).
         self._daily_curves = [(_periodic_points(PROFILE_BEHAVIOUR[p].weekday_curve),
                                _periodic_points(PROFILE_BEHAVIOUR[p].weekend_curve)) for p in VALID_PROFILES]
         self._server_index = np.arange(self.n_servers)
-        self._disk_rotation_steps = DISK_ROTATION_DAYS * STEPS_PER_DAY
+        self._disk_rotation_steps = GENERATOR.disk_rotation_days * STEPS_PER_DAY
 
     # ------------------------------------------------------------------ demo hooks
     def inject_incident(self, server_name: str, incident_type: str, ramp_hours: float | None = None) -> None:
@@ -407,8 +358,8 @@ class FleetSimulator:
         """(in window, rebooting without samples, reboot finished) masks shaped (T, N)."""
         phase = (steps[:, None] - self._maint_first[None, :]) % self._maint_cycle
         in_window = phase < self._maint_len[None, :]
-        rebooting = (phase >= self._reboot_offset) & (phase < self._reboot_offset + MAINTENANCE_REBOOT_STEPS)
-        booted = phase == self._reboot_offset + MAINTENANCE_REBOOT_STEPS
+        rebooting = (phase >= self._reboot_offset) & (phase < self._reboot_offset + GENERATOR.maintenance_reboot_steps)
+        booted = phase == self._reboot_offset + GENERATOR.maintenance_reboot_steps
         return in_window, rebooting, booted
 
     def _advance_discrete(self, n_steps: int, in_maint: np.ndarray, maint_booted: np.ndarray) -> dict[str, np.ndarray]:
@@ -457,7 +408,8 @@ class FleetSimulator:
             start = (~active & online & ~maint & ~crash
                      & (u[_U_INC_START] < self._incident_hazard * self.incident_rate_scale))
             if start.any():
-                kind = (u[_U_INC_TYPE][:, None] > self._incident_type_cdf).sum(axis=1).clip(0, len(INCIDENT_TYPES) - 1)
+                kind = (u[_U_INC_TYPE][:, None]
+                        > self._incident_type_cdf).sum(axis=1).clip(0, len(GENERATOR.incident_types) - 1)
                 ramp_hours = self._ramp_lo[kind] + u[_U_INC_RAMP] * (self._ramp_hi[kind] - self._ramp_lo[kind])
                 crit_hours = self._crit_lo[kind] + u[_U_INC_CRIT] * (self._crit_hi[kind] - self._crit_lo[kind])
                 self._inc_type = np.where(start, kind, self._inc_type).astype(np.int8)
@@ -477,15 +429,17 @@ class FleetSimulator:
             if fixed.any():
                 typ = np.clip(self._inc_type, 0, None)
                 reboot = fixed & (u[_U_INC_REBOOT] < self._reboot_p[typ])
-                self._offline_left = np.where(reboot, MAINTENANCE_REBOOT_STEPS, self._offline_left)
+                self._offline_left = np.where(reboot, GENERATOR.maintenance_reboot_steps, self._offline_left)
                 self._inc_phase[fixed] = _PHASE_NONE
                 self._inc_type[fixed] = _INC_NONE
 
             # After-effects: I/O wait decays, swap drains slowly after a memory fix.
             io_now = np.where(inc_type == _INC_CODE["io_saturation"], level, 0.0)
             self._io_residual = np.maximum(io_now, self._io_residual * self._io_decay)
-            swap_onset = np.clip((level - SWAP_ONSET_LEAK_LEVEL) / (1.0 - SWAP_ONSET_LEAK_LEVEL), 0.0, 1.0)
-            swap_target = np.where(inc_type == _INC_CODE["memory_leak"], swap_onset ** SWAP_CURVE_EXPONENT, 0.0)
+            swap_onset = np.clip((level - GENERATOR.swap_onset_leak_level) / (1.0 - GENERATOR.swap_onset_leak_level),
+                                 0.0, 1.0)
+            swap_target = np.where(inc_type == _INC_CODE["memory_leak"], swap_onset ** GENERATOR.swap_curve_exponent,
+                                   0.0)
             self._swap_residual = np.maximum(swap_target, self._swap_residual * self._swap_decay)
 
             offline = self._offline_left > 0
@@ -529,15 +483,16 @@ class FleetSimulator:
 
     def _activity(self, clock: _Clock, regime: np.ndarray, noise: dict[str, tuple[np.ndarray, np.ndarray]],
                   in_maint: np.ndarray) -> np.ndarray:
-        """How busy each server is, (T, N) in [0, ACTIVITY_MAX]: profile rhythm x regime + noise."""
+        """How busy each server is, (T, N) in [0, GENERATOR.activity_max]: profile rhythm x regime + noise."""
         curves = np.empty((len(clock.steps), len(VALID_PROFILES)))  # (T, P): one daily curve per profile
         for j, (weekday, weekend) in enumerate(self._daily_curves):
             curves[:, j] = np.where(clock.weekend, np.interp(clock.hours, *weekend), np.interp(clock.hours, *weekday))
         activity = curves[:, self._profile_index]
         activity = activity + np.where(clock.minutes[:, None] < self._burst[None, :, 1], self._burst[None, :, 0], 0.0)
         regime_mult = self._regime_activity[self._server_index[None, :], regime]
-        activity = np.clip(activity * regime_mult + noise["activity"][0] + noise["activity"][1], 0.0, ACTIVITY_MAX)
-        return activity * (1.0 - MAINTENANCE_ACTIVITY_DRAIN * in_maint)  # drained for maintenance
+        activity = np.clip(activity * regime_mult + noise["activity"][0] + noise["activity"][1], 0.0,
+                           GENERATOR.activity_max)
+        return activity * (1.0 - GENERATOR.maintenance_activity_drain * in_maint)  # drained for maintenance
 
     def _normal_behaviour(self, clock: _Clock, activity: np.ndarray,
                           noise: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, np.ndarray]:
@@ -551,8 +506,9 @@ class FleetSimulator:
         iowait = iowait * (1.0 + noise["iowait"][0] + noise["iowait"][1])
 
         # Memory follows activity with a lag (caches fill and drain slowly), carried across chunks.
-        mem_target = self._mem_base + self._mem_amplitude * np.clip(activity, 0.0, MEM_ACTIVITY_MAX) + self._mem_offset
-        mem_lag, self._mem_smooth = self._lag(mem_target, MEMORY_LAG_PHI, self._mem_smooth)
+        mem_target = (self._mem_base + self._mem_amplitude * np.clip(activity, 0.0, GENERATOR.mem_activity_max)
+                      + self._mem_offset)
+        mem_lag, self._mem_smooth = self._lag(mem_target, GENERATOR.memory_lag_phi, self._mem_smooth)
         mem = mem_lag + noise["mem"][0] + noise["mem"][1]
 
         since_rotation = (clock.steps[:, None] + self._disk_rotation_phase[None, :]) % self._disk_rotation_steps
@@ -579,45 +535,49 @@ class FleetSimulator:
         the change come late, as real leaks and fills do.
         """
         level, kind = events["inc_level"], events["inc_type"]
-        shape = {t: level ** INCIDENT_CURVE_EXPONENT[t] for t in ("memory_leak", "disk_fill", "connection_pileup")}
+        shape = {t: level ** GENERATOR.incident_curve_exponent[t]
+                 for t in ("memory_leak", "disk_fill", "connection_pileup")}
         mem, swap, disk = series["mem"], series["swap"], series["disk"]
         leak = kind == _INC_CODE["memory_leak"]
         mem = np.where(leak, mem + (INCIDENTS["memory_leak"].peak - mem) * shape["memory_leak"], mem)
         # Swap fills only once memory is nearly full, and drains slowly after the fix (swap_level).
-        series["swap"] = swap + (SWAP_PEAK_PCT - swap) * events["swap_level"] * (mem >= SWAP_ONSET_MEM_PCT)
+        series["swap"] = (swap + (GENERATOR.swap_peak_pct - swap) * events["swap_level"]
+                          * (mem >= GENERATOR.swap_onset_mem_pct))
         series["mem"] = mem
         fill = kind == _INC_CODE["disk_fill"]
         series["disk"] = np.where(fill, disk + (INCIDENTS["disk_fill"].peak - disk) * shape["disk_fill"], disk)
         # I/O saturation decays after the fix (io_level), and blocked threads do less work.
-        io_level = events["io_level"] ** INCIDENT_CURVE_EXPONENT["io_saturation"]
+        io_level = events["io_level"] ** GENERATOR.incident_curve_exponent["io_saturation"]
         series["iowait"] = series["iowait"] + (INCIDENTS["io_saturation"].peak - series["iowait"]) * io_level
-        series["cpu_busy"] = series["cpu_busy"] * (1.0 - IO_SATURATION_CPU_DROP * io_level)
+        series["cpu_busy"] = series["cpu_busy"] * (1.0 - GENERATOR.io_saturation_cpu_drop * io_level)
         pile = kind == _INC_CODE["connection_pileup"]
         pile_peak, pile_shape = INCIDENTS["connection_pileup"].peak, shape["connection_pileup"]
         back_cw, front_cw = series["back_cw"], series["front_cw"]
         series["back_cw"] = np.where(pile, back_cw + (pile_peak - back_cw) * pile_shape, back_cw)
-        series["front_cw"] = np.where(pile, front_cw + (PILEUP_FRONT_SHARE * pile_peak - front_cw) * pile_shape,
+        series["front_cw"] = np.where(pile,
+                                      front_cw + (GENERATOR.pileup_front_share * pile_peak - front_cw) * pile_shape,
                                       front_cw)
-        series["sys_extra"] = np.where(pile, PILEUP_SYS_CPU_PCT * level, series["sys_extra"])
+        series["sys_extra"] = np.where(pile, GENERATOR.pileup_sys_cpu_pct * level, series["sys_extra"])
 
     def _contract_metrics(self, series: dict[str, np.ndarray], noise: dict[str, tuple[np.ndarray, np.ndarray]],
                           java_jitter: np.ndarray, steps: np.ndarray, boot_step: np.ndarray) -> dict[str, np.ndarray]:
         """The 14 LINBORG metrics, (T, N) each: CPU parts composed to add to 100, rounded, in range."""
         # CPU composition: user + sys + iowait + idle = 100. I/O wait takes its share first;
         # user and sys are squeezed into what is left, idle is the remainder.
-        iowait = np.clip(series["iowait"], 0.0, IOWAIT_MAX_PCT)
-        cpu_busy = np.clip(series["cpu_busy"], CPU_BUSY_MIN_PCT, 100.0)
+        iowait = np.clip(series["iowait"], 0.0, GENERATOR.iowait_max_pct)
+        cpu_busy = np.clip(series["cpu_busy"], GENERATOR.cpu_busy_min_pct, 100.0)
         cpu_sys = cpu_busy * self._sys_share + series["sys_extra"]
         cpu_user = cpu_busy - cpu_busy * self._sys_share
         room = np.maximum(100.0 - iowait, 0.0)
         squeeze = np.minimum(1.0, room / np.maximum(cpu_user + cpu_sys, 1e-9))
         cpu_user, cpu_sys = cpu_user * squeeze, cpu_sys * squeeze
-        java = (cpu_user + cpu_sys) * np.clip(self._java_share * (1.0 + JAVA_SHARE_JITTER * java_jitter), 0.0, 1.0)
-        load = self._cores * ((cpu_user + cpu_sys) / 100.0 + LOAD_IOWAIT_WEIGHT * iowait / 100.0)
+        java = (cpu_user + cpu_sys) * np.clip(self._java_share * (1.0 + GENERATOR.java_share_jitter * java_jitter), 0.0,
+                                              1.0)
+        load = self._cores * ((cpu_user + cpu_sys) / 100.0 + GENERATOR.load_iowait_weight * iowait / 100.0)
         load = load * np.exp(noise["load"][0] + noise["load"][1])
         uptime = np.floor((steps[:, None] - boot_step) / STEPS_PER_DAY)
 
-        r = FLOAT_DECIMALS
+        r = GENERATOR.float_decimals
         metrics = {
             "cpu_user_pct": np.round(cpu_user, r),
             "cpu_sys_pct": np.round(cpu_sys, r),
@@ -661,7 +621,7 @@ class FleetSimulator:
         return metrics
 
     # ------------------------------------------------------------------ output
-    def chunk_to_table(self, chunk: FleetChunk, offline_mode: str = DEFAULT_OFFLINE_MODE) -> pa.Table:
+    def chunk_to_table(self, chunk: FleetChunk, offline_mode: str = GENERATOR.default_offline_mode) -> pa.Table:
         """Arrow table for a chunk, rows ordered by (server_name, timestamp)."""
         n_steps = len(chunk.timestamps)
         n = self.n_servers
@@ -697,13 +657,14 @@ class FleetSimulator:
         for column in ("server_name", "profile", "state"):
             frame[column] = frame[column].astype(str)
         for name in FLOAT_METRICS:
-            frame[name] = frame[name].astype(float).round(FLOAT_DECIMALS)
+            frame[name] = frame[name].astype(float).round(GENERATOR.float_decimals)
         return frame.to_dict(orient="records")
 
 
 # ---------------------------------------------------------------------- live stream
 # The stream must outlive a daemon restart: a failed POST /feed is retried until it is delivered.
-STREAM_RETRY = RetryPolicy(attempts=None, base_seconds=STREAM_RETRY_SECONDS, max_seconds=STREAM_RETRY_SECONDS)
+STREAM_RETRY = RetryPolicy(attempts=None, base_seconds=GENERATOR.stream_retry_seconds,
+                           max_seconds=GENERATOR.stream_retry_seconds)
 
 
 class DemoStream:
@@ -716,7 +677,7 @@ class DemoStream:
     """
 
     def __init__(self, client: DaemonClient, fleet: dict[str, int], seed: int, scenario: str = "healthy",
-                 speed: float = DEMO_BUCKETS_PER_SECOND, prefill_buckets: int = 0) -> None:
+                 speed: float = GENERATOR.demo_buckets_per_second, prefill_buckets: int = 0) -> None:
         if scenario not in DEMO_SCENARIOS:
             raise UsageError(f"--scenario must be one of {DEMO_SCENARIOS} (got '{scenario}').")
         # Simulated time starts far enough back that the pre-fill ends at the current bucket.
@@ -746,7 +707,7 @@ class DemoStream:
             self.sim.clear_incidents()
 
     def _keep_trouble(self) -> None:
-        wanted = round(DEMO_TROUBLED_SHARE[self.scenario] * self.sim.n_servers)
+        wanted = round(GENERATOR.demo_troubled_share[self.scenario] * self.sim.n_servers)
         if wanted and self.scenario != "healthy":
             wanted = max(wanted, 2)
         troubled = set(self.sim.servers_in_trouble())
@@ -754,9 +715,9 @@ class DemoStream:
         for name in self.rng.permutation(candidates)[: max(0, wanted - len(troubled))]:
             profile = self.sim.profiles[self.sim.server_names.index(name)]
             rates = PROFILE_BEHAVIOUR[profile].incident_rate_per_day
-            kinds = [k for k in INCIDENT_TYPES if rates[k] > 0]
+            kinds = [k for k in GENERATOR.incident_types if rates[k] > 0]
             kind = str(self.rng.choice(kinds))
-            self.sim.inject_incident(str(name), kind, DEMO_RAMP_HOURS[self.scenario][kind])
+            self.sim.inject_incident(str(name), kind, GENERATOR.demo_ramp_hours[self.scenario][kind])
 
     def _post(self, records: list[dict[str, object]]) -> None:
         """Deliver one batch; transient failures are retried by the client's policy, others raise DaemonError."""
@@ -776,7 +737,7 @@ class DemoStream:
         """Send enough history at once that forecasts start immediately."""
         buckets, done = self.prefill_buckets, 0
         while done < buckets:
-            step = min(DEMO_PREFILL_CHUNK_BUCKETS, buckets - done)
+            step = min(GENERATOR.demo_prefill_chunk_buckets, buckets - done)
             self._post(self.sim.records(self.sim.advance(step)))
             done += step
         logger.info("pre-filled %d buckets for %d servers", buckets, self.sim.n_servers)
@@ -813,7 +774,7 @@ def stream_from_args(args: argparse.Namespace) -> int:
             encoder = int(client.status(retry=NO_RETRY).get("model_encoder_length") or ENCODER_LENGTH)
         except (DaemonError, ValueError, TypeError):
             encoder = ENCODER_LENGTH
-        prefill = encoder + DEMO_PREFILL_MARGIN_BUCKETS
+        prefill = encoder + GENERATOR.demo_prefill_margin_buckets
     stream = DemoStream(client, fleet, args.seed, args.scenario, args.speed, prefill)
     stream.prefill()
     try:
@@ -824,22 +785,23 @@ def stream_from_args(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------- batch generation
-def generate_dataset(out_dir: str | Path = TRAINING_DIR, hours: int = RECOMMENDED_GENERATE_HOURS,
-                     fleet: dict[str, int] | None = None, seed: int = DEFAULT_SEED, start: str = DEFAULT_START,
-                     offline_mode: str = DEFAULT_OFFLINE_MODE, file_format: str = "parquet",
-                     chunk_days: int = GENERATE_CHUNK_DAYS, progress: bool = True) -> dict[str, object]:
+def generate_dataset(out_dir: str | Path = TRAINING_DIR, hours: int = GENERATOR.recommended_generate_hours,
+                     fleet: dict[str, int] | None = None, seed: int = GENERATOR.default_seed,
+                     start: str = GENERATOR.default_start,
+                     offline_mode: str = GENERATOR.default_offline_mode, file_format: str = "parquet",
+                     chunk_days: int = GENERATOR.chunk_days, progress: bool = True) -> dict[str, object]:
     """Generate a fleet history and write data, metadata and server mapping to ``out_dir``.
 
     Returns the metadata dictionary (also written as ``metrics_metadata.json``).
     """
-    if hours < MIN_GENERATE_HOURS:
+    if hours < GENERATOR.min_generate_hours:
         raise UsageError(
-            f"--hours {hours} is below the minimum of {MIN_GENERATE_HOURS}",
+            f"--hours {hours} is below the minimum of {GENERATOR.min_generate_hours}",
             "with less than a day of history no daily rhythm can be learned and the 8-hour horizon has nothing to "
-            "stand on", f"use --hours {MIN_GENERATE_HOURS} or more ({RECOMMENDED_GENERATE_HOURS} = "
-            f"{RECOMMENDED_GENERATE_HOURS // 24} days is recommended)", f"{DATA_CONTRACT_DOC} (Time grid)")
-    if offline_mode not in OFFLINE_MODES:
-        raise UsageError(f"--offline_mode must be one of {OFFLINE_MODES} (got '{offline_mode}'). "
+            "stand on", f"use --hours {GENERATOR.min_generate_hours} or more ({GENERATOR.recommended_generate_hours} = "
+            f"{GENERATOR.recommended_generate_hours // 24} days is recommended)", f"{DATA_CONTRACT_DOC} (Time grid)")
+    if offline_mode not in GENERATOR.offline_modes:
+        raise UsageError(f"--offline_mode must be one of {GENERATOR.offline_modes} (got '{offline_mode}'). "
                          f"See {DATA_CONTRACT_DOC}.")
     if file_format not in ("parquet", "csv"):
         raise UsageError(f"--format must be parquet or csv (got '{file_format}').")
@@ -849,9 +811,9 @@ def generate_dataset(out_dir: str | Path = TRAINING_DIR, hours: int = RECOMMENDE
     sim = FleetSimulator(fleet=fleet, seed=seed, start=start)
     total_steps = int(hours * STEPS_PER_HOUR)
     expected_rows = total_steps * sim.n_servers
-    if file_format == "csv" and expected_rows > CSV_MAX_ROWS:
+    if file_format == "csv" and expected_rows > GENERATOR.csv_max_rows:
         raise UsageError(
-            f"CSV is only for small exports (<= {CSV_MAX_ROWS:,} rows); this run makes {expected_rows:,}",
+            f"CSV is only for small exports (<= {GENERATOR.csv_max_rows:,} rows); this run makes {expected_rows:,}",
             "Parquet is 10-100x faster and keeps types", "drop --format csv", f"{DATA_CONTRACT_DOC} (Files)")
     chunk_steps = max(1, chunk_days * STEPS_PER_DAY)
     state_counts = np.zeros(len(VALID_STATES), dtype=np.int64)
@@ -946,26 +908,31 @@ def build_arg_parser(parser: argparse.ArgumentParser | None = None) -> argparse.
     """Arguments of the generator (shared with ``main.py generate``)."""
     parser = parser or argparse.ArgumentParser(
         description="Generate a realistic LINBORG fleet history (Parquet) for training and demos.")
-    parser.add_argument("--hours", type=int, default=RECOMMENDED_GENERATE_HOURS,
-                        help=f"hours of history (>= {MIN_GENERATE_HOURS}; {RECOMMENDED_GENERATE_HOURS} = "
-                             f"{RECOMMENDED_GENERATE_HOURS // 24} days)")
+    parser.add_argument("--hours", type=int, default=GENERATOR.recommended_generate_hours,
+                        help=f"hours of history (>= {GENERATOR.min_generate_hours}; "
+                             f"{GENERATOR.recommended_generate_hours} = "
+                             f"{GENERATOR.recommended_generate_hours // 24} days)")
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--servers", type=int, help="total servers, split over profiles in the default proportions")
     group.add_argument("--fleet", type=str, help="per-profile counts, e.g. web_api=5,database=3,ml_compute=2")
-    parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help="random seed (same seed = identical output)")
-    parser.add_argument("--offline_mode", "--offline-mode", choices=OFFLINE_MODES, default=DEFAULT_OFFLINE_MODE,
+    parser.add_argument("--seed", type=int, default=GENERATOR.default_seed,
+                        help="random seed (same seed = identical output)")
+    parser.add_argument("--offline_mode", "--offline-mode", choices=GENERATOR.offline_modes,
+                        default=GENERATOR.default_offline_mode,
                         help="dense: a row per bucket, offline buckets marked; sparse: buckets without samples omitted")
     parser.add_argument("--out_dir", "--out-dir", type=Path, default=TRAINING_DIR, help="output directory")
-    parser.add_argument("--start", default=DEFAULT_START, help="first bucket, ISO 8601 UTC on a 5-minute boundary")
+    parser.add_argument("--start", default=GENERATOR.default_start,
+                        help="first bucket, ISO 8601 UTC on a 5-minute boundary")
     parser.add_argument("--format", dest="file_format", choices=["parquet", "csv"], default="parquet",
-                        help=f"parquet (default) or csv (only up to {CSV_MAX_ROWS:,} rows)")
+                        help=f"parquet (default) or csv (only up to {GENERATOR.csv_max_rows:,} rows)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     live = parser.add_argument_group("live demo stream (--stream)")
     live.add_argument("--stream", action="store_true", help="continue a fleet tick by tick into a running daemon")
     live.add_argument("--daemon-url", default=f"http://{DEFAULT_HOST}:{DAEMON_PORT}")
     live.add_argument("--api-key", default=None, help="default: $TFT_API_KEY / $TFT_API_KEY_FILE")
     live.add_argument("--scenario", choices=DEMO_SCENARIOS, default="healthy")
-    live.add_argument("--speed", type=float, default=DEMO_BUCKETS_PER_SECOND, help="5-minute buckets per second")
+    live.add_argument("--speed", type=float, default=GENERATOR.demo_buckets_per_second,
+                      help="5-minute buckets per second")
     live.add_argument("--prefill", type=int, default=None, help="history buckets sent at start (default: enough "
                                                                   "for the model to forecast at once)")
     live.add_argument("--max-buckets", type=int, default=None, help="stop after this many buckets")

@@ -12,7 +12,7 @@ the bucket that contains its timestamp, and a bucket's value is (Docs/API_REFERE
 The same aggregates are kept in SQLite and in memory (:class:`FleetWindows`), merged by the
 same rule, so a restarted daemon rebuilds exactly the windows it had. A batch is committed
 (``synchronous=FULL``) before the request is answered. Exact duplicate samples (same
-server, same timestamp) within ``DEDUPE_HOURS`` are ignored, so a client may retry a batch.
+server, same timestamp) within ``STORE.dedupe_hours`` are ignored, so a client may retry a batch.
 """
 
 from __future__ import annotations
@@ -33,23 +33,7 @@ import numpy as np
 import pandas as pd
 
 from common_utils import atomic_write_json, isoformat_utc
-from config import (
-    DEDUPE_HOURS,
-    FLOAT_METRICS,
-    INTEGER_METRICS,
-    LINBORG_METRICS,
-    MEMORY_BUCKETS,
-    SQLITE_JOURNAL_SIZE_LIMIT_BYTES,
-    SQLITE_SYNCHRONOUS,
-    STEPS_PER_HOUR,
-    STORE_DOC,
-    STORE_INTEGRITY_CHECK,
-    STORE_LEDGER_SUFFIX,
-    WAL_FRAME_HEADER_BYTES,
-    WAL_HEADER_BYTES,
-    WAL_MAGIC,
-    WARMUP_RING_BUCKETS,
-)
+from config import FLOAT_METRICS, INTEGER_METRICS, LINBORG_METRICS, STEPS_PER_HOUR, STORE, STORE_DOC
 from contract import NS_PER_BUCKET, bucket_of_ns, fill_offline
 from errors import EXIT_RUNTIME, EXIT_USAGE, ToolkitError
 from state_rules import STATE_PRECEDENCE
@@ -153,12 +137,13 @@ def aggregate(records: list[dict[str, Any]]) -> list[Aggregate]:
 class ServerWindow:
     """A ring of the most recent buckets of one server, holding the same aggregates as SQLite.
 
-    The ring starts small (``WARMUP_RING_BUCKETS``) and doubles whenever a bucket would overwrite one
-    still within reach, up to ``capacity`` (``MEMORY_BUCKETS``): a server that has sent one sample costs
+    The ring starts small (``STORE.warmup_ring_buckets``) and doubles whenever a bucket would overwrite one
+    still within reach, up to ``capacity`` (``STORE.memory_buckets``): a server that has sent one sample costs
     a few KiB, not a full ring, so a flood of new names cannot buy memory by the name.
     """
 
-    def __init__(self, profile: str, capacity: int = MEMORY_BUCKETS, initial: int = WARMUP_RING_BUCKETS) -> None:
+    def __init__(self, profile: str, capacity: int = STORE.memory_buckets,
+                 initial: int = STORE.warmup_ring_buckets) -> None:
         self.profile = profile
         self.max_capacity = capacity
         self.first_bucket: int | None = None
@@ -247,13 +232,13 @@ class ServerWindow:
 class FleetWindows:
     """In-memory windows for every server, fed by the same aggregates as the store."""
 
-    def __init__(self, capacity: int = MEMORY_BUCKETS) -> None:
+    def __init__(self, capacity: int = STORE.memory_buckets) -> None:
         self.capacity = capacity
         self.servers: dict[str, ServerWindow] = {}
         self._newest: int | None = None
 
     @classmethod
-    def from_records(cls, records: list[dict[str, Any]], capacity: int = MEMORY_BUCKETS) -> FleetWindows:
+    def from_records(cls, records: list[dict[str, Any]], capacity: int = STORE.memory_buckets) -> FleetWindows:
         """Windows holding contract records (``timestamp`` as ISO text or a timestamp), as a fed daemon would."""
         fleet = cls(capacity)
         stamped = [{**r, "ts_ns": int(pd.Timestamp(r["timestamp"]).value)} for r in records]
@@ -315,15 +300,15 @@ def inspect_wal(path: Path) -> str | None:
     if not wal.exists() or wal.stat().st_size == 0:
         return None
     data = wal.read_bytes()
-    if len(data) < WAL_HEADER_BYTES or int.from_bytes(data[:4], "big") not in WAL_MAGIC:
+    if len(data) < STORE.wal_header_bytes or int.from_bytes(data[:4], "big") not in STORE.wal_magic:
         return (f"the write-ahead log {wal} ({len(data)} bytes) has no valid header: every transaction "
                 f"it held since the last checkpoint is lost")
     page_size = int.from_bytes(data[8:12], "big")
-    frame_bytes = WAL_FRAME_HEADER_BYTES + page_size
-    frames, partial = divmod(len(data) - WAL_HEADER_BYTES, frame_bytes)
+    frame_bytes = STORE.wal_frame_header_bytes + page_size
+    frames, partial = divmod(len(data) - STORE.wal_header_bytes, frame_bytes)
     last_commit = max((k for k in range(frames)
-                       if int.from_bytes(data[WAL_HEADER_BYTES + k * frame_bytes + 4:
-                                              WAL_HEADER_BYTES + k * frame_bytes + 8], "big")), default=-1)
+                       if int.from_bytes(data[STORE.wal_header_bytes + k * frame_bytes + 4:
+                                              STORE.wal_header_bytes + k * frame_bytes + 8], "big")), default=-1)
     if partial or last_commit < frames - 1:
         return (f"the write-ahead log {wal} ends {'inside a frame' if partial else 'inside a transaction'} "
                 f"({frames} complete frames, {frames - 1 - last_commit} after the last commit, {partial} bytes "
@@ -343,16 +328,16 @@ def _unusable(path: Path, problem: str) -> StoreError:
 class MetricsStore:
     """SQLite persistence (WAL). One writer at a time; reads use their own connections.
 
-    Opening checks the file (``STORE_INTEGRITY_CHECK``) and raises :class:`StoreError` with
+    Opening checks the file (``STORE.integrity_check``) and raises :class:`StoreError` with
     what/why/fix when it is not a usable store, instead of serving from a damaged one.
     """
 
-    def __init__(self, path: str | Path, synchronous: str = SQLITE_SYNCHRONOUS,
-                 integrity_check: str = STORE_INTEGRITY_CHECK) -> None:
+    def __init__(self, path: str | Path, synchronous: str = STORE.sqlite_synchronous,
+                 integrity_check: str = STORE.integrity_check) -> None:
         self.path = Path(path)
         if self.path.is_dir():
             raise _unusable(self.path, "is a directory, not a file")
-        self.ledger_path = Path(f"{self.path}{STORE_LEDGER_SUFFIX}")
+        self.ledger_path = Path(f"{self.path}{STORE.ledger_suffix}")
         wal_damage = inspect_wal(self.path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
@@ -412,7 +397,7 @@ class MetricsStore:
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute(f"PRAGMA synchronous={self._synchronous}")
         conn.execute("PRAGMA busy_timeout=30000")
-        conn.execute(f"PRAGMA journal_size_limit={SQLITE_JOURNAL_SIZE_LIMIT_BYTES}")  # the WAL shrinks back
+        conn.execute(f"PRAGMA journal_size_limit={STORE.sqlite_journal_size_limit_bytes}")  # the WAL shrinks back
         return conn
 
     def _reader(self) -> sqlite3.Connection:
@@ -502,7 +487,7 @@ class MetricsStore:
 
     def trim(self, bucket_cutoff: int, forecast_cutoff: int, newest_bucket: int) -> dict[str, int]:
         """Delete buckets, forecasts and duplicate-check keys older than the cutoffs."""
-        key_cutoff_ns = (newest_bucket - DEDUPE_HOURS * STEPS_PER_HOUR) * NS_PER_BUCKET
+        key_cutoff_ns = (newest_bucket - STORE.dedupe_hours * STEPS_PER_HOUR) * NS_PER_BUCKET
         with self._lock:
             conn = self._writer
             conn.execute("BEGIN IMMEDIATE")
@@ -553,7 +538,7 @@ class MetricsStore:
         return moved
 
     # ------------------------------------------------------------------ reads
-    def load_windows(self, capacity: int = MEMORY_BUCKETS) -> FleetWindows:
+    def load_windows(self, capacity: int = STORE.memory_buckets) -> FleetWindows:
         """Rebuild the in-memory windows from disk (duplicate-check keys stay in SQLite)."""
         fleet = FleetWindows(capacity)
         conn = self._reader()

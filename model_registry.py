@@ -34,15 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from common_utils import atomic_write_json, read_json
-from config import (
-    LATEST_MODEL_LINK,
-    MODEL_DIR_PREFIX,
-    MODELS_DIR,
-    MODELS_KEEP,
-    PROMOTIONS_FILE,
-    PROMOTIONS_LOCK_FILE,
-    RETRAIN_DOC,
-)
+from config import LATEST_MODEL_LINK, MODEL_DIR_PREFIX, MODELS_DIR, MODELS_KEEP, REGISTRY, RETRAIN_DOC
 from errors import ToolkitError
 
 logger = logging.getLogger(__name__)
@@ -63,7 +55,7 @@ def current_model(models_dir: Path) -> Path | None:
 
 def history(models_dir: Path) -> list[dict[str, Any]]:
     """The recorded promotions, rejections and rollbacks, oldest first."""
-    path = models_dir / PROMOTIONS_FILE
+    path = models_dir / REGISTRY.promotions_file
     return list(read_json(path)) if path.is_file() else []
 
 
@@ -78,7 +70,8 @@ def registry_lock(models_dir: Path) -> Iterator[None]:
     any process, so two writers never lose an entry. Re-entrant within one thread (a second ``flock``
     through a new descriptor would wait for the first forever).
     """
-    path = os.path.join(os.path.realpath(models_dir), PROMOTIONS_LOCK_FILE)  # one key per folder, however named
+    # one key per folder, however named
+    path = os.path.join(os.path.realpath(models_dir), REGISTRY.promotions_lock_file)
     held: set[str] = _held.__dict__.setdefault("paths", set())
     if path in held:
         yield
@@ -104,7 +97,7 @@ def _record(models_dir: Path, event: dict[str, Any]) -> None:
 def _append(models_dir: Path, event: dict[str, Any]) -> None:
     events = history(models_dir)
     events.append({"at": datetime.now(UTC).isoformat(timespec="seconds"), **event})
-    atomic_write_json(models_dir / PROMOTIONS_FILE, events)
+    atomic_write_json(models_dir / REGISTRY.promotions_file, events)
 
 
 def _point_latest(models_dir: Path, model_dir: Path) -> None:
@@ -187,7 +180,7 @@ def _rollback(models_dir: Path) -> tuple[Path, Path]:
     previous = previous_model(models_dir)
     if previous is None:
         raise RegistryError(f"{current.name} serves, and no earlier model it replaced is recorded in "
-                            f"{models_dir / PROMOTIONS_FILE} (or that folder was pruned). Fix: point "
+                            f"{models_dir / REGISTRY.promotions_file} (or that folder was pruned). Fix: point "
                             f"{LATEST_MODEL_LINK} at a model folder by hand. See {RETRAIN_DOC}.")
     _point_latest(models_dir, previous)
     _record(models_dir, {"action": "rolled_back", "model": previous.name, "previous": current.name})

@@ -15,7 +15,7 @@ One retrain:
    windows with the same code (``tft_evaluate.backtest_store``), compared on the metrics both
    forecast;
 4. the gate: promote only if the challenger's mean q-risk at 0.5 is no worse at every horizon
-   and its mean p10-p90 coverage at every horizon lies inside ``PROMOTION_COVERAGE_BAND``;
+   and its mean p10-p90 coverage at every horizon lies inside ``RETRAIN.promotion_coverage_band``;
    otherwise the champion keeps serving and the report says why. The report (JSON + a table)
    goes to ``<models-dir>/reports/``; promotion is an atomic symlink swap (``model_registry``),
    which a daemon started with ``--model-dir <models-dir>/latest`` picks up by itself.
@@ -58,18 +58,13 @@ from common_utils import atomic_write_json, atomic_write_text
 from config import (
     HORIZONS,
     MODELS_KEEP,
-    PROMOTION_COVERAGE_BAND,
-    PROMOTION_QRISK_TOLERANCE,
+    RETRAIN,
     RETRAIN_DOC,
-    RETRAIN_EPOCHS,
     RETRAIN_EXIT_LOCKED,
     RETRAIN_KEEP_REPORTS,
     RETRAIN_KILL_GRACE_SECONDS,
     RETRAIN_LOCK_FILE,
-    RETRAIN_MAX_POPULATION_CHANGE,
     RETRAIN_MEMORY_LIMIT_MB,
-    RETRAIN_MIN_HISTORY_DAYS,
-    RETRAIN_PARENT_CHECK_SECONDS,
     RETRAIN_REPORTS_SUBDIR,
     RETRAIN_WORK_SUBDIR,
     SERVER_MAPPING_FILE,
@@ -168,7 +163,7 @@ def _cuda_available() -> bool:
     return bool(torch.cuda.is_available())
 
 
-def watch_parent(parent_pid: int, interval: float = RETRAIN_PARENT_CHECK_SECONDS,
+def watch_parent(parent_pid: int, interval: float = RETRAIN.parent_check_seconds,
                  grace: float = RETRAIN_KILL_GRACE_SECONDS) -> threading.Thread:
     """End this retrain when ``parent_pid`` (the daemon that started it) is no longer its parent.
 
@@ -289,8 +284,8 @@ def backtest_champion(champion_dir: Path, data_path: Path, val_hours: int, holdo
 
 
 def compare(champion: dict[str, Any] | None, challenger: dict[str, Any],
-            coverage_band: tuple[float, float] = PROMOTION_COVERAGE_BAND,
-            tolerance: float = PROMOTION_QRISK_TOLERANCE) -> dict[str, Any]:
+            coverage_band: tuple[float, float] = RETRAIN.promotion_coverage_band,
+            tolerance: float = RETRAIN.promotion_qrisk_tolerance) -> dict[str, Any]:
     """The gate's verdict from two backtests: per horizon the mean q-risk and coverage over the shared metrics."""
     metrics = sorted(set(challenger["per_target"]) & set(champion["per_target"]) if champion
                      else set(challenger["per_target"]))
@@ -361,7 +356,7 @@ def format_report(report: dict[str, Any]) -> str:
 
 # ---------------------------------------------------------------------------- the run
 def export_for_retrain(store: Path, work: Path, since: str | None,
-                       min_history_days: float = RETRAIN_MIN_HISTORY_DAYS) -> tuple[Path, dict[str, Any]]:
+                       min_history_days: float = RETRAIN.min_history_days) -> tuple[Path, dict[str, Any]]:
     """The store's history as contract Parquet in ``work`` (beside a running daemon), established servers only;
     the file and the export's metadata."""
     out = work / TRAINING_DATA_FILE
@@ -526,15 +521,16 @@ class RetrainSettings:
     store: Path | None = option(None, "the daemon's metrics store to train on (exported first; may run beside the "
                                 "daemon)", parse=Path)
     since: str | None = option(None, "with --store: export buckets from this ISO 8601 time on")
-    coverage_band: tuple[float, float] = option(PROMOTION_COVERAGE_BAND, "the challenger's mean p10-p90 coverage "
+    coverage_band: tuple[float, float] = option(RETRAIN.promotion_coverage_band,
+                                                "the challenger's mean p10-p90 coverage "
                                                 "must lie inside this band at every horizon", parse=_band,
                                                 metavar="LOW,HIGH")
     warm_start: bool = option(True, "train the challenger from scratch")
     keep: int = option(MODELS_KEEP, "model folders kept", parse=int)
-    min_history_days: float = option(RETRAIN_MIN_HISTORY_DAYS, "with --store: train and judge only on servers "
+    min_history_days: float = option(RETRAIN.min_history_days, "with --store: train and judge only on servers "
                                      "holding at least this many days of buckets (0: every server)",
                                      parse=_non_negative, metavar="DAYS")
-    max_population_change: float = option(RETRAIN_MAX_POPULATION_CHANGE, "refuse (train nothing) when more than "
+    max_population_change: float = option(RETRAIN.max_population_change, "refuse (train nothing) when more than "
                                           "this share of the servers in the champion's or the new population is new "
                                           "or gone (1: never refuse)", parse=_share, metavar="SHARE")
     memory_limit_mb: int = option(RETRAIN_MEMORY_LIMIT_MB, "address space this retrain may map (RLIMIT_AS; not "
@@ -549,7 +545,7 @@ def build_arg_parser(parser: argparse.ArgumentParser | None = None) -> argparse.
     """``main.py retrain``: the trainer's flags (its data optional, fewer epochs, no statistical models) plus
     :class:`RetrainSettings`."""
     parser = parser or argparse.ArgumentParser(description="Retrain from the store and promote only a better model.")
-    add_options(parser, TrainSettings, defaults={"data": None, "epochs": RETRAIN_EPOCHS, "statistical": ()})
+    add_options(parser, TrainSettings, defaults={"data": None, "epochs": RETRAIN.epochs, "statistical": ()})
     return add_options(parser, RetrainSettings)
 
 

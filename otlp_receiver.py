@@ -12,8 +12,8 @@ the mapping's ``remote_write`` section, counter rates, one record per host and c
 memory bounds (``REMOTE_WRITE_MAX_*``), the same ``daemon.ingest`` with the sender's key. No FastAPI in
 here: ``tft_inference`` checks the headers and hands the body over.
 
-* **Trust bounds**: the body is capped by the daemon (``MAX_BODY_BYTES``) and inflated at most to
-  ``OTLP_MAX_DECODED_BYTES``; a data point over the label limits (``REMOTE_WRITE_MAX_LABEL*``) is refused,
+* **Trust bounds**: the body is capped by the daemon (``DAEMON.max_body_bytes``) and inflated at most to
+  ``OTLP.max_decoded_bytes``; a data point over the label limits (``REMOTE_WRITE_MAX_LABEL*``) is refused,
   the rest taken (OTLP's partial success); hosts and series are capped by remote-write's bounds; the
   key's ``servers=`` binding and ``--max-servers`` are applied by ``daemon.ingest`` to the records.
 * **What is not read**: metrics the mapping does not name (counted ``ignored``), histograms and
@@ -54,10 +54,8 @@ from config import (
     INSTANCE_MAX_LENGTH,
     INSTANCE_PATTERN,
     LINBORG_METRICS,
-    OTLP_COMPLETE_GRACE_SECONDS,
-    OTLP_ERROR_MESSAGE_CHARS,
+    OTLP,
     OTLP_MAPPING_FILE,
-    OTLP_MAX_DECODED_BYTES,
     REMOTE_WRITE_MAX_LABEL_NAME_BYTES,
     REMOTE_WRITE_MAX_LABEL_VALUE_BYTES,
     REMOTE_WRITE_MAX_LABELS_PER_SERIES,
@@ -194,7 +192,7 @@ def check_headers(content_type: str | None, content_encoding: str | None) -> str
     return encoding
 
 
-def inflate(body: bytes, encoding: str, max_bytes: int = OTLP_MAX_DECODED_BYTES) -> bytes:
+def inflate(body: bytes, encoding: str, max_bytes: int = OTLP.max_decoded_bytes) -> bytes:
     """The body uncompressed, never past ``max_bytes`` (OtlpError 413), or OtlpError 400 when it is not ``encoding``."""
     if encoding == "identity":
         return body
@@ -208,7 +206,7 @@ def inflate(body: bytes, encoding: str, max_bytes: int = OTLP_MAX_DECODED_BYTES)
         size += len(part)
         if size > max_bytes:
             raise OtlpError(413, "payload_too_large", f"The body inflates past {max_bytes} bytes "
-                                                      f"(OTLP_MAX_DECODED_BYTES); send smaller batches (the "
+                                                      f"(OTLP.max_decoded_bytes); send smaller batches (the "
                                                       f"collector's sending_queue batch size, the SDK's "
                                                       f"max_export_batch_size).", reason="otlp_decoded_bytes")
         if not inflater.eof:
@@ -248,7 +246,7 @@ Status = _status_class()
 
 def status_body(status: int, detail: str) -> bytes:
     """The body of an OTLP failure answer: a serialised ``google.rpc.Status``."""
-    return Status(code=_GRPC_CODES.get(status, 2), message=detail[:OTLP_ERROR_MESSAGE_CHARS]).SerializeToString()
+    return Status(code=_GRPC_CODES.get(status, 2), message=detail[:OTLP.error_message_chars]).SerializeToString()
 
 
 def response_body(rejected: int, message: str) -> bytes:
@@ -256,7 +254,7 @@ def response_body(rejected: int, message: str) -> bytes:
     response = ExportMetricsServiceResponse()
     if rejected or message:
         response.partial_success.rejected_data_points = rejected
-        response.partial_success.error_message = message[:OTLP_ERROR_MESSAGE_CHARS]
+        response.partial_success.error_message = message[:OTLP.error_message_chars]
     return response.SerializeToString()
 
 
@@ -284,9 +282,9 @@ class OtlpReceiver(RemoteWriteReceiver):
 
     def __init__(self, ingest: Callable[..., FeedResponse], registry: Any = None,
                  mapping_path: str | Path = OTLP_MAPPING_FILE, clock: Callable[[], float] = time.time,
-                 grace_seconds: float = OTLP_COMPLETE_GRACE_SECONDS,
+                 grace_seconds: float = OTLP.complete_grace_seconds,
                  max_future_seconds: float = FEED_MAX_FUTURE_SECONDS,
-                 max_decoded_bytes: int = OTLP_MAX_DECODED_BYTES,
+                 max_decoded_bytes: int = OTLP.max_decoded_bytes,
                  on_refused: Callable[[str], None] | None = None, **limits: Any) -> None:
         super().__init__(ingest, registry, mapping_path, clock=clock, grace_seconds=grace_seconds,
                          max_future_seconds=max_future_seconds, **limits)
@@ -335,7 +333,8 @@ class OtlpReceiver(RemoteWriteReceiver):
                             f"recorded (a resent export)")
         if written.samples["refused"]:
             problems.append(f"{written.samples['refused']} data points exceed the hosts or series the daemon "
-                            f"tracks (REMOTE_WRITE_MAX_INSTANCES / _SERIES / _SERIES_PER_INSTANCE)")
+                            f"tracks (REMOTE_WRITE.max_instances / REMOTE_WRITE.max_series / "
+                            f"REMOTE_WRITE.max_series_per_instance)")
         if written.feed is not None and written.feed.rejected:
             result.rejected += len(written.feed.rejected)
             first = written.feed.rejected[0]

@@ -18,15 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from config import (
-    HORIZONS,
-    PROFILE_PREFIXES,
-    PROFILE_VALUE_BOOTSTRAP_RESAMPLES,
-    PROFILE_VALUE_ORIGIN_STRIDE,
-    STEPS_PER_DAY,
-    TRAINING_DATA_FILE,
-    VALID_PROFILES,
-)
+from config import HORIZONS, PROFILE_PREFIXES, PROFILE_STUDY, STEPS_PER_DAY, TRAINING_DATA_FILE, VALID_PROFILES
 from metrics_generator import generate_dataset
 from tft_evaluate import actuals_and_baselines, evaluate_windows, predict_windows, relative_gain, scoring_view
 from tft_features import FeatureSpec, build_features
@@ -58,7 +50,7 @@ def measure_profile_value(model: LoadedModel, agnostic: LoadedModel | None, per_
     """Score forecasts of never-seen servers: with their profile, profile hidden, and by ``agnostic``.
 
     On a fresh fleet (:func:`unseen_fleet`) whose kept servers neither model knows, forecast
-    origins every ``PROFILE_VALUE_ORIGIN_STRIDE`` buckets over the last ``days`` days, with the
+    origins every ``PROFILE_STUDY.origin_stride`` buckets over the last ``days`` days, with the
     full history window and at cold start (the model's minimum history). Returns q-risk 0.5
     per horizon, overall and per profile, next to the better baseline on the same windows, and
     95 % bootstrap intervals of the gain from the profile.
@@ -74,7 +66,7 @@ def measure_profile_value(model: LoadedModel, agnostic: LoadedModel | None, per_
                                dataset_servers=0).store if agnostic is not None else None
     last = int(store.time_idx.max())
     first = last - days * STEPS_PER_DAY + 1
-    servers, starts = store.window_starts(first, last, stride=PROFILE_VALUE_ORIGIN_STRIDE)
+    servers, starts = store.window_starts(first, last, stride=PROFILE_STUDY.origin_stride)
     truth = actuals_and_baselines(store, servers, starts)
     profiles = np.array(store.profiles)[servers]
     out: dict[str, Any] = {"servers": len(names), "windows": len(servers), "days": days}
@@ -85,7 +77,7 @@ def measure_profile_value(model: LoadedModel, agnostic: LoadedModel | None, per_
                                               encoder_length=length),
         }
         if other is not None:
-            o_servers, o_starts = other.window_starts(first, last, stride=PROFILE_VALUE_ORIGIN_STRIDE)
+            o_servers, o_starts = other.window_starts(first, last, stride=PROFILE_STUDY.origin_stride)
             if not (np.array(other.server_names)[o_servers] == np.array(store.server_names)[servers]).all() \
                     or not (o_starts == starts).all():
                 raise RuntimeError("the agnostic model's windows differ from the model's; are the specs compatible?")
@@ -109,7 +101,7 @@ def measure_profile_value(model: LoadedModel, agnostic: LoadedModel | None, per_
 
 
 def bootstrap_gain(spec: FeatureSpec, servers: np.ndarray, actual: np.ndarray, with_profile: np.ndarray,
-                   without: np.ndarray, resamples: int = PROFILE_VALUE_BOOTSTRAP_RESAMPLES, seed: int = 0
+                   without: np.ndarray, resamples: int = PROFILE_STUDY.bootstrap_resamples, seed: int = 0
                    ) -> dict[str, tuple[float, float]]:
     """95 % interval of the gain per horizon, resampling whole servers (windows of one server are not independent).
 

@@ -48,13 +48,7 @@ from config import (
     INTEGER_METRICS,
     LINBORG_METRICS,
     METRIC_RANGES,
-    PROMETHEUS_BACKFILL_HOURS,
-    PROMETHEUS_MAPPING_FILE,
-    PROMETHEUS_MAX_POINTS_PER_QUERY,
-    PROMETHEUS_POLL_SECONDS,
-    PROMETHEUS_RATE_WINDOW,
-    PROMETHEUS_STEP_SECONDS,
-    PROMETHEUS_TIMEOUT_SECONDS,
+    PROMETHEUS,
     UNMEASURED_FILL,
     VALID_PROFILES,
 )
@@ -98,7 +92,7 @@ class PromMapping:
         return re.sub(r"\{(\w+)\}", lambda m: values.get(m.group(1), m.group(0)), self.queries[metric] or "")
 
 
-def load_prom_mapping(path: str | Path = PROMETHEUS_MAPPING_FILE) -> PromMapping:
+def load_prom_mapping(path: str | Path = PROMETHEUS.mapping_file) -> PromMapping:
     """Read and check a Prometheus mapping file."""
     try:
         raw = json.loads(Path(path).read_text())
@@ -127,7 +121,7 @@ def load_prom_mapping(path: str | Path = PROMETHEUS_MAPPING_FILE) -> PromMapping
 class PrometheusClient:
     """The two calls of Prometheus's HTTP API the adapter needs (``/api/v1/query``, ``query_range``)."""
 
-    def __init__(self, url: str, timeout: float = PROMETHEUS_TIMEOUT_SECONDS) -> None:
+    def __init__(self, url: str, timeout: float = PROMETHEUS.timeout_seconds) -> None:
         self.url = url.rstrip("/")
         self._client = httpx.Client(timeout=timeout)
 
@@ -159,7 +153,7 @@ class PrometheusClient:
     def query_range(self, promql: str, start: float, end: float, step: float) -> list[dict[str, Any]]:
         """Range matrix, fetched in chunks below Prometheus's per-query point limit."""
         series: dict[tuple[tuple[str, str], ...], list[list[Any]]] = {}
-        chunk = step * (PROMETHEUS_MAX_POINTS_PER_QUERY - 1)
+        chunk = step * (PROMETHEUS.max_points_per_query - 1)
         lo = start
         while lo <= end:
             hi = min(end, lo + chunk)
@@ -261,8 +255,8 @@ def to_buckets(samples: pd.DataFrame, mapping: PromMapping) -> pd.DataFrame:
 
 
 def export_parquet(client: PrometheusClient, mapping: PromMapping, out: str | Path, hours: float,
-                   end: float | None = None, step: float = PROMETHEUS_STEP_SECONDS,
-                   window: str = PROMETHEUS_RATE_WINDOW, profile: str | None = None) -> dict[str, Any]:
+                   end: float | None = None, step: float = PROMETHEUS.step_seconds,
+                   window: str = PROMETHEUS.rate_window, profile: str | None = None) -> dict[str, Any]:
     """Write ``hours`` of history up to ``end`` (default now) as contract Parquet for training."""
     end = time.time() if end is None else end
     start = end - hours * 3600
@@ -327,7 +321,7 @@ class LiveFeeder:
     """Back-fills the daemon from ``query_range`` and then feeds it from instant queries."""
 
     def __init__(self, client: PrometheusClient, mapping: PromMapping, feed: DaemonFeed, profile: str | None,
-                 window: str = PROMETHEUS_RATE_WINDOW) -> None:
+                 window: str = PROMETHEUS.rate_window) -> None:
         self.client, self.mapping, self.feed, self.window = client, mapping, feed, window
         self.identities = Identities(client, mapping, profile)
         self.labelers: dict[str, StreamStateLabeler] = {}
@@ -406,19 +400,19 @@ def build_arg_parser(parser: argparse.ArgumentParser | None = None) -> argparse.
     """Arguments of the adapter (``main.py prometheus``)."""
     parser = parser or argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--url", required=True, help="Prometheus server, e.g. http://127.0.0.1:9090")
-    parser.add_argument("--mapping", type=Path, default=PROMETHEUS_MAPPING_FILE,
+    parser.add_argument("--mapping", type=Path, default=PROMETHEUS.mapping_file,
                         help="PromQL per LINBORG metric (default %(default)s)")
     target = parser.add_mutually_exclusive_group(required=True)
     target.add_argument("--out", type=Path, help="write contract Parquet (for training) and exit")
     target.add_argument("--daemon-url", help="feed this inference daemon: back-fill, then poll")
     parser.add_argument("--hours", type=float, help=f"history to export (--out) or back-fill (--daemon-url; "
-                                                    f"default {PROMETHEUS_BACKFILL_HOURS})")
+                                                    f"default {PROMETHEUS.backfill_hours})")
     parser.add_argument("--end", help="end of the exported span, ISO 8601 (default: now)")
-    parser.add_argument("--step", type=float, default=PROMETHEUS_STEP_SECONDS,
+    parser.add_argument("--step", type=float, default=PROMETHEUS.step_seconds,
                         help="seconds between query_range points (default %(default)s)")
-    parser.add_argument("--window", default=PROMETHEUS_RATE_WINDOW,
+    parser.add_argument("--window", default=PROMETHEUS.rate_window,
                         help="rate() look-back filled into {window} (default %(default)s; >= 2 scrape intervals)")
-    parser.add_argument("--poll", type=float, default=PROMETHEUS_POLL_SECONDS,
+    parser.add_argument("--poll", type=float, default=PROMETHEUS.poll_seconds,
                         help="seconds between live polls (default %(default)s)")
     parser.add_argument("--profile", choices=VALID_PROFILES,
                         help="profile of instances the mapping does not name (default: name prefix, else generic)")
@@ -449,7 +443,7 @@ def run_from_args(args: argparse.Namespace) -> int:
         stop = threading.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: stop.set())
-        feeder.backfill(args.hours if args.hours is not None else PROMETHEUS_BACKFILL_HOURS, args.step)
+        feeder.backfill(args.hours if args.hours is not None else PROMETHEUS.backfill_hours, args.step)
         logger.info("feeding %s from %s every %.0f s", args.daemon_url, args.url, args.poll)
         feeder.run(stop, args.poll, args.duration)
         left = feed.close(FEED_FLUSH_ON_EXIT_SECONDS)

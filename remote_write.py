@@ -56,21 +56,13 @@ from config import (
     INSTANCE_MAX_LENGTH,
     INSTANCE_PATTERN,
     LINBORG_METRICS,
+    REMOTE_WRITE,
     REMOTE_WRITE_COMPLETE_GRACE_SECONDS,
-    REMOTE_WRITE_IDLE_SECONDS,
-    REMOTE_WRITE_LOG_EVERY_SECONDS,
     REMOTE_WRITE_MAPPING_FILE,
     REMOTE_WRITE_MAX_DECODED_BYTES,
-    REMOTE_WRITE_MAX_INSTANCES,
     REMOTE_WRITE_MAX_LABEL_NAME_BYTES,
     REMOTE_WRITE_MAX_LABEL_VALUE_BYTES,
     REMOTE_WRITE_MAX_LABELS_PER_SERIES,
-    REMOTE_WRITE_MAX_PENDING_SCRAPES,
-    REMOTE_WRITE_MAX_SERIES,
-    REMOTE_WRITE_MAX_SERIES_PER_INSTANCE,
-    REMOTE_WRITE_MAX_UNSENT_RECORDS,
-    REMOTE_WRITE_SCRAPE_WINDOW_SECONDS,
-    REMOTE_WRITE_VERSION,
 )
 from errors import ToolkitError
 from prometheus_adapter import (
@@ -178,9 +170,9 @@ def check_headers(content_type: str | None, content_encoding: str | None, versio
         raise RemoteWriteError(415, "unsupported_encoding",
                                f"Send the body snappy-compressed (Content-Encoding: {CONTENT_ENCODING}); got "
                                f"'{content_encoding or 'none'}'.")
-    if version and not version.strip().startswith(REMOTE_WRITE_VERSION.rsplit(".", 1)[0] + "."):
+    if version and not version.strip().startswith(REMOTE_WRITE.version.rsplit(".", 1)[0] + "."):
         raise RemoteWriteError(415, "unsupported_version",
-                               f"Remote-write {version} is not read here; send {REMOTE_WRITE_VERSION} (1.0).")
+                               f"Remote-write {version} is not read here; send {REMOTE_WRITE.version} (1.0).")
 
 
 def decode(body: bytes, max_decoded_bytes: int = REMOTE_WRITE_MAX_DECODED_BYTES) -> Message:
@@ -335,7 +327,7 @@ def load_remote_write_mapping(path: str | Path = REMOTE_WRITE_MAPPING_FILE) -> R
     if base.name_query and name_series is None:
         logger.warning("mapping %s: name_query %r is PromQL, not a series name; remote-write names instances by "
                        "the mapping's names, else the instance label without its port", path, base.name_query)
-    window = raw.get("scrape_window_seconds", REMOTE_WRITE_SCRAPE_WINDOW_SECONDS)
+    window = raw.get("scrape_window_seconds", REMOTE_WRITE.scrape_window_seconds)
     if not isinstance(window, int | float) or not 0 <= window < 5:
         raise PrometheusError(f"mapping {path}: remote_write.scrape_window_seconds must be a number of seconds in "
                               f"[0, 5) (samples of one instance this close in time form one scrape), got {window!r}")
@@ -411,8 +403,8 @@ class RemoteWriteReceiver:
                  registry: Any = None, mapping_path: str | Path = REMOTE_WRITE_MAPPING_FILE,
                  clock: Callable[[], float] = time.time,
                  grace_seconds: float = REMOTE_WRITE_COMPLETE_GRACE_SECONDS,
-                 max_instances: int = REMOTE_WRITE_MAX_INSTANCES, max_series: int = REMOTE_WRITE_MAX_SERIES,
-                 max_series_per_instance: int = REMOTE_WRITE_MAX_SERIES_PER_INSTANCE,
+                 max_instances: int = REMOTE_WRITE.max_instances, max_series: int = REMOTE_WRITE.max_series,
+                 max_series_per_instance: int = REMOTE_WRITE.max_series_per_instance,
                  max_future_seconds: float = FEED_MAX_FUTURE_SECONDS) -> None:
         self.ingest, self.clock = ingest, clock
         self.grace_ms = int(grace_seconds * 1000)
@@ -570,7 +562,8 @@ class RemoteWriteReceiver:
             if self.series_count >= self.max_series or len(state.series) >= self.max_series_per_instance:
                 tally["refused"] += len(samples)
                 self._warn("max_series", "remote-write tracks %d series (%d of instance %s), the limit "
-                           "(REMOTE_WRITE_MAX_SERIES / _PER_INSTANCE); samples of new series are dropped. Keep "
+                           "(REMOTE_WRITE.max_series / REMOTE_WRITE.max_series_per_instance); samples of new series "
+                           "are dropped. Keep "
                            "only the mapped series (write_relabel_configs, %s) or raise the limits",
                            self.series_count, len(state.series), instance, COLLECTING_SECTION)
                 return
@@ -619,7 +612,7 @@ class RemoteWriteReceiver:
 
     def _new_instance(self, instance: str) -> _Instance | None:
         if len(self.instances) >= self.max_instances:
-            self._warn("max_instances", "remote-write tracks %d instances, the limit (REMOTE_WRITE_MAX_INSTANCES); "
+            self._warn("max_instances", "remote-write tracks %d instances, the limit (REMOTE_WRITE.max_instances); "
                        "samples of new instances such as %s are dropped", len(self.instances), instance)
             return None
         state = self.instances[instance] = _Instance()
@@ -630,7 +623,7 @@ class RemoteWriteReceiver:
         """The instance's scrapes stamped before ``before_ms`` (and the oldest beyond the pending cap) as rows."""
         ready = sorted(t for t in state.pending if t < before_ms)
         waiting = sorted(t for t in state.pending if t >= before_ms)
-        ready += waiting[:max(0, len(waiting) - REMOTE_WRITE_MAX_PENDING_SCRAPES)]
+        ready += waiting[:max(0, len(waiting) - REMOTE_WRITE.max_pending_scrapes)]
         rows = []
         for t in ready:
             scrape = state.pending.pop(t)
@@ -661,11 +654,11 @@ class RemoteWriteReceiver:
         return value if math.isfinite(value) else None
 
     def _sweep(self) -> list[_Row]:
-        """Complete and forget instances silent for REMOTE_WRITE_IDLE_SECONDS (checked once a minute of data)."""
+        """Complete and forget instances silent for REMOTE_WRITE.idle_seconds (checked once a minute of data)."""
         if self._newest_ms - self._swept_ms < 60_000:
             return []
         self._swept_ms = self._newest_ms
-        cutoff = self._newest_ms - REMOTE_WRITE_IDLE_SECONDS * 1000
+        cutoff = self._newest_ms - REMOTE_WRITE.idle_seconds * 1000
         rows: list[_Row] = []
         for state in self.instances.values():  # series an instance no longer sends (a NIC or disk gone)
             stale = [key for key, series in state.series.items() if series.last_t < cutoff]
@@ -680,7 +673,7 @@ class RemoteWriteReceiver:
                 del self._servers[state.server[0]]
             self.identities.known.pop(instance, None)
             logger.info("remote-write: instance %s sent nothing for %d s; forgot it", instance,
-                        REMOTE_WRITE_IDLE_SECONDS)
+                        REMOTE_WRITE.idle_seconds)
         return rows
 
     def _identity(self, instance: str, state: _Instance) -> tuple[str, str] | None:
@@ -755,12 +748,12 @@ class RemoteWriteReceiver:
         try:
             response = self.ingest(batch, labels or None, **({"grant": grant} if grant is not None else {}))
         except Exception:
-            overflow = max(0, len(batch) - REMOTE_WRITE_MAX_UNSENT_RECORDS)
+            overflow = max(0, len(batch) - REMOTE_WRITE.max_unsent_records)
             if overflow:
                 self.records["dropped"] += overflow
                 logger.error("remote-write: %d records could not be stored and %d more wait than "
-                             "REMOTE_WRITE_MAX_UNSENT_RECORDS allows; dropped the %d oldest", len(batch),
-                             REMOTE_WRITE_MAX_UNSENT_RECORDS, overflow)
+                             "REMOTE_WRITE.max_unsent_records allows; dropped the %d oldest", len(batch),
+                             REMOTE_WRITE.max_unsent_records, overflow)
             self._unsent = batch[overflow:]
             raise
         self._unsent = []
@@ -798,12 +791,12 @@ class RemoteWriteReceiver:
 
     def _summarise(self) -> None:
         """A WARNING about dropped samples and rejected records: the first at once, then one per
-        REMOTE_WRITE_LOG_EVERY_SECONDS at most."""
+        REMOTE_WRITE.log_every_seconds at most."""
         now = time.monotonic()
         dropped = {k: self.samples[k] - self._logged[k] for k in ("late", "refused", "invalid")
                    if self.samples[k] > self._logged[k]}
         rejected = self.records["rejected"] - self._logged["rejected"]
-        if not (dropped or rejected) or (self._summarised and now - self._logged_at < REMOTE_WRITE_LOG_EVERY_SECONDS):
+        if not (dropped or rejected) or (self._summarised and now - self._logged_at < REMOTE_WRITE.log_every_seconds):
             return
         logger.warning("remote-write: dropped samples %s, %d records rejected by the contract check%s (since the "
                        "last such line; counted in /metrics tft_remote_write_*)", dropped or "none", rejected,
@@ -813,10 +806,10 @@ class RemoteWriteReceiver:
         self._logged_at, self._rejections, self._summarised = now, [], True
 
     def _warn(self, key: str, message: str, *args: Any) -> None:
-        """Log a limit or configuration warning once per REMOTE_WRITE_LOG_EVERY_SECONDS per kind."""
+        """Log a limit or configuration warning once per REMOTE_WRITE.log_every_seconds per kind."""
         now = time.monotonic()
         last = self._warned_at.get(key)
-        if last is not None and now - last < REMOTE_WRITE_LOG_EVERY_SECONDS:
+        if last is not None and now - last < REMOTE_WRITE.log_every_seconds:
             return
         self._warned_at[key] = now
         logger.warning(message, *args)

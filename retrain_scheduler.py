@@ -7,7 +7,7 @@ leaves ``models/latest`` (and so the serving model) untouched: promotion is the 
 atomic step. A promoted model reaches the daemon through the ``latest`` link it follows.
 
 Bounds (Docs/RETRAINING.md, "Bounds"): the retrain starts in a session (process group) of its own;
-past ``RETRAIN_TIMEOUT_SECONDS`` the whole group gets SIGTERM, then SIGKILL after
+past ``SCHEDULER.retrain_timeout_seconds`` the whole group gets SIGTERM, then SIGKILL after
 ``RETRAIN_KILL_GRACE_SECONDS`` (so does a retrain running at shutdown), counted as a failure, and the
 next one can start. It is told the daemon's pid (``--parent-pid``: it ends itself when the daemon is
 gone) and its address-space limit (``--memory-limit-mb``, which it applies to itself first thing; the
@@ -39,11 +39,9 @@ from config import (
     RETRAIN_KILL_GRACE_SECONDS,
     RETRAIN_LOCK_FILE,
     RETRAIN_MEMORY_LIMIT_MB,
-    RETRAIN_MIN_INTERVAL_SECONDS,
-    RETRAIN_NICE,
     RETRAIN_REPORTS_SUBDIR,
-    RETRAIN_TIMEOUT_SECONDS,
     RETRAIN_WORK_SUBDIR,
+    SCHEDULER,
 )
 from model_retrain import RetrainLocked, retrain_lock, rotate_reports
 
@@ -52,7 +50,7 @@ logger = logging.getLogger(__name__)
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
-def parse_interval(text: str, minimum: float = RETRAIN_MIN_INTERVAL_SECONDS) -> float:
+def parse_interval(text: str, minimum: float = SCHEDULER.retrain_min_interval_seconds) -> float:
     """"24h", "90m", "2d", "3600s" -> seconds (at least ``minimum``); ValueError with the fix otherwise."""
     match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd])\s*", text or "")
     if not match:
@@ -78,7 +76,7 @@ class RetrainScheduler:
     every_seconds: float | None
     extra_args: list[str] = field(default_factory=list)
     clock: Any = time.monotonic
-    timeout_seconds: float = RETRAIN_TIMEOUT_SECONDS
+    timeout_seconds: float = SCHEDULER.retrain_timeout_seconds
     kill_grace_seconds: float = RETRAIN_KILL_GRACE_SECONDS
     memory_limit_mb: int = RETRAIN_MEMORY_LIMIT_MB
     keep_reports: int = RETRAIN_KEEP_REPORTS
@@ -138,7 +136,7 @@ class RetrainScheduler:
                                              stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                              start_new_session=True)
         try:  # set from here (not in the child: a pre-exec hook is unsafe in a threaded daemon)
-            os.setpriority(os.PRIO_PROCESS, self._process.pid, RETRAIN_NICE)
+            os.setpriority(os.PRIO_PROCESS, self._process.pid, SCHEDULER.retrain_nice)
         except OSError as exc:
             logger.warning("could not lower the retrain's CPU priority: %s", exc)
         self.runs += 1
@@ -148,7 +146,8 @@ class RetrainScheduler:
         self.last_log = str(log_path)
         if self.every_seconds:
             self._next_at = self.clock() + self.every_seconds
-        logger.info("retrain started (pid %d, nice %d, at most %.0f s), log %s", self._process.pid, RETRAIN_NICE,
+        logger.info("retrain started (pid %d, nice %d, at most %.0f s), log %s", self._process.pid,
+                    SCHEDULER.retrain_nice,
                     self.timeout_seconds, log_path)
         return True
 
@@ -195,7 +194,8 @@ class RetrainScheduler:
             self.last_outcome = "timed_out"
             how = (f"SIGTERM, then SIGKILL after the {self.kill_grace_seconds:g} s grace" if self._killed
                    else "SIGTERM")
-            logger.error("retrain timed out after %.0f s (limit %.0f s, RETRAIN_TIMEOUT_SECONDS) and its process group "
+            logger.error("retrain timed out after %.0f s (limit %.0f s, SCHEDULER.retrain_timeout_seconds) and its "
+                         "process group "
                          "was ended (%s); %d failed so far; the serving model is unchanged. Its log: %s", elapsed,
                          self.timeout_seconds, how, self.failures, self.last_log)
         elif code == 0:

@@ -51,7 +51,7 @@ from config import (
     MORNING_SPIKE_MIN_CPU_USED_PCT,
     RECOVERY_BUCKETS,
     SOFT_STATE_MIN_BUCKETS,
-    STATE_MAX_GAP_BUCKETS,
+    STATE_RULES,
     VALID_STATES,
 )
 from contract import bucket_of_ns, bucket_start, cpu_used
@@ -232,7 +232,7 @@ class StreamStateLabeler:
     daemon makes it (gauges averaged, counts the latest sample), and buckets without any
     sample count as offline, so a stream labelled here gets the labels ``derive_states``
     would give the bucketed history. A sample is labelled with the rules applied to its
-    bucket so far. A gap longer than ``STATE_MAX_GAP_BUCKETS`` restarts the rules.
+    bucket so far. A gap longer than ``STATE_RULES.max_gap_buckets`` restarts the rules.
     """
 
     _GAUGES = ("cpu_idle_pct", "cpu_iowait_pct", "mem_used_pct", "swap_used_pct", "disk_usage_pct")
@@ -270,7 +270,7 @@ class StreamStateLabeler:
         if self.bucket is not None and bucket > self.bucket:
             self._apply(self.tracker, self.bucket, self._bucket_inputs(), True, in_maintenance)
             silent = bucket - self.bucket - 1
-            if silent > STATE_MAX_GAP_BUCKETS:
+            if silent > STATE_RULES.max_gap_buckets:
                 self.tracker = StateTracker.for_profiles([self.profile])
             else:
                 offline = {k: np.zeros((1, 1)) for k in self._bucket_inputs()}

@@ -17,7 +17,7 @@ The store (``metrics_store.py``) keeps one aggregate per server and 5-minute buc
   is moved into place, so ``main.py validate`` accepts it and nothing invalid is left behind;
 * ``metrics_metadata.json`` and ``server_mapping.json`` beside the file, as the importer writes them;
 * with ``--min-history-days D`` only servers with at least D days of stored buckets in the range (the
-  established ones; ``main.py retrain`` passes ``RETRAIN_MIN_HISTORY_DAYS``); the others are named in
+  established ones; ``main.py retrain`` passes ``RETRAIN.min_history_days``); the others are named in
   the log and in the metadata (``servers_short_history``).
 
 Measured or not: the store keeps values, not which metrics a feeder really measured. Feeders fill a
@@ -27,7 +27,7 @@ Java CPU or CLOSE_WAIT sockets), and a filled value looks like a reading. The ex
 fill value, and listed as unmeasured otherwise; the metadata says so (``measured_metrics_inferred``)
 and lists, per server, the metrics that never left the fill (``servers_constant_at_fill``).
 
-Memory is bounded: whole servers, about ``EXPORT_CHUNK_ROWS`` rows at a time, are read, filled, checked and
+Memory is bounded: whole servers, about ``EXPORT.chunk_rows`` rows at a time, are read, filled, checked and
 written.
 """
 
@@ -52,8 +52,7 @@ from common_utils import atomic_write_json, parse_utc, setup_logging
 from config import (
     CONTRACT_VERSION,
     DATA_CONTRACT_DOC,
-    EXPORT_CHUNK_ROWS,
-    EXPORT_PROGRESS_FRACTION,
+    EXPORT,
     INTEGER_METRICS,
     LINBORG_METRICS,
     METADATA_FILE,
@@ -230,8 +229,8 @@ def _check(table: pa.Table, stats: ExportStats) -> None:
 
 
 def export_store(store: str | Path, out: str | Path, since: str | None = None, until: str | None = None,
-                 servers: list[str] | None = None, chunk_rows: int = EXPORT_CHUNK_ROWS,
-                 progress_fraction: float = EXPORT_PROGRESS_FRACTION,
+                 servers: list[str] | None = None, chunk_rows: int = EXPORT.chunk_rows,
+                 progress_fraction: float = EXPORT.progress_fraction,
                  min_history_days: float | None = None) -> dict[str, Any]:
     """Write the store's buckets as contract Parquet at ``out`` (+ metadata and server mapping); the metadata.
 

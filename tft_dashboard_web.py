@@ -37,31 +37,16 @@ from common_utils import parse_utc, resolve_api_key, utc_now
 from config import (
     ACCURACY_SERVER_WINDOW,
     ALERT_QUALITY,
-    ANOMALY_OUTSIDE_ABOVE,
     API_KEY_ENV,
     API_KEY_FILE_ENV,
     BAND_ADAPT_MAX_SCALE,
     BAND_ADAPT_MIN_SCALE,
     BAND_ADAPT_TARGET_MISS,
-    DASHBOARD_ANOMALY_ROWS,
-    DASHBOARD_CACHE_SECONDS,
-    DASHBOARD_COVERAGE_TARGET,
+    DASHBOARD,
     DASHBOARD_DAEMON_URL_ENV,
-    DASHBOARD_DAEMON_URLS_ENV,
-    DASHBOARD_DEFAULT_REFRESH_SECONDS,
     DASHBOARD_DEMO_ADMIN_KEY_ENV,
     DASHBOARD_DEMO_ENV,
-    DASHBOARD_DEMO_ON,
-    DASHBOARD_FAN_HISTORY_HOURS,
-    DASHBOARD_HISTORY_HOURS,
-    DASHBOARD_MAX_REFRESH_SECONDS,
-    DASHBOARD_MODEL_AGE_DAYS_AFTER_HOURS,
-    DASHBOARD_REFRESH_ENV,
-    DASHBOARD_REQUEST_ATTEMPTS,
-    DASHBOARD_SKILL_COLOR_LIMIT,
     DASHBOARD_TIMEOUT_SECONDS,
-    DASHBOARD_TOP_SERVERS,
-    DASHBOARD_WORST_SERVERS,
     DEFAULT_DAEMON_URL,
     DEMO_SCENARIOS,
     DISPLAY_CPU,
@@ -110,10 +95,10 @@ def label(metric: str) -> str:
 def connect(base_url: str, api_key: str) -> DaemonClient:
     """The client of one daemon URL and key, shared by every session and rerun.
 
-    A failed read is not retried (DASHBOARD_REQUEST_ATTEMPTS): the next refresh is the retry.
+    A failed read is not retried (DASHBOARD.request_attempts): the next refresh is the retry.
     """
     return DaemonClient(base_url, api_key or None, timeout=DASHBOARD_TIMEOUT_SECONDS,
-                        retry=RetryPolicy(attempts=DASHBOARD_REQUEST_ATTEMPTS))
+                        retry=RetryPolicy(attempts=DASHBOARD.request_attempts))
 
 
 @dataclass
@@ -126,7 +111,7 @@ class Reply:
 
 
 # connect() returns one object per URL and key and keeps it, so its id() names the daemon and key.
-@st.cache_data(ttl=DASHBOARD_CACHE_SECONDS, show_spinner=False, hash_funcs={DaemonClient: id})
+@st.cache_data(ttl=DASHBOARD.cache_seconds, show_spinner=False, hash_funcs={DaemonClient: id})
 def _call(client: DaemonClient, method: str, args: tuple[Any, ...]) -> tuple[Any, str | None, int | None]:
     """``client.<method>(*args)``, cached briefly so the panels share one round of requests.
 
@@ -189,14 +174,14 @@ def when(iso: str | None) -> str:
 def model_age(trained_at: str | None, now: datetime | None = None) -> str:
     """How old a model is, in words: 'less than 1 h old', '5 h old', '3 days old'.
 
-    In hours up to DASHBOARD_MODEL_AGE_DAYS_AFTER_HOURS, in days beyond; ``now`` defaults to the wall clock.
+    In hours up to DASHBOARD.model_age_days_after_hours, in days beyond; ``now`` defaults to the wall clock.
     """
     if not trained_at:
         return "age unknown"
     hours = ((now or utc_now()) - parse_utc(trained_at)).total_seconds() / 3600
     if hours < 1:
         return "less than 1 h old"
-    if hours <= DASHBOARD_MODEL_AGE_DAYS_AFTER_HOURS:
+    if hours <= DASHBOARD.model_age_days_after_hours:
         return f"{hours:.0f} h old"
     return f"{hours / 24:.0f} days old"
 
@@ -302,10 +287,10 @@ def _grid_figure(z: list[list[float]], text: list[list[str]], hover: list[list[s
 def coverage_heatmap(rows: list[dict[str, Any]]) -> go.Figure:
     """p10-p90 coverage per metric x horizon: as served (coloured) and the model's own band (written under it).
 
-    Green inside DASHBOARD_COVERAGE_TARGET, yellow elsewhere inside DRIFT_COVERAGE_BAND, red outside it.
+    Green inside DASHBOARD.coverage_target, yellow elsewhere inside DRIFT_COVERAGE_BAND, red outside it.
     """
     metrics, horizons, by_key = _accuracy_grid(rows)
-    (drift_low, drift_high), (low, high), edge = DRIFT_COVERAGE_BAND, DASHBOARD_COVERAGE_TARGET, 1e-6
+    (drift_low, drift_high), (low, high), edge = DRIFT_COVERAGE_BAND, DASHBOARD.coverage_target, 1e-6
     z, text, hover = [], [], []
     for metric in metrics:
         z.append([])  # (one statement each: Streamlit's magic would draw a bare tuple)
@@ -341,7 +326,7 @@ def coverage_heatmap(rows: list[dict[str, Any]]) -> go.Figure:
 def skill_heatmap(rows: list[dict[str, Any]]) -> go.Figure:
     """Skill against persistence per metric x horizon: above 0 the model beats 'the last value'."""
     metrics, horizons, by_key = _accuracy_grid(rows)
-    limit = DASHBOARD_SKILL_COLOR_LIMIT
+    limit = DASHBOARD.skill_color_limit
     z, text, hover = [], [], []
     for metric in metrics:
         z.append([])  # (one statement each: Streamlit's magic would draw a bare tuple)
@@ -420,13 +405,13 @@ def _hover(server: dict[str, Any]) -> str:
 # ============================================================================ settings: the environment
 def _default_refresh() -> int:
     """The refresh slider's start value: ``TFT_DASHBOARD_REFRESH`` (seconds, 0-60) or the config default."""
-    raw = os.environ.get(DASHBOARD_REFRESH_ENV, "")
+    raw = os.environ.get(DASHBOARD.refresh_env, "")
     try:
-        return min(DASHBOARD_MAX_REFRESH_SECONDS, max(0, int(raw))) if raw else DASHBOARD_DEFAULT_REFRESH_SECONDS
+        return min(DASHBOARD.max_refresh_seconds, max(0, int(raw))) if raw else DASHBOARD.default_refresh_seconds
     except ValueError:
-        logger.warning("%s=%r is not a whole number of seconds; using %d", DASHBOARD_REFRESH_ENV, raw,
-                       DASHBOARD_DEFAULT_REFRESH_SECONDS)
-        return DASHBOARD_DEFAULT_REFRESH_SECONDS
+        logger.warning("%s=%r is not a whole number of seconds; using %d", DASHBOARD.refresh_env, raw,
+                       DASHBOARD.default_refresh_seconds)
+        return DASHBOARD.default_refresh_seconds
 
 
 def daemon_urls() -> list[str]:
@@ -435,7 +420,7 @@ def daemon_urls() -> list[str]:
 
     Configuration only: the dashboard sends its key to these URLs and to no URL a visitor types.
     """
-    listed = [url.strip().rstrip("/") for url in os.environ.get(DASHBOARD_DAEMON_URLS_ENV, "").split(",")]
+    listed = [url.strip().rstrip("/") for url in os.environ.get(DASHBOARD.daemon_urls_env, "").split(",")]
     default = os.environ.get(DASHBOARD_DAEMON_URL_ENV, "").strip().rstrip("/")
     urls = list(dict.fromkeys(url for url in (default, *listed) if url))
     return urls or [DEFAULT_DAEMON_URL]
@@ -462,10 +447,10 @@ def read_key() -> tuple[str | None, str]:
 def demo_mode_on() -> bool:
     """Whether ``$TFT_DASHBOARD_DEMO`` opts in to demo mode (its buttons and its admin key): off unless set."""
     raw = os.environ.get(DASHBOARD_DEMO_ENV, "").strip().lower()
-    if raw and raw not in DASHBOARD_DEMO_ON and raw not in ("0", "false", "no", "off"):
+    if raw and raw not in DASHBOARD.demo_on and raw not in ("0", "false", "no", "off"):
         logger.warning("%s=%r is not one of %s: demo mode stays off (Docs/DASHBOARD.md, Demo mode)",
-                       DASHBOARD_DEMO_ENV, raw, "/".join(DASHBOARD_DEMO_ON))
-    return raw in DASHBOARD_DEMO_ON
+                       DASHBOARD_DEMO_ENV, raw, "/".join(DASHBOARD.demo_on))
+    return raw in DASHBOARD.demo_on
 
 
 def demo_admin_key() -> tuple[str | None, str]:
@@ -500,7 +485,7 @@ with st.sidebar:
     st.header("Daemon")
     urls = daemon_urls()
     if len(urls) > 1:
-        picked = st.selectbox("Daemon URL", urls, key="daemon_url", help=f"the daemons in {DASHBOARD_DAEMON_URLS_ENV}")
+        picked = st.selectbox("Daemon URL", urls, key="daemon_url", help=f"the daemons in {DASHBOARD.daemon_urls_env}")
         # Streamlit returns whatever string a browser sends for a selectbox: only a listed URL gets the key.
         base_url = picked if picked in urls else urls[0]
     else:
@@ -508,7 +493,7 @@ with st.sidebar:
         st.markdown(f"`{base_url}`")
     st.caption(f"API key: {key_text}")
     client = connect(base_url, api_key or "")
-    refresh = st.slider("Refresh every (s, 0 = off)", 0, DASHBOARD_MAX_REFRESH_SECONDS, _default_refresh())
+    refresh = st.slider("Refresh every (s, 0 = off)", 0, DASHBOARD.max_refresh_seconds, _default_refresh())
 
 
 # Its own fragment on the page's refresh timer: what the stream plays is re-read from the daemon on
@@ -565,7 +550,7 @@ def page(client: DaemonClient, refresh: int, key_text: str) -> None:
     fleet = current.data
     servers = fleet["servers"]
     alerts = fetch(client, "alerts").data or {"alerts": []}
-    anomalies = fetch(client, "anomalies", ANOMALY_OUTSIDE_ABOVE)  # on the band's edge or outside it
+    anomalies = fetch(client, "anomalies", DASHBOARD.anomaly_outside_above)  # on the band's edge or outside it
     tabs = st.tabs(PANELS)
     with tabs[0]:
         overview(fleet, servers, alerts["alerts"], alerts.get("suppressed", []), anomalies)
@@ -679,7 +664,7 @@ def anomalous_now(reply: Reply | None) -> None:
         st.caption(f"No anomaly scores yet: a server gets one once the forecasts made {ago} before the latest bucket "
                    f"have come due (for servers the daemon has held long enough, --established-hours).")
         return
-    outside = [r for r in data["anomalies"] if r["score"] > ANOMALY_OUTSIDE_ABOVE]
+    outside = [r for r in data["anomalies"] if r["score"] > DASHBOARD.anomaly_outside_above]
     if not outside:
         st.caption(f"Nothing anomalous now: at {when(data['at'])} every scored metric of the "
                    f"{data['servers_scored']} servers scored lies inside the p10-p90 band forecast for it {ago} "
@@ -689,7 +674,7 @@ def anomalous_now(reply: Reply | None) -> None:
         "server": r["server_name"], "profile": r["profile"], "metric": label(r["metric"]),
         "band made": f"{HORIZON_TEXT.get(r['horizon'], r['horizon'])} ago", "score": round(r["score"], 1),
         "now": round(r["actual"], 2), "p50": round(r["p50"], 2), "p10-p90": f"{r['p10']:.2f}-{r['p90']:.2f}"}
-        for r in outside[:DASHBOARD_ANOMALY_ROWS]]), hide_index=True, width="stretch")
+        for r in outside[:DASHBOARD.anomaly_rows]]), hide_index=True, width="stretch")
     outside_share = 1 - (QUANTILE_LEVELS["p90"] - QUANTILE_LEVELS["p10"])  # what a calibrated band leaves out
     st.caption(f"At {when(data['at'])}: {len(outside)} metric{'s' if len(outside) != 1 else ''} outside the band "
                f"forecast for now {ago} earlier (score = distance from p50 in half-widths of the band; 1 = on its "
@@ -743,7 +728,7 @@ def server_details(server: dict[str, Any]) -> None:
 
 def top_servers(client: DaemonClient, servers: list[dict[str, Any]]) -> None:
     """The most at-risk servers, their forecast fans and why."""
-    ranked = [s for s in servers if s["status"] == "ok"][:DASHBOARD_TOP_SERVERS]
+    ranked = [s for s in servers if s["status"] == "ok"][:DASHBOARD.top_servers]
     if not ranked:
         st.info("No forecasts yet.")
         return
@@ -755,7 +740,7 @@ def top_servers(client: DaemonClient, servers: list[dict[str, Any]]) -> None:
         if not server["alerts"]:
             st.caption("No alerts: among the most at risk, but within normal bounds.")
         fan = fetch(client, "server_fan", server["server_name"])
-        history = fetch(client, "history", server["server_name"], DASHBOARD_FAN_HISTORY_HOURS)
+        history = fetch(client, "history", server["server_name"], DASHBOARD.fan_history_hours)
         if fan.error:
             st.warning(fan.error)
             continue
@@ -781,7 +766,7 @@ def historical(client: DaemonClient, servers: list[dict[str, Any]]) -> None:
     metric = col[1].selectbox("Metric", KEY_METRICS + ["load_average", "net_in_mb_s", "net_out_mb_s",
                                                        "back_close_wait", "front_close_wait"],
                               format_func=label, key="hist_metric")
-    hours = col[2].slider("Window (hours)", 1, 72, DASHBOARD_HISTORY_HOURS, key="hist_hours")
+    hours = col[2].slider("Window (hours)", 1, 72, DASHBOARD.history_hours, key="hist_hours")
     name = choice.split(" ")[0]
     history = fetch(client, "history", name, hours)
     if history.error:
@@ -868,7 +853,7 @@ def model_health(client: DaemonClient, info: dict[str, Any]) -> None:
     left, right = st.columns(2)
     left.plotly_chart(coverage_heatmap(shown), width="stretch", config=PLAIN_CHART, key="health_coverage")
     right.plotly_chart(skill_heatmap(shown), width="stretch", config=PLAIN_CHART, key="health_skill")
-    target_low, target_high = DASHBOARD_COVERAGE_TARGET
+    target_low, target_high = DASHBOARD.coverage_target
     st.caption(f"Coverage: the share of actuals that fell inside the p10-p90 band as served (after live "
                f"calibration); 'own' is the model's band before it. About {QUANTILES[-1] - QUANTILES[0]:.2f} is "
                f"calibrated: green {target_low:.2f}-{target_high:.2f}, yellow up to the drift band "
@@ -901,7 +886,7 @@ def model_health(client: DaemonClient, info: dict[str, Any]) -> None:
                 "forecast of": f"{label(w['metric'])} at {HORIZON_SHOWN.get(w['horizon'], w['horizon'])}",
                 "forecasts": w["n"],
                 "skill": _rounded(w["skill_vs_persistence"]), "coverage": _rounded(w["coverage_p10_p90"]),
-                "q-risk": _rounded(w["qrisk_50"], 3)} for w in worst[:DASHBOARD_WORST_SERVERS]]),
+                "q-risk": _rounded(w["qrisk_50"], 3)} for w in worst[:DASHBOARD.worst_servers]]),
                 hide_index=True, width="stretch")
             st.caption("Lowest skill against persistence first, per metric and horizon; few forecasts make "
                        "noisy figures.")

@@ -3,7 +3,7 @@
     python main.py evaluate --model models/latest --data training/server_metrics.parquet
     python tft_evaluate.py --model models/latest --data new_day.parquet --out backtest.json
 
-For forecast origins every ``BACKTEST_ORIGIN_STRIDE`` buckets inside a held-out time range
+For forecast origins every ``EVALUATION.backtest_origin_stride`` buckets inside a held-out time range
 (by default the range the model was not trained or validated on), and for each target
 metric and each horizon (30 min, 1 h, 8 h = 6, 12, 96 buckets ahead):
 
@@ -44,8 +44,8 @@ from baselines import statistical_forecasts, statistical_option
 from cli_options import add_options, option, settings_from
 from common_utils import atomic_write_json, parse_utc, quiet_library_noise, read_json, setup_logging
 from config import (
-    BACKTEST_ORIGIN_STRIDE,
     DISPLAY_CPU,
+    EVALUATION,
     HOLDOUT_HOURS,
     HORIZONS,
     IMPORTING_DOC,
@@ -55,7 +55,6 @@ from config import (
     QRISK_DENOMINATOR_FLOOR,
     QUANTILE_LABELS,
     QUANTILES,
-    SEASONAL_LAG_STEPS,
     STEPS_PER_HOUR,
     TIME_IDX,
     TRAINING_DATA_PATH,
@@ -120,7 +119,7 @@ def actuals_and_baselines(store: SeriesStore, servers: np.ndarray, starts: np.nd
     decoder_rows = (first + enc)[:, None] + np.arange(dec)[None, :]
     actual = store.targets[decoder_rows].transpose(0, 2, 1)
     persistence = np.repeat(store.targets[first + enc - 1][:, :, None], dec, axis=2)
-    seasonal_rows = decoder_rows - SEASONAL_LAG_STEPS
+    seasonal_rows = decoder_rows - EVALUATION.seasonal_lag_steps
     available = seasonal_rows >= store.offsets[servers][:, None]
     seasonal = store.targets[np.maximum(seasonal_rows, 0)].transpose(0, 2, 1).astype(np.float64)
     seasonal[~np.broadcast_to(available[:, None, :], seasonal.shape)] = np.nan
@@ -325,7 +324,7 @@ def served_forecasts(spec: FeatureSpec, store: SeriesStore, servers: np.ndarray,
 
 def backtest_store(model: FleetTFT, spec: FeatureSpec, store: SeriesStore, first_decoder_tidx: int,
                    last_decoder_tidx: int, unseen_servers: list[str] | None = None,
-                   stride: int = BACKTEST_ORIGIN_STRIDE, scored: list[str] | None = None,
+                   stride: int = EVALUATION.backtest_origin_stride, scored: list[str] | None = None,
                    statistical: tuple[str, ...] | list[str] = (), live_calibration: bool = False,
                    known_servers: set[str] | None = None, live_selection: bool = LIVE_SELECTION.enabled,
                    statistical_cache: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -507,7 +506,7 @@ class BacktestSettings:
     data: Path = option(TRAINING_DATA_PATH, "LINBORG Parquet holding the backtest range", parse=Path)
     since: str | None = option(None, "first forecast bucket (ISO 8601). Default: the model's hold-out start if the "
                                f"data covers it, else the last {HOLDOUT_HOURS} h of the data")
-    stride: int = option(BACKTEST_ORIGIN_STRIDE, "buckets between forecast origins", parse=int)
+    stride: int = option(EVALUATION.backtest_origin_stride, "buckets between forecast origins", parse=int)
     out: Path | None = option(None, "write the full result as JSON here", parse=Path)
     statistical: tuple[str, ...] = statistical_option()
     store_summary: bool = option(True, f"do not record the summary in {TRAINING_INFO_FILE}", flag="--no-store")

@@ -37,40 +37,18 @@ from pytorch_forecasting.data import EncoderNormalizer
 
 from config import (
     DATA_CONTRACT_DOC,
+    FEATURES,
     FLOAT_METRICS,
     GROUP_ID,
     INTEGER_METRICS,
-    KNOWN_REALS,
-    LEVEL_CEILING,
-    LEVEL_SHIFT_CONTEXT,
-    LEVEL_SHIFT_METRICS,
-    LEVEL_SHIFT_MIN_POINTS,
-    LEVEL_SHIFT_PERSIST_POINTS,
     LINBORG_METRICS,
-    LOG1P_INVERSE,
     MAX_PREDICTION_LENGTH,
     METRIC_RANGES,
-    MIN_ENCODER_LENGTH,
     QUANTILES,
     SAMPLING_INTERVAL_SECONDS,
-    SEASONAL_INPUT,
-    SEASONAL_INPUT_CLIP,
-    SEASONAL_INPUT_FLAG,
-    SEASONAL_INPUT_HALF_WINDOW,
-    SEASONAL_INPUT_LAG,
-    SEASONAL_INPUT_SUFFIX,
-    STATIC_CATEGORICALS,
-    TARGET_CENTER,
     TARGET_METRICS,
-    TARGET_SCALE_CEILING_QUANTILE,
-    TARGET_SCALE_FIT_WINDOWS,
-    TARGET_SCALE_FLOOR_FRACTION,
-    TARGET_SCALE_FLOOR_MIN,
-    TARGET_TRANSFORMS,
     TIME_IDX,
-    TRAIN_LOSS_SPACE,
     TRAINING_GUIDE_DOC,
-    UNKNOWN_CATEGORICALS,
     VALID_PROFILES,
     VALID_STATES,
 )
@@ -97,7 +75,7 @@ def calendar_features(time_idx: np.ndarray) -> dict[str, np.ndarray]:
         "dow_sin": np.sin(two_pi * week_fraction), "dow_cos": np.cos(two_pi * week_fraction),
         "moh_sin": np.sin(two_pi * hour_fraction), "moh_cos": np.cos(two_pi * hour_fraction),
     }
-    return {name: features[name].astype(np.float32) for name in KNOWN_REALS}
+    return {name: features[name].astype(np.float32) for name in FEATURES.known_reals}
 
 
 def densify(df: pd.DataFrame) -> pd.DataFrame:
@@ -198,7 +176,7 @@ class FeatureSpec:
     """Everything needed to turn LINBORG rows into model tensors, as plain JSON."""
 
     encoder_length: int
-    min_encoder_length: int = MIN_ENCODER_LENGTH
+    min_encoder_length: int = FEATURES.min_encoder_length
     prediction_length: int = MAX_PREDICTION_LENGTH
     targets: list[str] = field(default_factory=lambda: list(TARGET_METRICS))
     quantiles: list[float] = field(default_factory=lambda: list(QUANTILES))
@@ -208,7 +186,8 @@ class FeatureSpec:
     target_normalizers: dict[str, dict[str, Any]] = field(default_factory=dict)  # transformation, scale floor
     categories: dict[str, dict[str, int]] = field(default_factory=dict)  # label -> code per categorical
     loss_weights: list[float] = field(default_factory=list)
-    # fit_feature_spec sets these from config (TARGET_CENTER, TRAIN_LOSS_SPACE, LOG1P_INVERSE); a saved
+    # fit_feature_spec sets these from config (FEATURES.target_center, FEATURES.train_loss_space,
+    # FEATURES.log1p_inverse); a saved
     # spec from before they existed is read through upgrade_feature_spec.
     center: str = "mean"  # each window's anchor: "mean" or "last" (its last observed value)
     loss_space: str = "metric"  # "metric" or "normalised" (tft_model.FleetTFT.step)
@@ -221,11 +200,11 @@ class FeatureSpec:
     # windows where it is better there (calibration_fit.fit_persistence_blend). None: the model alone.
     center_weights: dict[str, list[float]] | None = None
     # Per log-modelled target: the highest value the training rows showed, in the modelled units
-    # (LEVEL_CEILING: no quantile is served above LEVEL_CEILING_FACTOR x it, or x the window's last
+    # (FEATURES.level_ceiling: no quantile is served above MODEL.level_ceiling_factor x it, or x the window's last
     # value when that is higher). None: no ceiling.
     level_ceilings: dict[str, float] | None = None
     # Yesterday as a known input: the lag in buckets of each target's ``<target>_yesterday`` input
-    # and its ``yesterday_known`` flag (SEASONAL_INPUT), averaged over ``seasonal_half_window`` buckets
+    # and its ``yesterday_known`` flag (FEATURES.seasonal_input), averaged over ``seasonal_half_window`` buckets
     # either side of the lagged one. None: no such input.
     seasonal_lag: int | None = None
     seasonal_half_window: int = 0
@@ -239,7 +218,7 @@ class FeatureSpec:
         """The known-future inputs that carry yesterday: one per target, then the flag ([] when off)."""
         if not self.seasonal_lag:
             return []
-        return [f"{t}{SEASONAL_INPUT_SUFFIX}" for t in self.targets] + [SEASONAL_INPUT_FLAG]
+        return [f"{t}{FEATURES.seasonal_input_suffix}" for t in self.targets] + [FEATURES.seasonal_input_flag]
 
     @property
     def history_buckets(self) -> int:
@@ -331,8 +310,9 @@ def inverse_transform_target(name: str, values: np.ndarray, spec: FeatureSpec) -
 
 
 def level_ceiling(transformation: str | None, transformed: np.ndarray) -> float | None:
-    """The guard's ceiling of one target (``LEVEL_CEILING``): its highest transformed value, log1p targets only."""
-    if not LEVEL_CEILING or transformation != "log1p" or not np.isfinite(transformed).any():
+    """The guard's ceiling of one target (``FEATURES.level_ceiling``): its highest transformed value, log1p targets
+    only."""
+    if not FEATURES.level_ceiling or transformation != "log1p" or not np.isfinite(transformed).any():
         return None
     return float(np.nanmax(transformed))
 
@@ -376,16 +356,16 @@ def settled_lengths(spec: FeatureSpec, targets: np.ndarray, state_codes: np.ndar
     ``targets`` is (B, E, len(spec.targets)) in metric units, ``state_codes`` (B, E) the windows'
     state codes. Offline buckets hold filler, not observations, so the rule reads the observed
     buckets only and a shift can span an offline gap (a reboot that brings memory back low). A
-    shift is a step of at least ``LEVEL_SHIFT_MIN_POINTS`` between consecutive observed buckets in
-    one of ``LEVEL_SHIFT_METRICS`` (those among the targets) whose new level holds: the median
-    after it is at least ``LEVEL_SHIFT_PERSIST_POINTS`` from the median of the
-    ``LEVEL_SHIFT_CONTEXT`` observed buckets before it (a one-bucket spike is not a shift). Lengths
+    shift is a step of at least ``FEATURES.level_shift_min_points`` between consecutive observed buckets in
+    one of ``FEATURES.level_shift_metrics`` (those among the targets) whose new level holds: the median
+    after it is at least ``FEATURES.level_shift_persist_points`` from the median of the
+    ``FEATURES.level_shift_context`` observed buckets before it (a one-bucket spike is not a shift). Lengths
     never go below the model's minimum history. One rule for the daemon, the offline forecast and
     the backtest.
     """
     batch, enc = targets.shape[0], spec.encoder_length
     lengths = np.full(batch, enc, dtype=np.int64)
-    columns = [spec.targets.index(m) for m in LEVEL_SHIFT_METRICS if m in spec.targets]
+    columns = [spec.targets.index(m) for m in FEATURES.level_shift_metrics if m in spec.targets]
     if not columns or batch == 0:
         return lengths
     levels = targets[:, :, columns].astype(np.float64)  # (B, E, K)
@@ -393,14 +373,14 @@ def settled_lengths(spec: FeatureSpec, targets: np.ndarray, state_codes: np.ndar
     masked = np.where(observed[:, :, None], levels, np.nan)
     with np.errstate(all="ignore"):  # all-offline windows: NaN spans, never candidates
         spans = np.nanmax(masked, axis=1) - np.nanmin(masked, axis=1)  # (B, K)
-    for b in np.flatnonzero((spans >= LEVEL_SHIFT_MIN_POINTS).any(axis=1)):  # few windows can hold a shift
+    for b in np.flatnonzero((spans >= FEATURES.level_shift_min_points).any(axis=1)):  # few windows can hold a shift
         where = np.flatnonzero(observed[b])
         values = levels[b, where]  # (n, K): the observed buckets, in order
-        steps = np.abs(np.diff(values, axis=0)) >= LEVEL_SHIFT_MIN_POINTS  # (n-1, K): into observed i + 1
+        steps = np.abs(np.diff(values, axis=0)) >= FEATURES.level_shift_min_points  # (n-1, K): into observed i + 1
         for i in np.flatnonzero(steps.any(axis=1))[::-1] + 1:  # latest first
             after = np.median(values[i:], axis=0)
-            before = np.median(values[max(0, i - LEVEL_SHIFT_CONTEXT):i], axis=0)
-            if (np.abs(after - before)[steps[i - 1]] >= LEVEL_SHIFT_PERSIST_POINTS).any():
+            before = np.median(values[max(0, i - FEATURES.level_shift_context):i], axis=0)
+            if (np.abs(after - before)[steps[i - 1]] >= FEATURES.level_shift_persist_points).any():
                 lengths[b] = max(spec.min_encoder_length, enc - int(where[i]))
                 break
     return lengths
@@ -413,20 +393,21 @@ def fit_feature_spec(train_frame: pd.DataFrame, encoder_length: int,
 
     targets = list(targets or TARGET_METRICS)
     spec = FeatureSpec(encoder_length=encoder_length, targets=targets,
-                       min_encoder_length=min(MIN_ENCODER_LENGTH, encoder_length), center=TARGET_CENTER,
-                       loss_space=TRAIN_LOSS_SPACE, log1p_inverse=LOG1P_INVERSE,
-                       seasonal_lag=SEASONAL_INPUT_LAG if SEASONAL_INPUT else None,
-                       seasonal_half_window=SEASONAL_INPUT_HALF_WINDOW if SEASONAL_INPUT else 0)
+                       min_encoder_length=min(FEATURES.min_encoder_length, encoder_length),
+                       center=FEATURES.target_center,
+                       loss_space=FEATURES.train_loss_space, log1p_inverse=FEATURES.log1p_inverse,
+                       seasonal_lag=FEATURES.seasonal_input_lag if FEATURES.seasonal_input else None,
+                       seasonal_half_window=FEATURES.seasonal_input_half_window if FEATURES.seasonal_input else 0)
     longest = int(train_frame.groupby(GROUP_ID, observed=True).size().max()) if len(train_frame) else 0
     if spec.seasonal_lag and longest < spec.history_buckets + spec.prediction_length:
         # No training window would see a known yesterday: the model could not learn what one means,
         # and would be served one as soon as its servers are a day old.
         logger.warning("training history is %d buckets at most (< %d): the model does not read yesterday's values "
-                       "(SEASONAL_INPUT needs a day more than a window). See %s.", longest,
+                       "(FEATURES.seasonal_input needs a day more than a window). See %s.", longest,
                        spec.history_buckets + spec.prediction_length, TRAINING_GUIDE_DOC)
         spec.seasonal_lag, spec.seasonal_half_window = None, 0
     if spec.seasonal_lag and spec.seasonal_lag - spec.seasonal_half_window < spec.prediction_length:
-        raise ValueError(f"SEASONAL_INPUT_LAG - SEASONAL_INPUT_HALF_WINDOW ({spec.seasonal_lag} - "
+        raise ValueError(f"FEATURES.seasonal_input_lag - FEATURES.seasonal_input_half_window ({spec.seasonal_lag} - "
                          f"{spec.seasonal_half_window} buckets) must be at least the forecast length "
                          f"({spec.prediction_length}): every value a decoder step reads from yesterday must be "
                          f"measured at the origin. See {TRAINING_GUIDE_DOC}.")
@@ -440,7 +421,7 @@ def fit_feature_spec(train_frame: pd.DataFrame, encoder_length: int,
             continue
         scaler = StandardScaler().fit(train_frame[[name]].to_numpy(np.float64))
         spec.scalers[name] = {"mean": float(scaler.mean_[0]), "scale": float(scaler.scale_[0])}
-    for name in [*KNOWN_REALS, RELATIVE_TIME_IDX, *spec.seasonal_inputs]:
+    for name in [*FEATURES.known_reals, RELATIVE_TIME_IDX, *spec.seasonal_inputs]:
         spec.scalers[name] = None  # already in [-1, 1], or normalised per window (yesterday)
 
     # Sample encoder windows to fit the scalers of the per-window level/spread inputs.
@@ -453,22 +434,22 @@ def fit_feature_spec(train_frame: pd.DataFrame, encoder_length: int,
         else np.zeros(0, dtype=np.int64)
     if len(firsts) == 0:
         raise ValueError(f"No server has {encoder_length} buckets of training history. See {TRAINING_GUIDE_DOC}.")
-    firsts = rng.choice(firsts, size=min(len(firsts), TARGET_SCALE_FIT_WINDOWS), replace=False)
+    firsts = rng.choice(firsts, size=min(len(firsts), FEATURES.target_scale_fit_windows), replace=False)
     rows = firsts[:, None] + np.arange(encoder_length)[None, :]
 
     weights = []
     for name in targets:
-        transformation = TARGET_TRANSFORMS.get(name)
+        transformation = FEATURES.target_transforms.get(name)
         transformed = transform_target(name, ordered[name].to_numpy(np.float64), transformation)
-        floor = max(TARGET_SCALE_FLOOR_FRACTION * max(float(transformed.std()), 1e-6),
-                    TARGET_SCALE_FLOOR_MIN.get(name, 0.0))
+        floor = max(FEATURES.target_scale_floor_fraction * max(float(transformed.std()), 1e-6),
+                    FEATURES.target_scale_floor_min.get(name, 0.0))
         spec.target_normalizers[name] = {"method": "standard", "transformation": transformation, "scale_floor": floor}
         ceiling = level_ceiling(transformation, transformed)
         if ceiling is not None:
             spec.level_ceilings = {**(spec.level_ceilings or {}), name: ceiling}
         center, scale = encoder_center_scale(transformed[rows], floor, spec.center)
-        if transformation == "log1p" and TARGET_SCALE_CEILING_QUANTILE is not None:
-            ceiling = float(np.quantile(scale, TARGET_SCALE_CEILING_QUANTILE))
+        if transformation == "log1p" and FEATURES.target_scale_ceiling_quantile is not None:
+            ceiling = float(np.quantile(scale, FEATURES.target_scale_ceiling_quantile))
             spec.target_normalizers[name]["scale_ceiling"] = ceiling
             scale = np.minimum(scale, ceiling)
         for suffix, values in (("center", center), ("scale", scale)):
@@ -534,10 +515,10 @@ def make_timeseries_dataset(frame: pd.DataFrame, spec: FeatureSpec, predict: boo
         max_encoder_length=spec.encoder_length,
         min_prediction_length=spec.prediction_length,
         max_prediction_length=spec.prediction_length,
-        static_categoricals=list(STATIC_CATEGORICALS),
-        time_varying_known_reals=[*KNOWN_REALS, *spec.seasonal_inputs],
+        static_categoricals=list(FEATURES.static_categoricals),
+        time_varying_known_reals=[*FEATURES.known_reals, *spec.seasonal_inputs],
         time_varying_unknown_reals=unknown_reals,
-        time_varying_unknown_categoricals=list(UNKNOWN_CATEGORICALS),
+        time_varying_unknown_categoricals=list(FEATURES.unknown_categoricals),
         categorical_encoders=encoders,
         scalers=scalers,
         target_normalizer=MultiNormalizer(target_normalizer_objects(spec)),
@@ -674,7 +655,7 @@ class BatchAssembler:
             known = np.isfinite(yesterday_tf)
             with np.errstate(invalid="ignore"):
                 normalised = np.clip((yesterday_tf - center[:, None, :]) / scale[:, None, :],
-                                     -SEASONAL_INPUT_CLIP, SEASONAL_INPUT_CLIP)
+                                     -FEATURES.seasonal_input_clip, FEATURES.seasonal_input_clip)
             cont[:, :, self._yesterday_cols] = np.where(known, normalised, 0.0)
             cont[:, :, self._yesterday_flag_col] = known.all(axis=2)
         for cols, suffix, values in ((self._center_cols, "center", center), (self._scale_cols, "scale", scale)):

@@ -76,8 +76,6 @@ from api_models import (
 from cli_options import add_options, option, settings_from
 from common_utils import atomic_write_json, quiet_library_noise, setup_logging
 from config import (
-    ACCESS_LOG_MIN_STATUS,
-    ACCESS_LOG_SLOW_SECONDS,
     ACCURACY_WINDOWS_HOURS,
     ALERT_HISTORY_DAYS,
     ALERTMANAGER_DOC,
@@ -85,30 +83,17 @@ from config import (
     API_KEY_ENV,
     API_KEY_FILE_ENV,
     API_REFERENCE_DOC,
-    DISK_FULL_RETRY_AFTER_SECONDS,
-    GENERATED_KEY_SUFFIX,
-    HISTORY_MAX_HOURS,
+    DAEMON,
     HORIZONS,
     LOG_FORMAT,
-    MAX_BODY_BYTES,
-    MAX_CONCURRENT_REQUESTS,
     OFFLINE_PREDICTIONS_FILE,
-    OVERLOAD_RETRY_AFTER_SECONDS,
     PROJECT_VERSION,
-    REQUEST_BODY_TIMEOUT_SECONDS,
     RETENTION_MIN_DAYS,
     RETRAIN_DOC,
     RISK_HORIZONS,
     SERVER_NAME_MAX_LENGTH,
     SERVER_NAME_PATTERN,
     STEPS_PER_HOUR,
-    WS_AUTH_TIMEOUT_SECONDS,
-    WS_CLOSE_TIMEOUT_SECONDS,
-    WS_POLICY_CODE,
-    WS_RATE_LIMITED_CODE,
-    WS_TRY_AGAIN_CODE,
-    WS_UNAUTHORIZED_CODE,
-    WS_UNSUPPORTED_DATA_CODE,
 )
 from contract import bucket_iso
 from daemon_state import (
@@ -144,7 +129,8 @@ def _error(status: int, error: str, detail: str, headers: dict[str, str] | None 
 def _disk_full(route: str, exc: StoreFullError) -> JSONResponse:
     """507 with Retry-After: nothing of the batch was stored (the store's disk is full)."""
     logger.error("%s refused: %s", route, exc)
-    return _error(507, "insufficient_storage", str(exc), headers={"Retry-After": str(DISK_FULL_RETRY_AFTER_SECONDS)})
+    return _error(507, "insufficient_storage", str(exc),
+                  headers={"Retry-After": str(DAEMON.disk_full_retry_after_seconds)})
 
 
 # ============================================================================ dependencies
@@ -263,9 +249,10 @@ async def shield_errors(request: Request, call_next: Handler) -> Response:
 
 def access_logged(status: int, seconds: float) -> bool:
     """Whether a prediction request gets an access line: every one with ``--access-log FILE``, else only an
-    error (``ACCESS_LOG_MIN_STATUS``) or a slow one (``ACCESS_LOG_SLOW_SECONDS``), so a dashboard's polling
+    error (``DAEMON.access_log_min_status``) or a slow one (``DAEMON.access_log_slow_seconds``), so a dashboard's
+    polling
     does not fill the daemon's own log."""
-    return _access_log_every or status >= ACCESS_LOG_MIN_STATUS or seconds >= ACCESS_LOG_SLOW_SECONDS
+    return _access_log_every or status >= DAEMON.access_log_min_status or seconds >= DAEMON.access_log_slow_seconds
 
 
 async def log_access(request: Request, call_next: Handler) -> Response:
@@ -311,17 +298,19 @@ _BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 class RequestGuard:
     """Pure ASGI, outside everything else: what a client controls is bounded before FastAPI sees it.
 
-    * at most ``MAX_CONCURRENT_REQUESTS`` HTTP requests at once (503 with Retry-After past it, nothing read);
+    * at most ``DAEMON.max_concurrent_requests`` HTTP requests at once (503 with Retry-After past it, nothing read);
     * a request with a body is checked against its route's scope *before* a byte of the body is read (401 /
       403 at once: a keyless client cannot make the daemon buffer or parse anything);
     * the body is read here, whatever the framing (Content-Length or chunked), and refused with 413 the
-      moment it passes ``MAX_BODY_BYTES`` (408 when it trickles past ``REQUEST_BODY_TIMEOUT_SECONDS``); the
+      moment it passes ``DAEMON.max_body_bytes`` (408 when it trickles past ``DAEMON.request_body_timeout_seconds``);
+      the
       route then reads it from memory.
     Refusals are counted (``tft_refused_total{reason}``) and answered in the daemon's one error shape.
     """
 
-    def __init__(self, app: Any, max_concurrent: int = MAX_CONCURRENT_REQUESTS, max_body: int = MAX_BODY_BYTES,
-                 body_timeout: float = REQUEST_BODY_TIMEOUT_SECONDS) -> None:
+    def __init__(self, app: Any, max_concurrent: int = DAEMON.max_concurrent_requests,
+                 max_body: int = DAEMON.max_body_bytes,
+                 body_timeout: float = DAEMON.request_body_timeout_seconds) -> None:
         self.app, self.max_concurrent, self.max_body, self.body_timeout = app, max_concurrent, max_body, body_timeout
         self.in_flight = 0
         self._scopes: list[tuple[Any, str]] | None = None  # (route, scope it needs), built on first use
@@ -334,8 +323,9 @@ class RequestGuard:
         daemon: Daemon = scope["app"].state.daemon if "app" in scope else self.app.state.daemon
         if self.in_flight >= self.max_concurrent:
             await self._refuse(daemon, scope, receive, send, 503, "overloaded", "concurrent_requests",
-                               f"The daemon is handling {self.max_concurrent} requests (MAX_CONCURRENT_REQUESTS); "
-                               f"retry shortly.", {"Retry-After": str(OVERLOAD_RETRY_AFTER_SECONDS)})
+                               f"The daemon is handling {self.max_concurrent} requests "
+                               f"(DAEMON.max_concurrent_requests); "
+                               f"retry shortly.", {"Retry-After": str(DAEMON.overload_retry_after_seconds)})
             return
         self.in_flight += 1
         try:
@@ -379,7 +369,7 @@ class RequestGuard:
                 return b"".join(chunks)
 
     def _too_large(self) -> str:
-        return f"Request bodies are limited to {self.max_body} bytes (MAX_BODY_BYTES); split the batch. " \
+        return f"Request bodies are limited to {self.max_body} bytes (DAEMON.max_body_bytes); split the batch. " \
                f"See {API_REFERENCE_DOC} (Limits)."
 
     def _auth_refusal(self, daemon: Daemon, scope: dict[str, Any]) -> tuple[int, str, str, str] | None:
@@ -461,13 +451,13 @@ async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
 
 
 async def read_body(request: Request) -> bytes:
-    """Read the body, refusing more than MAX_BODY_BYTES even without a Content-Length."""
+    """Read the body, refusing more than DAEMON.max_body_bytes even without a Content-Length."""
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
-        if size > MAX_BODY_BYTES:
+        if size > DAEMON.max_body_bytes:
             raise HTTPException(413, {"error": "payload_too_large",
-                                      "detail": f"Request bodies are limited to {MAX_BODY_BYTES} bytes."})
+                                      "detail": f"Request bodies are limited to {DAEMON.max_body_bytes} bytes."})
         chunks.append(chunk)
     return b"".join(chunks)
 
@@ -600,7 +590,7 @@ async def otlp_metrics(request: Request) -> Response:
         return _otlp_error(exc.status, exc.detail)
     except StoreFullError as exc:  # 503, not 507: OTLP clients retry only 429, 502, 503 and 504
         logger.error("OTLP refused: %s", exc)
-        return _otlp_error(503, str(exc), headers={"Retry-After": str(DISK_FULL_RETRY_AFTER_SECONDS)})
+        return _otlp_error(503, str(exc), headers={"Retry-After": str(DAEMON.disk_full_retry_after_seconds)})
     return Response(response_body(result.rejected, result.message), media_type=OTLP_CONTENT_TYPE)
 
 
@@ -649,7 +639,7 @@ async def alerts_active(daemon: DaemonDep, _: EngineDep) -> AlertsResponse:
 def alerts_history(daemon: DaemonDep, hours: float = 24.0, server: str | None = None,
                    kind: Literal["risk", "model_degraded"] | None = None) -> AlertHistoryResponse:
     """Alerts open at any time in the last ``hours`` of data time (resolved ones carry ends_at), newest
-    first, at most ALERT_HISTORY_MAX_ROWS; kept ALERT_HISTORY_DAYS after they end."""
+    first, at most ALERT_LIFECYCLE.history_max_rows; kept ALERT_HISTORY_DAYS after they end."""
     if not 0 < hours <= ALERT_HISTORY_DAYS * 24:
         raise HTTPException(422, {"error": "invalid_request",
                                   "detail": f"hours must be in (0, {ALERT_HISTORY_DAYS * 24}]."})
@@ -680,7 +670,7 @@ def anomalies(daemon: DaemonDep, server: str | None = None, metric: str | None =
               min_score: float = 0.0) -> AnomaliesResponse:
     """Anomalous now: per server x metric, how far the actual of the last complete bucket lies outside the
     calibrated band of the forecast made 30 min / 1 h before it (|actual - p50| / half-width; 1 = on the
-    band's edge), highest first, at most ANOMALY_MAX_ROWS. A model surprise, not a tier breach: risk
+    band's edge), highest first, at most ANOMALY.max_rows. A model surprise, not a tier breach: risk
     alerts look ahead at the tiers."""
     if not np.isfinite(min_score) or min_score < 0:
         raise HTTPException(422, {"error": "invalid_request", "detail": "min_score must be a finite number >= 0 "
@@ -703,8 +693,9 @@ def history(server_name: str, daemon: DaemonDep, hours: float = 24.0) -> History
     window = daemon.fleet.servers.get(server_name)
     if window is None:
         raise HTTPException(404, {"error": "unknown_server", "detail": f"No server '{server_name}' is tracked."})
-    if not 0 < hours <= HISTORY_MAX_HOURS:
-        raise HTTPException(422, {"error": "invalid_request", "detail": f"hours must be in (0, {HISTORY_MAX_HOURS}]."})
+    if not 0 < hours <= DAEMON.history_max_hours:
+        raise HTTPException(422, {"error": "invalid_request",
+                                  "detail": f"hours must be in (0, {DAEMON.history_max_hours}]."})
     return history_document(daemon, server_name, window.profile, hours)
 
 
@@ -796,13 +787,13 @@ async def websocket_key(websocket: WebSocket) -> str | None:
     """The WebSocket's key: from a header, else from its first message ``{"api_key": "..."}``.
 
     A browser cannot set headers on a WebSocket, so it sends the key as its first text frame
-    (within ``WS_AUTH_TIMEOUT_SECONDS``). None when neither came.
+    (within ``DAEMON.ws_auth_timeout_seconds``). None when neither came.
     """
     key = presented_key(websocket)
     if key:
         return key
     try:
-        first = await asyncio.wait_for(websocket.receive(), timeout=WS_AUTH_TIMEOUT_SECONDS)
+        first = await asyncio.wait_for(websocket.receive(), timeout=DAEMON.ws_auth_timeout_seconds)
     except TimeoutError:
         return None
     try:
@@ -825,24 +816,26 @@ async def ws_predictions(websocket: WebSocket, daemon: DaemonDep) -> None:
     allowed, wait = rate_allow(websocket)  # handshakes are rate-limited like requests
     key = presented_key(websocket)
     if not allowed:
-        await websocket.close(code=WS_RATE_LIMITED_CODE, reason=f"rate limited: retry in {wait:.1f}s")
+        await websocket.close(code=DAEMON.ws_rate_limited_code, reason=f"rate limited: retry in {wait:.1f}s")
         return
     if not daemon.settings.open_reads and daemon.keys.enabled:
         if "api_key" in websocket.query_params:
-            await websocket.close(code=WS_UNAUTHORIZED_CODE, reason="keys in URLs are not accepted (they end up in "
+            await websocket.close(code=DAEMON.ws_unauthorized_code,
+                                  reason="keys in URLs are not accepted (they end up in "
                                                                     "logs): send X-API-Key or a first message "
                                                                     '{"api_key": ...}')
             return
         key = await websocket_key(websocket)
         if "read" not in key_scopes(websocket, daemon, key or ""):
-            await websocket.close(code=WS_UNAUTHORIZED_CODE, reason="unauthorized: send a read key as X-API-Key or "
+            await websocket.close(code=DAEMON.ws_unauthorized_code,
+                                  reason="unauthorized: send a read key as X-API-Key or "
                                                                     'as the first message {"api_key": ...}')
             return
     owner = client_of(websocket, key)
     try:
         member = daemon.subscribers.add(websocket, owner)
     except SubscriberLimit as exc:
-        await websocket.close(code=WS_TRY_AGAIN_CODE, reason=str(exc)[:120])  # a close reason fits 123 bytes
+        await websocket.close(code=DAEMON.ws_try_again_code, reason=str(exc)[:120])  # a close reason fits 123 bytes
         return
     if daemon.published.result is not None:
         member.offer(daemon.published.json.decode())  # sent by the pump, with its timeout, like every later one
@@ -857,8 +850,8 @@ async def ws_predictions(websocket: WebSocket, daemon: DaemonDep) -> None:
         await asyncio.gather(pump, listen, return_exceptions=True)
     if pump in done:  # the socket did not drain (or failed): close it without waiting on a client that never reads
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(websocket.close(code=WS_POLICY_CODE, reason="too slow: documents not taken"),
-                                   WS_CLOSE_TIMEOUT_SECONDS)
+            await asyncio.wait_for(websocket.close(code=DAEMON.ws_policy_code, reason="too slow: documents not taken"),
+                                   DAEMON.ws_close_timeout_seconds)
 
 
 async def _listen(websocket: WebSocket) -> None:
@@ -869,7 +862,7 @@ async def _listen(websocket: WebSocket) -> None:
             if message["type"] == "websocket.disconnect":
                 return
             if message.get("bytes") is not None:
-                await websocket.close(code=WS_UNSUPPORTED_DATA_CODE, reason="binary frames are not accepted")
+                await websocket.close(code=DAEMON.ws_unsupported_data_code, reason="binary frames are not accepted")
                 return
     except WebSocketDisconnect:
         return
@@ -979,7 +972,7 @@ def run_from_args(args: argparse.Namespace) -> int:
     api_key = None if key_file is not None else os.environ.get(API_KEY_ENV) or None
     if key_file is None and api_key is None:
         api_key = secrets.token_urlsafe(24)
-        generated = Path(f"{args.store_path}{GENERATED_KEY_SUFFIX}")
+        generated = Path(f"{args.store_path}{DAEMON.generated_key_suffix}")
         write_private(generated, api_key + "\n")
         logger.warning("No API key configured (--api-key-file, $%s or $%s): generated one with every scope for this "
                        "run and wrote it to %s (mode 0600); the key itself is never logged", API_KEY_FILE_ENV,

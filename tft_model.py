@@ -45,17 +45,13 @@ from common_utils import _umask, check_version_compatibility
 from config import (
     CONTRACT_VERSION,
     LEARNING_RATE,
-    LEVEL_CEILING_FACTOR,
-    LOSS_NORMALISED_CLIP,
-    LR_WARMUP_FRACTION,
+    MODEL,
     MODEL_CONFIG_FILE,
-    MODEL_FORMAT_VERSION,
     MODEL_REQUIRED_FILES,
     MODEL_WEIGHTS_FILE,
     SERVER_MAPPING_FILE,
     TRAINING_GUIDE_DOC,
     TRAINING_INFO_FILE,
-    WEIGHT_DECAY,
 )
 from errors import ToolkitError
 from server_encoder import ServerEncoder
@@ -134,7 +130,7 @@ class FleetTFT(TemporalFusionTransformer):
         moves by ``(w - 1) * p50`` (normalised), so the band keeps its width around the blended median;
         then p10/p90 move by the conformal band offsets, never past the median (a negative offset
         narrows a band at most to its median). Last, a log-modelled target's quantiles are capped at
-        ``LEVEL_CEILING_FACTOR`` x the larger of the training fleet's highest value and the window's
+        ``MODEL.level_ceiling_factor`` x the larger of the training fleet's highest value and the window's
         last value (``level_ceilings``). Every step keeps p10 <= p50 <= p90, and the decode after
         it (monotone transforms, clipping to the metric's range, rounding counts) keeps the order too.
         """
@@ -159,7 +155,7 @@ class FleetTFT(TemporalFusionTransformer):
                 scale = target_scale[j] if isinstance(target_scale, (list, tuple)) else target_scale
                 center, spread = scale[:, 0].to(part), scale[:, 1].to(part)
                 limit = ((self.level_ceilings[j].to(part) - center).clamp_min(0.0)
-                         + math.log(LEVEL_CEILING_FACTOR)) / spread
+                         + math.log(MODEL.level_ceiling_factor)) / spread
                 part = torch.minimum(part, limit[:, None, None])
             calibrated.append(part)
         return super().transform_output(calibrated, target_scale, loss)
@@ -171,7 +167,7 @@ class FleetTFT(TemporalFusionTransformer):
         ``loss_space == "normalised"`` (set from the spec by :func:`build_model` and
         :func:`model_from_config`): the quantile loss of each target is computed on the window's
         normalised values, ``(transform(y) - anchor) / spread`` for actuals and forecasts alike,
-        with actuals clipped at ``LOSS_NORMALISED_CLIP`` spreads; targets are averaged. Every
+        with actuals clipped at ``MODEL.loss_normalised_clip`` spreads; targets are averaged. Every
         window then counts alike, whatever the magnitude of its metric.
         """
         if self.loss_space != "normalised":
@@ -194,7 +190,7 @@ class FleetTFT(TemporalFusionTransformer):
             center, spread = scale[:, 0, None], scale[:, 1, None]  # (B, 1)
             if normalizer.transformation == "log1p":
                 pred, actual = torch.log1p(pred.clamp_min(-1.0 + 1e-6)), torch.log1p(actual.clamp_min(0.0))
-            z_actual = ((actual - center) / spread).clamp(-LOSS_NORMALISED_CLIP, LOSS_NORMALISED_CLIP)
+            z_actual = ((actual - center) / spread).clamp(-MODEL.loss_normalised_clip, MODEL.loss_normalised_clip)
             z_pred = (pred - center[..., None]) / spread[..., None]  # (B, D, Q)
             error = z_actual[..., None] - z_pred
             total = total + torch.maximum(quantiles * error, (quantiles - 1.0) * error).mean()
@@ -204,11 +200,11 @@ class FleetTFT(TemporalFusionTransformer):
     def configure_optimizers(self) -> Any:
         """AdamW with a one-cycle schedule (warm-up, cosine decay) over the planned steps."""
         optimizer = torch.optim.AdamW(self.parameters(), lr=self.hparams.learning_rate,
-                                      weight_decay=self.hparams.get("weight_decay", WEIGHT_DECAY))
+                                      weight_decay=self.hparams.get("weight_decay", MODEL.weight_decay))
         total = self.planned_total_steps or int(self.trainer.estimated_stepping_batches)
         scheduler = torch.optim.lr_scheduler.OneCycleLR(
             optimizer, max_lr=self.hparams.learning_rate, total_steps=max(total, 2),
-            pct_start=LR_WARMUP_FRACTION, anneal_strategy="cos")
+            pct_start=MODEL.lr_warmup_fraction, anneal_strategy="cos")
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def log_metrics(self, *args: Any, **kwargs: Any) -> None:
@@ -426,7 +422,7 @@ class LoadedModel:
 def model_config(model: FleetTFT, spec: FeatureSpec) -> dict[str, Any]:
     """The ``config.json`` document for a model."""
     return {
-        "model_format_version": MODEL_FORMAT_VERSION,
+        "model_format_version": MODEL.format_version,
         "model_class": "FleetTFT (pytorch_forecasting.TemporalFusionTransformer)",
         "contract_version": CONTRACT_VERSION,
         "hparams": model_hparams(model),
@@ -486,9 +482,9 @@ def load_model(model_dir: str | Path, device: str | torch.device = "cpu") -> Loa
             f"{CONTRACT_VERSION}", "a different MAJOR contract means different columns, states or profiles, so its "
             "inputs would be misread", "retrain with current data (python main.py train)",
             "Docs/DATA_CONTRACT.md (Versioning)") from exc
-    if config.get("model_format_version") != MODEL_FORMAT_VERSION:
+    if config.get("model_format_version") != MODEL.format_version:
         raise ModelLoadError(
-            f"Model format {config.get('model_format_version')} in {model_dir} is not {MODEL_FORMAT_VERSION}. "
+            f"Model format {config.get('model_format_version')} in {model_dir} is not {MODEL.format_version}. "
             f"Fix: retrain with this version. See {TRAINING_GUIDE_DOC} (Artefacts).")
     try:
         model, spec = model_from_config(config)

@@ -15,7 +15,7 @@ What happens, in order:
 4. Lightning trains it (GPU + bf16 when present, CPU otherwise; DDP over devices/nodes
    with ``--devices/--num-nodes/--strategy``) on a bounded number of sampled windows per
    epoch, with gradient clipping, early stopping, and a safetensors checkpoint every
-   ``CHECKPOINT_EVERY_N_EPOCHS`` epochs that ``--resume`` continues from;
+   ``TRAINER.checkpoint_every_n_epochs`` epochs that ``--resume`` continues from;
 5. the best epoch's weights are backtested on the held-out range against persistence and
    seasonal-naive baselines, and the model directory is written atomically:
    ``models/tft_model_YYYYMMDD_HHMMSS/{model.safetensors, config.json, training_info.json,
@@ -52,54 +52,28 @@ from common_utils import atomic_write_json, quiet_library_noise, setup_logging
 from config import (
     ALERT_POLICY,
     BAND_CALIBRATION,
-    BATCH_SIZE,
-    CHECKPOINT_EVERY_N_EPOCHS,
-    CHECKPOINTS_SUBDIR,
     CONTRACT_VERSION,
-    EARLY_STOPPING_PATIENCE,
     ENCODER_LENGTH,
-    GRADIENT_CLIP_VAL,
     GROUP_ID,
     HOLDOUT_HOURS,
     LATEST_MODEL_LINK,
     LEARNING_RATE,
-    MAX_EPOCHS,
     MAX_PREDICTION_LENGTH,
-    MODEL_ATTENTION_HEADS,
     MODEL_CONFIG_FILE,
-    MODEL_DATASET_SERVERS,
     MODEL_DIR_PREFIX,
-    MODEL_DIR_TIME_FORMAT,
-    MODEL_DROPOUT,
-    MODEL_HIDDEN_CONTINUOUS_SIZE,
-    MODEL_HIDDEN_SIZE,
-    MODEL_LSTM_LAYERS,
     MODEL_REQUIRED_FILES,
     MODEL_WEIGHTS_FILE,
     MODELS_DIR,
-    PROFILE_DROPOUT,
     PROJECT_VERSION,
     SERVER_MAPPING_FILE,
-    SHORT_HISTORY_FRACTION,
     STEPS_PER_HOUR,
     TARGET_METRICS,
     TIME_IDX,
-    TRAIN_ACCELERATOR,
-    TRAIN_COMPILE,
-    TRAIN_COMPILE_MIN_STEPS,
-    TRAIN_DEVICES,
-    TRAIN_NUM_NODES,
-    TRAIN_SEED,
-    TRAIN_STRATEGY,
-    TRAIN_UNSEEN_PER_PROFILE,
-    TRAINING_BYTES_PER_ROW,
+    TRAINER,
     TRAINING_DATA_PATH,
     TRAINING_GUIDE_DOC,
     TRAINING_INFO_FILE,
     TRAINING_MEMORY_BUDGET_GB,
-    VAL_WINDOWS,
-    VALIDATION_HOURS,
-    WINDOWS_PER_EPOCH,
 )
 from contract import bucket_of_times, bucket_start
 from data_validator import DataValidator, format_report
@@ -184,7 +158,7 @@ def load_checked_frame(data_path: Path, memory_budget_gb: float = TRAINING_MEMOR
     Training stops with a :class:`TrainingError` listing the problems if the data is invalid
     in strict mode; warnings are logged.
     """
-    subset, file_rows = servers_within_budget(data_path, memory_budget_gb * 1e9, TRAINING_BYTES_PER_ROW)
+    subset, file_rows = servers_within_budget(data_path, memory_budget_gb * 1e9, TRAINER.training_bytes_per_row)
     if subset is not None:
         logger.warning("%s has %s rows: more than fits %.1f GB; training on %d servers chosen by hash id "
                        "(raise --max-memory-gb to use more)", data_path, f"{file_rows:,}", memory_budget_gb,
@@ -249,7 +223,7 @@ def prepare_data(data_path: Path, encoder_length: int, val_hours: int, holdout_h
         return dense[(dense[TIME_IDX] <= split.train_end) & ~dense["server_name"].isin(unseen)]
 
     features = build_features(frame, spec=spec, encoder_length=encoder_length, targets=targets,
-                              training_rows=training_rows, dataset_servers=MODEL_DATASET_SERVERS,
+                              training_rows=training_rows, dataset_servers=TRAINER.model_dataset_servers,
                               dataset_rows=encoder_length + MAX_PREDICTION_LENGTH + 1)
     unseen = choose_unseen_servers(features.frame, unseen_per_profile)
     logger.info("data ready: %d rows, %d servers (%d held out), %.1fs", len(features.frame), features.store.n_servers,
@@ -346,7 +320,7 @@ class FleetDataModule(pl.LightningDataModule):
         self.train_set = WindowBatches(self.data.store, servers, starts, self.batch_size,
                                        max(1, self.windows_per_epoch // self.batch_size), self.seed, train=True,
                                        profile_dropout=self.profile_dropout, rank=rank, world_size=world,
-                                       short_history_fraction=SHORT_HISTORY_FRACTION)
+                                       short_history_fraction=TRAINER.short_history_fraction)
         return torch.utils.data.DataLoader(self.train_set, batch_size=None, shuffle=False, num_workers=0)
 
     def val_dataloader(self) -> torch.utils.data.DataLoader:
@@ -378,7 +352,7 @@ class RunState:
     best_epoch: int = 0
     best_state: dict[str, torch.Tensor] | None = None
     checkpoint_root: Path | None = None
-    checkpoint_every: int = CHECKPOINT_EVERY_N_EPOCHS
+    checkpoint_every: int = TRAINER.checkpoint_every_n_epochs
     resume_from: Path | None = None
     config: dict[str, Any] | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
@@ -387,7 +361,7 @@ class RunState:
 
 class EpochReport(pl.Callback):
     """One line per epoch (losses, learning rate, elapsed, ETA); keeps the best weights;
-    reseeds the window sampler; writes a checkpoint every CHECKPOINT_EVERY_N_EPOCHS."""
+    reseeds the window sampler; writes a checkpoint every TRAINER.checkpoint_every_n_epochs."""
 
     def __init__(self, run: RunState) -> None:
         self.run = run
@@ -459,7 +433,7 @@ class ResumeState(pl.Callback):
 
 def make_callbacks(run: RunState) -> list[pl.Callback]:
     """Epoch report and checkpoints, resume, early stopping, a step progress bar."""
-    early = pl.callbacks.EarlyStopping(monitor="val_loss", patience=EARLY_STOPPING_PATIENCE, mode="min")
+    early = pl.callbacks.EarlyStopping(monitor="val_loss", patience=TRAINER.early_stopping_patience, mode="min")
     callbacks = [EpochReport(run), ResumeState(run), early]
     if sys.stderr.isatty():  # a live step bar in a terminal; log lines otherwise
         callbacks.append(pl.callbacks.TQDMProgressBar(refresh_rate=10))
@@ -526,7 +500,7 @@ def restore_optimizer(directory: Path, trainer: Any) -> None:
 # ---------------------------------------------------------------------------- artefacts
 def new_model_dir(models_dir: Path) -> Path:
     """``models/tft_model_YYYYMMDD_HHMMSS`` (a suffix is added if that second is taken)."""
-    stamp = datetime.now(UTC).strftime(MODEL_DIR_TIME_FORMAT)
+    stamp = datetime.now(UTC).strftime(TRAINER.model_dir_time_format)
     candidate = models_dir / f"{MODEL_DIR_PREFIX}{stamp}"
     suffix = 1
     while candidate.exists():
@@ -591,38 +565,39 @@ class TrainSettings:
 
     data: Path = option(TRAINING_DATA_PATH, "LINBORG Parquet to train on", parse=Path)
     models_dir: Path = option(MODELS_DIR, "where model directories go", parse=Path)
-    epochs: int = option(MAX_EPOCHS, "maximum epochs (early stopping may end sooner)", parse=int)
-    batch_size: int = option(BATCH_SIZE, "training windows per optimiser step", parse=int)
+    epochs: int = option(TRAINER.max_epochs, "maximum epochs (early stopping may end sooner)", parse=int)
+    batch_size: int = option(TRAINER.batch_size, "training windows per optimiser step", parse=int)
     encoder_length: int = option(ENCODER_LENGTH, "history buckets the model reads", parse=int)
-    hidden_size: int = option(MODEL_HIDDEN_SIZE, "the TFT's hidden size", parse=int)
-    attention_heads: int = option(MODEL_ATTENTION_HEADS, "attention heads", parse=int)
-    hidden_continuous_size: int = option(MODEL_HIDDEN_CONTINUOUS_SIZE, "hidden size of the continuous inputs",
+    hidden_size: int = option(TRAINER.model_hidden_size, "the TFT's hidden size", parse=int)
+    attention_heads: int = option(TRAINER.model_attention_heads, "attention heads", parse=int)
+    hidden_continuous_size: int = option(TRAINER.model_hidden_continuous_size, "hidden size of the continuous inputs",
                                          parse=int)
-    dropout: float = option(MODEL_DROPOUT, "dropout rate", parse=float)
-    lstm_layers: int = MODEL_LSTM_LAYERS
+    dropout: float = option(TRAINER.model_dropout, "dropout rate", parse=float)
+    lstm_layers: int = TRAINER.model_lstm_layers
     learning_rate: float = option(LEARNING_RATE, "peak learning rate of the one-cycle schedule", parse=float)
-    windows_per_epoch: int = option(WINDOWS_PER_EPOCH, "sampled training windows per epoch (bounds epoch time on "
+    windows_per_epoch: int = option(TRAINER.windows_per_epoch,
+                                    "sampled training windows per epoch (bounds epoch time on "
                                     "any fleet)", parse=int)
-    val_windows: int = option(VAL_WINDOWS, "fixed validation windows", parse=int)
-    val_hours: int = option(VALIDATION_HOURS, "the last hours of each server's training history used for "
+    val_windows: int = option(TRAINER.val_windows, "fixed validation windows", parse=int)
+    val_hours: int = option(TRAINER.validation_hours, "the last hours of each server's training history used for "
                             "validation", parse=int)
     holdout_hours: int = option(HOLDOUT_HOURS, "the last hours kept out of training entirely (the backtest's range)",
                                 parse=int)
-    unseen_per_profile: int = option(TRAIN_UNSEEN_PER_PROFILE, "whole servers per profile kept out of training to "
+    unseen_per_profile: int = option(TRAINER.unseen_per_profile, "whole servers per profile kept out of training to "
                                      "test unseen-server forecasts", parse=int)
-    profile_dropout: float = PROFILE_DROPOUT
-    seed: int = option(TRAIN_SEED, "random seed (same seed and data: the same weights)", parse=int)
-    accelerator: str = option(TRAIN_ACCELERATOR, "auto, cpu or gpu")
-    devices: int | str = option(TRAIN_DEVICES, "devices per node (e.g. 2), or auto", parse=_devices)
-    num_nodes: int = option(TRAIN_NUM_NODES, "nodes of a multi-node run", parse=int)
-    strategy: str = option(TRAIN_STRATEGY, "auto, ddp, ddp_spawn, ...")
+    profile_dropout: float = TRAINER.profile_dropout
+    seed: int = option(TRAINER.seed, "random seed (same seed and data: the same weights)", parse=int)
+    accelerator: str = option(TRAINER.accelerator, "auto, cpu or gpu")
+    devices: int | str = option(TRAINER.devices, "devices per node (e.g. 2), or auto", parse=_devices)
+    num_nodes: int = option(TRAINER.num_nodes, "nodes of a multi-node run", parse=int)
+    strategy: str = option(TRAINER.strategy, "auto, ddp, ddp_spawn, ...")
     precision: str | None = option(None, "default: bf16-mixed on GPU, 32-true on CPU")
     resume: Path | None = option(None, "checkpoint directory to continue from", parse=Path)
     keep_checkpoints: bool = option(False, "keep checkpoints after a successful run")
-    checkpoint_every: int = option(CHECKPOINT_EVERY_N_EPOCHS, "epochs between checkpoints", parse=int)
+    checkpoint_every: int = option(TRAINER.checkpoint_every_n_epochs, "epochs between checkpoints", parse=int)
     backtest: bool = option(True, "skip the post-training backtest")
     # persistence blend and conformal p10/p90 offsets fitted on the validation windows after training
-    # (calibration_fit.py; config PERSISTENCE_BLEND, BAND_CALIBRATION)
+    # (calibration_fit.py; config CALIBRATION.persistence_blend, BAND_CALIBRATION)
     calibrate_bands: bool = option(BAND_CALIBRATION, "keep the model's raw output (no persistence blend or "
                                    "conformal bands fitted on the validation windows)", flag="--no-calibration")
     # the alert policy's probability thresholds fitted on the validation days (alert_fitting.py)
@@ -635,8 +610,8 @@ class TrainSettings:
                                             parse=float)
     max_memory_gb: float = option(TRAINING_MEMORY_BUDGET_GB, "train on a subset of servers if the data would need "
                                   "more memory than this", parse=float)
-    compile: str = option(TRAIN_COMPILE, f"torch.compile the variable-selection networks (auto: CPU runs of at "
-                          f"least {TRAIN_COMPILE_MIN_STEPS} steps)", choices=("auto", "on", "off"))
+    compile: str = option(TRAINER.torch_compile, f"torch.compile the variable-selection networks (auto: CPU runs of at "
+                          f"least {TRAINER.torch_compile_min_steps} steps)", choices=("auto", "on", "off"))
     # A profile-agnostic model (profile_study.train_agnostic_model): every window of training,
     # validation and backtest has its profile hidden.
     hide_profiles: bool = False
@@ -679,7 +654,7 @@ def _compile_decision(settings: TrainSettings, accelerator: str, planned_steps: 
         raise TrainingError(f"--compile must be auto, on or off, not {settings.compile!r}")
     if settings.compile != "auto":
         return settings.compile == "on"
-    return accelerator == "cpu" and planned_steps >= TRAIN_COMPILE_MIN_STEPS
+    return accelerator == "cpu" and planned_steps >= TRAINER.torch_compile_min_steps
 
 
 def _world_size(settings: TrainSettings, accelerator: str) -> int:
@@ -758,9 +733,10 @@ def new_run_state(settings: TrainSettings, model: FleetTFT, data: PreparedData,
                   resume: ResumePoint | None) -> RunState:
     """The run's shared state; a resumed run continues its history, best epoch and checkpoint folder."""
     run_name = settings.resume.parent.name if settings.resume else \
-        datetime.now(UTC).strftime(MODEL_DIR_TIME_FORMAT)
+        datetime.now(UTC).strftime(TRAINER.model_dir_time_format)
     run = RunState(max_epochs=settings.epochs, start_epoch=resume.epoch if resume else 0,
-                   started=time.perf_counter(), checkpoint_root=settings.models_dir / CHECKPOINTS_SUBDIR / run_name,
+                   started=time.perf_counter(),
+                   checkpoint_root=settings.models_dir / TRAINER.checkpoints_subdir / run_name,
                    checkpoint_every=settings.checkpoint_every, resume_from=settings.resume,
                    config=model_config(model, data.spec))
     if resume is not None:
@@ -795,7 +771,7 @@ def build_lightning_trainer(settings: TrainSettings, run: RunState, hardware: Ha
     return pl.Trainer(
         max_epochs=settings.epochs - run.start_epoch, accelerator=hardware.accelerator, devices=settings.devices,
         num_nodes=settings.num_nodes, strategy=settings.strategy, precision=hardware.precision,
-        gradient_clip_val=GRADIENT_CLIP_VAL, callbacks=make_callbacks(run), logger=False,
+        gradient_clip_val=TRAINER.gradient_clip_val, callbacks=make_callbacks(run), logger=False,
         enable_checkpointing=False, use_distributed_sampler=False, num_sanity_val_steps=0,
         enable_model_summary=False, enable_progress_bar=sys.stderr.isatty(),
         max_time={"minutes": settings.max_time_minutes} if settings.max_time_minutes else None,

@@ -8,14 +8,14 @@ timestamp and the server are, and how each LINBORG metric is computed from the s
 columns (column, optional ratio to another column, scale, complement to 100). The importer:
 
 1. reads every source (CSV with the mapping's separator, or Parquet), one file per server or
-   a server column, within ``IMPORT_MAX_ROWS`` / ``IMPORT_MAX_BYTES`` (a Parquet source over them is
+   a server column, within ``IMPORTER.max_rows`` / ``IMPORTER.max_bytes`` (a Parquet source over them is
    refused from its footer, before it is decoded; a CSV stops at them), and refuses timestamps outside
-   ``IMPORT_EARLIEST_YEAR`` .. the host's clock;
+   ``IMPORTER.earliest_year`` .. the host's clock;
 2. computes the mapped metrics, clipped to the contract's ranges (clipped values are counted);
 3. resamples each server to its own 5-minute grid, first to last sample (at most
-   ``IMPORT_MAX_SPAN_DAYS`` long, all grids together at most ``IMPORT_MAX_ROWS`` rows, checked before
+   ``IMPORTER.max_span_days`` long, all grids together at most ``IMPORTER.max_rows`` rows, checked before
    any grid is allocated; mean of the samples in a bucket); gaps of up to
-   ``IMPORT_MAX_INTERPOLATE_BUCKETS`` buckets are interpolated, longer gaps become ``offline``
+   ``IMPORTER.max_interpolate_buckets`` buckets are interpolated, longer gaps become ``offline``
    buckets (dense grid, as the contract's dense mode);
 4. fills the metrics the source does not have by the contract's rule (``UNMEASURED_FILL``) and
    records measured and unmeasured metrics in ``metrics_metadata.json``: the trainer does not
@@ -44,12 +44,7 @@ from common_utils import atomic_write_json, atomic_write_parquet, make_server_na
 from config import (
     CONTRACT_VERSION,
     DATA_CONTRACT_DOC,
-    IMPORT_EARLIEST_YEAR,
-    IMPORT_MAX_BYTES,
-    IMPORT_MAX_FUTURE_SECONDS,
-    IMPORT_MAX_INTERPOLATE_BUCKETS,
-    IMPORT_MAX_ROWS,
-    IMPORT_MAX_SPAN_DAYS,
+    IMPORTER,
     IMPORTING_DOC,
     INTEGER_METRICS,
     LINBORG_METRICS,
@@ -198,16 +193,16 @@ def _read_source(path: Path, mapping: Mapping, limits: ReadLimits, rows_before: 
 
 
 def _earliest() -> pd.Timestamp:
-    return pd.Timestamp(year=IMPORT_EARLIEST_YEAR, month=1, day=1, tz="UTC")
+    return pd.Timestamp(year=IMPORTER.earliest_year, month=1, day=1, tz="UTC")
 
 
 def _latest() -> pd.Timestamp:
-    return pd.Timestamp.now(tz="UTC") + pd.Timedelta(seconds=IMPORT_MAX_FUTURE_SECONDS)
+    return pd.Timestamp.now(tz="UTC") + pd.Timedelta(seconds=IMPORTER.max_future_seconds)
 
 
 def _timestamps(values: pd.Series, unit: str, path: Path) -> pd.DatetimeIndex:
     """Parse a source's timestamps; a file with any row unparsable or outside the plausible range
-    (``IMPORT_EARLIEST_YEAR`` .. the host's clock + ``IMPORT_MAX_FUTURE_SECONDS``) is refused, naming
+    (``IMPORTER.earliest_year`` .. the host's clock + ``IMPORTER.max_future_seconds``) is refused, naming
     how many rows and a few of them, before any grid is built."""
     earliest, latest = _earliest(), _latest()
     if unit == "iso":
@@ -237,7 +232,7 @@ def _timestamps(values: pd.Series, unit: str, path: Path) -> pd.DatetimeIndex:
                     "among 2026 rows: 56 years, 5.9 M buckets); an epoch-0 or empty time, or a wrong unit, is "
                     "the usual cause", "drop or correct those rows in the source, or fix the mapping's "
                     "timestamp unit (seconds read as milliseconds land in 1970); the range is "
-                    "IMPORT_EARLIEST_YEAR and IMPORT_MAX_FUTURE_SECONDS in config.py")
+                    "IMPORTER.earliest_year and IMPORTER.max_future_seconds in config.py")
     return pd.DatetimeIndex(stamps)
 
 
@@ -261,10 +256,10 @@ def _to_grid(frame: pd.DataFrame, stamps: pd.DatetimeIndex, grid: pd.DatetimeInd
         values[name] = column.clip(low, high)
     buckets = values.groupby(values.index.floor(f"{SAMPLING_INTERVAL_SECONDS}s")).mean().reindex(grid)
     has_sample = buckets.notna().all(axis=1).to_numpy()
-    # Only gaps of at most IMPORT_MAX_INTERPOLATE_BUCKETS are bridged; longer ones stay empty (offline).
+    # Only gaps of at most IMPORTER.max_interpolate_buckets are bridged; longer ones stay empty (offline).
     run_id = np.cumsum(has_sample)
     run_length = pd.Series(~has_sample).groupby(run_id).transform("sum").to_numpy()
-    short_gap = ~has_sample & (run_length <= IMPORT_MAX_INTERPOLATE_BUCKETS)
+    short_gap = ~has_sample & (run_length <= IMPORTER.max_interpolate_buckets)
     filled = buckets.interpolate(limit_area="inside")
     filled[~(has_sample | short_gap)] = np.nan
     has_sample = has_sample | (short_gap & filled.notna().all(axis=1).to_numpy())
@@ -287,20 +282,20 @@ def _server_grids(per_server: dict[str, tuple[pd.DataFrame, pd.DatetimeIndex]], 
                     "each server gets a row in every 5-minute bucket of its span, so a span of years is "
                     "hundreds of thousands of rows per server, and a stray timestamp is the usual cause",
                     "drop the stray rows, split the import by time, or raise the limit with --max-span-days "
-                    "(IMPORT_MAX_SPAN_DAYS in config.py)")
+                    "(IMPORTER.max_span_days in config.py)")
     total = sum(int((last - first) // step) + 1 for first, last in bounds.values())
     if total > max_rows:
         raise _fail(f"the {len(bounds):,} servers' 5-minute grids would hold {total:,} rows, more than the "
                     f"{max_rows:,} main.py import writes", "every row is held in memory until the file is "
                     "written (sparse samples, e.g. hourly, become 12 rows an hour)",
                     "import fewer servers or a shorter time range at a time, or raise the limit with "
-                    "--max-rows (IMPORT_MAX_ROWS in config.py) on a machine with the memory")
+                    "--max-rows (IMPORTER.max_rows in config.py) on a machine with the memory")
     return {name: pd.date_range(first, last, freq=step, tz="UTC") for name, (first, last) in bounds.items()}
 
 
 def import_traces(sources: list[str | Path], mapping_path: str | Path, out: str | Path, *,
-                  max_rows: int = IMPORT_MAX_ROWS, max_bytes: int = IMPORT_MAX_BYTES,
-                  max_span_days: float = IMPORT_MAX_SPAN_DAYS) -> dict[str, Any]:
+                  max_rows: int = IMPORTER.max_rows, max_bytes: int = IMPORTER.max_bytes,
+                  max_span_days: float = IMPORTER.max_span_days) -> dict[str, Any]:
     """Import ``sources`` with the mapping into contract Parquet at ``out``; returns the metadata.
 
     Bounded before the memory is taken: at most ``max_rows`` rows and ``max_bytes`` bytes read from all
@@ -313,8 +308,8 @@ def import_traces(sources: list[str | Path], mapping_path: str | Path, out: str 
     began = time.perf_counter()
     mapping = load_mapping(mapping_path)
     limits = ReadLimits(max_rows=max_rows, max_bytes=max_bytes, command="main.py import",
-                        rows_setting="--max-rows (IMPORT_MAX_ROWS in config.py)",
-                        bytes_setting="--max-bytes (IMPORT_MAX_BYTES in config.py)",
+                        rows_setting="--max-rows (IMPORTER.max_rows in config.py)",
+                        bytes_setting="--max-bytes (IMPORTER.max_bytes in config.py)",
                         doc=f"{IMPORTING_DOC} (Limits)")
     paths = sorted(Path(s) for s in sources)
     if not paths:
@@ -487,14 +482,14 @@ def build_arg_parser(parser: argparse.ArgumentParser | None = None) -> argparse.
     parser.add_argument("--mapping", type=Path, required=True, help="mapping JSON (see Docs/IMPORTING.md)")
     parser.add_argument("--out", type=Path, required=True, help="contract Parquet to write")
     parser.add_argument("sources", nargs="+", type=Path, help="CSV or Parquet files")
-    parser.add_argument("--max-rows", type=int, default=IMPORT_MAX_ROWS, metavar="N",
-                        help=f"rows read from all sources together, and rows written (default {IMPORT_MAX_ROWS:,}); "
+    parser.add_argument("--max-rows", type=int, default=IMPORTER.max_rows, metavar="N",
+                        help=f"rows read from all sources together, and rows written (default {IMPORTER.max_rows:,}); "
                              "a Parquet source over it is refused before it is decoded")
-    parser.add_argument("--max-bytes", type=int, default=IMPORT_MAX_BYTES, metavar="N",
+    parser.add_argument("--max-bytes", type=int, default=IMPORTER.max_bytes, metavar="N",
                         help="bytes decoded from all sources together: Parquet columns read, uncompressed; CSV text "
-                             f"(default {IMPORT_MAX_BYTES:,})")
-    parser.add_argument("--max-span-days", type=float, default=IMPORT_MAX_SPAN_DAYS, metavar="DAYS",
-                        help=f"one server's first to last sample at most (default {IMPORT_MAX_SPAN_DAYS})")
+                             f"(default {IMPORTER.max_bytes:,})")
+    parser.add_argument("--max-span-days", type=float, default=IMPORTER.max_span_days, metavar="DAYS",
+                        help=f"one server's first to last sample at most (default {IMPORTER.max_span_days})")
     return parser
 
 

@@ -59,8 +59,8 @@ from config import (
     SAMPLING_INTERVAL_SECONDS,
     STEPS_PER_DAY,
     STEPS_PER_HOUR,
+    TRAINER,
     TRAINING_DATA_FILE,
-    VALIDATION_HOURS,
 )
 from contract import DISPLAY_CPU, bucket_of_times, cpu_used
 from daemon_state import Daemon, DaemonSettings
@@ -326,8 +326,8 @@ def main(argv: list[str] | None = None) -> int:
     loaded = load_model(model_dir)
     if loaded.spec.alert_thresholds is None:  # a model from before the policy: fit on its own training days
         logger.info("%s has no alert thresholds: fitting them on the last %d h of its training days", model_dir,
-                    VALIDATION_HOURS)
-        fit_model_dir(model_dir, train_data, VALIDATION_HOURS)
+                    TRAINER.validation_hours)
+        fit_model_dir(model_dir, train_data, TRAINER.validation_hours)
         loaded = load_model(model_dir)
     frame = pd.read_parquet(score_data)
     last = int(bucket_of_times(frame["timestamp"]).max())

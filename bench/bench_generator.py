@@ -14,7 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from config import DEFAULT_FLEET, RECOMMENDED_GENERATE_HOURS, TRAINING_DATA_FILE
+from config import DEFAULT_FLEET, GENERATOR, TRAINING_DATA_FILE
 from data_validator import DataValidator, load_frame
 from metrics_generator import fleet_from_total, generate_dataset
 
@@ -26,7 +26,7 @@ def main() -> None:
     """Run the benchmark and print a small table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--servers", type=int, default=sum(DEFAULT_FLEET.values()))
-    parser.add_argument("--hours", type=int, default=RECOMMENDED_GENERATE_HOURS)
+    parser.add_argument("--hours", type=int, default=GENERATOR.recommended_generate_hours)
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
     fleet = fleet_from_total(args.servers)

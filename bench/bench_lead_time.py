@@ -21,14 +21,7 @@ import numpy as np
 import pandas as pd
 
 from common_utils import quiet_library_noise
-from config import (
-    DEMO_RAMP_HOURS,
-    INCIDENT_TYPES,
-    PROFILE_BEHAVIOUR,
-    SAMPLING_INTERVAL_MINUTES,
-    STEPS_PER_HOUR,
-    VALID_STATES,
-)
+from config import GENERATOR, PROFILE_BEHAVIOUR, SAMPLING_INTERVAL_MINUTES, STEPS_PER_HOUR, VALID_STATES
 from forecast_engine import ForecastEngine
 from metrics_generator import FleetSimulator, fleet_from_total
 from metrics_store import FleetWindows, aggregate
@@ -64,13 +57,13 @@ def main() -> None:
     rng = np.random.default_rng(args.seed)
     victims: dict[str, str] = {}
     candidates = list(rng.permutation(sim.server_names))
-    for kind in INCIDENT_TYPES:
+    for kind in GENERATOR.incident_types:
         chosen = [n for n in candidates if PROFILE_BEHAVIOUR[sim.profiles[sim.server_names.index(n)]]
                   .incident_rate_per_day[kind] > 0 and n not in victims][: args.incidents_per_kind]
         for name in chosen:
             victims[name] = kind
-            sim.inject_incident(name, kind, DEMO_RAMP_HOURS[args.scenario][kind])
-    horizon = int(max(DEMO_RAMP_HOURS[args.scenario].values()) * STEPS_PER_HOUR + 2 * STEPS_PER_HOUR)
+            sim.inject_incident(name, kind, GENERATOR.demo_ramp_hours[args.scenario][kind])
+    horizon = int(max(GENERATOR.demo_ramp_hours[args.scenario].values()) * STEPS_PER_HOUR + 2 * STEPS_PER_HOUR)
     first = {name: {"yellow": None, "red": None, "critical": None} for name in sim.server_names}
     critical_code = VALID_STATES.index("critical_issue")
     cycle_times = []

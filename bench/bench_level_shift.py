@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from common_utils import atomic_write_json, quiet_library_noise, setup_logging
-from config import HORIZONS, LEVEL_SHIFT_METRICS, STEPS_PER_HOUR, WIDE_BAND_POINTS
+from config import FEATURES, HORIZONS, STEPS_PER_HOUR, WIDE_BAND_POINTS
 from tft_evaluate import actuals_and_baselines, predict_windows, score, scoring_view
 from tft_features import build_features
 from tft_model import load_model
@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     servers, starts = store.window_starts(first, last, stride=args.stride)
     settled = store.settled(servers, starts)
     changed = settled < spec.encoder_length
-    targets = [m for m in LEVEL_SHIFT_METRICS if m in spec.targets]
+    targets = [m for m in FEATURES.level_shift_metrics if m in spec.targets]
     served = predict_windows(loaded.model, store, servers, starts)
     store.settled = lambda s, _: np.full(len(s), spec.encoder_length)  # type: ignore[method-assign]
     full = predict_windows(loaded.model, store, servers, starts)

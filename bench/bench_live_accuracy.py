@@ -31,13 +31,7 @@ from pathlib import Path
 import httpx
 
 from common_utils import free_loopback_port, quiet_library_noise, setup_logging
-from config import (
-    DEMO_MAX_FUTURE_SECONDS,
-    DEMO_SERVERS,
-    HORIZONS,
-    PROJECT_ROOT,
-    STEPS_PER_HOUR,
-)
+from config import DEMO, DEMO_SERVERS, HORIZONS, PROJECT_ROOT, STEPS_PER_HOUR
 from contract import bucket_of_ns
 from daemon_state import Daemon, DaemonSettings
 from metrics_generator import FleetSimulator, fleet_from_total
@@ -94,7 +88,7 @@ def demo_stream(model: Path, hours: float, servers: int, timeout: float) -> dict
         store = Path(tmp) / "store.sqlite3"
         daemon = subprocess.Popen([sys.executable, "tft_inference.py", "--daemon", "--port", str(port), "--model-dir",
                                    str(model), "--store", str(store), "--max-future-seconds",
-                                   str(DEMO_MAX_FUTURE_SECONDS)], cwd=PROJECT_ROOT, env=env,
+                                   str(DEMO.max_future_seconds)], cwd=PROJECT_ROOT, env=env,
                                   stdout=open(Path(tmp) / "daemon.log", "wb"), stderr=subprocess.STDOUT)
         stream = None
         try:

@@ -41,12 +41,12 @@ from common_utils import atomic_write_json, quiet_library_noise, setup_logging
 from config import (
     HORIZONS,
     METADATA_FILE,
-    RETRAIN_EPOCHS,
+    RETRAIN,
     STEPS_PER_DAY,
     STEPS_PER_HOUR,
     TIME_IDX,
+    TRAINER,
     TRAINING_DATA_FILE,
-    VALIDATION_HOURS,
 )
 from contract import bucket_of_times
 from tft_evaluate import (
@@ -111,10 +111,10 @@ def split_days(data: Path, out_dir: Path, train_days: int, score_days: int | Non
 def train_model(train_data: Path, models_dir: Path, trainer_args: list[str], warm_start: Path | None = None) -> Path:
     """Train with the trainer's defaults (plus ``trainer_args``) on every server; the model directory.
 
-    ``warm_start``: start from that model's weights with the retrain's epochs (``RETRAIN_EPOCHS``),
+    ``warm_start``: start from that model's weights with the retrain's epochs (``RETRAIN.epochs``),
     as the learning loop's retrain does.
     """
-    epochs = ["--epochs", str(RETRAIN_EPOCHS)] if warm_start is not None else []
+    epochs = ["--epochs", str(RETRAIN.epochs)] if warm_start is not None else []
     args = build_arg_parser().parse_args(["--data", str(train_data), "--models-dir", str(models_dir),
                                           "--holdout-hours", "0", "--unseen-per-profile", "0", "--no-backtest",
                                           *epochs, *trainer_args])
@@ -317,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
         model_dirs = list(args.model)
         if args.recalibrate:
             for model_dir in model_dirs:
-                calibrate_model_dir(model_dir, train_data, VALIDATION_HOURS)
+                calibrate_model_dir(model_dir, train_data, TRAINER.validation_hours)
     else:
         seeds = [s.strip() for s in args.seeds.split(",") if s.strip()] if args.seeds else [None]
         model_dirs = [train_model(train_data, work / "models", [*args.trainer_args,

@@ -4,7 +4,7 @@
 
 Builds a store of ``servers`` x ``days`` of 5-minute buckets with the daemon's own schema (rows
 written straight into SQLite, the shape ``MetricsStore.add_records`` leaves), then times opening it
-with ``STORE_INTEGRITY_CHECK`` off, "quick" and "full" in the same run, and prints the check's cost
+with ``STORE.integrity_check`` off, "quick" and "full" in the same run, and prints the check's cost
 against the plain open.
 """
 

@@ -32,17 +32,17 @@ import numpy as np
 
 from common_utils import quiet_library_noise, setup_logging
 from config import (
-    DEDUPE_HOURS,
-    FLOAT_DECIMALS,
+    DAEMON_STATE,
     FLOAT_METRICS,
     FORECAST_RETENTION_HOURS,
+    GENERATOR,
     HORIZONS,
     INTEGER_METRICS,
     QUANTILE_LABELS,
-    RETENTION_DAYS,
     SAMPLING_INTERVAL_SECONDS,
     STEPS_PER_DAY,
     STEPS_PER_HOUR,
+    STORE,
     TARGET_METRICS,
     TRIM_EVERY_CYCLES,
 )
@@ -71,7 +71,7 @@ class Measure:
     free_pages: int
     objects: dict[str, int]  # table or index -> bytes of its pages
     rows: dict[str, int]  # table -> rows
-    quick_check_seconds: float  # the daemon's start-up check (STORE_INTEGRITY_CHECK = "quick") of this file
+    quick_check_seconds: float  # the daemon's start-up check (STORE.integrity_check = "quick") of this file
 
     def per_row(self, table: str, index: str) -> float:
         """Bytes per row of a table, its index included."""
@@ -107,7 +107,7 @@ def bucket_batches(sim: FleetSimulator, n_buckets: int, samples_per_bucket: int,
         if suffix:
             frame["server_name"] = frame["server_name"] + suffix
         for name in FLOAT_METRICS:
-            frame[name] = frame[name].astype(float).round(FLOAT_DECIMALS)
+            frame[name] = frame[name].astype(float).round(GENERATOR.float_decimals)
         for name in INTEGER_METRICS:
             frame[name] = frame[name].astype(int)
         stamp = frame.pop("timestamp").dt.as_unit("ns").astype("int64").to_numpy()
@@ -150,7 +150,8 @@ def main() -> None:
                         help="samples each server sends per 5-minute bucket (1: a 5-minute poll; 60: a 5 s agent)")
     parser.add_argument("--name-suffix", default="", help="appended to every host name, e.g. .prod.example.com")
     parser.add_argument("--target-servers", type=int, default=1000)
-    parser.add_argument("--target-days", type=int, default=RETENTION_DAYS, help="bucket retention to extrapolate to")
+    parser.add_argument("--target-days", type=int, default=DAEMON_STATE.retention_days,
+                        help="bucket retention to extrapolate to")
     parser.add_argument("--seed", type=int, default=3)
     parser.add_argument("--dir", type=Path, default=None, help="where to build the store (default: a temp dir)")
     args = parser.parse_args()
@@ -200,13 +201,13 @@ def main() -> None:
     servers = args.target_servers
     bucket_rows = servers * args.target_days * STEPS_PER_DAY
     forecast_rows = servers * FORECAST_RETENTION_HOURS * STEPS_PER_HOUR
-    # Keys live DEDUPE_HOURS, and a trim runs every TRIM_EVERY_CYCLES buckets: at most that much more.
-    key_rows = servers * args.samples_per_bucket * (DEDUPE_HOURS * STEPS_PER_HOUR + TRIM_EVERY_CYCLES)
+    # Keys live STORE.dedupe_hours, and a trim runs every TRIM_EVERY_CYCLES buckets: at most that much more.
+    key_rows = servers * args.samples_per_bucket * (STORE.dedupe_hours * STEPS_PER_HOUR + TRIM_EVERY_CYCLES)
     parts = [
         (f"buckets, {args.target_days} days", bucket_rows, last.per_row("buckets", "buckets_by_time")),
         (f"forecasts, {FORECAST_RETENTION_HOURS // 24} days", forecast_rows,
          last.per_row("forecasts", "forecasts_by_time")),
-        (f"duplicate-check keys, <= {DEDUPE_HOURS} h + {TRIM_EVERY_CYCLES} buckets", key_rows,
+        (f"duplicate-check keys, <= {STORE.dedupe_hours} h + {TRIM_EVERY_CYCLES} buckets", key_rows,
          last.per_row("sample_keys", "keys_by_time")),
     ]
     print(f"\nextrapolated to {servers:,} servers (from the '{last.phase}' bytes per row; every server reporting "

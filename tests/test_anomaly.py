@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from api_models import AnomaliesResponse, ServerFan
-from config import ANOMALY_MAX_ROWS, ANOMALY_MIN_HALF_WIDTH, HORIZONS, STEPS_PER_DAY
+from config import ANOMALY, HORIZONS, STEPS_PER_DAY
 from contract import bucket_iso
 from live_accuracy import LiveAccuracy, bands_of, display_values
 from live_anomaly import anomaly_scores
@@ -34,8 +34,8 @@ def test_score_is_the_distance_from_p50_over_the_half_width_on_the_actuals_side(
         ("mem_used_pct", band, 20.0, 0.0), ("mem_used_pct", band, 10.0, 1.0), ("mem_used_pct", band, 0.0, 2.0),
         ("mem_used_pct", [15.0, 20.0, 40.0], 10.0, 2.0),  # below p50: p50 - p10 = 5 decides, not the wide top
         ("mem_used_pct", [15.0, 20.0, 40.0], 30.0, 0.5),
-        # a needle-thin band is read as ANOMALY_MIN_HALF_WIDTH wide (0.01 MB/s; one percent point)
-        ("net_in_mb_s", [0.0, 0.0, 0.0], 0.05, 0.05 / ANOMALY_MIN_HALF_WIDTH["net_in_mb_s"]),
+        # a needle-thin band is read as ANOMALY.min_half_width wide (0.01 MB/s; one percent point)
+        ("net_in_mb_s", [0.0, 0.0, 0.0], 0.05, 0.05 / ANOMALY.min_half_width["net_in_mb_s"]),
         ("cpu_used_pct", [50.0, 50.0, 50.0], 50.0, 0.0), ("cpu_used_pct", [50.0, 50.0, 50.4], 50.3, 0.3),
         ("cpu_used_pct", [0.0, 2.0, 6.0], 0.0, 1.0),  # p10 clipped at the range's bottom: cannot be passed
     ]
@@ -176,9 +176,9 @@ def test_anomalies_route_filters_auth_and_gauge(served):
     document = AnomaliesResponse.model_validate(body)
     servers = len(daemon.fleet.servers)
     assert document.servers_scored == servers and document.horizons == ["30min", "1hr"]
-    assert document.matching == len(document.anomalies) == servers * len(METRICS) * 2 <= ANOMALY_MAX_ROWS
+    assert document.matching == len(document.anomalies) == servers * len(METRICS) * 2 <= ANOMALY.max_rows
     assert document.at == bucket_iso(origin) and body["anomalies"][0]["forecast_made_at"] == bucket_iso(origin - 6)
-    assert document.min_half_width == {m: ANOMALY_MIN_HALF_WIDTH[m] for m in METRICS}
+    assert document.min_half_width == {m: ANOMALY.min_half_width[m] for m in METRICS}
     outside = client.get("/anomalies", params={"min_score": 1}).json()
     assert [(r["server_name"], r["metric"], r["horizon"]) for r in outside["anomalies"]] == [
         (JUMPY, "mem_used_pct", "30min"), (JUMPY, "cpu_used_pct", "30min"), (JUMPY, "net_in_mb_s", "30min")]
@@ -247,7 +247,7 @@ def test_a_fed_daemon_scores_a_jump_against_the_band_it_served(tiny_training, tm
         metrics = daemon.engine.metrics
         [(_, blob)] = [row for row in daemon.store.forecasts_at(newest - HORIZONS["30min"]) if row[0] == JUMPY]
         band = bands_of([blob], len(metrics))[0, metrics.index("mem_used_pct"), K["30min"]]
-        expected = (99.0 - band[1]) / max(band[2] - band[1], ANOMALY_MIN_HALF_WIDTH["mem_used_pct"])
+        expected = (99.0 - band[1]) / max(band[2] - band[1], ANOMALY.min_half_width["mem_used_pct"])
         assert expected > 1  # the band the model served for now did not reach 99 %
         client = TestClient(app, headers={"X-API-Key": API_KEY})
         fan = ServerFan.model_validate(client.get(f"/predictions/{JUMPY}").json())

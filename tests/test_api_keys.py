@@ -8,7 +8,7 @@ import httpx
 import pytest
 
 from api_keys import ALL_SCOPES, KeyFileError, KeyStore, client_key, parse_key_lines
-from config import KEY_FILE_CHECK_SECONDS, WS_UNAUTHORIZED_CODE
+from config import API_KEYS, DAEMON
 from metrics_generator import FleetSimulator
 from tests.helpers import DaemonProcess, wait_for, wait_until
 
@@ -102,7 +102,7 @@ def test_scoped_keys_over_http_and_rotation(tiny_training, tmp_path):
         url = f"ws://127.0.0.1:{daemon.port}/ws/predictions"
         with connect(url, additional_headers={"X-API-Key": INGEST}) as ws, pytest.raises(ConnectionClosedError) as c:
             ws.recv(timeout=5)  # an ingest key does not read the stream
-        assert c.value.rcvd.code == WS_UNAUTHORIZED_CODE
+        assert c.value.rcvd.code == DAEMON.ws_unauthorized_code
         with connect(url) as ws:
             ws.send(json.dumps({"api_key": READ}))
             try:  # authenticated: the current cycle comes, or (no cycle yet) the connection just stays open
@@ -113,13 +113,13 @@ def test_scoped_keys_over_http_and_rotation(tiny_training, tmp_path):
         # Rotation: a new read key replaces the old one, without a restart.
         new_read = "read-key-00000000002"
         keys.write_text(f"ingest={INGEST}\nread={new_read}\nread,admin={OPERATOR}\n")
-        wait_for(lambda: status(READ, "GET", "/status") == 401, timeout=KEY_FILE_CHECK_SECONDS * 5)
+        wait_for(lambda: status(READ, "GET", "/status") == 401, timeout=API_KEYS.key_file_check_seconds * 5)
         assert status(new_read, "GET", "/status") == 200
         keys.write_text("read=oops\n")  # a broken edit: the keys in force stay, the log says why
-        # The file is looked at on a key lookup (at most every KEY_FILE_CHECK_SECONDS): each poll is a request.
+        # The file is looked at on a key lookup (at most every API_KEYS.key_file_check_seconds): each poll is a request.
         wait_until(lambda: status(new_read, "GET", "/status") == 200
                    and "previous keys stay in force" in daemon.log.read_text(),
-                   timeout=KEY_FILE_CHECK_SECONDS * 5, what="the broken key file to be read and refused")
+                   timeout=API_KEYS.key_file_check_seconds * 5, what="the broken key file to be read and refused")
         assert status(new_read, "GET", "/status") == 200
         assert "previous keys stay in force" in daemon.log.read_text()
         assert new_read not in daemon.log.read_text() and OPERATOR not in daemon.log.read_text()

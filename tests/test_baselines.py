@@ -7,6 +7,7 @@ real feature pipeline on a small generated fleet.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 
@@ -14,15 +15,7 @@ import numpy as np
 import pytest
 
 from baselines import statistical_forecasts
-from config import (
-    INTEGER_METRICS,
-    METRIC_RANGES,
-    STAT_SEASON_LENGTH,
-    STATISTICAL_METHODS,
-    STATISTICAL_METHODS_ALL,
-    STEPS_PER_DAY,
-    TRAINING_DATA_FILE,
-)
+from config import BASELINES, INTEGER_METRICS, METRIC_RANGES, STEPS_PER_DAY, TRAINING_DATA_FILE
 
 ENCODER, DECODER = 24, 96
 DAYS = 5
@@ -56,7 +49,7 @@ class FakeStore:
 def server_block(seed: int = 0, rows: int = DAYS * STEPS_PER_DAY) -> np.ndarray:
     rng = np.random.default_rng(seed)
     r = np.arange(rows)
-    sine = 5.0 + 3.0 * np.sin(2 * np.pi * r / STAT_SEASON_LENGTH) + rng.normal(0, 0.05, rows)
+    sine = 5.0 + 3.0 * np.sin(2 * np.pi * r / BASELINES.season_length) + rng.normal(0, 0.05, rows)
     walk = 300.0 + np.cumsum(rng.normal(0, 1.0, rows))
     constant = np.full(rows, 7.0)
     return np.stack([sine, walk, constant], axis=1)
@@ -85,7 +78,7 @@ def actuals(store: FakeStore, servers: np.ndarray, starts: np.ndarray) -> np.nda
 
 def test_shapes_order_and_seconds(forecasts, windows):
     out, seconds = forecasts
-    assert set(out) == set(STATISTICAL_METHODS) == set(seconds)
+    assert set(out) == set(BASELINES.statistical_methods) == set(seconds)
     for method, values in out.items():
         assert values.shape == (len(windows[0]), len(TARGETS), DECODER, 3) and values.dtype == np.float32
         assert np.isfinite(values).all(), method
@@ -97,7 +90,7 @@ def test_mstl_holds_the_daily_season_and_autoets_does_not(store, windows, foreca
     out, _ = forecasts
     truth = actuals(store, *windows)[:, SINE]
     step = 8 * 12 - 1  # 8 hours ahead
-    mae = {m: float(np.abs(out[m][:, SINE, step, 1] - truth[:, step]).mean()) for m in STATISTICAL_METHODS}
+    mae = {m: float(np.abs(out[m][:, SINE, step, 1] - truth[:, step]).mean()) for m in BASELINES.statistical_methods}
     assert mae["mstl"] < 0.2, mae  # noise is 0.05, amplitude 3
     assert mae["mstl"] < 0.2 * mae["autoets"], mae
     # ... over the whole 8 hours too, and its 80 % band covers the sine most of the time
@@ -116,7 +109,7 @@ def test_mstl_forward_at_the_fit_end_is_mstl_predict(store):
     for j in (SINE, WALK):
         y = store.targets[:fit_end, j].astype(np.float64)
         mean, low, high = _fit("mstl", y, fit_end, _Tally()).forward(y, 0, DECODER)
-        ref = MSTL(season_length=STAT_SEASON_LENGTH, trend_forecaster=AutoETS(model="ZZN")).fit(y).predict(
+        ref = MSTL(season_length=BASELINES.season_length, trend_forecaster=AutoETS(model="ZZN")).fit(y).predict(
             DECODER, level=[80])
         np.testing.assert_allclose(mean, ref["mean"], atol=1e-4)
         # the band's sigma comes from the forward pass's residuals: the same to a few percent
@@ -145,7 +138,7 @@ def test_no_window_reads_its_origin_or_later(store, windows, forecasts):
         poisoned.targets[poisoned.offsets[0] + ORIGINS[w]:, :2] = 1e6  # unbounded metrics: clipping hides nothing
         changed, _ = statistical_forecasts(poisoned, *windows, progress=False)
         kept = ORIGINS <= ORIGINS[w]  # windows whose history ends at or before the poison
-        for method in STATISTICAL_METHODS:
+        for method in BASELINES.statistical_methods:
             np.testing.assert_array_equal(changed[method][kept], out[method][kept], err_msg=method)
             if not kept.all():
                 assert not np.array_equal(changed[method][~kept], out[method][~kept])
@@ -166,12 +159,12 @@ def test_untargeted_metrics_are_nan_and_unknown_names_raise(store, windows):
 
 
 def test_missing_values_short_history_and_logs(caplog):
-    short = server_block(1, rows=STAT_SEASON_LENGTH + 200)  # under two seasons before its origin
+    short = server_block(1, rows=BASELINES.season_length + 200)  # under two seasons before its origin
     holes = server_block(2)
     holes[100, WALK] = np.nan
     fleet = FakeStore([short, holes], TARGETS)
     servers = np.array([0, 1, 1])
-    starts = np.array([STAT_SEASON_LENGTH + 100, 3 * STEPS_PER_DAY, 3 * STEPS_PER_DAY + 50]) - ENCODER
+    starts = np.array([BASELINES.season_length + 100, 3 * STEPS_PER_DAY, 3 * STEPS_PER_DAY + 50]) - ENCODER
     with caplog.at_level(logging.INFO, logger="baselines"):
         out, _ = statistical_forecasts(fleet, servers, starts, methods=["mstl"], progress=False)
     values = out["mstl"]
@@ -188,7 +181,7 @@ def test_missing_values_short_history_and_logs(caplog):
 def test_progress_lines(store, windows, caplog, monkeypatch):
     import baselines
 
-    monkeypatch.setattr(baselines, "STAT_PROGRESS_SECONDS", 0.0)
+    monkeypatch.setattr(baselines, "BASELINES", dataclasses.replace(baselines.BASELINES, progress_seconds=0.0))
     for progress in (True, False):
         caplog.clear()
         with caplog.at_level(logging.INFO, logger="baselines"):
@@ -212,9 +205,9 @@ def test_generated_fleet_through_the_feature_pipeline(tmp_path):
     first = int(store.time_idx.min()) + 3 * STEPS_PER_DAY
     servers, starts = store.window_starts(first, None, stride=72)
     assert store.n_servers == 2 and len(set(servers.tolist())) == 2 and len(servers) >= 4
-    out, seconds = statistical_forecasts(store, servers, starts, methods=STATISTICAL_METHODS_ALL,
+    out, seconds = statistical_forecasts(store, servers, starts, methods=BASELINES.statistical_methods_all,
                                          targets=["cpu_idle_pct", "back_close_wait"], progress=False)
-    assert set(seconds) == set(STATISTICAL_METHODS_ALL)
+    assert set(seconds) == set(BASELINES.statistical_methods_all)
     truth = store.targets[(store.offsets[servers] + starts + ENCODER)[:, None] + np.arange(DECODER)]
     for method, values in out.items():
         assert values.shape == (len(servers), len(targets), DECODER, 3)

@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from calibration_fit import apply_persistence_blend, fit_band_offsets, fit_persistence_blend
-from config import HORIZONS, PERSISTENCE_BLEND_GRID
+from config import CALIBRATION, HORIZONS
 from forecast_engine import forecast_sources
 from tft_evaluate import actuals_and_baselines, backtest_store, predict_windows
 from tft_features import FeatureSpec, transform_target
@@ -49,7 +49,7 @@ def test_band_offsets_count_misses_as_the_served_band_does():
     Counted as misses (before 0.14.0), both made the offsets widen every band of the target:
     CLOSE_WAIT bands covered 0.92 of the very windows they were fitted on for 0.80.
     """
-    from config import BAND_CALIBRATION_MAX_SHIFT
+    from config import CALIBRATION
 
     rng = np.random.default_rng(1)
     windows, steps = 2000, 6
@@ -77,7 +77,7 @@ def test_band_offsets_count_misses_as_the_served_band_does():
     zeros[:, 1] = memory
     floor = fit_band_offsets(spec, np.stack([zeros, zeros, zeros], axis=-1), zeros,
                              np.stack([np.zeros(windows), memory[:, 0]], axis=1), scale)
-    assert floor["front_close_wait"]["upper"] == pytest.approx([-BAND_CALIBRATION_MAX_SHIFT] * steps)
+    assert floor["front_close_wait"]["upper"] == pytest.approx([-CALIBRATION.band_max_shift] * steps)
 
 
 def test_blend_keeps_a_useful_model_and_drops_a_noisy_one():
@@ -96,7 +96,7 @@ def test_blend_keeps_a_useful_model_and_drops_a_noisy_one():
     hours = np.arange(windows) // 40  # 100 hours of 40 windows
     weights = fit_persistence_blend(spec, forecasts, actual, anchor, np.ones_like(anchor), hours)
     assert weights["mem_used_pct"] == [1.0] * steps
-    assert max(weights["net_in_mb_s"]) <= 0.1 and set(weights["net_in_mb_s"]) <= set(PERSISTENCE_BLEND_GRID)
+    assert max(weights["net_in_mb_s"]) <= 0.1 and set(weights["net_in_mb_s"]) <= set(CALIBRATION.persistence_blend_grid)
     spec.center_weights = weights
     blended = apply_persistence_blend(spec, forecasts, anchor)
     np.testing.assert_allclose(blended[:, 0], forecasts[:, 0])  # the model alone: unchanged
@@ -216,12 +216,12 @@ def test_served_bands_replay_the_daemons_live_calibration(tiny_training):
 
 def test_log_targets_get_a_level_ceiling_and_a_capped_window_spread(tiny_training):
     """Heavy-tailed targets: the spread is capped at the training windows' quantile; no quantile above the ceiling."""
-    from config import LEVEL_CEILING_FACTOR, TARGET_SCALE_CEILING_QUANTILE, TARGET_TRANSFORMS
+    from config import FEATURES, MODEL
     from tft_model import load_model
 
     loaded = load_model(tiny_training.model_dir)
     spec, store = loaded.spec, tiny_training.data.store
-    logged = [t for t in spec.targets if TARGET_TRANSFORMS.get(t) == "log1p"]
+    logged = [t for t in spec.targets if FEATURES.target_transforms.get(t) == "log1p"]
     assert logged and set(spec.level_ceilings) == set(logged)
     floors, ceilings = spec.scale_limits()
     for j, target in enumerate(spec.targets):
@@ -234,7 +234,7 @@ def test_log_targets_get_a_level_ceiling_and_a_capped_window_spread(tiny_trainin
     spreads = np.stack([s[:, 1].numpy() for s in x["target_scale"]], axis=1)  # (W, T)
     assert (spreads <= ceilings[None, :] * (1 + 1e-6)).all()
     capped = np.isclose(spreads, ceilings[None, :], rtol=1e-5)[:, [spec.targets.index(t) for t in logged]]
-    assert 0 < capped.mean() < 3 * (1 - TARGET_SCALE_CEILING_QUANTILE) + 0.01, capped.mean()
+    assert 0 < capped.mean() < 3 * (1 - FEATURES.target_scale_ceiling_quantile) + 0.01, capped.mean()
 
     # A ceiling below every level: each window's quantiles stop at factor x (1 + its last value) - 1.
     j = spec.targets.index("net_in_mb_s")
@@ -244,7 +244,7 @@ def test_log_targets_get_a_level_ceiling_and_a_capped_window_spread(tiny_trainin
     loaded.model.set_calibration(spec)
     capped_forecast = predict_windows(loaded.model, store, servers[sample], starts[sample])
     last = actuals_and_baselines(store, servers[sample], starts[sample])[1][:, j, 0]
-    limit = LEVEL_CEILING_FACTOR * (1.0 + last) - 1.0
+    limit = MODEL.level_ceiling_factor * (1.0 + last) - 1.0
     assert (capped_forecast[:, j] <= limit[:, None, None] * (1 + 1e-4) + 1e-6).all()
     assert (capped_forecast[:, j] < plain[:, j] - 1e-6).any()  # the cap bound somewhere
     others = [k for k in range(len(spec.targets)) if k != j]
@@ -279,14 +279,14 @@ def test_served_and_backtested_quantiles_never_cross(tiny_training, seed: int, o
     live band calibration and the live selection that follow only widen, narrow or move a band as a
     whole (tests/test_live_selection.py).
     """
-    from config import BAND_CALIBRATION_MAX_SHIFT
+    from config import CALIBRATION
     from tft_model import load_model
 
     loaded = load_model(tiny_training.model_dir)
     spec, store = loaded.spec, tiny_training.data.store
     servers, starts = store.window_starts(tiny_training.data.train_end_tidx + 1, None, stride=96)
     rng = np.random.default_rng(seed)
-    steps, bound = spec.prediction_length, BAND_CALIBRATION_MAX_SHIFT * offset_scale
+    steps, bound = spec.prediction_length, CALIBRATION.band_max_shift * offset_scale
     spec.center_weights = {t: rng.uniform(0.0, 1.0, steps).round(2).tolist() if rng.random() > low_share
                            else [0.0] * steps for t in spec.targets}
     spec.band_offsets = None

@@ -5,6 +5,7 @@ Checks of routing and error shapes alone run the same app in process (those that
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -18,7 +19,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from api_models import AlertHistoryResponse, AlertsResponse, FleetPredictions, ServerFan
-from config import CONTRACT_VERSION, LINBORG_METRICS, MAX_BODY_BYTES, WS_AUTH_TIMEOUT_SECONDS, WS_UNAUTHORIZED_CODE
+from config import CONTRACT_VERSION, DAEMON, LINBORG_METRICS
 from forecast_engine import forecast_sources
 from metrics_generator import FleetSimulator
 from tests.helpers import (
@@ -176,12 +177,12 @@ def test_websocket_pushes_each_new_cycle(live):
             (url, None, json.dumps({"api_key": "wrong"}), "unauthorized"),
             (url, None, "not json", "unauthorized"),
             (f"{url}?api_key={API_KEY}", None, None, "URLs"),  # even the right key: URLs end up in logs
-            (url, None, None, "unauthorized")):  # nothing sent: closed after WS_AUTH_TIMEOUT_SECONDS
+            (url, None, None, "unauthorized")):  # nothing sent: closed after DAEMON.ws_auth_timeout_seconds
         with connect(target, additional_headers=headers) as ws, pytest.raises(ConnectionClosedError) as closed:
             if first_message is not None:
                 ws.send(first_message)
-            ws.recv(timeout=WS_AUTH_TIMEOUT_SECONDS + 5)
-        assert closed.value.rcvd.code == WS_UNAUTHORIZED_CODE and reason in closed.value.rcvd.reason
+            ws.recv(timeout=DAEMON.ws_auth_timeout_seconds + 5)
+        assert closed.value.rcvd.code == DAEMON.ws_unauthorized_code and reason in closed.value.rcvd.reason
     # A browser, which cannot set headers, sends the key as its first message.
     with connect(url) as ws:
         ws.send(json.dumps({"api_key": API_KEY}))
@@ -234,7 +235,8 @@ def test_contract_rules_and_security(live):
         assert client.post("/feed", json={"rows": []}).status_code == 422
         far = client.post("/feed", json={"records": [dict(record, timestamp="2263-01-01T00:00:00Z")]})
         assert far.status_code == 422 and "between 1970 and 2200" in far.text
-        huge = client.post("/feed", content=b"x" * (MAX_BODY_BYTES + 1), headers={"content-type": "application/json"})
+        huge = client.post("/feed", content=b"x" * (DAEMON.max_body_bytes + 1),
+                           headers={"content-type": "application/json"})
         assert huge.status_code == 413
         assert client.post("/admin/reload-model").status_code == 200
     with daemon.client(key=None) as anonymous:
@@ -356,7 +358,7 @@ def test_offline_forecast_of_a_file(tiny_training, tiny_data, tmp_path):
 
 
 def test_forecasting_in_slices_changes_nothing(tiny_training, monkeypatch):
-    """Big fleets run the model slice by slice (INFERENCE_CHUNK_SERVERS); the forecasts must not change."""
+    """Big fleets run the model slice by slice (ENGINE.inference_chunk_servers); the forecasts must not change."""
     import numpy as np
 
     import forecast_engine
@@ -369,7 +371,8 @@ def test_forecasting_in_slices_changes_nothing(tiny_training, monkeypatch):
     fleet = FleetWindows.from_records(sim.records(sim.advance(6 * 12)))
     origin = fleet.newest_bucket
     whole = engine.forecast(fleet, origin)
-    monkeypatch.setattr(forecast_engine, "INFERENCE_CHUNK_SERVERS", 3)
+    monkeypatch.setattr(forecast_engine, "ENGINE",
+                        dataclasses.replace(forecast_engine.ENGINE, inference_chunk_servers=3))
     sliced = engine.forecast(fleet, origin)
     assert whole.forecast_count == sliced.forecast_count == 11
     from config import INTEGER_METRICS
@@ -411,7 +414,7 @@ def test_an_unknown_host_is_forecast_from_its_profile(tiny_training):
 
 
 def test_cycles_are_summarised_not_logged_one_by_one(tiny_training, tmp_path, caplog):
-    """One INFO line per LOG_SUMMARY_SECONDS about the cycles since the last; each cycle is DEBUG."""
+    """One INFO line per DAEMON_STATE.log_summary_seconds about the cycles since the last; each cycle is DEBUG."""
     from daemon_state import Daemon, DaemonSettings
 
     daemon = Daemon(DaemonSettings(model_dir=tiny_training.model_dir, store_path=tmp_path / "s.sqlite3"))
@@ -449,19 +452,19 @@ def test_every_prediction_request_is_in_the_access_log(live):
 def test_without_an_access_log_file_only_errors_and_slow_requests_are_logged(monkeypatch):
     """The daemon's own log gets an access line for an error or a slow request, not for a dashboard's polling."""
     import tft_inference
-    from config import ACCESS_LOG_MIN_STATUS, ACCESS_LOG_SLOW_SECONDS
+    from config import DAEMON
 
     monkeypatch.setattr(tft_inference, "_access_log_every", False)
     assert not tft_inference.access_logged(200, 0.01)
-    assert tft_inference.access_logged(ACCESS_LOG_MIN_STATUS, 0.01) and tft_inference.access_logged(503, 0.01)
-    assert tft_inference.access_logged(200, ACCESS_LOG_SLOW_SECONDS)
+    assert tft_inference.access_logged(DAEMON.access_log_min_status, 0.01) and tft_inference.access_logged(503, 0.01)
+    assert tft_inference.access_logged(200, DAEMON.access_log_slow_seconds)
     monkeypatch.setattr(tft_inference, "_access_log_every", True)  # --access-log FILE
     assert tft_inference.access_logged(200, 0.01)
 
 
 def test_housekeeping_logs_a_summary_and_only_what_matters_at_once(caplog):
     """Routine removals are DEBUG and summed into one INFO line per interval; a released server is INFO at once."""
-    from config import HOUSEKEEPING_LOUD_ROWS
+    from config import DAEMON_STATE
     from daemon_state import HousekeepingLog
 
     now = [0.0]
@@ -472,10 +475,10 @@ def test_housekeeping_logs_a_summary_and_only_what_matters_at_once(caplog):
             log.add({"buckets": 30, "sample_keys": 1800, "servers_released": 0})
         assert [r for r in caplog.records if r.levelno >= logging.INFO] == []
         log.add({"buckets": 0, "sample_keys": 0, "servers_released": 2})
-        log.add({"buckets": HOUSEKEEPING_LOUD_ROWS, "sample_keys": 0, "servers_released": 0})
+        log.add({"buckets": DAEMON_STATE.housekeeping_loud_rows, "sample_keys": 0, "servers_released": 0})
         now[0] += 60
         log.add({"buckets": 30, "sample_keys": 1800, "servers_released": 0})
         info = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
-    assert len(info) == 3 and "'servers_released': 2" in info[0] and str(HOUSEKEEPING_LOUD_ROWS) in info[1]
+    assert len(info) == 3 and "'servers_released': 2" in info[0] and str(DAEMON_STATE.housekeeping_loud_rows) in info[1]
     assert info[2].startswith("housekeeping: 12 runs in the last 600 s removed ")
-    assert f"{30 * 10 + HOUSEKEEPING_LOUD_ROWS} buckets, 18000 sample_keys, 2 servers_released" in info[2]
+    assert f"{30 * 10 + DAEMON_STATE.housekeeping_loud_rows} buckets, 18000 sample_keys, 2 servers_released" in info[2]

@@ -21,18 +21,14 @@ from streamlit.testing.v1.element_tree import Selectbox
 
 from api_models import Alert
 from config import (
-    ANOMALY_OUTSIDE_ABOVE,
     API_KEY_ENV,
     API_KEY_FILE_ENV,
-    DASHBOARD_ANOMALY_ROWS,
-    DASHBOARD_CACHE_SECONDS,
+    DASHBOARD,
     DASHBOARD_DAEMON_URL_ENV,
-    DASHBOARD_DAEMON_URLS_ENV,
     DASHBOARD_DEMO_ADMIN_KEY_ENV,
     DASHBOARD_DEMO_ENV,
-    DASHBOARD_REFRESH_ENV,
     DEFAULT_HOST,
-    DEMO_MAX_FUTURE_SECONDS,
+    DEMO,
     DEMO_SCENARIOS,
     DRIFT_COVERAGE_BAND,
     DRIFT_SKILL_FLOOR,
@@ -91,7 +87,7 @@ def dashboard(monkeypatch: pytest.MonkeyPatch):  # noqa: ANN201 - a factory of A
     """
 
     def run(url: str, key: str | None = API_KEY, demo: bool = False, **env: str) -> AppTest:
-        for name in (API_KEY_ENV, API_KEY_FILE_ENV, DASHBOARD_DAEMON_URLS_ENV, DASHBOARD_DEMO_ADMIN_KEY_ENV,
+        for name in (API_KEY_ENV, API_KEY_FILE_ENV, DASHBOARD.daemon_urls_env, DASHBOARD_DEMO_ADMIN_KEY_ENV,
                      DASHBOARD_DEMO_ENV):
             monkeypatch.delenv(name, raising=False)
         monkeypatch.setenv(DASHBOARD_DAEMON_URL_ENV, url)
@@ -137,12 +133,12 @@ def test_every_panel_renders_with_data(fed_daemon, dashboard):
     assert "cpu_idle" not in _text(at)  # CPU is only ever shown as used
     # "Anomalous now": the daemon's scores above the band's edge, or a sentence saying there are none.
     with fed_daemon.client() as client:
-        anomalies = client.get("/anomalies", params={"min_score": ANOMALY_OUTSIDE_ABOVE}).json()
-    outside = [r for r in anomalies["anomalies"] if r["score"] > ANOMALY_OUTSIDE_ABOVE]
+        anomalies = client.get("/anomalies", params={"min_score": DASHBOARD.anomaly_outside_above}).json()
+    outside = [r for r in anomalies["anomalies"] if r["score"] > DASHBOARD.anomaly_outside_above]
     assert anomalies["at"] and "Anomalous now" in _text(overview)  # +30 min forecasts came due at the last cycle
     if outside:
         assert list(overview.dataframe[-1].value["server"]) == [r["server_name"] for r in
-                                                                outside[:DASHBOARD_ANOMALY_ROWS]]
+                                                                outside[:DASHBOARD.anomaly_rows]]
     else:
         assert "Nothing anomalous now" in _text(overview)
 
@@ -388,11 +384,11 @@ def test_demo_caption_follows_a_switch_made_by_another_client(fed_daemon, dashbo
     at = dashboard(fed_daemon.url, demo=True)
     with fed_daemon.client() as client:
         client.post("/admin/demo-scenario", json={"scenario": "healthy"}).raise_for_status()
-        time.sleep(DASHBOARD_CACHE_SECONDS + 0.5)  # wall-clock: past the cached read's TTL (nothing to poll)
+        time.sleep(DASHBOARD.cache_seconds + 0.5)  # wall-clock: past the cached read's TTL (nothing to poll)
         at.run()
         assert _demo_state(at) == ("Demo stream plays: **healthy**", ["healthy"])
         client.post("/admin/demo-scenario", json={"scenario": "critical"}).raise_for_status()
-    time.sleep(DASHBOARD_CACHE_SECONDS + 0.5)  # wall-clock: the cache TTL again
+    time.sleep(DASHBOARD.cache_seconds + 0.5)  # wall-clock: the cache TTL again
     at.run()
     assert _demo_state(at) == ("Demo stream plays: **critical**", ["critical"])
 
@@ -448,7 +444,7 @@ def test_the_daemon_is_one_of_the_configured_urls_whatever_a_browser_sends(fed_d
     """$TFT_DAEMON_URLS makes a selectbox of daemons. A browser may send any string as a selectbox's value
     and Streamlit hands it back as is: the dashboard then reads (and sends its key to) the default one."""
     other = f"http://127.0.0.1:{free_port()}"
-    at = dashboard(fed_daemon.url, **{DASHBOARD_DAEMON_URLS_ENV: f" {other} , {fed_daemon.url}/,"})
+    at = dashboard(fed_daemon.url, **{DASHBOARD.daemon_urls_env: f" {other} , {fed_daemon.url}/,"})
     picker = at.sidebar.selectbox(key="daemon_url")
     assert picker.options == [fed_daemon.url, other] and picker.value == fed_daemon.url and at.tabs
     picker.select(other).run()
@@ -510,8 +506,8 @@ def _mode_bar_titles(driver, panel: str) -> list[str]:  # noqa: ANN001 - a selen
 
 def _dashboard_env(**settings: str) -> dict[str, str]:
     """This environment without any of the dashboard's own variables, plus ``settings``."""
-    ours = (API_KEY_ENV, API_KEY_FILE_ENV, DASHBOARD_DAEMON_URL_ENV, DASHBOARD_DAEMON_URLS_ENV,
-            DASHBOARD_DEMO_ADMIN_KEY_ENV, DASHBOARD_DEMO_ENV, DASHBOARD_REFRESH_ENV)
+    ours = (API_KEY_ENV, API_KEY_FILE_ENV, DASHBOARD_DAEMON_URL_ENV, DASHBOARD.daemon_urls_env,
+            DASHBOARD_DEMO_ADMIN_KEY_ENV, DASHBOARD_DEMO_ENV, DASHBOARD.refresh_env)
     return {**{k: v for k, v in os.environ.items() if k not in ours}, **settings}
 
 
@@ -624,13 +620,13 @@ def test_dashboard_in_a_real_browser_fed_by_the_stream(tiny_training, tmp_path):
     # The stream's clock runs ahead of the wall clock (2 buckets a second), as in the demo; its servers are
     # scored from their first forecasts on (--established-hours 0), so Model health has charts within the test.
     daemon = DaemonProcess(tiny_training.model_dir, tmp_path / "store.sqlite3", "--rate-per-minute", "100000",
-                           "--max-future-seconds", str(DEMO_MAX_FUTURE_SECONDS), "--established-hours", "0")
+                           "--max-future-seconds", str(DEMO.max_future_seconds), "--established-hours", "0")
     processes = []
     driver = None
     try:
         daemon.wait_ready()
         # A slow refresh keeps each panel still long enough to be checked and photographed on 2 busy cores.
-        env = _dashboard_env(**{API_KEY_ENV: API_KEY, DASHBOARD_DAEMON_URL_ENV: daemon.url, DASHBOARD_REFRESH_ENV: "30",
+        env = _dashboard_env(**{API_KEY_ENV: API_KEY, DASHBOARD_DAEMON_URL_ENV: daemon.url, DASHBOARD.refresh_env: "30",
                                 DASHBOARD_DEMO_ENV: "1"})  # as main.py demo starts it: demo mode, one key
         stream = subprocess.Popen([sys.executable, "metrics_generator.py", "--stream", "--daemon-url", daemon.url,
                                    "--servers", "12", "--speed", "2", "--scenario", "degrading"], cwd=ROOT, env=env,
@@ -677,7 +673,7 @@ def test_dashboard_in_a_real_browser_fed_by_the_stream(tiny_training, tmp_path):
         def sidebar() -> str:
             return driver.find_element("css selector", "[data-testid=stSidebar]").text
 
-        wait_for(lambda: "Demo stream plays: critical" in sidebar(), timeout=int(env[DASHBOARD_REFRESH_ENV]) + 30)
+        wait_for(lambda: "Demo stream plays: critical" in sidebar(), timeout=int(env[DASHBOARD.refresh_env]) + 30)
         # Demo mode holds the daemon's every-scope key: it never reached the browser, in any frame of the run.
         frames, log = _network_log(driver)
         assert any(b"Demo stream plays" in f for f in frames) and any(b"Backtest on held-out" in f for f in frames)

@@ -39,7 +39,7 @@ SYSTEMD_ANALYZE = shutil.which("systemd-analyze")
 MAX_EXPOSURE = 25
 # What the resource limits are sized for: the daemon's tracked-server cap (10,000 where config.py does not
 # name it yet), ~75 KiB of windows and state and ~90 /metrics series per tracked server.
-TRACKED_SERVERS = getattr(config, "MAX_TRACKED_SERVERS", 10_000)
+TRACKED_SERVERS = getattr(config.DAEMON_STATE, "max_tracked_servers", 10_000)
 BYTES_PER_SERVER = 75 * 1024
 SERIES_PER_SERVER = 90
 

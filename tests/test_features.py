@@ -7,16 +7,7 @@ import pandas as pd
 import pytest
 import torch
 
-from config import (
-    GROUP_ID,
-    LINBORG_METRICS,
-    SEASONAL_INPUT_CLIP,
-    SEASONAL_INPUT_FLAG,
-    SEASONAL_INPUT_HALF_WINDOW,
-    SEASONAL_INPUT_LAG,
-    SEASONAL_INPUT_SUFFIX,
-    TRAINING_DATA_FILE,
-)
+from config import FEATURES, GROUP_ID, LINBORG_METRICS, TRAINING_DATA_FILE
 from contract import bucket_of_times
 from metrics_generator import generate_dataset
 from server_encoder import ServerEncoder
@@ -112,7 +103,8 @@ def test_yesterday_is_the_hour_around_the_same_time_a_day_earlier_normalised_lik
     from tft_features import transform_target
 
     frame, spec, _ = prepared
-    assert spec.seasonal_lag == SEASONAL_INPUT_LAG and spec.seasonal_half_window == SEASONAL_INPUT_HALF_WINDOW
+    assert (spec.seasonal_lag == FEATURES.seasonal_input_lag
+            and spec.seasonal_half_window == FEATURES.seasonal_input_half_window)
     store = SeriesStore(frame, spec)
     enc, dec, lag, half = spec.encoder_length, spec.prediction_length, spec.seasonal_lag, spec.seasonal_half_window
     server = 1
@@ -121,7 +113,7 @@ def test_yesterday_is_the_hour_around_the_same_time_a_day_earlier_normalised_lik
     starts = np.array([lag - enc - 10, lag + half + 3])
     x, _ = store.batch(np.array([server, server]), starts)
     cont = torch.cat([x["encoder_cont"], x["decoder_cont"]], dim=1).numpy()
-    flag = cont[:, :, spec.x_reals.index(SEASONAL_INPUT_FLAG)]
+    flag = cont[:, :, spec.x_reals.index(FEATURES.seasonal_input_flag)]
     for b, start in enumerate(starts):
         steps = start + np.arange(enc + dec)
         known = steps - lag - half >= 0
@@ -135,8 +127,9 @@ def test_yesterday_is_the_hour_around_the_same_time_a_day_earlier_normalised_lik
                 if known[k]:
                     hour = values[step - lag - half:step - lag + half + 1]
                     assert len(hour) == 2 * half + 1
-                    expected[k] = np.clip((hour.mean() - center) / scale, -SEASONAL_INPUT_CLIP, SEASONAL_INPUT_CLIP)
-            got = cont[b, :, spec.x_reals.index(f"{target}{SEASONAL_INPUT_SUFFIX}")]
+                    expected[k] = np.clip((hour.mean() - center) / scale, -FEATURES.seasonal_input_clip,
+                                          FEATURES.seasonal_input_clip)
+            got = cont[b, :, spec.x_reals.index(f"{target}{FEATURES.seasonal_input_suffix}")]
             np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4, err_msg=f"{target} window {b}")
     assert (flag[0] == 0).any() and (flag[0] == 1).any() and (flag[1] == 1).all()
 
@@ -206,7 +199,7 @@ def test_a_training_history_too_short_for_a_known_yesterday_gets_no_yesterday_in
     """A model whose training windows never saw a known yesterday does not read one when served."""
     frame = add_model_columns(densify(sparse_frame), ServerEncoder())
     spec = fit_feature_spec(frame, encoder_length=24)
-    assert spec.seasonal_lag == SEASONAL_INPUT_LAG
+    assert spec.seasonal_lag == FEATURES.seasonal_input_lag
     short = frame.groupby(GROUP_ID, observed=True, group_keys=False).head(spec.history_buckets + 95)
     clipped = fit_feature_spec(short, encoder_length=24)
     assert clipped.seasonal_lag is None and clipped.seasonal_inputs == []

@@ -26,7 +26,7 @@ import httpx
 import pytest
 import yaml
 
-from config import ANOMALY_OUTSIDE_ABOVE, GRAFANA_DASHBOARD_DIR, HORIZONS, PROJECT_ROOT, SAMPLING_INTERVAL_SECONDS
+from config import DASHBOARD, GRAFANA_DASHBOARD_DIR, HORIZONS, PROJECT_ROOT, SAMPLING_INTERVAL_SECONDS
 from metrics_generator import FleetSimulator
 from tests.helpers import API_KEY, TINY_FLEET, DaemonProcess, feed_buckets, free_port, wait_for
 
@@ -228,7 +228,7 @@ def test_dashboards_have_variables_units_and_descriptions_grafana_users_expect()
     [expr] = [t["expr"] for t in anomalous["targets"]]
     assert "tft_anomaly_score" in expr and 'server="$server"' in expr
     steps = anomalous["fieldConfig"]["defaults"]["thresholds"]["steps"]
-    assert [s["value"] for s in steps] == [None, ANOMALY_OUTSIDE_ABOVE]
+    assert [s["value"] for s in steps] == [None, DASHBOARD.anomaly_outside_above]
     assert any("tft_anomaly_score" in e for t, e in targets(boards["tft-fleet-overview.json"])
                if t == "Servers outside their band")
     # The alert panels: precision and recall as 0-1 ratios, the lead in seconds; no text panel left.

@@ -16,14 +16,7 @@ import httpx
 import pandas as pd
 import pytest
 
-from config import (
-    ANONYMOUS_RATE_BURST,
-    ANONYMOUS_RATE_PER_MINUTE,
-    FEED_MAX_FUTURE_SECONDS,
-    INTEGER_METRIC_MAX,
-    WS_RATE_LIMITED_CODE,
-    WS_UNSUPPORTED_DATA_CODE,
-)
+from config import API, DAEMON, DAEMON_STATE, FEED_MAX_FUTURE_SECONDS
 from daemon_state import RateLimiter
 from metrics_generator import FleetSimulator
 from metrics_store import MetricsStore
@@ -117,7 +110,7 @@ def test_a_store_holding_future_records_recovers_without_losing_history(tiny_tra
 @pytest.mark.parametrize("field,token", [
     ("net_in_mb_s", "Infinity"), ("load_average", "-Infinity"), ("cpu_iowait_pct", "NaN"),
     ("net_out_mb_s", "1e400"), ("back_close_wait", str(2**63)), ("front_close_wait", str(10**30)),
-    ("back_close_wait", str(INTEGER_METRIC_MAX + 1)),
+    ("back_close_wait", str(API.integer_metric_max + 1)),
 ])
 def test_only_finite_numbers_are_stored(fed, field, token):
     daemon, records = fed
@@ -183,7 +176,7 @@ def test_malformed_framing_is_a_client_error(fed):
         ws.send(b"\x00\x01binary")
         with pytest.raises(ConnectionClosedError) as closed:
             ws.recv(timeout=5)
-    assert closed.value.rcvd.code == WS_UNSUPPORTED_DATA_CODE
+    assert closed.value.rcvd.code == DAEMON.ws_unsupported_data_code
     assert "Traceback" not in daemon.log.read_text()
 
 
@@ -191,14 +184,14 @@ def test_wrong_keys_are_limited_per_address_and_cost_bounded_memory(tiny_trainin
     daemon = DaemonProcess(tiny_training.model_dir, tmp_path / "store.sqlite3")
     try:
         daemon.wait_ready()
-        attempts = ANONYMOUS_RATE_BURST + 200
+        attempts = DAEMON_STATE.anonymous_rate_burst + 200
         with httpx.Client(base_url=daemon.url) as guesser:  # every request with a new wrong key
             began = time.monotonic()
             codes = [guesser.get("/status", headers={"X-API-Key": f"guess-{i}"}).status_code for i in range(attempts)]
             seconds = time.monotonic() - began
-        refilled = int(seconds * ANONYMOUS_RATE_PER_MINUTE / 60) + 1
+        refilled = int(seconds * DAEMON_STATE.anonymous_rate_per_minute / 60) + 1
         assert set(codes) == {401, 429}
-        assert codes.count(401) <= ANONYMOUS_RATE_BURST + refilled, (codes.count(401), seconds)
+        assert codes.count(401) <= DAEMON_STATE.anonymous_rate_burst + refilled, (codes.count(401), seconds)
         with daemon.client() as client:  # the right key has its own bucket: not locked out by the guesser
             assert client.get("/status").status_code == 200
         from websockets.exceptions import ConnectionClosedError
@@ -210,7 +203,7 @@ def test_wrong_keys_are_limited_per_address_and_cost_bounded_memory(tiny_trainin
                     pytest.raises(ConnectionClosedError) as closed:
                 ws.recv(timeout=5)
             close_codes.append(closed.value.rcvd.code)
-        assert WS_RATE_LIMITED_CODE in close_codes and set(close_codes) <= {WS_RATE_LIMITED_CODE, 4401}
+        assert DAEMON.ws_rate_limited_code in close_codes and set(close_codes) <= {DAEMON.ws_rate_limited_code, 4401}
     finally:
         daemon.stop()
     limiter = RateLimiter(per_minute=60, burst=5, prune_above=1_000, max_clients=2_000)

@@ -11,14 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from config import (
-    LINBORG_METRICS,
-    METADATA_FILE,
-    SERVER_MAPPING_FILE,
-    TARGET_METRICS,
-    TARGET_SCALE_FLOOR_MIN,
-    UNMEASURED_FILL,
-)
+from config import FEATURES, LINBORG_METRICS, METADATA_FILE, SERVER_MAPPING_FILE, TARGET_METRICS, UNMEASURED_FILL
 from data_validator import DataValidator, InputLimitError, load_frame
 from tests.helpers import ROOT, TINY_TRAIN_ARGS, run_cli, write_bitbrains_trace
 from tft_features import build_features
@@ -75,7 +68,8 @@ def test_trainer_learns_only_measured_targets(traces, tmp_path):
     # Quiet series (constant network here) get the absolute scale floor, not a vanishing relative one.
     spec = build_features(out, encoder_length=24, targets=measured_targets(out)).spec
     assert spec.targets == measured_targets(out)
-    assert spec.target_normalizers["net_in_mb_s"]["scale_floor"] == pytest.approx(TARGET_SCALE_FLOOR_MIN["net_in_mb_s"])
+    assert (spec.target_normalizers["net_in_mb_s"]["scale_floor"]
+            == pytest.approx(FEATURES.target_scale_floor_min["net_in_mb_s"]))
     meta_path = out.parent / METADATA_FILE
     meta = json.loads(meta_path.read_text())
     meta["measured_metrics"] = ["cpu_user_pct"]  # nothing the model forecasts

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from config import LEVEL_SHIFT_CONTEXT, LEVEL_SHIFT_MIN_POINTS
+from config import FEATURES
 from metrics_generator import FleetSimulator
 from tests.helpers import TINY_FLEET
 
@@ -44,7 +44,7 @@ def test_the_rule_finds_restarts_not_spikes_offline_gaps_or_small_steps(spec):
     spike[enc // 2] = 99.0  # one bucket up and back: not a shift
     assert settled_lengths(spec, *_windows(spec, spike))[0] == enc
     half = enc // 2
-    small = np.r_[calm[:half], calm[half:] + LEVEL_SHIFT_MIN_POINTS - 1]  # a step below the threshold
+    small = np.r_[calm[:half], calm[half:] + FEATURES.level_shift_min_points - 1]  # a step below the threshold
     assert settled_lengths(spec, *_windows(spec, small))[0] == enc
     gap = calm.copy()
     gap[3:7] = 0.0  # an offline gap is filled with zeros: filler, not a shift
@@ -53,8 +53,10 @@ def test_the_rule_finds_restarts_not_spikes_offline_gaps_or_small_steps(spec):
     assert settled_lengths(spec, *_windows(spec, reboot, offline=slice(enc - 20, enc - 16)))[0] == 16
     recent = np.r_[calm[:enc - 3], np.full(3, 28.0)]  # 3 buckets ago: the model's minimum history
     assert settled_lengths(spec, *_windows(spec, recent))[0] == spec.min_encoder_length
-    back = np.r_[calm[:2], np.full(LEVEL_SHIFT_CONTEXT, 28.0), calm[2 + LEVEL_SHIFT_CONTEXT:]]  # down, then up
-    assert settled_lengths(spec, *_windows(spec, back))[0] == enc - 2 - LEVEL_SHIFT_CONTEXT  # after the later step
+    # down, then up
+    back = np.r_[calm[:2], np.full(FEATURES.level_shift_context, 28.0), calm[2 + FEATURES.level_shift_context:]]
+    # after the later step
+    assert settled_lengths(spec, *_windows(spec, back))[0] == enc - 2 - FEATURES.level_shift_context
 
 
 def test_a_memory_reset_keeps_a_band_that_says_something(tiny_training, tmp_path, monkeypatch):

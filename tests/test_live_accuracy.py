@@ -239,16 +239,16 @@ def test_accuracy_over_http(tiny_training, tmp_path):
 def test_misses_are_judged_by_the_served_band_and_the_range_edge():
     """The update's misses: by the band as served while today's multiplier is near the issued one; an actual
     at the bottom of its range under a p10 a hair above it is a miss (as scored), a side clipped at the edge is not."""
-    from config import BAND_ADAPT_SERVED_TOLERANCE
+    from config import ACCURACY
 
     metrics = ["net_in_mb_s"]
     bands = np.array([[[0.001, 0.5, 1.0]], [[0.0, 0.5, 1.0]], [[0.2, 0.5, 1.0]]])  # (3 forecasts, 1 metric, 3)
     actual = np.array([[0.0], [0.0], [0.15]])
     issued = np.ones((3, 1, 2))
-    slightly_wider = np.full((1, 2), np.exp(BAND_ADAPT_SERVED_TOLERANCE / 2))  # today's band reaches below 0
+    slightly_wider = np.full((1, 2), np.exp(ACCURACY.band_adapt_served_tolerance / 2))  # today's band reaches below 0
     terms = live_terms(actual, actual, bands, issued, slightly_wider, metrics)
     below = terms[:, 0, LIVE["below_judged"]]
     assert below.tolist() == [1.0, 0.0, 1.0]  # 0 under 0.001 missed; p10 clipped at 0 not; 0.15 under 0.2 missed
-    much_wider = np.full((1, 2), np.exp(3 * BAND_ADAPT_SERVED_TOLERANCE))  # moved on: judged by today's band
+    much_wider = np.full((1, 2), np.exp(3 * ACCURACY.band_adapt_served_tolerance))  # moved on: judged by today's band
     below = live_terms(actual, actual, bands, issued, much_wider, metrics)[:, 0, LIVE["below_judged"]]
     assert below.tolist() == [1.0, 0.0, 0.0]  # the edge keeps the served verdict; 0.15 is inside today's wider band

@@ -10,11 +10,13 @@ heuristics for months because nothing compared these two paths.)
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pandas as pd
 import pytest
 
-from config import QUANTILE_LABELS, SEASONAL_INPUT_SUFFIX
+from config import FEATURES, QUANTILE_LABELS
 from contract import bucket_of_times
 from daemon_state import Daemon, DaemonSettings
 from forecast_engine import ForecastEngine, display_forecast
@@ -167,13 +169,13 @@ def test_a_model_without_yesterday_is_served_as_before(tiny_data, history, tmp_p
     from tests.helpers import TINY_TRAIN_ARGS
     from tft_trainer import build_arg_parser, settings_from_args, train
 
-    monkeypatch.setattr(tft_features, "SEASONAL_INPUT", False)
+    monkeypatch.setattr(tft_features, "FEATURES", dataclasses.replace(tft_features.FEATURES, seasonal_input=False))
     args = build_arg_parser().parse_args(["--data", str(tiny_data), "--models-dir", str(tmp_path / "models"),
                                           *TINY_TRAIN_ARGS, "--unseen-per-profile", "0", "--no-backtest"])
     model_dir = train(settings_from_args(args)).model_dir
     spec = load_model(model_dir).spec
     assert spec.seasonal_lag is None and spec.seasonal_inputs == [] and spec.history_buckets == spec.encoder_length
-    assert not any(name.endswith(SEASONAL_INPUT_SUFFIX) for name in spec.x_reals)
+    assert not any(name.endswith(FEATURES.seasonal_input_suffix) for name in spec.x_reals)
     records, origin, _ = history
     served, _ = _daemon_fans(model_dir, records, origin, tmp_path / "store.sqlite3")
     backtested = _backtest_fans(model_dir, records, origin, tmp_path / "history.parquet")

@@ -26,7 +26,7 @@ import pytest
 
 from api_models import FeedResponse, LinborgRecord
 from common_utils import make_server_name
-from config import LINBORG_METRICS, MIN_ENCODER_LENGTH, PROJECT_ROOT, SAMPLING_INTERVAL_SECONDS, UNMEASURED_FILL
+from config import FEATURES, LINBORG_METRICS, PROJECT_ROOT, SAMPLING_INTERVAL_SECONDS, UNMEASURED_FILL
 from daemon_state import Daemon, DaemonSettings
 from prometheus_adapter import PrometheusClient, PrometheusError, contract_record, fetch_samples, load_prom_mapping
 from remote_write import RemoteWriteReceiver as Receiver
@@ -279,7 +279,7 @@ def test_late_stale_foreign_and_over_limit_samples_are_dropped_and_counted(caplo
     assert receiver.accept(write_request(stale)).samples["stale"] == len(stale) - IGNORED_PER_SCRAPE
     with caplog.at_level(logging.WARNING, logger="remote_write"):
         other = receiver.accept(write_request(Node(instance="10.0.0.6:9100", nodename="ppdb043").samples(t0)))
-    assert other.samples["refused"] > 0 and "REMOTE_WRITE_MAX_INSTANCES" in caplog.text
+    assert other.samples["refused"] > 0 and "REMOTE_WRITE.max_instances" in caplog.text
     assert receiver.stats()["instances"] == 1
 
 
@@ -545,7 +545,7 @@ def test_prometheus_remote_writes_to_the_daemon(node_exporter, tiny_training, tm
                 [(profile,)] = db.execute("SELECT profile FROM servers WHERE server = ?", (HOST,)).fetchall()
             labeler = StreamStateLabeler(profile)
             history = [contract_record(HOST, profile, (bucket - k) * SAMPLING_INTERVAL_SECONDS, ours, labeler)
-                       for k in range(MIN_ENCODER_LENGTH + 1, 0, -1)]
+                       for k in range(FEATURES.min_encoder_length + 1, 0, -1)]
             assert client.post("/feed", json={"records": history}).status_code == 200
             newest = int(time.time() // SAMPLING_INTERVAL_SECONDS) + 1
             other = {"timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(newest * SAMPLING_INTERVAL_SECONDS)),
@@ -555,7 +555,8 @@ def test_prometheus_remote_writes_to_the_daemon(node_exporter, tiny_training, tm
             assert client.post("/feed", json={"records": [other]}).status_code == 200
             forecast = wait_for(lambda: next((s for s in client.get("/predictions/current").json()["servers"]
                                               if s["server_name"] == HOST and s["status"] == "ok"), None), timeout=30)
-            assert forecast["history_buckets"] >= MIN_ENCODER_LENGTH and forecast["predictions"]["1hr"]["mem_used_pct"]
+            assert (forecast["history_buckets"] >= FEATURES.min_encoder_length
+                    and forecast["predictions"]["1hr"]["mem_used_pct"])
             metrics = client.get("/metrics").text  # its series carry the instance Prometheus scraped
             assert re.search(rf'tft_forecast_memory_used_ratio{{[^}}]*instance="127\.0\.0\.1:{node_exporter}"'
                              rf'[^}}]*server="{re.escape(HOST)}"', metrics), metrics[-3000:]

@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from config import HORIZONS, LATEST_MODEL_LINK, LINBORG_METRICS, PROMOTIONS_FILE, RETRAIN_REPORTS_SUBDIR
+from config import HORIZONS, LATEST_MODEL_LINK, LINBORG_METRICS, REGISTRY, RETRAIN_REPORTS_SUBDIR
 from metrics_generator import FleetSimulator
 from tests.helpers import ROOT, TINY_FLEET, DaemonProcess, feed_buckets, run_cli, wait_for, wait_until
 
@@ -137,7 +137,7 @@ def test_feed_score_export_retrain_promote_reject_rollback_and_survive_a_killed_
             assert result.returncode == 0, result.stderr[-3000:]
             assert "decision: kept the champion" in result.stdout, result.stdout
             assert (models / LATEST_MODEL_LINK).resolve().name == promoted
-            events = json.loads((models / PROMOTIONS_FILE).read_text())
+            events = json.loads((models / REGISTRY.promotions_file).read_text())
             assert [e["action"] for e in events] == ["trained", "promoted", "rejected"]  # main.py train is recorded
             assert not (models / events[-1]["model"]).exists()  # the rejected challenger is not kept
 
@@ -458,7 +458,7 @@ def test_two_writers_of_promotions_json_never_lose_an_entry(tmp_path):
     writers = [subprocess.Popen([sys.executable, "-c", code, str(models), name, start],
                                 cwd=ROOT) for name in ("a", "b")]
     assert [w.wait(60) for w in writers] == [0, 0]
-    models_seen = [event["model"] for event in json.loads((models / PROMOTIONS_FILE).read_text())]
+    models_seen = [event["model"] for event in json.loads((models / REGISTRY.promotions_file).read_text())]
     assert len(models_seen) == 160
     for name in ("a", "b"):
         assert [m for m in models_seen if m.startswith(name)] == [f"{name}-{i}" for i in range(80)]

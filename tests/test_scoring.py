@@ -56,7 +56,7 @@ def test_every_metric_gets_a_row_next_to_the_average():
 
 def test_conformal_bands_are_saved_applied_and_cover_their_calibration_windows(tiny_training):
     """The trainer fits p10/p90 offsets on its validation windows; applied, ~80 % of actuals fall inside there."""
-    from config import BAND_CALIBRATION_MAX_SHIFT
+    from config import CALIBRATION
     from tft_evaluate import actuals_and_baselines, predict_windows
     from tft_model import load_model
 
@@ -66,7 +66,7 @@ def test_conformal_bands_are_saved_applied_and_cover_their_calibration_windows(t
     for sides in spec.band_offsets.values():
         for side in ("lower", "upper"):
             assert len(sides[side]) == spec.prediction_length
-            assert max(abs(v) for v in sides[side]) <= BAND_CALIBRATION_MAX_SHIFT
+            assert max(abs(v) for v in sides[side]) <= CALIBRATION.band_max_shift
     servers, starts = data.store.window_starts(data.train_end_tidx + 1, data.val_end_tidx)
     actual = actuals_and_baselines(data.store, servers, starts)[0]
 

@@ -15,7 +15,7 @@ import tft_evaluate
 import tft_inference
 import tft_trainer
 from cli_options import flagged_fields, option_string, settings_from
-from config import PROJECT_ROOT, RETRAIN_EPOCHS
+from config import PROJECT_ROOT, RETRAIN
 from daemon_state import DaemonSettings
 from model_retrain import RetrainSettings
 from tft_evaluate import BacktestSettings
@@ -67,7 +67,7 @@ def test_no_flags_give_the_declared_defaults(command):
         built = settings_from(settings_type, args)
         expected = settings_type()
         if command == "retrain" and settings_type is TrainSettings:
-            expected = dataclasses.replace(expected, data=None, epochs=RETRAIN_EPOCHS, statistical=())
+            expected = dataclasses.replace(expected, data=None, epochs=RETRAIN.epochs, statistical=())
         assert built == expected, (command, settings_type.__name__)
 
 

@@ -13,11 +13,11 @@ import pytest
 import torch
 
 from config import (
-    CHECKPOINTS_SUBDIR,
     CONTRACT_VERSION,
     MODEL_CONFIG_FILE,
     MODEL_REQUIRED_FILES,
     SERVER_MAPPING_FILE,
+    TRAINER,
     TRAINING_INFO_FILE,
 )
 from tests.helpers import TINY_TRAIN_ARGS, run_cli
@@ -33,7 +33,7 @@ def test_training_writes_a_complete_model_dir(tiny_training):
     latest = model_dir.parent / "latest"
     assert latest.is_symlink() and latest.resolve() == model_dir.resolve()
     assert not list(model_dir.parent.glob(".staging_*"))
-    assert not (model_dir.parent / CHECKPOINTS_SUBDIR / "x").exists()
+    assert not (model_dir.parent / TRAINER.checkpoints_subdir / "x").exists()
 
     info = json.loads((model_dir / TRAINING_INFO_FILE).read_text())
     assert info["contract_version"] == CONTRACT_VERSION
@@ -162,7 +162,7 @@ def test_cli_trains_reports_progress_then_resumes_from_a_checkpoint(tiny_data, t
     assert first.returncode == 0, first.stderr[-3000:]
     for needle in ("epoch 1/2", "epoch 2/2", "train_loss", "val_loss", " lr ", "ETA"):
         assert needle in first.stderr, needle
-    runs = list((models / CHECKPOINTS_SUBDIR).iterdir())
+    runs = list((models / TRAINER.checkpoints_subdir).iterdir())
     assert len(runs) == 1
     checkpoint = runs[0] / "epoch_0001"
     assert {p.name for p in checkpoint.iterdir()} == {"model.safetensors", "optimizer.safetensors",
@@ -190,30 +190,32 @@ def test_ddp_with_two_cpu_processes(tiny_data, tmp_path):
 
 
 def test_data_over_the_memory_budget_trains_on_a_subset(tiny_data, caplog):
-    from config import TRAINING_BYTES_PER_ROW as per_row  # what prepare_data budgets with
+    from config import TRAINER  # what prepare_data budgets with
     from tft_features import servers_within_budget
     from tft_trainer import prepare_data
 
-    everyone, rows = servers_within_budget(tiny_data, 1e12, per_row)
+    everyone, rows = servers_within_budget(tiny_data, 1e12, TRAINER.training_bytes_per_row)
     assert everyone is None and rows == 12 * 96 * 12
-    half, _ = servers_within_budget(tiny_data, rows * per_row / 2, per_row)
+    half, _ = servers_within_budget(tiny_data, rows * TRAINER.training_bytes_per_row / 2,
+                                    TRAINER.training_bytes_per_row)
     assert 0 < len(half) < 12
-    assert half == servers_within_budget(tiny_data, rows * per_row / 2, per_row)[0]  # deterministic
+    assert half == servers_within_budget(tiny_data, rows * TRAINER.training_bytes_per_row / 2,
+                                         TRAINER.training_bytes_per_row)[0]  # deterministic
     with caplog.at_level("WARNING"):
-        data = prepare_data(tiny_data, 24, 12, 24, 0, memory_budget_gb=rows * per_row / 2 / 1e9)
+        data = prepare_data(tiny_data, 24, 12, 24, 0, memory_budget_gb=rows * TRAINER.training_bytes_per_row / 2 / 1e9)
     assert set(data.store.server_names) == half and "training on" in caplog.text
     with pytest.raises(ValueError, match="raise --max-memory-gb"):
-        servers_within_budget(tiny_data, 100, per_row)
+        servers_within_budget(tiny_data, 100, TRAINER.training_bytes_per_row)
 
 
 def test_compile_is_used_for_long_cpu_runs_only():
-    from config import TRAIN_COMPILE_MIN_STEPS
+    from config import TRAINER
     from tft_trainer import TrainingError, TrainSettings, _compile_decision
 
     auto = TrainSettings(data=Path("x.parquet"))
-    assert _compile_decision(auto, "cpu", TRAIN_COMPILE_MIN_STEPS)
-    assert not _compile_decision(auto, "cpu", TRAIN_COMPILE_MIN_STEPS - 1)  # the demo, the tests
-    assert not _compile_decision(auto, "gpu", 10 * TRAIN_COMPILE_MIN_STEPS)
+    assert _compile_decision(auto, "cpu", TRAINER.torch_compile_min_steps)
+    assert not _compile_decision(auto, "cpu", TRAINER.torch_compile_min_steps - 1)  # the demo, the tests
+    assert not _compile_decision(auto, "gpu", 10 * TRAINER.torch_compile_min_steps)
     assert _compile_decision(TrainSettings(data=Path("x.parquet"), compile="on"), "cpu", 1)
     assert not _compile_decision(TrainSettings(data=Path("x.parquet"), compile="off"), "cpu", 10**6)
     with pytest.raises(TrainingError, match="--compile"):

@@ -19,14 +19,7 @@ import psutil
 import pytest
 from fastapi.testclient import TestClient
 
-from config import (
-    MAX_BODY_BYTES,
-    MAX_CONCURRENT_REQUESTS,
-    NEW_SERVERS_BURST,
-    WS_MAX_SUBSCRIBERS_PER_KEY,
-    WS_SEND_TIMEOUT_SECONDS,
-    WS_TRY_AGAIN_CODE,
-)
+from config import DAEMON, DAEMON_STATE
 from tests.helpers import API_KEY, DaemonProcess, feed_buckets, wait_for
 from tests.test_hostile import recent_sim
 
@@ -90,7 +83,7 @@ def test_a_websocket_client_that_never_reads_stalls_nothing(tiny_training, tmp_p
             assert client.get("/health").json()["status"] == "ok"
             # The sockets that never drained are dropped (send timeout or a failed send); no cycle waited for them.
             wait_for(lambda: client.get("/status").json()["websocket_subscribers"] == 0,
-                     timeout=WS_SEND_TIMEOUT_SECONDS + 20)
+                     timeout=DAEMON_STATE.ws_send_timeout_seconds + 20)
         assert document * 20 > 200_000  # the documents really were more than the kernel could buffer
         for sock in silent:
             sock.close()
@@ -107,15 +100,17 @@ def test_websocket_subscribers_are_capped_per_key(tiny_training, tmp_path):
     try:
         daemon.wait_ready()
         url = f"ws://127.0.0.1:{daemon.port}/ws/predictions"
-        for _ in range(WS_MAX_SUBSCRIBERS_PER_KEY):
+        for _ in range(DAEMON_STATE.ws_max_subscribers_per_key):
             sockets.append(connect(url, additional_headers={"X-API-Key": API_KEY}))
         with daemon.client() as client:
-            wait_for(lambda: client.get("/status").json()["websocket_subscribers"] == WS_MAX_SUBSCRIBERS_PER_KEY,
+            wait_for(lambda: client.get("/status").json()["websocket_subscribers"]
+                     == DAEMON_STATE.ws_max_subscribers_per_key,
                      timeout=10)
         extra = connect(url, additional_headers={"X-API-Key": API_KEY})
         with pytest.raises(Exception):  # noqa: B017 - closed by the server: ConnectionClosed
             extra.recv(timeout=5)
-        assert extra.close_code == WS_TRY_AGAIN_CODE and "WS_MAX_SUBSCRIBERS_PER_KEY" in extra.close_reason
+        assert (extra.close_code == DAEMON.ws_try_again_code
+                and "DAEMON_STATE.ws_max_subscribers_per_key" in extra.close_reason)
     finally:
         for sock in sockets:
             sock.close()
@@ -163,7 +158,7 @@ def test_a_keyless_chunked_body_is_refused_before_it_is_read(tiny_training, tmp_
         sock = socket.create_connection(("127.0.0.1", daemon.port), timeout=10)
         sock.sendall((head + f"\r\nX-API-Key: {API_KEY}\r\n\r\n").encode())
         try:
-            for _ in range(MAX_BODY_BYTES // len(chunk) + 4):
+            for _ in range(DAEMON.max_body_bytes // len(chunk) + 4):
                 sock.sendall(b"%x\r\n" % len(chunk) + chunk + b"\r\n")
         except OSError:
             pass  # the daemon answered and closed while we were still sending
@@ -178,7 +173,7 @@ def test_a_keyless_chunked_body_is_refused_before_it_is_read(tiny_training, tmp_
             answer += part
         sock.close()
         assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
-        assert b"MAX_BODY_BYTES" in answer
+        assert b"DAEMON.max_body_bytes" in answer
         assert rss(daemon) - before < 40 * 1024 * 1024  # the 64 MiB of the audit were never buffered
         with daemon.client() as client:
             refused = client.get("/status").json()["refused"]
@@ -194,7 +189,7 @@ def test_concurrent_requests_are_bounded(tiny_training, tmp_path):
         daemon.wait_ready()
         head = (f"POST /feed HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nX-API-Key: {API_KEY}\r\n"
                 f"Content-Length: 100")
-        for _ in range(MAX_CONCURRENT_REQUESTS):  # each holds a slot, its body never coming
+        for _ in range(DAEMON.max_concurrent_requests):  # each holds a slot, its body never coming
             held.append(raw_request(daemon.port, head, read=False)[0])
         with daemon.client() as client:
             busy = wait_for(lambda: (r := client.get("/status")).status_code == 503 and r, timeout=10)
@@ -236,12 +231,12 @@ def test_new_server_names_are_capped_cheap_and_rate_limited(tiny_training, tmp_p
         with daemon.client() as client:
             client.post("/feed", json={"records": [record("ppdb001", now)]})
             before = rss(daemon)
-            names = [f"flood{i:05d}" for i in range(NEW_SERVERS_BURST - 1)]  # ppdb001 took one token
+            names = [f"flood{i:05d}" for i in range(DAEMON_STATE.new_servers_burst - 1)]  # ppdb001 took one token
             answer = client.post("/feed", json={"records": [record(n, now) for n in names]})
             assert answer.status_code == 200, answer.text[:300]
             grown = rss(daemon) - before
             status = client.get("/status").json()
-            assert status["servers_tracked"] == NEW_SERVERS_BURST
+            assert status["servers_tracked"] == DAEMON_STATE.new_servers_burst
             # A warming server holds a small ring, not a full one (~46 KiB each before).
             assert status["server_windows_bytes"] / status["servers_tracked"] < 4096
             assert grown < 40 * 1024 * 1024, grown  # 2,000 names x 46 KiB alone was 92 MiB

@@ -37,7 +37,7 @@ from config import (
     ACCURACY_WINDOWS_HOURS,
     ALERT_QUALITY,
     ANOMALY_HORIZONS,
-    ANOMALY_OUTSIDE_ABOVE,
+    DASHBOARD,
     DRIFT_COVERAGE_BAND,
     DRIFT_SKILL_FLOOR,
     GRAFANA_DASHBOARD_DIR,
@@ -73,7 +73,8 @@ LEVEL_COLORS = {"critical": "red", "warning": "orange", "elevated": "yellow"}
 # freshest band the daemon scores (the forecast made 30 min before), as the API_REFERENCE rule does.
 ALERT_WINDOW = f"{ALERT_QUALITY.live_window_days}d"
 ANOMALY_SECONDS = HORIZON_SECONDS[ANOMALY_HORIZONS[0]]
-ANOMALY_STEPS = [model.Threshold(value=None, color="green"), model.Threshold(value=ANOMALY_OUTSIDE_ABOVE, color="red")]
+ANOMALY_STEPS = [model.Threshold(value=None, color="green"),
+                 model.Threshold(value=DASHBOARD.anomaly_outside_above, color="red")]
 
 # The filters every panel of a dashboard shares (Grafana substitutes the variables; "All" is ".*").
 SHARD = 'job=~"$job", instance=~"$shard"'
@@ -254,11 +255,13 @@ def fleet_overview() -> model.Dashboard:
     riskiest = riskiest.thresholds(thresholds(RISK_STEPS))
     outside = (series_panel("Servers outside their band", f"Per metric, how many servers' last complete bucket lies "
                             f"outside the p10-p90 band forecast {ANOMALY_SECONDS // 60} min before it (anomaly score "
-                            f"above {ANOMALY_OUTSIDE_ABOVE:g}, live_anomaly.py). A calibrated band leaves about one "
+                            f"above {DASHBOARD.anomaly_outside_above:g}, live_anomaly.py). A calibrated band leaves "
+                            f"about one "
                             f"actual in five outside, so a few servers always are: watch a metric that rises or stays "
                             f"up. No line: none outside.", "short", width=GRAFANA_GRID_COLUMNS)
                .with_target(query(f"count by (metric) (tft_anomaly_score{{{FLEET}, "
-                                  f'horizon_seconds="{ANOMALY_SECONDS}"}} > {ANOMALY_OUTSIDE_ABOVE:g})', "{{metric}}")))
+                                  f'horizon_seconds="{ANOMALY_SECONDS}"}} > {DASHBOARD.anomaly_outside_above:g})',
+                                  "{{metric}}")))
     return board("tft-fleet-overview", "Forecaster / Fleet overview",
                  "Which servers are at risk in the next 8 hours, which are not forecast yet, and the open alerts.",
                  variables(server="multi"),
