@@ -319,6 +319,7 @@ class HealthResponse(BaseModel):
     status: Literal["ok", "degraded"]
     model_loaded: bool
     reason: str | None = Field(default=None, description="degraded: what is wrong (e.g. cycles failing, and why)")
+    shard: str | None = Field(default=None, description="'K/N' with --shard (Docs/SCALING.md); null: the whole fleet")
 
 
 class AlertmanagerTarget(BaseModel):
@@ -387,6 +388,8 @@ class StatusResponse(BaseModel):
     maintenance_windows: int = Field(default=0, description="open operator maintenance windows (GET /maintenance)")
     refused: dict[str, int] = Field(default_factory=dict, description="trust-boundary refusals by reason since "
                                                                       "start (caps, rates, key bindings)")
+    shard: str | None = Field(default=None, description="'K/N' with --shard: this daemon owns slice K of N of the "
+                                                     "fleet (Docs/SCALING.md); null: the whole fleet")
 
 
 class AccuracyRow(BaseModel):

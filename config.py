@@ -725,6 +725,8 @@ STORE_DOC = "Docs/API_REFERENCE.md (Storage and retention)"
 # A forecast cycle runs the model over at most this many servers at a time, so the working set
 # of one slice stays in the CPU caches (the slice sizes measured are in Docs/RAG/CURRENT_STATE.md).
 API_REFERENCE_DOC = "Docs/API_REFERENCE.md"
+# Scale-out: one daemon per slice of the fleet (--shard K/N, sharding.py), routed by Prometheus' hashmod.
+SCALING_DOC = "Docs/SCALING.md"
 # Prometheus remote-write in (POST /api/v1/write; remote_write.py; Docs/COLLECTING.md, Prometheus remote-write).
 # Samples become one LINBORG record per instance and scrape, mapped by the mapping's "remote_write" section.
 REMOTE_WRITE_MAPPING_FILE = PROJECT_ROOT / "mappings" / "prometheus_node_exporter.json"  # --remote-write-mapping

@@ -26,7 +26,7 @@ import sqlite3
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -93,6 +93,7 @@ from config import (
     RETRAIN_DOC,
     RISK_METRICS,
     SAMPLING_INTERVAL_SECONDS,
+    SCALING_DOC,
     STEPS_PER_DAY,
     STEPS_PER_HOUR,
     STORE_PATH,
@@ -108,6 +109,7 @@ from observed_series import ObservedSeries
 from otlp_receiver import OtlpReceiver
 from remote_write import RemoteWriteReceiver
 from retrain_scheduler import RetrainScheduler, parse_interval
+from sharding import Shard, parse_shard, shard_key
 from state_rules import STATE_PRECEDENCE
 from tft_model import ModelLoadError, load_model
 
@@ -198,6 +200,10 @@ class DaemonSettings:
         help="believe X-Forwarded-For / X-Forwarded-Proto only from this peer address (repeat for several); by "
              "default no proxy is trusted and clients are told apart by their own address",
         factory=lambda: list(DAEMON_STATE.trusted_proxies), flag="--trusted-proxy", repeat=True, metavar="ADDRESS")
+    shard: Shard | None = option(
+        None, f"own only slice K of N of the fleet (0 <= K < N): servers whose instance label (else name) Prometheus' "
+              f"hashmod over N puts in slice K; a record for another slice is refused naming its shard, and every "
+              f"series on /metrics carries shard=\"K\". See {SCALING_DOC}", parse=parse_shard, metavar="K/N")
 
     @property
     def models_dir(self) -> Path | None:
@@ -286,10 +292,14 @@ class PrometheusMetrics:
     units (labels server, profile, instance, horizon_seconds, quantile), risk, one series per open alert, and the
     live accuracy. Names and labels: Docs/API_REFERENCE.md (Prometheus)."""
 
-    def __init__(self) -> None:
+    def __init__(self, shard: Shard | None = None) -> None:
         from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
         self.registry = CollectorRegistry()
+        self.shard = shard
+        if shard is not None:  # every series then carries shard="K"; this one says N, so a mixed-up N shows
+            Gauge("tft_shards", "N of --shard K/N: the slices the fleet is split into", registry=self.registry).set(
+                shard.count)
         self.records = Counter("tft_feed_records_total", "Feed records by result", ["result"], registry=self.registry)
         self.requests = Counter("tft_http_requests_total", "HTTP requests", ["path", "status"], registry=self.registry)
         self.cycle_seconds = Histogram("tft_forecast_cycle_seconds", "Forecast cycle duration",
@@ -468,7 +478,27 @@ class PrometheusMetrics:
         """Prometheus text exposition."""
         from prometheus_client import generate_latest
 
-        return generate_latest(self.registry)
+        if self.shard is None:
+            return generate_latest(self.registry)
+        return generate_latest(ShardLabelled(self.registry, str(self.shard.index)))
+
+
+class ShardLabelled:
+    """A registry seen with ``shard="K"`` added to every sample (``--shard K/N``), so the series of several
+    shards never collide in Prometheus whatever the scrape config (Docs/SCALING.md)."""
+
+    def __init__(self, registry: Any, shard: str) -> None:
+        self.registry, self.shard = registry, shard
+
+    def collect(self) -> Iterator[Any]:
+        """The registry's metric families, each sample with the shard label."""
+        from prometheus_client.metrics_core import Metric
+
+        for family in self.registry.collect():
+            copy = Metric(family.name, family.documentation, family.type, family.unit)
+            copy.samples = [sample._replace(labels={**sample.labels, "shard": self.shard})
+                            for sample in family.samples]
+            yield copy
 
 
 # ============================================================================ ingest
@@ -638,8 +668,9 @@ class FeedIngest:
                  metrics: PrometheusMetrics, clock: Callable[[], float] = time.time,
                  max_future_seconds: float = FEED_MAX_FUTURE_SECONDS,
                  max_servers: int = DAEMON_STATE.max_tracked_servers,
-                 retention_days: int = DAEMON_STATE.retention_days) -> None:
+                 retention_days: int = DAEMON_STATE.retention_days, shard: Shard | None = None) -> None:
         self.store, self.fleet, self.lock, self.counters, self.metrics = store, fleet, lock, counters, metrics
+        self.shard = shard
         self.clock = clock
         self.max_future_seconds = max_future_seconds
         self.max_servers = max_servers
@@ -690,7 +721,7 @@ class FeedIngest:
         ``instances`` (server -> Prometheus instance) is remembered for servers with a record stored here.
         """
         parsed, rejected = self._parse(raw_records)
-        valid, valid_index = self._admit(parsed, rejected, grant)
+        valid, valid_index = self._admit(parsed, rejected, grant, instances)
         rejected.sort(key=lambda r: r.index)
         known_before = set(self.fleet.servers)
         stored_local, duplicate_local, aggregates = self.store.add_records(valid) if valid else ([], [], [])
@@ -734,13 +765,14 @@ class FeedIngest:
         return parsed, rejected
 
     def _admit(self, parsed: list[tuple[int, LinborgRecord]], rejected: list[RejectedRecord],
-               grant: KeyGrant = OPEN_GRANT) -> tuple[list[dict[str, Any]], list[int]]:
+               grant: KeyGrant = OPEN_GRANT,
+               instances: dict[str, str] | None = None) -> tuple[list[dict[str, Any]], list[int]]:
         """Records the daemon can take, as the store's dicts (with ``ts_ns``); the rest rejected with why.
 
         A record is refused when it is stamped too far ahead of the daemon's clock, older than the
         late-record window (``DAEMON_STATE.max_record_age_hours``) or than the store keeps, names a different profile
         than its server already has, names a server its key may not feed, or would add a server past
-        the cap or faster than the key's new-server rate.
+        the cap or faster than the key's new-server rate, or (``--shard``) belongs to another shard.
         """
         now = self.clock()
         latest_ns = int((now + self.max_future_seconds) * 1e9)
@@ -771,7 +803,8 @@ class FeedIngest:
                           f"{floor_days} days before the daemon's clock")
             else:
                 if name not in verdicts:
-                    verdicts[name] = self._server_verdict(name, name in profiles, tracked, grant)
+                    verdicts[name] = (self._shard_verdict(name, instances)
+                                      or self._server_verdict(name, name in profiles, tracked, grant))
                     if verdicts[name] is None and name not in profiles:
                         tracked += 1
                 if verdicts[name] is not None:
@@ -789,6 +822,20 @@ class FeedIngest:
             valid.append(data)
             valid_index.append(i)
         return valid, valid_index
+
+    def _shard_verdict(self, name: str, instances: dict[str, str] | None) -> str | None:
+        """Why server ``name`` is not this shard's (None: it is, or the daemon is not sharded); counted."""
+        if self.shard is None:
+            return None
+        instance = (instances or {}).get(name) or self.instances.get(name)
+        key = shard_key(name, instance)
+        if self.shard.owns(key):
+            return None
+        self.metrics.refuse("other_shard")
+        what = f"instance label '{key}'" if instance else "server name"
+        return (f"'{name}' belongs to shard {self.shard.owner(key)}/{self.shard.count} (Prometheus hashmod of its "
+                f"{what} over {self.shard.count}); this daemon is shard {self.shard}. Send it to that shard's daemon, "
+                f"or route with the shipped hashmod config ({SCALING_DOC})")
 
     def _server_verdict(self, name: str, known: bool, tracked: int, grant: KeyGrant) -> str | None:
         """Why records of server ``name`` are refused from this key (None: taken); counted once per batch."""
@@ -1021,22 +1068,25 @@ class Daemon:
         self.limiter = RateLimiter(settings.rate_per_minute, settings.rate_burst)  # per valid key
         # per address
         self.anonymous_limiter = RateLimiter(DAEMON_STATE.anonymous_rate_per_minute, DAEMON_STATE.anonymous_rate_burst)
-        self.metrics = PrometheusMetrics()
+        self.metrics = PrometheusMetrics(settings.shard)
         self.subscribers = Subscribers(on_refused=self.metrics.refuse)
         self.cycle_log = CycleLog()
         self.housekeeping_log = HousekeepingLog()
         self.ingest = FeedIngest(self.store, self.fleet, self.lock, self.counters, self.metrics, clock,
-                                 settings.max_future_seconds, settings.max_servers, settings.retention_days)
+                                 settings.max_future_seconds, settings.max_servers, settings.retention_days,
+                                 settings.shard)
         self.maintenance = MaintenanceCalendar(self.store, clock)  # operator-set windows that suppress alerts
         self._progress_at = time.monotonic()  # the last completed cycle (or start, or a model load)
         self._housekept_at = float("-inf")
         self.instances = self.ingest.instances  # server -> Prometheus instance, where a feeder said
         self.remote_write = RemoteWriteReceiver(self.ingest, self.metrics.registry,  # POST /api/v1/write
                                                 settings.remote_write_mapping or REMOTE_WRITE_MAPPING_FILE,
-                                                clock=clock, max_future_seconds=settings.max_future_seconds)
+                                                clock=clock, max_future_seconds=settings.max_future_seconds,
+                                                shard=settings.shard)
         self.otlp = OtlpReceiver(self.ingest, self.metrics.registry,  # POST /v1/metrics (OpenTelemetry)
                                  settings.otlp_mapping or OTLP_MAPPING_FILE, clock=clock,
-                                 max_future_seconds=settings.max_future_seconds, on_refused=self.metrics.refuse)
+                                 max_future_seconds=settings.max_future_seconds, on_refused=self.metrics.refuse,
+                                 shard=settings.shard)
         self.metrics.registry.register(ObservedSeries(self))  # actuals, tiers and ages beside the forecasts
         self.demo = DemoScenario(scenario="healthy")
         self.model_reloads = 0  # promotions / rollbacks picked up from the latest link
@@ -1386,7 +1436,8 @@ def status_document(daemon: Daemon) -> StatusResponse:
         alertmanager=daemon.notifier.status() if daemon.notifier else None,
         last_cycle_error=daemon.last_cycle_error, max_servers=daemon.settings.max_servers,
         server_windows_bytes=daemon.fleet.memory_bytes(), websocket_subscribers=len(daemon.subscribers.members),
-        maintenance_windows=len(daemon.maintenance.windows()), refused=daemon.metrics.refused_counts())
+        maintenance_windows=len(daemon.maintenance.windows()), refused=daemon.metrics.refused_counts(),
+        shard=str(daemon.settings.shard) if daemon.settings.shard else None)
 
 
 def accuracy_document(daemon: Daemon, window: str | None, metric: str | None, horizon: str | None,

@@ -63,6 +63,7 @@ from config import (
     REMOTE_WRITE_MAX_LABEL_NAME_BYTES,
     REMOTE_WRITE_MAX_LABEL_VALUE_BYTES,
     REMOTE_WRITE_MAX_LABELS_PER_SERIES,
+    SCALING_DOC,
 )
 from errors import ToolkitError
 from prometheus_adapter import (
@@ -73,6 +74,7 @@ from prometheus_adapter import (
     contract_record,
     load_prom_mapping,
 )
+from sharding import Shard
 from state_rules import StreamStateLabeler
 
 logger = logging.getLogger(__name__)
@@ -405,8 +407,9 @@ class RemoteWriteReceiver:
                  grace_seconds: float = REMOTE_WRITE_COMPLETE_GRACE_SECONDS,
                  max_instances: int = REMOTE_WRITE.max_instances, max_series: int = REMOTE_WRITE.max_series,
                  max_series_per_instance: int = REMOTE_WRITE.max_series_per_instance,
-                 max_future_seconds: float = FEED_MAX_FUTURE_SECONDS) -> None:
+                 max_future_seconds: float = FEED_MAX_FUTURE_SECONDS, shard: Shard | None = None) -> None:
         self.ingest, self.clock = ingest, clock
+        self.shard = shard  # --shard K/N: samples of instances another shard owns are dropped and counted
         self.grace_ms = int(grace_seconds * 1000)
         self.max_instances, self.max_series = max_instances, max_series
         self.max_series_per_instance = max_series_per_instance
@@ -464,7 +467,8 @@ class RemoteWriteReceiver:
         return {
             "samples": Counter("tft_remote_write_samples_total", "Remote-write samples by result: accepted, ignored "
                                "(not in the mapping), stale (staleness markers), late, refused (limits, identity), "
-                               "invalid", ["result"], registry=registry),
+                               "other_shard (--shard: an instance another shard owns), invalid", ["result"],
+                               registry=registry),
             "records": Counter("tft_remote_write_records_total", "Remote-write records by result: stored, duplicate, "
                                "rejected (contract), incomplete (a scrape without all CPU parts), refused (instance "
                                "identity), dropped (unsent, over the limit)", ["result"], registry=registry),
@@ -537,7 +541,15 @@ class RemoteWriteReceiver:
                        "(printable, no spaces or quotes, at most %d characters): %r; dropped",
                        mapping.base.instance_label, INSTANCE_MAX_LENGTH, instance[:80])
             return
-        state = self.instances.get(instance) or self._new_instance(instance)
+        state = self.instances.get(instance)
+        if state is None and self.shard is not None and not self.shard.owns(instance):
+            tally["other_shard"] += len(samples)
+            self._warn("other_shard", "remote-write: instance %s belongs to shard %d/%d (Prometheus hashmod of its "
+                       "instance label), this daemon is shard %s; its samples are dropped. Route each shard's "
+                       "remote_write with hashmod + keep (%s)", instance, self.shard.owner(instance), self.shard.count,
+                       self.shard, SCALING_DOC)
+            return
+        state = state or self._new_instance(instance)
         if state is None or state.refused:
             tally["refused"] += len(samples)
             return
