@@ -727,6 +727,7 @@ STORE_DOC = "Docs/API_REFERENCE.md (Storage and retention)"
 API_REFERENCE_DOC = "Docs/API_REFERENCE.md"
 # Scale-out: one daemon per slice of the fleet (--shard K/N, sharding.py), routed by Prometheus' hashmod.
 SCALING_DOC = "Docs/SCALING.md"
+SHARD_HASH = "prometheus"  # whose hashmod routes the shards (--shard-hash): prometheus (md5) or vmagent (xxHash64)
 # Prometheus remote-write in (POST /api/v1/write; remote_write.py; Docs/COLLECTING.md, Prometheus remote-write).
 # Samples become one LINBORG record per instance and scrape, mapped by the mapping's "remote_write" section.
 REMOTE_WRITE_MAPPING_FILE = PROJECT_ROOT / "mappings" / "prometheus_node_exporter.json"  # --remote-write-mapping

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import functools
 import json
 import logging
@@ -94,6 +95,7 @@ from config import (
     RISK_METRICS,
     SAMPLING_INTERVAL_SECONDS,
     SCALING_DOC,
+    SHARD_HASH,
     STEPS_PER_DAY,
     STEPS_PER_HOUR,
     STORE_PATH,
@@ -109,7 +111,7 @@ from observed_series import ObservedSeries
 from otlp_receiver import OtlpReceiver
 from remote_write import RemoteWriteReceiver
 from retrain_scheduler import RetrainScheduler, parse_interval
-from sharding import Shard, parse_shard, shard_key
+from sharding import HASHES, Shard, parse_shard, shard_key
 from state_rules import STATE_PRECEDENCE
 from tft_model import ModelLoadError, load_model
 
@@ -204,6 +206,14 @@ class DaemonSettings:
         None, f"own only slice K of N of the fleet (0 <= K < N): servers whose instance label (else name) Prometheus' "
               f"hashmod over N puts in slice K; a record for another slice is refused naming its shard, and every "
               f"series on /metrics carries shard=\"K\". See {SCALING_DOC}", parse=parse_shard, metavar="K/N")
+    shard_hash: str = option(SHARD_HASH, "whose hashmod routes the shards: prometheus (Prometheus' md5) or vmagent "
+                             "(VictoriaMetrics' xxHash64); every shard and direct feeder of a fleet the same",
+                             choices=tuple(HASHES))
+
+    @property
+    def partition(self) -> Shard | None:
+        """The slice this daemon owns (``--shard`` with ``--shard-hash``); None: the whole fleet."""
+        return dataclasses.replace(self.shard, hash_name=self.shard_hash) if self.shard else None
 
     @property
     def models_dir(self) -> Path | None:
@@ -1068,13 +1078,13 @@ class Daemon:
         self.limiter = RateLimiter(settings.rate_per_minute, settings.rate_burst)  # per valid key
         # per address
         self.anonymous_limiter = RateLimiter(DAEMON_STATE.anonymous_rate_per_minute, DAEMON_STATE.anonymous_rate_burst)
-        self.metrics = PrometheusMetrics(settings.shard)
+        self.metrics = PrometheusMetrics(settings.partition)
         self.subscribers = Subscribers(on_refused=self.metrics.refuse)
         self.cycle_log = CycleLog()
         self.housekeeping_log = HousekeepingLog()
         self.ingest = FeedIngest(self.store, self.fleet, self.lock, self.counters, self.metrics, clock,
                                  settings.max_future_seconds, settings.max_servers, settings.retention_days,
-                                 settings.shard)
+                                 settings.partition)
         self.maintenance = MaintenanceCalendar(self.store, clock)  # operator-set windows that suppress alerts
         self._progress_at = time.monotonic()  # the last completed cycle (or start, or a model load)
         self._housekept_at = float("-inf")
@@ -1082,11 +1092,11 @@ class Daemon:
         self.remote_write = RemoteWriteReceiver(self.ingest, self.metrics.registry,  # POST /api/v1/write
                                                 settings.remote_write_mapping or REMOTE_WRITE_MAPPING_FILE,
                                                 clock=clock, max_future_seconds=settings.max_future_seconds,
-                                                shard=settings.shard)
+                                                shard=settings.partition)
         self.otlp = OtlpReceiver(self.ingest, self.metrics.registry,  # POST /v1/metrics (OpenTelemetry)
                                  settings.otlp_mapping or OTLP_MAPPING_FILE, clock=clock,
                                  max_future_seconds=settings.max_future_seconds, on_refused=self.metrics.refuse,
-                                 shard=settings.shard)
+                                 shard=settings.partition)
         self.metrics.registry.register(ObservedSeries(self))  # actuals, tiers and ages beside the forecasts
         self.demo = DemoScenario(scenario="healthy")
         self.model_reloads = 0  # promotions / rollbacks picked up from the latest link

@@ -38,8 +38,9 @@ import httpx
 
 from api_keys import KeyFileError
 from common_utils import resolve_api_key
-from config import FEED
+from config import FEED, SHARD_HASH
 from daemon_client import NO_RETRY, DaemonClient, DaemonError, FeedResult, RetryPolicy
+from sharding import shard_key, shard_of
 
 logger = logging.getLogger(__name__)
 
@@ -213,12 +214,86 @@ class DaemonFeed:
         return len(self.buffer)
 
 
-def open_feed(daemon_url: str, api_key: str | None = None) -> DaemonFeed | None:
-    """A feed to ``daemon_url`` with the client's ingest key (``common_utils.resolve_api_key``), or None
-    after logging why the key file cannot be used (a client's start-up error, never a traceback)."""
+class ShardedFeed:
+    """Records routed to the shard that owns their server (Docs/SCALING.md): ``shard_urls[K]`` is the daemon
+    started with ``--shard K/N``, N the number of URLs.
+
+    Each record goes to the shard Prometheus' ``hashmod`` gives its server's shard key (the instance label
+    in ``instances`` where known, else the server name: ``sharding.shard_key``), so a direct feed lands
+    where a remote-write route would. Each shard has its own :class:`DaemonFeed`: its buffer, back-off and
+    counts; a shard that is down holds only its own records back. The interface is DaemonFeed's.
+    """
+
+    def __init__(self, shard_urls: list[str], api_key: str | None = None, hash_name: str = SHARD_HASH,
+                 **options: Any) -> None:
+        if len(shard_urls) < 2:
+            raise ValueError("a sharded feed needs at least two daemon URLs (one per shard, in shard order)")
+        self.hash_name = hash_name  # the daemons' --shard-hash
+        self.feeds = [DaemonFeed(url, api_key, **options) for url in shard_urls]
+        self.instances: dict[str, str] = {}  # server -> Prometheus instance: the shard key, and sent with records
+        for feed in self.feeds:
+            feed.instances = self.instances
+        self.url = ", ".join(feed.url for feed in self.feeds)
+
+    def shard_of(self, server_name: str) -> int:
+        """Index of the shard (URL) that owns ``server_name``."""
+        return shard_of(shard_key(server_name, self.instances.get(server_name)), len(self.feeds), self.hash_name)
+
+    def put(self, records: list[dict[str, Any]]) -> None:
+        """Queue each record on its shard's feed (records without a server name go to shard 0, which rejects
+        them as the contract says)."""
+        routed: list[list[dict[str, Any]]] = [[] for _ in self.feeds]
+        owners: dict[str, int] = {}
+        for record in records:
+            name = record.get("server_name")
+            if not isinstance(name, str):
+                routed[0].append(record)
+                continue
+            if name not in owners:
+                owners[name] = self.shard_of(name)
+            routed[owners[name]].append(record)
+        for feed, batch in zip(self.feeds, routed, strict=True):
+            if batch:
+                feed.put(batch)
+
+    @property
+    def pending(self) -> int:
+        """Records not yet acknowledged by their shard."""
+        return sum(feed.pending for feed in self.feeds)
+
+    @property
+    def stats(self) -> FeedStats:
+        """The shards' counts added up (each shard's own: ``feeds[K].stats``)."""
+        total = FeedStats()
+        for feed in self.feeds:
+            for name, value in asdict(feed.stats).items():
+                if isinstance(value, int):
+                    setattr(total, name, getattr(total, name) + value)
+            for reason, count in feed.stats.rejected_reasons.items():
+                total.rejected_reasons[reason] = total.rejected_reasons.get(reason, 0) + count
+            total.last_error = feed.stats.last_error or total.last_error
+        return total
+
+    def flush(self, now: float | None = None) -> bool:
+        """Flush every shard's feed; True when all are empty."""
+        done = [feed.flush(now) for feed in self.feeds]
+        return all(done)
+
+    def close(self, deadline_seconds: float = 0.0) -> int:
+        """Close every shard's feed within the deadline (shared); the records left undelivered in all."""
+        end = time.monotonic() + deadline_seconds
+        return sum(feed.close(max(0.0, end - time.monotonic())) for feed in self.feeds)
+
+
+def open_feed(daemon_url: str | list[str], api_key: str | None = None,
+              hash_name: str = SHARD_HASH) -> DaemonFeed | ShardedFeed | None:
+    """A feed to ``daemon_url`` (several: one per shard, in shard order, :class:`ShardedFeed`) with the
+    client's ingest key (``common_utils.resolve_api_key``), or None after logging why the key file cannot be
+    used (a client's start-up error, never a traceback)."""
+    urls = [daemon_url] if isinstance(daemon_url, str) else list(daemon_url)
     try:
         key = resolve_api_key(api_key, scope="ingest")
     except KeyFileError as exc:
         logger.error("%s", exc)
         return None
-    return DaemonFeed(daemon_url, key)
+    return DaemonFeed(urls[0], key) if len(urls) == 1 else ShardedFeed(urls, key, hash_name)

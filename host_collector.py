@@ -44,11 +44,14 @@ from config import (
     FEED_FLUSH_ON_EXIT_SECONDS,
     INSTANCE_MAX_LENGTH,
     INSTANCE_PATTERN,
+    SCALING_DOC,
+    SHARD_HASH,
     UPTIME_MAX_DAYS,
     VALID_PROFILES,
 )
 from errors import EXIT_RUNTIME, EXIT_USAGE, ToolkitError, UsageError, run_cli
-from feed_client import DaemonFeed, open_feed
+from feed_client import DaemonFeed, ShardedFeed, open_feed
+from sharding import HASHES
 from state_rules import StreamStateLabeler
 
 logger = logging.getLogger(__name__)
@@ -210,7 +213,7 @@ class HostSampler:
 class HostCollector:
     """Samples this host on a fixed interval and feeds the records to the daemon."""
 
-    def __init__(self, feed: DaemonFeed | None, server_name: str, profile: str, sampler: HostSampler,
+    def __init__(self, feed: DaemonFeed | ShardedFeed | None, server_name: str, profile: str, sampler: HostSampler,
                  interval: float = COLLECTOR.interval_seconds, time_scale: float = 1.0) -> None:
         self.feed = feed
         self.server_name = server_name
@@ -264,7 +267,12 @@ class HostCollector:
 def build_arg_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
     """Arguments of the host collector (``main.py collect``)."""
     parser = parser or argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--daemon-url", default=DEFAULT_DAEMON_URL, help="inference daemon (default %(default)s)")
+    parser.add_argument("--daemon-url", action="append", metavar="URL",
+                        help=f"inference daemon (default {DEFAULT_DAEMON_URL}); repeat for the shards of a sharded "
+                             f"fleet, in shard order (--daemon-url of shard 0/N first): each record goes to the "
+                             f"shard that owns its server ({SCALING_DOC})")
+    parser.add_argument("--shard-hash", choices=tuple(HASHES), default=SHARD_HASH,
+                        help="with several --daemon-url: the daemons' --shard-hash (default %(default)s)")
     parser.add_argument("--interval", type=float, default=COLLECTOR.interval_seconds,
                         help="seconds between samples (default %(default)s)")
     parser.add_argument("--name", help="server name to report (default: this host's name, lower-cased)")
@@ -301,7 +309,8 @@ def run_from_args(args: argparse.Namespace) -> int:
         collector = HostCollector(None, name, profile, sampler, args.interval)
         print(json.dumps(collector.record(), indent=2))
         return 0
-    feed = open_feed(args.daemon_url, args.api_key)
+    urls = args.daemon_url or [DEFAULT_DAEMON_URL]
+    feed = open_feed(urls, args.api_key, args.shard_hash)
     if feed is None:
         return EXIT_USAGE  # open_feed logged why the key file cannot be used
     instance = args.instance or socket.getfqdn()
@@ -315,7 +324,7 @@ def run_from_args(args: argparse.Namespace) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     logger.info("collecting %s as '%s' (%s) every %.1f s into %s", socket.gethostname(), name, profile,
-                args.interval, args.daemon_url)
+                args.interval, ", ".join(urls))
     collector.run(stop, duration=args.duration, max_samples=args.samples)
     left = feed.close(FEED_FLUSH_ON_EXIT_SECONDS)
     s = feed.stats

@@ -49,12 +49,15 @@ from config import (
     LINBORG_METRICS,
     METRIC_RANGES,
     PROMETHEUS,
+    SCALING_DOC,
+    SHARD_HASH,
     UNMEASURED_FILL,
     VALID_PROFILES,
 )
 from contract import bucket_of_times, bucket_start
 from errors import EXIT_RUNTIME, EXIT_USAGE, ToolkitError, UsageError, run_cli
-from feed_client import DaemonFeed, open_feed
+from feed_client import DaemonFeed, ShardedFeed, open_feed
+from sharding import HASHES
 from state_rules import StreamStateLabeler
 from trace_importer import write_contract_data
 
@@ -320,8 +323,8 @@ def contract_record(name: str, profile: str, stamp: float, values: dict[str, Any
 class LiveFeeder:
     """Back-fills the daemon from ``query_range`` and then feeds it from instant queries."""
 
-    def __init__(self, client: PrometheusClient, mapping: PromMapping, feed: DaemonFeed, profile: str | None,
-                 window: str = PROMETHEUS.rate_window) -> None:
+    def __init__(self, client: PrometheusClient, mapping: PromMapping, feed: DaemonFeed | ShardedFeed,
+                 profile: str | None, window: str = PROMETHEUS.rate_window) -> None:
         self.client, self.mapping, self.feed, self.window = client, mapping, feed, window
         self.identities = Identities(client, mapping, profile)
         self.labelers: dict[str, StreamStateLabeler] = {}
@@ -404,7 +407,11 @@ def build_arg_parser(parser: argparse.ArgumentParser | None = None) -> argparse.
                         help="PromQL per LINBORG metric (default %(default)s)")
     target = parser.add_mutually_exclusive_group(required=True)
     target.add_argument("--out", type=Path, help="write contract Parquet (for training) and exit")
-    target.add_argument("--daemon-url", help="feed this inference daemon: back-fill, then poll")
+    target.add_argument("--daemon-url", action="append", metavar="URL",
+                        help=f"feed this inference daemon: back-fill, then poll; repeat for the shards of a sharded "
+                             f"fleet, in shard order (each instance goes to the shard that owns it, {SCALING_DOC})")
+    parser.add_argument("--shard-hash", choices=tuple(HASHES), default=SHARD_HASH,
+                        help="with several --daemon-url: the daemons' --shard-hash (default %(default)s)")
     parser.add_argument("--hours", type=float, help=f"history to export (--out) or back-fill (--daemon-url; "
                                                     f"default {PROMETHEUS.backfill_hours})")
     parser.add_argument("--end", help="end of the exported span, ISO 8601 (default: now)")
@@ -436,7 +443,7 @@ def run_from_args(args: argparse.Namespace) -> int:
                   f"measured: {', '.join(meta['measured_metrics'])}\n"
                   f"unmeasured (filled, not trained on or scored): {', '.join(meta['unmeasured_metrics'])}")
             return 0
-        feed = open_feed(args.daemon_url, args.api_key)
+        feed = open_feed(args.daemon_url, args.api_key, args.shard_hash)
         if feed is None:
             return EXIT_USAGE  # open_feed logged why the key file cannot be used
         feeder = LiveFeeder(client, mapping, feed, args.profile, args.window)
@@ -444,7 +451,7 @@ def run_from_args(args: argparse.Namespace) -> int:
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: stop.set())
         feeder.backfill(args.hours if args.hours is not None else PROMETHEUS.backfill_hours, args.step)
-        logger.info("feeding %s from %s every %.0f s", args.daemon_url, args.url, args.poll)
+        logger.info("feeding %s from %s every %.0f s", ", ".join(args.daemon_url), args.url, args.poll)
         feeder.run(stop, args.poll, args.duration)
         left = feed.close(FEED_FLUSH_ON_EXIT_SECONDS)
         s = feed.stats

@@ -480,8 +480,9 @@ MODEL_ERRORS = {**ERRORS, 503: {"model": ErrorResponse, "description": "no model
 async def health(daemon: DaemonDep) -> HealthResponse:
     """Liveness; always open. "degraded" (with the reason) while forecast cycles keep failing."""
     problem = daemon.health_problem
+    shard = daemon.settings.shard
     return HealthResponse(status="degraded" if problem else "ok", model_loaded=daemon.engine is not None,
-                          reason=problem)
+                          reason=problem, shard=str(shard) if shard else None)
 
 
 @status_router.get("/status", response_model=StatusResponse, dependencies=READ, responses=ERRORS)
