@@ -34,6 +34,7 @@ if [ "${1:-}" = "--dev" ]; then
   { command -v prometheus >/dev/null && command -v prometheus-node-exporter >/dev/null \
       && command -v prometheus-alertmanager >/dev/null; } \
     || apt_install --no-install-recommends prometheus prometheus-node-exporter prometheus-alertmanager
+  command -v vmagent >/dev/null || apt_install --no-install-recommends victoria-metrics  # vmagent: shard routing
 fi
 
 [ -x .venv/bin/python ] || "$python_bin" -m venv .venv
