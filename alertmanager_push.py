@@ -19,7 +19,7 @@ tracked alert changes level or horizon the old label set is sent resolved and th
 route grouping by ``alertname, server, metric`` keeps both in one notification).
 
 A failed POST (unreachable, timeout, any non-2xx answer) is retried after an exponential back-off
-(``ALERTMANAGER_RETRY_*``), always with the alerts as they are then. Each URL has its own thread and
+(``ALERTMANAGER.retry_*``), always with the alerts as they are then. Each URL has its own thread and
 state, so an Alertmanager that is down never delays another. A change of state (failing, recovered) is
 one log line, not one per retry; every POST is counted (``tft_alertmanager_notifications_total``) and
 each URL's state is reported in ``/status`` (``alertmanager``). Credentials in a URL

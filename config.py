@@ -745,7 +745,7 @@ REMOTE_WRITE_MAX_LABEL_VALUE_BYTES = 2048
 
 # OpenTelemetry metrics in (POST /v1/metrics, OTLP/HTTP protobuf; otlp_receiver.py; Docs/COLLECTING.md,
 # OpenTelemetry). Data points are named as the collector's prometheusremotewrite exporter names them and go
-# through remote-write's assembly and bounds (REMOTE_WRITE_MAX_*) with this mapping (--otlp-mapping).
+# through remote-write's assembly and bounds (REMOTE_WRITE.max_*) with this mapping (--otlp-mapping).
 OTLP_MAPPING_FILE = PROJECT_ROOT / "mappings" / "otel_hostmetrics.json"
 
 # Grafana dashboards (tools/build_grafana.py writes deploy/grafana/dashboards/; Docs/DEPLOYMENT.md, Grafana).

@@ -9,7 +9,7 @@ resource attribute ``host.name`` as the label ``host_name``), so one mapping
 (``mappings/otel_hostmetrics.json``) reads both a collector that remote-writes and one that pushes
 OTLP. From there the data points take remote-write's own path (:class:`remote_write.RemoteWriteReceiver`):
 the mapping's ``remote_write`` section, counter rates, one record per host and collection, the same
-memory bounds (``REMOTE_WRITE_MAX_*``), the same ``daemon.ingest`` with the sender's key. No FastAPI in
+memory bounds (``REMOTE_WRITE.max_*``), the same ``daemon.ingest`` with the sender's key. No FastAPI in
 here: ``tft_inference`` checks the headers and hands the body over.
 
 * **Trust bounds**: the body is capped by the daemon (``DAEMON.max_body_bytes``) and inflated at most to

@@ -22,7 +22,7 @@ libraries and assembles the samples into contract records; the daemon's HTTP lay
   ``REMOTE_WRITE_COMPLETE_GRACE_SECONDS`` later (Prometheus's shards deliver one scrape in
   parallel); samples at or before the instance's last completed scrape are dropped and counted.
 * **Memory**: per instance the last sample of each mapped series and the scrapes not yet
-  complete; instances and series are capped (``REMOTE_WRITE_MAX_*``); nothing is kept on disk,
+  complete; instances and series are capped (``REMOTE_WRITE.max_*``); nothing is kept on disk,
   so a restart loses the scrapes not yet complete and each counter's previous sample (the first
   scrape after a restart makes no record).
 """
