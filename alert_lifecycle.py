@@ -22,6 +22,7 @@ import json
 import logging
 import sqlite3
 import threading
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -74,8 +75,15 @@ class AlertTracker:
             logger.info("%d open alerts restored from the store (not re-opened)", len(self.open))
 
     # ------------------------------------------------------------------ the cycle
-    def update(self, origin: int, alerts: list[Alert], maintenance: set[str]) -> None:
-        """One cycle: the alerts that hold at ``origin`` and the servers in maintenance now."""
+    def update(self, origin: int, alerts: list[Alert], maintenance: set[str], servers: set[str] | None = None,
+               held: Collection[str] = ()) -> None:
+        """One cycle: the alerts that hold at ``origin`` and the servers in maintenance now.
+
+        ``servers``: the servers this update judges (an incremental pass over servers forecast late for
+        ``origin``); their open alerts not raised again count as absent, the others are left as they are.
+        None: every server. ``held``: servers not forecast yet for ``origin`` (their data are late); their
+        open alerts are left as they are until their forecast comes.
+        """
         rows: list[tuple[Any, ...]] = []
         with self.lock:
             seen = set()
@@ -101,7 +109,8 @@ class AlertTracker:
                 if changed:
                     rows.append(self._row(key, tracked, None))
             for key, tracked in list(self.open.items()):
-                if key in seen:
+                name = tracked.alert.server_name
+                if key in seen or name in held or (servers is not None and name not in servers):
                     continue
                 if tracked.absent_since is None:
                     tracked.absent_since = origin

@@ -388,6 +388,9 @@ class StatusResponse(BaseModel):
     maintenance_windows: int = Field(default=0, description="open operator maintenance windows (GET /maintenance)")
     refused: dict[str, int] = Field(default_factory=dict, description="trust-boundary refusals by reason since "
                                                                       "start (caps, rates, key bindings)")
+    incremental_passes: int = Field(default=0, description="incremental passes: servers that became ready for the "
+                                                            "last cycle's bucket after it ran, forecast and merged")
+    incremental_forecasts: int = Field(default=0, description="servers those passes forecast (late data, a backfill)")
     shard: str | None = Field(default=None, description="'K/N' with --shard: this daemon owns slice K of N of the "
                                                      "fleet (Docs/SCALING.md); null: the whole fleet")
 

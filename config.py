@@ -1408,6 +1408,13 @@ class DaemonStateSettings:
     bucket_grace_seconds: int = 30
     # The forecast loop looks this often for a completed bucket to forecast.
     forecast_poll_seconds: float = 0.5
+    # Late arrivals: a server whose newest bucket is at most this many buckets before the one a cycle forecasts
+    # (a late collector, a backfill in progress) is not forecast over an offline-filled gap; the cycle keeps its
+    # previous forecast and an incremental pass forecasts it for that bucket as soon as its data arrive.
+    await_late_buckets: int = 1
+    # An incremental pass (servers that became ready for the last cycle's bucket since it ran, checked every
+    # poll) forecasts at most this many servers; the rest wait for the next poll, so a pass stays short.
+    incremental_max_servers: int = 250
     # The daemon logs one INFO summary of its forecast cycles this often (each cycle is a DEBUG line).
     log_summary_seconds: float = 60.0
     # A failed cycle is retried after a back-off that doubles from DAEMON_STATE.forecast_poll_seconds up to this.

@@ -27,8 +27,8 @@ import sqlite3
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Collection, Iterator
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
@@ -235,6 +235,9 @@ class Counters:
     last_cycle_total_ms: float | None = None
     last_cycle_at: str | None = None
     cycle_errors: int = 0
+    incremental_passes: int = 0  # passes over servers that became ready after their bucket's cycle
+    incremental_forecasts: int = 0  # servers those passes forecast
+    incremental_errors: int = 0
     stored: int = 0
     rejected: int = 0
     duplicates: int = 0
@@ -344,6 +347,9 @@ class PrometheusMetrics:
                              [*SERVER_LABELS, "metric", "horizon_seconds"], registry=self.registry)
         self.scored = Counter("tft_forecasts_scored_total", "Matured forecasts scored against actuals",
                               registry=self.registry)
+        self.incremental = Counter("tft_incremental_forecasts_total", "Servers forecast by incremental passes: "
+                                   "ready for the last cycle's bucket only after it ran (late data, a backfill)",
+                                   registry=self.registry)
         self.refused = Counter("tft_refused_total", "Requests, records and subscriptions refused at a trust "
                                "boundary (caps, rates, key bindings), by reason", ["reason"], registry=self.registry)
         self._refused: dict[str, int] = {}
@@ -388,13 +394,19 @@ class PrometheusMetrics:
                                               [*SERVER_LABELS, "horizon_seconds", "quantile"])
         return self.forecast[name], factor
 
-    def cycle(self, result: CycleResult, model_loaded: bool, instances: ServerInstances | None = None) -> None:
-        """Refresh gauges after a forecast cycle (``instances`` adds the source instance label where known)."""
-        self.cycle_seconds.observe(result.seconds)
-        counts = {"ok": 0, "warming_up": 0, "offline": 0}
-        for gauge in self.forecast.values():
-            gauge.clear()
-        self.risk.clear()
+    def cycle(self, result: CycleResult, model_loaded: bool, instances: ServerInstances | None = None,
+              names: Collection[str] | None = None) -> None:
+        """Refresh gauges after a forecast cycle (``instances`` adds the source instance label where known).
+
+        ``names``: an incremental pass merged these servers' forecasts into ``result``: only their series are
+        set (nothing cleared, no cycle duration observed); the counts are recomputed from ``result``.
+        """
+        if names is None:
+            self.cycle_seconds.observe(result.seconds)
+            for gauge in self.forecast.values():
+                gauge.clear()
+            self.risk.clear()
+        counts = {"ok": 0, "warming_up": 0, "offline": 0, "not_ready": 0}
         last_value: dict[tuple[str, str], int] = {}
         for name, r in result.servers.items():
             p = r.prediction
@@ -402,13 +414,16 @@ class PrometheusMetrics:
             if p.status != "ok":
                 continue
             server = (name, p.profile, (instances.get(name) if instances else None) or "")
-            self.risk.labels(*server).set(p.risk_score or 0.0)
+            changed = names is None or name in names
+            if changed:
+                self.risk.labels(*server).set(p.risk_score or 0.0)
             for label, metrics in p.predictions.items():
                 horizon = str(HORIZON_SECONDS[label])
                 for metric, band in metrics.items():
-                    gauge, factor = self.forecast_gauge(metric)
-                    for q in QUANTILE_LABELS:
-                        gauge.labels(*server, horizon, QUANTILE_NUMBERS[q]).set(band[q] * factor)
+                    if changed:
+                        gauge, factor = self.forecast_gauge(metric)
+                        for q in QUANTILE_LABELS:
+                            gauge.labels(*server, horizon, QUANTILE_NUMBERS[q]).set(band[q] * factor)
                     key = (metric, horizon)
                     last_value[key] = last_value.get(key, 0) + (label in p.last_value_served.get(metric, ()))
         for status, n in counts.items():
@@ -689,6 +704,9 @@ class FeedIngest:
         self.owners = ServerOwners(store)
         # per key id
         self.new_servers = RateLimiter(DAEMON_STATE.new_servers_per_minute, DAEMON_STATE.new_servers_burst)
+        # servers with records merged since the last look (under ``lock``): the forecast loop checks only
+        # these for "ready for the last cycle's bucket only now" (Daemon.run_incremental)
+        self.touched: set[str] = set()
 
     def body(self, body: bytes, grant: KeyGrant = OPEN_GRANT) -> FeedResponse:
         """A raw ``POST /feed`` body -> what happened to each record (runs off the event loop).
@@ -737,6 +755,7 @@ class FeedIngest:
         stored_local, duplicate_local, aggregates = self.store.add_records(valid) if valid else ([], [], [])
         with self.lock:
             self.fleet.merge(aggregates, {r["server_name"]: r["profile"] for r in valid})
+            self.touched.update(a.server for a in aggregates)
         stored = [valid_index[i] for i in stored_local]
         duplicates = [valid_index[i] for i in duplicate_local]
         accepted = {valid[i]["server_name"] for i in (*stored_local, *duplicate_local)}
@@ -878,12 +897,14 @@ class PublishedCycle:
     def __init__(self) -> None:
         self.result: CycleResult | None = None  # None until the first cycle
         self.json = b""  # the result's /predictions/current document
+        self.model_version: str | None = None  # the model that made ``result``
 
     def publish(self, result: CycleResult, engine: ForecastEngine) -> None:
         """Make ``result`` the one every reader sees (its document serialised here, once)."""
         encoded = fleet_document(result, engine.model_version, engine.sources).model_dump_json().encode()
         self.json = encoded  # bytes first: a reader that sees the new result also sees its document
         self.result = result
+        self.model_version = engine.model_version
 
 
 class _Socket(Protocol):
@@ -1071,6 +1092,7 @@ class Daemon:
         self.counters = Counters()
         self.published = PublishedCycle()
         self.last_origin: int | None = None
+        self._forecast_for_origin: set[str] = set()  # servers forecast for last_origin (by its cycle or a pass)
         self.failed_cycles = 0  # in a row; /health is degraded from DAEMON_STATE.health_degraded_after_failed_cycles on
         self.last_cycle_error: str | None = None
         self._retry_at = 0.0  # a failed cycle is retried from this monotonic time on
@@ -1244,14 +1266,15 @@ class Daemon:
         began = time.perf_counter()
         self._score_matured(origin)
         with self.lock:
-            result = engine.forecast(self.fleet, origin)
+            self.ingest.touched.clear()  # this cycle reads every server's windows as they are now
+            result = engine.forecast(self.fleet, origin, await_late=DAEMON_STATE.await_late_buckets)
+        self._carry_over(result, engine)
         blobs = {name: r.horizon_blob for name, r in result.servers.items() if r.horizon_blob is not None}
-        if blobs:
-            scales = engine.band_adjuster.scales if engine.band_adjuster is not None else None
-            self.store.save_forecasts(origin, blobs, scales_blob(scales) if scales is not None else None)
+        self._save_forecasts(engine, origin, blobs)
         self.published.publish(result, engine)
         self._track_alerts(result, origin)
         self.last_origin = origin
+        self._forecast_for_origin = set(blobs)
         self._count_cycle(result)
         self.metrics.cycle(result, model_loaded=True, instances=self.instances)
         self.store.write_ledger()  # what a restart must find again (a shorter store is reported as a loss)
@@ -1261,6 +1284,76 @@ class Daemon:
         self.cycle_log.add(result, self.alerts.counts())
         self._progress_at = time.monotonic()
         return result
+
+    def _save_forecasts(self, engine: ForecastEngine, origin: int, blobs: dict[str, bytes]) -> None:
+        """Store forecasts made for ``origin`` with the band multipliers they were served with."""
+        if blobs:
+            scales = engine.band_adjuster.scales if engine.band_adjuster is not None else None
+            self.store.save_forecasts(origin, blobs, scales_blob(scales) if scales is not None else None)
+
+    def _carry_over(self, result: CycleResult, engine: ForecastEngine) -> None:
+        """Servers whose data for the cycle's bucket are late keep the forecast the last cycle published for
+        them (not stored again, not fed to the alert lifecycle) until an incremental pass forecasts them."""
+        previous = self.published.result
+        if previous is None or self.published.model_version != engine.model_version:
+            return
+        for name in result.awaiting:
+            old = previous.servers.get(name)
+            if old is not None and old.prediction.status == "ok":
+                result.servers[name] = replace(old, horizon_blob=None)
+
+    def run_incremental(self) -> CycleResult | None:
+        """Forecast the servers that became ready for the last cycle's bucket after it ran, and merge them
+        into the published cycle (runs in a worker thread; None: nothing to do, or it failed).
+
+        Ready: fed since the last look (``FeedIngest.touched``), data through that bucket, history enough for
+        the model, and not forecast for it yet (a backfill that reached the present, a late collector, a
+        shard that took over a slice). At most ``DAEMON_STATE.incremental_max_servers`` per pass; the rest
+        wait for the next poll. A failure is logged and counted; those servers wait for the next cycle.
+        """
+        engine, origin, published = self.engine, self.last_origin, self.published.result
+        if engine is None or origin is None or published is None or published.origin != origin:
+            return None
+        try:
+            return self._incremental(engine, origin, published)
+        except Exception:  # noqa: BLE001 - the published cycle stands; the next cycle forecasts them
+            self.counters.incremental_errors += 1
+            (logger.exception if self.counters.incremental_errors == 1 else logger.error)(
+                "incremental forecast pass at %s failed (%d so far)", bucket_iso(origin),
+                self.counters.incremental_errors)
+            return None
+
+    def _incremental(self, engine: ForecastEngine, origin: int, published: CycleResult) -> CycleResult | None:
+        needed = engine.spec.min_encoder_length
+        with self.lock:
+            touched, self.ingest.touched = self.ingest.touched, set()
+            windows = self.fleet.servers
+            ready = sorted(name for name in touched if name not in self._forecast_for_origin and name in windows
+                           and (windows[name].last_sample_bucket() or origin - 1) >= origin
+                           and origin - (windows[name].first_bucket or origin) + 1 >= needed)
+            if not ready:
+                return None
+            batch = ready[:DAEMON_STATE.incremental_max_servers]
+            self.ingest.touched.update(ready[len(batch):])  # the next poll takes them
+            part = engine.forecast(self.fleet, origin, names=batch)
+        fresh = {name: r for name, r in part.servers.items() if r.horizon_blob is not None}
+        if not fresh:  # e.g. non-finite values in the window: the cycle's entry stands
+            return None
+        self._save_forecasts(engine, origin, {name: r.horizon_blob for name, r in fresh.items()})
+        merged = CycleResult(origin=origin, prediction_time=published.prediction_time,
+                             servers={**published.servers, **fresh}, seconds=published.seconds,
+                             forecast_count=published.forecast_count + len(fresh),
+                             awaiting=[name for name in published.awaiting if name not in fresh])
+        self.published.publish(merged, engine)
+        self._forecast_for_origin.update(fresh)
+        self._track_alerts(replace(part, servers=fresh, awaiting=[]), origin, servers=set(fresh))
+        self.metrics.cycle(merged, model_loaded=True, instances=self.instances, names=fresh)
+        self.metrics.incremental.inc(len(fresh))
+        self.counters.incremental_passes += 1
+        self.counters.incremental_forecasts += len(fresh)
+        logger.debug("incremental pass %s: %d servers forecast late, %.1f ms", published.prediction_time,
+                     len(fresh), part.seconds * 1000.0)
+        return merged
 
     def housekeeping(self) -> dict[str, int] | None:
         """Retention, duplicate-check keys, expired maintenance and idle servers released from memory.
@@ -1289,13 +1382,18 @@ class Daemon:
         self.housekeeping_log.add(removed)
         return removed
 
-    def _track_alerts(self, result: CycleResult, origin: int) -> None:
-        """Feed this cycle's alerts (risk and model_degraded) to the lifecycle; never stops the cycle."""
+    def _track_alerts(self, result: CycleResult, origin: int, servers: set[str] | None = None) -> None:
+        """Feed this cycle's alerts (risk and model_degraded) to the lifecycle; never stops the cycle.
+
+        Servers awaited (``result.awaiting``, their data late) are left out until their forecast comes;
+        ``servers``: an incremental pass, whose forecasts are the only ones judged (no model_degraded).
+        """
         try:
-            raised = [a for r in result.servers.values() for a in r.prediction.alerts]
-            if self.accuracy is not None:
+            held = set(result.awaiting)
+            raised = [a for name, r in result.servers.items() if name not in held for a in r.prediction.alerts]
+            if self.accuracy is not None and servers is None:
                 raised += self.accuracy.active_degraded()
-            self.alerts.update(origin, raised, self.maintenance.active())
+            self.alerts.update(origin, raised, self.maintenance.active(), servers=servers, held=held)
             if self.notifier is not None:  # a hand-over only (never blocks, never raises); sent by its threads
                 self.notifier.notify(self.alerts.active()[0])
             self.metrics.open_alerts(*self.alerts.active(), self.instances)
@@ -1307,7 +1405,9 @@ class Daemon:
 
     def _judge_alerts(self, result: CycleResult, origin: int) -> None:
         """Confirm breaches and judge closed alert episodes (live_alerts.py), refresh their figures."""
-        current = {name: r.prediction.current for name, r in result.servers.items() if r.prediction.current}
+        held = set(result.awaiting)  # a carried-over forecast's current values are a bucket older
+        current = {name: r.prediction.current for name, r in result.servers.items()
+                   if r.prediction.current and name not in held}
         before = (dict(self.outcomes.breaches_total), dict(self.outcomes.judged_total))
         with self.lock:  # the windows only; the store is written after
             confirmed = self.outcomes.confirm(self.fleet, origin, current)
@@ -1375,6 +1475,9 @@ class Daemon:
     async def forecast_loop(self) -> None:
         """Wait for completed buckets; forecast each once, off the event loop; push it to subscribers.
 
+        Between cycles, servers that became ready for the last cycle's bucket since it ran are forecast by an
+        incremental pass (``run_incremental``) and merged into the published cycle, pushed the same way.
+
         Between cycles: follow the model link (``DAEMON_STATE.model_watch_seconds``) and tend a scheduled retrain.
         """
         while True:
@@ -1388,11 +1491,14 @@ class Daemon:
                     self._housekept_at = time.monotonic()
                     await asyncio.to_thread(self.housekeeping)
                 origin = self.complete_through()
+                result = None
                 if (self.engine is not None and origin is not None and origin != self.last_origin
                         and time.monotonic() >= self._retry_at):
                     result = await asyncio.to_thread(self.run_cycle, origin)
-                    if result is not None and self.subscribers.members:
-                        self.subscribers.publish(self.published.json.decode())  # a hand-over, never awaited
+                elif self.engine is not None and self.last_origin is not None and self.ingest.touched:
+                    result = await asyncio.to_thread(self.run_incremental)  # late arrivals, a backfill
+                if result is not None and self.subscribers.members:
+                    self.subscribers.publish(self.published.json.decode())  # a hand-over, never awaited
             except asyncio.CancelledError:
                 raise
             except Exception:  # noqa: BLE001 - the loop must survive anything
@@ -1447,6 +1553,7 @@ def status_document(daemon: Daemon) -> StatusResponse:
         last_cycle_error=daemon.last_cycle_error, max_servers=daemon.settings.max_servers,
         server_windows_bytes=daemon.fleet.memory_bytes(), websocket_subscribers=len(daemon.subscribers.members),
         maintenance_windows=len(daemon.maintenance.windows()), refused=daemon.metrics.refused_counts(),
+        incremental_passes=c.incremental_passes, incremental_forecasts=c.incremental_forecasts,
         shard=str(daemon.settings.shard) if daemon.settings.shard else None)
 
 

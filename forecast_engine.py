@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import gc
 import time
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -115,6 +116,7 @@ class CycleResult:
     servers: dict[str, ServerResult]
     seconds: float
     forecast_count: int
+    awaiting: list[str] = field(default_factory=list)  # not forecast: their data for ``origin`` are awaited
 
 
 def forecast_sources(spec: FeatureSpec) -> dict[str, dict[str, ForecastSource]]:
@@ -187,8 +189,14 @@ class ForecastEngine:
         self._state_code_of_rank = self.spec.encode("state", STATE_PRECEDENCE)
         self._target_columns = [LINBORG_METRICS.index(t) for t in self.spec.targets]
 
-    def forecast(self, fleet: FleetWindows, origin: int) -> CycleResult:
+    def forecast(self, fleet: FleetWindows, origin: int, names: Iterable[str] | None = None,
+                 await_late: int = 0) -> CycleResult:
         """Forecast every ready server for the buckets after ``origin`` (the last complete one).
+
+        ``names``: only these servers (the daemon's incremental pass over servers that became ready since
+        the cycle for ``origin``); None: the whole fleet. ``await_late``: a server whose newest bucket is
+        at most this many buckets before ``origin`` is not forecast over the gap but reported ``not_ready``
+        and listed in ``CycleResult.awaiting`` (its data are late; the daemon forecasts it when they arrive).
 
         The cyclic garbage collector is paused for the cycle: building the results allocates a
         burst of small objects, and a full collection over the daemon's heap in the middle of
@@ -198,19 +206,22 @@ class ForecastEngine:
         gc_was_enabled = gc.isenabled()
         gc.disable()
         try:
-            return self._forecast(fleet, origin)
+            return self._forecast(fleet, origin, names, await_late)
         finally:
             if gc_was_enabled:
                 gc.enable()
 
-    def _forecast(self, fleet: FleetWindows, origin: int) -> CycleResult:
+    def _forecast(self, fleet: FleetWindows, origin: int, names: Iterable[str] | None, await_late: int) -> CycleResult:
         began = time.perf_counter()
         enc = self.spec.encoder_length
         prediction_time = bucket_iso(origin)
         results: dict[str, ServerResult] = {}
         ready: list[str] = []
+        awaiting: list[str] = []
         windows, states, profiles, lengths, recents, firsts = [], [], [], [], [], []
-        for name, window in fleet.servers.items():
+        servers = fleet.servers.items() if names is None else \
+            [(n, fleet.servers[n]) for n in names if n in fleet.servers]
+        for name, window in servers:
             last = window.last_sample_bucket()
             base = self._base(name, window.profile, prediction_time, last)
             history = origin - (window.first_bucket or origin) + 1
@@ -219,6 +230,11 @@ class ForecastEngine:
             elif history < self.spec.min_encoder_length:
                 results[name] = ServerResult(_prediction(
                     base, "warming_up", buckets_needed=self.spec.min_encoder_length - history))
+            elif last < origin and origin - last <= await_late:
+                awaiting.append(name)
+                results[name] = ServerResult(_prediction(
+                    base, "not_ready", reason=f"its data for {prediction_time} have not arrived yet; forecast as "
+                                              f"soon as they do"))
             else:
                 # the encoder's buckets, and yesterday's before them (models with yesterday's inputs)
                 recent, recent_states, _ = window.window(origin, min(self.spec.history_buckets, fleet.capacity))
@@ -244,7 +260,7 @@ class ForecastEngine:
             results.update(self._ready_results(fleet, origin, prediction_time, ready, windows, profiles, lengths,
                                                quantiles))
         return CycleResult(origin=origin, prediction_time=prediction_time, servers=results,
-                           seconds=time.perf_counter() - began, forecast_count=len(ready))
+                           seconds=time.perf_counter() - began, forecast_count=len(ready), awaiting=awaiting)
 
     def yesterdays(self, recents: list[np.ndarray], origin: int, first_buckets: list[int | None]) -> np.ndarray:
         """(S, E+D, targets): each server's yesterday at every window step (``tft_features.yesterday_values``).

@@ -87,3 +87,18 @@ def test_the_daemon_suppresses_alerts_of_a_server_in_maintenance(tiny_training, 
     assert "ppdb002" in hot_firing and "ppdb001" not in hot_firing
     assert hot_suppressed == {"ppdb001"}
     daemon.close()
+
+
+def test_an_incremental_update_judges_only_its_servers_and_awaited_servers_keep_their_alerts(tmp_path):
+    """A late server's forecast for a bucket arrives after the cycle (daemon_state.Daemon.run_incremental):
+    the cycle leaves that server's alerts alone (``held``), the pass judges only its own (``servers``)."""
+    from alert_lifecycle import AlertTracker
+
+    tracker = AlertTracker(MetricsStore(tmp_path / "s.sqlite3"), hold_down=1)  # absent once = resolved
+    tracker.update(10, [_alert(), _alert(server="ppweb001")], set())
+    tracker.update(11, [_alert(server="ppweb001")], set(), held={"ppdb001"})  # ppdb001's data for 11 are late
+    assert {a.server_name for a in tracker.active()[0]} == {"ppdb001", "ppweb001"} and tracker.resolved_total == 0
+    tracker.update(11, [], set(), servers={"ppdb001"})  # its late forecast: no alert any more; ppweb001 untouched
+    assert [a.server_name for a in tracker.active()[0]] == ["ppweb001"] and tracker.resolved_total == 1
+    tracker.update(12, [_alert()], set(), servers={"ppdb001"})
+    assert {a.server_name for a in tracker.active()[0]} == {"ppdb001", "ppweb001"} and tracker.opened_total == 3
