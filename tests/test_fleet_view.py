@@ -1,9 +1,10 @@
 """One view over many shards: daemon_client.FleetClient, ``main.py status`` and the dashboard against two real
 shard daemons (``--shard 0/2``, ``--shard 1/2``) on loopback, each fed its own half of the tiny fleet.
 
-Cost: the module's two daemons start in parallel and take their 30 buckets in about 25 s on 2 cores (once);
-the client and CLI tests then take a few seconds; the browser test (slow) about 40 s. The last test stops
-shard 1, so the tests that need both shards come first.
+Cost (2 idle cores, measured): the module's fixture, two daemons started in parallel and fed 30 buckets, 26 s
+with the session's tiny model trained in it (about 45 s on busy cores); then the client tests 0.3 s, the CLI
+1.5 s, the AppTest 1.2 s, the stopped shard 6 s and the browser test (slow) 21 s: 57 s for the module. The last
+test stops shard 1, so the tests that need both shards come first.
 """
 
 from __future__ import annotations
