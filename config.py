@@ -1551,6 +1551,15 @@ CLIENT = ClientSettings()
 
 
 @dataclass(frozen=True)
+class FleetStatusSettings:
+    """What only fleet_status.py reads (``FLEET_STATUS.<field>``): ``main.py status``."""
+    alerts_shown: int = 10  # active alerts listed under the fleet's summary line, most urgent first
+
+
+FLEET_STATUS = FleetStatusSettings()
+
+
+@dataclass(frozen=True)
 class AlertmanagerSettings:
     """What only alertmanager_push.py reads (``ALERTMANAGER.<field>``)."""
     api_path: str = "/api/v2/alerts"
@@ -1608,6 +1617,8 @@ class DashboardSettings:
     model_age_days_after_hours: int = 48  # a model's age is said in hours up to this, in days beyond
     max_refresh_seconds: int = 60  # the refresh slider's top (0 = off)
     daemon_urls_env: str = "TFT_DAEMON_URLS"  # optional comma-separated allowlist: a sidebar selectbox
+    # optional comma-separated: daemons that are shards of one fleet (--shard K/N each), shown as one fleet
+    shard_urls_env: str = "TFT_DAEMON_SHARDS"
     refresh_env: str = "TFT_DASHBOARD_REFRESH"  # the refresh slider's start value (s)
     demo_on: tuple[str, ...] = ("1", "true", "yes", "on")  # values of DASHBOARD_DEMO_ENV that turn demo mode on
     anomaly_outside_above: float = 1.0  # a score above this lies outside the band (the dashboard's "Anomalous now")

@@ -12,6 +12,15 @@ retry policy live in one place::
     client.accuracy(window="24h")      # how past forecasts fared: coverage, skill, worst servers
     client.anomalies(min_score=1.0)    # what lies outside the band forecast for now 30 min / 1 h ago
 
+Several daemons that are shards of one fleet (``--shard K/N`` each) are read as one by
+:class:`FleetClient`: each read goes to every shard at once and the answers are merged into the
+document one daemon would send, plus a ``shards`` list saying how each shard answered::
+
+    fleet = FleetClient(["http://10.0.0.1:8000", "http://10.0.0.2:8000"], api_key)
+    fleet.predictions_current()        # every shard's servers; "duplicates": a server on two shards
+    fleet.alerts()                     # every shard's alerts, in the daemon's order
+    fleet.accuracy()                   # per shard: {"shards": [{..., "accuracy": <its document>}]}
+
 A request that fails for a passing reason (the daemon is restarting, the network dropped, it is
 rate limited or failed unexpectedly) is retried with a doubling back-off (:class:`RetryPolicy`,
 numbers in config.py); anything else raises :class:`DaemonError` at once, whose message says what
@@ -22,7 +31,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Self
 from urllib.parse import quote
@@ -36,10 +46,12 @@ from config import (
     CLIENT,
     DAEMON_WAIT_POLL_SECONDS,
     DEFAULT_DAEMON_URL,
+    RISK_HORIZONS,
 )
 from errors import EXIT_RUNTIME, ToolkitError
 
-__all__ = ["API_KEY_HEADER", "NO_RETRY", "DaemonClient", "DaemonError", "FeedResult", "RetryPolicy"]
+__all__ = ["API_KEY_HEADER", "NO_RETRY", "DaemonClient", "DaemonError", "FeedResult", "FleetClient", "FleetError",
+           "RetryPolicy", "alert_order"]
 
 logger = logging.getLogger(__name__)
 
@@ -340,6 +352,340 @@ class DaemonClient:
                               f"{_clip(response.text)}", why="this is not the inference daemon's answer",
                               fix=f"point the client at the daemon (default {DEFAULT_DAEMON_URL}), not the "
                                   f"dashboard or a proxy's error page", status=response.status_code) from None
+
+
+# ============================================================================ many shards, one fleet
+def alert_order(alert: dict[str, Any]) -> tuple[Any, ...]:
+    """The order one daemon lists ``/alerts/active`` in (tft_inference.alerts_active): critical first, then
+    by horizon, the soonest breach, server and metric. The fleet view sorts every shard's alerts by it."""
+    horizon = alert.get("horizon")
+    return (alert.get("level") != "critical",
+            RISK_HORIZONS.index(horizon) if horizon in RISK_HORIZONS else len(RISK_HORIZONS),
+            alert.get("minutes_to_breach") or 0, alert.get("server_name") or "", alert.get("metric") or "")
+
+
+def _risk_order(server: dict[str, Any]) -> tuple[float, str]:
+    """The order of /predictions/current (forecast_engine.fleet_document): most at risk first, then by name."""
+    risk = server.get("risk_score")
+    return -(risk if risk is not None else -1.0), server["server_name"]
+
+
+@dataclass
+class _ShardAnswer:
+    """One shard's answer to one read: its document, or the error it gave instead."""
+
+    client: DaemonClient
+    label: str | None  # "K/N" as the daemon last reported it in /status; None: not sharded, or not known yet
+    data: Any = None
+    error: DaemonError | None = None
+
+    def row(self) -> dict[str, Any]:
+        """How this shard answered, as plain values (the dashboard's cache stores them serialised)."""
+        return {"url": self.client.base_url, "shard": self.label, "ok": self.error is None,
+                "error": self.error.summary if self.error else None,
+                "http_status": self.error.status if self.error else None, "line": self.line()}
+
+    def where(self) -> str:
+        """'shard 1/3 at http://...' (the label '?' until the daemon has said which slice it is)."""
+        return f"shard {self.label or '?'} at {self.client.base_url}"
+
+    def line(self) -> str:
+        """'shard 1/3 at http://... unreachable: <why>' / '... refused: 401: ...' / '... answered'."""
+        if self.error is None:
+            return f"{self.where()} answered"
+        if self.error.status is not None:
+            return f"{self.where()} refused: {self.error.summary}"
+        url, why = self.client.base_url, self.error.summary  # the client's words name the URL: said once here
+        why = why.replace(f"daemon unreachable at {url} ", "").replace(f"daemon at {url} ", "")
+        return f"{self.where()} unreachable: {why.removeprefix('(').removesuffix(')')}"
+
+
+class FleetError(DaemonError):
+    """No shard of the fleet answered a read; ``shards`` holds each shard's row (url, shard, error, line)."""
+
+    def __init__(self, answers: list[_ShardAnswer], what: str) -> None:
+        lines = [a.line() for a in answers]
+        transient = all(a.error is not None and a.error.transient for a in answers)
+        first = answers[0].error
+        super().__init__(f"no shard of the fleet answered {what}: " + "; ".join(lines),
+                         why="nothing of the fleet can be shown without at least one shard",
+                         fix="start the shards' daemons (python main.py infer --daemon --shard K/N) or fix their URLs",
+                         status=None if transient or first is None else first.status,
+                         error=None if first is None else first.error)
+        self.shards = [a.row() for a in answers]
+
+
+class FleetClient:
+    """Several daemons that are shards of one fleet (each ``main.py infer --daemon --shard K/N``), read as one.
+
+    Every read goes to all shards at once (one thread each, so a read takes as long as the slowest shard,
+    at most the per-request ``timeout``) and the answers are merged into the document one daemon would
+    send, with ``shards``: per shard, its URL, its ``K/N``, whether it answered and the line that says how
+    ("shard 1/3 at http://... unreachable: <why>"). A shard that is down leaves its servers out and says
+    so there; only when no shard answers does a read raise :class:`FleetError`.
+
+    Merging: servers are the union (a server two shards both report is kept once, from the first URL, and
+    listed in ``duplicates``: a misrouted server); alerts and anomalies are concatenated and sorted as one
+    daemon sorts them; counts are summed; times are the stalest shard's. Accuracy is **not** merged: the
+    shards' q-risks are ratios of sums the documents do not carry (and each shard calibrates its own
+    bands), so :meth:`accuracy` returns each shard's document as it is.
+    """
+
+    def __init__(self, urls: Iterable[str], api_key: str | None = None, *, timeout: float = CLIENT.timeout_seconds,
+                 retry: RetryPolicy | None = None) -> None:
+        unique = list(dict.fromkeys(url.strip().rstrip("/") for url in urls if url.strip()))
+        if not unique:
+            raise ValueError("a fleet needs at least one daemon URL")
+        self.clients = [DaemonClient(url, api_key, timeout=timeout, retry=retry) for url in unique]
+        self._labels: dict[str, str | None] = {}  # url -> "K/N", learnt from each /status answer
+        self._owners: dict[str, DaemonClient] = {}  # server -> the shard that last served it
+
+    @property
+    def urls(self) -> list[str]:
+        """The shards' URLs, in the order given."""
+        return [c.base_url for c in self.clients]
+
+    @property
+    def base_url(self) -> str:
+        """The shards' URLs as one line (where a page names "the daemon URL")."""
+        return ", ".join(self.urls)
+
+    @property
+    def has_api_key(self) -> bool:
+        """Whether requests carry an API key."""
+        return self.clients[0].has_api_key
+
+    def __repr__(self) -> str:
+        return f"FleetClient({self.urls!r}, api key {'set' if self.has_api_key else 'not set'})"
+
+    def close(self) -> None:
+        """Close every shard's connection pool."""
+        for client in self.clients:
+            client.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ fan-out
+    def _each(self, method: str, *args: Any, clients: list[DaemonClient] | None = None,
+              **kwargs: Any) -> list[_ShardAnswer]:
+        """``DaemonClient.<method>(*args, **kwargs)`` on every shard at once; the answers in URL order."""
+        targets = clients or self.clients
+        with ThreadPoolExecutor(max_workers=len(targets), thread_name_prefix="fleet-read") as pool:
+            futures = [pool.submit(getattr(c, method), *args, **kwargs) for c in targets]
+        answers = []
+        for client, future in zip(targets, futures, strict=True):
+            try:
+                data, error = future.result(), None
+            except DaemonError as exc:
+                data, error = None, exc
+            answers.append(_ShardAnswer(client, self._labels.get(client.base_url), data, error))
+        return answers
+
+    @staticmethod
+    def _answered(answers: list[_ShardAnswer], what: str) -> list[_ShardAnswer]:
+        """The shards that answered; FleetError when none did."""
+        answered = [a for a in answers if a.error is None]
+        if not answered:
+            raise FleetError(answers, what)
+        return answered
+
+    @staticmethod
+    def _model_version(answered: list[_ShardAnswer]) -> str | None:
+        """The shards' model version: one, or the different ones joined ('a | b': the shards serve different models)."""
+        versions = list(dict.fromkeys(a.data.get("model_version") for a in answered if a.data.get("model_version")))
+        return " | ".join(versions) if versions else None
+
+    @staticmethod
+    def _stalest(answered: list[_ShardAnswer], key: str) -> str | None:
+        """The oldest of the shards' ``key`` times (ISO 8601): the fleet is as fresh as its stalest shard."""
+        times = [a.data.get(key) for a in answered if a.data.get(key)]
+        return min(times) if times else None
+
+    # ------------------------------------------------------------------ the reads, merged
+    def status(self, *, retry: RetryPolicy | None = None) -> dict[str, Any]:
+        """Every shard's ``GET /status``, as one document.
+
+        Counts (servers, cycles, records, requests, forecasts per second) are summed, the error rate
+        recomputed, ``last_cycle_ms`` / ``average_cycle_ms`` the slowest shard's, ``last_forecast_time`` and
+        ``uptime_seconds`` the stalest / youngest shard's; every other field is the first answering shard's.
+        ``shards`` adds per shard its model, servers and last forecast; ``problems`` what makes the URLs not
+        one fleet (shards that disagree on N, a slice given twice or not at all, an unsharded daemon).
+        """
+        answers = self._each("status", retry=retry)
+        for answer in answers:
+            if answer.error is None:
+                answer.label = self._labels[answer.client.base_url] = answer.data.get("shard")
+        answered = self._answered(answers, "GET /status")
+        merged = dict(answered[0].data)
+        for key in ("servers_tracked", "servers_ready", "servers_warming_up", "servers_offline", "unknown_servers",
+                    "cycles", "feed_records_stored", "feed_records_rejected", "feed_records_duplicate",
+                    "requests_total", "request_errors_total", "maintenance_windows", "websocket_subscribers",
+                    "server_windows_bytes", "max_servers"):
+            if key in merged:
+                merged[key] = sum(a.data.get(key) or 0 for a in answered)
+        merged["forecasts_per_second"] = round(sum(a.data.get("forecasts_per_second") or 0.0 for a in answered), 1)
+        for key in ("last_cycle_ms", "average_cycle_ms"):
+            values = [a.data[key] for a in answered if a.data.get(key) is not None]
+            merged[key] = max(values) if values else None
+        merged["uptime_seconds"] = min(a.data.get("uptime_seconds") or 0.0 for a in answered)
+        merged["last_forecast_time"] = self._stalest(answered, "last_forecast_time")
+        merged["model_version"] = self._model_version(answered)
+        requests = merged.get("requests_total") or 0
+        merged["error_rate"] = round((merged.get("request_errors_total") or 0) / requests, 4) if requests else 0.0
+        merged["shard"] = None  # the fleet is no slice; each shard's is in "shards"
+        rows = []
+        for answer in answers:
+            row = answer.row()
+            if answer.error is None:
+                doc = answer.data
+                row.update(model_version=doc.get("model_version"), servers_tracked=doc.get("servers_tracked"),
+                           servers_ready=doc.get("servers_ready"), last_forecast_time=doc.get("last_forecast_time"))
+                row["line"] = (f"{answer.where()}: {doc.get('servers_tracked')} servers "
+                               f"({doc.get('servers_ready')} ready), model {doc.get('model_version') or 'none'}, "
+                               f"last forecast {doc.get('last_forecast_time') or '-'}")
+            rows.append(row)
+        merged["shards"] = rows
+        merged["shards_answered"] = len(answered)
+        merged["problems"] = self._partition_problems(answers)
+        return merged
+
+    def _partition_problems(self, answers: list[_ShardAnswer]) -> list[str]:
+        """What makes these URLs not one fleet, by the shards' own ``K/N`` (a down shard's as last reported)."""
+        problems = []
+        sharded: dict[str, list[str]] = {}
+        for answer in answers:
+            known = answer.error is None or answer.client.base_url in self._labels
+            if not known:
+                continue
+            if answer.label is None:
+                if len(answers) == 1:
+                    continue  # one unsharded daemon: the whole fleet
+                problems.append(f"the daemon at {answer.client.base_url} is not sharded (no --shard K/N): it serves a "
+                                f"whole fleet, not a slice of this one")
+            else:
+                sharded.setdefault(answer.label, []).append(answer.client.base_url)
+        counts = {label.split("/")[1] for label in sharded}
+        if len(counts) > 1:
+            problems.append("the shards disagree on N: " + ", ".join(
+                f"{url} is {label}" for label, urls in sharded.items() for url in urls))
+        for label, urls in sharded.items():
+            if len(urls) > 1:
+                problems.append(f"{' and '.join(urls)} all say they are shard {label}: its servers are counted once")
+        every_known = all(a.error is None or a.client.base_url in self._labels for a in answers)
+        if len(counts) == 1 and every_known:
+            count = int(next(iter(counts)))
+            given = {int(label.split("/")[0]) for label in sharded}
+            missing = [f"{k}/{count}" for k in range(count) if k not in given]
+            if missing:
+                problems.append(f"no URL for shard {', '.join(missing)}: the servers of "
+                                f"{'that slice' if len(missing) == 1 else 'those slices'} are not shown")
+        return problems
+
+    def predictions_current(self, *, retry: RetryPolicy | None = None) -> dict[str, Any]:
+        """Every shard's ``GET /predictions/current`` as one: the union of their servers, most at risk first.
+
+        Each server carries ``shard`` (its shard's ``K/N``, else its URL). A server two shards both report
+        is kept once, from the first URL, and ``duplicates`` names it with every shard that reported it
+        (a misrouted server: its records reached two daemons). ``summary`` counts the merged servers;
+        ``prediction_time`` is the stalest shard's.
+        """
+        answers = self._each("predictions_current", retry=retry)
+        answered = self._answered(answers, "GET /predictions/current")
+        servers: dict[str, dict[str, Any]] = {}
+        seen_on: dict[str, list[str]] = {}
+        for answer in answered:
+            for server in answer.data.get("servers", []):
+                name = server["server_name"]
+                seen_on.setdefault(name, []).append(answer.where())
+                if name not in servers:
+                    servers[name] = {**server, "shard": answer.label or answer.client.base_url}
+                    self._owners[name] = answer.client
+        merged_servers = sorted(servers.values(), key=_risk_order)
+        summary = dict.fromkeys(answered[0].data.get("summary", {}), 0)
+        for server in merged_servers:
+            key = server.get("risk_level") if server.get("status") == "ok" else server.get("status")
+            summary[key] = summary.get(key, 0) + 1
+        first = answered[0].data
+        return {"prediction_time": self._stalest(answered, "prediction_time"),
+                "model_version": self._model_version(answered), "horizons": first.get("horizons", {}),
+                "sources": first.get("sources", {}), "summary": summary, "servers": merged_servers,
+                "duplicates": {name: where for name, where in seen_on.items() if len(where) > 1},
+                "shards": [a.row() for a in answers]}
+
+    def alerts(self, *, retry: RetryPolicy | None = None) -> dict[str, Any]:
+        """Every shard's ``GET /alerts/active`` as one list (and ``suppressed``), sorted as one daemon sorts
+        them (:func:`alert_order`); each alert carries ``shard`` (a ``model_degraded`` one is that shard's model's)."""
+        answers = self._each("alerts", retry=retry)
+        answered = self._answered(answers, "GET /alerts/active")
+        lists: dict[str, list[dict[str, Any]]] = {"alerts": [], "suppressed": []}
+        for answer in answered:
+            for key, merged in lists.items():
+                merged.extend({**alert, "shard": answer.label or answer.client.base_url}
+                              for alert in answer.data.get(key, []))
+        for merged in lists.values():
+            merged.sort(key=alert_order)
+        return {"prediction_time": self._stalest(answered, "prediction_time"), **lists,
+                "shards": [a.row() for a in answers]}
+
+    def anomalies(self, min_score: float | None = None, server: str | None = None, metric: str | None = None,
+                  horizon: str | None = None, *, retry: RetryPolicy | None = None) -> dict[str, Any]:
+        """Every shard's ``GET /anomalies`` as one: rows highest score first, ``servers_scored`` and ``matching``
+        summed, ``at`` the stalest shard's (each shard lists at most its own ANOMALY.max_rows)."""
+        answers = self._each("anomalies", min_score, server, metric, horizon, retry=retry)
+        answered = self._answered(answers, "GET /anomalies")
+        rows = [{**row, "shard": a.label or a.client.base_url} for a in answered for row in a.data.get("anomalies", [])]
+        rows.sort(key=lambda r: (-r["score"], r["server_name"], r["metric"]))
+        first = answered[0].data
+        return {"model_version": self._model_version(answered), "at": self._stalest(answered, "at"),
+                "horizons": first.get("horizons", []), "min_half_width": first.get("min_half_width", {}),
+                "servers_scored": sum(a.data.get("servers_scored") or 0 for a in answered),
+                "matching": sum(a.data.get("matching") or 0 for a in answered), "anomalies": rows,
+                "shards": [a.row() for a in answers]}
+
+    def accuracy(self, window: str | None = None, metric: str | None = None, horizon: str | None = None,
+                 profile: str | None = None, server: str | None = None, *,
+                 retry: RetryPolicy | None = None) -> dict[str, Any]:
+        """Every shard's ``GET /accuracy``, side by side: ``{"shards": [{url, shard, ok, error, line, accuracy}]}``.
+
+        Not merged on purpose: q-risk is 2 * sum pinball / sum |actual| over a shard's forecasts, so neither a
+        plain nor an n-weighted mean of the shards' q-risks (nor of their skills) is the fleet's; each shard
+        also has its own band calibration, live selection and model_degraded warnings. ``server`` is asked of
+        its shard only when that is known (:meth:`predictions_current` learnt it).
+        """
+        targets = [self._owners[server]] if server is not None and server in self._owners else None
+        answers = self._each("accuracy", window, metric, horizon, profile, server, retry=retry, clients=targets)
+        self._answered(answers, "GET /accuracy")
+        return {"shards": [{**a.row(), "accuracy": a.data} for a in answers]}
+
+    def server_fan(self, server_name: str, *, retry: RetryPolicy | None = None) -> dict[str, Any]:
+        """``GET /predictions/{server}`` of the shard that serves it."""
+        return self._of_owner(server_name, "server_fan", server_name, retry=retry)
+
+    def history(self, server_name: str, hours: float, *, retry: RetryPolicy | None = None) -> dict[str, Any]:
+        """``GET /history/{server}?hours=`` of the shard that serves it."""
+        return self._of_owner(server_name, "history", server_name, hours, retry=retry)
+
+    def _of_owner(self, server_name: str, method: str, *args: Any, retry: RetryPolicy | None) -> dict[str, Any]:
+        """A one-server read from the shard that served the server last; when that is not known (or it no
+        longer knows the server), from whichever shard knows it. The first shard's error when none does."""
+        owner = self._owners.get(server_name)
+        if owner is not None:
+            try:
+                return getattr(owner, method)(*args, retry=retry)
+            except DaemonError as exc:
+                if exc.status != 404:
+                    raise
+        answers = self._each(method, *args, retry=retry)
+        for answer in answers:
+            if answer.error is None:
+                self._owners[server_name] = answer.client
+                return answer.data
+        errors = [a.error for a in answers if a.error is not None]
+        raise next((e for e in errors if e.status != 404), errors[0])
 
 
 def _error_fields(body: Any) -> tuple[str | None, str | None]:

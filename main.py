@@ -11,6 +11,7 @@
     python main.py retrain --store data/metrics_store.sqlite3 --models-dir models
     python main.py rollback --models-dir models
     python main.py infer --daemon --model-dir models/latest
+    python main.py status --daemon-url http://10.0.0.1:8000 --daemon-url http://10.0.0.2:8000
     python main.py demo
 
 Each subcommand is a thin wrapper over the module that owns the job; the module's own
@@ -43,6 +44,7 @@ SUBCOMMANDS = {
     "retrain": ("model_retrain", "train a challenger on the store's history; promote it only if it backtests better"),
     "rollback": ("model_registry", "point models/latest back at the model the serving one replaced"),
     "infer": ("tft_inference", "run the forecast daemon (--daemon) or forecast a data file once (--data)"),
+    "status": ("fleet_status", "what running daemons say: one line per shard, the fleet's servers and alerts"),
     "demo": ("demo", "one command: model (trained if missing), daemon, live stream and dashboard"),
 }
 

@@ -4,7 +4,8 @@
 
 Everything it needs comes from its process's environment, never from a visitor, and its key never
 leaves the server (no widget, no page text; Docs/DASHBOARD.md, "Keys, daemons and exposure"):
-``TFT_DAEMON_URL`` (or an allowlist in ``TFT_DAEMON_URLS``, a selectbox), ``TFT_API_KEY`` or the read
+``TFT_DAEMON_URL`` (or an allowlist in ``TFT_DAEMON_URLS``, a selectbox; or the shards of one fleet in
+``TFT_DAEMON_SHARDS``, shown as one fleet), ``TFT_API_KEY`` or the read
 key of ``TFT_API_KEY_FILE``, ``TFT_DASHBOARD_REFRESH`` (the refresh slider's start value), and
 ``TFT_DASHBOARD_DEMO=1`` for demo mode (``main.py demo``), the only place an admin key is used.
 
@@ -16,7 +17,8 @@ Top to bottom: sidebar (daemon, whether a key is set, refresh, demo mode) -> sta
 Overview, Heatmap, Top Servers, Historical, Model health, Advanced. One :class:`daemon_client.DaemonClient`
 per daemon URL and key (``st.cache_resource``) does every request; the panels get it as an
 argument, and what it fetched is cached for a moment (``st.cache_data``) so the panels of one
-refresh share one round of requests.
+refresh share one round of requests. For the shards of one fleet a :class:`daemon_client.FleetClient`
+takes its place: the same reads, each asked of every shard at once and merged, plus a line per shard.
 """
 
 from __future__ import annotations
@@ -66,7 +68,7 @@ from config import (
     SAMPLING_INTERVAL_MINUTES,
     VALID_PROFILES,
 )
-from daemon_client import DaemonClient, DaemonError, RetryPolicy
+from daemon_client import DaemonClient, DaemonError, FleetClient, RetryPolicy
 from risk_scoring import tiers_for
 
 logger = logging.getLogger(__name__)
@@ -101,6 +103,16 @@ def connect(base_url: str, api_key: str) -> DaemonClient:
                         retry=RetryPolicy(attempts=DASHBOARD.request_attempts))
 
 
+@st.cache_resource(show_spinner=False)
+def connect_fleet(urls: tuple[str, ...], api_key: str) -> FleetClient:
+    """The client of the shards of one fleet (``$TFT_DAEMON_SHARDS``) and a key, shared like :func:`connect`."""
+    return FleetClient(urls, api_key or None, timeout=DASHBOARD_TIMEOUT_SECONDS,
+                       retry=RetryPolicy(attempts=DASHBOARD.request_attempts))
+
+
+Reader = DaemonClient | FleetClient  # what the panels read through: one daemon, or the shards of one fleet
+
+
 @dataclass
 class Reply:
     """One daemon response: data, or why there is none."""
@@ -111,8 +123,8 @@ class Reply:
 
 
 # connect() returns one object per URL and key and keeps it, so its id() names the daemon and key.
-@st.cache_data(ttl=DASHBOARD.cache_seconds, show_spinner=False, hash_funcs={DaemonClient: id})
-def _call(client: DaemonClient, method: str, args: tuple[Any, ...]) -> tuple[Any, str | None, int | None]:
+@st.cache_data(ttl=DASHBOARD.cache_seconds, show_spinner=False, hash_funcs={DaemonClient: id, FleetClient: id})
+def _call(client: Reader, method: str, args: tuple[Any, ...]) -> tuple[Any, str | None, int | None]:
     """``client.<method>(*args)``, cached briefly so the panels share one round of requests.
 
     Returns plain values (data, error, status): the cache stores them serialised.
@@ -123,8 +135,9 @@ def _call(client: DaemonClient, method: str, args: tuple[Any, ...]) -> tuple[Any
         return None, exc.summary, exc.status
 
 
-def fetch(client: DaemonClient, method: str, *args: Any) -> Reply:
-    """A read of the daemon (a :class:`DaemonClient` method and its arguments) as a :class:`Reply`."""
+def fetch(client: Reader, method: str, *args: Any) -> Reply:
+    """A read of the daemon (a :class:`DaemonClient` or :class:`FleetClient` method and its arguments) as a
+    :class:`Reply`."""
     return Reply(*_call(client, method, args))
 
 
@@ -386,7 +399,8 @@ def risk_heatmap(servers: list[dict[str, Any]], columns: int = 20) -> go.Figure:
 
 
 def _hover(server: dict[str, Any]) -> str:
-    lines = [f"<b>{server['server_name']}</b> ({server['profile']})"]
+    lines = [f"<b>{server['server_name']}</b> ({server['profile']})"
+             + (f" · shard {server['shard']}" if server.get("shard") else "")]
     if server["status"] != "ok":
         lines.append(server["status"].replace("_", " ") + (f", needs {server['buckets_needed']} more buckets"
                                                             if server["status"] == "warming_up" else "")
@@ -424,6 +438,16 @@ def daemon_urls() -> list[str]:
     default = os.environ.get(DASHBOARD_DAEMON_URL_ENV, "").strip().rstrip("/")
     urls = list(dict.fromkeys(url for url in (default, *listed) if url))
     return urls or [DEFAULT_DAEMON_URL]
+
+
+def shard_urls() -> list[str]:
+    """The daemons that are the shards of one fleet (``$TFT_DAEMON_SHARDS``, comma-separated), read as one.
+
+    Two or more: the page shows one fleet (and ``$TFT_DAEMON_URL`` / ``$TFT_DAEMON_URLS`` are not used); one
+    is the plain daemon URL; none (the default): as before. Configuration only, like :func:`daemon_urls`.
+    """
+    listed = [url.strip().rstrip("/") for url in os.environ.get(DASHBOARD.shard_urls_env, "").split(",")]
+    return list(dict.fromkeys(url for url in listed if url))
 
 
 def read_key() -> tuple[str | None, str]:
@@ -483,8 +507,14 @@ def _switch_demo(admin: DaemonClient, scenario: str) -> None:
 api_key, key_text = read_key()  # server-side only: the page shows key_text, never the key
 with st.sidebar:
     st.header("Daemon")
-    urls = daemon_urls()
-    if len(urls) > 1:
+    urls, shards = daemon_urls(), shard_urls()
+    if len(shards) == 1:
+        urls = shards
+    if len(shards) > 1:
+        st.markdown(f"**One fleet, {len(shards)} shards** ({DASHBOARD.shard_urls_env})\n\n"
+                    + "\n".join(f"- `{url}`" for url in shards))
+        base_url = shards[0]  # demo mode's daemon (its stream feeds one)
+    elif len(urls) > 1:
         picked = st.selectbox("Daemon URL", urls, key="daemon_url", help=f"the daemons in {DASHBOARD.daemon_urls_env}")
         # Streamlit returns whatever string a browser sends for a selectbox: only a listed URL gets the key.
         base_url = picked if picked in urls else urls[0]
@@ -492,7 +522,7 @@ with st.sidebar:
         base_url = urls[0]
         st.markdown(f"`{base_url}`")
     st.caption(f"API key: {key_text}")
-    client = connect(base_url, api_key or "")
+    client = connect_fleet(tuple(shards), api_key or "") if len(shards) > 1 else connect(base_url, api_key or "")
     refresh = st.slider("Refresh every (s, 0 = off)", 0, DASHBOARD.max_refresh_seconds, _default_refresh())
 
 
@@ -523,13 +553,13 @@ def demo_mode(client: DaemonClient, admin: DaemonClient | None) -> None:
 if demo_mode_on():  # an explicit opt-in: outside a demo the page holds no admin key and shows no button
     admin_key, _ = demo_admin_key()
     with st.sidebar:
-        demo_mode(client, connect(base_url, admin_key) if admin_key else None)
+        demo_mode(connect(base_url, api_key or ""), connect(base_url, admin_key) if admin_key else None)
 
 st.title("Fleet trouble forecaster")
 
 
 @st.fragment(run_every=refresh if refresh else None)
-def page(client: DaemonClient, refresh: int, key_text: str) -> None:
+def page(client: Reader, refresh: int, key_text: str) -> None:
     """Everything that refreshes: status bar and the six panels (``key_text``: whether a key is set, in words)."""
     status = fetch(client, "status")
     if status.error:
@@ -539,7 +569,12 @@ def page(client: DaemonClient, refresh: int, key_text: str) -> None:
         return
     info = status.data
     bar = st.columns(4)
-    bar[0].markdown(f":green[●] **Connected** to `{client.base_url}`")
+    if isinstance(client, FleetClient):
+        answered, of = info["shards_answered"], len(info["shards"])
+        bar[0].markdown(f"{':green[●]' if answered == of else ':orange[●]'} **Connected to {answered} of {of} "
+                        f"shards**")
+    else:
+        bar[0].markdown(f":green[●] **Connected** to `{client.base_url}`")
     bar[1].markdown(f"**Model** `{info['model_version'] or 'none'}`")
     bar[2].markdown(f"**Last forecast** {info['last_forecast_time'] or '-'}")
     bar[3].markdown(f"**Cycle** {info['last_cycle_ms'] or '-'} ms · {info['servers_tracked']} servers")
@@ -550,6 +585,8 @@ def page(client: DaemonClient, refresh: int, key_text: str) -> None:
     fleet = current.data
     servers = fleet["servers"]
     alerts = fetch(client, "alerts").data or {"alerts": []}
+    if isinstance(client, FleetClient):
+        shard_lines(info, fleet, alerts)
     anomalies = fetch(client, "anomalies", DASHBOARD.anomaly_outside_above)  # on the band's edge or outside it
     tabs = st.tabs(PANELS)
     with tabs[0]:
@@ -564,6 +601,21 @@ def page(client: DaemonClient, refresh: int, key_text: str) -> None:
         model_health(client, info)
     with tabs[5]:
         advanced(client, info, fleet, alerts, refresh, key_text)
+
+
+def shard_lines(info: dict[str, Any], fleet: dict[str, Any], alerts: dict[str, Any]) -> None:
+    """The fleet's shards, one line each (servers, model, last forecast, or why it is not shown), then what
+    makes them not one fleet: shards that disagree on N or share a slice, and servers two shards report."""
+    failed = {row["url"]: row["line"] for doc in (fleet, alerts) for row in doc.get("shards", []) if not row["ok"]}
+    for row in info["shards"]:
+        line = row["line"] if not row["ok"] else failed.get(row["url"], row["line"])
+        (st.markdown if row["ok"] and row["url"] not in failed else st.error)(
+            f"{':green[●]' if row['ok'] and row['url'] not in failed else ':red[●]'} {line}")
+    for problem in info["problems"]:
+        st.warning(f"Not one fleet: {problem}.")
+    for name, where in fleet.get("duplicates", {}).items():
+        st.warning(f"Server **{name}** is reported by {' and '.join(where)}: misrouted (its records reach more than "
+                   f"one shard). Shown once, from the first.")
 
 
 def overview(fleet: dict[str, Any], servers: list[dict[str, Any]], alerts: list[dict[str, Any]],
@@ -638,7 +690,8 @@ def overview(fleet: dict[str, Any], servers: list[dict[str, Any]], alerts: list[
             "in (min)": a["minutes_to_breach"],
             "chance": None if a.get("probability") is None else f"{a['probability']:.0%}",
             "value": round(a["predicted_value"], 1), "threshold": a["threshold"],
-            "since": a.get("starts_at"), "why": a["reason"]} for a in server_alerts[:50]]),
+            "since": a.get("starts_at"), "why": a["reason"],
+            **({"shard": a["shard"]} if "shard" in a else {})} for a in server_alerts[:50]]),
             hide_index=True, width="stretch")
     else:
         st.success("No server alerts." if model_alerts else "No active alerts.")
@@ -726,7 +779,7 @@ def server_details(server: dict[str, Any]) -> None:
         (st.error if alert["level"] == "critical" else st.warning)(alert["reason"])
 
 
-def top_servers(client: DaemonClient, servers: list[dict[str, Any]]) -> None:
+def top_servers(client: Reader, servers: list[dict[str, Any]]) -> None:
     """The most at-risk servers, their forecast fans and why."""
     ranked = [s for s in servers if s["status"] == "ok"][:DASHBOARD.top_servers]
     if not ranked:
@@ -755,7 +808,7 @@ def top_servers(client: DaemonClient, servers: list[dict[str, Any]]) -> None:
                 column.caption(source_text(fan.data.get("sources", {}).get(metric)))
 
 
-def historical(client: DaemonClient, servers: list[dict[str, Any]]) -> None:
+def historical(client: Reader, servers: list[dict[str, Any]]) -> None:
     """Actuals against what was forecast for them: should you trust the model?"""
     if not servers:
         st.info("No servers yet.")
@@ -808,7 +861,7 @@ def historical(client: DaemonClient, servers: list[dict[str, Any]]) -> None:
         st.caption("No past forecasts for this window yet: they accumulate with every cycle.")
 
 
-def model_health(client: DaemonClient, info: dict[str, Any]) -> None:
+def model_health(client: Reader, info: dict[str, Any]) -> None:
     """Should you trust today's forecasts? How the served ones fared once their target time arrived.
 
     Model version and age, when scoring started, any ``model_degraded`` warning, then for a window and
@@ -823,6 +876,10 @@ def model_health(client: DaemonClient, info: dict[str, Any]) -> None:
         st.warning(f"No live accuracy from the daemon: {reply.error}")
         return
     accuracy = reply.data
+    if "shards" in accuracy:  # a FleetClient's: each shard's own figures (q-risks of shards do not average)
+        accuracy = pick_shard_accuracy(accuracy["shards"])
+        if accuracy is None:
+            return
     bar[2].markdown(f"**Scored since** {when(accuracy['scored_since'])} (data time)")
     bar[3].markdown(f"**Last scored target** {when(accuracy['last_scored_target'])}")
     show_degraded(accuracy["model_degraded"], "Coverage and skill per metric and horizon below.")
@@ -907,6 +964,22 @@ def model_health(client: DaemonClient, info: dict[str, Any]) -> None:
     alert_quality(accuracy)
 
 
+def pick_shard_accuracy(shards: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The one shard whose /accuracy the panel shows (a radio over the shards that answered)."""
+    answered = [row for row in shards if row["ok"]]
+    for row in shards:
+        if not row["ok"]:
+            st.warning(f"No live accuracy: {row['line']}")
+    if not answered:
+        return None
+    names = [f"shard {row['shard'] or '?'} ({row['url']})" for row in answered]
+    picked = st.radio("Shard", names, horizontal=True, key="health_shard",
+                      help="Each shard scores its own servers' forecasts and calibrates its own bands: its q-risk "
+                           "and skill are ratios over its forecasts, so the shards' figures are shown one shard at "
+                           "a time, not averaged.")
+    return answered[names.index(picked) if picked in names else 0]["accuracy"]
+
+
 def live_selection(accuracy: dict[str, Any]) -> None:
     """Where the daemon serves the last value instead of the model (GET /accuracy ``live_selection``)."""
     selection = accuracy.get("live_selection")
@@ -966,7 +1039,7 @@ def alert_quality(accuracy: dict[str, Any]) -> None:
                f"judges an alert once it has closed, a breach once it has held {hold} min (Docs/RISK_SCORING.md).")
 
 
-def advanced(client: DaemonClient, info: dict[str, Any], fleet: dict[str, Any], alerts: dict[str, Any],
+def advanced(client: Reader, info: dict[str, Any], fleet: dict[str, Any], alerts: dict[str, Any],
              refresh: int, key_text: str) -> None:
     """Model info, daemon counters, raw responses (``key_text``: whether a key is set, in words)."""
     left, right = st.columns(2)
@@ -992,7 +1065,8 @@ def advanced(client: DaemonClient, info: dict[str, Any], fleet: dict[str, Any], 
                                "value": [client.base_url, f"every {refresh} s" if refresh else "off", key_text,
                                          "on" if demo_mode_on() else "off"]}))
         st.caption(f"The daemon and the key come from the dashboard's environment ({DASHBOARD_DAEMON_URL_ENV}, "
-                   f"{API_KEY_ENV}, {API_KEY_FILE_ENV}; Docs/DASHBOARD.md), never from the page.")
+                   f"{DASHBOARD.shard_urls_env}, {API_KEY_ENV}, {API_KEY_FILE_ENV}; Docs/DASHBOARD.md), never from "
+                   f"the page.")
     with right:
         st.subheader("Daemon")
         keys = ["uptime_seconds", "servers_tracked", "servers_ready", "servers_warming_up", "servers_offline",

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+import fleet_status
 import model_retrain
 import tft_evaluate
 import tft_inference
@@ -17,6 +18,7 @@ import tft_trainer
 from cli_options import flagged_fields, option_string, settings_from
 from config import PROJECT_ROOT, RETRAIN
 from daemon_state import DaemonSettings
+from fleet_status import StatusSettings
 from model_retrain import RetrainSettings
 from tft_evaluate import BacktestSettings
 from tft_inference import InferMode
@@ -28,9 +30,10 @@ COMMANDS = {
     "retrain": (model_retrain.build_arg_parser, (TrainSettings, RetrainSettings)),
     "evaluate": (tft_evaluate.build_arg_parser, (BacktestSettings,)),
     "infer": (tft_inference.build_arg_parser, (InferMode, DaemonSettings)),
+    "status": (fleet_status.build_arg_parser, (StatusSettings,)),
 }
 SETTINGS_MODULES = ("tft_trainer.py", "model_retrain.py", "tft_evaluate.py", "tft_inference.py", "daemon_state.py",
-                    "baselines.py")
+                    "baselines.py", "fleet_status.py")
 
 
 def _flags(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
