@@ -46,12 +46,13 @@ from config import (
     CLIENT,
     DAEMON_WAIT_POLL_SECONDS,
     DEFAULT_DAEMON_URL,
-    RISK_HORIZONS,
 )
 from errors import EXIT_RUNTIME, ToolkitError
+from sharding import open_alert_order
 
 __all__ = ["API_KEY_HEADER", "NO_RETRY", "DaemonClient", "DaemonError", "FeedResult", "FleetClient", "FleetError",
            "RetryPolicy", "alert_order"]
+
 
 logger = logging.getLogger(__name__)
 
@@ -358,10 +359,8 @@ class DaemonClient:
 def alert_order(alert: dict[str, Any]) -> tuple[Any, ...]:
     """The order one daemon lists ``/alerts/active`` in (tft_inference.alerts_active): critical first, then
     by horizon, the soonest breach, server and metric. The fleet view sorts every shard's alerts by it."""
-    horizon = alert.get("horizon")
-    return (alert.get("level") != "critical",
-            RISK_HORIZONS.index(horizon) if horizon in RISK_HORIZONS else len(RISK_HORIZONS),
-            alert.get("minutes_to_breach") or 0, alert.get("server_name") or "", alert.get("metric") or "")
+    return open_alert_order(alert.get("level"), alert.get("horizon"), alert.get("minutes_to_breach"),
+                            alert.get("server_name"), alert.get("metric"))
 
 
 def _risk_order(server: dict[str, Any]) -> tuple[float, str]:

@@ -294,3 +294,4 @@ def _alerts(server_name: str, profile: str, findings: list[dict[str, Any]]) -> l
                             minutes_to_breach=f["eta"], reason=reason, probability=round(f["probability"], 3)))
     alerts.sort(key=lambda a: (-LEVEL_ORDER[a.level], RISK_HORIZONS.index(a.horizon), a.metric))
     return alerts
+

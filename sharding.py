@@ -23,8 +23,9 @@ import argparse
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
-from config import SCALING_DOC, SHARD_HASH
+from config import RISK_HORIZONS, SCALING_DOC, SHARD_HASH
 
 _MASK = (1 << 64) - 1
 _P1, _P2, _P3, _P4, _P5 = (0x9E3779B185EBCA87, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9, 0x85EBCA77C2B2AE63,
@@ -124,3 +125,12 @@ def parse_shard(text: str) -> Shard:
     except ValueError as exc:
         detail = str(exc) if "hashmod" in str(exc) else f"expected K/N such as 0/3, got {text!r}"
         raise argparse.ArgumentTypeError(detail) from None
+
+
+def open_alert_order(level: str | None, horizon: str | None, minutes_to_breach: float | None,
+                     server_name: str | None, metric: str | None) -> tuple[Any, ...]:
+    """The order ``/alerts/active`` lists open alerts in, so that shards' alerts merged (daemon_client.FleetClient)
+    read as one daemon's:
+    critical first, then the shorter horizon, the soonest breach, server and metric."""
+    return (level != "critical", RISK_HORIZONS.index(horizon) if horizon in RISK_HORIZONS else len(RISK_HORIZONS),
+            minutes_to_breach or 0, server_name or "", metric or "")

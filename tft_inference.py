@@ -90,7 +90,6 @@ from config import (
     PROJECT_VERSION,
     RETENTION_MIN_DAYS,
     RETRAIN_DOC,
-    RISK_HORIZONS,
     SERVER_NAME_MAX_LENGTH,
     SERVER_NAME_PATTERN,
     STEPS_PER_HOUR,
@@ -113,6 +112,7 @@ from otlp_receiver import CONTENT_TYPE as OTLP_CONTENT_TYPE
 from otlp_receiver import OtlpError, response_body, status_body
 from otlp_receiver import check_headers as otlp_headers
 from remote_write import RemoteWriteError, check_headers
+from sharding import open_alert_order
 from tft_model import ModelLoadError
 
 logger = logging.getLogger(__name__)
@@ -630,8 +630,7 @@ async def alerts_active(daemon: DaemonDep, _: EngineDep) -> AlertsResponse:
     cycle = daemon.published.result
     firing, suppressed = daemon.alerts.active()
     for alerts in (firing, suppressed):
-        alerts.sort(key=lambda a: (a.level != "critical", RISK_HORIZONS.index(a.horizon), a.minutes_to_breach or 0,
-                                   a.server_name, a.metric))
+        alerts.sort(key=lambda a: open_alert_order(a.level, a.horizon, a.minutes_to_breach, a.server_name, a.metric))
     return AlertsResponse.model_construct(prediction_time=cycle.prediction_time if cycle else None, alerts=firing,
                                           suppressed=suppressed)
 
