@@ -2,11 +2,13 @@
 
     python main.py retrain --store data/metrics_store.sqlite3 --models-dir models
     python main.py retrain --data training/live.parquet --models-dir models --epochs 4
+    python main.py retrain --store shard0.sqlite3 --store shard1.sqlite3 --models-dir models   # a sharded fleet
 
 One retrain:
 
 1. the data: the daemon's store exported as contract Parquet (``store_export``; it may run
-   beside the daemon), or a Parquet file;
+   beside the daemon), or a Parquet file; several stores or files (a sharded fleet's, ``--store`` or
+   ``--data`` repeated): their union, on which the challenger is trained and the gate judges;
 2. a challenger trained by the ordinary trainer on everything but the most recent
    ``--holdout-hours`` (default 24 h; it never sees them, not even for validation), warm-started
    from the serving model's weights where the shapes match, with progress; it is written
@@ -580,9 +582,8 @@ def run_from_args(args: argparse.Namespace) -> int:
     of memory, ``RETRAIN_EXIT_LOCKED`` when another retrain holds the lock (skipped)."""
     job, training = settings_from_args(args)
     if bool(job.store) == bool(job.data):
-        raise RetrainError("give --store (the daemon's metrics store; repeated: every shard's) or --data (a contract "
-                           f"Parquet file; repeated: every shard's export), not both and not neither. See "
-                           f"{RETRAIN_DOC}.")
+        raise RetrainError("give exactly one of --store (the daemon's metrics store; repeated: every shard's) or "
+                           f"--data (a contract Parquet file; repeated: every shard's export). See {RETRAIN_DOC}.")
     # First the bounds, before any work: the memory limit, the daemon watch, SIGTERM as a clean stop.
     apply_memory_limit(job.memory_limit_mb, training.accelerator)
     if job.parent_pid is not None:
