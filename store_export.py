@@ -29,6 +29,13 @@ and lists, per server, the metrics that never left the fill (``servers_constant_
 
 Memory is bounded: whole servers, about ``EXPORT.chunk_rows`` rows at a time, are read, filled, checked and
 written.
+
+Several stores (``--store`` repeated: the shards of one fleet, Docs/RETRAINING.md "Several shards") export as
+one (:class:`StoreUnion`): the union of their servers, a server held by several merged bucket by bucket by
+the store's own rule, so the result is the export of one store fed every sample. :func:`union_parquet`
+joins already exported slices (``main.py retrain --data A --data B``) by whole servers.
+
+    python main.py export --store shard0.sqlite3 --store shard1.sqlite3 --out training/live/server_metrics.parquet
 """
 
 from __future__ import annotations
