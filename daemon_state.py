@@ -1132,9 +1132,13 @@ class Daemon:
             raise ValueError(f"--retrain-every needs --model-dir <models-dir>/{LATEST_MODEL_LINK} (the daemon follows "
                              f"that link to pick up promoted models); got {settings.model_dir}. See {RETRAIN_DOC}.")
         if models_dir is not None:
-            self.retrainer = RetrainScheduler(store=settings.store_path, models_dir=models_dir,
-                                              every_seconds=settings.retrain_every_seconds,
-                                              extra_args=list(settings.retrain_args))
+            try:  # a sharded daemon's retrain must read every shard's store (retrain_scheduler)
+                self.retrainer = RetrainScheduler(store=settings.store_path, models_dir=models_dir,
+                                                  every_seconds=settings.retrain_every_seconds,
+                                                  extra_args=list(settings.retrain_args), shard=settings.shard)
+            except ValueError:
+                self.store.close()
+                raise
         self.load_model()
         self.notifier: AlertmanagerNotifier | None = None  # pushes firing alerts to Alertmanager (own threads)
         if settings.alertmanager_urls:

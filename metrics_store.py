@@ -705,6 +705,20 @@ class StoreReader:
             (server, first_bucket, last_bucket)).fetchone()
         return None if first is None else (int(first), int(last), int(count))
 
+    def bucket_numbers(self, server: str, first_bucket: int, last_bucket: int) -> np.ndarray:
+        """The buckets one server holds inside ``first_bucket .. last_bucket`` (int64, ascending)."""
+        rows = self._conn.execute("SELECT bucket FROM buckets WHERE server = ? AND bucket BETWEEN ? AND ? ORDER BY "
+                                  "bucket", (server, first_bucket, last_bucket)).fetchall()
+        return np.array([row[0] for row in rows], dtype=np.int64)
+
+    def bucket_aggregates(self, server: str, first_bucket: int, last_bucket: int) -> np.ndarray:
+        """One server's stored aggregates in ``first_bucket .. last_bucket``, ascending by bucket: a float64 array
+        with the columns :data:`AGGREGATE_COLUMNS` (exact: every integer there is below 2**53; ``last_offset`` is
+        the latest sample's nanoseconds into its bucket). :func:`merge_aggregates` joins those of several stores
+        by the bucketing rule; :func:`aggregates_frame` turns them into bucket values."""
+        rows = self._conn.execute(_AGGREGATES_QUERY, (server, first_bucket, last_bucket)).fetchall()
+        return np.array(rows, dtype=np.float64).reshape(len(rows), len(AGGREGATE_COLUMNS))
+
     def bucket_values(self, servers: list[str], first_bucket: int, last_bucket: int) -> pd.DataFrame:
         """The stored buckets of ``servers`` in ``first_bucket .. last_bucket``, as the daemon's windows see them.
 
@@ -712,23 +726,55 @@ class StoreReader:
         ``STATE_PRECEDENCE``) and the 14 LINBORG metrics as bucket values (gauges: the mean of the
         samples; counts and uptime: the latest sample). Rows in the order of ``servers``, then by bucket.
         """
-        columns = ["bucket", "n", *[f"sum_{m}" for m in GAUGES], *[f"last_{m}" for m in COUNTS], "state_rank"]
-        query = (f"SELECT {', '.join(columns)} FROM buckets WHERE server = ? AND bucket BETWEEN ? AND ? "
-                 f"ORDER BY bucket")
-        position = {name: i for i, name in enumerate(columns)}
-        parts = []
-        for server in servers:  # one server at a time, straight into numbers (a row of Python objects is ~600 B)
-            rows = self._conn.execute(query, (server, first_bucket, last_bucket)).fetchall()
-            raw = np.array(rows, dtype=np.float64).reshape(len(rows), len(columns))  # exact: ints < 2**53
-            n = raw[:, position["n"]].astype(np.int64)
-            part = {"server": np.full(len(rows), server, dtype=object), "bucket": raw[:, 0].astype(np.int64),
-                    "n": n, "state_rank": raw[:, position["state_rank"]].astype(np.int64)}
-            for metric in LINBORG_METRICS:
-                if metric in COUNTS:
-                    part[metric] = raw[:, position[f"last_{metric}"]].astype(np.int64)
-                else:
-                    part[metric] = raw[:, position[f"sum_{metric}"]] / np.maximum(n, 1)
-            parts.append(pd.DataFrame(part))
-        if not parts:
-            return pd.DataFrame(columns=["server", "bucket", "n", "state_rank", *LINBORG_METRICS])
-        return pd.concat(parts, ignore_index=True)
+        # one server at a time, straight into numbers (a row of Python objects is ~600 B)
+        return aggregates_frame({server: self.bucket_aggregates(server, first_bucket, last_bucket)
+                                 for server in servers})
+
+
+# What StoreReader.bucket_aggregates returns, in this order (last_offset: last_ts minus the bucket's start, exact).
+AGGREGATE_COLUMNS = ["bucket", "n", *[f"sum_{m}" for m in GAUGES], "last_offset", *[f"last_{m}" for m in COUNTS],
+                     "state_rank"]
+_AGG = {name: i for i, name in enumerate(AGGREGATE_COLUMNS)}
+_AGGREGATES_QUERY = (f"SELECT bucket, n, {', '.join(f'sum_{m}' for m in GAUGES)}, last_ts - bucket * {NS_PER_BUCKET}, "
+                     f"{', '.join(f'last_{m}' for m in COUNTS)}, state_rank FROM buckets "
+                     f"WHERE server = ? AND bucket BETWEEN ? AND ? ORDER BY bucket")
+
+
+def merge_aggregates(parts: list[np.ndarray]) -> np.ndarray:
+    """One server's aggregates from several stores joined by the store's own upsert rule (``_UPSERT_BUCKET``): per
+    bucket the samples and the gauge sums add up, the counts are the latest sample's (largest ``last_offset``; a
+    tie goes to the later part), the state is the most severe. The result is what one store fed every sample
+    would hold (a sample stored in two stores counts twice in ``n`` and the sums: its bucket's mean moves toward
+    it)."""
+    parts = [part for part in parts if len(part)]
+    if len(parts) <= 1:
+        return parts[0] if parts else np.zeros((0, len(AGGREGATE_COLUMNS)))
+    rows = np.concatenate(parts)
+    order = np.lexsort((np.arange(len(rows)), rows[:, _AGG["last_offset"]], rows[:, _AGG["bucket"]]))
+    rows = rows[order]
+    _, starts = np.unique(rows[:, _AGG["bucket"]], return_index=True)
+    ends = np.append(starts[1:], len(rows)) - 1  # each bucket's latest sample is its last row
+    merged = rows[ends].copy()
+    added = [_AGG["n"], *[_AGG[f"sum_{m}"] for m in GAUGES]]
+    merged[:, added] = np.add.reduceat(rows[:, added], starts, axis=0)
+    merged[:, _AGG["state_rank"]] = np.minimum.reduceat(rows[:, _AGG["state_rank"]], starts)
+    return merged
+
+
+def aggregates_frame(aggregates: dict[str, np.ndarray]) -> pd.DataFrame:
+    """Server -> :data:`AGGREGATE_COLUMNS` arrays, as :meth:`StoreReader.bucket_values` returns them: bucket
+    values (gauges the mean of the samples, counts and uptime the latest sample), in the order given."""
+    parts = []
+    for server, raw in aggregates.items():
+        n = raw[:, _AGG["n"]].astype(np.int64)
+        part = {"server": np.full(len(raw), server, dtype=object), "bucket": raw[:, _AGG["bucket"]].astype(np.int64),
+                "n": n, "state_rank": raw[:, _AGG["state_rank"]].astype(np.int64)}
+        for metric in LINBORG_METRICS:
+            if metric in COUNTS:
+                part[metric] = raw[:, _AGG[f"last_{metric}"]].astype(np.int64)
+            else:
+                part[metric] = raw[:, _AGG[f"sum_{metric}"]] / np.maximum(n, 1)
+        parts.append(pd.DataFrame(part))
+    if not parts:
+        return pd.DataFrame(columns=["server", "bucket", "n", "state_rank", *LINBORG_METRICS])
+    return pd.concat(parts, ignore_index=True)

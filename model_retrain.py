@@ -2,11 +2,13 @@
 
     python main.py retrain --store data/metrics_store.sqlite3 --models-dir models
     python main.py retrain --data training/live.parquet --models-dir models --epochs 4
+    python main.py retrain --store shard0.sqlite3 --store shard1.sqlite3 --models-dir models   # a sharded fleet
 
 One retrain:
 
 1. the data: the daemon's store exported as contract Parquet (``store_export``; it may run
-   beside the daemon), or a Parquet file;
+   beside the daemon), or a Parquet file; several stores or files (a sharded fleet's, ``--store`` or
+   ``--data`` repeated): their union, on which the challenger is trained and the gate judges;
 2. a challenger trained by the ordinary trainer on everything but the most recent
    ``--holdout-hours`` (default 24 h; it never sees them, not even for validation), warm-started
    from the serving model's weights where the shapes match, with progress; it is written
@@ -73,7 +75,7 @@ from config import (
 from errors import EXIT_RUNTIME, ToolkitError
 from model_registry import current_model, promote, record_refusal, record_rejection
 from server_encoder import ServerEncoder
-from store_export import export_store
+from store_export import export_store, union_parquet
 from tft_evaluate import backtest_store
 from tft_model import load_model
 from tft_trainer import TrainSettings, prepare_data, train
@@ -355,10 +357,11 @@ def format_report(report: dict[str, Any]) -> str:
 
 
 # ---------------------------------------------------------------------------- the run
-def export_for_retrain(store: Path, work: Path, since: str | None,
+def export_for_retrain(store: Path | list[Path], work: Path, since: str | None,
                        min_history_days: float = RETRAIN.min_history_days) -> tuple[Path, dict[str, Any]]:
     """The store's history as contract Parquet in ``work`` (beside a running daemon), established servers only;
-    the file and the export's metadata."""
+    the file and the export's metadata. Several stores (a sharded fleet's): their union
+    (``store_export.StoreUnion``), whose established servers are judged together."""
     out = work / TRAINING_DATA_FILE
     metadata = export_store(store, out, since=since, min_history_days=min_history_days)
     return out, metadata
@@ -385,8 +388,10 @@ def _remove_stale_work(models_dir: Path) -> None:
 def retrain(job: RetrainSettings, training: TrainSettings) -> dict[str, Any]:
     """Train, compare, promote or reject; the report (also written under the models directory).
 
-    ``training`` trains the challenger (its ``data`` is the export with ``job.store``). Call it holding
-    :func:`retrain_lock` (``run_from_args`` does). With ``--store`` only servers
+    ``training`` trains the challenger (its ``data`` is the export of ``job.store``, the union of ``job.data``
+    when several files, else the one file). Call it holding
+    :func:`retrain_lock` (``run_from_args`` does). With ``--store`` (one store, or every shard's: their union,
+    judged as one fleet) only servers
     holding ``--min-history-days`` of buckets are exported, so trained and judged on; when the
     champion was trained on a population that differs from them by more than
     ``--max-population-change``, nothing is trained and the report says "refused: population changed".
@@ -405,16 +410,26 @@ def retrain(job: RetrainSettings, training: TrainSettings) -> dict[str, Any]:
     challenger_dir: Path | None = None
     try:
         population: dict[str, Any] = {"min_history_days": job.min_history_days, "left_out": 0}
-        if job.store is not None:
-            logger.info("retrain: exporting %s (servers with at least %g days of stored history)", job.store,
-                        job.min_history_days)
+        if job.store:
+            logger.info("retrain: exporting %s (servers with at least %g days of stored history)",
+                        " + ".join(map(str, job.store)), job.min_history_days)
             data, metadata = export_for_retrain(job.store, work, job.since, job.min_history_days)
             servers = set(metadata["servers"])
             population["left_out"] = len(metadata.get("servers_short_history") or {})
-            logger.info("retrain: training and judging on %d established servers; %d left out with less than %g "
-                        "days of history", len(servers), population["left_out"], job.min_history_days)
+            population["stores"] = len(job.store)
+            population["in_several_stores"] = len(metadata.get("servers_in_several_stores") or {})
+            logger.info("retrain: training and judging on %d established servers%s; %d left out with less than %g "
+                        "days of history", len(servers), f" of {len(job.store)} stores" if len(job.store) > 1 else "",
+                        population["left_out"], job.min_history_days)
+        elif len(job.data) > 1:
+            logger.info("retrain: joining %d files into one (%s)", len(job.data), ", ".join(map(str, job.data)))
+            data = work / TRAINING_DATA_FILE
+            metadata = union_parquet(job.data, data)
+            servers = set(metadata["servers"])  # the files are taken as given: their servers are the population
+            population["files"] = len(job.data)
+            population["in_several_files"] = len(metadata["servers_in_several_files"])
         else:
-            data = training.data
+            data = job.data[0]
             servers = data_servers(data)  # a file is taken as given: its servers are the population
         population.update(challenger_servers=len(servers))
         if champion is not None:
@@ -518,8 +533,11 @@ class RetrainSettings:
     """Where a retrain's data comes from, the gate and the bounds: each field is a ``main.py retrain`` flag
     beside the trainer's own (:class:`tft_trainer.TrainSettings`; cli_options.py)."""
 
-    store: Path | None = option(None, "the daemon's metrics store to train on (exported first; may run beside the "
-                                "daemon)", parse=Path)
+    store: list[Path] = option(help="the daemon's metrics store to train on (exported first; may run beside the "
+                               "daemon); repeat it for each shard's store: one retrain on their union", factory=list,
+                               parse=Path, repeat=True)
+    data: list[Path] = option(help="contract Parquet to train on instead of a store; repeat it for each shard's "
+                              "export: one retrain on their union", factory=list, parse=Path, repeat=True)
     since: str | None = option(None, "with --store: export buckets from this ISO 8601 time on")
     coverage_band: tuple[float, float] = option(RETRAIN.promotion_coverage_band,
                                                 "the challenger's mean p10-p90 coverage "
@@ -545,13 +563,14 @@ def build_arg_parser(parser: argparse.ArgumentParser | None = None) -> argparse.
     """``main.py retrain``: the trainer's flags (its data optional, fewer epochs, no statistical models) plus
     :class:`RetrainSettings`."""
     parser = parser or argparse.ArgumentParser(description="Retrain from the store and promote only a better model.")
-    add_options(parser, TrainSettings, defaults={"data": None, "epochs": RETRAIN.epochs, "statistical": ()})
-    return add_options(parser, RetrainSettings)
+    add_options(parser, TrainSettings, skip=("data",), defaults={"epochs": RETRAIN.epochs, "statistical": ()})
+    return add_options(parser, RetrainSettings)  # its --store and --data repeat (a sharded fleet's stores or files)
 
 
 def settings_from_args(args: argparse.Namespace) -> tuple[RetrainSettings, TrainSettings]:
-    """The retrain's own settings and the challenger's training settings from parsed arguments."""
-    return settings_from(RetrainSettings, args), settings_from(TrainSettings, args)
+    """The retrain's own settings and the challenger's training settings from parsed arguments (the training data
+    is set by :func:`retrain`: the export, or the union of the ``--data`` files)."""
+    return settings_from(RetrainSettings, args), settings_from(TrainSettings, args, data=None)
 
 
 CLI_FAILED = "retrain failed, nothing changed"  # how errors.run_cli (main.py) prefixes a failure
@@ -562,9 +581,9 @@ def run_from_args(args: argparse.Namespace) -> int:
     raises (``errors.run_cli``) when the retrain could not run: exit 2 for its input (store, data, flags), 3 out
     of memory, ``RETRAIN_EXIT_LOCKED`` when another retrain holds the lock (skipped)."""
     job, training = settings_from_args(args)
-    if (job.store is None) == (training.data is None):
-        raise RetrainError("give exactly one of --store (the daemon's metrics store) or --data (a contract Parquet "
-                           f"file). See {RETRAIN_DOC}.")
+    if bool(job.store) == bool(job.data):
+        raise RetrainError("give exactly one of --store (the daemon's metrics store; repeated: every shard's) or "
+                           f"--data (a contract Parquet file; repeated: every shard's export). See {RETRAIN_DOC}.")
     # First the bounds, before any work: the memory limit, the daemon watch, SIGTERM as a clean stop.
     apply_memory_limit(job.memory_limit_mb, training.accelerator)
     if job.parent_pid is not None:

@@ -14,6 +14,11 @@ gone) and its address-space limit (``--memory-limit-mb``, which it applies to it
 daemon's ``--retrain-args`` can override it). It takes the models directory's retrain lock itself, the
 one ``tft-retrain.timer``'s run takes too: when that one holds it, the run exits ``RETRAIN_EXIT_LOCKED``
 and counts as "skipped", not as a failure. After each run old retrain logs and reports are rotated.
+
+A sharded daemon (``--shard K/N``, N > 1) holds one slice of the fleet, which shares one model and one
+registry: its retrain must read every shard's store (Docs/RETRAINING.md, "Several shards"). It is refused
+(:class:`RetrainScheduleError`, at start-up for ``--retrain-every``, and for ``POST /admin/retrain``) unless
+``--retrain-args`` names the other N - 1 stores (``--store PATH`` each).
 """
 
 from __future__ import annotations
@@ -43,7 +48,9 @@ from config import (
     RETRAIN_WORK_SUBDIR,
     SCHEDULER,
 )
+from errors import ToolkitError
 from model_retrain import RetrainLocked, retrain_lock, rotate_reports
+from sharding import Shard
 
 logger = logging.getLogger(__name__)
 
@@ -63,12 +70,64 @@ def parse_interval(text: str, minimum: float = SCHEDULER.retrain_min_interval_se
     return seconds
 
 
+class RetrainScheduleError(ToolkitError, ValueError):
+    """A scheduled retrain that would not cover the fleet (a shard's store alone); what, why, fix, doc."""
+
+
+def stores_in(store: Path, extra_args: list[str]) -> list[Path]:
+    """The stores a scheduled retrain reads: the daemon's own, then each ``--store PATH`` / ``--store=PATH`` of
+    its ``--retrain-args``, in order."""
+    stores = [store]
+    args = iter(extra_args)
+    for arg in args:
+        if arg == "--store":
+            value = next(args, None)
+            if value is not None:
+                stores.append(Path(value))
+        elif arg.startswith("--store="):
+            stores.append(Path(arg.partition("=")[2]))
+    return stores
+
+
+def fleet_coverage_problem(store: Path, extra_args: list[str], shard: Shard | None) -> RetrainScheduleError | None:
+    """Why a retrain started by the daemon of ``shard`` would not read the whole fleet (None: it would).
+
+    A daemon that is not sharded (or ``--shard 0/1``) reads its one store. A sharded one must be given the
+    other shards' stores in ``--retrain-args`` (``--store PATH`` each, N stores in all, none twice), so the one
+    retrain trains on and judges the union; its own store is passed already.
+    """
+    if shard is None or shard.count < 2:
+        return None
+    stores = stores_in(store, extra_args)
+    resolved = [path.resolve() for path in stores]
+    if resolved.count(store.resolve()) > 1:
+        return RetrainScheduleError(
+            f"--retrain-args names this daemon's own store {store} with --store", "the daemon passes its own store "
+            "to the retrain already, and a store read twice counts every sample twice",
+            "list only the other shards' stores in --retrain-args", RETRAIN_DOC)
+    distinct = len(set(resolved))
+    if distinct >= shard.count:
+        return None
+    return RetrainScheduleError(
+        f"a retrain started by shard {shard} would read {distinct} of the fleet's {shard.count} stores (this shard's "
+        f"{store}{' and ' + str(distinct - 1) + ' more from --retrain-args' if distinct > 1 else ''})",
+        f"the {shard.count} shards serve one model from one models directory: a retrain on a slice trains the "
+        "fleet's model on part of it, judges it on part of it, and its population check counts the other shards' "
+        "servers as gone",
+        f"give the retrain every other shard's store, on one shard only: --retrain-args '--store <shard J's store> "
+        f"...' ({shard.count - 1} of them); or leave --retrain-every out and run the fleet's one retrain from "
+        f"tft-retrain.timer with every store (TFT_RETRAIN_ARGS='--store ...')", RETRAIN_DOC)
+
+
 @dataclass
 class RetrainScheduler:
     """Starts a retrain every ``every_seconds`` (or on request) and watches it; never blocks (but in :meth:`stop`).
 
     ``command`` replaces the ``main.py retrain ...`` command line (tests point it at a stand-in); the
-    bounds (own process group, timeout, the kill of the whole group) apply to it all the same.
+    bounds (own process group, timeout, the kill of the whole group) apply to it all the same. ``shard``:
+    the daemon's ``--shard``; a sharded daemon's retrain must read every shard's store
+    (:func:`fleet_coverage_problem`): with ``every_seconds`` it raises :class:`RetrainScheduleError` here,
+    and :meth:`start` raises it for a retrain asked for by hand.
     """
 
     store: Path
@@ -81,6 +140,7 @@ class RetrainScheduler:
     memory_limit_mb: int = RETRAIN_MEMORY_LIMIT_MB
     keep_reports: int = RETRAIN_KEEP_REPORTS
     command: list[str] | None = None
+    shard: Shard | None = None
     runs: int = 0
     failures: int = 0
     timeouts: int = 0
@@ -97,6 +157,9 @@ class RetrainScheduler:
     _killed: bool = False  # ... and the SIGKILL after the grace
 
     def __post_init__(self) -> None:
+        problem = fleet_coverage_problem(self.store, self.extra_args, self.shard)
+        if problem is not None and self.every_seconds:
+            raise problem
         if self.every_seconds:
             self._next_at = self.clock() + self.every_seconds
 
@@ -122,9 +185,13 @@ class RetrainScheduler:
                 "--memory-limit-mb", str(self.memory_limit_mb), *self.extra_args]
 
     def start(self) -> bool:
-        """Start a retrain now; False if one is already running."""
+        """Start a retrain now; False if one is already running. Raises :class:`RetrainScheduleError` on a sharded
+        daemon whose retrain would not read every shard's store."""
         if self._process is not None:
             return False
+        problem = fleet_coverage_problem(self.store, self.extra_args, self.shard)
+        if problem is not None:
+            raise problem
         stamp = datetime.now(UTC).strftime("%Y%m%d_%H%M%S")
         log_dir = self.models_dir / RETRAIN_REPORTS_SUBDIR
         log_dir.mkdir(parents=True, exist_ok=True)

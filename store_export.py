@@ -29,6 +29,13 @@ and lists, per server, the metrics that never left the fill (``servers_constant_
 
 Memory is bounded: whole servers, about ``EXPORT.chunk_rows`` rows at a time, are read, filled, checked and
 written.
+
+Several stores (``--store`` repeated: the shards of one fleet, Docs/RETRAINING.md "Several shards") export as
+one (:class:`StoreUnion`): the union of their servers, a server held by several merged bucket by bucket by
+the store's own rule, so the result is the export of one store fed every sample. :func:`union_parquet`
+joins already exported slices (``main.py retrain --data A --data B``) by whole servers.
+
+    python main.py export --store shard0.sqlite3 --store shard1.sqlite3 --out training/live/server_metrics.parquet
 """
 
 from __future__ import annotations
@@ -39,6 +46,8 @@ import os
 import sqlite3
 import sys
 import time
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,9 +55,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from common_utils import atomic_write_json, parse_utc, setup_logging
+from common_utils import atomic_write_json, parse_utc, read_json, setup_logging
 from config import (
     CONTRACT_VERSION,
     DATA_CONTRACT_DOC,
@@ -69,7 +79,7 @@ from config import (
 from contract import NS_PER_BUCKET, bucket_iso, bucket_of_ns, fill_offline
 from data_validator import DataValidator
 from errors import EXIT_RUNTIME, ToolkitError, run_cli
-from metrics_store import StoreReader
+from metrics_store import StoreReader, aggregates_frame, merge_aggregates
 from server_encoder import ServerEncoder
 from state_rules import STATE_PRECEDENCE
 
@@ -136,7 +146,110 @@ def parse_servers(value: str | None) -> list[str] | None:
     return names
 
 
-def _select_servers(reader: StoreReader, requested: list[str] | None) -> dict[str, str]:
+class StoreUnion:
+    """Several stores read as one (``--store`` repeated: the shards of one fleet, Docs/RETRAINING.md, "Several
+    shards"); the reads :func:`export_store` makes of a :class:`metrics_store.StoreReader`.
+
+    Each store is opened read-only (a running daemon may keep writing) and read in a snapshot of its own. The
+    servers are the union of the stores'. A server found in several stores (a record misrouted to the wrong
+    shard, or a reshard that moved it) is not taken from one of them: its buckets are merged by the store's
+    own rule (:func:`metrics_store.merge_aggregates`: samples and sums add, the latest count, the most severe
+    state), exactly what one store fed all its samples would hold, so a resharded server keeps its whole
+    history; its profile is the one of the store holding its newest bucket. Those servers are logged and
+    listed in the export's metadata (``servers_in_several_stores``).
+    """
+
+    def __init__(self, paths: Sequence[str | Path]) -> None:
+        resolved = [Path(path).resolve() for path in paths]
+        repeated = sorted({str(path) for path in resolved if resolved.count(path) > 1})
+        if repeated:
+            raise _fail(f"--store {repeated[0]} is given more than once", "each store is read once into the union; "
+                        "read twice, every sample of it would count twice", "name each shard's store once")
+        self.readers: list[StoreReader] = []
+        try:
+            for path in paths:
+                self.readers.append(StoreReader(path))
+        except BaseException:
+            self.close()
+            raise
+        self.path = " + ".join(str(reader.path) for reader in self.readers)
+        self._holders: dict[str, list[int]] = {}  # server -> the readers holding it (profiles() fills it)
+
+    def close(self) -> None:
+        """Close every store."""
+        for reader in self.readers:
+            reader.close()
+
+    @contextmanager
+    def snapshot(self) -> Iterator[StoreUnion]:
+        """A read transaction on each store (each consistent in itself)."""
+        with ExitStack() as stack:
+            for reader in self.readers:
+                stack.enter_context(reader.snapshot())
+            yield self
+
+    def profiles(self) -> dict[str, str]:
+        """Every server of every store and its profile (a server in several: the profile where its newest bucket
+        is)."""
+        each = [reader.profiles() for reader in self.readers]
+        self._holders = {}
+        for i, profiles in enumerate(each):
+            for name in profiles:
+                self._holders.setdefault(name, []).append(i)
+        merged: dict[str, str] = {}
+        for name in sorted(self._holders):
+            holders = self._holders[name]
+            if len(holders) > 1:
+                spans = [(self.readers[i].span(name) or (0, -1, 0))[1] for i in holders]
+                merged[name] = each[holders[int(np.argmax(spans))]][name]
+            else:
+                merged[name] = each[holders[0]][name]
+        return merged
+
+    def shared(self) -> dict[str, list[str]]:
+        """Server -> the stores holding it, for the servers in more than one (after :meth:`profiles`)."""
+        return {name: [str(self.readers[i].path) for i in holders]
+                for name, holders in self._holders.items() if len(holders) > 1}
+
+    def _holding(self, server: str) -> list[StoreReader]:
+        if not self._holders:
+            self.profiles()
+        return [self.readers[i] for i in self._holders.get(server, [])]
+
+    def span(self) -> tuple[int, int, int] | None:
+        """(first bucket, last bucket, buckets held) over every store; None when all are empty."""
+        spans = [span for reader in self.readers if (span := reader.span()) is not None]
+        if not spans:
+            return None
+        return min(s[0] for s in spans), max(s[1] for s in spans), sum(s[2] for s in spans)
+
+    def span_between(self, server: str, first_bucket: int, last_bucket: int) -> tuple[int, int, int] | None:
+        """(first, last, distinct buckets) of one server inside the range, over the stores holding it."""
+        holding = self._holding(server)
+        if len(holding) == 1:
+            return holding[0].span_between(server, first_bucket, last_bucket)
+        buckets = np.unique(np.concatenate([np.zeros(0, dtype=np.int64),
+                                            *(r.bucket_numbers(server, first_bucket, last_bucket) for r in holding)]))
+        return None if not len(buckets) else (int(buckets[0]), int(buckets[-1]), len(buckets))
+
+    def bucket_values(self, servers: list[str], first_bucket: int, last_bucket: int) -> pd.DataFrame:
+        """As :meth:`metrics_store.StoreReader.bucket_values`, a server in several stores merged bucket by bucket."""
+        return aggregates_frame({server: merge_aggregates([reader.bucket_aggregates(server, first_bucket, last_bucket)
+                                                          for reader in self._holding(server)])
+                                 for server in servers})
+
+
+def open_stores(paths: str | Path | Sequence[str | Path]) -> StoreReader | StoreUnion:
+    """One store: its :class:`metrics_store.StoreReader` (as ever); several: their :class:`StoreUnion`."""
+    if isinstance(paths, str | Path):
+        return StoreReader(paths)
+    if not paths:
+        raise _fail("no --store given", "the export reads the buckets of at least one store",
+                    "pass --store with the file the daemon runs with (repeat it for each shard's store)")
+    return StoreReader(paths[0]) if len(paths) == 1 else StoreUnion(paths)
+
+
+def _select_servers(reader: StoreReader | StoreUnion, requested: list[str] | None) -> dict[str, str]:
     """Server -> profile for the servers to export (all, or the requested ones, which must be stored)."""
     profiles = reader.profiles()
     if requested is None:
@@ -228,12 +341,15 @@ def _check(table: pa.Table, stats: ExportStats) -> None:
             stats.warnings.append(text)
 
 
-def export_store(store: str | Path, out: str | Path, since: str | None = None, until: str | None = None,
+def export_store(store: str | Path | Sequence[str | Path], out: str | Path, since: str | None = None,
+                 until: str | None = None,
                  servers: list[str] | None = None, chunk_rows: int = EXPORT.chunk_rows,
                  progress_fraction: float = EXPORT.progress_fraction,
                  min_history_days: float | None = None) -> dict[str, Any]:
     """Write the store's buckets as contract Parquet at ``out`` (+ metadata and server mapping); the metadata.
 
+    ``store``: one store, or several read as one (:class:`StoreUnion`: the union of their servers, a server
+    held by several merged bucket by bucket);
     ``since`` / ``until``: ISO 8601 bounds (the buckets holding them, inclusive; None = open);
     ``servers``: names to export (None = every stored server); ``min_history_days``: only servers
     holding at least this many days of buckets (``STEPS_PER_DAY`` each) inside the range, the
@@ -254,7 +370,7 @@ def export_store(store: str | Path, out: str | Path, since: str | None = None, u
     if first_bucket is not None and last_bucket is not None and first_bucket > last_bucket:
         raise _fail(f"--since {since} is after --until {until}", "the range holds no bucket",
                     "swap the two times")
-    reader = StoreReader(store)
+    reader = open_stores(store)
     tmp = out.with_name(f".{out.name}.export.tmp")
     writer: pq.ParquetWriter | None = None
     try:
@@ -295,6 +411,13 @@ def export_store(store: str | Path, out: str | Path, since: str | None = None, u
                             f"from {bucket_iso(whole[0])} to {bucket_iso(whole[1])} (retention deletes older buckets)")
             names = sorted(spans)
             idle = sorted(set(profiles) - set(spans))
+            shared = {name: holders for name, holders in reader.shared().items() if name in spans} \
+                if isinstance(reader, StoreUnion) else {}
+            if shared:
+                logger.warning("%d of the servers are in more than one of the %d stores (a record sent to the wrong "
+                               "shard, or a reshard that moved them): their buckets are merged by the bucketing rule, "
+                               "as one store fed every sample would hold them: %s%s", len(shared),
+                               len(reader.readers), ", ".join(list(shared)[:10]), " ..." if len(shared) > 10 else "")
             if idle:
                 (logger.warning if servers else logger.info)(
                     "%d of the %s servers have no buckets in the range and are left out: %s%s", len(idle),
@@ -333,12 +456,15 @@ def export_store(store: str | Path, out: str | Path, since: str | None = None, u
     encoder = ServerEncoder()
     encoder.encode_many(names)
     encoder.save(out.parent)
+    stores = [str(Path(path).resolve()) for path in ([store] if isinstance(store, str | Path) else store)]
     measured = [m for m in LINBORG_METRICS if any(m not in stats.constant_at_fill.get(s, ()) for s in names)]
     metadata = {
         "contract_version": CONTRACT_VERSION,
         "exporter_version": PROJECT_VERSION,
         "source": "metrics store",
-        "store": str(Path(store).resolve()),
+        "store": " + ".join(stores),
+        "stores": stores,
+        "servers_in_several_stores": shared,
         "file": out.name,
         "requested": {"since": since, "until": until, "servers": servers},
         "servers": {name: profiles[name] for name in names},
@@ -372,12 +498,122 @@ def export_store(store: str | Path, out: str | Path, since: str | None = None, u
     return metadata
 
 
+def union_parquet(files: Sequence[str | Path], out: str | Path, chunk_rows: int = EXPORT.chunk_rows) -> dict[str, Any]:
+    """Several contract Parquet files (the shards' exports, each its slice of the fleet) written as one at ``out``
+    (+ metadata and server mapping beside it); the metadata.
+
+    Rows are copied a batch of about ``chunk_rows`` at a time, never all at once. Every server comes whole from
+    one file: a server found in several (a misrouted record, a reshard) is taken from the file holding most of
+    its sampled (not offline) rows, the first given on a tie, and its rows in the others are dropped (logged,
+    and listed in the metadata's ``servers_in_several_files``). Exported rows are bucket values already, so
+    unlike stores (:class:`StoreUnion`) they cannot be merged by the bucketing rule; export the stores
+    together (``main.py export --store A --store B``) to keep a moved server's whole history. The measured
+    metrics are those measured in any file (a file without metadata: all of them).
+    """
+    began = time.perf_counter()
+    files = [Path(f) for f in files]
+    out = Path(out)
+    repeated = sorted({str(f) for f in files if [g.resolve() for g in files].count(f.resolve()) > 1})
+    if repeated:
+        raise _fail(f"--data {repeated[0]} is given more than once", "each file is read once into the union",
+                    "name each shard's export once")
+    sampled: list[dict[str, int]] = []  # per file: server -> sampled rows
+    schema: pa.Schema | None = None
+    for path in files:
+        counts: dict[str, int] = {}
+        with pq.ParquetFile(path) as handle:
+            schema = schema or handle.schema_arrow
+            for batch in handle.iter_batches(batch_size=chunk_rows, columns=["server_name", "state"]):
+                frame = batch.to_pandas()
+                online = frame["state"].astype(str) != "offline"
+                for name, count in frame["server_name"].astype(str)[online].value_counts().items():
+                    counts[name] = counts.get(name, 0) + int(count)
+                for name in frame["server_name"].astype(str).unique():
+                    counts.setdefault(name, 0)
+        sampled.append(counts)
+    owner: dict[str, int] = {}
+    for i, counts in enumerate(sampled):
+        for name, count in counts.items():
+            if name not in owner or count > sampled[owner[name]][name]:
+                owner[name] = i
+    shared = {name: [str(files[i]) for i, counts in enumerate(sampled) if name in counts]
+              for name in sorted(owner) if sum(name in counts for counts in sampled) > 1}
+    if shared:
+        logger.warning("%d servers are in more than one of the %d files (a record sent to the wrong shard, or a "
+                       "reshard): each is taken whole from the file holding most of its sampled rows, its rows in "
+                       "the others dropped: %s%s", len(shared), len(files),
+                       ", ".join(f"{name} (from {files[owner[name]]})" for name in list(shared)[:10]),
+                       " ..." if len(shared) > 10 else "")
+    assert schema is not None
+    tmp = out.with_name(f".{out.name}.union.tmp")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    rows = 0
+    first: pd.Timestamp | None = None
+    last: pd.Timestamp | None = None
+    profiles: dict[str, str] = {}
+    writer = pq.ParquetWriter(tmp, schema, compression=PARQUET_COMPRESSION)
+    try:
+        for i, path in enumerate(files):
+            mine = pa.array(sorted(name for name, j in owner.items() if j == i))
+            with pq.ParquetFile(path) as handle:
+                for batch in handle.iter_batches(batch_size=chunk_rows, columns=schema.names):
+                    table = pa.Table.from_batches([batch])
+                    table = table.filter(pc.is_in(table.column("server_name").cast(pa.string()), value_set=mine))
+                    if not table.num_rows:
+                        continue
+                    table = table.cast(schema)
+                    writer.write_table(table, row_group_size=PARQUET_ROW_GROUP_ROWS)
+                    rows += table.num_rows
+                    stamps = table.column("timestamp")
+                    low, high = pc.min(stamps).as_py(), pc.max(stamps).as_py()
+                    first = low if first is None else min(first, low)
+                    last = high if last is None else max(last, high)
+                    pairs = table.select(["server_name", "profile"]).to_pandas().astype(str).drop_duplicates()
+                    profiles.update(zip(pairs["server_name"], pairs["profile"], strict=True))
+        writer.close()
+        writer = None
+        os.replace(tmp, out)
+    finally:
+        if writer is not None:
+            writer.close()
+        tmp.unlink(missing_ok=True)
+    names = sorted(owner)
+    encoder = ServerEncoder()
+    encoder.encode_many(names)
+    encoder.save(out.parent)
+    measured: set[str] | None = set()
+    for path in files:
+        meta = path.parent / METADATA_FILE
+        listed = read_json(meta).get("measured_metrics") if meta.exists() else None
+        measured = None if listed is None or measured is None else measured | set(listed)
+    metadata = {
+        "contract_version": CONTRACT_VERSION,
+        "exporter_version": PROJECT_VERSION,
+        "source": "union of contract Parquet files",
+        "files": [str(f.resolve()) for f in files],
+        "file": out.name,
+        "servers": {name: profiles[name] for name in names},
+        "servers_in_several_files": shared,
+        "rows": rows,
+        "time_span": {"start": first.isoformat() if first is not None else None,
+                      "end": last.isoformat() if last is not None else None},
+        "union_seconds": round(time.perf_counter() - began, 3),
+    }
+    if measured is not None:
+        metadata["measured_metrics"] = [m for m in LINBORG_METRICS if m in measured]
+    atomic_write_json(out.parent / METADATA_FILE, metadata)
+    logger.info("union of %d files: %d servers, %s rows to %s in %.1f s", len(files), len(names), f"{rows:,}", out,
+                metadata["union_seconds"])
+    return metadata
+
+
 def build_arg_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
     """Arguments of the export (``main.py export``)."""
     parser = parser or argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--store", type=Path, default=STORE_PATH,
-                        help="the daemon's SQLite store (its --store; default %(default)s); read only, a running "
-                             "daemon may keep writing")
+    parser.add_argument("--store", type=Path, action="append", default=None,
+                        help=f"the daemon's SQLite store (its --store; default {STORE_PATH}); read only, a running "
+                             f"daemon may keep writing. Repeat it for each shard's store: the union of their servers "
+                             f"is exported, a server in several stores merged bucket by bucket")
     parser.add_argument("--out", type=Path, required=True,
                         help=f"contract Parquet to write; {METADATA_FILE} and the server mapping go beside it")
     parser.add_argument("--since", help="first bucket: the one holding this ISO 8601 time (naive = UTC; default: "
@@ -392,11 +628,12 @@ def build_arg_parser(parser: argparse.ArgumentParser | None = None) -> argparse.
 def run_from_args(args: argparse.Namespace) -> int:
     """Run the export; 0 on success; raises with what/why/fix otherwise (``errors.run_cli``: exit 2 for a store,
     range or server list that cannot be exported, 3 for a store that cannot be read or a write that fails)."""
+    stores = args.store or [STORE_PATH]
     try:
-        meta = export_store(args.store, args.out, args.since, args.until, parse_servers(args.servers),
+        meta = export_store(stores, args.out, args.since, args.until, parse_servers(args.servers),
                             min_history_days=args.min_history_days)
     except sqlite3.DatabaseError as exc:
-        raise StoreExportError(f"the store {args.store} cannot be read ({exc})", None,
+        raise StoreExportError(f"the store {' + '.join(map(str, stores))} cannot be read ({exc})", None,
                                "check the file, or export from a backup", STORE_DOC, exit_code=EXIT_RUNTIME) from exc
     except OSError as exc:
         raise StoreExportError(f"cannot write {args.out} ({exc})", None,

@@ -112,6 +112,7 @@ from otlp_receiver import CONTENT_TYPE as OTLP_CONTENT_TYPE
 from otlp_receiver import OtlpError, response_body, status_body
 from otlp_receiver import check_headers as otlp_headers
 from remote_write import RemoteWriteError, check_headers
+from retrain_scheduler import RetrainScheduleError
 from sharding import open_alert_order
 from tft_model import ModelLoadError
 
@@ -710,7 +711,11 @@ async def retrain_now(daemon: DaemonDep) -> dict[str, Any]:
         raise HTTPException(409, {"error": "no_models_dir", "detail": f"The daemon serves {daemon.settings.model_dir}, "
                                   f"not a models directory's 'latest' link, so a retrained model could not reach it. "
                                   f"Fix: start it with --model-dir <models-dir>/latest. See {RETRAIN_DOC}."})
-    if not scheduler.start():
+    try:
+        started = scheduler.start()
+    except RetrainScheduleError as exc:  # a shard's retrain without the other shards' stores
+        raise HTTPException(409, {"error": "partial_fleet", "detail": str(exc)}) from None
+    if not started:
         raise HTTPException(409, {"error": "retrain_running", "detail": f"A retrain is already running (pid "
                                   f"{scheduler.pid}); see /status \"retrain\" and its log {scheduler.last_log}."})
     return scheduler.status()

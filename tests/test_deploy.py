@@ -218,7 +218,7 @@ def test_daemon_and_retrain_share_user_state_and_paths():
     r_args = parse_main_command(main_py_args(retrain))
     assert d_args.daemon and d_args.host == "127.0.0.1" and d_args.port == DAEMON_PORT
     assert d_args.allow_no_model and d_args.retrain_every_seconds is None  # the timer retrains, not the daemon
-    assert d_args.store_path == r_args.store and d_args.store_path.parent == state
+    assert [d_args.store_path] == r_args.store and d_args.store_path.parent == state
     assert d_args.model_dir == r_args.models_dir / "latest" and r_args.models_dir.parent == state
     assert d_args.api_key_file == Path("/etc/tft/api-keys")
     assert "tft-keys" in values(daemon, "SupplementaryGroups")
@@ -231,6 +231,10 @@ def test_daemon_and_retrain_share_user_state_and_paths():
     extra = parse_main_command(main_py_args(daemon, {"TFT_DAEMON_ARGS": "--alertmanager-url http://127.0.0.1:9093"}))
     assert extra.alertmanager_urls == ["http://127.0.0.1:9093"]
     assert parse_main_command(main_py_args(retrain, {"TFT_RETRAIN_ARGS": "--epochs 4"})).epochs == 4
+    # Sharded daemons: the timer's one retrain reads every shard's store (Docs/RETRAINING.md, Several shards).
+    other = "/var/lib/tft/shard1/metrics_store.sqlite3"
+    assert parse_main_command(main_py_args(retrain, {"TFT_RETRAIN_ARGS": f"--store {other}"})).store == [
+        d_args.store_path, Path(other)]
 
 
 def test_retrain_timer_starts_the_retrain_nightly():
