@@ -1382,8 +1382,8 @@ class DaemonStateSettings:
     ws_max_subscribers: int = 200  # in all
     ws_max_subscribers_per_key: int = 20  # per API key (per address without keys)
     # Servers: the daemon tracks at most this many (a record for one more is rejected naming the cap). Each costs
-    # a few KiB while it warms up (a small ring that grows) and ~46 KiB at full history (STORE.memory_buckets), so
-    # 10,000 servers fit in ~0.5 GiB of windows; --max-servers.
+    # a few KiB while it warms up (a small ring that grows) and ~40 KiB at full history (STORE.memory_buckets), so
+    # 10,000 servers fit in ~0.4 GiB of windows; --max-servers.
     max_tracked_servers: int = 10_000
     # New server names a key may introduce: a token bucket per key (a fleet's first backfill fits the burst).
     new_servers_per_minute: int = 100
@@ -1462,8 +1462,11 @@ class StoreSettings:
     wal_header_bytes: int = 32
     wal_frame_header_bytes: int = 24
     wal_magic: tuple[int, ...] = (0x377F0682, 0x377F0683)
-    # per-server ring of recent buckets kept in memory (>= encoder length + FEATURES.seasonal_input_lag)
-    memory_buckets: int = 512
+    # per-server ring of recent buckets kept in memory: at least what one forecast reads (FeatureSpec.history_buckets:
+    # encoder length + FEATURES.seasonal_input_lag + FEATURES.seasonal_input_half_window = 48 + 288 + 6 = 342 for the
+    # default model) plus a margin; the cycle reads no further back (bench/bench_scale.py: forecasts identical to a
+    # 512-bucket ring). A model with a longer encoder needs a larger ring (--encoder-length 96: 390 buckets).
+    memory_buckets: int = 352
     sqlite_synchronous: str = "FULL"  # every acknowledged batch survives a crash or power loss
 
 
