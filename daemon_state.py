@@ -1198,6 +1198,12 @@ class Daemon:
             logger.error("model not loaded: %s", exc)
             return
         engine = ForecastEngine(loaded)
+        if loaded.spec.history_buckets > self.fleet.capacity:
+            logger.warning("model %s reads %d buckets of history (encoder and yesterday's inputs) but the daemon keeps "
+                           "%d per server in memory (STORE.memory_buckets): its forecasts get the older part of that "
+                           "history missing. Raise STORE.memory_buckets in config.py to at least %d and restart "
+                           "(Docs/API_REFERENCE.md, Limits)", loaded.model_dir.name, loaded.spec.history_buckets,
+                           self.fleet.capacity, loaded.spec.history_buckets)
         if self.accuracy is None or self.accuracy.model_version != engine.model_version:
             self.accuracy = LiveAccuracy(self.store, engine.metrics, engine.model_version,
                                          band_adaptation=self.settings.band_adaptation, known=engine.known,
