@@ -250,7 +250,7 @@ def test_collector_template_takes_the_profile_from_the_instance_name():
     argv = main_py_args(unit, {"TFT_DAEMON_URL": "http://127.0.0.1:8000"})
     assert "--profile" in argv and "%i" in one(unit, "ExecStart")
     args = parse_main_command(argv)  # %i -> "database"; an unknown profile would be refused
-    assert args.profile == "database" and args.daemon_url == "http://127.0.0.1:8000"
+    assert args.profile == "database" and args.daemon_url == ["http://127.0.0.1:8000"]  # repeatable: one per shard
     assert "TFT_DAEMON_URL=http://127.0.0.1:8000" in values(unit, "Environment")
     assert values(unit, "EnvironmentFile") == ["/etc/tft/collector.env"]  # required: it holds the key
     # It must see the host: other processes, the host's network, real mounts under /home.

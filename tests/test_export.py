@@ -266,7 +266,7 @@ class _EmptyCycleEngine:
     model_version = "stub"
     sources: dict = {}  # no targets, so no per-metric source to name
 
-    def forecast(self, fleet, origin: int):  # noqa: ANN001, ANN201
+    def forecast(self, fleet, origin: int, names=None, await_late: int = 0):  # noqa: ANN001, ANN201 - as ForecastEngine
         from forecast_engine import CycleResult
 
         return CycleResult(origin=origin, prediction_time=bucket_iso(origin), servers={}, seconds=0.0,
