@@ -177,6 +177,8 @@ def _prometheus_sharded_config(instances: list[str], daemons: list[DaemonProcess
     jobs = {job["job_name"]: job for job in config["scrape_configs"]}
     jobs["node"]["static_configs"] = [{"targets": instances}]
     jobs["tft"]["static_configs"] = [{"targets": [d.url.removeprefix("http://")], "labels": {}} for d in daemons]
+    jobs["tft"].pop("scrape_interval")  # the test's 1 s, not the fleet's minute
+    jobs["tft"].pop("scrape_timeout")
     jobs["tft"]["authorization"] = {"credentials_file": str(key_file)}
     blocks = config["remote_write"]
     assert len(blocks) == len(daemons) == 3, "the shipped file has one remote_write block per shard"
