@@ -1278,7 +1278,14 @@ class Daemon:
         with self.lock:
             self.ingest.touched.clear()  # this cycle reads every server's windows as they are now
             result = engine.forecast(self.fleet, origin, await_late=DAEMON_STATE.await_late_buckets)
-        self._carry_over(result, engine)
+        uncarried = self._carry_over(result, engine)
+        if uncarried:  # late, but no forecast of theirs to keep (a restart, a new model): forecast them as before
+            with self.lock:
+                rest = engine.forecast(self.fleet, origin, names=uncarried)
+            result.servers.update(rest.servers)
+            result.forecast_count += rest.forecast_count
+            result.seconds += rest.seconds
+            result.awaiting = [name for name in result.awaiting if name not in rest.servers]
         blobs = {name: r.horizon_blob for name, r in result.servers.items() if r.horizon_blob is not None}
         self._save_forecasts(engine, origin, blobs)
         self.published.publish(result, engine)
@@ -1301,16 +1308,23 @@ class Daemon:
             scales = engine.band_adjuster.scales if engine.band_adjuster is not None else None
             self.store.save_forecasts(origin, blobs, scales_blob(scales) if scales is not None else None)
 
-    def _carry_over(self, result: CycleResult, engine: ForecastEngine) -> None:
+    def _carry_over(self, result: CycleResult, engine: ForecastEngine) -> list[str]:
         """Servers whose data for the cycle's bucket are late keep the forecast the last cycle published for
-        them (not stored again, not fed to the alert lifecycle) until an incremental pass forecasts them."""
+        them (not stored again, not fed to the alert lifecycle) until an incremental pass forecasts them.
+
+        Returns the late servers with no such forecast (after a restart or a model change): the cycle
+        forecasts those over the gap, as it did before late data were awaited, rather than show them not ready.
+        """
         previous = self.published.result
-        if previous is None or self.published.model_version != engine.model_version:
-            return
+        same_model = previous is not None and self.published.model_version == engine.model_version
+        uncarried = []
         for name in result.awaiting:
-            old = previous.servers.get(name)
+            old = previous.servers.get(name) if same_model else None
             if old is not None and old.prediction.status == "ok":
                 result.servers[name] = replace(old, horizon_blob=None)
+            else:
+                uncarried.append(name)
+        return uncarried
 
     def run_incremental(self) -> CycleResult | None:
         """Forecast the servers that became ready for the last cycle's bucket after it ran, and merge them

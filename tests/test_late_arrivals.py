@@ -136,3 +136,20 @@ def test_a_late_collector_is_forecast_for_its_bucket_promptly_and_once(app):
     assert stored == set(sim.server_names)
     opened = {a["id"] for a in active["alerts"]}
     assert {f"risk:{late_name}:{a['metric']}" for a in fresh["alerts"]} <= opened  # its alerts, as a cycle's
+
+
+def test_a_late_server_with_no_forecast_to_keep_is_forecast_over_the_gap(app):
+    """After a restart (nothing published yet) a server one bucket behind has no forecast to keep: the cycle
+    forecasts it as before late data were awaited (ok, its last bucket missing), never "not ready"."""
+    sim = _past_sim(40, seed=5)
+    records = [r for step in range(40) for r in sim.records(sim.advance(1))]
+    newest = max(r["timestamp"] for r in records)
+    late = sim.server_names[0]
+    fed = [r for r in records if not (r["server_name"] == late and r["timestamp"] == newest)]
+    with TestClient(app, headers={"X-API-Key": API_KEY}) as client:
+        for i in range(0, len(fed), BATCH):
+            _post(client, fed[i:i + BATCH])
+        servers = wait_until(lambda: (found := _servers(client)) and len(found) == len(sim.server_names)
+                             and found, timeout=WAIT, what="the first cycle")
+    assert servers[late]["status"] == "ok", servers[late]
+    assert all(s["status"] == "ok" for s in servers.values())
